@@ -1,0 +1,199 @@
+"""CLI commands: serve, check, send, messages, show and db."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
+from router.cli.filters import add_filters, search_filter
+from router.cli.output import (
+    CommandError,
+    add_json,
+    engine_config,
+    open_store,
+    print_json,
+    print_table,
+)
+from router.config import ConfigError, load_channels
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the engine")
+    p.set_defaults(handler=serve)
+
+    p = sub.add_parser("check", help="validate engine.yaml, every channel and its mappings")
+    p.set_defaults(handler=check)
+
+    p = sub.add_parser("send", help="send message files to a channel over its own source protocol")
+    p.add_argument("channel")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
+    add_json(p)
+    p.set_defaults(handler=send)
+
+    p = sub.add_parser("messages", help="search messages")
+    add_filters(p)
+    add_json(p)
+    p.set_defaults(handler=messages)
+
+    p = sub.add_parser("show", help="a message with its deliveries, attempts and timeline")
+    p.add_argument("id", help="message number, UUID or urn:tie:message:<uuid>")
+    p.add_argument("--actor", help="who is looking (default: the OS user)")
+    add_json(p)
+    p.set_defaults(handler=show)
+
+    p = sub.add_parser("db", help="database maintenance")
+    db = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db.add_parser("upgrade", help="apply schema migrations")
+    up.set_defaults(handler=db_upgrade)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from router.engine import Engine
+
+    config = engine_config(args)
+    try:
+        engine = Engine(config)
+    except ConfigError as exc:
+        raise CommandError(str(exc), 2) from exc
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(engine.serve_forever())
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    from router.engine import compile_channels
+    from router.mappings import MappingError
+
+    config = engine_config(args)
+    try:
+        channels = load_channels(config.channels)
+        compile_channels(config, channels)
+    except ConfigError as exc:
+        raise CommandError(f"configuration is not valid:\n{exc}", 2) from exc
+    except MappingError as exc:
+        raise CommandError(f"mapping cannot be loaded: {exc}", 2) from exc
+    for name, channel in sorted(channels.items()):
+        routes = ", ".join(f"{d}({c.kind})" for d, c in channel.destinations.items()) or "none"
+        print(f"ok  {name}: source {channel.source.kind}, destinations {routes}")
+    print(f"{len(channels)} channel(s) valid")
+    return 0
+
+
+def send(args: argparse.Namespace) -> int:
+    from router.cli.sending import send_files
+
+    config = engine_config(args)
+    channels = load_channels(config.channels)
+    channel = channels.get(args.channel)
+    if channel is None:
+        raise CommandError(f"no channel named {args.channel!r}")
+    results = send_files(config, channel, args.files, timeout=args.timeout)
+    if args.json:
+        print_json(results)
+    else:
+        print_table(results, ["file", "control_id", "ack", "text"])
+    return 0 if all(r["ack"] in ("AA", "CA", "stored") for r in results) else 1
+
+
+def messages(args: argparse.Namespace) -> int:
+    from router.store.queries import search
+
+    store = open_store(args)
+    with store.read() as conn:
+        rows = search(conn, search_filter(args))
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(
+            rows,
+            ["id", "received_at", "channel", "status", "message_type", "control_id", "error"],
+        )
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    from router import audit
+    from router.store.queries import find_message_id, message_detail
+
+    store = open_store(args)
+    with store.begin() as conn:
+        message_id = find_message_id(conn, args.id)
+        if message_id is None:
+            raise CommandError(f"no message {args.id}")
+        detail = message_detail(conn, message_id)
+        assert detail is not None
+        audit.append(conn, actor(args), "view", f"urn:tie:message:{detail['uuid']}", {"via": "cli"})
+    if args.json:
+        print_json(detail)
+    else:
+        _print_detail(detail)
+    return 0
+
+
+def actor(args: argparse.Namespace) -> str:
+    return getattr(args, "actor", None) or _os_user()
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:
+        return "unknown"
+
+
+def _print_detail(d: dict[str, Any]) -> None:
+    print(f"message {d['id']}  urn:tie:message:{d['uuid']}")
+    for key in (
+        "channel",
+        "status",
+        "received_at",
+        "message_type",
+        "control_id",
+        "sender",
+        "error",
+    ):
+        if d.get(key) is not None:
+            print(f"  {key:<13} {d[key]}")
+    print("\n--- raw ---")
+    print(d["raw"].decode("utf-8", errors="replace").replace("\r", "\n").rstrip())
+    print("\n--- deliveries ---")
+    for delivery in d["deliveries"]:
+        print(
+            f"  #{delivery['id']} {delivery['destination']}: {delivery['status']}, "
+            f"{delivery['attempts']} attempt(s)"
+            + (f", last error: {delivery['last_error']}" if delivery["last_error"] else "")
+        )
+        for a in delivery["attempt_log"]:
+            response = (a["response"] or b"").decode("utf-8", errors="replace").replace("\r", " | ")
+            print(
+                f"    attempt {a['number']} {a['started_at']:%H:%M:%S} {a['outcome']} "
+                f"{a['duration_ms']:.1f} ms {a['error'] or ''} {response[:120]}".rstrip()
+            )
+    if d["correlations"]:
+        print("\n--- correlation keys ---")
+        for k in d["correlations"]:
+            print(f"  {k['key']}: {k['value']}")
+    if len(d["timeline"]) > 1:
+        print("\n--- timeline ---")
+        for t in d["timeline"]:
+            print(
+                f"  {t['received_at']:%Y-%m-%d %H:%M:%S} #{t['id']} {t['channel']} "
+                f"{t['message_type'] or ''} {t['status']}"
+            )
+
+
+def db_upgrade(args: argparse.Namespace) -> int:
+    open_store(args)
+    print("database is at the latest schema")
+    return 0

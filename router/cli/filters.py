@@ -1,0 +1,57 @@
+"""The message search options shared by ``messages``, ``reprocess`` and ``resend``."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+
+from router.store.ingest import utcnow
+from router.store.queries import MessageFilter
+from router.units import parse_duration
+
+
+def add_filters(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("search")
+    group.add_argument("--channel")
+    group.add_argument("--status", help="received, processed, filtered or error")
+    group.add_argument("--since", type=when, help="ISO time, or an age such as 2h")
+    group.add_argument("--until", type=when, help="ISO time, or an age such as 30m")
+    group.add_argument("--type", dest="message_type", help="MSH-9, e.g. ORU^R01 or ORU")
+    group.add_argument("--control-id", help="MSH-10")
+    group.add_argument("--key", help="a correlation key value (order number, MSH-10, URN)")
+    group.add_argument("--text", help="content contains this text (last 24h unless --since)")
+    group.add_argument("--limit", type=int, default=50)
+    group.add_argument("--before", type=int, dest="before_id", help="page cursor: ids below this")
+
+
+def search_filter(args: argparse.Namespace, *, limit: int | None = None) -> MessageFilter:
+    return MessageFilter(
+        channel=args.channel,
+        status=args.status,
+        since=args.since,
+        until=args.until,
+        message_type=args.message_type,
+        control_id=args.control_id,
+        key=args.key,
+        text=args.text,
+        before_id=args.before_id,
+        limit=limit or args.limit,
+    )
+
+
+def has_search(args: argparse.Namespace) -> bool:
+    names = ("channel", "status", "since", "until", "message_type", "control_id", "key", "text")
+    return any(getattr(args, n) for n in names)
+
+
+def when(value: str) -> datetime:
+    """``2h`` means two hours ago; otherwise an ISO 8601 time (UTC when no zone is given)."""
+    try:
+        return utcnow() - timedelta(seconds=parse_duration(value))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither an ISO time nor an age") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,77 @@
+"""Shared helpers of the CLI: finding the configuration and printing records."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from router.config import ConfigError, EngineConfig, load_engine
+from router.store.database import Store
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "engine.yaml"
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("TIE_CONFIG") or DEFAULT_CONFIG)
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    try:
+        return load_engine(config_path(args))
+    except ConfigError as exc:
+        raise CommandError(str(exc), 2) from exc
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    from router.engine import open_store as _open
+    from router.store.migrate import upgrade
+
+    store = _open(engine_config(args))
+    upgrade(store)
+    return store
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON records")
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, default=_default)
+    sys.stdout.write("\n")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(type(value).__name__)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    text = str(value).replace("\r", " ").replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."

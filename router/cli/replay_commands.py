@@ -1,0 +1,123 @@
+"""CLI commands ``reprocess`` and ``resend``: one id or a search, a reason, a dry run."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from tqdm import tqdm
+
+from router import replay
+from router.cli.commands import actor
+from router.cli.filters import add_filters, has_search, search_filter
+from router.cli.output import CommandError, add_json, open_store, print_json
+from router.store.database import Store
+from router.store.queries import find_message_id, search_query
+from router.store.schema import deliveries, messages
+
+MAX_BULK = 100_000
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("reprocess", help="run stored messages through their channel again")
+    p.add_argument("id", nargs="?", help="one message (number or UUID); or use the search options")
+    _common(p)
+    p.set_defaults(handler=reprocess)
+
+    p = sub.add_parser("resend", help="queue deliveries' payloads again to their destinations")
+    p.add_argument("id", nargs="?", type=int, help="one delivery id; or use the search options")
+    p.add_argument("--destination", help="with a search: only deliveries to this destination")
+    p.add_argument(
+        "--delivery-status", default="failed", help="with a search: deliveries in this status"
+    )
+    _common(p)
+    p.set_defaults(handler=resend)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", required=True, help="why (kept in the audit log)")
+    p.add_argument("--dry-run", action="store_true", help="list what would happen, change nothing")
+    p.add_argument("--actor", help="who is doing it (default: the OS user)")
+    p.add_argument("--rate", type=float, default=200.0, help="at most this many per second")
+    add_filters(p)
+    add_json(p)
+
+
+def reprocess(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    ids = _message_ids(store, args)
+    return _run(
+        args,
+        ids,
+        plan=lambda: replay.plan_reprocess(store, ids),
+        act=lambda i: replay.reprocess(store, i, reason=args.reason, actor=actor(args)),
+    )
+
+
+def resend(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    if args.id is not None:
+        ids = [args.id]
+    else:
+        chosen = _message_ids(store, args)
+        d = deliveries.c
+        with store.read() as conn:
+            query = deliveries.select().with_only_columns(d.id).where(d.message_id.in_(chosen))
+            if args.delivery_status:
+                query = query.where(d.status == args.delivery_status)
+            if args.destination:
+                query = query.where(d.destination == args.destination)
+            ids = list(conn.scalars(query.order_by(d.id)))
+    return _run(
+        args,
+        ids,
+        plan=lambda: replay.plan_resend(store, ids),
+        act=lambda i: replay.resend(store, i, reason=args.reason, actor=actor(args)),
+    )
+
+
+def _message_ids(store: Store, args: argparse.Namespace) -> list[int]:
+    with store.read() as conn:
+        if args.id is not None:
+            found = find_message_id(conn, str(args.id))
+            if found is None:
+                raise CommandError(f"no message {args.id}")
+            return [found]
+        if not has_search(args):
+            raise CommandError("give an id or at least one search option (e.g. --status error)")
+        query = search_query(
+            search_filter(args, limit=MAX_BULK), conn.dialect.name, (messages.c.id,)
+        )
+        return sorted(conn.scalars(query))
+
+
+def _run(args: argparse.Namespace, ids: list[int], *, plan, act) -> int:  # type: ignore[no-untyped-def]
+    if not args.reason.strip():
+        raise CommandError("--reason must say why")
+    if not ids:
+        print("nothing matches")
+        return 0
+    if args.dry_run:
+        results = plan()
+        if args.json:
+            print_json([r.__dict__ for r in results])
+        else:
+            for r in results:
+                print(f"would {r.description}")
+            print(f"dry run: {len(results)} item(s), nothing changed")
+        return 0
+    done = []
+    interval = 1.0 / args.rate if args.rate > 0 else 0.0
+    with tqdm(ids, unit="msg", disable=len(ids) < 2 or args.json) as progress:
+        for item in progress:
+            started = time.monotonic()
+            done.append(act(item))
+            pause = interval - (time.monotonic() - started)
+            if pause > 0:
+                time.sleep(pause)
+    if args.json:
+        print_json([r.__dict__ for r in done])
+    else:
+        for r in done:
+            print(r.description)
+    return 0

@@ -1,0 +1,87 @@
+"""``run.py send``: messages from files, over the channel's own source protocol."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from router.config import ChannelConfig, EngineConfig
+from router.connectors.mllp.framing import frame, read_frame
+from router.hl7v2.ack import parse_ack
+from router.hl7v2.batch import split_messages
+from router.hl7v2.er7 import Er7Error
+from router.hl7v2.header import parse_header
+
+
+def send_files(
+    config: EngineConfig, channel: ChannelConfig, files: list[Path], *, timeout: float
+) -> list[dict[str, Any]]:
+    batches = [(path, split_messages(path.read_bytes())) for path in files]
+    if channel.source.mllp is not None:
+        return asyncio.run(_send_mllp(channel, batches, timeout))
+    return _inject(config, channel, batches)
+
+
+async def _send_mllp(
+    channel: ChannelConfig, batches: list[tuple[Path, list[bytes]]], timeout: float
+) -> list[dict[str, Any]]:
+    source = channel.source.mllp
+    assert source is not None
+    host = "127.0.0.1" if source.host in ("0.0.0.0", "::") else source.host
+    reader, writer = await asyncio.open_connection(host, source.port)
+    results = []
+    try:
+        for path, batch in batches:
+            for message in batch:
+                writer.write(frame(message))
+                await writer.drain()
+                async with asyncio.timeout(timeout):
+                    answer = await read_frame(reader, 10 * 1024 * 1024)
+                results.append(_result(path, message, answer))
+    finally:
+        writer.close()
+    return results
+
+
+def _result(path: Path, message: bytes, answer: bytes | None) -> dict[str, Any]:
+    try:
+        control_id = parse_header(message).control_id
+    except Er7Error:
+        control_id = None
+    row: dict[str, Any] = {"file": str(path), "control_id": control_id, "ack": None, "text": ""}
+    if answer is None:
+        row["text"] = "connection closed without an answer"
+        return row
+    try:
+        ack = parse_ack(answer)
+    except Er7Error as exc:
+        row["text"] = f"unreadable answer: {exc}"
+        return row
+    row.update(ack=ack.code, text="; ".join(x for x in (ack.text, ack.error) if x))
+    row["raw_ack"] = answer.decode("utf-8", errors="replace").replace("\r", "\n")
+    return row
+
+
+def _inject(
+    config: EngineConfig, channel: ChannelConfig, batches: list[tuple[Path, list[bytes]]]
+) -> list[dict[str, Any]]:
+    """A channel fed by other channels has no socket: store the messages directly."""
+    from router.connectors.hl7_inbound import hl7_inbound
+    from router.engine import open_store
+    from router.store.ingest import write_inbound
+    from router.store.migrate import upgrade
+
+    store = open_store(config)
+    upgrade(store)
+    items = [
+        (path, hl7_inbound(channel.name, m, source={"protocol": "cli", "file": str(path)}))
+        for path, batch in batches
+        for m in batch
+    ]
+    with store.begin() as conn:
+        receipts = write_inbound(conn, [item for _, item in items])
+    return [
+        {"file": str(path), "control_id": item.control_id, "ack": "stored", "text": receipt.uuid}
+        for (path, item), receipt in zip(items, receipts, strict=True)
+    ]

@@ -1,0 +1,39 @@
+"""Transports. Each destination connector offers ``send(delivery) -> SendResult``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Outcome = Literal["sent", "retry", "fail"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One claimed delivery, as a connector needs it."""
+
+    id: int
+    message_id: int
+    message_uuid: str
+    channel: str
+    destination: str
+    payload: bytes
+    content_type: str
+    ordering_key: str
+    idempotency_key: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What one attempt came to; ``response`` is kept with the attempt as received."""
+
+    outcome: Outcome
+    response: bytes | None = None
+    error: str | None = None
+
+
+class Sender(Protocol):
+    async def send(self, delivery: Delivery) -> SendResult: ...
+
+    async def close(self) -> None: ...

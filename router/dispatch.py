@@ -1,0 +1,167 @@
+"""The dispatcher: claims due deliveries with a lease, sends them and records every attempt.
+
+Delivery is at least once (DESIGN.md §3.3): a lease that expires makes a
+delivery due again. Ordered destinations (§3.4) send one lane at a time in
+receive order; a lane is one ordering key, so different keys flow in parallel
+and a failing head holds back only its own key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from router.config import DestinationConfig, DispatchOptions
+from router.connectors import Delivery, Sender, SendResult
+from router.pipeline import CompiledChannel
+from router.store.database import Store
+from router.store.deliveries import Attempt, claim, record, release_owned
+from router.store.ingest import utcnow
+
+log = logging.getLogger(__name__)
+SenderFactory = Callable[[str, str, DestinationConfig], Sender]
+
+
+class DestinationWorker:
+    """Sends one destination's deliveries; one pool of senders shared by its lanes."""
+
+    def __init__(
+        self,
+        store: Store,
+        channel: str,
+        name: str,
+        config: DestinationConfig,
+        make_sender: SenderFactory,
+        options: DispatchOptions,
+        owner: str,
+    ) -> None:
+        self.channel, self.name, self.config = channel, name, config
+        self._store = store
+        self._options = options
+        self._owner = owner
+        self._wake = asyncio.Event()
+        self._stopping = False
+        lanes = options.lanes if (config.order_by or not config.is_ordered) else 1
+        self._senders = [make_sender(channel, name, config) for _ in range(lanes)]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                wait = await self.run_once()
+            except Exception:
+                log.exception("dispatch for %s/%s failed; retrying", self.channel, self.name)
+                wait = self._options.poll_interval
+            if wait > 0 and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                self._wake.clear()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for sender in self._senders:
+            await sender.close()
+
+    async def run_once(self) -> float:
+        """Claim and send one round; returns how long to wait before the next."""
+        claimed = await asyncio.to_thread(
+            claim,
+            self._store,
+            self.channel,
+            self.name,
+            ordered=self.config.is_ordered,
+            lanes=len(self._senders),
+            limit=self._options.batch,
+            lease=self._options.lease,
+            owner=self._owner,
+        )
+        if not claimed.lanes:
+            return _seconds_until(claimed.next_due, self._options.poll_interval)
+        idle: asyncio.Queue[Sender] = asyncio.Queue()
+        for sender in self._senders:
+            idle.put_nowait(sender)
+        results = await asyncio.gather(*(self._send_lane(lane, idle) for lane in claimed.lanes))
+        attempts = [a for lane in results for a in lane]
+        await asyncio.to_thread(record, self._store, attempts, self.config.retry, claimed.all_ids)
+        return 0.0
+
+    async def _send_lane(self, lane: list[Delivery], idle: asyncio.Queue[Sender]) -> list[Attempt]:
+        sender = await idle.get()
+        done: list[Attempt] = []
+        try:
+            for delivery in lane:
+                started = utcnow()
+                t0 = time.perf_counter()
+                try:
+                    result = await sender.send(delivery)
+                except Exception as exc:
+                    log.exception("sender for %s/%s raised", self.channel, self.name)
+                    result = SendResult("retry", error=f"{type(exc).__name__}: {exc}")
+                done.append(Attempt(delivery, result, started, (time.perf_counter() - t0) * 1000))
+                if result.outcome != "sent" and self.config.is_ordered:
+                    break
+        finally:
+            idle.put_nowait(sender)
+        return done
+
+
+class Dispatcher:
+    """One worker per destination of every channel; woken when the processor queues work."""
+
+    def __init__(
+        self,
+        store: Store,
+        channels: dict[str, CompiledChannel],
+        make_sender: SenderFactory,
+        options: DispatchOptions,
+        owner: str,
+    ) -> None:
+        self._store = store
+        self._owner = owner
+        self.workers = {
+            (channel.name, route.name): DestinationWorker(
+                store, channel.name, route.name, route.config, make_sender, options, owner
+            )
+            for channel in channels.values()
+            for route in channel.routes
+        }
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        """Take back this node's leases from before a restart, then start the workers."""
+        released = await asyncio.to_thread(release_owned, self._store, self._owner)
+        if released:
+            log.info("released %d delivery lease(s) held by this node before restart", released)
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [
+            asyncio.create_task(w.run(), name=f"dispatch {k}") for k, w in self.workers.items()
+        ]
+
+    async def stop(self) -> None:
+        for worker in self.workers.values():
+            await worker.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def notify(self, keys: set[tuple[str, str]]) -> None:
+        """Thread-safe: wake the workers of destinations that have new deliveries."""
+        if self._loop is None:
+            return
+        workers = [self.workers[k] for k in keys if k in self.workers]
+        if workers:
+            self._loop.call_soon_threadsafe(lambda: [w.wake() for w in workers])
+
+
+def _seconds_until(when: datetime | None, cap: float) -> float:
+    if when is None:
+        return cap
+    return max(0.01, min(cap, (when - utcnow()) / timedelta(seconds=1)))

@@ -1,0 +1,139 @@
+"""The running engine: store, group-commit writer, processor, dispatcher, listeners and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from router import mappings
+from router.config import ChannelConfig, DestinationConfig, EngineConfig, load_channels
+from router.connectors import Sender
+from router.connectors.channel import ChannelSender
+from router.connectors.file import FileSender
+from router.connectors.mllp.listener import MllpListener
+from router.connectors.mllp.sender import MllpSender
+from router.dispatch import Dispatcher
+from router.pipeline import CompiledChannel, compile_channel
+from router.processing import Processor
+from router.store.database import Store
+from router.store.ingest import GroupCommitWriter
+from router.store.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+
+def open_store(config: EngineConfig) -> Store:
+    return Store(
+        config.store,
+        synchronous=config.sqlite.synchronous,
+        busy_timeout=config.sqlite.busy_timeout,
+    )
+
+
+def compile_channels(
+    config: EngineConfig, channels: dict[str, ChannelConfig]
+) -> dict[str, CompiledChannel]:
+    mappings.mount(config.mappings)
+    return {name: compile_channel(c) for name, c in channels.items() if c.enabled}
+
+
+class Engine:
+    """Everything ``run.py serve`` runs, in one asyncio loop plus two store threads."""
+
+    def __init__(self, config: EngineConfig, channels: dict[str, ChannelConfig] | None = None):
+        self.config = config
+        self.channels = compile_channels(
+            config, channels if channels is not None else load_channels(config.channels)
+        )
+        self.store = open_store(config)
+        self.dispatcher = Dispatcher(
+            self.store, self.channels, self._make_sender, config.dispatch, owner=config.node
+        )
+        self.processor = Processor(
+            self.store,
+            self.channels,
+            batch=config.processing.batch,
+            on_deliveries=self.dispatcher.notify,
+        )
+        self.writer = GroupCommitWriter(self.store, on_commit=self.processor.wake)
+        self.listeners = [
+            MllpListener(c.config, self.writer.submit)
+            for c in self.channels.values()
+            if c.config.source.mllp is not None
+        ]
+        self.http: _HttpServer | None = None
+        self._stop = asyncio.Event()
+
+    def _make_sender(self, channel: str, name: str, config: DestinationConfig) -> Sender:
+        if config.mllp is not None:
+            return MllpSender(config.mllp)
+        if config.file is not None:
+            return FileSender(config.file)
+        assert config.channel is not None
+        return ChannelSender(config.channel, self.store, on_commit=self.processor.wake)
+
+    async def start(self, *, http: bool = True) -> None:
+        await asyncio.to_thread(upgrade, self.store)
+        self.writer.start()
+        self.processor.start()
+        await self.dispatcher.start()
+        for listener in self.listeners:
+            await listener.start()
+        if http:
+            from router.api.app import create_app
+
+            app = create_app(self)
+            self.http = _HttpServer(
+                uvicorn.Config(
+                    app,
+                    host=self.config.http.host,
+                    port=self.config.http.port,
+                    log_level="warning",
+                    lifespan="off",
+                )
+            )
+            self._http_task = asyncio.create_task(self.http.serve())
+            while not self.http.started and not self._http_task.done():
+                await asyncio.sleep(0.01)
+            if self._http_task.done():
+                self._http_task.result()
+                raise RuntimeError(f"HTTP server on port {self.config.http.port} did not start")
+        log.info("tie is running with %d channel(s)", len(self.channels))
+
+    async def stop(self) -> None:
+        """Stop taking messages first, then let in-flight work finish and close the store."""
+        for listener in self.listeners:
+            await listener.stop()
+        if self.http is not None:
+            self.http.should_exit = True
+            await self._http_task
+        await self.dispatcher.stop()
+        await asyncio.to_thread(self.processor.stop)
+        await asyncio.to_thread(self.writer.stop)
+        self.store.dispose()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.start()
+        await self._stop.wait()
+        log.info("stopping")
+        await self.stop()
+
+    @property
+    def listening(self) -> bool:
+        return all(listener.serving for listener in self.listeners)
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the engine decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

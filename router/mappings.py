@@ -1,0 +1,48 @@
+"""Loading mapping functions (``module:function``) from the channel's mappings folder.
+
+The folder is mounted as the package ``tie_mappings`` so that mappings can
+import each other (``from tie_mappings import helpers``) without clashing with
+installed modules of the same name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PACKAGE = "tie_mappings"
+Mapping = Callable[..., Any]
+
+
+class MappingError(Exception):
+    """A mapping reference that cannot be loaded."""
+
+
+def mount(directory: Path) -> None:
+    """Make ``directory`` the ``tie_mappings`` package (again, if it moved)."""
+    package = sys.modules.get(PACKAGE)
+    path = str(directory.resolve())
+    if package is not None and list(getattr(package, "__path__", [])) == [path]:
+        return
+    for name in [n for n in sys.modules if n == PACKAGE or n.startswith(PACKAGE + ".")]:
+        del sys.modules[name]
+    package = types.ModuleType(PACKAGE)
+    package.__path__ = [path]
+    sys.modules[PACKAGE] = package
+
+
+def load(reference: str) -> Mapping:
+    """The function named by ``module:function``; the folder must be mounted first."""
+    module_name, _, function_name = reference.partition(":")
+    try:
+        module = importlib.import_module(f"{PACKAGE}.{module_name}")
+    except ImportError as exc:
+        raise MappingError(f"{reference}: cannot import mapping module: {exc}") from exc
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise MappingError(f"{reference}: no function {function_name!r} in {module_name}")
+    return function

@@ -1,0 +1,182 @@
+"""Filter, transform and route one message: the pure part of processing.
+
+``process`` decides a message's outcome and the deliveries it makes without
+touching the store, so the processor can write both in one transaction and
+channel tests can run it with no network.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from router import mappings
+from router.conditions import Predicate, compile_conditions, describe
+from router.config import ChannelConfig, DestinationConfig
+from router.hl7v2.er7 import Er7Error
+from router.hl7v2.header import parse_header
+from router.message import Message, Output
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    config: DestinationConfig
+    when: Predicate
+    transform: mappings.Mapping | None
+
+
+@dataclass(frozen=True)
+class CompiledChannel:
+    """A channel with its conditions compiled and its mappings loaded, once."""
+
+    config: ChannelConfig
+    filter: Predicate
+    transform: mappings.Mapping | None
+    routes: tuple[Route, ...]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def compile_channel(config: ChannelConfig) -> CompiledChannel:
+    """Compile ``config``; its mappings folder must already be mounted."""
+    routes = tuple(
+        Route(
+            name,
+            dest,
+            compile_conditions(dest.when),
+            mappings.load(dest.transform) if dest.transform else None,
+        )
+        for name, dest in config.destinations.items()
+    )
+    return CompiledChannel(
+        config=config,
+        filter=compile_conditions(config.filter),
+        transform=mappings.load(config.transform) if config.transform else None,
+        routes=routes,
+    )
+
+
+@dataclass(frozen=True)
+class PlannedDelivery:
+    destination: str
+    payload: bytes
+    content_type: str
+    ordering_key: str = ""
+    idempotency_key: str | None = None
+
+
+@dataclass
+class Outcome:
+    """``processed`` with deliveries, ``filtered`` with a reason, or ``error`` with one."""
+
+    status: str
+    reason: str | None = None
+    deliveries: list[PlannedDelivery] = field(default_factory=list)
+    correlations: list[tuple[str, str]] = field(default_factory=list)
+
+
+def process(channel: CompiledChannel, message: Message) -> Outcome:
+    """Run ``message`` through ``channel``; a failing mapping is an ``error``, never a crash."""
+    try:
+        return _process(channel, message)
+    except Exception:
+        return Outcome("error", traceback.format_exc(limit=20), correlations=message.correlations)
+
+
+def _process(channel: CompiledChannel, message: Message) -> Outcome:
+    config = channel.config
+    if message.content_type == "hl7v2":
+        try:
+            control_id = message.get("MSH-10")
+        except Er7Error as exc:
+            return Outcome("error", f"unreadable HL7 v2: {exc}")
+        message.correlate("control_id", control_id)
+        if config.validate_ == "strict":
+            from router.hl7v2.structure import validate_strict
+
+            try:
+                validate_strict(message.raw)
+            except Exception as exc:
+                return Outcome(
+                    "error", f"strict validation failed: {exc}", correlations=message.correlations
+                )
+    for key, path in config.correlate.items():
+        for value in message.values(path):
+            message.correlate(key, value)
+    if not channel.filter(message):
+        return Outcome(
+            "filtered",
+            f"filter not met: {describe(config.filter)}",
+            correlations=message.correlations,
+        )
+    routes = [r for r in channel.routes if r.when(message)]
+    if channel.routes and not routes:
+        return Outcome(
+            "filtered", "no destination's 'when' matched", correlations=message.correlations
+        )
+    produced = channel.transform(message) if channel.transform else message.raw
+    if produced is None:
+        return Outcome(
+            "filtered",
+            f"transform {config.transform} returned nothing",
+            correlations=message.correlations,
+        )
+    deliveries: list[PlannedDelivery] = []
+    for route in routes:
+        outputs = _for_route(produced, route.name, message.content_type)
+        if route.transform is not None:
+            outputs = [
+                o
+                for out in outputs
+                for o in _outputs(route.transform(message, out), out.content_type)
+            ]
+        key = _ordering_key(message, route.config)
+        deliveries.extend(
+            PlannedDelivery(
+                route.name, out.data, out.content_type, key, _idempotency_key(out, message)
+            )
+            for out in outputs
+        )
+    return Outcome("processed", None, deliveries, message.correlations)
+
+
+def _for_route(produced: Any, route: str, content_type: str) -> list[Output]:
+    if isinstance(produced, dict):
+        return _outputs(produced.get(route), content_type)
+    return _outputs(produced, content_type)
+
+
+def _outputs(value: Any, content_type: str) -> list[Output]:
+    """Normalise what a mapping returned: None, bytes, str, Output, or a list of them."""
+    if value is None:
+        return []
+    if isinstance(value, bytes | str):
+        return [Output(value, content_type)]
+    if isinstance(value, Output):
+        return [value]
+    if isinstance(value, Iterable):
+        return [o for item in value for o in _outputs(item, content_type)]
+    raise TypeError(
+        f"a mapping returned {type(value).__name__}; expected bytes, str, Output or a list"
+    )
+
+
+def _ordering_key(message: Message, config: DestinationConfig) -> str:
+    if not config.order_by:
+        return ""
+    return (message.get(config.order_by) or "")[:255]
+
+
+def _idempotency_key(output: Output, message: Message) -> str | None:
+    """The receiver's duplicate check key: the payload's MSH-10, else the message's identity."""
+    if output.content_type == "hl7v2":
+        try:
+            return parse_header(output.data).control_id
+        except Er7Error:
+            return None
+    return message.uuid or None

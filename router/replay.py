@@ -1,0 +1,123 @@
+"""Replay (DESIGN.md §6): reprocess a stored message, or resend a delivery's payload.
+
+Both keep the original and link the copy to it, need a reason, can be run dry,
+and write one audit event per message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import Connection, select
+
+from router import audit
+from router.store.database import Store
+from router.store.ingest import utcnow
+from router.store.schema import deliveries, messages
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    original: str
+    copy: str | None
+    description: str
+
+
+def plan_reprocess(store: Store, message_ids: list[int]) -> list[ReplayResult]:
+    with store.read() as conn:
+        rows = conn.execute(
+            select(messages.c.id, messages.c.uuid, messages.c.channel, messages.c.status)
+            .where(messages.c.id.in_(message_ids))
+            .order_by(messages.c.id)
+        )
+        return [
+            ReplayResult(r.uuid, None, f"reprocess #{r.id} ({r.status}) through {r.channel}")
+            for r in rows
+        ]
+
+
+def reprocess(store: Store, message_id: int, *, reason: str, actor: str) -> ReplayResult:
+    """Store a copy of the message as newly received, linked to the original."""
+    _require_reason(reason)
+    with store.begin() as conn:
+        row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
+        if row is None:
+            raise LookupError(f"no message #{message_id}")
+        copy_uuid = str(uuid4())
+        values = {k: v for k, v in row._mapping.items() if k not in ("id", "uuid")}
+        values.update(
+            uuid=copy_uuid,
+            received_at=utcnow(),
+            status="received",
+            error=None,
+            processed_at=None,
+            reprocessed_from=row.id,
+            duplicate_of=None,
+        )
+        conn.execute(messages.insert().values(**values))
+        audit.append(
+            conn,
+            actor,
+            "reprocess",
+            f"urn:tie:message:{row.uuid}",
+            {"reason": reason, "copy": f"urn:tie:message:{copy_uuid}"},
+        )
+    return ReplayResult(row.uuid, copy_uuid, f"reprocessed #{row.id} as {copy_uuid}")
+
+
+def plan_resend(store: Store, delivery_ids: list[int]) -> list[ReplayResult]:
+    with store.read() as conn:
+        return [
+            ReplayResult(
+                str(r.id),
+                None,
+                f"resend delivery {r.id} ({r.status}) to {r.channel}/{r.destination}",
+            )
+            for r in _deliveries(conn, delivery_ids)
+        ]
+
+
+def resend(store: Store, delivery_id: int, *, reason: str, actor: str) -> ReplayResult:
+    """Queue the delivery's payload again, as sent, with its original idempotency key."""
+    _require_reason(reason)
+    now = utcnow()
+    with store.begin() as conn:
+        rows = _deliveries(conn, [delivery_id])
+        if not rows:
+            raise LookupError(f"no delivery {delivery_id}")
+        row = rows[0]
+        values = {k: v for k, v in row._mapping.items() if k != "id"}
+        values.update(
+            status="queued",
+            attempts=0,
+            next_attempt_at=now,
+            lease_until=None,
+            lease_owner=None,
+            created_at=now,
+            updated_at=now,
+            last_error=None,
+            resent_from=row.id,
+        )
+        new_id = conn.execute(deliveries.insert().values(**values)).inserted_primary_key[0]
+        uuid = conn.scalar(select(messages.c.uuid).where(messages.c.id == row.message_id))
+        audit.append(
+            conn,
+            actor,
+            "resend",
+            f"urn:tie:message:{uuid}",
+            {"reason": reason, "delivery": row.id, "new_delivery": new_id},
+        )
+    return ReplayResult(str(row.id), str(new_id), f"resent delivery {row.id} as {new_id}")
+
+
+def _deliveries(conn: Connection, ids: list[int]) -> list[Any]:
+    return list(
+        conn.execute(select(deliveries).where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id))
+    )
+
+
+def _require_reason(reason: str) -> None:
+    if not reason or not reason.strip():
+        raise ValueError("a reason is required")

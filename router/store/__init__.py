@@ -1,0 +1,1 @@
+"""The message store: schema, connections, group-commit ingest and queries."""

@@ -1,0 +1,93 @@
+"""Connections to the store: SQLite (WAL, synchronous FULL) or PostgreSQL (psycopg 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.pool import NullPool
+
+
+class Store:
+    """The engine's two ways into the database: write transactions and reads.
+
+    On SQLite, write transactions start with ``BEGIN IMMEDIATE`` so that a
+    transaction never has to upgrade a read lock (which fails at once under
+    load instead of waiting); reads start a plain deferred transaction.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        pool_size: int = 8,
+    ) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            _make_folder(url)
+            self.writer = self._sqlite_engine(url, synchronous, busy_timeout, "BEGIN IMMEDIATE")
+            self.reader = self._sqlite_engine(url, synchronous, busy_timeout, "BEGIN")
+        else:
+            self.writer = create_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+            self.reader = self.writer
+
+    @property
+    def dialect(self) -> str:
+        return self.writer.dialect.name
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction, committed on success and rolled back on error."""
+        with self.writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only connection (its transaction is rolled back at the end)."""
+        with self.reader.connect() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.writer.dispose()
+        if self.reader is not self.writer:
+            self.reader.dispose()
+
+    @staticmethod
+    def _sqlite_engine(url: str, synchronous: str, busy_timeout: float, begin_sql: str) -> Engine:
+        memory = ":memory:" in url or url.rstrip("/") == "sqlite:"
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout},
+            poolclass=NullPool if memory else None,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql(begin_sql)
+
+        return engine
+
+
+def _make_folder(url: str) -> None:
+    """SQLite creates the file but not its folder (``data/`` on a fresh clone)."""
+    path = url.split(":///", 1)[-1].split("?", 1)[0]
+    if path and ":memory:" not in path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)

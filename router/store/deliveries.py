@@ -1,0 +1,232 @@
+"""Delivery queue operations: claim with a lease, record attempts, release leases.
+
+Claims run in one write transaction. On PostgreSQL the rows are taken with
+``FOR UPDATE SKIP LOCKED`` so several engine nodes can share a queue; for an
+ordered lane only a node that locks the lane's head may take the lane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, update
+
+from router.config import RetryPolicy
+from router.connectors import Delivery, SendResult
+from router.store.database import Store
+from router.store.ingest import utcnow
+from router.store.schema import PENDING, attempts, deliveries, messages
+
+d = deliveries.c
+
+
+@dataclass
+class Claimed:
+    lanes: list[list[Delivery]] = field(default_factory=list)
+    next_due: datetime | None = None
+
+    @property
+    def all_ids(self) -> list[int]:
+        return [x.id for lane in self.lanes for x in lane]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    delivery: Delivery
+    result: SendResult
+    started_at: datetime
+    duration_ms: float
+
+
+def _due(now: datetime) -> Any:
+    return or_(
+        and_(d.status.in_(("queued", "retrying")), d.next_attempt_at <= now),
+        and_(d.status == "sending", or_(d.lease_until.is_(None), d.lease_until < now)),
+    )
+
+
+def _is_due(row: Any, now: datetime) -> bool:
+    if row.status == "sending":
+        return row.lease_until is None or row.lease_until < now
+    return row.status in ("queued", "retrying") and row.next_attempt_at <= now
+
+
+_COLUMNS = (
+    d.id,
+    d.message_id,
+    messages.c.uuid,
+    d.channel,
+    d.destination,
+    d.payload,
+    d.content_type,
+    d.ordering_key,
+    d.idempotency_key,
+    d.attempts,
+    d.status,
+    d.next_attempt_at,
+    d.lease_until,
+)
+
+
+def _select(*where: Any) -> Any:
+    return select(*_COLUMNS).join(messages, messages.c.id == d.message_id).where(*where)
+
+
+def claim(
+    store: Store,
+    channel: str,
+    destination: str,
+    *,
+    ordered: bool,
+    lanes: int,
+    limit: int,
+    lease: float,
+    owner: str,
+) -> Claimed:
+    """Lease due deliveries of one destination: lanes in order, or any due ones."""
+    now = utcnow()
+    lock = store.dialect == "postgresql"
+    mine = (d.channel == channel, d.destination == destination, d.status.in_(PENDING))
+    with store.begin() as conn:
+        if ordered:
+            picked = _claim_lanes(conn, mine, now, lanes, max(1, limit // lanes), lock)
+        else:
+            query = _select(*mine, _due(now)).order_by(d.id).limit(limit)
+            rows = conn.execute(
+                query.with_for_update(skip_locked=True, of=deliveries) if lock else query
+            )
+            picked = [[row] for row in rows]
+        if not picked:
+            next_due = conn.scalar(select(func.min(d.next_attempt_at)).where(*mine))
+            return Claimed(next_due=next_due)
+        ids = [row.id for lane in picked for row in lane]
+        conn.execute(
+            update(deliveries)
+            .where(d.id.in_(ids))
+            .values(status="sending", lease_until=now + timedelta(seconds=lease), lease_owner=owner)
+        )
+    return Claimed(lanes=[[_delivery(row) for row in lane] for lane in picked])
+
+
+def _claim_lanes(
+    conn: Connection, mine: tuple[Any, ...], now: datetime, lanes: int, per_lane: int, lock: bool
+) -> list[list[Any]]:
+    heads = list(
+        conn.scalars(
+            select(func.min(d.id)).where(*mine).group_by(d.ordering_key).order_by(func.min(d.id))
+        )
+    )
+    picked: list[list[Any]] = []
+    for head_id in heads:
+        if len(picked) >= lanes:
+            break
+        query = _select(d.id == head_id, *mine)
+        head = conn.execute(
+            query.with_for_update(skip_locked=True, of=deliveries) if lock else query
+        )
+        head = head.first()
+        if head is None or not _is_due(head, now):
+            continue
+        rest = conn.execute(
+            _select(*mine, d.ordering_key == head.ordering_key, d.id > head.id)
+            .order_by(d.id)
+            .limit(per_lane - 1)
+        )
+        lane = [head]
+        for row in rest:
+            if not _is_due(row, now):
+                break
+            lane.append(row)
+        picked.append(lane)
+    return picked
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(
+        id=row.id,
+        message_id=row.message_id,
+        message_uuid=row.uuid,
+        channel=row.channel,
+        destination=row.destination,
+        payload=row.payload,
+        content_type=row.content_type,
+        ordering_key=row.ordering_key,
+        idempotency_key=row.idempotency_key,
+        attempts=row.attempts,
+    )
+
+
+def record(store: Store, done: list[Attempt], policy: RetryPolicy, claimed: list[int]) -> None:
+    """Write every attempt and settle its delivery; release claimed ones never attempted."""
+    now = utcnow()
+    attempt_rows, updates = [], []
+    for a in done:
+        number = a.delivery.attempts + 1
+        outcome = a.result.outcome
+        status = {"sent": "sent", "fail": "failed"}.get(outcome, "retrying")
+        if status == "retrying" and number >= policy.max_attempts:
+            status = "failed"
+        attempt_rows.append(
+            {
+                "delivery_id": a.delivery.id,
+                "number": number,
+                "started_at": a.started_at,
+                "duration_ms": a.duration_ms,
+                "outcome": status,
+                "response": a.result.response,
+                "error": a.result.error,
+            }
+        )
+        updates.append(
+            {
+                "_id": a.delivery.id,
+                "_status": status,
+                "_attempts": number,
+                "_next": now + timedelta(seconds=policy.delay(number))
+                if status == "retrying"
+                else now,
+                "_error": a.result.error,
+            }
+        )
+    untried = sorted(set(claimed) - {a.delivery.id for a in done})
+    with store.begin() as conn:
+        if attempt_rows:
+            conn.execute(attempts.insert(), attempt_rows)
+            conn.execute(
+                update(deliveries)
+                .where(d.id == bindparam("_id"))
+                .values(
+                    status=bindparam("_status"),
+                    attempts=bindparam("_attempts"),
+                    next_attempt_at=bindparam("_next"),
+                    last_error=bindparam("_error"),
+                    lease_until=None,
+                    lease_owner=None,
+                    updated_at=now,
+                ),
+                updates,
+            )
+        if untried:
+            _release(conn, d.id.in_(untried))
+
+
+def _release(conn: Connection, where: Any) -> int:
+    """Make leased deliveries due again without counting an attempt."""
+    result = conn.execute(
+        update(deliveries)
+        .where(where, d.status == "sending")
+        .values(
+            status=case((d.attempts == 0, "queued"), else_="retrying"),
+            lease_until=None,
+            lease_owner=None,
+        )
+    )
+    return result.rowcount
+
+
+def release_owned(store: Store, owner: str) -> int:
+    """After a restart, this node's leases belong to sends that died with it."""
+    with store.begin() as conn:
+        return _release(conn, d.lease_owner == owner)

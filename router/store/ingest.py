@@ -1,0 +1,261 @@
+"""Group commit: every received message is committed before its sender is answered.
+
+Sources hand messages to one writer thread. The writer takes everything that is
+waiting, writes it in one transaction and answers all the waiters together, so
+many concurrent connections share one fsync instead of paying one each
+(DESIGN.md §3.1 and §3.6). The idempotent receiver check runs inside that same
+transaction, so two copies of one message can never both be accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import Connection, select
+
+from router.store.database import Store
+from router.store.schema import messages
+
+log = logging.getLogger(__name__)
+_STOP = object()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class Inbound:
+    """A message as a source received it, with what it proposes to answer."""
+
+    channel: str
+    raw: bytes
+    content_type: str = "hl7v2"
+    message_type: str | None = None
+    control_id: str | None = None
+    sender: str | None = None
+    source: dict[str, Any] | None = None
+    ack: bytes | None = None
+    status: str = "received"
+    error: str | None = None
+    idempotency_window: float | None = None
+    origin_delivery_id: int | None = None
+    received_at: datetime = field(default_factory=utcnow)
+    uuid: str = field(default_factory=lambda: str(uuid4()))
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the store committed: the answer to send, and the original for a duplicate."""
+
+    uuid: str
+    ack: bytes | None
+    duplicate_of: str | None = None
+
+
+class StoreUnavailable(Exception):
+    """The store could not commit; the sender must get a negative answer and retry."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    item: Inbound
+    waiter: asyncio.Future[Receipt] | Future[Receipt]
+    loop: asyncio.AbstractEventLoop | None
+
+
+class GroupCommitWriter:
+    """One thread that commits batches of inbound messages and answers their waiters."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 1000,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tie-ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    async def submit(self, item: Inbound) -> Receipt:
+        """Commit ``item``; raises StoreUnavailable when the store cannot."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Receipt] = loop.create_future()
+        self._queue.put(_Pending(item, waiter, loop))
+        return await waiter
+
+    def submit_sync(self, item: Inbound) -> Receipt:
+        """The same, for callers on ordinary threads."""
+        waiter: Future[Receipt] = Future()
+        self._queue.put(_Pending(item, waiter, None))
+        return waiter.result()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Pending] = [first]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            try:
+                results: list[Receipt | BaseException] = list(self._write([p.item for p in batch]))
+            except Exception as exc:
+                log.error("store commit failed for %d message(s): %s", len(batch), exc)
+                error = StoreUnavailable(f"store unavailable: {type(exc).__name__}")
+                results = [error] * len(batch)
+            _answer(batch, results)
+            if self._on_commit is not None and any(isinstance(r, Receipt) for r in results):
+                self._on_commit()
+            if stop:
+                return
+
+    def _write(self, items: list[Inbound]) -> list[Receipt]:
+        with self._store.begin() as conn:
+            return write_inbound(conn, items)
+
+
+def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
+    """Insert ``items`` in one transaction, recognising repeats (idempotent receiver)."""
+    receipts: list[Receipt] = []
+    rows: list[dict[str, Any]] = []
+    late: list[tuple[dict[str, Any], str]] = []
+    first_in_batch: dict[tuple[str, str | None, str], Inbound] = {}
+    for item in items:
+        row = _row(item)
+        original = _find_original(conn, item, first_in_batch)
+        if original is None:
+            rows.append(row)
+            receipts.append(Receipt(item.uuid, item.ack))
+            continue
+        original_uuid, original_id, original_ack = original
+        row.update(
+            status="filtered",
+            processed_at=utcnow(),
+            ack=original_ack,
+            error=f"duplicate of {original_uuid}: MSH-10 {item.control_id!r} "
+            f"from {item.sender or 'unknown sender'} already received",
+        )
+        if original_id is None:
+            late.append((row, original_uuid))
+        else:
+            row["duplicate_of"] = original_id
+            rows.append(row)
+        receipts.append(Receipt(item.uuid, original_ack, duplicate_of=original_uuid))
+    if rows:
+        conn.execute(messages.insert(), rows)
+    for row, original_uuid in late:
+        row["duplicate_of"] = conn.scalar(
+            select(messages.c.id).where(messages.c.uuid == original_uuid)
+        )
+        conn.execute(messages.insert(), row)
+    return receipts
+
+
+def _find_original(
+    conn: Connection, item: Inbound, first_in_batch: dict[tuple[str, str | None, str], Inbound]
+) -> tuple[str, int | None, bytes | None] | None:
+    if not item.idempotency_window or not item.control_id or item.status != "received":
+        return None
+    key = (item.channel, item.sender, item.control_id)
+    earlier = first_in_batch.get(key)
+    if earlier is not None:
+        return earlier.uuid, None, earlier.ack
+    m = messages.c
+    found = conn.execute(
+        select(m.uuid, m.id, m.ack)
+        .where(
+            m.channel == item.channel,
+            m.sender == item.sender,
+            m.control_id == item.control_id,
+            m.received_at >= item.received_at - timedelta(seconds=item.idempotency_window),
+            m.duplicate_of.is_(None),
+            m.status != "error",
+        )
+        .order_by(m.id)
+        .limit(1)
+    ).first()
+    if found is None:
+        first_in_batch[key] = item
+        return None
+    return found.uuid, found.id, found.ack
+
+
+def _row(item: Inbound) -> dict[str, Any]:
+    return {
+        "uuid": item.uuid,
+        "channel": item.channel,
+        "received_at": item.received_at,
+        "status": item.status,
+        "content_type": item.content_type,
+        "message_type": item.message_type,
+        "control_id": item.control_id,
+        "sender": item.sender,
+        "size": len(item.raw),
+        "raw": item.raw,
+        "source": json.dumps(item.source) if item.source else None,
+        "ack": item.ack,
+        "error": item.error,
+        "processed_at": item.received_at if item.status != "received" else None,
+        "duplicate_of": None,
+        "origin_delivery_id": item.origin_delivery_id,
+    }
+
+
+def _answer(batch: list[_Pending], results: list[Receipt | BaseException]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Receipt | BaseException]]] = {}
+    for pending, result in zip(batch, results, strict=True):
+        if pending.loop is None:
+            future: Future[Receipt] = pending.waiter  # type: ignore[assignment]
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        else:
+            by_loop.setdefault(pending.loop, []).append((pending.waiter, result))
+    for loop, answers in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, answers)
+        except RuntimeError:
+            log.warning("event loop closed before %d answer(s) could be given", len(answers))
+
+
+def _settle(answers: list[tuple[asyncio.Future[Receipt], Receipt | BaseException]]) -> None:
+    for waiter, result in answers:
+        if waiter.done():
+            continue
+        if isinstance(result, BaseException):
+            waiter.set_exception(result)
+        else:
+            waiter.set_result(result)

@@ -1,0 +1,139 @@
+"""Searches and detail views over the store, shared by the CLI and the HTTP API.
+
+Every filter is served by an index (channel/status/time, MSH-9, MSH-10,
+correlation value). Text search is bounded to a time window so it never scans
+the whole table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Select, func, or_, select, text
+
+from router.store.ingest import utcnow
+from router.store.schema import attempts, correlations, deliveries, messages
+
+m = messages.c
+TEXT_WINDOW = timedelta(days=1)
+LISTING = (
+    m.id,
+    m.uuid,
+    m.channel,
+    m.received_at,
+    m.status,
+    m.message_type,
+    m.control_id,
+    m.sender,
+    m.size,
+    m.error,
+)
+
+
+@dataclass
+class MessageFilter:
+    channel: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    message_type: str | None = None
+    control_id: str | None = None
+    key: str | None = None
+    text: str | None = None
+    before_id: int | None = None
+    limit: int = 50
+
+
+def search_query(f: MessageFilter, dialect: str, columns: tuple[Any, ...] = LISTING) -> Select[Any]:
+    """Newest first; ``before_id`` is the cursor for the next page."""
+    query = select(*columns).order_by(m.id.desc())
+    if f.channel:
+        query = query.where(m.channel == f.channel)
+    if f.status:
+        query = query.where(m.status == f.status)
+    since = f.since
+    if f.text and since is None:
+        since = (f.until or utcnow()) - TEXT_WINDOW
+    if since:
+        query = query.where(m.received_at >= since)
+    if f.until:
+        query = query.where(m.received_at < f.until)
+    if f.message_type:
+        kind = f.message_type
+        query = query.where(or_(m.message_type == kind, m.message_type.like(f"{kind}^%")))
+    if f.control_id:
+        query = query.where(m.control_id == f.control_id)
+    if f.key:
+        keyed = select(correlations.c.message_id).where(correlations.c.value == f.key)
+        query = query.where(or_(m.id.in_(keyed), m.control_id == f.key, m.uuid == f.key))
+    if f.text:
+        needle = f.text.encode("utf-8")
+        if dialect == "postgresql":
+            query = query.where(
+                text("position(:needle in messages.raw) > 0").bindparams(needle=needle)
+            )
+        else:
+            query = query.where(func.instr(m.raw, needle) > 0)
+    if f.before_id:
+        query = query.where(m.id < f.before_id)
+    return query.limit(f.limit)
+
+
+def search(conn: Connection, f: MessageFilter) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in conn.execute(search_query(f, conn.dialect.name))]
+
+
+def find_message_id(conn: Connection, ref: str) -> int | None:
+    """A message by number, UUID or ``urn:tie:message:<uuid>``."""
+    ref = ref.removeprefix("urn:tie:message:")
+    if ref.isdigit():
+        return conn.scalar(select(m.id).where(m.id == int(ref)))
+    return conn.scalar(select(m.id).where(m.uuid == ref))
+
+
+def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
+    """The message with its raw content, deliveries, attempts, keys and related messages."""
+    row = conn.execute(select(messages).where(m.id == message_id)).first()
+    if row is None:
+        return None
+    detail = dict(row._mapping)
+    detail["source"] = json.loads(detail["source"]) if detail["source"] else None
+    d = deliveries.c
+    detail["deliveries"] = [
+        dict(r._mapping)
+        for r in conn.execute(select(deliveries).where(d.message_id == message_id).order_by(d.id))
+    ]
+    by_delivery: dict[int, list[dict[str, Any]]] = {x["id"]: [] for x in detail["deliveries"]}
+    if by_delivery:
+        for a in conn.execute(
+            select(attempts).where(attempts.c.delivery_id.in_(by_delivery)).order_by(attempts.c.id)
+        ):
+            by_delivery[a.delivery_id].append(dict(a._mapping))
+    for delivery in detail["deliveries"]:
+        delivery["attempt_log"] = by_delivery[delivery["id"]]
+    keys = [
+        dict(r._mapping)
+        for r in conn.execute(
+            select(correlations.c.key, correlations.c.value).where(
+                correlations.c.message_id == message_id
+            )
+        )
+    ]
+    detail["correlations"] = keys
+    detail["timeline"] = timeline(conn, [k["value"] for k in keys], message_id)
+    return detail
+
+
+def timeline(conn: Connection, values: list[str], message_id: int) -> list[dict[str, Any]]:
+    """Every message sharing a correlation value with this one, plus replay links, oldest first."""
+    related = select(correlations.c.message_id).where(correlations.c.value.in_(values))
+    query = (
+        select(m.id, m.uuid, m.channel, m.received_at, m.status, m.message_type, m.control_id)
+        .where(or_(m.id.in_(related), m.id == message_id, m.reprocessed_from == message_id))
+        .order_by(m.id)
+        .limit(500)
+    )
+    return [dict(r._mapping) for r in conn.execute(query)]

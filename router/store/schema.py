@@ -1,0 +1,182 @@
+"""Tables of the message store. Alembic migrations in ``migrations/`` must match this.
+
+Times are UTC. ``messages.id`` is the receive order; ``messages.uuid`` is the
+public identity (``urn:tie:message:<uuid>``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+    text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python; timestamptz on PostgreSQL, UTC text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+PENDING = ("queued", "sending", "retrying")
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("uuid", String(36), nullable=False, unique=True),
+    Column("channel", String(64), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("content_type", String(64), nullable=False),
+    Column("message_type", String(64)),
+    Column("control_id", String(199)),
+    Column("sender", String(255)),
+    Column("size", Integer, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("source", Text),
+    Column("ack", LargeBinary),
+    Column("error", Text),
+    Column("processed_at", UtcDateTime()),
+    Column("reprocessed_from", Id, ForeignKey("messages.id")),
+    Column("duplicate_of", Id, ForeignKey("messages.id")),
+    Column("origin_delivery_id", Id),
+    Index(None, "channel", "status", "received_at"),
+    Index(None, "received_at"),
+    Index(None, "control_id"),
+    Index(None, "channel", "sender", "control_id"),
+    Index(None, "message_type", "received_at"),
+    Index(None, "origin_delivery_id"),
+    Index(
+        "ix_messages_unprocessed",
+        "id",
+        sqlite_where=text("status = 'received'"),
+        postgresql_where=text("status = 'received'"),
+    ),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", Id, ForeignKey("messages.id"), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("destination", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("content_type", String(64), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("ordering_key", String(255), nullable=False, server_default=""),
+    Column("idempotency_key", String(255)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("lease_until", UtcDateTime()),
+    Column("lease_owner", String(128)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("last_error", Text),
+    Column("resent_from", Id, ForeignKey("deliveries.id")),
+    Index(None, "message_id"),
+    Index(None, "channel", "status", "updated_at"),
+    Index(
+        "ix_deliveries_pending",
+        "channel",
+        "destination",
+        "ordering_key",
+        "id",
+        sqlite_where=text("status IN ('queued', 'sending', 'retrying')"),
+        postgresql_where=text("status IN ('queued', 'sending', 'retrying')"),
+    ),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("response", LargeBinary),
+    Column("error", Text),
+    Index(None, "delivery_id"),
+)
+
+correlations = Table(
+    "correlations",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", Id, ForeignKey("messages.id"), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("value", String(255), nullable=False),
+    UniqueConstraint("message_id", "key", "value"),
+    Index(None, "value"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(255), nullable=False),
+    Column("details", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index(None, "target"),
+    Index(None, "at"),
+)
+
+channel_state = Table(
+    "channel_state",
+    metadata,
+    Column("channel", String(64), primary_key=True),
+    Column("paused", Boolean, nullable=False, server_default=false()),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("updated_by", String(128), nullable=False),
+)

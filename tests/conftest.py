@@ -1,0 +1,68 @@
+"""Shared fixtures: a store on SQLite and on the local PostgreSQL, sample messages."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from router.store.database import Store
+from router.store.migrate import upgrade
+
+PG_URL = os.environ.get("TIE_TEST_POSTGRES", "postgresql+psycopg://root@127.0.0.1:5432/test")
+DATA = Path(__file__).parent / "data"
+
+
+@cache
+def postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used, or None when it can."""
+    try:
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a private schema in PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tie.db'}"
+        return
+    problem = postgres_problem()
+    if problem:
+        pytest.skip(problem)
+    schema = f"t_{uuid4().hex[:16]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """A migrated store, disposed after the test."""
+    s = Store(store_url, busy_timeout=5.0)
+    upgrade(s)
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
+def hl7_samples() -> dict[str, bytes]:
+    """The public HL7 v2 samples in tests/data/hl7v2, by file stem."""
+    return {p.stem: p.read_bytes() for p in sorted((DATA / "hl7v2").glob("*.hl7"))}

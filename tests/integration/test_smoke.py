@@ -1,0 +1,38 @@
+"""The shortest whole path: a python-hl7 client, the engine, a python-hl7 receiver."""
+
+from __future__ import annotations
+
+from hl7.client import MLLPClient
+from sqlalchemy import select
+from tie_testing import Hl7Receiver, RunningEngine, channel, engine_config, wait_until
+
+from router.store.schema import deliveries
+
+
+def test_order_reaches_the_lab_and_is_acknowledged(tmp_path, store_url, hl7_samples):
+    lab = Hl7Receiver()
+    orders = channel(
+        {
+            "name": "lab-orders",
+            "source": {"mllp": {"port": 0}},
+            "filter": [{"field": "MSH-9.1", "in": ["OML", "ORM"]}],
+            "destinations": {"lab": {"mllp": {"host": "127.0.0.1", "port": lab.port}}},
+        }
+    )
+    running = RunningEngine(engine_config(tmp_path, store_url), {"lab-orders": orders})
+    try:
+        message = hl7_samples["OML_O21_nhs_nwgmsa_v251"]
+        with MLLPClient("127.0.0.1", running.port("lab-orders")) as client:
+            ack = client.send_message(message)
+        assert b"MSA|CA|9612365d-52a4-4fab-87e7-8a09d753f095" in ack
+        wait_until(lambda: lab.received)
+        assert lab.control_ids() == ["9612365d-52a4-4fab-87e7-8a09d753f095"]
+
+        def sent():
+            with running.store.read() as conn:
+                return conn.scalar(select(deliveries.c.status)) == "sent"
+
+        wait_until(sent)
+    finally:
+        running.stop()
+        lab.stop()

@@ -1,0 +1,140 @@
+"""Test support: an engine running in a background thread, and a python-hl7 MLLP receiver.
+
+Tests stay synchronous and talk to the engine over real sockets, the way a
+sending system or a laboratory would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import hl7
+import hl7.mllp
+
+from router.config import ChannelConfig, EngineConfig
+from router.engine import Engine
+
+
+def engine_config(tmp_path: Path, store_url: str, **overrides: Any) -> EngineConfig:
+    """An EngineConfig for tests: fast polling, mappings under tmp_path, HTTP on a free port."""
+    mappings = tmp_path / "mappings"
+    mappings.mkdir(exist_ok=True)
+    data: dict[str, Any] = {
+        "store": store_url,
+        "channels": str(tmp_path / "channels"),
+        "mappings": str(mappings),
+        "http": {"host": "127.0.0.1", "port": 0},
+        "node": "test-node",
+        "dispatch": {"poll_interval": "100ms", "lease": "30s"},
+    }
+    data.update(overrides)
+    return EngineConfig.model_validate(data)
+
+
+def channel(data: dict[str, Any]) -> ChannelConfig:
+    return ChannelConfig.model_validate(data)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, for running servers beside synchronous tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Any, timeout: float = 30.0) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class RunningEngine:
+    """An Engine started in its own loop thread; ``stop`` shuts it down cleanly."""
+
+    def __init__(
+        self, config: EngineConfig, channels: dict[str, ChannelConfig], http: bool = False
+    ):
+        self.engine = Engine(config, channels)
+        self._loop = LoopThread()
+        self._loop.run(self.engine.start(http=http))
+
+    @property
+    def store(self) -> Any:
+        return self.engine.store
+
+    def port(self, channel_name: str) -> int:
+        for listener in self.engine.listeners:
+            if listener.channel.name == channel_name:
+                return listener.port
+        raise KeyError(channel_name)
+
+    @property
+    def http_port(self) -> int:
+        assert self.engine.http is not None
+        return self.engine.http.servers[0].sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        self._loop.run(self.engine.stop())
+        self._loop.close()
+
+
+class Hl7Receiver:
+    """A downstream system (e.g. the laboratory) built on python-hl7's MLLP server.
+
+    ``answer(message) -> code`` decides the MSA-1 of each ACK (default AA);
+    every message received is kept, in arrival order.
+    """
+
+    def __init__(self, answer: Callable[[hl7.Message], str] | None = None, port: int = 0):
+        self.received: list[hl7.Message] = []
+        self.answer = answer or (lambda _m: "AA")
+        self._loop = LoopThread()
+        self._server = self._loop.run(
+            hl7.mllp.start_hl7_server(self._client, "127.0.0.1", port, limit=10 * 1024 * 1024)
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _client(self, reader: Any, writer: Any) -> None:
+        try:
+            while not writer.is_closing():
+                message = await reader.readmessage()
+                self.received.append(message)
+                writer.writemessage(message.create_ack(self.answer(message)))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def control_ids(self) -> list[str]:
+        return [str(m.segment("MSH")[10]) for m in self.received]
+
+    def stop(self) -> None:
+        async def _close() -> None:
+            self._server.close()
+            await self._server.wait_closed()
+
+        self._loop.run(_close())
+        self._loop.close()
