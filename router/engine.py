@@ -11,7 +11,14 @@ from collections.abc import Iterator
 import uvicorn
 
 from router import mappings
-from router.config import ChannelConfig, DestinationConfig, EngineConfig, load_channels
+from router.config import (
+    ChannelConfig,
+    ConfigError,
+    ConfigProblem,
+    DestinationConfig,
+    EngineConfig,
+    load_channels,
+)
 from router.connectors import Sender
 from router.connectors.channel import ChannelSender
 from router.connectors.file import FileSender
@@ -38,8 +45,19 @@ def open_store(config: EngineConfig) -> Store:
 def compile_channels(
     config: EngineConfig, channels: dict[str, ChannelConfig]
 ) -> dict[str, CompiledChannel]:
+    """Load every enabled channel's mappings; a mapping that fails is a ConfigError naming it."""
     mappings.mount(config.mappings)
-    return {name: compile_channel(c) for name, c in channels.items() if c.enabled}
+    compiled, problems = {}, []
+    for name, channel in channels.items():
+        if not channel.enabled:
+            continue
+        try:
+            compiled[name] = compile_channel(channel)
+        except mappings.MappingError as exc:
+            problems.append(ConfigProblem(str(config.channels / f"{name}.yaml"), exc.key, str(exc)))
+    if problems:
+        raise ConfigError(problems)
+    return compiled
 
 
 class Engine:

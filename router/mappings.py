@@ -19,7 +19,11 @@ Mapping = Callable[..., Any]
 
 
 class MappingError(Exception):
-    """A mapping reference that cannot be loaded."""
+    """A mapping reference that cannot be loaded; ``key`` is where the channel names it."""
+
+    def __init__(self, message: str, key: str = "transform") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def mount(directory: Path) -> None:
@@ -35,14 +39,14 @@ def mount(directory: Path) -> None:
     sys.modules[PACKAGE] = package
 
 
-def load(reference: str) -> Mapping:
+def load(reference: str, key: str = "transform") -> Mapping:
     """The function named by ``module:function``; the folder must be mounted first."""
     module_name, _, function_name = reference.partition(":")
     try:
         module = importlib.import_module(f"{PACKAGE}.{module_name}")
     except ImportError as exc:
-        raise MappingError(f"{reference}: cannot import mapping module: {exc}") from exc
+        raise MappingError(f"{reference}: cannot import mapping module: {exc}", key) from exc
     function = getattr(module, function_name, None)
     if not callable(function):
-        raise MappingError(f"{reference}: no function {function_name!r} in {module_name}")
+        raise MappingError(f"{reference}: no function {function_name!r} in {module_name}", key)
     return function

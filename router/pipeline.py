@@ -49,7 +49,9 @@ def compile_channel(config: ChannelConfig) -> CompiledChannel:
             name,
             dest,
             compile_conditions(dest.when),
-            mappings.load(dest.transform) if dest.transform else None,
+            mappings.load(dest.transform, f"destinations.{name}.transform")
+            if dest.transform
+            else None,
         )
         for name, dest in config.destinations.items()
     )

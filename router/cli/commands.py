@@ -71,7 +71,6 @@ def serve(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     from router.engine import compile_channels
-    from router.mappings import MappingError
 
     config = engine_config(args)
     try:
@@ -79,8 +78,6 @@ def check(args: argparse.Namespace) -> int:
         compile_channels(config, channels)
     except ConfigError as exc:
         raise CommandError(f"configuration is not valid:\n{exc}", 2) from exc
-    except MappingError as exc:
-        raise CommandError(f"mapping cannot be loaded: {exc}", 2) from exc
     for name, channel in sorted(channels.items()):
         routes = ", ".join(f"{d}({c.kind})" for d, c in channel.destinations.items()) or "none"
         print(f"ok  {name}: source {channel.source.kind}, destinations {routes}")
