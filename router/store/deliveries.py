@@ -99,8 +99,7 @@ def claim(
             )
             picked = [[row] for row in rows]
         if not picked:
-            next_due = conn.scalar(select(func.min(d.next_attempt_at)).where(*mine))
-            return Claimed(next_due=next_due)
+            return Claimed(next_due=_next_due(conn, mine, ordered))
         ids = [row.id for lane in picked for row in lane]
         conn.execute(
             update(deliveries)
@@ -108,6 +107,16 @@ def claim(
             .values(status="sending", lease_until=now + timedelta(seconds=lease), lease_owner=owner)
         )
     return Claimed(lanes=[[_delivery(row) for row in lane] for lane in picked])
+
+
+def _next_due(conn: Connection, mine: tuple[Any, ...], ordered: bool) -> datetime | None:
+    """When the earliest waiting delivery (for an ordered destination: lane head) falls due."""
+    due_at = case((d.status == "sending", d.lease_until), else_=d.next_attempt_at)
+    query = select(func.min(due_at)).where(*mine)
+    if ordered:
+        heads = select(func.min(d.id)).where(*mine).group_by(d.ordering_key)
+        query = query.where(d.id.in_(heads))
+    return conn.scalar(query)
 
 
 def _claim_lanes(

@@ -123,16 +123,17 @@ def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
         )
     ]
     detail["correlations"] = keys
-    detail["timeline"] = timeline(conn, [k["value"] for k in keys], message_id)
+    linked = [message_id] + ([row.reprocessed_from] if row.reprocessed_from else [])
+    detail["timeline"] = timeline(conn, [k["value"] for k in keys], linked)
     return detail
 
 
-def timeline(conn: Connection, values: list[str], message_id: int) -> list[dict[str, Any]]:
-    """Every message sharing a correlation value with this one, plus replay links, oldest first."""
+def timeline(conn: Connection, values: list[str], linked: list[int]) -> list[dict[str, Any]]:
+    """Messages sharing a correlation value, and replays of or from ``linked``, oldest first."""
     related = select(correlations.c.message_id).where(correlations.c.value.in_(values))
     query = (
         select(m.id, m.uuid, m.channel, m.received_at, m.status, m.message_type, m.control_id)
-        .where(or_(m.id.in_(related), m.id == message_id, m.reprocessed_from == message_id))
+        .where(or_(m.id.in_(related), m.id.in_(linked), m.reprocessed_from.in_(linked)))
         .order_by(m.id)
         .limit(500)
     )
