@@ -219,9 +219,9 @@ def _row(item: Inbound) -> dict[str, Any]:
         "received_at": item.received_at,
         "status": item.status,
         "content_type": item.content_type,
-        "message_type": item.message_type,
-        "control_id": item.control_id,
-        "sender": item.sender,
+        "message_type": _fit(item.message_type, 64),
+        "control_id": _fit(item.control_id, 199),
+        "sender": _fit(item.sender, 255),
         "size": len(item.raw),
         "raw": item.raw,
         "source": json.dumps(item.source) if item.source else None,
@@ -231,6 +231,11 @@ def _row(item: Inbound) -> dict[str, Any]:
         "duplicate_of": None,
         "origin_delivery_id": item.origin_delivery_id,
     }
+
+
+def _fit(value: str | None, size: int) -> str | None:
+    """Senders choose header values: fit them to the column so one cannot fail a batch."""
+    return value[:size] if value else value
 
 
 def _answer(batch: list[_Pending], results: list[Receipt | BaseException]) -> None:

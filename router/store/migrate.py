@@ -21,8 +21,8 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(store: Store, revision: str = "head") -> None:
-    """Bring the schema to ``revision``; safe to call from several nodes at once."""
+def upgrade(store: Store, revision: str = "heads") -> None:
+    """Bring the schema to ``revision`` (every branch head by default); safe from several nodes."""
     config = alembic_config(store.url)
     with store.writer.connect() as conn:
         if store.dialect == "postgresql":
