@@ -197,8 +197,8 @@ def _find_original(
         select(m.uuid, m.id, m.ack)
         .where(
             m.channel == item.channel,
-            m.sender == item.sender,
-            m.control_id == item.control_id,
+            m.sender == _fit(item.sender, 255),
+            m.control_id == _fit(item.control_id, 199),
             m.received_at >= item.received_at - timedelta(seconds=item.idempotency_window),
             m.duplicate_of.is_(None),
             m.status != "error",
