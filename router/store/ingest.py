@@ -137,7 +137,10 @@ class GroupCommitWriter:
                 results = [error] * len(batch)
             _answer(batch, results)
             if self._on_commit is not None and any(isinstance(r, Receipt) for r in results):
-                self._on_commit()
+                try:
+                    self._on_commit()
+                except Exception:
+                    log.exception("commit hook failed; the writer carries on")
             if stop:
                 return
 
