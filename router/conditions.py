@@ -26,6 +26,19 @@ _TESTS = ("equals", "in_", "matches", "exists")
 _COMBINATORS = ("not_", "any", "all")
 
 
+def _as_text(value: Any) -> Any:
+    """A YAML number becomes the text it is compared as; a YAML boolean is refused.
+
+    Unquoted ``NO``, ``yes``, ``on`` or ``false`` load as booleans, and comparing
+    ``"False"`` with a field would silently never match.
+    """
+    if isinstance(value, bool):
+        raise ValueError(
+            "an unquoted yes, no, on, off, true or false is a YAML boolean: quote the value"
+        )
+    return str(value) if isinstance(value, int | float) else value
+
+
 class Condition(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -41,16 +54,12 @@ class Condition(BaseModel):
     @field_validator("equals", mode="before")
     @classmethod
     def _scalar_as_text(cls, value: Any) -> Any:
-        return (
-            str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-        )
+        return _as_text(value)
 
     @field_validator("in_", mode="before")
     @classmethod
     def _list_as_text(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [str(v) if isinstance(v, int | float) else v for v in value]
-        return value
+        return [_as_text(v) for v in value] if isinstance(value, list) else value
 
     @field_validator("matches")
     @classmethod

@@ -89,6 +89,22 @@ class SourceConfig(_Strict):
 # --- destinations ----------------------------------------------------------
 
 AckAction = Literal["sent", "retry", "fail"]
+DEFAULT_ON_ACK: dict[str, AckAction] = {
+    "AA": "sent",
+    "CA": "sent",
+    "AE": "retry",
+    "CE": "retry",
+    "AR": "fail",
+    "CR": "fail",
+}
+FILE_NAME_FIELDS = (
+    "channel",
+    "destination",
+    "message_id",
+    "message_uuid",
+    "delivery_id",
+    "control_id",
+)
 
 
 class MllpTarget(_Strict):
@@ -96,16 +112,13 @@ class MllpTarget(_Strict):
     port: int = Field(ge=1, le=65535)
     connect_timeout: Duration = 10.0
     ack_timeout: Duration = 30.0
-    on_ack: dict[str, AckAction] = Field(
-        default_factory=lambda: {
-            "AA": "sent",
-            "CA": "sent",
-            "AE": "retry",
-            "CE": "retry",
-            "AR": "fail",
-            "CR": "fail",
-        }
-    )
+    on_ack: dict[str, AckAction] = Field(default_factory=lambda: dict(DEFAULT_ON_ACK))
+
+    @field_validator("on_ack")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, AckAction]) -> dict[str, AckAction]:
+        """``{AE: fail}`` changes AE only: the codes not named keep their default action."""
+        return {**DEFAULT_ON_ACK, **{code.upper(): action for code, action in value.items()}}
 
 
 class FileTarget(_Strict):
@@ -117,6 +130,13 @@ class FileTarget(_Strict):
     def _plain_name(cls, value: str) -> str:
         if "/" in value or "\\" in value or value.startswith("."):
             raise ValueError("a file name template cannot contain a path or start with '.'")
+        try:
+            value.format(**dict.fromkeys(FILE_NAME_FIELDS, "1"))
+        except (KeyError, IndexError, AttributeError, ValueError) as exc:
+            raise ValueError(
+                f"bad file name template ({type(exc).__name__}: {exc}); "
+                f"placeholders are {', '.join('{' + f + '}' for f in FILE_NAME_FIELDS)}"
+            ) from exc
         return value
 
 

@@ -72,13 +72,14 @@ class Engine:
         self.dispatcher = Dispatcher(
             self.store, self.channels, self._make_sender, config.dispatch, owner=config.node
         )
+        self.writer = GroupCommitWriter(self.store, on_commit=lambda: self.processor.wake())
         self.processor = Processor(
             self.store,
             self.channels,
             batch=config.processing.batch,
             on_deliveries=self.dispatcher.notify,
+            transact=self.writer.run,
         )
-        self.writer = GroupCommitWriter(self.store, on_commit=self.processor.wake)
         self.listeners = [
             MllpListener(c.config, self.writer.submit)
             for c in self.channels.values()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +47,20 @@ def load(reference: str, key: str = "transform") -> Mapping:
         module = importlib.import_module(f"{PACKAGE}.{module_name}")
     except ImportError as exc:
         raise MappingError(f"{reference}: cannot import mapping module: {exc}", key) from exc
+    except Exception as exc:  # a SyntaxError or a failing top-level statement in the module
+        raise MappingError(
+            f"{reference}: mapping module failed to load: {_describe(exc)}", key
+        ) from exc
     function = getattr(module, function_name, None)
     if not callable(function):
         raise MappingError(f"{reference}: no function {function_name!r} in {module_name}", key)
     return function
+
+
+def _describe(exc: Exception) -> str:
+    """The error with the file and line it happened at, so a broken mapping is found at once."""
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"

@@ -9,6 +9,8 @@ from typing import Any
 
 from router.hl7v2.er7 import Er7Message
 
+MAX_KEY = 64  # correlations.key in the store
+
 
 @dataclass
 class Message:
@@ -52,7 +54,13 @@ class Message:
         return parse_structured(self.raw)
 
     def correlate(self, key: str, value: str | None) -> None:
-        """Tie this message to a conversation by ``key`` (e.g. ``placer_order``)."""
+        """Tie this message to a conversation by ``key`` (e.g. ``placer_order``).
+
+        A key longer than the store's 64 characters is this message's error here,
+        rather than a failed write that would hold up every message processed with it.
+        """
+        if not key or len(key) > MAX_KEY:
+            raise ValueError(f"correlation key {key!r} must have 1 to {MAX_KEY} characters")
         if value:
             self.correlations.append((key, value[:255]))
 

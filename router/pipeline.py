@@ -8,7 +8,7 @@ channel tests can run it with no network.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,10 +161,11 @@ def _outputs(value: Any, content_type: str) -> list[Output]:
         return [Output(value, content_type)]
     if isinstance(value, Output):
         return [value]
-    if isinstance(value, Iterable):
+    if isinstance(value, Iterable) and not isinstance(value, Mapping):
         return [o for item in value for o in _outputs(item, content_type)]
     raise TypeError(
-        f"a mapping returned {type(value).__name__}; expected bytes, str, Output or a list"
+        f"a mapping returned {type(value).__name__}; expected bytes, str, Output or a list "
+        "(a dict by destination name only as the channel transform's whole result)"
     )
 
 

@@ -12,9 +12,9 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select, update
 
 from router.message import Message
 from router.pipeline import CompiledChannel, Outcome, process
@@ -24,10 +24,16 @@ from router.store.schema import channel_state, correlations, deliveries, message
 
 log = logging.getLogger(__name__)
 DestinationKey = tuple[str, str]
+T = TypeVar("T")
+Transact = Callable[[Callable[[Connection], T]], T]
 
 
 class Processor:
-    """A thread that drains ``received`` messages of active, unpaused channels in receive order."""
+    """A thread that drains ``received`` messages of active, unpaused channels in receive order.
+
+    ``transact(work)`` runs ``work(conn)`` in a write transaction on SQLite; by default the
+    processor opens its own.
+    """
 
     def __init__(
         self,
@@ -37,12 +43,16 @@ class Processor:
         batch: int = 500,
         on_deliveries: Callable[[set[DestinationKey]], None] | None = None,
         idle_wait: float = 1.0,
+        linger: float = 0.01,
+        transact: Transact[Any] | None = None,
     ) -> None:
         self._store = store
         self._channels = channels
         self._batch = batch
         self._on_deliveries = on_deliveries
         self._idle_wait = idle_wait
+        self._linger = linger
+        self._transact = transact or self._own_transaction
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -72,6 +82,9 @@ class Processor:
             if done < self._batch:
                 self._wake.wait(self._idle_wait)
                 self._wake.clear()
+                # Let a few more messages arrive: one transaction (one fsync) for many
+                # messages instead of one each, which would compete with ingest's commits.
+                self._stopping.wait(self._linger)
 
     def run_once(self) -> int:
         """Process one batch; returns how many messages it settled."""
@@ -83,19 +96,23 @@ class Processor:
             with self._store.begin() as conn:
                 rows = _claim(conn, active, self._batch, lock=True)
                 outcomes = self._process(rows)
-                touched = _write(conn, outcomes, guard=False)
+                touched = _write(conn, outcomes)
         else:
-            # SQLite has one writer: process outside the write lock so ingest is never held up.
+            # SQLite has one writer: process outside the write lock so ingest is never held up,
+            # then write through ``transact`` (in the engine: ingest's next group commit).
             with self._store.read() as conn:
                 rows = _claim(conn, active, self._batch, lock=False)
             outcomes = self._process(rows)
             if not outcomes:
                 return 0
-            with self._store.begin() as conn:
-                touched = _write(conn, outcomes, guard=True)
+            touched = self._transact(lambda conn: _write(conn, outcomes))
         if touched and self._on_deliveries is not None:
             self._on_deliveries(touched)
         return len(rows)
+
+    def _own_transaction(self, work: Callable[[Connection], T]) -> T:
+        with self._store.begin() as conn:
+            return work(conn)
 
     def _process(self, rows: list[Any]) -> list[tuple[Any, Outcome]]:
         return [(row, process(self._channels[row.channel], _message(row))) for row in rows]
@@ -131,21 +148,10 @@ def _message(row: Any) -> Message:
     )
 
 
-def _write(
-    conn: Connection, outcomes: list[tuple[Any, Outcome]], *, guard: bool
-) -> set[DestinationKey]:
-    """Settle messages, insert deliveries and keys; ``guard`` skips rows taken elsewhere."""
+def _write(conn: Connection, outcomes: list[tuple[Any, Outcome]]) -> set[DestinationKey]:
+    """Settle messages, insert deliveries and keys; rows settled elsewhere meanwhile are skipped."""
     now = utcnow()
-    settled = [
-        (row, outcome) for row, outcome in outcomes if not guard or _settle(conn, row, outcome, now)
-    ]
-    if not guard and settled:
-        conn.execute(
-            update(messages)
-            .where(messages.c.id == bindparam("_id"))
-            .values(status=bindparam("_status"), error=bindparam("_error"), processed_at=now),
-            [{"_id": r.id, "_status": o.status, "_error": o.reason} for r, o in settled],
-        )
+    settled = _settle(conn, outcomes, now)
     delivery_rows = [
         _delivery_row(row, d, now) for row, outcome in settled for d in outcome.deliveries
     ]
@@ -161,13 +167,30 @@ def _write(
     return {(r["channel"], r["destination"]) for r in delivery_rows}
 
 
-def _settle(conn: Connection, row: Any, outcome: Outcome, now: datetime) -> bool:
-    result = conn.execute(
-        update(messages)
-        .where(messages.c.id == row.id, messages.c.status == "received")
-        .values(status=outcome.status, error=outcome.reason, processed_at=now)
-    )
-    return result.rowcount == 1
+def _settle(
+    conn: Connection, outcomes: list[tuple[Any, Outcome]], now: datetime
+) -> list[tuple[Any, Outcome]]:
+    """Set each message's outcome if it is still ``received``; the outcomes that were set.
+
+    One UPDATE per distinct status and reason (usually one for the whole batch). The
+    ``received`` check skips a message another processor settled meanwhile: SQLite reads
+    the batch outside the write lock, PostgreSQL has the rows locked already.
+    """
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for row, outcome in outcomes:
+        groups.setdefault((outcome.status, outcome.reason), []).append(row.id)
+    m = messages.c
+    done: set[int] = set()
+    for (status, reason), ids in groups.items():
+        done.update(
+            conn.scalars(
+                update(messages)
+                .where(m.id.in_(ids), m.status == "received")
+                .values(status=status, error=reason, processed_at=now)
+                .returning(m.id)
+            )
+        )
+    return [(row, outcome) for row, outcome in outcomes if row.id in done]
 
 
 def _delivery_row(row: Any, planned: Any, now: datetime) -> dict[str, Any]:

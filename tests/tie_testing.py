@@ -138,3 +138,47 @@ class Hl7Receiver:
 
         self._loop.run(_close())
         self._loop.close()
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nobody listens on now: bound together on port 0 so they are distinct, then freed.
+
+    For configurations that must name their ports before the engine starts
+    (engine.yaml and channel files used by a subprocess or by ``run.py send``).
+    """
+    import socket
+
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def hl7_message(
+    sample: bytes,
+    control_id: str,
+    *,
+    patient: str | None = None,
+    accept_ack: str | None = None,
+    separator: bytes = b"\r",
+) -> bytes:
+    """A distinct test message built from ``sample``: its MSH-10 replaced, optionally PID-3
+    (as ``<patient>^^^NHS^NH``) and MSH-15, with ``separator`` between segments."""
+    segments = sample.replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip(b"\r").split(b"\r")
+    out = []
+    for segment in segments:
+        fields = segment.split(b"|")
+        if fields[0] == b"MSH":
+            fields += [b""] * (15 - len(fields))
+            fields[9] = control_id.encode()
+            if accept_ack is not None:
+                fields[14] = accept_ack.encode()
+        elif fields[0] == b"PID" and patient is not None:
+            fields += [b""] * (4 - len(fields))
+            fields[3] = f"{patient}^^^NHS^NH".encode()
+        out.append(b"|".join(fields).rstrip(b"|"))
+    return separator.join(out) + separator

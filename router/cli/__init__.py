@@ -17,7 +17,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.register(sub)
     replay_commands.register(sub)
+    _accept_config_after_command(parser)
     return parser
+
+
+def _accept_config_after_command(parser: argparse.ArgumentParser) -> None:
+    """``run.py serve --config PATH`` works as well as ``run.py --config PATH serve``.
+
+    The default is suppressed so that a command without the option keeps the top-level value.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument("--config", default=argparse.SUPPRESS, help="engine.yaml")
+                _accept_config_after_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

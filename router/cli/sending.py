@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from router.cli.output import CommandError
 from router.config import ChannelConfig, EngineConfig
 from router.connectors.mllp.framing import frame, read_frame
 from router.hl7v2.ack import parse_ack
@@ -17,10 +18,23 @@ from router.hl7v2.header import parse_header
 def send_files(
     config: EngineConfig, channel: ChannelConfig, files: list[Path], *, timeout: float
 ) -> list[dict[str, Any]]:
-    batches = [(path, split_messages(path.read_bytes())) for path in files]
+    batches = [(path, read_messages(path)) for path in files]
     if channel.source.mllp is not None:
         return asyncio.run(_send_mllp(channel, batches, timeout))
     return _inject(config, channel, batches)
+
+
+def read_messages(path: Path) -> list[bytes]:
+    """The messages in one file; a file that holds none is the operator's mistake, not a crash."""
+    try:
+        found = split_messages(path.read_bytes())
+    except OSError as exc:
+        raise CommandError(f"{path}: {exc.strerror or exc}") from exc
+    except Er7Error as exc:
+        raise CommandError(f"{path}: not HL7 v2: {exc}") from exc
+    if not found:
+        raise CommandError(f"{path}: no message (no line starts with MSH)")
+    return found
 
 
 async def _send_mllp(
@@ -29,7 +43,13 @@ async def _send_mllp(
     source = channel.source.mllp
     assert source is not None
     host = "127.0.0.1" if source.host in ("0.0.0.0", "::") else source.host
-    reader, writer = await asyncio.open_connection(host, source.port)
+    try:
+        reader, writer = await asyncio.open_connection(host, source.port)
+    except OSError as exc:
+        raise CommandError(
+            f"channel {channel.name} does not answer on {host}:{source.port} "
+            f"(is the engine running?): {exc.strerror or exc}"
+        ) from exc
     results = []
     try:
         for path, batch in batches:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import uuid4
 
 from sqlalchemy import Connection, select
@@ -28,6 +28,7 @@ from router.store.schema import messages
 
 log = logging.getLogger(__name__)
 _STOP = object()
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -74,6 +75,12 @@ class _Pending:
     loop: asyncio.AbstractEventLoop | None
 
 
+@dataclass(slots=True)
+class _Job:
+    work: Callable[[Connection], Any]
+    waiter: Future[Any]
+
+
 class GroupCommitWriter:
     """One thread that commits batches of inbound messages and answers their waiters."""
 
@@ -113,12 +120,24 @@ class GroupCommitWriter:
         self._queue.put(_Pending(item, waiter, None))
         return waiter.result()
 
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(conn)`` inside the next group commit; its result once committed.
+
+        For the process's other writers (the processor on SQLite): they share ingest's
+        transaction and fsync instead of committing on their own and holding the one
+        write lock while senders wait for their ACKs. ``work`` runs in a savepoint, so
+        one that fails is rolled back alone and raises here; the batch is still committed.
+        """
+        waiter: Future[T] = Future()
+        self._queue.put(_Job(work, waiter))
+        return waiter.result()
+
     def _run(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch: list[_Pending] = [first]
+            batch: list[_Pending | _Job] = [first]
             stop = False
             while len(batch) < self._max_batch:
                 try:
@@ -129,13 +148,21 @@ class GroupCommitWriter:
                     stop = True
                     break
                 batch.append(nxt)
+            pending = [p for p in batch if isinstance(p, _Pending)]
+            jobs = [j for j in batch if isinstance(j, _Job)]
             try:
-                results: list[Receipt | BaseException] = list(self._write([p.item for p in batch]))
+                receipts, done = self._write([p.item for p in pending], jobs)
+                results: list[Receipt | BaseException] = list(receipts)
             except Exception as exc:
-                log.error("store commit failed for %d message(s): %s", len(batch), exc)
+                log.error("store commit failed for %d message(s): %s", len(pending), exc)
                 error = StoreUnavailable(f"store unavailable: {type(exc).__name__}")
-                results = [error] * len(batch)
-            _answer(batch, results)
+                results, done = [error] * len(pending), [error] * len(jobs)
+            _answer(pending, results)
+            for job, outcome in zip(jobs, done, strict=True):
+                if isinstance(outcome, BaseException):
+                    job.waiter.set_exception(outcome)
+                else:
+                    job.waiter.set_result(outcome)
             if self._on_commit is not None and any(isinstance(r, Receipt) for r in results):
                 try:
                     self._on_commit()
@@ -144,9 +171,18 @@ class GroupCommitWriter:
             if stop:
                 return
 
-    def _write(self, items: list[Inbound]) -> list[Receipt]:
+    def _write(self, items: list[Inbound], jobs: list[_Job]) -> tuple[list[Receipt], list[Any]]:
         with self._store.begin() as conn:
-            return write_inbound(conn, items)
+            return write_inbound(conn, items), [_run_job(conn, job) for job in jobs]
+
+
+def _run_job(conn: Connection, job: _Job) -> Any:
+    """The job's result, or the exception it raised (its savepoint rolled back)."""
+    try:
+        with conn.begin_nested():
+            return job.work(conn)
+    except Exception as exc:
+        return exc
 
 
 def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:

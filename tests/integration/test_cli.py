@@ -1,0 +1,731 @@
+"""``run.py``'s commands, driven as an operator would, against a store on SQLite and PostgreSQL.
+
+Search and replay data is seeded the way sources store it (``write_inbound``)
+and processed by the real ``Processor``; ``send``, ``show`` and ``resend`` run
+against a live engine with a python-hl7 laboratory downstream.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, func, inspect, select, text
+from tie_testing import Hl7Receiver, RunningEngine, free_ports, wait_until
+
+from router import audit
+from router.cli import main
+from router.config import load_channels, load_engine
+from router.connectors.hl7_inbound import hl7_inbound
+from router.engine import compile_channels, open_store
+from router.processing import Processor
+from router.store.database import Store
+from router.store.ingest import Inbound, utcnow, write_inbound
+from router.store.migrate import alembic_config, upgrade
+from router.store.schema import audit_events, deliveries, messages
+
+ROOT = Path(__file__).resolve().parents[2]
+OS_USER = f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def oml(control_id: str, placer: str, surname: str = "JONES") -> bytes:
+    return (
+        f"MSH|^~\\&|EPR|RXX|LAB|RYY|20240101120000||OML^O21^OML_O21|{control_id}|P|2.5.1\r"
+        f"PID|1||9434765919^^^NHS^NH||{surname}^JOHN\r"
+        f"ORC|NW|{placer}\r"
+        f"OBR|1|{placer}||FBC^Full blood count^L"
+    ).encode()
+
+
+def adt(control_id: str) -> bytes:
+    return (
+        f"MSH|^~\\&|PAS|RXX|EPR|RXX|20240101120000||ADT^A01^ADT_A01|{control_id}|P|2.5.1\r"
+        "PID|1||9434765919^^^NHS^NH||JONES^JOHN"
+    ).encode()
+
+
+def oru(control_id: str, placer: str, surname: str) -> bytes:
+    return (
+        f"MSH|^~\\&|LAB|RYY|EPR|RXX|20240101120000||ORU^R01^ORU_R01|{control_id}|P|2.5.1\r"
+        f"PID|1||9434765919^^^NHS^NH||{surname}^JOHN\r"
+        f"OBR|1|{placer}|FILL-{placer}|FBC^Full blood count^L\r"
+        "OBX|1|NM|HB^Haemoglobin^L||130|g/L"
+    ).encode()
+
+
+# --- workspace: engine.yaml and channels in a tmp folder ------------------------------------
+
+
+@dataclass
+class Workspace:
+    config: Path
+    orders_port: int
+    results_port: int
+
+    def store(self) -> Store:
+        store = open_store(load_engine(self.config))
+        upgrade(store)
+        return store
+
+
+def write_workspace(root: Path, store_url: str, lab_port: int) -> Workspace:
+    orders_port, results_port = free_ports(2)
+    for folder in ("channels", "mappings"):
+        (root / folder).mkdir(exist_ok=True)
+    engine = {
+        "store": store_url,
+        "channels": "channels",
+        "mappings": "mappings",
+        "http": {"host": "127.0.0.1", "port": 0},
+        "node": "cli-test",
+        "dispatch": {"poll_interval": "100ms", "lease": "30s"},
+    }
+    orders = {
+        "name": "orders",
+        "source": {"mllp": {"host": "127.0.0.1", "port": orders_port}},
+        "correlate": {"placer_order": "ORC-2.1"},
+        "filter": [{"field": "MSH-9.1", "in": ["OML", "ORM"]}],
+        "destinations": {
+            "lab": {
+                "mllp": {"host": "127.0.0.1", "port": lab_port},
+                "retry": {"max_attempts": 3, "backoff": ["100ms", "1s"]},
+            }
+        },
+    }
+    results = {
+        "name": "results",
+        "source": {"mllp": {"host": "127.0.0.1", "port": results_port}},
+        "correlate": {"placer_order": "OBR-2.1"},
+        "filter": [{"field": "MSH-9.1", "equals": "ORU"}],
+        "destinations": {},
+    }
+    (root / "engine.yaml").write_text(yaml.safe_dump(engine))
+    for channel in (orders, results):
+        (root / "channels" / f"{channel['name']}.yaml").write_text(yaml.safe_dump(channel))
+    return Workspace(root / "engine.yaml", orders_port, results_port)
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
+    """Run ``run.py`` in-process: ``cli(config, *args) -> Run``."""
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    monkeypatch.delenv("TIE_CONFIG", raising=False)
+
+    def run(config: Path, *args: str) -> Run:
+        capsys.readouterr()
+        code = main(["--config", str(config), *args])
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, store_url: str) -> Workspace:
+    return write_workspace(tmp_path, store_url, lab_port=free_ports(1)[0])
+
+
+@dataclass
+class Seeded:
+    workspace: Workspace
+    store: Store
+    ids: dict[str, int]
+    processor: Processor
+
+
+@pytest.fixture
+def seeded(workspace: Workspace) -> Iterator[Seeded]:
+    """Five messages of different channels, types, times and outcomes, then processed."""
+    config = load_engine(workspace.config)
+    store = workspace.store()
+    now = utcnow()
+    items = {
+        "ORD-1": hl7_inbound(
+            "orders", oml("ORD-1", "PLACER-1", "SMITH"), received_at=now - timedelta(days=3)
+        ),
+        "ORD-2": hl7_inbound(
+            "orders", oml("ORD-2", "PLACER-2"), received_at=now - timedelta(hours=2)
+        ),
+        "ADT-1": hl7_inbound("orders", adt("ADT-1"), received_at=now - timedelta(hours=1)),
+        "RES-1": hl7_inbound(
+            "results", oru("RES-1", "PLACER-1", "SMITH"), received_at=now - timedelta(minutes=10)
+        ),
+        "JUNK": Inbound(
+            "orders",
+            b"\x00\x01 not hl7",
+            status="error",
+            error="rejected: no MSH segment",
+            received_at=now - timedelta(minutes=5),
+        ),
+    }
+    with store.begin() as conn:
+        write_inbound(conn, list(items.values()))
+    with store.read() as conn:
+        by_uuid = {r.uuid: r.id for r in conn.execute(select(messages.c.uuid, messages.c.id))}
+    processor = Processor(store, compile_channels(config, load_channels(config.channels)))
+    assert processor.run_once() == 4
+    yield Seeded(workspace, store, {k: by_uuid[v.uuid] for k, v in items.items()}, processor)
+    store.dispose()
+
+
+def count(store: Store, table: Any, *where: Any) -> int:
+    with store.read() as conn:
+        return conn.scalar(select(func.count()).select_from(table).where(*where)) or 0
+
+
+def audit_log(store: Store, action: str) -> list[Any]:
+    with store.read() as conn:
+        return list(
+            conn.execute(
+                select(audit_events)
+                .where(audit_events.c.action == action)
+                .order_by(audit_events.c.id)
+            )
+        )
+
+
+# --- check ------------------------------------------------------------------------------
+
+
+def test_check_accepts_the_bundled_configuration(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "--config",
+            str(ROOT / "config/engine.yaml"),
+            "check",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ok  lab-orders" in result.stdout
+    assert "ok  lab-results" in result.stdout
+
+
+BROKEN = {
+    "unknown key": (
+        "name: broken\nsource: {mllp: {port: 2575, hots: localhost}}\n",
+        "source.mllp.hots: unknown key",
+    ),
+    "bad duration": (
+        "name: broken\nsource: {mllp: {port: 2575}}\ndestinations:\n  lab:\n"
+        "    mllp: {host: 127.0.0.1, port: 2576}\n    retry: {backoff: [1x, 5m]}\n",
+        "destinations.lab.retry.backoff[0]: '1x' is not a duration",
+    ),
+    "bad field path": (
+        "name: broken\nsource: {mllp: {port: 2575}}\nfilter:\n  - field: MSH-x\n    equals: ORU\n",
+        "filter[0].field: bad field path 'MSH-x'",
+    ),
+    "missing source": ("name: broken\ndestinations: {}\n", "source: Field required"),
+    "two transports": (
+        "name: broken\nsource: {mllp: {port: 2575}}\ndestinations:\n  lab:\n"
+        "    mllp: {host: 127.0.0.1, port: 2576}\n    file: {directory: out}\n",
+        "destinations.lab: a destination needs exactly one of mllp, file, channel "
+        "(found mllp, file)",
+    ),
+    "invalid yaml": (
+        "name: broken\nsource: {mllp: {port: 2575}\ndestinations: {}\n",
+        "line 3, column 1: invalid YAML",
+    ),
+    "name is not the file name": (
+        "name: other\nsource: {mllp: {port: 2575}}\n",
+        "name: must match the file name 'broken'",
+    ),
+    "channel destination to a missing channel": (
+        "name: broken\nsource: {mllp: {port: 2575}}\ndestinations:\n"
+        "  onward: {channel: {channel: nowhere}}\n",
+        "destinations.onward.channel.channel: no channel named 'nowhere'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_check_names_file_key_path_and_problem(tmp_path, cli, case):
+    workspace = write_workspace(tmp_path, f"sqlite:///{tmp_path / 'tie.db'}", lab_port=2576)
+    broken = tmp_path / "channels" / "broken.yaml"
+    content, expected = BROKEN[case]
+    broken.write_text(content)
+
+    run = cli(workspace.config, "check")
+
+    assert run.code == 2
+    assert f"{broken}: {expected}" in run.err
+    assert "orders.yaml" not in run.err, "only the broken file is blamed"
+
+
+def test_check_names_engine_yaml_problems(tmp_path, cli):
+    config = tmp_path / "engine.yaml"
+    config.write_text("store: sqlite:///tie.db\nchannels: channels\nhttp: {prot: 8080}\n")
+    run = cli(config, "check")
+    assert run.code == 2
+    assert f"{config}: http.prot: unknown key" in run.err
+
+
+def test_paths_in_engine_yaml_are_relative_to_its_folder(tmp_path, cli, monkeypatch):
+    conf, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    conf.mkdir()
+    elsewhere.mkdir()
+    write_workspace(tmp_path / "conf", "sqlite:///unused.db", lab_port=2576)
+    config = conf / "engine.yaml"
+    config.write_text(
+        "store: sqlite:///../data/relative.db\nchannels: channels\nmappings: mappings\n"
+    )
+    monkeypatch.chdir(elsewhere)
+
+    checked = cli(config, "check")
+    upgraded = cli(config, "db", "upgrade")
+
+    assert checked.code == 0, checked.err
+    assert "ok  orders" in checked.out and "ok  results" in checked.out
+    assert upgraded.code == 0, upgraded.err
+    assert (tmp_path / "data" / "relative.db").stat().st_size > 0
+    assert list(elsewhere.iterdir()) == []
+
+
+# --- db upgrade -------------------------------------------------------------------------
+
+
+def test_db_upgrade_creates_the_schema_on_an_empty_database(tmp_path, store_url, cli):
+    if store_url.startswith("sqlite"):
+        (tmp_path / "tie.db").touch()
+    workspace = write_workspace(tmp_path, store_url, lab_port=2576)
+    head = ScriptDirectory.from_config(alembic_config(store_url)).get_current_head()
+
+    first = cli(workspace.config, "db", "upgrade")
+    again = cli(workspace.config, "db", "upgrade")
+
+    assert (first.code, again.code) == (0, 0)
+    assert "latest schema" in first.out
+    engine = create_engine(store_url)
+    try:
+        inspector = inspect(engine)
+        tables = set(inspector.get_table_names())
+        schema = inspector.default_schema_name
+        with engine.connect() as conn:
+            version = conn.scalar(text("SELECT version_num FROM alembic_version"))
+    finally:
+        engine.dispose()
+    assert {"messages", "deliveries", "attempts", "correlations", "audit_events"} <= tables
+    assert version == head
+    if store_url.startswith("postgresql"):
+        assert schema != "public", "the upgrade must land in the schema named by the URL"
+
+
+# --- messages and show ------------------------------------------------------------------
+
+
+def test_messages_filters(seeded, cli):
+    ids = seeded.ids
+    name = {v: k for k, v in ids.items()}
+    day_ago = (utcnow() - timedelta(days=1)).isoformat()
+
+    def found(*args: str) -> list[str]:
+        run = cli(seeded.workspace.config, "messages", "--json", *args)
+        assert run.code == 0, run.err
+        return [name[row["id"]] for row in run.json()]
+
+    assert found() == ["JUNK", "RES-1", "ADT-1", "ORD-2", "ORD-1"]
+    assert found("--channel", "results") == ["RES-1"]
+    assert found("--status", "filtered") == ["ADT-1"]
+    assert found("--status", "error") == ["JUNK"]
+    assert found("--channel", "orders", "--status", "processed") == ["ORD-2", "ORD-1"]
+    assert found("--since", "1d") == ["JUNK", "RES-1", "ADT-1", "ORD-2"]
+    assert found("--until", day_ago) == ["ORD-1"]
+    assert found("--since", "3h", "--until", "30m") == ["ADT-1", "ORD-2"]
+    assert found("--type", "OML") == ["ORD-2", "ORD-1"]
+    assert found("--type", "ORU^R01") == ["RES-1"]
+    assert found("--control-id", "ORD-2") == ["ORD-2"]
+    assert found("--key", "PLACER-1") == ["RES-1", "ORD-1"]
+    assert found("--text", "SMITH") == ["RES-1"], "text search looks back one day by default"
+    assert found("--text", "SMITH", "--since", "7d") == ["RES-1", "ORD-1"]
+    assert found("--limit", "2") == ["JUNK", "RES-1"]
+    assert found("--limit", "2", "--before", str(ids["RES-1"])) == ["ADT-1", "ORD-2"]
+
+    table = cli(seeded.workspace.config, "messages", "--channel", "orders", "--status", "error")
+    assert table.code == 0
+    header, *rows = table.out.splitlines()
+    assert header.split() == [
+        "ID",
+        "RECEIVED_AT",
+        "CHANNEL",
+        "STATUS",
+        "MESSAGE_TYPE",
+        "CONTROL_ID",
+        "ERROR",
+    ]
+    assert len(rows) == 1
+    assert rows[0].split()[0] == str(ids["JUNK"])
+    assert "rejected: no MSH segment" in rows[0]
+
+
+def test_messages_rejects_a_time_that_is_neither_iso_nor_an_age(seeded, cli):
+    with pytest.raises(SystemExit) as exit_:
+        cli(seeded.workspace.config, "messages", "--since", "yesterday-ish")
+    assert exit_.value.code == 2
+
+
+@dataclass
+class Live:
+    workspace: Workspace
+    engine: RunningEngine
+    lab: Hl7Receiver
+    rejected: set[str]
+
+
+@pytest.fixture
+def live(tmp_path: Path, store_url: str) -> Iterator[Live]:
+    """The engine running from a tmp engine.yaml; the lab answers AR to MSH-10s in ``rejected``."""
+    rejected: set[str] = set()
+    lab = Hl7Receiver(answer=lambda m: "AR" if str(m.segment("MSH")[10]) in rejected else "AA")
+    workspace = write_workspace(tmp_path, store_url, lab.port)
+    config = load_engine(workspace.config)
+    engine = RunningEngine(config, load_channels(config.channels))
+    try:
+        yield Live(workspace, engine, lab, rejected)
+    finally:
+        engine.stop()
+        lab.stop()
+
+
+def delivery_statuses(store: Store, control_id: str) -> list[str]:
+    with store.read() as conn:
+        return list(
+            conn.scalars(
+                select(deliveries.c.status)
+                .join(messages, messages.c.id == deliveries.c.message_id)
+                .where(messages.c.control_id == control_id)
+                .order_by(deliveries.c.id)
+            )
+        )
+
+
+def send_file(live: Live, cli: Callable[..., Run], name: str, *payloads: bytes) -> Run:
+    path = live.workspace.config.parent / name
+    path.write_bytes(b"\n".join(p.replace(b"\r", b"\n") for p in payloads) + b"\n")
+    return cli(live.workspace.config, "send", "orders", str(path), "--json")
+
+
+# --- send -------------------------------------------------------------------------------
+
+
+def test_send_splits_a_file_and_prints_the_acks(live, cli, tmp_path):
+    batch = tmp_path / "batch.hl7"
+    batch.write_bytes(b"\r\n".join([oml("SEND-1", "P-1"), oml("SEND-2", "P-2"), adt("SEND-3")]))
+
+    table = cli(live.workspace.config, "send", "orders", str(batch))
+
+    assert table.code == 0, table.err
+    header, *rows = table.out.splitlines()
+    assert header.split() == ["FILE", "CONTROL_ID", "ACK", "TEXT"]
+    assert [row.split()[1:3] for row in rows] == [
+        ["SEND-1", "AA"],
+        ["SEND-2", "AA"],
+        ["SEND-3", "AA"],
+    ]
+    single = tmp_path / "single.hl7"
+    single.write_bytes(oml("SEND-4", "P-4"))
+    as_json = cli(live.workspace.config, "send", "orders", str(single), "--json")
+    assert as_json.code == 0
+    [answer] = as_json.json()
+    assert (answer["file"], answer["control_id"], answer["ack"]) == (str(single), "SEND-4", "AA")
+    assert "MSA|AA|SEND-4" in answer["raw_ack"]
+    with live.engine.store.read() as conn:
+        stored = set(conn.scalars(select(messages.c.control_id)))
+    assert stored == {"SEND-1", "SEND-2", "SEND-3", "SEND-4"}
+    wait_until(lambda: sorted(live.lab.control_ids()) == ["SEND-1", "SEND-2", "SEND-4"])
+
+
+def test_send_exits_non_zero_when_a_message_is_not_accepted(live, cli):
+    unreadable = oml("", "P-9")
+    run = send_file(live, cli, "mixed.hl7", oml("GOOD-1", "P-1"), unreadable)
+
+    assert run.code == 1
+    good, bad = run.json()
+    assert (good["control_id"], good["ack"]) == ("GOOD-1", "AA")
+    assert bad["ack"] == "AR"
+    assert "MSH-10" in bad["text"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"PID|1||123\nnot a message\n", "not HL7 v2: segment before the first MSH"),
+        (b"\n\n", "no message"),
+        (None, "No such file or directory"),
+    ],
+    ids=["junk", "empty", "missing"],
+)
+def test_send_names_a_file_that_holds_no_message(live, cli, tmp_path, content, problem):
+    path = tmp_path / "bad.hl7"
+    if content is not None:
+        path.write_bytes(content)
+
+    run = cli(live.workspace.config, "send", "orders", str(path))
+
+    assert run.code == 1
+    assert f"{path}: {problem}" in run.err
+    assert count(live.engine.store, messages) == 0
+
+
+def test_send_says_so_when_the_engine_is_not_listening(workspace, cli, tmp_path):
+    path = tmp_path / "one.hl7"
+    path.write_bytes(oml("LONELY-1", "P-1"))
+
+    run = cli(workspace.config, "send", "orders", str(path))
+
+    assert run.code == 1
+    assert f"channel orders does not answer on 127.0.0.1:{workspace.orders_port}" in run.err
+
+
+# --- show -------------------------------------------------------------------------------
+
+
+def test_show_prints_message_deliveries_and_attempts_and_audits_the_view(live, cli):
+    assert send_file(live, cli, "one.hl7", oml("SHOW-1", "PLACER-7")).code == 0
+    store = live.engine.store
+    wait_until(lambda: delivery_statuses(store, "SHOW-1") == ["sent"])
+    with store.read() as conn:
+        row = conn.execute(
+            select(messages.c.id, messages.c.uuid).where(messages.c.control_id == "SHOW-1")
+        ).one()
+    urn = f"urn:tie:message:{row.uuid}"
+
+    by_number = cli(live.workspace.config, "show", str(row.id), "--actor", "alice")
+    by_uuid = cli(live.workspace.config, "show", row.uuid)
+    by_urn = cli(live.workspace.config, "show", urn, "--json")
+
+    assert by_number.code == by_uuid.code == by_urn.code == 0
+    assert by_number.out == by_uuid.out
+    text_out = by_number.out
+    assert urn in text_out
+    assert "ORC|NW|PLACER-7\n" in text_out, "segments are printed one per line"
+    assert "lab: sent, 1 attempt(s)" in text_out
+    assert "attempt 1" in text_out and "MSA|AA|SHOW-1" in text_out
+    assert "placer_order: PLACER-7" in text_out
+    detail = by_urn.json()
+    assert detail["uuid"] == row.uuid
+    assert detail["raw"].startswith("MSH|^~\\&|EPR|RXX|LAB|RYY|")
+    [delivery] = detail["deliveries"]
+    assert delivery["status"] == "sent"
+    [attempt] = delivery["attempt_log"]
+    assert attempt["outcome"] == "sent"
+    assert "MSA|AA|SHOW-1" in attempt["response"]
+
+    views = audit_log(store, "view")
+    assert [v.target for v in views] == [urn, urn, urn]
+    assert views[0].actor == "alice"
+    assert views[1].actor == OS_USER
+    assert json.loads(views[0].details) == {"via": "cli"}
+
+
+def test_show_an_unknown_message_fails(live, cli):
+    run = cli(live.workspace.config, "show", "999999")
+    assert run.code == 1
+    assert "no message 999999" in run.err
+    assert audit_log(live.engine.store, "view") == []
+
+
+# --- resend -----------------------------------------------------------------------------
+
+
+def test_resend_by_search_and_by_id(live, cli):
+    store = live.engine.store
+    live.rejected.update({"REJ-1", "REJ-2"})
+    run = send_file(
+        live, cli, "three.hl7", oml("REJ-1", "P-1"), oml("OK-1", "P-2"), oml("REJ-2", "P-3")
+    )
+    assert run.code == 0
+    wait_until(lambda: delivery_statuses(store, "REJ-2") == ["failed"])
+    assert delivery_statuses(store, "REJ-1") == ["failed"]
+    assert delivery_statuses(store, "OK-1") == ["sent"]
+    live.rejected.clear()
+    before = (count(store, deliveries), count(store, audit_events))
+    search = ("--channel", "orders", "--delivery-status", "failed")
+
+    dry = cli(live.workspace.config, "resend", *search, "--reason", "lab fixed", "--dry-run")
+
+    assert dry.code == 0, dry.err
+    assert dry.out.count("would resend delivery") == 2
+    assert "2 item(s), nothing changed" in dry.out
+    assert (count(store, deliveries), count(store, audit_events)) == before
+
+    bulk = cli(
+        live.workspace.config, "resend", *search, "--reason", "lab fixed", "--actor", "alice"
+    )
+
+    assert bulk.code == 0, bulk.err
+    assert "2/2" in bulk.err, "a bulk run shows its progress on stderr"
+    wait_until(lambda: delivery_statuses(store, "REJ-1") == ["failed", "sent"])
+    wait_until(lambda: delivery_statuses(store, "REJ-2") == ["failed", "sent"])
+    with store.read() as conn:
+        copies = list(
+            conn.execute(
+                select(deliveries.c.id, deliveries.c.resent_from, deliveries.c.payload)
+                .where(deliveries.c.resent_from.is_not(None))
+                .order_by(deliveries.c.id)
+            )
+        )
+        originals = {
+            r.id: r.payload
+            for r in conn.execute(select(deliveries.c.id, deliveries.c.payload))
+            if r.id in {c.resent_from for c in copies}
+        }
+    assert len(copies) == 2
+    assert all(originals[c.resent_from] == c.payload for c in copies), "the payload as sent"
+    events = audit_log(store, "resend")
+    assert [(e.actor, json.loads(e.details)["reason"]) for e in events] == [
+        ("alice", "lab fixed")
+    ] * 2
+    assert sorted(json.loads(e.details)["new_delivery"] for e in events) == [c.id for c in copies]
+    assert sorted(live.lab.control_ids()) == ["OK-1", "REJ-1", "REJ-1", "REJ-2", "REJ-2"]
+
+    with store.read() as conn:
+        ok_delivery = conn.scalar(
+            select(deliveries.c.id)
+            .join(messages, messages.c.id == deliveries.c.message_id)
+            .where(messages.c.control_id == "OK-1")
+        )
+    single = cli(live.workspace.config, "resend", str(ok_delivery), "--reason", "lab lost it")
+
+    assert single.code == 0, single.err
+    assert f"resent delivery {ok_delivery} as" in single.out
+    wait_until(lambda: live.lab.control_ids().count("OK-1") == 2)
+    [event] = audit_log(store, "resend")[2:]
+    assert event.actor == OS_USER
+    assert json.loads(event.details)["reason"] == "lab lost it"
+    assert audit.verify(store).ok
+
+
+# --- reprocess --------------------------------------------------------------------------
+
+
+def test_reprocess_needs_a_reason(seeded, cli, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(seeded.workspace.config, "reprocess", str(seeded.ids["ORD-1"]))
+    assert exit_.value.code == 2
+    assert "--reason" in capsys.readouterr().err
+    assert count(seeded.store, messages) == 5
+
+
+def test_reprocess_needs_an_id_or_a_search(seeded, cli):
+    run = cli(seeded.workspace.config, "reprocess", "--reason", "why not")
+    assert run.code == 1
+    assert "give an id or at least one search option" in run.err
+    assert count(seeded.store, messages) == 5
+
+
+def test_reprocess_one_message_makes_a_linked_copy(seeded, cli):
+    store, original = seeded.store, seeded.ids["ORD-1"]
+    with store.read() as conn:
+        uuid = conn.scalar(select(messages.c.uuid).where(messages.c.id == original))
+
+    dry = cli(seeded.workspace.config, "reprocess", uuid, "--reason", "new mapping", "--dry-run")
+
+    assert dry.code == 0
+    assert f"would reprocess #{original} (processed) through orders" in dry.out
+    assert count(store, messages) == 5
+    assert audit_log(store, "reprocess") == []
+
+    run = cli(
+        seeded.workspace.config,
+        "reprocess",
+        f"urn:tie:message:{uuid}",
+        "--reason",
+        "new mapping",
+        "--actor",
+        "alice",
+        "--json",
+    )
+
+    assert run.code == 0, run.err
+    [result] = run.json()
+    assert result["original"] == uuid
+    with store.read() as conn:
+        copy = conn.execute(select(messages).where(messages.c.uuid == result["copy"])).one()
+    assert (copy.reprocessed_from, copy.status, copy.raw) == (
+        original,
+        "received",
+        oml("ORD-1", "PLACER-1", "SMITH"),
+    )
+    [event] = audit_log(store, "reprocess")
+    assert (event.actor, event.target) == ("alice", f"urn:tie:message:{uuid}")
+    assert json.loads(event.details) == {
+        "reason": "new mapping",
+        "copy": f"urn:tie:message:{copy.uuid}",
+    }
+
+    shown = cli(seeded.workspace.config, "show", str(original), "--json")
+    timeline = [t["id"] for t in shown.json()["timeline"]]
+    assert timeline == [original, seeded.ids["RES-1"], copy.id], "linked both ways, and by key"
+    assert seeded.processor.run_once() == 1
+    assert count(store, deliveries, deliveries.c.message_id == copy.id) == 1
+    assert count(store, deliveries, deliveries.c.message_id == original) == 1, "the old is kept"
+
+
+def test_reprocess_a_search_in_bulk(seeded, cli):
+    store = seeded.store
+    search = ("--channel", "orders", "--type", "OML")
+
+    dry = cli(
+        seeded.workspace.config, "reprocess", *search, "--reason", "fix", "--dry-run", "--json"
+    )
+
+    assert dry.code == 0
+    assert sorted(r["original"] for r in dry.json()) == sorted(uuids(store, "ORD-1", "ORD-2"))
+    assert count(store, messages) == 5
+
+    run = cli(seeded.workspace.config, "reprocess", *search, "--reason", "mapping fixed")
+
+    assert run.code == 0, run.err
+    assert "2/2" in run.err, "a bulk run shows its progress on stderr"
+    with store.read() as conn:
+        copies = dict(
+            conn.execute(
+                select(messages.c.reprocessed_from, messages.c.control_id).where(
+                    messages.c.reprocessed_from.is_not(None)
+                )
+            ).all()
+        )
+    assert copies == {seeded.ids["ORD-1"]: "ORD-1", seeded.ids["ORD-2"]: "ORD-2"}
+    events = audit_log(store, "reprocess")
+    assert sorted(e.target for e in events) == sorted(
+        f"urn:tie:message:{u}" for u in uuids(store, "ORD-1", "ORD-2")
+    )
+    assert {e.actor for e in events} == {OS_USER}
+    assert {json.loads(e.details)["reason"] for e in events} == {"mapping fixed"}
+
+
+def uuids(store: Store, *control_ids: str) -> list[str]:
+    with store.read() as conn:
+        return list(
+            conn.scalars(
+                select(messages.c.uuid).where(
+                    messages.c.control_id.in_(control_ids), messages.c.reprocessed_from.is_(None)
+                )
+            )
+        )

@@ -1,0 +1,253 @@
+"""The delivery queue: leases, backoff, ordered lanes. The destination is an in-memory fake."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from router.config import ChannelConfig, DestinationConfig, DispatchOptions
+from router.connectors import Delivery, SendResult
+from router.dispatch import DestinationWorker
+from router.pipeline import compile_channel
+from router.processing import Processor
+from router.store.database import Store
+from router.store.deliveries import Claimed, claim, release_owned
+from router.store.ingest import utcnow
+from router.store.schema import attempts, deliveries
+
+d = deliveries.c
+LAB = {"host": "127.0.0.1", "port": 2576}
+SENT = SendResult("sent", response=b"MSA|AA")
+
+
+class Downstream:
+    """A fake receiver shared by all of a worker's senders: answers by rule, logs every send."""
+
+    def __init__(self, answer: Callable[[Delivery], SendResult] = lambda _d: SENT) -> None:
+        self.answer = answer
+        self.log: list[Delivery] = []
+
+    def control_ids(self) -> list[str | None]:
+        return [x.idempotency_key for x in self.log]
+
+    def sender(self, _channel: str, _name: str, _config: DestinationConfig) -> FakeSender:
+        return FakeSender(self)
+
+
+class FakeSender:
+    def __init__(self, downstream: Downstream) -> None:
+        self._downstream = downstream
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        self._downstream.log.append(delivery)
+        return self._downstream.answer(delivery)
+
+    async def close(self) -> None:
+        return None
+
+
+def _queue(store: Store, receive: Any, er7: Any, destination: dict[str, Any], *msgs: Any) -> None:
+    """Receive ``msgs`` ((control_id, patient) pairs) and process them into deliveries."""
+    config = ChannelConfig.model_validate(
+        {"name": "orders", "source": {"mllp": {"port": 0}}, "destinations": {"lab": destination}}
+    )
+    receive("orders", *(er7(cid, patient=patient) for cid, patient in msgs))
+    assert Processor(store, {"orders": compile_channel(config)}).run_once() == len(msgs)
+
+
+def _worker(
+    store: Store, destination: dict[str, Any], downstream: Downstream, **options: Any
+) -> DestinationWorker:
+    config = DestinationConfig.model_validate(destination)
+    dispatch = DispatchOptions.model_validate({"lease": "60s", "poll_interval": "1s", **options})
+    return DestinationWorker(store, "orders", "lab", config, downstream.sender, dispatch, "node-a")
+
+
+def _round(worker: DestinationWorker) -> float:
+    return asyncio.run(worker.run_once())
+
+
+def _state(store: Store) -> dict[str, tuple[str, int]]:
+    """Status and attempt count of each delivery, by its payload's MSH-10."""
+    with store.read() as conn:
+        rows = conn.execute(select(d.idempotency_key, d.status, d.attempts).order_by(d.id))
+        return {r.idempotency_key: (r.status, r.attempts) for r in rows}
+
+
+def _time_passes(store: Store) -> None:
+    """Every retry and lease falls due, as if their times had come."""
+    past = utcnow() - timedelta(seconds=1)
+    with store.begin() as conn:
+        conn.execute(update(deliveries).where(d.status == "retrying").values(next_attempt_at=past))
+        conn.execute(update(deliveries).where(d.status == "sending").values(lease_until=past))
+
+
+def _claim(store: Store, owner: str, *, ordered: bool = False) -> Claimed:
+    return claim(
+        store, "orders", "lab", ordered=ordered, lanes=4, limit=10, lease=60.0, owner=owner
+    )
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
+def test_a_leased_delivery_is_claimed_again_only_when_its_lease_expires(
+    store, receive, er7, ordered
+):
+    _queue(store, receive, er7, {"mllp": LAB, "ordered": ordered}, ("ORD1", "P1"))
+
+    first = _claim(store, "node-a", ordered=ordered)
+    (delivery,) = [x for lane in first.lanes for x in lane]
+    with store.read() as conn:
+        row = conn.execute(select(deliveries).where(d.id == delivery.id)).one()
+    assert (row.status, row.lease_owner) == ("sending", "node-a")
+
+    meanwhile = _claim(store, "node-b", ordered=ordered)
+    assert meanwhile.lanes == []
+    assert meanwhile.next_due == row.lease_until
+
+    _time_passes(store)
+    again = _claim(store, "node-b", ordered=ordered)
+    assert [x.id for lane in again.lanes for x in lane] == [delivery.id]
+    assert again.lanes[0][0].attempts == 0
+    with store.read() as conn:
+        assert conn.scalar(select(d.lease_owner).where(d.id == delivery.id)) == "node-b"
+
+
+def test_release_owned_frees_a_restarted_nodes_leases(store, receive, er7):
+    _queue(store, receive, er7, {"mllp": LAB, "ordered": False}, ("ORD1", "P1"), ("ORD2", "P2"))
+    assert len(_claim(store, "node-a").all_ids) == 2
+    assert _claim(store, "node-b").lanes == []
+
+    assert release_owned(store, "node-b") == 0
+    assert set(_state(store).values()) == {("sending", 0)}
+    assert release_owned(store, "node-a") == 2
+    assert _state(store) == {"ORD1": ("queued", 0), "ORD2": ("queued", 0)}
+    with store.read() as conn:
+        assert conn.scalars(select(d.lease_owner)).all() == [None, None]
+    assert len(_claim(store, "node-a").all_ids) == 2
+
+
+def test_retries_back_off_exponentially_then_fail_with_every_attempt_recorded(store, receive, er7):
+    destination = {"mllp": LAB, "retry": {"max_attempts": 4, "backoff": ["10s", "25s"]}}
+    _queue(store, receive, er7, destination, ("ORD1", "P1"))
+    lab = Downstream(lambda x: SendResult("retry", response=b"MSA|AE", error=f"AE #{len(lab.log)}"))
+    worker = _worker(store, destination, lab)
+
+    spacing = []
+    for sends in range(1, 5):
+        assert _round(worker) == 0.0
+        assert len(lab.log) == sends
+        with store.read() as conn:
+            row = conn.execute(select(deliveries)).one()
+        assert row.attempts == sends
+        if row.status == "retrying":
+            spacing.append(row.next_attempt_at - row.updated_at)
+            assert _round(worker) > 0, "a retry must wait for its backoff"
+            assert len(lab.log) == sends
+            _time_passes(store)
+
+    assert spacing == [timedelta(seconds=s) for s in (10, 20, 25)]
+    assert (row.status, row.attempts) == ("failed", 4)
+    with store.read() as conn:
+        log = conn.execute(select(attempts).order_by(attempts.c.id)).all()
+    assert [a.number for a in log] == [1, 2, 3, 4]
+    assert [a.outcome for a in log] == ["retrying"] * 3 + ["failed"]
+    assert [a.error for a in log] == ["AE #1", "AE #2", "AE #3", "AE #4"]
+    assert {a.response for a in log} == {b"MSA|AE"}
+    assert {a.delivery_id for a in log} == {row.id}
+    assert _round(worker) > 0 and len(lab.log) == 4
+
+
+def test_an_ordered_destination_sends_in_receive_order(store, receive, er7):
+    msgs = [(f"ORD{n}", f"P{n % 3}") for n in range(7)]
+    _queue(store, receive, er7, {"mllp": LAB}, *msgs)
+    lab = Downstream()
+    worker = _worker(store, {"mllp": LAB}, lab, batch=2)
+
+    rounds = 0
+    while _round(worker) == 0.0:
+        rounds += 1
+    assert rounds > 1, "the order must hold across rounds"
+    assert lab.control_ids() == [cid for cid, _ in msgs]
+    assert set(_state(store).values()) == {("sent", 1)}
+
+
+def test_a_retrying_head_blocks_an_ordered_destination(store, receive, er7):
+    msgs = [(f"ORD{n}", f"P{n}") for n in range(4)]
+    _queue(store, receive, er7, {"mllp": LAB}, *msgs)
+    healthy = False
+    lab = Downstream(
+        lambda x: SENT if healthy or x.idempotency_key != "ORD0" else SendResult("retry")
+    )
+    worker = _worker(store, {"mllp": LAB}, lab)
+
+    _round(worker)
+    _time_passes(store)
+    _round(worker)
+    assert lab.control_ids() == ["ORD0", "ORD0"]
+    assert _state(store) == {
+        "ORD0": ("retrying", 2),
+        "ORD1": ("queued", 0),
+        "ORD2": ("queued", 0),
+        "ORD3": ("queued", 0),
+    }
+
+    healthy = True
+    _time_passes(store)
+    _round(worker)
+    assert lab.control_ids() == ["ORD0", "ORD0", "ORD0", "ORD1", "ORD2", "ORD3"]
+    assert set(_state(store).values()) == {("sent", 3), ("sent", 1)}
+
+
+def _by_patient(log: list[Delivery]) -> dict[str, list[str | None]]:
+    lanes: dict[str, list[str | None]] = {}
+    for x in log:
+        lanes.setdefault(x.ordering_key, []).append(x.idempotency_key)
+    return lanes
+
+
+KEYED = {"mllp": LAB, "order_by": "PID-3.1"}
+MIXED = [("A1", "A"), ("B1", "B"), ("A2", "A"), ("C1", "C"), ("B2", "B")]
+
+
+def test_with_order_by_a_failing_head_blocks_only_its_own_key(store, receive, er7):
+    _queue(store, receive, er7, KEYED, *MIXED)
+    lab = Downstream(lambda x: SendResult("retry") if x.idempotency_key == "A1" else SENT)
+    worker = _worker(store, KEYED, lab, lanes=4)
+
+    _round(worker)
+    assert _by_patient(lab.log) == {"A": ["A1"], "B": ["B1", "B2"], "C": ["C1"]}
+    state = _state(store)
+    assert (state["A1"], state["A2"]) == (("retrying", 1), ("queued", 0))
+    assert state["B1"] == state["B2"] == state["C1"] == ("sent", 1)
+
+
+def test_a_failed_head_releases_its_lane(store, receive, er7):
+    _queue(store, receive, er7, KEYED, *MIXED)
+    lab = Downstream(lambda x: SendResult("fail", b"MSA|AR") if x.idempotency_key == "A1" else SENT)
+    worker = _worker(store, KEYED, lab, lanes=4)
+
+    _round(worker)
+    assert _state(store)["A2"] == ("queued", 0)
+    _round(worker)
+    assert _by_patient(lab.log) == {"A": ["A1", "A2"], "B": ["B1", "B2"], "C": ["C1"]}
+    assert _state(store)["A1"] == ("failed", 1)
+    assert _state(store)["A2"] == ("sent", 1)
+
+
+def test_an_unordered_destination_does_not_block(store, receive, er7):
+    unordered = {"mllp": LAB, "ordered": False}
+    msgs = [(f"ORD{n}", "P1") for n in range(5)]
+    _queue(store, receive, er7, unordered, *msgs)
+    lab = Downstream(lambda x: SendResult("retry") if x.idempotency_key == "ORD0" else SENT)
+    worker = _worker(store, unordered, lab)
+
+    _round(worker)
+    assert sorted(lab.control_ids()) == [cid for cid, _ in msgs]
+    state = _state(store)
+    assert state.pop("ORD0") == ("retrying", 1)
+    assert set(state.values()) == {("sent", 1)}

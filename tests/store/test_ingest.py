@@ -1,0 +1,209 @@
+"""Group-commit ingest: committed before answered, shared commits, failure, idempotent receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import create_engine, event, func, make_url, select, text
+
+from router.store.database import Store
+from router.store.ingest import GroupCommitWriter, Inbound, Receipt, StoreUnavailable, utcnow
+from router.store.schema import messages
+
+m = messages.c
+
+
+def _inbound(n: int, **extra: object) -> Inbound:
+    raw = f"MSH|^~\\&|EPR|HOSP|LAB|HOSP|20240101||OML^O21|MSG{n}|P|2.5.1\r".encode()
+    return Inbound("orders", raw, message_type="OML^O21", control_id=f"MSG{n}", **extra)
+
+
+@contextmanager
+def running(writer: GroupCommitWriter) -> Iterator[GroupCommitWriter]:
+    writer.start()
+    try:
+        yield writer
+    finally:
+        writer.stop()
+
+
+@contextmanager
+def counting(target: object, name: str) -> Iterator[list[object]]:
+    """Every ``name`` event on ``target`` (an engine's commits, a pool's checkouts)."""
+    seen: list[object] = []
+
+    def _count(*args: object) -> None:
+        seen.append(args)
+
+    event.listen(target, name, _count)
+    try:
+        yield seen
+    finally:
+        event.remove(target, name, _count)
+
+
+async def _one_batch(writer: GroupCommitWriter, items: list[Inbound]) -> list[object]:
+    """Queue every item before the writer starts, so that it takes them as one batch."""
+    tasks = [asyncio.create_task(writer.submit(item)) for item in items]
+    await asyncio.sleep(0)  # each task has now queued its item and awaits its answer
+    writer.start()
+    try:
+        return await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        writer.stop()
+
+
+@pytest.fixture
+def observer(store_url: str) -> Iterator[Store]:
+    """A second, independent store handle: what another process would see committed."""
+    other = Store(store_url)
+    yield other
+    other.dispose()
+
+
+def test_every_message_is_committed_before_its_answer(store, observer):
+    async def submit_and_look(writer: GroupCommitWriter, n: int) -> bool:
+        receipt = await writer.submit(_inbound(n))
+        with observer.read() as conn:
+            found = conn.scalar(select(m.control_id).where(m.uuid == receipt.uuid))
+        return found == f"MSG{n}"
+
+    async def main(writer: GroupCommitWriter) -> list[bool]:
+        return await asyncio.gather(*(submit_and_look(writer, n) for n in range(50)))
+
+    with running(GroupCommitWriter(store)) as writer:
+        seen = asyncio.run(main(writer))
+    assert seen == [True] * 50
+
+
+def test_concurrent_submitters_share_commits(store):
+    """8 connections each waiting for their answer: commits are far fewer than messages."""
+    per_task, tasks = 25, 8
+
+    async def connection(writer: GroupCommitWriter, t: int) -> list[Receipt]:
+        return [await writer.submit(_inbound(t * per_task + i)) for i in range(per_task)]
+
+    async def main(writer: GroupCommitWriter) -> list[list[Receipt]]:
+        return await asyncio.gather(*(connection(writer, t) for t in range(tasks)))
+
+    with counting(store.writer, "commit") as commits, running(GroupCommitWriter(store)) as writer:
+        receipts = asyncio.run(main(writer))
+
+    total = per_task * tasks
+    assert len({r.uuid for rs in receipts for r in rs}) == total
+    with store.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(messages)) == total
+    assert 0 < len(commits) <= total // 2, f"{total / len(commits):.1f} messages per commit"
+
+
+def _short_timeout_url(url: str) -> str:
+    """The URL with a 200 ms lock and statement timeout on PostgreSQL."""
+    parsed = make_url(url)
+    options = parsed.query.get("options", "")
+    options = f"{options} -c lock_timeout=200 -c statement_timeout=2000".strip()
+    return parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
+
+
+@contextmanager
+def write_locked(store: Store) -> Iterator[None]:
+    """Another connection holds the lock every writer of ``messages`` needs."""
+    if store.is_sqlite:
+        path = make_url(store.url).database
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    engine = create_engine(store.url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE"))
+            yield
+            conn.rollback()
+    finally:
+        engine.dispose()
+
+
+def test_a_store_that_cannot_commit_fails_every_waiter_in_the_batch(store, caplog):
+    impatient = Store(
+        store.url if store.is_sqlite else _short_timeout_url(store.url), busy_timeout=0.2
+    )
+    try:
+        items = [_inbound(n) for n in range(10)]
+        with write_locked(store), counting(impatient.writer.pool, "checkout") as attempts:
+            results = asyncio.run(_one_batch(GroupCommitWriter(impatient), items))
+        assert len(attempts) == 1
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert "store commit failed for 10 message(s)" in caplog.text
+        assert "EPR|HOSP" not in caplog.text, "message content must stay out of the log"
+
+        with store.read() as conn:
+            assert conn.scalar(select(func.count()).select_from(messages)) == 0
+
+        with running(GroupCommitWriter(impatient)) as writer:
+            receipt = writer.submit_sync(_inbound(99))
+        with store.read() as conn:
+            assert conn.scalars(select(m.uuid)).all() == [receipt.uuid]
+    finally:
+        impatient.dispose()
+
+
+def _row(store: Store, uuid: str) -> dict[str, object]:
+    with store.read() as conn:
+        return dict(conn.execute(select(messages).where(m.uuid == uuid)).one()._mapping)
+
+
+def test_a_repeat_within_the_window_gets_the_original_ack(store):
+    window = {"idempotency_window": 3600.0, "sender": "EPR/HOSP"}
+    with running(GroupCommitWriter(store)) as writer:
+        first = writer.submit_sync(_inbound(1, ack=b"ACK-ORIGINAL", **window))
+        again = writer.submit_sync(_inbound(1, ack=b"ACK-NEW", **window))
+
+    assert first.duplicate_of is None
+    assert again.ack == b"ACK-ORIGINAL"
+    assert again.duplicate_of == first.uuid
+    original, duplicate = _row(store, first.uuid), _row(store, again.uuid)
+    assert original["status"] == "received"
+    assert duplicate["status"] == "filtered"
+    assert duplicate["duplicate_of"] == original["id"]
+    assert duplicate["ack"] == b"ACK-ORIGINAL"
+
+
+def test_another_sender_or_an_old_original_makes_a_new_message(store):
+    window = 3600.0
+    long_ago = utcnow() - timedelta(seconds=2 * window)
+    with running(GroupCommitWriter(store)) as writer:
+        submit = writer.submit_sync
+        submit(_inbound(1, sender="EPR/HOSP", idempotency_window=window, ack=b"A1"))
+        other_sender = submit(_inbound(1, sender="PAS/HOSP", idempotency_window=window, ack=b"A2"))
+        submit(_inbound(2, sender="EPR/HOSP", idempotency_window=window, received_at=long_ago))
+        after_window = submit(_inbound(2, sender="EPR/HOSP", idempotency_window=window, ack=b"A3"))
+
+    for receipt, ack in ((other_sender, b"A2"), (after_window, b"A3")):
+        assert receipt.duplicate_of is None
+        assert receipt.ack == ack
+        row = _row(store, receipt.uuid)
+        assert (row["status"], row["duplicate_of"]) == ("received", None)
+
+
+def test_two_copies_in_one_batch_store_one_original(store):
+    window = {"idempotency_window": 3600.0, "sender": "EPR/HOSP"}
+    items = [_inbound(7, ack=b"ACK-FIRST", **window), _inbound(7, ack=b"ACK-SECOND", **window)]
+    with counting(store.writer, "commit") as commits:
+        first, second = asyncio.run(_one_batch(GroupCommitWriter(store), items))
+
+    assert len(commits) == 1
+    assert isinstance(first, Receipt) and isinstance(second, Receipt)
+    assert (first.duplicate_of, first.ack) == (None, b"ACK-FIRST")
+    assert (second.duplicate_of, second.ack) == (first.uuid, b"ACK-FIRST")
+    original, duplicate = _row(store, first.uuid), _row(store, second.uuid)
+    assert original["status"] == "received"
+    assert (duplicate["status"], duplicate["duplicate_of"]) == ("filtered", original["id"])

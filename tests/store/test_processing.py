@@ -1,0 +1,194 @@
+"""The processor: outcomes, deliveries and correlation keys in one transaction, resumable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select, update
+
+from router import mappings
+from router.config import ChannelConfig
+from router.pipeline import CompiledChannel, compile_channel
+from router.processing import Processor
+from router.store.database import Store
+from router.store.ingest import utcnow
+from router.store.schema import channel_state, correlations, deliveries, messages
+
+m, d = messages.c, deliveries.c
+LAB = {"mllp": {"host": "127.0.0.1", "port": 2576}}
+
+
+def _channel(name: str = "orders", **extra: Any) -> CompiledChannel:
+    data: dict[str, Any] = {
+        "name": name,
+        "source": {"mllp": {"port": 0}},
+        "filter": [{"field": "MSH-9.1", "in": ["OML"]}],
+        "correlate": {"placer": "ORC-2.1"},
+        "destinations": {"lab": LAB},
+    }
+    data.update(extra)
+    return compile_channel(ChannelConfig.model_validate(data))
+
+
+def _statuses(store: Store, ids: list[int]) -> list[tuple[str, str | None]]:
+    with store.read() as conn:
+        rows = conn.execute(select(m.id, m.status, m.error).where(m.id.in_(ids)).order_by(m.id))
+        return [(r.status, r.error) for r in rows]
+
+
+def _deliveries(store: Store) -> list[Any]:
+    with store.read() as conn:
+        return list(conn.execute(select(deliveries).order_by(d.id)))
+
+
+def _count(store: Store, table: Any) -> int:
+    with store.read() as conn:
+        return conn.scalar(select(func.count()).select_from(table))
+
+
+def test_run_once_settles_messages_and_writes_deliveries_and_keys(store, receive, er7):
+    ids = receive(
+        "orders",
+        er7("ORD1"),
+        er7("RES1", kind="ORU^R01"),
+        b"this is not HL7 at all",
+    )
+    assert Processor(store, {"orders": _channel()}).run_once() == 3
+
+    (ok, ok_error), (filtered, why), (error, broken) = _statuses(store, ids)
+    assert (ok, ok_error) == ("processed", None)
+    assert filtered == "filtered" and "filter not met" in why
+    assert error == "error" and "unreadable HL7 v2" in broken
+
+    (delivery,) = _deliveries(store)
+    assert (delivery.message_id, delivery.destination, delivery.status) == (ids[0], "lab", "queued")
+    assert delivery.payload == er7("ORD1")
+    assert delivery.idempotency_key == "ORD1"
+    with store.read() as conn:
+        c = correlations.c
+        keys = set(conn.execute(select(c.message_id, c.key, c.value)))
+    assert keys == {
+        (ids[0], "control_id", "ORD1"),
+        (ids[0], "placer", "ORD1-PLACER"),
+        (ids[1], "control_id", "RES1"),
+        (ids[1], "placer", "RES1-PLACER"),
+    }
+
+
+class DeliveryInsertFails(Exception):
+    pass
+
+
+@contextmanager
+def failing_delivery_insert(store: Store) -> Iterator[None]:
+    """Make the INSERT into deliveries fail inside the processor's transaction."""
+
+    def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO DELIVERIES"):
+            raise DeliveryInsertFails(statement)
+
+    event.listen(store.writer, "before_cursor_execute", _before)
+    try:
+        yield
+    finally:
+        event.remove(store.writer, "before_cursor_execute", _before)
+
+
+def test_outcome_and_deliveries_commit_together_or_not_at_all(store, receive, er7):
+    (message_id,) = receive("orders", er7("ORD1"))
+    processor = Processor(store, {"orders": _channel()})
+
+    with failing_delivery_insert(store), pytest.raises(DeliveryInsertFails):
+        processor.run_once()
+    assert _statuses(store, [message_id]) == [("received", None)]
+    assert _deliveries(store) == []
+    assert _count(store, correlations) == 0
+
+    assert processor.run_once() == 1
+    assert processor.run_once() == 0
+    assert _statuses(store, [message_id]) == [("processed", None)]
+    assert [x.message_id for x in _deliveries(store)] == [message_id]
+    assert _count(store, correlations) == 2
+
+
+def test_a_new_processor_resumes_received_messages(store, receive, er7):
+    ids = receive("orders", *(er7(f"ORD{n}") for n in range(5)))
+    channels = {"orders": _channel()}
+    assert Processor(store, channels, batch=2).run_once() == 2
+    assert [s for s, _ in _statuses(store, ids)] == ["processed"] * 2 + ["received"] * 3
+
+    restarted = Store(store.url)
+    try:
+        after_restart = Processor(restarted, channels, batch=100)
+        assert after_restart.run_once() == 3
+        assert after_restart.run_once() == 0
+    finally:
+        restarted.dispose()
+    assert [s for s, _ in _statuses(store, ids)] == ["processed"] * 5
+    assert [x.message_id for x in _deliveries(store)] == ids
+
+
+def test_a_failing_mapping_marks_only_its_message_error(store, receive, er7, tmp_path: Path):
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    (folder / "risky.py").write_text(
+        "def normalise(message):\n"
+        "    if message.get('PID-3.1') == 'BAD':\n"
+        "        raise ValueError('cannot normalise patient BAD')\n"
+        "    return message.raw.replace(b'|EPR|', b'|TIE|')\n"
+    )
+    mappings.mount(folder)
+    channel = _channel(transform="risky:normalise")
+    ids = receive("orders", er7("ORD1"), er7("ORD2", patient="BAD"), er7("ORD3"))
+
+    assert Processor(store, {"orders": channel}).run_once() == 3
+
+    (first, _), (status, error), (third, _) = _statuses(store, ids)
+    assert (first, status, third) == ("processed", "error", "processed")
+    assert error.startswith("Traceback (most recent call last)")
+    assert "risky.py" in error
+    assert "ValueError: cannot normalise patient BAD" in error
+    sent = _deliveries(store)
+    assert [x.message_id for x in sent] == [ids[0], ids[2]]
+    assert all(b"|TIE|" in x.payload for x in sent)
+
+
+def _set_paused(store: Store, channel: str, paused: bool) -> None:
+    with store.begin() as conn:
+        if conn.scalar(select(func.count()).where(channel_state.c.channel == channel)):
+            conn.execute(
+                update(channel_state)
+                .where(channel_state.c.channel == channel)
+                .values(paused=paused, updated_at=utcnow())
+            )
+        else:
+            conn.execute(
+                channel_state.insert().values(
+                    channel=channel, paused=paused, updated_at=utcnow(), updated_by="test"
+                )
+            )
+
+
+def test_a_paused_channel_waits_and_then_runs_in_order(store, receive, er7):
+    channels = {"orders": _channel(), "results": _channel("results")}
+    _set_paused(store, "orders", True)
+    waiting = receive("orders", *(er7(f"ORD{n}") for n in range(3)))
+    other = receive("results", er7("RES1"))
+    processor = Processor(store, channels, batch=1)
+
+    assert processor.run_once() == 1
+    assert processor.run_once() == 0
+    assert _statuses(store, other) == [("processed", None)]
+    assert [s for s, _ in _statuses(store, waiting)] == ["received"] * 3
+
+    _set_paused(store, "orders", False)
+    for done in range(1, 4):
+        assert processor.run_once() == 1
+        statuses = [s for s, _ in _statuses(store, waiting)]
+        assert statuses == ["processed"] * done + ["received"] * (3 - done)
+    assert processor.run_once() == 0
+    assert [x.message_id for x in _deliveries(store)] == [*other, *waiting]

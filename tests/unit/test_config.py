@@ -1,0 +1,668 @@
+"""engine.yaml and channel files: the documented shapes load, and every error says where."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from router.cli import build_parser, main
+from router.config import (
+    FILE_NAME_FIELDS,
+    ChannelConfig,
+    ConfigError,
+    RetryPolicy,
+    load_channel,
+    load_channels,
+    load_engine,
+)
+from router.connectors import Delivery
+from router.connectors.file import render_name
+from router.engine import compile_channels
+from router.units import parse_duration, parse_size
+
+# The shapes quoted in issue 2, item 3, verbatim.
+ENGINE_YAML = """\
+# engine.yaml
+store: sqlite:///data/tie.db          # or postgresql+psycopg://user@host/db
+channels: ../channels
+mappings: ../mappings
+http: {host: 127.0.0.1, port: 8080}
+"""
+LAB_ORDERS_YAML = """\
+# channels/lab-orders.yaml
+name: lab-orders
+source:
+  mllp: {host: 127.0.0.1, port: 2575}
+filter:
+  - field: MSH-9.1
+    in: [OML, ORM]
+destinations:
+  lab:
+    mllp: {host: 127.0.0.1, port: 2576}
+    retry: {max_attempts: 10, backoff: [1s, 5m]}
+"""
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _no_store_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TIE_STORE", raising=False)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def layout(tmp_path: Path, channels: dict[str, str] | None = None) -> Path:
+    """A checkout-like tree: config/engine.yaml, channels/, mappings/; returns engine.yaml."""
+    for name, text in (channels or {"lab-orders": LAB_ORDERS_YAML}).items():
+        write(tmp_path / "channels" / f"{name}.yaml", text)
+    (tmp_path / "mappings").mkdir(exist_ok=True)
+    return write(tmp_path / "config" / "engine.yaml", ENGINE_YAML)
+
+
+def problems(error: pytest.ExceptionInfo[ConfigError]) -> list[tuple[str, str, str]]:
+    return [(Path(p.file).name, p.path, p.message) for p in error.value.problems]
+
+
+def channel_problems(tmp_path: Path, text: str, name: str = "demo") -> list[tuple[str, str]]:
+    path = write(tmp_path / f"{name}.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_channel(path)
+    assert all(p.file == str(path) for p in caught.value.problems)
+    return [(p.path, p.message) for p in caught.value.problems]
+
+
+# --- the documented shapes -------------------------------------------------------
+
+
+def test_the_issue_engine_yaml_loads_with_paths_relative_to_its_folder(tmp_path, monkeypatch):
+    engine_yaml = layout(tmp_path)
+    monkeypatch.chdir(tmp_path / "channels")  # the working folder must not matter
+    config = load_engine(engine_yaml)
+    config_dir = (tmp_path / "config").resolve()
+    assert config.store == f"sqlite:///{config_dir / 'data' / 'tie.db'}"
+    assert config.channels == (tmp_path / "channels").resolve()
+    assert config.mappings == (tmp_path / "mappings").resolve()
+    assert (config.http.host, config.http.port) == ("127.0.0.1", 8080)
+    assert config.base_dir == config_dir
+
+
+def test_the_issue_channel_yaml_loads(tmp_path):
+    config = load_channel(write(tmp_path / "lab-orders.yaml", LAB_ORDERS_YAML))
+    assert config.name == "lab-orders"
+    assert config.source.kind == "mllp"
+    assert (config.source.mllp.host, config.source.mllp.port) == ("127.0.0.1", 2575)
+    assert config.source.mllp.max_frame == 10 * 1024 * 1024
+    [condition] = config.filter
+    assert (condition.field, condition.in_) == ("MSH-9.1", ["OML", "ORM"])
+    lab = config.destinations["lab"]
+    assert lab.kind == "mllp" and lab.is_ordered
+    assert (lab.mllp.host, lab.mllp.port) == ("127.0.0.1", 2576)
+    assert lab.retry == RetryPolicy(max_attempts=10, backoff=(1.0, 300.0))
+
+
+def test_a_channel_without_destinations_loads(tmp_path):
+    text = LAB_ORDERS_YAML.split("destinations:")[0] + "destinations: {}\n"
+    assert load_channel(write(tmp_path / "lab-orders.yaml", text)).destinations == {}
+
+
+def test_the_bundled_configuration_loads_and_compiles():
+    config = load_engine(REPO / "config" / "engine.yaml")
+    channels = load_channels(config.channels)
+    assert set(channels) >= {"lab-orders", "lab-results"}
+    assert set(compile_channels(config, channels)) >= {"lab-orders", "lab-results"}
+
+
+def test_postgresql_and_absolute_sqlite_urls_are_kept(tmp_path):
+    for url in (
+        "postgresql+psycopg://tie@db.example/tie",
+        f"sqlite:///{tmp_path / 'abs.db'}",
+        "sqlite:///:memory:",
+    ):
+        path = write(tmp_path / "engine.yaml", f"store: '{url}'\n")
+        assert load_engine(path).store == url
+
+
+def test_tie_store_overrides_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIE_STORE", "postgresql+psycopg://tie@db.example/tie")
+    assert load_engine(layout(tmp_path)).store == "postgresql+psycopg://tie@db.example/tie"
+
+
+def test_a_relative_sqlite_tie_store_resolves_against_the_config_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIE_STORE", "sqlite:///other.db")
+    monkeypatch.chdir(tmp_path)
+    config = load_engine(layout(tmp_path))
+    assert config.store == f"sqlite:///{(tmp_path / 'config' / 'other.db').resolve()}"
+
+
+def test_engine_defaults(tmp_path):
+    config = load_engine(write(tmp_path / "engine.yaml", "{}\n"))
+    assert config.store == f"sqlite:///{(tmp_path / 'data' / 'tie.db').resolve()}"
+    assert config.channels == (tmp_path / ".." / "channels").resolve()
+    assert (config.http.host, config.http.port, config.http.max_body) == (
+        "127.0.0.1",
+        8080,
+        10 * 1024 * 1024,
+    )
+    assert (config.sqlite.synchronous, config.sqlite.busy_timeout) == ("FULL", 5.0)
+    assert (config.dispatch.lease, config.dispatch.batch) == (30.0, 200)
+    assert (config.dispatch.poll_interval, config.dispatch.lanes) == (1.0, 8)
+    assert config.processing.batch == 500
+    assert config.node
+
+
+def test_a_file_destination_directory_is_relative_to_the_channel_file(tmp_path):
+    config = load_channel(
+        write(
+            tmp_path / "channels" / "drop.yaml",
+            """
+            name: drop
+            source: {channel: {}}
+            destinations:
+              out: {file: {directory: ../outbox}}
+            """,
+        )
+    )
+    assert config.destinations["out"].file.directory == (tmp_path / "outbox").resolve()
+
+
+def test_channel_defaults(tmp_path):
+    config = load_channel(
+        write(
+            tmp_path / "minimal.yaml",
+            """
+            name: minimal
+            source: {mllp: {port: 2590}}
+            destinations:
+              lab: {mllp: {host: lab.example, port: 2576}}
+              archive: {file: {directory: out}}
+              next: {channel: {channel: other}}
+            """,
+        )
+    )
+    assert (config.enabled, config.validate_, config.idempotent) == (True, "none", None)
+    assert (config.filter, config.transform, config.correlate) == ([], None, {})
+    listen = config.source.mllp
+    assert (listen.host, listen.idle_timeout, listen.max_connections) == ("127.0.0.1", 300.0, 256)
+    lab = config.destinations["lab"].mllp
+    assert (lab.connect_timeout, lab.ack_timeout) == (10.0, 30.0)
+    assert lab.on_ack == {
+        "AA": "sent",
+        "CA": "sent",
+        "AE": "retry",
+        "CE": "retry",
+        "AR": "fail",
+        "CR": "fail",
+    }
+    assert config.destinations["lab"].retry == RetryPolicy(max_attempts=10, backoff=(1.0, 300.0))
+    assert config.destinations["archive"].file.name == "{channel}-{message_id}-{delivery_id}.hl7"
+
+
+def test_ordered_defaults_to_true_for_mllp_and_when_order_by_is_given():
+    def dest(**d: object) -> bool:
+        channel = ChannelConfig.model_validate(
+            {"name": "x", "source": {"channel": {}}, "destinations": {"d": d}}
+        )
+        return channel.destinations["d"].is_ordered
+
+    mllp = {"mllp": {"host": "h", "port": 1}}
+    assert dest(**mllp)
+    assert not dest(**mllp, ordered=False)
+    assert not dest(file={"directory": "out"})
+    assert dest(file={"directory": "out"}, order_by="PID-3.1")
+    assert dest(channel={"channel": "y"}, ordered=True)
+
+
+def test_on_ack_changes_only_the_codes_it_names():
+    config = ChannelConfig.model_validate(
+        {
+            "name": "x",
+            "source": {"channel": {}},
+            "destinations": {
+                "lab": {"mllp": {"host": "h", "port": 1, "on_ack": {"AE": "fail", "ar": "retry"}}}
+            },
+        }
+    )
+    on_ack = config.destinations["lab"].mllp.on_ack
+    assert on_ack["AE"] == "fail"
+    assert on_ack["AR"] == "retry"
+    assert (on_ack["AA"], on_ack["CA"], on_ack["CE"], on_ack["CR"]) == (
+        "sent",
+        "sent",
+        "retry",
+        "fail",
+    )
+
+
+def test_idempotent_and_validate_and_correlate(tmp_path):
+    config = load_channel(
+        write(
+            tmp_path / "results.yaml",
+            """
+            name: results
+            source: {mllp: {port: 0}}
+            validate: strict
+            idempotent: {window: 2h}
+            correlate: {placer_order: OBR-2.1, nhs_number: PID-3(2).1}
+            destinations: {}
+            """,
+        )
+    )
+    assert config.validate_ == "strict"
+    assert config.idempotent.window == 7200.0
+    assert config.correlate == {"placer_order": "OBR-2.1", "nhs_number": "PID-3(2).1"}
+    assert (
+        load_channel(
+            write(tmp_path / "x.yaml", "name: x\nsource: {mllp: {port: 1}}\nidempotent: {}\n")
+        ).idempotent.window
+        == 86400.0
+    )
+
+
+# --- durations and sizes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("1s", 1.0),
+        ("1.5s", 1.5),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        (" 30 s ", 30.0),
+        ("45", 45.0),
+        (45, 45.0),
+        (0.5, 0.5),
+        (0, 0.0),
+    ],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 minutes", "1w", "-1s", "", "s", True, -3])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("10MB", 10_000_000),
+        ("10mb", 10_000_000),
+        ("1MiB", 1_048_576),
+        ("512kb", 512_000),
+        ("64KiB", 65_536),
+        ("1GB", 1_000_000_000),
+        ("2GiB", 2 * 1024**3),
+        ("1.5MB", 1_500_000),
+        ("100b", 100),
+        ("4096", 4096),
+        (4096, 4096),
+    ],
+)
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["10 XB", "0", 0, "-5MB", "MB", False])
+def test_bad_sizes(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_durations_and_sizes_in_a_channel(tmp_path):
+    config = load_channel(
+        write(
+            tmp_path / "units.yaml",
+            """
+            name: units
+            source: {mllp: {port: 2590, max_frame: 1MiB, idle_timeout: 90s}}
+            destinations:
+              lab:
+                mllp: {host: h, port: 1, connect_timeout: 500ms, ack_timeout: 1m}
+                retry: {backoff: [250ms, 1h]}
+            """,
+        )
+    )
+    assert (config.source.mllp.max_frame, config.source.mllp.idle_timeout) == (1_048_576, 90.0)
+    lab = config.destinations["lab"]
+    assert (lab.mllp.connect_timeout, lab.mllp.ack_timeout) == (0.5, 60.0)
+    assert lab.retry.backoff == (0.25, 3600.0)
+
+
+def test_retry_delay_doubles_from_min_up_to_max():
+    policy = RetryPolicy(max_attempts=10, backoff=(1.0, 300.0))
+    assert [policy.delay(n) for n in range(1, 12)] == [
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        16.0,
+        32.0,
+        64.0,
+        128.0,
+        256.0,
+        300.0,
+        300.0,
+    ]
+
+
+# --- file name templates ---------------------------------------------------------------
+
+
+def test_every_documented_placeholder_renders():
+    template = "-".join("{" + name + "}" for name in FILE_NAME_FIELDS) + ".hl7"
+    delivery = Delivery(
+        id=7,
+        message_id=3,
+        message_uuid="0b7f",
+        channel="lab-orders",
+        destination="archive",
+        payload=b"",
+        content_type="hl7v2",
+        ordering_key="",
+        idempotency_key="CTRL/../1",
+        attempts=0,
+    )
+    assert render_name(template, delivery) == "lab-orders-archive-3-0b7f-7-CTRL_.._1.hl7"
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("{patient}.hl7", "KeyError: 'patient'"),
+        ("{}.hl7", "IndexError"),
+        ("{message_id:d}.hl7", "ValueError"),
+        ("{message_id.real}.hl7", "AttributeError"),
+        ("../{channel}.hl7", "cannot contain a path"),
+        (".{channel}", "start with '.'"),
+    ],
+)
+def test_a_bad_file_name_template_is_a_config_error(tmp_path, name, problem):
+    found = channel_problems(
+        tmp_path,
+        f"""
+        name: demo
+        source: {{channel: {{}}}}
+        destinations:
+          out: {{file: {{directory: out, name: "{name}"}}}}
+        """,
+    )
+    [(path, message)] = found
+    assert path == "destinations.out.file.name"
+    assert problem in message
+
+
+# --- errors name the file, the key path and the problem ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
+        ("name: demo\nsource: {mllp: {port: 1}}\ncolour: red\n", "colour", "unknown key"),
+        ("name: demo\n", "source", "Field required"),
+        ("name: demo\nsource: {}\n", "source", "needs exactly one of mllp, channel"),
+        (
+            "name: demo\nsource: {mllp: {port: 99999}}\n",
+            "source.mllp.port",
+            "less than or equal to 65535",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1, max_frame: 10XB}}\n",
+            "source.mllp.max_frame",
+            "'10XB' is not a size",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1, idle_timeout: soon}}\n",
+            "source.mllp.idle_timeout",
+            "'soon' is not a duration",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\nvalidate: loose\n",
+            "validate",
+            "Input should be 'none' or 'strict'",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\nfilter:\n  - field: PID-x\n    equals: A\n",
+            "filter[0].field",
+            "bad field path 'PID-x'",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\nfilter:\n  - any:\n      - field: MSH-9\n",
+            "filter[0].any[0]",
+            "needs exactly one of equals, in, matches, exists, not, any, all",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\nfilter:\n  - {field: MSH-9, in: [A, yes]}\n",
+            "filter[0].in",
+            "YAML boolean",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\ntransform: pathology.normalise\n",
+            "transform",
+            "is not 'module:function'",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\ncorrelate: {order: ORC-two}\n",
+            "correlate.order",
+            "bad field path 'ORC-two'",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\nidempotent: {window: 1 day}\n",
+            "idempotent.window",
+            "is not a duration",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\n"
+            "destinations:\n  lab: {mllp: {host: h, port: 1}, file: {directory: x}}\n",
+            "destinations.lab",
+            "needs exactly one of mllp, file, channel (found mllp, file)",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\n"
+            "destinations:\n  lab: {mllp: {host: h, port: 1}, retry: {max_attempts: 0}}\n",
+            "destinations.lab.retry.max_attempts",
+            "greater than or equal to 1",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\n"
+            "destinations:\n  lab: {mllp: {host: h, port: 1}, retry: {backoff: [5m, 1s]}}\n",
+            "destinations.lab.retry.backoff",
+            "0 < min <= max",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\n"
+            "destinations:\n  lab: {mllp: {host: h, port: 1, on_ack: {AE: ignore}}}\n",
+            "destinations.lab.mllp.on_ack.AE",
+            "Input should be 'sent', 'retry' or 'fail'",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\n"
+            "destinations:\n  lab: {mllp: {host: h, port: 1}, ordered: false, order_by: PID-3}\n",
+            "destinations.lab",
+            "order_by needs an ordered destination",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\n"
+            "destinations:\n  Lab: {mllp: {host: h, port: 1}}\n",
+            "destinations",
+            "destination name 'Lab'",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\n"
+            "destinations:\n  lab: {when: [{field: MSH-9}], mllp: {host: h, port: 1}}\n",
+            "destinations.lab.when[0]",
+            "needs exactly one of",
+        ),
+        ("name: Demo\nsource: {mllp: {port: 1}}\n", "name", "lower-case letters"),
+        ("name: other\nsource: {mllp: {port: 1}}\n", "name", "must match the file name 'demo'"),
+        ("- just\n- a list\n", "", "expected a mapping of keys at the top"),
+        ("name: demo\nsource: {mllp: {port: 1}\n", "line 3, column 1", "invalid YAML"),
+    ],
+)
+def test_a_channel_error_names_file_key_path_and_problem(tmp_path, text, path, message):
+    found = channel_problems(tmp_path, text)
+    assert any(p == path and message in m for p, m in found), found
+
+
+def test_a_problem_reads_file_colon_path_colon_message(tmp_path):
+    path = write(tmp_path / "demo.yaml", "name: demo\nsource: {mllp: {port: 1}}\ncolour: red\n")
+    with pytest.raises(ConfigError) as caught:
+        load_channel(path)
+    assert str(caught.value) == f"{path}: colour: unknown key"
+
+
+def test_an_engine_error_names_the_file_and_key(tmp_path):
+    path = write(tmp_path / "engine.yaml", "http: {port: eighty}\nsqlite: {synchronous: OFF}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_engine(path)
+    assert problems(caught) == [
+        (
+            "engine.yaml",
+            "http.port",
+            "Input should be a valid integer, unable to parse string as an integer",
+        ),
+        ("engine.yaml", "sqlite.synchronous", "Input should be 'FULL', 'NORMAL' or 'EXTRA'"),
+    ]
+
+
+def test_a_missing_engine_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_engine(tmp_path / "nope.yaml")
+    assert problems(caught) == [("nope.yaml", "", "No such file or directory")]
+
+
+def test_problems_of_every_channel_are_collected(tmp_path):
+    folder = tmp_path / "channels"
+    write(folder / "a.yaml", "name: a\nsource: {mllp: {port: 1, colour: red}}\n")
+    write(folder / "b.yaml", "name: b\nsource: {mllp: {port: 2}}\nfilter: [{field: MSH-9}]\n")
+    write(folder / "c.yaml", "name: c\nsource: {mllp: {port: 3}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_channels(folder)
+    assert [(f, p) for f, p, _ in problems(caught)] == [
+        ("a.yaml", "source.mllp.colour"),
+        ("b.yaml", "filter[0]"),
+    ]
+
+
+def test_cross_channel_problems(tmp_path):
+    folder = tmp_path / "channels"
+    write(
+        folder / "a.yaml",
+        """
+        name: a
+        source: {mllp: {port: 2575}}
+        destinations:
+          to_b: {channel: {channel: b}}
+          to_nowhere: {channel: {channel: nowhere}}
+        """,
+    )
+    write(folder / "b.yaml", "name: b\nsource: {mllp: {port: 2575}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_channels(folder)
+    assert problems(caught) == [
+        (
+            "a.yaml",
+            "destinations.to_b.channel.channel",
+            "channel 'b' does not have a 'channel' source",
+        ),
+        ("a.yaml", "destinations.to_nowhere.channel.channel", "no channel named 'nowhere'"),
+        ("b.yaml", "source.mllp.port", "127.0.0.1:2575 is also used by a"),
+    ]
+
+
+def test_a_missing_channels_folder_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_channels(tmp_path / "nowhere")
+    assert problems(caught) == [("nowhere", "", "channels folder not found")]
+
+
+def test_a_mapping_that_cannot_be_loaded_names_the_channel_file_and_key(tmp_path):
+    engine_yaml = layout(
+        tmp_path,
+        {
+            "a": "name: a\nsource: {channel: {}}\ntransform: missing:fn\n",
+            "b": "name: b\nsource: {channel: {}}\n"
+            "destinations:\n  out: {file: {directory: out}, transform: helpers:nope}\n",
+        },
+    )
+    write(tmp_path / "mappings" / "helpers.py", "def other(message, output):\n    return output\n")
+    config = load_engine(engine_yaml)
+    with pytest.raises(ConfigError) as caught:
+        compile_channels(config, load_channels(config.channels))
+    assert problems(caught) == [
+        (
+            "a.yaml",
+            "transform",
+            "missing:fn: cannot import mapping module: No module named 'tie_mappings.missing'",
+        ),
+        ("b.yaml", "destinations.out.transform", "helpers:nope: no function 'nope' in helpers"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("def fn(message):\n    return (\n", "SyntaxError: '(' was never closed ({file}, line 2)"),
+        (
+            "LIMIT = 1 / 0\n\ndef fn(message):\n    return None\n",
+            "ZeroDivisionError: division by zero ({file}, line 1)",
+        ),
+    ],
+)
+def test_a_mapping_module_that_fails_to_load_is_a_config_error(tmp_path, source, problem):
+    engine_yaml = layout(tmp_path, {"a": "name: a\nsource: {channel: {}}\ntransform: broken:fn\n"})
+    module = write(tmp_path / "mappings" / "broken.py", source)
+    config = load_engine(engine_yaml)
+    with pytest.raises(ConfigError) as caught:
+        compile_channels(config, load_channels(config.channels))
+    expected = "broken:fn: mapping module failed to load: " + problem.format(file=module.resolve())
+    assert problems(caught) == [("a.yaml", "transform", expected)]
+
+
+def test_a_disabled_channel_is_not_compiled(tmp_path):
+    engine_yaml = layout(
+        tmp_path, {"paused": "name: paused\nenabled: false\nsource: {channel: {}}\n"}
+    )
+    config = load_engine(engine_yaml)
+    assert compile_channels(config, load_channels(config.channels)) == {}
+
+
+# --- run.py check ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_config_is_accepted_before_or_after_the_command(before):
+    argv = ["--config", "x.yaml", "serve"] if before else ["serve", "--config", "x.yaml"]
+    assert build_parser().parse_args(argv).config == "x.yaml"
+    assert build_parser().parse_args(["db", "upgrade", "--config", "y.yaml"]).config == "y.yaml"
+
+
+def test_check_reports_valid_channels(tmp_path, capsys):
+    engine_yaml = layout(tmp_path)
+    assert main(["check", "--config", str(engine_yaml)]) == 0
+    out = capsys.readouterr().out
+    assert "ok  lab-orders: source mllp, destinations lab(mllp)" in out
+    assert "1 channel(s) valid" in out
+
+
+def test_check_exits_2_and_lists_every_problem(tmp_path, capsys):
+    bad = LAB_ORDERS_YAML.replace("in: [OML, ORM]", "equals: [OML]").replace(
+        "max_attempts: 10", "max_attempts: ten"
+    )
+    engine_yaml = layout(tmp_path, {"lab-orders": bad})
+    assert main(["--config", str(engine_yaml), "check"]) == 2
+    err = capsys.readouterr().err
+    channel_file = tmp_path / "channels" / "lab-orders.yaml"
+    assert err.startswith("error: configuration is not valid:\n")
+    assert f"{channel_file}: filter[0].equals: Input should be a valid string" in err
+    assert f"{channel_file}: destinations.lab.retry.max_attempts: Input should be" in err
