@@ -236,7 +236,6 @@ class ChannelConfig(_Strict):
 class HttpConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    max_body: Size = 10 * 1024 * 1024
 
 
 class SqliteOptions(_Strict):

@@ -89,7 +89,9 @@ class DestinationWorker:
             idle.put_nowait(sender)
         results = await asyncio.gather(*(self._send_lane(lane, idle) for lane in claimed.lanes))
         attempts = [a for lane in results for a in lane]
-        await asyncio.to_thread(record, self._store, attempts, self.config.retry, claimed.all_ids)
+        await asyncio.to_thread(
+            record, self._store, attempts, self.config.retry, claimed.all_ids, owner=self._owner
+        )
         return 0.0
 
     async def _send_lane(self, lane: list[Delivery], idle: asyncio.Queue[Sender]) -> list[Attempt]:

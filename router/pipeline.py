@@ -128,6 +128,7 @@ def _process(channel: CompiledChannel, message: Message) -> Outcome:
             f"transform {config.transform} returned nothing",
             correlations=message.correlations,
         )
+    _check_routes(produced, channel)
     deliveries: list[PlannedDelivery] = []
     for route in routes:
         outputs = _for_route(produced, route.name, message.content_type)
@@ -151,6 +152,16 @@ def _for_route(produced: Any, route: str, content_type: str) -> list[Output]:
     if isinstance(produced, dict):
         return _outputs(produced.get(route), content_type)
     return _outputs(produced, content_type)
+
+
+def _check_routes(produced: Any, channel: CompiledChannel) -> None:
+    """A transform's dict must name real destinations: a typo would lose deliveries silently."""
+    if isinstance(produced, dict):
+        unknown = set(produced) - {r.name for r in channel.routes}
+        if unknown:
+            raise KeyError(
+                f"transform returned payloads for unknown destination(s): {sorted(unknown)}"
+            )
 
 
 def _outputs(value: Any, content_type: str) -> list[Output]:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from router.cli import commands, replay_commands
+from router.cli import admin_commands, commands, replay_commands
 from router.cli.output import CommandError
 
 
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.register(sub)
     replay_commands.register(sub)
+    admin_commands.register(sub)
     _accept_config_after_command(parser)
     return parser
 

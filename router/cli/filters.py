@@ -20,11 +20,13 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--control-id", help="MSH-10")
     group.add_argument("--key", help="a correlation key value (order number, MSH-10, URN)")
     group.add_argument("--text", help="content contains this text (last 24h unless --since)")
-    group.add_argument("--limit", type=int, default=50)
+    group.add_argument(
+        "--limit", type=int, help="at most this many (listing: 50; reprocess/resend: all matches)"
+    )
     group.add_argument("--before", type=int, dest="before_id", help="page cursor: ids below this")
 
 
-def search_filter(args: argparse.Namespace, *, limit: int | None = None) -> MessageFilter:
+def search_filter(args: argparse.Namespace, *, default_limit: int = 50) -> MessageFilter:
     return MessageFilter(
         channel=args.channel,
         status=args.status,
@@ -35,7 +37,7 @@ def search_filter(args: argparse.Namespace, *, limit: int | None = None) -> Mess
         key=args.key,
         text=args.text,
         before_id=args.before_id,
-        limit=limit or args.limit,
+        limit=args.limit or default_limit,
     )
 
 

@@ -86,7 +86,7 @@ def _message_ids(store: Store, args: argparse.Namespace) -> list[int]:
         if not has_search(args):
             raise CommandError("give an id or at least one search option (e.g. --status error)")
         query = search_query(
-            search_filter(args, limit=MAX_BULK), conn.dialect.name, (messages.c.id,)
+            search_filter(args, default_limit=MAX_BULK), conn.dialect.name, (messages.c.id,)
         )
         return sorted(conn.scalars(query))
 

@@ -56,8 +56,14 @@ async def _send_mllp(
             for message in batch:
                 writer.write(frame(message))
                 await writer.drain()
-                async with asyncio.timeout(timeout):
-                    answer = await read_frame(reader, 10 * 1024 * 1024)
+                try:
+                    async with asyncio.timeout(timeout):
+                        answer = await read_frame(reader, 10 * 1024 * 1024)
+                except TimeoutError:
+                    row = _result(path, message, None)
+                    row["text"] = f"no answer within {timeout:g}s; the rest were not sent"
+                    results.append(row)
+                    return results
                 results.append(_result(path, message, answer))
     finally:
         writer.close()

@@ -54,6 +54,7 @@ class Store:
                 hide_parameters=True,
             )
             self.reader = self.writer
+            event.listen(self.writer, "connect", _durable_commits)
 
     @property
     def dialect(self) -> str:
@@ -113,3 +114,10 @@ def _make_folder(url: str) -> None:
     path = url.split(":///", 1)[-1].split("?", 1)[0]
     if path and ":memory:" not in path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _durable_commits(dbapi_conn: Any, _record: Any) -> None:
+    """A commit returns only once it is on disk, whatever the server's default says."""
+    with dbapi_conn.cursor() as cursor:
+        cursor.execute("SET synchronous_commit TO on")
+    dbapi_conn.commit()

@@ -7,6 +7,7 @@ ordered lane only a node that locks the lane's head may take the lane.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from router.store.database import Store
 from router.store.ingest import utcnow
 from router.store.schema import PENDING, attempts, deliveries, messages
 
+log = logging.getLogger(__name__)
 d = deliveries.c
 
 
@@ -167,8 +169,15 @@ def _delivery(row: Any) -> Delivery:
     )
 
 
-def record(store: Store, done: list[Attempt], policy: RetryPolicy, claimed: list[int]) -> None:
-    """Write every attempt and settle its delivery; release claimed ones never attempted."""
+def record(
+    store: Store, done: list[Attempt], policy: RetryPolicy, claimed: list[int], *, owner: str
+) -> None:
+    """Write every attempt and settle its delivery; release claimed ones never attempted.
+
+    Every attempt is kept, but a delivery is settled only while ``owner`` still holds
+    its lease: if the lease ran out and another node took the delivery over, that
+    node's outcome stands.
+    """
     now = utcnow()
     attempt_rows, updates = [], []
     for a in done:
@@ -201,8 +210,19 @@ def record(store: Store, done: list[Attempt], policy: RetryPolicy, claimed: list
         )
     untried = sorted(set(claimed) - {a.delivery.id for a in done})
     with store.begin() as conn:
+        held = set(
+            conn.scalars(
+                select(d.id).where(d.id.in_(claimed), d.lease_owner == owner, d.status == "sending")
+            )
+        )
+        lost = [u["_id"] for u in updates if u["_id"] not in held]
+        if lost:
+            log.warning("leases on deliveries %s ran out before their results came in", lost)
+        updates = [u for u in updates if u["_id"] in held]
+        _log_failures(attempt_rows)
         if attempt_rows:
             conn.execute(attempts.insert(), attempt_rows)
+        if updates:
             conn.execute(
                 update(deliveries)
                 .where(d.id == bindparam("_id"))
@@ -218,7 +238,25 @@ def record(store: Store, done: list[Attempt], policy: RetryPolicy, claimed: list
                 updates,
             )
         if untried:
-            _release(conn, d.id.in_(untried))
+            _release(conn, and_(d.id.in_(untried), d.lease_owner == owner))
+
+
+def _log_failures(attempt_rows: list[dict[str, Any]]) -> None:
+    for row in attempt_rows:
+        if row["outcome"] == "failed":
+            log.error(
+                "delivery %s failed after %s attempt(s): %s",
+                row["delivery_id"],
+                row["number"],
+                row["error"],
+            )
+        elif row["outcome"] == "retrying":
+            log.warning(
+                "delivery %s attempt %s will be retried: %s",
+                row["delivery_id"],
+                row["number"],
+                row["error"],
+            )
 
 
 def _release(conn: Connection, where: Any) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Select, func, or_, select, text
@@ -45,6 +45,13 @@ class MessageFilter:
     text: str | None = None
     before_id: int | None = None
     limit: int = 50
+
+    def __post_init__(self) -> None:
+        """A time without a zone is UTC, as everywhere in the store."""
+        for name in ("since", "until"):
+            moment = getattr(self, name)
+            if moment is not None and moment.tzinfo is None:
+                setattr(self, name, moment.replace(tzinfo=UTC))
 
 
 def search_query(f: MessageFilter, dialect: str, columns: tuple[Any, ...] = LISTING) -> Select[Any]:

@@ -729,3 +729,70 @@ def uuids(store: Store, *control_ids: str) -> list[str]:
                 )
             )
         )
+
+
+def test_reprocess_honours_limit(seeded, cli):
+    run = cli(
+        seeded.workspace.config,
+        "reprocess",
+        "--channel",
+        "orders",
+        "--type",
+        "OML",
+        "--limit",
+        "1",
+        "--reason",
+        "trial run on one",
+    )
+
+    assert run.code == 0, run.err
+    assert count(seeded.store, messages, messages.c.reprocessed_from.is_not(None)) == 1
+
+
+# --- channel pause / resume, audit verify ------------------------------------------------
+
+
+def test_paused_channel_stores_but_does_not_process_until_resumed(seeded, cli):
+    store = seeded.store
+    paused = cli(seeded.workspace.config, "channel", "pause", "orders", "--reason", "incident")
+    assert paused.code == 0, paused.err
+    with store.begin() as conn:
+        write_inbound(conn, [hl7_inbound("orders", oml("ORD-9", "PLACER-9"))])
+
+    assert seeded.processor.run_once() == 0
+    listing = cli(seeded.workspace.config, "channel", "list", "--json").json()
+    assert {r["channel"]: (r["paused"], r["unprocessed"]) for r in listing} == {
+        "orders": (True, 1),
+        "results": (False, 0),
+    }
+
+    resumed = cli(seeded.workspace.config, "channel", "resume", "orders", "--actor", "ann")
+    assert resumed.code == 0, resumed.err
+    assert seeded.processor.run_once() == 1
+    actions = [(e.actor, e.target) for e in audit_log(store, "pause") + audit_log(store, "resume")]
+    assert actions == [(OS_USER, "channel:orders"), ("ann", "channel:orders")]
+
+
+def test_channel_pause_refuses_an_unknown_channel(seeded, cli):
+    run = cli(seeded.workspace.config, "channel", "pause", "nope")
+
+    assert run.code == 1
+    assert "no channel named 'nope'" in run.err
+
+
+def test_audit_verify_reports_an_intact_and_a_broken_chain(seeded, cli):
+    cli(seeded.workspace.config, "channel", "pause", "orders")
+    cli(seeded.workspace.config, "channel", "resume", "orders")
+
+    intact = cli(seeded.workspace.config, "audit", "verify", "--json")
+    assert intact.code == 0
+    assert intact.json()["ok"] is True and intact.json()["events"] == 2
+
+    with seeded.store.begin() as conn:
+        first = conn.scalar(select(func.min(audit_events.c.id)))
+        conn.execute(
+            audit_events.update().where(audit_events.c.id == first).values(actor="mallory")
+        )
+    broken = cli(seeded.workspace.config, "audit", "verify")
+    assert broken.code == 1
+    assert f"BROKEN at event {first}" in broken.out

@@ -144,11 +144,7 @@ def test_engine_defaults(tmp_path):
     config = load_engine(write(tmp_path / "engine.yaml", "{}\n"))
     assert config.store == f"sqlite:///{(tmp_path / 'data' / 'tie.db').resolve()}"
     assert config.channels == (tmp_path / ".." / "channels").resolve()
-    assert (config.http.host, config.http.port, config.http.max_body) == (
-        "127.0.0.1",
-        8080,
-        10 * 1024 * 1024,
-    )
+    assert (config.http.host, config.http.port) == ("127.0.0.1", 8080)
     assert (config.sqlite.synchronous, config.sqlite.busy_timeout) == ("FULL", 5.0)
     assert (config.dispatch.lease, config.dispatch.batch) == (30.0, 200)
     assert (config.dispatch.poll_interval, config.dispatch.lanes) == (1.0, 8)

@@ -508,3 +508,14 @@ def test_a_correlation_key_name_too_long_for_the_store_is_that_messages_error(bu
         f"ValueError: correlation key '{'k' * 65}' must have 1 to 64 characters" in outcome.reason
     )
     assert outcome.deliveries == []
+
+
+def test_a_dict_naming_an_unknown_destination_is_an_error_not_a_lost_delivery(build, oml):
+    channel = build(
+        {"transform": "m:typo", "destinations": {"lab": file_dest()}},
+        {"m": "def typo(message):\n    return {'lab': message.raw, 'labb': message.raw}\n"},
+    )
+    outcome = run(channel, oml)
+    assert outcome.status == "error"
+    assert "unknown destination(s): ['labb']" in outcome.reason
+    assert outcome.deliveries == []

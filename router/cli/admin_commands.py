@@ -1,0 +1,74 @@
+"""CLI commands ``channel`` (list, pause, resume) and ``audit verify``."""
+
+from __future__ import annotations
+
+import argparse
+
+from router.cli.commands import actor
+from router.cli.output import (
+    CommandError,
+    add_json,
+    engine_config,
+    open_store,
+    print_json,
+    print_table,
+)
+from router.config import load_channels
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("channel", help="channel state: list, pause, resume")
+    actions = p.add_subparsers(dest="channel_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="channels with backlog and queue counts")
+    add_json(listing)
+    listing.set_defaults(handler=channel_list)
+    for name, paused in (("pause", True), ("resume", False)):
+        a = actions.add_parser(name, help=f"{name} processing (messages are still received)")
+        a.add_argument("name")
+        a.add_argument("--reason", default="", help="why (kept in the audit log)")
+        a.add_argument("--actor", help="who is doing it (default: the OS user)")
+        a.set_defaults(handler=channel_switch, paused=paused)
+
+    p = sub.add_parser("audit", help="the hash-chained audit log")
+    audit_actions = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_actions.add_parser("verify", help="check the chain; name the first broken event")
+    add_json(verify)
+    verify.set_defaults(handler=audit_verify)
+
+
+def _channel_names(args: argparse.Namespace) -> list[str]:
+    return sorted(load_channels(engine_config(args).channels))
+
+
+def channel_list(args: argparse.Namespace) -> int:
+    from router.channel_control import overview
+
+    rows = overview(open_store(args), _channel_names(args))
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(rows, ["channel", "paused", "unprocessed", "queued", "failed", "changed_by"])
+    return 0
+
+
+def channel_switch(args: argparse.Namespace) -> int:
+    from router.channel_control import set_paused
+
+    if args.name not in _channel_names(args):
+        raise CommandError(f"no channel named {args.name!r}")
+    set_paused(open_store(args), args.name, args.paused, actor=actor(args), reason=args.reason)
+    print(f"{args.name} {'paused' if args.paused else 'resumed'}")
+    return 0
+
+
+def audit_verify(args: argparse.Namespace) -> int:
+    from router.audit import verify
+
+    verdict = verify(open_store(args))
+    if args.json:
+        print_json(verdict.__dict__)
+    elif verdict.ok:
+        print(f"audit chain intact: {verdict.events} event(s)")
+    else:
+        print(f"audit chain BROKEN at event {verdict.broken_id}: {verdict.reason}")
+    return 0 if verdict.ok else 1

@@ -1,0 +1,86 @@
+"""The HTTP API over a real socket: health, authentication, search and an audited detail view."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from hl7.client import MLLPClient
+from sqlalchemy import select
+from tie_testing import RunningEngine, channel, engine_config, wait_until
+
+from router.store.schema import audit_events, messages
+
+TOKEN = "s3cret-operator-token"
+
+
+@pytest.fixture
+def api(tmp_path, store_url, monkeypatch) -> Iterator[tuple[RunningEngine, httpx.Client]]:
+    monkeypatch.setenv("TIE_API_TOKEN", TOKEN)
+    orders = channel({"name": "orders", "source": {"mllp": {"port": 0}}, "destinations": {}})
+    running = RunningEngine(engine_config(tmp_path, store_url), {"orders": orders}, http=True)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
+    try:
+        yield running, client
+    finally:
+        client.close()
+        running.stop()
+
+
+def _send(running: RunningEngine, raw: bytes) -> None:
+    with MLLPClient("127.0.0.1", running.port("orders")) as mllp:
+        mllp.send_message(raw)
+
+
+def test_health_is_open_and_reports_store_and_listeners(api):
+    _, client = api
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "store": True, "listeners": True}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}],
+)
+def test_api_refuses_requests_without_the_token(api, headers):
+    _, client = api
+    for path in ("/api/messages", "/api/messages/1"):
+        response = client.get(path, headers=headers)
+        assert response.status_code == 401, path
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_search_and_detail_with_an_audited_view(api, hl7_samples):
+    running, client = api
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    _send(running, hl7_samples["OML_O21_nhs_nwgmsa_v251"])
+    _send(running, hl7_samples["ORU_R01_nhs_nwgmsa_v251"])
+
+    def processed() -> list[dict]:
+        rows = client.get("/api/messages", headers=auth, params={"status": "processed"}).json()
+        return rows["messages"] if len(rows["messages"]) == 2 else []
+
+    rows = wait_until(processed)
+    assert [r["message_type"] for r in rows] == ["ORU^R01", "OML^O21"]
+
+    page = client.get(
+        "/api/messages", headers=auth, params={"limit": 1, "since": "2000-01-01T00:00:00"}
+    ).json()
+    assert [r["message_type"] for r in page["messages"]] == ["ORU^R01"]
+    rest = client.get("/api/messages", headers=auth, params={"before": page["next"]}).json()
+    assert [r["message_type"] for r in rest["messages"]] == ["OML^O21"]
+
+    oml = rows[1]
+    detail = client.get(f"/api/messages/urn:tie:message:{oml['uuid']}", headers=auth)
+    assert detail.status_code == 200
+    body = detail.json()
+    assert body["raw"].startswith("MSH|^~\\&|EPIC|R0A|iGene")
+    assert {"key": "control_id", "value": oml["control_id"]} in body["correlations"]
+    with running.store.read() as conn:
+        views = conn.execute(select(audit_events.c.actor, audit_events.c.target)).all()
+        assert conn.scalar(select(messages.c.uuid).where(messages.c.id == oml["id"]))
+    assert views == [("operator", f"urn:tie:message:{oml['uuid']}")]
+
+    assert client.get("/api/messages/999999", headers=auth).status_code == 404
