@@ -41,7 +41,7 @@ def set_paused(store: Store, channel: str, paused: bool, *, actor: str, reason: 
 def overview(store: Store, channels: list[str]) -> list[dict[str, Any]]:
     """Per channel: paused or not, messages waiting to be processed, deliveries by state."""
     with store.read() as conn:
-        paused = {r.channel: r for r in conn.execute(select(channel_state))}
+        switches = {r.channel: r for r in conn.execute(select(channel_state))}
         backlog = dict(
             conn.execute(
                 select(messages.c.channel, func.count())
@@ -49,28 +49,22 @@ def overview(store: Store, channels: list[str]) -> list[dict[str, Any]]:
                 .group_by(messages.c.channel)
             ).all()
         )
-        queued = dict(
-            conn.execute(
-                select(deliveries.c.channel, func.count())
-                .where(deliveries.c.status.in_(PENDING))
-                .group_by(deliveries.c.channel)
-            ).all()
-        )
-        failed = dict(
-            conn.execute(
-                select(deliveries.c.channel, func.count())
-                .where(deliveries.c.status == "failed")
-                .group_by(deliveries.c.channel)
-            ).all()
-        )
+        by_status = {
+            (r.channel, r.status): r.n
+            for r in conn.execute(
+                select(deliveries.c.channel, deliveries.c.status, func.count().label("n"))
+                .where(deliveries.c.status.in_((*PENDING, "failed")))
+                .group_by(deliveries.c.channel, deliveries.c.status)
+            )
+        }
     return [
         {
             "channel": name,
-            "paused": bool(paused[name].paused) if name in paused else False,
-            "changed_by": paused[name].updated_by if name in paused else None,
+            "paused": bool(switches[name].paused) if name in switches else False,
+            "changed_by": switches[name].updated_by if name in switches else None,
             "unprocessed": backlog.get(name, 0),
-            "queued": queued.get(name, 0),
-            "failed": failed.get(name, 0),
+            "queued": sum(by_status.get((name, s), 0) for s in PENDING),
+            "failed": by_status.get((name, "failed"), 0),
         }
         for name in channels
     ]
