@@ -14,11 +14,12 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from router.config import DestinationConfig, DispatchOptions
 from router.connectors import Delivery, Sender, SendResult
 from router.pipeline import CompiledChannel
-from router.store.database import Store
+from router.store.database import Store, Transact
 from router.store.deliveries import Attempt, claim, record, release_owned
 from router.store.ingest import utcnow
 
@@ -38,11 +39,13 @@ class DestinationWorker:
         make_sender: SenderFactory,
         options: DispatchOptions,
         owner: str,
+        transact: Transact[Any] | None = None,
     ) -> None:
         self.channel, self.name, self.config = channel, name, config
         self._store = store
         self._options = options
         self._owner = owner
+        self._transact = transact
         self._wake = asyncio.Event()
         self._stopping = False
         lanes = options.lanes if (config.order_by or not config.is_ordered) else 1
@@ -81,6 +84,7 @@ class DestinationWorker:
             limit=self._options.batch,
             lease=self._options.lease,
             owner=self._owner,
+            transact=self._transact,
         )
         if not claimed.lanes:
             return _seconds_until(claimed.next_due, self._options.poll_interval)
@@ -90,7 +94,13 @@ class DestinationWorker:
         results = await asyncio.gather(*(self._send_lane(lane, idle) for lane in claimed.lanes))
         attempts = [a for lane in results for a in lane]
         await asyncio.to_thread(
-            record, self._store, attempts, self.config.retry, claimed.all_ids, owner=self._owner
+            record,
+            self._store,
+            attempts,
+            self.config.retry,
+            claimed.all_ids,
+            owner=self._owner,
+            transact=self._transact,
         )
         return 0.0
 
@@ -124,12 +134,13 @@ class Dispatcher:
         make_sender: SenderFactory,
         options: DispatchOptions,
         owner: str,
+        transact: Transact[Any] | None = None,
     ) -> None:
         self._store = store
         self._owner = owner
         self.workers = {
             (channel.name, route.name): DestinationWorker(
-                store, channel.name, route.name, route.config, make_sender, options, owner
+                store, channel.name, route.name, route.config, make_sender, options, owner, transact
             )
             for channel in channels.values()
             for route in channel.routes

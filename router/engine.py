@@ -69,16 +69,25 @@ class Engine:
             config, channels if channels is not None else load_channels(config.channels)
         )
         self.store = open_store(config)
-        self.dispatcher = Dispatcher(
-            self.store, self.channels, self._make_sender, config.dispatch, owner=config.node
-        )
         self.writer = GroupCommitWriter(self.store, on_commit=lambda: self.processor.wake())
+        # SQLite commits one transaction at a time, each with its fsync: the processor's and
+        # the dispatcher's writes join ingest's group commits. PostgreSQL runs them side by
+        # side (and shares their WAL flushes by itself).
+        transact = self.writer.run if self.store.is_sqlite else None
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.channels,
+            self._make_sender,
+            config.dispatch,
+            owner=config.node,
+            transact=transact,
+        )
         self.processor = Processor(
             self.store,
             self.channels,
             batch=config.processing.batch,
             on_deliveries=self.dispatcher.notify,
-            transact=self.writer.run,
+            transact=transact,
         )
         self.listeners = [
             MllpListener(c.config, self.writer.submit)

@@ -12,20 +12,37 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from router.message import Message
 from router.pipeline import CompiledChannel, Outcome, process
-from router.store.database import Store
+from router.store.database import Store, Transact
 from router.store.ingest import utcnow
 from router.store.schema import channel_state, correlations, deliveries, messages
 
 log = logging.getLogger(__name__)
 DestinationKey = tuple[str, str]
-T = TypeVar("T")
-Transact = Callable[[Callable[[Connection], T]], T]
+
+# Statements built once: building one and computing its cache key costs more than running it.
+_m = messages.c
+_CLAIM = (
+    select(_m.id, _m.uuid, _m.channel, _m.raw, _m.content_type, _m.received_at, _m.source)
+    .where(_m.status == "received", _m.channel.in_(bindparam("channels", expanding=True)))
+    .order_by(_m.id)
+    .limit(bindparam("limit"))
+)
+_CLAIM_LOCKED = _CLAIM.with_for_update(skip_locked=True)
+_SETTLE = (
+    update(messages)
+    .where(_m.id.in_(bindparam("ids", expanding=True)), _m.status == "received")
+    .values(status=bindparam("outcome"), error=bindparam("reason"), processed_at=bindparam("now"))
+    .returning(_m.id)
+)
+_PAUSED = select(channel_state.c.channel).where(channel_state.c.paused)
+_INSERT_DELIVERIES = deliveries.insert()
+_INSERT_KEYS = correlations.insert()
 
 
 class Processor:
@@ -52,7 +69,7 @@ class Processor:
         self._on_deliveries = on_deliveries
         self._idle_wait = idle_wait
         self._linger = linger
-        self._transact = transact or self._own_transaction
+        self._transact = transact or store.run
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,20 +105,17 @@ class Processor:
 
     def run_once(self) -> int:
         """Process one batch; returns how many messages it settled."""
-        active = sorted(set(self._channels) - paused_channels(self._store))
-        if not active:
-            return 0
         if self._store.dialect == "postgresql":
             # Rows are locked (SKIP LOCKED) so that several nodes share the work.
             with self._store.begin() as conn:
-                rows = _claim(conn, active, self._batch, lock=True)
+                rows = _claim(conn, self._active(conn), self._batch, lock=True)
                 outcomes = self._process(rows)
                 touched = _write(conn, outcomes)
         else:
             # SQLite has one writer: process outside the write lock so ingest is never held up,
             # then write through ``transact`` (in the engine: ingest's next group commit).
             with self._store.read() as conn:
-                rows = _claim(conn, active, self._batch, lock=False)
+                rows = _claim(conn, self._active(conn), self._batch, lock=False)
             outcomes = self._process(rows)
             if not outcomes:
                 return 0
@@ -110,30 +124,19 @@ class Processor:
             self._on_deliveries(touched)
         return len(rows)
 
-    def _own_transaction(self, work: Callable[[Connection], T]) -> T:
-        with self._store.begin() as conn:
-            return work(conn)
+    def _active(self, conn: Connection) -> list[str]:
+        """This processor's channels that are not paused."""
+        return sorted(set(self._channels) - set(conn.scalars(_PAUSED)))
 
     def _process(self, rows: list[Any]) -> list[tuple[Any, Outcome]]:
         return [(row, process(self._channels[row.channel], _message(row))) for row in rows]
 
 
-def paused_channels(store: Store) -> set[str]:
-    with store.read() as conn:
-        return set(conn.scalars(select(channel_state.c.channel).where(channel_state.c.paused)))
-
-
 def _claim(conn: Connection, channels: Sequence[str], limit: int, *, lock: bool) -> list[Any]:
-    m = messages.c
-    query = (
-        select(m.id, m.uuid, m.channel, m.raw, m.content_type, m.received_at, m.source)
-        .where(m.status == "received", m.channel.in_(channels))
-        .order_by(m.id)
-        .limit(limit)
-    )
-    if lock:
-        query = query.with_for_update(skip_locked=True)
-    return list(conn.execute(query))
+    if not channels:
+        return []
+    query = _CLAIM_LOCKED if lock else _CLAIM
+    return list(conn.execute(query, {"channels": list(channels), "limit": limit}))
 
 
 def _message(row: Any) -> Message:
@@ -156,14 +159,14 @@ def _write(conn: Connection, outcomes: list[tuple[Any, Outcome]]) -> set[Destina
         _delivery_row(row, d, now) for row, outcome in settled for d in outcome.deliveries
     ]
     if delivery_rows:
-        conn.execute(deliveries.insert(), delivery_rows)
+        conn.execute(_INSERT_DELIVERIES, delivery_rows)
     key_rows = [
         {"message_id": row.id, "key": key, "value": value}
         for row, outcome in settled
         for key, value in dict.fromkeys(outcome.correlations)
     ]
     if key_rows:
-        conn.execute(correlations.insert(), key_rows)
+        conn.execute(_INSERT_KEYS, key_rows)
     return {(r["channel"], r["destination"]) for r in delivery_rows}
 
 
@@ -179,17 +182,10 @@ def _settle(
     groups: dict[tuple[str, str | None], list[int]] = {}
     for row, outcome in outcomes:
         groups.setdefault((outcome.status, outcome.reason), []).append(row.id)
-    m = messages.c
     done: set[int] = set()
     for (status, reason), ids in groups.items():
-        done.update(
-            conn.scalars(
-                update(messages)
-                .where(m.id.in_(ids), m.status == "received")
-                .values(status=status, error=reason, processed_at=now)
-                .returning(m.id)
-            )
-        )
+        params = {"ids": ids, "outcome": status, "reason": reason, "now": now}
+        done.update(conn.scalars(_SETTLE, params))
     return [(row, outcome) for row, outcome in outcomes if row.id in done]
 
 

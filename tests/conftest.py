@@ -66,3 +66,12 @@ def store(store_url: str) -> Iterator[Store]:
 def hl7_samples() -> dict[str, bytes]:
     """The public HL7 v2 samples in tests/data/hl7v2, by file stem."""
     return {p.stem: p.read_bytes() for p in sorted((DATA / "hl7v2").glob("*.hl7"))}
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The local PostgreSQL server's URL, for a test that needs a database of its own."""
+    problem = postgres_problem()
+    if problem:
+        pytest.skip(problem)
+    return PG_URL

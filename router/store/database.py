@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from psycopg.abc import Buffer
+from psycopg.types.string import StrDumperUnknown
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
@@ -15,6 +17,11 @@ from sqlalchemy.pool import NullPool
 # about one commit in a hundred pay for a checkpoint; 10000 (40 MB of WAL at most between
 # checkpoints) makes that one in a thousand, keeping checkpoints out of the 99th percentile.
 WAL_AUTOCHECKPOINT = 10000
+
+T = TypeVar("T")
+# Runs work(conn) in a write transaction and returns its result once committed:
+# ``Store.run`` (a transaction of its own) or ``GroupCommitWriter.run`` (ingest's next one).
+Transact = Callable[[Callable[[Connection], T]], T]
 
 
 class Store:
@@ -55,6 +62,7 @@ class Store:
             )
             self.reader = self.writer
             event.listen(self.writer, "connect", _durable_commits)
+            event.listen(self.writer, "connect", _nul_safe_text)
 
     @property
     def dialect(self) -> str:
@@ -63,12 +71,26 @@ class Store:
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """A write transaction, committed on success and rolled back on error."""
-        if self._write_lock is None:
-            with self.writer.begin() as conn:
-                yield conn
-            return
-        with self._write_lock, self.writer.begin() as conn:
+        with self._locked(), self.writer.begin() as conn:
             yield conn
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` in a write transaction of its own; its result once committed."""
+        with self.begin() as conn:
+            return work(conn)
+
+    @contextmanager
+    def begin_on(self, conn: Connection) -> Iterator[Connection]:
+        """A write transaction on ``conn``, a writer connection the caller keeps open.
+
+        For the busiest writer (ingest): a pool check-out and check-in, with its reset,
+        cost more than inserting a few messages.
+        """
+        with self._locked(), conn.begin():
+            yield conn
+
+    def _locked(self) -> AbstractContextManager[Any]:
+        return self._write_lock if self._write_lock is not None else nullcontext()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -114,6 +136,19 @@ def _make_folder(url: str) -> None:
     path = url.split(":///", 1)[-1].split("?", 1)[0]
     if path and ":memory:" not in path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+class _NulSafeStr(StrDumperUnknown):
+    """Text with U+FFFD in place of NUL, which PostgreSQL text cannot hold."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+
+def _nul_safe_text(dbapi_conn: Any, _record: Any) -> None:
+    """Senders choose header fields, and peers their ACK texts: a NUL in one of them must
+    not fail a whole group commit (raw messages and ACKs keep theirs, in bytea)."""
+    dbapi_conn.adapters.register_dumper(str, _NulSafeStr)
 
 
 def _durable_commits(dbapi_conn: Any, _record: Any) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, upd
 
 from router.config import RetryPolicy
 from router.connectors import Delivery, SendResult
-from router.store.database import Store
+from router.store.database import Store, Transact
 from router.store.ingest import utcnow
 from router.store.schema import PENDING, attempts, deliveries, messages
 
@@ -86,12 +86,17 @@ def claim(
     limit: int,
     lease: float,
     owner: str,
+    transact: Transact[Any] | None = None,
 ) -> Claimed:
-    """Lease due deliveries of one destination: lanes in order, or any due ones."""
+    """Lease due deliveries of one destination: lanes in order, or any due ones.
+
+    ``transact`` runs the claim's transaction (default: one of its own).
+    """
     now = utcnow()
     lock = store.dialect == "postgresql"
     mine = (d.channel == channel, d.destination == destination, d.status.in_(PENDING))
-    with store.begin() as conn:
+
+    def work(conn: Connection) -> Claimed:
         if ordered:
             picked = _claim_lanes(conn, mine, now, lanes, max(1, limit // lanes), lock)
         else:
@@ -108,7 +113,9 @@ def claim(
             .where(d.id.in_(ids))
             .values(status="sending", lease_until=now + timedelta(seconds=lease), lease_owner=owner)
         )
-    return Claimed(lanes=[[_delivery(row) for row in lane] for lane in picked])
+        return Claimed(lanes=[[_delivery(row) for row in lane] for lane in picked])
+
+    return (transact or store.run)(work)
 
 
 def _next_due(conn: Connection, mine: tuple[Any, ...], ordered: bool) -> datetime | None:
@@ -170,13 +177,19 @@ def _delivery(row: Any) -> Delivery:
 
 
 def record(
-    store: Store, done: list[Attempt], policy: RetryPolicy, claimed: list[int], *, owner: str
+    store: Store,
+    done: list[Attempt],
+    policy: RetryPolicy,
+    claimed: list[int],
+    *,
+    owner: str,
+    transact: Transact[Any] | None = None,
 ) -> None:
     """Write every attempt and settle its delivery; release claimed ones never attempted.
 
     Every attempt is kept, but a delivery is settled only while ``owner`` still holds
     its lease: if the lease ran out and another node took the delivery over, that
-    node's outcome stands.
+    node's outcome stands. ``transact`` runs the transaction (default: one of its own).
     """
     now = utcnow()
     attempt_rows, updates = [], []
@@ -209,7 +222,8 @@ def record(
             }
         )
     untried = sorted(set(claimed) - {a.delivery.id for a in done})
-    with store.begin() as conn:
+
+    def work(conn: Connection) -> None:
         held = set(
             conn.scalars(
                 select(d.id).where(d.id.in_(claimed), d.lease_owner == owner, d.status == "sending")
@@ -218,11 +232,11 @@ def record(
         lost = [u["_id"] for u in updates if u["_id"] not in held]
         if lost:
             log.warning("leases on deliveries %s ran out before their results came in", lost)
-        updates = [u for u in updates if u["_id"] in held]
+        settle = [u for u in updates if u["_id"] in held]
         _log_failures(attempt_rows)
         if attempt_rows:
             conn.execute(attempts.insert(), attempt_rows)
-        if updates:
+        if settle:
             conn.execute(
                 update(deliveries)
                 .where(d.id == bindparam("_id"))
@@ -235,10 +249,12 @@ def record(
                     lease_owner=None,
                     updated_at=now,
                 ),
-                updates,
+                settle,
             )
         if untried:
             _release(conn, and_(d.id.in_(untried), d.lease_owner == owner))
+
+    (transact or store.run)(work)
 
 
 def _log_failures(attempt_rows: list[dict[str, Any]]) -> None:

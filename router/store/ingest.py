@@ -10,6 +10,7 @@ transaction, so two copies of one message can never both be accepted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import queue
@@ -28,6 +29,7 @@ from router.store.schema import messages
 
 log = logging.getLogger(__name__)
 _STOP = object()
+_INSERT = messages.insert()  # built once: SQLAlchemy caches its compiled form by this object
 T = TypeVar("T")
 
 
@@ -96,6 +98,7 @@ class GroupCommitWriter:
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._conn: Connection | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tie-ingest", daemon=True)
@@ -106,6 +109,7 @@ class GroupCommitWriter:
             self._queue.put(_STOP)
             self._thread.join()
             self._thread = None
+        self._close(broken=False)
 
     async def submit(self, item: Inbound) -> Receipt:
         """Commit ``item``; raises StoreUnavailable when the store cannot."""
@@ -123,10 +127,11 @@ class GroupCommitWriter:
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(conn)`` inside the next group commit; its result once committed.
 
-        For the process's other writers (the processor on SQLite): they share ingest's
-        transaction and fsync instead of committing on their own and holding the one
-        write lock while senders wait for their ACKs. ``work`` runs in a savepoint, so
-        one that fails is rolled back alone and raises here; the batch is still committed.
+        For the process's other writers on SQLite (processor, dispatcher): they share
+        ingest's transaction and fsync instead of committing on their own and holding
+        the one write lock while senders wait for their ACKs. ``work`` runs in a
+        savepoint, so one that fails is rolled back alone and raises here; the rest of
+        the batch is still committed.
         """
         waiter: Future[T] = Future()
         self._queue.put(_Job(work, waiter))
@@ -172,8 +177,23 @@ class GroupCommitWriter:
                 return
 
     def _write(self, items: list[Inbound], jobs: list[_Job]) -> tuple[list[Receipt], list[Any]]:
-        with self._store.begin() as conn:
-            return write_inbound(conn, items), [_run_job(conn, job) for job in jobs]
+        if self._conn is None:
+            self._conn = self._store.writer.connect()
+        try:
+            with self._store.begin_on(self._conn) as conn:
+                return write_inbound(conn, items), [_run_job(conn, job) for job in jobs]
+        except Exception:
+            self._close(broken=True)  # the next batch opens a new connection
+            raise
+
+    def _close(self, *, broken: bool) -> None:
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        with contextlib.suppress(Exception):
+            if broken:
+                conn.invalidate()
+            conn.close()
 
 
 def _run_job(conn: Connection, job: _Job) -> Any:
@@ -213,12 +233,12 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
             rows.append(row)
         receipts.append(Receipt(item.uuid, original_ack, duplicate_of=original_uuid))
     if rows:
-        conn.execute(messages.insert(), rows)
+        conn.execute(_INSERT, rows)
     for row, original_uuid in late:
         row["duplicate_of"] = conn.scalar(
             select(messages.c.id).where(messages.c.uuid == original_uuid)
         )
-        conn.execute(messages.insert(), row)
+        conn.execute(_INSERT, row)
     return receipts
 
 

@@ -25,6 +25,8 @@ class MllpSender:
     async def send(self, delivery: Delivery) -> SendResult:
         target = self._target
         try:
+            if self._reader is not None and self._reader.at_eof():
+                await self.close()  # the receiver hung up while we were idle: not a failure
             if self._writer is None or self._writer.is_closing():
                 async with asyncio.timeout(target.connect_timeout):
                     self._reader, self._writer = await asyncio.open_connection(

@@ -1,0 +1,531 @@
+"""The MLLP source against real senders (python-hl7's clients, raw sockets for bad bytes).
+
+What is proven here is DESIGN.md §3.1 as a sender sees it: an ACK means the
+message is committed, a store that cannot commit never yields AA, and no input,
+however broken, stops the listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import sqlite3
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from uuid import uuid4
+
+import hl7
+import hl7.mllp
+import pytest
+from hl7.client import MLLPClient
+from sqlalchemy import create_engine, func, make_url, select, text
+from tie_testing import (
+    Hl7Receiver,
+    RunningEngine,
+    channel,
+    engine_config,
+    hl7_message,
+    wait_until,
+)
+
+from router.config import ChannelConfig
+from router.store.schema import messages
+
+GHH = "ORU_R01_v24_python-hl7_GHH"  # original mode: MSH-15 empty
+START, END = b"\x0b", b"\x1c\r"
+GUARD = 30.0  # seconds before a silent peer fails the test instead of hanging it
+
+
+def inbound(**extra: Any) -> ChannelConfig:
+    """A channel that only stores and processes what its MLLP listener receives."""
+    mllp = {"port": 0, **extra.pop("mllp", {})}
+    return channel({"name": "inbound", "source": {"mllp": mllp}, "destinations": {}, **extra})
+
+
+def unframe(data: bytes) -> bytes:
+    assert data.startswith(START) and data.endswith(END), data
+    return data[1:-2]
+
+
+def parse(ack: bytes) -> hl7.Message:
+    return hl7.parse(ack.decode())
+
+
+def field(message: hl7.Message, segment: str, number: int) -> str:
+    return str(message.segment(segment)[number])
+
+
+def rows_for(store: Any, control_id: str) -> list[Any]:
+    with store.read() as conn:
+        return list(
+            conn.execute(
+                select(messages).where(messages.c.control_id == control_id).order_by(messages.c.id)
+            )
+        )
+
+
+def count(store: Any, *where: Any) -> int:
+    with store.read() as conn:
+        return conn.scalar(select(func.count()).select_from(messages).where(*where))
+
+
+def read_frame(sock: socket.socket) -> bytes | None:
+    """One whole MLLP frame from a raw socket, or None when the peer closed cleanly first."""
+    data = b""
+    while not data.endswith(END):
+        chunk = sock.recv(65536)
+        if not chunk:
+            assert not data, f"connection closed inside a frame: {data!r}"
+            return None
+        data += chunk
+    return unframe(data)
+
+
+def assert_closed(sock: socket.socket) -> None:
+    """The engine hung up: an orderly close, or a reset when it left input unread."""
+    with contextlib.suppress(ConnectionResetError):
+        assert read_frame(sock) is None
+
+
+def raw_connection(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(GUARD)
+    return sock
+
+
+def mllp_client(port: int) -> MLLPClient:
+    """python-hl7's blocking client, which would otherwise wait forever for an answer."""
+    sender = MLLPClient("127.0.0.1", port)
+    sender.socket.settimeout(GUARD)
+    return sender
+
+
+@pytest.fixture
+def engine(tmp_path: Any, store_url: str) -> Iterator[RunningEngine]:
+    running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": inbound()})
+    yield running
+    running.stop()
+
+
+# --- acknowledgements --------------------------------------------------------
+
+
+def test_original_mode_ack_swaps_parties_and_follows_the_commit(engine, hl7_samples):
+    with mllp_client(engine.port("inbound")) as sender:
+        for n in range(10):
+            control_id = f"ORIG-{n}"
+            raw = hl7_message(hl7_samples[GHH], control_id)
+            ack = unframe(sender.send_message(raw))
+            rows = rows_for(engine.store, control_id)  # at once: the ACK promised a commit
+            assert [r.raw for r in rows] == [raw]
+            assert rows[0].status in ("received", "processed")
+            assert rows[0].ack == ack
+            original, answer = parse(raw), parse(ack)
+            for ours, theirs in ((3, 5), (4, 6), (5, 3), (6, 4)):
+                assert field(answer, "MSH", ours) == field(original, "MSH", theirs)
+            assert field(answer, "MSH", 9) == "ACK^R01^ACK"
+            assert field(answer, "MSH", 10) not in ("", control_id)
+            assert field(answer, "MSH", 11) == field(original, "MSH", 11)
+            assert field(answer, "MSH", 12) == field(original, "MSH", 12)
+            assert field(answer, "MSA", 1) == "AA"
+            assert field(answer, "MSA", 2) == control_id
+            assert b"ERR" not in ack
+
+
+def test_enhanced_mode_answers_as_msh15_asks(engine, hl7_samples):
+    """AL and SU get CA; NE and ER get nothing on success, yet are stored."""
+
+    async def conversation(port: int) -> list[bytes]:
+        reader, writer = await hl7.mllp.open_hl7_connection("127.0.0.1", port)
+        acks = []
+        try:
+            for control_id, mode in (("E-NE", "NE"), ("E-ER", "ER"), ("E-AL", "AL")):
+                writer.writeblock(hl7_message(hl7_samples[GHH], control_id, accept_ack=mode))
+            await writer.drain()
+            acks.append(await reader.readblock())
+            writer.writeblock(hl7_message(hl7_samples[GHH], "E-SU", accept_ack="SU"))
+            acks.append(await reader.readblock())
+        finally:
+            writer.close()
+        return acks
+
+    acks = asyncio.run(asyncio.wait_for(conversation(engine.port("inbound")), GUARD))
+    al, su = (parse(a) for a in acks)
+    # The first answer on the wire is for the AL message: NE and ER were never answered.
+    assert [field(al, "MSA", 1), field(al, "MSA", 2)] == ["CA", "E-AL"]
+    assert [field(su, "MSA", 1), field(su, "MSA", 2)] == ["CA", "E-SU"]
+    for control_id in ("E-NE", "E-ER", "E-AL", "E-SU"):
+        assert len(rows_for(engine.store, control_id)) == 1
+
+
+def test_lf_and_crlf_segment_separators_are_accepted(engine, hl7_samples):
+    with mllp_client(engine.port("inbound")) as sender:
+        for control_id, separator in (("SEP-LF", b"\n"), ("SEP-CRLF", b"\r\n")):
+            raw = hl7_message(hl7_samples[GHH], control_id, separator=separator)
+            ack = unframe(sender.send_message(raw))
+            assert b"\n" not in ack  # answered with CR, whatever the sender used
+            assert [field(parse(ack), "MSA", n) for n in (1, 2)] == ["AA", control_id]
+    for control_id in ("SEP-LF", "SEP-CRLF"):
+        wait_until(lambda cid=control_id: rows_for(engine.store, cid)[0].status != "received")
+        assert rows_for(engine.store, control_id)[0].status == "processed"
+
+
+def test_idempotent_receiver_answers_repeats_with_the_original_ack(
+    tmp_path, store_url, hl7_samples
+):
+    lab = Hl7Receiver()
+    config = inbound(
+        idempotent={"window": "1h"},
+        destinations={"lab": {"mllp": {"host": "127.0.0.1", "port": lab.port}}},
+    )
+    running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": config})
+    try:
+        first = hl7_message(hl7_samples[GHH], "IDEM-1")
+        with mllp_client(running.port("inbound")) as sender:
+            original = sender.send_message(first)
+        with mllp_client(running.port("inbound")) as sender:
+            repeat = sender.send_message(first)
+            assert repeat == original  # byte for byte: the stored ACK, not a new one
+            later = sender.send_message(hl7_message(hl7_samples[GHH], "IDEM-2"))
+            assert field(parse(unframe(later)), "MSA", 1) == "AA"
+        # Delivery is ordered, so a second copy of IDEM-1 would arrive before IDEM-2.
+        wait_until(lambda: "IDEM-2" in lab.control_ids())
+        assert lab.control_ids() == ["IDEM-1", "IDEM-2"]
+        rows = rows_for(running.store, "IDEM-1")
+        assert [r.duplicate_of for r in rows] == [None, rows[0].id]
+        assert rows[1].status == "filtered"
+    finally:
+        running.stop()
+        lab.stop()
+
+
+# --- broken input ------------------------------------------------------------
+
+
+def _junk(rng: random.Random, size: int) -> bytes:
+    """Random bytes that contain no MLLP framing byte, so the frame stays one frame."""
+    return bytes(b for b in rng.randbytes(size) if b not in (0x0B, 0x1C))
+
+
+def malformed_frames(sample: bytes, rng: random.Random) -> dict[str, tuple[bytes, str]]:
+    """Framed input a well-behaved client never sends, and the reason the engine must give."""
+    good = hl7_message(sample, f"BAD-{rng.randrange(10**9)}")
+    return {
+        "no MSH": (b"PID|1||9449305552^^^NHS^NH\rOBX|1|ST|x||y\r", "no MSH segment"),
+        "wrong encoding characters": (
+            good.replace(b"MSH|^~\\&|", b"MSH|^~|", 1),
+            "invalid encoding characters",
+        ),
+        "repeated delimiter": (
+            good.replace(b"MSH|^~\\&|", b"MSH|^^\\&|", 1),
+            "invalid encoding characters",
+        ),
+        "binary junk": (b"\x00\xff" + _junk(rng, 300), "no MSH segment"),
+        "empty MSH-10": (hl7_message(sample, ""), "empty MSH-10"),
+        "second start byte, junk after it": (
+            good[:40] + START + b"\x01\x02 not HL7 at all",
+            "no MSH segment",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "no MSH",
+        "wrong encoding characters",
+        "repeated delimiter",
+        "binary junk",
+        "empty MSH-10",
+        "second start byte, junk after it",
+    ],
+)
+def test_malformed_frame_gets_ar_with_err_and_is_stored_with_its_reason(engine, hl7_samples, kind):
+    data, reason = malformed_frames(hl7_samples[GHH], random.Random(kind))[kind]
+    with raw_connection(engine.port("inbound")) as sock:
+        sock.sendall(START + data + END)
+        reject = read_frame(sock)
+        assert reject is not None
+        answer = parse(reject)
+        assert field(answer, "MSA", 1) == "AR"
+        assert reason in str(answer.segment("ERR"))
+        # The same connection carries on.
+        sock.sendall(START + hl7_message(hl7_samples[GHH], "AFTER-BAD") + END)
+        ack = read_frame(sock)
+        assert ack is not None and field(parse(ack), "MSA", 2) == "AFTER-BAD"
+        assert field(parse(ack), "MSA", 1) == "AA"
+    with engine.store.read() as conn:
+        errors = list(conn.execute(select(messages).where(messages.c.status == "error")))
+    assert len(errors) == 1
+    assert reason in errors[0].error
+    assert errors[0].ack == reject
+
+
+def test_nul_bytes_in_header_fields_fail_neither_the_commit_nor_processing(engine, hl7_samples):
+    """PostgreSQL text cannot hold NUL: such a message must not turn into an endless AE (and
+    AE for whatever shares its group commit), nor stall the processor behind it."""
+    odd = hl7_message(hl7_samples[GHH], "NUL\x00ID").replace(b"GHH LAB", b"GHH\x00LAB", 1)
+    with mllp_client(engine.port("inbound")) as sender:
+        first = parse(unframe(sender.send_message(odd)))
+        after = parse(unframe(sender.send_message(hl7_message(hl7_samples[GHH], "AFTER-NUL"))))
+    assert field(first, "MSA", 1) == "AA"
+    assert field(after, "MSA", 1) == "AA"
+
+    def settled() -> list[Any]:
+        with engine.store.read() as conn:
+            rows = list(conn.execute(select(messages).order_by(messages.c.id)))
+        return rows if all(r.status != "received" for r in rows) else []
+
+    rows = wait_until(settled)
+    assert [r.status for r in rows] == ["processed", "processed"]
+    assert rows[0].raw == odd  # the raw bytes are kept exactly
+
+
+def test_truncated_frame_is_closed_cleanly_and_not_acknowledged(engine, hl7_samples):
+    raw = hl7_message(hl7_samples[GHH], "TRUNCATED")
+    with raw_connection(engine.port("inbound")) as sock:
+        sock.sendall(START + raw[: len(raw) // 2])
+        sock.shutdown(socket.SHUT_WR)
+        assert read_frame(sock) is None  # closed with no answer, and no reset
+    with mllp_client(engine.port("inbound")) as sender:
+        ack = parse(unframe(sender.send_message(hl7_message(hl7_samples[GHH], "WHOLE"))))
+    assert field(ack, "MSA", 1) == "AA"
+    assert count(engine.store) == 1
+    assert rows_for(engine.store, "TRUNCATED") == []
+
+
+def test_a_restarted_frame_abandons_the_unfinished_one(engine, hl7_samples):
+    """A start byte inside a frame begins a new frame: the head was never acknowledged, so its
+    sender must resend it; the complete message after the restart is answered on its own."""
+    head = hl7_message(hl7_samples[GHH], "ABANDONED")
+    whole = hl7_message(hl7_samples[GHH], "RESTARTED")
+    with raw_connection(engine.port("inbound")) as sock:
+        sock.sendall(START + head[:60] + START + whole + END)
+        ack = read_frame(sock)
+    assert ack is not None
+    assert [field(parse(ack), "MSA", n) for n in (1, 2)] == ["AA", "RESTARTED"]
+    assert [r.raw for r in rows_for(engine.store, "RESTARTED")] == [whole]
+    assert rows_for(engine.store, "ABANDONED") == []
+
+
+def test_hundreds_of_malformed_frames_leave_the_listener_serving(engine, hl7_samples):
+    port = engine.port("inbound")
+    connections, frames_each = 8, 40
+
+    def abuse(number: int) -> int:
+        rng = random.Random(number)
+        rejected = 0
+        with raw_connection(port) as sock:
+            for n in range(frames_each):
+                kinds = malformed_frames(hl7_samples[GHH], rng)
+                data, reason = kinds[rng.choice(sorted(kinds))]
+                if n % 5 == 0:
+                    sock.sendall(_junk(rng, 50))  # junk between frames is skipped silently
+                sock.sendall(START + data + END)
+                reject = read_frame(sock)
+                assert reject is not None
+                assert field(parse(reject), "MSA", 1) == "AR"
+                assert reason in str(parse(reject).segment("ERR"))
+                rejected += 1
+            if number % 2:
+                sock.sendall(START + hl7_message(hl7_samples[GHH], f"CUT-{number}")[:100])
+                sock.shutdown(socket.SHUT_WR)
+                assert read_frame(sock) is None
+        return rejected
+
+    with ThreadPoolExecutor(connections) as pool:
+        rejected = sum(pool.map(abuse, range(connections)))
+    assert rejected == connections * frames_each
+    assert count(engine.store, messages.c.status == "error") == rejected
+    with mllp_client(port) as sender:
+        for n in range(20):
+            ack = parse(unframe(sender.send_message(hl7_message(hl7_samples[GHH], f"OK-{n}"))))
+            assert [field(ack, "MSA", 1), field(ack, "MSA", 2)] == ["AA", f"OK-{n}"]
+    assert count(engine.store, messages.c.status != "error") == 20
+
+
+def test_oversize_frame_gets_ar_and_the_connection_is_closed(tmp_path, store_url, hl7_samples):
+    config = inbound(mllp={"max_frame": "64KB"})
+    running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": config})
+    try:
+        padding = b"OBX|2|TX|note||" + b"A" * 100_000 + b"\r"
+        with raw_connection(running.port("inbound")) as sock:
+            sock.sendall(START + hl7_message(hl7_samples[GHH], "HUGE") + padding + END)
+            reject = read_frame(sock)
+            assert reject is not None
+            assert field(parse(reject), "MSA", 1) == "AR"
+            assert "larger than 64000" in str(parse(reject).segment("ERR"))
+            assert_closed(sock)
+        below = b"OBX|2|TX|note||" + b"A" * 60_000 + b"\r"
+        raw = hl7_message(hl7_samples[GHH], "LARGE") + below
+        with raw_connection(running.port("inbound")) as sock:  # MLLPClient may send a part
+            sock.sendall(START + raw + END)
+            ack = read_frame(sock)
+        assert ack is not None and field(parse(ack), "MSA", 1) == "AA"
+        assert rows_for(running.store, "HUGE") == []
+        assert [r.raw for r in rows_for(running.store, "LARGE")] == [raw]
+    finally:
+        running.stop()
+
+
+def test_idle_connection_is_closed(tmp_path, store_url, hl7_samples):
+    config = inbound(mllp={"idle_timeout": "200ms"})
+    running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": config})
+    try:
+        with raw_connection(running.port("inbound")) as sock:
+            assert read_frame(sock) is None  # the engine hung up on the silent peer
+        with mllp_client(running.port("inbound")) as sender:
+            ack = parse(unframe(sender.send_message(hl7_message(hl7_samples[GHH], "NEXT"))))
+        assert field(ack, "MSA", 1) == "AA"
+    finally:
+        running.stop()
+
+
+# --- concurrency ---------------------------------------------------------------
+
+
+def test_many_concurrent_connections_are_all_acknowledged_and_stored_once(engine, hl7_samples):
+    clients, each = 20, 25
+
+    async def sender(number: int, port: int) -> list[str]:
+        reader, writer = await hl7.mllp.open_hl7_connection("127.0.0.1", port)
+        answered = []
+        try:
+            for n in range(each):
+                control_id = f"C{number}-{n}"
+                writer.writeblock(hl7_message(hl7_samples[GHH], control_id))
+                await writer.drain()
+                ack = parse(await reader.readblock())
+                assert field(ack, "MSA", 1) == "AA"
+                answered.append(field(ack, "MSA", 2))
+        finally:
+            writer.close()
+        return answered
+
+    async def all_senders(port: int) -> list[list[str]]:
+        together = asyncio.gather(*(sender(n, port) for n in range(clients)))
+        return await asyncio.wait_for(together, GUARD)
+
+    answered = asyncio.run(all_senders(engine.port("inbound")))
+    assert answered == [[f"C{c}-{n}" for n in range(each)] for c in range(clients)]
+    with engine.store.read() as conn:
+        stored = list(conn.scalars(select(messages.c.control_id)))
+    assert sorted(stored) == sorted(cid for ids in answered for cid in ids)
+
+
+# --- the store cannot commit ---------------------------------------------------
+
+
+def _send_while_down(port: int, sample: bytes, prefix: str) -> tuple[list[hl7.Message], bytes]:
+    """Send original-mode, NE and ER messages to a store that cannot commit.
+
+    Returns the answers (for the original-mode messages, the ER one and a final AL probe)
+    and the bytes of an original-mode message to resend later.
+    """
+    answers = []
+    with mllp_client(port) as sender:
+        for n in range(3):
+            answers.append(parse(unframe(sender.send_message(hl7_message(sample, f"{prefix}{n}")))))
+        er = hl7_message(sample, f"{prefix}ER", accept_ack="ER")
+        answers.append(parse(unframe(sender.send_message(er))))
+        # NE asks for no answer at all, so the next one on the wire is the probe's.
+        ne = hl7_message(sample, f"{prefix}NE", accept_ack="NE")
+        probe = hl7_message(sample, f"{prefix}AL", accept_ack="AL")
+        answers.append(parse(unframe(sender.send(START + ne + END + START + probe + END))))
+    return answers, hl7_message(sample, f"{prefix}0")
+
+
+def _assert_refused(answers: list[hl7.Message], prefix: str) -> None:
+    codes = [(field(a, "MSA", 1), field(a, "MSA", 2)) for a in answers]
+    assert codes == [
+        ("AE", f"{prefix}0"),
+        ("AE", f"{prefix}1"),
+        ("AE", f"{prefix}2"),
+        ("CE", f"{prefix}ER"),
+        ("CE", f"{prefix}AL"),
+    ]
+    for answer in answers:
+        assert "ERR" in [str(s[0]) for s in answer]
+
+
+def test_sqlite_store_locked_means_ae_never_aa(tmp_path, hl7_samples):
+    path = tmp_path / "tie.db"
+    config = engine_config(tmp_path, f"sqlite:///{path}", sqlite={"busy_timeout": "200ms"})
+    running = RunningEngine(config, {"inbound": inbound()})
+    sample = hl7_samples[GHH]
+    try:
+        with mllp_client(running.port("inbound")) as sender:
+            ack = parse(unframe(sender.send_message(hl7_message(sample, "UP-1"))))
+        assert field(ack, "MSA", 1) == "AA"
+        locker = sqlite3.connect(path, isolation_level=None, timeout=10)
+        try:
+            locker.execute("BEGIN EXCLUSIVE")
+            answers, resend = _send_while_down(running.port("inbound"), sample, "DOWN-")
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        _assert_refused(answers, "DOWN-")
+        with running.store.read() as conn:
+            assert list(conn.scalars(select(messages.c.control_id))) == ["UP-1"]
+        with mllp_client(running.port("inbound")) as sender:
+            ack = parse(unframe(sender.send_message(resend)))
+        assert [field(ack, "MSA", 1), field(ack, "MSA", 2)] == ["AA", "DOWN-0"]
+        assert [r.raw for r in rows_for(running.store, "DOWN-0")] == [resend]
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def dedicated_postgres(postgres_url: str) -> Iterator[tuple[str, str, Any]]:
+    """A database of its own (so it can be made unavailable): its name, its URL and an
+    admin connection to the server."""
+    name = f"tie_down_{uuid4().hex[:12]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield name, make_url(postgres_url).set(database=name).render_as_string(False), admin
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_postgresql_store_unavailable_means_ae_never_aa(tmp_path, dedicated_postgres, hl7_samples):
+    name, url, admin = dedicated_postgres
+    running = RunningEngine(engine_config(tmp_path, url), {"inbound": inbound()})
+    sample = hl7_samples[GHH]
+    try:
+        with mllp_client(running.port("inbound")) as sender:
+            ack = parse(unframe(sender.send_message(hl7_message(sample, "UP-1"))))
+        assert field(ack, "MSA", 1) == "AA"
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
+
+        def sessions_gone() -> bool:  # pg_terminate_backend only signals
+            with admin.connect() as conn:
+                query = "SELECT count(*) FROM pg_stat_activity WHERE datname = :n"
+                return conn.scalar(text(query), {"n": name}) == 0
+
+        wait_until(sessions_gone)
+        try:
+            answers, resend = _send_while_down(running.port("inbound"), sample, "DOWN-")
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        _assert_refused(answers, "DOWN-")
+        with mllp_client(running.port("inbound")) as sender:
+            ack = parse(unframe(sender.send_message(resend)))
+        assert [field(ack, "MSA", 1), field(ack, "MSA", 2)] == ["AA", "DOWN-0"]
+        with running.store.read() as conn:
+            assert sorted(conn.scalars(select(messages.c.control_id))) == ["DOWN-0", "UP-1"]
+    finally:
+        running.stop()
