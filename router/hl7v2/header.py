@@ -42,6 +42,19 @@ def parse_header(raw: bytes) -> MshHeader:
     Raises Er7Error when MSH is missing, its delimiters are invalid, MSH-9 has no message
     code or MSH-10 is empty. An empty MSH-12 is tolerated and read as ``2.5``.
     """
+    header = read_header(raw)
+    if not header.message_code:
+        raise Er7Error("missing MSH-9 (message type)")
+    if not header.control_id:
+        raise Er7Error("empty MSH-10 (message control id)")
+    return header
+
+
+def read_header(raw: bytes) -> MshHeader:
+    """MSH as it stands, even with an empty MSH-9 or MSH-10: enough to address a reject.
+
+    Raises Er7Error only when there is no MSH or its delimiters are invalid.
+    """
     line = _first_line(raw.lstrip())
     if not line.startswith(b"MSH"):
         raise Er7Error("no MSH segment")
@@ -57,11 +70,7 @@ def parse_header(raw: bytes) -> MshHeader:
     comp, rep = encoding[0], encoding[1]
     message_type = fields[8]
     type_parts = message_type.split(rep, 1)[0].split(comp)
-    if not type_parts[0]:
-        raise Er7Error("missing MSH-9 (message type)")
     control_id = fields[9]
-    if not control_id:
-        raise Er7Error("empty MSH-10 (message control id)")
     version = fields[11].split(rep, 1)[0].split(comp, 1)[0]
     return MshHeader(
         field_sep=field_sep,

@@ -264,6 +264,17 @@ def test_malformed_frame_gets_ar_with_err_and_is_stored_with_its_reason(engine, 
     assert errors[0].ack == reject
 
 
+def test_a_reject_with_a_readable_msh_goes_back_to_its_sender(engine, hl7_samples):
+    """An empty MSH-10 is refused, but the AR still swaps sender and receiver."""
+    with raw_connection(engine.port("inbound")) as sock:
+        sock.sendall(START + hl7_message(hl7_samples[GHH], "") + END)
+        reject = read_frame(sock)
+    assert reject is not None
+    answer = parse(reject)
+    assert field(answer, "MSA", 1) == "AR"
+    assert (field(answer, "MSH", 3), field(answer, "MSH", 5)) == ("GHH OE", "GHH LAB")
+
+
 def test_nul_bytes_in_header_fields_fail_neither_the_commit_nor_processing(engine, hl7_samples):
     """PostgreSQL text cannot hold NUL: such a message must not turn into an endless AE (and
     AE for whatever shares its group commit), nor stall the processor behind it."""
@@ -431,10 +442,13 @@ def _send_while_down(port: int, sample: bytes, prefix: str) -> tuple[list[hl7.Me
             answers.append(parse(unframe(sender.send_message(hl7_message(sample, f"{prefix}{n}")))))
         er = hl7_message(sample, f"{prefix}ER", accept_ack="ER")
         answers.append(parse(unframe(sender.send_message(er))))
-        # NE asks for no answer at all, so the next one on the wire is the probe's.
+        # NE asks for no answer at all: with nothing stored, closing is the only signal left.
         ne = hl7_message(sample, f"{prefix}NE", accept_ack="NE")
+        sender.socket.sendall(START + ne + END)
+        assert sender.socket.recv(1024) == b"", "the engine closes instead of staying silent"
+    with mllp_client(port) as sender:
         probe = hl7_message(sample, f"{prefix}AL", accept_ack="AL")
-        answers.append(parse(unframe(sender.send(START + ne + END + START + probe + END))))
+        answers.append(parse(unframe(sender.send_message(probe))))
     return answers, hl7_message(sample, f"{prefix}0")
 
 

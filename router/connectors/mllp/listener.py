@@ -17,7 +17,7 @@ from router.connectors.hl7_inbound import hl7_inbound
 from router.connectors.mllp.framing import FrameTooLarge, TruncatedFrame, frame, read_frame
 from router.hl7v2.ack import AckError, ack_code, build_ack, build_reject, should_send
 from router.hl7v2.er7 import Er7Error
-from router.hl7v2.header import parse_header
+from router.hl7v2.header import MshHeader, parse_header, read_header
 from router.store.ingest import Inbound, Receipt, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -111,31 +111,25 @@ class MllpListener:
                 return
             if data is None:
                 return
-            answer = await self.accept(data, peer)
+            try:
+                answer = await self.accept(data, peer)
+            except SilentFailure:
+                return
             if answer is not None:
                 writer.write(frame(answer))
                 await writer.drain()
 
     async def accept(self, data: bytes, peer: str) -> bytes | None:
-        """Commit one message and return the acknowledgement to send (None: send nothing)."""
+        """Commit one message and return the acknowledgement to send (None: send nothing).
+
+        Raises ``SilentFailure`` when the store failed and the sender asked for no
+        error acknowledgement (MSH-15 NE or SU): closing is then its only signal.
+        """
         source = {"protocol": "mllp", "remote": peer}
         try:
             header = parse_header(data)
         except Er7Error as exc:
-            reason = str(exc)
-            reject = build_reject(reason)
-            with contextlib.suppress(StoreUnavailable):
-                await self._ingest(
-                    Inbound(
-                        self.channel.name,
-                        data,
-                        source=source,
-                        ack=reject,
-                        status="error",
-                        error=f"rejected: {reason}",
-                    )
-                )
-            return reject
+            return await self._reject(data, str(exc), source)
         item = hl7_inbound(
             self.channel.name,
             data,
@@ -151,7 +145,7 @@ class MllpListener:
                 "channel %s: answering AE for %s: %s", self.channel.name, header.control_id, exc
             )
             if not should_send(header, success=False):
-                return None
+                raise SilentFailure(str(exc)) from exc
             return build_ack(
                 header,
                 ack_code(header, "error"),
@@ -159,6 +153,30 @@ class MllpListener:
                 error=AckError("207", f"{exc}"),
             )
         return receipt.ack if should_send(header, success=True) else None
+
+    async def _reject(self, data: bytes, reason: str, source: dict[str, str]) -> bytes | None:
+        """AR (CR in enhanced mode), addressed back to the sender when MSH is readable enough."""
+        try:
+            header: MshHeader | None = read_header(data)
+        except Er7Error:
+            header = None
+        reject = build_reject(reason, header)
+        with contextlib.suppress(StoreUnavailable):
+            await self._ingest(
+                Inbound(
+                    self.channel.name,
+                    data,
+                    source=source,
+                    ack=reject,
+                    status="error",
+                    error=f"rejected: {reason}",
+                )
+            )
+        return reject if header is None or should_send(header, success=False) else None
+
+
+class SilentFailure(Exception):
+    """The store failed and the sender wants no error ACK: the connection is closed instead."""
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:
