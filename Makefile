@@ -3,16 +3,25 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# NHS England's MESH sandbox, the tests' MESH peer, pins its own FastAPI: it gets a virtualenv of its own.
+MESH_SANDBOX_VENV ?= .venv-mesh-sandbox
+MESH_SANDBOX_STAMP := $(MESH_SANDBOX_VENV)/.installed
+MESH_SANDBOX_SPEC ?= mesh-sandbox>=1.0.137,<2
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench bench-mesh bench-fhir
 
-install: $(STAMP)
+install: $(STAMP) $(MESH_SANDBOX_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+$(MESH_SANDBOX_STAMP):
+	$(PYTHON) -m venv $(MESH_SANDBOX_VENV)
+	$(MESH_SANDBOX_VENV)/bin/python -m pip install --quiet '$(MESH_SANDBOX_SPEC)'
+	touch $(MESH_SANDBOX_STAMP)
 
 run: install
 	$(PY) run.py serve
@@ -25,3 +34,9 @@ lint: install
 
 bench: install
 	$(PY) bench/mllp.py
+
+bench-mesh: install
+	$(PY) bench/mesh.py
+
+bench-fhir: install
+	$(PY) bench/fhir.py

@@ -43,7 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SAMPLES = sorted((ROOT / "tests" / "data" / "hl7v2").glob("ORU_R01_*.hl7"))
 PG_URL = os.environ.get("TIE_BENCH_POSTGRES", "postgresql+psycopg://root@127.0.0.1:5432/test")
-CONNECTIONS = (1, 8)
 FIXED_ACK = frame(
     b"MSH|^~\\&|BENCH|BENCH|SENDER|SENDER|20240101000000||ACK^R01^ACK|1|P|2.5\rMSA|AA|1"
 )
@@ -97,7 +96,10 @@ def client_main(
     """The load generator: ``connections`` senders, ``count`` messages in all."""
     per = [count // connections + (1 if c < count % connections else 0) for c in range(connections)]
     batches = [make_messages(tag, c, n) for c, n in enumerate(per)]
-    result = _run_loop(_send_all(port, batches, check_ids))
+    try:
+        result = _run_loop(_send_all(port, batches, check_ids))
+    except Exception as exc:
+        result = {"error": f"load generator failed: {type(exc).__name__}: {exc}"}
     done.set()
     out.put(result)
 
@@ -158,23 +160,10 @@ def receiver_main(ready: Any, received: Any) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
             while (data := await read_frame(reader, 10 * 1024 * 1024)) is not None:
-                msh = data.split(b"\r", 1)[0].split(b"|")
-                ack = (
-                    b"MSH|^~\\&|"
-                    + msh[4]
-                    + b"|"
-                    + msh[5]
-                    + b"|"
-                    + msh[2]
-                    + b"|"
-                    + msh[3]
-                    + b"|20240101000000||ACK^R01^ACK|R"
-                    + msh[9]
-                    + b"|P|"
-                    + msh[11]
-                    + b"\rMSA|AA|"
-                    + msh[9]
-                )
+                msh = data.split(b"\r", 1)[0].split(b"|")  # msh[n - 1] is MSH-n
+                swapped = [b"MSH", msh[1], msh[4], msh[5], msh[2], msh[3], b"20240101000000"]
+                header = [*swapped, b"", b"ACK^R01^ACK", b"R" + msh[9], b"P", msh[11]]
+                ack = b"|".join(header) + b"\rMSA|AA|" + msh[9]
                 writer.write(frame(ack))
                 received.value += 1
                 await writer.drain()
@@ -366,23 +355,35 @@ def run_client(
         target=client_main, args=(port, connections, count, tag, check_ids, out, done)
     )
     proc.start()
-    done.wait()
-    extra = on_done() if on_done else None
+    while not done.wait(1):
+        if not proc.is_alive():
+            raise RuntimeError(f"the load generator exited with code {proc.exitcode}")
+    try:
+        extra, failure = (on_done() if on_done else None), None
+    except Exception as exc:  # the load generator's own error, if any, says more
+        extra, failure = None, exc
     result = out.get(timeout=120)
     proc.join(30)
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    if failure is not None:
+        raise failure
     if result["problem_count"]:
         raise RuntimeError(f"{result['problem_count']} bad ACK(s), e.g. {result['problems']}")
     return result, extra
 
 
-def wait_settled(store_url: str, count: int, deliveries: bool, timeout: float) -> float:
-    """Poll the store until all ``count`` messages are processed (and delivered); the time."""
+def wait_settled(store_url: str, count: int, deliveries: bool, stall: float = 60) -> float:
+    """Poll the store until all ``count`` messages are processed (and delivered); the time.
+
+    Fails when the number still to settle has not changed for ``stall`` seconds.
+    """
     from sqlalchemy import create_engine, text
 
     engine = create_engine(store_url)
     pending = "SELECT count(*) FROM messages WHERE status = 'received'"
     queued = "SELECT count(*) FROM deliveries WHERE status IN ('queued', 'sending', 'retrying')"
-    deadline = time.monotonic() + timeout
+    last, moved = -1, time.monotonic()
     try:
         with engine.connect() as conn:
             while True:
@@ -390,13 +391,14 @@ def wait_settled(store_url: str, count: int, deliveries: bool, timeout: float) -
                 if not unsettled and deliveries:
                     unsettled = conn.scalar(text(queued)) or 0
                 conn.rollback()
+                now = time.monotonic()
                 if not unsettled:
-                    settled_at = time.monotonic()
+                    settled_at = now
                     break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{unsettled} message(s)/deliveries unsettled after {timeout}s"
-                    )
+                if unsettled != last:
+                    last, moved = unsettled, now
+                elif now - moved > stall:
+                    raise RuntimeError(f"{unsettled} message(s)/deliveries stuck for {stall:.0f}s")
                 time.sleep(0.005)
             _verify(conn, text, count, deliveries)
     finally:
@@ -441,10 +443,10 @@ def summary(result: dict[str, Any], count: int, settled_at: float | None) -> dic
     }
 
 
-def run_baseline(count: int) -> list[dict[str, Any]]:
+def run_baseline(count: int, connection_counts: list[int]) -> list[dict[str, Any]]:
     rows = []
     with server_process(ack_server_main) as port:
-        for connections in CONNECTIONS:
+        for connections in connection_counts:
             log(f"baseline, {connections} connection(s), {count} messages")
             result, _ = run_client(port, connections, count, check_ids=False)
             rows.append(
@@ -478,15 +480,26 @@ def run_engine(
         store_url = stack.enter_context(fresh_store(kind, folder))
         attach = profiler(profile, name)
         engine = stack.enter_context(engine_process(folder, store_url, downstream, attach))
-        result, settled_at = run_client(
-            engine.port,
-            connections,
-            count,
-            check_ids=True,
-            on_done=lambda: wait_settled(store_url, count, end_to_end, timeout=600),
-        )
-        if end_to_end and received.value < count:
-            raise RuntimeError(f"the receiver got {received.value} of {count} messages")
+        try:
+            result, settled_at = run_client(
+                engine.port,
+                connections,
+                count,
+                check_ids=True,
+                on_done=lambda: wait_settled(store_url, count, end_to_end),
+            )
+            if end_to_end and received.value < count:
+                raise RuntimeError(f"the receiver got {received.value} of {count} messages")
+        except Exception as exc:
+            log(f"  FAILED: {exc}")
+            report_failure(engine)
+            return {
+                "scenario": scenario,
+                "store": kind,
+                "connections": connections,
+                "messages": count,
+                "error": str(exc),
+            }
     row = {
         "scenario": scenario,
         "store": kind,
@@ -496,6 +509,17 @@ def run_engine(
     p99 = row["ack_latency_ms"]["p99"]
     log(f"  ACK {row['ack_msg_per_s']} msg/s, done {row['done_msg_per_s']} msg/s, p99 {p99} ms")
     return row
+
+
+def report_failure(engine: EngineProcess) -> None:
+    """The engine's log tail and, where py-spy is installed, what its threads are doing."""
+    log("engine log (tail):\n" + engine.log_path.read_text(errors="replace")[-4000:])
+    spy = ROOT / ".venv" / "bin" / "py-spy"
+    if spy.exists() and engine.proc.poll() is None:
+        dump = subprocess.run(
+            [str(spy), "dump", "--pid", str(engine.proc.pid)], capture_output=True, text=True
+        )
+        log("engine threads (py-spy dump):\n" + dump.stdout + dump.stderr)
 
 
 # --- targets -----------------------------------------------------------------
@@ -547,6 +571,9 @@ def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row is None:
             out.append({**item, "measured": None, "met": None})
             continue
+        if "error" in row:
+            out.append({**item, "measured": {"error": row["error"]}, "met": False})
+            continue
         measured = {"msg_per_s": row["done_msg_per_s"], "p99_ms": row["ack_latency_ms"]["p99"]}
         met = row["done_msg_per_s"] >= target["min_msg_per_s"]
         if "max_p99_ms" in target:
@@ -563,6 +590,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     baseline = {r["connections"]: r["ack_msg_per_s"] for r in rows if r["scenario"] == "baseline"}
     for row in rows:
         base = baseline.get(row["connections"])
+        if "error" in row:
+            continue
         row["ratio_to_baseline"] = round(row["done_msg_per_s"] / base, 3) if base else None
         row["ack_ratio_to_baseline"] = round(row["ack_msg_per_s"] / base, 3) if base else None
 
@@ -608,12 +637,66 @@ def fsync_ms() -> float:
         return round((time.perf_counter() - start) / 200 * 1000, 3)
 
 
+def commit_ceiling(kind: str, commits: int = 1000) -> dict[str, float]:
+    """One message inserted and committed per transaction straight through the driver, on
+    the engine's schema: what a single connection could get from this store at most."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import create_engine
+
+    from router.store.database import WAL_AUTOCHECKPOINT, Store
+    from router.store.migrate import upgrade
+
+    head, tail = templates()[0]
+    raw = head + b"ceiling" + tail
+    columns = "uuid, channel, received_at, status, content_type, size, raw"
+    sqlite = kind == "sqlite"
+    times = []
+    with (
+        tempfile.TemporaryDirectory(prefix="tie-bench-") as tmp,
+        fresh_store(kind, Path(tmp)) as url,
+    ):
+        store = Store(url)
+        upgrade(store)
+        store.dispose()
+        engine = create_engine(url)
+        conn = engine.raw_connection().driver_connection
+        if sqlite:
+            conn.isolation_level = None
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+        else:
+            conn.execute("SET synchronous_commit TO on")
+        marks = ", ".join(["?" if sqlite else "%s"] * 7)
+        sql = f"INSERT INTO messages ({columns}) VALUES ({marks})"
+        for _ in range(commits):
+            now = datetime.now(UTC)
+            when = now.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else now
+            start = time.perf_counter()
+            if sqlite:
+                conn.execute("BEGIN IMMEDIATE")
+            conn.execute(sql, (str(uuid4()), "bench", when, "received", "hl7v2", len(raw), raw))
+            if sqlite:
+                conn.execute("COMMIT")
+            else:
+                conn.commit()
+            times.append(time.perf_counter() - start)
+        conn.close()
+        engine.dispose()
+    times.sort()
+    return {
+        "commits_per_s": round(commits / sum(times), 1),
+        "p50_ms": round(times[len(times) // 2] * 1000, 3),
+        "p99_ms": round(times[int(len(times) * 0.99)] * 1000, 3),
+    }
+
+
 # --- main --------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--messages", type=int, default=20000, help="messages per scenario")
+    parser.add_argument("--messages", type=int, default=10000, help="messages per scenario")
     parser.add_argument("--stores", default="sqlite,postgresql", help="sqlite,postgresql")
     parser.add_argument(
         "--only", default="a,b,c", help="scenarios: a (baseline), b (ingest), c (end to end)"
@@ -631,8 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     stores = [s for s in args.stores.split(",") if s]
-    global CONNECTIONS
-    CONNECTIONS = tuple(int(c) for c in args.connections.split(","))
+    connections = [int(c) for c in args.connections.split(",")]
     profile = None
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -642,14 +724,17 @@ def main(argv: list[str] | None = None) -> int:
         stores.remove("postgresql")
     host = machine(pg_version)
     started = time.monotonic()
+    if only & {"b", "c"}:
+        log("store ceilings: one message per commit, straight through the driver")
+        host["store_commit"] = {kind: commit_ceiling(kind) for kind in stores}
     rows: list[dict[str, Any]] = []
     if "a" in only:
-        rows += run_baseline(args.messages)
+        rows += run_baseline(args.messages, connections)
     for kind in stores:
         for letter, scenario in (("b", "ingest"), ("c", "end_to_end")):
             if letter in only:
-                for connections in CONNECTIONS:
-                    rows.append(run_engine(kind, scenario, connections, args.messages, profile))
+                for n in connections:
+                    rows.append(run_engine(kind, scenario, n, args.messages, profile))
     add_ratios(rows)
     targets = judge(rows)
     report = {
@@ -661,6 +746,8 @@ def main(argv: list[str] | None = None) -> int:
             "message is processed (ingest) or every delivery sent (end to end)",
             "ratio_to_baseline": "done_msg_per_s / baseline ack_msg_per_s, same connection count",
             "targets": "judged on done_msg_per_s",
+            "store_commit": "one message inserted and committed per transaction through the "
+            "driver alone (no engine): the ceiling for one connection on this machine",
         },
         "scenarios": rows,
         "targets": targets,

@@ -1,6 +1,7 @@
 """Declarative conditions for filters and routes, compiled once into predicates.
 
-A condition names a ``field`` (an HL7 v2 path such as ``MSH-9.1``) and one test:
+A condition names a ``field`` (an HL7 v2 path such as ``MSH-9.1``, or a FHIR path such
+as ``MessageHeader.eventCoding.code`` for FHIR messages) and one test:
 ``equals``, ``in``, ``matches`` or ``exists``; or combines others with ``not``,
 ``any`` and ``all``. A field with several values (repeated fields or segments)
 passes a test when any of its values does.
@@ -75,9 +76,9 @@ class Condition(BaseModel):
     @classmethod
     def _valid_path(cls, value: str | None) -> str | None:
         if value is not None:
-            from router.hl7v2.er7 import parse_path
+            from router.field_paths import check_field_path
 
-            parse_path(value)
+            check_field_path(value)
         return value
 
     @model_validator(mode="after")

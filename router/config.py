@@ -26,6 +26,8 @@ from pydantic import (
 )
 
 from router.conditions import Condition
+from router.http_config import HttpSource, HttpTarget, ProxySource, resolve_tls
+from router.mesh_config import JobTarget, MeshOptions, MeshPoll, MeshTarget, SmtpTarget
 from router.units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -41,9 +43,9 @@ class _Strict(BaseModel):
 
 def _check_field_path(value: str | None) -> str | None:
     if value is not None:
-        from router.hl7v2.er7 import parse_path
+        from router.field_paths import check_field_path
 
-        parse_path(value)
+        check_field_path(value)
     return value
 
 
@@ -72,18 +74,24 @@ class ChannelFeed(_Strict):
     """Messages arrive from other channels' ``channel`` destinations."""
 
 
+SOURCES = ("mllp", "channel", "mesh", "http", "proxy")
+
+
 class SourceConfig(_Strict):
     mllp: MllpListen | None = None
     channel: ChannelFeed | None = None
+    mesh: MeshPoll | None = None
+    http: HttpSource | None = None
+    proxy: ProxySource | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SourceConfig:
-        _require_one(self, ("mllp", "channel"), "source")
+        _require_one(self, SOURCES, "source")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("mllp", "channel") if getattr(self, k) is not None)
+        return next(k for k in SOURCES if getattr(self, k) is not None)
 
 
 # --- destinations ----------------------------------------------------------
@@ -108,8 +116,9 @@ FILE_NAME_FIELDS = (
 
 
 class MllpTarget(_Strict):
-    host: str
-    port: int = Field(ge=1, le=65535)
+    # Both required unless the destination looks its address up in the directory.
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
     connect_timeout: Duration = 10.0
     ack_timeout: Duration = 30.0
     on_ack: dict[str, AckAction] = Field(default_factory=lambda: dict(DEFAULT_ON_ACK))
@@ -161,7 +170,29 @@ class RetryPolicy(_Strict):
         return min(high, low * 2 ** max(0, attempts - 1))
 
 
-TRANSPORTS = ("mllp", "file", "channel")
+class DirectoryLookup(_Strict):
+    """Recipients from the endpoint directory instead of a fixed address (router/directory.py).
+
+    ``target`` reads identifiers from the message: ``ods:RYE``, a FHIR ``system|value``, or
+    bare values of ``kind``. ``subscribers`` adds every endpoint subscribed to all messages
+    of the interaction. Each recipient gets a delivery of its own.
+    """
+
+    interaction: str = Field(min_length=1, max_length=255)
+    target: FieldPath | None = None
+    kind: Literal["ods", "dos", "asid"] | None = None
+    subscribers: bool = False
+
+    @model_validator(mode="after")
+    def _some_recipient(self) -> DirectoryLookup:
+        if self.target is None and not self.subscribers:
+            raise ValueError("a directory lookup needs a 'target', 'subscribers: true' or both")
+        return self
+
+
+TRANSPORTS = ("mllp", "file", "channel", "mesh", "smtp", "http", "job")
+# Transports whose address a directory lookup can supply.
+ADDRESSED = ("mllp", "http")
 
 
 class DestinationConfig(_Strict):
@@ -170,15 +201,33 @@ class DestinationConfig(_Strict):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     ordered: bool | None = None
     order_by: FieldPath | None = None
+    directory: DirectoryLookup | None = None
     mllp: MllpTarget | None = None
     file: FileTarget | None = None
     channel: ChannelTarget | None = None
+    mesh: MeshTarget | None = None
+    smtp: SmtpTarget | None = None
+    job: JobTarget | None = None
+    http: HttpTarget | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DestinationConfig:
         _require_one(self, TRANSPORTS, "destination")
         if self.order_by and self.ordered is False:
             raise ValueError("order_by needs an ordered destination")
+        if self.directory is not None and self.kind not in ADDRESSED:
+            raise ValueError(
+                f"a {self.kind} destination has no address to look up in the directory "
+                f"(directory works with {', '.join(ADDRESSED)})"
+            )
+        if (
+            self.mllp is not None
+            and self.directory is None
+            and not (self.mllp.host and self.mllp.port)
+        ):
+            raise ValueError("an mllp destination needs host and port (or a directory lookup)")
+        if self.http is not None and self.directory is None and not self.http.url:
+            raise ValueError("an http destination needs a url (or a directory lookup)")
         return self
 
     @property
@@ -229,6 +278,19 @@ class ChannelConfig(_Strict):
                 )
         return value
 
+    @model_validator(mode="after")
+    def _synchronous_sources_route_themselves(self) -> ChannelConfig:
+        """BaRS routing and the proxy answer with the receiver's answer: nothing to dispatch."""
+        synchronous = self.source.proxy is not None or (
+            self.source.http is not None and self.source.http.bars is not None
+        )
+        if synchronous and (self.destinations or self.filter or self.transform):
+            raise ValueError(
+                "a bars or proxy source forwards each request itself and answers with the "
+                "receiver's answer: it takes no filter, transform or destinations"
+            )
+        return self
+
 
 # --- engine ----------------------------------------------------------------
 
@@ -254,15 +316,26 @@ class ProcessingOptions(_Strict):
     batch: int = Field(default=500, ge=1)
 
 
+class BlobOptions(_Strict):
+    """Where payloads above ``threshold`` are kept (default: ``blobs/`` beside a SQLite file)."""
+
+    directory: Path | None = None
+    threshold: Size = 1024 * 1024
+
+
 class EngineConfig(_Strict):
     store: str = "sqlite:///data/tie.db"
     channels: Path = Path("../channels")
     mappings: Path = Path("../mappings")
+    # Seeds the endpoint directory on every start; a missing file leaves the table as it is.
+    endpoints: Path = Path("endpoints.yaml")
     http: HttpConfig = Field(default_factory=HttpConfig)
     node: str = Field(default_factory=socket.gethostname)
     sqlite: SqliteOptions = Field(default_factory=SqliteOptions)
     dispatch: DispatchOptions = Field(default_factory=DispatchOptions)
     processing: ProcessingOptions = Field(default_factory=ProcessingOptions)
+    blobs: BlobOptions = Field(default_factory=BlobOptions)
+    mesh: MeshOptions = Field(default_factory=MeshOptions)
     base_dir: Path = Field(default=Path("."), exclude=True)
 
 
@@ -300,11 +373,21 @@ def load_engine(path: Path | str) -> EngineConfig:
         data["store"] = os.environ["TIE_STORE"]
     config = _validate(EngineConfig, data, path)
     base = path.parent
+    if config.blobs.directory is not None:
+        config.blobs.directory = (base / config.blobs.directory).resolve()
+    for box in config.mesh.mailboxes.values():
+        for name in ("cert", "key", "ca"):
+            if getattr(box, name) is not None:
+                setattr(box, name, (base / getattr(box, name)).resolve())
+        for secret in (box.password, box.shared_key):
+            if secret.file is not None:
+                secret.file = (base / secret.file).resolve()
     return config.model_copy(
         update={
             "base_dir": base,
             "channels": (base / config.channels).resolve(),
             "mappings": (base / config.mappings).resolve(),
+            "endpoints": (base / config.endpoints).resolve(),
             "store": resolve_store_url(config.store, base),
         }
     )
@@ -328,6 +411,12 @@ def load_channel(path: Path) -> ChannelConfig:
     for destination in config.destinations.values():
         if destination.file is not None:
             destination.file.directory = (path.parent / destination.file.directory).resolve()
+        if destination.http is not None:
+            resolve_tls(destination.http.tls, path.parent)
+    if config.source.http is not None and config.source.http.bars is not None:
+        resolve_tls(config.source.http.bars.tls, path.parent)
+    if config.source.proxy is not None:
+        resolve_tls(config.source.proxy.tls, path.parent)
     return config
 
 
@@ -351,6 +440,15 @@ def load_channels(directory: Path) -> dict[str, ChannelConfig]:
 def _cross_check(channels: dict[str, ChannelConfig], directory: Path) -> list[ConfigProblem]:
     problems = []
     listeners: dict[tuple[str, int], str] = {}
+    proxies = [name for name, channel in channels.items() if channel.source.proxy is not None]
+    for name in proxies[1:]:
+        problems.append(
+            ConfigProblem(
+                str(directory / f"{name}.yaml"),
+                "source.proxy",
+                f"only one channel can be the booking proxy (also {proxies[0]})",
+            )
+        )
     for name, channel in channels.items():
         file = str(directory / f"{name}.yaml")
         mllp = channel.source.mllp

@@ -20,11 +20,15 @@ from router.config import DestinationConfig, DispatchOptions
 from router.connectors import Delivery, Sender, SendResult
 from router.pipeline import CompiledChannel
 from router.store.database import Store, Transact
-from router.store.deliveries import Attempt, claim, record, release_owned
+from router.store.deliveries import Attempt, Claimed, claim, record, release_owned
 from router.store.ingest import utcnow
 
 log = logging.getLogger(__name__)
 SenderFactory = Callable[[str, str, DestinationConfig], Sender]
+# After a round that did not fill its claim (it took all that was due), wait this long, or
+# until woken, before claiming again: one claim then covers what arrived meanwhile, instead
+# of an empty claim at once.
+LINGER = 0.01
 
 
 class DestinationWorker:
@@ -48,6 +52,7 @@ class DestinationWorker:
         self._transact = transact
         self._wake = asyncio.Event()
         self._stopping = False
+        self._more_due = False
         lanes = options.lanes if (config.order_by or not config.is_ordered) else 1
         self._senders = [make_sender(channel, name, config) for _ in range(lanes)]
 
@@ -61,6 +66,8 @@ class DestinationWorker:
             except Exception:
                 log.exception("dispatch for %s/%s failed; retrying", self.channel, self.name)
                 wait = self._options.poll_interval
+            if wait == 0 and not self._more_due:
+                wait = LINGER
             if wait > 0 and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
@@ -102,7 +109,15 @@ class DestinationWorker:
             owner=self._owner,
             transact=self._transact,
         )
+        self._more_due = self._took_all_it_could(claimed)
         return 0.0
+
+    def _took_all_it_could(self, claimed: Claimed) -> bool:
+        """Whether the claim was limited by its size: then more is probably due already."""
+        if not self.config.is_ordered:
+            return len(claimed.all_ids) >= self._options.batch
+        per_lane = max(1, self._options.batch // len(self._senders))
+        return any(len(lane) >= per_lane for lane in claimed.lanes)
 
     async def _send_lane(self, lane: list[Delivery], idle: asyncio.Queue[Sender]) -> list[Attempt]:
         sender = await idle.get()

@@ -20,13 +20,20 @@ from router.config import (
     load_channels,
 )
 from router.connectors import Sender
+from router.connectors.addressed import BOUND, AddressedSender, with_address
 from router.connectors.channel import ChannelSender
 from router.connectors.file import FileSender
+from router.connectors.http import HttpSender
+from router.connectors.mesh.build import check_mailboxes, mesh_schedule, mesh_sender
 from router.connectors.mllp.listener import MllpListener
 from router.connectors.mllp.sender import MllpSender
+from router.connectors.smtp import SmtpSender
 from router.dispatch import Dispatcher
+from router.dps.jobs import JobSender
+from router.gateway import Gateway
 from router.pipeline import CompiledChannel, compile_channel
 from router.processing import Processor
+from router.store.blobs import BlobStore, default_blob_root
 from router.store.database import Store
 from router.store.ingest import GroupCommitWriter
 from router.store.migrate import upgrade
@@ -35,10 +42,12 @@ log = logging.getLogger(__name__)
 
 
 def open_store(config: EngineConfig) -> Store:
+    blobs = config.blobs
     return Store(
         config.store,
         synchronous=config.sqlite.synchronous,
         busy_timeout=config.sqlite.busy_timeout,
+        blobs=BlobStore(blobs.directory or default_blob_root(config.store), blobs.threshold),
     )
 
 
@@ -57,6 +66,7 @@ def compile_channels(
             problems.append(ConfigProblem(str(config.channels / f"{name}.yaml"), exc.key, str(exc)))
     if problems:
         raise ConfigError(problems)
+    check_mailboxes(config, {name: c.config for name, c in compiled.items()})
     return compiled
 
 
@@ -74,6 +84,8 @@ class Engine:
         # the dispatcher's writes join ingest's group commits. PostgreSQL runs them side by
         # side (and shares their WAL flushes by itself).
         transact = self.writer.run if self.store.is_sqlite else None
+        self.gateway = Gateway(config, self.store, self.writer)
+        self.channels = self.gateway.attach(self.channels)
         self.dispatcher = Dispatcher(
             self.store,
             self.channels,
@@ -94,14 +106,29 @@ class Engine:
             for c in self.channels.values()
             if c.config.source.mllp is not None
         ]
+        self.mesh = mesh_schedule(
+            config, [c.config for c in self.channels.values()], self.store, self.writer.submit_sync
+        )
         self.http: _HttpServer | None = None
         self._stop = asyncio.Event()
 
     def _make_sender(self, channel: str, name: str, config: DestinationConfig) -> Sender:
+        if config.directory is not None and config.kind in BOUND:
+            return AddressedSender(
+                lambda address: self._make_sender(channel, name, with_address(config, address))
+            )
         if config.mllp is not None:
             return MllpSender(config.mllp)
         if config.file is not None:
             return FileSender(config.file)
+        if config.http is not None:
+            return HttpSender(config.http)
+        if config.mesh is not None:
+            return mesh_sender(self.config, config.mesh, self.store)
+        if config.smtp is not None:
+            return SmtpSender(config.smtp, self.store)
+        if config.job is not None:
+            return JobSender(self.store)
         assert config.channel is not None
         return ChannelSender(config.channel, self.store, on_commit=self.processor.wake)
 
@@ -109,9 +136,11 @@ class Engine:
         await asyncio.to_thread(upgrade, self.store)
         self.writer.start()
         self.processor.start()
+        await self.gateway.start()
         await self.dispatcher.start()
         for listener in self.listeners:
             await listener.start()
+        await asyncio.to_thread(self.mesh.start)
         if http:
             from router.api.app import create_app
 
@@ -135,11 +164,13 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop taking messages first, then let in-flight work finish and close the store."""
+        await asyncio.to_thread(self.mesh.stop)
         for listener in self.listeners:
             await listener.stop()
         if self.http is not None:
             self.http.should_exit = True
             await self._http_task
+        await self.gateway.stop()
         await self.dispatcher.stop()
         await asyncio.to_thread(self.processor.stop)
         await asyncio.to_thread(self.writer.stop)

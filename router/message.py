@@ -2,33 +2,56 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, BinaryIO
 
+from router.fhir import FHIR_JSON
+from router.fhir.path import values as fhir_values
 from router.hl7v2.er7 import Er7Message
+from router.payload import Payload, as_payload
 
 MAX_KEY = 64  # correlations.key in the store
 
 
-@dataclass
 class Message:
-    """A received message: raw bytes plus lazy parsed forms.
+    """A received message: its payload plus lazy parsed forms.
 
     ``values`` serves declarative conditions (fast ER7 reader); ``hl7apy``
     gives the structure-aware tree for mappings that need groups. Mappings add
-    correlation keys with ``correlate``.
+    correlation keys with ``correlate``. ``raw`` is the payload in memory;
+    ``open()`` streams it, which is how large files (MESH extracts) are read.
     """
 
-    raw: bytes
-    channel: str
-    uuid: str = ""
-    id: int = 0
-    received_at: datetime | None = None
-    content_type: str = "hl7v2"
-    source: dict[str, Any] = field(default_factory=dict)
-    correlations: list[tuple[str, str]] = field(default_factory=list)
+    def __init__(
+        self,
+        raw: bytes | Payload,
+        channel: str,
+        uuid: str = "",
+        id: int = 0,
+        received_at: datetime | None = None,
+        content_type: str = "hl7v2",
+        source: dict[str, Any] | None = None,
+        correlations: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.body = as_payload(raw)
+        self.channel = channel
+        self.uuid = uuid
+        self.id = id
+        self.received_at = received_at
+        self.content_type = content_type
+        self.source = source if source is not None else {}
+        self.correlations = correlations if correlations is not None else []
+
+    @cached_property
+    def raw(self) -> bytes:
+        return self.body.read()
+
+    def open(self) -> BinaryIO:
+        """The payload as a binary stream, whatever its size; the caller closes it."""
+        return self.body.open()
 
     @cached_property
     def er7(self) -> Er7Message:
@@ -38,12 +61,22 @@ class Message:
     def text(self) -> str:
         return self.raw.decode("utf-8", errors="replace")
 
+    @cached_property
+    def fhir(self) -> Any:
+        """A FHIR message's JSON, parsed once (a source that parsed it already sets it)."""
+        return json.loads(self.raw)
+
     def get(self, path: str) -> str | None:
-        """The first value at an HL7 v2 field path such as ``PID-3(2).1``."""
+        """The first value at a field path: HL7 v2 ``PID-3(2).1``, or a FHIR path."""
+        if self.content_type == FHIR_JSON:
+            found = fhir_values(self.fhir, path)
+            return found[0] if found else None
         return self.er7.get(path)
 
     def values(self, path: str) -> list[str]:
-        """Every value at a field path, across repeated fields and segments."""
+        """Every value at a field path, across repeated fields and segments (or elements)."""
+        if self.content_type == FHIR_JSON:
+            return fhir_values(self.fhir, path)
         return self.er7.get_all(path)
 
     @cached_property
@@ -67,11 +100,26 @@ class Message:
 
 @dataclass(frozen=True)
 class Output:
-    """A payload a mapping returns when it is not of the message's own content type."""
+    """A payload a mapping returns when it is not of the message's own content type.
 
-    body: bytes | str
+    ``headers`` go with the delivery to its destination: e.g. ``filename`` or
+    ``subject`` for the MESH and SMTP templates. A blob ``Payload`` (a large file
+    passed on unchanged) stays on disk.
+    """
+
+    body: bytes | str | Payload
     content_type: str = "hl7v2"
+    headers: dict[str, str] | None = None
 
     @property
     def data(self) -> bytes:
+        if isinstance(self.body, Payload):
+            return self.body.read()
         return self.body.encode("utf-8") if isinstance(self.body, str) else self.body
+
+    @property
+    def payload(self) -> bytes | Payload:
+        """What the delivery stores: bytes, or the blob itself (never loaded into memory)."""
+        if isinstance(self.body, Payload) and self.body.is_blob:
+            return self.body
+        return self.data

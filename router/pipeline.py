@@ -8,16 +8,28 @@ channel tests can run it with no network.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from router import mappings
 from router.conditions import Predicate, compile_conditions, describe
-from router.config import ChannelConfig, DestinationConfig
+from router.config import ChannelConfig, DestinationConfig, DirectoryLookup
 from router.hl7v2.er7 import Er7Error
 from router.hl7v2.header import parse_header
 from router.message import Message, Output
+from router.payload import Payload
+
+HEADER_BYTES = 64 * 1024  # enough of a payload to read its MSH segment
+
+
+class Unresolved(LookupError):
+    """A destination's directory lookup found no endpoint for a recipient the message names."""
+
+
+# Addresses of a message's recipients under a destination's directory lookup, given the
+# destination's kind (e.g. ``http``); raises Unresolved. The engine's is the endpoint directory.
+Resolver = Callable[[DirectoryLookup, Message, str], list[str]]
 
 
 @dataclass(frozen=True)
@@ -36,14 +48,18 @@ class CompiledChannel:
     filter: Predicate
     transform: mappings.Mapping | None
     routes: tuple[Route, ...]
+    resolve: Resolver | None = None
 
     @property
     def name(self) -> str:
         return self.config.name
 
 
-def compile_channel(config: ChannelConfig) -> CompiledChannel:
-    """Compile ``config``; its mappings folder must already be mounted."""
+def compile_channel(config: ChannelConfig, resolve: Resolver | None = None) -> CompiledChannel:
+    """Compile ``config``; its mappings folder must already be mounted.
+
+    ``resolve`` serves destinations with a ``directory`` lookup.
+    """
     routes = tuple(
         Route(
             name,
@@ -60,16 +76,19 @@ def compile_channel(config: ChannelConfig) -> CompiledChannel:
         filter=compile_conditions(config.filter),
         transform=mappings.load(config.transform) if config.transform else None,
         routes=routes,
+        resolve=resolve,
     )
 
 
 @dataclass(frozen=True)
 class PlannedDelivery:
     destination: str
-    payload: bytes
+    payload: bytes | Payload
     content_type: str
     ordering_key: str = ""
     idempotency_key: str | None = None
+    headers: dict[str, str] | None = None
+    address: str | None = None
 
 
 @dataclass
@@ -121,7 +140,13 @@ def _process(channel: CompiledChannel, message: Message) -> Outcome:
         return Outcome(
             "filtered", "no destination's 'when' matched", correlations=message.correlations
         )
-    produced = channel.transform(message) if channel.transform else message.raw
+    try:
+        addresses = {route.name: _addresses(channel, route, message) for route in routes}
+    except Unresolved as exc:
+        return Outcome("error", str(exc), correlations=message.correlations)
+    # Without a transform the payload goes on as received; a blob is passed on, never loaded.
+    passed_on = message.body if message.body.is_blob else message.raw
+    produced = channel.transform(message) if channel.transform else passed_on
     if produced is None:
         return Outcome(
             "filtered",
@@ -141,11 +166,28 @@ def _process(channel: CompiledChannel, message: Message) -> Outcome:
         key = _ordering_key(message, route.config)
         deliveries.extend(
             PlannedDelivery(
-                route.name, out.data, out.content_type, key, _idempotency_key(out, message)
+                route.name,
+                out.payload,
+                out.content_type,
+                key,
+                _idempotency_key(out, message),
+                out.headers,
+                address,
             )
             for out in outputs
+            for address in addresses[route.name]
         )
     return Outcome("processed", None, deliveries, message.correlations)
+
+
+def _addresses(channel: CompiledChannel, route: Route, message: Message) -> list[str | None]:
+    """One address per recipient under a directory lookup; else the destination's own (None)."""
+    lookup = route.config.directory
+    if lookup is None:
+        return [None]
+    if channel.resolve is None:
+        raise Unresolved(f"destination {route.name} needs the endpoint directory")
+    return list(channel.resolve(lookup, message, route.config.kind))
 
 
 def _for_route(produced: Any, route: str, content_type: str) -> list[Output]:
@@ -168,7 +210,7 @@ def _outputs(value: Any, content_type: str) -> list[Output]:
     """Normalise what a mapping returned: None, bytes, str, Output, or a list of them."""
     if value is None:
         return []
-    if isinstance(value, bytes | str):
+    if isinstance(value, bytes | str | Payload):
         return [Output(value, content_type)]
     if isinstance(value, Output):
         return [value]
@@ -189,8 +231,10 @@ def _ordering_key(message: Message, config: DestinationConfig) -> str:
 def _idempotency_key(output: Output, message: Message) -> str | None:
     """The receiver's duplicate check key: the payload's MSH-10, else the message's identity."""
     if output.content_type == "hl7v2":
+        body = output.body
+        head = body.head(HEADER_BYTES) if isinstance(body, Payload) else output.data
         try:
-            return parse_header(output.data).control_id
+            return parse_header(head).control_id
         except Er7Error:
             return None
     return message.uuid or None

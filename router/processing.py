@@ -11,13 +11,16 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, update
 
 from router.message import Message
-from router.pipeline import CompiledChannel, Outcome, process
+from router.payload import as_payload
+from router.pipeline import CompiledChannel, Outcome, PlannedDelivery, process
+from router.store.blobs import BlobStore
 from router.store.database import Store, Transact
 from router.store.ingest import utcnow
 from router.store.schema import channel_state, correlations, deliveries, messages
@@ -28,7 +31,17 @@ DestinationKey = tuple[str, str]
 # Statements built once: building one and computing its cache key costs more than running it.
 _m = messages.c
 _CLAIM = (
-    select(_m.id, _m.uuid, _m.channel, _m.raw, _m.content_type, _m.received_at, _m.source)
+    select(
+        _m.id,
+        _m.uuid,
+        _m.channel,
+        _m.raw,
+        _m.blob_sha256,
+        _m.size,
+        _m.content_type,
+        _m.received_at,
+        _m.source,
+    )
     .where(_m.status == "received", _m.channel.in_(bindparam("channels", expanding=True)))
     .order_by(_m.id)
     .limit(bindparam("limit"))
@@ -129,7 +142,15 @@ class Processor:
         return sorted(set(self._channels) - set(conn.scalars(_PAUSED)))
 
     def _process(self, rows: list[Any]) -> list[tuple[Any, Outcome]]:
-        return [(row, process(self._channels[row.channel], _message(row))) for row in rows]
+        """Outcomes, with large delivery payloads already in the blob store (outside the
+        write transaction, which must not wait for file I/O)."""
+        blobs = self._store.blobs
+        done = []
+        for row in rows:
+            outcome = process(self._channels[row.channel], _message(row, blobs))
+            outcome.deliveries = [_stored(d, blobs) for d in outcome.deliveries]
+            done.append((row, outcome))
+        return done
 
 
 def _claim(conn: Connection, channels: Sequence[str], limit: int, *, lock: bool) -> list[Any]:
@@ -139,9 +160,9 @@ def _claim(conn: Connection, channels: Sequence[str], limit: int, *, lock: bool)
     return list(conn.execute(query, {"channels": list(channels), "limit": limit}))
 
 
-def _message(row: Any) -> Message:
+def _message(row: Any, blobs: BlobStore) -> Message:
     return Message(
-        raw=row.raw,
+        raw=blobs.payload(row.raw, row.blob_sha256, row.size),
         channel=row.channel,
         uuid=row.uuid,
         id=row.id,
@@ -189,14 +210,27 @@ def _settle(
     return [(row, outcome) for row, outcome in outcomes if row.id in done]
 
 
+def _stored(planned: PlannedDelivery, blobs: BlobStore) -> PlannedDelivery:
+    """The delivery with a payload above the blob threshold written to the blob store."""
+    payload = planned.payload
+    if isinstance(payload, bytes) and len(payload) <= blobs.threshold:
+        return planned
+    return replace(planned, payload=blobs.put(payload))
+
+
 def _delivery_row(row: Any, planned: Any, now: datetime) -> dict[str, Any]:
+    body = as_payload(planned.payload)
     return {
         "message_id": row.id,
         "channel": row.channel,
         "destination": planned.destination,
         "status": "queued",
         "content_type": planned.content_type,
-        "payload": planned.payload,
+        "payload": body.inline,
+        "blob_sha256": body.sha256 if body.is_blob else None,
+        "blob_size": body.size if body.is_blob else None,
+        "headers": json.dumps(planned.headers) if planned.headers else None,
+        "address": planned.address,
         "ordering_key": planned.ordering_key,
         "idempotency_key": planned.idempotency_key,
         "attempts": 0,

@@ -75,3 +75,11 @@ def postgres_url() -> str:
     if problem:
         pytest.skip(problem)
     return PG_URL
+
+
+@pytest.fixture
+def bars_samples() -> dict[str, dict]:
+    """The BaRS samples in tests/data/bars (published defects fixed), parsed, by file stem."""
+    import json
+
+    return {p.stem: json.loads(p.read_text()) for p in sorted((DATA / "bars").glob("*.json"))}

@@ -7,15 +7,18 @@ sending system or a laboratory would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hl7
 import hl7.mllp
+import uvicorn
 
 from router.config import ChannelConfig, EngineConfig
 from router.engine import Engine
@@ -182,3 +185,168 @@ def hl7_message(
             fields[3] = f"{patient}^^^NHS^NH".encode()
         out.append(b"|".join(fields).rstrip(b"|"))
     return separator.join(out) + separator
+
+
+# --- HTTP peers (FHIR receivers, providers) ---------------------------------------------------
+
+
+@dataclass
+class Received:
+    """One request an ``HttpReceiver`` got."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+# What an answer function returns: a status, (status, body) or (status, body, headers).
+Answer = int | tuple[int, bytes] | tuple[int, bytes, dict[str, str]]
+
+
+class HttpReceiver:
+    """A receiving service: a real uvicorn server on loopback whose answers the test chooses.
+
+    ``answer(request)`` (plain or ``async``) returns the status, body and headers of each
+    answer (default 200, empty); an async answer can take its time, like a slow receiver.
+    ``tls`` is uvicorn's ssl options (certificate, key, CA, client certificate required).
+    """
+
+    def __init__(
+        self,
+        answer: Callable[[Received], Any] | None = None,
+        *,
+        port: int = 0,
+        tls: dict[str, Any] | None = None,
+    ) -> None:
+        self.received: list[Received] = []
+        self.answer = answer or (lambda _r: 200)
+        self._loop = LoopThread()
+        config = uvicorn.Config(
+            self._app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            interface="asgi3",
+            **(tls or {}),
+        )
+        self._server = _QuietServer(config)
+        self._task = self._loop.run(self._start())
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+
+    async def _start(self) -> Any:
+        task = asyncio.get_running_loop().create_task(self._server.serve())
+        while not self._server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.005)
+        return task
+
+    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        more = True
+        while more:
+            event = await receive()
+            body += event.get("body", b"")
+            more = event.get("more_body", False)
+        request = Received(
+            scope["method"],
+            scope["path"],
+            scope["query_string"].decode(),
+            {k.decode().lower(): v.decode() for k, v in scope["headers"]},
+            body,
+        )
+        self.received.append(request)
+        result = self.answer(request)
+        if asyncio.iscoroutine(result):
+            result = await result
+        status, content, headers = _normalise(result)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            self._server.should_exit = True
+            await self._task
+
+        self._loop.run(_stop())
+        self._loop.close()
+
+
+def _normalise(result: Any) -> tuple[int, bytes, dict[str, str]]:
+    if isinstance(result, int):
+        return result, b"", {}
+    if len(result) == 2:
+        return result[0], result[1], {}
+    return result[0], result[1], dict(result[2])
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn's Server without signal handling (it runs beside the tests, not as main)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Certificates:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def server_tls(self, *, require_client: bool = True) -> dict[str, Any]:
+        """uvicorn's ssl options for a server that trusts only this CA's clients."""
+        import ssl
+
+        return {
+            "ssl_certfile": str(self.server_cert),
+            "ssl_keyfile": str(self.server_key),
+            "ssl_ca_certs": str(self.ca),
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if require_client else ssl.CERT_NONE,
+        }
+
+
+def make_certificates(folder: Path) -> Certificates:
+    """Issue the certificates with the openssl command (the test CA lives only in ``folder``)."""
+    import subprocess
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca = folder / "ca.key", folder / "ca.pem"
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=tie test CA",
+        "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
+    issued = {}
+    for name, extension in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
+        ext = folder / f"{name}.ext"
+        ext.write_text(extension + "\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=tie test {name}",
+            "-keyout", str(key), "-out", str(csr))  # fmt: skip
+        run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+            "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+        issued[name] = (cert, key)
+    return Certificates(ca, *issued["server"], *issued["client"])

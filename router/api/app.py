@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from router import audit
+from router.api import routes
 from router.api.auth import require_token
+from router.api.channels import channel_routes
 from router.store.queries import MessageFilter, find_message_id, message_detail, search
 
 if TYPE_CHECKING:
@@ -81,6 +83,8 @@ def create_app(engine: Engine) -> FastAPI:
             raise HTTPException(404, f"no message {ref}")
         return _jsonable(detail)
 
+    routes.mount(app, engine)
+    app.include_router(channel_routes(engine))
     return app
 
 
@@ -99,7 +103,7 @@ def _detail(store: Any, ref: str, actor: str) -> dict[str, Any] | None:
         message_id = find_message_id(conn, ref)
         if message_id is None:
             return None
-        detail = message_detail(conn, message_id)
+        detail = message_detail(conn, message_id, store.blobs)
         audit.append(conn, actor, "view", f"urn:tie:message:{detail['uuid']}", {"via": "api"})
         return detail
 

@@ -6,7 +6,13 @@ import argparse
 import logging
 import sys
 
-from router.cli import admin_commands, commands, replay_commands
+from router.cli import (
+    admin_commands,
+    commands,
+    directory_commands,
+    job_commands,
+    replay_commands,
+)
 from router.cli.output import CommandError
 
 
@@ -18,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub)
     replay_commands.register(sub)
     admin_commands.register(sub)
+    directory_commands.register(sub)
+    job_commands.register(sub)
     _accept_config_after_command(parser)
     return parser
 
@@ -42,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: the FHIR routes and the proxy make one per message.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
     except CommandError as exc:

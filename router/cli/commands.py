@@ -71,11 +71,13 @@ def serve(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     from router.engine import compile_channels
+    from router.gateway import read_endpoints
 
     config = engine_config(args)
     try:
         channels = load_channels(config.channels)
         compile_channels(config, channels)
+        read_endpoints(config.endpoints)
     except ConfigError as exc:
         raise CommandError(f"configuration is not valid:\n{exc}", 2) from exc
     for name, channel in sorted(channels.items()):
@@ -126,7 +128,7 @@ def show(args: argparse.Namespace) -> int:
         message_id = find_message_id(conn, args.id)
         if message_id is None:
             raise CommandError(f"no message {args.id}")
-        detail = message_detail(conn, message_id)
+        detail = message_detail(conn, message_id, store.blobs)
         assert detail is not None
         audit.append(conn, actor(args), "view", f"urn:tie:message:{detail['uuid']}", {"via": "cli"})
     if args.json:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from router.payload import Payload
+
 Outcome = Literal["sent", "retry", "fail"]
 
 
@@ -22,6 +24,14 @@ class Delivery:
     ordering_key: str
     idempotency_key: str | None
     attempts: int
+    blob: Payload | None = None
+    headers: dict[str, str] | None = None
+    address: str | None = None  # from the endpoint directory, for destinations that ask it
+
+    @property
+    def body(self) -> Payload:
+        """The payload to send, inline or from the blob store: how every sender reads it."""
+        return self.blob if self.blob is not None else Payload(self.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +41,7 @@ class SendResult:
     outcome: Outcome
     response: bytes | None = None
     error: str | None = None
+    retry_after: float | None = None  # seconds: the receiver's "not before" (HTTP Retry-After)
 
 
 class Sender(Protocol):

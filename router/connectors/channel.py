@@ -49,14 +49,14 @@ class ChannelSender:
             if delivery.content_type == "hl7v2":
                 item = hl7_inbound(
                     self._target.channel,
-                    delivery.payload,
+                    delivery.body.read(),
                     source=source,
                     origin_delivery_id=delivery.id,
                 )
             else:
                 item = Inbound(
                     self._target.channel,
-                    delivery.payload,
+                    delivery.body,
                     content_type=delivery.content_type,
                     source=source,
                     origin_delivery_id=delivery.id,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
 from router.config import FileTarget
 from router.connectors import Delivery, SendResult
+from router.payload import CHUNK
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -53,7 +55,8 @@ class FileSender:
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tie-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(delivery.payload)
+                with delivery.body.open() as body:
+                    shutil.copyfileobj(body, handle, CHUNK)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, path)

@@ -13,6 +13,8 @@ from psycopg.types.string import StrDumperUnknown
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
+from router.store.blobs import BlobStore, default_blob_root
+
 # Pages of WAL after which a commit also checkpoints. SQLite's default (1000 pages) makes
 # about one commit in a hundred pay for a checkpoint; 10000 (40 MB of WAL at most between
 # checkpoints) makes that one in a thousand, keeping checkpoints out of the 99th percentile.
@@ -41,8 +43,11 @@ class Store:
         synchronous: str = "FULL",
         busy_timeout: float = 5.0,
         pool_size: int = 8,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.url = url
+        # Large payloads live in files beside the database (DESIGN.md §3.5).
+        self.blobs = blobs or BlobStore(default_blob_root(url))
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             _make_folder(url)

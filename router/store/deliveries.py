@@ -7,6 +7,7 @@ ordered lane only a node that locks the lane's head may take the lane.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, upd
 
 from router.config import RetryPolicy
 from router.connectors import Delivery, SendResult
+from router.store.blobs import BlobStore
 from router.store.database import Store, Transact
 from router.store.ingest import utcnow
 from router.store.schema import PENDING, attempts, deliveries, messages
@@ -62,6 +64,10 @@ _COLUMNS = (
     d.channel,
     d.destination,
     d.payload,
+    d.blob_sha256,
+    d.blob_size,
+    d.headers,
+    d.address,
     d.content_type,
     d.ordering_key,
     d.idempotency_key,
@@ -113,7 +119,7 @@ def claim(
             .where(d.id.in_(ids))
             .values(status="sending", lease_until=now + timedelta(seconds=lease), lease_owner=owner)
         )
-        return Claimed(lanes=[[_delivery(row) for row in lane] for lane in picked])
+        return Claimed(lanes=[[_delivery(row, store.blobs) for row in lane] for lane in picked])
 
     return (transact or store.run)(work)
 
@@ -161,7 +167,7 @@ def _claim_lanes(
     return picked
 
 
-def _delivery(row: Any) -> Delivery:
+def _delivery(row: Any, blobs: BlobStore) -> Delivery:
     return Delivery(
         id=row.id,
         message_id=row.message_id,
@@ -173,6 +179,9 @@ def _delivery(row: Any) -> Delivery:
         ordering_key=row.ordering_key,
         idempotency_key=row.idempotency_key,
         attempts=row.attempts,
+        blob=blobs.payload(b"", row.blob_sha256, row.blob_size) if row.blob_sha256 else None,
+        headers=json.loads(row.headers) if row.headers else None,
+        address=row.address,
     )
 
 
@@ -215,7 +224,7 @@ def record(
                 "_id": a.delivery.id,
                 "_status": status,
                 "_attempts": number,
-                "_next": now + timedelta(seconds=policy.delay(number))
+                "_next": now + timedelta(seconds=_retry_delay(policy, number, a.result))
                 if status == "retrying"
                 else now,
                 "_error": a.result.error,
@@ -255,6 +264,13 @@ def record(
             _release(conn, and_(d.id.in_(untried), d.lease_owner == owner))
 
     (transact or store.run)(work)
+
+
+def _retry_delay(policy: RetryPolicy, number: int, result: SendResult) -> float:
+    """The backoff, unless the receiver said when to come back (never sooner than the minimum)."""
+    if result.retry_after is None:
+        return policy.delay(number)
+    return max(policy.backoff[0], result.retry_after)
 
 
 def _log_failures(attempt_rows: list[dict[str, Any]]) -> None:

@@ -24,6 +24,7 @@ from uuid import uuid4
 
 from sqlalchemy import Connection, select
 
+from router.payload import Payload, as_payload
 from router.store.database import Store
 from router.store.schema import messages
 
@@ -42,7 +43,7 @@ class Inbound:
     """A message as a source received it, with what it proposes to answer."""
 
     channel: str
-    raw: bytes
+    raw: bytes | Payload  # a Payload when the source streamed it into the blob store
     content_type: str = "hl7v2"
     message_type: str | None = None
     control_id: str | None = None
@@ -133,9 +134,16 @@ class GroupCommitWriter:
         savepoint, so one that fails is rolled back alone and raises here; the rest of
         the batch is still committed.
         """
+        return self.run_soon(work).result()
+
+    def run_soon(self, work: Callable[[Connection], T]) -> Future[T]:
+        """The same without waiting: a future of the result (``asyncio.wrap_future`` awaits it).
+
+        For the HTTP sources, which wait on the event loop rather than in a thread.
+        """
         waiter: Future[T] = Future()
         self._queue.put(_Job(work, waiter))
-        return waiter.result()
+        return waiter
 
     def _run(self) -> None:
         while True:
@@ -272,6 +280,7 @@ def _find_original(
 
 
 def _row(item: Inbound) -> dict[str, Any]:
+    body = as_payload(item.raw)
     return {
         "uuid": item.uuid,
         "channel": item.channel,
@@ -281,8 +290,9 @@ def _row(item: Inbound) -> dict[str, Any]:
         "message_type": _fit(item.message_type, 64),
         "control_id": _fit(item.control_id, 199),
         "sender": _fit(item.sender, 255),
-        "size": len(item.raw),
-        "raw": item.raw,
+        "size": body.size,
+        "raw": body.inline,
+        "blob_sha256": body.sha256 if body.is_blob else None,
         "source": json.dumps(item.source) if item.source else None,
         "ack": item.ack,
         "error": item.error,

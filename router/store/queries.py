@@ -14,11 +14,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, func, or_, select, text
 
+from router.store.blobs import BlobStore
 from router.store.ingest import utcnow
 from router.store.schema import attempts, correlations, deliveries, messages
 
 m = messages.c
 TEXT_WINDOW = timedelta(days=1)
+PREVIEW = 64 * 1024  # bytes of a blob-store payload shown in a detail view
 LISTING = (
     m.id,
     m.uuid,
@@ -101,12 +103,20 @@ def find_message_id(conn: Connection, ref: str) -> int | None:
     return conn.scalar(select(m.id).where(m.uuid == ref))
 
 
-def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
-    """The message with its raw content, deliveries, attempts, keys and related messages."""
+def message_detail(
+    conn: Connection, message_id: int, blobs: BlobStore | None = None
+) -> dict[str, Any] | None:
+    """The message with its raw content, deliveries, attempts, keys and related messages.
+
+    A payload kept in the blob store is shown by its first ``PREVIEW`` bytes
+    (``raw_truncated`` / ``payload_truncated`` say when there is more), read through
+    ``blobs``: a detail view never loads a gigabyte file.
+    """
     row = conn.execute(select(messages).where(m.id == message_id)).first()
     if row is None:
         return None
     detail = dict(row._mapping)
+    _preview(detail, "raw", detail["blob_sha256"], detail["size"], blobs)
     detail["source"] = json.loads(detail["source"]) if detail["source"] else None
     d = deliveries.c
     detail["deliveries"] = [
@@ -121,6 +131,7 @@ def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
             by_delivery[a.delivery_id].append(dict(a._mapping))
     for delivery in detail["deliveries"]:
         delivery["attempt_log"] = by_delivery[delivery["id"]]
+        _preview(delivery, "payload", delivery["blob_sha256"], delivery["blob_size"], blobs)
     keys = [
         dict(r._mapping)
         for r in conn.execute(
@@ -133,6 +144,16 @@ def message_detail(conn: Connection, message_id: int) -> dict[str, Any] | None:
     linked = [message_id] + ([row.reprocessed_from] if row.reprocessed_from else [])
     detail["timeline"] = timeline(conn, [k["value"] for k in keys], linked)
     return detail
+
+
+def _preview(
+    record: dict[str, Any], key: str, sha256: str | None, size: int | None, blobs: BlobStore | None
+) -> None:
+    record[f"{key}_truncated"] = False
+    if sha256 is None or blobs is None:
+        return
+    record[key] = blobs.payload(b"", sha256, size or 0).head(PREVIEW)
+    record[f"{key}_truncated"] = (size or 0) > PREVIEW
 
 
 def timeline(conn: Connection, values: list[str], linked: list[int]) -> list[dict[str, Any]]:

@@ -40,6 +40,10 @@ metadata = MetaData(
 )
 
 Id = BigInteger().with_variant(Integer, "sqlite")
+# A payload's size in bytes: MESH files reach 20 GB (SQLite's INTEGER is 64-bit already).
+ByteCount = BigInteger().with_variant(Integer, "sqlite")
+# A blob's sha256 (hex); the row's inline bytes are then empty (router/store/blobs.py).
+BlobHash = String(64)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -76,8 +80,9 @@ messages = Table(
     Column("message_type", String(64)),
     Column("control_id", String(199)),
     Column("sender", String(255)),
-    Column("size", Integer, nullable=False),
+    Column("size", ByteCount, nullable=False),
     Column("raw", LargeBinary, nullable=False),
+    Column("blob_sha256", BlobHash),
     Column("source", Text),
     Column("ack", LargeBinary),
     Column("error", Text),
@@ -109,6 +114,9 @@ deliveries = Table(
     Column("status", String(16), nullable=False),
     Column("content_type", String(64), nullable=False),
     Column("payload", LargeBinary, nullable=False),
+    Column("blob_sha256", BlobHash),
+    Column("blob_size", ByteCount),
+    Column("headers", Text),
     Column("ordering_key", String(255), nullable=False, server_default=""),
     Column("idempotency_key", String(255)),
     Column("attempts", Integer, nullable=False, server_default="0"),
@@ -119,6 +127,8 @@ deliveries = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("last_error", Text),
     Column("resent_from", Id, ForeignKey("deliveries.id")),
+    # Where this delivery goes when its destination looks the address up in the directory.
+    Column("address", String(1024)),
     Index(None, "message_id"),
     Index(None, "channel", "status", "updated_at"),
     Index(
@@ -179,4 +189,84 @@ channel_state = Table(
     Column("paused", Boolean, nullable=False, server_default=false()),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("updated_by", String(128), nullable=False),
+)
+
+# MESH messages this engine sent: a non-delivery report names one (Mex-LinkedMsgID).
+mesh_sent = Table(
+    "mesh_sent",
+    metadata,
+    Column("mesh_message_id", String(100), primary_key=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id"), nullable=False),
+    Column("mailbox", String(64), nullable=False),
+    Column("recipient", String(64), nullable=False),
+    Column("sent_at", UtcDateTime(), nullable=False),
+    Index(None, "delivery_id"),
+)
+
+# The endpoint directory (router/directory.py): an organisation (ODS code), a service (DoS id)
+# or a system (ASID), with an interaction, maps to an endpoint of one transport.
+endpoints = Table(
+    "endpoints",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),
+    Column("identifier", String(64), nullable=False),
+    Column("interaction", String(255), nullable=False),
+    Column("transport", String(8), nullable=False),
+    Column("address", String(1024), nullable=False),
+    Column("scope", String(16), nullable=False, server_default="addressed"),
+    Column("name", String(255), nullable=False, server_default=""),
+    Column("origin", String(16), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("updated_by", String(128), nullable=False),
+    UniqueConstraint("kind", "identifier", "interaction", "transport"),
+    Index(None, "interaction", "scope"),
+)
+
+# The ServiceRequest registry (router/fhir/registry.py): the latest version of every
+# ServiceRequest seen in a routed BaRS message, with the identifiers it can be found by.
+service_requests = Table(
+    "service_requests",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("channel", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("status", String(32), nullable=False, server_default=""),
+    Column("patient", String(64), nullable=False, server_default=""),
+    Column("sender", String(255), nullable=False, server_default=""),
+    Column("receiver", String(255), nullable=False, server_default=""),
+    Column("message_id", Id, ForeignKey("messages.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("resource", Text, nullable=False),
+    UniqueConstraint("channel", "resource_id"),
+    Index(None, "patient"),
+    Index(None, "status"),
+)
+
+service_request_identifiers = Table(
+    "service_request_identifiers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("request_id", Id, ForeignKey("service_requests.id"), nullable=False),
+    Column("system", String(255), nullable=False, server_default=""),
+    Column("value", String(255), nullable=False),
+    UniqueConstraint("request_id", "system", "value"),
+    Index(None, "value"),
+)
+
+# DPS handoff jobs: one a GP extract, keyed by the intake message's UUID (router/dps/jobs.py).
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("practice", String(16)),
+    Column("filename", String(255)),
+    Column("received_at", UtcDateTime()),
+    Column("status", String(32), nullable=False),
+    Column("statistics", Text),
+    Column("error", Text),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index(None, "status", "received_at"),
+    Index(None, "practice"),
 )

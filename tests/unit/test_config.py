@@ -10,6 +10,7 @@ import pytest
 from router.cli import build_parser, main
 from router.config import (
     FILE_NAME_FIELDS,
+    TRANSPORTS,
     ChannelConfig,
     ConfigError,
     RetryPolicy,
@@ -461,7 +462,7 @@ def test_a_bad_file_name_template_is_a_config_error(tmp_path, name, problem):
             "name: demo\nsource: {mllp: {port: 1}}\n"
             "destinations:\n  lab: {mllp: {host: h, port: 1}, file: {directory: x}}\n",
             "destinations.lab",
-            "needs exactly one of mllp, file, channel (found mllp, file)",
+            f"needs exactly one of {', '.join(TRANSPORTS)} (found mllp, file)",
         ),
         (
             "name: demo\nsource: {mllp: {port: 1}}\n"

@@ -33,7 +33,7 @@ class MllpSender:
                         target.host, target.port, limit=MAX_ACK + 2
                     )
             assert self._reader is not None and self._writer is not None
-            self._writer.write(frame(delivery.payload))
+            self._writer.write(frame(delivery.body.read()))
             await self._writer.drain()
             async with asyncio.timeout(target.ack_timeout):
                 answer = await read_frame(self._reader, MAX_ACK)

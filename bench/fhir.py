@@ -1,0 +1,402 @@
+"""FHIR over HTTP: process-message latency and throughput against bare validation, and the
+booking proxy's overhead against calling the provider directly.
+
+Run ``python bench/fhir.py`` (see ``--help``); it prints one JSON document on stdout and
+its progress on stderr. In one run it measures:
+
+- ``validation``: fhir.resources (R4B) parsing and validating the benchmark Bundle in
+  this process: ``json.loads`` + ``Bundle.model_validate``, what the engine does once;
+- ``process_message.accept``: ``POST /fhir/<channel>/$process-message`` on a dispatched
+  channel: checked, validated, committed, answered 202;
+- ``process_message.bars``: the same on a BaRS routing channel: also committed with its
+  delivery, forwarded to a receiver that answers 200 at once, answered with its answer;
+- ``proxy``: the same GET of a provider's Slot search, directly and through
+  ``/proxy/<provider URL>``, one after the other on kept-alive connections.
+
+The engine (``run.py serve``), the receiving services and this load generator run in
+separate processes. Targets (issue 3): the engine adds at most 25% to validation at p50
+(``process_message.*.added_over_validation``), and the proxy at most 2 ms at p50
+(``proxy.added_p50_ms``); ``targets`` says whether this run met them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import copy
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+# This file is bench/fhir.py: its folder must not hide the fhir package (fhir.resources).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import httpx  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "tests" / "data" / "bars" / "servicerequest-request_validation.json"
+PG_URL = os.environ.get("TIE_BENCH_POSTGRES", "postgresql+psycopg://root@127.0.0.1:5432/test")
+SPAWN = mp.get_context("spawn")
+SEARCH = "urn:nhs:names:services:careconnect:fhir:rest:search:slot"
+SLOTS = json.dumps(
+    {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": 1,
+        "entry": [{"resource": {"resourceType": "Slot", "id": "slot-1", "status": "free"}}],
+    }
+).encode()
+
+
+def log(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the message ---------------------------------------------------------------------
+
+
+def bundle(entries: int) -> dict[str, Any]:
+    """The BaRS validation referral, padded with Observations to ``entries`` entries."""
+    document = json.loads(SAMPLE.read_text())
+    observation = next(
+        e for e in document["entry"] if e["resource"]["resourceType"] == "Observation"
+    )
+    while len(document["entry"]) < entries:
+        extra = copy.deepcopy(observation)
+        extra["fullUrl"] = f"urn:uuid:{uuid4()}"
+        document["entry"].append(extra)
+    return document
+
+
+def bodies(document: dict[str, Any], count: int) -> Iterator[bytes]:
+    """``count`` copies with distinct Bundle ids and ServiceRequests (each a new referral)."""
+    service_request = "236bb75d-90ef-461f-b71e-fde7f899802c"  # the sample's, by fullUrl
+    for _ in range(count):
+        document["id"] = str(uuid4())
+        yield json.dumps(document).replace(service_request, str(uuid4())).encode()
+
+
+def validation_cost(payloads: list[bytes]) -> dict[str, float]:
+    """``json.loads`` and the R4B Bundle model over the messages the engine will be sent."""
+    from fhir.resources.R4B.bundle import Bundle
+
+    for body in payloads[:10]:
+        Bundle.model_validate(json.loads(body))
+    times = []
+    for body in payloads:
+        start = time.perf_counter()
+        Bundle.model_validate(json.loads(body))
+        times.append(time.perf_counter() - start)
+    return stats(times) | {"per_second": round(len(payloads) / sum(times), 1)}
+
+
+def stats(times: list[float]) -> dict[str, float]:
+    ordered = sorted(times)
+    return {
+        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 3),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3),
+    }
+
+
+# --- peers -------------------------------------------------------------------------
+
+
+def peer_main(port: int) -> None:
+    """The receiving service and the provider: answer at once, like the fastest peer."""
+    import uvicorn
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        body = SLOTS if scope["method"] == "GET" else b"{}"
+        headers = [(b"content-type", b"application/fhir+json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+
+
+@contextlib.contextmanager
+def peer(port: int) -> Iterator[None]:
+    process = SPAWN.Process(target=peer_main, args=(port,), daemon=True)
+    process.start()
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1))
+        yield
+    finally:
+        process.terminate()
+        process.join(10)
+
+
+def wait_for(probe: Callable[[], Any], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            probe()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# --- the engine --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def engine(folder: Path, store_url: str, peer_port: int) -> Iterator[tuple[int, int]]:
+    """``run.py serve`` with three channels and a directory pointing at the peer."""
+    http_port = free_port()
+    channels = folder / "channels"
+    channels.mkdir()
+    (channels / "accept.yaml").write_text("name: accept\nsource: {http: {}}\n")
+    (channels / "bars.yaml").write_text("name: bars\nsource: {http: {bars: {timeout: 30s}}}\n")
+    (channels / "booking-proxy.yaml").write_text("name: booking-proxy\nsource: {proxy: {}}\n")
+    base = f"http://127.0.0.1:{peer_port}"
+    (folder / "endpoints.yaml").write_text(
+        json.dumps(
+            {
+                "endpoints": [
+                    {"dos": "111111111", "fhir": base, "interactions": ["servicerequest-request"]},
+                    {"asid": "200000000115", "fhir": f"{base}/STU3", "interactions": [SEARCH]},
+                    {"asid": "200000000116", "fhir": f"{base}/c", "interactions": [SEARCH]},
+                ]
+            }
+        )
+    )
+    (folder / "engine.yaml").write_text(
+        json.dumps(
+            {
+                "store": store_url,
+                "channels": "channels",
+                "mappings": ".",
+                "http": {"host": "127.0.0.1", "port": http_port},
+                "node": "bench",
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TIE_STORE", "TIE_CONFIG")}
+    log_path = folder / "engine.log"
+    command = [sys.executable, str(ROOT / "run.py"), "serve", "--config", "engine.yaml"]
+    with open(log_path, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=output, env=env, cwd=folder)
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health"))
+        yield http_port, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        if process.returncode not in (0, -signal.SIGTERM):
+            log(f"engine log: {log_path.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def fresh_store(kind: str, folder: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'tie.db'}"
+        return
+    from sqlalchemy import create_engine, text
+
+    name = f"tie_bench_{uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# --- load --------------------------------------------------------------------------
+
+
+def post_all(url: str, payloads: list[bytes], expect: int) -> list[float]:
+    """One connection posting one message after another; each latency."""
+    headers = {"Content-Type": "application/fhir+json"}
+    times = []
+    with httpx.Client(timeout=60) as client:
+        for body in payloads:
+            start = time.perf_counter()
+            response = client.post(url, content=body, headers=headers)
+            times.append(time.perf_counter() - start)
+            if response.status_code != expect:
+                raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
+    return times
+
+
+def scenario(url: str, payloads: list[bytes], connections: int, expect: int) -> dict[str, Any]:
+    """Latency with one connection, then throughput with ``connections`` at once."""
+    post_all(url, payloads[:20], expect)  # warm up
+    half = len(payloads) // 2
+    sequential = post_all(url, payloads[20:half], expect)
+    rest = payloads[half:]
+    shares = [rest[i::connections] for i in range(connections)]
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(connections) as pool:
+        results = list(pool.map(lambda share: post_all(url, share, expect), shares))
+    elapsed = time.perf_counter() - start
+    concurrent_times = [t for r in results for t in r]
+    return {
+        "sequential": stats(sequential) | {"messages": len(sequential)},
+        "concurrent": stats(concurrent_times)
+        | {
+            "connections": connections,
+            "messages": len(rest),
+            "per_second": round(len(rest) / elapsed, 1),
+        },
+    }
+
+
+def proxy_overhead(tie_port: int, peer_port: int, requests: int) -> dict[str, Any]:
+    direct_url = f"http://127.0.0.1:{peer_port}/STU3/Slot?status=free"
+    proxied_url = f"http://127.0.0.1:{tie_port}/proxy/{direct_url}"
+
+    def run(url: str, count: int) -> list[float]:
+        times = []
+        with httpx.Client(timeout=60) as client:
+            for _ in range(count):
+                headers = {
+                    "Ssp-TraceID": str(uuid4()),
+                    "Ssp-From": "200000000116",
+                    "Ssp-To": "200000000115",
+                    "Ssp-InteractionID": SEARCH,
+                }
+                start = time.perf_counter()
+                response = client.get(url, headers=headers)
+                times.append(time.perf_counter() - start)
+                if response.status_code != 200 or response.content != SLOTS:
+                    raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
+        return times
+
+    run(direct_url, 50)
+    run(proxied_url, 50)
+    direct, proxied = [], []
+    for _ in range(4):  # interleaved, so drift hits both alike
+        direct += run(direct_url, requests // 4)
+        proxied += run(proxied_url, requests // 4)
+    d, p = stats(direct), stats(proxied)
+    return {
+        "requests": len(direct),
+        "direct": d,
+        "proxied": p,
+        "added_p50_ms": round(p["p50_ms"] - d["p50_ms"], 3),
+        "added_p99_ms": round(p["p99_ms"] - d["p99_ms"], 3),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far, all its threads (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def engine_cpu(pid: int, result: dict[str, Any], requests: int) -> Iterator[None]:
+    """The engine's CPU milliseconds per request: what a scenario costs it, load or not."""
+    start = cpu_seconds(pid)
+    yield
+    result["engine_cpu_ms_per_request"] = round((cpu_seconds(pid) - start) * 1000 / requests, 3)
+
+
+def added(result: dict[str, Any], validation: dict[str, float]) -> None:
+    p50 = result["sequential"]["p50_ms"]
+    result["added_p50_ms"] = round(p50 - validation["p50_ms"], 3)
+    result["added_over_validation"] = round(p50 / validation["p50_ms"] - 1, 3)
+
+
+def machine() -> dict[str, Any]:
+    import fhir.resources
+    import pydantic
+
+    return {
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "fhir.resources": fhir.resources.__version__,
+        "pydantic": pydantic.VERSION,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--messages", type=int, default=1000, help="messages per scenario")
+    parser.add_argument("--entries", type=int, default=30, help="entries in the Bundle")
+    parser.add_argument("--connections", type=int, default=8, help="for throughput")
+    parser.add_argument("--proxy-requests", type=int, default=2000)
+    parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
+    args = parser.parse_args(argv)
+
+    document = bundle(args.entries)
+    payloads = list(bodies(document, args.messages))
+    log(f"validation of a {args.entries}-entry Bundle ({len(payloads[0])} bytes)")
+    validation = validation_cost(payloads[: min(len(payloads), 300)])
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "store": args.store,
+        "bundle": {"entries": args.entries, "bytes": len(payloads[0])},
+        "validation": validation,
+    }
+    peer_port = free_port()
+    with (
+        tempfile.TemporaryDirectory(prefix="tie-bench-fhir-") as tmp,
+        fresh_store(args.store, Path(tmp)) as store_url,
+        peer(peer_port),
+        engine(Path(tmp), store_url, peer_port) as (tie_port, pid),
+    ):
+        base = f"http://127.0.0.1:{tie_port}/fhir"
+        log(f"process-message, dispatched: {args.messages} messages")
+        accept: dict[str, Any] = {}
+        with engine_cpu(pid, accept, args.messages):
+            accept |= scenario(f"{base}/accept/$process-message", payloads, args.connections, 202)
+        log(f"process-message, BaRS routing: {args.messages} messages")
+        routed = list(bodies(document, args.messages))
+        bars: dict[str, Any] = {}
+        with engine_cpu(pid, bars, args.messages):
+            bars |= scenario(f"{base}/bars/$process-message", routed, args.connections, 200)
+        log(f"proxy: {args.proxy_requests} requests each way")
+        proxy: dict[str, Any] = {}
+        with engine_cpu(pid, proxy, args.proxy_requests + 50):
+            proxy |= proxy_overhead(tie_port, peer_port, args.proxy_requests)
+    for scenario_result in (accept, bars):
+        added(scenario_result, validation)
+    result["process_message"] = {"accept": accept, "bars": bars}
+    result["proxy"] = proxy
+    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["targets"] = {
+        "accept_added_at_most_25_percent": accept["added_over_validation"] <= 0.25,
+        "bars_added_at_most_25_percent": bars["added_over_validation"] <= 0.25,
+        "proxy_added_at_most_2_ms_p50": proxy["added_p50_ms"] <= 2.0,
+    }
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Mappings of the DPS handoff (List Reconciliation) channels; see docs/dps-handoff.md.
+
+``intake`` validates a GP extract's file name and either forwards the file,
+unchanged, to DPS or sends the failure email; ``results`` turns DPS's JSON Lines
+into the three CSV files for PCSE and the summary email. Both record the job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router.dps.filename import FilenameError, validate_filename
+from router.dps.jobs import job_record
+from router.dps.results import (
+    csv_files,
+    failure_body,
+    failure_subject,
+    read_results,
+    summary_body,
+    summary_subject,
+)
+from router.message import Message, Output
+
+JSON = "application/json"
+
+
+def intake(message: Message) -> dict[str, Any]:
+    """gp-extract-intake: destinations ``job``, ``dps`` and ``failure-email``."""
+    filename = str(message.source.get("filename") or "")
+    job_id = message.uuid
+    message.correlate("dps_job", job_id)
+    received = message.received_at
+    try:
+        name = validate_filename(filename)
+    except FilenameError as exc:
+        practice = filename.split("_", 1)[0].upper()[:16] or None
+        record = job_record(
+            job_id,
+            "failed_validation",
+            practice=practice,
+            filename=filename,
+            received_at=received,
+            error=str(exc),
+        )
+        email = failure_body(filename, received, [str(exc)])  # type: ignore[arg-type]
+        headers = {"subject": failure_subject(filename), "job_id": job_id}
+        return {"job": Output(record, JSON), "failure-email": Output(email, "text/plain", headers)}
+    record = job_record(
+        job_id, "sent_to_dps", practice=name.practice, filename=name.filename, received_at=received
+    )
+    forward = Output(
+        message.body, message.content_type, {"filename": name.filename, "job_id": job_id}
+    )
+    return {"job": Output(record, JSON), "dps": forward}
+
+
+def results(message: Message) -> dict[str, Any]:
+    """dps-results: destinations ``job``, ``pcse``, ``summary-email`` and ``failure-email``."""
+    with message.open() as stream:
+        found = read_results(stream)
+    message.correlate("dps_job", found.job_id)
+    at = message.received_at
+    assert at is not None
+    headers = {"job_id": found.job_id}
+    who = {"practice": found.practice, "filename": found.filename}
+    if found.failed:
+        reasons = [
+            str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in found.failures
+        ]
+        record = job_record(found.job_id, "failed_dps_validation", error="; ".join(reasons), **who)
+        email = Output(
+            failure_body(found.filename, at, reasons),
+            "text/plain",
+            {**headers, "subject": failure_subject(found.filename)},
+        )
+        return {"job": Output(record, JSON), "failure-email": email}
+    files = csv_files(found, at)
+    record = job_record(found.job_id, "completed", statistics=found.statistics, **who)
+    summary = Output(
+        summary_body(found, at, [name for name, _ in files]),
+        "text/plain",
+        {**headers, "subject": summary_subject(found.practice, found.filename, at)},
+    )
+    return {
+        "job": Output(record, JSON),
+        "pcse": [Output(data, "text/csv", {**headers, "filename": name}) for name, data in files],
+        "summary-email": summary,
+    }
+
+
+def _reason(error: Any) -> str:
+    return str(error.get("message", error)) if isinstance(error, dict) else str(error)

@@ -1,0 +1,120 @@
+"""``/api/endpoints``: read and change the endpoint directory (operator token required).
+
+A change is written with an audit event and reaches this engine's lookups at once;
+other nodes see it within the directory's refresh interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from router.api.auth import require_token
+from router.directory import (
+    get_endpoint,
+    list_endpoints,
+    make_endpoint,
+    parse_key,
+    put_endpoint,
+    remove_endpoint_id,
+)
+
+if TYPE_CHECKING:
+    from router.engine import Engine
+
+
+class EndpointIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(description="ods:<code>, dos:<id>, asid:<asid> or a FHIR system|value")
+    interaction: str
+    transport: Literal["fhir", "mllp", "mesh"]
+    address: str = Field(description="FHIR base URL, MLLP host:port or MESH mailbox")
+    scope: Literal["addressed", "all"] = "addressed"
+    name: str = ""
+
+
+def endpoints_router(engine: Engine) -> APIRouter:
+    router = APIRouter(prefix="/api/endpoints", tags=["endpoint directory"])
+    store = engine.store
+    directory = engine.gateway.directory
+
+    @router.get("")
+    async def list_all(
+        _: str = Depends(require_token),
+        key: str | None = None,
+        interaction: str | None = None,
+        transport: str | None = None,
+    ) -> dict[str, Any]:
+        parsed = _parse(key) if key else None
+
+        def read() -> list[dict[str, Any]]:
+            with store.read() as conn:
+                return list_endpoints(
+                    conn, key=parsed, interaction=interaction, transport=transport
+                )
+
+        return {"endpoints": _json(await asyncio.to_thread(read))}
+
+    @router.get("/{endpoint_id}")
+    async def get_one(endpoint_id: int, _: str = Depends(require_token)) -> dict[str, Any]:
+        def read() -> dict[str, Any] | None:
+            with store.read() as conn:
+                return get_endpoint(conn, endpoint_id)
+
+        row = await asyncio.to_thread(read)
+        if row is None:
+            raise HTTPException(404, f"no endpoint {endpoint_id}")
+        return _json(row)
+
+    @router.post("", status_code=201)
+    async def put(body: EndpointIn, actor: str = Depends(require_token)) -> dict[str, Any]:
+        """Add an endpoint, or change the one with the same key, interaction and transport."""
+        try:
+            endpoint = make_endpoint(
+                _parse(body.key),
+                body.interaction,
+                body.transport,
+                body.address,
+                scope=body.scope,
+                name=body.name,
+            )
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+
+        def write() -> dict[str, Any]:
+            with store.begin() as conn:
+                return put_endpoint(conn, endpoint, actor=actor)
+
+        row = await asyncio.to_thread(write)
+        await asyncio.to_thread(directory.refresh)
+        return _json(row)
+
+    @router.delete("/{endpoint_id}", status_code=204)
+    async def remove(endpoint_id: int, actor: str = Depends(require_token)) -> Response:
+        def write() -> dict[str, Any] | None:
+            with store.begin() as conn:
+                return remove_endpoint_id(conn, endpoint_id, actor=actor)
+
+        if await asyncio.to_thread(write) is None:
+            raise HTTPException(404, f"no endpoint {endpoint_id}")
+        await asyncio.to_thread(directory.refresh)
+        return Response(status_code=204)
+
+    return router
+
+
+def _parse(key: str) -> Any:
+    try:
+        return parse_key(key)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_json(v) for v in value]
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in value.items()}

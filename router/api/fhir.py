@@ -1,0 +1,92 @@
+"""The ServiceRequest registry's FHIR endpoints, ``GET /fhir/<channel>/ServiceRequest``.
+
+The registry holds patient data: the operator token is required. (The POST endpoints
+of FHIR channels are plain ASGI, in router/api/gateway_asgi.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from router.api.auth import require_token
+from router.fhir import registry
+from router.fhir.intake import Answer, rejected_answer
+from router.fhir.outcome import reject
+
+if TYPE_CHECKING:
+    from router.engine import Engine
+
+
+def to_response(answer: Answer) -> Response:
+    return Response(
+        answer.body, answer.status, headers=answer.headers, media_type=answer.media_type
+    )
+
+
+def fhir_router(engine: Engine) -> APIRouter:
+    router = APIRouter(prefix="/fhir", tags=["FHIR"])
+
+    def unknown(request: Request, what: str) -> Response:
+        return to_response(rejected_answer(reject(404, "not-found", what), request.headers))
+
+    def registry_channel(channel: str) -> bool:
+        compiled = engine.channels.get(channel)
+        return compiled is not None and compiled.config.source.http is not None
+
+    def fhir_json(resource: dict[str, Any], status: int = 200) -> Response:
+        return Response(json.dumps(resource), status, media_type="application/fhir+json")
+
+    @router.get("/{channel}/ServiceRequest")
+    async def search_service_requests(
+        channel: str, request: Request, _: str = Depends(require_token)
+    ) -> Response:
+        """The latest ServiceRequests by ``identifier``, ``patient:identifier`` and ``status``."""
+        if not registry_channel(channel):
+            return unknown(request, f"no FHIR channel named {channel!r}")
+        params = request.query_params
+        allowed = ("identifier", "patient:identifier", "status", "_count")
+        for name in params:
+            if name not in allowed:
+                exc = reject(400, "not-supported", f"unknown search parameter {name!r}", name)
+                return to_response(rejected_answer(exc, request.headers))
+        count = params.get("_count", "50")
+        if not count.isdigit() or int(count) < 1:
+            exc = reject(400, "invalid", "_count is a positive number", "_count")
+            return to_response(rejected_answer(exc, request.headers))
+
+        def find() -> list[dict[str, Any]]:
+            with engine.store.read() as conn:
+                return registry.search(
+                    conn,
+                    channel,
+                    identifier=params.get("identifier"),
+                    patient=params.get("patient:identifier"),
+                    status=params.get("status"),
+                    limit=int(count),
+                )
+
+        rows = await asyncio.to_thread(find)
+        base = str(request.base_url).rstrip("/") + f"/fhir/{channel}"
+        return fhir_json(registry.searchset(rows, base, str(request.url)))
+
+    @router.get("/{channel}/ServiceRequest/{resource_id}")
+    async def read_service_request(
+        channel: str, resource_id: str, request: Request, _: str = Depends(require_token)
+    ) -> Response:
+        if not registry_channel(channel):
+            return unknown(request, f"no FHIR channel named {channel!r}")
+
+        def find() -> dict[str, Any] | None:
+            with engine.store.read() as conn:
+                return registry.read(conn, channel, resource_id)
+
+        row = await asyncio.to_thread(find)
+        if row is None:
+            return unknown(request, f"no ServiceRequest/{resource_id} in channel {channel}")
+        return fhir_json(registry.as_resource(row))
+
+    return router

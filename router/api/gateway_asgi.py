@@ -1,0 +1,194 @@
+"""The gateway's hot paths as plain ASGI, in front of the FastAPI app.
+
+``POST /fhir/<channel>/$process-message``, ``POST /fhir/<channel>/<ResourceType>`` and
+``ANY /proxy/<provider URL>`` are answered here, without FastAPI's routing, request
+models and dependency machinery: a sender waits for each of them, and the booking
+proxy's budget is 2 ms. Everything else goes on to the FastAPI app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from router.fhir import MEDIA_TYPES
+from router.fhir.intake import Answer, FhirRequest, rejected_answer
+from router.fhir.outcome import reject
+from router.fhir.proxy import ProxyRequest, provider_url
+
+if TYPE_CHECKING:
+    from router.engine import Engine
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, kept: bytes) -> None:
+        self.kept = kept
+
+
+@dataclass
+class Incoming:
+    """What the gateway needs of an ASGI request."""
+
+    method: str
+    raw_path: str
+    query: str
+    headers: dict[str, str]
+    header_list: list[tuple[str, str]]
+    remote: str
+
+    @classmethod
+    def of(cls, scope: Scope) -> Incoming:
+        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        headers: dict[str, str] = {}
+        for name, value in pairs:
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        client = scope.get("client")
+        raw = scope.get("raw_path") or scope["path"].encode()
+        return cls(
+            scope["method"],
+            raw.decode("latin-1"),
+            scope.get("query_string", b"").decode("latin-1"),
+            headers,
+            pairs,
+            f"{client[0]}:{client[1]}" if client else "",
+        )
+
+    @property
+    def media_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+    """The body, or BodyTooLarge (with what was read) as soon as it passes ``limit``."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(b"")
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            break
+        chunk = event.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(b"".join(chunks))
+        chunks.append(chunk)
+        more = event.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def respond(send: Send, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_fhir(send: Send, answer: Answer) -> None:
+    headers = [("content-type", answer.media_type), *answer.headers.items()]
+    await respond(send, answer.status, answer.body, headers)
+
+
+class GatewayRoutes:
+    """Pure ASGI middleware: the FHIR POST endpoints and the proxy, else the next app."""
+
+    def __init__(self, app: App, engine: Engine) -> None:
+        self.app = app
+        self.engine = engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/proxy/"):
+                await self.proxy(Incoming.of(scope), receive, send)
+                return
+            if scope["method"] == "POST" and path.startswith("/fhir/"):
+                parts = path.split("/")
+                if len(parts) == 4 and parts[2] and parts[3]:
+                    await self.fhir(Incoming.of(scope), receive, send, parts[2], parts[3])
+                    return
+        await self.app(scope, receive, send)
+
+    async def fhir(
+        self, incoming: Incoming, receive: Receive, send: Send, channel: str, operation: str
+    ) -> None:
+        def not_found(what: str) -> Answer:
+            return rejected_answer(reject(404, "not-found", what), incoming.headers)
+
+        compiled = self.engine.channels.get(channel)
+        source = compiled.config.source.http if compiled is not None else None
+        if compiled is None or source is None:
+            await respond_fhir(send, not_found(f"no FHIR channel named {channel!r}"))
+            return
+        message = operation == "$process-message"
+        request = FhirRequest(
+            channel,
+            source,
+            "process-message" if message else "create",
+            b"",
+            incoming.headers,
+            incoming.remote,
+            f"/fhir/{channel}/{operation}",
+            None if message else operation,
+            compiled.config.idempotent.window if compiled.config.idempotent else None,
+        )
+        intake = self.engine.gateway.intake
+        try:
+            request.body = await read_body(receive, incoming.headers, source.max_body)
+        except BodyTooLarge as exc:
+            request.body = exc.kept
+            text = f"the body is larger than {source.max_body} bytes"
+            await respond_fhir(send, await intake.refuse(request, 413, "too-costly", text))
+            return
+        if incoming.media_type not in MEDIA_TYPES:
+            text = (
+                f"content type {incoming.media_type or 'none'} is not taken: "
+                f"send {' or '.join(MEDIA_TYPES)}"
+            )
+            await respond_fhir(send, await intake.refuse(request, 415, "not-supported", text))
+            return
+        if message and not source.events:
+            await respond_fhir(send, not_found(f"channel {channel} takes no messages"))
+            return
+        if not message and operation not in source.resources:
+            await respond_fhir(send, not_found(f"channel {channel} takes no {operation}"))
+            return
+        await respond_fhir(send, await intake.accept(request))
+
+    async def proxy(self, incoming: Incoming, receive: Receive, send: Send) -> None:
+        proxy = self.engine.gateway.proxy
+        channel = next(
+            (c for c in self.engine.channels.values() if c.config.source.proxy is not None), None
+        )
+        if channel is None:
+            answer = proxy.refusal(reject(404, "not-found", "this engine has no booking proxy"))
+            await respond(send, answer.status, answer.body, answer.headers)
+            return
+        options = channel.config.source.proxy
+        assert options is not None
+        request = ProxyRequest(
+            channel.name,
+            options,
+            incoming.method,
+            provider_url(incoming.raw_path.split("/proxy/", 1)[1], incoming.query),
+            incoming.header_list,
+            b"",
+            incoming.remote,
+        )
+        try:
+            request.body = await read_body(receive, incoming.headers, options.max_body)
+        except BodyTooLarge:
+            text = f"the body is larger than {options.max_body} bytes"
+            answer = proxy.refusal(reject(413, "too-costly", text))
+        else:
+            answer = await proxy.handle(request)
+        await respond(send, answer.status, answer.body, answer.headers)

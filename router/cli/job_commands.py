@@ -1,0 +1,43 @@
+"""CLI command ``jobs``: the DPS handoff jobs with their statistics."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from router.cli.output import add_json, open_store, print_json, print_table
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("jobs", help="DPS handoff jobs with their statistics")
+    p.add_argument("--limit", type=int, default=200)
+    add_json(p)
+    p.set_defaults(handler=jobs)
+
+
+def jobs(args: argparse.Namespace) -> int:
+    from router.dps.jobs import list_jobs
+
+    rows = list_jobs(open_store(args), args.limit)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table([_flat(r) for r in rows], list(COLUMNS))
+    return 0
+
+
+COLUMNS = (
+    "job_id",
+    "practice",
+    "filename",
+    "received_at",
+    "status",
+    "patients",
+    "only_on_gp",
+    "only_on_pds",
+    "differences",
+)
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, **(row.get("statistics") or {})}

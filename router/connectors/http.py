@@ -1,0 +1,177 @@
+"""The HTTP destination: POST or PUT each delivery, FHIR or not, and keep the answer.
+
+2xx is sent. 5xx, 408, 429 and a timeout or lost connection are retried (a
+``Retry-After`` from the receiver says when); any other status fails the delivery,
+since sending the same request again would get the same answer. The response
+(status line, headers and body) is kept with the attempt as received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ssl
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import UTC, datetime
+
+import certifi
+import httpx
+
+from router.connectors import Delivery, SendResult
+from router.http_config import HttpTarget, TlsOptions
+from router.payload import Payload
+
+MAX_KEPT = 1024 * 1024  # of a response body kept with an attempt
+RETRY_STATUSES = frozenset({408, 429})
+CONTENT_TYPES = {
+    "fhir+json": "application/fhir+json",
+    "json": "application/json",
+    "hl7v2": "x-application/hl7-v2+er7",
+}
+
+
+def ssl_context(tls: TlsOptions) -> ssl.SSLContext:
+    """Verify servers against ``tls.ca`` (default: the certifi bundle); present ``tls.cert``."""
+    context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else certifi.where())
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if tls.cert is not None:
+        context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key else None)
+    return context
+
+
+def make_client(tls: TlsOptions, timeout: float, connect_timeout: float) -> httpx.AsyncClient:
+    """A pooled client; redirects are not followed (a 3xx is the receiver's answer)."""
+    return httpx.AsyncClient(
+        verify=ssl_context(tls),
+        timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def media_type(content_type: str) -> str:
+    """The HTTP Content-Type for a delivery's content type."""
+    if "/" in content_type:
+        return content_type
+    return CONTENT_TYPES.get(content_type, "application/octet-stream")
+
+
+def join_url(base: str, path: str) -> str:
+    if not path:
+        return base
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delay seconds or an HTTP date), if any."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def wire(response: httpx.Response, body: bytes, limit: int = MAX_KEPT) -> bytes:
+    """The response as it came: status line, headers, blank line, body (bounded)."""
+    return wire_parts(
+        response.status_code, response.reason_phrase, response.headers.multi_items(), body, limit
+    )
+
+
+def wire_parts(
+    status: int,
+    reason: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    limit: int = MAX_KEPT,
+) -> bytes:
+    """``wire`` from the parts of a response."""
+    head = [f"HTTP/1.1 {status} {reason}".rstrip()]
+    head.extend(f"{name}: {value}" for name, value in headers)
+    kept = body[:limit]
+    if len(body) > limit:
+        kept += f"\n[{len(body) - limit} more bytes not kept]".encode()
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", errors="replace") + kept
+
+
+def classify(response: httpx.Response, body: bytes) -> SendResult:
+    """What an HTTP answer means for the delivery."""
+    status = response.status_code
+    kept = wire(response, body)
+    if 200 <= status < 300:
+        return SendResult("sent", response=kept)
+    error = f"HTTP {status} {response.reason_phrase}".rstrip()
+    if status >= 500 or status in RETRY_STATUSES:
+        return SendResult("retry", kept, error, retry_after(response.headers))
+    return SendResult("fail", kept, error)
+
+
+class HttpSender:
+    def __init__(self, target: HttpTarget) -> None:
+        self._target = target
+        self._client = make_client(target.tls, target.timeout, target.connect_timeout)
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        target = self._target
+        base = delivery.address or target.url
+        if not base:
+            return SendResult("fail", error="no URL: the destination has none and no address")
+        url = join_url(base, target.path)
+        try:
+            headers = render_headers(target, delivery)
+        except (KeyError, ValueError) as exc:
+            return SendResult("fail", error=f"header template: {exc}")
+        try:
+            response = await self._client.request(
+                target.method, url, content=_content(delivery.body), headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            return SendResult("retry", error=f"{type(exc).__name__}: no answer from {url}")
+        except httpx.TransportError as exc:
+            return SendResult("retry", error=f"{type(exc).__name__}: {exc or url}")
+        return classify(response, response.content)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def render_headers(target: HttpTarget, delivery: Delivery) -> dict[str, str]:
+    values = {
+        "channel": delivery.channel,
+        "destination": delivery.destination,
+        "message_id": delivery.message_id,
+        "message_uuid": delivery.message_uuid,
+        "delivery_id": delivery.id,
+        "idempotency_key": delivery.idempotency_key or "",
+        "attempt": delivery.attempts + 1,
+    }
+    headers = {"Content-Type": target.content_type or media_type(delivery.content_type)}
+    for name, template in target.headers.items():
+        headers[name] = template.format(**values).replace("\r", " ").replace("\n", " ")
+    return headers
+
+
+def _content(body: Payload) -> bytes | AsyncIterator[bytes]:
+    """Small payloads as bytes; a blob streamed from disk in chunks."""
+    if not body.is_blob:
+        return body.read()
+
+    async def stream() -> AsyncIterator[bytes]:
+        chunks = body.chunks()
+        while True:
+            chunk = await asyncio.to_thread(next, chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    return stream()

@@ -1,0 +1,1 @@
+"""MESH: a mailbox poller (source) and a sender (destination) built on ``mesh-client``."""

@@ -1,0 +1,56 @@
+"""How the engine gets its MESH parts: pollers grouped by mailbox, senders by destination."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from router.config import ChannelConfig, ConfigError, ConfigProblem, EngineConfig
+from router.connectors.mesh.poller import MailboxPoller
+from router.connectors.mesh.schedule import MeshSchedule
+from router.connectors.mesh.sender import MeshSender
+from router.mesh_config import MeshTarget
+from router.store.database import Store
+from router.store.ingest import Inbound, Receipt
+
+
+def check_mailboxes(config: EngineConfig, channels: dict[str, ChannelConfig]) -> None:
+    """Every MESH source and destination names a mailbox of engine.yaml's ``mesh.mailboxes``."""
+    known = config.mesh.mailboxes
+    problems = []
+    for name, channel in channels.items():
+        file = str(config.channels / f"{name}.yaml")
+        if channel.source.mesh is not None and channel.source.mesh.mailbox not in known:
+            problems.append(_unknown(file, "source.mesh.mailbox", channel.source.mesh.mailbox))
+        for dest_name, dest in channel.destinations.items():
+            if dest.mesh is not None and dest.mesh.mailbox not in known:
+                where = f"destinations.{dest_name}.mesh.mailbox"
+                problems.append(_unknown(file, where, dest.mesh.mailbox))
+    if problems:
+        raise ConfigError(problems)
+
+
+def _unknown(file: str, where: str, name: str) -> ConfigProblem:
+    return ConfigProblem(file, where, f"no mailbox {name!r} under mesh.mailboxes in engine.yaml")
+
+
+def mesh_schedule(
+    config: EngineConfig,
+    channels: list[ChannelConfig],
+    store: Store,
+    submit: Callable[[Inbound], Receipt],
+) -> MeshSchedule:
+    """One poller per mailbox that feeds channels, in channel order."""
+    by_mailbox: dict[str, list[ChannelConfig]] = {}
+    for channel in channels:
+        if channel.source.mesh is not None:
+            by_mailbox.setdefault(channel.source.mesh.mailbox, []).append(channel)
+    return MeshSchedule(
+        [
+            MailboxPoller(name, config.mesh.mailboxes[name], fed, store, submit)
+            for name, fed in by_mailbox.items()
+        ]
+    )
+
+
+def mesh_sender(config: EngineConfig, target: MeshTarget, store: Store) -> MeshSender:
+    return MeshSender(target, config.mesh.mailboxes[target.mailbox], store)

@@ -1,0 +1,225 @@
+"""DPS results: JSON Lines in (layout version 1, docs/dps-handoff.md), CSVs and emails out.
+
+One JSON object a line, read as a stream. The first line is the header::
+
+    {"type": "header", "version": 1, "job_id": "...", "practice": "A82023",
+     "filename": "A82023_GPR4LNA1.CSA"}
+
+then any number of ``only_on_gp``, ``only_on_pds`` and ``difference`` lines, each
+with a ``record`` whose keys are the columns of its CSV, and a last line
+``{"type": "summary", "patients": N}``. A file DPS could not process has,
+instead of records, ``{"type": "validation_failure", "errors": [...]}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, BinaryIO
+from zoneinfo import ZoneInfo
+
+LAYOUT_VERSION = 1
+ONLY_ON_GP_COLUMNS = [
+    "SURNAME",
+    "FORENAMES",
+    "DOB",
+    "NHS NO.",
+    "ADD 1",
+    "ADD 2",
+    "ADD 3",
+    "ADD 4",
+    "ADD 5",
+    "POSTCODE",
+    "TITLE",
+    "SEX",
+    "STATUS",
+    "STATUS DATE",
+]
+ONLY_ON_PDS_COLUMNS = [
+    "SURNAME",
+    "FORENAMES",
+    "DOB",
+    "NHS NO.",
+    "ADD 1",
+    "ADD 2",
+    "ADD 3",
+    "ADD 4",
+    "ADD 5",
+    "POSTCODE",
+    "TITLE",
+    "SEX",
+    "DATE ACCEPT.",
+]
+CDD_COLUMNS = [
+    "nhsNumber",
+    "gp_birthDate",
+    "gp_gender",
+    "gp_name_given",
+    "gp_name_family",
+    "gp_name_previousFamily",
+    "gp_name_prefix",
+    "gp_address_line1",
+    "gp_address_line2",
+    "gp_address_line3",
+    "gp_address_line4",
+    "gp_address_line5",
+    "gp_postalCode",
+    "gp_generalPractitionerOds",
+    "pds_scn",
+    "pds_security",
+    "pds_birthDate",
+    "pds_gender",
+    "pds_name_given",
+    "pds_name_family",
+    "pds_name_prefix",
+    "pds_address",
+    "pds_postalCode",
+    "pds_generalPractitionerOds",
+    "ruleId",
+    "guidance",
+]
+KINDS = {
+    "only_on_gp": ("OnlyOnGP", ONLY_ON_GP_COLUMNS),
+    "only_on_pds": ("OnlyOnPDS", ONLY_ON_PDS_COLUMNS),
+    "difference": ("CDD", CDD_COLUMNS),
+}
+LONDON = ZoneInfo("Europe/London")
+
+
+class ResultsError(ValueError):
+    """The JSON Lines break the layout: say where."""
+
+
+@dataclass
+class Results:
+    job_id: str
+    practice: str
+    filename: str
+    patients: int = 0
+    rows: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {kind: [] for kind in KINDS}
+    )
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    failed: bool = False
+
+    @property
+    def statistics(self) -> dict[str, Any]:
+        by_rule = Counter(str(r.get("ruleId", "")) for r in self.rows["difference"])
+        return {
+            "patients": self.patients,
+            "only_on_gp": len(self.rows["only_on_gp"]),
+            "only_on_pds": len(self.rows["only_on_pds"]),
+            "differences": len(self.rows["difference"]),
+            "patients_with_differences": len({r.get("nhsNumber") for r in self.rows["difference"]}),
+            "differences_by_rule": dict(sorted(by_rule.items())),
+        }
+
+
+def read_results(stream: BinaryIO) -> Results:
+    """Parse the JSON Lines of one job, line by line."""
+    lines = _objects(stream)
+    first = next(lines, None)
+    if first is None or first[1].get("type") != "header":
+        raise ResultsError("line 1: expected the header line")
+    _, header = first
+    if header.get("version") != LAYOUT_VERSION:
+        raise ResultsError(f"line 1: layout version {header.get('version')!r} is not 1")
+    try:
+        results = Results(str(header["job_id"]), str(header["practice"]), str(header["filename"]))
+    except KeyError as exc:
+        raise ResultsError(f"line 1: the header has no {exc.args[0]}") from exc
+    for number, line in lines:
+        kind = line.get("type")
+        if kind in KINDS:
+            if not isinstance(line.get("record"), dict):
+                raise ResultsError(f"line {number}: a {kind} line needs a record object")
+            results.rows[kind].append(line["record"])
+        elif kind == "summary":
+            results.patients = int(line.get("patients", 0))
+        elif kind == "validation_failure":
+            results.failed = True
+            results.failures.extend(line.get("errors") or [])
+        else:
+            raise ResultsError(f"line {number}: unknown type {kind!r}")
+    return results
+
+
+def _objects(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, raw in enumerate(stream, start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ResultsError(f"line {number}: not JSON: {exc.msg}") from exc
+        if not isinstance(value, dict):
+            raise ResultsError(f"line {number}: expected a JSON object")
+        yield number, value
+
+
+def csv_files(results: Results, at: datetime) -> list[tuple[str, bytes]]:
+    """``{Practice}-OnlyOnGP-YYYYMMDDHHMMSS.csv``, ``...-OnlyOnPDS-...`` and ``...-CDD-...``."""
+    stamp = at.astimezone(LONDON).strftime("%Y%m%d%H%M%S")
+    return [
+        (f"{results.practice}-{label}-{stamp}.csv", _csv(columns, results.rows[kind]))
+        for kind, (label, columns) in KINDS.items()
+    ]
+
+
+def _csv(columns: list[str], rows: Iterable[dict[str, Any]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: _cell(row.get(c)) for c in columns} for row in rows)
+    return out.getvalue().encode("utf-8")
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def timestamp(at: datetime) -> str:
+    return at.astimezone(LONDON).strftime("%H:%M:%S on %d/%m/%Y")
+
+
+def summary_subject(practice: str, filename: str, at: datetime) -> str:
+    """The published subject of the List Reconciliation summary email."""
+    return (
+        f"PDS Comparison run at {timestamp(at)} against Practice: {practice} - {filename} - "
+        "Registrations Output"
+    )
+
+
+def summary_body(results: Results, at: datetime, files: list[str]) -> str:
+    s = results.statistics
+    rules = "".join(f"\n    - {rule}: {n}" for rule, n in s["differences_by_rule"].items())
+    listing = "".join(f"\n    - {name}" for name in files)
+    return (
+        f"The GP file: {results.filename} has been compared to PDS at {timestamp(at)}\n\n"
+        f"{s['patients']} patient records were in the GP file.\n\n"
+        f"{s['only_on_pds']} patient records were found on PDS, that were not in the GP file.\n\n"
+        f"{s['only_on_gp']} patient records were found in the GP file, that are not associated "
+        "to this GP in PDS.\n\n"
+        f"The comparison run has also discovered {s['differences']} discrepancies that have "
+        f"generated {s['differences']} work item(s) to resolve, for "
+        f"{s['patients_with_differences']} patient(s).{rules}\n\n"
+        f"The files sent to PCSE:{listing}\n"
+    )
+
+
+def failure_subject(filename: str) -> str:
+    return f"List Reconciliation: GP file {filename} failed validation"
+
+
+def failure_body(filename: str, at: datetime, reasons: Iterable[str]) -> str:
+    lines = "".join(f"\n    - {reason}" for reason in reasons)
+    return (
+        f"The GP file: {filename} received at {timestamp(at)} failed validation and has "
+        f"not been compared to PDS.\n\nReasons:{lines}\n\n"
+        "Please correct the file and send it again.\n"
+    )

@@ -1,0 +1,275 @@
+"""The booking proxy, in the style of the Spine Secure Proxy (docs/fhir.md#booking-proxy).
+
+``ANY /proxy/<full provider URL>`` with ``Ssp-TraceID``, ``Ssp-From``, ``Ssp-To`` and
+``Ssp-InteractionID``. The calling ASID must be registered in the directory for the
+interaction, the provider's ASID must have an endpoint for it, and the URL must lie
+under that endpoint: the proxy never reaches any other host. The provider's answer
+comes back unchanged (201 and 422 included). Every exchange, refused or forwarded, is
+stored, searchable by its trace id (the message's control id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from router.connectors.http import wire_parts
+from router.connectors.http_client import Broken, ConnectFailed, RawClient, TimedOut
+from router.directory import Directory, Key, make_key
+from router.fhir import FHIR_JSON
+from router.fhir.exchange import PROVIDER, Outcome, open_exchange
+from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
+from router.fhir.recorder import Recorder
+from router.http_config import ProxySource
+from router.store.ingest import Inbound, utcnow, write_inbound
+
+log = logging.getLogger(__name__)
+SSP = ("ssp-traceid", "ssp-from", "ssp-to", "ssp-interactionid")
+# Not passed on either way: they describe one connection, not the exchange. Date and Server
+# are the proxy's own; Content-Length is recomputed.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+NOT_ANSWERED = HOP_BY_HOP | {"date", "server"}
+KEPT_HEADERS = (*SSP, "content-type", "accept")  # with the stored request (no Authorization)
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+
+
+@dataclass
+class ProxyRequest:
+    channel: str
+    options: ProxySource
+    method: str
+    url: str
+    headers: Sequence[tuple[str, str]]
+    body: bytes
+    remote: str
+
+    def header(self, name: str) -> str:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value.strip()
+        return ""
+
+
+@dataclass
+class ProxyAnswer:
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def provider_url(raw_path: str, query: str) -> str:
+    """The provider URL written after ``/proxy/`` (a ``//`` some clients squash restored)."""
+    url = re.sub(r"^(https?):/(?!/)", r"\1://", raw_path)
+    return f"{url}?{query}" if query else url
+
+
+def under(url: str, base: str) -> bool:
+    """Whether ``url`` is ``base`` or below it: same scheme, host and port, a path under
+    the base's, no user info and no ``.``/``..`` segments."""
+    try:
+        u, b = urlsplit(url), urlsplit(base)
+        ports = (u.port or _default_port(u.scheme), b.port or _default_port(b.scheme))
+    except ValueError:
+        return False
+    if u.scheme.lower() not in ("http", "https") or "@" in u.netloc:
+        return False
+    if (u.scheme.lower(), (u.hostname or "").lower()) != (b.scheme.lower(), (b.hostname or "")):
+        return False
+    if ports[0] != ports[1]:
+        return False
+    segments = unquote(u.path).split("/")
+    if any(s in (".", "..") for s in segments) or posixpath.normpath(u.path or "/") != (
+        u.path.rstrip("/") or "/"
+    ):
+        return False
+    prefix = b.path.rstrip("/")
+    return u.path.rstrip("/") == prefix or u.path.startswith(prefix + "/")
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme.lower() == "https" else 80
+
+
+class BookingProxy:
+    def __init__(self, recorder: Recorder, directory: Directory, owner: str) -> None:
+        self._recorder = recorder
+        self._directory = directory
+        self._owner = owner
+        self._clients: dict[str, RawClient] = {}
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    def _client(self, request: ProxyRequest) -> RawClient:
+        client = self._clients.get(request.channel)
+        if client is None:
+            options = request.options
+            client = RawClient(options.tls, options.timeout, options.connect_timeout)
+            self._clients[request.channel] = client
+        return client
+
+    async def handle(self, request: ProxyRequest) -> ProxyAnswer:
+        try:
+            caller, interaction = self._check(request)
+        except Rejected as exc:
+            self._store_refused(request, exc)
+            return self.refusal(exc)
+        started = utcnow()
+        t0 = time.perf_counter()
+        answer, sent, kept, error = await self._forward(request)
+        duration = (time.perf_counter() - t0) * 1000
+        self._store_exchange(request, caller, interaction, started, duration, sent, kept, error)
+        return answer
+
+    def refusal(self, exc: Rejected) -> ProxyAnswer:
+        body = json.dumps(operation_outcome(exc.issues, exc.status)).encode()
+        return ProxyAnswer(exc.status, body, [("content-type", "application/fhir+json")])
+
+    def _check(self, request: ProxyRequest) -> tuple[Key, str]:
+        """(the caller's key, the interaction), or Rejected: 400 for a malformed request,
+        403 for a caller or URL the directory does not allow, 404 for an unknown provider."""
+        values = {}
+        for name in SSP:
+            values[name] = request.header(name)
+            if not values[name]:
+                raise reject(400, "required", f"the {_title(name)} header is missing", _title(name))
+        if not _UUID.match(values["ssp-traceid"]):
+            raise reject(400, "invalid", "Ssp-TraceID is not a UUID", "Ssp-TraceID")
+        keys = {}
+        for name in ("ssp-from", "ssp-to"):
+            try:
+                keys[name] = make_key("asid", values[name])
+            except ValueError as exc:
+                raise reject(400, "invalid", str(exc), _title(name)) from exc
+        interaction = values["ssp-interactionid"]
+        caller, provider = keys["ssp-from"], keys["ssp-to"]
+        if not self._directory.registered(caller, interaction):
+            raise reject(
+                403,
+                "forbidden",
+                f"ASID {caller.identifier} is not registered for {interaction}",
+                "Ssp-From",
+            )
+        endpoint = self._directory.lookup(provider, interaction, "fhir")
+        if endpoint is None:
+            raise reject(
+                404,
+                "not-found",
+                f"ASID {provider.identifier} has no endpoint for {interaction}",
+                "Ssp-To",
+            )
+        if not under(request.url, endpoint.address):
+            raise reject(
+                403,
+                "forbidden",
+                f"{request.url} is not under the endpoint of ASID {provider.identifier} "
+                f"for {interaction} ({endpoint.address})",
+            )
+        return caller, interaction
+
+    async def _forward(
+        self, request: ProxyRequest
+    ) -> tuple[ProxyAnswer, bool, bytes | None, str | None]:
+        client = self._client(request)
+        headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP]
+        try:
+            response = await client.request(request.method, request.url, headers, request.body)
+        except TimedOut:
+            text = f"the provider did not answer within {request.options.timeout:g}s"
+            return self._failed(504, "timeout", text)
+        except (ConnectFailed, Broken) as exc:
+            return self._failed(502, "transient", f"the provider could not be reached: {exc}")
+        answered = [(k, v) for k, v in response.headers if k.lower() not in NOT_ANSWERED]
+        status, body = response.status, response.body
+        error = None if 200 <= status < 300 else f"HTTP {status} {response.reason}"
+        kept = wire_parts(status, response.reason, response.headers, body)
+        return ProxyAnswer(status, body, answered), error is None, kept, error
+
+    def _failed(self, status: int, code: str, text: str) -> tuple[ProxyAnswer, bool, None, str]:
+        return self.refusal(Rejected(status, [Issue(code, text)])), False, None, text
+
+    def _inbound(self, request: ProxyRequest, **extra: Any) -> Inbound:
+        kept = {n: request.header(n) for n in KEPT_HEADERS if request.header(n)}
+        media = request.header("content-type").split(";")[0].strip().lower()
+        return Inbound(
+            request.channel,
+            request.body,
+            content_type=FHIR_JSON if media.endswith("json") else "http",
+            message_type=request.header("ssp-interactionid") or None,
+            control_id=request.header("ssp-traceid") or None,
+            sender=request.header("ssp-from") or None,
+            source={
+                "protocol": "http",
+                "method": request.method,
+                "url": request.url,
+                "remote": request.remote,
+                "headers": kept,
+            },
+            **extra,
+        )
+
+    def _store_exchange(
+        self,
+        request: ProxyRequest,
+        caller: Key,
+        interaction: str,
+        started: Any,
+        duration_ms: float,
+        sent: bool,
+        kept: bytes | None,
+        error: str | None,
+    ) -> None:
+        """One transaction: the request, its delivery to the provider, the provider's answer."""
+        item = self._inbound(request, status="processed")
+        trace = request.header("ssp-traceid")
+
+        outcome = Outcome(sent, started, duration_ms, kept, error)
+        self._recorder.add(
+            lambda conn: open_exchange(
+                conn,
+                item,
+                destination=PROVIDER,
+                address=request.url,
+                owner=self._owner,
+                lease=request.options.timeout,
+                keys=[("ssp_trace_id", trace), ("ssp_from", str(caller))],
+                outcome=outcome,
+            )
+        )
+
+    def _store_refused(self, request: ProxyRequest, exc: Rejected) -> None:
+        item = self._inbound(request, status="error", error=f"refused ({exc.status}): {exc.reason}")
+        self._recorder.add(lambda conn: write_inbound(conn, [item]))
+
+
+def _title(name: str) -> str:
+    return {
+        "ssp-traceid": "Ssp-TraceID",
+        "ssp-from": "Ssp-From",
+        "ssp-to": "Ssp-To",
+        "ssp-interactionid": "Ssp-InteractionID",
+    }[name]

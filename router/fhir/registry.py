@@ -1,0 +1,164 @@
+"""The ServiceRequest registry: the latest version of every ServiceRequest seen in a routed
+BaRS message, found by identifier, patient NHS number or status.
+
+Rows are written in the same transaction as the message that carried them. A later
+message with the same ServiceRequest (by id, or by any of its identifiers) makes a new
+version; the sender and receiver stay those of the message that first carried it (the
+referral's requester and performer, whichever way later messages go).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, or_, select, update
+
+from router.fhir.bars import IndexedRequest
+from router.store.schema import service_request_identifiers, service_requests
+
+r = service_requests.c
+i = service_request_identifiers.c
+MAX_RESULTS = 500
+
+
+def index(
+    conn: Connection,
+    channel: str,
+    message_id: int,
+    found: list[IndexedRequest],
+    *,
+    sender: str,
+    receiver: str,
+    now: datetime,
+) -> None:
+    """Record each ServiceRequest's latest version (inside the caller's transaction)."""
+    for item in found:
+        row = _existing(conn, channel, item)
+        values = {
+            "status": item.status,
+            "patient": item.patient,
+            "message_id": message_id,
+            "updated_at": now,
+            "resource": json.dumps(item.resource),
+        }
+        if row is None:
+            request_id = conn.execute(
+                service_requests.insert().values(
+                    channel=channel,
+                    resource_id=item.resource_id,
+                    sender=sender[:255],
+                    receiver=receiver[:255],
+                    version=1,
+                    **values,
+                )
+            ).inserted_primary_key[0]
+            known: set[tuple[str, str]] = set()
+        else:
+            request_id = row.id
+            conn.execute(
+                update(service_requests)
+                .where(r.id == row.id)
+                .values(
+                    version=row.version + 1,
+                    sender=row.sender or sender[:255],
+                    receiver=row.receiver or receiver[:255],
+                    **values,
+                )
+            )
+            known = {
+                (x.system, x.value)
+                for x in conn.execute(select(i.system, i.value).where(i.request_id == row.id))
+            }
+        new = [pair for pair in dict.fromkeys(item.identifiers) if pair not in known]
+        if new:
+            conn.execute(
+                service_request_identifiers.insert(),
+                [{"request_id": request_id, "system": s, "value": v} for s, v in new],
+            )
+
+
+def _existing(conn: Connection, channel: str, item: IndexedRequest) -> Any:
+    by_id = conn.execute(
+        select(service_requests).where(r.channel == channel, r.resource_id == item.resource_id)
+    ).first()
+    if by_id is not None or not item.identifiers:
+        return by_id
+    same = or_(*(and_(i.system == s, i.value == v) for s, v in item.identifiers))
+    return conn.execute(
+        select(service_requests)
+        .join(service_request_identifiers, i.request_id == r.id)
+        .where(r.channel == channel, same)
+        .order_by(r.id)
+        .limit(1)
+    ).first()
+
+
+def _token(text: str) -> tuple[str | None, str]:
+    """A FHIR token search value: ``system|value`` or ``value``."""
+    if "|" in text:
+        system, _, value = text.rpartition("|")
+        return system, value
+    return None, text
+
+
+def search(
+    conn: Connection,
+    channel: str,
+    *,
+    identifier: str | None = None,
+    patient: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Latest versions matching every parameter given; ``status`` may list several (a,b)."""
+    query = select(service_requests).where(r.channel == channel)
+    if identifier:
+        system, value = _token(identifier)
+        match = select(i.request_id).where(i.value == value)
+        if system is not None:
+            match = match.where(i.system == system)
+        query = query.where(r.id.in_(match))
+    if patient:
+        system, value = _token(patient)
+        if system not in (None, "https://fhir.nhs.uk/Id/nhs-number"):
+            return []
+        query = query.where(r.patient == value)
+    if status:
+        query = query.where(r.status.in_([s.strip() for s in status.split(",") if s.strip()]))
+    query = query.order_by(r.updated_at.desc(), r.id.desc()).limit(min(limit, MAX_RESULTS))
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def read(conn: Connection, channel: str, resource_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(service_requests).where(r.channel == channel, r.resource_id == resource_id)
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+def as_resource(row: dict[str, Any]) -> dict[str, Any]:
+    """The stored ServiceRequest, with tie's version and time in ``meta``."""
+    resource = json.loads(row["resource"])
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(row["version"])
+    meta["lastUpdated"] = row["updated_at"].isoformat()
+    return {**resource, "meta": meta}
+
+
+def searchset(rows: list[dict[str, Any]], base: str, self_url: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(rows),
+        "link": [{"relation": "self", "url": self_url}],
+        "entry": [
+            {
+                "fullUrl": f"{base}/ServiceRequest/{row['resource_id']}",
+                "resource": as_resource(row),
+                "search": {"mode": "match"},
+            }
+            for row in rows
+        ],
+    }

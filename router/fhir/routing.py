@@ -1,0 +1,241 @@
+"""BaRS routing: a ``$process-message`` forwarded synchronously to its target's endpoint.
+
+The target is ``NHSD-Target-Identifier`` or ``MessageHeader.destination[0].endpoint``;
+a ``*-response`` goes back to the ``source.endpoint`` of the message it answers. The
+directory gives the target's FHIR base URL for the message's event. The message, its
+delivery and its correlation keys are committed before anything is forwarded; the
+receiver's answer is passed back as it came (docs/fhir.md#bars-routing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from router.connectors.http import join_url, wire_parts
+from router.connectors.http_client import Broken, ConnectFailed, RawClient, TimedOut
+from router.directory import Directory, Key, parse_key
+from router.fhir import FHIR_JSON
+from router.fhir.bars import (
+    conversation_keys,
+    encode_target,
+    event_of,
+    is_response,
+    response_to,
+    service_requests,
+    source_endpoint,
+    target_for,
+)
+from router.fhir.exchange import (
+    FORWARD,
+    Outcome,
+    Registration,
+    close_exchange,
+    find_original,
+    open_exchange,
+)
+from router.fhir.intake import (
+    Answer,
+    Checked,
+    FhirRequest,
+    describe,
+    fhir_answer,
+    mirrored_headers,
+    source_metadata,
+)
+from router.fhir.outcome import Issue, operation_outcome, reject
+from router.fhir.recorder import Recorder
+from router.http_config import BarsRouting
+from router.store.database import Store
+from router.store.ingest import GroupCommitWriter, Inbound, utcnow
+
+log = logging.getLogger(__name__)
+PASSED_ON = (
+    "x-request-id",
+    "x-correlation-id",
+    "nhsd-end-user-organisation",
+    "nhsd-requesting-software",
+)
+LEASE_MARGIN = 60.0  # seconds beyond the exchange's own timeouts
+
+
+class BarsRouter:
+    def __init__(
+        self,
+        store: Store,
+        writer: GroupCommitWriter,
+        recorder: Recorder,
+        directory: Directory,
+        owner: str,
+    ) -> None:
+        self._store = store
+        self._writer = writer
+        self._recorder = recorder
+        self._directory = directory
+        self._owner = owner
+        self._clients: dict[str, RawClient] = {}
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    def _client(self, channel: str, routing: BarsRouting) -> RawClient:
+        client = self._clients.get(channel)
+        if client is None:
+            client = RawClient(routing.tls, routing.timeout, routing.connect_timeout)
+            self._clients[channel] = client
+        return client
+
+    async def route(self, request: FhirRequest, checked: Checked) -> Answer:
+        """Store, forward, answer with the receiver's answer; raises Rejected before storing."""
+        routing = request.source.bars
+        header = checked.header
+        assert routing is not None and header is not None
+        event = event_of(header)
+        key, via = await self._target(request, header)
+        endpoint = self._directory.lookup(key, event, "fhir")
+        if endpoint is None:
+            raise reject(
+                404,
+                "not-found",
+                f"no FHIR endpoint for {key} and interaction {event!r} in the directory",
+                via,
+            )
+        url = join_url(endpoint.address, "$process-message")
+        message_type, control_id, sender = describe(checked)
+        item = Inbound(
+            request.channel,
+            request.body,
+            content_type=FHIR_JSON,
+            message_type=message_type,
+            control_id=control_id,
+            sender=sender,
+            source=source_metadata(
+                request,
+                bars={
+                    "target": str(key),
+                    "target_from": via,
+                    "source_endpoint": source_endpoint(header),
+                    "url": url,
+                },
+            ),
+            status="processed",
+        )
+        keys = conversation_keys(checked.document, header, request.headers)
+        registration = Registration(
+            service_requests(checked.document), source_endpoint(header) or "", str(key)
+        )
+        lease = routing.timeout + routing.connect_timeout * (routing.connect_retries + 1)
+        try:
+            opened = await asyncio.wrap_future(
+                self._writer.run_soon(
+                    lambda conn: open_exchange(
+                        conn,
+                        item,
+                        destination=FORWARD,
+                        address=url,
+                        owner=self._owner,
+                        lease=lease + LEASE_MARGIN,
+                        keys=keys,
+                        conversation=True,
+                        registration=registration,
+                    )
+                )
+            )
+        except Exception as exc:
+            log.error("channel %s: could not store a BaRS message: %s", request.channel, exc)
+            issue = Issue("transient", "the message could not be stored; send it again later")
+            return fhir_answer(503, operation_outcome([issue], 503), request.headers)
+        started = utcnow()
+        t0 = time.perf_counter()
+        answer, sent, response, error = await self._forward(request, routing, url, key)
+        self._record(
+            opened.delivery_id, started, (time.perf_counter() - t0) * 1000, sent, response, error
+        )
+        return answer
+
+    async def _target(self, request: FhirRequest, header: Mapping[str, Any]) -> tuple[Key, str]:
+        """The target key and where it came from (named in a 404)."""
+        answered = response_to(header)
+        if is_response(header) and answered is not None:
+            original = await asyncio.to_thread(self._original_sender, request.channel, answered)
+            if original is not None:
+                return original, "the answered message's MessageHeader.source.endpoint"
+        key = target_for(header, request.headers)
+        if request.headers.get("nhsd-target-identifier"):
+            return key, "NHSD-Target-Identifier"
+        return key, "Bundle.entry[0].resource.destination[0].endpoint"
+
+    def _original_sender(self, channel: str, bundle_id: str) -> Key | None:
+        with self._store.read() as conn:
+            row = find_original(conn, channel, bundle_id)
+        if row is None or not row.source:
+            return None
+        endpoint = (json.loads(row.source).get("bars") or {}).get("source_endpoint")
+        try:
+            return parse_key(endpoint) if endpoint else None
+        except ValueError:
+            return None
+
+    async def _forward(
+        self, request: FhirRequest, routing: BarsRouting, url: str, key: Key
+    ) -> tuple[Answer, bool, bytes | None, str | None]:
+        """(answer to the sender, delivered?, the receiver's answer as kept, error)."""
+        client = self._client(request.channel, routing)
+        headers = {
+            "Content-Type": "application/fhir+json",
+            "Accept": "application/fhir+json",
+            "NHSD-Target-Identifier": encode_target(key),
+        }
+        headers.update({n: request.headers[n] for n in PASSED_ON if request.headers.get(n)})
+        tries = routing.connect_retries + 1
+        for number in range(1, tries + 1):
+            try:
+                response = await client.request("POST", url, headers.items(), request.body)
+                break
+            except ConnectFailed as exc:
+                # Nothing reached the receiver: trying again is safe.
+                if number < tries:
+                    continue
+                text = f"the receiver at {url} could not be reached: {exc}"
+                return self._failed(request, 502, "transient", text)
+            except TimedOut:
+                text = f"the receiver at {url} did not answer within {routing.timeout:g}s"
+                return self._failed(request, 504, "timeout", text)
+            except Broken as exc:
+                text = f"the exchange with {url} broke off: {exc}"
+                return self._failed(request, 502, "transient", text)
+        status, reason = response.status, response.reason
+        kept = wire_parts(status, reason, response.headers, response.body)
+        if status >= 500:
+            text = f"the receiver at {url} answered {status} {reason}"
+            answer, _, _, _ = self._failed(request, 502, "transient", text)
+            return answer, False, kept, f"HTTP {status} {reason}"
+        media = response.header("content-type", "application/fhir+json")
+        answer = Answer(status, response.body, mirrored_headers(request.headers), media)
+        error = None if 200 <= status < 300 else f"HTTP {status} {reason}"
+        return answer, error is None, kept, error
+
+    def _failed(
+        self, request: FhirRequest, status: int, code: str, text: str
+    ) -> tuple[Answer, bool, bytes | None, str | None]:
+        outcome = operation_outcome([Issue(code, text)], status)
+        return fhir_answer(status, outcome, request.headers), False, None, text
+
+    def _record(
+        self,
+        delivery_id: int,
+        started: Any,
+        duration_ms: float,
+        sent: bool,
+        response: bytes | None,
+        error: str | None,
+    ) -> None:
+        """Record the outcome soon after; the answer does not wait for it."""
+        outcome = Outcome(sent, started, duration_ms, response, error)
+        self._recorder.add(lambda conn: close_exchange(conn, delivery_id, outcome))

@@ -1,0 +1,116 @@
+"""Checking what a FHIR endpoint receives: JSON, the shape tie routes on, then the models.
+
+Each request is parsed once: ``json.loads`` gives the document tie routes on, and
+fhir.resources (R4B models for R4, or STU3 where a channel says so) validates that
+same document. Every problem is an ``Issue`` with a FHIRPath-style location, e.g.
+``Bundle.entry[1].resource.participant[0].status``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from router.fhir.outcome import Issue, Rejected, reject
+
+Version = Literal["R4", "STU3"]
+
+
+def parse_json(body: bytes) -> Any:
+    """The document; 400 ``structure`` with the line and column of broken JSON."""
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise reject(400, "structure", f"the body is not UTF-8: {exc.reason}") from exc
+    except json.JSONDecodeError as exc:
+        raise reject(
+            400, "structure", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+
+
+def check_message(
+    document: Any, *, events: Iterable[str], event_system: str, version: Version
+) -> dict[str, Any]:
+    """A message Bundle whose first entry is a MessageHeader of a known event; its header."""
+    _require_resource(document, "Bundle")
+    if document.get("type") != "message":
+        raise reject(
+            400,
+            "invalid",
+            f"the Bundle is not a message (type is {document.get('type')!r})",
+            "Bundle.type",
+        )
+    entries = document.get("entry")
+    first = entries[0] if isinstance(entries, list) and entries else None
+    resource = first.get("resource") if isinstance(first, dict) else None
+    if not isinstance(resource, dict) or resource.get("resourceType") != "MessageHeader":
+        found = resource.get("resourceType") if isinstance(resource, dict) else None
+        raise reject(
+            400,
+            "invalid",
+            f"the first entry must be a MessageHeader (found {found or 'none'})",
+            "Bundle.entry[0].resource",
+        )
+    element = "eventCoding" if version == "R4" else "event"
+    coding = resource.get(element)
+    system = coding.get("system") if isinstance(coding, dict) else None
+    code = coding.get("code") if isinstance(coding, dict) else None
+    if code not in set(events) or (event_system and system != event_system):
+        raise reject(
+            400,
+            "code-invalid",
+            f"unknown event {system or ''}|{code or ''} (known: {', '.join(events)} "
+            f"of {event_system})",
+            f"Bundle.entry[0].resource.{element}",
+        )
+    validate(document, version)
+    return resource
+
+
+def check_resource(document: Any, resource_type: str, version: Version) -> None:
+    """A resource of the type the URL names, valid against its model."""
+    _require_resource(document, resource_type)
+    validate(document, version)
+
+
+def _require_resource(document: Any, resource_type: str) -> None:
+    found = document.get("resourceType") if isinstance(document, dict) else None
+    if found != resource_type:
+        what = f"a {found}" if isinstance(found, str) else "not a FHIR resource"
+        raise reject(400, "invalid", f"expected a {resource_type}, got {what}", "resourceType")
+
+
+def validate(document: dict[str, Any], version: Version) -> Any:
+    """The fhir.resources model of ``document``; 400 with an issue for every error."""
+    if version == "R4":
+        from fhir.resources.R4B import get_fhir_model_class
+    else:
+        from fhir.resources.STU3 import get_fhir_model_class
+    kind = document["resourceType"]
+    try:
+        model = get_fhir_model_class(kind)
+    except ValueError as exc:
+        raise reject(400, "not-supported", f"{kind} is not a FHIR {version} resource") from exc
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise Rejected(400, [_issue(kind, error) for error in exc.errors()]) from exc
+
+
+def _issue(kind: str, error: Any) -> Issue:
+    where = kind
+    for part in error["loc"]:
+        if isinstance(part, int):
+            where += f"[{part}]"
+        else:
+            where += "." + ("resourceType" if part == "resource_type" else str(part))
+    code = {"missing": "required", "extra_forbidden": "structure"}.get(error["type"], "value")
+    if error["type"].endswith(".missing"):
+        code = "required"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown element"
+    return Issue(code, message, where)

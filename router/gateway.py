@@ -1,0 +1,111 @@
+"""The engine's HTTP side beyond plain destinations: the endpoint directory kept fresh,
+the FHIR sources' intake, BaRS routing and the booking proxy.
+
+The engine makes one ``Gateway``. It reads ``endpoints.yaml`` when it is made (a broken
+file stops the engine before it starts), seeds the directory from it on start, and
+refreshes the directory's snapshot every few seconds, so that changes made by ``run.py
+endpoints`` (another process) or another node reach lookups. FHIR validation runs on a
+small pool of threads of its own, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from router.config import EngineConfig
+from router.directory import Directory, Endpoint, load_endpoints_file, seed
+from router.fhir.exchange import fail_interrupted
+from router.fhir.intake import FhirIntake
+from router.fhir.proxy import BookingProxy
+from router.fhir.recorder import Recorder
+from router.fhir.routing import BarsRouter
+from router.pipeline import CompiledChannel
+from router.store.database import Store
+from router.store.ingest import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+REFRESH_SECONDS = 2.0
+
+
+class Gateway:
+    def __init__(self, config: EngineConfig, store: Store, writer: GroupCommitWriter) -> None:
+        self.config = config
+        self.store = store
+        self.writer = writer
+        self.directory = Directory(store)
+        self._seed = read_endpoints(config.endpoints)
+        self.executor = ThreadPoolExecutor(min(4, os.cpu_count() or 1), "tie-fhir")
+        self.recorder = Recorder(writer)
+        self.bars = BarsRouter(store, writer, self.recorder, self.directory, config.node)
+        self.intake = FhirIntake(writer.submit, self.executor, self.bars.route)
+        self.proxy = BookingProxy(self.recorder, self.directory, config.node)
+        self._refresher: asyncio.Task[None] | None = None
+
+    def attach(self, channels: dict[str, CompiledChannel]) -> dict[str, CompiledChannel]:
+        """The channels with the directory as their destinations' resolver."""
+        return {
+            name: dataclasses.replace(channel, resolve=self.directory.addresses)
+            for name, channel in channels.items()
+        }
+
+    async def start(self) -> None:
+        """Seed and load the directory, fail exchanges a stop interrupted; call after the schema
+        is upgraded and before the dispatcher takes back this node's leases."""
+        interrupted = await asyncio.to_thread(fail_interrupted, self.store, self.config.node)
+        if interrupted:
+            log.warning("%d synchronous exchange(s) were interrupted by a stop", interrupted)
+        if self._seed is not None:
+            await asyncio.to_thread(seed_endpoints, self.store, self.config.endpoints, self._seed)
+        await asyncio.to_thread(self.directory.refresh)
+        self._refresher = asyncio.create_task(self._refresh_forever(), name="directory refresh")
+
+    async def stop(self) -> None:
+        await self.bars.close()
+        await self.proxy.close()
+        await self.recorder.close()
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        self.executor.shutdown(wait=True)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            try:
+                await asyncio.to_thread(self.directory.refresh)
+            except Exception as exc:
+                log.warning("endpoint directory refresh failed (keeping the last one): %s", exc)
+
+
+def read_endpoints(path: Path) -> list[Endpoint] | None:
+    """The endpoints of ``path``, or None when there is no such file (ConfigError if broken)."""
+    if not path.is_file():
+        log.info("no %s: the endpoint directory is left as it is", path)
+        return None
+    return load_endpoints_file(path)
+
+
+def seed_from_file(store: Store, path: Path) -> None:
+    """Seed from ``path`` when it exists; a ConfigError names what is wrong in it."""
+    wanted = read_endpoints(path)
+    if wanted is not None:
+        seed_endpoints(store, path, wanted)
+
+
+def seed_endpoints(store: Store, path: Path, wanted: list[Endpoint]) -> None:
+    result = seed(store, wanted)
+    if result.added or result.updated or result.removed:
+        log.info(
+            "endpoint directory seeded from %s: %d added, %d updated, %d removed",
+            path,
+            result.added,
+            result.updated,
+            result.removed,
+        )

@@ -1,0 +1,358 @@
+"""BaRS routing between two real HTTP services through tie: the synchronous passthrough, the
+response routed back to the original sender, one conversation, and the ServiceRequest
+registry; failing receivers (down, slow, erroring) and unknown targets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from tie_testing import (
+    HttpReceiver,
+    Received,
+    RunningEngine,
+    channel,
+    engine_config,
+    free_ports,
+    wait_until,
+)
+
+from router.directory import Key, make_endpoint, put_endpoint
+from router.store.schema import attempts, correlations, deliveries, messages
+
+TOKEN = "bars-operator-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FHIR = {"Content-Type": "application/fhir+json"}
+RECEIVER = Key("dos", "111111111")
+SENDER = Key("dos", "2222222222")
+URN = "urn:hmpps:interventions-referral:5f1b3d44-3a43-4c5e-9a0c-2a9e8c1d7b21"
+SR_ID = "236bb75d-90ef-461f-b71e-fde7f899802c"  # the request's ServiceRequest fullUrl uuid
+
+
+def target(key: Key) -> str:
+    system = {"dos": "https://fhir.nhs.uk/Id/dos-service-id"}[key.kind]
+    return base64.b64encode(
+        json.dumps({"system": system, "value": key.identifier}).encode()
+    ).decode()
+
+
+class Services:
+    """The receiving service (111111111) and the sending service (2222222222), both real."""
+
+    def __init__(self, bars_samples: dict[str, Any]) -> None:
+        self.answer_body = json.dumps(bars_samples["servicerequest-request_http-200-response"])
+        self.booked_body = json.dumps(bars_samples["booking-request_http-200-response"])
+        self.invalid_body = json.dumps(bars_samples["OperationOutcome_REC_400-invalid"])
+        self.mode = "ok"
+        self.receiver = HttpReceiver(self._receive)
+        self.sender = HttpReceiver(lambda r: (200, b"", {}))
+
+    async def _receive(self, request: Received) -> Any:
+        if self.mode == "slow":
+            await asyncio.sleep(2.0)
+        if self.mode == "error":
+            return 500, b'{"resourceType":"OperationOutcome","issue":[]}', {}
+        fhir = {"Content-Type": "application/fhir+json"}
+        if self.mode == "invalid":
+            return 400, self.invalid_body.encode(), fhir
+        if request.json()["entry"][0]["resource"]["eventCoding"]["code"] == "booking-request":
+            return 200, self.booked_body.encode(), fhir
+        return 200, self.answer_body.encode(), fhir
+
+    def stop(self) -> None:
+        self.receiver.stop()
+        self.sender.stop()
+
+
+@pytest.fixture
+def services(bars_samples: dict[str, Any]) -> Iterator[Services]:
+    s = Services(bars_samples)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def tie(
+    tmp_path: Path, store_url: str, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[RunningEngine, httpx.Client]]:
+    monkeypatch.setenv("TIE_API_TOKEN", TOKEN)
+    bars = channel(
+        {
+            "name": "bars",
+            "source": {"http": {"bars": {"timeout": "1s", "connect_timeout": "1s"}}},
+        }
+    )
+    running = RunningEngine(engine_config(tmp_path, store_url), {"bars": bars}, http=True)
+    with running.store.begin() as conn:
+        for key, url, events in (
+            (
+                RECEIVER,
+                services.receiver.url + "/fhir/R4",
+                ("servicerequest-request", "booking-request"),
+            ),
+            (SENDER, services.sender.url + "/fhir/R4", ("servicerequest-response",)),
+        ):
+            for event in events:
+                put_endpoint(conn, make_endpoint(key, event, "fhir", url), actor="test")
+    running.engine.gateway.directory.refresh()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
+    try:
+        yield running, client
+    finally:
+        client.close()
+        running.stop()
+
+
+def _post(client: httpx.Client, document: Any, **headers: str) -> httpx.Response:
+    return client.post(
+        "/fhir/bars/$process-message", content=json.dumps(document), headers={**FHIR, **headers}
+    )
+
+
+def _request_with_urn(bars_samples: dict[str, Any]) -> dict[str, Any]:
+    request = copy.deepcopy(bars_samples["servicerequest-request_validation"])
+    service_request = request["entry"][1]["resource"]
+    service_request["identifier"] = [{"system": "https://hmpps.example/Id/referral", "value": URN}]
+    return request
+
+
+def _exchanges(running: RunningEngine) -> list[Any]:
+    with running.store.read() as conn:
+        return list(
+            conn.execute(
+                select(
+                    messages.c.id,
+                    messages.c.status,
+                    messages.c.message_type,
+                    messages.c.error,
+                    deliveries.c.status.label("delivery"),
+                    deliveries.c.destination,
+                    deliveries.c.address,
+                    deliveries.c.last_error,
+                    deliveries.c.id.label("delivery_id"),
+                )
+                .outerjoin(deliveries, deliveries.c.message_id == messages.c.id)
+                .order_by(messages.c.id)
+            )
+        )
+
+
+def _settled(running: RunningEngine) -> list[Any]:
+    rows = _exchanges(running)
+    return rows if all(r.delivery in (None, "sent", "failed") for r in rows) else []
+
+
+def test_a_referral_and_its_response_travel_as_one_conversation(tie, services, bars_samples):
+    running, client = tie
+    request = _request_with_urn(bars_samples)
+    answer = _post(
+        client,
+        request,
+        **{
+            "NHSD-Target-Identifier": target(RECEIVER),
+            "X-Request-Id": "60e6f8ce-2a4c-4f6e-a2f2-6e3f3d5c1a01",
+            "X-Correlation-Id": "11c4a3b0-9d0e-4a61-8f6e-0b7d1d2f3e44",
+            "Authorization": "Bearer not-for-the-receiver",
+        },
+    )
+    # The receiver's synchronous answer, passed through.
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == bars_samples["servicerequest-request_http-200-response"]
+    assert answer.headers["x-request-id"] == "60e6f8ce-2a4c-4f6e-a2f2-6e3f3d5c1a01"
+    assert answer.headers["x-correlation-id"] == "11c4a3b0-9d0e-4a61-8f6e-0b7d1d2f3e44"
+    [forwarded] = services.receiver.received
+    assert forwarded.path == "/fhir/R4/$process-message"
+    assert forwarded.json() == request
+    assert forwarded.headers["x-request-id"] == "60e6f8ce-2a4c-4f6e-a2f2-6e3f3d5c1a01"
+    assert forwarded.headers["nhsd-target-identifier"] == target(RECEIVER)
+    assert "authorization" not in forwarded.headers
+
+    # The receiver's business response goes back to the requester's source.endpoint.
+    response = bars_samples["servicerequest-response_validation"]
+    back = _post(client, response, **{"NHSD-Target-Identifier": target(SENDER)})
+    assert back.status_code == 200, back.text
+    [returned] = services.sender.received
+    assert returned.json()["id"] == response["id"]
+    assert returned.headers["nhsd-target-identifier"] == target(SENDER)
+
+    rows = wait_until(lambda: _settled(running))
+    assert [(r.message_type, r.status, r.delivery, r.destination) for r in rows] == [
+        ("servicerequest-request", "processed", "sent", "forward"),
+        ("servicerequest-response", "processed", "sent", "forward"),
+    ]
+    assert rows[0].address == services.receiver.url + "/fhir/R4/$process-message"
+    assert rows[1].address == services.sender.url + "/fhir/R4/$process-message"
+    with running.store.read() as conn:
+        [attempt] = conn.execute(
+            select(attempts).where(attempts.c.delivery_id == rows[0].delivery_id)
+        ).all()
+    assert attempt.response.startswith(b"HTTP/1.1 200 OK")
+    assert attempt.response.endswith(services.answer_body.encode())
+
+    # One conversation, whichever key is searched.
+    for key in (URN, request["id"], response["id"], f"ServiceRequest/{SR_ID}"):
+        found = client.get(f"/api/conversations/{key}", headers=AUTH).json()["messages"]
+        assert [m["message_type"] for m in found] == [
+            "servicerequest-request",
+            "servicerequest-response",
+        ], key
+    detail = client.get(f"/api/messages/{rows[1].id}", headers=AUTH).json()
+    assert [t["id"] for t in detail["timeline"]] == [rows[0].id, rows[1].id]
+    keys = {(k["key"], k["value"]) for k in detail["correlations"]}
+    assert ("response_to", request["id"]) in keys
+
+
+def test_the_registry_answers_searches_and_follows_versions(tie, bars_samples):
+    running, client = tie
+    request = _request_with_urn(bars_samples)
+    assert _post(client, request).status_code == 200  # target from MessageHeader.destination
+    assert _post(client, bars_samples["servicerequest-response_validation"]).status_code == 200
+
+    def search(**params: str) -> dict[str, Any]:
+        response = client.get("/fhir/bars/ServiceRequest", params=params, headers=AUTH)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/fhir+json")
+        return response.json()
+
+    found = search(identifier=f"https://hmpps.example/Id/referral|{URN}")
+    assert (found["resourceType"], found["type"], found["total"]) == ("Bundle", "searchset", 1)
+    # The shape of the published search example (tests/data/bars).
+    example = bars_samples["ServiceRequest_search_GET-success"]
+    assert [link["relation"] for link in found["link"]] == [
+        link["relation"] for link in example["link"]
+    ]
+    assert set(found["entry"][0]) == set(example["entry"][0])
+    [entry] = found["entry"]
+    assert entry["resource"]["id"] == SR_ID
+    assert entry["resource"]["meta"]["versionId"] == "2"  # request, then response
+    assert entry["search"] == {"mode": "match"}
+    assert entry["fullUrl"].endswith(f"/fhir/bars/ServiceRequest/{SR_ID}")
+    assert search(identifier=URN)["total"] == 1
+    assert (
+        search(**{"patient:identifier": "https://fhir.nhs.uk/Id/nhs-number|3478526985"})["total"]
+        == 1
+    )
+    assert search(**{"patient:identifier": "3478526985"}, status="active")["total"] == 1
+    assert search(status="revoked")["total"] == 0
+    assert search(identifier="urn:other")["total"] == 0
+
+    read = client.get(f"/fhir/bars/ServiceRequest/{SR_ID}", headers=AUTH)
+    assert read.status_code == 200
+    assert read.json()["status"] == "active"
+    assert client.get("/fhir/bars/ServiceRequest/nope", headers=AUTH).status_code == 404
+    assert client.get("/fhir/bars/ServiceRequest").status_code == 401
+    bad = client.get("/fhir/bars/ServiceRequest", params={"subject": "x"}, headers=AUTH)
+    assert bad.status_code == 400
+    assert bad.json()["issue"][0]["diagnostics"] == "unknown search parameter 'subject'"
+
+    # A cancellation: the same ServiceRequest, revoked, is linked to the conversation.
+    cancel = copy.deepcopy(request)
+    cancel["id"] = "4d5c6b7a-0000-4000-8000-00000000c0c0"
+    cancel["entry"][0]["resource"]["reason"]["coding"][0]["code"] = "update"
+    cancel["entry"][1]["resource"]["status"] = "revoked"
+    assert _post(client, cancel).status_code == 200
+    assert search(status="revoked")["entry"][0]["resource"]["meta"]["versionId"] == "3"
+    assert search(status="active")["total"] == 0
+    conversation = client.get(f"/api/conversations/{URN}", headers=AUTH).json()["messages"]
+    assert len(conversation) == 3
+    with running.store.read() as conn:
+        cancels = conn.scalars(
+            select(correlations.c.value).where(correlations.c.key == "cancels")
+        ).all()
+    assert cancels == [f"ServiceRequest/{SR_ID}"]
+
+
+def test_an_unknown_target_is_404_and_stored(tie, bars_samples):
+    running, client = tie
+    answer = _post(
+        client,
+        bars_samples["booking-request_process-message"],
+        **{"NHSD-Target-Identifier": target(Key("dos", "999999999"))},
+    )
+    assert answer.status_code == 404
+    [issue] = answer.json()["issue"]
+    # As the published proxy 404 example has it.
+    [example] = bars_samples["OperationOutcome_PROXY_404-not-found"]["issue"]
+    assert (issue["severity"], issue["code"], issue["details"]) == (
+        example["severity"],
+        example["code"],
+        example["details"],
+    )
+    assert "no FHIR endpoint for dos:999999999" in issue["diagnostics"]
+    assert issue["expression"] == ["NHSD-Target-Identifier"]
+    [row] = _exchanges(running)
+    assert (row.status, row.delivery) == ("error", None)
+    assert row.error.startswith("rejected (404): NHSD-Target-Identifier: no FHIR endpoint")
+
+    garbled = _post(
+        client,
+        bars_samples["booking-request_process-message"],
+        **{"NHSD-Target-Identifier": "%%%not-base64"},
+    )
+    assert garbled.status_code == 400
+    assert garbled.json()["issue"][0]["expression"] == ["NHSD-Target-Identifier"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "text", "kept_error"),
+    [
+        ("slow", 504, "did not answer within 1s", "did not answer within 1s"),
+        ("error", 502, "answered 500 Internal Server Error", "HTTP 500 Internal Server Error"),
+    ],
+)
+def test_a_failing_receiver_gets_502_or_504_and_the_exchange_is_kept(
+    tie, services, bars_samples, mode, status, text, kept_error
+):
+    running, client = tie
+    services.mode = mode
+    answer = _post(client, bars_samples["booking-request_process-message"])
+    assert answer.status_code == status
+    assert text in answer.json()["issue"][0]["diagnostics"]
+    [row] = wait_until(lambda: _settled(running))
+    assert (row.status, row.delivery) == ("processed", "failed")
+    assert kept_error in row.last_error
+    assert len(services.receiver.received) == 1  # not retried: it may have been received
+
+
+def test_a_booking_is_answered_with_the_receivers_bundle(tie, bars_samples):
+    running, client = tie
+    answer = _post(client, bars_samples["booking-request_process-message"])
+    assert answer.status_code == 200
+    assert answer.json() == bars_samples["booking-request_http-200-response"]
+    [row] = wait_until(lambda: _settled(running))
+    assert (row.message_type, row.delivery) == ("booking-request", "sent")
+
+
+def test_a_receivers_client_error_passes_through_unchanged(tie, services, bars_samples):
+    running, client = tie
+    services.mode = "invalid"
+    answer = _post(client, bars_samples["booking-request_process-message"])
+    assert answer.status_code == 400
+    assert answer.json() == bars_samples["OperationOutcome_REC_400-invalid"]
+    [row] = wait_until(lambda: _settled(running))
+    assert (row.delivery, row.last_error) == ("failed", "HTTP 400 Bad Request")
+
+
+def test_a_receiver_that_is_down_gets_502(tie, services, bars_samples):
+    running, client = tie
+    (port,) = free_ports(1)
+    with running.store.begin() as conn:
+        put_endpoint(
+            conn,
+            make_endpoint(RECEIVER, "booking-request", "fhir", f"http://127.0.0.1:{port}/fhir"),
+            actor="test",
+        )
+    running.engine.gateway.directory.refresh()
+    answer = _post(client, bars_samples["booking-request_process-message"])
+    assert answer.status_code == 502
+    assert "could not be reached: ConnectError" in answer.json()["issue"][0]["diagnostics"]
+    [row] = wait_until(lambda: _settled(running))
+    assert (row.status, row.delivery) == ("processed", "failed")

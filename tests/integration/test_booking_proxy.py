@@ -1,0 +1,289 @@
+"""The booking proxy against a real provider: a slot is searched and booked through tie, the
+provider's answers (201, 422) come back unchanged, every exchange is stored by trace id,
+and nothing reaches a host or path the directory does not give for the ASIDs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+from sqlalchemy import select
+from tie_testing import (
+    HttpReceiver,
+    Received,
+    RunningEngine,
+    channel,
+    engine_config,
+    free_ports,
+    wait_until,
+)
+
+from router.directory import Key, make_endpoint, put_endpoint
+from router.store.schema import attempts, deliveries, messages
+
+TOKEN = "proxy-operator-token"
+PROVIDER = Key("asid", "200000000115")
+CONSUMER = Key("asid", "200000000116")
+SEARCH = "urn:nhs:names:services:careconnect:fhir:rest:search:slot"
+BOOK = "urn:nhs:names:services:careconnect:fhir:rest:create:appointment"
+SLOTS = {
+    "resourceType": "Bundle",
+    "type": "searchset",
+    "entry": [{"resource": {"resourceType": "Slot", "id": "slot-1", "status": "free"}}],
+}
+GONE = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "conflict", "diagnostics": "slot no longer free"}],
+}
+
+
+class Provider:
+    """A UEC appointment provider: slots, bookings (the first only), and a slow mode."""
+
+    def __init__(self) -> None:
+        self.booked: list[Any] = []
+        self.slow = False
+        self.server = HttpReceiver(self._answer)
+
+    async def _answer(self, request: Received) -> Any:
+        if self.slow:
+            await asyncio.sleep(2.0)
+        fhir = {"Content-Type": "application/fhir+json", "X-Provider": "uec-test"}
+        if request.method == "GET" and request.path == "/STU3/Slot":
+            return 200, json.dumps(SLOTS).encode(), fhir
+        if request.method == "POST" and request.path == "/STU3/Appointment":
+            if self.booked:
+                return 422, json.dumps(GONE).encode(), fhir
+            self.booked.append(request.json())
+            return 201, request.body, {**fhir, "Location": "/STU3/Appointment/appt-1/_history/1"}
+        return 404
+
+
+@pytest.fixture
+def provider() -> Iterator[Provider]:
+    p = Provider()
+    yield p
+    p.server.stop()
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[HttpReceiver]:
+    """A host the proxy must never reach."""
+    server = HttpReceiver()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tie(
+    tmp_path: Path, store_url: str, provider: Provider, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[RunningEngine, httpx.Client]]:
+    monkeypatch.setenv("TIE_API_TOKEN", TOKEN)
+    proxy = channel({"name": "booking-proxy", "source": {"proxy": {"timeout": "1s"}}})
+    running = RunningEngine(engine_config(tmp_path, store_url), {"booking-proxy": proxy}, http=True)
+    with running.store.begin() as conn:
+        for interaction in (SEARCH, BOOK):
+            put_endpoint(
+                conn,
+                make_endpoint(PROVIDER, interaction, "fhir", provider.server.url + "/STU3"),
+                actor="test",
+            )
+        put_endpoint(
+            conn, make_endpoint(CONSUMER, SEARCH, "fhir", "http://consumer.example"), actor="t"
+        )
+        put_endpoint(
+            conn, make_endpoint(CONSUMER, BOOK, "fhir", "http://consumer.example"), actor="t"
+        )
+    running.engine.gateway.directory.refresh()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
+    try:
+        yield running, client
+    finally:
+        client.close()
+        running.stop()
+
+
+def ssp(interaction: str, trace: str | None = None, **override: str) -> dict[str, str]:
+    headers = {
+        "Ssp-TraceID": trace or str(uuid4()),
+        "Ssp-From": CONSUMER.identifier,
+        "Ssp-To": PROVIDER.identifier,
+        "Ssp-InteractionID": interaction,
+        "Authorization": "Bearer consumer-jwt",
+        "Accept": "application/fhir+json",
+    }
+    headers.update(override)
+    return headers
+
+
+def stored(running: RunningEngine, trace: str) -> Any:
+    with running.store.read() as conn:
+        return conn.execute(
+            select(
+                messages.c.status,
+                messages.c.error,
+                messages.c.message_type,
+                messages.c.sender,
+                messages.c.raw,
+                messages.c.source,
+                deliveries.c.status.label("delivery"),
+                deliveries.c.address,
+                deliveries.c.id.label("delivery_id"),
+            )
+            .outerjoin(deliveries, deliveries.c.message_id == messages.c.id)
+            .where(messages.c.control_id == trace)
+        ).first()
+
+
+def test_a_slot_is_searched_and_booked_through_the_proxy(tie, provider):
+    running, client = tie
+    base = f"/proxy/{provider.server.url}/STU3"
+    trace = str(uuid4())
+    found = client.get(f"{base}/Slot?start=ge2024-01-05&status=free", headers=ssp(SEARCH, trace))
+    assert found.status_code == 200
+    assert found.json() == SLOTS
+    assert found.headers["x-provider"] == "uec-test"
+    [search] = provider.server.received
+    assert (search.path, search.query) == ("/STU3/Slot", "start=ge2024-01-05&status=free")
+    assert search.headers["ssp-traceid"] == trace
+    assert search.headers["authorization"] == "Bearer consumer-jwt"
+    assert search.headers["host"] == provider.server.url.removeprefix("http://")
+
+    appointment = {
+        "resourceType": "Appointment",
+        "status": "booked",
+        "slot": [{"reference": "Slot/slot-1"}],
+    }
+    booking = ssp(BOOK, **{"Content-Type": "application/fhir+json"})
+    booked = client.post(f"{base}/Appointment", content=json.dumps(appointment), headers=booking)
+    assert booked.status_code == 201
+    assert booked.headers["location"] == "/STU3/Appointment/appt-1/_history/1"
+    assert booked.json() == appointment
+    assert provider.booked == [appointment]
+
+    again = ssp(BOOK, **{"Content-Type": "application/fhir+json"})
+    taken = client.post(f"{base}/Appointment", content=json.dumps(appointment), headers=again)
+    assert taken.status_code == 422
+    assert taken.json() == GONE
+
+    # Every exchange is stored and found by its trace id.
+    row = wait_until(lambda: stored(running, booking["Ssp-TraceID"]))
+    assert (row.status, row.delivery, row.message_type, row.sender) == (
+        "processed",
+        "sent",
+        BOOK,
+        CONSUMER.identifier,
+    )
+    assert json.loads(row.raw) == appointment
+    assert row.address == f"{provider.server.url}/STU3/Appointment"
+    assert "authorization" not in json.loads(row.source)["headers"]
+    with running.store.read() as conn:
+        [attempt] = conn.execute(
+            select(attempts).where(attempts.c.delivery_id == row.delivery_id)
+        ).all()
+    assert attempt.response.startswith(b"HTTP/1.1 201 Created")
+    refused = wait_until(lambda: stored(running, again["Ssp-TraceID"]))
+    assert refused.delivery == "failed"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    listed = client.get("/api/messages", params={"key": trace}, headers=auth).json()
+    assert [m["control_id"] for m in listed["messages"]] == [trace]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "where", "text"),
+    [
+        ({"Ssp-TraceID": ""}, 400, "Ssp-TraceID", "header is missing"),
+        ({"Ssp-TraceID": "not-a-uuid"}, 400, "Ssp-TraceID", "not a UUID"),
+        ({"Ssp-From": "999999999999"}, 403, "Ssp-From", "not registered for"),
+        (
+            {"Ssp-InteractionID": BOOK.replace("create", "cancel")},
+            403,
+            "Ssp-From",
+            "not registered",
+        ),
+        ({"Ssp-To": "999999999999"}, 404, "Ssp-To", "has no endpoint for"),
+    ],
+)
+def test_callers_and_providers_the_directory_does_not_know_are_refused(
+    tie, provider, change, status, where, text
+):
+    running, client = tie
+    headers = ssp(SEARCH)
+    headers.update(change)
+    headers = {k: v for k, v in headers.items() if v}
+    answer = client.get(f"/proxy/{provider.server.url}/STU3/Slot", headers=headers)
+    assert answer.status_code == status
+    [issue] = answer.json()["issue"]
+    assert issue["expression"] == [where]
+    assert text in issue["diagnostics"]
+    assert provider.server.received == []
+    if headers.get("Ssp-TraceID", "").count("-") == 4:
+        row = wait_until(lambda: stored(running, headers["Ssp-TraceID"]))
+        assert (row.status, row.delivery) == ("error", None)
+        assert row.error.startswith(f"refused ({status})")
+
+
+def test_it_is_never_an_open_proxy(tie, provider, elsewhere):
+    _, client = tie
+    port = provider.server.port
+    for url in (
+        f"{elsewhere.url}/STU3/Slot",  # another host
+        f"http://localhost:{port}/STU3/Slot",  # another name for it
+        f"{provider.server.url}/admin",  # outside the endpoint's path
+        f"{provider.server.url}/STU3x/Slot",  # a prefix that is not a path segment
+        f"{provider.server.url}/STU3/%2e%2e/admin",  # climbing out
+        f"http://user@127.0.0.1:{port}/STU3/Slot",  # user info
+        "file:///etc/passwd",
+    ):
+        answer = client.get(f"/proxy/{url}", headers=ssp(SEARCH))
+        assert answer.status_code == 403, url
+        assert "is not under the endpoint" in answer.json()["issue"][0]["diagnostics"]
+    assert elsewhere.received == []
+    assert provider.server.received == []
+
+
+def test_a_squashed_double_slash_is_restored(tie, provider):
+    _, client = tie
+    squashed = provider.server.url.replace("http://", "http:/")
+    answer = client.get(f"/proxy/{squashed}/STU3/Slot", headers=ssp(SEARCH))
+    assert answer.status_code == 200
+    assert answer.json() == SLOTS
+
+
+def test_a_provider_that_is_down_or_slow(tie, provider):
+    running, client = tie
+    provider.slow = True
+    slow = ssp(SEARCH)
+    answer = client.get(f"/proxy/{provider.server.url}/STU3/Slot", headers=slow)
+    assert answer.status_code == 504
+    assert "did not answer within 1s" in answer.json()["issue"][0]["diagnostics"]
+    row = wait_until(lambda: stored(running, slow["Ssp-TraceID"]))
+    assert (row.status, row.delivery) == ("processed", "failed")
+
+    (port,) = free_ports(1)
+    with running.store.begin() as conn:
+        put_endpoint(
+            conn,
+            make_endpoint(PROVIDER, SEARCH, "fhir", f"http://127.0.0.1:{port}/STU3"),
+            actor="t",
+        )
+    running.engine.gateway.directory.refresh()
+    down = client.get(f"/proxy/http://127.0.0.1:{port}/STU3/Slot", headers=ssp(SEARCH))
+    assert down.status_code == 502
+    assert "could not be reached" in down.json()["issue"][0]["diagnostics"]
+
+
+def test_an_oversized_request_is_refused(tie, provider):
+    _, client = tie
+    body = b"x" * (10 * 1024 * 1024 + 1)
+    answer = client.post(
+        f"/proxy/{provider.server.url}/STU3/Appointment", content=body, headers=ssp(BOOK)
+    )
+    assert answer.status_code == 413
+    assert provider.server.received == []

@@ -1,0 +1,325 @@
+"""FHIR sources over a real socket: ``$process-message`` and RESTful create, checked, stored
+before the 2xx, routed by FHIR paths to a real uvicorn receiver; and every refusal answered
+with an OperationOutcome and stored with its reason."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from tie_testing import HttpReceiver, RunningEngine, channel, engine_config, wait_until
+
+from router.store.schema import correlations, messages
+
+FHIR = {"Content-Type": "application/fhir+json"}
+REQUESTS = ("servicerequest-request_validation", "booking-request_process-message")
+
+
+@pytest.fixture
+def receiver() -> Iterator[HttpReceiver]:
+    rx = HttpReceiver(lambda r: (200, b"{}", {"Content-Type": "application/fhir+json"}))
+    yield rx
+    rx.stop()
+
+
+def _channels(receiver: HttpReceiver) -> dict[str, Any]:
+    inbox = channel(
+        {
+            "name": "inbox",
+            "source": {"http": {"max_body": "64KB"}},
+            "idempotent": {"window": "1h"},
+            "correlate": {"bundle": "Bundle.id"},
+            "destinations": {
+                "rx": {
+                    "when": [
+                        {
+                            "field": "MessageHeader.eventCoding.code",
+                            "in": ["servicerequest-request", "booking-request"],
+                        }
+                    ],
+                    "http": {
+                        "url": receiver.url + "/fhir/R4",
+                        "path": "$process-message",
+                        "headers": {"X-Request-Id": "{message_uuid}"},
+                    },
+                }
+            },
+        }
+    )
+    events = channel(
+        {
+            "name": "events",
+            "source": {"http": {"events": [], "resources": ["Immunization"]}},
+            "destinations": {"rx": {"http": {"url": receiver.url, "path": "Immunization"}}},
+        }
+    )
+    return {"inbox": inbox, "events": events}
+
+
+@pytest.fixture
+def engine(
+    tmp_path: Path, store_url: str, receiver: HttpReceiver
+) -> Iterator[tuple[RunningEngine, httpx.Client]]:
+    running = RunningEngine(engine_config(tmp_path, store_url), _channels(receiver), http=True)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
+    try:
+        yield running, client
+    finally:
+        client.close()
+        running.stop()
+
+
+def _rows(running: RunningEngine, *where: Any) -> list[Any]:
+    with running.store.read() as conn:
+        return list(conn.execute(select(messages).where(*where).order_by(messages.c.id)))
+
+
+def _post(client: httpx.Client, path: str, document: Any, **headers: str) -> httpx.Response:
+    return client.post(path, content=json.dumps(document), headers={**FHIR, **headers})
+
+
+def test_messages_are_stored_before_the_answer_and_routed_by_their_event(
+    engine, receiver, bars_samples
+):
+    running, client = engine
+    for name in (*REQUESTS, "servicerequest-response_validation"):
+        document = bars_samples[name]
+        response = _post(
+            client,
+            "/fhir/inbox/$process-message",
+            document,
+            **{"X-Request-Id": f"req-{name}", "X-Correlation-Id": "corr-1"},
+        )
+        assert response.status_code == 202, response.text
+        assert response.headers["content-type"].startswith("application/fhir+json")
+        assert response.headers["x-request-id"] == f"req-{name}"
+        assert response.headers["x-correlation-id"] == "corr-1"
+        outcome = response.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        uuid = outcome["issue"][0]["diagnostics"].removeprefix("accepted as urn:tie:message:")
+        [row] = _rows(running, messages.c.uuid == uuid)  # committed before the 202
+        assert row.raw == json.dumps(document).encode()
+        assert (row.content_type, row.control_id) == ("fhir+json", document["id"])
+        assert json.loads(row.source)["headers"]["x-request-id"] == f"req-{name}"
+
+    wait_until(lambda: len(receiver.received) == 2)
+    # An http destination is not ordered unless told: the two may be sent side by side.
+    assert sorted(r.json()["id"] for r in receiver.received) == sorted(
+        bars_samples[n]["id"] for n in REQUESTS
+    )
+    assert {r.path for r in receiver.received} == {"/fhir/R4/$process-message"}
+    assert {r.headers["content-type"] for r in receiver.received} == {"application/fhir+json"}
+    wait_until(lambda: [r.status for r in _rows(running)] == ["processed", "processed", "filtered"])
+    rows = _rows(running)
+    assert [r.message_type for r in rows] == [
+        "servicerequest-request",
+        "booking-request",
+        "servicerequest-response",
+    ]
+    assert rows[2].error == "no destination's 'when' matched"
+    with running.store.read() as conn:
+        keys = set(conn.execute(select(correlations.c.key, correlations.c.value)))
+    assert ("bundle", bars_samples["booking-request_process-message"]["id"]) in keys
+
+
+def test_a_resent_bundle_is_recognised_and_not_routed_again(engine, receiver, bars_samples):
+    running, client = engine
+    document = bars_samples["booking-request_process-message"]
+    first = _post(client, "/fhir/inbox/$process-message", document)
+    again = _post(client, "/fhir/inbox/$process-message", document)
+    assert (first.status_code, again.status_code) == (202, 200)
+    original = first.json()["issue"][0]["diagnostics"].removeprefix("accepted as ")
+    assert original in again.json()["issue"][0]["diagnostics"]
+    wait_until(lambda: receiver.received)
+    wait_until(lambda: all(r.status != "received" for r in _rows(running)))
+    assert len(receiver.received) == 1
+    assert [r.status for r in _rows(running)] == ["processed", "filtered"]
+
+
+def test_a_restful_create_is_routed_like_a_message(engine, receiver):
+    running, client = engine
+    immunization = {
+        "resourceType": "Immunization",
+        "id": "imm-1",
+        "status": "completed",
+        "vaccineCode": {
+            "coding": [{"system": "http://snomed.info/sct", "code": "39114911000001105"}]
+        },
+        "patient": {
+            "identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9000000009"}
+        },
+        "occurrenceDateTime": "2024-01-05T10:00:00+00:00",
+    }
+    response = _post(client, "/fhir/events/Immunization", immunization)
+    assert response.status_code == 202, response.text
+    wait_until(lambda: receiver.received)
+    assert receiver.received[0].path == "/Immunization"
+    assert receiver.received[0].json() == immunization
+    [row] = _rows(running)
+    assert (row.message_type, row.control_id) == ("Immunization", "imm-1")
+
+
+def _refused(running: RunningEngine) -> list[Any]:
+    return _rows(running, messages.c.status == "error")
+
+
+def _mutate(bars_samples: dict[str, Any], change: Any) -> Any:
+    document = copy.deepcopy(bars_samples["servicerequest-request_validation"])
+    change(document)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "expression", "text"),
+    [
+        (
+            "bad json",
+            "structure",
+            None,
+            "invalid JSON: Expecting property name enclosed in double quotes at line 1 column 2",
+        ),
+        ("wrong resourceType", "invalid", "resourceType", "expected a Bundle, got a Patient"),
+        ("not a message", "invalid", "Bundle.type", "not a message (type is 'document')"),
+        (
+            "missing MessageHeader",
+            "invalid",
+            "Bundle.entry[0].resource",
+            "must be a MessageHeader (found ServiceRequest)",
+        ),
+        (
+            "unknown event",
+            "code-invalid",
+            "Bundle.entry[0].resource.eventCoding",
+            "unknown event",
+        ),
+        (
+            "invalid model",
+            "required",
+            "Bundle.entry[1].resource.intent",
+            "Value for the field 'intent' is required",
+        ),
+    ],
+)
+def test_bad_requests_get_400_with_the_problem_and_where(
+    engine, bars_samples, case, code, expression, text
+):
+    running, client = engine
+    bodies = {
+        "bad json": b"{,}",
+        "wrong resourceType": json.dumps({"resourceType": "Patient"}).encode(),
+        "not a message": json.dumps(
+            _mutate(bars_samples, lambda d: d.update(type="document"))
+        ).encode(),
+        "missing MessageHeader": json.dumps(
+            _mutate(bars_samples, lambda d: d.update(entry=d["entry"][1:]))
+        ).encode(),
+        "unknown event": json.dumps(
+            _mutate(
+                bars_samples,
+                lambda d: d["entry"][0]["resource"]["eventCoding"].update(code="nonsense"),
+            )
+        ).encode(),
+        "invalid model": json.dumps(
+            _mutate(bars_samples, lambda d: d["entry"][1]["resource"].pop("intent"))
+        ).encode(),
+    }
+    response = client.post("/fhir/inbox/$process-message", content=bodies[case], headers=FHIR)
+    assert response.status_code == 400
+    [issue, *_] = response.json()["issue"]
+    assert issue["code"] == code
+    assert text in issue["diagnostics"]
+    assert issue.get("expression") == ([expression] if expression else None)
+    [stored] = _refused(running)
+    assert stored.raw == bodies[case]
+    assert stored.error.startswith("rejected (400): ")
+    assert text in stored.error
+    if expression:
+        assert expression in stored.error
+
+
+def test_an_oversized_body_is_refused_without_reading_it_all(engine):
+    running, client = engine
+    body = b'{"resourceType": "Bundle", "padding": "' + b"x" * 200_000 + b'"}'
+    response = client.post("/fhir/inbox/$process-message", content=body, headers=FHIR)
+    assert response.status_code == 413
+    assert "larger than 64000 bytes" in response.json()["issue"][0]["diagnostics"]
+    [stored] = _refused(running)
+    assert "rejected (413)" in stored.error
+    assert len(stored.raw) <= 64 * 1024
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(20):
+            yield b"x" * 10_000
+
+    streamed = client.post("/fhir/inbox/$process-message", content=chunks(), headers=FHIR)
+    assert streamed.status_code == 413
+
+
+def test_other_content_types_get_415(engine, bars_samples):
+    running, client = engine
+    body = json.dumps(bars_samples["booking-request_process-message"])
+    for content_type in ("text/plain", "application/xml", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        response = client.post("/fhir/inbox/$process-message", content=body, headers=headers)
+        assert response.status_code == 415
+        assert response.json()["issue"][0]["code"] == "not-supported"
+    plain_json = client.post(
+        "/fhir/inbox/$process-message",
+        content=body,
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+    assert plain_json.status_code == 202
+    assert len(_refused(running)) == 3
+
+
+def test_unknown_channels_and_resource_types_are_not_found(engine):
+    _, client = engine
+    body = json.dumps({"resourceType": "Patient"})
+    for path in (
+        "/fhir/nowhere/$process-message",
+        "/fhir/events/Patient",
+        "/fhir/events/$process-message",
+    ):
+        response = client.post(path, content=body, headers=FHIR)
+        assert response.status_code == 404, path
+        assert response.json()["issue"][0]["code"] == "not-found"
+    mismatch = client.post("/fhir/events/Immunization", content=body, headers=FHIR)
+    assert mismatch.status_code == 400
+    assert mismatch.json()["issue"][0]["expression"] == ["resourceType"]
+
+
+def test_a_store_that_cannot_commit_answers_503_and_nothing_is_acknowledged(
+    tmp_path, receiver, bars_samples
+):
+    path = tmp_path / "locked.db"
+    config = engine_config(tmp_path, f"sqlite:///{path}", sqlite={"busy_timeout": "200ms"})
+    running = RunningEngine(config, _channels(receiver), http=True)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
+    document = bars_samples["servicerequest-request_validation"]
+    try:
+        locker = sqlite3.connect(path, isolation_level=None, timeout=10)
+        try:
+            locker.execute("BEGIN EXCLUSIVE")
+            down = _post(client, "/fhir/inbox/$process-message", document)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert down.status_code == 503
+        [issue] = down.json()["issue"]
+        assert issue["code"] == "transient"
+        assert issue["details"]["coding"][0]["code"] == "SERVICE_UNAVAILABLE"
+        assert _rows(running) == []
+
+        again = _post(client, "/fhir/inbox/$process-message", document)
+        assert again.status_code == 202
+        assert [r.control_id for r in _rows(running)] == [document["id"]]
+    finally:
+        client.close()
+        running.stop()

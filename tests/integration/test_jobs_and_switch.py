@@ -1,0 +1,103 @@
+"""``run.py jobs --json``, and the post-office switch through the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import yaml
+from sqlalchemy import select
+from tie_testing import RunningEngine, channel, engine_config, wait_until
+
+from router.cli import main
+from router.connectors import Delivery
+from router.dps.jobs import JobSender, job_record
+from router.store.database import Store
+from router.store.ingest import Inbound
+from router.store.migrate import upgrade
+from router.store.schema import audit_events, channel_state, messages
+
+TOKEN = "switch-test-token"
+
+
+def _record(store: Store, job_id: str, payload: bytes) -> str:
+    delivery = Delivery(1, 1, "u", "c", "job", payload, "application/json", "", None, 0)
+    result = asyncio.run(JobSender(store).send(delivery))
+    assert result.outcome == "sent", result.error
+    return json.loads(result.response)["status"]
+
+
+def test_jobs_are_upserted_and_listed_as_json(tmp_path, store_url, capsys, monkeypatch):
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    store = Store(store_url)
+    upgrade(store)
+    try:
+        stats = {"patients": 2, "only_on_gp": 1, "only_on_pds": 0, "differences": 3}
+        record = job_record(
+            "job-1",
+            "sent_to_dps",
+            practice="A82023",
+            filename="A82023_GPR4LNA1.CSA",
+            received_at="2020-04-10T09:00:00+00:00",
+        )
+        assert _record(store, "job-1", record) == "sent_to_dps"
+        assert _record(store, "job-1", job_record("job-1", "completed", statistics=stats)) == (
+            "completed"
+        )
+        assert _record(store, "job-1", job_record("job-1", "sent_to_dps")) == "completed", (
+            "a late step never reopens a finished job"
+        )
+    finally:
+        store.dispose()
+    config = tmp_path / "engine.yaml"
+    (tmp_path / "channels").mkdir()
+    config.write_text(yaml.safe_dump({"store": store_url, "channels": "channels"}))
+    capsys.readouterr()
+    assert main(["--config", str(config), "jobs", "--json"]) == 0
+    (job,) = json.loads(capsys.readouterr().out)
+    assert (job["job_id"], job["status"], job["practice"]) == ("job-1", "completed", "A82023")
+    assert job["statistics"] == stats
+    assert main(["--config", str(config), "jobs"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:5] == ["JOB_ID", "PRACTICE", "FILENAME", "RECEIVED_AT", "STATUS"]
+    assert "completed" in table[1] and "A82023_GPR4LNA1.CSA" in table[1]
+
+
+def test_pause_and_resume_through_the_api(tmp_path, store_url, monkeypatch):
+    monkeypatch.setenv("TIE_API_TOKEN", TOKEN)
+    out = tmp_path / "out"
+    feed = channel(
+        {
+            "name": "intake",
+            "source": {"channel": {}},
+            "destinations": {"out": {"file": {"directory": str(out), "name": "{message_id}"}}},
+        }
+    )
+    running = RunningEngine(engine_config(tmp_path, store_url), {"intake": feed}, http=True)
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{running.http_port}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    try:
+        answer = client.post("/api/channels/intake/pause", json={"reason": "incident 42"})
+        assert answer.json() == {"channel": "intake", "paused": True}
+        for n in range(3):
+            running.engine.writer.submit_sync(Inbound("intake", f"file {n}".encode(), "text/plain"))
+        (row,) = client.get("/api/channels").json()
+        assert (row["paused"], row["unprocessed"]) == (True, 3)
+        assert list(out.glob("*")) == []
+
+        assert client.post("/api/channels/intake/resume", json={}).json()["paused"] is False
+        wait_until(lambda: len(list(out.glob("*"))) == 3)
+        with running.store.read() as conn:
+            assert conn.scalar(select(channel_state.c.paused)) is False
+            assert set(conn.scalars(select(messages.c.status))) == {"processed"}
+            actions = conn.scalars(select(audit_events.c.action).order_by(audit_events.c.id))
+            assert list(actions) == ["pause", "resume"]
+        assert client.post("/api/channels/nope/pause").status_code == 404
+        assert httpx.post(f"{client.base_url}/api/channels/intake/pause").status_code == 401
+    finally:
+        client.close()
+        running.stop()

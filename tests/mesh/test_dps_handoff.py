@@ -1,0 +1,355 @@
+"""The DPS handoff (List Reconciliation) end to end against mesh-sandbox and a real SMTP relay.
+
+A GP system sends an extract to the hub's MESH mailbox; the engine validates its
+name, records a job and forwards the file to DPS; a small fake DPS answers with
+JSON Lines; the engine sends PCSE the three CSV files and emails the summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from mesh_testing import DPS, HUB, LAB, PCSE, MeshSandbox, SmtpRelay, mesh_env
+from sqlalchemy import select
+from tie_testing import RunningEngine, engine_config, wait_until
+
+from router.channel_control import set_paused
+from router.config import load_channel
+from router.dps.filename import PROCESSING_DATE_ENV
+from router.dps.jobs import list_jobs
+from router.store.schema import deliveries, messages
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "dps-handoff" / "channels"
+SAMPLES = ROOT / "tests" / "data" / "listrec"  # the public samples (SOURCES.txt)
+GP_FILE = "A82023_GPR4LNA1.CSA"  # dated 28 March: valid when processed up to 11 April 2020
+GP = LAB  # the GP system's mailbox
+
+
+def _sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def _header(name: str) -> list[str]:
+    return _sample(name).decode().splitlines()[0].split(",")
+
+
+@pytest.fixture
+def relay():
+    server = SmtpRelay()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch):
+    mesh_env(monkeypatch)
+    monkeypatch.setenv(PROCESSING_DATE_ENV, "2020-04-10")
+
+
+def _channels(relay: SmtpRelay):
+    channels = {}
+    for name in ("gp-extract-intake", "dps-results"):
+        config = load_channel(EXAMPLE / f"{name}.yaml")
+        config.source.mesh.interval = 0.2
+        for destination in config.destinations.values():
+            if destination.smtp is not None:
+                destination.smtp.host, destination.smtp.port = "127.0.0.1", relay.port
+        channels[name] = config
+    return channels
+
+
+def _engine(tmp_path, store_url, sandbox: MeshSandbox, relay: SmtpRelay) -> RunningEngine:
+    mailbox = {
+        "url": sandbox.url,
+        "mailbox": HUB,
+        "password": {"env": "TIE_TEST_MESH_PASSWORD"},
+        "shared_key": {"env": "TIE_TEST_MESH_KEY"},
+        "retries": 0,
+    }
+    config = engine_config(
+        tmp_path,
+        store_url,
+        mappings=str(ROOT / "mappings"),
+        blobs={"directory": str(tmp_path / "blobs")},
+        mesh={"mailboxes": {"hub": mailbox}},
+    )
+    return RunningEngine(config, _channels(relay))
+
+
+def _send_extract(sandbox: MeshSandbox, filename: str = GP_FILE, data: bytes | None = None) -> str:
+    with sandbox.client(GP) as gp:
+        return gp.send_message(
+            HUB, data or _sample(GP_FILE), workflow_id="LISTREC_GP_EXTRACT", filename=filename
+        )
+
+
+def fake_dps(sandbox: MeshSandbox, *, fail: bool = False) -> list[str]:
+    """Read the DPS mailbox and answer each extract with JSON Lines (layout version 1)."""
+    answered = []
+    with sandbox.client(DPS) as dps:
+        for mesh_id in dps.list_messages():
+            request = dps.retrieve_message(mesh_id)
+            data, job_id, filename = request.read(), request.local_id, request.filename
+            patients = [line.split("~") for line in data.decode().splitlines() if "DOW~1~" in line]
+            lines = [
+                {
+                    "type": "header",
+                    "version": 1,
+                    "job_id": job_id,
+                    "practice": filename.split("_")[0],
+                    "filename": filename,
+                }
+            ]
+            if fail:
+                lines.append(
+                    {
+                        "type": "validation_failure",
+                        "errors": [{"line": 2, "message": "DOW~1 record has no NHS number"}],
+                    }
+                )
+            else:
+                first = patients[0]
+                lines += [
+                    {
+                        "type": "only_on_gp",
+                        "record": {
+                            "SURNAME": first[8],
+                            "FORENAMES": first[9],
+                            "DOB": first[13],
+                            "NHS NO.": first[7],
+                            "ADD 1": first[14],
+                            "ADD 2": first[15],
+                            "POSTCODE": "E1   1AA",
+                            "TITLE": first[11],
+                            "SEX": first[12],
+                            "STATUS": "Unmatched",
+                            "STATUS DATE": "",
+                        },
+                    },
+                    {
+                        "type": "only_on_pds",
+                        "record": {
+                            "SURNAME": "AINDOW",
+                            "FORENAMES": "COMFORT ZULA",
+                            "DOB": "1943-05-18",
+                            "NHS NO.": "9449304424",
+                            "ADD 1": "41 THE KINGSWAY",
+                            "POSTCODE": "KT17 1NA",
+                            "TITLE": "MRS",
+                            "SEX": "female",
+                            "DATE ACCEPT.": "1976-08-12",
+                        },
+                    },
+                    *(
+                        {
+                            "type": "difference",
+                            "record": {
+                                "nhsNumber": patients[1][7],
+                                "gp_name_given": "JANE, MARY",
+                                "gp_name_family": patients[1][8],
+                                "pds_name_family": "FOE",
+                                "ruleId": rule,
+                                "guidance": "Manual Validation",
+                            },
+                        }
+                        for rule in ("MN-BR-DB-01", "MN-BR-FN-01")
+                    ),
+                    {"type": "summary", "patients": len(patients)},
+                ]
+            body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+            dps.send_message(
+                HUB,
+                body,
+                workflow_id="LISTREC_DPS_RESULT",
+                filename=f"{job_id}.jsonl",
+                local_id=job_id,
+            )
+            dps.acknowledge_message(mesh_id)
+            answered.append(filename)
+    return answered
+
+
+def _pcse_files(sandbox: MeshSandbox) -> dict[str, bytes]:
+    with sandbox.client(PCSE) as pcse:
+        found = {}
+        for mesh_id in pcse.list_messages():
+            message = pcse.retrieve_message(mesh_id)
+            found[message.filename] = message.read()
+        return found
+
+
+def test_an_extract_goes_to_dps_and_its_results_to_pcse_as_csvs_and_a_summary_email(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        wait_until(lambda: mesh_sandbox.inbox(DPS), timeout=30)
+        with mesh_sandbox.client(DPS) as dps:
+            request = dps.retrieve_message(dps.list_messages()[0])
+            assert request.read() == _sample(GP_FILE), "the file goes to DPS unchanged"
+            assert (request.filename, request.workflow_id) == (GP_FILE, "LISTREC_DPS_REQUEST")
+            job_id = request.local_id
+        assert fake_dps(mesh_sandbox) == [GP_FILE]
+
+        files = wait_until(lambda: len(f := _pcse_files(mesh_sandbox)) == 3 and f, timeout=30)
+        names = sorted(files)
+        assert [n.rsplit("-", 1)[0] for n in names] == [
+            "A82023-CDD",
+            "A82023-OnlyOnGP",
+            "A82023-OnlyOnPDS",
+        ]
+        tables = {n.split("-")[1]: list(csv.reader(io.StringIO(files[n].decode()))) for n in names}
+        assert tables["OnlyOnGP"][0] == _header("output_OnlyOnGP_example.csv")
+        assert tables["OnlyOnPDS"][0] == _header("output_OnlyOnPDS_example.csv")
+        assert tables["CDD"][0] == _header("output_CDD_example.csv")
+        assert tables["OnlyOnGP"][1][:4] == ["SOMEBODY", "JOHN", "20020101", "1234567890"]
+        assert [row[-2] for row in tables["CDD"][1:]] == ["MN-BR-DB-01", "MN-BR-FN-01"]
+        assert tables["CDD"][1][3] == "JANE, MARY", "a comma inside a value is quoted"
+
+        (email,) = wait_until(lambda: relay.emails(), timeout=30)
+        assert email["Subject"].startswith("PDS Comparison run at ")
+        assert email["Subject"].endswith(
+            f" against Practice: A82023 - {GP_FILE} - Registrations Output"
+        )
+        body = email.get_content()
+        assert "2 patient records were in the GP file" in body
+        assert "1 patient records were found on PDS" in body
+
+        job = wait_until(
+            lambda: [j for j in list_jobs(running.store) if j["status"] == "completed"]
+        )
+        assert job[0]["job_id"] == job_id
+        assert (job[0]["practice"], job[0]["filename"]) == ("A82023", GP_FILE)
+        assert job[0]["statistics"] == {
+            "patients": 2,
+            "only_on_gp": 1,
+            "only_on_pds": 1,
+            "differences": 2,
+            "patients_with_differences": 1,
+            "differences_by_rule": {"MN-BR-DB-01": 1, "MN-BR-FN-01": 1},
+        }
+    finally:
+        running.stop()
+
+
+def test_a_bad_filename_fails_the_job_sends_the_failure_email_and_nothing_to_dps(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox, filename="A82023_GPR4LNA1.CSA.txt")
+        (email,) = wait_until(lambda: relay.emails(), timeout=30)
+        assert (
+            email["Subject"].strip()
+            == "List Reconciliation: GP file A82023_GPR4LNA1.CSA.txt failed validation"
+        )
+        assert "is not {ODS}_GPR4{HA}1.{M}{D}{S}" in email.get_content()
+        jobs = wait_until(lambda: list_jobs(running.store))
+        assert jobs[0]["status"] == "failed_validation"
+        assert "is not {ODS}_GPR4{HA}1" in jobs[0]["error"]
+        wait_until(lambda: _all_settled(running.store))
+        assert mesh_sandbox.inbox(DPS) == []
+    finally:
+        running.stop()
+
+
+def test_an_extract_too_old_for_the_processing_date_fails(
+    tmp_path, store_url, mesh_sandbox, relay, monkeypatch
+):
+    monkeypatch.setenv(PROCESSING_DATE_ENV, "2020-04-12")
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        jobs = wait_until(lambda: list_jobs(running.store), timeout=30)
+        assert jobs[0]["status"] == "failed_validation"
+        assert "more than 14 days before 2020-04-12" in jobs[0]["error"]
+    finally:
+        running.stop()
+
+
+def test_a_dps_validation_failure_sends_the_failure_email(tmp_path, store_url, mesh_sandbox, relay):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        wait_until(lambda: mesh_sandbox.inbox(DPS), timeout=30)
+        fake_dps(mesh_sandbox, fail=True)
+        (email,) = wait_until(lambda: relay.emails(), timeout=30)
+        assert (
+            email["Subject"].strip() == f"List Reconciliation: GP file {GP_FILE} failed validation"
+        )
+        assert "DOW~1 record has no NHS number" in email.get_content()
+        wait_until(lambda: list_jobs(running.store)[0]["status"] == "failed_dps_validation")
+        assert mesh_sandbox.inbox(PCSE) == []
+    finally:
+        running.stop()
+
+
+def test_paused_intake_keeps_receiving_and_processes_the_backlog_in_order_on_resume(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    names = [f"A82023_GPR4LNA1.CS{s}" for s in "ABC"]
+    try:
+        set_paused(running.store, "gp-extract-intake", True, actor="test", reason="incident")
+        for name in names:
+            _send_extract(mesh_sandbox, filename=name)
+        wait_until(lambda: _count(running.store, "received") == 3, timeout=30)
+        wait_until(lambda: mesh_sandbox.inbox(HUB) == [])  # drained, though paused
+    finally:
+        running.stop()
+    assert mesh_sandbox.inbox(DPS) == [] and list_jobs_after(running) == []
+
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        wait_until(lambda: running.engine.mesh.pollers[0].last_handshake is True)
+        assert _count(running.store, "received") == 3, "still paused after a restart"
+        set_paused(running.store, "gp-extract-intake", False, actor="test", reason="over")
+        running.engine.processor.wake()
+        wait_until(lambda: len(mesh_sandbox.inbox(DPS)) == 3, timeout=30)
+        with running.store.read() as conn:
+            processed = conn.execute(
+                select(messages.c.id, messages.c.source, messages.c.processed_at)
+                .where(messages.c.channel == "gp-extract-intake")
+                .order_by(messages.c.id)
+            ).all()
+            forwarded = (
+                conn.execute(
+                    select(deliveries.c.message_id)
+                    .where(deliveries.c.destination == "dps")
+                    .order_by(deliveries.c.id)
+                )
+                .scalars()
+                .all()
+            )
+        assert [json.loads(r.source)["filename"] for r in processed] == names
+        assert forwarded == [r.id for r in processed], "the backlog is processed in receive order"
+        assert [r.processed_at for r in processed] == sorted(r.processed_at for r in processed)
+    finally:
+        running.stop()
+
+
+def list_jobs_after(running: RunningEngine) -> list:
+    from router.engine import open_store
+
+    store = open_store(running.engine.config)
+    try:
+        return list_jobs(store)
+    finally:
+        store.dispose()
+
+
+def _count(store, status: str) -> int:
+    with store.read() as conn:
+        return len(conn.execute(select(messages.c.id).where(messages.c.status == status)).all())
+
+
+def _all_settled(store) -> bool:
+    with store.read() as conn:
+        states = conn.scalars(select(deliveries.c.status)).all()
+    return bool(states) and all(s == "sent" for s in states)

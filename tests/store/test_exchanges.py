@@ -1,0 +1,126 @@
+"""Synchronous exchanges in the store: one message, one delivery, one attempt; conversations;
+the registry's versions; and exchanges a stop interrupted."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from router.fhir.bars import conversation_keys, service_requests
+from router.fhir.exchange import (
+    FORWARD,
+    Outcome,
+    Registration,
+    close_exchange,
+    conversation_messages,
+    fail_interrupted,
+    open_exchange,
+)
+from router.fhir.registry import search
+from router.store.deliveries import claim
+from router.store.ingest import Inbound, utcnow
+from router.store.schema import attempts, deliveries, messages
+
+
+def _open(store, document, *, owner="node-a", lease=30.0):
+    header = document["entry"][0]["resource"]
+    item = Inbound(
+        "bars",
+        json.dumps(document).encode(),
+        content_type="fhir+json",
+        control_id=document["id"],
+        status="processed",
+    )
+    with store.begin() as conn:
+        return open_exchange(
+            conn,
+            item,
+            destination=FORWARD,
+            address="http://receiver/fhir/$process-message",
+            owner=owner,
+            lease=lease,
+            keys=conversation_keys(document, header, {}),
+            conversation=True,
+            registration=Registration(
+                service_requests(document), "dos:2222222222", "dos:111111111"
+            ),
+        )
+
+
+def test_an_exchange_is_a_message_a_delivery_and_an_attempt(store, bars_samples):
+    opened = _open(store, bars_samples["servicerequest-request_validation"])
+    with store.read() as conn:
+        delivery = conn.execute(select(deliveries)).one()
+    assert (delivery.status, delivery.destination, delivery.lease_owner) == (
+        "sending",
+        FORWARD,
+        "node-a",
+    )
+    # No dispatcher worker sends it: a claim for its name finds nothing due.
+    claimed = claim(
+        store, "bars", FORWARD, ordered=False, lanes=1, limit=10, lease=30, owner="node-b"
+    )
+    assert claimed.lanes == []
+    with store.begin() as conn:
+        close_exchange(
+            conn,
+            opened.delivery_id,
+            Outcome(True, utcnow(), 12.5, b"HTTP/1.1 200 OK\r\n\r\n{}", None),
+        )
+    with store.read() as conn:
+        delivery = conn.execute(select(deliveries)).one()
+        attempt = conn.execute(select(attempts)).one()
+        message = conn.execute(select(messages)).one()
+    assert (delivery.status, delivery.attempts, delivery.lease_owner) == ("sent", 1, None)
+    assert (attempt.number, attempt.outcome, attempt.response) == (
+        1,
+        "sent",
+        b"HTTP/1.1 200 OK\r\n\r\n{}",
+    )
+    assert message.status == "processed"
+
+
+def test_a_response_joins_the_requests_conversation(store, bars_samples):
+    request = _open(store, bars_samples["servicerequest-request_validation"])
+    response = _open(store, bars_samples["servicerequest-response_validation"])
+    unrelated = _open(store, bars_samples["booking-request_process-message"])
+    assert request.conversation == response.conversation != unrelated.conversation
+    with store.read() as conn:
+        found = conversation_messages(
+            conn, bars_samples["servicerequest-response_validation"]["id"]
+        )
+        rows = search(conn, "bars", status="active")
+    assert [m["id"] for m in found] == [request.message_id, response.message_id]
+    [row] = rows
+    assert (row["version"], row["sender"], row["receiver"], row["patient"]) == (
+        2,
+        "dos:2222222222",
+        "dos:111111111",
+        "3478526985",
+    )
+
+
+def test_exchanges_a_stop_interrupted_fail_and_others_stay(store, bars_samples):
+    mine = _open(store, bars_samples["servicerequest-request_validation"], owner="node-a")
+    other = _open(store, bars_samples["booking-request_process-message"], owner="node-b")
+    expired = _open(store, bars_samples["servicerequest-response_validation"], owner="node-c")
+    with store.begin() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id == expired.delivery_id)
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+    assert fail_interrupted(store, "node-a") == 2
+    with store.read() as conn:
+        status = dict(conn.execute(select(deliveries.c.id, deliveries.c.status)).all())
+        error = conn.scalar(
+            select(deliveries.c.last_error).where(deliveries.c.id == mine.delivery_id)
+        )
+    assert status == {
+        mine.delivery_id: "failed",
+        other.delivery_id: "sending",  # node-b is still waiting for its receiver
+        expired.delivery_id: "failed",
+    }
+    assert error.startswith("interrupted")

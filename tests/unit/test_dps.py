@@ -1,0 +1,122 @@
+"""DPS handoff logic: GP extract file names, the JSON Lines results layout, CSVs and emails."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, date, datetime
+
+import pytest
+
+from router.dps.filename import FilenameError, validate_filename
+from router.dps.results import (
+    ResultsError,
+    csv_files,
+    read_results,
+    summary_body,
+    summary_subject,
+)
+
+
+def test_a_valid_name_is_upper_cased_and_split():
+    name = validate_filename("k82070_gpr4lna1.iaa", date(2021, 9, 19))
+    assert (name.filename, name.practice, name.health_authority) == (
+        "K82070_GPR4LNA1.IAA",
+        "K82070",
+        "LNA",
+    )
+    assert (name.extract_date, name.sequence) == (date(2021, 9, 10), "A")
+
+
+@pytest.mark.parametrize(
+    ("name", "today", "reason"),
+    [
+        ("K82070_GPR4LNA1.IAA.txt", date(2021, 9, 19), "is not {ODS}_GPR4{HA}1"),
+        ("K8207_GPR4LNA1.IAA", date(2021, 9, 19), "is not {ODS}_GPR4{HA}1"),
+        ("K82070_GPR4LNA2.IAA", date(2021, 9, 19), "is not {ODS}_GPR4{HA}1"),
+        ("K82070_GPR4LNA1.MAA", date(2021, 9, 19), "is not {ODS}_GPR4{HA}1"),  # month M
+        ("K82070_GPR4LNA1.IWA", date(2021, 9, 19), "is not {ODS}_GPR4{HA}1"),  # day W
+        ("K82070_GPR4LNA1.BUA", date(2021, 3, 1), "30/2/2021 is not a date"),
+        ("K82070_GPR4LNA1.IAA", date(2021, 9, 9), "is in the future"),
+        ("K82070_GPR4LNA1.IAA", date(2021, 9, 25), "more than 14 days before"),
+    ],
+)
+def test_every_rule_names_what_is_wrong(name, today, reason):
+    with pytest.raises(FilenameError, match=reason.replace("{", r"\{").replace("}", r"\}")):
+        validate_filename(name, today)
+
+
+def test_fourteen_days_old_is_still_valid():
+    assert validate_filename("K82070_GPR4LNA1.IAA", date(2021, 9, 24)).extract_date == date(
+        2021, 9, 10
+    )
+
+
+def test_a_december_file_in_early_january_is_last_years():
+    assert validate_filename("A12345_GPR4LNA1.LVA", date(2021, 1, 10)).extract_date == date(
+        2020, 12, 31
+    )
+    with pytest.raises(FilenameError, match="is in the future"):
+        validate_filename("A12345_GPR4LNA1.LVA", date(2021, 1, 16))
+
+
+def _jsonl(*lines):
+    return io.BytesIO("".join(json.dumps(line) + "\n" for line in lines).encode())
+
+
+HEADER = {"type": "header", "version": 1, "job_id": "j1", "practice": "A82023", "filename": "f"}
+
+
+def test_results_give_statistics_csvs_and_the_summary():
+    results = read_results(
+        _jsonl(
+            HEADER,
+            {"type": "only_on_gp", "record": {"SURNAME": "SMITH", "NHS NO.": "1"}},
+            {"type": "difference", "record": {"nhsNumber": "2", "ruleId": "R1"}},
+            {"type": "difference", "record": {"nhsNumber": "2", "ruleId": "R2"}},
+            {"type": "difference", "record": {"nhsNumber": "3", "ruleId": "R1"}},
+            {"type": "summary", "patients": 10},
+        )
+    )
+    assert results.statistics == {
+        "patients": 10,
+        "only_on_gp": 1,
+        "only_on_pds": 0,
+        "differences": 3,
+        "patients_with_differences": 2,
+        "differences_by_rule": {"R1": 2, "R2": 1},
+    }
+    at = datetime(2021, 7, 1, 14, 5, 6, tzinfo=UTC)  # 15:05:06 in London (BST)
+    files = dict(csv_files(results, at))
+    assert sorted(files) == [
+        "A82023-CDD-20210701150506.csv",
+        "A82023-OnlyOnGP-20210701150506.csv",
+        "A82023-OnlyOnPDS-20210701150506.csv",
+    ]
+    assert files["A82023-OnlyOnPDS-20210701150506.csv"].count(b"\n") == 1, "header only"
+    assert files["A82023-OnlyOnGP-20210701150506.csv"].splitlines()[1] == (b"SMITH,,,1,,,,,,,,,,")
+    assert summary_subject("A82023", "f", at) == (
+        "PDS Comparison run at 15:05:06 on 01/07/2021 against Practice: A82023 - f - "
+        "Registrations Output"
+    )
+    assert "3 discrepancies" in summary_body(results, at, list(files))
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        ([], "line 1: expected the header line"),
+        ([{**HEADER, "version": 2}], "layout version 2 is not 1"),
+        ([HEADER, {"type": "gossip"}], "line 2: unknown type 'gossip'"),
+        ([HEADER, {"type": "only_on_gp"}], "line 2: a only_on_gp line needs a record"),
+        ([{k: v for k, v in HEADER.items() if k != "job_id"}], "the header has no job_id"),
+    ],
+)
+def test_results_that_break_the_layout_say_where(lines, reason):
+    with pytest.raises(ResultsError, match=reason):
+        read_results(_jsonl(*lines))
+
+
+def test_a_line_that_is_not_json_is_named():
+    with pytest.raises(ResultsError, match="line 2: not JSON"):
+        read_results(io.BytesIO(json.dumps(HEADER).encode() + b"\n{oops\n"))
