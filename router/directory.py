@@ -23,14 +23,8 @@ from sqlalchemy import Connection, delete, select, update
 
 from router import audit
 from router.conditions import FieldSource
-from router.config import (
-    ConfigError,
-    ConfigProblem,
-    DirectoryLookup,
-    _key_path,
-    _message,
-    _read_yaml,
-)
+from router.config import ConfigError, ConfigProblem, DirectoryLookup
+from router.config.loading import error_message, key_path, read_yaml
 from router.pipeline import Unresolved
 from router.store.database import Store
 from router.store.ingest import utcnow
@@ -231,12 +225,12 @@ class _FileModel(BaseModel):
 
 def load_endpoints_file(path: Path) -> list[Endpoint]:
     """Every endpoint in ``path``; a ConfigError names the file, entry and problem."""
-    data = _read_yaml(path)
+    data = read_yaml(path)
     try:
         model = _FileModel.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            ConfigProblem(str(path), _key_path(e["loc"]), _message(e)) for e in exc.errors()
+            ConfigProblem(str(path), key_path(e["loc"]), error_message(e)) for e in exc.errors()
         ) from exc
     found: dict[tuple[str, str, str, str], Endpoint] = {}
     problems = []

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 import certifi
 import httpx
 
+from router.config.http import HttpTarget, TlsOptions
 from router.connectors import Delivery, SendResult
-from router.http_config import HttpTarget, TlsOptions
 from router.payload import Payload
 
 MAX_KEPT = 1024 * 1024  # of a response body kept with an attempt

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import httpcore
 
+from router.config.http import TlsOptions
 from router.connectors.http import ssl_context
-from router.http_config import TlsOptions
 
 
 class ConnectFailed(Exception):

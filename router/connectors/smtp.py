@@ -16,9 +16,9 @@ import ssl
 from email.message import EmailMessage
 from typing import Any
 
+from router.config.mesh import SecretUnavailable, SmtpTarget
 from router.connectors import Delivery, SendResult
 from router.connectors.templates import TemplateError, render, template_fields
-from router.mesh_config import SecretUnavailable, SmtpTarget
 from router.store.database import Store
 
 TEXT_LIMIT = 1024 * 1024  # a payload larger than this is attached, never put in the body

@@ -18,10 +18,10 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from router.config.http import HttpSource
 from router.fhir import FHIR_JSON
 from router.fhir.outcome import Issue, Rejected, information, operation_outcome, reject
 from router.fhir.validation import check_message, check_resource, parse_json
-from router.http_config import HttpSource
 from router.store.ingest import Inbound, Receipt, StoreUnavailable
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from router.config.http import ProxySource
 from router.connectors.http import wire_parts
 from router.connectors.http_client import Broken, ConnectFailed, RawClient, TimedOut
 from router.directory import Directory, Key, make_key
@@ -27,7 +28,6 @@ from router.fhir import FHIR_JSON
 from router.fhir.exchange import PROVIDER, Outcome, open_exchange
 from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
 from router.fhir.recorder import Recorder
-from router.http_config import ProxySource
 from router.store.ingest import Inbound, utcnow, write_inbound
 
 log = logging.getLogger(__name__)

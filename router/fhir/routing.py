@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from router.config.http import BarsRouting
 from router.connectors.http import join_url, wire_parts
 from router.connectors.http_client import Broken, ConnectFailed, RawClient, TimedOut
 from router.directory import Directory, Key, parse_key
@@ -49,7 +50,6 @@ from router.fhir.intake import (
 )
 from router.fhir.outcome import Issue, operation_outcome, reject
 from router.fhir.recorder import Recorder
-from router.http_config import BarsRouting
 from router.store.database import Store
 from router.store.ingest import GroupCommitWriter, Inbound, utcnow
 

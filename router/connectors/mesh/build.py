@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from router.config import ChannelConfig, ConfigError, ConfigProblem, EngineConfig
+from router.config.mesh import MeshTarget
 from router.connectors.mesh.poller import MailboxPoller
 from router.connectors.mesh.schedule import MeshSchedule
 from router.connectors.mesh.sender import MeshSender
-from router.mesh_config import MeshTarget
 from router.store.database import Store
 from router.store.ingest import Inbound, Receipt
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mesh_client import MeshClient
 
-from router.mesh_config import MeshMailbox
+from router.config.mesh import MeshMailbox
 
 
 def open_client(mailbox: MeshMailbox) -> MeshClient:

@@ -24,8 +24,8 @@ from mesh_client import MeshClient, Message
 from sqlalchemy import select, text, update
 
 from router.config import ChannelConfig
+from router.config.mesh import MeshMailbox
 from router.connectors.mesh.client import open_client
-from router.mesh_config import MeshMailbox
 from router.store.database import Store
 from router.store.ingest import Inbound, Receipt, utcnow, write_inbound
 from router.store.schema import attempts, deliveries, mesh_sent, messages

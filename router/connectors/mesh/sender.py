@@ -18,10 +18,10 @@ import requests
 from mesh_client import MeshClient, MeshError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from router.config.mesh import MeshMailbox, MeshTarget, SecretUnavailable
 from router.connectors import Delivery, SendResult
 from router.connectors.mesh.client import open_client
 from router.connectors.templates import TemplateError, render, template_fields
-from router.mesh_config import MeshMailbox, MeshTarget, SecretUnavailable
 from router.store.database import Store
 from router.store.ingest import utcnow
 from router.store.schema import mesh_sent

@@ -1,0 +1,69 @@
+"""Engine and channel configuration: YAML files validated with pydantic.
+
+Every error names the file, the key path inside it and what is wrong, so an
+integration engineer can fix a channel without reading a traceback.
+"""
+
+from router.conditions import Condition
+from router.config.channel import (
+    DEFAULT_ON_ACK,
+    FILE_NAME_FIELDS,
+    SOURCES,
+    TRANSPORTS,
+    ChannelConfig,
+    ChannelTarget,
+    DestinationConfig,
+    DirectoryLookup,
+    FileTarget,
+    IdempotentReceiver,
+    MllpListen,
+    MllpTarget,
+    RetryPolicy,
+    SourceConfig,
+)
+from router.config.engine import (
+    BlobOptions,
+    DispatchOptions,
+    EngineConfig,
+    HttpConfig,
+    ProcessingOptions,
+    SqliteOptions,
+)
+from router.config.loading import (
+    ConfigError,
+    ConfigProblem,
+    load_channel,
+    load_channels,
+    load_engine,
+    resolve_store_url,
+)
+
+__all__ = [
+    "DEFAULT_ON_ACK",
+    "FILE_NAME_FIELDS",
+    "SOURCES",
+    "TRANSPORTS",
+    "BlobOptions",
+    "ChannelConfig",
+    "ChannelTarget",
+    "Condition",
+    "ConfigError",
+    "ConfigProblem",
+    "DestinationConfig",
+    "DirectoryLookup",
+    "DispatchOptions",
+    "EngineConfig",
+    "FileTarget",
+    "HttpConfig",
+    "IdempotentReceiver",
+    "MllpListen",
+    "MllpTarget",
+    "ProcessingOptions",
+    "RetryPolicy",
+    "SourceConfig",
+    "SqliteOptions",
+    "load_channel",
+    "load_channels",
+    "load_engine",
+    "resolve_store_url",
+]

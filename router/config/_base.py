@@ -1,0 +1,45 @@
+"""Shared pieces of the configuration models: strictness, units, field paths, mapping refs."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+from router.units import parse_duration, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+CHANNEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MAPPING_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _check_field_path(value: str | None) -> str | None:
+    if value is not None:
+        from router.field_paths import check_field_path
+
+        check_field_path(value)
+    return value
+
+
+def _check_mapping_ref(value: str | None) -> str | None:
+    if value is not None and not MAPPING_REF.match(value):
+        raise ValueError(f"{value!r} is not 'module:function' (e.g. pathology:normalise_order)")
+    return value
+
+
+FieldPath = Annotated[str, BeforeValidator(_check_field_path)]
+MappingRef = Annotated[str, BeforeValidator(_check_mapping_ref)]
+
+
+def _require_one(model: BaseModel, names: tuple[str, ...], what: str) -> None:
+    present = [n for n in names if getattr(model, n) is not None]
+    if len(present) != 1:
+        found = f" (found {', '.join(present)})" if present else ""
+        raise ValueError(f"a {what} needs exactly one of {', '.join(names)}{found}")

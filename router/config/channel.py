@@ -1,0 +1,253 @@
+"""Channel models: one source, a filter, a transform and named destinations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from router.conditions import Condition
+from router.config._base import (
+    CHANNEL_NAME,
+    Duration,
+    FieldPath,
+    MappingRef,
+    Size,
+    _require_one,
+    _Strict,
+)
+from router.config.http import HttpSource, HttpTarget, ProxySource
+from router.config.mesh import JobTarget, MeshPoll, MeshTarget, SmtpTarget
+
+# --- sources ---------------------------------------------------------------
+
+
+class MllpListen(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    max_frame: Size = 10 * 1024 * 1024
+    idle_timeout: Duration = 300.0
+    max_connections: int = Field(default=256, ge=1)
+
+
+class ChannelFeed(_Strict):
+    """Messages arrive from other channels' ``channel`` destinations."""
+
+
+SOURCES = ("mllp", "channel", "mesh", "http", "proxy")
+
+
+class SourceConfig(_Strict):
+    mllp: MllpListen | None = None
+    channel: ChannelFeed | None = None
+    mesh: MeshPoll | None = None
+    http: HttpSource | None = None
+    proxy: ProxySource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceConfig:
+        _require_one(self, SOURCES, "source")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SOURCES if getattr(self, k) is not None)
+
+
+# --- destinations ----------------------------------------------------------
+
+AckAction = Literal["sent", "retry", "fail"]
+DEFAULT_ON_ACK: dict[str, AckAction] = {
+    "AA": "sent",
+    "CA": "sent",
+    "AE": "retry",
+    "CE": "retry",
+    "AR": "fail",
+    "CR": "fail",
+}
+FILE_NAME_FIELDS = (
+    "channel",
+    "destination",
+    "message_id",
+    "message_uuid",
+    "delivery_id",
+    "control_id",
+)
+
+
+class MllpTarget(_Strict):
+    # Both required unless the destination looks its address up in the directory.
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    connect_timeout: Duration = 10.0
+    ack_timeout: Duration = 30.0
+    on_ack: dict[str, AckAction] = Field(default_factory=lambda: dict(DEFAULT_ON_ACK))
+
+    @field_validator("on_ack")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, AckAction]) -> dict[str, AckAction]:
+        """``{AE: fail}`` changes AE only: the codes not named keep their default action."""
+        return {**DEFAULT_ON_ACK, **{code.upper(): action for code, action in value.items()}}
+
+
+class FileTarget(_Strict):
+    directory: Path
+    name: str = "{channel}-{message_id}-{delivery_id}.hl7"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if "/" in value or "\\" in value or value.startswith("."):
+            raise ValueError("a file name template cannot contain a path or start with '.'")
+        try:
+            value.format(**dict.fromkeys(FILE_NAME_FIELDS, "1"))
+        except (KeyError, IndexError, AttributeError, ValueError) as exc:
+            raise ValueError(
+                f"bad file name template ({type(exc).__name__}: {exc}); "
+                f"placeholders are {', '.join('{' + f + '}' for f in FILE_NAME_FIELDS)}"
+            ) from exc
+        return value
+
+
+class ChannelTarget(_Strict):
+    channel: str
+
+
+class RetryPolicy(_Strict):
+    max_attempts: int = Field(default=10, ge=1)
+    backoff: tuple[Duration, Duration] = (1.0, 300.0)
+
+    @field_validator("backoff")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] <= 0 or value[1] < value[0]:
+            raise ValueError("backoff is [min, max] with 0 < min <= max")
+        return value
+
+    def delay(self, attempts: int) -> float:
+        """Exponential backoff: min, 2*min, 4*min ... capped at max."""
+        low, high = self.backoff
+        return min(high, low * 2 ** max(0, attempts - 1))
+
+
+class DirectoryLookup(_Strict):
+    """Recipients from the endpoint directory instead of a fixed address (router/directory.py).
+
+    ``target`` reads identifiers from the message: ``ods:RYE``, a FHIR ``system|value``, or
+    bare values of ``kind``. ``subscribers`` adds every endpoint subscribed to all messages
+    of the interaction. Each recipient gets a delivery of its own.
+    """
+
+    interaction: str = Field(min_length=1, max_length=255)
+    target: FieldPath | None = None
+    kind: Literal["ods", "dos", "asid"] | None = None
+    subscribers: bool = False
+
+    @model_validator(mode="after")
+    def _some_recipient(self) -> DirectoryLookup:
+        if self.target is None and not self.subscribers:
+            raise ValueError("a directory lookup needs a 'target', 'subscribers: true' or both")
+        return self
+
+
+TRANSPORTS = ("mllp", "file", "channel", "mesh", "smtp", "http", "job")
+# Transports whose address a directory lookup can supply.
+ADDRESSED = ("mllp", "http")
+
+
+class DestinationConfig(_Strict):
+    when: list[Condition] = Field(default_factory=list)
+    transform: MappingRef | None = None
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    ordered: bool | None = None
+    order_by: FieldPath | None = None
+    directory: DirectoryLookup | None = None
+    mllp: MllpTarget | None = None
+    file: FileTarget | None = None
+    channel: ChannelTarget | None = None
+    mesh: MeshTarget | None = None
+    smtp: SmtpTarget | None = None
+    job: JobTarget | None = None
+    http: HttpTarget | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DestinationConfig:
+        _require_one(self, TRANSPORTS, "destination")
+        if self.order_by and self.ordered is False:
+            raise ValueError("order_by needs an ordered destination")
+        if self.directory is not None and self.kind not in ADDRESSED:
+            raise ValueError(
+                f"a {self.kind} destination has no address to look up in the directory "
+                f"(directory works with {', '.join(ADDRESSED)})"
+            )
+        if (
+            self.mllp is not None
+            and self.directory is None
+            and not (self.mllp.host and self.mllp.port)
+        ):
+            raise ValueError("an mllp destination needs host and port (or a directory lookup)")
+        if self.http is not None and self.directory is None and not self.http.url:
+            raise ValueError("an http destination needs a url (or a directory lookup)")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in TRANSPORTS if getattr(self, k) is not None)
+
+    @property
+    def is_ordered(self) -> bool:
+        """MLLP is ordered unless told otherwise; other transports are not."""
+        if self.ordered is not None:
+            return self.ordered
+        return self.kind == "mllp" or self.order_by is not None
+
+
+# --- channel ---------------------------------------------------------------
+
+
+class IdempotentReceiver(_Strict):
+    window: Duration = 86400.0
+
+
+class ChannelConfig(_Strict):
+    name: str
+    description: str = ""
+    enabled: bool = True
+    source: SourceConfig
+    validate_: Literal["none", "strict"] = Field(default="none", alias="validate")
+    idempotent: IdempotentReceiver | None = None
+    filter: list[Condition] = Field(default_factory=list)
+    transform: MappingRef | None = None
+    correlate: dict[str, FieldPath] = Field(default_factory=dict)
+    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not CHANNEL_NAME.match(value):
+            raise ValueError("a channel name is lower-case letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("destinations")
+    @classmethod
+    def _valid_destination_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not CHANNEL_NAME.match(name):
+                raise ValueError(
+                    f"destination name {name!r}: use lower-case letters, digits, - and _"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _synchronous_sources_route_themselves(self) -> ChannelConfig:
+        """BaRS routing and the proxy answer with the receiver's answer: nothing to dispatch."""
+        synchronous = self.source.proxy is not None or (
+            self.source.http is not None and self.source.http.bars is not None
+        )
+        if synchronous and (self.destinations or self.filter or self.transform):
+            raise ValueError(
+                "a bars or proxy source forwards each request itself and answers with the "
+                "receiver's answer: it takes no filter, transform or destinations"
+            )
+        return self

@@ -1,0 +1,59 @@
+"""Engine models: the store, HTTP, dispatch and processing options of one engine.yaml."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from router.config._base import Duration, Size, _Strict
+from router.config.mesh import MeshOptions
+
+
+class HttpConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class SqliteOptions(_Strict):
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    busy_timeout: Duration = 5.0
+
+
+class DispatchOptions(_Strict):
+    lease: Duration = 30.0
+    batch: int = Field(default=200, ge=1)
+    poll_interval: Duration = 1.0
+    lanes: int = Field(default=8, ge=1)
+
+
+class ProcessingOptions(_Strict):
+    batch: int = Field(default=500, ge=1)
+
+
+class BlobOptions(_Strict):
+    """Where payloads above ``threshold`` are kept (default: ``blobs/`` beside a SQLite file)."""
+
+    directory: Path | None = None
+    threshold: Size = 1024 * 1024
+
+
+class EngineConfig(_Strict):
+    store: str = "sqlite:///data/tie.db"
+    channels: Path = Path("../channels")
+    mappings: Path = Path("../mappings")
+    # Seeds the endpoint directory on every start; a missing file leaves the table as it is.
+    endpoints: Path = Path("endpoints.yaml")
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    node: str = Field(default_factory=socket.gethostname)
+    sqlite: SqliteOptions = Field(default_factory=SqliteOptions)
+    dispatch: DispatchOptions = Field(default_factory=DispatchOptions)
+    processing: ProcessingOptions = Field(default_factory=ProcessingOptions)
+    blobs: BlobOptions = Field(default_factory=BlobOptions)
+    mesh: MeshOptions = Field(default_factory=MeshOptions)
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+
+# --- loading ---------------------------------------------------------------

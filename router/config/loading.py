@@ -1,0 +1,204 @@
+"""Reading engine.yaml and channel files, and reporting each problem with file and key path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from router.config._base import M
+from router.config.channel import ChannelConfig
+from router.config.engine import EngineConfig
+from router.config.http import resolve_tls
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.path}" if self.path else self.file
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """One or more problems in configuration files."""
+
+    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def load_engine(path: Path | str) -> EngineConfig:
+    """Read engine.yaml; relative paths and SQLite files resolve against its folder.
+
+    ``TIE_STORE`` in the environment overrides ``store``, so that database
+    credentials never need to live in the file.
+    """
+    path = Path(path).resolve()
+    data = read_yaml(path)
+    if os.environ.get("TIE_STORE"):
+        data["store"] = os.environ["TIE_STORE"]
+    config = _validate(EngineConfig, data, path)
+    base = path.parent
+    if config.blobs.directory is not None:
+        config.blobs.directory = (base / config.blobs.directory).resolve()
+    for box in config.mesh.mailboxes.values():
+        for name in ("cert", "key", "ca"):
+            if getattr(box, name) is not None:
+                setattr(box, name, (base / getattr(box, name)).resolve())
+        for secret in (box.password, box.shared_key):
+            if secret.file is not None:
+                secret.file = (base / secret.file).resolve()
+    return config.model_copy(
+        update={
+            "base_dir": base,
+            "channels": (base / config.channels).resolve(),
+            "mappings": (base / config.mappings).resolve(),
+            "endpoints": (base / config.endpoints).resolve(),
+            "store": resolve_store_url(config.store, base),
+        }
+    )
+
+
+def resolve_store_url(url: str, base: Path) -> str:
+    """Make a relative SQLite path absolute against ``base``; other URLs unchanged."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str((base / url[len(prefix) :]).resolve())
+    return url
+
+
+def load_channel(path: Path) -> ChannelConfig:
+    """One channel file, with relative file-destination directories resolved."""
+    config = _validate(ChannelConfig, read_yaml(path), path)
+    if config.name != path.stem:
+        raise ConfigError(
+            [ConfigProblem(str(path), "name", f"must match the file name {path.stem!r}")]
+        )
+    for destination in config.destinations.values():
+        if destination.file is not None:
+            destination.file.directory = (path.parent / destination.file.directory).resolve()
+        if destination.http is not None:
+            resolve_tls(destination.http.tls, path.parent)
+    if config.source.http is not None and config.source.http.bars is not None:
+        resolve_tls(config.source.http.bars.tls, path.parent)
+    if config.source.proxy is not None:
+        resolve_tls(config.source.proxy.tls, path.parent)
+    return config
+
+
+def load_channels(directory: Path) -> dict[str, ChannelConfig]:
+    """Every ``*.yaml`` in ``directory``; all problems are collected before raising."""
+    channels: dict[str, ChannelConfig] = {}
+    problems: list[ConfigProblem] = []
+    if not directory.is_dir():
+        raise ConfigError([ConfigProblem(str(directory), "", "channels folder not found")])
+    for path in sorted(directory.glob("*.y*ml")):
+        try:
+            channels[path.stem] = load_channel(path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    problems.extend(_cross_check(channels, directory))
+    if problems:
+        raise ConfigError(problems)
+    return channels
+
+
+def _cross_check(channels: dict[str, ChannelConfig], directory: Path) -> list[ConfigProblem]:
+    problems = []
+    listeners: dict[tuple[str, int], str] = {}
+    proxies = [name for name, channel in channels.items() if channel.source.proxy is not None]
+    for name in proxies[1:]:
+        problems.append(
+            ConfigProblem(
+                str(directory / f"{name}.yaml"),
+                "source.proxy",
+                f"only one channel can be the booking proxy (also {proxies[0]})",
+            )
+        )
+    for name, channel in channels.items():
+        file = str(directory / f"{name}.yaml")
+        mllp = channel.source.mllp
+        if mllp is not None and mllp.port:
+            key = (mllp.host, mllp.port)
+            if key in listeners:
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        "source.mllp.port",
+                        f"{mllp.host}:{mllp.port} is also used by {listeners[key]}",
+                    )
+                )
+            listeners[key] = name
+        for dest_name, dest in channel.destinations.items():
+            if dest.channel is None:
+                continue
+            target = channels.get(dest.channel.channel)
+            where = f"destinations.{dest_name}.channel.channel"
+            if target is None:
+                problems.append(
+                    ConfigProblem(file, where, f"no channel named {dest.channel.channel!r}")
+                )
+            elif target.source.channel is None:
+                problems.append(
+                    ConfigProblem(
+                        file, where, f"channel {target.name!r} does not have a 'channel' source"
+                    )
+                )
+    return problems
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(path), "", exc.strerror or str(exc))]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigProblem(str(path), where, f"invalid YAML: {problem}")]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(str(path), "", "expected a mapping of keys at the top")])
+    return data
+
+
+def _validate(model: type[M], data: dict[str, Any], path: Path) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            ConfigProblem(str(path), key_path(err["loc"]), error_message(err))
+            for err in exc.errors()
+        ) from exc
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif not str(item).startswith("function-"):
+            parts.append(("." if parts else "") + str(item).rstrip("_"))
+    return "".join(parts)
+
+
+def error_message(err: Any) -> str:
+    message = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    return message
