@@ -306,13 +306,17 @@ def _wait_ready(proc: subprocess.Popen[bytes], http_port: int, log_path: Path) -
     raise RuntimeError("engine did not become ready within 60 s")
 
 
+SAMPLING = {"wall": ["--idle"], "gil": ["--gil"]}
+
+
 @dataclass(frozen=True)
 class Profiling:
-    """py-spy options: where to write, which format, and wall clock (idle too) or GIL only."""
+    """py-spy options: where to write, which format, and what to sample: ``wall`` (idle
+    threads too) or ``gil`` (only the thread holding the GIL: where Python's CPU goes)."""
 
     folder: Path
     format: str
-    gil: bool
+    sampling: str
 
 
 def profiler(options: Profiling | None, name: str):
@@ -328,7 +332,7 @@ def profiler(options: Profiling | None, name: str):
         spy = ROOT / ".venv" / "bin" / "py-spy"
         command = [str(spy if spy.exists() else "py-spy"), "record", "--pid", str(pid)]
         command += ["--rate", "250", "--format", options.format, "--output", str(output)]
-        command += ["--threads", "--gil" if options.gil else "--idle"]
+        command += ["--threads", *SAMPLING[options.sampling]]
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         try:
@@ -480,6 +484,7 @@ def run_engine(
         store_url = stack.enter_context(fresh_store(kind, folder))
         attach = profiler(profile, name)
         engine = stack.enter_context(engine_process(folder, store_url, downstream, attach))
+        cpu_before = cpu_seconds(engine.proc.pid)
         try:
             result, settled_at = run_client(
                 engine.port,
@@ -488,6 +493,7 @@ def run_engine(
                 check_ids=True,
                 on_done=lambda: wait_settled(store_url, count, end_to_end),
             )
+            cpu_after = cpu_seconds(engine.proc.pid)
             if end_to_end and received.value < count:
                 raise RuntimeError(f"the receiver got {received.value} of {count} messages")
         except Exception as exc:
@@ -505,10 +511,33 @@ def run_engine(
         "store": kind,
         "connections": connections,
         **summary(result, count, settled_at),
+        **engine_cpu(cpu_before, cpu_after, count),
     }
     p99 = row["ack_latency_ms"]["p99"]
-    log(f"  ACK {row['ack_msg_per_s']} msg/s, done {row['done_msg_per_s']} msg/s, p99 {p99} ms")
+    cpu = row["engine_cpu_us_per_msg"]
+    log(
+        f"  ACK {row['ack_msg_per_s']} msg/s, done {row['done_msg_per_s']} msg/s, p99 {p99} ms, "
+        f"engine CPU {cpu} µs/msg"
+    )
     return row
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process, all its threads (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def engine_cpu(before: tuple[float, float], after: tuple[float, float], count: int) -> dict:
+    """The engine's CPU per message (all threads; the PostgreSQL server's is not counted):
+    a measure that the machine's other load disturbs far less than throughput."""
+    user, system = (round((a - b) / count * 1e6, 1) for a, b in zip(after, before, strict=True))
+    return {
+        "engine_cpu_us_per_msg": round(user + system, 1),
+        "engine_cpu_us_per_msg_user": user,
+        "engine_cpu_us_per_msg_system": system,
+    }
 
 
 def report_failure(engine: EngineProcess) -> None:
@@ -709,7 +738,10 @@ def main(argv: list[str] | None = None) -> int:
         "--profile-format", default="flamegraph", choices=["flamegraph", "speedscope", "raw"]
     )
     parser.add_argument(
-        "--profile-gil", action="store_true", help="sample only threads holding the GIL (CPU)"
+        "--profile-sampling",
+        default="wall",
+        choices=sorted(SAMPLING),
+        help="wall: every thread, idle too; gil: only the thread holding the GIL",
     )
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
@@ -718,11 +750,12 @@ def main(argv: list[str] | None = None) -> int:
     profile = None
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-        profile = Profiling(args.profile, args.profile_format, args.profile_gil)
+        profile = Profiling(args.profile, args.profile_format, args.profile_sampling)
     pg_version = postgres_version() if "postgresql" in stores else None
     if "postgresql" in stores and pg_version is None:
         stores.remove("postgresql")
     host = machine(pg_version)
+    host["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     started = time.monotonic()
     if only & {"b", "c"}:
         log("store ceilings: one message per commit, straight through the driver")
@@ -748,11 +781,17 @@ def main(argv: list[str] | None = None) -> int:
             "targets": "judged on done_msg_per_s",
             "store_commit": "one message inserted and committed per transaction through the "
             "driver alone (no engine): the ceiling for one connection on this machine",
+            "engine_cpu_us_per_msg": "CPU time of the engine process (all threads, user + "
+            "system) from the first message until settled, per message; steadier than msg/s "
+            "on a shared machine",
+            "load_average": "1, 5 and 15 minute load averages: above 2 on this 2-core machine, "
+            "other work was competing for the cores",
         },
         "scenarios": rows,
         "targets": targets,
         "all_targets_met": all(t["met"] for t in targets if t["met"] is not None),
         "elapsed_seconds": round(time.monotonic() - started, 1),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(report, indent=2))
     return 0

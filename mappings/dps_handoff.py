@@ -22,11 +22,13 @@ from router.dps.results import (
 from router.message import Message, Output
 
 JSON = "application/json"
+MAX_FILENAME = 255
 
 
 def intake(message: Message) -> dict[str, Any]:
     """gp-extract-intake: destinations ``job``, ``dps`` and ``failure-email``."""
-    filename = str(message.source.get("filename") or "")
+    # The sender's Mex-FileName, bounded to the job's column before anything uses it.
+    filename = str(message.source.get("filename") or "")[:MAX_FILENAME]
     job_id = message.uuid
     message.correlate("dps_job", job_id)
     received = message.received_at
@@ -64,9 +66,7 @@ def results(message: Message) -> dict[str, Any]:
     headers = {"job_id": found.job_id}
     who = {"practice": found.practice, "filename": found.filename}
     if found.failed:
-        reasons = [
-            str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in found.failures
-        ]
+        reasons = [_reason(e) for e in found.failures]
         record = job_record(found.job_id, "failed_dps_validation", error="; ".join(reasons), **who)
         email = Output(
             failure_body(found.filename, at, reasons),

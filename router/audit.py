@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, select, text
+from sqlalchemy.engine import Row
 
 from router.store.database import Store
 from router.store.ingest import utcnow
@@ -74,3 +75,41 @@ def verify(store: Store) -> Verdict:
                 return Verdict(False, count, row.id, "content does not match its hash (edited?)")
             prev = row.hash
     return Verdict(True, count)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before_id: int | None = None
+    limit: int = 100
+
+
+def events(conn: Connection, f: EventFilter) -> list[dict[str, Any]]:
+    """Events newest first; ``before_id`` is the cursor (target and time are indexed)."""
+    a = audit_events.c
+    query = select(a.id, a.at, a.actor, a.action, a.target, a.details, a.hash)
+    for column, value in ((a.actor, f.actor), (a.action, f.action), (a.target, f.target)):
+        if value:
+            query = query.where(column == value)
+    if f.since:
+        query = query.where(a.at >= _utc(f.since))
+    if f.until:
+        query = query.where(a.at < _utc(f.until))
+    if f.before_id:
+        query = query.where(a.id < f.before_id)
+    return [_event(r) for r in conn.execute(query.order_by(a.id.desc()).limit(f.limit))]
+
+
+def _event(row: Row[Any]) -> dict[str, Any]:
+    event = dict(row._mapping)
+    event["details"] = json.loads(row.details)
+    return event
+
+
+def _utc(moment: datetime) -> datetime:
+    """A time without a zone is UTC, as everywhere in the store."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

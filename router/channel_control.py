@@ -53,7 +53,7 @@ def overview(store: Store, channels: list[str]) -> list[dict[str, Any]]:
             (r.channel, r.status): r.n
             for r in conn.execute(
                 select(deliveries.c.channel, deliveries.c.status, func.count().label("n"))
-                .where(deliveries.c.status.in_((*PENDING, "failed")))
+                .where(deliveries.c.status.in_((*PENDING, "failed", "held", "cancelled")))
                 .group_by(deliveries.c.channel, deliveries.c.status)
             )
         }
@@ -65,6 +65,9 @@ def overview(store: Store, channels: list[str]) -> list[dict[str, Any]]:
             "unprocessed": backlog.get(name, 0),
             "queued": sum(by_status.get((name, s), 0) for s in PENDING),
             "failed": by_status.get((name, "failed"), 0),
+            # Awaiting release approval (not in the queue depth), and rejected releases.
+            "held": by_status.get((name, "held"), 0),
+            "cancelled": by_status.get((name, "cancelled"), 0),
         }
         for name in channels
     ]

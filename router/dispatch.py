@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from router import metrics
 from router.config import DestinationConfig, DispatchOptions
 from router.connectors import Delivery, Sender, SendResult
 from router.pipeline import CompiledChannel
@@ -79,6 +80,14 @@ class DestinationWorker:
         for sender in self._senders:
             await sender.close()
 
+    async def finish(self, task: asyncio.Task[None]) -> None:
+        """Stop after the round in hand (its sends complete and are recorded), for a reload."""
+        self._stopping = True
+        self._wake.set()
+        await asyncio.gather(task, return_exceptions=True)
+        for sender in self._senders:
+            await sender.close()
+
     async def run_once(self) -> float:
         """Claim and send one round; returns how long to wait before the next."""
         claimed = await asyncio.to_thread(
@@ -100,7 +109,7 @@ class DestinationWorker:
             idle.put_nowait(sender)
         results = await asyncio.gather(*(self._send_lane(lane, idle) for lane in claimed.lanes))
         attempts = [a for lane in results for a in lane]
-        await asyncio.to_thread(
+        outcomes = await asyncio.to_thread(
             record,
             self._store,
             attempts,
@@ -109,6 +118,7 @@ class DestinationWorker:
             owner=self._owner,
             transact=self._transact,
         )
+        metrics.count_deliveries(self.channel, self.name, outcomes)
         self._more_due = self._took_all_it_could(claimed)
         return 0.0
 
@@ -153,6 +163,9 @@ class Dispatcher:
     ) -> None:
         self._store = store
         self._owner = owner
+        self._make_sender = make_sender
+        self._options = options
+        self._transact = transact
         self.workers = {
             (channel.name, route.name): DestinationWorker(
                 store, channel.name, route.name, route.config, make_sender, options, owner, transact
@@ -160,7 +173,7 @@ class Dispatcher:
             for channel in channels.values()
             for route in channel.routes
         }
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -169,16 +182,38 @@ class Dispatcher:
         if released:
             log.info("released %d delivery lease(s) held by this node before restart", released)
         self._loop = asyncio.get_running_loop()
-        self._tasks = [
-            asyncio.create_task(w.run(), name=f"dispatch {k}") for k, w in self.workers.items()
-        ]
+        self._tasks = {
+            k: asyncio.create_task(w.run(), name=f"dispatch {k}") for k, w in self.workers.items()
+        }
+
+    async def update(self, channels: dict[str, CompiledChannel]) -> None:
+        """Reload: a worker whose destination changed or went away finishes its round and
+        stops; a new or changed destination gets a new worker. Others carry on untouched."""
+        wanted = {(c.name, r.name): r.config for c in channels.values() for r in c.routes}
+        for key, worker in list(self.workers.items()):
+            if wanted.get(key) != worker.config:
+                del self.workers[key]
+                await worker.finish(self._tasks.pop(key))
+        for key, config in wanted.items():
+            if key not in self.workers:
+                worker = DestinationWorker(
+                    self._store,
+                    *key,
+                    config,
+                    self._make_sender,
+                    self._options,
+                    self._owner,
+                    self._transact,
+                )
+                self.workers[key] = worker
+                self._tasks[key] = asyncio.create_task(worker.run(), name=f"dispatch {key}")
 
     async def stop(self) -> None:
         for worker in self.workers.values():
             await worker.stop()
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     def notify(self, keys: set[tuple[str, str]]) -> None:
         """Thread-safe: wake the workers of destinations that have new deliveries."""

@@ -17,7 +17,6 @@ from router.config import (
     ConfigProblem,
     DestinationConfig,
     EngineConfig,
-    load_channels,
 )
 from router.connectors import Sender
 from router.connectors.addressed import BOUND, AddressedSender, with_address
@@ -31,6 +30,9 @@ from router.connectors.smtp import SmtpSender
 from router.dispatch import Dispatcher
 from router.dps.jobs import JobSender
 from router.gateway import Gateway
+from router.governance.deploy import startup_channels
+from router.governance.reload import Reloader, ReloadResult, reload_files
+from router.governance.watcher import RevisionWatcher
 from router.pipeline import CompiledChannel, compile_channel
 from router.processing import Processor
 from router.store.blobs import BlobStore, default_blob_root
@@ -75,10 +77,11 @@ class Engine:
 
     def __init__(self, config: EngineConfig, channels: dict[str, ChannelConfig] | None = None):
         self.config = config
-        self.channels = compile_channels(
-            config, channels if channels is not None else load_channels(config.channels)
-        )
         self.store = open_store(config)
+        if channels is None:
+            # Open: the channel files. Governed: the approved revisions in the store.
+            channels = startup_channels(self.store, config)
+        self.channels = compile_channels(config, channels)
         self.writer = GroupCommitWriter(self.store, on_commit=lambda: self.processor.wake())
         # SQLite commits one transaction at a time, each with its fsync: the processor's and
         # the dispatcher's writes join ingest's group commits. PostgreSQL runs them side by
@@ -110,6 +113,8 @@ class Engine:
             config, [c.config for c in self.channels.values()], self.store, self.writer.submit_sync
         )
         self.http: _HttpServer | None = None
+        self.reloader = Reloader(self)
+        self.watcher = RevisionWatcher(self)
         self._stop = asyncio.Event()
 
     def _make_sender(self, channel: str, name: str, config: DestinationConfig) -> Sender:
@@ -141,6 +146,7 @@ class Engine:
         for listener in self.listeners:
             await listener.start()
         await asyncio.to_thread(self.mesh.start)
+        await self.watcher.start()
         if http:
             from router.api.app import create_app
 
@@ -164,6 +170,7 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop taking messages first, then let in-flight work finish and close the store."""
+        await self.watcher.stop()
         await asyncio.to_thread(self.mesh.stop)
         for listener in self.listeners:
             await listener.stop()
@@ -180,14 +187,29 @@ class Engine:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.start()
         await self._stop.wait()
         log.info("stopping")
         await self.stop()
 
+    async def reload(self, actor: str) -> ReloadResult:
+        """Re-read the channel files: open mode deploys the changes, governed mode proposes
+        them as revisions by ``actor`` (docs/governance.md)."""
+        return await reload_files(self, actor)
+
+    def _on_sighup(self) -> None:
+        task = asyncio.create_task(self.reload("sighup"), name="reload on SIGHUP")
+        task.add_done_callback(_report_reload)
+
     @property
     def listening(self) -> bool:
         return all(listener.serving for listener in self.listeners)
+
+
+def _report_reload(task: asyncio.Task[ReloadResult]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("reload on SIGHUP failed: %s", task.exception())
 
 
 class _HttpServer(uvicorn.Server):

@@ -21,6 +21,7 @@ from pathlib import Path
 from router.config import EngineConfig
 from router.directory import Directory, Endpoint, load_endpoints_file, seed
 from router.fhir.exchange import fail_interrupted
+from router.fhir.forwarding import Forwarder
 from router.fhir.intake import FhirIntake
 from router.fhir.proxy import BookingProxy
 from router.fhir.recorder import Recorder
@@ -42,9 +43,12 @@ class Gateway:
         self._seed = read_endpoints(config.endpoints)
         self.executor = ThreadPoolExecutor(min(4, os.cpu_count() or 1), "tie-fhir")
         self.recorder = Recorder(writer)
-        self.bars = BarsRouter(store, writer, self.recorder, self.directory, config.node)
+        self.forwarder = Forwarder()
+        self.bars = BarsRouter(
+            store, writer, self.recorder, self.directory, self.forwarder, config.node
+        )
         self.intake = FhirIntake(writer.submit, self.executor, self.bars.route)
-        self.proxy = BookingProxy(self.recorder, self.directory, config.node)
+        self.proxy = BookingProxy(self.recorder, self.directory, self.forwarder, config.node)
         self._refresher: asyncio.Task[None] | None = None
 
     def attach(self, channels: dict[str, CompiledChannel]) -> dict[str, CompiledChannel]:
@@ -66,8 +70,7 @@ class Gateway:
         self._refresher = asyncio.create_task(self._refresh_forever(), name="directory refresh")
 
     async def stop(self) -> None:
-        await self.bars.close()
-        await self.proxy.close()
+        await self.forwarder.close()
         await self.recorder.close()
         if self._refresher is not None:
             self._refresher.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -14,6 +15,7 @@ from router.hl7v2.er7 import Er7Message
 from router.payload import Payload, as_payload
 
 MAX_KEY = 64  # correlations.key in the store
+FLAG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # message_flags.flag in the store
 
 
 class Message:
@@ -44,6 +46,7 @@ class Message:
         self.content_type = content_type
         self.source = source if source is not None else {}
         self.correlations = correlations if correlations is not None else []
+        self.flags: list[str] = []
 
     @cached_property
     def raw(self) -> bytes:
@@ -96,6 +99,15 @@ class Message:
             raise ValueError(f"correlation key {key!r} must have 1 to {MAX_KEY} characters")
         if value:
             self.correlations.append((key, value[:255]))
+
+    def flag(self, code: str) -> None:
+        """Mark this message with ``code`` (e.g. ``nhs-number-missing``), stored with it and
+        searchable (``run.py messages --flag``). Unlike a correlation key, a flag never joins
+        messages into one timeline."""
+        if not FLAG.match(code):
+            raise ValueError(f"flag {code!r}: use 1 to 32 lower-case letters, digits, - and _")
+        if code not in self.flags:
+            self.flags.append(code)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ class Route:
     config: DestinationConfig
     when: Predicate
     transform: mappings.Mapping | None
+    # A held destination's summary mapping: labels a message for its batch summary.
+    summarise: mappings.Mapping | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ def compile_channel(config: ChannelConfig, resolve: Resolver | None = None) -> C
             mappings.load(dest.transform, f"destinations.{name}.transform")
             if dest.transform
             else None,
+            mappings.load(dest.hold.summary, f"destinations.{name}.hold.summary")
+            if dest.hold is not None and dest.hold.summary
+            else None,
         )
         for name, dest in config.destinations.items()
     )
@@ -89,6 +94,11 @@ class PlannedDelivery:
     idempotency_key: str | None = None
     headers: dict[str, str] | None = None
     address: str | None = None
+    # Why this delivery failed before it was sent (a recipient the directory does not know,
+    # under ``unresolved: fail``): it is stored ``failed`` with this as its last error.
+    failure: str | None = None
+    held: bool = False  # the destination holds it for release approval
+    labels: dict[str, str] | None = None  # the hold's summary mapping's labels
 
 
 @dataclass
@@ -99,14 +109,19 @@ class Outcome:
     reason: str | None = None
     deliveries: list[PlannedDelivery] = field(default_factory=list)
     correlations: list[tuple[str, str]] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
 
 
 def process(channel: CompiledChannel, message: Message) -> Outcome:
     """Run ``message`` through ``channel``; a failing mapping is an ``error``, never a crash."""
     try:
-        return _process(channel, message)
+        outcome = _process(channel, message)
     except Exception:
-        return Outcome("error", traceback.format_exc(limit=20), correlations=message.correlations)
+        outcome = Outcome(
+            "error", traceback.format_exc(limit=20), correlations=message.correlations
+        )
+    outcome.flags = list(message.flags)
+    return outcome
 
 
 def _process(channel: CompiledChannel, message: Message) -> Outcome:
@@ -126,9 +141,10 @@ def _process(channel: CompiledChannel, message: Message) -> Outcome:
                 return Outcome(
                     "error", f"strict validation failed: {exc}", correlations=message.correlations
                 )
-    for key, path in config.correlate.items():
-        for value in message.values(path):
-            message.correlate(key, value)
+    for key, paths in config.correlate.items():
+        for path in [paths] if isinstance(paths, str) else paths:
+            for value in message.values(path):
+                message.correlate(key, value)
     if not channel.filter(message):
         return Outcome(
             "filtered",
@@ -164,6 +180,8 @@ def _process(channel: CompiledChannel, message: Message) -> Outcome:
                 for o in _outputs(route.transform(message, out), out.content_type)
             ]
         key = _ordering_key(message, route.config)
+        held = route.config.hold is not None
+        labels = _labels(route, message) if held else None
         deliveries.extend(
             PlannedDelivery(
                 route.name,
@@ -173,21 +191,44 @@ def _process(channel: CompiledChannel, message: Message) -> Outcome:
                 _idempotency_key(out, message),
                 out.headers,
                 address,
+                failure,
+                held=held,
+                labels=labels,
             )
             for out in outputs
-            for address in addresses[route.name]
+            for address, failure in addresses[route.name]
         )
     return Outcome("processed", None, deliveries, message.correlations)
 
 
-def _addresses(channel: CompiledChannel, route: Route, message: Message) -> list[str | None]:
-    """One address per recipient under a directory lookup; else the destination's own (None)."""
+def _addresses(
+    channel: CompiledChannel, route: Route, message: Message
+) -> list[tuple[str | None, str | None]]:
+    """(address, failure) per recipient under a directory lookup; else the destination's own
+    address (None). An unknown recipient under ``unresolved: fail`` is one failed delivery."""
     lookup = route.config.directory
     if lookup is None:
-        return [None]
+        return [(None, None)]
     if channel.resolve is None:
         raise Unresolved(f"destination {route.name} needs the endpoint directory")
-    return list(channel.resolve(lookup, message, route.config.kind))
+    try:
+        return [(address, None) for address in channel.resolve(lookup, message, route.config.kind)]
+    except Unresolved as exc:
+        if lookup.unresolved != "fail":
+            raise
+        return [(None, str(exc))]
+
+
+def _labels(route: Route, message: Message) -> dict[str, str] | None:
+    """The summary mapping's labels; a failing mapping labels the delivery with its error
+    (the summary shows it) rather than losing the message."""
+    if route.summarise is None:
+        return None
+    try:
+        found = route.summarise(message) or {}
+        return {str(k)[:64]: str(v)[:255] for k, v in dict(found).items()}
+    except Exception as exc:
+        return {"summary_error": f"{type(exc).__name__}: {exc}"[:255]}
 
 
 def _for_route(produced: Any, route: str, content_type: str) -> list[Output]:

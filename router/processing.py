@@ -17,13 +17,23 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, update
 
+from router import metrics
+from router.config import UnmatchedFlag
 from router.message import Message
 from router.payload import as_payload
 from router.pipeline import CompiledChannel, Outcome, PlannedDelivery, process
 from router.store.blobs import BlobStore
 from router.store.database import Store, Transact
+from router.store.fast_insert import driver_time, insert_rows
+from router.store.flags import unmatched_flags
 from router.store.ingest import utcnow
-from router.store.schema import channel_state, correlations, deliveries, messages
+from router.store.schema import (
+    channel_state,
+    correlations,
+    deliveries,
+    message_flags,
+    messages,
+)
 
 log = logging.getLogger(__name__)
 DestinationKey = tuple[str, str]
@@ -53,9 +63,11 @@ _SETTLE = (
     .values(status=bindparam("outcome"), error=bindparam("reason"), processed_at=bindparam("now"))
     .returning(_m.id)
 )
+_SETTLE_SQL = (
+    "UPDATE messages SET status = ?, error = ?, processed_at = ? WHERE status = 'received'"
+)
 _PAUSED = select(channel_state.c.channel).where(channel_state.c.paused)
-_INSERT_DELIVERIES = deliveries.insert()
-_INSERT_KEYS = correlations.insert()
+_INSERT_FLAGS = message_flags.insert()
 
 
 class Processor:
@@ -83,6 +95,9 @@ class Processor:
         self._idle_wait = idle_wait
         self._linger = linger
         self._transact = transact or store.run
+        self._unmatched = {
+            name: c.config.unmatched for name, c in channels.items() if c.config.unmatched
+        }
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,6 +115,15 @@ class Processor:
 
     def wake(self) -> None:
         """Called after new messages are committed; cheap and thread-safe."""
+        self._wake.set()
+
+    def use(self, channels: dict[str, CompiledChannel]) -> None:
+        """Process with ``channels`` from the next batch on (a reload). Thread-safe: the
+        mappings are replaced whole and each message looks its channel up once."""
+        self._unmatched = {
+            name: c.config.unmatched for name, c in channels.items() if c.config.unmatched
+        }
+        self._channels = channels
         self._wake.set()
 
     def _run(self) -> None:
@@ -123,7 +147,7 @@ class Processor:
             with self._store.begin() as conn:
                 rows = _claim(conn, self._active(conn), self._batch, lock=True)
                 outcomes = self._process(rows)
-                touched = _write(conn, outcomes)
+                touched = _write(conn, outcomes, self._unmatched)
         else:
             # SQLite has one writer: process outside the write lock so ingest is never held up,
             # then write through ``transact`` (in the engine: ingest's next group commit).
@@ -132,7 +156,8 @@ class Processor:
             outcomes = self._process(rows)
             if not outcomes:
                 return 0
-            touched = self._transact(lambda conn: _write(conn, outcomes))
+            touched = self._transact(lambda conn: _write(conn, outcomes, self._unmatched))
+        metrics.count_messages((row.channel, outcome.status) for row, outcome in outcomes)
         if touched and self._on_deliveries is not None:
             self._on_deliveries(touched)
         return len(rows)
@@ -147,7 +172,10 @@ class Processor:
         blobs = self._store.blobs
         done = []
         for row in rows:
-            outcome = process(self._channels[row.channel], _message(row, blobs))
+            channel = self._channels.get(row.channel)
+            if channel is None:  # removed by a reload since the claim: stays received
+                continue
+            outcome = process(channel, _message(row, blobs))
             outcome.deliveries = [_stored(d, blobs) for d in outcome.deliveries]
             done.append((row, outcome))
         return done
@@ -172,23 +200,37 @@ def _message(row: Any, blobs: BlobStore) -> Message:
     )
 
 
-def _write(conn: Connection, outcomes: list[tuple[Any, Outcome]]) -> set[DestinationKey]:
-    """Settle messages, insert deliveries and keys; rows settled elsewhere meanwhile are skipped."""
+def _write(
+    conn: Connection,
+    outcomes: list[tuple[Any, Outcome]],
+    unmatched: dict[str, UnmatchedFlag] | None = None,
+) -> set[DestinationKey]:
+    """Settle messages, insert deliveries and keys, flag results with no known order; rows
+    settled elsewhere meanwhile are skipped."""
     now = utcnow()
     settled = _settle(conn, outcomes, now)
     delivery_rows = [
         _delivery_row(row, d, now) for row, outcome in settled for d in outcome.deliveries
     ]
-    if delivery_rows:
-        conn.execute(_INSERT_DELIVERIES, delivery_rows)
+    insert_rows(conn, deliveries, delivery_rows)
     key_rows = [
         {"message_id": row.id, "key": key, "value": value}
         for row, outcome in settled
         for key, value in dict.fromkeys(outcome.correlations)
     ]
-    if key_rows:
-        conn.execute(_INSERT_KEYS, key_rows)
-    return {(r["channel"], r["destination"]) for r in delivery_rows}
+    insert_rows(conn, correlations, key_rows)
+    flags = [(flag, row.id) for row, outcome in settled for flag in outcome.flags]
+    if unmatched:
+        processed = [
+            (row.id, row.channel, outcome.correlations)
+            for row, outcome in settled
+            if outcome.status == "processed"
+        ]
+        flags += unmatched_flags(conn, processed, unmatched)
+    if flags:
+        rows = [{"flag": flag, "message_id": mid} for flag, mid in dict.fromkeys(flags)]
+        conn.execute(_INSERT_FLAGS, rows)
+    return {(r["channel"], r["destination"]) for r in delivery_rows if r["status"] == "queued"}
 
 
 def _settle(
@@ -205,9 +247,30 @@ def _settle(
         groups.setdefault((outcome.status, outcome.reason), []).append(row.id)
     done: set[int] = set()
     for (status, reason), ids in groups.items():
-        params = {"ids": ids, "outcome": status, "reason": reason, "now": now}
-        done.update(conn.scalars(_SETTLE, params))
+        done.update(_settle_ids(conn, ids, status, reason, now))
     return [(row, outcome) for row, outcome in outcomes if row.id in done]
+
+
+def _settle_ids(
+    conn: Connection, ids: list[int], status: str, reason: str | None, now: datetime
+) -> list[int]:
+    """One settle UPDATE, straight through the driver on SQLite and PostgreSQL: SQLAlchemy
+    compiles the expanding ``IN`` list for every batch size, which cost more than the update."""
+    driver = conn.connection.driver_connection
+    if conn.dialect.name == "sqlite":
+        marks = ", ".join("?" * len(ids))
+        sql = f"{_SETTLE_SQL} AND id IN ({marks}) RETURNING id"
+        when = driver_time("sqlite", now)
+        return [r[0] for r in driver.execute(sql, (status, reason, when, *ids)).fetchall()]
+    if conn.dialect.name == "postgresql":
+        with driver.cursor() as cursor:
+            cursor.execute(
+                f"{_SETTLE_SQL.replace('?', '%s')} AND id = ANY(%s) RETURNING id",
+                (status, reason, now, ids),
+            )
+            return [r[0] for r in cursor.fetchall()]
+    params = {"ids": ids, "outcome": status, "reason": reason, "now": now}
+    return list(conn.scalars(_SETTLE, params))
 
 
 def _stored(planned: PlannedDelivery, blobs: BlobStore) -> PlannedDelivery:
@@ -224,13 +287,15 @@ def _delivery_row(row: Any, planned: Any, now: datetime) -> dict[str, Any]:
         "message_id": row.id,
         "channel": row.channel,
         "destination": planned.destination,
-        "status": "queued",
+        "status": "failed" if planned.failure else "held" if planned.held else "queued",
+        "last_error": planned.failure,
         "content_type": planned.content_type,
         "payload": body.inline,
         "blob_sha256": body.sha256 if body.is_blob else None,
         "blob_size": body.size if body.is_blob else None,
         "headers": json.dumps(planned.headers) if planned.headers else None,
         "address": planned.address,
+        "hold_labels": json.dumps(planned.labels) if planned.labels else None,
         "ordering_key": planned.ordering_key,
         "idempotency_key": planned.idempotency_key,
         "attempts": 0,

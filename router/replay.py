@@ -15,6 +15,7 @@ from sqlalchemy import Connection, select
 from router import audit
 from router.store.database import Store
 from router.store.ingest import utcnow
+from router.store.queries import MessageFilter, search_query
 from router.store.schema import deliveries, messages
 
 
@@ -89,8 +90,12 @@ def resend(store: Store, delivery_id: int, *, reason: str, actor: str) -> Replay
             raise LookupError(f"no delivery {delivery_id}")
         row = rows[0]
         values = {k: v for k, v in row._mapping.items() if k != "id"}
+        # A delivery that was ever held goes back on hold (its destination's open batch):
+        # a resend never bypasses release approval (docs/governance.md).
+        held = row.status == "held" or row.hold_batch_id is not None
         values.update(
-            status="queued",
+            status="held" if held else "queued",
+            hold_batch_id=None,
             attempts=0,
             next_attempt_at=now,
             lease_until=None,
@@ -121,3 +126,25 @@ def _deliveries(conn: Connection, ids: list[int]) -> list[Any]:
 def _require_reason(reason: str) -> None:
     if not reason or not reason.strip():
         raise ValueError("a reason is required")
+
+
+def matching_messages(conn: Connection, f: MessageFilter) -> list[int]:
+    """Ids of the messages a search finds (at most ``f.limit``), oldest first, for bulk replay."""
+    return sorted(conn.scalars(search_query(f, conn.dialect.name, (messages.c.id,))))
+
+
+def deliveries_of(
+    conn: Connection,
+    message_ids: list[int],
+    *,
+    status: str | None = "failed",
+    destination: str | None = None,
+) -> list[int]:
+    """Ids of the messages' deliveries in ``status`` (to ``destination``), for bulk resend."""
+    d = deliveries.c
+    query = select(d.id).where(d.message_id.in_(message_ids))
+    if status:
+        query = query.where(d.status == status)
+    if destination:
+        query = query.where(d.destination == destination)
+    return list(conn.scalars(query.order_by(d.id)))

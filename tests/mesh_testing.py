@@ -130,6 +130,18 @@ class MeshSandbox:
         self._log.close()
 
 
+def mailbox_config(sandbox: MeshSandbox, mailbox: str = HUB, **extra: Any) -> dict[str, Any]:
+    """A mailbox configuration for the sandbox whose secrets come from ``mesh_env``."""
+    return {
+        "url": sandbox.url,
+        "mailbox": mailbox,
+        "password": {"env": "TIE_TEST_MESH_PASSWORD"},
+        "shared_key": {"env": "TIE_TEST_MESH_KEY"},
+        "retries": 0,
+        **extra,
+    }
+
+
 def mesh_env(monkeypatch: Any) -> None:
     """Secrets for a mailbox configuration that names environment variables."""
     monkeypatch.setenv("TIE_TEST_MESH_PASSWORD", PASSWORD)

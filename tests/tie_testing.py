@@ -10,18 +10,26 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import hl7
 import hl7.mllp
+import httpx
 import uvicorn
 
+from router.auth.tokens import digest, issue_token
+from router.auth.users import add_user, find_user
 from router.config import ChannelConfig, EngineConfig
+from router.directory import Endpoint, put_endpoint
 from router.engine import Engine
+from router.store.database import Store
+from router.store.ingest import utcnow
+from router.store.migrate import upgrade
+from router.store.schema import api_tokens
 
 
 def engine_config(tmp_path: Path, store_url: str, **overrides: Any) -> EngineConfig:
@@ -74,10 +82,13 @@ class LoopThread:
 
 
 class RunningEngine:
-    """An Engine started in its own loop thread; ``stop`` shuts it down cleanly."""
+    """An Engine started in its own loop thread; ``stop`` shuts it down cleanly.
+
+    ``channels`` None starts the engine as ``run.py serve`` does: from the channel files,
+    or in governed mode from the approved revisions."""
 
     def __init__(
-        self, config: EngineConfig, channels: dict[str, ChannelConfig], http: bool = False
+        self, config: EngineConfig, channels: dict[str, ChannelConfig] | None, http: bool = False
     ):
         self.engine = Engine(config, channels)
         self._loop = LoopThread()
@@ -101,6 +112,53 @@ class RunningEngine:
     def stop(self) -> None:
         self._loop.run(self.engine.stop())
         self._loop.close()
+
+    def register(self, endpoints: Iterable[Endpoint]) -> None:
+        """Put ``endpoints`` in the directory and make the engine's lookups see them now."""
+        endpoints = list(endpoints)
+        if not endpoints:
+            return
+        with self.store.begin() as conn:
+            for endpoint in endpoints:
+                put_endpoint(conn, endpoint, actor="test")
+        self.engine.gateway.directory.refresh()
+
+
+@contextlib.contextmanager
+def engine_over_http(
+    config: EngineConfig,
+    channels: dict[str, ChannelConfig],
+    *,
+    endpoints: Iterable[Endpoint] = (),
+) -> Iterator[tuple[RunningEngine, httpx.Client]]:
+    """The engine with its HTTP side, ``endpoints`` in its directory, and an httpx client for it.
+
+    Start the peers the engine talks to before this (as fixtures it depends on), so they
+    outlive its connections.
+    """
+    running = RunningEngine(config, channels, http=True)
+    try:
+        running.register(endpoints)
+        with httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10) as client:
+            yield running, client
+    finally:
+        running.stop()
+
+
+Stoppable = TypeVar("Stoppable", bound="_Stops")
+
+
+class _Stops(Protocol):
+    def stop(self) -> None: ...
+
+
+@contextlib.contextmanager
+def serving(server: Stoppable) -> Iterator[Stoppable]:
+    """``server`` (a receiver, a relay) for the ``with`` block, stopped after it."""
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class Hl7Receiver:
@@ -350,3 +408,34 @@ def make_certificates(folder: Path) -> Certificates:
             "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert))  # fmt: skip
         issued[name] = (cert, key)
     return Certificates(ca, *issued["server"], *issued["client"])
+
+
+def api_token(
+    store: Store | str, *roles: str, name: str = "operator", token: str | None = None
+) -> str:
+    """An API token for the user ``name`` (token-only, created when missing) holding ``roles``
+    (admin when none are given). ``token`` fixes its value, so a store can be seeded with a
+    test's constant before the engine starts; otherwise a fresh token is issued."""
+    own = isinstance(store, str)
+    target = Store(store) if isinstance(store, str) else store
+    chosen = list(roles) or ["admin"]
+    try:
+        if own:
+            upgrade(target)
+        with target.begin() as conn:
+            user = find_user(conn, name) or add_user(conn, name, chosen, None, actor="test")
+            if token is None:
+                return issue_token(conn, name, chosen, actor="test")[1]
+            conn.execute(
+                api_tokens.insert().values(
+                    user_id=user.id,
+                    token_hash=digest(token),
+                    roles=" ".join(chosen),
+                    created_at=utcnow(),
+                    created_by="test",
+                )
+            )
+            return token
+    finally:
+        if own:
+            target.dispose()

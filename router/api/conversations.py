@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends
 
-from router.api.auth import require_token
+from router.api.security import Principal, require_role
 from router.fhir.exchange import conversation_messages
 
 if TYPE_CHECKING:
@@ -23,7 +23,9 @@ def conversations_router(engine: Engine) -> APIRouter:
     router = APIRouter(prefix="/api/conversations", tags=["messages"])
 
     @router.get("/{value:path}")
-    async def conversation(value: str, _: str = Depends(require_token)) -> dict[str, Any]:
+    async def conversation(
+        value: str, _: Principal = Depends(require_role("viewer"))
+    ) -> dict[str, Any]:
         """Messages that have ``value`` as a correlation key (or MSH-10 / Bundle.id), and every
         message of their conversations, oldest first."""
 

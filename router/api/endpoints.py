@@ -1,4 +1,4 @@
-"""``/api/endpoints``: read and change the endpoint directory (operator token required).
+"""``/api/endpoints``: read and change the endpoint directory (viewer to read, engineer to change).
 
 A change is written with an audit event and reaches this engine's lookups at once;
 other nodes see it within the directory's refresh interval.
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from router.api.auth import require_token
+from router.api.security import Principal, require_role
 from router.directory import (
     get_endpoint,
     list_endpoints,
@@ -44,7 +44,7 @@ def endpoints_router(engine: Engine) -> APIRouter:
 
     @router.get("")
     async def list_all(
-        _: str = Depends(require_token),
+        _: Principal = Depends(require_role("viewer")),
         key: str | None = None,
         interaction: str | None = None,
         transport: str | None = None,
@@ -60,7 +60,9 @@ def endpoints_router(engine: Engine) -> APIRouter:
         return {"endpoints": _json(await asyncio.to_thread(read))}
 
     @router.get("/{endpoint_id}")
-    async def get_one(endpoint_id: int, _: str = Depends(require_token)) -> dict[str, Any]:
+    async def get_one(
+        endpoint_id: int, _: Principal = Depends(require_role("viewer"))
+    ) -> dict[str, Any]:
         def read() -> dict[str, Any] | None:
             with store.read() as conn:
                 return get_endpoint(conn, endpoint_id)
@@ -71,7 +73,9 @@ def endpoints_router(engine: Engine) -> APIRouter:
         return _json(row)
 
     @router.post("", status_code=201)
-    async def put(body: EndpointIn, actor: str = Depends(require_token)) -> dict[str, Any]:
+    async def put(
+        body: EndpointIn, actor: Principal = Depends(require_role("engineer"))
+    ) -> dict[str, Any]:
         """Add an endpoint, or change the one with the same key, interaction and transport."""
         try:
             endpoint = make_endpoint(
@@ -87,17 +91,19 @@ def endpoints_router(engine: Engine) -> APIRouter:
 
         def write() -> dict[str, Any]:
             with store.begin() as conn:
-                return put_endpoint(conn, endpoint, actor=actor)
+                return put_endpoint(conn, endpoint, actor=actor.name)
 
         row = await asyncio.to_thread(write)
         await asyncio.to_thread(directory.refresh)
         return _json(row)
 
     @router.delete("/{endpoint_id}", status_code=204)
-    async def remove(endpoint_id: int, actor: str = Depends(require_token)) -> Response:
+    async def remove(
+        endpoint_id: int, actor: Principal = Depends(require_role("engineer"))
+    ) -> Response:
         def write() -> dict[str, Any] | None:
             with store.begin() as conn:
-                return remove_endpoint_id(conn, endpoint_id, actor=actor)
+                return remove_endpoint_id(conn, endpoint_id, actor=actor.name)
 
         if await asyncio.to_thread(write) is None:
             raise HTTPException(404, f"no endpoint {endpoint_id}")

@@ -1,7 +1,7 @@
 """The ServiceRequest registry's FHIR endpoints, ``GET /fhir/<channel>/ServiceRequest``.
 
-The registry holds patient data: the operator token is required. (The POST endpoints
-of FHIR channels are plain ASGI, in router/api/gateway_asgi.py.)
+The registry holds patient data: a token or session with the support role is required.
+(The POST endpoints of FHIR channels are plain ASGI, in router/api/gateway_asgi.py.)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from router.api.auth import require_token
+from router.api.security import Principal, require_role
 from router.fhir import registry
 from router.fhir.intake import Answer, rejected_answer
 from router.fhir.outcome import reject
@@ -42,7 +42,7 @@ def fhir_router(engine: Engine) -> APIRouter:
 
     @router.get("/{channel}/ServiceRequest")
     async def search_service_requests(
-        channel: str, request: Request, _: str = Depends(require_token)
+        channel: str, request: Request, _: Principal = Depends(require_role("support"))
     ) -> Response:
         """The latest ServiceRequests by ``identifier``, ``patient:identifier`` and ``status``."""
         if not registry_channel(channel):
@@ -75,7 +75,10 @@ def fhir_router(engine: Engine) -> APIRouter:
 
     @router.get("/{channel}/ServiceRequest/{resource_id}")
     async def read_service_request(
-        channel: str, resource_id: str, request: Request, _: str = Depends(require_token)
+        channel: str,
+        resource_id: str,
+        request: Request,
+        _: Principal = Depends(require_role("support")),
     ) -> Response:
         if not registry_channel(channel):
             return unknown(request, f"no FHIR channel named {channel!r}")

@@ -8,10 +8,12 @@ proxy's budget is 2 ms. Everything else goes on to the FastAPI app.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from router import metrics
 from router.fhir import MEDIA_TYPES
 from router.fhir.intake import Answer, FhirRequest, rejected_answer
 from router.fhir.outcome import reject
@@ -162,7 +164,9 @@ class GatewayRoutes:
         if not message and operation not in source.resources:
             await respond_fhir(send, not_found(f"channel {channel} takes no {operation}"))
             return
+        started = time.perf_counter()
         await respond_fhir(send, await intake.accept(request))
+        metrics.ACK_LATENCY.labels(channel, "fhir").observe(time.perf_counter() - started)
 
     async def proxy(self, incoming: Incoming, receive: Receive, send: Send) -> None:
         proxy = self.engine.gateway.proxy
@@ -186,9 +190,10 @@ class GatewayRoutes:
         )
         try:
             request.body = await read_body(receive, incoming.headers, options.max_body)
-        except BodyTooLarge:
+        except BodyTooLarge as exc:
+            request.body = exc.kept
             text = f"the body is larger than {options.max_body} bytes"
-            answer = proxy.refusal(reject(413, "too-costly", text))
+            answer = proxy.refuse(request, reject(413, "too-costly", text))
         else:
             answer = await proxy.handle(request)
         await respond(send, answer.status, answer.body, answer.headers)

@@ -10,8 +10,10 @@ from router.cli import (
     admin_commands,
     commands,
     directory_commands,
+    governance_commands,
     job_commands,
     replay_commands,
+    user_commands,
 )
 from router.cli.output import CommandError
 
@@ -24,8 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub)
     replay_commands.register(sub)
     admin_commands.register(sub)
+    governance_commands.register(sub)  # after admin_commands: it adds to ``channel``
     directory_commands.register(sub)
     job_commands.register(sub)
+    user_commands.register(sub)
     _accept_config_after_command(parser)
     return parser
 

@@ -47,7 +47,9 @@ def channel_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        print_table(rows, ["channel", "paused", "unprocessed", "queued", "failed", "changed_by"])
+        print_table(
+            rows, ["channel", "paused", "unprocessed", "queued", "held", "failed", "changed_by"]
+        )
     return 0
 
 

@@ -24,7 +24,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the engine")
     p.set_defaults(handler=serve)
 
-    p = sub.add_parser("check", help="validate engine.yaml, every channel and its mappings")
+    p = sub.add_parser(
+        "check", help="validate engine.yaml, every channel and its mappings; run channel tests"
+    )
+    p.add_argument("channels", nargs="*", help="run only these channels' test cases")
+    p.add_argument("--cases", type=Path, help="channel test folder (default: tests/channels)")
+    p.add_argument(
+        "--update", action="store_true", help="rewrite the golden files with today's outputs"
+    )
     p.set_defaults(handler=check)
 
     p = sub.add_parser("send", help="send message files to a channel over its own source protocol")
@@ -84,7 +91,11 @@ def check(args: argparse.Namespace) -> int:
         routes = ", ".join(f"{d}({c.kind})" for d, c in channel.destinations.items()) or "none"
         print(f"ok  {name}: source {channel.source.kind}, destinations {routes}")
     print(f"{len(channels)} channel(s) valid")
-    return 0
+    from router.cli.checking import default_cases, run_channel_tests
+
+    root = args.cases or default_cases(config)
+    failed = run_channel_tests(config, channels, root, only=args.channels, rewrite=args.update)
+    return 1 if failed else 0
 
 
 def send(args: argparse.Namespace) -> int:
@@ -183,13 +194,36 @@ def _print_detail(d: dict[str, Any]) -> None:
         print("\n--- correlation keys ---")
         for k in d["correlations"]:
             print(f"  {k['key']}: {k['value']}")
+    if d.get("flags"):
+        print("\n--- flags ---")
+        for flag in d["flags"]:
+            print(f"  {flag}")
     if len(d["timeline"]) > 1:
         print("\n--- timeline ---")
-        for t in d["timeline"]:
-            print(
-                f"  {t['received_at']:%Y-%m-%d %H:%M:%S} #{t['id']} {t['channel']} "
-                f"{t['message_type'] or ''} {t['status']}"
-            )
+        for line in timeline_lines(d["timeline"]):
+            print(line)
+
+
+def timeline_lines(timeline: list[dict[str, Any]]) -> list[str]:
+    """Each message of the conversation, then what became of each of its deliveries."""
+    lines = []
+    for t in timeline:
+        flags = f" [{', '.join(t['flags'])}]" if t.get("flags") else ""
+        lines.append(
+            f"  {t['received_at']:%Y-%m-%d %H:%M:%S} #{t['id']} {t['channel']} "
+            f"{t['message_type'] or ''} received, {t['status']}{flags}"
+        )
+        for x in t.get("deliveries", []):
+            at = f"{x['attempted_at']:%Y-%m-%d %H:%M:%S}" if x["attempted_at"] else " " * 19
+            parts = [f"  {at}   -> {x['destination']} {x['status']}"]
+            if x["address"]:
+                parts.append(f"to {x['address']}")
+            if x["answer"]:
+                parts.append(f"answer {x['answer']}")
+            if x["last_error"] and x["status"] != "sent":
+                parts.append(f"({x['last_error']})")
+            lines.append(" ".join(parts))
+    return lines
 
 
 def db_upgrade(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--control-id", help="MSH-10")
     group.add_argument("--key", help="a correlation key value (order number, MSH-10, URN)")
     group.add_argument("--text", help="content contains this text (last 24h unless --since)")
+    group.add_argument("--flag", help="flagged by processing, e.g. unmatched-order")
     group.add_argument(
         "--limit", type=int, help="at most this many (listing: 50; reprocess/resend: all matches)"
     )
@@ -36,13 +37,24 @@ def search_filter(args: argparse.Namespace, *, default_limit: int = 50) -> Messa
         control_id=args.control_id,
         key=args.key,
         text=args.text,
+        flag=args.flag,
         before_id=args.before_id,
         limit=args.limit or default_limit,
     )
 
 
 def has_search(args: argparse.Namespace) -> bool:
-    names = ("channel", "status", "since", "until", "message_type", "control_id", "key", "text")
+    names = (
+        "channel",
+        "status",
+        "since",
+        "until",
+        "message_type",
+        "control_id",
+        "key",
+        "text",
+        "flag",
+    )
     return any(getattr(args, n) for n in names)
 
 

@@ -15,11 +15,13 @@ from router.config.channel import (
     DestinationConfig,
     DirectoryLookup,
     FileTarget,
+    HoldPolicy,
     IdempotentReceiver,
     MllpListen,
     MllpTarget,
     RetryPolicy,
     SourceConfig,
+    UnmatchedFlag,
 )
 from router.config.engine import (
     BlobOptions,
@@ -32,6 +34,7 @@ from router.config.engine import (
 from router.config.loading import (
     ConfigError,
     ConfigProblem,
+    cross_check,
     load_channel,
     load_channels,
     load_engine,
@@ -54,6 +57,7 @@ __all__ = [
     "DispatchOptions",
     "EngineConfig",
     "FileTarget",
+    "HoldPolicy",
     "HttpConfig",
     "IdempotentReceiver",
     "MllpListen",
@@ -62,6 +66,8 @@ __all__ = [
     "RetryPolicy",
     "SourceConfig",
     "SqliteOptions",
+    "UnmatchedFlag",
+    "cross_check",
     "load_channel",
     "load_channels",
     "load_engine",

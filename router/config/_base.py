@@ -21,7 +21,8 @@ class _Strict(BaseModel):
 
 
 def _check_field_path(value: str | None) -> str | None:
-    if value is not None:
+    # Anything but text is left to the type check (a union may accept it as a list of paths).
+    if isinstance(value, str):
         from router.field_paths import check_field_path
 
         check_field_path(value)

@@ -132,7 +132,7 @@ class RetryPolicy(_Strict):
 
 
 class DirectoryLookup(_Strict):
-    """Recipients from the endpoint directory instead of a fixed address (router/directory.py).
+    """Recipients from the endpoint directory instead of a fixed address (router/directory/).
 
     ``target`` reads identifiers from the message: ``ods:RYE``, a FHIR ``system|value``, or
     bare values of ``kind``. ``subscribers`` adds every endpoint subscribed to all messages
@@ -140,9 +140,22 @@ class DirectoryLookup(_Strict):
     """
 
     interaction: str = Field(min_length=1, max_length=255)
-    target: FieldPath | None = None
+    # One path, or several tried in order: the first that has a value names the recipients
+    # (e.g. ORC-21.10, the v2.5 organisation identifier, then ORC-21.3 as older senders write it).
+    target: FieldPath | list[FieldPath] | None = None
     kind: Literal["ods", "dos", "asid"] | None = None
     subscribers: bool = False
+    # ``error``: the message is an error naming the unknown recipient. ``fail``: the message is
+    # processed and this destination gets a ``failed`` delivery with the reason, so that one
+    # unknown recipient is visible (and resendable after reprocessing) while other
+    # destinations of the message still get theirs.
+    unresolved: Literal["error", "fail"] = "error"
+
+    @property
+    def targets(self) -> list[str]:
+        if self.target is None:
+            return []
+        return [self.target] if isinstance(self.target, str) else list(self.target)
 
     @model_validator(mode="after")
     def _some_recipient(self) -> DirectoryLookup:
@@ -151,9 +164,20 @@ class DirectoryLookup(_Strict):
         return self
 
 
+class HoldPolicy(_Strict):
+    """Deliveries wait as ``held`` until ``approvals`` distinct people release their batch.
+
+    ``summary`` (``module:function``) labels each message for the batch summary, e.g.
+    ``{"ods": "A12345"}``; the summary counts deliveries per label value.
+    """
+
+    approvals: int = Field(ge=1, le=10)
+    summary: MappingRef | None = None
+
+
 TRANSPORTS = ("mllp", "file", "channel", "mesh", "smtp", "http", "job")
 # Transports whose address a directory lookup can supply.
-ADDRESSED = ("mllp", "http")
+ADDRESSED = ("mllp", "http", "mesh")
 
 
 class DestinationConfig(_Strict):
@@ -163,6 +187,7 @@ class DestinationConfig(_Strict):
     ordered: bool | None = None
     order_by: FieldPath | None = None
     directory: DirectoryLookup | None = None
+    hold: HoldPolicy | None = None
     mllp: MllpTarget | None = None
     file: FileTarget | None = None
     channel: ChannelTarget | None = None
@@ -189,6 +214,8 @@ class DestinationConfig(_Strict):
             raise ValueError("an mllp destination needs host and port (or a directory lookup)")
         if self.http is not None and self.directory is None and not self.http.url:
             raise ValueError("an http destination needs a url (or a directory lookup)")
+        if self.mesh is not None and self.directory is None and not self.mesh.to:
+            raise ValueError("a mesh destination needs 'to' (or a directory lookup)")
         return self
 
     @property
@@ -210,6 +237,18 @@ class IdempotentReceiver(_Strict):
     window: Duration = 86400.0
 
 
+class UnmatchedFlag(_Strict):
+    """Flag a message whose correlation ``key`` no earlier message of ``channels`` carries.
+
+    E.g. a result (ORU^R01) whose placer order number matches no order (OML^O21) seen by
+    ``lab-orders``: the flag is stored with the message and searchable (``--flag``).
+    """
+
+    key: str = Field(min_length=1, max_length=64)
+    channels: list[str] = Field(min_length=1)
+    flag: str = Field(default="unmatched-order", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
 class ChannelConfig(_Strict):
     name: str
     description: str = ""
@@ -219,7 +258,9 @@ class ChannelConfig(_Strict):
     idempotent: IdempotentReceiver | None = None
     filter: list[Condition] = Field(default_factory=list)
     transform: MappingRef | None = None
-    correlate: dict[str, FieldPath] = Field(default_factory=dict)
+    # Each key reads one path or several (their values all become the key's values).
+    correlate: dict[str, FieldPath | list[FieldPath]] = Field(default_factory=dict)
+    unmatched: UnmatchedFlag | None = None
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -238,6 +279,14 @@ class ChannelConfig(_Strict):
                     f"destination name {name!r}: use lower-case letters, digits, - and _"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _unmatched_key_is_correlated(self) -> ChannelConfig:
+        if self.unmatched is not None and self.unmatched.key not in self.correlate:
+            raise ValueError(
+                f"unmatched.key {self.unmatched.key!r} is not one of this channel's correlate keys"
+            )
+        return self
 
     @model_validator(mode="after")
     def _synchronous_sources_route_themselves(self) -> ChannelConfig:

@@ -40,6 +40,15 @@ class BlobOptions(_Strict):
     threshold: Size = 1024 * 1024
 
 
+class AuthOptions(_Strict):
+    """Console sessions (router/auth/sessions.py) and their cookie."""
+
+    session_idle: Duration = 30 * 60.0
+    session_lifetime: Duration = 12 * 3600.0
+    # auto: Secure, except over plain HTTP to a loopback address (make run, tests).
+    secure_cookie: Literal["auto", "always"] = "auto"
+
+
 class EngineConfig(_Strict):
     store: str = "sqlite:///data/tie.db"
     channels: Path = Path("../channels")
@@ -53,6 +62,10 @@ class EngineConfig(_Strict):
     processing: ProcessingOptions = Field(default_factory=ProcessingOptions)
     blobs: BlobOptions = Field(default_factory=BlobOptions)
     mesh: MeshOptions = Field(default_factory=MeshOptions)
+    auth: AuthOptions = Field(default_factory=AuthOptions)
+    # open: channel files deploy on reload. governed: a changed file is a proposed revision,
+    # deployed once someone other than its author approves it (docs/governance.md).
+    governance: Literal["open", "governed"] = "open"
     base_dir: Path = Field(default=Path("."), exclude=True)
 
 

@@ -78,7 +78,12 @@ def resolve_store_url(url: str, base: Path) -> str:
 
 def load_channel(path: Path) -> ChannelConfig:
     """One channel file, with relative file-destination directories resolved."""
-    config = _validate(ChannelConfig, read_yaml(path), path)
+    return channel_from_text(read_text(path), path)
+
+
+def channel_from_text(text: str, path: Path) -> ChannelConfig:
+    """A channel from YAML text as if read from ``path`` (e.g. a stored revision)."""
+    config = _validate(ChannelConfig, parse_yaml(text, path), path)
     if config.name != path.stem:
         raise ConfigError(
             [ConfigProblem(str(path), "name", f"must match the file name {path.stem!r}")]
@@ -106,13 +111,14 @@ def load_channels(directory: Path) -> dict[str, ChannelConfig]:
             channels[path.stem] = load_channel(path)
         except ConfigError as exc:
             problems.extend(exc.problems)
-    problems.extend(_cross_check(channels, directory))
+    problems.extend(cross_check(channels, directory))
     if problems:
         raise ConfigError(problems)
     return channels
 
 
-def _cross_check(channels: dict[str, ChannelConfig], directory: Path) -> list[ConfigProblem]:
+def cross_check(channels: dict[str, ChannelConfig], directory: Path) -> list[ConfigProblem]:
+    """Problems between channels: shared listener ports, a second proxy, unknown feeds."""
     problems = []
     listeners: dict[tuple[str, int], str] = {}
     proxies = [name for name, channel in channels.items() if channel.source.proxy is not None]
@@ -157,10 +163,18 @@ def _cross_check(channels: dict[str, ChannelConfig], directory: Path) -> list[Co
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    return parse_yaml(read_text(path), path)
+
+
+def read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([ConfigProblem(str(path), "", exc.strerror or str(exc))]) from exc
+
+
+def parse_yaml(text: str, path: Path) -> dict[str, Any]:
+    """A YAML mapping; ``path`` only names the source in problems."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

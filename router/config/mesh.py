@@ -130,7 +130,8 @@ Template = Annotated[str, BeforeValidator(_check_template)]
 
 class MeshTarget(_Strict):
     mailbox: str
-    to: Template
+    # The recipient mailbox; with a directory lookup it is the resolved mailbox instead.
+    to: Template | None = None
     workflow_id: Template
     filename: Template | None = None
     subject: Template | None = None

@@ -16,6 +16,8 @@ import httpcore
 from router.config.http import TlsOptions
 from router.connectors.http import ssl_context
 
+DEFAULT_LIMIT = 10 * 1024 * 1024  # of an answer's body: like the sources' default max_body
+
 
 class ConnectFailed(Exception):
     """No connection could be made: nothing reached the receiver."""
@@ -27,6 +29,10 @@ class TimedOut(Exception):
 
 class Broken(Exception):
     """The exchange broke off part way (the receiver may have received the request)."""
+
+
+class TooLarge(Broken):
+    """The answer's body passed the limit: it is not read further (nor passed on)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +60,29 @@ class RawClient:
         }
 
     async def request(
-        self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes
+        self,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        limit: int = DEFAULT_LIMIT,
     ) -> RawResponse:
+        """The answer, read whole; ``TooLarge`` as soon as its body passes ``limit`` bytes."""
         try:
-            response = await self._pool.request(
+            async with self._pool.stream(
                 method,
                 url,
                 headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
                 content=body or None,
                 extensions={"timeout": self._timeouts},
-            )
+            ) as response:
+                chunks, size = [], 0
+                async for chunk in response.aiter_stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise TooLarge(f"the answer is larger than {limit} bytes")
+                    chunks.append(chunk)
         except (httpcore.ConnectError, httpcore.ConnectTimeout, httpcore.PoolTimeout) as exc:
             raise ConnectFailed(type(exc).__name__) from exc
         except httpcore.TimeoutException as exc:
@@ -75,7 +94,7 @@ class RawClient:
             response.status,
             reason.decode("latin-1") if isinstance(reason, bytes) else str(reason),
             [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers],
-            response.content,
+            b"".join(chunks),
         )
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -89,6 +90,16 @@ KINDS = {
     "difference": ("CDD", CDD_COLUMNS),
 }
 LONDON = ZoneInfo("Europe/London")
+# The header names the files sent on and the job row: each value is checked, since the
+# practice becomes part of three MESH file names and the values fill bounded columns.
+HEADER_RULES = {
+    "job_id": (re.compile(r"^[A-Za-z0-9-]{1,36}$"), "1 to 36 letters, digits and '-'"),
+    "practice": (re.compile(r"^[A-Z0-9]{1,16}$"), "1 to 16 capital letters and digits"),
+    "filename": (
+        re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$"),
+        "1 to 255 letters, digits, '.', '_' and '-' (no path)",
+    ),
+}
 
 
 class ResultsError(ValueError):
@@ -129,10 +140,15 @@ def read_results(stream: BinaryIO) -> Results:
     _, header = first
     if header.get("version") != LAYOUT_VERSION:
         raise ResultsError(f"line 1: layout version {header.get('version')!r} is not 1")
-    try:
-        results = Results(str(header["job_id"]), str(header["practice"]), str(header["filename"]))
-    except KeyError as exc:
-        raise ResultsError(f"line 1: the header has no {exc.args[0]}") from exc
+    values = []
+    for name, (rule, meaning) in HEADER_RULES.items():
+        if name not in header:
+            raise ResultsError(f"line 1: the header has no {name}")
+        value = str(header[name])
+        if not rule.match(value):
+            raise ResultsError(f"line 1: the header's {name} {value[:80]!r} is not {meaning}")
+        values.append(value)
+    results = Results(*values)
     for number, line in lines:
         kind = line.get("type")
         if kind in KINDS:

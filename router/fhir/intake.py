@@ -76,6 +76,12 @@ def fhir_answer(status: int, resource: dict[str, Any], headers: Mapping[str, str
     return Answer(status, json.dumps(resource).encode(), mirrored_headers(headers))
 
 
+def not_stored(headers: Mapping[str, str]) -> Answer:
+    """503: the store could not commit, so nothing was acknowledged; the sender sends again."""
+    issue = Issue("transient", "the message could not be stored; send it again later")
+    return fhir_answer(503, operation_outcome([issue], 503), headers)
+
+
 def rejected_answer(exc: Rejected, headers: Mapping[str, str]) -> Answer:
     return fhir_answer(exc.status, operation_outcome(exc.issues, exc.status), headers)
 
@@ -110,15 +116,29 @@ def check(request: FhirRequest) -> Checked:
     return Checked(document, None)
 
 
-def describe(checked: Checked) -> tuple[str | None, str | None, str | None]:
-    """(message type, control id, sender) to store: the event or resource type, the id, and
-    the MessageHeader's source endpoint."""
+def checked_inbound(
+    request: FhirRequest, checked: Checked, *, source: dict[str, Any] | None = None, **fields: Any
+) -> Inbound:
+    """The message to store for a request that passed: as message type the event (or the
+    resource type), as control id the Bundle.id (resource id), as sender the MessageHeader's
+    source endpoint; ``source`` adds to the source metadata."""
     document, header = checked.document, checked.header
     if header is None:
-        return document.get("resourceType"), _text(document.get("id")), None
-    coding = header.get("eventCoding") or header.get("event") or {}
-    source = header.get("source") or {}
-    return _text(coding.get("code")), _text(document.get("id")), _text(source.get("endpoint"))
+        message_type, sender = document.get("resourceType"), None
+    else:
+        coding = header.get("eventCoding") or header.get("event") or {}
+        message_type = coding.get("code")
+        sender = (header.get("source") or {}).get("endpoint")
+    return Inbound(
+        request.channel,
+        request.body,
+        content_type=FHIR_JSON,
+        message_type=_text(message_type),
+        control_id=_text(document.get("id")),
+        sender=_text(sender),
+        source=source_metadata(request, **(source or {})),
+        **fields,
+    )
 
 
 def _text(value: Any) -> str | None:
@@ -178,23 +198,12 @@ class FhirIntake:
             except Rejected as exc:
                 await self.store_rejected(request, exc)
                 return rejected_answer(exc, request.headers)
-        message_type, control_id, sender = describe(checked)
-        item = Inbound(
-            request.channel,
-            request.body,
-            content_type=FHIR_JSON,
-            message_type=message_type,
-            control_id=control_id,
-            sender=sender,
-            source=source_metadata(request),
-            idempotency_window=request.idempotency_window,
-        )
+        item = checked_inbound(request, checked, idempotency_window=request.idempotency_window)
         try:
             receipt = await self._ingest(item)
         except StoreUnavailable as exc:
             log.error("channel %s: %s; answering 503", request.channel, exc)
-            issue = Issue("transient", "the message could not be stored; send it again later")
-            return fhir_answer(503, operation_outcome([issue], 503), request.headers)
+            return not_stored(request.headers)
         if receipt.duplicate_of is not None:
             text = f"already received as urn:tie:message:{receipt.duplicate_of}; not routed again"
             return fhir_answer(200, information(text), request.headers)

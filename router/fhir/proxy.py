@@ -22,10 +22,10 @@ from urllib.parse import unquote, urlsplit
 
 from router.config.http import ProxySource
 from router.connectors.http import wire_parts
-from router.connectors.http_client import Broken, ConnectFailed, RawClient, TimedOut
 from router.directory import Directory, Key, make_key
 from router.fhir import FHIR_JSON
 from router.fhir.exchange import PROVIDER, Outcome, open_exchange
+from router.fhir.forwarding import Forwarder, HopFailed
 from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
 from router.fhir.recorder import Recorder
 from router.store.ingest import Inbound, utcnow, write_inbound
@@ -52,6 +52,7 @@ HOP_BY_HOP = frozenset(
 )
 NOT_ANSWERED = HOP_BY_HOP | {"date", "server"}
 KEPT_HEADERS = (*SSP, "content-type", "accept")  # with the stored request (no Authorization)
+KEPT_OF_REFUSED = 64 * 1024  # of a refused request's body, stored with its reason
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
@@ -113,37 +114,31 @@ def _default_port(scheme: str) -> int:
 
 
 class BookingProxy:
-    def __init__(self, recorder: Recorder, directory: Directory, owner: str) -> None:
+    def __init__(
+        self, recorder: Recorder, directory: Directory, forwarder: Forwarder, owner: str
+    ) -> None:
         self._recorder = recorder
         self._directory = directory
         self._owner = owner
-        self._clients: dict[str, RawClient] = {}
-
-    async def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.close()
-
-    def _client(self, request: ProxyRequest) -> RawClient:
-        client = self._clients.get(request.channel)
-        if client is None:
-            options = request.options
-            client = RawClient(options.tls, options.timeout, options.connect_timeout)
-            self._clients[request.channel] = client
-        return client
+        self._forwarder = forwarder
 
     async def handle(self, request: ProxyRequest) -> ProxyAnswer:
         try:
             caller, interaction = self._check(request)
         except Rejected as exc:
-            self._store_refused(request, exc)
-            return self.refusal(exc)
+            return self.refuse(request, exc)
         started = utcnow()
         t0 = time.perf_counter()
         answer, sent, kept, error = await self._forward(request)
         duration = (time.perf_counter() - t0) * 1000
         self._store_exchange(request, caller, interaction, started, duration, sent, kept, error)
         return answer
+
+    def refuse(self, request: ProxyRequest, exc: Rejected) -> ProxyAnswer:
+        """Answer ``exc`` and keep the refused request (its first 64 KiB) with the reason."""
+        request.body = request.body[:KEPT_OF_REFUSED]
+        self._store_refused(request, exc)
+        return self.refusal(exc)
 
     def refusal(self, exc: Rejected) -> ProxyAnswer:
         body = json.dumps(operation_outcome(exc.issues, exc.status)).encode()
@@ -194,15 +189,19 @@ class BookingProxy:
     async def _forward(
         self, request: ProxyRequest
     ) -> tuple[ProxyAnswer, bool, bytes | None, str | None]:
-        client = self._client(request)
         headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP]
-        try:
-            response = await client.request(request.method, request.url, headers, request.body)
-        except TimedOut:
-            text = f"the provider did not answer within {request.options.timeout:g}s"
-            return self._failed(504, "timeout", text)
-        except (ConnectFailed, Broken) as exc:
-            return self._failed(502, "transient", f"the provider could not be reached: {exc}")
+        response = await self._forwarder.send(
+            request.channel,
+            request.options,
+            request.method,
+            request.url,
+            headers,
+            request.body,
+            peer="the provider",
+            limit=request.options.max_body,
+        )
+        if isinstance(response, HopFailed):
+            return self._failed(response.status, response.code, response.text)
         answered = [(k, v) for k, v in response.headers if k.lower() not in NOT_ANSWERED]
         status, body = response.status, response.body
         error = None if 200 <= status < 300 else f"HTTP {status} {response.reason}"

@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from router.fhir.bars import IndexedRequest
 from router.store.schema import service_request_identifiers, service_requests
@@ -21,6 +21,37 @@ from router.store.schema import service_request_identifiers, service_requests
 r = service_requests.c
 i = service_request_identifiers.c
 MAX_RESULTS = 500
+
+
+# Statements built once: in the writer's transaction, building a statement and its cache
+# key per call cost about as much as running it (docs/performance.md#fhir-over-http).
+_BY_ID = select(service_requests).where(
+    r.channel == bindparam("channel"), r.resource_id == bindparam("resource_id")
+)
+# Candidates sharing an identifier value; the caller keeps the first whose system matches too.
+_BY_VALUE = (
+    select(service_requests, i.system.label("_system"), i.value.label("_value"))
+    .join(service_request_identifiers, i.request_id == r.id)
+    .where(r.channel == bindparam("channel"), i.value.in_(bindparam("values", expanding=True)))
+    .order_by(r.id)
+)
+_INSERT = service_requests.insert()
+_NEW_VERSION = (
+    update(service_requests)
+    .where(r.id == bindparam("_id"))
+    .values(
+        version=bindparam("_version"),
+        sender=bindparam("_sender"),
+        receiver=bindparam("_receiver"),
+        status=bindparam("_status"),
+        patient=bindparam("_patient"),
+        message_id=bindparam("_message_id"),
+        updated_at=bindparam("_updated_at"),
+        resource=bindparam("_resource"),
+    )
+)
+_IDENTIFIERS_OF = select(i.system, i.value).where(i.request_id == bindparam("request_id"))
+_INSERT_IDENTIFIERS = service_request_identifiers.insert()
 
 
 def index(
@@ -45,54 +76,51 @@ def index(
         }
         if row is None:
             request_id = conn.execute(
-                service_requests.insert().values(
-                    channel=channel,
-                    resource_id=item.resource_id,
-                    sender=sender[:255],
-                    receiver=receiver[:255],
-                    version=1,
+                _INSERT,
+                {
+                    "channel": channel,
+                    "resource_id": item.resource_id,
+                    "sender": sender[:255],
+                    "receiver": receiver[:255],
+                    "version": 1,
                     **values,
-                )
+                },
             ).inserted_primary_key[0]
             known: set[tuple[str, str]] = set()
         else:
             request_id = row.id
             conn.execute(
-                update(service_requests)
-                .where(r.id == row.id)
-                .values(
-                    version=row.version + 1,
-                    sender=row.sender or sender[:255],
-                    receiver=row.receiver or receiver[:255],
-                    **values,
-                )
+                _NEW_VERSION,
+                {
+                    "_id": row.id,
+                    "_version": row.version + 1,
+                    "_sender": row.sender or sender[:255],
+                    "_receiver": row.receiver or receiver[:255],
+                    **{f"_{name}": value for name, value in values.items()},
+                },
             )
             known = {
-                (x.system, x.value)
-                for x in conn.execute(select(i.system, i.value).where(i.request_id == row.id))
+                (x.system, x.value) for x in conn.execute(_IDENTIFIERS_OF, {"request_id": row.id})
             }
         new = [pair for pair in dict.fromkeys(item.identifiers) if pair not in known]
         if new:
             conn.execute(
-                service_request_identifiers.insert(),
+                _INSERT_IDENTIFIERS,
                 [{"request_id": request_id, "system": s, "value": v} for s, v in new],
             )
 
 
 def _existing(conn: Connection, channel: str, item: IndexedRequest) -> Any:
-    by_id = conn.execute(
-        select(service_requests).where(r.channel == channel, r.resource_id == item.resource_id)
-    ).first()
+    """The registry row of ``item``: by its id, else the first sharing one of its identifiers."""
+    by_id = conn.execute(_BY_ID, {"channel": channel, "resource_id": item.resource_id}).first()
     if by_id is not None or not item.identifiers:
         return by_id
-    same = or_(*(and_(i.system == s, i.value == v) for s, v in item.identifiers))
-    return conn.execute(
-        select(service_requests)
-        .join(service_request_identifiers, i.request_id == r.id)
-        .where(r.channel == channel, same)
-        .order_by(r.id)
-        .limit(1)
-    ).first()
+    pairs = set(item.identifiers)
+    values = sorted({value for _, value in pairs})
+    for row in conn.execute(_BY_VALUE, {"channel": channel, "values": values}).all():
+        if (row._system, row._value) in pairs:
+            return row
+    return None
 
 
 def _token(text: str) -> tuple[str | None, str]:

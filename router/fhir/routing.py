@@ -18,9 +18,7 @@ from typing import Any
 
 from router.config.http import BarsRouting
 from router.connectors.http import join_url, wire_parts
-from router.connectors.http_client import Broken, ConnectFailed, RawClient, TimedOut
 from router.directory import Directory, Key, parse_key
-from router.fhir import FHIR_JSON
 from router.fhir.bars import (
     conversation_keys,
     encode_target,
@@ -39,19 +37,20 @@ from router.fhir.exchange import (
     find_original,
     open_exchange,
 )
+from router.fhir.forwarding import Forwarder, HopFailed
 from router.fhir.intake import (
     Answer,
     Checked,
     FhirRequest,
-    describe,
+    checked_inbound,
     fhir_answer,
     mirrored_headers,
-    source_metadata,
+    not_stored,
 )
 from router.fhir.outcome import Issue, operation_outcome, reject
 from router.fhir.recorder import Recorder
 from router.store.database import Store
-from router.store.ingest import GroupCommitWriter, Inbound, utcnow
+from router.store.ingest import GroupCommitWriter, utcnow
 
 log = logging.getLogger(__name__)
 PASSED_ON = (
@@ -70,6 +69,7 @@ class BarsRouter:
         writer: GroupCommitWriter,
         recorder: Recorder,
         directory: Directory,
+        forwarder: Forwarder,
         owner: str,
     ) -> None:
         self._store = store
@@ -77,19 +77,7 @@ class BarsRouter:
         self._recorder = recorder
         self._directory = directory
         self._owner = owner
-        self._clients: dict[str, RawClient] = {}
-
-    async def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.close()
-
-    def _client(self, channel: str, routing: BarsRouting) -> RawClient:
-        client = self._clients.get(channel)
-        if client is None:
-            client = RawClient(routing.tls, routing.timeout, routing.connect_timeout)
-            self._clients[channel] = client
-        return client
+        self._forwarder = forwarder
 
     async def route(self, request: FhirRequest, checked: Checked) -> Answer:
         """Store, forward, answer with the receiver's answer; raises Rejected before storing."""
@@ -107,25 +95,13 @@ class BarsRouter:
                 via,
             )
         url = join_url(endpoint.address, "$process-message")
-        message_type, control_id, sender = describe(checked)
-        item = Inbound(
-            request.channel,
-            request.body,
-            content_type=FHIR_JSON,
-            message_type=message_type,
-            control_id=control_id,
-            sender=sender,
-            source=source_metadata(
-                request,
-                bars={
-                    "target": str(key),
-                    "target_from": via,
-                    "source_endpoint": source_endpoint(header),
-                    "url": url,
-                },
-            ),
-            status="processed",
-        )
+        bars = {
+            "target": str(key),
+            "target_from": via,
+            "source_endpoint": source_endpoint(header),
+            "url": url,
+        }
+        item = checked_inbound(request, checked, source={"bars": bars}, status="processed")
         keys = conversation_keys(checked.document, header, request.headers)
         registration = Registration(
             service_requests(checked.document), source_endpoint(header) or "", str(key)
@@ -149,8 +125,7 @@ class BarsRouter:
             )
         except Exception as exc:
             log.error("channel %s: could not store a BaRS message: %s", request.channel, exc)
-            issue = Issue("transient", "the message could not be stored; send it again later")
-            return fhir_answer(503, operation_outcome([issue], 503), request.headers)
+            return not_stored(request.headers)
         started = utcnow()
         t0 = time.perf_counter()
         answer, sent, response, error = await self._forward(request, routing, url, key)
@@ -186,30 +161,25 @@ class BarsRouter:
         self, request: FhirRequest, routing: BarsRouting, url: str, key: Key
     ) -> tuple[Answer, bool, bytes | None, str | None]:
         """(answer to the sender, delivered?, the receiver's answer as kept, error)."""
-        client = self._client(request.channel, routing)
         headers = {
             "Content-Type": "application/fhir+json",
             "Accept": "application/fhir+json",
             "NHSD-Target-Identifier": encode_target(key),
         }
         headers.update({n: request.headers[n] for n in PASSED_ON if request.headers.get(n)})
-        tries = routing.connect_retries + 1
-        for number in range(1, tries + 1):
-            try:
-                response = await client.request("POST", url, headers.items(), request.body)
-                break
-            except ConnectFailed as exc:
-                # Nothing reached the receiver: trying again is safe.
-                if number < tries:
-                    continue
-                text = f"the receiver at {url} could not be reached: {exc}"
-                return self._failed(request, 502, "transient", text)
-            except TimedOut:
-                text = f"the receiver at {url} did not answer within {routing.timeout:g}s"
-                return self._failed(request, 504, "timeout", text)
-            except Broken as exc:
-                text = f"the exchange with {url} broke off: {exc}"
-                return self._failed(request, 502, "transient", text)
+        response = await self._forwarder.send(
+            request.channel,
+            routing,
+            "POST",
+            url,
+            headers.items(),
+            request.body,
+            peer=f"the receiver at {url}",
+            limit=request.source.max_body,
+            connect_retries=routing.connect_retries,
+        )
+        if isinstance(response, HopFailed):
+            return self._failed(request, response.status, response.code, response.text)
         status, reason = response.status, response.reason
         kept = wire_parts(status, reason, response.headers, response.body)
         if status >= 500:

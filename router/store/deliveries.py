@@ -19,6 +19,7 @@ from router.config import RetryPolicy
 from router.connectors import Delivery, SendResult
 from router.store.blobs import BlobStore
 from router.store.database import Store, Transact
+from router.store.fast_insert import insert_rows
 from router.store.ingest import utcnow
 from router.store.schema import PENDING, attempts, deliveries, messages
 
@@ -193,12 +194,13 @@ def record(
     *,
     owner: str,
     transact: Transact[Any] | None = None,
-) -> None:
+) -> list[str]:
     """Write every attempt and settle its delivery; release claimed ones never attempted.
 
     Every attempt is kept, but a delivery is settled only while ``owner`` still holds
     its lease: if the lease ran out and another node took the delivery over, that
     node's outcome stands. ``transact`` runs the transaction (default: one of its own).
+    Returns each attempt's outcome (sent, retrying, failed), for the metrics.
     """
     now = utcnow()
     attempt_rows, updates = [], []
@@ -243,8 +245,7 @@ def record(
             log.warning("leases on deliveries %s ran out before their results came in", lost)
         settle = [u for u in updates if u["_id"] in held]
         _log_failures(attempt_rows)
-        if attempt_rows:
-            conn.execute(attempts.insert(), attempt_rows)
+        insert_rows(conn, attempts, attempt_rows)
         if settle:
             conn.execute(
                 update(deliveries)
@@ -264,6 +265,7 @@ def record(
             _release(conn, and_(d.id.in_(untried), d.lease_owner == owner))
 
     (transact or store.run)(work)
+    return [row["outcome"] for row in attempt_rows]
 
 
 def _retry_delay(policy: RetryPolicy, number: int, result: SendResult) -> float:

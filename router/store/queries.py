@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import Connection, Select, func, or_, select, text
 
 from router.store.blobs import BlobStore
+from router.store.flags import flags_of
 from router.store.ingest import utcnow
-from router.store.schema import attempts, correlations, deliveries, messages
+from router.store.schema import attempts, correlations, deliveries, message_flags, messages
 
 m = messages.c
 TEXT_WINDOW = timedelta(days=1)
@@ -45,6 +46,7 @@ class MessageFilter:
     control_id: str | None = None
     key: str | None = None
     text: str | None = None
+    flag: str | None = None
     before_id: int | None = None
     limit: int = 50
 
@@ -78,6 +80,9 @@ def search_query(f: MessageFilter, dialect: str, columns: tuple[Any, ...] = LIST
     if f.key:
         keyed = select(correlations.c.message_id).where(correlations.c.value == f.key)
         query = query.where(or_(m.id.in_(keyed), m.control_id == f.key, m.uuid == f.key))
+    if f.flag:
+        flagged = select(message_flags.c.message_id).where(message_flags.c.flag == f.flag)
+        query = query.where(m.id.in_(flagged))
     if f.text:
         needle = f.text.encode("utf-8")
         if dialect == "postgresql":
@@ -141,6 +146,7 @@ def message_detail(
         )
     ]
     detail["correlations"] = keys
+    detail["flags"] = flags_of(conn, message_id)
     linked = [message_id] + ([row.reprocessed_from] if row.reprocessed_from else [])
     detail["timeline"] = timeline(conn, [k["value"] for k in keys], linked)
     return detail
@@ -157,7 +163,11 @@ def _preview(
 
 
 def timeline(conn: Connection, values: list[str], linked: list[int]) -> list[dict[str, Any]]:
-    """Messages sharing a correlation value, and replays of or from ``linked``, oldest first."""
+    """Messages sharing a correlation value, and replays of or from ``linked``, oldest first.
+
+    Each message carries its flags and its deliveries, each with its last attempt's answer
+    (e.g. the laboratory's ACK to an order), so one list tells the conversation's story.
+    """
     related = select(correlations.c.message_id).where(correlations.c.value.in_(values))
     query = (
         select(m.id, m.uuid, m.channel, m.received_at, m.status, m.message_type, m.control_id)
@@ -165,4 +175,67 @@ def timeline(conn: Connection, values: list[str], linked: list[int]) -> list[dic
         .order_by(m.id)
         .limit(500)
     )
-    return [dict(r._mapping) for r in conn.execute(query)]
+    rows = [dict(r._mapping) for r in conn.execute(query)]
+    ids = [r["id"] for r in rows]
+    flags: dict[int, list[str]] = {i: [] for i in ids}
+    sent: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    if ids:
+        f = message_flags.c
+        for message_id, flag in conn.execute(
+            select(f.message_id, f.flag).where(f.message_id.in_(ids)).order_by(f.flag)
+        ):
+            flags[message_id].append(flag)
+        for delivery in _timeline_deliveries(conn, ids):
+            sent[delivery.pop("message_id")].append(delivery)
+    for row in rows:
+        row["flags"] = flags[row["id"]]
+        row["deliveries"] = sent[row["id"]]
+    return rows
+
+
+def _timeline_deliveries(conn: Connection, message_ids: list[int]) -> list[dict[str, Any]]:
+    """The messages' deliveries, each with its last attempt's time, outcome and answer."""
+    d, a = deliveries.c, attempts.c
+    last = (
+        select(func.max(a.id)).where(a.delivery_id == d.id).correlate(deliveries).scalar_subquery()
+    )
+    query = (
+        select(
+            d.message_id,
+            d.id,
+            d.destination,
+            d.status,
+            d.address,
+            d.attempts,
+            d.last_error,
+            a.started_at.label("attempted_at"),
+            a.outcome,
+            a.response,
+        )
+        .select_from(deliveries.outerjoin(attempts, a.id == last))
+        .where(d.message_id.in_(message_ids))
+        .order_by(d.id)
+    )
+    found = []
+    for r in conn.execute(query):
+        row = dict(r._mapping)
+        row["answer"] = answer_summary(row.pop("response"))
+        found.append(row)
+    return found
+
+
+def answer_summary(response: bytes | None) -> str | None:
+    """A short reading of a receiver's answer: ``AA`` for an HL7 ACK, a MESH message id..."""
+    if not response:
+        return None
+    text = response[:4096].decode("utf-8", errors="replace")
+    for segment in text.replace("\n", "\r").split("\r"):
+        if segment.startswith("MSA|"):
+            return segment.split("|")[1] or None
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return text[:80]
+    if isinstance(answer, dict) and answer.get("mesh_message_id"):
+        return f"MESH {answer['mesh_message_id']} to {answer.get('to', '?')}"
+    return text[:80]

@@ -67,6 +67,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 PENDING = ("queued", "sending", "retrying")
+HELD = "held"  # awaiting release approval (router/governance/holds.py); never claimed
 
 messages = Table(
     "messages",
@@ -96,6 +97,9 @@ messages = Table(
     Index(None, "channel", "sender", "control_id"),
     Index(None, "message_type", "received_at"),
     Index(None, "origin_delivery_id"),
+    # Newest first by one status or one channel (API and console searches, cursor by id).
+    Index(None, "status", "id"),
+    Index(None, "channel", "id"),
     Index(
         "ix_messages_unprocessed",
         "id",
@@ -129,7 +133,12 @@ deliveries = Table(
     Column("resent_from", Id, ForeignKey("deliveries.id")),
     # Where this delivery goes when its destination looks the address up in the directory.
     Column("address", String(1024)),
+    # A held delivery (DESIGN.md §4) joins a hold batch when its release is requested; the
+    # destination's summary mapping labels it (JSON) for the batch's summary.
+    Column("hold_batch_id", Id),
+    Column("hold_labels", Text),
     Index(None, "message_id"),
+    Index(None, "hold_batch_id"),
     Index(None, "channel", "status", "updated_at"),
     Index(
         "ix_deliveries_pending",
@@ -165,6 +174,16 @@ correlations = Table(
     Column("value", String(255), nullable=False),
     UniqueConstraint("message_id", "key", "value"),
     Index(None, "value"),
+)
+
+# Flags processing set on a message (e.g. ``unmatched-order``: a result whose placer order
+# number no order carries). The key (flag, message_id) serves ``--flag`` searches.
+message_flags = Table(
+    "message_flags",
+    metadata,
+    Column("flag", String(32), primary_key=True),
+    Column("message_id", Id, ForeignKey("messages.id"), primary_key=True),
+    Index(None, "message_id"),
 )
 
 audit_events = Table(
@@ -203,7 +222,7 @@ mesh_sent = Table(
     Index(None, "delivery_id"),
 )
 
-# The endpoint directory (router/directory.py): an organisation (ODS code), a service (DoS id)
+# The endpoint directory (router/directory/): an organisation (ODS code), a service (DoS id)
 # or a system (ASID), with an interaction, maps to an endpoint of one transport.
 endpoints = Table(
     "endpoints",
@@ -269,4 +288,98 @@ jobs = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Index(None, "status", "received_at"),
     Index(None, "practice"),
+)
+
+# Users, API tokens and console sessions (router/auth/). Roles are a space-separated set;
+# a password, token or session is kept only as its hash (argon2 / sha256).
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("roles", String(255), nullable=False),
+    Column("password_hash", String(255)),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, ForeignKey("users.id"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("roles", String(255), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("expires_at", UtcDateTime()),
+    Column("revoked_at", UtcDateTime()),
+    Column("revoked_by", String(128)),
+    Index(None, "user_id"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("user_id", Id, ForeignKey("users.id"), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_seen_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index(None, "user_id"),
+    Index(None, "expires_at"),
+)
+
+# Governance (router/governance/): every channel revision is kept, with its author and approver.
+channel_revisions = Table(
+    "channel_revisions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("channel", String(64), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("yaml", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("author", String(128), nullable=False),
+    Column("proposed_at", UtcDateTime(), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("approver", String(128)),
+    Column("approved_at", UtcDateTime()),
+    Column("deployed_at", UtcDateTime()),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("based_on", Integer),
+    UniqueConstraint("channel", "number"),
+    Index(None, "state", "channel"),
+)
+
+# A held batch: the held deliveries of one destination present when someone asked for release.
+hold_batches = Table(
+    "hold_batches",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("channel", String(64), nullable=False),
+    Column("destination", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("required", Integer, nullable=False),
+    Column("deliveries", Integer, nullable=False),
+    Column("channel_owner", String(128)),
+    Column("requested_by", String(128), nullable=False),
+    Column("requested_at", UtcDateTime(), nullable=False),
+    Column("decided_at", UtcDateTime()),
+    Column("decided_by", String(128)),
+    Column("reason", Text),
+    Index(None, "state", "channel"),
+)
+
+hold_approvals = Table(
+    "hold_approvals",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("batch_id", Id, ForeignKey("hold_batches.id"), nullable=False),
+    Column("approver", String(128), nullable=False),
+    Column("approved_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("batch_id", "approver"),
 )

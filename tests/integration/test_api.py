@@ -8,16 +8,16 @@ import httpx
 import pytest
 from hl7.client import MLLPClient
 from sqlalchemy import select
-from tie_testing import RunningEngine, channel, engine_config, wait_until
+from tie_testing import RunningEngine, api_token, channel, engine_config, wait_until
 
 from router.store.schema import audit_events, messages
 
-TOKEN = "s3cret-operator-token"
+TOKEN = "tie_s3cret-operator-token"
 
 
 @pytest.fixture
 def api(tmp_path, store_url, monkeypatch) -> Iterator[tuple[RunningEngine, httpx.Client]]:
-    monkeypatch.setenv("TIE_API_TOKEN", TOKEN)
+    api_token(store_url, token=TOKEN)
     orders = channel({"name": "orders", "source": {"mllp": {"port": 0}}, "destinations": {}})
     running = RunningEngine(engine_config(tmp_path, store_url), {"orders": orders}, http=True)
     client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
@@ -79,7 +79,11 @@ def test_search_and_detail_with_an_audited_view(api, hl7_samples):
     assert body["raw"].startswith("MSH|^~\\&|EPIC|R0A|iGene")
     assert {"key": "control_id", "value": oml["control_id"]} in body["correlations"]
     with running.store.read() as conn:
-        views = conn.execute(select(audit_events.c.actor, audit_events.c.target)).all()
+        views = conn.execute(
+            select(audit_events.c.actor, audit_events.c.target).where(
+                audit_events.c.action == "view"
+            )
+        ).all()
         assert conn.scalar(select(messages.c.uuid).where(messages.c.id == oml["id"]))
     assert views == [("operator", f"urn:tie:message:{oml['uuid']}")]
 

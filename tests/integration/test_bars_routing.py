@@ -19,22 +19,25 @@ from tie_testing import (
     HttpReceiver,
     Received,
     RunningEngine,
+    api_token,
     channel,
     engine_config,
+    engine_over_http,
     free_ports,
     wait_until,
 )
 
-from router.directory import Key, make_endpoint, put_endpoint
+from router.directory import Key, make_endpoint
 from router.store.schema import attempts, correlations, deliveries, messages
 
-TOKEN = "bars-operator-token"
+TOKEN = "tie_bars-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FHIR = {"Content-Type": "application/fhir+json"}
 RECEIVER = Key("dos", "111111111")
 SENDER = Key("dos", "2222222222")
 URN = "urn:hmpps:interventions-referral:5f1b3d44-3a43-4c5e-9a0c-2a9e8c1d7b21"
 SR_ID = "236bb75d-90ef-461f-b71e-fde7f899802c"  # the request's ServiceRequest fullUrl uuid
+MAX_BODY = 1024 * 1024  # of a request, and of the receiver's answer passed back
 
 
 def target(key: Key) -> str:
@@ -60,6 +63,8 @@ class Services:
             await asyncio.sleep(2.0)
         if self.mode == "error":
             return 500, b'{"resourceType":"OperationOutcome","issue":[]}', {}
+        if self.mode == "huge":
+            return 200, b" " * (MAX_BODY + 1), {}
         fhir = {"Content-Type": "application/fhir+json"}
         if self.mode == "invalid":
             return 400, self.invalid_body.encode(), fhir
@@ -83,32 +88,27 @@ def services(bars_samples: dict[str, Any]) -> Iterator[Services]:
 def tie(
     tmp_path: Path, store_url: str, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[RunningEngine, httpx.Client]]:
-    monkeypatch.setenv("TIE_API_TOKEN", TOKEN)
+    api_token(store_url, token=TOKEN)
     bars = channel(
         {
             "name": "bars",
-            "source": {"http": {"bars": {"timeout": "1s", "connect_timeout": "1s"}}},
+            "source": {
+                "http": {
+                    "max_body": MAX_BODY,
+                    "bars": {"timeout": "1s", "connect_timeout": "1s"},
+                }
+            },
         }
     )
-    running = RunningEngine(engine_config(tmp_path, store_url), {"bars": bars}, http=True)
-    with running.store.begin() as conn:
-        for key, url, events in (
-            (
-                RECEIVER,
-                services.receiver.url + "/fhir/R4",
-                ("servicerequest-request", "booking-request"),
-            ),
-            (SENDER, services.sender.url + "/fhir/R4", ("servicerequest-response",)),
-        ):
-            for event in events:
-                put_endpoint(conn, make_endpoint(key, event, "fhir", url), actor="test")
-    running.engine.gateway.directory.refresh()
-    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
-    try:
-        yield running, client
-    finally:
-        client.close()
-        running.stop()
+    receiver, sender = services.receiver.url + "/fhir/R4", services.sender.url + "/fhir/R4"
+    endpoints = [
+        make_endpoint(RECEIVER, "servicerequest-request", "fhir", receiver),
+        make_endpoint(RECEIVER, "booking-request", "fhir", receiver),
+        make_endpoint(SENDER, "servicerequest-response", "fhir", sender),
+    ]
+    config = engine_config(tmp_path, store_url)
+    with engine_over_http(config, {"bars": bars}, endpoints=endpoints) as tie:
+        yield tie
 
 
 def _post(client: httpx.Client, document: Any, **headers: str) -> httpx.Response:
@@ -306,6 +306,7 @@ def test_an_unknown_target_is_404_and_stored(tie, bars_samples):
     [
         ("slow", 504, "did not answer within 1s", "did not answer within 1s"),
         ("error", 502, "answered 500 Internal Server Error", "HTTP 500 Internal Server Error"),
+        ("huge", 502, f"answer is larger than {MAX_BODY} bytes", "larger than"),
     ],
 )
 def test_a_failing_receiver_gets_502_or_504_and_the_exchange_is_kept(
@@ -344,13 +345,9 @@ def test_a_receivers_client_error_passes_through_unchanged(tie, services, bars_s
 def test_a_receiver_that_is_down_gets_502(tie, services, bars_samples):
     running, client = tie
     (port,) = free_ports(1)
-    with running.store.begin() as conn:
-        put_endpoint(
-            conn,
-            make_endpoint(RECEIVER, "booking-request", "fhir", f"http://127.0.0.1:{port}/fhir"),
-            actor="test",
-        )
-    running.engine.gateway.directory.refresh()
+    running.register(
+        [make_endpoint(RECEIVER, "booking-request", "fhir", f"http://127.0.0.1:{port}/fhir")]
+    )
     answer = _post(client, bars_samples["booking-request_process-message"])
     assert answer.status_code == 502
     assert "could not be reached: ConnectError" in answer.json()["issue"][0]["diagnostics"]

@@ -18,20 +18,24 @@ from tie_testing import (
     HttpReceiver,
     Received,
     RunningEngine,
+    api_token,
     channel,
     engine_config,
+    engine_over_http,
     free_ports,
+    serving,
     wait_until,
 )
 
-from router.directory import Key, make_endpoint, put_endpoint
+from router.directory import Key, make_endpoint
 from router.store.schema import attempts, deliveries, messages
 
-TOKEN = "proxy-operator-token"
+TOKEN = "tie_proxy-operator-token"
 PROVIDER = Key("asid", "200000000115")
 CONSUMER = Key("asid", "200000000116")
 SEARCH = "urn:nhs:names:services:careconnect:fhir:rest:search:slot"
 BOOK = "urn:nhs:names:services:careconnect:fhir:rest:create:appointment"
+MAX_BODY = 1024 * 1024  # the proxy's bound on what it is sent and what it passes back
 SLOTS = {
     "resourceType": "Bundle",
     "type": "searchset",
@@ -57,6 +61,8 @@ class Provider:
         fhir = {"Content-Type": "application/fhir+json", "X-Provider": "uec-test"}
         if request.method == "GET" and request.path == "/STU3/Slot":
             return 200, json.dumps(SLOTS).encode(), fhir
+        if request.method == "GET" and request.path == "/STU3/Binary":
+            return 200, b"x" * (MAX_BODY + 1), fhir
         if request.method == "POST" and request.path == "/STU3/Appointment":
             if self.booked:
                 return 422, json.dumps(GONE).encode(), fhir
@@ -64,49 +70,41 @@ class Provider:
             return 201, request.body, {**fhir, "Location": "/STU3/Appointment/appt-1/_history/1"}
         return 404
 
+    def stop(self) -> None:
+        self.server.stop()
+
 
 @pytest.fixture
 def provider() -> Iterator[Provider]:
-    p = Provider()
-    yield p
-    p.server.stop()
+    with serving(Provider()) as p:
+        yield p
 
 
 @pytest.fixture
 def elsewhere() -> Iterator[HttpReceiver]:
     """A host the proxy must never reach."""
-    server = HttpReceiver()
-    yield server
-    server.stop()
+    with serving(HttpReceiver()) as server:
+        yield server
 
 
 @pytest.fixture
 def tie(
     tmp_path: Path, store_url: str, provider: Provider, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[RunningEngine, httpx.Client]]:
-    monkeypatch.setenv("TIE_API_TOKEN", TOKEN)
-    proxy = channel({"name": "booking-proxy", "source": {"proxy": {"timeout": "1s"}}})
-    running = RunningEngine(engine_config(tmp_path, store_url), {"booking-proxy": proxy}, http=True)
-    with running.store.begin() as conn:
-        for interaction in (SEARCH, BOOK):
-            put_endpoint(
-                conn,
-                make_endpoint(PROVIDER, interaction, "fhir", provider.server.url + "/STU3"),
-                actor="test",
-            )
-        put_endpoint(
-            conn, make_endpoint(CONSUMER, SEARCH, "fhir", "http://consumer.example"), actor="t"
+    api_token(store_url, token=TOKEN)
+    options = {"timeout": "1s", "max_body": MAX_BODY}
+    proxy = channel({"name": "booking-proxy", "source": {"proxy": options}})
+    endpoints = [
+        make_endpoint(key, interaction, "fhir", url)
+        for key, url in (
+            (PROVIDER, provider.server.url + "/STU3"),
+            (CONSUMER, "http://consumer.example"),
         )
-        put_endpoint(
-            conn, make_endpoint(CONSUMER, BOOK, "fhir", "http://consumer.example"), actor="t"
-        )
-    running.engine.gateway.directory.refresh()
-    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
-    try:
-        yield running, client
-    finally:
-        client.close()
-        running.stop()
+        for interaction in (SEARCH, BOOK)
+    ]
+    config = engine_config(tmp_path, store_url)
+    with engine_over_http(config, {"booking-proxy": proxy}, endpoints=endpoints) as tie:
+        yield tie
 
 
 def ssp(interaction: str, trace: str | None = None, **override: str) -> dict[str, str]:
@@ -267,23 +265,32 @@ def test_a_provider_that_is_down_or_slow(tie, provider):
     assert (row.status, row.delivery) == ("processed", "failed")
 
     (port,) = free_ports(1)
-    with running.store.begin() as conn:
-        put_endpoint(
-            conn,
-            make_endpoint(PROVIDER, SEARCH, "fhir", f"http://127.0.0.1:{port}/STU3"),
-            actor="t",
-        )
-    running.engine.gateway.directory.refresh()
+    running.register([make_endpoint(PROVIDER, SEARCH, "fhir", f"http://127.0.0.1:{port}/STU3")])
     down = client.get(f"/proxy/http://127.0.0.1:{port}/STU3/Slot", headers=ssp(SEARCH))
     assert down.status_code == 502
     assert "could not be reached" in down.json()["issue"][0]["diagnostics"]
 
 
-def test_an_oversized_request_is_refused(tie, provider):
-    _, client = tie
-    body = b"x" * (10 * 1024 * 1024 + 1)
+def test_an_oversized_answer_is_not_passed_on(tie, provider):
+    running, client = tie
+    headers = ssp(SEARCH)
+    answer = client.get(f"/proxy/{provider.server.url}/STU3/Binary", headers=headers)
+    assert answer.status_code == 502
+    assert f"the answer is larger than {MAX_BODY} bytes" in answer.json()["issue"][0]["diagnostics"]
+    row = wait_until(lambda: stored(running, headers["Ssp-TraceID"]))
+    assert (row.status, row.delivery) == ("processed", "failed")
+
+
+def test_an_oversized_request_is_refused_and_kept_with_the_reason(tie, provider):
+    running, client = tie
+    body = b"x" * (MAX_BODY + 1)
+    headers = ssp(BOOK)
     answer = client.post(
-        f"/proxy/{provider.server.url}/STU3/Appointment", content=body, headers=ssp(BOOK)
+        f"/proxy/{provider.server.url}/STU3/Appointment", content=body, headers=headers
     )
     assert answer.status_code == 413
     assert provider.server.received == []
+    row = wait_until(lambda: stored(running, headers["Ssp-TraceID"]))
+    assert (row.status, row.delivery) == ("error", None)
+    assert row.error.startswith("refused (413): the body is larger than")
+    assert len(row.raw) <= 64 * 1024

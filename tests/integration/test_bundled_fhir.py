@@ -12,13 +12,20 @@ from uuid import uuid4
 
 import httpx
 import pytest
-from tie_testing import HttpReceiver, RunningEngine, engine_config, wait_until
+from tie_testing import (
+    HttpReceiver,
+    RunningEngine,
+    api_token,
+    engine_config,
+    engine_over_http,
+    wait_until,
+)
 
 from router.config import load_channel
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_PORTS = ("9101", "9102", "9103", "9104")
-TOKEN = "bundled-operator-token"
+TOKEN = "tie_bundled-operator-token"
 
 
 @pytest.fixture
@@ -43,7 +50,7 @@ def tie(
     services: dict[str, HttpReceiver],
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[RunningEngine, httpx.Client]]:
-    monkeypatch.setenv("TIE_API_TOKEN", TOKEN)
+    api_token(store_url, token=TOKEN)
     text = (ROOT / "config" / "endpoints.yaml").read_text()
     for bundled, server in zip(BUNDLED_PORTS, services.values(), strict=True):
         text = text.replace(f"127.0.0.1:{bundled}", f"127.0.0.1:{server.port}")
@@ -54,13 +61,8 @@ def tie(
         for name in ("bars-referrals", "booking-proxy")
     }
     config = engine_config(tmp_path, store_url, endpoints=str(endpoints))
-    running = RunningEngine(config, channels, http=True)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
-    try:
-        yield running, client
-    finally:
-        client.close()
-        running.stop()
+    with engine_over_http(config, channels) as tie:
+        yield tie
 
 
 def test_a_referral_and_its_response_through_the_bundled_router(tie, services, bars_samples):

@@ -9,26 +9,34 @@ import httpx
 import pytest
 import yaml
 from hl7.client import MLLPClient
-from tie_testing import Hl7Receiver, RunningEngine, channel, engine_config, hl7_message, wait_until
+from tie_testing import (
+    Hl7Receiver,
+    RunningEngine,
+    api_token,
+    channel,
+    engine_config,
+    engine_over_http,
+    hl7_message,
+    serving,
+    wait_until,
+)
 
 from router.store.schema import deliveries
 
-TOKEN = "directory-operator-token"
+TOKEN = "tie_directory-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
 def lab() -> Iterator[Hl7Receiver]:
-    receiver = Hl7Receiver()
-    yield receiver
-    receiver.stop()
+    with serving(Hl7Receiver()) as receiver:
+        yield receiver
 
 
 @pytest.fixture
 def second_lab() -> Iterator[Hl7Receiver]:
-    receiver = Hl7Receiver()
-    yield receiver
-    receiver.stop()
+    with serving(Hl7Receiver()) as receiver:
+        yield receiver
 
 
 @pytest.fixture
@@ -36,7 +44,7 @@ def api(
     tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch, lab: Hl7Receiver
 ) -> Iterator[tuple[RunningEngine, httpx.Client]]:
     """The engine; receivers are fixtures set up before it, so they outlive its connections."""
-    monkeypatch.setenv("TIE_API_TOKEN", TOKEN)
+    api_token(store_url, token=TOKEN)
     endpoints = tmp_path / "endpoints.yaml"
     endpoints.write_text(
         yaml.safe_dump(
@@ -65,13 +73,8 @@ def api(
         }
     )
     config = engine_config(tmp_path, store_url, endpoints=str(endpoints))
-    running = RunningEngine(config, {"orders": orders}, http=True)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
-    try:
-        yield running, client
-    finally:
-        client.close()
-        running.stop()
+    with engine_over_http(config, {"orders": orders}) as tie:
+        yield tie
 
 
 def _oml(sample: bytes, control_id: str, facility: str) -> bytes:

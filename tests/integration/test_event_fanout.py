@@ -11,9 +11,16 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
-from tie_testing import HttpReceiver, RunningEngine, channel, engine_config, wait_until
+from tie_testing import (
+    HttpReceiver,
+    RunningEngine,
+    channel,
+    engine_config,
+    engine_over_http,
+    wait_until,
+)
 
-from router.directory import Key, make_endpoint, put_endpoint
+from router.directory import Key, make_endpoint
 from router.store.schema import deliveries, messages
 
 INTERACTION = "immunisation-event"
@@ -108,26 +115,18 @@ def tie(
             },
         }
     )
-    running = RunningEngine(engine_config(tmp_path, store_url), {"vaccinations": events}, http=True)
-    with running.store.begin() as conn:
-        for key, server, scope in (
-            (Key("ods", "G82080"), subscribers.gp, "addressed"),
-            (Key("ods", "Y01234"), subscribers.other_gp, "addressed"),
-            (Key("ods", "X26"), subscribers.national, "all"),
-            (Key("ods", "Q71"), subscribers.regional, "all"),
-        ):
-            put_endpoint(
-                conn,
-                make_endpoint(key, INTERACTION, "fhir", server.url + "/fhir", scope=scope),
-                actor="test",
-            )
-    running.engine.gateway.directory.refresh()
-    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
-    try:
-        yield running, client
-    finally:
-        client.close()
-        running.stop()
+    endpoints = [
+        make_endpoint(Key("ods", ods), INTERACTION, "fhir", server.url + "/fhir", scope=scope)
+        for ods, server, scope in (
+            ("G82080", subscribers.gp, "addressed"),
+            ("Y01234", subscribers.other_gp, "addressed"),
+            ("X26", subscribers.national, "all"),
+            ("Q71", subscribers.regional, "all"),
+        )
+    ]
+    config = engine_config(tmp_path, store_url)
+    with engine_over_http(config, {"vaccinations": events}, endpoints=endpoints) as tie:
+        yield tie
 
 
 def _deliveries(running: RunningEngine) -> list[Any]:

@@ -14,7 +14,15 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
-from tie_testing import HttpReceiver, RunningEngine, channel, engine_config, wait_until
+from tie_testing import (
+    HttpReceiver,
+    RunningEngine,
+    channel,
+    engine_config,
+    engine_over_http,
+    serving,
+    wait_until,
+)
 
 from router.store.schema import correlations, messages
 
@@ -24,9 +32,9 @@ REQUESTS = ("servicerequest-request_validation", "booking-request_process-messag
 
 @pytest.fixture
 def receiver() -> Iterator[HttpReceiver]:
-    rx = HttpReceiver(lambda r: (200, b"{}", {"Content-Type": "application/fhir+json"}))
-    yield rx
-    rx.stop()
+    answer = (200, b"{}", {"Content-Type": "application/fhir+json"})
+    with serving(HttpReceiver(lambda r: answer)) as rx:
+        yield rx
 
 
 def _channels(receiver: HttpReceiver) -> dict[str, Any]:
@@ -49,6 +57,10 @@ def _channels(receiver: HttpReceiver) -> dict[str, Any]:
                         "path": "$process-message",
                         "headers": {"X-Request-Id": "{message_uuid}"},
                     },
+                    # HTTP destinations are unordered by default: two deliveries may be
+                    # sent side by side and arrive either way round. Ordered, they arrive
+                    # in receive order, one at a time.
+                    "ordered": True,
                 }
             },
         }
@@ -67,13 +79,8 @@ def _channels(receiver: HttpReceiver) -> dict[str, Any]:
 def engine(
     tmp_path: Path, store_url: str, receiver: HttpReceiver
 ) -> Iterator[tuple[RunningEngine, httpx.Client]]:
-    running = RunningEngine(engine_config(tmp_path, store_url), _channels(receiver), http=True)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
-    try:
-        yield running, client
-    finally:
-        client.close()
-        running.stop()
+    with engine_over_http(engine_config(tmp_path, store_url), _channels(receiver)) as tie:
+        yield tie
 
 
 def _rows(running: RunningEngine, *where: Any) -> list[Any]:
@@ -110,10 +117,7 @@ def test_messages_are_stored_before_the_answer_and_routed_by_their_event(
         assert json.loads(row.source)["headers"]["x-request-id"] == f"req-{name}"
 
     wait_until(lambda: len(receiver.received) == 2)
-    # An http destination is not ordered unless told: the two may be sent side by side.
-    assert sorted(r.json()["id"] for r in receiver.received) == sorted(
-        bars_samples[n]["id"] for n in REQUESTS
-    )
+    assert [r.json()["id"] for r in receiver.received] == [bars_samples[n]["id"] for n in REQUESTS]
     assert {r.path for r in receiver.received} == {"/fhir/R4/$process-message"}
     assert {r.headers["content-type"] for r in receiver.received} == {"application/fhir+json"}
     wait_until(lambda: [r.status for r in _rows(running)] == ["processed", "processed", "filtered"])

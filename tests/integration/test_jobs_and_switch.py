@@ -8,7 +8,7 @@ import json
 import httpx
 import yaml
 from sqlalchemy import select
-from tie_testing import RunningEngine, channel, engine_config, wait_until
+from tie_testing import RunningEngine, api_token, channel, engine_config, wait_until
 
 from router.cli import main
 from router.connectors import Delivery
@@ -18,7 +18,7 @@ from router.store.ingest import Inbound
 from router.store.migrate import upgrade
 from router.store.schema import audit_events, channel_state, messages
 
-TOKEN = "switch-test-token"
+TOKEN = "tie_switch-test-token"
 
 
 def _record(store: Store, job_id: str, payload: bytes) -> str:
@@ -65,7 +65,7 @@ def test_jobs_are_upserted_and_listed_as_json(tmp_path, store_url, capsys, monke
 
 
 def test_pause_and_resume_through_the_api(tmp_path, store_url, monkeypatch):
-    monkeypatch.setenv("TIE_API_TOKEN", TOKEN)
+    api_token(store_url, token=TOKEN)
     out = tmp_path / "out"
     feed = channel(
         {
@@ -94,7 +94,11 @@ def test_pause_and_resume_through_the_api(tmp_path, store_url, monkeypatch):
         with running.store.read() as conn:
             assert conn.scalar(select(channel_state.c.paused)) is False
             assert set(conn.scalars(select(messages.c.status))) == {"processed"}
-            actions = conn.scalars(select(audit_events.c.action).order_by(audit_events.c.id))
+            actions = conn.scalars(
+                select(audit_events.c.action)
+                .where(audit_events.c.target == "channel:intake")
+                .order_by(audit_events.c.id)
+            )
             assert list(actions) == ["pause", "resume"]
         assert client.post("/api/channels/nope/pause").status_code == 404
         assert httpx.post(f"{client.base_url}/api/channels/intake/pause").status_code == 401

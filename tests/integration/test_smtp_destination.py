@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
 from email import message_from_bytes, policy
 
 import pytest
 from mesh_testing import SmtpRelay
 from sqlalchemy import select
-from tie_testing import RunningEngine, channel, engine_config, free_ports, wait_until
+from tie_testing import (
+    Certificates,
+    RunningEngine,
+    channel,
+    engine_config,
+    free_ports,
+    make_certificates,
+    wait_until,
+)
 
 from router.store.ingest import Inbound
 from router.store.schema import deliveries
@@ -91,43 +98,24 @@ def test_an_unreachable_relay_is_retried(tmp_path, store_url):
         running.stop()
 
 
-@pytest.fixture
-def certificate(tmp_path):
-    cert, key = tmp_path / "relay.pem", tmp_path / "relay.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("relay-tls"))
 
 
-def test_starttls_is_used_and_the_relay_certificate_verified(tmp_path, store_url, certificate):
-    cert, key = certificate
+def _tls_relay(certificates: Certificates) -> SmtpRelay:
+    """A relay that requires STARTTLS, with a certificate of the test CA for 127.0.0.1."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    relay = SmtpRelay(tls_context=context, require_starttls=True)
+    context.load_cert_chain(certificates.server_cert, certificates.server_key)
+    return SmtpRelay(tls_context=context, require_starttls=True)
+
+
+def test_starttls_is_used_and_the_relay_certificate_verified(tmp_path, store_url, certificates):
+    relay = _tls_relay(certificates)
     running = _run(
         tmp_path,
         store_url,
-        _channel(relay.port, starttls=True, ca=str(cert), attach=True),
+        _channel(relay.port, starttls=True, ca=str(certificates.ca), attach=True),
         payload=b"a,b\r\n1,2\r\n",
     )
     try:
@@ -141,11 +129,8 @@ def test_starttls_is_used_and_the_relay_certificate_verified(tmp_path, store_url
         relay.stop()
 
 
-def test_without_starttls_a_relay_that_requires_it_refuses(tmp_path, store_url, certificate):
-    cert, key = certificate
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    relay = SmtpRelay(tls_context=context, require_starttls=True)
+def test_without_starttls_a_relay_that_requires_it_refuses(tmp_path, store_url, certificates):
+    relay = _tls_relay(certificates)
     running = _run(tmp_path, store_url, _channel(relay.port))
     try:
         delivery = wait_until(lambda: _settled(running.store))

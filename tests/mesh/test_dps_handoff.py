@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from mesh_testing import DPS, HUB, LAB, PCSE, MeshSandbox, SmtpRelay, mesh_env
+from mesh_testing import DPS, HUB, LAB, PCSE, MeshSandbox, SmtpRelay, mailbox_config, mesh_env
 from sqlalchemy import select
 from tie_testing import RunningEngine, engine_config, wait_until
 
@@ -64,13 +64,7 @@ def _channels(relay: SmtpRelay):
 
 
 def _engine(tmp_path, store_url, sandbox: MeshSandbox, relay: SmtpRelay) -> RunningEngine:
-    mailbox = {
-        "url": sandbox.url,
-        "mailbox": HUB,
-        "password": {"env": "TIE_TEST_MESH_PASSWORD"},
-        "shared_key": {"env": "TIE_TEST_MESH_KEY"},
-        "retries": 0,
-    }
+    mailbox = mailbox_config(sandbox)
     config = engine_config(
         tmp_path,
         store_url,
@@ -238,20 +232,24 @@ def test_an_extract_goes_to_dps_and_its_results_to_pcse_as_csvs_and_a_summary_em
         running.stop()
 
 
+@pytest.mark.parametrize(
+    "filename",
+    ["A82023_GPR4LNA1.CSA.txt", "A82023_GPR4LNA1." + "X" * 280],
+    ids=["extension", "longer-than-the-job-column"],
+)
 def test_a_bad_filename_fails_the_job_sends_the_failure_email_and_nothing_to_dps(
-    tmp_path, store_url, mesh_sandbox, relay
+    tmp_path, store_url, mesh_sandbox, relay, filename
 ):
     running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    kept = filename[:255]  # MESH allows 300 characters; the job and the email keep 255
     try:
-        _send_extract(mesh_sandbox, filename="A82023_GPR4LNA1.CSA.txt")
+        _send_extract(mesh_sandbox, filename=filename)
         (email,) = wait_until(lambda: relay.emails(), timeout=30)
-        assert (
-            email["Subject"].strip()
-            == "List Reconciliation: GP file A82023_GPR4LNA1.CSA.txt failed validation"
-        )
+        subject = " ".join(email["Subject"].split())  # a long subject is folded
+        assert subject == f"List Reconciliation: GP file {kept} failed validation"
         assert "is not {ODS}_GPR4{HA}1.{M}{D}{S}" in email.get_content()
         jobs = wait_until(lambda: list_jobs(running.store))
-        assert jobs[0]["status"] == "failed_validation"
+        assert (jobs[0]["status"], jobs[0]["filename"]) == ("failed_validation", kept)
         assert "is not {ODS}_GPR4{HA}1" in jobs[0]["error"]
         wait_until(lambda: _all_settled(running.store))
         assert mesh_sandbox.inbox(DPS) == []

@@ -8,7 +8,7 @@ import os
 
 import pytest
 from mesh_client import MeshClient
-from mesh_testing import DPS, HUB, LAB, MeshSandbox, mesh_env
+from mesh_testing import DPS, HUB, LAB, mailbox_config, mesh_env
 from sqlalchemy import select
 from tie_testing import RunningEngine, channel, engine_config, free_ports, wait_until
 
@@ -18,23 +18,12 @@ from router.store.schema import attempts, deliveries, mesh_sent, messages
 MIB = 1024 * 1024
 
 
-def _mailbox(sandbox: MeshSandbox, mailbox: str = HUB, **extra):
-    return {
-        "url": sandbox.url,
-        "mailbox": mailbox,
-        "password": {"env": "TIE_TEST_MESH_PASSWORD"},
-        "shared_key": {"env": "TIE_TEST_MESH_KEY"},
-        "retries": 0,
-        **extra,
-    }
-
-
 def _config(tmp_path, store_url, sandbox, **mailbox_extra):
     return engine_config(
         tmp_path,
         store_url,
         blobs={"directory": str(tmp_path / "blobs")},
-        mesh={"mailboxes": {"hub": _mailbox(sandbox, **mailbox_extra)}},
+        mesh={"mailboxes": {"hub": mailbox_config(sandbox, **mailbox_extra)}},
     )
 
 
@@ -134,7 +123,9 @@ def test_an_unregistered_recipient_fails_the_delivery_with_code_12(
 def test_a_transport_error_is_retried(tmp_path, store_url, mesh_sandbox):
     closed = f"http://127.0.0.1:{free_ports(1)[0]}"
     config = engine_config(
-        tmp_path, store_url, mesh={"mailboxes": {"hub": {**_mailbox(mesh_sandbox), "url": closed}}}
+        tmp_path,
+        store_url,
+        mesh={"mailboxes": {"hub": mailbox_config(mesh_sandbox, url=closed)}},
     )
     running = RunningEngine(config, {"to-dps": _sender()})
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from mesh_testing import DPS, HUB, Certificates, MeshSandbox, mesh_env
+from mesh_testing import DPS, Certificates, MeshSandbox, mailbox_config, mesh_env
 from sqlalchemy import select
 from tie_testing import RunningEngine, channel, engine_config, wait_until
 
@@ -24,14 +24,7 @@ def tls_sandbox(tmp_path_factory):
 
 
 def _engine(tmp_path, sandbox, **tls):
-    mailbox = {
-        "url": sandbox.url,
-        "mailbox": HUB,
-        "password": {"env": "TIE_TEST_MESH_PASSWORD"},
-        "shared_key": {"env": "TIE_TEST_MESH_KEY"},
-        "retries": 0,
-        **tls,
-    }
+    mailbox = mailbox_config(sandbox, **tls)
     feed = channel(
         {
             "name": "to-dps",

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from tie_testing import RunningEngine, channel, engine_config, wait_until
 
-from router.api.app import _jsonable
+from router.api.messages import jsonable
 from router.payload import Payload
 from router.store.blobs import BlobStore
 from router.store.database import Store
@@ -98,7 +98,7 @@ def test_a_blob_message_is_passed_on_and_written_out_by_streaming(tmp_path, stor
         assert (delivery.payload, delivery.blob_sha256) == (b"", payload.sha256)
         assert detail["raw"] == data[:PREVIEW] and detail["raw_truncated"]
         assert detail["deliveries"][0]["payload"] == data[:PREVIEW]
-        assert _jsonable(detail)["raw_truncated"] is True
+        assert jsonable(detail)["raw_truncated"] is True
     finally:
         running.stop()
 

@@ -3,12 +3,13 @@ the registry's versions; and exchanges a stop interrupted."""
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from router.fhir.bars import conversation_keys, service_requests
+from router.fhir.bars import IndexedRequest, conversation_keys, service_requests
 from router.fhir.exchange import (
     FORWARD,
     Outcome,
@@ -18,10 +19,10 @@ from router.fhir.exchange import (
     fail_interrupted,
     open_exchange,
 )
-from router.fhir.registry import search
+from router.fhir.registry import index, search
 from router.store.deliveries import claim
 from router.store.ingest import Inbound, utcnow
-from router.store.schema import attempts, deliveries, messages
+from router.store.schema import attempts, correlations, deliveries, messages
 
 
 def _open(store, document, *, owner="node-a", lease=30.0):
@@ -100,6 +101,42 @@ def test_a_response_joins_the_requests_conversation(store, bars_samples):
         "dos:111111111",
         "3478526985",
     )
+
+
+def test_a_cancelled_appointment_joins_its_bookings_conversation(store, bars_samples):
+    booking = bars_samples["booking-request_process-message"]
+    cancellation = copy.deepcopy(booking)
+    cancellation["id"] = "0d7c3f64-6a4e-4a43-9c55-6d3f1d1e0b11"
+    appointment = cancellation["entry"][1]
+    appointment["resource"]["status"] = "cancelled"
+    booked = _open(store, booking)
+    cancelled = _open(store, cancellation)
+    assert cancelled.conversation == booked.conversation
+    reference = "Appointment/" + appointment["fullUrl"].removeprefix("urn:uuid:")
+    with store.read() as conn:
+        found = conversation_messages(conn, reference)
+        cancels = conn.execute(
+            select(correlations.c.message_id, correlations.c.value).where(
+                correlations.c.key == "cancels"
+            )
+        ).all()
+    assert [m["id"] for m in found] == [booked.message_id, cancelled.message_id]
+    assert [tuple(row) for row in cancels] == [(cancelled.message_id, reference)]
+
+
+def test_the_registry_matches_a_request_by_system_and_value(store, bars_samples):
+    def request(rid: str, system: str) -> IndexedRequest:
+        resource = {"resourceType": "ServiceRequest", "id": rid, "status": "active"}
+        return IndexedRequest(rid, "active", "9000000009", ((system, "REF-1"),), resource)
+
+    message_id = _open(store, bars_samples["booking-request_process-message"]).message_id
+    for item in (request("a", "urn:sys:a"), request("b", "urn:sys:b"), request("c", "urn:sys:a")):
+        with store.begin() as conn:
+            index(conn, "bars", message_id, [item], sender="s", receiver="r", now=utcnow())
+    with store.read() as conn:
+        rows = search(conn, "bars", identifier="REF-1")
+    # "c" shares system and value with "a": a new version of it; "b" only the value.
+    assert sorted((row["resource_id"], row["version"]) for row in rows) == [("a", 2), ("b", 1)]
 
 
 def test_exchanges_a_stop_interrupted_fail_and_others_stay(store, bars_samples):

@@ -207,3 +207,49 @@ def test_two_copies_in_one_batch_store_one_original(store):
     original, duplicate = _row(store, first.uuid), _row(store, second.uuid)
     assert original["status"] == "received"
     assert (duplicate["status"], duplicate["duplicate_of"]) == ("filtered", original["id"])
+
+
+def test_a_failing_job_is_rolled_back_alone_and_the_rest_of_its_batch_commits(store):
+    """Jobs (the processor's, the dispatcher's writes) share a batch with messages: one that
+    fails undoes only its own writes and raises in its caller."""
+
+    def failing(conn):
+        conn.execute(messages.insert(), _row_of(_inbound(900)))
+        conn.execute(text("SELECT no_such_column FROM messages"))
+
+    def succeeding(conn):
+        conn.execute(messages.insert(), _row_of(_inbound(901)))
+        return "done"
+
+    async def main(writer: GroupCommitWriter) -> list[object]:
+        loop = asyncio.get_running_loop()
+        futures = [
+            asyncio.wrap_future(writer.run_soon(failing), loop=loop),
+            asyncio.create_task(writer.submit(_inbound(1))),
+            asyncio.wrap_future(writer.run_soon(succeeding), loop=loop),
+        ]
+        await asyncio.sleep(0)
+        writer.start()
+        try:
+            return await asyncio.gather(*futures, return_exceptions=True)
+        finally:
+            writer.stop()
+
+    failed, receipt, done = asyncio.run(main(GroupCommitWriter(store)))
+    assert isinstance(failed, Exception) and not isinstance(failed, StoreUnavailable)
+    assert isinstance(receipt, Receipt) and done == "done"
+    with store.read() as conn:
+        assert sorted(conn.scalars(select(m.control_id))) == ["MSG1", "MSG901"]
+
+
+def _row_of(item: Inbound) -> dict[str, object]:
+    return {
+        "uuid": item.uuid,
+        "channel": item.channel,
+        "received_at": item.received_at,
+        "status": "received",
+        "content_type": "hl7v2",
+        "control_id": item.control_id,
+        "size": len(item.raw),
+        "raw": item.raw,
+    }

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import func, select, update
 
 from router import mappings
 from router.config import ChannelConfig
@@ -79,30 +79,40 @@ def test_run_once_settles_messages_and_writes_deliveries_and_keys(store, receive
     }
 
 
-class DeliveryInsertFails(Exception):
-    pass
-
-
 @contextmanager
 def failing_delivery_insert(store: Store) -> Iterator[None]:
-    """Make the INSERT into deliveries fail inside the processor's transaction."""
-
-    def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO DELIVERIES"):
-            raise DeliveryInsertFails(statement)
-
-    event.listen(store.writer, "before_cursor_execute", _before)
+    """Make the INSERT into deliveries fail inside the processor's transaction: a trigger,
+    so the store itself refuses the row, however the insert reaches it."""
+    if store.is_sqlite:
+        create = [
+            "CREATE TRIGGER refuse_deliveries BEFORE INSERT ON deliveries "
+            "BEGIN SELECT RAISE(ABORT, 'delivery insert refused'); END"
+        ]
+        drop = ["DROP TRIGGER refuse_deliveries"]
+    else:
+        create = [
+            "CREATE FUNCTION refuse_deliveries() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'delivery insert refused'; END $$",
+            "CREATE TRIGGER refuse_deliveries BEFORE INSERT ON deliveries "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_deliveries()",
+        ]
+        drop = ["DROP TRIGGER refuse_deliveries ON deliveries", "DROP FUNCTION refuse_deliveries()"]
+    with store.begin() as conn:
+        for statement in create:
+            conn.exec_driver_sql(statement)
     try:
         yield
     finally:
-        event.remove(store.writer, "before_cursor_execute", _before)
+        with store.begin() as conn:
+            for statement in drop:
+                conn.exec_driver_sql(statement)
 
 
 def test_outcome_and_deliveries_commit_together_or_not_at_all(store, receive, er7):
     (message_id,) = receive("orders", er7("ORD1"))
     processor = Processor(store, {"orders": _channel()})
 
-    with failing_delivery_insert(store), pytest.raises(DeliveryInsertFails):
+    with failing_delivery_insert(store), pytest.raises(Exception, match="insert refused"):
         processor.run_once()
     assert _statuses(store, [message_id]) == [("received", None)]
     assert _deliveries(store) == []

@@ -110,6 +110,9 @@ def test_results_give_statistics_csvs_and_the_summary():
         ([HEADER, {"type": "gossip"}], "line 2: unknown type 'gossip'"),
         ([HEADER, {"type": "only_on_gp"}], "line 2: a only_on_gp line needs a record"),
         ([{k: v for k, v in HEADER.items() if k != "job_id"}], "the header has no job_id"),
+        ([{**HEADER, "practice": "../A82023"}], "the header's practice '../A82023' is not"),
+        ([{**HEADER, "filename": "x" * 256}], "the header's filename 'x+' is not 1 to 255"),
+        ([{**HEADER, "job_id": "j" * 37}], "the header's job_id 'j+' is not 1 to 36"),
     ],
 )
 def test_results_that_break_the_layout_say_where(lines, reason):

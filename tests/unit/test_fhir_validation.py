@@ -7,9 +7,9 @@ import copy
 
 import pytest
 
+from router.config.http import BARS_EVENT_SYSTEM, BARS_EVENTS
 from router.fhir.outcome import Rejected, operation_outcome
 from router.fhir.validation import check_message, check_resource, parse_json
-from router.http_config import BARS_EVENT_SYSTEM, BARS_EVENTS
 
 MESSAGES = (
     "booking-request_process-message",

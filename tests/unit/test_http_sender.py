@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from router.config import ChannelConfig
+from router.config.http import HttpTarget
 from router.connectors import Delivery
 from router.connectors.http import classify, join_url, media_type, render_headers, retry_after
-from router.http_config import HttpTarget
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import yaml
 from tie_testing import channel, engine_config
 
 from router.config import ConfigError, load_engine
+from router.config.mesh import SecretUnavailable
 from router.connectors.mesh.build import check_mailboxes
-from router.mesh_config import SecretUnavailable
 
 
 def _engine_yaml(tmp_path, password):

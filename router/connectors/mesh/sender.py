@@ -49,6 +49,11 @@ class MeshSender:
             "local_id": t.local_id,
         }
         headers = {k: render(v, fields) for k, v in optional.items() if v is not None}
+        # A directory lookup resolved the recipient's mailbox when the message was processed.
+        if delivery.address:
+            return delivery.address.strip().upper(), headers
+        if t.to is None:
+            raise TemplateError("no recipient: the destination has no 'to' and no address")
         return render(t.to, fields).strip().upper(), headers
 
     def _send(self, delivery: Delivery) -> SendResult:

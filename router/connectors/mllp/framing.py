@@ -25,28 +25,29 @@ async def read_frame(reader: asyncio.StreamReader, max_size: int) -> bytes | Non
 
     Bytes outside a frame are discarded (up to ``max_size`` of them). When a new
     start byte appears inside a frame, the earlier part was a truncated frame
-    and only the last one is returned.
+    and only the last one is returned. One ``readuntil`` per frame: the stream's
+    limit bounds what is buffered, junk before the start byte included.
     """
     skipped = 0
     while True:
-        byte = await reader.read(1)
-        if not byte:
-            return None
-        if byte == START:
+        try:
+            data = await reader.readuntil(END)
+        except asyncio.LimitOverrunError as exc:
+            raise FrameTooLarge(f"frame larger than {max_size} bytes") from exc
+        except asyncio.IncompleteReadError as exc:
+            start = exc.partial.find(START)
+            if start < 0:
+                return None
+            raise TruncatedFrame(
+                f"connection closed after {len(exc.partial) - start - 1} bytes of a frame"
+            ) from exc
+        start = data.rfind(START)
+        if start >= 0:
             break
-        skipped += 1
+        skipped += len(data)
         if skipped > max_size:
             raise FrameTooLarge(f"{skipped} bytes of junk outside any MLLP frame")
-    try:
-        data = await reader.readuntil(END)
-    except asyncio.LimitOverrunError as exc:
-        raise FrameTooLarge(f"frame larger than {max_size} bytes") from exc
-    except asyncio.IncompleteReadError as exc:
-        raise TruncatedFrame(
-            f"connection closed after {len(exc.partial)} bytes of a frame"
-        ) from exc
-    body = data[: -len(END)]
+    body = data[start + 1 : -len(END)]
     if len(body) > max_size:
         raise FrameTooLarge(f"frame of {len(body)} bytes is larger than {max_size}")
-    restart = body.rfind(START)
-    return body[restart + 1 :] if restart >= 0 else body
+    return body

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
+from router import metrics
 from router.config import ChannelConfig
 from router.connectors.hl7_inbound import hl7_inbound
 from router.connectors.mllp.framing import FrameTooLarge, TruncatedFrame, frame, read_frame
+from router.connectors.mllp.idle import IdleWatch
 from router.hl7v2.ack import AckError, ack_code, build_ack, build_reject, should_send
 from router.hl7v2.er7 import Er7Error
 from router.hl7v2.header import MshHeader, parse_header, read_header
@@ -35,6 +38,7 @@ class MllpListener:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._window = channel.idempotent.window if channel.idempotent else None
+        self._latency = metrics.ACK_LATENCY.labels(channel.name, "mllp")
 
     @property
     def port(self) -> int:
@@ -94,13 +98,28 @@ class MllpListener:
     async def _converse(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
     ) -> None:
+        watch = IdleWatch(self.options.idle_timeout)
+        try:
+            await self._exchange(reader, writer, peer, watch)
+        except asyncio.CancelledError:
+            if not watch.expired:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            log.info("channel %s: closing idle connection from %s", self.channel.name, peer)
+        finally:
+            watch.close()
+
+    async def _exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+        watch: IdleWatch,
+    ) -> None:
         while True:
+            watch.waiting()
             try:
-                async with asyncio.timeout(self.options.idle_timeout):
-                    data = await read_frame(reader, self.options.max_frame)
-            except TimeoutError:
-                log.info("channel %s: closing idle connection from %s", self.channel.name, peer)
-                return
+                data = await read_frame(reader, self.options.max_frame)
             except FrameTooLarge as exc:
                 log.warning("channel %s: %s from %s", self.channel.name, exc, peer)
                 writer.write(frame(build_reject(f"{exc}; connection closed")))
@@ -109,8 +128,10 @@ class MllpListener:
             except TruncatedFrame as exc:
                 log.warning("channel %s: %s from %s", self.channel.name, exc, peer)
                 return
+            watch.busy()
             if data is None:
                 return
+            started = time.perf_counter()
             try:
                 answer = await self.accept(data, peer)
             except SilentFailure:
@@ -118,6 +139,7 @@ class MllpListener:
             if answer is not None:
                 writer.write(frame(answer))
                 await writer.drain()
+                self._latency.observe(time.perf_counter() - started)
 
     async def accept(self, data: bytes, peer: str) -> bytes | None:
         """Commit one message and return the acknowledgement to send (None: send nothing).

@@ -1,0 +1,170 @@
+"""HL7 v2 data types as FHIR R4 data types: times, codes, names, addresses, quantities."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from .segments import Composite
+
+V2_TABLE = "http://terminology.hl7.org/CodeSystem/v2-{:04d}"
+UCUM = "http://unitsofmeasure.org"
+
+# HL7 v2 coding-system names (table 0396) that have a FHIR system URI.
+CODING_SYSTEMS = {
+    "LN": "http://loinc.org",
+    "SCT": "http://snomed.info/sct",
+    "SNM": "http://snomed.info/sct",  # the NHS uses SNM for SNOMED CT in v2 messages
+    "SNOMED": "http://snomed.info/sct",
+    "UCUM": UCUM,
+    "HL70078": V2_TABLE.format(78),
+    "HL70487": V2_TABLE.format(487),
+}
+
+_TS = re.compile(
+    r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?(?:([+-])(\d{2})(\d{2}))?$"
+)
+_NUMBER = re.compile(r"^\s*([<>]=?)?\s*([+-]?(\d+\.?\d*|\.\d+))\s*$")
+
+
+def fhir_datetime(value: str | None, zone: ZoneInfo) -> str | None:
+    """An HL7 TS/DTM as a FHIR dateTime at its own precision; None when it is not a time.
+
+    FHIR needs an offset once there is a time: a time without one is the sender's local
+    time (``zone``). Minutes and seconds left out by the sender are written as zero.
+    """
+    match = _TS.match((value or "").strip())
+    if not match:
+        return None
+    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
+    try:
+        local = datetime(
+            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
+            int(second or 0),
+        )  # fmt: skip
+    except ValueError:
+        return None
+    if hour is None:
+        return "-".join(p for p in (year, month, day) if p)
+    if sign:
+        offset = f"{sign}{off_h}:{off_m}"
+    else:
+        offset = local.replace(tzinfo=zone).strftime("%z")
+        offset = f"{offset[:3]}:{offset[3:]}"
+    return f"{local.strftime('%Y-%m-%dT%H:%M:%S')}{fraction or ''}{offset}"
+
+
+def fhir_instant(value: str | None, zone: ZoneInfo) -> str | None:
+    """An HL7 TS as a FHIR instant, which needs at least the hour; else None."""
+    converted = fhir_datetime(value, zone)
+    return converted if converted and "T" in converted else None
+
+
+def fhir_date(value: str | None) -> str | None:
+    """The date part of an HL7 DT/TS (e.g. a birth date)."""
+    converted = fhir_datetime((value or "")[:8], ZoneInfo("UTC"))
+    return converted if converted and "T" not in converted else None
+
+
+def decimal(value: str | None) -> tuple[str | None, int | float | None]:
+    """``(comparator, number)`` of ``"5.2"``, ``"<5"``, ``">=90"``; ``(None, None)`` if not one.
+
+    A JSON number keeps the value (``int`` when it has no fraction).
+    """
+    match = _NUMBER.match(value or "")
+    if not match:
+        return None, None
+    try:
+        number = Decimal(match.group(2))
+    except InvalidOperation:
+        return None, None
+    result: int | float = (
+        int(number)
+        if number == number.to_integral_value() and "." not in match.group(2)
+        else float(number)
+    )
+    return match.group(1), result
+
+
+def codeable_concept(value: Composite) -> dict[str, Any] | None:
+    """A CE/CWE/CNE: identifier^text^system (and the alternate triple in 4-6)."""
+    if not value:
+        return None
+    codings = [c for c in (_coding(value, 1), _coding(value, 4)) if c]
+    concept: dict[str, Any] = {}
+    if codings:
+        concept["coding"] = codings
+    text = value.get(2) or value.get(5)
+    if text:
+        concept["text"] = text
+    if not concept:  # a value with no code and no text: keep what it says
+        concept["text"] = value.text.strip()
+    return concept
+
+
+def code(value: str) -> str:
+    """A FHIR ``code``: no leading, trailing or repeated whitespace."""
+    return " ".join(value.split())
+
+
+def _coding(value: Composite, first: int) -> dict[str, Any] | None:
+    identifier, display, system = value.get(first), value.get(first + 1), value.get(first + 2)
+    if not identifier:
+        return None
+    coding: dict[str, Any] = {}
+    uri = coding_system(system)
+    if uri:
+        coding["system"] = uri
+    coding["code"] = code(identifier)
+    if display:
+        coding["display"] = display
+    return coding
+
+
+def coding_system(name: str | None) -> str | None:
+    """The FHIR URI of a v2 coding-system name; None for local or unknown systems."""
+    if not name:
+        return None
+    known = CODING_SYSTEMS.get(name.upper())
+    if known:
+        return known
+    table = re.fullmatch(r"HL7(\d{4})", name.upper())
+    return V2_TABLE.format(int(table.group(1))) if table else None
+
+
+def human_name(value: Composite, family: int = 1) -> dict[str, Any] | None:
+    """An XPN (``family`` = 1) or the name part of an XCN (``family`` = 2)."""
+    name: dict[str, Any] = {}
+    surname = value.get(family)
+    if surname:
+        name["family"] = surname
+    given = [g for g in (value.get(family + 1), value.get(family + 2)) if g]
+    if given:
+        name["given"] = given
+    prefix, suffix = value.get(family + 4), value.get(family + 3)
+    if prefix:
+        name["prefix"] = [prefix]
+    if suffix:
+        name["suffix"] = [suffix]
+    return name or None
+
+
+def address(value: Composite) -> dict[str, Any] | None:
+    """An XAD: street^other^city^state/county^postcode^country."""
+    out: dict[str, Any] = {}
+    lines = [line for line in (value.get(1), value.get(2)) if line]
+    if lines:
+        out["line"] = lines
+    for component, element in ((3, "city"), (4, "district"), (5, "postalCode"), (6, "country")):
+        part = value.get(component)
+        if part:
+            out[element] = part
+    return out or None
+
+
+def reference(resource: dict[str, Any]) -> dict[str, str]:
+    """A reference to a resource of the same Bundle, by its ``urn:uuid`` full URL."""
+    return {"reference": f"urn:uuid:{resource['id']}"}

@@ -1,0 +1,139 @@
+"""The result groups of an ORU^R01, found by hl7apy's structure-aware parser.
+
+Group names differ by version (``ORU_R01_RESPONSE`` in 2.3, ``ORU_R01_PATIENT_RESULT``
+from 2.4), so groups are matched by the end of their names. Values are read from the
+segments as received, not from hl7apy's tree: hl7apy writes a field the version does
+not define (an ORC-21 in 2.3) back in the wrong place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.hl7v2.er7 import Er7Message
+from router.hl7v2.structure import parse_structured
+
+from .segments import Delimiters, Segment
+
+
+@dataclass
+class ObservationGroup:
+    obx: Segment
+    notes: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class OrderGroup:
+    obr: Segment
+    orc: Segment | None = None
+    notes: list[Segment] = field(default_factory=list)  # NTE after OBR: comments on the report
+    observations: list[ObservationGroup] = field(default_factory=list)
+    specimens: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class PatientGroup:
+    pid: Segment | None = None
+    orders: list[OrderGroup] = field(default_factory=list)
+
+
+@dataclass
+class ResultMessage:
+    msh: Segment
+    patients: list[PatientGroup]
+
+
+def read_result(raw: str | bytes) -> ResultMessage:
+    """Parse ``raw`` (an ORU^R01 of v2.3 to 2.5.1) into its patient and order groups."""
+    message = Er7Message(raw)
+    delimiters = Delimiters(message.field_sep, message.encoding, message.codec)
+    tree = parse_structured(_skeleton(message))
+    nodes = _segments(tree)
+    if [node.name for node in nodes] != message.segment_names():
+        raise ValueError(
+            f"segments out of order for {tree.name}: {' '.join(message.segment_names())}"
+        )
+    received = {
+        id(node): Segment(text, delimiters)
+        for node, text in zip(nodes, message.segments, strict=True)
+    }
+    patients: list[PatientGroup] = []
+    for group in _groups(tree, "_PATIENT_RESULT", "_RESPONSE"):
+        patient = PatientGroup()
+        for child in group.children:
+            if child.name.endswith("_PATIENT"):
+                pid = [received[id(s)] for s in _segments(child) if s.name == "PID"]
+                patient.pid = pid[0] if pid else None
+            elif child.name.endswith("_ORDER_OBSERVATION"):
+                patient.orders.append(_order(child, received))
+        patients.append(patient)
+    return ResultMessage(Segment(message.segments[0], delimiters), patients)
+
+
+def _skeleton(message: Er7Message) -> bytes:
+    """The segment names, after an MSH with only what hl7apy reads (MSH-9, MSH-12).
+
+    Groups depend on segment names only; hl7apy parsing every field of every segment would
+    cost ten times as much, for values that are read from the text anyway.
+    """
+    sep = message.field_sep
+    raw_msh = message.segments[0].split(sep)
+    msh9, msh12 = (raw_msh[i] if i < len(raw_msh) else "" for i in (8, 11))
+    msh = sep.join(["MSH", message.encoding, "", "", "", "", "", "", msh9, "", "", msh12])
+    return "\r".join([msh, *message.segment_names()[1:]]).encode("ascii", errors="replace")
+
+
+def _order(group: Any, received: dict[int, Segment]) -> OrderGroup:
+    orc: Segment | None = None
+    order: OrderGroup | None = None
+    notes: list[Segment] = []
+    observations: list[ObservationGroup] = []
+    specimens: list[Segment] = []
+    for child in group.children:
+        if child.classname == "Segment":
+            segment = received[id(child)]
+            if segment.name == "ORC":
+                orc = segment
+            elif segment.name == "OBR":
+                order = OrderGroup(segment)
+            elif segment.name == "NTE":
+                notes.append(segment)
+        elif child.name.endswith("_OBSERVATION"):
+            observations.append(_observation(child, received))
+        elif child.name.endswith("_SPECIMEN"):  # SPM and the OBX about that specimen
+            for segment in (received[id(s)] for s in _segments(child)):
+                if segment.name == "SPM":
+                    specimens.append(segment)
+                elif segment.name == "OBX":
+                    observations.append(ObservationGroup(segment))
+    if order is None:
+        raise ValueError("an ORDER_OBSERVATION group without OBR")
+    order.orc, order.notes, order.observations, order.specimens = (
+        orc,
+        notes,
+        observations,
+        specimens,
+    )
+    return order
+
+
+def _observation(group: Any, received: dict[int, Segment]) -> ObservationGroup:
+    segments = [received[id(s)] for s in _segments(group)]
+    obx = next(s for s in segments if s.name == "OBX")
+    return ObservationGroup(obx, [s for s in segments if s.name == "NTE"])
+
+
+def _groups(element: Any, *suffixes: str) -> list[Any]:
+    return [c for c in element.children if c.classname == "Group" and c.name.endswith(suffixes)]
+
+
+def _segments(element: Any) -> list[Any]:
+    """Every segment under ``element``, depth first, in message order."""
+    found: list[Any] = []
+    for child in element.children:
+        if child.classname == "Segment":
+            found.append(child)
+        else:
+            found.extend(_segments(child))
+    return found

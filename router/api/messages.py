@@ -1,0 +1,271 @@
+"""``/api/messages`` and ``/api/deliveries``: search, detail, reprocess and resend.
+
+Searching is metadata (viewer); the detail holds message content and is an
+audited view (support); reprocess and resend (support) take one id or a search,
+need a reason, can be run dry, and write one audit event per message, paced like
+the CLI so a bulk replay cannot swamp the destinations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from router import audit, replay
+from router.api.security import Principal, require_role
+from router.store.queries import MessageFilter, find_message_id, message_detail, search
+
+if TYPE_CHECKING:
+    from router.engine import Engine
+
+MAX_BULK = 10_000
+RATE = 200.0  # replays a second, as the CLI's default
+MessageStatus = Literal["received", "processed", "filtered", "error"]
+Ref = Annotated[str, Field(max_length=64, description="number, UUID or urn:tie:message:")]
+DeliveryStatus = Literal["queued", "sending", "retrying", "sent", "failed", "held", "cancelled"]
+
+
+class SearchIn(BaseModel):
+    """The CLI's search options; at least one must be given for a bulk replay."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: str | None = Field(default=None, max_length=64)
+    status: MessageStatus | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    type: str | None = Field(default=None, max_length=64, description="MSH-9, e.g. ORU^R01")
+    control_id: str | None = Field(default=None, max_length=199)
+    key: str | None = Field(default=None, max_length=255)
+    text: str | None = Field(default=None, max_length=255)
+    flag: str | None = Field(default=None, max_length=32, description="e.g. unmatched-order")
+
+    def as_filter(self, limit: int) -> MessageFilter:
+        return MessageFilter(
+            channel=self.channel,
+            status=self.status,
+            since=self.since,
+            until=self.until,
+            message_type=self.type,
+            control_id=self.control_id,
+            key=self.key,
+            text=self.text,
+            flag=self.flag,
+            limit=limit,
+        )
+
+
+class ReplayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000, description="why (kept in the audit log)")
+    dry_run: bool = Field(default=False, description="list what would happen, change nothing")
+
+
+class BulkReprocessIn(ReplayIn):
+    ids: list[Ref] | None = Field(default=None, max_length=MAX_BULK, description="message refs")
+    search: SearchIn | None = None
+    limit: int = Field(default=1000, ge=1, le=MAX_BULK)
+
+
+class BulkResendIn(ReplayIn):
+    ids: list[int] | None = Field(default=None, max_length=MAX_BULK, description="delivery ids")
+    search: SearchIn | None = None
+    destination: str | None = Field(default=None, max_length=64)
+    delivery_status: DeliveryStatus | None = "failed"
+    limit: int = Field(default=1000, ge=1, le=MAX_BULK)
+
+
+def message_routes(engine: Engine) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["messages"])
+    store = engine.store
+
+    @router.get("/messages")
+    async def list_messages(
+        _: Principal = Depends(require_role("viewer")),
+        channel: str | None = Query(default=None, max_length=64),
+        status: MessageStatus | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        type: str | None = Query(default=None, max_length=64, description="MSH-9, e.g. ORU^R01"),
+        control_id: str | None = Query(default=None, max_length=199),
+        key: str | None = Query(default=None, max_length=255, description="a correlation key"),
+        text: str | None = Query(default=None, max_length=255, description="last 24h by default"),
+        flag: str | None = Query(default=None, max_length=32, description="e.g. unmatched-order"),
+        before: int | None = Query(default=None, description="cursor: `next` of the last page"),
+        limit: int = Query(default=50, ge=1, le=500),
+    ) -> dict[str, Any]:
+        """Newest first, metadata only; every filter is served by an index."""
+        f = SearchIn(
+            channel=channel,
+            status=status,
+            since=since,
+            until=until,
+            type=type,
+            control_id=control_id,
+            key=key,
+            text=text,
+            flag=flag,
+        ).as_filter(limit)
+        f.before_id = before
+
+        def find() -> list[dict[str, Any]]:
+            with store.read() as conn:
+                return search(conn, f)
+
+        rows = await asyncio.to_thread(find)
+        return {"messages": jsonable(rows), "next": rows[-1]["id"] if len(rows) == limit else None}
+
+    @router.get("/messages/{ref}")
+    async def get_message(
+        ref: str, principal: Principal = Depends(require_role("support"))
+    ) -> dict[str, Any]:
+        """The message with its content, deliveries and attempts; every call is audited."""
+
+        def load() -> dict[str, Any] | None:
+            with store.begin() as conn:
+                message_id = find_message_id(conn, ref)
+                if message_id is None:
+                    return None
+                detail = message_detail(conn, message_id, store.blobs)
+                assert detail is not None
+                target = f"urn:tie:message:{detail['uuid']}"
+                audit.append(conn, principal.name, "view", target, {"via": "api"})
+                return detail
+
+        detail = await asyncio.to_thread(load)
+        if detail is None:
+            raise HTTPException(404, f"no message {ref}")
+        return jsonable(detail)
+
+    @router.post("/messages/{ref}/reprocess")
+    async def reprocess_one(
+        ref: str, body: ReplayIn, principal: Principal = Depends(require_role("support"))
+    ) -> dict[str, Any]:
+        """Run the stored message through its channel's current revision again."""
+        ids = await asyncio.to_thread(_message_ids, store, [ref])
+        return await _replay(body, ids, _reprocess(store, body, principal), store, "reprocess")
+
+    @router.post("/messages/reprocess")
+    async def reprocess_many(
+        body: BulkReprocessIn, principal: Principal = Depends(require_role("support"))
+    ) -> dict[str, Any]:
+        """Reprocess the messages named in ``ids``, or those a ``search`` finds."""
+        if body.ids is not None:
+            ids = await asyncio.to_thread(_message_ids, store, body.ids)
+        else:
+            ids = await asyncio.to_thread(_searched, store, _search_of(body), body.limit)
+        return await _replay(body, ids, _reprocess(store, body, principal), store, "reprocess")
+
+    @router.post("/deliveries/{delivery_id}/resend")
+    async def resend_one(
+        delivery_id: int, body: ReplayIn, principal: Principal = Depends(require_role("support"))
+    ) -> dict[str, Any]:
+        """Queue the delivery's payload again, as sent, with its original idempotency key."""
+        return await _replay(body, [delivery_id], _resend(store, body, principal), store, "resend")
+
+    @router.post("/deliveries/resend")
+    async def resend_many(
+        body: BulkResendIn, principal: Principal = Depends(require_role("support"))
+    ) -> dict[str, Any]:
+        """Resend the deliveries in ``ids``, or those of the messages a ``search`` finds
+        (in ``delivery_status``, failed by default, and to ``destination`` when given)."""
+        if body.ids is not None:
+            ids = body.ids
+        else:
+            search_in = _search_of(body)
+
+            def find() -> list[int]:
+                chosen = _searched(store, search_in, body.limit)
+                with store.read() as conn:
+                    return replay.deliveries_of(
+                        conn, chosen, status=body.delivery_status, destination=body.destination
+                    )
+
+            ids = await asyncio.to_thread(find)
+        return await _replay(body, ids, _resend(store, body, principal), store, "resend")
+
+    return router
+
+
+Act = Callable[[int], replay.ReplayResult]
+
+
+def _reprocess(store: Any, body: ReplayIn, principal: Principal) -> Act:
+    return lambda i: replay.reprocess(store, i, reason=body.reason, actor=principal.name)
+
+
+def _resend(store: Any, body: ReplayIn, principal: Principal) -> Act:
+    return lambda i: replay.resend(store, i, reason=body.reason, actor=principal.name)
+
+
+async def _replay(
+    body: ReplayIn, ids: list[int], act: Act, store: Any, kind: str
+) -> dict[str, Any]:
+    if not body.reason.strip():
+        raise HTTPException(422, "the reason must say why")
+    if body.dry_run:
+        plan = replay.plan_reprocess if kind == "reprocess" else replay.plan_resend
+        results = await asyncio.to_thread(plan, store, ids)
+        if not results and len(ids) == 1:
+            raise HTTPException(404, f"no {'message' if kind == 'reprocess' else 'delivery'}")
+    else:
+        results = []
+        for item in ids:
+            started = time.monotonic()
+            try:
+                results.append(await asyncio.to_thread(act, item))
+            except LookupError as exc:
+                raise HTTPException(404, str(exc)) from exc
+            await asyncio.sleep(max(0.0, 1.0 / RATE - (time.monotonic() - started)))
+    return {
+        "dry_run": body.dry_run,
+        "count": len(results),
+        "results": [r.__dict__ for r in results],
+    }
+
+
+def _search_of(body: BulkReprocessIn | BulkResendIn) -> SearchIn:
+    chosen = body.search
+    if chosen is None or not chosen.model_dump(exclude_none=True):
+        raise HTTPException(422, "give ids, or a search with at least one filter")
+    return chosen
+
+
+def _message_ids(store: Any, refs: list[str]) -> list[int]:
+    found = []
+    with store.read() as conn:
+        for ref in refs:
+            message_id = find_message_id(conn, ref)
+            if message_id is None:
+                raise HTTPException(404, f"no message {ref}")
+            found.append(message_id)
+    return found
+
+
+def _searched(store: Any, search_in: SearchIn, limit: int) -> list[int]:
+    with store.read() as conn:
+        return replay.matching_messages(conn, search_in.as_filter(limit))
+
+
+def jsonable(value: Any) -> Any:
+    """Bytes become text when they are UTF-8, else base64, so HL7 and binary both survive."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

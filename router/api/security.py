@@ -1,0 +1,266 @@
+"""Who is calling, and may they: the dependencies every API and console route declares.
+
+Scripts send ``Authorization: Bearer <token>``; the console's browser sends the
+session cookie, and with every unsafe request (POST, PUT, PATCH, DELETE) the
+session's CSRF token, in the ``X-CSRF-Token`` header or a form's ``csrf_token``
+field. A route is public only when it is marked with ``public_route`` (or is one
+of FastAPI's documentation routes); the route-table test holds every other route
+to this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import iter_route_contexts
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import Mount
+
+from router.auth.roles import ROLES, grants
+from router.auth.sessions import load_session
+from router.auth.throttle import LoginThrottle
+from router.auth.tokens import token_holder
+from router.auth.users import count_users
+from router.config.engine import AuthOptions
+from router.store.database import Store
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "tie_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+FIRST_ADMIN = "python run.py users add admin --role admin"
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+_bearer = HTTPBearer(auto_error=False, description="an API token: `run.py users token`")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: a user, by session (console) or by API token."""
+
+    name: str
+    roles: frozenset[str]
+    via: str
+
+    def has(self, role: str) -> bool:
+        """Admin holds every role; any signed-in user may see metadata (viewer)."""
+        return grants(self.roles, role)
+
+    def has_any(self, roles: tuple[str, ...]) -> bool:
+        return not roles or any(self.has(r) for r in roles)
+
+
+class LoginRequired(Exception):
+    """A console page asked for without a live session: answered with a redirect to /login."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class ConsoleForbidden(Exception):
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+
+
+class Authenticator:
+    """The store lookups behind the dependencies, and the login throttle (one per app)."""
+
+    def __init__(self, store: Store, options: AuthOptions) -> None:
+        self.store = store
+        self.options = options
+        self.throttle = LoginThrottle()
+
+    async def by_token(self, token: str) -> Principal | None:
+        def look() -> tuple[str, frozenset[str]] | None:
+            with self.store.read() as conn:
+                return token_holder(conn, token)
+
+        found = await asyncio.to_thread(look)
+        return Principal(found[0], found[1], "token") if found else None
+
+    async def by_session(self, request: Request) -> Principal | None:
+        """The session's principal; its CSRF token is kept on ``request.state``."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            return None
+        idle = self.options.session_idle
+        session = await asyncio.to_thread(load_session, self.store, cookie, idle=idle)
+        if session is None:
+            return None
+        request.state.csrf = session.csrf
+        return Principal(session.name, session.roles, "session")
+
+    def secure_cookie(self, request: Request) -> bool:
+        if self.options.secure_cookie == "always" or request.url.scheme == "https":
+            return True
+        return (request.url.hostname or "") not in _LOOPBACK
+
+
+def authenticator(request: Request) -> Authenticator:
+    return request.app.state.auth
+
+
+async def _csrf_given(request: Request) -> str:
+    header = request.headers.get(CSRF_HEADER)
+    if header:
+        return header
+    if request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        value = (await request.form()).get(CSRF_FIELD)
+        return value if isinstance(value, str) else ""
+    return ""
+
+
+async def _csrf_ok(request: Request) -> bool:
+    if request.method not in UNSAFE:
+        return True
+    expected = getattr(request.state, "csrf", "")
+    given = await _csrf_given(request)
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _known(roles: tuple[str, ...]) -> None:
+    for role in roles:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+
+
+def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
+    """Dependency for JSON API routes: a bearer token or a session with one of ``roles``.
+
+    No roles means any signed-in user. Anonymous is 401, the wrong role 403, and an
+    unsafe request on a session without its CSRF token 403.
+    """
+    _known(roles)
+
+    async def dependency(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    ) -> Principal:
+        auth = authenticator(request)
+        if credentials is not None:
+            principal = await auth.by_token(credentials.credentials)
+            if principal is None:
+                raise HTTPException(
+                    status.HTTP_401_UNAUTHORIZED,
+                    "invalid or expired token",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        else:
+            principal = await auth.by_session(request)
+            if principal is None:
+                raise HTTPException(
+                    status.HTTP_401_UNAUTHORIZED,
+                    "authentication required",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if not await _csrf_ok(request):
+                raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
+        if not principal.has_any(roles):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"needs the role {' or '.join(roles)}")
+        request.state.principal = principal
+        return principal
+
+    dependency.tie_roles = roles  # type: ignore[attr-defined]
+    return dependency
+
+
+def require_console(*roles: str) -> Callable[..., Awaitable[Principal]]:
+    """Dependency for console HTML routes: a session only; anonymous goes to /login."""
+    _known(roles)
+
+    async def dependency(request: Request) -> Principal:
+        principal = await authenticator(request).by_session(request)
+        if principal is None:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            raise LoginRequired(target)
+        if not await _csrf_ok(request):
+            raise ConsoleForbidden("The form was missing its CSRF token. Reload the page.")
+        if not principal.has_any(roles):
+            raise ConsoleForbidden(f"This needs the role {' or '.join(roles)}.")
+        request.state.principal = principal
+        return principal
+
+    dependency.tie_roles = roles  # type: ignore[attr-defined]
+    dependency.tie_console = True  # type: ignore[attr-defined]
+    return dependency
+
+
+def csrf_token(request: Request) -> str:
+    """The signed-in session's CSRF token, for forms and ``hx-headers`` in templates."""
+    return getattr(request.state, "csrf", "")
+
+
+def public_route(endpoint: F) -> F:
+    """Mark an endpoint as deliberately anonymous (health, login, protocol endpoints)."""
+    endpoint.tie_public = True  # type: ignore[attr-defined]
+    return endpoint
+
+
+def route_table(app: FastAPI) -> list[Any]:
+    """Every route of ``app``, routers included (FastAPI keeps included routers nested)."""
+    return list(iter_route_contexts(app.routes))
+
+
+def route_roles(route: Any) -> tuple[tuple[str, ...], bool] | None:
+    """The roles a route's ``require_role``/``require_console`` asks for, and whether it is a
+    console page; None when it declares neither (the route-table test fails on that)."""
+    dependant = getattr(route, "dependant", None)
+    pending = list(dependant.dependencies) if dependant else []
+    while pending:
+        sub = pending.pop()
+        if hasattr(sub.call, "tie_roles"):
+            return sub.call.tie_roles, getattr(sub.call, "tie_console", False)
+        pending.extend(sub.dependencies)
+    return None
+
+
+def is_public(route: Any) -> bool:
+    """True for a route marked ``public_route``, the OpenAPI docs, and static files."""
+    if isinstance(getattr(route, "original_route", route), Mount):
+        return getattr(route, "path", None) == "/static"
+    if getattr(route, "path", None) in DOCS_PATHS:
+        return True
+    return bool(getattr(getattr(route, "endpoint", None), "tie_public", False))
+
+
+def login_redirect(path: str) -> RedirectResponse:
+    safe = path if path.startswith("/") and not path.startswith("//") else "/"
+    return RedirectResponse(f"/login?next={quote(safe, safe='/')}", status.HTTP_303_SEE_OTHER)
+
+
+def install(app: FastAPI, store: Store, options: AuthOptions) -> None:
+    """Attach the authenticator and the console's answers; say how to make the first admin."""
+    app.state.auth = Authenticator(store, options)
+
+    async def to_login(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LoginRequired)
+        return login_redirect(exc.path)
+
+    async def forbidden(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ConsoleForbidden)
+        page = (
+            "<!doctype html><title>Forbidden: tie</title><h1>Forbidden</h1>"
+            f"<p>{html.escape(exc.detail)}</p><p><a href='/'>Back</a></p>"
+        )
+        return HTMLResponse(page, status.HTTP_403_FORBIDDEN)
+
+    app.add_exception_handler(LoginRequired, to_login)
+    app.add_exception_handler(ConsoleForbidden, forbidden)
+    with store.read() as conn:
+        if count_users(conn) == 0:
+            log.warning("no users yet: create the first admin with `%s`", FIRST_ADMIN)

@@ -1,0 +1,106 @@
+"""``/api/users``: accounts and their API tokens (admin only); each change is audited."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from router.api.messages import jsonable
+from router.api.security import Principal, require_role
+from router.auth.passwords import MAX_LENGTH
+from router.auth.tokens import issue_token, list_tokens, revoke_token
+from router.auth.users import add_user, disable_user, list_users
+
+if TYPE_CHECKING:
+    from router.engine import Engine
+
+admin = require_role("admin")
+
+
+class UserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    roles: list[str] = Field(min_length=1, max_length=5)
+    password: str | None = Field(
+        default=None, max_length=MAX_LENGTH, description="none: a token-only account"
+    )
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    roles: list[str] = Field(min_length=1, max_length=5)
+    expires_at: datetime | None = None
+
+
+def user_routes(engine: Engine) -> APIRouter:
+    router = APIRouter(prefix="/api/users", tags=["users"])
+    store = engine.store
+
+    async def write(work: Any) -> Any:
+        def run() -> Any:
+            with store.begin() as conn:
+                return work(conn)
+
+        try:
+            return await asyncio.to_thread(run)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+
+    @router.get("")
+    async def users(_: Principal = Depends(admin)) -> dict[str, Any]:
+        def read() -> list[dict[str, Any]]:
+            with store.read() as conn:
+                return list_users(conn)
+
+        return {"users": jsonable(await asyncio.to_thread(read))}
+
+    @router.post("", status_code=201)
+    async def add(body: UserIn, principal: Principal = Depends(admin)) -> dict[str, Any]:
+        user = await write(
+            lambda conn: add_user(conn, body.name, body.roles, body.password, actor=principal.name)
+        )
+        return {"id": user.id, "name": user.name, "roles": sorted(user.roles)}
+
+    @router.post("/{name}/disable")
+    async def disable(name: str, principal: Principal = Depends(admin)) -> dict[str, Any]:
+        """Disable the account: its sessions end and its tokens stop working."""
+        user = await write(lambda conn: disable_user(conn, name, actor=principal.name))
+        return {"name": user.name, "disabled": True}
+
+    @router.get("/{name}/tokens")
+    async def tokens(name: str, _: Principal = Depends(admin)) -> dict[str, Any]:
+        def read() -> list[dict[str, Any]]:
+            with store.read() as conn:
+                return list_tokens(conn, name)
+
+        return {"tokens": jsonable(await asyncio.to_thread(read))}
+
+    @router.post("/{name}/tokens", status_code=201)
+    async def issue(
+        name: str, body: TokenIn, principal: Principal = Depends(admin)
+    ) -> dict[str, Any]:
+        """A new token; it is in this answer once and never stored (only its hash is)."""
+        expires = body.expires_at
+        if expires is not None and expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        token_id, token = await write(
+            lambda conn: issue_token(
+                conn, name, body.roles, actor=principal.name, expires_at=expires
+            )
+        )
+        return {"id": token_id, "token": token}
+
+    @router.delete("/tokens/{token_id}", status_code=204)
+    async def revoke(token_id: int, principal: Principal = Depends(admin)) -> Response:
+        await write(lambda conn: revoke_token(conn, token_id, actor=principal.name))
+        return Response(status_code=204)
+
+    return router

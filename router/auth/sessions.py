@@ -1,0 +1,81 @@
+"""Console sessions kept on the server: the cookie holds a random id, the store its hash.
+
+A session ends at logout, after ``idle`` seconds without a request, or ``lifetime``
+seconds after sign-in, whichever comes first. Each one has its own CSRF token.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Connection, delete, select
+
+from router.auth.roles import decode
+from router.auth.tokens import digest
+from router.store.database import Store
+from router.store.ingest import utcnow
+from router.store.schema import sessions, users
+
+TOUCH_EVERY = timedelta(seconds=60)  # at most one write per session a minute
+MAX_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class Session:
+    name: str
+    roles: frozenset[str]
+    csrf: str
+
+
+def start_session(conn: Connection, user_id: int, *, lifetime: float) -> tuple[str, str]:
+    """A new session for the user: (the cookie value, the CSRF token)."""
+    now = utcnow()
+    conn.execute(delete(sessions).where(sessions.c.expires_at <= now))
+    token = secrets.token_urlsafe(32)
+    csrf = secrets.token_urlsafe(32)
+    conn.execute(
+        sessions.insert().values(
+            token_hash=digest(token),
+            user_id=user_id,
+            csrf=csrf,
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + timedelta(seconds=lifetime),
+        )
+    )
+    return token, csrf
+
+
+def load_session(store: Store, token: str, *, idle: float) -> Session | None:
+    """The live session for a cookie value; an expired one is deleted.
+
+    A read, and a write only to delete an expired session or to note activity
+    (once a minute), so most requests do not wait for the store's writer.
+    """
+    if not token or len(token) > MAX_LENGTH:
+        return None
+    with store.read() as conn:
+        row = conn.execute(
+            select(sessions.c.id, sessions.c.csrf, sessions.c.last_seen_at, sessions.c.expires_at)
+            .add_columns(users.c.name, users.c.roles, users.c.disabled)
+            .join(users, users.c.id == sessions.c.user_id)
+            .where(sessions.c.token_hash == digest(token))
+        ).first()
+    if row is None:
+        return None
+    now = utcnow()
+    if row.disabled or row.expires_at <= now or row.last_seen_at + timedelta(seconds=idle) <= now:
+        with store.begin() as conn:
+            conn.execute(delete(sessions).where(sessions.c.id == row.id))
+        return None
+    if now - row.last_seen_at >= TOUCH_EVERY:
+        with store.begin() as conn:
+            conn.execute(sessions.update().where(sessions.c.id == row.id).values(last_seen_at=now))
+    return Session(row.name, decode(row.roles), row.csrf)
+
+
+def end_session(conn: Connection, token: str) -> None:
+    if token and len(token) <= MAX_LENGTH:
+        conn.execute(delete(sessions).where(sessions.c.token_hash == digest(token)))

@@ -1,0 +1,114 @@
+"""API tokens for scripts and scrapers: random, shown once, kept as a SHA-256, revocable.
+
+A token carries a subset of its user's roles; it stops working when it is
+revoked, when it expires, or when its user is disabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from router import audit
+from router.auth.roles import decode, encode, grants, parse_roles
+from router.auth.users import find_user
+from router.store.ingest import utcnow
+from router.store.schema import api_tokens, users
+
+PREFIX = "tie_"
+MAX_LENGTH = 128
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def issue_token(
+    conn: Connection,
+    user_name: str,
+    roles: list[str],
+    *,
+    actor: str,
+    expires_at: datetime | None = None,
+) -> tuple[int, str]:
+    """A new token for ``user_name``: (its id, the token itself, which is not kept)."""
+    user = find_user(conn, user_name)
+    if user is None:
+        raise LookupError(f"no user {user_name!r}")
+    if user.disabled:
+        raise ValueError(f"user {user_name!r} is disabled")
+    chosen = parse_roles(roles)
+    missing = sorted(r for r in chosen if not grants(user.roles, r))
+    if missing:
+        raise ValueError(f"user {user_name!r} does not hold the role {missing[0]!r}")
+    token = PREFIX + secrets.token_urlsafe(32)
+    token_id = conn.execute(
+        api_tokens.insert().values(
+            user_id=user.id,
+            token_hash=digest(token),
+            roles=encode(chosen),
+            created_at=utcnow(),
+            created_by=actor,
+            expires_at=expires_at,
+        )
+    ).inserted_primary_key[0]
+    audit.append(
+        conn,
+        actor,
+        "token-issue",
+        f"user:{user_name}",
+        {"token": token_id, "roles": sorted(chosen), "expires_at": expires_at},
+    )
+    return token_id, token
+
+
+def revoke_token(conn: Connection, token_id: int, *, actor: str) -> None:
+    row = conn.execute(
+        select(api_tokens.c.revoked_at, users.c.name)
+        .join(users, users.c.id == api_tokens.c.user_id)
+        .where(api_tokens.c.id == token_id)
+    ).first()
+    if row is None:
+        raise LookupError(f"no token {token_id}")
+    if row.revoked_at is None:
+        conn.execute(
+            api_tokens.update()
+            .where(api_tokens.c.id == token_id)
+            .values(revoked_at=utcnow(), revoked_by=actor)
+        )
+    audit.append(conn, actor, "token-revoke", f"user:{row.name}", {"token": token_id})
+
+
+def list_tokens(conn: Connection, user_name: str | None = None) -> list[dict[str, Any]]:
+    t = api_tokens.c
+    query = (
+        select(t.id, users.c.name.label("user"), t.roles, t.created_at, t.created_by)
+        .add_columns(t.expires_at, t.revoked_at, t.revoked_by)
+        .join(users, users.c.id == t.user_id)
+        .order_by(t.id)
+    )
+    if user_name:
+        query = query.where(users.c.name == user_name)
+    return [dict(r._mapping, roles=sorted(decode(r.roles))) for r in conn.execute(query)]
+
+
+def token_holder(conn: Connection, token: str) -> tuple[str, frozenset[str]] | None:
+    """(user name, roles) for a live token, else None."""
+    if not token.startswith(PREFIX) or len(token) > MAX_LENGTH:
+        return None
+    row = conn.execute(
+        select(users.c.name, users.c.roles.label("user_roles"), users.c.disabled)
+        .add_columns(api_tokens.c.roles, api_tokens.c.expires_at, api_tokens.c.revoked_at)
+        .join(users, users.c.id == api_tokens.c.user_id)
+        .where(api_tokens.c.token_hash == digest(token))
+    ).first()
+    if row is None or row.disabled or row.revoked_at is not None:
+        return None
+    if row.expires_at is not None and row.expires_at <= utcnow():
+        return None
+    held = decode(row.user_roles)
+    return row.name, frozenset(r for r in decode(row.roles) if grants(held, r))

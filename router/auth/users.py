@@ -1,0 +1,129 @@
+"""User accounts: a name, a set of roles, an argon2 password hash, enabled or not.
+
+Every change is written with its audit event in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, select
+
+from router import audit
+from router.auth.passwords import hash_password, verify_password
+from router.auth.roles import decode, encode, parse_roles
+from router.store.ingest import utcnow
+from router.store.schema import api_tokens, sessions, users
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    roles: frozenset[str]
+    disabled: bool
+
+
+def _user(row: Any) -> User:
+    return User(row.id, row.name, decode(row.roles), bool(row.disabled))
+
+
+def check_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise ValueError("a user name is 1-64 letters, digits, '.', '_', '@' or '-'")
+    return name
+
+
+def add_user(
+    conn: Connection, name: str, roles: list[str], password: str | None, *, actor: str
+) -> User:
+    """Create an account; ``password`` None makes a token-only account (it cannot sign in)."""
+    check_name(name)
+    chosen = parse_roles(roles)
+    if find_user(conn, name) is not None:
+        raise ValueError(f"user {name!r} exists")
+    digest = hash_password(password) if password is not None else None
+    now = utcnow()
+    new_id = conn.execute(
+        users.insert().values(
+            name=name,
+            roles=encode(chosen),
+            password_hash=digest,
+            disabled=False,
+            created_at=now,
+            created_by=actor,
+            updated_at=now,
+        )
+    ).inserted_primary_key[0]
+    audit.append(
+        conn,
+        actor,
+        "user-add",
+        f"user:{name}",
+        {"roles": sorted(chosen), "password": digest is not None},
+    )
+    return User(new_id, name, chosen, False)
+
+
+def find_user(conn: Connection, name: str) -> User | None:
+    row = conn.execute(select(users).where(users.c.name == name)).first()
+    return _user(row) if row else None
+
+
+def count_users(conn: Connection) -> int:
+    return conn.scalar(select(func.count()).select_from(users)) or 0
+
+
+def list_users(conn: Connection) -> list[dict[str, Any]]:
+    """Accounts with their live (unrevoked, unexpired) token count; never a hash."""
+    now = utcnow()
+    live = (
+        select(api_tokens.c.user_id, func.count().label("n"))
+        .where(api_tokens.c.revoked_at.is_(None))
+        .where((api_tokens.c.expires_at.is_(None)) | (api_tokens.c.expires_at > now))
+        .group_by(api_tokens.c.user_id)
+        .subquery()
+    )
+    query = (
+        select(users, live.c.n).outerjoin(live, live.c.user_id == users.c.id).order_by(users.c.name)
+    )
+    return [
+        {
+            "id": r.id,
+            "name": r.name,
+            "roles": sorted(decode(r.roles)),
+            "disabled": bool(r.disabled),
+            "password": r.password_hash is not None,
+            "tokens": r.n or 0,
+            "created_at": r.created_at,
+            "created_by": r.created_by,
+        }
+        for r in conn.execute(query)
+    ]
+
+
+def disable_user(conn: Connection, name: str, *, actor: str) -> User:
+    """Disable the account and end its sessions; its tokens stop working with it."""
+    user = find_user(conn, name)
+    if user is None:
+        raise LookupError(f"no user {name!r}")
+    conn.execute(
+        users.update().where(users.c.id == user.id).values(disabled=True, updated_at=utcnow())
+    )
+    conn.execute(delete(sessions).where(sessions.c.user_id == user.id))
+    audit.append(conn, actor, "user-disable", f"user:{name}", {})
+    return User(user.id, user.name, user.roles, True)
+
+
+def check_password(conn: Connection, name: str, password: str) -> tuple[User | None, str]:
+    """The user when the password is right, else None and why (never the password)."""
+    row = conn.execute(select(users).where(users.c.name == name)).first()
+    if not verify_password(row.password_hash if row else None, password):
+        return None, "unknown user" if row is None else "wrong password"
+    if row.disabled:
+        return None, "disabled"
+    return _user(row), "ok"

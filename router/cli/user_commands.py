@@ -1,0 +1,163 @@
+"""CLI command ``users``: add, list, disable, and API tokens (issue, revoke).
+
+A password is read from a prompt (twice) or, for scripts, from standard input
+with ``--password-stdin``; never from the command line, where it would be seen in
+the process list and the shell history. A token is printed once and only its
+hash is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from datetime import timedelta
+
+from router.cli.commands import actor
+from router.cli.output import CommandError, add_json, open_store, print_json, print_table
+from router.store.ingest import utcnow
+from router.units import parse_duration
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("users", help="console users, roles and API tokens")
+    actions = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+
+    add = actions.add_parser("add", help="create a user (password from a prompt or stdin)")
+    add.add_argument("name")
+    add.add_argument("--role", action="append", required=True, dest="roles", help="repeatable")
+    secret = add.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    secret.add_argument(
+        "--no-password", action="store_true", help="a token-only account (cannot sign in)"
+    )
+    _actor(add)
+    add.set_defaults(handler=users_add)
+
+    listing = actions.add_parser("list", help="users with their roles and live token counts")
+    add_json(listing)
+    listing.set_defaults(handler=users_list)
+
+    disable = actions.add_parser("disable", help="disable a user; sessions and tokens stop")
+    disable.add_argument("name")
+    _actor(disable)
+    disable.set_defaults(handler=users_disable)
+
+    token = actions.add_parser("token", help="issue an API token (printed once); or revoke ID")
+    token.add_argument("name", help="the user the token acts as; or `revoke`")
+    token.add_argument("id", nargs="?", type=int, help="with revoke: the token's id")
+    token.add_argument("--role", action="append", dest="roles", help="repeatable")
+    token.add_argument("--expires", help="lifetime, e.g. 90d or 12h (default: until revoked)")
+    _actor(token)
+    token.set_defaults(handler=users_token)
+
+    tokens = actions.add_parser("tokens", help="list API tokens (never their values)")
+    tokens.add_argument("name", nargs="?", help="only this user's")
+    add_json(tokens)
+    tokens.set_defaults(handler=users_tokens)
+
+
+def _actor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--actor", help="who is doing it (default: the OS user)")
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.no_password:
+        return None
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        raise CommandError("the passwords differ")
+    return first
+
+
+def users_add(args: argparse.Namespace) -> int:
+    from router.auth.users import add_user
+
+    store = open_store(args)
+    password = _password(args)
+    try:
+        with store.begin() as conn:
+            user = add_user(conn, args.name, args.roles, password, actor=actor(args))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"added {user.name} ({', '.join(sorted(user.roles))})")
+    return 0
+
+
+def users_list(args: argparse.Namespace) -> int:
+    from router.auth.users import list_users
+
+    with open_store(args).read() as conn:
+        rows = list_users(conn)
+    if args.json:
+        print_json(rows)
+    else:
+        for row in rows:
+            row["roles"] = " ".join(row["roles"])
+        print_table(rows, ["name", "roles", "disabled", "password", "tokens", "created_at"])
+    return 0
+
+
+def users_disable(args: argparse.Namespace) -> int:
+    from router.auth.users import disable_user
+
+    try:
+        with open_store(args).begin() as conn:
+            disable_user(conn, args.name, actor=actor(args))
+    except LookupError as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"disabled {args.name}")
+    return 0
+
+
+def users_token(args: argparse.Namespace) -> int:
+    from router.auth.tokens import issue_token, revoke_token
+
+    store = open_store(args)
+    if args.name == "revoke":
+        if args.id is None:
+            raise CommandError("give the token's id: users token revoke ID")
+        try:
+            with store.begin() as conn:
+                revoke_token(conn, args.id, actor=actor(args))
+        except LookupError as exc:
+            raise CommandError(str(exc)) from exc
+        print(f"revoked token {args.id}")
+        return 0
+    if not args.roles:
+        raise CommandError("give at least one --role for the token")
+    expires = None
+    if args.expires:
+        try:
+            expires = utcnow() + timedelta(seconds=parse_duration(args.expires))
+        except ValueError as exc:
+            raise CommandError(f"--expires: {exc}") from exc
+    try:
+        with store.begin() as conn:
+            token_id, token = issue_token(
+                conn, args.name, args.roles, actor=actor(args), expires_at=expires
+            )
+    except (LookupError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"token {token_id} for {args.name}; shown once, keep it in a secret store:")
+    print(token)
+    return 0
+
+
+def users_tokens(args: argparse.Namespace) -> int:
+    from router.auth.tokens import list_tokens
+
+    with open_store(args).read() as conn:
+        rows = list_tokens(conn, args.name)
+    if args.json:
+        print_json(rows)
+    else:
+        for row in rows:
+            row["roles"] = " ".join(row["roles"])
+        columns = ["id", "user", "roles", "created_at", "expires_at", "revoked_at"]
+        print_table(rows, columns)
+    return 0

@@ -1,0 +1,145 @@
+"""Message browser and message detail pages.
+
+Anyone signed in sees metadata; content (raw message, parsed fields, payloads,
+responses) needs the ``support`` role, and every view of it is an audit event
+written in the same transaction that reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select
+
+from router import audit
+from router.api.security import csrf_token
+from router.console.access import Viewer
+from router.console.content import view
+from router.console.search import (
+    DELIVERY_STATUSES,
+    MESSAGE_STATUSES,
+    Search,
+    page,
+    read_search,
+)
+from router.console.templating import render
+from router.store.queries import find_message_id, message_detail
+from router.store.schema import PENDING, deliveries
+
+if TYPE_CHECKING:
+    from router.engine import Engine
+
+DONE = {"reprocessed", "resent"}
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def message_routes(engine: Engine) -> APIRouter:
+    routes = APIRouter()
+    store = engine.store
+
+    def listing(search: Search) -> list[dict[str, Any]]:
+        if search.problems:
+            return []
+        with store.read() as conn:
+            return page(conn, search)
+
+    @routes.get("/messages", response_class=HTMLResponse)
+    async def browser(request: Request, principal: Viewer) -> HTMLResponse:
+        search = read_search(request.query_params)
+        rows = await asyncio.to_thread(listing, search)
+        return render(
+            request,
+            "messages.html",
+            {
+                "principal": principal,
+                "csrf": csrf_token(request),
+                "search": search,
+                "rows": rows,
+                "channels": sorted(engine.channels),
+                "statuses": MESSAGE_STATUSES,
+                "delivery_statuses": DELIVERY_STATUSES,
+            },
+        )
+
+    @routes.get("/messages/rows", response_class=HTMLResponse)
+    async def more_rows(request: Request, principal: Viewer) -> HTMLResponse:
+        """The next page of the browser's table, for htmx to append."""
+        search = read_search(request.query_params)
+        rows = await asyncio.to_thread(listing, search)
+        return render(
+            request, "_message_rows.html", {"principal": principal, "search": search, "rows": rows}
+        )
+
+    @routes.get("/messages/{ref}", response_class=HTMLResponse)
+    async def detail(ref: str, request: Request, principal: Viewer) -> HTMLResponse:
+        content = principal.has("support")
+
+        def load() -> dict[str, Any] | None:
+            # Only a view of content writes (its audit event, in the transaction that reads).
+            with store.begin() if content else store.read() as conn:
+                message_id = find_message_id(conn, ref[:80])
+                if message_id is None:
+                    return None
+                found = message_detail(conn, message_id, store.blobs)
+                if found is not None and content:
+                    urn = f"urn:tie:message:{found['uuid']}"
+                    audit.append(conn, principal.name, "view", urn, {"via": "console"})
+                return found
+
+        found = await asyncio.to_thread(load)
+        if found is None:
+            raise HTTPException(404, f"no message {ref}")
+        context: dict[str, Any] = {
+            "principal": principal,
+            "csrf": csrf_token(request),
+            "m": found,
+            "content": content,
+            "pending": _pending(found["deliveries"]),
+            "done": _known(request.query_params.get("done"), DONE),
+            "copy": _uuid(request.query_params.get("copy", "")),
+        }
+        if content:
+            context["raw"] = view(found["raw"], found["content_type"])
+            context["payloads"] = [
+                (x, view(x["payload"], x["content_type"])) for x in found["deliveries"]
+            ]
+        return render(request, "message.html", context)
+
+    @routes.get("/messages/{message_id}/deliveries", response_class=HTMLResponse)
+    async def delivery_rows(message_id: int, request: Request, principal: Viewer) -> HTMLResponse:
+        """The deliveries' metadata, polled by the detail page while any is on its way."""
+
+        def load() -> list[dict[str, Any]]:
+            with store.read() as conn:
+                query = select(deliveries).where(deliveries.c.message_id == message_id)
+                return [dict(r._mapping) for r in conn.execute(query.order_by(deliveries.c.id))]
+
+        rows = await asyncio.to_thread(load)
+        return render(
+            request,
+            "_deliveries.html",
+            {
+                "principal": principal,
+                "m": {"id": message_id, "deliveries": rows},
+                "pending": _pending(rows),
+            },
+        )
+
+    return routes
+
+
+def _known(value: str | None, allowed: set[str]) -> str | None:
+    """A notice is picked from a fixed set: a link cannot make the page say anything else."""
+    return value if value in allowed else None
+
+
+def _uuid(value: str) -> str:
+    return value if UUID.fullmatch(value) else ""
+
+
+def _pending(rows: list[dict[str, Any]]) -> bool:
+    return any(r["status"] in PENDING for r in rows)

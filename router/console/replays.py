@@ -1,0 +1,183 @@
+"""Reprocess and resend from the console: one message or delivery, or in bulk by a search.
+
+Every action needs a reason and offers a dry run first (``router.replay``'s plans);
+the bulk dry run lists the exact items, and confirming acts on those items only,
+so what was reviewed is what happens. One audit event per item (router.replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from router import replay
+from router.api.security import csrf_token
+from router.console.access import Support
+from router.console.search import find, read_search
+from router.console.templating import render
+from router.store.schema import deliveries, messages
+
+if TYPE_CHECKING:
+    from router.engine import Engine
+
+MAX_BULK = 1000  # items one console action may touch; the CLI does larger runs
+MAX_REASON = 1000
+ACTIONS = ("resend", "reprocess")
+
+
+def replay_routes(engine: Engine) -> APIRouter:
+    routes = APIRouter()
+    store = engine.store
+
+    def wake_dispatcher(ids: list[int]) -> None:
+        with store.read() as conn:
+            keys = conn.execute(
+                select(deliveries.c.channel, deliveries.c.destination).where(
+                    deliveries.c.id.in_(ids)
+                )
+            ).all()
+        engine.dispatcher.notify({(k.channel, k.destination) for k in keys})
+
+    @routes.post("/messages/{message_id}/reprocess/preview", response_class=HTMLResponse)
+    async def reprocess_preview(
+        message_id: int, request: Request, principal: Support
+    ) -> HTMLResponse:
+        plan = await asyncio.to_thread(replay.plan_reprocess, store, [message_id])
+        return render(request, "_preview.html", {"principal": principal, "plan": plan})
+
+    @routes.post("/messages/{message_id}/reprocess")
+    async def reprocess(
+        message_id: int,
+        principal: Support,
+        reason: str = Form(default="", max_length=MAX_REASON),
+    ) -> Response:
+        result = await _act(
+            replay.reprocess, store, message_id, reason=reason, actor=principal.name
+        )
+        engine.processor.wake()
+        return RedirectResponse(
+            f"/messages/{message_id}?done=reprocessed&copy={result.copy}", status_code=303
+        )
+
+    @routes.post("/deliveries/{delivery_id}/resend/preview", response_class=HTMLResponse)
+    async def resend_preview(
+        delivery_id: int, request: Request, principal: Support
+    ) -> HTMLResponse:
+        plan = await asyncio.to_thread(replay.plan_resend, store, [delivery_id])
+        return render(request, "_preview.html", {"principal": principal, "plan": plan})
+
+    @routes.post("/deliveries/{delivery_id}/resend")
+    async def resend(
+        delivery_id: int,
+        principal: Support,
+        reason: str = Form(default="", max_length=MAX_REASON),
+    ) -> Response:
+        result = await _act(replay.resend, store, delivery_id, reason=reason, actor=principal.name)
+        assert result.copy is not None
+        await asyncio.to_thread(wake_dispatcher, [int(result.copy)])
+        message_id = await asyncio.to_thread(_message_of, store, delivery_id)
+        return RedirectResponse(f"/messages/{message_id}?done=resent", status_code=303)
+
+    @routes.post("/messages/bulk/preview", response_class=HTMLResponse)
+    async def bulk_preview(request: Request, principal: Support) -> Response:
+        form = await request.form()
+        action = str(form.get("action", ""))
+        if action not in ACTIONS:
+            raise HTTPException(400, "unknown action")
+        search = read_search(form, limit=MAX_BULK + 1)
+        if search.problems or not search.given:
+            raise HTTPException(400, "give a valid search first")
+        ids = await asyncio.to_thread(_bulk_targets, store, search, action)
+        plan_of = replay.plan_resend if action == "resend" else replay.plan_reprocess
+        plan = await asyncio.to_thread(plan_of, store, ids[:MAX_BULK])
+        return render(
+            request,
+            "bulk.html",
+            {
+                "principal": principal,
+                "csrf": csrf_token(request),
+                "action": action,
+                "plan": plan,
+                "ids": ids[:MAX_BULK],
+                "more": len(ids) > MAX_BULK,
+                "limit": MAX_BULK,
+                "search": search,
+            },
+        )
+
+    @routes.post("/messages/bulk", response_class=HTMLResponse)
+    async def bulk(request: Request, principal: Support) -> Response:
+        form = await request.form()
+        action = str(form.get("action", ""))
+        reason = str(form.get("reason", ""))[:MAX_REASON]
+        ids = [int(v) for v in str(form.get("ids", "")).split(",") if v.isdigit()][:MAX_BULK]
+        if action not in ACTIONS:
+            raise HTTPException(400, "unknown action")
+        if not reason.strip():
+            raise HTTPException(400, "a reason is required")
+        act = replay.resend if action == "resend" else replay.reprocess
+
+        def run() -> list[Any]:
+            done = []
+            for item in ids:
+                try:
+                    done.append(act(store, item, reason=reason, actor=principal.name))
+                except LookupError:
+                    continue
+            return done
+
+        done = await asyncio.to_thread(run)
+        if action == "resend":
+            await asyncio.to_thread(wake_dispatcher, [int(r.copy) for r in done if r.copy])
+        else:
+            engine.processor.wake()
+        return render(
+            request,
+            "bulk.html",
+            {
+                "principal": principal,
+                "csrf": csrf_token(request),
+                "action": action,
+                "done": done,
+                "reason": reason,
+            },
+        )
+
+    return routes
+
+
+async def _act(act: Any, store: Any, item: int, *, reason: str, actor: str) -> replay.ReplayResult:
+    try:
+        return await asyncio.to_thread(act, store, item, reason=reason, actor=actor)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from exc
+
+
+def _message_of(store: Any, delivery_id: int) -> int:
+    with store.read() as conn:
+        return int(
+            conn.scalar(select(deliveries.c.message_id).where(deliveries.c.id == delivery_id))
+        )
+
+
+def _bulk_targets(store: Any, search: Any, action: str) -> list[int]:
+    """Messages matching the search (reprocess), or their failed deliveries (resend)."""
+    with store.read() as conn:
+        message_ids = sorted(row.id for row in find(conn, search, (messages.c.id,)))
+        if action == "reprocess" or not message_ids:
+            return message_ids
+        d = deliveries.c
+        return list(
+            conn.scalars(
+                select(d.id)
+                .where(d.message_id.in_(message_ids), d.status == "failed")
+                .order_by(d.id)
+                .limit(MAX_BULK + 1)
+            )
+        )

@@ -1,0 +1,104 @@
+"""The message browser's search: the CLI's filters read from a query string, bounded.
+
+One more filter than the CLI: a delivery status (``failed``...), so the messages
+whose delivery failed are one click away from the dashboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import Connection, func, select
+
+from router.cli.filters import when
+from router.store.queries import LISTING, MessageFilter, search_query
+from router.store.schema import deliveries, messages
+
+PAGE = 50
+MAX_PAGE = 200
+MAX_VALUE = 255
+FIELDS = ("channel", "status", "delivery", "since", "until", "type", "control_id", "key", "text")
+MESSAGE_STATUSES = ("received", "processed", "filtered", "error")
+DELIVERY_STATUSES = ("failed", "retrying", "queued", "sending", "held", "sent", "cancelled")
+
+
+@dataclass
+class Search:
+    """What the form asked for (``values``, echoed back) and what it means (``filter``)."""
+
+    values: dict[str, str]
+    filter: MessageFilter
+    delivery: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def query_string(self, **extra: Any) -> str:
+        chosen = {k: v for k, v in self.values.items() if v}
+        chosen.update({k: v for k, v in extra.items() if v is not None})
+        return urlencode(chosen)
+
+    @property
+    def given(self) -> bool:
+        return any(self.values.get(name) for name in FIELDS)
+
+
+def read_search(params: Any, *, limit: int = PAGE) -> Search:
+    """A Search from request parameters; a value that cannot be read is named in ``problems``."""
+    values = {name: str(params.get(name) or "").strip()[:MAX_VALUE] for name in FIELDS}
+    problems: list[str] = []
+    moments = {}
+    for name in ("since", "until"):
+        moments[name] = None
+        if values[name]:
+            try:
+                moments[name] = when(values[name])
+            except argparse.ArgumentTypeError:
+                problems.append(f"{name}: give an ISO time (2026-05-01T09:00) or an age (2h)")
+    for name, allowed in (("status", MESSAGE_STATUSES), ("delivery", DELIVERY_STATUSES)):
+        if values[name] and values[name] not in allowed:
+            problems.append(f"{name}: one of {', '.join(allowed)}")
+            values[name] = ""
+    before = str(params.get("before") or "")
+    f = MessageFilter(
+        channel=values["channel"] or None,
+        status=values["status"] or None,
+        since=moments["since"],
+        until=moments["until"],
+        message_type=values["type"] or None,
+        control_id=values["control_id"] or None,
+        key=values["key"] or None,
+        text=values["text"] or None,
+        before_id=int(before) if before.isdigit() else None,
+        limit=limit,
+    )
+    return Search(values, f, values["delivery"] or None, problems)
+
+
+def find(conn: Connection, search: Search, columns: tuple[Any, ...] = LISTING) -> list[Any]:
+    query = search_query(search.filter, conn.dialect.name, columns)
+    if search.delivery:
+        d = deliveries.c
+        having = select(d.message_id).where(d.status == search.delivery)
+        if search.filter.channel:
+            having = having.where(d.channel == search.filter.channel)
+        query = query.where(messages.c.id.in_(having))
+    return list(conn.execute(query))
+
+
+def page(conn: Connection, search: Search) -> list[dict[str, Any]]:
+    """One page of messages, newest first, each with its deliveries counted by status."""
+    rows = [dict(r._mapping) for r in find(conn, search)]
+    by_message: dict[int, dict[str, int]] = {r["id"]: {} for r in rows}
+    if by_message:
+        d = deliveries.c
+        for message_id, status, count in conn.execute(
+            select(d.message_id, d.status, func.count())
+            .where(d.message_id.in_(by_message))
+            .group_by(d.message_id, d.status)
+        ):
+            by_message[message_id][status] = count
+    for row in rows:
+        row["deliveries"] = by_message[row["id"]]
+    return rows

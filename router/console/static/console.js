@@ -1,0 +1,11 @@
+// Opens and closes the console's <dialog> elements (no inline script: the CSP forbids it).
+document.addEventListener("click", (event) => {
+  const opener = event.target.closest("[data-dialog]");
+  if (opener) {
+    const dialog = document.getElementById(opener.dataset.dialog);
+    if (dialog) dialog.showModal();
+    return;
+  }
+  const closer = event.target.closest("[data-close]");
+  if (closer) closer.closest("dialog").close();
+});

@@ -1,0 +1,22 @@
+"""Who may take a governance action: an active user holding the role (DESIGN.md §7).
+
+The rule lives here, beside the actions, so that the CLI's ``--actor`` is held to it as
+well as the API and the console (which also check the caller's session or token).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, select
+
+from router.auth.roles import decode, grants
+from router.governance.models import RoleRequired
+from router.store.schema import users
+
+
+def require_role(conn: Connection, actor: str, *roles: str) -> None:
+    """Raise ``RoleRequired`` unless ``actor`` is an enabled user with one of ``roles``."""
+    row = conn.execute(select(users.c.roles, users.c.disabled).where(users.c.name == actor)).first()
+    if row is None or row.disabled:
+        raise RoleRequired(f"{actor!r} is not an active user")
+    if not any(grants(decode(row.roles), role) for role in roles):
+        raise RoleRequired(f"{actor!r} needs the {' or '.join(roles)} role")

@@ -1,0 +1,226 @@
+"""Which channel texts the engine runs, and the records of deploying them.
+
+In ``governed`` mode the engine runs each channel's newest approved revision from the
+store, not its file. On the first start with no revisions at all, the channel files
+present become revision 1 of each channel, approved and deployed by ``bootstrap`` (and
+audited as such). In ``open`` mode the files are the truth; each reload that changes a
+channel records the new text as a deployed revision by whoever asked, so that the
+channel's last changer is known (the hold rules need it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, exists, func, select, update
+
+from router import audit
+from router.config import ChannelConfig, ConfigError, EngineConfig, load_channels
+from router.config.loading import channel_from_text, read_text
+from router.governance.models import APPROVED, DEPLOYED, RUNNING, SUPERSEDED
+from router.governance.revisions import running, sha256
+from router.store.database import Store
+from router.store.ingest import utcnow
+from router.store.schema import channel_revisions
+
+log = logging.getLogger(__name__)
+r = channel_revisions.c
+BOOTSTRAP = "bootstrap"
+
+
+@dataclass(frozen=True)
+class RunningText:
+    channel: str
+    number: int
+    state: str
+    sha256: str
+    yaml: str
+
+
+def running_texts(store: Store) -> dict[str, RunningText]:
+    """Each channel's newest approved (or deployed) revision."""
+    newest = (
+        select(r.channel, func.max(r.number).label("number"))
+        .where(r.state.in_(RUNNING))
+        .group_by(r.channel)
+        .subquery()
+    )
+    query = select(r.channel, r.number, r.state, r.sha256, r.yaml).join(
+        newest, (newest.c.channel == r.channel) & (newest.c.number == r.number)
+    )
+    with store.read() as conn:
+        return {row.channel: RunningText(*row) for row in conn.execute(query)}
+
+
+def parse(config: EngineConfig, texts: dict[str, RunningText]) -> dict[str, ChannelConfig]:
+    """The stored texts as channel configurations (relative paths against the channels folder)."""
+    problems = []
+    channels = {}
+    for name, running_text in texts.items():
+        try:
+            channels[name] = channel_from_text(running_text.yaml, config.channels / f"{name}.yaml")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return channels
+
+
+def running_channels(store: Store, config: EngineConfig) -> dict[str, ChannelConfig]:
+    """What the engine runs: governed, the stored revisions (else the files); open, the files."""
+    if config.governance == "governed":
+        texts = running_texts(store)
+        if texts:
+            return parse(config, texts)
+    return load_channels(config.channels)
+
+
+def file_texts(config: EngineConfig) -> dict[str, str]:
+    """The text of every channel file, by channel name; each must be a valid channel."""
+    load_channels(config.channels)  # the same checks as an open-mode start, all problems at once
+    return {path.stem: read_text(path) for path in sorted(config.channels.glob("*.y*ml"))}
+
+
+def bootstrap(store: Store, config: EngineConfig) -> list[str]:
+    """Record the channel files as approved revision 1 when the store has no revisions yet.
+
+    Returns the channels recorded (none when revisions exist already).
+    """
+    texts = file_texts(config)
+    now = utcnow()
+    with store.begin() as conn:
+        if conn.scalar(select(exists().where(r.id.isnot(None)))):
+            return []
+        for name, text in texts.items():
+            digest = sha256(text)
+            conn.execute(
+                channel_revisions.insert().values(
+                    channel=name,
+                    number=1,
+                    yaml=text,
+                    sha256=digest,
+                    author=BOOTSTRAP,
+                    proposed_at=now,
+                    state=DEPLOYED,
+                    approver=BOOTSTRAP,
+                    approved_at=now,
+                    deployed_at=now,
+                    reason="initial baseline from the channel files",
+                )
+            )
+            audit.append(
+                conn,
+                BOOTSTRAP,
+                "revision.bootstrap",
+                f"channel:{name}",
+                {"number": 1, "sha256": digest, "file": str(config.channels / f"{name}.yaml")},
+            )
+    log.warning(
+        "governed mode: no channel revisions yet; recorded %d channel file(s) as the approved "
+        "baseline (actor 'bootstrap')",
+        len(texts),
+    )
+    return list(texts)
+
+
+def mark_deployed(store: Store, channel: str, number: int, *, actor: str) -> bool:
+    """The engine applied ``number``: it becomes ``deployed`` and older deployed ones
+    ``superseded``. False when another node marked it first."""
+    now = utcnow()
+    with store.begin() as conn:
+        done = conn.execute(
+            update(channel_revisions)
+            .where(r.channel == channel, r.number == number, r.state == APPROVED)
+            .values(state=DEPLOYED, deployed_at=now)
+        ).rowcount
+        if not done:
+            return False
+        _supersede_older(conn, channel, number)
+        audit.append(conn, actor, "revision.deploy", f"channel:{channel}", {"number": number})
+    return True
+
+
+def record_deployed(store: Store, channel: str, text: str, *, actor: str, reason: str) -> int:
+    """Open mode: a reload deployed ``text``; keep it as a revision by ``actor``. Its number."""
+    digest = sha256(text)
+    now = utcnow()
+    with store.begin() as conn:
+        base = running(conn, channel)
+        if base is not None and base.sha256 == digest:
+            return int(base.number)
+        number = (conn.scalar(select(func.max(r.number)).where(r.channel == channel)) or 0) + 1
+        conn.execute(
+            channel_revisions.insert().values(
+                channel=channel,
+                number=number,
+                yaml=text,
+                sha256=digest,
+                author=actor,
+                proposed_at=now,
+                state=DEPLOYED,
+                deployed_at=now,
+                reason=reason,
+                based_on=base.number if base is not None else None,
+            )
+        )
+        _supersede_older(conn, channel, number)
+        audit.append(
+            conn,
+            actor,
+            "revision.deploy",
+            f"channel:{channel}",
+            {"number": number, "sha256": digest, "mode": "open", "reason": reason},
+        )
+        return number
+
+
+def channel_owner(conn: Connection, channel: str) -> str | None:
+    """Who created or last changed the channel: the author of its running revision."""
+    row: Any = running(conn, channel)
+    return None if row is None else str(row.author)
+
+
+def _supersede_older(conn: Connection, channel: str, number: int) -> None:
+    conn.execute(
+        update(channel_revisions)
+        .where(
+            r.channel == channel,
+            r.number < number,
+            r.state.in_((DEPLOYED, APPROVED)),
+        )
+        .values(state=SUPERSEDED)
+    )
+
+
+def startup_channels(store: Store, config: EngineConfig) -> dict[str, ChannelConfig]:
+    """The channels an engine starts with (see the module doc); migrates the store first."""
+    from router.store.migrate import upgrade
+
+    upgrade(store)
+    if config.governance == "governed":
+        if not running_texts(store):
+            bootstrap(store, config)
+        return parse(config, running_texts(store))
+    channels = load_channels(config.channels)
+    record_files(store, config, actor="startup", reason="engine started with changed files")
+    return channels
+
+
+def changed_files(store: Store, config: EngineConfig) -> dict[str, str]:
+    """Channel files whose text differs from the channel's running revision (or that have none)."""
+    known = running_texts(store)
+    return {
+        name: text
+        for name, text in file_texts(config).items()
+        if name not in known or known[name].sha256 != sha256(text)
+    }
+
+
+def record_files(store: Store, config: EngineConfig, *, actor: str, reason: str) -> list[str]:
+    """Open mode: keep each changed file as a deployed revision by ``actor``; their names."""
+    changed = changed_files(store, config)
+    for name, text in changed.items():
+        record_deployed(store, name, text, actor=actor, reason=reason)
+    return sorted(changed)

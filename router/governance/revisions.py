@@ -1,0 +1,306 @@
+"""Channel revisions in ``governed`` mode: propose, diff, approve (four eyes), reject, roll back.
+
+A revision is the whole YAML text of one channel file. Proposing one supersedes the
+channel's earlier open proposals, so an approver always decides on the latest; approving
+needs the ``approver`` role and someone other than the author. An approved revision is
+applied by the running engine (router/governance/watcher.py), which marks it ``deployed``.
+Every revision is kept and every action is an audit event with its actor.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+
+from router import audit, mappings
+from router.config import ConfigError, EngineConfig, cross_check
+from router.config.loading import channel_from_text
+from router.governance.actors import require_role
+from router.governance.models import (
+    APPROVED,
+    PROPOSED,
+    REJECTED,
+    RUNNING,
+    SUPERSEDED,
+    FourEyesViolation,
+    GovernanceError,
+    InvalidRevision,
+    NotFound,
+    Revision,
+    RevisionDiff,
+)
+from router.store.database import Store
+from router.store.ingest import utcnow
+from router.store.schema import channel_revisions
+
+r = channel_revisions.c
+MAX_YAML = 256 * 1024  # a channel file is a page of YAML; refuse anything far larger
+
+
+def list_revisions(
+    store: Store, channel: str | None = None, *, state: str | None = None, limit: int = 200
+) -> list[Revision]:
+    """Revisions newest first, optionally of one channel and in one state."""
+    query = select(channel_revisions).order_by(r.proposed_at.desc(), r.id.desc()).limit(limit)
+    if channel is not None:
+        query = query.where(r.channel == channel)
+    if state is not None:
+        query = query.where(r.state == state)
+    with store.read() as conn:
+        return [_revision(row) for row in conn.execute(query)]
+
+
+def get_revision(store: Store, channel: str, number: int) -> Revision:
+    with store.read() as conn:
+        return _revision(_row(conn, channel, number))
+
+
+def running(conn: Connection, channel: str) -> Any:
+    """The row of the revision the engine runs (or is about to): the newest approved one."""
+    return conn.execute(
+        select(channel_revisions)
+        .where(r.channel == channel, r.state.in_(RUNNING))
+        .order_by(r.number.desc())
+        .limit(1)
+    ).first()
+
+
+def diff(
+    store: Store, channel: str, number: int | None = None, *, against: int | None = None
+) -> RevisionDiff:
+    """Unified diff of ``number`` (default: the newest proposal, else the newest revision)
+    against ``against`` (default: the running revision, or for that one its predecessor)."""
+    with store.read() as conn:
+        if number is None:
+            number = conn.scalar(
+                select(func.max(r.number)).where(r.channel == channel, r.state == PROPOSED)
+            ) or conn.scalar(select(func.max(r.number)).where(r.channel == channel))
+            if number is None:
+                raise NotFound(f"channel {channel!r} has no revisions")
+        target = _row(conn, channel, number)
+        if against is None:
+            base = running(conn, channel)
+            if base is not None and base.number == number:
+                base = _row(conn, channel, target.based_on) if target.based_on else None
+        else:
+            base = _row(conn, channel, against)
+    before = base.yaml if base is not None else ""
+    label = f"{channel}.yaml"
+    text = "".join(
+        difflib.unified_diff(
+            before.splitlines(keepends=True),
+            target.yaml.splitlines(keepends=True),
+            f"{label} #{base.number}" if base is not None else "/dev/null",
+            f"{label} #{number}",
+        )
+    )
+    return RevisionDiff(channel, number, base.number if base is not None else None, text)
+
+
+def propose(
+    store: Store,
+    config: EngineConfig,
+    channel: str,
+    text: str,
+    *,
+    actor: str,
+    reason: str = "",
+) -> Revision:
+    """Record ``text`` as the channel's next revision, awaiting approval.
+
+    The text must be a valid channel named ``channel`` whose mappings load. Proposing
+    the running text again is refused; proposing the text of the open proposal again
+    returns that proposal.
+    """
+    if config.governance != "governed":
+        raise GovernanceError(
+            "governance is open (engine.yaml): edit the channel file and reload instead"
+        )
+    check_channel_text(store, config, channel, text)
+    digest = sha256(text)
+    now = utcnow()
+    with store.begin() as conn:
+        require_role(conn, actor, "engineer")
+        base = running(conn, channel)
+        if base is not None and base.sha256 == digest:
+            raise GovernanceError(f"{channel}: no change from the running revision #{base.number}")
+        pending = conn.execute(
+            select(channel_revisions).where(r.channel == channel, r.state == PROPOSED)
+        ).all()
+        for row in pending:
+            if row.sha256 == digest:
+                return _revision(row)
+        for row in pending:
+            _settle(conn, row, SUPERSEDED, None, f"superseded by a newer proposal from {actor}")
+        number = (conn.scalar(select(func.max(r.number)).where(r.channel == channel)) or 0) + 1
+        conn.execute(
+            channel_revisions.insert().values(
+                channel=channel,
+                number=number,
+                yaml=text,
+                sha256=digest,
+                author=actor,
+                proposed_at=now,
+                state=PROPOSED,
+                reason=reason,
+                based_on=base.number if base is not None else None,
+            )
+        )
+        audit.append(
+            conn,
+            actor,
+            "revision.propose",
+            f"channel:{channel}",
+            {"number": number, "sha256": digest, "reason": reason},
+        )
+        return _revision(_row(conn, channel, number))
+
+
+def approve(store: Store, channel: str, number: int, *, actor: str) -> Revision:
+    """Approve a proposal: not by its author, only by an ``approver``, only of the running base.
+
+    The revision becomes ``approved``; the running engine deploys it within seconds.
+    """
+    with store.begin() as conn:
+        require_role(conn, actor, "approver")
+        row = _row(conn, channel, number)
+        if row.state != PROPOSED:
+            raise GovernanceError(f"{channel} #{number} is {row.state}, not proposed")
+        if row.author == actor:
+            raise FourEyesViolation(
+                f"{actor} proposed {channel} #{number} and cannot approve it: another approver must"
+            )
+        base = running(conn, channel)
+        if (base.number if base is not None else None) != row.based_on:
+            raise GovernanceError(
+                f"{channel} #{number} was proposed against #{row.based_on}, but "
+                f"#{base.number if base is not None else '-'} runs now: propose it again"
+            )
+        _settle(conn, row, APPROVED, actor, "")
+        audit.append(
+            conn,
+            actor,
+            "revision.approve",
+            f"channel:{channel}",
+            {"number": number, "sha256": row.sha256, "author": row.author},
+        )
+        return _revision(_row(conn, channel, number))
+
+
+def reject(store: Store, channel: str, number: int, *, actor: str, reason: str) -> Revision:
+    """Turn a proposal down with a reason (its author may withdraw it the same way).
+
+    ``approver`` and ``approved_at`` of a rejected revision say who rejected it and when.
+    """
+    if not reason.strip():
+        raise GovernanceError("a rejection needs a reason")
+    with store.begin() as conn:
+        row = _row(conn, channel, number)
+        if row.author != actor:
+            require_role(conn, actor, "approver")
+        if row.state != PROPOSED:
+            raise GovernanceError(f"{channel} #{number} is {row.state}, not proposed")
+        _settle(conn, row, REJECTED, actor, reason)
+        audit.append(
+            conn,
+            actor,
+            "revision.reject",
+            f"channel:{channel}",
+            {"number": number, "reason": reason},
+        )
+        return _revision(_row(conn, channel, number))
+
+
+def rollback(
+    store: Store, config: EngineConfig, channel: str, number: int, *, actor: str, reason: str = ""
+) -> Revision:
+    """Propose the text of an earlier revision again: a new revision, still to be approved."""
+    old = get_revision(store, channel, number)
+    return propose(
+        store,
+        config,
+        channel,
+        old.yaml,
+        actor=actor,
+        reason=reason or f"rollback to #{number}",
+    )
+
+
+def check_channel_text(store: Store, config: EngineConfig, channel: str, text: str) -> None:
+    """Raise ``InvalidRevision`` unless ``text`` is a channel named ``channel`` that compiles
+    and fits beside the other running channels (ports, feeds)."""
+    from router.governance.deploy import running_channels
+    from router.pipeline import compile_channel
+
+    if len(text.encode("utf-8")) > MAX_YAML:
+        raise InvalidRevision(f"{channel}: larger than {MAX_YAML} bytes", [])
+    path = config.channels / f"{channel}.yaml"
+    try:
+        candidate = channel_from_text(text, path)
+        mappings.mount(config.mappings)
+        compile_channel(candidate)
+    except ConfigError as exc:
+        raise InvalidRevision(f"{channel}: not a valid channel", _lines(exc)) from exc
+    except mappings.MappingError as exc:
+        raise InvalidRevision(f"{channel}: {exc}", [f"{path}: {exc.key}: {exc}"]) from exc
+    current = running_channels(store, config)
+    before = {str(p) for p in cross_check(current, config.channels)}
+    problems = [
+        p
+        for p in cross_check({**current, channel: candidate}, config.channels)
+        if str(p) not in before
+    ]
+    if problems:
+        raise InvalidRevision(
+            f"{channel}: conflicts with other channels", _lines(ConfigError(problems))
+        )
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _lines(exc: ConfigError) -> list[str]:
+    return [str(p) for p in exc.problems]
+
+
+def _settle(conn: Connection, row: Any, state: str, by: str | None, reason: str) -> None:
+    """Move ``row`` on from the state it was read in; ``by`` decided it (approver column)."""
+    values: dict[str, Any] = {"state": state, "reason": reason or row.reason}
+    if by is not None:
+        values.update(approver=by, approved_at=utcnow())
+    done = conn.execute(
+        update(channel_revisions).where(r.id == row.id, r.state == row.state).values(**values)
+    ).rowcount
+    if not done:
+        raise GovernanceError(f"{row.channel} #{row.number} changed meanwhile; look again")
+
+
+def _row(conn: Connection, channel: str, number: int) -> Any:
+    row = conn.execute(
+        select(channel_revisions).where(r.channel == channel, r.number == number)
+    ).first()
+    if row is None:
+        raise NotFound(f"no revision #{number} of channel {channel!r}")
+    return row
+
+
+def _revision(row: Any) -> Revision:
+    return Revision(
+        id=row.id,
+        channel=row.channel,
+        number=row.number,
+        state=row.state,
+        author=row.author,
+        proposed_at=row.proposed_at,
+        sha256=row.sha256,
+        reason=row.reason,
+        based_on=row.based_on,
+        approver=row.approver,
+        approved_at=row.approved_at,
+        deployed_at=row.deployed_at,
+        yaml=row.yaml,
+    )

@@ -1,0 +1,82 @@
+"""The engine's side of deploying: it runs each channel's newest approved revision.
+
+Approvals and open-mode reloads are written to the store, by this process or another
+(``run.py channel approve``, ``run.py reload``, another node). The watcher reads the
+running revisions every few seconds (or at once when woken), applies the channels whose
+text changed through the reloader, and marks approved revisions ``deployed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from router.config import ConfigError
+from router.governance.deploy import mark_deployed, parse, running_texts
+from router.governance.models import APPROVED
+from router.governance.reload import ReloadResult
+
+if TYPE_CHECKING:
+    from router.engine import Engine
+
+log = logging.getLogger(__name__)
+INTERVAL = 2.0
+
+
+class RevisionWatcher:
+    def __init__(self, engine: Engine, interval: float = INTERVAL) -> None:
+        self._engine = engine
+        self.interval = interval
+        self._applied: dict[str, str] = {}  # channel -> sha256 of the text it runs
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.check()
+        self._task = asyncio.create_task(self._run(), name="revision watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def wake(self) -> None:
+        """Check now (after an approval or a reload in this process); thread-safe."""
+        loop = self._task.get_loop() if self._task is not None else None
+        if loop is not None:
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def check(self) -> ReloadResult:
+        """Apply every running revision whose text this engine does not run yet."""
+        texts = await asyncio.to_thread(running_texts, self._engine.store)
+        fresh = {n: t for n, t in texts.items() if self._applied.get(n) != t.sha256}
+        if not fresh:
+            return ReloadResult()
+        # Remembered even when it fails, so that a broken revision is reported once, not
+        # every few seconds; the next approved revision is tried afresh.
+        self._applied.update({n: t.sha256 for n, t in fresh.items()})
+        try:
+            result = await self._engine.reloader.apply(parse(self._engine.config, fresh))
+        except ConfigError as exc:
+            log.error("cannot deploy channel revision(s); keeping the running ones:\n%s", exc)
+            return ReloadResult()
+        actor = f"engine@{self._engine.config.node}"
+        for name, text in fresh.items():
+            if text.state == APPROVED:
+                await asyncio.to_thread(
+                    mark_deployed, self._engine.store, name, text.number, actor=actor
+                )
+        return result
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            try:
+                await self.check()
+            except Exception:
+                log.exception("checking channel revisions failed; trying again shortly")

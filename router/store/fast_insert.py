@@ -1,0 +1,100 @@
+"""Plain INSERTs straight through the driver, for the tables every message writes.
+
+On the hot path (messages at ingest; deliveries and correlation keys at processing;
+attempts at dispatch) SQLAlchemy's execution of an insert (bind processing, context
+and result set-up) costs more than the driver's insert itself. The SQL is the same
+plain ``INSERT``; what SQLAlchemy would add is done here only where it matters:
+SQLite keeps ``UtcDateTime`` as text in SQLAlchemy's format, and a naive datetime is
+refused as the type refuses it. Anything else (another dialect, a column with a
+Python-side default, a type that converts its values) goes through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Dialect,
+    Enum,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+)
+
+from router.store.schema import UtcDateTime
+
+_PLACEHOLDER = {"sqlite": ":{}", "postgresql": "%({})s"}
+# Types whose values the drivers bind exactly as SQLAlchemy would hand them over.
+_PLAIN = (String, Text, Integer, LargeBinary, Float, Boolean, UtcDateTime)
+# (table, dialect, keys) -> (SQL, time columns), or None where SQLAlchemy must insert.
+_PLANS: dict[tuple[str, str, tuple[str, ...]], tuple[str, tuple[str, ...]] | None] = {}
+_UNPLANNED = object()
+
+
+def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (dicts with the same keys) into ``table`` in ``conn``'s transaction."""
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    keys = tuple(rows[0])
+    plan = _PLANS.get((table.name, dialect, keys), _UNPLANNED)
+    if plan is _UNPLANNED:
+        plan = _PLANS[(table.name, dialect, keys)] = _plan(table, conn.dialect, keys)
+    if plan is None:
+        conn.execute(table.insert(), rows)
+        return
+    sql, times = plan
+    driver = conn.connection.driver_connection
+    if dialect == "sqlite":
+        if times:
+            rows = [_with_text_times(row, times) for row in rows]
+        driver.executemany(sql, rows)
+        return
+    for row in rows:
+        for key in times:
+            _check_aware(row[key])
+    with driver.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+def _plan(
+    table: Table, dialect: Dialect, keys: tuple[str, ...]
+) -> tuple[str, tuple[str, ...]] | None:
+    if dialect.name not in _PLACEHOLDER or any(k not in table.c for k in keys):
+        return None
+    if any(c.default is not None and c.name not in keys for c in table.c):
+        return None
+    types = [table.c[k].type for k in keys]
+    if not all(isinstance(t, _PLAIN) and not isinstance(t, Enum) for t in types):
+        return None
+    names = dialect.identifier_preparer
+    columns = ", ".join(names.quote(k) for k in keys)
+    marks = ", ".join(_PLACEHOLDER[dialect.name].format(k) for k in keys)
+    sql = f"INSERT INTO {names.format_table(table)} ({columns}) VALUES ({marks})"
+    return sql, tuple(k for k in keys if isinstance(table.c[k].type, UtcDateTime))
+
+
+def driver_time(dialect: str, value: datetime | None) -> datetime | str | None:
+    """A ``UtcDateTime`` value as the driver takes it: on SQLite, text in SQLAlchemy's format."""
+    _check_aware(value)
+    if dialect != "sqlite" or value is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _with_text_times(row: dict[str, Any], times: tuple[str, ...]) -> dict[str, Any]:
+    out = dict(row)
+    for key in times:
+        out[key] = driver_time("sqlite", out[key])
+    return out
+
+
+def _check_aware(value: datetime | None) -> None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("naive datetime given to the store; use UTC-aware datetimes")

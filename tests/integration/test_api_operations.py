@@ -1,0 +1,150 @@
+"""The JSON API's operations over a real socket, with python-hl7 as the lab: channel figures,
+search with cursor pagination, resend and reprocess (single, bulk, dry run, reason), the
+audit log and its verification (caught tampering), and the Prometheus exposition."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from console_testing import Site, order, start_site, stop_site
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import delete, select, update
+from tie_testing import api_token, wait_until
+
+from router.store.schema import audit_events, messages
+
+OML = "OML_O21_nhs_nwgmsa_v251"
+CHANNEL = "lab-orders"
+
+
+@pytest.fixture
+def site(tmp_path, store_url) -> Iterator[Site]:
+    running = start_site(tmp_path, store_url, {})
+    try:
+        yield running
+    finally:
+        stop_site(running)
+
+
+def _client(site: Site, *roles: str, name: str) -> httpx.Client:
+    token = api_token(site.running.store, *roles, name=name)
+    return httpx.Client(base_url=site.url, timeout=10, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_channels_search_resend_and_reprocess(site, hl7_samples):
+    site.lab.code = "AR"
+    for n in range(3):
+        site.send_and_settle(order(hl7_samples[OML], f"API-{n}"), f"API-{n}", "failed")
+    support = _client(site, "support", name="sam")
+    viewer = _client(site, "viewer", name="vic")
+
+    (row,) = viewer.get("/api/channels").json()
+    assert (row["channel"], row["paused"], row["failed"], row["queued"]) == (CHANNEL, False, 3, 0)
+    assert row["counts"]["received"] == {"today": 3, "total": 3}
+    assert row["counts"]["failed"]["total"] == 3
+    assert row["oldest_queued_age"] is None
+    assert row["last_error"]["text"].startswith("lab: ")
+
+    first = viewer.get("/api/messages", params={"channel": CHANNEL, "limit": 2}).json()
+    assert [m["control_id"] for m in first["messages"]] == ["API-2", "API-1"]
+    rest = viewer.get("/api/messages", params={"channel": CHANNEL, "before": first["next"]})
+    assert [m["control_id"] for m in rest.json()["messages"]] == ["API-0"]
+    assert viewer.get("/api/messages", params={"status": "bogus"}).status_code == 422
+    assert viewer.get(f"/api/messages/{first['messages'][0]['id']}").status_code == 403
+
+    search = {"search": {"channel": CHANNEL, "control_id": "API-1"}}
+    assert support.post("/api/deliveries/resend", json=search).status_code == 422
+    assert support.post("/api/deliveries/resend", json={"reason": "x"}).status_code == 422
+    dry = support.post("/api/deliveries/resend", json={**search, "reason": "lab", "dry_run": True})
+    assert dry.json()["dry_run"] is True and dry.json()["count"] == 1
+    assert "resend delivery" in dry.json()["results"][0]["description"]
+    assert site.delivery_status("API-1") == ["failed"], "a dry run changes nothing"
+
+    site.lab.code = "AA"
+    bulk = support.post(
+        "/api/deliveries/resend", json={"search": {"channel": CHANNEL}, "reason": "lab fixed"}
+    )
+    assert bulk.status_code == 200 and bulk.json()["count"] == 3
+    for n in range(3):
+        wait_until(lambda n=n: site.delivery_status(f"API-{n}") == ["failed", "sent"])
+
+    original = int(bulk.json()["results"][0]["original"])
+    single = support.post(f"/api/deliveries/{original}/resend", json={"reason": "once more"})
+    assert single.json()["count"] == 1
+    wait_until(lambda: site.delivery_status("API-0") == ["failed", "sent", "sent"])
+
+    one = first["messages"][0]["id"]
+    preview = support.post(f"/api/messages/{one}/reprocess", json={"reason": "x", "dry_run": True})
+    assert preview.json()["count"] == 1 and preview.json()["results"][0]["copy"] is None
+    again = support.post(f"/api/messages/{one}/reprocess", json={"reason": "mapping fixed"})
+    copy = again.json()["results"][0]["copy"]
+    with site.running.store.read() as conn:
+        assert conn.scalar(select(messages.c.reprocessed_from).where(messages.c.uuid == copy)) == (
+            one
+        )
+    assert support.post("/api/messages/999999/reprocess", json={"reason": "x"}).status_code == 404
+
+    detail = support.get(f"/api/messages/{one}").json()
+    assert detail["raw"].startswith("MSH|") and len(detail["deliveries"]) == 2
+
+    events = support.get("/api/audit", params={"actor": "sam"}).json()["events"]
+    actions = [e["action"] for e in events]
+    assert actions == ["view", "reprocess"] + ["resend"] * 4
+    assert [e["details"]["reason"] for e in events[2:]] == ["once more"] + ["lab fixed"] * 3
+    assert viewer.get("/api/audit").status_code == 403
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete"])
+def test_audit_verify_over_the_api_names_the_first_broken_event(site, tamper):
+    admin = _client(site, "admin", name="ada")
+    for name in ("u1", "u2", "u3"):
+        assert admin.post("/api/users", json={"name": name, "roles": ["viewer"]}).status_code == 201
+    assert admin.get("/api/audit/verify").json()["ok"] is True
+    a = audit_events.c
+    with site.running.store.begin() as conn:
+        ids = list(conn.scalars(select(a.id).where(a.action == "user-add").order_by(a.id)))
+        middle = ids[-2]
+        if tamper == "edit":
+            conn.execute(update(audit_events).where(a.id == middle).values(details="{}"))
+        else:
+            conn.execute(delete(audit_events).where(a.id == middle))
+    verdict = admin.get("/api/audit/verify").json()
+    assert verdict["ok"] is False
+    assert verdict["broken_id"] == (middle if tamper == "edit" else ids[-1])
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_need_a_token_and_count_per_channel_and_destination(site, hl7_samples):
+    assert httpx.get(f"{site.url}/metrics").status_code == 401
+    scraper = _client(site, "viewer", name="prometheus")
+    received = ("tie_messages_total", (("channel", CHANNEL), ("status", "received")))
+    sent = (
+        "tie_deliveries_total",
+        (("channel", CHANNEL), ("destination", "lab"), ("status", "sent")),
+    )
+    latency = ("tie_ack_latency_seconds_count", (("channel", CHANNEL), ("transport", "mllp")))
+    before = _samples(scraper.get("/metrics").text)
+
+    site.send_and_settle(order(hl7_samples[OML], "MET-1"), "MET-1", "sent")
+    site.lab.code = "AE"
+    site.send(order(hl7_samples[OML], "MET-2"))
+    wait_until(lambda: site.delivery_status("MET-2") == ["retrying"])
+
+    answer = scraper.get("/metrics")
+    assert answer.headers["content-type"].startswith("text/plain")
+    after = _samples(answer.text)
+    assert after[received] - before.get(received, 0) == 2
+    assert after[sent] - before.get(sent, 0) == 1
+    assert after[latency] - before.get(latency, 0) == 2
+    queue = (("channel", CHANNEL), ("destination", "lab"))
+    assert after[("tie_queue_depth", queue)] == 1
+    assert after[("tie_queue_oldest_age_seconds", queue)] >= 0

@@ -1,0 +1,123 @@
+"""``/api/revisions``, ``/api/holds`` and ``/api/channels/reload`` over a real socket, with
+tokens of different users: the four-eyes rules hold through the API as in the services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from hl7.client import MLLPClient
+from sqlalchemy import select
+from tie_testing import (
+    Hl7Receiver,
+    RunningEngine,
+    api_token,
+    engine_config,
+    hl7_message,
+    wait_until,
+)
+
+from router.store.schema import deliveries
+
+OML = "OML_O21_nhs_nwgmsa_v251"
+
+
+def orders(lab_port: int, kind: str = "OML", hold: bool = False) -> str:
+    return (
+        "name: orders\nsource:\n  mllp: {host: 127.0.0.1, port: 0}\n"
+        f"filter:\n  - field: MSH-9.1\n    equals: {kind}\n"
+        f"destinations:\n  lab:\n    mllp: {{host: 127.0.0.1, port: {lab_port}}}\n"
+        + ("    hold: {approvals: 2}\n" if hold else "")
+    )
+
+
+@pytest.fixture
+def governed(tmp_path, store_url) -> Iterator[tuple[RunningEngine, dict, Hl7Receiver]]:
+    lab = Hl7Receiver()
+    config = engine_config(tmp_path, store_url, governance="governed")
+    config.channels.mkdir()
+    (config.channels / "orders.yaml").write_text(orders(lab.port, hold=True))
+    tokens = {
+        "erin": api_token(store_url, "engineer", "approver", name="erin"),
+        "ada": api_token(store_url, "approver", name="ada"),
+        "bob": api_token(store_url, "approver", name="bob"),
+        "sam": api_token(store_url, "support", name="sam"),
+        "val": api_token(store_url, "viewer", name="val"),
+    }
+    running = RunningEngine(config, None, http=True)  # type: ignore[arg-type]
+    client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
+
+    def as_user(name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens[name]}"}
+
+    try:
+        yield running, {"client": client, "as": as_user, "config": config}, lab
+    finally:
+        client.close()
+        running.stop()
+        lab.stop()
+
+
+def test_revision_four_eyes_through_the_api(governed):
+    running, api, lab = governed
+    client, as_user = api["client"], api["as"]
+    proposal = {"channel": "orders", "yaml": orders(lab.port, "ORU", hold=True), "reason": "r"}
+    assert client.post("/api/revisions", json=proposal, headers=as_user("val")).status_code == 403
+    created = client.post("/api/revisions", json=proposal, headers=as_user("erin"))
+    assert created.status_code == 201 and created.json()["number"] == 2
+    diff = client.get("/api/revisions/orders/diff", headers=as_user("val")).json()
+    assert "+    equals: ORU" in diff["text"]
+
+    own = client.post("/api/revisions/orders/2/approve", headers=as_user("erin"))
+    assert own.status_code == 403 and "cannot approve" in own.json()["detail"]
+    assert client.post("/api/revisions/orders/2/approve", headers=as_user("sam")).status_code == 403
+    approved = client.post("/api/revisions/orders/2/approve", headers=as_user("ada"))
+    assert approved.status_code == 200
+    wait_until(
+        lambda: (
+            client.get("/api/revisions/orders/2", headers=as_user("val")).json()["state"]
+            == "deployed"
+        )
+    )
+    assert running.engine.channels["orders"].config.filter[0].equals == "ORU"
+    bad = client.post(
+        "/api/revisions",
+        json={"channel": "orders", "yaml": "name: orders\n"},
+        headers=as_user("erin"),
+    )
+    assert bad.status_code == 422
+
+    (api["config"].channels / "orders.yaml").write_text(orders(lab.port, "ADT", hold=True))
+    reloaded = client.post("/api/channels/reload", headers=as_user("erin")).json()
+    assert reloaded["proposed"] == ["orders#3"]
+    assert running.engine.channels["orders"].config.filter[0].equals == "ORU"
+
+
+def test_held_batch_release_through_the_api(governed, hl7_samples):
+    running, api, lab = governed
+    client, as_user = api["client"], api["as"]
+    for i in range(2):
+        with MLLPClient("127.0.0.1", running.port("orders")) as mllp:
+            mllp.send_message(hl7_message(hl7_samples[OML], f"H-{i}"))
+
+    def held() -> bool:
+        with running.store.read() as conn:
+            return list(conn.scalars(select(deliveries.c.status))) == ["held", "held"]
+
+    wait_until(held)
+    [open_batch] = client.get("/api/holds", headers=as_user("val")).json()
+    assert (open_batch["state"], open_batch["deliveries"]) == ("open", 2)
+    target = {"channel": "orders", "destination": "lab"}
+    assert client.post("/api/holds", json=target, headers=as_user("val")).status_code == 403
+    batch = client.post("/api/holds", json=target, headers=as_user("sam")).json()
+    summary = client.get(f"/api/holds/{batch['id']}", headers=as_user("val")).json()
+    assert summary["by_destination"] == {"lab": 2}
+
+    first = client.post(f"/api/holds/{batch['id']}/approve", headers=as_user("ada")).json()
+    assert first["state"] == "pending"
+    again = client.post(f"/api/holds/{batch['id']}/approve", headers=as_user("ada"))
+    assert again.status_code == 403
+    second = client.post(f"/api/holds/{batch['id']}/approve", headers=as_user("bob")).json()
+    assert second["state"] == "released"
+    wait_until(lambda: sorted(lab.control_ids()) == ["H-0", "H-1"])

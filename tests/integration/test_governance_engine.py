@@ -1,0 +1,140 @@
+"""Four-eyes governance against a running engine, over real MLLP (python-hl7 on both sides).
+
+Governed mode: a proposed change does nothing until another user approves it, then the
+engine runs it without a restart. A held destination sends nothing until enough distinct
+approvers release the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hl7.client import MLLPClient
+from sqlalchemy import select
+from tie_testing import Hl7Receiver, RunningEngine, engine_config, hl7_message, wait_until
+
+from router import governance
+from router.auth.users import add_user
+from router.store.schema import deliveries, messages
+
+OML = "OML_O21_nhs_nwgmsa_v251"
+
+
+def channel_file(receiver_port: int, kind: str, hold: str = "") -> str:
+    return (
+        "name: orders\nsource:\n  mllp: {host: 127.0.0.1, port: 0}\n"
+        f"filter:\n  - field: MSH-9.1\n    equals: {kind}\n"
+        f"destinations:\n  lab:\n    mllp: {{host: 127.0.0.1, port: {receiver_port}}}\n"
+        "    retry: {max_attempts: 100, backoff: [100ms, 100ms]}\n" + hold
+    )
+
+
+@pytest.fixture
+def lab() -> Iterator[Hl7Receiver]:
+    receiver = Hl7Receiver()
+    yield receiver
+    receiver.stop()
+
+
+def start(tmp_path: Path, store_url: str, text: str) -> RunningEngine:
+    config = engine_config(tmp_path, store_url, governance="governed")
+    config.channels.mkdir()
+    (config.channels / "orders.yaml").write_text(text)
+    running = RunningEngine(config, None)  # type: ignore[arg-type]
+    with running.store.begin() as conn:
+        for name, roles in (
+            ("erin", ["engineer", "approver"]),
+            ("ada", ["approver"]),
+            ("bob", ["approver"]),
+        ):
+            add_user(conn, name, roles, None, actor="test")
+        add_user(conn, "sam", ["support"], None, actor="test")
+    return running
+
+
+def send(running: RunningEngine, raw: bytes) -> str:
+    with MLLPClient("127.0.0.1", running.port("orders")) as client:
+        return str(client.send_message(raw))
+
+
+def statuses(running: RunningEngine, table) -> list[str]:
+    with running.store.read() as conn:
+        return list(conn.scalars(select(table.c.status).order_by(table.c.id)))
+
+
+def test_a_change_runs_only_after_another_user_approves_it(tmp_path, store_url, lab, hl7_samples):
+    running = start(tmp_path, store_url, channel_file(lab.port, "OML"))
+    try:
+        store, config = running.store, running.engine.config
+        governance.propose(
+            store, config, "orders", channel_file(lab.port, "ORU"), actor="erin", reason="results"
+        )
+        assert "MSA|CA|" in send(running, hl7_message(hl7_samples[OML], "BEFORE-1"))
+        wait_until(lambda: lab.control_ids() == ["BEFORE-1"])  # the approved filter still runs
+
+        with pytest.raises(governance.FourEyesViolation):
+            governance.approve(store, "orders", 2, actor="erin")
+        governance.approve(store, "orders", 2, actor="ada")
+        running.engine.watcher.wake()
+        wait_until(lambda: governance.get_revision(store, "orders", 2).state == "deployed")
+
+        assert "MSA|CA|" in send(running, hl7_message(hl7_samples[OML], "AFTER-1"))
+        wait_until(lambda: statuses(running, messages) == ["processed", "filtered"])
+        assert lab.control_ids() == ["BEFORE-1"]
+        assert running.port("orders") == running.engine.listeners[0].port  # no restart
+    finally:
+        running.stop()
+
+
+def test_a_held_batch_is_sent_after_the_second_distinct_approval(
+    tmp_path, store_url, lab, hl7_samples
+):
+    hold = "    hold: {approvals: 2}\n"
+    running = start(tmp_path, store_url, channel_file(lab.port, "OML", hold))
+    try:
+        store = running.store
+        for i in range(3):
+            send(running, hl7_message(hl7_samples[OML], f"HELD-{i}"))
+        wait_until(lambda: statuses(running, deliveries) == ["held"] * 3)
+        channels = {n: c.config for n, c in running.engine.channels.items()}
+        batch = governance.request_release(store, channels, "orders", "lab", actor="sam")
+        summary = governance.batch_summary(store, batch.id)
+        assert summary.by_destination == {"lab": 3}
+        assert summary.by_message_type == {"OML^O21": 3}
+
+        assert governance.approve_batch(store, batch.id, actor="ada").state == "pending"
+        running.engine.dispatcher.notify({("orders", "lab")})
+        assert statuses(running, deliveries) == ["held"] * 3
+        assert lab.received == []
+
+        assert governance.approve_batch(store, batch.id, actor="bob").state == "released"
+        wait_until(lambda: sorted(lab.control_ids()) == ["HELD-0", "HELD-1", "HELD-2"])
+        wait_until(lambda: statuses(running, deliveries) == ["sent"] * 3)
+    finally:
+        running.stop()
+
+
+def test_open_mode_reload_deploys_a_changed_file_without_a_restart(
+    tmp_path, store_url, lab, hl7_samples
+):
+    config = engine_config(tmp_path, store_url)
+    config.channels.mkdir()
+    path = config.channels / "orders.yaml"
+    path.write_text(channel_file(lab.port, "ORU"))
+    running = RunningEngine(config, None)  # type: ignore[arg-type]
+    try:
+        port = running.port("orders")
+        send(running, hl7_message(hl7_samples[OML], "FILTERED-1"))
+        wait_until(lambda: statuses(running, messages) == ["filtered"])
+        path.write_text(channel_file(lab.port, "OML"))
+        result = running._loop.run(running.engine.reload("olly"))
+        assert result.changed == ["orders"]
+        send(running, hl7_message(hl7_samples[OML], "SENT-1"))
+        wait_until(lambda: lab.control_ids() == ["SENT-1"])
+        assert running.port("orders") == port
+        [latest, *_] = governance.list_revisions(running.store, "orders")
+        assert (latest.author, latest.state) == ("olly", "deployed")
+    finally:
+        running.stop()

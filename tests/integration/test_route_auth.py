@@ -1,0 +1,146 @@
+"""Every route of the real app is authenticated and role-checked: generated from the route table.
+
+A route added without ``require_role`` / ``require_console`` fails here, as does a public
+route that is not on the short list below. Anonymous callers get 401 (API) or a redirect
+to /login (console pages); a caller holding none of the route's roles gets 403. Routes
+that ask only for ``viewer`` have no wrong role: any signed-in user may see metadata.
+The FHIR and proxy *source* endpoints are not in the route table (router/api/gateway_asgi.py
+answers them, like an MLLP listener, for sending systems: see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from console_testing import PASSWORD, Site, csrf_of, sign_in, start_site, stop_site
+from fastapi import FastAPI
+from tie_testing import api_token
+
+from router.api.security import is_public, route_roles, route_table
+from router.auth.roles import ROLES
+from router.auth.users import add_user
+
+PUBLIC = {
+    ("/health", "GET"),
+    ("/login", "GET"),
+    ("/login", "POST"),
+    ("/docs", "GET"),
+    ("/docs/oauth2-redirect", "GET"),
+    ("/openapi.json", "GET"),
+    ("/static", "*"),
+}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("routes")
+    running = start_site(tmp, f"sqlite:///{tmp / 'tie.db'}", {})
+    try:
+        yield running
+    finally:
+        stop_site(running)
+
+
+def _app(site: Site) -> FastAPI:
+    assert site.running.engine.http is not None
+    return site.running.engine.http.config.app
+
+
+def _checked(app: FastAPI) -> Iterator[tuple[Any, str, str]]:
+    for route in route_table(app):
+        if is_public(route):
+            continue
+        path = re.sub(r"\{[^}]+\}", "1", route.path)
+        for method in sorted(route.methods or {"GET"}):
+            yield route, method, path
+
+
+def _label(route: Any, method: str) -> str:
+    return f"{method} {getattr(route, 'path', route)}"
+
+
+def test_public_routes_are_exactly_the_listed_ones(site):
+    found = set()
+    for route in route_table(_app(site)):
+        if is_public(route):
+            methods = getattr(route, "methods", None) or {"*"}
+            found |= {(route.path, m) for m in methods if m != "HEAD"}
+    assert found == PUBLIC
+
+
+def test_every_other_route_declares_its_roles(site):
+    missing = [
+        _label(route, method)
+        for route, method, _ in _checked(_app(site))
+        if route_roles(route) is None
+    ]
+    assert missing == [], "routes without require_role / require_console"
+
+
+def test_anonymous_callers_are_refused(site):
+    wrong = []
+    with httpx.Client(base_url=site.url, timeout=10) as anonymous:
+        for route, method, path in _checked(_app(site)):
+            _, console = route_roles(route) or ((), False)
+            answer = anonymous.request(method, path)
+            if console:
+                ok = answer.status_code == 303 and answer.headers["location"].startswith(
+                    "/login?next="
+                )
+            else:
+                ok = answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
+            if not ok:
+                wrong.append(f"{_label(route, method)} -> {answer.status_code}")
+    assert wrong == []
+
+
+def _lacking(roles: tuple[str, ...]) -> list[str]:
+    """The non-admin roles other than ``roles``: a principal with them lacks every one."""
+    return [r for r in ROLES if r not in roles and r != "admin"]
+
+
+def test_callers_without_the_role_are_forbidden(site):
+    store = site.running.store
+    clients: dict[tuple[str, ...], httpx.Client] = {}
+    wrong, checked = [], 0
+    try:
+        for route, method, path in _checked(_app(site)):
+            roles, console = route_roles(route) or ((), False)
+            others = _lacking(roles)
+            if not roles or "viewer" in roles or not others:
+                continue
+            key = (*others, "console" if console else "api")
+            if key not in clients:
+                name = f"u{len(clients)}"
+                if console:
+                    with store.begin() as conn:
+                        add_user(conn, name, others, PASSWORD, actor="test")
+                    clients[key] = sign_in(site.url, name)
+                    clients[key].headers["X-CSRF-Token"] = csrf_of(clients[key].get("/").text)
+                else:
+                    token = api_token(store, *others, name=name)
+                    clients[key] = httpx.Client(
+                        base_url=site.url, timeout=10, headers={"Authorization": f"Bearer {token}"}
+                    )
+            answer = clients[key].request(method, path)
+            checked += 1
+            if answer.status_code != 403:
+                wrong.append(f"{_label(route, method)} as {others} -> {answer.status_code}")
+    finally:
+        for client in clients.values():
+            client.close()
+    assert wrong == []
+    assert checked >= 10, "the route table should hold more role-checked routes than this"
+
+
+def test_public_routes_answer_anonymous_callers(site):
+    with httpx.Client(base_url=site.url, timeout=10) as anonymous:
+        for path in ("/health", "/openapi.json", "/docs", "/login", "/static/htmx.min.js"):
+            assert anonymous.get(path).status_code == 200, path
+        spec = anonymous.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert "/api/messages/reprocess" in spec["paths"] and "/metrics" in spec["paths"]

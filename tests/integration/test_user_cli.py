@@ -1,0 +1,113 @@
+"""``run.py users``: add (password from stdin, never argv), list, disable, token and revoke;
+each audited with the acting user. And the first start's hint when no user exists."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import yaml
+from sqlalchemy import select
+from tie_testing import RunningEngine, engine_config
+
+from router.auth.tokens import token_holder
+from router.cli import main
+from router.store.database import Store
+from router.store.schema import audit_events, users
+
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture
+def config(tmp_path, store_url, monkeypatch):
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    (tmp_path / "channels").mkdir()
+    path = tmp_path / "engine.yaml"
+    path.write_text(yaml.safe_dump({"store": store_url, "channels": "channels"}))
+    return path
+
+
+def _run(config, capsys, *args: str, stdin: str = "") -> tuple[int, str]:
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdin", io.StringIO(stdin))
+        code = main(["--config", str(config), "users", *args])
+    return code, capsys.readouterr().out
+
+
+def test_users_lifecycle_on_the_command_line(config, store_url, capsys):
+    code, out = _run(
+        config,
+        capsys,
+        "add",
+        "ada",
+        "--role",
+        "admin",
+        "--password-stdin",
+        "--actor",
+        "root",
+        stdin=PASSWORD + "\n",
+    )
+    assert (code, out) == (0, "added ada (admin)\n")
+    code, _ = _run(
+        config,
+        capsys,
+        "add",
+        "sam",
+        "--role",
+        "support",
+        "--role",
+        "viewer",
+        "--password-stdin",
+        stdin="short\n",
+    )
+    assert code == 1, "a password of fewer than 12 characters is refused"
+    assert _run(config, capsys, "add", "bot", "--role", "viewer", "--no-password")[0] == 0
+    assert _run(config, capsys, "add", "eve", "--role", "wizard", "--no-password")[0] == 1
+
+    code, out = _run(config, capsys, "token", "bot", "--role", "viewer", "--expires", "90d")
+    assert code == 0
+    token = out.splitlines()[-1]
+    assert token.startswith("tie_") and "token 1 for bot" in out
+    assert _run(config, capsys, "token", "bot", "--role", "admin")[0] == 1
+
+    code, out = _run(config, capsys, "list", "--json")
+    listed = {u["name"]: u for u in json.loads(out)}
+    assert listed["ada"]["roles"] == ["admin"] and listed["ada"]["password"] is True
+    assert listed["bot"]["tokens"] == 1 and listed["bot"]["password"] is False
+
+    store = Store(store_url)
+    try:
+        with store.read() as conn:
+            assert token_holder(conn, token) == ("bot", frozenset({"viewer"}))
+        assert _run(config, capsys, "token", "revoke", "1")[0] == 0
+        with store.read() as conn:
+            assert token_holder(conn, token) is None
+        assert _run(config, capsys, "disable", "ada", "--actor", "root")[0] == 0
+        with store.read() as conn:
+            assert conn.scalar(select(users.c.disabled).where(users.c.name == "ada")) is True
+            stored = conn.scalar(select(users.c.password_hash).where(users.c.name == "ada"))
+            events = conn.execute(
+                select(audit_events.c.actor, audit_events.c.action, audit_events.c.target)
+            ).all()
+    finally:
+        store.dispose()
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    actions = [(actor == "root", action, target) for actor, action, target in events]
+    assert actions == [
+        (True, "user-add", "user:ada"),
+        (False, "user-add", "user:bot"),
+        (False, "token-issue", "user:bot"),
+        (False, "token-revoke", "user:bot"),
+        (True, "user-disable", "user:ada"),
+    ]
+    assert all(actor for actor, _, _ in events), "the OS user when --actor is not given"
+
+
+def test_first_start_without_users_says_how_to_create_the_admin(tmp_path, store_url, caplog):
+    with caplog.at_level(logging.WARNING, logger="router.api.security"):
+        running = RunningEngine(engine_config(tmp_path, store_url), {}, http=True)
+        running.stop()
+    assert "python run.py users add admin --role admin" in caplog.text

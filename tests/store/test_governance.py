@@ -1,0 +1,306 @@
+"""The four-eyes rules of the governance services, on SQLite and PostgreSQL.
+
+Revisions: nobody approves their own; every revision is kept; a rollback is a new one.
+Holds: N distinct approvers; neither the channel's owner nor the batch's creator alone;
+rejecting cancels. Each action is audited with its actor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from tie_testing import engine_config
+
+from router import audit, governance
+from router.auth.users import add_user
+from router.config import load_channels
+from router.governance.deploy import (
+    bootstrap,
+    mark_deployed,
+    record_deployed,
+    running_channels,
+    startup_channels,
+)
+from router.governance.holds import release_shortfall
+from router.store.database import Store
+from router.store.ingest import utcnow
+from router.store.schema import audit_events, deliveries
+
+FILTER = "filter:\n  - field: MSH-9.1\n    equals: {kind}\n"
+
+
+def channel_text(kind: str = "ORU", hold: int | None = None) -> str:
+    held = f"    hold: {{approvals: {hold}, summary: labels:ods}}\n" if hold else ""
+    return (
+        "name: results\nsource:\n  mllp: {host: 127.0.0.1, port: 0}\n"
+        + FILTER.format(kind=kind)
+        + "destinations:\n  lab:\n    mllp: {host: 127.0.0.1, port: 9}\n"
+        + held
+    )
+
+
+@pytest.fixture
+def governed(store: Store, tmp_path: Path):
+    """A governed engine configuration with one channel file, bootstrapped, and five users."""
+    config = engine_config(tmp_path, store.url, governance="governed")
+    config.channels.mkdir()
+    (config.channels / "results.yaml").write_text(channel_text())
+    (config.mappings / "labels.py").write_text("def ods(message):\n    return {'ods': 'A1'}\n")
+    with store.begin() as conn:
+        add_user(conn, "erin", ["engineer"], None, actor="test")
+        add_user(conn, "ada", ["approver"], None, actor="test")
+        add_user(conn, "bob", ["approver"], None, actor="test")
+        add_user(conn, "eve", ["engineer", "approver"], None, actor="test")
+        add_user(conn, "sam", ["support"], None, actor="test")
+        add_user(conn, "val", ["viewer"], None, actor="test")
+    assert bootstrap(store, config) == ["results"]
+    return config
+
+
+def actions(store: Store) -> list[tuple[str, str]]:
+    with store.read() as conn:
+        rows = conn.execute(select(audit_events.c.actor, audit_events.c.action))
+        return [(r.actor, r.action) for r in rows if r.action.split(".")[0] in ("revision", "hold")]
+
+
+def test_bootstrap_records_the_files_once_as_the_approved_baseline(store, governed):
+    [baseline] = governance.list_revisions(store, "results")
+    assert (baseline.number, baseline.state, baseline.author) == (1, "deployed", "bootstrap")
+    assert bootstrap(store, governed) == []
+    assert ("bootstrap", "revision.bootstrap") in actions(store)
+    assert running_channels(store, governed)["results"].filter[0].equals == "ORU"
+
+
+def test_the_author_cannot_approve_their_own_revision(store, governed):
+    proposal = governance.propose(store, governed, "results", channel_text("ADT"), actor="eve")
+    assert (proposal.number, proposal.state, proposal.based_on) == (2, "proposed", 1)
+    with pytest.raises(governance.FourEyesViolation):
+        governance.approve(store, "results", 2, actor="eve")
+    assert governance.get_revision(store, "results", 2).state == "proposed"
+
+    approved = governance.approve(store, "results", 2, actor="ada")
+    assert (approved.state, approved.approver) == ("approved", "ada")
+    assert mark_deployed(store, "results", 2, actor="engine@test")
+    states = {r.number: r.state for r in governance.list_revisions(store, "results")}
+    assert states == {1: "superseded", 2: "deployed"}
+    assert actions(store)[-3:] == [
+        ("eve", "revision.propose"),
+        ("ada", "revision.approve"),
+        ("engine@test", "revision.deploy"),
+    ]
+
+
+def test_roles_are_enforced_by_the_service(store, governed):
+    with pytest.raises(governance.RoleRequired):
+        governance.propose(store, governed, "results", channel_text("ADT"), actor="ada")
+    with pytest.raises(governance.RoleRequired):
+        governance.propose(store, governed, "results", channel_text("ADT"), actor="nobody")
+    governance.propose(store, governed, "results", channel_text("ADT"), actor="erin")
+    with pytest.raises(governance.RoleRequired):
+        governance.approve(store, "results", 2, actor="val")
+
+
+def test_invalid_text_and_no_change_are_refused(store, governed):
+    with pytest.raises(governance.InvalidRevision) as caught:
+        governance.propose(store, governed, "results", "name: results\nsource: {}\n", actor="erin")
+    assert caught.value.problems
+    with pytest.raises(governance.GovernanceError, match="no change"):
+        governance.propose(store, governed, "results", channel_text(), actor="erin")
+
+
+def test_diff_reject_supersede_and_rollback_keep_every_revision(store, governed):
+    governance.propose(store, governed, "results", channel_text("ADT"), actor="erin")
+    diff = governance.diff(store, "results")
+    assert (diff.number, diff.against) == (2, 1)
+    assert "-    equals: ORU\n+    equals: ADT\n" in diff.text
+    governance.propose(store, governed, "results", channel_text("OML"), actor="erin")
+    assert governance.get_revision(store, "results", 2).state == "superseded"
+    with pytest.raises(governance.GovernanceError, match="reason"):
+        governance.reject(store, "results", 3, actor="ada", reason=" ")
+    rejected = governance.reject(store, "results", 3, actor="ada", reason="wrong type")
+    assert (rejected.state, rejected.approver, rejected.reason) == ("rejected", "ada", "wrong type")
+
+    governance.propose(store, governed, "results", channel_text("ADT"), actor="erin")
+    governance.approve(store, "results", 4, actor="bob")
+    mark_deployed(store, "results", 4, actor="engine@test")
+    back = governance.rollback(store, governed, "results", 1, actor="erin")
+    assert (back.number, back.state, back.based_on, back.yaml) == (5, "proposed", 4, channel_text())
+    assert [r.number for r in governance.list_revisions(store, "results")] == [5, 4, 3, 2, 1]
+    assert audit.verify(store).ok
+
+
+def test_open_mode_records_deployed_revisions_by_the_reloader(store, tmp_path):
+    config = engine_config(tmp_path, store.url)
+    config.channels.mkdir()
+    (config.channels / "results.yaml").write_text(channel_text())
+    assert set(startup_channels(store, config)) == {"results"}
+    assert record_deployed(store, "results", channel_text("ADT"), actor="olly", reason="r") == 2
+    [latest, first] = governance.list_revisions(store, "results")
+    assert (latest.author, latest.state, first.author, first.state) == (
+        "olly",
+        "deployed",
+        "startup",
+        "superseded",
+    )
+    assert set(load_channels(config.channels)) == {"results"}
+
+
+# --- holds -------------------------------------------------------------------------------
+
+
+def test_release_rule_in_isolation():
+    assert release_shortfall(2, {"ada"}, owner=None, creator="sam") is not None
+    assert release_shortfall(2, {"ada", "bob"}, owner="ada", creator="sam") is None
+    # The channel's owner and the creator each cannot release alone, even where one suffices.
+    assert "eve" in (release_shortfall(1, {"eve"}, owner="eve", creator="sam") or "")
+    assert "sam" in (release_shortfall(1, {"sam"}, owner=None, creator="sam") or "")
+    assert release_shortfall(1, {"bob"}, owner="eve", creator="sam") is None
+    # Two distinct people are needed even when both are owner and creator between them.
+    assert release_shortfall(2, {"eve", "sam"}, owner="eve", creator="sam") is None
+
+
+def _held(store: Store, receive, er7, count: int) -> list[int]:
+    """``count`` messages with a held delivery each to results/lab."""
+    ids = receive("results", *(er7(f"H{i}", kind="ORU^R01") for i in range(count)))
+    now = utcnow()
+    with store.begin() as conn:
+        conn.execute(
+            deliveries.insert(),
+            [
+                {
+                    "message_id": i,
+                    "channel": "results",
+                    "destination": "lab",
+                    "status": "held",
+                    "content_type": "hl7v2",
+                    "payload": b"x",
+                    "hold_labels": json.dumps({"ods": "A1" if i % 2 else "B2"}),
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in ids
+            ],
+        )
+    return ids
+
+
+def _statuses(store: Store) -> list[str]:
+    with store.read() as conn:
+        return list(conn.scalars(select(deliveries.c.status).order_by(deliveries.c.id)))
+
+
+def _hold_channel(store: Store, config, approvals: int, owner: str) -> dict:
+    governance.propose(store, config, "results", channel_text(hold=approvals), actor=owner)
+    governance.approve(store, "results", 2, actor="bob" if owner != "bob" else "ada")
+    mark_deployed(store, "results", 2, actor="engine@test")
+    return running_channels(store, config)
+
+
+def test_two_distinct_approvers_release_a_batch(store, governed, receive, er7):
+    channels = _hold_channel(store, governed, 2, owner="eve")
+    _held(store, receive, er7, 3)
+    with pytest.raises(governance.RoleRequired):
+        governance.request_release(store, channels, "results", "lab", actor="val")
+    batch = governance.request_release(store, channels, "results", "lab", actor="sam")
+    assert (batch.state, batch.deliveries, batch.required, batch.channel_owner) == (
+        "pending",
+        3,
+        2,
+        "eve",
+    )
+    late = _held(store, receive, er7, 1)  # after the request: the next open batch
+    summary = governance.batch_summary(store, batch.id)
+    assert summary.by_destination == {"lab": 3}
+    assert summary.by_message_type == {"ORU^R01": 3}
+    assert sum(summary.labels["ods"].values()) == 3
+
+    with pytest.raises(governance.RoleRequired):
+        governance.approve_batch(store, batch.id, actor="sam")
+    first = governance.approve_batch(store, batch.id, actor="ada")
+    assert first.state == "pending" and "1 more" in (first.waiting_for or "")
+    with pytest.raises(governance.FourEyesViolation):
+        governance.approve_batch(store, batch.id, actor="ada")
+    assert _statuses(store) == ["held"] * 4
+    released = governance.approve_batch(store, batch.id, actor="bob")
+    assert released.state == "released" and released.approvers == ("ada", "bob")
+    assert _statuses(store) == ["queued"] * 3 + ["held"]
+    [open_batch] = governance.list_batches(store, states=("open",))
+    assert (open_batch.deliveries, late) == (1, late)
+    assert [a for _, a in actions(store)][-4:] == [
+        "hold.request",
+        "hold.approve",
+        "hold.approve",
+        "hold.release",
+    ]
+
+
+def test_the_channel_owner_cannot_release_alone(store, governed, receive, er7):
+    channels = _hold_channel(store, governed, 1, owner="eve")
+    _held(store, receive, er7, 2)
+    batch = governance.request_release(store, channels, "results", "lab", actor="sam")
+    alone = governance.approve_batch(store, batch.id, actor="eve")
+    assert alone.state == "pending" and "eve" in (alone.waiting_for or "")
+    assert _statuses(store) == ["held", "held"]
+    assert governance.approve_batch(store, batch.id, actor="ada").state == "released"
+
+
+def test_the_batch_creator_cannot_release_alone(store, governed, receive, er7):
+    channels = _hold_channel(store, governed, 1, owner="erin")
+    _held(store, receive, er7, 1)
+    batch = governance.request_release(store, channels, "results", "lab", actor="ada")
+    assert governance.approve_batch(store, batch.id, actor="ada").state == "pending"
+    assert governance.approve_batch(store, batch.id, actor="bob").state == "released"
+
+
+def test_rejecting_cancels_the_batch_with_its_reason(store, governed, receive, er7):
+    channels = _hold_channel(store, governed, 2, owner="eve")
+    _held(store, receive, er7, 2)
+    batch = governance.request_release(store, channels, "results", "lab", actor="sam")
+    governance.approve_batch(store, batch.id, actor="ada")
+    rejected = governance.reject_batch(store, batch.id, actor="bob", reason="wrong month")
+    assert (rejected.state, rejected.reason, rejected.decided_by) == (
+        "rejected",
+        "wrong month",
+        "bob",
+    )
+    assert _statuses(store) == ["cancelled", "cancelled"]
+    with store.read() as conn:
+        errors = set(conn.scalars(select(deliveries.c.last_error)))
+    assert errors == {"release rejected by bob: wrong month"}
+    with pytest.raises(governance.GovernanceError):
+        governance.approve_batch(store, batch.id, actor="ada")
+    assert audit.verify(store).ok
+
+
+def test_a_resend_of_a_held_delivery_is_held_again(store, governed, receive, er7):
+    from router.replay import resend
+
+    channels = _hold_channel(store, governed, 1, owner="eve")
+    [message] = _held(store, receive, er7, 1)
+    batch = governance.request_release(store, channels, "results", "lab", actor="sam")
+    governance.reject_batch(store, batch.id, actor="bob", reason="not yet")
+    with store.read() as conn:
+        delivery = conn.scalar(select(deliveries.c.id).where(deliveries.c.message_id == message))
+    resend(store, delivery, reason="now", actor="sam")
+    assert _statuses(store) == ["cancelled", "held"]
+    [open_batch] = governance.list_batches(store, states=("open",))
+    assert open_batch.deliveries == 1
+
+
+def test_a_listener_port_clash_with_another_channel_is_refused(store, governed):
+    zzz = channel_text().replace("name: results", "name: zzz").replace("port: 0", "port: 2999")
+    governance.propose(store, governed, "zzz", zzz, actor="erin")
+    governance.approve(store, "zzz", 1, actor="ada")
+    clash = channel_text().replace("port: 0", "port: 2999")
+    with pytest.raises(governance.InvalidRevision, match="conflicts"):
+        governance.propose(store, governed, "results", clash, actor="erin")
+
+
+def test_proposals_are_refused_in_open_mode(store, tmp_path):
+    config = engine_config(tmp_path, store.url)
+    with pytest.raises(governance.GovernanceError, match="open"):
+        governance.propose(store, config, "results", channel_text(), actor="erin")

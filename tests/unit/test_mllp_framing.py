@@ -1,0 +1,57 @@
+"""MLLP framing on a real asyncio stream: junk, restarts, truncation and size limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from router.connectors.mllp.framing import FrameTooLarge, TruncatedFrame, frame, read_frame
+
+
+def _read_all(data: bytes, max_size: int = 1000) -> list[bytes | None]:
+    """Every frame ``read_frame`` returns from ``data``, up to and including the end (None)."""
+
+    async def main() -> list[bytes | None]:
+        reader = asyncio.StreamReader(limit=max_size + 3)
+        reader.feed_data(data)
+        reader.feed_eof()
+        out: list[bytes | None] = []
+        while True:
+            out.append(await read_frame(reader, max_size))
+            if out[-1] is None:
+                return out
+
+    return asyncio.run(main())
+
+
+def test_frames_back_to_back():
+    assert _read_all(frame(b"MSH|one") + frame(b"MSH|two")) == [b"MSH|one", b"MSH|two", None]
+
+
+def test_junk_outside_frames_is_skipped():
+    data = b"junk\r\n" + frame(b"MSH|one") + b"\x00\xff" + frame(b"MSH|two") + b"trailing"
+    assert _read_all(data) == [b"MSH|one", b"MSH|two", None]
+
+
+def test_junk_ending_like_a_frame_is_skipped():
+    assert _read_all(b"no start byte\x1c\r" + frame(b"MSH|one")) == [b"MSH|one", None]
+
+
+def test_a_new_start_byte_inside_a_frame_keeps_only_the_last_frame():
+    assert _read_all(b"\x0bMSH|cut off\x0bMSH|whole\x1c\r") == [b"MSH|whole", None]
+
+
+def test_a_frame_cut_off_by_the_peer_is_truncated():
+    with pytest.raises(TruncatedFrame, match="after 8 bytes"):
+        _read_all(frame(b"MSH|one") + b"\x0bMSH|half")
+
+
+def test_a_frame_over_the_limit_is_too_large():
+    with pytest.raises(FrameTooLarge):
+        _read_all(frame(b"M" * 2000), max_size=1000)
+
+
+def test_endless_junk_is_too_large():
+    with pytest.raises(FrameTooLarge):
+        _read_all(b"j" * 5000, max_size=1000)

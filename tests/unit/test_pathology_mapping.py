@@ -1,0 +1,569 @@
+"""ORU^R01 to FHIR R4 message Bundle (mappings/pathology_fhir.py), element by element."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from router import mappings
+from router.fhir import FHIR_JSON
+from router.message import Message
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data" / "hl7v2"
+ORU_SAMPLES = sorted(p.name for p in DATA.glob("ORU_R01_*.hl7"))
+NHS = "ORU_R01_nhs_nwgmsa_v251.hl7"
+MAYO_V23 = "ORU_R01_v23_cdc_epic_mayo.hl7"
+GHH_V24 = "ORU_R01_v24_python-hl7_GHH.hl7"
+OURS_V251 = "ORU_R01_tie_v251_gp_two_orders.hl7"
+OURS_V23 = "ORU_R01_tie_v23_no_nhs_number.hl7"
+OURS_V24 = "ORU_R01_tie_v24_invalid_nhs_number.hl7"
+NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+FLAGS = "urn:tie:pathology-flag"
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+
+
+@pytest.fixture(scope="module")
+def mapping() -> ModuleType:
+    """The module as the engine loads it: mappings/ mounted as the package tie_mappings."""
+    mappings.mount(ROOT / "mappings")
+    return importlib.import_module("tie_mappings.pathology_fhir")
+
+
+def sample(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def oru(*segments: str, version: str = "2.5.1", pid: str | None = None) -> bytes:
+    """A small ORU^R01 with one order; ``segments`` follow its OBR."""
+    kind = "ORU^R01" if version == "2.3" else "ORU^R01^ORU_R01"
+    lines = [
+        f"MSH|^~\\&|LAB|699X0|GPSYS|A81001|20240115120000||{kind}|CTRL-1|P|{version}",
+        pid or "PID|1||9449305552^^^NHS^NH~M123^^^RA9^MR||DOE^John||19700101|M",
+        "ORC|RE|P1^A81001|F1^699X0||CM||||||||||||||||THE SURGERY^^^^^^^^^A81001",
+        "OBR|1|P1^A81001|F1^699X0|TEST^Test^L|||20240115100000",
+        *segments,
+    ]
+    return "\r".join(lines).encode()
+
+
+def obx(kind: str, value: str, *, units: str = "", ref: str = "", flags: str = "") -> str:
+    return f"OBX|1|{kind}|X1^Result^L||{value}|{units}|{ref}|{flags}|||F"
+
+
+def resources(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
+
+
+def one(bundle: dict[str, Any], kind: str) -> dict[str, Any]:
+    (found,) = resources(bundle, kind)
+    return found
+
+
+def walk(value: Any) -> list[Any]:
+    """Every value in a JSON document, depth first."""
+    if isinstance(value, dict):
+        return [value, *(v for item in value.values() for v in walk(item))]
+    if isinstance(value, list):
+        return [value, *(v for item in value for v in walk(item))]
+    return [value]
+
+
+# --- the whole Bundle ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ORU_SAMPLES)
+def test_every_sample_is_a_message_bundle_with_resolvable_references(
+    mapping: ModuleType, name: str
+) -> None:
+    bundle = mapping.oru_to_bundle(sample(name))
+    assert bundle["type"] == "message"
+    assert bundle["entry"][0]["resource"]["resourceType"] == "MessageHeader"
+    urls = [e["fullUrl"] for e in bundle["entry"]]
+    assert urls == [f"urn:uuid:{e['resource']['id']}" for e in bundle["entry"]]
+    assert len(set(urls)) == len(urls)
+    references = [v["reference"] for v in walk(bundle) if isinstance(v, dict) and "reference" in v]
+    assert references and set(references) <= set(urls)
+    # absent fields are left out: no nulls, no empty strings, lists or objects
+    assert all(v is not None and v != "" and v != [] and v != {} for v in walk(bundle))
+
+
+@pytest.mark.parametrize("name", ORU_SAMPLES)
+def test_the_same_message_always_gives_the_same_bundle(mapping: ModuleType, name: str) -> None:
+    assert mapping.oru_to_bundle(sample(name)) == mapping.oru_to_bundle(sample(name))
+
+
+def test_ids_are_derived_from_msh_10(mapping: ModuleType) -> None:
+    first = mapping.oru_to_bundle(oru())
+    second = mapping.oru_to_bundle(oru().replace(b"CTRL-1", b"CTRL-2"))
+    assert first["id"] != second["id"]
+    assert {e["fullUrl"] for e in first["entry"]}.isdisjoint(e["fullUrl"] for e in second["entry"])
+    assert first["identifier"] == {
+        "system": "https://tools.ietf.org/html/rfc4122",
+        "value": first["id"],
+    }
+
+
+def test_timestamp_is_msh_7_in_local_time(mapping: ModuleType) -> None:
+    assert mapping.oru_to_bundle(oru())["timestamp"] == "2024-01-15T12:00:00+00:00"
+    summer = oru().replace(b"20240115120000", b"20240715120000")
+    assert mapping.oru_to_bundle(summer)["timestamp"] == "2024-07-15T12:00:00+01:00"
+    assert mapping.oru_to_bundle(sample(NHS))["timestamp"] == "2019-05-14T10:25:27+02:00"
+
+
+def test_the_channel_transform_returns_the_bundle_as_fhir_json(mapping: ModuleType) -> None:
+    message = Message(sample(OURS_V23), "lab-results")
+    output = mapping.oru_to_fhir_bundle(message)
+    assert output.content_type == FHIR_JSON
+    assert json.loads(output.data) == mapping.oru_to_bundle(sample(OURS_V23))
+    assert "nhs-number-missing" in message.flags
+    assert message.correlations == []
+
+
+def test_a_result_without_pid_is_refused(mapping: ModuleType) -> None:
+    raw = (
+        b"MSH|^~\\&|LAB|699X0|GP|A81001|20240115120000||ORU^R01^ORU_R01|C|P|2.5.1\rOBR|1|P1|F1|T^T"
+    )
+    with pytest.raises(ValueError, match="no PID"):
+        mapping.oru_to_bundle(raw)
+
+
+def test_an_invalid_bundle_is_refused_with_the_elements_named(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(oru())
+    one(bundle, "Patient")["birthDate"] = "15/01/1970"
+    with pytest.raises(ValueError, match=r"entry\.1\.resource\.birthDate"):
+        mapping._validate(bundle)
+
+
+# --- MessageHeader, parties -------------------------------------------------------------------
+
+
+def test_message_header_event_source_and_destination(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(sample(OURS_V251))
+    header = one(bundle, "MessageHeader")
+    assert header["eventCoding"] == mapping.EVENT
+    assert header["source"] == {"name": "WinPath", "endpoint": f"{ODS_SYSTEM}|RBA11"}
+    (destination,) = header["destination"]
+    assert destination["endpoint"] == f"{ODS_SYSTEM}|A81001"
+    organisations = {o["id"]: o for o in resources(bundle, "Organization")}
+    practice = organisations[destination["receiver"]["reference"].removeprefix("urn:uuid:")]
+    assert practice["identifier"] == [{"system": ODS_SYSTEM, "value": "A81001"}]
+    assert practice["name"] == "THE VILLAGE SURGERY"
+    lab = organisations[header["sender"]["reference"].removeprefix("urn:uuid:")]
+    assert lab["identifier"] == [{"system": ODS_SYSTEM, "value": "RBA11"}]
+    reports = resources(bundle, "DiagnosticReport")
+    assert header["focus"] == [{"reference": f"urn:uuid:{r['id']}"} for r in reports]
+
+
+def test_source_endpoint_and_destination_can_be_given(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(oru(), source_endpoint="urn:x:lab", destination_ods="Y99999")
+    header = one(bundle, "MessageHeader")
+    assert header["source"]["endpoint"] == "urn:x:lab"
+    assert header["destination"][0]["endpoint"] == f"{ODS_SYSTEM}|Y99999"
+
+
+def test_without_ods_codes_the_parties_are_left_out(mapping: ModuleType) -> None:
+    raw = oru().replace(b"|LAB|699X0|", b"|LAB||").replace(b"THE SURGERY^^^^^^^^^A81001", b"")
+    bundle = mapping.oru_to_bundle(raw)
+    header = one(bundle, "MessageHeader")
+    assert "destination" not in header and "sender" not in header
+    assert header["source"] == {"name": "LAB", "endpoint": "urn:tie:hl7v2:LAB"}
+    assert resources(bundle, "Organization") == []
+
+
+@pytest.mark.parametrize(
+    ("name", "ods"),
+    [
+        (NHS, "R0A"),
+        (OURS_V251, "A81001"),
+        (OURS_V23, "B82005"),
+        (OURS_V24, "C84001"),
+        (GHH_V24, None),
+    ],
+)
+def test_practice_ods_reads_orc_21(mapping: ModuleType, name: str, ods: str | None) -> None:
+    assert mapping.practice_ods(sample(name)) == ods
+
+
+def test_patient_with_nhs_number_and_local_mrn(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(sample(NHS))
+    patient = one(bundle, "Patient")
+    assert patient["identifier"][0] == {"system": NHS_SYSTEM, "value": "9449305552"}
+    mrn = patient["identifier"][1]
+    assert mrn["value"] == "633" and mrn["type"]["coding"][0]["code"] == "MR"
+    assert mrn["assigner"] == {"display": "R0A"}
+    assert "meta" not in patient
+    assert patient["name"] == [{"family": "CHISLETT", "given": ["Octavia"], "suffix": ["Miss"]}]
+    assert (patient["gender"], patient["birthDate"]) == ("female", "2008-09-20")
+    assert patient["address"][0]["postalCode"] == "KT19 0ST"
+    assert mapping.bundle_flags(bundle) != ["nhs-number-missing"]
+
+
+@pytest.mark.parametrize(
+    "pid3",
+    [
+        "943 476 5919^^^NHS^NH",
+        "9434765919^^^^NHSNMBR",
+        "9434765919^^^NHS",
+        "M1^^^RA9^MR~9434765919^^^NHS^NH",
+    ],
+)
+def test_nhs_number_is_recognised_by_authority_or_type(mapping: ModuleType, pid3: str) -> None:
+    patient = one(mapping.oru_to_bundle(oru(pid=f"PID|1||{pid3}||DOE^J")), "Patient")
+    assert patient["identifier"][0] == {"system": NHS_SYSTEM, "value": "9434765919"}
+
+
+@pytest.mark.parametrize("name", [OURS_V23, MAYO_V23, GHH_V24])
+def test_a_missing_nhs_number_is_flagged_never_invented(mapping: ModuleType, name: str) -> None:
+    bundle = mapping.oru_to_bundle(sample(name))
+    patient = one(bundle, "Patient")
+    assert all(i.get("system") != NHS_SYSTEM for i in patient["identifier"])
+    assert patient["meta"]["tag"][0]["system"] == FLAGS
+    assert patient["meta"]["tag"][0]["code"] == "nhs-number-missing"
+    assert "nhs-number-missing" in mapping.bundle_flags(bundle)
+
+
+def test_an_nhs_number_failing_its_check_digit_is_left_out_and_flagged(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(sample(OURS_V24))
+    patient = one(bundle, "Patient")
+    assert [i["value"] for i in patient["identifier"]] == ["R998877"]
+    assert mapping.bundle_flags(bundle) == ["nhs-number-missing", "nhs-number-invalid"]
+
+
+@pytest.mark.parametrize(
+    ("number", "valid"),
+    [
+        ("9449305552", True),
+        ("9434765919", True),
+        ("9434765910", False),
+        ("943476591", False),
+        ("94347659X9", False),
+        ("1000000010", False),
+    ],
+)
+def test_nhs_number_modulus_11(number: str, valid: bool) -> None:
+    mappings.mount(ROOT / "mappings")
+    parties = importlib.import_module("tie_mappings.v2_to_fhir.parties")
+    assert parties.valid_nhs_number(number) is valid
+
+
+def test_patient_repeated_names_and_phones(mapping: ModuleType) -> None:
+    patient = one(mapping.oru_to_bundle(sample(OURS_V251)), "Patient")
+    assert [(n.get("use"), n["family"]) for n in patient["name"]] == [
+        ("official", "SMITH"),
+        ("maiden", "JONES"),
+    ]
+    assert patient["name"][0]["given"] == ["Jane", "Anne"]
+    assert [t["value"] for t in patient["telecom"]] == ["01823 000000", "07700 900000"]
+
+
+def test_unreadable_dates_are_left_out(mapping: ModuleType) -> None:
+    patient = one(mapping.oru_to_bundle(sample(MAYO_V23)), "Patient")  # PID-7 is "DOB"
+    assert "birthDate" not in patient
+
+
+def test_practitioner_gmc_code_once_for_several_orders(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(sample(OURS_V251))
+    practitioner = one(bundle, "Practitioner")
+    assert practitioner["identifier"] == [
+        {"system": "https://fhir.hl7.org.uk/Id/gmc-number", "value": "G1234567"}
+    ]
+    assert practitioner["name"] == [{"family": "Patel", "given": ["Anita"], "prefix": ["Dr"]}]
+    requesters = {r["requester"]["reference"] for r in resources(bundle, "ServiceRequest")}
+    assert requesters == {f"urn:uuid:{practitioner['id']}"}
+
+
+def test_practitioner_without_gmc_keeps_a_plain_identifier(mapping: ModuleType) -> None:
+    practitioner = one(mapping.oru_to_bundle(sample(MAYO_V23)), "Practitioner")  # OBR-16 only
+    assert practitioner["identifier"] == [{"value": "90111"}]
+
+
+# --- orders, reports, specimens ---------------------------------------------------------------
+
+
+def test_service_request_carries_placer_and_filler_numbers(mapping: ModuleType) -> None:
+    request = one(mapping.oru_to_bundle(sample(NHS)), "ServiceRequest")
+    placer, filler = request["identifier"]
+    assert (placer["type"]["coding"][0]["code"], placer["value"]) == ("PLAC", "1601737")
+    assert (filler["type"]["coding"][0]["code"], filler["value"]) == ("FILL", "1001166717")
+    assert placer["assigner"] == {"display": "R0A"}
+    assert (request["status"], request["intent"]) == ("completed", "order")
+    assert request["code"]["coding"][0]["code"] == "R240.1"
+
+
+def test_repeated_filler_numbers_are_all_kept(mapping: ModuleType) -> None:
+    report = one(mapping.oru_to_bundle(sample(MAYO_V23)), "DiagnosticReport")
+    assert [i["value"] for i in report["identifier"]] == ["23MAYO-265S0173", "M186031683"]
+
+
+def test_diagnostic_report_fields(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(sample(OURS_V251))
+    fbc, ue = resources(bundle, "DiagnosticReport")
+    assert (fbc["status"], ue["status"]) == ("final", "corrected")  # OBR-25 F and C
+    assert fbc["code"]["coding"][0]["code"] == "FBC"
+    assert fbc["category"][0]["coding"][0]["code"] == "HM"
+    assert fbc["effectiveDateTime"] == "2024-03-11T10:00:00+00:00"  # OBR-7
+    assert fbc["issued"] == "2024-03-12T09:30:00+00:00"  # OBR-22
+    assert fbc["conclusion"] == "Film reviewed by biomedical scientist"  # NTE after OBR
+    requests = resources(bundle, "ServiceRequest")
+    assert fbc["basedOn"] == [{"reference": f"urn:uuid:{requests[0]['id']}"}]
+
+
+def test_several_obrs_give_a_report_each_with_its_own_results(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(sample(OURS_V251))
+    observations = {o["id"]: o for o in resources(bundle, "Observation")}
+    fbc, ue = resources(bundle, "DiagnosticReport")
+    assert len(fbc["result"]) == 4 and len(ue["result"]) == 8
+    for report in (fbc, ue):
+        for ref in report["result"]:
+            assert (
+                observations[ref["reference"].removeprefix("urn:uuid:")]["basedOn"]
+                == report["basedOn"]
+            )
+    assert len(resources(bundle, "ServiceRequest")) == 2
+    assert [s["identifier"][0]["value"] for s in resources(bundle, "Specimen")] == ["SP-1", "SP-2"]
+
+
+def test_report_status_falls_back_to_the_results_when_obr_25_is_empty(mapping: ModuleType) -> None:
+    assert one(mapping.oru_to_bundle(sample(NHS)), "DiagnosticReport")["status"] == "final"
+    mixed = oru(obx("NM", "1"), obx("NM", "2").replace("|||F", "|||P"))
+    assert one(mapping.oru_to_bundle(mixed), "DiagnosticReport")["status"] == "unknown"
+
+
+def test_specimen_from_spm(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(sample(OURS_V251))
+    specimen = resources(bundle, "Specimen")[0]
+    assert specimen["identifier"] == [
+        {"value": "SP-1", "assigner": {"display": "RBA11"}},
+        {"value": "SF-1", "assigner": {"display": "RBA11"}},
+    ]
+    assert specimen["type"]["coding"][0] == {
+        "system": "http://snomed.info/sct",
+        "code": "119297000",
+        "display": "Blood specimen",
+    }
+    assert specimen["collection"] == {"collectedDateTime": "2024-03-11T10:00:00+00:00"}
+    assert specimen["receivedTime"] == "2024-03-11T12:00:00+00:00"
+    report = resources(bundle, "DiagnosticReport")[0]
+    assert report["specimen"] == [{"reference": f"urn:uuid:{specimen['id']}"}]
+    assert specimen["request"] == report["basedOn"]
+
+
+def test_specimen_from_obr_15_in_v23(mapping: ModuleType) -> None:
+    specimen = one(mapping.oru_to_bundle(sample(OURS_V23)), "Specimen")
+    assert specimen["type"]["coding"][0]["code"] == "SER"
+    assert (
+        specimen["type"]["coding"][0]["system"] == "http://terminology.hl7.org/CodeSystem/v2-0070"
+    )
+    assert specimen["collection"]["collectedDateTime"] == "2024-01-04T09:00:00+00:00"  # OBR-7
+    assert specimen["receivedTime"] == "2024-01-04T12:00:00+00:00"  # OBR-14
+
+
+def test_no_specimen_without_spm_or_obr_15(mapping: ModuleType) -> None:
+    assert resources(mapping.oru_to_bundle(sample(NHS)), "Specimen") == []
+
+
+# --- observations -----------------------------------------------------------------------------
+
+
+def observation(mapping: ModuleType, *segments: str, **kwargs: Any) -> dict[str, Any]:
+    return one(mapping.oru_to_bundle(oru(*segments, **kwargs)), "Observation")
+
+
+def test_numeric_with_units_range_and_flag(mapping: ModuleType) -> None:
+    result = observation(mapping, obx("NM", "5.9", units="mmol/L", ref="3.5-5.3", flags="H"))
+    unit = {"unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"}
+    assert result["valueQuantity"] == {"value": 5.9, **unit}
+    assert result["referenceRange"] == [
+        {"low": {"value": 3.5, **unit}, "high": {"value": 5.3, **unit}, "text": "3.5-5.3"}
+    ]
+    assert result["interpretation"] == [
+        {"coding": [{"system": INTERPRETATION, "code": "H", "display": "High"}]}
+    ]
+    assert result["status"] == "final"
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("<5", {"high": {"value": 5}, "text": "<5"}),
+        (">60", {"low": {"value": 60}, "text": ">60"}),
+        ("-2 - 2", {"low": {"value": -2}, "high": {"value": 2}, "text": "-2 - 2"}),
+        ("70_105", {"text": "70_105"}),
+        ("Negative", {"text": "Negative"}),
+    ],
+)
+def test_reference_ranges(mapping: ModuleType, ref: str, expected: dict[str, Any]) -> None:
+    assert observation(mapping, obx("NM", "1", ref=ref))["referenceRange"] == [expected]
+
+
+def test_units_unknown_to_ucum_are_kept_as_written(mapping: ModuleType) -> None:
+    result = observation(mapping, obx("NM", "3", units="cells/hpf"))
+    assert result["valueQuantity"] == {"value": 3, "unit": "cells/hpf"}
+    coded = observation(mapping, obx("NM", "3", units="mg/dl"))
+    assert coded["valueQuantity"]["code"] == "mg/dL"
+
+
+def test_numeric_comparators(mapping: ModuleType) -> None:
+    assert observation(mapping, obx("NM", "<10"))["valueQuantity"] == {
+        "value": 10,
+        "comparator": "<",
+    }
+    assert observation(mapping, obx("NM", ">=90"))["valueQuantity"]["comparator"] == ">="
+
+
+def test_repeated_abnormal_flags(mapping: ModuleType) -> None:
+    result = observation(mapping, obx("NM", "98", flags="L~A~ZZ"))
+    assert [
+        i.get("coding", [{}])[0].get("code") or i["text"] for i in result["interpretation"]
+    ] == [
+        "L",
+        "A",
+        "ZZ",
+    ]
+
+
+def test_text_with_escapes_decoded(mapping: ModuleType) -> None:
+    value = r"a\F\b\S\c\T\d\R\e\E\f\.br\line two \X41\ \H\bold\N\ end"
+    for kind in ("TX", "FT", "ST"):
+        result = observation(mapping, obx(kind, value))
+        assert result["valueString"] == "a|b^c&d~e\\f\nline two A bold end"
+
+
+def test_repeated_text_is_joined_by_lines(mapping: ModuleType) -> None:
+    assert observation(mapping, obx("TX", "one~two"))["valueString"] == "one\ntwo"
+
+
+def test_coded_value(mapping: ModuleType) -> None:
+    result = observation(mapping, obx("CWE", "3092008^Staphylococcus aureus^SCT^SA^Staph^L"))
+    assert result["valueCodeableConcept"] == {
+        "coding": [
+            {
+                "system": "http://snomed.info/sct",
+                "code": "3092008",
+                "display": "Staphylococcus aureus",
+            },
+            {"code": "SA", "display": "Staph"},
+        ],
+        "text": "Staphylococcus aureus",
+    }
+
+
+def test_repeated_coded_values_become_components(mapping: ModuleType) -> None:
+    result = observation(mapping, obx("CE", "A^Anti-A^L~B^Anti-B^L"))
+    assert result["valueCodeableConcept"]["coding"][0]["code"] == "A"
+    (component,) = result["component"]
+    assert component["code"] == result["code"]
+    assert component["valueCodeableConcept"]["coding"][0]["code"] == "B"
+
+
+MG_DL = {"unit": "mg/dl", "system": "http://unitsofmeasure.org", "code": "mg/dL"}
+
+
+@pytest.mark.parametrize(
+    ("value", "element", "expected"),
+    [
+        ("^182", "valueQuantity", {"value": 182, **MG_DL}),
+        (">^90", "valueQuantity", {"value": 90, "comparator": ">", **MG_DL}),
+        ("^1^:^128", "valueRatio", {"numerator": {"value": 1}, "denominator": {"value": 128}}),
+        ("^10^-^20", "valueRange", {"low": {"value": 10, **MG_DL}, "high": {"value": 20, **MG_DL}}),
+    ],
+)
+def test_structured_numeric(mapping: ModuleType, value: str, element: str, expected: Any) -> None:
+    result = observation(mapping, obx("SN", value, units="mg/dl"))
+    assert result[element] == expected
+
+
+def test_unknown_value_type_is_kept_as_text_and_flagged(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(oru(obx("ZZ", r"opaque^value\T\more")))
+    result = one(bundle, "Observation")
+    assert result["valueString"] == "opaque^value&more"
+    (tag,) = result["meta"]["tag"]
+    assert (tag["system"], tag["code"]) == (FLAGS, "unmapped-value-type")
+    assert "ZZ" in tag["display"]
+    assert "unmapped-value-type" in mapping.bundle_flags(bundle)
+
+
+def test_a_numeric_that_does_not_parse_is_kept_as_text_and_flagged(mapping: ModuleType) -> None:
+    result = observation(mapping, obx("NM", "see comment"))
+    assert result["valueString"] == "see comment"
+    assert result["meta"]["tag"][0]["code"] == "unparsed-value"
+
+
+def test_ed_pdf_becomes_the_reports_presented_form(mapping: ModuleType) -> None:
+    pdf = b"%PDF-1.4\n%%EOF\n"
+    encoded = base64.b64encode(pdf).decode()
+    bundle = mapping.oru_to_bundle(
+        oru(
+            obx("NM", "1"),
+            f"OBX|2|ED|11502-2^Laboratory report^LN||^AP^PDF^Base64^{encoded}||||||F",
+        )
+    )
+    report = one(bundle, "DiagnosticReport")
+    (form,) = report["presentedForm"]
+    assert form["contentType"] == "application/pdf"
+    assert base64.b64decode(form["data"]) == pdf
+    assert form["size"] == len(pdf) and form["title"] == "Laboratory report"
+    assert len(resources(bundle, "Observation")) == 1  # the document is not an Observation
+
+
+def test_an_unreadable_ed_is_kept_as_text_and_flagged(mapping: ModuleType) -> None:
+    result = one(
+        mapping.oru_to_bundle(sample(NHS)), "Observation"
+    )  # base64 cut short: "JVBERi0x..."
+    assert result["valueString"] == "MOL^IM^PDF^Base64^JVBERi0x..."
+    assert result["meta"]["tag"][0]["code"] == "invalid-embedded-document"
+    assert "presentedForm" not in one(mapping.oru_to_bundle(sample(NHS)), "DiagnosticReport")
+
+
+def test_observation_status_time_notes_and_references(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(
+        oru(
+            "OBX|1|NM|X1^R^L||1||||||C|||20240115110000",
+            "NTE|1|L|first line",
+            "NTE|2|L|",
+            "NTE|3|L|third \\T\\ last",
+        )
+    )
+    result = one(bundle, "Observation")
+    assert result["status"] == "corrected"
+    assert result["effectiveDateTime"] == "2024-01-15T11:00:00+00:00"  # OBX-14 over OBR-7
+    assert result["note"] == [{"text": "first line\n\nthird & last"}]
+    assert result["subject"] == {"reference": f"urn:uuid:{one(bundle, 'Patient')['id']}"}
+    assert result["performer"] == [one(bundle, "MessageHeader")["sender"]]
+
+
+@pytest.mark.parametrize(("name", "version"), [(MAYO_V23, "2.3"), (GHH_V24, "2.4"), (NHS, "2.5.1")])
+def test_each_version_is_walked_by_its_groups(mapping: ModuleType, name: str, version: str) -> None:
+    assert Message(sample(name), "x").get("MSH-12") == version
+    bundle = mapping.oru_to_bundle(sample(name))
+    report = one(bundle, "DiagnosticReport")
+    assert len(report.get("result", [])) == len(resources(bundle, "Observation"))
+
+
+@pytest.mark.parametrize("version", ["2.3", "2.4", "2.5.1"])
+def test_the_same_result_maps_alike_in_every_version(mapping: ModuleType, version: str) -> None:
+    raw = oru(obx("NM", "5.9", units="mmol/L", ref="3.5-5.3", flags="H"), version=version)
+    result = one(mapping.oru_to_bundle(raw), "Observation")
+    assert result["valueQuantity"]["value"] == 5.9
+    assert result["interpretation"][0]["coding"][0]["code"] == "H"
+
+
+def test_a_segment_the_structure_has_no_place_for_is_an_error_not_a_loss(
+    mapping: ModuleType,
+) -> None:
+    with pytest.raises(ValueError, match="ZXX"):
+        mapping.oru_to_bundle(oru(obx("NM", "1"), "ZXX|1|local"))
+
+
+def test_times_without_offset_are_read_in_the_given_zone(mapping: ModuleType) -> None:
+    bundle = mapping.oru_to_bundle(oru(obx("NM", "1")), timezone="America/New_York")
+    assert bundle["timestamp"] == "2024-01-15T12:00:00-05:00"
+    assert one(bundle, "Observation")["effectiveDateTime"] == "2024-01-15T10:00:00-05:00"
