@@ -6,23 +6,48 @@ import re
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from .segments import Composite
 
 V2_TABLE = "http://terminology.hl7.org/CodeSystem/v2-{:04d}"
 UCUM = "http://unitsofmeasure.org"
+# A coding system with no canonical URI keeps its v2 name, so its codes keep their meaning.
+V2_CODING_SYSTEM = "urn:tie:v2-coding-system:{}"
 
-# HL7 v2 coding-system names (table 0396) that have a FHIR system URI.
+_SNOMED_CT = "http://snomed.info/sct"
+_ICD_10 = "http://hl7.org/fhir/sid/icd-10"
+_READ_V2 = "http://read.info/readv2"
+_CTV3 = "http://read.info/ctv3"
+# HL7 v2 coding-system names (table 0396, and names NHS senders use), upper-cased, that
+# have a canonical FHIR URI. HL7nnnn (an HL7 table) is handled by coding_system().
 CODING_SYSTEMS = {
     "LN": "http://loinc.org",
-    "SCT": "http://snomed.info/sct",
-    "SNM": "http://snomed.info/sct",  # the NHS uses SNM for SNOMED CT in v2 messages
-    "SNOMED": "http://snomed.info/sct",
+    "SCT": _SNOMED_CT,
+    "SNM": _SNOMED_CT,  # the NHS uses SNM for SNOMED CT in v2 messages
+    "SNOMED": _SNOMED_CT,
     "UCUM": UCUM,
-    "HL70078": V2_TABLE.format(78),
-    "HL70487": V2_TABLE.format(487),
+    "I10": _ICD_10,
+    "ICD10": _ICD_10,
+    "READ": _READ_V2,
+    "READ2": _READ_V2,
+    "CTV3": _CTV3,
+    "READ3": _CTV3,
+    "ENGLAND-GENOMICTESTDIRECTORY": "https://fhir.nhs.uk/CodeSystem/England-GenomicTestDirectory",
 }
+
+# XTN-3 equipment type (HL7 table 0202), else XTN-2 use code (table 0201) -> ContactPoint.system
+_TELECOM_SYSTEM = {
+    "INTERNET": "email",
+    "X.400": "email",
+    "NET": "email",
+    "BP": "pager",
+    "BPN": "pager",
+    "FX": "fax",
+}
+# XTN-2 use code -> ContactPoint.use (XTN-3 CP, a cellular phone, is also "mobile")
+_TELECOM_USE = {"PRN": "home", "WPN": "work", "PRS": "mobile"}
 
 _TS = re.compile(
     r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?(?:([+-])(\d{2})(\d{2}))?$"
@@ -125,14 +150,39 @@ def _coding(value: Composite, first: int) -> dict[str, Any] | None:
 
 
 def coding_system(name: str | None) -> str | None:
-    """The FHIR URI of a v2 coding-system name; None for local or unknown systems."""
+    """The FHIR URI of a v2 coding-system name; None only when the sender named none.
+
+    A known name gives its canonical URI; any other (a local ``L``, ``99zzz``) gives
+    ``urn:tie:v2-coding-system:<name>``: a code without a system means nothing to a receiver.
+    """
+    name = (name or "").strip()
     if not name:
         return None
     known = CODING_SYSTEMS.get(name.upper())
     if known:
         return known
     table = re.fullmatch(r"HL7(\d{4})", name.upper())
-    return V2_TABLE.format(int(table.group(1))) if table else None
+    if table:
+        return V2_TABLE.format(int(table.group(1)))
+    return V2_CODING_SYSTEM.format(quote(name, safe=""))
+
+
+def contact_point(value: Composite, default_use: str | None = None) -> dict[str, str] | None:
+    """An XTN as a ContactPoint; ``default_use`` when XTN-2/3 name none (``work`` for PID-14).
+
+    The system comes from XTN-3 (else XTN-2), the use from XTN-2 (``CP`` in XTN-3: mobile);
+    an email address is XTN-4, a number XTN-1 (else XTN-12).
+    """
+    use_code, equipment = (value.get(2) or "").upper(), (value.get(3) or "").upper()
+    system = _TELECOM_SYSTEM.get(equipment) or _TELECOM_SYSTEM.get(use_code, "phone")
+    text = (value.get(4) if system == "email" else None) or value.get(1) or value.get(12)
+    if not text:
+        return None
+    point = {"system": system, "value": text}
+    use = "mobile" if equipment == "CP" else _TELECOM_USE.get(use_code, default_use)
+    if use:
+        point["use"] = use
+    return point
 
 
 def human_name(value: Composite, family: int = 1) -> dict[str, Any] | None:

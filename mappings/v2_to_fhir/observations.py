@@ -131,8 +131,9 @@ def observation(
     if context.specimen:
         resource["specimen"] = context.specimen
     reference_range = _reference_range(obx)
-    if reference_range:
-        resource["referenceRange"] = [reference_range]
+    if reference_range:  # with a repeated OBX-5 it applies to each component's value
+        for holder in resource.get("component") or [resource]:
+            holder["referenceRange"] = [reference_range]
     return resource
 
 
@@ -176,7 +177,7 @@ def embedded_document(obx: Segment) -> dict[str, Any] | None:
 
 
 def _value(obx: Segment, zone: ZoneInfo) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """``value[x]`` (and components for further repetitions), with flags."""
+    """``value[x]`` (a ``component`` per repetition when OBX-5 repeats), with flags."""
     kind = (obx.get(2) or "").upper()
     reps = obx.repetitions(5)
     if not reps:
@@ -196,11 +197,13 @@ def _value(obx: Segment, zone: ZoneInfo) -> tuple[dict[str, Any], list[dict[str,
             values.append((element, value))
     if not values:
         return {}, tags
-    out: dict[str, Any] = dict([values[0]])
-    if len(values) > 1:  # a repeated OBX-5: each further value as a component of the same code
-        concept = codeable_concept(obx.field(3)) or {"text": "OBX-3 is empty"}
-        out["component"] = [{"code": concept, element: value} for element, value in values[1:]]
-    return out, tags
+    if len(values) == 1:
+        return dict(values), tags
+    # A repeated OBX-5 (two organisms, two antibodies): as the HL7 v2-to-FHIR IG maps it, a
+    # component per repetition with the OBX-3 code, and no value[x] (FHIR obs-7 forbids a
+    # value beside a component of the Observation's own code).
+    concept = codeable_concept(obx.field(3)) or {"text": "OBX-3 is empty"}
+    return {"component": [{"code": concept, element: value} for element, value in values]}, tags
 
 
 def _one(rep: Composite, kind: str, obx: Segment, zone: ZoneInfo) -> tuple[str | None, Any]:

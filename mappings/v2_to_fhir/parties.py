@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .datatypes import V2_TABLE, address, code, fhir_date, human_name
+from .datatypes import V2_TABLE, address, code, contact_point, fhir_date, human_name
 from .flags import flag
 from .segments import Composite, Segment
 
@@ -69,9 +69,11 @@ def patient(pid: Segment, resource_id: str, zone: ZoneInfo) -> dict[str, Any]:
             names.append({"use": use, **name} if use else name)
     if names:
         resource["name"] = names
-    phones = [p.get(1) or p.get(12) for p in pid.repetitions(13)]
-    if any(phones):
-        resource["telecom"] = [{"system": "phone", "value": p} for p in phones if p]
+    home = [contact_point(xtn) for xtn in pid.repetitions(13)]
+    work = [contact_point(xtn, "work") for xtn in pid.repetitions(14)]
+    telecom = [point for point in (*home, *work) if point]
+    if telecom:
+        resource["telecom"] = telecom
     gender = _GENDER.get((pid.get(8) or "").upper())
     if gender:
         resource["gender"] = gender

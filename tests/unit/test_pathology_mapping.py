@@ -261,7 +261,55 @@ def test_patient_repeated_names_and_phones(mapping: ModuleType) -> None:
         ("maiden", "JONES"),
     ]
     assert patient["name"][0]["given"] == ["Jane", "Anne"]
-    assert [t["value"] for t in patient["telecom"]] == ["01823 000000", "07700 900000"]
+    assert patient["telecom"] == [  # PID-13 with no use code: a phone, no use
+        {"system": "phone", "value": "01823 000000"},
+        {"system": "phone", "value": "07700 900000"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("xtn", "expected"),
+    [
+        ("01823000000^PRN^PH", {"system": "phone", "value": "01823000000", "use": "home"}),
+        ("01823111111^WPN^PH", {"system": "phone", "value": "01823111111", "use": "work"}),
+        ("07700900000^PRN^CP", {"system": "phone", "value": "07700900000", "use": "mobile"}),
+        ("07700900001^PRS", {"system": "phone", "value": "07700900001", "use": "mobile"}),
+        ("^NET^Internet^jane@example.org", {"system": "email", "value": "jane@example.org"}),
+        ("^^Internet^jane@example.org", {"system": "email", "value": "jane@example.org"}),
+        ("01632960000^^BP", {"system": "pager", "value": "01632960000"}),
+        ("01632960001^BPN", {"system": "pager", "value": "01632960001"}),
+        ("01823222222^PRN^FX", {"system": "fax", "value": "01823222222", "use": "home"}),
+        ("01823333333^ZZZ^PH", {"system": "phone", "value": "01823333333"}),  # unknown: no use
+        ("^PRN^PH^^^^^^^^^01823444444", {"system": "phone", "value": "01823444444", "use": "home"}),
+        ("^PRN^PH", None),  # no number: left out
+    ],
+)
+def test_pid_13_telecom_system_and_use(
+    mapping: ModuleType, xtn: str, expected: dict[str, str] | None
+) -> None:
+    pid = f"PID|1||9449305552^^^NHS^NH||DOE^John||19700101|M|||||{xtn}"
+    patient = one(mapping.oru_to_bundle(oru(pid=pid)), "Patient")
+    assert patient.get("telecom") == ([expected] if expected else None)
+
+
+@pytest.mark.parametrize(
+    ("xtn", "expected"),
+    [
+        ("01823555555", {"system": "phone", "value": "01823555555", "use": "work"}),
+        (
+            "^NET^Internet^j.doe@nhs.net",
+            {"system": "email", "value": "j.doe@nhs.net", "use": "work"},
+        ),
+        ("07700900002^WPN^CP", {"system": "phone", "value": "07700900002", "use": "mobile"}),
+    ],
+)
+def test_pid_14_is_the_work_telecom(
+    mapping: ModuleType, xtn: str, expected: dict[str, str]
+) -> None:
+    pid = f"PID|1||9449305552^^^NHS^NH||DOE^John||19700101|M|||||01823000000^PRN^PH|{xtn}"
+    patient = one(mapping.oru_to_bundle(oru(pid=pid)), "Patient")
+    home = {"system": "phone", "value": "01823000000", "use": "home"}
+    assert patient["telecom"] == [home, expected]
 
 
 def test_unreadable_dates_are_left_out(mapping: ModuleType) -> None:
@@ -295,7 +343,56 @@ def test_service_request_carries_placer_and_filler_numbers(mapping: ModuleType) 
     assert (filler["type"]["coding"][0]["code"], filler["value"]) == ("FILL", "1001166717")
     assert placer["assigner"] == {"display": "R0A"}
     assert (request["status"], request["intent"]) == ("completed", "order")
-    assert request["code"]["coding"][0]["code"] == "R240.1"
+    assert request["code"]["coding"] == [
+        {
+            "system": "https://fhir.nhs.uk/CodeSystem/England-GenomicTestDirectory",
+            "code": "R240.1",
+            "display": "Diagnostic testing for known variant(s)",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "system"),
+    [
+        ("LN", "http://loinc.org"),
+        ("SCT", "http://snomed.info/sct"),
+        ("SNM", "http://snomed.info/sct"),
+        ("snomed", "http://snomed.info/sct"),
+        ("I10", "http://hl7.org/fhir/sid/icd-10"),
+        ("READ2", "http://read.info/readv2"),
+        ("CTV3", "http://read.info/ctv3"),
+        (
+            "England-GenomicTestDirectory",
+            "https://fhir.nhs.uk/CodeSystem/England-GenomicTestDirectory",
+        ),
+        ("HL70074", "http://terminology.hl7.org/CodeSystem/v2-0074"),
+        ("L", "urn:tie:v2-coding-system:L"),
+        ("99zzz", "urn:tie:v2-coding-system:99zzz"),
+        ("WinPath Local", "urn:tie:v2-coding-system:WinPath%20Local"),
+    ],
+)
+def test_obr_4_and_obx_3_coding_systems(mapping: ModuleType, name: str, system: str) -> None:
+    message = oru(f"OBX|1|NM|K^Potassium^{name}||4.1|||||F").replace(
+        b"TEST^Test^L", f"UE^Urea and electrolytes^{name}".encode()
+    )
+    bundle = mapping.oru_to_bundle(message)
+    codings = [
+        one(bundle, "ServiceRequest")["code"]["coding"][0],
+        one(bundle, "DiagnosticReport")["code"]["coding"][0],
+    ]
+    assert codings == [{"system": system, "code": "UE", "display": "Urea and electrolytes"}] * 2
+    assert one(bundle, "Observation")["code"]["coding"] == [
+        {"system": system, "code": "K", "display": "Potassium"}
+    ]
+
+
+def test_a_code_without_a_coding_system_name_has_no_system(mapping: ModuleType) -> None:
+    result = observation(mapping, "OBX|1|NM|K^Potassium||4.1|||||F")
+    assert result["code"] == {
+        "coding": [{"code": "K", "display": "Potassium"}],
+        "text": "Potassium",
+    }
 
 
 def test_repeated_filler_numbers_are_all_kept(mapping: ModuleType) -> None:
@@ -450,18 +547,42 @@ def test_coded_value(mapping: ModuleType) -> None:
                 "code": "3092008",
                 "display": "Staphylococcus aureus",
             },
-            {"code": "SA", "display": "Staph"},
+            {"system": "urn:tie:v2-coding-system:L", "code": "SA", "display": "Staph"},
         ],
         "text": "Staphylococcus aureus",
     }
 
 
-def test_repeated_coded_values_become_components(mapping: ModuleType) -> None:
-    result = observation(mapping, obx("CE", "A^Anti-A^L~B^Anti-B^L"))
-    assert result["valueCodeableConcept"]["coding"][0]["code"] == "A"
-    (component,) = result["component"]
-    assert component["code"] == result["code"]
-    assert component["valueCodeableConcept"]["coding"][0]["code"] == "B"
+def test_repeated_coded_values_become_a_component_each(mapping: ModuleType) -> None:
+    """The v2-to-FHIR IG's OBX[Observation-Component] map: no value[x] beside them (obs-7)."""
+    organisms = "112283007^Escherichia coli^SCT~3092008^Staphylococcus aureus^SCT"
+    result = observation(mapping, obx("CE", organisms, flags="A"))
+    assert not [key for key in result if key.startswith("value")]
+    sct = "http://snomed.info/sct"
+    assert result["component"] == [
+        {
+            "code": result["code"],
+            "valueCodeableConcept": {
+                "coding": [{"system": sct, "code": "112283007", "display": "Escherichia coli"}],
+                "text": "Escherichia coli",
+            },
+        },
+        {
+            "code": result["code"],
+            "valueCodeableConcept": {
+                "coding": [{"system": sct, "code": "3092008", "display": "Staphylococcus aureus"}],
+                "text": "Staphylococcus aureus",
+            },
+        },
+    ]
+    assert result["interpretation"][0]["coding"][0]["code"] == "A"  # the OBX's, not a component's
+
+
+def test_a_repeated_numeric_gives_components_with_the_reference_range(mapping: ModuleType) -> None:
+    result = observation(mapping, obx("NM", "4.1~4.3", units="mmol/L", ref="3.5-5.3"))
+    assert "valueQuantity" not in result and "referenceRange" not in result
+    assert [c["valueQuantity"]["value"] for c in result["component"]] == [4.1, 4.3]
+    assert all(c["referenceRange"][0]["text"] == "3.5-5.3" for c in result["component"])
 
 
 MG_DL = {"unit": "mg/dl", "system": "http://unitsofmeasure.org", "code": "mg/dL"}
