@@ -15,8 +15,10 @@ from typing import Any
 from sqlalchemy import Connection, select, text
 from sqlalchemy.engine import Row
 
+from router.store.blobs import BlobStore
 from router.store.database import Store
 from router.store.ingest import utcnow
+from router.store.queries import find_message_id, message_detail
 from router.store.schema import audit_events
 
 GENESIS = "0" * 64
@@ -49,6 +51,19 @@ def append(conn: Connection, actor: str, action: str, target: str, details: dict
         )
     )
     return digest
+
+
+def viewed_message(
+    conn: Connection, ref: str, blobs: BlobStore | None, *, actor: str | None, via: str
+) -> dict[str, Any] | None:
+    """Message ``ref``'s detail (None when there is none), its reading by ``actor`` recorded
+    as a ``view`` event in the same transaction: who saw patient data is kept (DESIGN.md §7).
+    ``actor`` None reads without an event (metadata only is shown)."""
+    message_id = find_message_id(conn, ref)
+    detail = None if message_id is None else message_detail(conn, message_id, blobs)
+    if detail is not None and actor is not None:
+        append(conn, actor, "view", f"urn:tie:message:{detail['uuid']}", {"via": via})
+    return detail
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Replay (DESIGN.md §6): reprocess a stored message, or resend a delivery's payload.
 
 Both keep the original and link the copy to it, need a reason, can be run dry,
-and write one audit event per message.
+and write one audit event per message. A resent ``failed`` delivery becomes
+``resent`` in the same transaction that queues its copy: it has been dealt with,
+so dashboards stop counting it as failed and a bulk resend does not pick it again.
 """
 
 from __future__ import annotations
@@ -70,14 +72,34 @@ def reprocess(store: Store, message_id: int, *, reason: str, actor: str) -> Repl
 
 def plan_resend(store: Store, delivery_ids: list[int]) -> list[ReplayResult]:
     with store.read() as conn:
+        rows = _deliveries(conn, delivery_ids)
+        copies = resent_as(conn, [r.id for r in rows])
         return [
             ReplayResult(
                 str(r.id),
                 None,
-                f"resend delivery {r.id} ({r.status}) to {r.channel}/{r.destination}",
+                f"resend delivery {r.id} ({r.status}) to {r.channel}/{r.destination}"
+                + _again(copies.get(r.id, [])),
             )
-            for r in _deliveries(conn, delivery_ids)
+            for r in rows
         ]
+
+
+def _again(copies: list[int]) -> str:
+    if not copies:
+        return ""
+    return f" again: already resent as {', '.join(f'#{c}' for c in copies)}"
+
+
+def resent_as(conn: Connection, delivery_ids: list[int]) -> dict[int, list[int]]:
+    """Each delivery's resent copies, oldest first (only deliveries that have any)."""
+    d = deliveries.c
+    found: dict[int, list[int]] = {}
+    for old, new in conn.execute(
+        select(d.resent_from, d.id).where(d.resent_from.in_(delivery_ids)).order_by(d.id)
+    ):
+        found.setdefault(old, []).append(new)
+    return found
 
 
 def resend(store: Store, delivery_id: int, *, reason: str, actor: str) -> ReplayResult:
@@ -106,6 +128,11 @@ def resend(store: Store, delivery_id: int, *, reason: str, actor: str) -> Replay
             resent_from=row.id,
         )
         new_id = conn.execute(deliveries.insert().values(**values)).inserted_primary_key[0]
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == row.id, deliveries.c.status == "failed")
+            .values(status="resent", updated_at=now)
+        )
         uuid = conn.scalar(select(messages.c.uuid).where(messages.c.id == row.message_id))
         audit.append(
             conn,
@@ -139,12 +166,16 @@ def deliveries_of(
     *,
     status: str | None = "failed",
     destination: str | None = None,
+    again: bool = False,
 ) -> list[int]:
-    """Ids of the messages' deliveries in ``status`` (to ``destination``), for bulk resend."""
+    """Ids of the messages' deliveries in ``status`` (to ``destination``), for bulk resend.
+
+    A ``resent`` delivery is only chosen ``again`` on purpose: its copy already went.
+    """
     d = deliveries.c
     query = select(d.id).where(d.message_id.in_(message_ids))
     if status:
-        query = query.where(d.status == status)
+        query = query.where(d.status.in_((status, "resent") if again else (status,)))
     if destination:
         query = query.where(d.destination == destination)
     return list(conn.scalars(query.order_by(d.id)))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,9 +110,17 @@ def start_site(
     return Site(running, lab, f"http://127.0.0.1:{running.http_port}")
 
 
-def stop_site(site: Site) -> None:
-    site.running.stop()
-    site.lab.stop()
+@contextmanager
+def running_site(
+    tmp_path: Path, store_url: str, users: dict[str, list[str]], **options: Any
+) -> Iterator[Site]:
+    """``start_site``'s site, stopped (engine and lab) however the test ends."""
+    site = start_site(tmp_path, store_url, users, **options)
+    try:
+        yield site
+    finally:
+        site.running.stop()
+        site.lab.stop()
 
 
 def order(sample: bytes, control_id: str, *, name: str | None = None) -> bytes:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router import audit, replay
 from router.api.security import Principal, require_role
-from router.store.queries import MessageFilter, find_message_id, message_detail, search
+from router.store.queries import MessageFilter, find_message_id, search
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -29,7 +29,9 @@ MAX_BULK = 10_000
 RATE = 200.0  # replays a second, as the CLI's default
 MessageStatus = Literal["received", "processed", "filtered", "error"]
 Ref = Annotated[str, Field(max_length=64, description="number, UUID or urn:tie:message:")]
-DeliveryStatus = Literal["queued", "sending", "retrying", "sent", "failed", "held", "cancelled"]
+DeliveryStatus = Literal[
+    "queued", "sending", "retrying", "sent", "failed", "resent", "held", "cancelled"
+]
 
 
 class SearchIn(BaseModel):
@@ -80,6 +82,7 @@ class BulkResendIn(ReplayIn):
     search: SearchIn | None = None
     destination: str | None = Field(default=None, max_length=64)
     delivery_status: DeliveryStatus | None = "failed"
+    again: bool = Field(default=False, description="also deliveries already resent")
     limit: int = Field(default=1000, ge=1, le=MAX_BULK)
 
 
@@ -131,14 +134,7 @@ def message_routes(engine: Engine) -> APIRouter:
 
         def load() -> dict[str, Any] | None:
             with store.begin() as conn:
-                message_id = find_message_id(conn, ref)
-                if message_id is None:
-                    return None
-                detail = message_detail(conn, message_id, store.blobs)
-                assert detail is not None
-                target = f"urn:tie:message:{detail['uuid']}"
-                audit.append(conn, principal.name, "view", target, {"via": "api"})
-                return detail
+                return audit.viewed_message(conn, ref, store.blobs, actor=principal.name, via="api")
 
         detail = await asyncio.to_thread(load)
         if detail is None:
@@ -176,7 +172,8 @@ def message_routes(engine: Engine) -> APIRouter:
         body: BulkResendIn, principal: Principal = Depends(require_role("support"))
     ) -> dict[str, Any]:
         """Resend the deliveries in ``ids``, or those of the messages a ``search`` finds
-        (in ``delivery_status``, failed by default, and to ``destination`` when given)."""
+        (in ``delivery_status``, failed by default, and to ``destination`` when given).
+        A search skips deliveries already resent unless ``again`` is true."""
         if body.ids is not None:
             ids = body.ids
         else:
@@ -186,7 +183,11 @@ def message_routes(engine: Engine) -> APIRouter:
                 chosen = _searched(store, search_in, body.limit)
                 with store.read() as conn:
                     return replay.deliveries_of(
-                        conn, chosen, status=body.delivery_status, destination=body.destination
+                        conn,
+                        chosen,
+                        status=body.delivery_status,
+                        destination=body.destination,
+                        again=body.again,
                     )
 
             ids = await asyncio.to_thread(find)

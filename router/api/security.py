@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import html
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.routing import Mount
@@ -71,6 +70,8 @@ class LoginRequired(Exception):
 
 
 class ConsoleForbidden(Exception):
+    """A console request refused (role or CSRF): answered with router/console/errors.py's page."""
+
     def __init__(self, detail: str) -> None:
         self.detail = detail
 
@@ -251,16 +252,7 @@ def install(app: FastAPI, store: Store, options: AuthOptions) -> None:
         assert isinstance(exc, LoginRequired)
         return login_redirect(exc.path)
 
-    async def forbidden(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ConsoleForbidden)
-        page = (
-            "<!doctype html><title>Forbidden: tie</title><h1>Forbidden</h1>"
-            f"<p>{html.escape(exc.detail)}</p><p><a href='/'>Back</a></p>"
-        )
-        return HTMLResponse(page, status.HTTP_403_FORBIDDEN)
-
     app.add_exception_handler(LoginRequired, to_login)
-    app.add_exception_handler(ConsoleForbidden, forbidden)
     with store.read() as conn:
         if count_users(conn) == 0:
             log.warning("no users yet: create the first admin with `%s`", FIRST_ADMIN)

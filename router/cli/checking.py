@@ -24,6 +24,9 @@ def run_channel_tests(
 ) -> int:
     """Run every case under ``root``; print a unified diff for each that changed (or rewrite
     the golden files with ``rewrite``). The number of cases that failed."""
+    if not root.is_dir():
+        print(f"no channel test cases: {root} is not a folder (give --cases FOLDER)")
+        return 0
     cases = discover(root, set(only) if only else None)
     runner = CaseRunner(channels, config.mappings, read_endpoints(config.endpoints))
     failed = 0

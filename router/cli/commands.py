@@ -132,16 +132,12 @@ def messages(args: argparse.Namespace) -> int:
 
 def show(args: argparse.Namespace) -> int:
     from router import audit
-    from router.store.queries import find_message_id, message_detail
 
     store = open_store(args)
     with store.begin() as conn:
-        message_id = find_message_id(conn, args.id)
-        if message_id is None:
+        detail = audit.viewed_message(conn, args.id, store.blobs, actor=actor(args), via="cli")
+        if detail is None:
             raise CommandError(f"no message {args.id}")
-        detail = message_detail(conn, message_id, store.blobs)
-        assert detail is not None
-        audit.append(conn, actor(args), "view", f"urn:tie:message:{detail['uuid']}", {"via": "cli"})
     if args.json:
         print_json(detail)
     else:
@@ -182,6 +178,8 @@ def _print_detail(d: dict[str, Any]) -> None:
         print(
             f"  #{delivery['id']} {delivery['destination']}: {delivery['status']}, "
             f"{delivery['attempts']} attempt(s)"
+            + "".join(f", resent → #{c}" for c in delivery["resent_as"])
+            + (f", resent from #{delivery['resent_from']}" if delivery["resent_from"] else "")
             + (f", last error: {delivery['last_error']}" if delivery["last_error"] else "")
         )
         for a in delivery["attempt_log"]:

@@ -235,7 +235,11 @@ def holds_show(args: argparse.Namespace) -> int:
         return 0
     batch = summary.batch
     print(f"batch {batch.id or '(open)'}: {batch.channel}/{batch.destination} {batch.state}")
-    print(f"  deliveries: {batch.deliveries}; approvals: {len(batch.approvers)}/{batch.required}")
+    if batch.required is None:  # an open batch: nobody has asked for its release yet
+        release = f"not requested (holds request {batch.channel}/{batch.destination})"
+    else:
+        release = f"approvals: {len(batch.approvers)}/{batch.required}"
+    print(f"  deliveries: {batch.deliveries}; {release}")
     if batch.waiting_for:
         print(f"  waiting for: {batch.waiting_for}")
     for title, counts in [

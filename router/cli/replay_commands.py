@@ -13,7 +13,7 @@ from router.cli.filters import add_filters, has_search, search_filter
 from router.cli.output import CommandError, add_json, open_store, print_json
 from router.store.database import Store
 from router.store.queries import find_message_id, search_query
-from router.store.schema import deliveries, messages
+from router.store.schema import messages
 
 MAX_BULK = 100_000
 
@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--destination", help="with a search: only deliveries to this destination")
     p.add_argument(
         "--delivery-status", default="failed", help="with a search: deliveries in this status"
+    )
+    p.add_argument(
+        "--again",
+        action="store_true",
+        help="with a search: also deliveries already resent (their copies went already)",
     )
     _common(p)
     p.set_defaults(handler=resend)
@@ -60,14 +65,14 @@ def resend(args: argparse.Namespace) -> int:
         ids = [args.id]
     else:
         chosen = _message_ids(store, args)
-        d = deliveries.c
         with store.read() as conn:
-            query = deliveries.select().with_only_columns(d.id).where(d.message_id.in_(chosen))
-            if args.delivery_status:
-                query = query.where(d.status == args.delivery_status)
-            if args.destination:
-                query = query.where(d.destination == args.destination)
-            ids = list(conn.scalars(query.order_by(d.id)))
+            ids = replay.deliveries_of(
+                conn,
+                chosen,
+                status=args.delivery_status,
+                destination=args.destination,
+                again=args.again,
+            )
     return _run(
         args,
         ids,

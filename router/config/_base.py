@@ -13,6 +13,15 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 CHANNEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAPPING_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# A delivery's own fields, which every outgoing template (HTTP header, MESH, SMTP) can name.
+DELIVERY_FIELDS = (
+    "channel",
+    "destination",
+    "message_id",
+    "message_uuid",
+    "delivery_id",
+    "idempotency_key",
+)
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from router.units import parse_duration, parse_size
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+from router.config._base import DELIVERY_FIELDS, Duration, Size, _Strict
 
 BARS_EVENT_SYSTEM = "https://fhir.nhs.uk/CodeSystem/message-events-bars"
 BARS_EVENTS = (
@@ -26,21 +23,9 @@ BARS_EVENTS = (
     "booking-response",
 )
 # What a header template can name.
-HEADER_FIELDS = (
-    "channel",
-    "destination",
-    "message_id",
-    "message_uuid",
-    "delivery_id",
-    "idempotency_key",
-    "attempt",
-)
+HEADER_FIELDS = (*DELIVERY_FIELDS, "attempt")
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class TlsOptions(_Strict):

@@ -12,28 +12,9 @@ import string
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from router.units import parse_duration, parse_size
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-
-# Fields every MESH or SMTP template can name (plus the received message's metadata and the
-# delivery's headers, e.g. {filename} and {workflow_id} of a MESH message passed on).
-TEMPLATE_FIELDS = (
-    "channel",
-    "destination",
-    "message_id",
-    "message_uuid",
-    "delivery_id",
-    "idempotency_key",
-    "now",
-)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+from router.config._base import Duration, Size, _Strict
 
 
 class SecretUnavailable(Exception):

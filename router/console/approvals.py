@@ -9,30 +9,49 @@ checks the session's role first and shows a refusal as a plain sentence on the p
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from router import governance
 from router.api.security import Principal, csrf_token
+from router.config._base import CHANNEL_NAME
 from router.console.access import Approver, Engineer, Requester, Reviewer, Viewer
 from router.console.templating import render
 from router.governance.deploy import running_texts
-from router.governance.models import OPEN, PENDING, PROPOSED
+from router.governance.models import (
+    OPEN,
+    PENDING,
+    PROPOSED,
+    REJECTED,
+    RELEASED,
+    HeldBatch,
+    Revision,
+)
 
 if TYPE_CHECKING:
     from router.engine import Engine
 
 MAX_REASON = 1000
 MAX_YAML = 256 * 1024
+RECENT = 20  # revisions and decided batches listed on the page
+# What the page says after an action; the fields come back in the redirect's query string
+# and are checked in ``_notice`` (a channel name or a number), so nobody can word a notice.
 DONE = {
-    "proposed": "Proposed: it waits for another person's approval.",
-    "approved": "Approved.",
-    "rejected": "Rejected.",
-    "requested": "Release requested: it waits for approvals.",
-    "released": "Approval recorded.",
+    "proposed": "Proposed {channel} #{number}: it waits for another person's approval.",
+    "rolled-back": "Proposed {channel} #{number}, a rollback: it waits for another person's "
+    "approval.",
+    "approved": "Approved {channel} #{number}.",
+    "rejected": "Rejected {channel} #{number}.",
+    "requested": "Release of batch #{batch} requested: it waits for approvals.",
+    "batch-approved": "Approval of batch #{batch} recorded: it waits for more approvals.",
+    "released": "Batch #{batch} released: its deliveries are queued.",
+    "batch-rejected": "Rejected batch #{batch}: its deliveries are cancelled.",
 }
+Outcome = Callable[[Any], dict[str, Any]]
 
 
 def approval_routes(engine: Engine) -> APIRouter:
@@ -49,32 +68,68 @@ def approval_routes(engine: Engine) -> APIRouter:
             else governance.batch_summary(store, b.id)
             for b in batches
         ]
-        decided = governance.list_revisions(store, limit=20)
-        return {"proposals": proposals, "diffs": diffs, "summaries": summaries, "recent": decided}
+        return {
+            "proposals": proposals,
+            "diffs": diffs,
+            "summaries": summaries,
+            "recent": governance.list_revisions(store, limit=RECENT),
+            "running": {name: text.number for name, text in running_texts(store).items()},
+            "decisions": governance.list_batches(store, states=(RELEASED, REJECTED), limit=RECENT),
+        }
 
     async def page(
         request: Request, principal: Principal, problem: str | None = None, status: int = 200
     ) -> HTMLResponse:
         context = await asyncio.to_thread(inbox)
-        done = request.query_params.get("done", "")
         context.update(
             principal=principal,
             csrf=csrf_token(request),
             problem=problem,
-            done=DONE.get(done),
+            done=_notice(request.query_params),
             channels=sorted(engine.channels),
+            governed=engine.config.governance == "governed",
         )
         return render(request, "approvals.html", context, status_code=status)
 
-    async def attempt(request: Request, principal: Principal, done: str, act: Any) -> Response:
-        """Run a governance action; on refusal, show the inbox with the reason."""
+    def editor(
+        request: Request,
+        principal: Principal,
+        channel: str,
+        text: str,
+        *,
+        reason: str = "",
+        problem: str | None = None,
+        status: int = 200,
+    ) -> HTMLResponse:
+        """The propose form; after a refusal it keeps what was typed and says why."""
+        context = {
+            "principal": principal,
+            "csrf": csrf_token(request),
+            "channel": channel,
+            "channels": sorted(engine.channels),
+            "text": text,
+            "reason": reason,
+            "problem": problem,
+        }
+        return render(request, "propose.html", context, status_code=status)
+
+    async def attempt(
+        request: Request,
+        principal: Principal,
+        act: Callable[[], Any],
+        outcome: Outcome,
+        refused: Callable[[str, int], HTMLResponse] | None = None,
+    ) -> Response:
+        """Run a governance action and say what it did; on refusal, show the reason on the
+        inbox (or through ``refused``, which gets the reason and the status)."""
         try:
-            await asyncio.to_thread(act)
+            result = await asyncio.to_thread(act)
         except governance.GovernanceError as exc:
-            problems = getattr(exc, "problems", [])
-            text = "; ".join([str(exc), *problems])
+            text = "; ".join([str(exc), *getattr(exc, "problems", [])])
+            if refused is not None:
+                return refused(text, _status(exc))
             return await page(request, principal, text, _status(exc))
-        return RedirectResponse(f"/approvals?done={done}", status_code=303)
+        return RedirectResponse(f"/approvals?{urlencode(outcome(result))}", status_code=303)
 
     @routes.get("/approvals", response_class=HTMLResponse)
     async def approvals(request: Request, principal: Viewer) -> HTMLResponse:
@@ -84,17 +139,7 @@ def approval_routes(engine: Engine) -> APIRouter:
     async def propose_form(request: Request, principal: Engineer) -> HTMLResponse:
         channel = request.query_params.get("channel", "")[:64]
         text = await asyncio.to_thread(_current_text, engine, channel)
-        return render(
-            request,
-            "propose.html",
-            {
-                "principal": principal,
-                "csrf": csrf_token(request),
-                "channel": channel,
-                "channels": sorted(engine.channels),
-                "text": text,
-            },
-        )
+        return editor(request, principal, channel, text)
 
     @routes.post("/approvals/propose")
     async def propose(
@@ -104,17 +149,36 @@ def approval_routes(engine: Engine) -> APIRouter:
         text: str = Form(max_length=MAX_YAML),
         reason: str = Form(default="", max_length=MAX_REASON),
     ) -> Response:
-        def act() -> None:
-            governance.propose(
-                store,
-                engine.config,
-                channel,
-                text.replace("\r\n", "\n"),
-                actor=principal.name,
-                reason=reason,
+        text = text.replace("\r\n", "\n")
+
+        def act() -> Revision:
+            return governance.propose(
+                store, engine.config, channel, text, actor=principal.name, reason=reason
             )
 
-        return await attempt(request, principal, "proposed", act)
+        def refused(problem: str, status: int) -> HTMLResponse:
+            return editor(
+                request, principal, channel, text, reason=reason, problem=problem, status=status
+            )
+
+        return await attempt(request, principal, act, _revision_done("proposed"), refused)
+
+    @routes.post("/approvals/revisions/{channel}/{number}/rollback")
+    async def rollback(
+        channel: str,
+        number: int,
+        request: Request,
+        principal: Engineer,
+        reason: str = Form(default="", max_length=MAX_REASON),
+    ) -> Response:
+        """Propose revision ``number``'s text again: a new revision, approved like any other."""
+
+        def act() -> Revision:
+            return governance.rollback(
+                store, engine.config, channel, number, actor=principal.name, reason=reason
+            )
+
+        return await attempt(request, principal, act, _revision_done("rolled-back"))
 
     @routes.post("/approvals/revisions/{channel}/{number}/approve")
     async def approve(
@@ -123,10 +187,10 @@ def approval_routes(engine: Engine) -> APIRouter:
         request: Request,
         principal: Approver,
     ) -> Response:
-        def act() -> None:
-            governance.approve(store, channel, number, actor=principal.name)
+        def act() -> Revision:
+            return governance.approve(store, channel, number, actor=principal.name)
 
-        return await attempt(request, principal, "approved", act)
+        return await attempt(request, principal, act, _revision_done("approved"))
 
     @routes.post("/approvals/revisions/{channel}/{number}/reject")
     async def reject(
@@ -136,10 +200,10 @@ def approval_routes(engine: Engine) -> APIRouter:
         principal: Reviewer,
         reason: str = Form(default="", max_length=MAX_REASON),
     ) -> Response:
-        def act() -> None:
-            governance.reject(store, channel, number, actor=principal.name, reason=reason)
+        def act() -> Revision:
+            return governance.reject(store, channel, number, actor=principal.name, reason=reason)
 
-        return await attempt(request, principal, "rejected", act)
+        return await attempt(request, principal, act, _revision_done("rejected"))
 
     @routes.post("/approvals/holds/{channel}/{destination}/request")
     async def request_release(
@@ -150,10 +214,12 @@ def approval_routes(engine: Engine) -> APIRouter:
     ) -> Response:
         configs = {name: c.config for name, c in engine.channels.items()}
 
-        def act() -> None:
-            governance.request_release(store, configs, channel, destination, actor=principal.name)
+        def act() -> HeldBatch:
+            return governance.request_release(
+                store, configs, channel, destination, actor=principal.name
+            )
 
-        return await attempt(request, principal, "requested", act)
+        return await attempt(request, principal, act, _batch_done)
 
     @routes.post("/approvals/holds/{batch_id}/approve")
     async def approve_batch(
@@ -161,10 +227,10 @@ def approval_routes(engine: Engine) -> APIRouter:
         request: Request,
         principal: Approver,
     ) -> Response:
-        def act() -> None:
-            governance.approve_batch(store, batch_id, actor=principal.name)
+        def act() -> HeldBatch:
+            return governance.approve_batch(store, batch_id, actor=principal.name)
 
-        return await attempt(request, principal, "released", act)
+        return await attempt(request, principal, act, _batch_done)
 
     @routes.post("/approvals/holds/{batch_id}/reject")
     async def reject_batch(
@@ -173,12 +239,43 @@ def approval_routes(engine: Engine) -> APIRouter:
         principal: Approver,
         reason: str = Form(default="", max_length=MAX_REASON),
     ) -> Response:
-        def act() -> None:
-            governance.reject_batch(store, batch_id, actor=principal.name, reason=reason)
+        def act() -> HeldBatch:
+            return governance.reject_batch(store, batch_id, actor=principal.name, reason=reason)
 
-        return await attempt(request, principal, "rejected", act)
+        return await attempt(request, principal, act, _batch_done)
 
     return routes
+
+
+def _revision_done(done: str) -> Outcome:
+    return lambda revision: {"done": done, "channel": revision.channel, "number": revision.number}
+
+
+def _batch_done(batch: HeldBatch) -> dict[str, Any]:
+    done = {
+        PENDING: "batch-approved" if batch.approvers else "requested",
+        RELEASED: "released",
+        REJECTED: "batch-rejected",
+    }
+    return {"done": done.get(batch.state, "requested"), "batch": batch.id}
+
+
+def _notice(params: Mapping[str, str]) -> str | None:
+    """The sentence for ``?done=``, naming the revision or batch acted on."""
+    template = DONE.get(params.get("done", ""))
+    if template is None:
+        return None
+    channel = params.get("channel", "")
+    fields = {
+        "channel": channel if CHANNEL_NAME.fullmatch(channel) else "?",
+        "number": _number(params.get("number", "")),
+        "batch": _number(params.get("batch", "")),
+    }
+    return template.format(**fields)
+
+
+def _number(text: str) -> str:
+    return text if text.isdigit() and len(text) < 12 else "?"
 
 
 def _status(exc: Exception) -> int:

@@ -27,7 +27,6 @@ from router.console.search import (
     read_search,
 )
 from router.console.templating import render
-from router.store.queries import find_message_id, message_detail
 from router.store.schema import PENDING, deliveries
 
 if TYPE_CHECKING:
@@ -81,14 +80,10 @@ def message_routes(engine: Engine) -> APIRouter:
         def load() -> dict[str, Any] | None:
             # Only a view of content writes (its audit event, in the transaction that reads).
             with store.begin() if content else store.read() as conn:
-                message_id = find_message_id(conn, ref[:80])
-                if message_id is None:
-                    return None
-                found = message_detail(conn, message_id, store.blobs)
-                if found is not None and content:
-                    urn = f"urn:tie:message:{found['uuid']}"
-                    audit.append(conn, principal.name, "view", urn, {"via": "console"})
-                return found
+                reader = principal.name if content else None
+                return audit.viewed_message(
+                    conn, ref[:80], store.blobs, actor=reader, via="console"
+                )
 
         found = await asyncio.to_thread(load)
         if found is None:

@@ -8,6 +8,7 @@ so what was reviewed is what happens. One audit event per item (router.replay).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
@@ -15,10 +16,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from router import replay
-from router.api.security import csrf_token
+from router.api.security import Principal, csrf_token
 from router.console.access import Support
 from router.console.search import find, read_search
 from router.console.templating import render
+from router.store.database import Store
 from router.store.schema import deliveries, messages
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 MAX_BULK = 1000  # items one console action may touch; the CLI does larger runs
 MAX_REASON = 1000
 ACTIONS = ("resend", "reprocess")
+Plan = Callable[[Store, list[int]], list[replay.ReplayResult]]
 
 
 def replay_routes(engine: Engine) -> APIRouter:
@@ -42,12 +45,18 @@ def replay_routes(engine: Engine) -> APIRouter:
             ).all()
         engine.dispatcher.notify({(k.channel, k.destination) for k in keys})
 
+    async def preview(
+        request: Request, principal: Principal, plan_of: Plan, item: int
+    ) -> HTMLResponse:
+        """The dry run of one reprocess or resend, shown before the reason is asked for."""
+        plan = await asyncio.to_thread(plan_of, store, [item])
+        return render(request, "_preview.html", {"principal": principal, "plan": plan})
+
     @routes.post("/messages/{message_id}/reprocess/preview", response_class=HTMLResponse)
     async def reprocess_preview(
         message_id: int, request: Request, principal: Support
     ) -> HTMLResponse:
-        plan = await asyncio.to_thread(replay.plan_reprocess, store, [message_id])
-        return render(request, "_preview.html", {"principal": principal, "plan": plan})
+        return await preview(request, principal, replay.plan_reprocess, message_id)
 
     @routes.post("/messages/{message_id}/reprocess")
     async def reprocess(
@@ -67,8 +76,7 @@ def replay_routes(engine: Engine) -> APIRouter:
     async def resend_preview(
         delivery_id: int, request: Request, principal: Support
     ) -> HTMLResponse:
-        plan = await asyncio.to_thread(replay.plan_resend, store, [delivery_id])
-        return render(request, "_preview.html", {"principal": principal, "plan": plan})
+        return await preview(request, principal, replay.plan_resend, delivery_id)
 
     @routes.post("/deliveries/{delivery_id}/resend")
     async def resend(

@@ -10,6 +10,7 @@ from fastapi.staticfiles import StaticFiles
 from router.console.approvals import approval_routes
 from router.console.audit_log import audit_routes
 from router.console.dashboard import dashboard_routes
+from router.console.errors import install as install_error_pages
 from router.console.messages import message_routes
 from router.console.replays import replay_routes
 from router.console.templating import STATIC
@@ -28,4 +29,5 @@ def console_routes(engine: Engine) -> APIRouter:
 def mount(app: FastAPI, engine: Engine) -> None:
     """Every page needs a session (``require_console``); only ``/static`` is public."""
     app.include_router(console_routes(engine))
+    install_error_pages(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -22,7 +22,16 @@ MAX_PAGE = 200
 MAX_VALUE = 255
 FIELDS = ("channel", "status", "delivery", "since", "until", "type", "control_id", "key", "text")
 MESSAGE_STATUSES = ("received", "processed", "filtered", "error")
-DELIVERY_STATUSES = ("failed", "retrying", "queued", "sending", "held", "sent", "cancelled")
+DELIVERY_STATUSES = (
+    "failed",
+    "retrying",
+    "queued",
+    "sending",
+    "held",
+    "sent",
+    "resent",
+    "cancelled",
+)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from router import audit
 from router.config import ChannelConfig, ConfigError, EngineConfig, load_channels
 from router.config.loading import channel_from_text, read_text
 from router.governance.models import APPROVED, DEPLOYED, RUNNING, SUPERSEDED
-from router.governance.revisions import running, sha256
+from router.governance.revisions import insert_revision, running, sha256
 from router.store.database import Store
 from router.store.ingest import utcnow
 from router.store.schema import channel_revisions
@@ -145,25 +145,12 @@ def mark_deployed(store: Store, channel: str, number: int, *, actor: str) -> boo
 def record_deployed(store: Store, channel: str, text: str, *, actor: str, reason: str) -> int:
     """Open mode: a reload deployed ``text``; keep it as a revision by ``actor``. Its number."""
     digest = sha256(text)
-    now = utcnow()
     with store.begin() as conn:
         base = running(conn, channel)
         if base is not None and base.sha256 == digest:
             return int(base.number)
-        number = (conn.scalar(select(func.max(r.number)).where(r.channel == channel)) or 0) + 1
-        conn.execute(
-            channel_revisions.insert().values(
-                channel=channel,
-                number=number,
-                yaml=text,
-                sha256=digest,
-                author=actor,
-                proposed_at=now,
-                state=DEPLOYED,
-                deployed_at=now,
-                reason=reason,
-                based_on=base.number if base is not None else None,
-            )
+        number = insert_revision(
+            conn, channel, text, digest, author=actor, state=DEPLOYED, reason=reason, base=base
         )
         _supersede_older(conn, channel, number)
         audit.append(

@@ -21,6 +21,7 @@ from router.config.loading import channel_from_text
 from router.governance.actors import require_role
 from router.governance.models import (
     APPROVED,
+    DEPLOYED,
     PROPOSED,
     REJECTED,
     RUNNING,
@@ -121,7 +122,6 @@ def propose(
         )
     check_channel_text(store, config, channel, text)
     digest = sha256(text)
-    now = utcnow()
     with store.begin() as conn:
         require_role(conn, actor, "engineer")
         base = running(conn, channel)
@@ -135,19 +135,8 @@ def propose(
                 return _revision(row)
         for row in pending:
             _settle(conn, row, SUPERSEDED, None, f"superseded by a newer proposal from {actor}")
-        number = (conn.scalar(select(func.max(r.number)).where(r.channel == channel)) or 0) + 1
-        conn.execute(
-            channel_revisions.insert().values(
-                channel=channel,
-                number=number,
-                yaml=text,
-                sha256=digest,
-                author=actor,
-                proposed_at=now,
-                state=PROPOSED,
-                reason=reason,
-                based_on=base.number if base is not None else None,
-            )
+        number = insert_revision(
+            conn, channel, text, digest, author=actor, state=PROPOSED, reason=reason, base=base
         )
         audit.append(
             conn,
@@ -257,6 +246,39 @@ def check_channel_text(store: Store, config: EngineConfig, channel: str, text: s
         raise InvalidRevision(
             f"{channel}: conflicts with other channels", _lines(ConfigError(problems))
         )
+
+
+def insert_revision(
+    conn: Connection,
+    channel: str,
+    text: str,
+    digest: str,
+    *,
+    author: str,
+    state: str,
+    reason: str,
+    base: Any,
+) -> int:
+    """Add ``text`` as the channel's next revision, based on the ``base`` row (the running
+    revision, or None); its number. Proposals and open-mode deploys share one numbering;
+    superseding what it replaces is the caller's (the two differ in what they supersede)."""
+    now = utcnow()
+    number = (conn.scalar(select(func.max(r.number)).where(r.channel == channel)) or 0) + 1
+    conn.execute(
+        channel_revisions.insert().values(
+            channel=channel,
+            number=number,
+            yaml=text,
+            sha256=digest,
+            author=author,
+            proposed_at=now,
+            state=state,
+            deployed_at=now if state == DEPLOYED else None,
+            reason=reason,
+            based_on=base.number if base is not None else None,
+        )
+    )
+    return number
 
 
 def sha256(text: str) -> str:

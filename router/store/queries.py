@@ -136,6 +136,10 @@ def message_detail(
             by_delivery[a.delivery_id].append(dict(a._mapping))
     for delivery in detail["deliveries"]:
         delivery["attempt_log"] = by_delivery[delivery["id"]]
+        # A resend's copy belongs to the same message: link the old delivery forward too.
+        delivery["resent_as"] = [
+            x["id"] for x in detail["deliveries"] if x["resent_from"] == delivery["id"]
+        ]
         _preview(delivery, "payload", delivery["blob_sha256"], delivery["blob_size"], blobs)
     keys = [
         dict(r._mapping)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from console_testing import CHROMIUM, CHROMIUM_ARGS, PASSWORD, Site, start_site, stop_site
+from console_testing import CHROMIUM, CHROMIUM_ARGS, PASSWORD, Site, running_site
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 USERS = {
@@ -38,11 +38,9 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     """The engine on SQLite, in governed mode, with a lab and the users above."""
-    running = start_site(tmp_path, f"sqlite:///{tmp_path / 'tie.db'}", USERS, governance="governed")
-    try:
+    store_url = f"sqlite:///{tmp_path / 'tie.db'}"
+    with running_site(tmp_path, store_url, USERS, governance="governed") as running:
         yield running
-    finally:
-        stop_site(running)
 
 
 @pytest.fixture

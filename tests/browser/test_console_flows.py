@@ -58,7 +58,7 @@ def test_find_a_failed_message_resend_it_with_a_reason_and_see_it_sent(
     rows = page.locator("#deliveries tbody tr")
     expect(rows).to_have_count(2)
     expect(rows.nth(1).locator(".status")).to_have_text("sent")
-    assert site.delivery_status("ORDER-FAIL-2") == ["failed", "sent"]
+    assert site.delivery_status("ORDER-FAIL-2") == ["resent", "sent"]
     assert site.lab.control_ids().count("ORDER-FAIL-2") == 2
     resend = _audit(site, "resend")
     assert [actor for actor, _ in resend] == ["sam"]
@@ -96,6 +96,14 @@ def test_an_author_cannot_approve_their_own_revision_another_approver_can(site, 
     expect(newest).to_contain_text("alice")
     expect(newest).to_contain_text("bob")
     assert [actor for actor, _ in _audit(site, "revision.approve")] == ["bob"]
+
+    alice.get_by_role("link", name="Approvals").click()
+    alice.get_by_role("button", name="Roll back to #1…").click()
+    dialog = alice.get_by_role("dialog")
+    dialog.get_by_label("Reason").fill("genomics lab not live yet")
+    dialog.get_by_role("button", name="Propose rollback").click()
+    expect(alice.get_by_role("status")).to_contain_text(f"Proposed {CHANNEL} #3, a rollback")
+    expect(alice.locator(".proposal .diff .add")).to_have_text("+description: orders to the lab")
 
 
 def test_script_in_an_hl7_field_is_shown_as_text_and_never_runs(site, signed_in, hl7_samples):

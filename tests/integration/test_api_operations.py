@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from console_testing import Site, order, start_site, stop_site
+from console_testing import Site, order, running_site
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, select, update
 from tie_testing import api_token, wait_until
@@ -21,11 +21,8 @@ CHANNEL = "lab-orders"
 
 @pytest.fixture
 def site(tmp_path, store_url) -> Iterator[Site]:
-    running = start_site(tmp_path, store_url, {})
-    try:
+    with running_site(tmp_path, store_url, {}) as running:
         yield running
-    finally:
-        stop_site(running)
 
 
 def _client(site: Site, *roles: str, name: str) -> httpx.Client:
@@ -68,12 +65,19 @@ def test_channels_search_resend_and_reprocess(site, hl7_samples):
     )
     assert bulk.status_code == 200 and bulk.json()["count"] == 3
     for n in range(3):
-        wait_until(lambda n=n: site.delivery_status(f"API-{n}") == ["failed", "sent"])
+        wait_until(lambda n=n: site.delivery_status(f"API-{n}") == ["resent", "sent"])
+    (row,) = viewer.get("/api/channels").json()
+    assert (row["failed"], row["counts"]["failed"]["total"], row["attention"]) == (0, 0, False)
+    repeat = {"search": {"channel": CHANNEL}, "reason": "lab fixed"}
+    assert support.post("/api/deliveries/resend", json=repeat).json()["count"] == 0
+    again = support.post("/api/deliveries/resend", json={**repeat, "again": True, "dry_run": True})
+    assert again.json()["count"] == 3
+    assert "again: already resent as #" in again.json()["results"][0]["description"]
 
     original = int(bulk.json()["results"][0]["original"])
     single = support.post(f"/api/deliveries/{original}/resend", json={"reason": "once more"})
     assert single.json()["count"] == 1
-    wait_until(lambda: site.delivery_status("API-0") == ["failed", "sent", "sent"])
+    wait_until(lambda: site.delivery_status("API-0") == ["resent", "sent", "sent"])
 
     one = first["messages"][0]["id"]
     preview = support.post(f"/api/messages/{one}/reprocess", json={"reason": "x", "dry_run": True})
@@ -88,6 +92,7 @@ def test_channels_search_resend_and_reprocess(site, hl7_samples):
 
     detail = support.get(f"/api/messages/{one}").json()
     assert detail["raw"].startswith("MSH|") and len(detail["deliveries"]) == 2
+    assert detail["deliveries"][0]["resent_as"] == [detail["deliveries"][1]["id"]]
 
     events = support.get("/api/audit", params={"actor": "sam"}).json()["events"]
     actions = [e["action"] for e in events]

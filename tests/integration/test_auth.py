@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from console_testing import PASSWORD, Site, csrf_of, sign_in, start_site, stop_site
+from console_testing import PASSWORD, Site, csrf_of, running_site, sign_in
 from sqlalchemy import select, update
 from tie_testing import api_token
 
@@ -24,11 +24,8 @@ a = audit_events.c
 
 @pytest.fixture
 def site(tmp_path, store_url) -> Iterator[Site]:
-    running = start_site(tmp_path, store_url, USERS)
-    try:
+    with running_site(tmp_path, store_url, USERS) as running:
         yield running
-    finally:
-        stop_site(running)
 
 
 def _bearer(site: Site, token: str) -> httpx.Client:

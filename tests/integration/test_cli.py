@@ -580,8 +580,8 @@ def test_resend_by_search_and_by_id(live, cli):
 
     assert bulk.code == 0, bulk.err
     assert "2/2" in bulk.err, "a bulk run shows its progress on stderr"
-    wait_until(lambda: delivery_statuses(store, "REJ-1") == ["failed", "sent"])
-    wait_until(lambda: delivery_statuses(store, "REJ-2") == ["failed", "sent"])
+    wait_until(lambda: delivery_statuses(store, "REJ-1") == ["resent", "sent"])
+    wait_until(lambda: delivery_statuses(store, "REJ-2") == ["resent", "sent"])
     with store.read() as conn:
         copies = list(
             conn.execute(
@@ -603,6 +603,17 @@ def test_resend_by_search_and_by_id(live, cli):
     ] * 2
     assert sorted(json.loads(e.details)["new_delivery"] for e in events) == [c.id for c in copies]
     assert sorted(live.lab.control_ids()) == ["OK-1", "REJ-1", "REJ-1", "REJ-2", "REJ-2"]
+
+    repeat = cli(live.workspace.config, "resend", *search, "--reason", "lab fixed", "--dry-run")
+    assert (repeat.code, repeat.out.strip()) == (0, "nothing matches"), "never sent a third time"
+    again = cli(
+        live.workspace.config, "resend", *search, "--again", "--reason", "again", "--dry-run"
+    )
+    assert again.out.count("again: already resent as #") == 2
+    with store.read() as conn:
+        rej_1 = conn.scalar(select(messages.c.id).where(messages.c.control_id == "REJ-1"))
+    shown = cli(live.workspace.config, "show", str(rej_1))
+    assert ": resent, 1 attempt(s), resent → #" in shown.out, "the failure stays in its attempts"
 
     with store.read() as conn:
         ok_delivery = conn.scalar(

@@ -3,22 +3,25 @@ dashboard's figures and the bulk dry run. Browser flows are in tests/browser/.""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from console_testing import (
     CHANNEL,
     Site,
     csrf_of,
     order,
+    running_site,
     sign_in,
-    start_site,
-    stop_site,
 )
 from sqlalchemy import select
 from tie_testing import wait_until
 
+from router import governance
 from router.store.schema import audit_events
 
 OML = "OML_O21_nhs_nwgmsa_v251"
@@ -27,11 +30,8 @@ USERS = {"vic": ["viewer"], "sam": ["support"], "ada": ["admin"]}
 
 @pytest.fixture
 def site(tmp_path, store_url) -> Iterator[Site]:
-    running = start_site(tmp_path, store_url, USERS)
-    try:
+    with running_site(tmp_path, store_url, USERS) as running:
         yield running
-    finally:
-        stop_site(running)
 
 
 def _events(site: Site, action: str) -> list[tuple[str, str]]:
@@ -42,6 +42,16 @@ def _events(site: Site, action: str) -> list[tuple[str, str]]:
             )
         )
         return [tuple(r) for r in rows]
+
+
+def _details(site: Site, action: str) -> list[tuple[str, dict]]:
+    with site.running.store.read() as conn:
+        rows = conn.execute(
+            select(audit_events.c.actor, audit_events.c.details)
+            .where(audit_events.c.action == action)
+            .order_by(audit_events.c.id)
+        )
+        return [(actor, json.loads(details)) for actor, details in rows]
 
 
 def test_pages_need_a_session_and_static_files_do_not(site):
@@ -101,8 +111,38 @@ def test_forms_without_the_csrf_token_are_refused(site, hl7_samples):
     )
     assert done.status_code == 303
     assert done.headers["location"] == f"/messages/{message_id}?done=resent"
-    wait_until(lambda: site.delivery_status("CONS-2") == ["failed", "sent"])
+    wait_until(lambda: site.delivery_status("CONS-2") == ["resent", "sent"])
     assert [actor for actor, _ in _events(site, "resend")] == ["sam"]
+
+
+def test_console_errors_are_pages_in_the_layout_and_api_errors_stay_json(site):
+    """A refusal or a missing page reads as a page with the reason and the navigation back,
+    never FastAPI's JSON; the API keeps its JSON answers."""
+    support, admin = sign_in(site.url, "sam"), sign_in(site.url, "ada")
+    token, admin_token = csrf_of(support.get("/").text), csrf_of(admin.get("/").text)
+    answers = {
+        404: support.get("/messages/999999"),
+        400: support.post("/messages/bulk/preview", data={"csrf_token": token, "action": "x"}),
+        405: support.get("/logout"),
+        403: support.post("/channels/lab-orders/pause", data={"reason": "no token"}),
+        422: admin.post("/approvals/propose", data={"csrf_token": admin_token}),
+    }
+    for status, answer in answers.items():
+        assert answer.headers["content-type"].startswith("text/html"), (status, answer.text)
+        assert 'role="alert"' in answer.text and 'href="/messages"' in answer.text, status
+        assert "content-security-policy" in answer.headers
+    assert answers[404].status_code == 404 and "No message 999999" in answers[404].text
+    assert answers[400].status_code == 400 and "Unknown action" in answers[400].text
+    assert answers[405].status_code == 405
+    assert answers[403].status_code == 403 and "CSRF token" in answers[403].text
+    assert answers[422].status_code == 400
+    assert "The form was not complete: channel: Field required" in answers[422].text
+
+    unknown = httpx.get(f"{site.url}/no-such-page")
+    assert unknown.status_code == 404 and unknown.headers["content-type"].startswith("text/html")
+    assert 'href="/login"' in unknown.text and 'href="/messages"' not in unknown.text
+    api = support.get("/api/messages/999999")
+    assert api.status_code == 404 and api.json() == {"detail": "no message 999999"}
 
 
 def test_dashboard_counts_failures_first_and_pause_resume(site, hl7_samples):
@@ -129,12 +169,17 @@ def test_dashboard_counts_failures_first_and_pause_resume(site, hl7_samples):
     assert "lab: " in row  # the last error names the destination
 
     token = csrf_of(page.text)
-    paused = support.post(f"/channels/{CHANNEL}/pause", data={"csrf_token": token})
+    assert f'action="/channels/{CHANNEL}/pause"' in page.text
+    assert "Reason (optional, kept in the audit log)" in page.text
+    paused = support.post(
+        f"/channels/{CHANNEL}/pause", data={"csrf_token": token, "reason": "lab maintenance"}
+    )
     assert paused.status_code == 303
-    assert "Resume</button>" in support.get("/").text
+    assert f'action="/channels/{CHANNEL}/resume"' in support.get("/").text
     support.post(f"/channels/{CHANNEL}/resume", data={"csrf_token": token})
-    assert "Pause</button>" in support.get("/").text
-    assert [actor for actor, _ in _events(site, "pause")] == ["sam"]
+    assert f'action="/channels/{CHANNEL}/pause"' in support.get("/").text
+    assert _details(site, "pause") == [("sam", {"reason": "lab maintenance"})]
+    assert _details(site, "resume") == [("sam", {"reason": ""})]
 
 
 def test_bulk_resend_lists_first_then_acts_on_what_was_listed(site, hl7_samples):
@@ -161,8 +206,10 @@ def test_bulk_resend_lists_first_then_acts_on_what_was_listed(site, hl7_samples)
         data={"csrf_token": token, "action": "resend", "ids": ids, "reason": "lab back"},
     )
     assert done.status_code == 200 and "2 item(s) resent" in done.text
-    wait_until(lambda: site.delivery_status("CONS-5") == ["failed", "sent"])
-    wait_until(lambda: site.delivery_status("CONS-6") == ["failed", "sent"])
+    wait_until(lambda: site.delivery_status("CONS-5") == ["resent", "sent"])
+    wait_until(lambda: site.delivery_status("CONS-6") == ["resent", "sent"])
+    repeat = support.post("/messages/bulk/preview", data={**search, "action": "resend"})
+    assert repeat.status_code == 200 and "would resend delivery" not in repeat.text
 
 
 def test_audit_page_pages_and_verifies_the_chain(site):
@@ -198,10 +245,8 @@ def test_a_held_batch_is_requested_then_released_by_two_other_approvers(
 
     folder = tmp_path / "archive"
     users = {"sam": ["support"], "bob": ["approver"], "cat": ["approver"]}
-    site = start_site(
-        tmp_path, store_url, users, channels={"release": HELD_YAML.format(folder=folder)}
-    )
-    try:
+    channels = {"release": HELD_YAML.format(folder=folder)}
+    with running_site(tmp_path, store_url, users, channels=channels) as site:
         raw = order(hl7_samples[OML], "HELD-1")
         with MLLPClient("127.0.0.1", site.running.port("release")) as client:
             client.send_message(raw)
@@ -232,5 +277,129 @@ def test_a_held_batch_is_requested_then_released_by_two_other_approvers(
         cat.post(f"/approvals/holds/{batch}/approve", data={"csrf_token": csrf_of(page.text)})
         wait_until(lambda: held() == ["sent"])
         assert len(list(folder.iterdir())) == 1
-    finally:
-        stop_site(site)
+        decided = cat.get("/approvals").text
+        row = re.search(rf'<tr data-batch="{batch}">(.*?)</tr>', decided, re.S).group(1)
+        assert "released" in row and "bob, cat" in row
+
+
+def test_a_rejected_batch_is_named_and_listed_with_who_rejected_it_and_why(
+    tmp_path, store_url, hl7_samples
+):
+    from hl7.client import MLLPClient
+
+    users = {"sam": ["support"], "bob": ["approver"]}
+    channels = {"release": HELD_YAML.format(folder=tmp_path / "archive")}
+    with running_site(tmp_path, store_url, users, channels=channels) as site:
+        with MLLPClient("127.0.0.1", site.running.port("release")) as client:
+            client.send_message(order(hl7_samples[OML], "HELD-2"))
+        sam, bob = sign_in(site.url, "sam"), sign_in(site.url, "bob")
+        wait_until(lambda: "not yet requested" in sam.get("/approvals").text)
+        assert "No batch has been released or rejected." in sam.get("/approvals").text
+        token = csrf_of(sam.get("/approvals").text)
+        requested = sam.post("/approvals/holds/release/archive/request", data={"csrf_token": token})
+        batch = re.search(r"batch=(\d+)", requested.headers["location"]).group(1)
+        assert f"Release of batch #{batch} requested" in sam.get(requested.headers["location"]).text
+
+        token = csrf_of(bob.get("/approvals").text)
+        rejected = bob.post(
+            f"/approvals/holds/{batch}/reject",
+            data={"csrf_token": token, "reason": "wrong <practice> list"},
+        )
+        assert rejected.status_code == 303
+        page = bob.get(rejected.headers["location"]).text
+        assert f"Rejected batch #{batch}: its deliveries are cancelled." in page
+        row = re.search(rf'<tr data-batch="{batch}">(.*?)</tr>', page, re.S).group(1)
+        assert "rejected" in row and ">bob<" in row and ">sam<" in row
+        assert "wrong &lt;practice&gt; list" in row
+
+
+def test_a_notice_names_only_a_channel_or_a_number(site):
+    viewer = sign_in(site.url, "vic")
+    page = viewer.get(
+        "/approvals", params={"done": "rejected", "channel": "<b>Call 0800</b>", "number": "x"}
+    )
+    assert "Rejected ? #?." in page.text and "0800" not in page.text
+
+
+GOVERNED_USERS = {"erin": ["engineer"], "ada": ["approver"], "vic": ["viewer"]}
+
+
+@pytest.fixture
+def governed(tmp_path, store_url) -> Iterator[Site]:
+    with running_site(tmp_path, store_url, GOVERNED_USERS, governance="governed") as running:
+        yield running
+
+
+def test_a_refused_proposal_keeps_the_edited_text_and_says_why(governed):
+    erin = sign_in(governed.url, "erin")
+    form = erin.get("/approvals/propose", params={"channel": CHANNEL})
+    token, text = csrf_of(form.text), _textarea(form.text)
+    assert "description: orders to the lab" in text
+
+    broken = text + "  <script>alert(1)</script>: [\n"
+    invalid = erin.post(
+        "/approvals/propose",
+        data={"csrf_token": token, "channel": CHANNEL, "text": broken, "reason": "try <b>"},
+    )
+    assert invalid.status_code == 422
+    assert 'role="alert">Refused:' in invalid.text
+    assert _textarea(invalid.text) == broken
+    assert "<script>alert(1)" not in invalid.text and 'value="try &lt;b&gt;"' in invalid.text
+
+    unchanged = erin.post(
+        "/approvals/propose",
+        data={"csrf_token": token, "channel": CHANNEL, "text": text, "reason": "same"},
+    )
+    assert unchanged.status_code == 409
+    assert "no change from the running revision #1" in unchanged.text
+    assert _textarea(unchanged.text) == text
+    assert governance.list_revisions(governed.running.store, CHANNEL) == [
+        governance.get_revision(governed.running.store, CHANNEL, 1)
+    ]
+
+
+def test_roll_back_to_an_earlier_revision_proposes_it_again_for_approval(governed):
+    store = governed.running.store
+    erin, ada, vic = (sign_in(governed.url, n) for n in ("erin", "ada", "vic"))
+    form = erin.get("/approvals/propose", params={"channel": CHANNEL})
+    changed = _textarea(form.text).replace("orders to the lab", "orders to the genomics lab")
+    proposed = erin.post(
+        "/approvals/propose",
+        data={"csrf_token": csrf_of(form.text), "channel": CHANNEL, "text": changed, "reason": "x"},
+    )
+    assert proposed.headers["location"] == (f"/approvals?done=proposed&channel={CHANNEL}&number=2")
+    token = csrf_of(ada.get("/approvals").text)
+    ada.post(f"/approvals/revisions/{CHANNEL}/2/approve", data={"csrf_token": token})
+
+    page = erin.get("/approvals").text
+    assert "Roll back to #1…" in page and "Roll back to #2" not in page  # #2 runs
+    assert "Roll back to" not in vic.get("/approvals").text
+    refused = vic.post(
+        f"/approvals/revisions/{CHANNEL}/1/rollback",
+        data={"csrf_token": csrf_of(page), "reason": "no"},
+    )
+    assert refused.status_code == 403
+
+    rolled = erin.post(
+        f"/approvals/revisions/{CHANNEL}/1/rollback",
+        data={"csrf_token": csrf_of(page), "reason": "genomics lab not live yet"},
+    )
+    assert rolled.status_code == 303
+    shown = erin.get(rolled.headers["location"]).text
+    assert f"Proposed {CHANNEL} #3, a rollback: it waits for another person" in shown
+    revision = governance.get_revision(store, CHANNEL, 3)
+    assert revision.state == "proposed" and revision.author == "erin"
+    assert revision.yaml == governance.get_revision(store, CHANNEL, 1).yaml
+    assert revision.reason == "genomics lab not live yet"
+
+    own = erin.post(f"/approvals/revisions/{CHANNEL}/3/approve", data={"csrf_token": token})
+    assert own.status_code == 403  # an engineer is no approver; four eyes in any case
+    approved = ada.post(f"/approvals/revisions/{CHANNEL}/3/approve", data={"csrf_token": token})
+    assert approved.headers["location"] == f"/approvals?done=approved&channel={CHANNEL}&number=3"
+    assert f"Approved {CHANNEL} #3." in ada.get(approved.headers["location"]).text
+
+
+def _textarea(page: str) -> str:
+    found = re.search(r'<textarea name="text"[^>]*>(.*?)</textarea>', page, re.S)
+    assert found, page
+    return html.unescape(found.group(1))

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from console_testing import PASSWORD, Site, csrf_of, sign_in, start_site, stop_site
+from console_testing import PASSWORD, Site, csrf_of, running_site, sign_in
 from fastapi import FastAPI
 from tie_testing import api_token
 
@@ -38,11 +38,8 @@ PUBLIC = {
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("routes")
-    running = start_site(tmp, f"sqlite:///{tmp / 'tie.db'}", {})
-    try:
+    with running_site(tmp, f"sqlite:///{tmp / 'tie.db'}", {}) as running:
         yield running
-    finally:
-        stop_site(running)
 
 
 def _app(site: Site) -> FastAPI:

@@ -6,14 +6,19 @@ import json
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import delete, func, select, update
 
 from router import audit
+from router.channel_control import overview
 from router.config import ChannelConfig
+from router.console.statistics import dashboard
 from router.pipeline import compile_channel
 from router.processing import Processor
-from router.replay import reprocess, resend
+from router.replay import deliveries_of, plan_resend, reprocess, resend
 from router.store.database import Store
+from router.store.migrate import alembic_config, upgrade
+from router.store.queries import message_detail
 from router.store.schema import audit_events, deliveries, messages
 
 m, d, a = messages.c, deliveries.c, audit_events.c
@@ -88,7 +93,11 @@ def test_resend_queues_the_same_payload_with_the_same_idempotency_key(store, rec
     assert (new["payload"], new["idempotency_key"]) == (old["payload"], old["idempotency_key"])
     assert (new["message_id"], new["destination"]) == (message_id, "lab")
     assert (new["status"], new["attempts"], new["last_error"]) == ("queued", 0, None)
-    assert _one(store, deliveries, d.id == old["id"]) == old
+    after = _one(store, deliveries, d.id == old["id"])
+    assert after["status"] == "resent", "dealt with: no longer counted as failed"
+    assert {k: v for k, v in after.items() if k not in ("status", "updated_at")} == {
+        k: v for k, v in old.items() if k not in ("status", "updated_at")
+    }
     (event,) = _events(store)
     assert (event.actor, event.action) == ("bob", "resend")
     details = json.loads(event.details)
@@ -152,3 +161,84 @@ def test_verify_names_the_event_after_a_deleted_one(store, receive, er7):
     verdict = audit.verify(store)
     assert (verdict.ok, verdict.broken_id) == (False, ids[2])
     assert "removed" in verdict.reason
+
+
+def _failed(store: Store, receive: Any, er7: Any, control_id: str = "ORD1") -> tuple[int, int]:
+    """A processed message whose one delivery failed: (message id, delivery id)."""
+    message_id = _processed(store, receive, er7, control_id)
+    with store.begin() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(d.message_id == message_id)
+            .values(status="failed", attempts=1, last_error="AR")
+        )
+    return message_id, _one(store, deliveries, d.message_id == message_id)["id"]
+
+
+def _bulk_targets(store: Store, message_ids: list[int], **options: Any) -> list[int]:
+    with store.read() as conn:
+        return deliveries_of(conn, message_ids, **options)
+
+
+def test_a_resent_failure_leaves_the_failed_counts_and_the_bulk_resend(store, receive, er7):
+    message_id, old = _failed(store, receive, er7)
+    assert overview(store, ["orders"])[0]["failed"] == 1
+    assert _bulk_targets(store, [message_id]) == [old]
+
+    new = int(resend(store, old, reason="lab fixed", actor="bob").copy)
+    with store.begin() as conn:
+        conn.execute(update(deliveries).where(d.id == new).values(status="sent", attempts=1))
+
+    (row,) = dashboard(store, ["orders"])
+    assert (row["failed"], row["counts"]["failed"]["total"], row["attention"]) == (0, 0, False)
+    assert _bulk_targets(store, [message_id]) == [], "a bulk resend does not send it twice"
+    assert _bulk_targets(store, [message_id], again=True) == [old]
+    (plan,) = plan_resend(store, [old])
+    assert plan.description.endswith(f"again: already resent as #{new}")
+    with store.read() as conn:
+        detail = message_detail(conn, message_id)
+    assert [(x["id"], x["status"], x["resent_as"]) for x in detail["deliveries"]] == [
+        (old, "resent", [new]),
+        (new, "sent", []),
+    ]
+
+
+def test_a_failed_copy_is_the_one_left_to_resend(store, receive, er7):
+    message_id, old = _failed(store, receive, er7)
+    new = int(resend(store, old, reason="lab fixed", actor="bob").copy)
+    with store.begin() as conn:
+        conn.execute(update(deliveries).where(d.id == new).values(status="failed"))
+
+    assert overview(store, ["orders"])[0]["failed"] == 1
+    assert _bulk_targets(store, [message_id]) == [new]
+
+
+def test_resending_a_sent_delivery_leaves_it_sent(store, receive, er7):
+    message_id = _processed(store, receive, er7)
+    with store.begin() as conn:
+        conn.execute(update(deliveries).values(status="sent", attempts=1))
+    old = _one(store, deliveries, d.message_id == message_id)
+
+    resend(store, old["id"], reason="lab lost it", actor="bob")
+
+    assert _one(store, deliveries, d.id == old["id"]) == old
+
+
+def test_the_migration_marks_failures_resent_before_the_upgrade(store, receive, er7):
+    config = alembic_config(store.url)
+    with store.writer.connect() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "replay@-1")
+        conn.commit()
+    resent_id, resent = _failed(store, receive, er7, "ORD1")
+    untouched_id, untouched = _failed(store, receive, er7, "ORD2")
+    new = int(resend(store, resent, reason="before the upgrade", actor="bob").copy)
+    with store.begin() as conn:
+        conn.execute(update(deliveries).where(d.id == resent).values(status="failed"))
+
+    upgrade(store)
+
+    with store.read() as conn:
+        statuses = dict(conn.execute(select(d.id, d.status)).all())
+    assert statuses == {resent: "resent", untouched: "failed", new: "queued"}
+    assert _bulk_targets(store, [resent_id, untouched_id]) == [untouched]
