@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, literal_column, select, text, update
 
 from router import metrics
 from router.config import UnmatchedFlag
@@ -40,23 +40,42 @@ DestinationKey = tuple[str, str]
 
 # Statements built once: building one and computing its cache key costs more than running it.
 _m = messages.c
-_CLAIM = (
-    select(
-        _m.id,
-        _m.uuid,
-        _m.channel,
-        _m.raw,
-        _m.blob_sha256,
-        _m.size,
-        _m.content_type,
-        _m.received_at,
-        _m.source,
+_CLAIMED = (
+    _m.id,
+    _m.uuid,
+    _m.channel,
+    _m.raw,
+    _m.blob_sha256,
+    _m.size,
+    _m.content_type,
+    _m.received_at,
+    _m.source,
+)
+# PostgreSQL: the status is a literal so that a generic (prepared) plan can still use the
+# partial index of unprocessed messages.
+_CLAIM_LOCKED = (
+    select(*_CLAIMED)
+    .where(
+        _m.status == literal_column("'received'"),
+        _m.channel.in_(bindparam("channels", expanding=True)),
     )
-    .where(_m.status == "received", _m.channel.in_(bindparam("channels", expanding=True)))
     .order_by(_m.id)
     .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
 )
-_CLAIM_LOCKED = _CLAIM.with_for_update(skip_locked=True)
+# SQLite: without statistics its planner takes the (channel, id) index when one channel is
+# claimed, and reads every message the channel ever received to find the few still
+# ``received`` (a full scan every few milliseconds, growing with the table). INDEXED BY
+# pins the partial index that holds only those, and fails loudly if it could not be used.
+_CLAIM_UNLOCKED = (
+    text(
+        f"SELECT {', '.join(c.name for c in _CLAIMED)} "
+        "FROM messages INDEXED BY ix_messages_unprocessed "
+        "WHERE status = 'received' AND channel IN :channels ORDER BY id LIMIT :limit"
+    )
+    .bindparams(bindparam("channels", expanding=True))
+    .columns(*_CLAIMED)
+)
 _SETTLE = (
     update(messages)
     .where(_m.id.in_(bindparam("ids", expanding=True)), _m.status == "received")
@@ -184,7 +203,7 @@ class Processor:
 def _claim(conn: Connection, channels: Sequence[str], limit: int, *, lock: bool) -> list[Any]:
     if not channels:
         return []
-    query = _CLAIM_LOCKED if lock else _CLAIM
+    query = _CLAIM_LOCKED if lock else _CLAIM_UNLOCKED
     return list(conn.execute(query, {"channels": list(channels), "limit": limit}))
 
 

@@ -84,6 +84,7 @@ class _Pending:
 class _Job:
     work: Callable[[Connection], Any]
     waiter: Future[Any]
+    patient: bool = False  # background work that may wait a moment to share a commit
 
 
 class GroupCommitWriter:
@@ -95,9 +96,11 @@ class GroupCommitWriter:
         *,
         max_batch: int = 1000,
         on_commit: Callable[[], None] | None = None,
+        share_wait: float = 0.002,
     ) -> None:
         self._store = store
         self._max_batch = max_batch
+        self._share_wait = share_wait
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -134,12 +137,17 @@ class GroupCommitWriter:
         ingest's transaction and fsync instead of committing on their own and holding
         the one write lock while senders wait for their ACKs. ``work`` runs in a
         savepoint, so one that fails is rolled back alone and raises here; the rest of
-        the batch is still committed.
+        the batch is still committed. Found alone, ``work`` waits up to ``share_wait`` for
+        a message to share the commit with: committed on its own, it would cost an fsync
+        and hold up the next sender behind it.
         """
-        return self.run_soon(work).result()
+        waiter: Future[T] = Future()
+        self._queue.put(_Job(work, waiter, patient=True))
+        return waiter.result()
 
     def run_soon(self, work: Callable[[Connection], T]) -> Future[T]:
-        """The same without waiting: a future of the result (``asyncio.wrap_future`` awaits it).
+        """Like ``run`` without waiting, and committed at once: a future of the result
+        (``asyncio.wrap_future`` awaits it).
 
         For the HTTP sources, which wait on the event loop rather than in a thread.
         """
@@ -153,16 +161,14 @@ class GroupCommitWriter:
             if first is _STOP:
                 return
             batch: list[_Pending | _Job] = [first]
-            stop = False
-            while len(batch) < self._max_batch:
+            stop = self._drain(batch)
+            if not stop and all(isinstance(b, _Job) and b.patient for b in batch):
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=self._share_wait)
                 except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
+                    pass
+                else:
+                    stop = nxt is _STOP or self._drain(batch, nxt)
             pending = [p for p in batch if isinstance(p, _Pending)]
             jobs = [j for j in batch if isinstance(j, _Job)]
             try:
@@ -185,6 +191,19 @@ class GroupCommitWriter:
                     log.exception("commit hook failed; the writer carries on")
             if stop:
                 return
+
+    def _drain(self, batch: list[_Pending | _Job], *first: Any) -> bool:
+        """Add ``first`` and whatever is waiting to ``batch``; whether a stop was found."""
+        batch.extend(first)
+        while len(batch) < self._max_batch:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if nxt is _STOP:
+                return True
+            batch.append(nxt)
+        return False
 
     def _write(self, items: list[Inbound], jobs: list[_Job]) -> tuple[list[Receipt], list[Any]]:
         if self._conn is None:

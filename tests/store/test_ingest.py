@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import create_engine, event, func, make_url, select, text
+from tie_testing import wait_until
 
 from router.store.database import Store
 from router.store.ingest import GroupCommitWriter, Inbound, Receipt, StoreUnavailable, utcnow
@@ -240,6 +242,31 @@ def test_a_failing_job_is_rolled_back_alone_and_the_rest_of_its_batch_commits(st
     assert isinstance(receipt, Receipt) and done == "done"
     with store.read() as conn:
         assert sorted(conn.scalars(select(m.control_id))) == ["MSG1", "MSG901"]
+
+
+def test_background_work_found_alone_waits_to_share_the_next_message_commit(store):
+    """The processor's and dispatcher's writes (``run``) found alone wait for a message and
+    commit with it: one fsync instead of two, and the sender is not held up behind them."""
+    writer = GroupCommitWriter(store, share_wait=30)
+    with counting(store.writer, "commit") as commits, ThreadPoolExecutor(1) as pool:
+        job = pool.submit(writer.run, lambda conn: conn.scalar(text("SELECT 1")))
+        wait_until(lambda: not writer._queue.empty())  # the job is queued
+        with running(writer):
+            wait_until(writer._queue.empty)  # the writer holds the job, waiting for company
+            receipt = writer.submit_sync(_inbound(1))
+            assert job.result(timeout=10) == 1
+    assert len(commits) == 1
+    with store.read() as conn:
+        assert conn.scalar(select(m.uuid)) == receipt.uuid
+
+
+def test_background_work_alone_is_committed_after_a_short_wait(store):
+    """With no message arriving, the waiting work is committed on its own."""
+    with running(GroupCommitWriter(store, share_wait=0.01)) as writer:
+        assert writer.run(lambda conn: conn.scalar(text("SELECT 2"))) == 2
+        writer.run(lambda conn: conn.execute(messages.insert(), _row_of(_inbound(7))))
+    with store.read() as conn:
+        assert list(conn.scalars(select(m.control_id))) == ["MSG7"]
 
 
 def _row_of(item: Inbound) -> dict[str, object]:
