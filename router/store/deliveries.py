@@ -138,22 +138,14 @@ def _next_due(conn: Connection, mine: tuple[Any, ...], ordered: bool) -> datetim
 def _claim_lanes(
     conn: Connection, mine: tuple[Any, ...], now: datetime, lanes: int, per_lane: int, lock: bool
 ) -> list[list[Any]]:
-    heads = list(
-        conn.scalars(
-            select(func.min(d.id)).where(*mine).group_by(d.ordering_key).order_by(func.min(d.id))
-        )
-    )
+    """The first ``lanes`` due lane heads in one query (locked, skipping heads another node
+    holds), then each lane's due run behind its head."""
+    heads = select(func.min(d.id)).where(*mine).group_by(d.ordering_key).correlate(None)
+    query = _select(d.id.in_(heads), _due(now)).order_by(d.id).limit(lanes)
     picked: list[list[Any]] = []
-    for head_id in heads:
-        if len(picked) >= lanes:
-            break
-        query = _select(d.id == head_id, *mine)
-        head = conn.execute(
-            query.with_for_update(skip_locked=True, of=deliveries) if lock else query
-        )
-        head = head.first()
-        if head is None or not _is_due(head, now):
-            continue
+    for head in conn.execute(
+        query.with_for_update(skip_locked=True, of=deliveries) if lock else query
+    ).all():
         rest = conn.execute(
             _select(*mine, d.ordering_key == head.ordering_key, d.id > head.id)
             .order_by(d.id)
@@ -235,21 +227,12 @@ def record(
     untried = sorted(set(claimed) - {a.delivery.id for a in done})
 
     def work(conn: Connection) -> None:
-        held = set(
-            conn.scalars(
-                select(d.id).where(d.id.in_(claimed), d.lease_owner == owner, d.status == "sending")
-            )
-        )
-        lost = [u["_id"] for u in updates if u["_id"] not in held]
-        if lost:
-            log.warning("leases on deliveries %s ran out before their results came in", lost)
-        settle = [u for u in updates if u["_id"] in held]
         _log_failures(attempt_rows)
         insert_rows(conn, attempts, attempt_rows)
-        if settle:
-            conn.execute(
+        if updates:
+            settled = conn.execute(
                 update(deliveries)
-                .where(d.id == bindparam("_id"))
+                .where(d.id == bindparam("_id"), d.lease_owner == owner, d.status == "sending")
                 .values(
                     status=bindparam("_status"),
                     attempts=bindparam("_attempts"),
@@ -259,8 +242,14 @@ def record(
                     lease_owner=None,
                     updated_at=now,
                 ),
-                settle,
-            )
+                updates,
+            ).rowcount
+            if settled < len(updates):
+                log.warning(
+                    "leases on %d of deliveries %s ran out before their results came in",
+                    len(updates) - settled,
+                    [u["_id"] for u in updates],
+                )
         if untried:
             _release(conn, and_(d.id.in_(untried), d.lease_owner == owner))
 

@@ -60,7 +60,11 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
         for key in times:
             _check_aware(row[key])
     with driver.cursor() as cursor:
-        cursor.executemany(sql, rows)
+        # psycopg's executemany enters pipeline mode (a round trip more), a loss for one row.
+        if len(rows) == 1:
+            cursor.execute(sql, rows[0])
+        else:
+            cursor.executemany(sql, rows)
 
 
 def _plan(

@@ -8,15 +8,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
-from router.config import ChannelConfig, DestinationConfig, DispatchOptions
+from router.config import ChannelConfig, DestinationConfig, DispatchOptions, RetryPolicy
 from router.connectors import Delivery, SendResult
 from router.dispatch import DestinationWorker
 from router.pipeline import compile_channel
 from router.processing import Processor
 from router.store.database import Store
-from router.store.deliveries import Claimed, claim, release_owned
+from router.store.deliveries import Attempt, Claimed, claim, record, release_owned
 from router.store.ingest import utcnow
 from router.store.schema import attempts, deliveries
 
@@ -115,6 +115,22 @@ def test_a_leased_delivery_is_claimed_again_only_when_its_lease_expires(
     assert again.lanes[0][0].attempts == 0
     with store.read() as conn:
         assert conn.scalar(select(d.lease_owner).where(d.id == delivery.id)) == "node-b"
+
+
+def test_a_result_after_the_lease_ran_out_is_kept_but_settles_nothing(store, receive, er7):
+    _queue(store, receive, er7, {"mllp": LAB}, ("ORD1", "P1"), ("ORD2", "P2"))
+    late = _claim(store, "node-a")
+    _time_passes(store)
+    taken = _claim(store, "node-b")
+    sent = [Attempt(x, SENT, utcnow(), 1.0) for lane in late.lanes for x in lane]
+    assert len(sent) == 2
+
+    record(store, sent, RetryPolicy(), late.all_ids, owner="node-a")
+    assert _state(store) == {"ORD1": ("sending", 0), "ORD2": ("sending", 0)}
+    record(store, sent[:1], RetryPolicy(), taken.all_ids, owner="node-b")
+    assert _state(store) == {"ORD1": ("sent", 1), "ORD2": ("queued", 0)}
+    with store.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(attempts)) == 3
 
 
 def test_release_owned_frees_a_restarted_nodes_leases(store, receive, er7):
