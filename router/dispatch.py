@@ -167,9 +167,7 @@ class Dispatcher:
         self._options = options
         self._transact = transact
         self.workers = {
-            (channel.name, route.name): DestinationWorker(
-                store, channel.name, route.name, route.config, make_sender, options, owner, transact
-            )
+            (channel.name, route.name): self._worker(channel.name, route.name, route.config)
             for channel in channels.values()
             for route in channel.routes
         }
@@ -196,17 +194,22 @@ class Dispatcher:
                 await worker.finish(self._tasks.pop(key))
         for key, config in wanted.items():
             if key not in self.workers:
-                worker = DestinationWorker(
-                    self._store,
-                    *key,
-                    config,
-                    self._make_sender,
-                    self._options,
-                    self._owner,
-                    self._transact,
-                )
-                self.workers[key] = worker
+                worker = self.workers[key] = self._worker(*key, config)
                 self._tasks[key] = asyncio.create_task(worker.run(), name=f"dispatch {key}")
+
+    def _worker(
+        self, channel: str, destination: str, config: DestinationConfig
+    ) -> DestinationWorker:
+        return DestinationWorker(
+            self._store,
+            channel,
+            destination,
+            config,
+            self._make_sender,
+            self._options,
+            self._owner,
+            self._transact,
+        )
 
     async def stop(self) -> None:
         for worker in self.workers.values():

@@ -114,9 +114,7 @@ class Processor:
         self._idle_wait = idle_wait
         self._linger = linger
         self._transact = transact or store.run
-        self._unmatched = {
-            name: c.config.unmatched for name, c in channels.items() if c.config.unmatched
-        }
+        self._unmatched = _unmatched_checks(channels)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -139,9 +137,7 @@ class Processor:
     def use(self, channels: dict[str, CompiledChannel]) -> None:
         """Process with ``channels`` from the next batch on (a reload). Thread-safe: the
         mappings are replaced whole and each message looks its channel up once."""
-        self._unmatched = {
-            name: c.config.unmatched for name, c in channels.items() if c.config.unmatched
-        }
+        self._unmatched = _unmatched_checks(channels)
         self._channels = channels
         self._wake.set()
 
@@ -198,6 +194,11 @@ class Processor:
             outcome.deliveries = [_stored(d, blobs) for d in outcome.deliveries]
             done.append((row, outcome))
         return done
+
+
+def _unmatched_checks(channels: dict[str, CompiledChannel]) -> dict[str, UnmatchedFlag]:
+    """The channels' ``unmatched`` checks, by channel name."""
+    return {name: c.config.unmatched for name, c in channels.items() if c.config.unmatched}
 
 
 def _claim(conn: Connection, channels: Sequence[str], limit: int, *, lock: bool) -> list[Any]:

@@ -86,8 +86,7 @@ def replay_routes(engine: Engine) -> APIRouter:
     ) -> Response:
         result = await _act(replay.resend, store, delivery_id, reason=reason, actor=principal.name)
         assert result.copy is not None
-        await asyncio.to_thread(wake_dispatcher, [int(result.copy)])
-        message_id = await asyncio.to_thread(_message_of, store, delivery_id)
+        message_id = await asyncio.to_thread(_notify_copy, store, engine, int(result.copy))
         return RedirectResponse(f"/messages/{message_id}?done=resent", status_code=303)
 
     @routes.post("/messages/bulk/preview", response_class=HTMLResponse)
@@ -167,11 +166,16 @@ async def _act(act: Any, store: Any, item: int, *, reason: str, actor: str) -> r
         raise HTTPException(404, str(exc)) from exc
 
 
-def _message_of(store: Any, delivery_id: int) -> int:
+def _notify_copy(store: Any, engine: Engine, copy_id: int) -> int:
+    """Wake the dispatcher for a resent copy; the message it belongs to (the original's),
+    read in the same query."""
+    d = deliveries.c
     with store.read() as conn:
-        return int(
-            conn.scalar(select(deliveries.c.message_id).where(deliveries.c.id == delivery_id))
-        )
+        row = conn.execute(
+            select(d.channel, d.destination, d.message_id).where(d.id == copy_id)
+        ).one()
+    engine.dispatcher.notify({(row.channel, row.destination)})
+    return int(row.message_id)
 
 
 def _bulk_targets(store: Any, search: Any, action: str) -> list[int]:
