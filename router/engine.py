@@ -82,7 +82,7 @@ class Engine:
             # Open: the channel files. Governed: the approved revisions in the store.
             channels = startup_channels(self.store, config)
         self.channels = compile_channels(config, channels)
-        self.writer = GroupCommitWriter(self.store, on_commit=lambda: self.processor.wake())
+        self.writer = GroupCommitWriter(self.store, on_commit=self._committed)
         # SQLite commits one transaction at a time, each with its fsync: the processor's and
         # the dispatcher's writes join ingest's group commits. PostgreSQL runs them side by
         # side (and shares their WAL flushes by itself).
@@ -104,6 +104,7 @@ class Engine:
             on_deliveries=self.dispatcher.notify,
             transact=transact,
         )
+        self.writer.settler = self.processor
         self.listeners = [
             MllpListener(c.config, self.writer.submit)
             for c in self.channels.values()
@@ -116,6 +117,13 @@ class Engine:
         self.reloader = Reloader(self)
         self.watcher = RevisionWatcher(self)
         self._stop = asyncio.Event()
+
+    def _committed(self, touched: set[tuple[str, str]], unsettled: bool) -> None:
+        """After a group commit: new deliveries for the dispatcher, new work for the processor."""
+        if touched:
+            self.dispatcher.notify(touched)
+        if unsettled:
+            self.processor.wake()
 
     def _make_sender(self, channel: str, name: str, config: DestinationConfig) -> Sender:
         if config.directory is not None and config.kind in BOUND:

@@ -56,6 +56,20 @@ class CompiledChannel:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def declarative(self) -> bool:
+        """Whether processing runs no mapping, strict validation or directory lookup: only
+        conditions and field reads, cheap and bounded enough to decide a message's outcome
+        before its commit (router.processing.ReceiptProcessor)."""
+        return (
+            self.transform is None
+            and self.config.validate_ != "strict"
+            and all(
+                r.transform is None and r.summarise is None and r.config.directory is None
+                for r in self.routes
+            )
+        )
+
 
 def compile_channel(config: ChannelConfig, resolve: Resolver | None = None) -> CompiledChannel:
     """Compile ``config``; its mappings folder must already be mounted.

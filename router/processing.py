@@ -3,6 +3,12 @@
 Each batch's outcomes, deliveries and correlation keys are written in one
 transaction (DESIGN.md §3.2): a crash before the commit means the messages are
 processed again on restart, a crash after it means never again.
+
+A message of a declarative channel (conditions and field reads only, no mapping) is
+decided as it is received instead (``Processor.decide``, called by the group-commit
+writer): it is stored already settled, with its deliveries, in the transaction that
+stores it. The processor's rounds then serve the other channels, paused channels'
+backlogs and messages left ``received`` by a restart.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, bindparam, literal_column, select, text, update
 
@@ -26,7 +32,7 @@ from router.store.blobs import BlobStore
 from router.store.database import Store, Transact
 from router.store.fast_insert import driver_time, insert_rows
 from router.store.flags import unmatched_flags
-from router.store.ingest import utcnow
+from router.store.ingest import DestinationKey, Inbound, utcnow
 from router.store.schema import (
     channel_state,
     correlations,
@@ -36,7 +42,6 @@ from router.store.schema import (
 )
 
 log = logging.getLogger(__name__)
-DestinationKey = tuple[str, str]
 
 # Statements built once: building one and computing its cache key costs more than running it.
 _m = messages.c
@@ -87,10 +92,19 @@ _SETTLE_SQL = (
 )
 _PAUSED = select(channel_state.c.channel).where(channel_state.c.paused)
 _INSERT_FLAGS = message_flags.insert()
+_IDS = select(_m.uuid, _m.id).where(_m.uuid.in_(bindparam("uuids", expanding=True)))
+
+
+class _Stored(NamedTuple):
+    """What writing an outcome needs of its message's row."""
+
+    id: int
+    channel: str
 
 
 class Processor:
-    """A thread that drains ``received`` messages of active, unpaused channels in receive order.
+    """A thread that drains ``received`` messages of active, unpaused channels in receive order,
+    and the group-commit writer's ``Settler`` for declarative channels.
 
     ``transact(work)`` runs ``work(conn)`` in a write transaction on SQLite; by default the
     processor opens its own.
@@ -115,6 +129,7 @@ class Processor:
         self._linger = linger
         self._transact = transact or store.run
         self._unmatched = _unmatched_checks(channels)
+        self._declarative = _declarative(channels)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -138,8 +153,39 @@ class Processor:
         """Process with ``channels`` from the next batch on (a reload). Thread-safe: the
         mappings are replaced whole and each message looks its channel up once."""
         self._unmatched = _unmatched_checks(channels)
+        self._declarative = _declarative(channels)
         self._channels = channels
         self._wake.set()
+
+    def decide(self, item: Inbound) -> None:
+        """Decide a received message of a declarative channel now, in its source's thread:
+        pure, bounded work (conditions, field reads) that overlaps the writer's fsync.
+        Payloads above the blob threshold are left to the processor, whose rounds write
+        them to the blob store outside the write transaction."""
+        channel = self._declarative.get(item.channel)
+        raw = item.raw
+        if (
+            channel is None
+            or item.status != "received"
+            or not isinstance(raw, bytes)
+            or len(raw) > self._store.blobs.threshold
+        ):
+            return
+        message = Message(
+            raw,
+            item.channel,
+            uuid=item.uuid,
+            received_at=item.received_at,
+            content_type=item.content_type,
+            source=item.source or {},
+        )
+        item.outcome = process(channel, message)
+
+    def record(self, conn: Connection, items: list[Inbound]) -> set[DestinationKey]:
+        """Deliveries, keys and flags of messages just stored with their outcome."""
+        ids = _ids(conn, [item.uuid for item in items])
+        settled = [(_Stored(ids[i.uuid], i.channel), cast(Outcome, i.outcome)) for i in items]
+        return _record(conn, settled, utcnow(), self._unmatched)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -196,6 +242,25 @@ class Processor:
         return done
 
 
+def _declarative(channels: dict[str, CompiledChannel]) -> dict[str, CompiledChannel]:
+    """The channels whose messages are decided on receipt, by name."""
+    return {name: c for name, c in channels.items() if c.declarative}
+
+
+def _ids(conn: Connection, uuids: list[str]) -> dict[str, int]:
+    """Row ids of messages by uuid (the unique index), straight through the driver."""
+    driver = conn.connection.driver_connection
+    if conn.dialect.name == "sqlite":
+        marks = ", ".join("?" * len(uuids))
+        sql = f"SELECT uuid, id FROM messages WHERE uuid IN ({marks})"
+        return dict(driver.execute(sql, uuids).fetchall())
+    if conn.dialect.name == "postgresql":
+        with driver.cursor() as cursor:
+            cursor.execute("SELECT uuid, id FROM messages WHERE uuid = ANY(%s)", (uuids,))
+            return dict(cursor.fetchall())
+    return {row.uuid: row.id for row in conn.execute(_IDS, {"uuids": uuids})}
+
+
 def _unmatched_checks(channels: dict[str, CompiledChannel]) -> dict[str, UnmatchedFlag]:
     """The channels' ``unmatched`` checks, by channel name."""
     return {name: c.config.unmatched for name, c in channels.items() if c.config.unmatched}
@@ -228,7 +293,17 @@ def _write(
     """Settle messages, insert deliveries and keys, flag results with no known order; rows
     settled elsewhere meanwhile are skipped."""
     now = utcnow()
-    settled = _settle(conn, outcomes, now)
+    return _record(conn, _settle(conn, outcomes, now), now, unmatched)
+
+
+def _record(
+    conn: Connection,
+    settled: Sequence[tuple[Any, Outcome]],
+    now: datetime,
+    unmatched: dict[str, UnmatchedFlag] | None = None,
+) -> set[DestinationKey]:
+    """Insert settled messages' deliveries, keys and flags; the destinations given queued
+    deliveries."""
     delivery_rows = [
         _delivery_row(row, d, now) for row, outcome in settled for d in outcome.deliveries
     ]

@@ -5,6 +5,11 @@ waiting, writes it in one transaction and answers all the waiters together, so
 many concurrent connections share one fsync instead of paying one each
 (DESIGN.md §3.1 and §3.6). The idempotent receiver check runs inside that same
 transaction, so two copies of one message can never both be accepted.
+
+A ``Settler`` (the processor) may decide a message's outcome as it is submitted, when
+its channel runs no mapping: the message is then written already settled, with its
+deliveries and keys, in the transaction that stores it (DESIGN.md §3.2 holds a
+fortiori), and no processor round has to read it back and update it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from uuid import uuid4
 
 from sqlalchemy import Connection, select
@@ -28,16 +33,26 @@ from router import metrics
 from router.payload import Payload, as_payload
 from router.store.database import Store
 from router.store.fast_insert import insert_rows
-from router.store.schema import messages
+from router.store.schema import channel_state, messages
 
 log = logging.getLogger(__name__)
 _STOP = object()
 _INSERT = messages.insert()  # built once: SQLAlchemy caches its compiled form by this object
 T = TypeVar("T")
+DestinationKey = tuple[str, str]
+_PAUSED_SQL = "SELECT channel FROM channel_state WHERE paused"
+_PAUSED = select(channel_state.c.channel).where(channel_state.c.paused)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class Decided(Protocol):
+    """A processing outcome decided before the commit (router.pipeline.Outcome)."""
+
+    status: str
+    reason: str | None
 
 
 @dataclass(slots=True)
@@ -58,6 +73,26 @@ class Inbound:
     origin_delivery_id: int | None = None
     received_at: datetime = field(default_factory=utcnow)
     uuid: str = field(default_factory=lambda: str(uuid4()))
+    # Set by a Settler at submission: the message is stored with this outcome. Cleared when
+    # the message turns out a duplicate or its channel is paused: the processor decides then.
+    outcome: Decided | None = None
+
+
+class Settler(Protocol):
+    """Decides outcomes as messages are submitted and writes what they imply."""
+
+    def decide(self, item: Inbound) -> None:
+        """Set ``item.outcome`` when it can be decided now; runs in the submitter's thread."""
+
+    def record(self, conn: Connection, items: list[Inbound]) -> set[DestinationKey]:
+        """Write the deliveries, keys and flags of ``items`` (stored, settled, in ``conn``'s
+        transaction); the destinations that got queued deliveries."""
+        ...
+
+
+# Called after each commit that stored messages: the destinations given queued deliveries,
+# and whether some message was left ``received`` for the processor.
+CommitHook = Callable[[set[DestinationKey], bool], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +130,12 @@ class GroupCommitWriter:
         store: Store,
         *,
         max_batch: int = 1000,
-        on_commit: Callable[[], None] | None = None,
+        on_commit: CommitHook | None = None,
         share_wait: float = 0.002,
+        settler: Settler | None = None,
     ) -> None:
         self._store = store
+        self.settler = settler
         self._max_batch = max_batch
         self._share_wait = share_wait
         self._on_commit = on_commit
@@ -121,14 +158,27 @@ class GroupCommitWriter:
         """Commit ``item``; raises StoreUnavailable when the store cannot."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Receipt] = loop.create_future()
+        self._decide(item)
         self._queue.put(_Pending(item, waiter, loop))
         return await waiter
 
     def submit_sync(self, item: Inbound) -> Receipt:
         """The same, for callers on ordinary threads."""
         waiter: Future[Receipt] = Future()
+        self._decide(item)
         self._queue.put(_Pending(item, waiter, None))
         return waiter.result()
+
+    def _decide(self, item: Inbound) -> None:
+        """Let the settler decide ``item``'s outcome in the submitter's thread, where it
+        overlaps the writer's fsync; if it fails, the processor decides later as before."""
+        if self.settler is None:
+            return
+        try:
+            self.settler.decide(item)
+        except Exception:
+            log.exception("deciding message %s on receipt failed; the processor will", item.uuid)
+            item.outcome = None
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(conn)`` inside the next group commit; its result once committed.
@@ -171,8 +221,9 @@ class GroupCommitWriter:
                     stop = nxt is _STOP or self._drain(batch, nxt)
             pending = [p for p in batch if isinstance(p, _Pending)]
             jobs = [j for j in batch if isinstance(j, _Job)]
+            touched: set[DestinationKey] = set()
             try:
-                receipts, done = self._write([p.item for p in pending], jobs)
+                receipts, done, touched = self._write([p.item for p in pending], jobs)
                 results: list[Receipt | BaseException] = list(receipts)
             except Exception as exc:
                 log.error("store commit failed for %d message(s): %s", len(pending), exc)
@@ -185,8 +236,11 @@ class GroupCommitWriter:
                 else:
                     job.waiter.set_result(outcome)
             if self._on_commit is not None and any(isinstance(r, Receipt) for r in results):
+                unsettled = any(
+                    p.item.status == "received" and p.item.outcome is None for p in pending
+                )
                 try:
-                    self._on_commit()
+                    self._on_commit(touched, unsettled)
                 except Exception:
                     log.exception("commit hook failed; the writer carries on")
             if stop:
@@ -205,15 +259,39 @@ class GroupCommitWriter:
             batch.append(nxt)
         return False
 
-    def _write(self, items: list[Inbound], jobs: list[_Job]) -> tuple[list[Receipt], list[Any]]:
+    def _write(
+        self, items: list[Inbound], jobs: list[_Job]
+    ) -> tuple[list[Receipt], list[Any], set[DestinationKey]]:
         if self._conn is None:
             self._conn = self._store.writer.connect()
         try:
             with self._store.begin_on(self._conn) as conn:
-                return write_inbound(conn, items), [_run_job(conn, job) for job in jobs]
+                _hold_paused(conn, items)
+                receipts = write_inbound(conn, items)
+                touched = self._record(conn, [i for i in items if i.outcome is not None])
+                return receipts, [_run_job(conn, job) for job in jobs], touched
         except Exception:
             self._close(broken=True)  # the next batch opens a new connection
             raise
+
+    def _record(self, conn: Connection, settled: list[Inbound]) -> set[DestinationKey]:
+        """The settler's writes for messages stored settled, in a savepoint: if they fail,
+        those messages go back to ``received`` for the processor, and the batch (whose
+        senders wait for their ACK) still commits."""
+        if not settled or self.settler is None:
+            return set()
+        driver = conn.connection.driver_connection
+        driver.execute("SAVEPOINT tie_settle")
+        try:
+            touched = self.settler.record(conn, settled)
+        except Exception:
+            log.exception("writing %d settled message(s) failed; the processor will", len(settled))
+            driver.execute("ROLLBACK TO SAVEPOINT tie_settle")
+            driver.execute("RELEASE SAVEPOINT tie_settle")
+            _unsettle(conn, settled)
+            return set()
+        driver.execute("RELEASE SAVEPOINT tie_settle")
+        return touched
 
     def _close(self, *, broken: bool) -> None:
         if self._conn is None:
@@ -243,8 +321,36 @@ def _run_job(conn: Connection, job: _Job) -> Any:
     return result
 
 
+def _hold_paused(conn: Connection, items: list[Inbound]) -> None:
+    """A paused channel's messages stay ``received`` whatever was decided for them: the
+    processor takes them when the channel resumes."""
+    if not any(i.outcome is not None for i in items):
+        return
+    if conn.dialect.name == "sqlite":
+        paused = {r[0] for r in conn.connection.driver_connection.execute(_PAUSED_SQL)}
+    else:
+        paused = set(conn.scalars(_PAUSED))
+    if paused:
+        for item in items:
+            if item.channel in paused:
+                item.outcome = None
+
+
+def _unsettle(conn: Connection, items: list[Inbound]) -> None:
+    conn.execute(
+        messages.update()
+        .where(messages.c.uuid.in_([i.uuid for i in items]))
+        .values(status="received", error=None, processed_at=None)
+    )
+    for item in items:
+        item.outcome = None
+
+
 def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
-    """Insert ``items`` in one transaction, recognising repeats (idempotent receiver)."""
+    """Insert ``items`` in one transaction, recognising repeats (idempotent receiver).
+
+    An item with an ``outcome`` is stored with it (settled), unless it is a duplicate.
+    """
     receipts: list[Receipt] = []
     rows: list[dict[str, Any]] = []
     late: list[tuple[dict[str, Any], str]] = []
@@ -257,6 +363,7 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
             receipts.append(Receipt(item.uuid, item.ack))
             continue
         original_uuid, original_id, original_ack = original
+        item.outcome = None
         row.update(
             status="filtered",
             processed_at=utcnow(),
@@ -312,11 +419,17 @@ def _find_original(
 
 def _row(item: Inbound) -> dict[str, Any]:
     body = as_payload(item.raw)
+    outcome = item.outcome
+    if outcome is not None:
+        status, error, processed_at = outcome.status, outcome.reason, utcnow()
+    else:
+        status, error = item.status, item.error
+        processed_at = item.received_at if item.status != "received" else None
     return {
         "uuid": item.uuid,
         "channel": item.channel,
         "received_at": item.received_at,
-        "status": item.status,
+        "status": status,
         "content_type": item.content_type,
         "message_type": _fit(item.message_type, 64),
         "control_id": _fit(item.control_id, 199),
@@ -326,8 +439,8 @@ def _row(item: Inbound) -> dict[str, Any]:
         "blob_sha256": body.sha256 if body.is_blob else None,
         "source": json.dumps(item.source) if item.source else None,
         "ack": item.ack,
-        "error": item.error,
-        "processed_at": item.received_at if item.status != "received" else None,
+        "error": error,
+        "processed_at": processed_at,
         "duplicate_of": None,
         "origin_delivery_id": item.origin_delivery_id,
     }

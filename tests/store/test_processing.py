@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
+from store_testing import failing_delivery_insert, set_paused
 
 from router import mappings
 from router.config import ChannelConfig
 from router.pipeline import CompiledChannel, compile_channel
 from router.processing import Processor
 from router.store.database import Store
-from router.store.ingest import utcnow
-from router.store.schema import channel_state, correlations, deliveries, messages
+from router.store.schema import correlations, deliveries, messages
 
 m, d = messages.c, deliveries.c
 LAB = {"mllp": {"host": "127.0.0.1", "port": 2576}}
@@ -79,35 +77,6 @@ def test_run_once_settles_messages_and_writes_deliveries_and_keys(store, receive
     }
 
 
-@contextmanager
-def failing_delivery_insert(store: Store) -> Iterator[None]:
-    """Make the INSERT into deliveries fail inside the processor's transaction: a trigger,
-    so the store itself refuses the row, however the insert reaches it."""
-    if store.is_sqlite:
-        create = [
-            "CREATE TRIGGER refuse_deliveries BEFORE INSERT ON deliveries "
-            "BEGIN SELECT RAISE(ABORT, 'delivery insert refused'); END"
-        ]
-        drop = ["DROP TRIGGER refuse_deliveries"]
-    else:
-        create = [
-            "CREATE FUNCTION refuse_deliveries() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN RAISE EXCEPTION 'delivery insert refused'; END $$",
-            "CREATE TRIGGER refuse_deliveries BEFORE INSERT ON deliveries "
-            "FOR EACH ROW EXECUTE FUNCTION refuse_deliveries()",
-        ]
-        drop = ["DROP TRIGGER refuse_deliveries ON deliveries", "DROP FUNCTION refuse_deliveries()"]
-    with store.begin() as conn:
-        for statement in create:
-            conn.exec_driver_sql(statement)
-    try:
-        yield
-    finally:
-        with store.begin() as conn:
-            for statement in drop:
-                conn.exec_driver_sql(statement)
-
-
 def test_outcome_and_deliveries_commit_together_or_not_at_all(store, receive, er7):
     (message_id,) = receive("orders", er7("ORD1"))
     processor = Processor(store, {"orders": _channel()})
@@ -167,25 +136,9 @@ def test_a_failing_mapping_marks_only_its_message_error(store, receive, er7, tmp
     assert all(b"|TIE|" in x.payload for x in sent)
 
 
-def _set_paused(store: Store, channel: str, paused: bool) -> None:
-    with store.begin() as conn:
-        if conn.scalar(select(func.count()).where(channel_state.c.channel == channel)):
-            conn.execute(
-                update(channel_state)
-                .where(channel_state.c.channel == channel)
-                .values(paused=paused, updated_at=utcnow())
-            )
-        else:
-            conn.execute(
-                channel_state.insert().values(
-                    channel=channel, paused=paused, updated_at=utcnow(), updated_by="test"
-                )
-            )
-
-
 def test_a_paused_channel_waits_and_then_runs_in_order(store, receive, er7):
     channels = {"orders": _channel(), "results": _channel("results")}
-    _set_paused(store, "orders", True)
+    set_paused(store, "orders", True)
     waiting = receive("orders", *(er7(f"ORD{n}") for n in range(3)))
     other = receive("results", er7("RES1"))
     processor = Processor(store, channels, batch=1)
@@ -195,7 +148,7 @@ def test_a_paused_channel_waits_and_then_runs_in_order(store, receive, er7):
     assert _statuses(store, other) == [("processed", None)]
     assert [s for s, _ in _statuses(store, waiting)] == ["received"] * 3
 
-    _set_paused(store, "orders", False)
+    set_paused(store, "orders", False)
     for done in range(1, 4):
         assert processor.run_once() == 1
         statuses = [s for s, _ in _statuses(store, waiting)]
