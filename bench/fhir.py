@@ -5,7 +5,10 @@ Run ``python bench/fhir.py`` (see ``--help``); it prints one JSON document on st
 its progress on stderr. In one run it measures:
 
 - ``validation``: fhir.resources (R4B) parsing and validating the benchmark Bundle in
-  this process: ``json.loads`` + ``Bundle.model_validate``, what the engine does once;
+  this process: ``json.loads`` + ``Bundle.model_validate``, what the engine does once.
+  It is measured before, between and after the scenarios (``rounds``), and each
+  scenario is compared with the rounds either side of it: on a shared machine the
+  same validation's CPU time drifts by a third within minutes;
 - ``process_message.accept``: ``POST /fhir/<channel>/$process-message`` on a dispatched
   channel: checked, validated, committed, answered 202;
 - ``process_message.bars``: the same on a BaRS routing channel: also committed with its
@@ -95,7 +98,10 @@ def bodies(document: dict[str, Any], count: int) -> Iterator[bytes]:
         yield json.dumps(document).replace(service_request, str(uuid4())).encode()
 
 
-def validation_cost(payloads: list[bytes]) -> dict[str, float]:
+Round = tuple[list[float], float]  # validation: each message's wall time, CPU seconds in all
+
+
+def validation_round(payloads: list[bytes]) -> Round:
     """``json.loads`` and the R4B Bundle model over the messages the engine will be sent."""
     from fhir.resources.R4B.bundle import Bundle
 
@@ -107,10 +113,16 @@ def validation_cost(payloads: list[bytes]) -> dict[str, float]:
         start = time.perf_counter()
         Bundle.model_validate(json.loads(body))
         times.append(time.perf_counter() - start)
-    cpu_ms = (time.thread_time() - cpu) * 1000 / len(payloads)
+    return times, time.thread_time() - cpu
+
+
+def validation_cost(rounds: list[Round]) -> dict[str, float]:
+    """Wall time and CPU time per message (CPU time is steadier on a busy host)."""
+    times = [t for round_times, _ in rounds for t in round_times]
+    cpu = sum(round_cpu for _, round_cpu in rounds)
     return stats(times) | {
-        "per_second": round(len(payloads) / sum(times), 1),
-        "cpu_ms": round(cpu_ms, 3),  # per message; CPU time, steadier than wall time on a busy host
+        "per_second": round(len(times) / sum(times), 1),
+        "cpu_ms": round(cpu * 1000 / len(times), 3),
     }
 
 
@@ -329,10 +341,11 @@ def engine_cpu(pid: int, result: dict[str, Any], requests: int) -> Iterator[None
 
 
 def added(result: dict[str, Any], validation: dict[str, float]) -> None:
-    """What the engine adds to validation: at p50 (wall), and in CPU per request.
+    """What the engine adds to validation (measured just before and after the scenario):
+    at p50 (wall), and in CPU per request.
 
-    On a shared machine the wall figures of validation and of the engine are taken
-    minutes apart under different load; the CPU figures do not depend on it.
+    On a shared machine wall figures taken a minute apart differ with the load; CPU
+    figures much less.
     """
     p50 = result["sequential"]["p50_ms"]
     result["added_p50_ms"] = round(p50 - validation["p50_ms"], 3)
@@ -368,12 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     document = bundle(args.entries)
     payloads = list(bodies(document, args.messages))
     log(f"validation of a {args.entries}-entry Bundle ({len(payloads[0])} bytes)")
-    validation = validation_cost(payloads[: min(len(payloads), 300)])
+    sample = payloads[: min(len(payloads), 300)]
+    rounds = [validation_round(sample)]
     result: dict[str, Any] = {
         "machine": machine(),
         "store": args.store,
         "bundle": {"entries": args.entries, "bytes": len(payloads[0])},
-        "validation": validation,
     }
     peer_port = free_port()
     with (
@@ -387,17 +400,26 @@ def main(argv: list[str] | None = None) -> int:
         accept: dict[str, Any] = {}
         with engine_cpu(pid, accept, args.messages):
             accept |= scenario(f"{base}/accept/$process-message", payloads, args.connections, 202)
+        log("validation again")
+        rounds.append(validation_round(sample))
         log(f"process-message, BaRS routing: {args.messages} messages")
         routed = list(bodies(document, args.messages))
         bars: dict[str, Any] = {}
         with engine_cpu(pid, bars, args.messages):
             bars |= scenario(f"{base}/bars/$process-message", routed, args.connections, 200)
+        log("validation again")
+        rounds.append(validation_round(sample))
         log(f"proxy: {args.proxy_requests} requests each way")
         proxy: dict[str, Any] = {}
         with engine_cpu(pid, proxy, args.proxy_requests + 50):
             proxy |= proxy_overhead(tie_port, peer_port, args.proxy_requests)
-    for scenario_result in (accept, bars):
-        added(scenario_result, validation)
+    result["validation"] = validation_cost(rounds) | {
+        "rounds_cpu_ms": [round(cpu * 1000 / len(sample), 3) for _, cpu in rounds]
+    }
+    for i, scenario_result in enumerate((accept, bars)):
+        around = validation_cost(rounds[i : i + 2])
+        scenario_result["validation_around"] = around
+        added(scenario_result, around)
     result["process_message"] = {"accept": accept, "bars": bars}
     result["proxy"] = proxy
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, and_, bindparam, or_, select, update
 from router.fhir import registry
 from router.fhir.bars import LINKING, IndexedRequest
 from router.store.database import Store
+from router.store.fast_insert import insert_rows
 from router.store.ingest import Inbound, utcnow, write_inbound
 from router.store.schema import attempts, correlations, deliveries, messages
 
@@ -52,8 +53,6 @@ class Registration:
 # Statements built once: building one and computing its cache key costs more than running it.
 _MESSAGE_ID = select(messages.c.id).where(messages.c.uuid == bindparam("uuid"))
 _INSERT_DELIVERY = deliveries.insert()
-_INSERT_ATTEMPT = attempts.insert()
-_INSERT_KEYS = correlations.insert()
 _SETTLE = (
     update(deliveries)
     .where(d.id == bindparam("_id"))
@@ -127,16 +126,16 @@ def open_exchange(
         )
     delivery_id = conn.execute(_INSERT_DELIVERY, row).inserted_primary_key[0]
     if outcome is not None:
-        conn.execute(_INSERT_ATTEMPT, outcome.attempt(delivery_id))
+        insert_rows(conn, attempts, [outcome.attempt(delivery_id)])
     joined = None
     if conversation:
         joined = _conversation(conn, keys)
         keys = [*keys, ("conversation", joined)]
-    if keys:
-        conn.execute(
-            _INSERT_KEYS,
-            [{"message_id": message_id, "key": k, "value": v} for k, v in dict.fromkeys(keys)],
-        )
+    insert_rows(
+        conn,
+        correlations,
+        [{"message_id": message_id, "key": k, "value": v} for k, v in dict.fromkeys(keys)],
+    )
     if registration is not None and registration.requests:
         registry.index(
             conn,
@@ -188,7 +187,7 @@ class Outcome:
 
 def close_exchange(conn: Connection, delivery_id: int, outcome: Outcome) -> None:
     """The attempt and the delivery's outcome, once the receiver has answered (or not)."""
-    conn.execute(_INSERT_ATTEMPT, outcome.attempt(delivery_id))
+    insert_rows(conn, attempts, [outcome.attempt(delivery_id)])
     conn.execute(
         _SETTLE,
         {

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from router.store.database import savepoint
 from router.store.ingest import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,16 @@ class Recorder:
 
 
 def _write_all(conn: Connection, works: list[Work]) -> None:
-    """Each record in a savepoint: one that fails is logged and the others are kept."""
-    for work in works:
-        try:
-            with conn.begin_nested():
+    """All records under one savepoint; if one fails, each again under its own, so that
+    only that one is lost."""
+    try:
+        with savepoint(conn, "tie_records"):
+            for work in works:
                 work(conn)
-        except Exception:
-            log.exception("an exchange record could not be written")
+    except Exception:
+        for work in works:
+            try:
+                with savepoint(conn, "tie_record"):
+                    work(conn)
+            except Exception:
+                log.exception("an exchange record could not be written")

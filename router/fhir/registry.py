@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select, update
 
 from router.fhir.bars import IndexedRequest
+from router.store.fast_insert import insert_rows
 from router.store.schema import service_request_identifiers, service_requests
 
 r = service_requests.c
@@ -51,7 +52,6 @@ _NEW_VERSION = (
     )
 )
 _IDENTIFIERS_OF = select(i.system, i.value).where(i.request_id == bindparam("request_id"))
-_INSERT_IDENTIFIERS = service_request_identifiers.insert()
 
 
 def index(
@@ -103,11 +103,11 @@ def index(
                 (x.system, x.value) for x in conn.execute(_IDENTIFIERS_OF, {"request_id": row.id})
             }
         new = [pair for pair in dict.fromkeys(item.identifiers) if pair not in known]
-        if new:
-            conn.execute(
-                _INSERT_IDENTIFIERS,
-                [{"request_id": request_id, "system": s, "value": v} for s, v in new],
-            )
+        insert_rows(
+            conn,
+            service_request_identifiers,
+            [{"request_id": request_id, "system": s, "value": v} for s, v in new],
+        )
 
 
 def _existing(conn: Connection, channel: str, item: IndexedRequest) -> Any:

@@ -107,6 +107,9 @@ class BarsRouter:
             service_requests(checked.document), source_endpoint(header) or "", str(key)
         )
         lease = routing.timeout + routing.connect_timeout * (routing.connect_retries + 1)
+        # Records of earlier exchanges go now, queued just before this one: the writer
+        # takes both in one batch, so they share its commit instead of costing their own.
+        self._recorder.flush()
         try:
             opened = await asyncio.wrap_future(
                 self._writer.run_soon(

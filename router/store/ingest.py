@@ -31,7 +31,7 @@ from sqlalchemy import Connection, select
 
 from router import metrics
 from router.payload import Payload, as_payload
-from router.store.database import Store
+from router.store.database import Store, savepoint
 from router.store.fast_insert import insert_rows
 from router.store.schema import channel_state, messages
 
@@ -280,18 +280,13 @@ class GroupCommitWriter:
         senders wait for their ACK) still commits."""
         if not settled or self.settler is None:
             return set()
-        driver = conn.connection.driver_connection
-        driver.execute("SAVEPOINT tie_settle")
         try:
-            touched = self.settler.record(conn, settled)
+            with savepoint(conn, "tie_settle"):
+                return self.settler.record(conn, settled)
         except Exception:
             log.exception("writing %d settled message(s) failed; the processor will", len(settled))
-            driver.execute("ROLLBACK TO SAVEPOINT tie_settle")
-            driver.execute("RELEASE SAVEPOINT tie_settle")
             _unsettle(conn, settled)
             return set()
-        driver.execute("RELEASE SAVEPOINT tie_settle")
-        return touched
 
     def _close(self, *, broken: bool) -> None:
         if self._conn is None:
@@ -304,21 +299,12 @@ class GroupCommitWriter:
 
 
 def _run_job(conn: Connection, job: _Job) -> Any:
-    """The job's result, or the exception it raised (its savepoint rolled back).
-
-    The savepoint goes straight to the driver: SQLAlchemy compiles its savepoint
-    statements afresh each time, which cost more than a processor's whole batch update.
-    """
-    driver = conn.connection.driver_connection
-    driver.execute("SAVEPOINT tie_job")
+    """The job's result, or the exception it raised (its savepoint rolled back)."""
     try:
-        result = job.work(conn)
+        with savepoint(conn, "tie_job"):
+            return job.work(conn)
     except Exception as exc:
-        driver.execute("ROLLBACK TO SAVEPOINT tie_job")
-        driver.execute("RELEASE SAVEPOINT tie_job")
         return exc
-    driver.execute("RELEASE SAVEPOINT tie_job")
-    return result
 
 
 def _hold_paused(conn: Connection, items: list[Inbound]) -> None:

@@ -3,6 +3,7 @@ the registry's versions; and exchanges a stop interrupted."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from datetime import timedelta
@@ -19,9 +20,10 @@ from router.fhir.exchange import (
     fail_interrupted,
     open_exchange,
 )
+from router.fhir.recorder import Recorder
 from router.fhir.registry import index, search
 from router.store.deliveries import claim
-from router.store.ingest import Inbound, utcnow
+from router.store.ingest import GroupCommitWriter, Inbound, utcnow
 from router.store.schema import attempts, correlations, deliveries, messages
 
 
@@ -161,3 +163,40 @@ def test_exchanges_a_stop_interrupted_fail_and_others_stay(store, bars_samples):
         expired.delivery_id: "failed",
     }
     assert error.startswith("interrupted")
+
+
+def test_a_record_that_fails_is_lost_alone(store, bars_samples):
+    """Records are written together; one the database refuses midway is rolled back, and
+    the rest are kept (on PostgreSQL too, where an error aborts the transaction)."""
+    opened = [
+        _open(store, bars_samples[name])
+        for name in (
+            "servicerequest-request_validation",
+            "booking-request_process-message",
+            "servicerequest-response_validation",
+        )
+    ]
+    sent = Outcome(True, utcnow(), 3.0, b"HTTP/1.1 200 OK\r\n\r\n{}", None)
+
+    def broken(conn):
+        close_exchange(conn, opened[1].delivery_id, sent)
+        conn.execute(attempts.insert(), {"delivery_id": opened[1].delivery_id})  # NOT NULLs
+
+    async def record() -> None:
+        recorder = Recorder(writer)
+        recorder.add(lambda conn: close_exchange(conn, opened[0].delivery_id, sent))
+        recorder.add(broken)
+        recorder.add(lambda conn: close_exchange(conn, opened[2].delivery_id, sent))
+        await recorder.close()
+
+    writer = GroupCommitWriter(store)
+    writer.start()
+    try:
+        asyncio.run(record())
+    finally:
+        writer.stop()
+    with store.read() as conn:
+        status = dict(conn.execute(select(deliveries.c.id, deliveries.c.status)).all())
+        recorded = conn.scalars(select(attempts.c.delivery_id).order_by(attempts.c.id)).all()
+    assert [status[o.delivery_id] for o in opened] == ["sent", "sending", "sent"]
+    assert recorded == [opened[0].delivery_id, opened[2].delivery_id]
