@@ -8,9 +8,14 @@ from router.hl7v2.er7 import Er7Error, read_delimiters
 DEFAULT_VERSION = "2.5"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MshHeader:
-    """MSH values as raw field text (escapes untouched: an ACK copies them back verbatim)."""
+    """MSH values as raw field text (escapes untouched: an ACK copies them back verbatim).
+
+    Treat it as immutable (``dataclasses.replace`` for a variant). It is not declared
+    frozen because a frozen dataclass sets its 15 fields through ``object.__setattr__``,
+    which made building one cost four times as much on the MLLP listener's ACK path.
+    """
 
     field_sep: str
     encoding: str

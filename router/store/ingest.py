@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +26,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
-from uuid import uuid4
 
 from sqlalchemy import Connection, select
 
@@ -46,6 +46,19 @@ _PAUSED = select(channel_state.c.channel).where(channel_state.c.paused)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def random_uuid() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` gives, in half the time.
+
+    ``uuid.UUID`` goes through a 128-bit integer and validates its arguments; for every
+    message a source receives, that was a measurable share of the listener's work.
+    """
+    data = bytearray(os.urandom(16))
+    data[6] = data[6] & 0x0F | 0x40  # version 4
+    data[8] = data[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = data.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Decided(Protocol):
@@ -72,7 +85,7 @@ class Inbound:
     idempotency_window: float | None = None
     origin_delivery_id: int | None = None
     received_at: datetime = field(default_factory=utcnow)
-    uuid: str = field(default_factory=lambda: str(uuid4()))
+    uuid: str = field(default_factory=random_uuid)
     # Set by a Settler at submission: the message is stored with this outcome. Cleared when
     # the message turns out a duplicate or its channel is paused: the processor decides then.
     outcome: Decided | None = None

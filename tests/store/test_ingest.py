@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -14,7 +15,14 @@ from sqlalchemy import create_engine, event, func, make_url, select, text
 from tie_testing import wait_until
 
 from router.store.database import Store
-from router.store.ingest import GroupCommitWriter, Inbound, Receipt, StoreUnavailable, utcnow
+from router.store.ingest import (
+    GroupCommitWriter,
+    Inbound,
+    Receipt,
+    StoreUnavailable,
+    random_uuid,
+    utcnow,
+)
 from router.store.schema import messages
 
 m = messages.c
@@ -280,3 +288,11 @@ def _row_of(item: Inbound) -> dict[str, object]:
         "size": len(item.raw),
         "raw": item.raw,
     }
+
+
+def test_random_uuids_are_distinct_version_4_uuids_in_canonical_form():
+    made = [random_uuid() for _ in range(2000)]
+    parsed = [uuid.UUID(u) for u in made]
+    assert {(p.version, p.variant) for p in parsed} == {(4, uuid.RFC_4122)}
+    assert [str(p) for p in parsed] == made
+    assert len(set(made)) == len(made)

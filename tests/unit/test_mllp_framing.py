@@ -6,7 +6,13 @@ import asyncio
 
 import pytest
 
-from router.connectors.mllp.framing import FrameTooLarge, TruncatedFrame, frame, read_frame
+from router.connectors.mllp.framing import (
+    FrameBuffer,
+    FrameTooLarge,
+    TruncatedFrame,
+    frame,
+    read_frame,
+)
 
 
 def _read_all(data: bytes, max_size: int = 1000) -> list[bytes | None]:
@@ -55,3 +61,61 @@ def test_a_frame_over_the_limit_is_too_large():
 def test_endless_junk_is_too_large():
     with pytest.raises(FrameTooLarge):
         _read_all(b"j" * 5000, max_size=1000)
+
+
+# --- FrameBuffer: the same rules for bytes handed over in pieces (the listener's protocol) ---
+
+
+def _buffered(data: bytes, piece: int, max_size: int = 1000) -> tuple[list[bytes], int | None]:
+    """Every frame a FrameBuffer yields from ``data`` fed ``piece`` bytes at a time, and the
+    size of the unfinished frame left at the end (None: none begun)."""
+    frames = FrameBuffer(max_size)
+    out = []
+    for offset in range(0, len(data), piece):
+        frames.feed(data[offset : offset + piece])
+        while (body := frames.next()) is not None:
+            out.append(body)
+    return out, frames.unfinished()
+
+
+PIECES = [1, 2, 7, 1_000_000]  # a byte at a time, end markers split, all at once
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_buffer_frames_back_to_back(piece):
+    data = frame(b"MSH|one") + frame(b"MSH|two")
+    assert _buffered(data, piece) == ([b"MSH|one", b"MSH|two"], None)
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_buffer_skips_junk_outside_frames(piece):
+    data = b"junk\r\n" + frame(b"MSH|one") + b"\x00\xff\x1c\r" + frame(b"MSH|two") + b"trailing"
+    assert _buffered(data, piece) == ([b"MSH|one", b"MSH|two"], None)
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_buffer_restart_keeps_only_the_last_frame(piece):
+    assert _buffered(b"\x0bMSH|cut off\x0bMSH|whole\x1c\r", piece) == ([b"MSH|whole"], None)
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_buffer_reports_a_frame_cut_off(piece):
+    assert _buffered(frame(b"MSH|one") + b"\x0bMSH|half", piece) == ([b"MSH|one"], 8)
+
+
+@pytest.mark.parametrize("piece", [7, 1_000_000])
+def test_buffer_refuses_a_frame_over_the_limit(piece):
+    with pytest.raises(FrameTooLarge, match="larger than 1000"):
+        _buffered(frame(b"M" * 2000), piece)
+
+
+def test_buffer_accepts_a_frame_of_exactly_the_limit_in_pieces():
+    assert _buffered(frame(b"M" * 1000), 3) == ([b"M" * 1000], None)
+
+
+@pytest.mark.parametrize("piece", [7, 1_000_000])
+def test_buffer_refuses_endless_junk(piece):
+    with pytest.raises(FrameTooLarge):
+        _buffered(b"j" * 5000, piece)
+    with pytest.raises(FrameTooLarge, match="junk"):
+        _buffered(b"junk\x1c\r" * 300, piece)

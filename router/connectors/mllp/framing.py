@@ -1,4 +1,10 @@
-"""MLLP framing: ``0x0B`` + message + ``0x1C 0x0D``, read with a bounded buffer."""
+"""MLLP framing: ``0x0B`` + message + ``0x1C 0x0D``, read with a bounded buffer.
+
+``read_frame`` reads from a stream (the MLLP sender and the CLI); ``FrameBuffer``
+takes bytes as a protocol is handed them (the listener). Both follow the same
+rules: junk outside frames is skipped, a restart keeps only the last frame, and
+no more than about one frame's worth of bytes is ever held.
+"""
 
 from __future__ import annotations
 
@@ -51,3 +57,72 @@ async def read_frame(reader: asyncio.StreamReader, max_size: int) -> bytes | Non
     if len(body) > max_size:
         raise FrameTooLarge(f"frame of {len(body)} bytes is larger than {max_size}")
     return body
+
+
+class FrameBuffer:
+    """Frames out of bytes as they arrive, by ``read_frame``'s rules, for ``asyncio.Protocol``.
+
+    A protocol is handed data rather than reading it, so it keeps its own buffer. A
+    sender that waits for each ACK hands over one whole frame at a time: that piece is
+    kept as it came (no copy). Pieces are joined in a ``bytearray`` only when a frame
+    spans several, with the offset the search for the end marker reached, so a large
+    frame is scanned once.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self._max = max_size
+        self._buffer: bytes | bytearray = b""
+        self._searched = 0  # no end marker starts before this offset
+        self._skipped = 0  # junk discarded since the last frame
+
+    def feed(self, data: bytes) -> None:
+        if not self._buffer:
+            self._buffer = data
+        elif isinstance(self._buffer, bytes):
+            self._buffer = bytearray(self._buffer) + data
+        else:
+            self._buffer += data
+
+    def next(self) -> bytes | None:
+        """The next whole frame's content, or None until more bytes arrive.
+
+        Raises FrameTooLarge when the frame (or the junk before it) grows past the
+        maximum: after that the buffer is in no defined state and the connection ends.
+        """
+        while True:
+            buffer = self._buffer
+            end = buffer.find(END, self._searched)
+            if end < 0:
+                if len(buffer) > self._max + len(END):
+                    raise FrameTooLarge(f"frame larger than {self._max} bytes")
+                self._searched = max(len(buffer) - 1, 0)  # END may straddle two pieces
+                return None
+            start = buffer.rfind(START, 0, end)
+            self._searched = 0
+            if start >= 0:
+                break
+            self._drop(end + len(END))
+            self._skipped += end + len(END)
+            if self._skipped > self._max:
+                raise FrameTooLarge(f"{self._skipped} bytes of junk outside any MLLP frame")
+        self._skipped = 0
+        size = end - start - 1
+        body = None if size > self._max else bytes(buffer[start + 1 : end])
+        self._drop(end + len(END))
+        if body is None:
+            raise FrameTooLarge(f"frame of {size} bytes is larger than {self._max}")
+        return body
+
+    def _drop(self, size: int) -> None:
+        if isinstance(self._buffer, bytearray):
+            del self._buffer[:size]
+        else:
+            self._buffer = self._buffer[size:]
+
+    def unfinished(self) -> int | None:
+        """How many bytes of a begun frame are held (None when no frame has begun).
+
+        At the end of the stream, a number here is a frame the peer cut off.
+        """
+        start = self._buffer.rfind(START)
+        return None if start < 0 else len(self._buffer) - start - 1

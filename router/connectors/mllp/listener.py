@@ -12,11 +12,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from router import metrics
 from router.config import ChannelConfig
 from router.connectors.hl7_inbound import hl7_inbound
-from router.connectors.mllp.framing import FrameTooLarge, TruncatedFrame, frame, read_frame
+from router.connectors.mllp.framing import FrameBuffer, FrameTooLarge, frame
 from router.connectors.mllp.idle import IdleWatch
 from router.hl7v2.ack import AckError, ack_code, build_ack, build_reject, should_send
 from router.hl7v2.er7 import Er7Error
@@ -36,7 +37,7 @@ class MllpListener:
         self.options = channel.source.mllp
         self._ingest = ingest
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: set[_Connection] = set()
         self._window = channel.idempotent.window if channel.idempotent else None
         self._latency = metrics.ACK_LATENCY.labels(channel.name, "mllp")
 
@@ -51,11 +52,11 @@ class MllpListener:
         return self._server is not None and self._server.is_serving()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self),
             self.options.host,
             self.options.port,
-            limit=self.options.max_frame + len(b"\x1c\x0d") + 1,
             reuse_address=True,
         )
         log.info(
@@ -68,78 +69,18 @@ class MllpListener:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for task in list(self._connections):
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            pending = [task for c in list(self._connections) if (task := c.close()) is not None]
+            await asyncio.gather(*pending, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _admit(self, connection: _Connection) -> bool:
+        """Count a new connection in, unless there are ``max_connections`` already."""
         if len(self._connections) >= self.options.max_connections:
             log.warning("channel %s: too many connections; refusing one", self.channel.name)
-            writer.close()
-            return
-        self._connections.add(task)
-        peer = _peer(writer)
-        try:
-            await self._converse(reader, writer, peer)
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        except Exception:
-            log.exception("channel %s: connection from %s failed", self.channel.name, peer)
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _converse(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> None:
-        watch = IdleWatch(self.options.idle_timeout)
-        try:
-            await self._exchange(reader, writer, peer, watch)
-        except asyncio.CancelledError:
-            if not watch.expired:
-                raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            log.info("channel %s: closing idle connection from %s", self.channel.name, peer)
-        finally:
-            watch.close()
-
-    async def _exchange(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        peer: str,
-        watch: IdleWatch,
-    ) -> None:
-        while True:
-            watch.waiting()
-            try:
-                data = await read_frame(reader, self.options.max_frame)
-            except FrameTooLarge as exc:
-                log.warning("channel %s: %s from %s", self.channel.name, exc, peer)
-                writer.write(frame(build_reject(f"{exc}; connection closed")))
-                await writer.drain()
-                return
-            except TruncatedFrame as exc:
-                log.warning("channel %s: %s from %s", self.channel.name, exc, peer)
-                return
-            watch.busy()
-            if data is None:
-                return
-            started = time.perf_counter()
-            try:
-                answer = await self.accept(data, peer)
-            except SilentFailure:
-                return
-            if answer is not None:
-                writer.write(frame(answer))
-                await writer.drain()
-                self._latency.observe(time.perf_counter() - started)
+            return False
+        self._connections.add(connection)
+        return True
 
     async def accept(self, data: bytes, peer: str) -> bytes | None:
         """Commit one message and return the acknowledgement to send (None: send nothing).
@@ -201,6 +142,153 @@ class SilentFailure(Exception):
     """The store failed and the sender wants no error ACK: the connection is closed instead."""
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    info = writer.get_extra_info("peername")
+class _Connection(asyncio.Protocol):
+    """One peer's conversation: frames scanned as bytes arrive, one message committed at a time.
+
+    A protocol rather than streams: the stream machinery (a future and a buffer copy per
+    read, a drain per write) was a measurable part of the loop's work per message. A
+    sender waits for each ACK before sending on, so reading is paused only when bytes
+    arrive while a message is being committed or the peer is not reading its ACKs; what
+    is held is then at most one read's worth plus a frame under ``max_frame``.
+    """
+
+    def __init__(self, listener: MllpListener) -> None:
+        self._listener = listener
+        self._frames = FrameBuffer(listener.options.max_frame)
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._peer = ""
+        self._watch: IdleWatch | None = None
+        self._task: asyncio.Task[None] | None = None  # the message being committed
+        self._paused = False  # reading paused (by us)
+        self._blocked = False  # writing paused: the peer's receive window is full
+        self._eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if not self._listener._admit(self):
+            self._transport.close()
+            return
+        self._peer = _peer(transport)
+        self._watch = IdleWatch(self._listener.options.idle_timeout, self._idle)
+        self._watch.waiting()
+
+    def data_received(self, data: bytes) -> None:
+        self._frames.feed(data)
+        if self._task is not None or self._blocked:
+            self._pause()
+        else:
+            self._next()
+
+    def eof_received(self) -> bool:
+        """Answer a message still being committed before closing (a half-closed peer reads)."""
+        self._eof = True
+        if self._task is None and not self._blocked:
+            self._next()
+        return True
+
+    def pause_writing(self) -> None:
+        self._blocked = True
+
+    def resume_writing(self) -> None:
+        self._blocked = False
+        if self._task is None:
+            self._next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._listener._connections.discard(self)
+        if self._watch is not None:
+            self._watch.close()
+        if self._task is not None:
+            self._task.cancel()  # the commit goes on; nobody is left to answer
+
+    def close(self) -> asyncio.Task[None] | None:
+        """Hang up (the listener stops): the message being committed is abandoned, unanswered."""
+        assert self._transport is not None
+        self._transport.close()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        return task
+
+    def _pause(self) -> None:
+        assert self._transport is not None
+        if not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _next(self) -> None:
+        """Start committing the next whole frame held; else read on, or end at the peer's EOF."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        assert self._watch is not None
+        channel = self._listener.channel.name
+        try:
+            data = self._frames.next()
+        except FrameTooLarge as exc:
+            log.warning("channel %s: %s from %s", channel, exc, self._peer)
+            transport.write(frame(build_reject(f"{exc}; connection closed")))
+            transport.close()
+            return
+        if data is not None:
+            self._watch.busy()
+            self._task = self._loop.create_task(self._answer(data))
+        elif self._eof:
+            unfinished = self._frames.unfinished()
+            if unfinished is not None:
+                log.warning(
+                    "channel %s: connection closed after %d bytes of a frame from %s",
+                    channel,
+                    unfinished,
+                    self._peer,
+                )
+            transport.close()
+        elif self._paused:
+            self._paused = False
+            transport.resume_reading()
+
+    async def _answer(self, data: bytes) -> None:
+        """Commit one message, send its answer, and go on with whatever the peer sent next."""
+        listener, transport = self._listener, self._transport
+        assert transport is not None and self._watch is not None
+        started = time.perf_counter()
+        try:
+            answer = await listener.accept(data, self._peer)
+        except SilentFailure:
+            transport.close()
+            return
+        except Exception:
+            log.exception(
+                "channel %s: connection from %s failed", listener.channel.name, self._peer
+            )
+            transport.close()
+            return
+        finally:
+            self._task = None
+        if transport.is_closing():
+            return
+        if answer is not None:
+            transport.write(frame(answer))
+            listener._latency.observe(time.perf_counter() - started)
+        self._watch.waiting()
+        if not self._blocked:
+            self._next()
+
+    def _idle(self) -> None:
+        """Hang up on a peer that neither sends nor reads; reset it when ACKs are left unread
+        (an orderly close would wait for them to be read first, that is, forever)."""
+        transport = self._transport
+        assert transport is not None
+        log.info(
+            "channel %s: closing idle connection from %s", self._listener.channel.name, self._peer
+        )
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    info = transport.get_extra_info("peername")
     return f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
