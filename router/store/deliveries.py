@@ -3,25 +3,34 @@
 Claims run in one write transaction. On PostgreSQL the rows are taken with
 ``FOR UPDATE SKIP LOCKED`` so several engine nodes can share a queue; for an
 ordered lane only a node that locks the lane's head may take the lane.
+
+A claim and a round's settling run once per round of sends, so their statements are
+written once here and go straight to the driver, as the processor's settle does:
+SQLAlchemy built, compiled (an expanding ``IN`` per round size) and bound them afresh
+every round, which cost more than the queries. The pending statuses are spelled out in
+the SQL, which lets SQLite use the partial index ``ix_deliveries_pending`` (a bound list
+of statuses cannot be proved to match the index's condition).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import Connection, and_, case, update
 
 from router.config import RetryPolicy
 from router.connectors import Delivery, SendResult
 from router.store.blobs import BlobStore
 from router.store.database import Store, Transact
-from router.store.fast_insert import insert_rows
+from router.store.fast_insert import driver_time, insert_rows
 from router.store.ingest import utcnow
-from router.store.schema import PENDING, attempts, deliveries, messages
+from router.store.schema import PENDING, attempts, deliveries
 
 log = logging.getLogger(__name__)
 d = deliveries.c
@@ -45,42 +54,94 @@ class Attempt:
     duration_ms: float
 
 
-def _due(now: datetime) -> Any:
-    return or_(
-        and_(d.status.in_(("queued", "retrying")), d.next_attempt_at <= now),
-        and_(d.status == "sending", or_(d.lease_until.is_(None), d.lease_until < now)),
-    )
+@dataclass(frozen=True)
+class ClaimRequest:
+    """What one destination's worker claims each round (the arguments of ``claim``)."""
+
+    channel: str
+    destination: str
+    ordered: bool
+    lanes: int
+    limit: int
+    lease: float
+    owner: str
 
 
-def _is_due(row: Any, now: datetime) -> bool:
-    if row.status == "sending":
-        return row.lease_until is None or row.lease_until < now
-    return row.status in ("queued", "retrying") and row.next_attempt_at <= now
+class _Sql:
+    """One statement, written once with ``:name`` parameters, as each driver takes it."""
+
+    def __init__(self, sql: str) -> None:
+        self.sqlite = sql
+        self.postgresql = re.sub(r":(\w+)", r"%(\1)s", sql)
+
+    def rows(self, conn: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The statement's rows, run in ``conn``'s transaction."""
+        driver = conn.connection.driver_connection
+        if conn.dialect.name == "sqlite":
+            return driver.execute(self.sqlite, params).fetchall()
+        with driver.cursor() as cursor:
+            cursor.execute(self.postgresql, params)
+            return cursor.fetchall()
 
 
-_COLUMNS = (
-    d.id,
-    d.message_id,
-    messages.c.uuid,
-    d.channel,
-    d.destination,
-    d.payload,
-    d.blob_sha256,
-    d.blob_size,
-    d.headers,
-    d.address,
-    d.content_type,
-    d.ordering_key,
-    d.idempotency_key,
-    d.attempts,
-    d.status,
-    d.next_attempt_at,
-    d.lease_until,
+def _pending(alias: str) -> str:
+    """The pending statuses as literals (SQLite proves its partial index's condition only so)."""
+    statuses = ", ".join(f"'{s}'" for s in PENDING)
+    return f"{alias}status IN ({statuses})"
+
+
+_MINE = f"d.channel = :channel AND d.destination = :destination AND {_pending('d.')}"
+_DUE = (
+    "((d.status IN ('queued', 'retrying') AND d.next_attempt_at <= :now)"
+    " OR (d.status = 'sending' AND (d.lease_until IS NULL OR d.lease_until < :now)))"
 )
-
-
-def _select(*where: Any) -> Any:
-    return select(*_COLUMNS).join(messages, messages.c.id == d.message_id).where(*where)
+# Each lane's head: the first pending delivery of each ordering key (unaliased, so that
+# SQLite matches the partial index's condition).
+_HEADS = (
+    "SELECT min(id) FROM deliveries WHERE channel = :channel AND destination = :destination"
+    f" AND {_pending('')} GROUP BY ordering_key"
+)
+# In the order ``_delivery`` reads them (``Delivery``'s fields first).
+_COLUMNS = (
+    "d.id, d.message_id, m.uuid, d.channel, d.destination, d.payload, d.content_type,"
+    " d.ordering_key, d.idempotency_key, d.attempts, d.blob_sha256, d.blob_size, d.headers,"
+    " d.address"
+)
+_KEY = 7  # ordering_key
+_FROM = "FROM deliveries AS d JOIN messages AS m ON m.id = d.message_id"
+_LOCK = " FOR UPDATE OF d SKIP LOCKED"
+_LANE_HEADS = (
+    f"SELECT {_COLUMNS} {_FROM} WHERE d.id IN ({_HEADS}) AND {_DUE} ORDER BY d.id LIMIT :n"
+)
+_CLAIM_HEADS = {False: _Sql(_LANE_HEADS), True: _Sql(_LANE_HEADS + _LOCK)}
+# A lane's run behind its head, each row with whether it is due (the run stops at one that
+# is not).
+_LANE_RUN = _Sql(
+    f"SELECT {_COLUMNS}, CASE WHEN {_DUE} THEN 1 ELSE 0 END {_FROM}"
+    f" WHERE {_MINE} AND d.ordering_key = :key AND d.id > :after ORDER BY d.id LIMIT :n"
+)
+_ANY_DUE = f"SELECT {_COLUMNS} {_FROM} WHERE {_MINE} AND {_DUE} ORDER BY d.id LIMIT :n"
+_CLAIM_ANY = {False: _Sql(_ANY_DUE), True: _Sql(_ANY_DUE + _LOCK)}
+_DUE_AT = "min(CASE WHEN d.status = 'sending' THEN d.lease_until ELSE d.next_attempt_at END)"
+_NEXT_DUE = {
+    False: _Sql(f"SELECT {_DUE_AT} FROM deliveries AS d WHERE {_MINE}"),
+    True: _Sql(f"SELECT {_DUE_AT} FROM deliveries AS d WHERE {_MINE} AND d.id IN ({_HEADS})"),
+}
+# Settling checks the lease in the UPDATE itself: only the lease's holder settles.
+_SETTLE_SQLITE = (
+    "UPDATE deliveries SET status = :status, attempts = :attempts, next_attempt_at = :next,"
+    " last_error = :error, lease_until = NULL, lease_owner = NULL, updated_at = :now"
+    " WHERE id = :id AND lease_owner = :owner AND status = 'sending'"
+)
+# PostgreSQL: the whole round in one statement, one round trip.
+_SETTLE_PG = (
+    "UPDATE deliveries AS d SET status = u.status, attempts = u.attempts,"
+    " next_attempt_at = u.next, last_error = u.error, lease_until = NULL, lease_owner = NULL,"
+    " updated_at = %(now)s FROM unnest(%(id)s::bigint[], %(status)s::text[],"
+    " %(attempts)s::integer[], %(next)s::timestamptz[], %(error)s::text[])"
+    " AS u(id, status, attempts, next, error)"
+    " WHERE d.id = u.id AND d.lease_owner = %(owner)s AND d.status = 'sending'"
+)
 
 
 def claim(
@@ -99,82 +160,78 @@ def claim(
 
     ``transact`` runs the claim's transaction (default: one of its own).
     """
+    request = ClaimRequest(channel, destination, ordered, lanes, limit, lease, owner)
+    return (transact or store.run)(lambda conn: _claim(conn, request, store.blobs))
+
+
+def _claim(conn: Connection, request: ClaimRequest, blobs: BlobStore) -> Claimed:
+    """``claim``'s work in ``conn``'s transaction."""
     now = utcnow()
-    lock = store.dialect == "postgresql"
-    mine = (d.channel == channel, d.destination == destination, d.status.in_(PENDING))
-
-    def work(conn: Connection) -> Claimed:
-        if ordered:
-            picked = _claim_lanes(conn, mine, now, lanes, max(1, limit // lanes), lock)
-        else:
-            query = _select(*mine, _due(now)).order_by(d.id).limit(limit)
-            rows = conn.execute(
-                query.with_for_update(skip_locked=True, of=deliveries) if lock else query
-            )
-            picked = [[row] for row in rows]
-        if not picked:
-            return Claimed(next_due=_next_due(conn, mine, ordered))
-        ids = [row.id for lane in picked for row in lane]
-        conn.execute(
-            update(deliveries)
-            .where(d.id.in_(ids))
-            .values(status="sending", lease_until=now + timedelta(seconds=lease), lease_owner=owner)
-        )
-        return Claimed(lanes=[[_delivery(row, store.blobs) for row in lane] for lane in picked])
-
-    return (transact or store.run)(work)
-
-
-def _next_due(conn: Connection, mine: tuple[Any, ...], ordered: bool) -> datetime | None:
-    """When the earliest waiting delivery (for an ordered destination: lane head) falls due."""
-    due_at = case((d.status == "sending", d.lease_until), else_=d.next_attempt_at)
-    query = select(func.min(due_at)).where(*mine)
-    if ordered:
-        heads = select(func.min(d.id)).where(*mine).group_by(d.ordering_key)
-        query = query.where(d.id.in_(heads))
-    return conn.scalar(query)
+    dialect = conn.dialect.name
+    lock = dialect == "postgresql"
+    params = {
+        "channel": request.channel,
+        "destination": request.destination,
+        "now": driver_time(dialect, now),
+    }
+    if request.ordered:
+        per_lane = max(1, request.limit // request.lanes)
+        picked = _claim_lanes(conn, params, request.lanes, per_lane, lock)
+    else:
+        picked = [[row] for row in _CLAIM_ANY[lock].rows(conn, {**params, "n": request.limit})]
+    if not picked:
+        return Claimed(next_due=_next_due(conn, params, request.ordered))
+    until = driver_time(dialect, now + timedelta(seconds=request.lease))
+    _lease(conn, [row[0] for lane in picked for row in lane], until, request.owner)
+    return Claimed(lanes=[[_delivery(row, blobs) for row in lane] for lane in picked])
 
 
 def _claim_lanes(
-    conn: Connection, mine: tuple[Any, ...], now: datetime, lanes: int, per_lane: int, lock: bool
-) -> list[list[Any]]:
+    conn: Connection, params: dict[str, Any], lanes: int, per_lane: int, lock: bool
+) -> list[list[tuple[Any, ...]]]:
     """The first ``lanes`` due lane heads in one query (locked, skipping heads another node
     holds), then each lane's due run behind its head."""
-    heads = select(func.min(d.id)).where(*mine).group_by(d.ordering_key).correlate(None)
-    query = _select(d.id.in_(heads), _due(now)).order_by(d.id).limit(lanes)
-    picked: list[list[Any]] = []
-    for head in conn.execute(
-        query.with_for_update(skip_locked=True, of=deliveries) if lock else query
-    ).all():
-        rest = conn.execute(
-            _select(*mine, d.ordering_key == head.ordering_key, d.id > head.id)
-            .order_by(d.id)
-            .limit(per_lane - 1)
-        )
+    picked = []
+    for head in _CLAIM_HEADS[lock].rows(conn, {**params, "n": lanes}):
         lane = [head]
-        for row in rest:
-            if not _is_due(row, now):
-                break
-            lane.append(row)
+        if per_lane > 1:
+            run = {**params, "key": head[_KEY], "after": head[0], "n": per_lane - 1}
+            for row in _LANE_RUN.rows(conn, run):
+                if not row[-1]:
+                    break
+                lane.append(row)
         picked.append(lane)
     return picked
 
 
-def _delivery(row: Any, blobs: BlobStore) -> Delivery:
+def _next_due(conn: Connection, params: dict[str, Any], ordered: bool) -> datetime | None:
+    """When the earliest waiting delivery (for an ordered destination: lane head) falls due."""
+    value = _NEXT_DUE[ordered].rows(conn, params)[0][0]
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite keeps UtcDateTime as UTC text
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _lease(conn: Connection, ids: list[int], until: Any, owner: str) -> None:
+    driver = conn.connection.driver_connection
+    sql = "UPDATE deliveries SET status = 'sending', lease_until = ?, lease_owner = ? WHERE id"
+    if conn.dialect.name == "sqlite":
+        driver.execute(f"{sql} IN ({', '.join('?' * len(ids))})", (until, owner, *ids))
+        return
+    with driver.cursor() as cursor:
+        cursor.execute(f"{sql.replace('?', '%s')} = ANY(%s)", (until, owner, ids))
+
+
+def _delivery(row: tuple[Any, ...], blobs: BlobStore) -> Delivery:
+    """A claimed row (``_COLUMNS``) as the senders take it."""
+    sha256, size, headers, address = row[10:14]
     return Delivery(
-        id=row.id,
-        message_id=row.message_id,
-        message_uuid=row.uuid,
-        channel=row.channel,
-        destination=row.destination,
-        payload=row.payload,
-        content_type=row.content_type,
-        ordering_key=row.ordering_key,
-        idempotency_key=row.idempotency_key,
-        attempts=row.attempts,
-        blob=blobs.payload(b"", row.blob_sha256, row.blob_size) if row.blob_sha256 else None,
-        headers=json.loads(row.headers) if row.headers else None,
-        address=row.address,
+        *row[:10],
+        blob=blobs.payload(b"", sha256, size) if sha256 else None,
+        headers=json.loads(headers) if headers else None,
+        address=address,
     )
 
 
@@ -194,6 +251,39 @@ def record(
     node's outcome stands. ``transact`` runs the transaction (default: one of its own).
     Returns each attempt's outcome (sent, retrying, failed), for the metrics.
     """
+    settle, outcomes = _settling(done, policy, claimed, owner)
+    (transact or store.run)(settle)
+    return outcomes
+
+
+def record_then_claim(
+    store: Store,
+    done: list[Attempt],
+    policy: RetryPolicy,
+    claimed: list[int],
+    request: ClaimRequest,
+    *,
+    transact: Transact[Any] | None = None,
+) -> tuple[list[str], Claimed]:
+    """``record`` a round and ``claim`` the next in one transaction: for a worker that
+    already knows more is due, one commit (one writer job on SQLite) instead of two.
+
+    The round's attempts and outcomes commit with the next claim or not at all: if the
+    claim fails, the round's leases run out and it is sent again (at least once).
+    """
+    settle, outcomes = _settling(done, policy, claimed, request.owner)
+
+    def work(conn: Connection) -> Claimed:
+        settle(conn)
+        return _claim(conn, request, store.blobs)
+
+    return outcomes, (transact or store.run)(work)
+
+
+def _settling(
+    done: list[Attempt], policy: RetryPolicy, claimed: list[int], owner: str
+) -> tuple[Callable[[Connection], None], list[str]]:
+    """``record``'s work for a transaction, and the attempts' outcomes."""
     now = utcnow()
     attempt_rows, updates = [], []
     for a in done:
@@ -215,13 +305,13 @@ def record(
         )
         updates.append(
             {
-                "_id": a.delivery.id,
-                "_status": status,
-                "_attempts": number,
-                "_next": now + timedelta(seconds=_retry_delay(policy, number, a.result))
+                "id": a.delivery.id,
+                "status": status,
+                "attempts": number,
+                "next": now + timedelta(seconds=_retry_delay(policy, number, a.result))
                 if status == "retrying"
                 else now,
-                "_error": a.result.error,
+                "error": a.result.error,
             }
         )
     untried = sorted(set(claimed) - {a.delivery.id for a in done})
@@ -230,31 +320,33 @@ def record(
         _log_failures(attempt_rows)
         insert_rows(conn, attempts, attempt_rows)
         if updates:
-            settled = conn.execute(
-                update(deliveries)
-                .where(d.id == bindparam("_id"), d.lease_owner == owner, d.status == "sending")
-                .values(
-                    status=bindparam("_status"),
-                    attempts=bindparam("_attempts"),
-                    next_attempt_at=bindparam("_next"),
-                    last_error=bindparam("_error"),
-                    lease_until=None,
-                    lease_owner=None,
-                    updated_at=now,
-                ),
-                updates,
-            ).rowcount
+            settled = _settle(conn, updates, owner, now)
             if settled < len(updates):
                 log.warning(
                     "leases on %d of deliveries %s ran out before their results came in",
                     len(updates) - settled,
-                    [u["_id"] for u in updates],
+                    [u["id"] for u in updates],
                 )
         if untried:
             _release(conn, and_(d.id.in_(untried), d.lease_owner == owner))
 
-    (transact or store.run)(work)
-    return [row["outcome"] for row in attempt_rows]
+    return work, [row["outcome"] for row in attempt_rows]
+
+
+def _settle(conn: Connection, updates: list[dict[str, Any]], owner: str, now: datetime) -> int:
+    """Settle the attempted deliveries whose lease ``owner`` still holds; how many it did."""
+    driver = conn.connection.driver_connection
+    if conn.dialect.name == "sqlite":
+        when = driver_time("sqlite", now)
+        rows = [
+            {**u, "next": driver_time("sqlite", u["next"]), "owner": owner, "now": when}
+            for u in updates
+        ]
+        return driver.executemany(_SETTLE_SQLITE, rows).rowcount
+    columns = {key: [u[key] for u in updates] for key in updates[0]}
+    with driver.cursor() as cursor:
+        cursor.execute(_SETTLE_PG, {**columns, "owner": owner, "now": now})
+        return cursor.rowcount
 
 
 def _retry_delay(policy: RetryPolicy, number: int, result: SendResult) -> float:

@@ -192,6 +192,42 @@ def test_an_ordered_destination_sends_in_receive_order(store, receive, er7):
     assert set(_state(store).values()) == {("sent", 1)}
 
 
+def test_running_a_full_round_records_it_with_the_next_claim(store, receive, er7):
+    msgs = [(f"ORD{n}", f"P{n}") for n in range(7)]
+    _queue(store, receive, er7, {"mllp": LAB}, *msgs)
+    transactions: list[object] = []
+
+    def transact(work: Callable[[Any], Any]) -> Any:
+        transactions.append(work)
+        return store.run(work)
+
+    async def run_until_all_sent() -> None:
+        last = asyncio.Event()
+
+        def answer(delivery: Delivery) -> SendResult:
+            if delivery.idempotency_key == msgs[-1][0]:
+                last.set()
+            return SENT
+
+        lab = Downstream(answer)
+        config = DestinationConfig.model_validate({"mllp": LAB})
+        options = DispatchOptions.model_validate({"lease": "60s", "batch": 2})
+        worker = DestinationWorker(
+            store, "orders", "lab", config, lab.sender, options, "node-a", transact
+        )
+        task = asyncio.create_task(worker.run())
+        await last.wait()
+        await worker.finish(task)
+        assert lab.control_ids() == [cid for cid, _ in msgs]
+
+    asyncio.run(run_until_all_sent())
+    # Rounds of 2, 2, 2 and 1: one claim, three records that claim the next round, one record.
+    assert len(transactions) == 5
+    assert set(_state(store).values()) == {("sent", 1)}
+    with store.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(attempts)) == len(msgs)
+
+
 def test_a_retrying_head_blocks_an_ordered_destination(store, receive, er7):
     msgs = [(f"ORD{n}", f"P{n}") for n in range(4)]
     _queue(store, receive, er7, {"mllp": LAB}, *msgs)
