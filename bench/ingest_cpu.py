@@ -2,10 +2,12 @@
 
 Drives the code ``bench/mllp.py`` measures end to end, in one thread and in a fixed
 order: each message's header read, ``Inbound`` and ACK built as the MLLP listener
-builds them; ``GroupCommitWriter`` batches of ``--batch`` messages; the processor
-about every 10 messages, its writes joining the next batch as in the engine on
-SQLite (the writer's batch function is called directly, so no thread hop or
-timing changes the batches). Prints user and system CPU per message as JSON.
+builds them, and its outcome decided as ``GroupCommitWriter.submit`` decides it (the
+channel is declarative, so it is settled on receipt as in the engine on SQLite);
+``GroupCommitWriter`` batches of ``--batch`` messages (the writer's batch function is
+called directly, so no thread hop or timing changes the batches). ``--on-processor``
+leaves the outcomes to the processor instead, run about every 10 messages with its
+writes joining the next batch. Prints user and system CPU per message as JSON.
 
 For instruction counts that the machine's load cannot move, run it twice under
 callgrind with different ``--messages`` and subtract, so start-up cancels out::
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=3000, help="measured messages")
     parser.add_argument("--batch", type=int, default=4, help="messages per group commit")
     parser.add_argument("--synchronous", default="FULL", help="SQLite synchronous (FULL, OFF)")
+    parser.add_argument(
+        "--on-processor", action="store_true", help="decide outcomes in processor rounds"
+    )
     args = parser.parse_args(argv)
     frames = [data[1:-2] for data, _ in make_messages("cpu", 0, WARM_UP + args.messages)]
     with tempfile.TemporaryDirectory(prefix="tie-cpu-") as folder:
@@ -65,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         processor = Processor(store, {"bench": channel}, transact=transact)
+        if not args.on_processor:
+            writer.settler = processor
         every = max(1, 10 // args.batch)
         _run(writer, processor, frames[:WARM_UP], args.batch, every)
         before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 "messages": n,
                 "batch": args.batch,
                 "synchronous": args.synchronous,
+                "settled_on_receipt": not args.on_processor,
                 "user_us_per_msg": round((after.ru_utime - before.ru_utime) / n * 1e6, 1),
                 "system_us_per_msg": round((after.ru_stime - before.ru_stime) / n * 1e6, 1),
                 "wall_us_per_msg": round((ended - started) / n * 1e6, 1),
@@ -92,7 +100,10 @@ def _run(
     writer: GroupCommitWriter, processor: Processor, frames: list[bytes], batch: int, every: int
 ) -> None:
     for n, start in enumerate(range(0, len(frames), batch)):
-        writer._write([_inbound(data) for data in frames[start : start + batch]], [])
+        items = [_inbound(data) for data in frames[start : start + batch]]
+        for item in items:
+            writer._decide(item)
+        writer._write(items, [])
         if (n + 1) % every == 0:
             processor.run_once()
     while processor.run_once():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Iterator
 
 import uvicorn
+from sqlalchemy import select
 
 from router import mappings
 from router.config import (
@@ -35,10 +37,12 @@ from router.governance.reload import Reloader, ReloadResult, reload_files
 from router.governance.watcher import RevisionWatcher
 from router.pipeline import CompiledChannel, compile_channel
 from router.processing import Processor
+from router.replay import ReplayResult
 from router.store.blobs import BlobStore, default_blob_root
 from router.store.database import Store
 from router.store.ingest import GroupCommitWriter
 from router.store.migrate import upgrade
+from router.store.schema import deliveries
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +108,12 @@ class Engine:
             on_deliveries=self.dispatcher.notify,
             transact=transact,
         )
-        self.writer.settler = self.processor
+        if self.store.is_sqlite:
+            # Declarative channels' messages commit settled, with their deliveries: no
+            # processor round reads them back. On PostgreSQL each of those writes is a round
+            # trip inside the one writer's transaction, which holds up every sender behind
+            # it; the processor's batches there run beside ingest instead (docs/performance.md).
+            self.writer.settler = self.processor
         self.listeners = [
             MllpListener(c.config, self.writer.submit)
             for c in self.channels.values()
@@ -124,6 +133,21 @@ class Engine:
             self.dispatcher.notify(touched)
         if unsettled:
             self.processor.wake()
+
+    def replayed(self, kind: str, results: list[ReplayResult]) -> None:
+        """Wake who has new work after a reprocess (the processor) or a resend (the
+        dispatcher, for the copies' destinations), instead of leaving it to their polls.
+        Reads the store: call it from a worker thread."""
+        if kind == "reprocess":
+            self.processor.wake()
+            return
+        copies = [int(r.copy) for r in results if r.copy]
+        if not copies:
+            return
+        d = deliveries.c
+        with self.store.read() as conn:
+            keys = conn.execute(select(d.channel, d.destination).where(d.id.in_(copies))).all()
+        self.dispatcher.notify({(k.channel, k.destination) for k in keys})
 
     def _make_sender(self, channel: str, name: str, config: DestinationConfig) -> Sender:
         if config.directory is not None and config.kind in BOUND:
@@ -174,6 +198,8 @@ class Engine:
             if self._http_task.done():
                 self._http_task.result()
                 raise RuntimeError(f"HTTP server on port {self.config.http.port} did not start")
+        # Everything built so far lives as long as the engine: out of the collector's way.
+        gc.freeze()
         log.info("tie is running with %d channel(s)", len(self.channels))
 
     async def stop(self) -> None:

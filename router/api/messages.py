@@ -147,7 +147,7 @@ def message_routes(engine: Engine) -> APIRouter:
     ) -> dict[str, Any]:
         """Run the stored message through its channel's current revision again."""
         ids = await asyncio.to_thread(_message_ids, store, [ref])
-        return await _replay(body, ids, _reprocess(store, body, principal), store, "reprocess")
+        return await _replay(body, ids, _reprocess(store, body, principal), engine, "reprocess")
 
     @router.post("/messages/reprocess")
     async def reprocess_many(
@@ -158,14 +158,14 @@ def message_routes(engine: Engine) -> APIRouter:
             ids = await asyncio.to_thread(_message_ids, store, body.ids)
         else:
             ids = await asyncio.to_thread(_searched, store, _search_of(body), body.limit)
-        return await _replay(body, ids, _reprocess(store, body, principal), store, "reprocess")
+        return await _replay(body, ids, _reprocess(store, body, principal), engine, "reprocess")
 
     @router.post("/deliveries/{delivery_id}/resend")
     async def resend_one(
         delivery_id: int, body: ReplayIn, principal: Principal = Depends(require_role("support"))
     ) -> dict[str, Any]:
         """Queue the delivery's payload again, as sent, with its original idempotency key."""
-        return await _replay(body, [delivery_id], _resend(store, body, principal), store, "resend")
+        return await _replay(body, [delivery_id], _resend(store, body, principal), engine, "resend")
 
     @router.post("/deliveries/resend")
     async def resend_many(
@@ -191,7 +191,7 @@ def message_routes(engine: Engine) -> APIRouter:
                     )
 
             ids = await asyncio.to_thread(find)
-        return await _replay(body, ids, _resend(store, body, principal), store, "resend")
+        return await _replay(body, ids, _resend(store, body, principal), engine, "resend")
 
     return router
 
@@ -208,8 +208,9 @@ def _resend(store: Any, body: ReplayIn, principal: Principal) -> Act:
 
 
 async def _replay(
-    body: ReplayIn, ids: list[int], act: Act, store: Any, kind: str
+    body: ReplayIn, ids: list[int], act: Act, engine: Engine, kind: str
 ) -> dict[str, Any]:
+    store = engine.store
     if not body.reason.strip():
         raise HTTPException(422, "the reason must say why")
     if body.dry_run:
@@ -226,6 +227,7 @@ async def _replay(
             except LookupError as exc:
                 raise HTTPException(404, str(exc)) from exc
             await asyncio.sleep(max(0.0, 1.0 / RATE - (time.monotonic() - started)))
+        await asyncio.to_thread(engine.replayed, kind, results)
     return {
         "dry_run": body.dry_run,
         "count": len(results),

@@ -24,13 +24,13 @@ class SqliteOptions(_Strict):
 
 class DispatchOptions(_Strict):
     lease: Duration = 30.0
-    batch: int = Field(default=200, ge=1)
+    batch: int = Field(default=200, ge=1, le=10_000)  # ids bound one placeholder each
     poll_interval: Duration = 1.0
     lanes: int = Field(default=8, ge=1)
 
 
 class ProcessingOptions(_Strict):
-    batch: int = Field(default=500, ge=1)
+    batch: int = Field(default=500, ge=1, le=10_000)  # ids bound one placeholder each
 
 
 class BlobOptions(_Strict):

@@ -36,15 +36,6 @@ def replay_routes(engine: Engine) -> APIRouter:
     routes = APIRouter()
     store = engine.store
 
-    def wake_dispatcher(ids: list[int]) -> None:
-        with store.read() as conn:
-            keys = conn.execute(
-                select(deliveries.c.channel, deliveries.c.destination).where(
-                    deliveries.c.id.in_(ids)
-                )
-            ).all()
-        engine.dispatcher.notify({(k.channel, k.destination) for k in keys})
-
     async def preview(
         request: Request, principal: Principal, plan_of: Plan, item: int
     ) -> HTMLResponse:
@@ -138,10 +129,7 @@ def replay_routes(engine: Engine) -> APIRouter:
             return done
 
         done = await asyncio.to_thread(run)
-        if action == "resend":
-            await asyncio.to_thread(wake_dispatcher, [int(r.copy) for r in done if r.copy])
-        else:
-            engine.processor.wake()
+        await asyncio.to_thread(engine.replayed, action, done)
         return render(
             request,
             "bulk.html",

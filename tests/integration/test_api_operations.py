@@ -153,3 +153,17 @@ def test_metrics_need_a_token_and_count_per_channel_and_destination(site, hl7_sa
     queue = (("channel", CHANNEL), ("destination", "lab"))
     assert after[("tie_queue_depth", queue)] == 1
     assert after[("tie_queue_oldest_age_seconds", queue)] >= 0
+
+
+def test_a_resend_over_the_api_wakes_the_dispatcher(tmp_path, store_url, hl7_samples):
+    """The dispatcher polls only every ten minutes here: the resent copy goes out because
+    the API woke it, as the console does."""
+    slow_poll = {"poll_interval": "600s", "lease": "30s"}
+    with running_site(tmp_path, store_url, {}, dispatch=slow_poll) as site:
+        site.lab.code = "AR"
+        site.send_and_settle(order(hl7_samples[OML], "WAKE-1"), "WAKE-1", "failed")
+        site.lab.code = "AA"
+        support = _client(site, "support", name="sam")
+        search = {"search": {"channel": CHANNEL, "control_id": "WAKE-1"}, "reason": "lab back"}
+        assert support.post("/api/deliveries/resend", json=search).json()["count"] == 1
+        wait_until(lambda: site.delivery_status("WAKE-1") == ["resent", "sent"])

@@ -153,6 +153,16 @@ def test_engine_defaults(tmp_path):
     assert config.node
 
 
+def test_batches_are_bounded_by_what_one_statement_can_bind(tmp_path):
+    text = "dispatch: {batch: 50000}\nprocessing: {batch: 10001}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_engine(write(tmp_path / "engine.yaml", text))
+    found = [
+        (path, "less than or equal to 10000" in message) for _, path, message in problems(caught)
+    ]
+    assert found == [("dispatch.batch", True), ("processing.batch", True)]
+
+
 def test_a_file_destination_directory_is_relative_to_the_channel_file(tmp_path):
     config = load_channel(
         write(
