@@ -53,7 +53,8 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     driver = conn.connection.driver_connection
     if dialect == "sqlite":
         if times:
-            rows = [_with_text_times(row, times) for row in rows]
+            texts: dict[datetime, str] = {}
+            rows = [_with_text_times(row, times, texts) for row in rows]
         driver.executemany(sql, rows)
         return
     for row in rows:
@@ -86,16 +87,31 @@ def _plan(
 
 def driver_time(dialect: str, value: datetime | None) -> datetime | str | None:
     """A ``UtcDateTime`` value as the driver takes it: on SQLite, text in SQLAlchemy's format."""
-    _check_aware(value)
     if dialect != "sqlite" or value is None:
+        _check_aware(value)
         return value
+    return _sqlite_text(value)
+
+
+def _sqlite_text(value: datetime) -> str:
+    _check_aware(value)
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _with_text_times(row: dict[str, Any], times: tuple[str, ...]) -> dict[str, Any]:
+def _with_text_times(
+    row: dict[str, Any], times: tuple[str, ...], texts: dict[datetime, str]
+) -> dict[str, Any]:
+    """``row`` with its times as SQLite text; ``texts`` keeps each distinct time's text, since
+    the rows of one insert mostly share one ``now`` (several columns, every row)."""
     out = dict(row)
     for key in times:
-        out[key] = driver_time("sqlite", out[key])
+        value = out[key]
+        if value is None:
+            continue
+        text = texts.get(value)
+        if text is None:
+            text = texts[value] = _sqlite_text(value)
+        out[key] = text
     return out
 
 

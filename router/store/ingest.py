@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -436,13 +437,27 @@ def _row(item: Inbound) -> dict[str, Any]:
         "size": body.size,
         "raw": body.inline,
         "blob_sha256": body.sha256 if body.is_blob else None,
-        "source": json.dumps(item.source) if item.source else None,
+        "source": _source_json(item.source) if item.source else None,
         "ack": item.ack,
         "error": error,
         "processed_at": processed_at,
         "duplicate_of": None,
         "origin_delivery_id": item.origin_delivery_id,
     }
+
+
+def _source_json(source: dict[str, Any]) -> str:
+    """The source metadata as JSON; a flat one (an MLLP connection's: protocol and peer, the
+    same for each of its messages) is serialised once and remembered."""
+    try:
+        return _flat_json(tuple(source.items()))
+    except TypeError:  # nested values: not hashable
+        return json.dumps(source)
+
+
+@functools.lru_cache(maxsize=1024)
+def _flat_json(pairs: tuple[tuple[str, Any], ...]) -> str:
+    return json.dumps(dict(pairs))
 
 
 def _fit(value: str | None, size: int) -> str | None:
