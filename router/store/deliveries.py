@@ -27,7 +27,7 @@ from sqlalchemy import Connection, and_, case, update
 from router.config import RetryPolicy
 from router.connectors import Delivery, SendResult
 from router.store.blobs import BlobStore
-from router.store.database import Store, Transact
+from router.store.database import Store, Transact, savepoint
 from router.store.fast_insert import driver_time, insert_rows
 from router.store.ingest import utcnow
 from router.store.schema import PENDING, attempts, deliveries
@@ -268,14 +268,23 @@ def record_then_claim(
     """``record`` a round and ``claim`` the next in one transaction: for a worker that
     already knows more is due, one commit (one writer job on SQLite) instead of two.
 
-    The round's attempts and outcomes commit with the next claim or not at all: if the
-    claim fails, the round's leases run out and it is sent again (at least once).
+    The claim runs in a savepoint: if it fails, the round's attempts are still recorded
+    (every attempt is kept) and the next round is empty, to be claimed again later.
     """
     settle, outcomes = _settling(done, policy, claimed, request.owner)
 
     def work(conn: Connection) -> Claimed:
         settle(conn)
-        return _claim(conn, request, store.blobs)
+        try:
+            with savepoint(conn, "tie_claim"):
+                return _claim(conn, request, store.blobs)
+        except Exception:
+            log.exception(
+                "claiming the next round of %s/%s failed; this round is recorded",
+                request.channel,
+                request.destination,
+            )
+            return Claimed()
 
     return outcomes, (transact or store.run)(work)
 

@@ -4,32 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import func, select, update
 
+from router.config import ChannelConfig
+from router.pipeline import CompiledChannel, compile_channel
 from router.store.database import Store
 from router.store.ingest import utcnow
 from router.store.schema import channel_state
 
 
 @contextmanager
-def failing_delivery_insert(store: Store) -> Iterator[None]:
-    """Make the INSERT into deliveries fail inside the processor's transaction: a trigger,
-    so the store itself refuses the row, however the insert reaches it."""
+def refused(store: Store, table: str, when: str = "true", *, on: str = "INSERT") -> Iterator[None]:
+    """Make the store itself refuse ``on`` statements' rows of ``table`` where ``when`` holds
+    (a condition on ``NEW``): a trigger, so the refusal reaches however the statement does.
+    The error says ``<table> <on> refused`` (``deliveries insert refused``)."""
+    message = f"{table} {on.lower()} refused"
     if store.is_sqlite:
         create = [
-            "CREATE TRIGGER refuse_deliveries BEFORE INSERT ON deliveries "
-            "BEGIN SELECT RAISE(ABORT, 'delivery insert refused'); END"
+            f"CREATE TRIGGER tie_refuse BEFORE {on} ON {table} FOR EACH ROW WHEN {when} "
+            f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
         ]
-        drop = ["DROP TRIGGER refuse_deliveries"]
+        drop = ["DROP TRIGGER tie_refuse"]
     else:
         create = [
-            "CREATE FUNCTION refuse_deliveries() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN RAISE EXCEPTION 'delivery insert refused'; END $$",
-            "CREATE TRIGGER refuse_deliveries BEFORE INSERT ON deliveries "
-            "FOR EACH ROW EXECUTE FUNCTION refuse_deliveries()",
+            "CREATE FUNCTION tie_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION '{message}'; END $$",
+            f"CREATE TRIGGER tie_refuse BEFORE {on} ON {table} "
+            f"FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION tie_refuse()",
         ]
-        drop = ["DROP TRIGGER refuse_deliveries ON deliveries", "DROP FUNCTION refuse_deliveries()"]
+        drop = [f"DROP TRIGGER tie_refuse ON {table}", "DROP FUNCTION tie_refuse()"]
     with store.begin() as conn:
         for statement in create:
             conn.exec_driver_sql(statement)
@@ -56,3 +61,16 @@ def set_paused(store: Store, channel: str, paused: bool) -> None:
                     channel=channel, paused=paused, updated_at=utcnow(), updated_by="test"
                 )
             )
+
+
+def orders_channel(name: str = "orders", **extra: Any) -> CompiledChannel:
+    """A channel taking OML orders to a lab over MLLP, correlated by placer order."""
+    data: dict[str, Any] = {
+        "name": name,
+        "source": {"mllp": {"port": 0}},
+        "filter": [{"field": "MSH-9.1", "in": ["OML"]}],
+        "correlate": {"placer": "ORC-2.1"},
+        "destinations": {"lab": {"mllp": {"host": "127.0.0.1", "port": 2576}}},
+    }
+    data.update(extra)
+    return compile_channel(ChannelConfig.model_validate(data))

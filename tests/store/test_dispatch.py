@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
+from store_testing import refused
 
 from router.config import ChannelConfig, DestinationConfig, DispatchOptions, RetryPolicy
 from router.connectors import Delivery, SendResult
@@ -16,7 +17,15 @@ from router.dispatch import DestinationWorker
 from router.pipeline import compile_channel
 from router.processing import Processor
 from router.store.database import Store
-from router.store.deliveries import Attempt, Claimed, claim, record, release_owned
+from router.store.deliveries import (
+    Attempt,
+    Claimed,
+    ClaimRequest,
+    claim,
+    record,
+    record_then_claim,
+    release_owned,
+)
 from router.store.ingest import utcnow
 from router.store.schema import attempts, deliveries
 
@@ -226,6 +235,21 @@ def test_running_a_full_round_records_it_with_the_next_claim(store, receive, er7
     assert set(_state(store).values()) == {("sent", 1)}
     with store.read() as conn:
         assert conn.scalar(select(func.count()).select_from(attempts)) == len(msgs)
+
+
+def test_a_round_is_recorded_even_when_claiming_the_next_one_fails(store, receive, er7):
+    _queue(store, receive, er7, {"mllp": LAB, "ordered": False}, ("ORD1", "P1"), ("ORD2", "P2"))
+    first = claim(store, "orders", "lab", ordered=False, lanes=1, limit=1, lease=60, owner="a")
+    sent = [Attempt(x, SENT, utcnow(), 1.0) for lane in first.lanes for x in lane]
+    request = ClaimRequest("orders", "lab", False, 1, 10, 60.0, "a")
+
+    with refused(store, "deliveries", "NEW.status = 'sending'", on="UPDATE"):
+        outcomes, following = record_then_claim(store, sent, RetryPolicy(), first.all_ids, request)
+
+    assert (outcomes, following.lanes) == (["sent"], [])
+    assert _state(store) == {"ORD1": ("sent", 1), "ORD2": ("queued", 0)}
+    with store.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(attempts)) == 1
 
 
 def test_a_retrying_head_blocks_an_ordered_destination(store, receive, er7):

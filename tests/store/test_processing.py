@@ -7,29 +7,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from store_testing import failing_delivery_insert, set_paused
+from store_testing import orders_channel, refused, set_paused
 
 from router import mappings
-from router.config import ChannelConfig
-from router.pipeline import CompiledChannel, compile_channel
 from router.processing import Processor
 from router.store.database import Store
 from router.store.schema import correlations, deliveries, messages
 
 m, d = messages.c, deliveries.c
-LAB = {"mllp": {"host": "127.0.0.1", "port": 2576}}
-
-
-def _channel(name: str = "orders", **extra: Any) -> CompiledChannel:
-    data: dict[str, Any] = {
-        "name": name,
-        "source": {"mllp": {"port": 0}},
-        "filter": [{"field": "MSH-9.1", "in": ["OML"]}],
-        "correlate": {"placer": "ORC-2.1"},
-        "destinations": {"lab": LAB},
-    }
-    data.update(extra)
-    return compile_channel(ChannelConfig.model_validate(data))
 
 
 def _statuses(store: Store, ids: list[int]) -> list[tuple[str, str | None]]:
@@ -55,7 +40,7 @@ def test_run_once_settles_messages_and_writes_deliveries_and_keys(store, receive
         er7("RES1", kind="ORU^R01"),
         b"this is not HL7 at all",
     )
-    assert Processor(store, {"orders": _channel()}).run_once() == 3
+    assert Processor(store, {"orders": orders_channel()}).run_once() == 3
 
     (ok, ok_error), (filtered, why), (error, broken) = _statuses(store, ids)
     assert (ok, ok_error) == ("processed", None)
@@ -79,9 +64,9 @@ def test_run_once_settles_messages_and_writes_deliveries_and_keys(store, receive
 
 def test_outcome_and_deliveries_commit_together_or_not_at_all(store, receive, er7):
     (message_id,) = receive("orders", er7("ORD1"))
-    processor = Processor(store, {"orders": _channel()})
+    processor = Processor(store, {"orders": orders_channel()})
 
-    with failing_delivery_insert(store), pytest.raises(Exception, match="insert refused"):
+    with refused(store, "deliveries"), pytest.raises(Exception, match="insert refused"):
         processor.run_once()
     assert _statuses(store, [message_id]) == [("received", None)]
     assert _deliveries(store) == []
@@ -96,7 +81,7 @@ def test_outcome_and_deliveries_commit_together_or_not_at_all(store, receive, er
 
 def test_a_new_processor_resumes_received_messages(store, receive, er7):
     ids = receive("orders", *(er7(f"ORD{n}") for n in range(5)))
-    channels = {"orders": _channel()}
+    channels = {"orders": orders_channel()}
     assert Processor(store, channels, batch=2).run_once() == 2
     assert [s for s, _ in _statuses(store, ids)] == ["processed"] * 2 + ["received"] * 3
 
@@ -121,7 +106,7 @@ def test_a_failing_mapping_marks_only_its_message_error(store, receive, er7, tmp
         "    return message.raw.replace(b'|EPR|', b'|TIE|')\n"
     )
     mappings.mount(folder)
-    channel = _channel(transform="risky:normalise")
+    channel = orders_channel(transform="risky:normalise")
     ids = receive("orders", er7("ORD1"), er7("ORD2", patient="BAD"), er7("ORD3"))
 
     assert Processor(store, {"orders": channel}).run_once() == 3
@@ -137,7 +122,7 @@ def test_a_failing_mapping_marks_only_its_message_error(store, receive, er7, tmp
 
 
 def test_a_paused_channel_waits_and_then_runs_in_order(store, receive, er7):
-    channels = {"orders": _channel(), "results": _channel("results")}
+    channels = {"orders": orders_channel(), "results": orders_channel("results")}
     set_paused(store, "orders", True)
     waiting = receive("orders", *(er7(f"ORD{n}") for n in range(3)))
     other = receive("results", er7("RES1"))

@@ -10,31 +10,17 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from store_testing import failing_delivery_insert, set_paused
+from store_testing import orders_channel, refused, set_paused
 
 from router import mappings
-from router.config import ChannelConfig
 from router.connectors.hl7_inbound import hl7_inbound
-from router.pipeline import CompiledChannel, compile_channel
+from router.pipeline import CompiledChannel
 from router.processing import Processor
 from router.store.database import Store
 from router.store.ingest import GroupCommitWriter
 from router.store.schema import correlations, deliveries, messages
 
 m, d, c = messages.c, deliveries.c, correlations.c
-LAB = {"mllp": {"host": "127.0.0.1", "port": 2576}}
-
-
-def _channel(name: str = "orders", **extra: Any) -> CompiledChannel:
-    data: dict[str, Any] = {
-        "name": name,
-        "source": {"mllp": {"port": 0}},
-        "filter": [{"field": "MSH-9.1", "in": ["OML"]}],
-        "correlate": {"placer": "ORC-2.1"},
-        "destinations": {"lab": LAB},
-    }
-    data.update(extra)
-    return compile_channel(ChannelConfig.model_validate(data))
 
 
 class Hooks:
@@ -75,7 +61,7 @@ def _keys(store: Store, message_id: int) -> set[tuple[str, str]]:
 
 
 def test_a_declarative_channels_message_commits_settled_with_its_deliveries(store, er7):
-    with writer_for(store, {"orders": _channel()}) as (writer, hooks):
+    with writer_for(store, {"orders": orders_channel()}) as (writer, hooks):
         receipt = writer.submit_sync(hl7_inbound("orders", er7("ORD1")))
         kept_back = writer.submit_sync(hl7_inbound("orders", er7("RES1", kind="ORU^R01")))
 
@@ -97,7 +83,7 @@ def test_a_declarative_channels_message_commits_settled_with_its_deliveries(stor
 
 
 def test_a_paused_channels_message_waits_for_the_processor(store, er7):
-    channels = {"orders": _channel()}
+    channels = {"orders": orders_channel()}
     set_paused(store, "orders", True)
     with writer_for(store, channels) as (writer, hooks):
         receipt = writer.submit_sync(hl7_inbound("orders", er7("ORD1")))
@@ -116,7 +102,7 @@ def test_a_channel_with_a_mapping_is_left_to_the_processor(store, er7, tmp_path:
     folder.mkdir()
     (folder / "tag.py").write_text("def tag(message):\n    return message.raw + b'ZTG|1\\r'\n")
     mappings.mount(folder)
-    channels = {"orders": _channel(transform="tag:tag")}
+    channels = {"orders": orders_channel(transform="tag:tag")}
     with writer_for(store, channels) as (writer, hooks):
         receipt = writer.submit_sync(hl7_inbound("orders", er7("ORD1")))
 
@@ -128,7 +114,7 @@ def test_a_channel_with_a_mapping_is_left_to_the_processor(store, er7, tmp_path:
 
 
 def test_a_duplicate_is_filtered_not_settled_again(store, er7):
-    with writer_for(store, {"orders": _channel()}) as (writer, _):
+    with writer_for(store, {"orders": orders_channel()}) as (writer, _):
         first = writer.submit_sync(hl7_inbound("orders", er7("ORD1"), idempotency_window=60))
         again = writer.submit_sync(hl7_inbound("orders", er7("ORD1"), idempotency_window=60))
 
@@ -141,8 +127,8 @@ def test_a_duplicate_is_filtered_not_settled_again(store, er7):
 
 
 def test_when_its_deliveries_cannot_be_written_the_message_is_still_acknowledged(store, er7):
-    channels = {"orders": _channel()}
-    with writer_for(store, channels) as (writer, hooks), failing_delivery_insert(store):
+    channels = {"orders": orders_channel()}
+    with writer_for(store, channels) as (writer, hooks), refused(store, "deliveries"):
         receipt = writer.submit_sync(hl7_inbound("orders", er7("ORD1"), ack=b"MSA|AA|ORD1"))
 
     assert receipt.ack == b"MSA|AA|ORD1"
@@ -157,7 +143,7 @@ def test_when_its_deliveries_cannot_be_written_the_message_is_still_acknowledged
 @pytest.mark.parametrize("size", [10, 2048])
 def test_a_payload_above_the_blob_threshold_is_left_to_the_processor(store, er7, size):
     store.blobs.threshold = size
-    with writer_for(store, {"orders": _channel()}) as (writer, _):
+    with writer_for(store, {"orders": orders_channel()}) as (writer, _):
         receipt = writer.submit_sync(hl7_inbound("orders", er7("ORD1")))
     expected = "received" if len(er7("ORD1")) > size else "processed"
     assert _message(store, receipt.uuid).status == expected
