@@ -37,7 +37,8 @@ from router.hl7v2.header import parse_header
 from router.pipeline import compile_channel
 from router.processing import Processor
 from router.store.database import Store
-from router.store.ingest import GroupCommitWriter, Inbound, _Job
+from router.store.inbound import Inbound
+from router.store.ingest import GroupCommitWriter, _Job
 from router.store.migrate import upgrade
 
 WARM_UP = 200

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Row
 
 from router.store.blobs import BlobStore
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.queries import find_message_id, message_detail
 from router.store.schema import audit_events
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from router import audit
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import PENDING, channel_state, deliveries, messages
 
 

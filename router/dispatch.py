@@ -25,12 +25,12 @@ from router.store.deliveries import (
     Attempt,
     Claimed,
     ClaimRequest,
-    claim,
+    claim_next,
     record,
     record_then_claim,
     release_owned,
 )
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 
 log = logging.getLogger(__name__)
 SenderFactory = Callable[[str, str, DestinationConfig], Sender]
@@ -121,16 +121,7 @@ class DestinationWorker:
 
     async def _claim(self) -> Claimed:
         return await asyncio.to_thread(
-            claim,
-            self._store,
-            self.channel,
-            self.name,
-            ordered=self.config.is_ordered,
-            lanes=len(self._senders),
-            limit=self._options.batch,
-            lease=self._options.lease,
-            owner=self._owner,
-            transact=self._transact,
+            claim_next, self._store, self._request, transact=self._transact
         )
 
     async def _send(self, claimed: Claimed) -> list[Attempt]:

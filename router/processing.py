@@ -32,7 +32,8 @@ from router.store.blobs import BlobStore
 from router.store.database import Store, Transact
 from router.store.fast_insert import driver_time, insert_rows
 from router.store.flags import unmatched_flags
-from router.store.ingest import DestinationKey, Inbound, utcnow
+from router.store.inbound import Inbound, utcnow
+from router.store.ingest import DestinationKey
 from router.store.schema import (
     channel_state,
     correlations,
@@ -92,7 +93,6 @@ _SETTLE_SQL = (
 )
 _PAUSED = select(channel_state.c.channel).where(channel_state.c.paused)
 _INSERT_FLAGS = message_flags.insert()
-_IDS = select(_m.uuid, _m.id).where(_m.uuid.in_(bindparam("uuids", expanding=True)))
 
 
 class _Stored(NamedTuple):
@@ -248,17 +248,16 @@ def _declarative(channels: dict[str, CompiledChannel]) -> dict[str, CompiledChan
 
 
 def _ids(conn: Connection, uuids: list[str]) -> dict[str, int]:
-    """Row ids of messages by uuid (the unique index), straight through the driver."""
+    """Row ids of messages by uuid (the unique index), straight through the driver (SQLite
+    or PostgreSQL, the store's two dialects)."""
     driver = conn.connection.driver_connection
     if conn.dialect.name == "sqlite":
         marks = ", ".join("?" * len(uuids))
         sql = f"SELECT uuid, id FROM messages WHERE uuid IN ({marks})"
         return dict(driver.execute(sql, uuids).fetchall())
-    if conn.dialect.name == "postgresql":
-        with driver.cursor() as cursor:
-            cursor.execute("SELECT uuid, id FROM messages WHERE uuid = ANY(%s)", (uuids,))
-            return dict(cursor.fetchall())
-    return {row.uuid: row.id for row in conn.execute(_IDS, {"uuids": uuids})}
+    with driver.cursor() as cursor:
+        cursor.execute("SELECT uuid, id FROM messages WHERE uuid = ANY(%s)", (uuids,))
+        return dict(cursor.fetchall())
 
 
 def _unmatched_checks(channels: dict[str, CompiledChannel]) -> dict[str, UnmatchedFlag]:

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select
 
 from router import audit
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.queries import MessageFilter, search_query
 from router.store.schema import deliveries, messages
 

@@ -27,7 +27,7 @@ from router.config import ChannelConfig, EngineConfig
 from router.directory import Endpoint, put_endpoint
 from router.engine import Engine
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.migrate import upgrade
 from router.store.schema import api_tokens
 

@@ -12,7 +12,7 @@ from router.api.security import Principal, require_role
 from router.channel_control import set_paused
 from router.console.statistics import dashboard
 from router.dps.jobs import list_jobs
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 
 if TYPE_CHECKING:
     from router.engine import Engine

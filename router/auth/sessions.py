@@ -15,7 +15,7 @@ from sqlalchemy import Connection, delete, select
 from router.auth.roles import decode
 from router.auth.tokens import digest
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import sessions, users
 
 TOUCH_EVERY = timedelta(seconds=60)  # at most one write per session a minute

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select
 from router import audit
 from router.auth.roles import decode, encode, grants, parse_roles
 from router.auth.users import find_user
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import api_tokens, users
 
 PREFIX = "tie_"

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, delete, func, select
 from router import audit
 from router.auth.passwords import hash_password, verify_password
 from router.auth.roles import decode, encode, parse_roles
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import api_tokens, sessions, users
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")

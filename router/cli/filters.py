@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime, timedelta
 
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.queries import MessageFilter
 from router.units import parse_duration
 

@@ -95,7 +95,7 @@ def _inject(
     """A channel fed by other channels has no socket: store the messages directly."""
     from router.connectors.hl7_inbound import hl7_inbound
     from router.engine import open_store
-    from router.store.ingest import write_inbound
+    from router.store.inbound import write_inbound
     from router.store.migrate import upgrade
 
     store = open_store(config)

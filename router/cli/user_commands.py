@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from router.cli.commands import actor
 from router.cli.output import CommandError, add_json, open_store, print_json, print_table
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.units import parse_duration
 
 

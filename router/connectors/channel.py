@@ -15,7 +15,7 @@ from router.config import ChannelTarget
 from router.connectors import Delivery, SendResult
 from router.connectors.hl7_inbound import hl7_inbound
 from router.store.database import Store
-from router.store.ingest import Inbound, write_inbound
+from router.store.inbound import Inbound, write_inbound
 from router.store.schema import messages
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from router.hl7v2.er7 import Er7Error
 from router.hl7v2.header import MshHeader, parse_header
-from router.store.ingest import Inbound
+from router.store.inbound import Inbound
 
 
 def hl7_inbound(channel: str, raw: bytes, header: MshHeader | None = None, **extra: Any) -> Inbound:

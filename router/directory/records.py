@@ -14,7 +14,7 @@ from router import audit
 from router.directory.entries import Endpoint
 from router.directory.keys import Key
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import endpoints
 
 e = endpoints.c

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 
 from router.connectors import Delivery, SendResult
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import jobs
 
 FINAL = ("completed", "failed_validation", "failed_dps_validation")

@@ -22,7 +22,7 @@ from router.fhir import registry
 from router.fhir.bars import LINKING, IndexedRequest
 from router.store.database import Store
 from router.store.fast_insert import insert_rows
-from router.store.ingest import Inbound, utcnow, write_inbound
+from router.store.inbound import Inbound, utcnow, write_inbound
 from router.store.schema import attempts, correlations, deliveries, messages
 
 log = logging.getLogger(__name__)

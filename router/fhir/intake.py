@@ -22,7 +22,8 @@ from router.config.http import HttpSource
 from router.fhir import FHIR_JSON
 from router.fhir.outcome import Issue, Rejected, information, operation_outcome, reject
 from router.fhir.validation import check_message, check_resource, parse_json
-from router.store.ingest import Inbound, Receipt, StoreUnavailable
+from router.store.inbound import Inbound, Receipt
+from router.store.ingest import StoreUnavailable
 
 log = logging.getLogger(__name__)
 KEPT_OF_REJECTED = 64 * 1024  # of an oversized or unsupported body, stored with its reason

@@ -28,7 +28,7 @@ from router.fhir.exchange import PROVIDER, Outcome, open_exchange
 from router.fhir.forwarding import Forwarder, HopFailed
 from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
 from router.fhir.recorder import Recorder
-from router.store.ingest import Inbound, utcnow, write_inbound
+from router.store.inbound import Inbound, utcnow, write_inbound
 
 log = logging.getLogger(__name__)
 SSP = ("ssp-traceid", "ssp-from", "ssp-to", "ssp-interactionid")

@@ -50,7 +50,8 @@ from router.fhir.intake import (
 from router.fhir.outcome import Issue, operation_outcome, reject
 from router.fhir.recorder import Recorder
 from router.store.database import Store
-from router.store.ingest import GroupCommitWriter, utcnow
+from router.store.inbound import utcnow
+from router.store.ingest import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 PASSED_ON = (

@@ -22,7 +22,7 @@ from router.config.loading import channel_from_text, read_text
 from router.governance.models import APPROVED, DEPLOYED, RUNNING, SUPERSEDED
 from router.governance.revisions import insert_revision, running, sha256
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import channel_revisions
 
 log = logging.getLogger(__name__)

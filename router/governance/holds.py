@@ -38,7 +38,7 @@ from router.governance.models import (
     NotFound,
 )
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import HELD, deliveries, hold_approvals, hold_batches, messages
 
 b, d = hold_batches.c, deliveries.c

@@ -34,7 +34,7 @@ from router.governance.models import (
     RevisionDiff,
 )
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import channel_revisions
 
 r = channel_revisions.c

@@ -29,7 +29,7 @@ from router.connectors import Delivery, SendResult
 from router.store.blobs import BlobStore
 from router.store.database import Store, Transact, savepoint
 from router.store.fast_insert import driver_time, insert_rows
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import PENDING, attempts, deliveries
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,13 @@ def claim(
     ``transact`` runs the claim's transaction (default: one of its own).
     """
     request = ClaimRequest(channel, destination, ordered, lanes, limit, lease, owner)
+    return claim_next(store, request, transact=transact)
+
+
+def claim_next(
+    store: Store, request: ClaimRequest, *, transact: Transact[Any] | None = None
+) -> Claimed:
+    """``claim`` for a worker that keeps its ``ClaimRequest``."""
     return (transact or store.run)(lambda conn: _claim(conn, request, store.blobs))
 
 

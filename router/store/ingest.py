@@ -4,7 +4,8 @@ Sources hand messages to one writer thread. The writer takes everything that is
 waiting, writes it in one transaction and answers all the waiters together, so
 many concurrent connections share one fsync instead of paying one each
 (DESIGN.md §3.1 and §3.6). The idempotent receiver check runs inside that same
-transaction, so two copies of one message can never both be accepted.
+transaction (``write_inbound``, router.store.inbound), so two copies of one message
+can never both be accepted.
 
 A ``Settler`` (the processor) may decide a message's outcome as it is submitted, when
 its channel runs no mapping: the message is then written already settled, with its
@@ -16,80 +17,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import logging
-import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, select
 
-from router import metrics
-from router.payload import Payload, as_payload
 from router.store.database import Store, savepoint
-from router.store.fast_insert import insert_rows
+from router.store.inbound import Inbound, Receipt, write_inbound
 from router.store.schema import channel_state, messages
 
 log = logging.getLogger(__name__)
 _STOP = object()
-_INSERT = messages.insert()  # built once: SQLAlchemy caches its compiled form by this object
 T = TypeVar("T")
 DestinationKey = tuple[str, str]
 _PAUSED_SQL = "SELECT channel FROM channel_state WHERE paused"
 _PAUSED = select(channel_state.c.channel).where(channel_state.c.paused)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def random_uuid() -> str:
-    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` gives, in half the time.
-
-    ``uuid.UUID`` goes through a 128-bit integer and validates its arguments; for every
-    message a source receives, that was a measurable share of the listener's work.
-    """
-    data = bytearray(os.urandom(16))
-    data[6] = data[6] & 0x0F | 0x40  # version 4
-    data[8] = data[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = data.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-class Decided(Protocol):
-    """A processing outcome decided before the commit (router.pipeline.Outcome)."""
-
-    status: str
-    reason: str | None
-
-
-@dataclass(slots=True)
-class Inbound:
-    """A message as a source received it, with what it proposes to answer."""
-
-    channel: str
-    raw: bytes | Payload  # a Payload when the source streamed it into the blob store
-    content_type: str = "hl7v2"
-    message_type: str | None = None
-    control_id: str | None = None
-    sender: str | None = None
-    source: dict[str, Any] | None = None
-    ack: bytes | None = None
-    status: str = "received"
-    error: str | None = None
-    idempotency_window: float | None = None
-    origin_delivery_id: int | None = None
-    received_at: datetime = field(default_factory=utcnow)
-    uuid: str = field(default_factory=random_uuid)
-    # Set by a Settler at submission: the message is stored with this outcome. Cleared when
-    # the message turns out a duplicate or its channel is paused: the processor decides then.
-    outcome: Decided | None = None
 
 
 class Settler(Protocol):
@@ -101,21 +48,11 @@ class Settler(Protocol):
     def record(self, conn: Connection, items: list[Inbound]) -> set[DestinationKey]:
         """Write the deliveries, keys and flags of ``items`` (stored, settled, in ``conn``'s
         transaction); the destinations that got queued deliveries."""
-        ...
 
 
 # Called after each commit that stored messages: the destinations given queued deliveries,
 # and whether some message was left ``received`` for the processor.
 CommitHook = Callable[[set[DestinationKey], bool], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """What the store committed: the answer to send, and the original for a duplicate."""
-
-    uuid: str
-    ack: bytes | None
-    duplicate_of: str | None = None
 
 
 class StoreUnavailable(Exception):
@@ -346,125 +283,6 @@ def _unsettle(conn: Connection, items: list[Inbound]) -> None:
         item.outcome = None
 
 
-def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
-    """Insert ``items`` in one transaction, recognising repeats (idempotent receiver).
-
-    An item with an ``outcome`` is stored with it (settled), unless it is a duplicate.
-    """
-    receipts: list[Receipt] = []
-    rows: list[dict[str, Any]] = []
-    late: list[tuple[dict[str, Any], str]] = []
-    first_in_batch: dict[tuple[str, str | None, str], Inbound] = {}
-    for item in items:
-        row = _row(item)
-        original = _find_original(conn, item, first_in_batch)
-        if original is None:
-            rows.append(row)
-            receipts.append(Receipt(item.uuid, item.ack))
-            continue
-        original_uuid, original_id, original_ack = original
-        item.outcome = None
-        row.update(
-            status="filtered",
-            processed_at=utcnow(),
-            ack=original_ack,
-            error=f"duplicate of {original_uuid}: MSH-10 {item.control_id!r} "
-            f"from {item.sender or 'unknown sender'} already received",
-        )
-        if original_id is None:
-            late.append((row, original_uuid))
-        else:
-            row["duplicate_of"] = original_id
-            rows.append(row)
-        receipts.append(Receipt(item.uuid, original_ack, duplicate_of=original_uuid))
-    if rows:
-        insert_rows(conn, messages, rows)
-    for row, original_uuid in late:
-        row["duplicate_of"] = conn.scalar(
-            select(messages.c.id).where(messages.c.uuid == original_uuid)
-        )
-        conn.execute(_INSERT, row)
-    metrics.count_messages(_counted([*rows, *(row for row, _ in late)]))
-    return receipts
-
-
-def _find_original(
-    conn: Connection, item: Inbound, first_in_batch: dict[tuple[str, str | None, str], Inbound]
-) -> tuple[str, int | None, bytes | None] | None:
-    if not item.idempotency_window or not item.control_id or item.status != "received":
-        return None
-    key = (item.channel, item.sender, item.control_id)
-    earlier = first_in_batch.get(key)
-    if earlier is not None:
-        return earlier.uuid, None, earlier.ack
-    m = messages.c
-    found = conn.execute(
-        select(m.uuid, m.id, m.ack)
-        .where(
-            m.channel == item.channel,
-            m.sender == _fit(item.sender, 255),
-            m.control_id == _fit(item.control_id, 199),
-            m.received_at >= item.received_at - timedelta(seconds=item.idempotency_window),
-            m.duplicate_of.is_(None),
-            m.status != "error",
-        )
-        .order_by(m.id)
-        .limit(1)
-    ).first()
-    if found is None:
-        first_in_batch[key] = item
-        return None
-    return found.uuid, found.id, found.ack
-
-
-def _row(item: Inbound) -> dict[str, Any]:
-    body = as_payload(item.raw)
-    outcome = item.outcome
-    if outcome is not None:
-        status, error, processed_at = outcome.status, outcome.reason, utcnow()
-    else:
-        status, error = item.status, item.error
-        processed_at = item.received_at if item.status != "received" else None
-    return {
-        "uuid": item.uuid,
-        "channel": item.channel,
-        "received_at": item.received_at,
-        "status": status,
-        "content_type": item.content_type,
-        "message_type": _fit(item.message_type, 64),
-        "control_id": _fit(item.control_id, 199),
-        "sender": _fit(item.sender, 255),
-        "size": body.size,
-        "raw": body.inline,
-        "blob_sha256": body.sha256 if body.is_blob else None,
-        "source": _source_json(item.source) if item.source else None,
-        "ack": item.ack,
-        "error": error,
-        "processed_at": processed_at,
-        "duplicate_of": None,
-        "origin_delivery_id": item.origin_delivery_id,
-    }
-
-
-def _source_json(source: dict[str, Any]) -> str:
-    """The source metadata as JSON; a flat one (an MLLP connection's: protocol and peer, the
-    same for each of its messages) is serialised once and remembered."""
-    try:
-        return _flat_json(tuple(source.items()))
-    except TypeError:  # nested values: not hashable
-        return json.dumps(source)
-
-
-@functools.lru_cache(maxsize=1024)
-def _flat_json(pairs: tuple[tuple[str, Any], ...]) -> str:
-    return json.dumps(dict(pairs))
-
-
-def _fit(value: str | None, size: int) -> str | None:
-    """Senders choose header values: fit them to the column so one cannot fail a batch."""
-    return value[:size] if value else value
-
-
 def _answer(batch: list[_Pending], results: list[Receipt | BaseException]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Receipt | BaseException]]] = {}
     for pending, result in zip(batch, results, strict=True):
@@ -491,12 +309,3 @@ def _settle(answers: list[tuple[asyncio.Future[Receipt], Receipt | BaseException
             waiter.set_exception(result)
         else:
             waiter.set_result(result)
-
-
-def _counted(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[str, str]]:
-    """(channel, status) for the metrics: every row is received; a reject is an error, a
-    duplicate filtered, as well."""
-    for row in rows:
-        yield row["channel"], "received"
-        if row["status"] != "received":
-            yield row["channel"], row["status"]

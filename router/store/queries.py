@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Select, func, or_, select, text
 
 from router.store.blobs import BlobStore
 from router.store.flags import flags_of
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import attempts, correlations, deliveries, message_flags, messages
 
 m = messages.c

@@ -15,7 +15,7 @@ from tie_testing import api_token
 
 from router.api.security import SESSION_COOKIE
 from router.auth.throttle import LoginThrottle
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import api_tokens, audit_events, sessions, users
 
 USERS = {"ada": ["admin"], "sam": ["support"], "vic": ["viewer"]}

@@ -31,7 +31,7 @@ from router.connectors.hl7_inbound import hl7_inbound
 from router.engine import compile_channels, open_store
 from router.processing import Processor
 from router.store.database import Store
-from router.store.ingest import Inbound, utcnow, write_inbound
+from router.store.inbound import Inbound, utcnow, write_inbound
 from router.store.migrate import alembic_config, upgrade
 from router.store.schema import audit_events, deliveries, messages
 

@@ -14,7 +14,7 @@ from router.cli import main
 from router.connectors import Delivery
 from router.dps.jobs import JobSender, job_record
 from router.store.database import Store
-from router.store.ingest import Inbound
+from router.store.inbound import Inbound
 from router.store.migrate import upgrade
 from router.store.schema import audit_events, channel_state, messages
 

@@ -18,7 +18,7 @@ from tie_testing import (
     wait_until,
 )
 
-from router.store.ingest import Inbound
+from router.store.inbound import Inbound
 from router.store.schema import deliveries
 
 

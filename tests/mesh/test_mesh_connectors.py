@@ -12,7 +12,7 @@ from mesh_testing import DPS, HUB, LAB, mailbox_config, mesh_env
 from sqlalchemy import select
 from tie_testing import RunningEngine, channel, engine_config, free_ports, wait_until
 
-from router.store.ingest import Inbound
+from router.store.inbound import Inbound
 from router.store.schema import attempts, deliveries, mesh_sent, messages
 
 MIB = 1024 * 1024

@@ -10,7 +10,7 @@ from mesh_testing import DPS, Certificates, MeshSandbox, mailbox_config, mesh_en
 from sqlalchemy import select
 from tie_testing import RunningEngine, channel, engine_config, wait_until
 
-from router.store.ingest import Inbound
+from router.store.inbound import Inbound
 from router.store.schema import attempts, deliveries
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from router.connectors.hl7_inbound import hl7_inbound
 from router.store.database import Store
-from router.store.ingest import write_inbound
+from router.store.inbound import write_inbound
 from router.store.schema import messages
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 from router.config import ChannelConfig
 from router.pipeline import CompiledChannel, compile_channel
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import channel_state
 
 

@@ -13,7 +13,7 @@ from router.api.messages import jsonable
 from router.payload import Payload
 from router.store.blobs import BlobStore
 from router.store.database import Store
-from router.store.ingest import Inbound
+from router.store.inbound import Inbound
 from router.store.queries import PREVIEW, message_detail
 from router.store.schema import deliveries, messages
 

@@ -150,7 +150,7 @@ def _routed_channel(directory: Directory, lookup: dict[str, Any]) -> Any:
 
 def _store_messages(store: Store, *raws: bytes) -> None:
     from router.connectors.hl7_inbound import hl7_inbound
-    from router.store.ingest import write_inbound
+    from router.store.inbound import write_inbound
 
     with store.begin() as conn:
         write_inbound(conn, [hl7_inbound("orders", raw) for raw in raws])

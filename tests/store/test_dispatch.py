@@ -26,7 +26,7 @@ from router.store.deliveries import (
     record_then_claim,
     release_owned,
 )
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import attempts, deliveries
 
 d = deliveries.c

@@ -23,7 +23,8 @@ from router.fhir.exchange import (
 from router.fhir.recorder import Recorder
 from router.fhir.registry import index, search
 from router.store.deliveries import claim
-from router.store.ingest import GroupCommitWriter, Inbound, utcnow
+from router.store.inbound import Inbound, utcnow
+from router.store.ingest import GroupCommitWriter
 from router.store.schema import attempts, correlations, deliveries, messages
 
 

@@ -26,7 +26,7 @@ from router.governance.deploy import (
 )
 from router.governance.holds import release_shortfall
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import audit_events, deliveries
 
 FILTER = "filter:\n  - field: MSH-9.1\n    equals: {kind}\n"

@@ -15,14 +15,8 @@ from sqlalchemy import create_engine, event, func, make_url, select, text
 from tie_testing import wait_until
 
 from router.store.database import Store
-from router.store.ingest import (
-    GroupCommitWriter,
-    Inbound,
-    Receipt,
-    StoreUnavailable,
-    random_uuid,
-    utcnow,
-)
+from router.store.inbound import Inbound, Receipt, random_uuid, utcnow
+from router.store.ingest import GroupCommitWriter, StoreUnavailable
 from router.store.schema import messages
 
 m = messages.c

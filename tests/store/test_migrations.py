@@ -8,7 +8,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, select, text
 
 from router.store.database import Store
-from router.store.ingest import GroupCommitWriter, Inbound
+from router.store.inbound import Inbound
+from router.store.ingest import GroupCommitWriter
 from router.store.migrate import alembic_config, upgrade
 from router.store.schema import messages, metadata
 

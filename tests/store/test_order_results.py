@@ -10,7 +10,7 @@ from router.config import ChannelConfig
 from router.directory import Directory, make_endpoint, make_key
 from router.pipeline import CompiledChannel, compile_channel
 from router.processing import Processor
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.queries import MessageFilter, message_detail, search, search_query
 from router.store.schema import attempts, deliveries, message_flags
 

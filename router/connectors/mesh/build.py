@@ -10,7 +10,7 @@ from router.connectors.mesh.poller import MailboxPoller
 from router.connectors.mesh.schedule import MeshSchedule
 from router.connectors.mesh.sender import MeshSender
 from router.store.database import Store
-from router.store.ingest import Inbound, Receipt
+from router.store.inbound import Inbound, Receipt
 
 
 def check_mailboxes(config: EngineConfig, channels: dict[str, ChannelConfig]) -> None:

@@ -27,7 +27,7 @@ from router.config import ChannelConfig
 from router.config.mesh import MeshMailbox
 from router.connectors.mesh.client import open_client
 from router.store.database import Store
-from router.store.ingest import Inbound, Receipt, utcnow, write_inbound
+from router.store.inbound import Inbound, Receipt, utcnow, write_inbound
 from router.store.schema import attempts, deliveries, mesh_sent, messages
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from router.connectors import Delivery, SendResult
 from router.connectors.mesh.client import open_client
 from router.connectors.templates import TemplateError, render, template_fields
 from router.store.database import Store
-from router.store.ingest import utcnow
+from router.store.inbound import utcnow
 from router.store.schema import mesh_sent
 
 log = logging.getLogger(__name__)

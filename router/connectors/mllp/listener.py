@@ -22,7 +22,8 @@ from router.connectors.mllp.idle import IdleWatch
 from router.hl7v2.ack import AckError, ack_code, build_ack, build_reject, should_send
 from router.hl7v2.er7 import Er7Error
 from router.hl7v2.header import MshHeader, parse_header, read_header
-from router.store.ingest import Inbound, Receipt, StoreUnavailable
+from router.store.inbound import Inbound, Receipt
+from router.store.ingest import StoreUnavailable
 
 log = logging.getLogger(__name__)
 Ingest = Callable[[Inbound], Awaitable[Receipt]]
