@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         writer = GroupCommitWriter(store)
 
         def transact(work: Any) -> Any:
-            (outcome,) = writer._write([], [_Job(work, Future())])[1]
+            (outcome,) = writer._write([], [_Job(work, Future())], [])[1]
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
@@ -104,7 +104,7 @@ def _run(
         items = [_inbound(data) for data in frames[start : start + batch]]
         for item in items:
             writer._decide(item)
-        writer._write(items, [])
+        writer._write(items, [], [])
         if (n + 1) % every == 0:
             processor.run_once()
     while processor.run_once():

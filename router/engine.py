@@ -91,7 +91,7 @@ class Engine:
         # the dispatcher's writes join ingest's group commits. PostgreSQL runs them side by
         # side (and shares their WAL flushes by itself).
         transact = self.writer.run if self.store.is_sqlite else None
-        self.gateway = Gateway(config, self.store, self.writer)
+        self.gateway = Gateway(config, self.store, self.writer, lambda: self.channels)
         self.channels = self.gateway.attach(self.channels)
         self.dispatcher = Dispatcher(
             self.store,

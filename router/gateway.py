@@ -4,8 +4,9 @@ the FHIR sources' intake, BaRS routing and the booking proxy.
 The engine makes one ``Gateway``. It reads ``endpoints.yaml`` when it is made (a broken
 file stops the engine before it starts), seeds the directory from it on start, and
 refreshes the directory's snapshot every few seconds, so that changes made by ``run.py
-endpoints`` (another process) or another node reach lookups. FHIR validation runs on a
-small pool of threads of its own, off the event loop.
+endpoints`` (another process) or another node reach lookups, and checks again any FHIR
+message left ``validating`` (router.fhir.recovery). FHIR bodies are parsed on a small pool
+of threads of its own, off the event loop, and their models validated in worker processes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +27,9 @@ from router.fhir.forwarding import Forwarder
 from router.fhir.intake import FhirIntake
 from router.fhir.proxy import BookingProxy
 from router.fhir.recorder import Recorder
+from router.fhir.recovery import GRACE, recover, stranded
 from router.fhir.routing import BarsRouter
+from router.fhir.validators import ValidationWorkers
 from router.pipeline import CompiledChannel
 from router.store.database import Store
 from router.store.ingest import GroupCommitWriter
@@ -35,7 +39,13 @@ REFRESH_SECONDS = 2.0
 
 
 class Gateway:
-    def __init__(self, config: EngineConfig, store: Store, writer: GroupCommitWriter) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: Store,
+        writer: GroupCommitWriter,
+        channels: Callable[[], dict[str, CompiledChannel]],
+    ) -> None:
         self.config = config
         self.store = store
         self.writer = writer
@@ -47,9 +57,13 @@ class Gateway:
         self.bars = BarsRouter(
             store, writer, self.recorder, self.directory, self.forwarder, config.node
         )
-        self.intake = FhirIntake(writer.submit, self.executor, self.bars.route)
+        self.validators = ValidationWorkers(config.fhir.validation_workers)
+        self.intake = FhirIntake(
+            writer.submit, self.executor, self.validators, writer.release, self.bars.route
+        )
         self.proxy = BookingProxy(self.recorder, self.directory, self.forwarder, config.node)
         self._refresher: asyncio.Task[None] | None = None
+        self._channels = channels
 
     def attach(self, channels: dict[str, CompiledChannel]) -> dict[str, CompiledChannel]:
         """The channels with the directory as their destinations' resolver."""
@@ -67,6 +81,8 @@ class Gateway:
         if self._seed is not None:
             await asyncio.to_thread(seed_endpoints, self.store, self.config.endpoints, self._seed)
         await asyncio.to_thread(self.directory.refresh)
+        if any(c.config.source.http is not None for c in self._channels().values()):
+            await self.validators.start()
         self._refresher = asyncio.create_task(self._refresh_forever(), name="directory refresh")
 
     async def stop(self) -> None:
@@ -76,6 +92,7 @@ class Gateway:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
+        await self.validators.stop()
         self.executor.shutdown(wait=True)
 
     async def _refresh_forever(self) -> None:
@@ -85,6 +102,17 @@ class Gateway:
                 await asyncio.to_thread(self.directory.refresh)
             except Exception as exc:
                 log.warning("endpoint directory refresh failed (keeping the last one): %s", exc)
+            try:
+                await self.recover_validating()
+            except Exception as exc:
+                log.warning("checking messages left validating failed: %s", exc)
+
+    async def recover_validating(self, grace: float = GRACE) -> int:
+        """Check again and release messages left ``validating`` for over ``grace`` seconds."""
+        rows = await asyncio.to_thread(stranded, self.store, grace)
+        if not rows:
+            return 0
+        return await recover(rows, self._channels(), self.intake.verify, self.writer.release)
 
 
 def read_endpoints(path: Path) -> list[Endpoint] | None:

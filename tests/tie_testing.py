@@ -109,6 +109,10 @@ class RunningEngine:
         assert self.engine.http is not None
         return self.engine.http.servers[0].sockets[0].getsockname()[1]
 
+    def call(self, coro: Any) -> Any:
+        """Run ``coro`` on the engine's loop; its result."""
+        return self._loop.run(coro)
+
     def stop(self) -> None:
         self._loop.run(self.engine.stop())
         self._loop.close()

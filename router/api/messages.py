@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 MAX_BULK = 10_000
 RATE = 200.0  # replays a second, as the CLI's default
-MessageStatus = Literal["received", "processed", "filtered", "error"]
+MessageStatus = Literal["received", "validating", "processed", "filtered", "error"]
 Ref = Annotated[str, Field(max_length=64, description="number, UUID or urn:tie:message:")]
 DeliveryStatus = Literal[
     "queued", "sending", "retrying", "sent", "failed", "resent", "held", "cancelled"

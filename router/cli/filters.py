@@ -13,7 +13,7 @@ from router.units import parse_duration
 def add_filters(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("search")
     group.add_argument("--channel")
-    group.add_argument("--status", help="received, processed, filtered or error")
+    group.add_argument("--status", help="received, validating, processed, filtered or error")
     group.add_argument("--since", type=when, help="ISO time, or an age such as 2h")
     group.add_argument("--until", type=when, help="ISO time, or an age such as 30m")
     group.add_argument("--type", dest="message_type", help="MSH-9, e.g. ORU^R01 or ORU")

@@ -33,6 +33,12 @@ class ProcessingOptions(_Strict):
     batch: int = Field(default=500, ge=1, le=10_000)  # ids bound one placeholder each
 
 
+class FhirOptions(_Strict):
+    # Processes that validate FHIR bodies beside the engine (0: in the engine's own threads,
+    # where each validation holds up the event loop and the store's writer).
+    validation_workers: int = Field(default=1, ge=0, le=16)
+
+
 class BlobOptions(_Strict):
     """Where payloads above ``threshold`` are kept (default: ``blobs/`` beside a SQLite file)."""
 
@@ -61,6 +67,7 @@ class EngineConfig(_Strict):
     dispatch: DispatchOptions = Field(default_factory=DispatchOptions)
     processing: ProcessingOptions = Field(default_factory=ProcessingOptions)
     blobs: BlobOptions = Field(default_factory=BlobOptions)
+    fhir: FhirOptions = Field(default_factory=FhirOptions)
     mesh: MeshOptions = Field(default_factory=MeshOptions)
     auth: AuthOptions = Field(default_factory=AuthOptions)
     # open: channel files deploy on reload. governed: a changed file is a proposed revision,

@@ -21,7 +21,7 @@ PAGE = 50
 MAX_PAGE = 200
 MAX_VALUE = 255
 FIELDS = ("channel", "status", "delivery", "since", "until", "type", "control_id", "key", "text")
-MESSAGE_STATUSES = ("received", "processed", "filtered", "error")
+MESSAGE_STATUSES = ("received", "validating", "processed", "filtered", "error")
 DELIVERY_STATUSES = (
     "failed",
     "retrying",

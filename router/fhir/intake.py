@@ -14,19 +14,21 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from router.config.http import HttpSource
 from router.fhir import FHIR_JSON
 from router.fhir.outcome import Issue, Rejected, information, operation_outcome, reject
-from router.fhir.validation import check_message, check_resource, parse_json
-from router.store.inbound import Inbound, Receipt
+from router.fhir.validation import message_header, parse_json, require_resource
+from router.fhir.validators import ValidationWorkers, ValidatorLost
+from router.store.inbound import VALIDATING, Inbound, Receipt
 from router.store.ingest import StoreUnavailable
 
 log = logging.getLogger(__name__)
 KEPT_OF_REJECTED = 64 * 1024  # of an oversized or unsupported body, stored with its reason
+PARSED_IN_LOOP = 64 * 1024  # bytes: a larger body is parsed in a thread (~0.5 ms and more)
 # Request headers kept with the message (never Authorization: it is a credential).
 KEPT_HEADERS = (
     "content-type",
@@ -41,6 +43,8 @@ Operation = Literal["process-message", "create"]
 Ingest = Callable[[Inbound], Awaitable[Receipt]]
 # A synchronous router (BaRS): answers with the receiver's answer, or raises Rejected.
 Route = Callable[["FhirRequest", "Checked"], Awaitable["Answer"]]
+# Settles a message stored ``validating``: passed (None) or refused with the given reason.
+Release = Callable[[Inbound, str | None], Future[bool]]
 
 
 @dataclass
@@ -104,16 +108,17 @@ def source_metadata(request: FhirRequest, **extra: Any) -> dict[str, Any]:
 
 
 def check(request: FhirRequest) -> Checked:
-    """Parse once and check; raises Rejected. Runs in a worker thread (it costs CPU)."""
+    """Parse once and check the shape tie routes on (the models are validated apart, in a
+    worker process); raises Rejected. Runs in a worker thread (parsing costs CPU)."""
     document = parse_json(request.body)
     source = request.source
     if request.operation == "process-message":
-        header = check_message(
+        header = message_header(
             document, events=source.events, event_system=source.event_system, version=source.fhir
         )
         return Checked(document, header)
     assert request.resource_type is not None
-    check_resource(document, request.resource_type, source.fhir)
+    require_resource(document, request.resource_type)
     return Checked(document, None)
 
 
@@ -148,21 +153,46 @@ def _text(value: Any) -> str | None:
 
 class FhirIntake:
     """The FHIR endpoints: a message is stored and then routed by its channel, or (a channel
-    with ``bars``) routed at once by ``route``."""
+    with ``bars``) routed at once by ``route``.
 
-    def __init__(self, ingest: Ingest, executor: Executor, route: Route | None = None) -> None:
+    The models are validated in worker processes (router.fhir.validators) while the engine
+    parses the request and, for a stored message, commits it as ``validating``: the sender
+    waits for the longer of the two, not their sum. The answer waits for both; then the
+    message is released (received, or settled at once) or kept as an error with the reason.
+    """
+
+    def __init__(
+        self,
+        ingest: Ingest,
+        executor: Executor,
+        validators: ValidationWorkers,
+        release: Release,
+        route: Route | None = None,
+    ) -> None:
         self._ingest = ingest
         self._executor = executor
+        self._validators = validators
+        self._release = release
         self._route = route
 
     async def checked(self, request: FhirRequest) -> Checked:
-        """``check`` off the event loop; a rejection is stored before it is raised."""
-        loop = asyncio.get_running_loop()
+        """``verify``; a rejection is stored before it is raised."""
         try:
-            return await loop.run_in_executor(self._executor, check, request)
+            return await self.verify(request)
         except Rejected as exc:
             await self.store_rejected(request, exc)
             raise
+
+    async def verify(self, request: FhirRequest) -> Checked:
+        """The shape (``check``) and the models (in a worker), at once."""
+        models = self._validate(request)
+        try:
+            checked = await self._shape(request)
+        except Rejected:
+            await _finished(models)
+            raise
+        await models
+        return checked
 
     async def store_rejected(
         self, request: FhirRequest, exc: Rejected, body: bytes | None = None
@@ -176,7 +206,7 @@ class FhirIntake:
             message_type=request.resource_type if request.operation == "create" else None,
             source=source_metadata(request, status=exc.status),
             status="error",
-            error=f"rejected ({exc.status}): {exc.reason}",
+            error=rejected_reason(exc),
         )
         with contextlib.suppress(StoreUnavailable):
             await self._ingest(item)
@@ -188,25 +218,102 @@ class FhirIntake:
         return rejected_answer(exc, request.headers)
 
     async def accept(self, request: FhirRequest) -> Answer:
-        """Check, store as received (the processor routes it), answer 202; or refuse."""
-        try:
-            checked = await self.checked(request)
-        except Rejected as exc:
-            return rejected_answer(exc, request.headers)
+        """Check and store (the processor routes it), answer 202; or refuse."""
         if request.source.bars is not None and self._route is not None:
+            try:
+                checked = await self.checked(request)
+            except Rejected as exc:
+                return rejected_answer(exc, request.headers)
             try:
                 return await self._route(request, checked)
             except Rejected as exc:
                 await self.store_rejected(request, exc)
                 return rejected_answer(exc, request.headers)
-        item = checked_inbound(request, checked, idempotency_window=request.idempotency_window)
+        models = self._validate(request)
         try:
-            receipt = await self._ingest(item)
+            checked = await self._shape(request)
+        except Rejected as exc:
+            await _finished(models)
+            await self.store_rejected(request, exc)
+            return rejected_answer(exc, request.headers)
+        item = checked_inbound(
+            request, checked, idempotency_window=request.idempotency_window, status=VALIDATING
+        )
+        stored = asyncio.ensure_future(self._ingest(item))
+        try:
+            await models
+        except Rejected as exc:
+            await self._keep_rejected(request, item, stored, exc)
+            return rejected_answer(exc, request.headers)
+        try:
+            receipt = await stored
         except StoreUnavailable as exc:
             log.error("channel %s: %s; answering 503", request.channel, exc)
             return not_stored(request.headers)
         if receipt.duplicate_of is not None:
             text = f"already received as urn:tie:message:{receipt.duplicate_of}; not routed again"
             return fhir_answer(200, information(text), request.headers)
+        # After the answer is written: deciding a route may read the Bundle again.
+        asyncio.get_running_loop().call_soon(self._released, item)
         text = f"accepted as urn:tie:message:{receipt.uuid}"
         return fhir_answer(202, information(text), request.headers)
+
+    def _released(self, item: Inbound) -> None:
+        self._release(item, None).add_done_callback(_log_failed_release)
+
+    async def _shape(self, request: FhirRequest) -> Checked:
+        """``check``: a body of up to ``PARSED_IN_LOOP`` bytes on the event loop (parsing
+        22 KB costs less than handing it to a thread and back), a larger one in a thread."""
+        if len(request.body) <= PARSED_IN_LOOP:
+            return check(request)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, check, request)
+
+    def _validate(self, request: FhirRequest) -> asyncio.Future[None]:
+        """The models' validation, started now; a lost worker is a 503 (send again)."""
+        return asyncio.ensure_future(self._models(request))
+
+    async def _models(self, request: FhirRequest) -> None:
+        try:
+            await self._validators.start()  # at once when started (by the gateway, usually)
+            await self._validators.validate(request.body, request.source.fhir)
+        except (ValidatorLost, OSError, TimeoutError) as exc:
+            log.error("channel %s: %s", request.channel, exc)
+            text = "the request could not be validated; send it again"
+            raise reject(503, "transient", text) from exc
+
+    async def _keep_rejected(
+        self, request: FhirRequest, item: Inbound, stored: asyncio.Future[Receipt], exc: Rejected
+    ) -> None:
+        """The message stored as validating becomes an error with the reason; if it could
+        not be stored, it is stored as refused (a store that is down does not change the
+        answer)."""
+        try:
+            receipt = await stored
+        except StoreUnavailable:
+            await self.store_rejected(request, exc)
+            return
+        if receipt.duplicate_of is None:
+            with contextlib.suppress(StoreUnavailable):
+                await asyncio.wrap_future(self._release(item, rejected_reason(exc)))
+
+
+def rejected_reason(exc: Rejected) -> str:
+    """The error a refused request is stored with."""
+    return f"rejected ({exc.status}): {exc.reason}"
+
+
+async def _finished(models: asyncio.Future[None]) -> None:
+    """Wait for a validation whose answer no longer matters (its worker must come back)."""
+    with contextlib.suppress(Rejected):
+        await models
+
+
+def _log_failed_release(done: Future[bool]) -> None:
+    exc = done.exception()
+    if exc is not None:
+        log.error(
+            "a validated message could not be released (%s); it stays validating until "
+            "the recovery finds it",
+            exc,
+        )

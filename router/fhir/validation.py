@@ -34,8 +34,19 @@ def parse_json(body: bytes) -> Any:
 def check_message(
     document: Any, *, events: Iterable[str], event_system: str, version: Version
 ) -> dict[str, Any]:
-    """A message Bundle whose first entry is a MessageHeader of a known event; its header."""
-    _require_resource(document, "Bundle")
+    """A valid message Bundle whose first entry is a MessageHeader of a known event; its
+    header."""
+    header = message_header(document, events=events, event_system=event_system, version=version)
+    validate(document, version)
+    return header
+
+
+def message_header(
+    document: Any, *, events: Iterable[str], event_system: str, version: Version
+) -> dict[str, Any]:
+    """The shape tie routes on, without the models: a message Bundle whose first entry is a
+    MessageHeader of a known event; its header."""
+    require_resource(document, "Bundle")
     if document.get("type") != "message":
         raise reject(
             400,
@@ -66,17 +77,17 @@ def check_message(
             f"of {event_system})",
             f"Bundle.entry[0].resource.{element}",
         )
-    validate(document, version)
     return resource
 
 
 def check_resource(document: Any, resource_type: str, version: Version) -> None:
     """A resource of the type the URL names, valid against its model."""
-    _require_resource(document, resource_type)
+    require_resource(document, resource_type)
     validate(document, version)
 
 
-def _require_resource(document: Any, resource_type: str) -> None:
+def require_resource(document: Any, resource_type: str) -> None:
+    """A FHIR resource of ``resource_type`` (its models not checked)."""
     found = document.get("resourceType") if isinstance(document, dict) else None
     if found != resource_type:
         what = f"a {found}" if isinstance(found, str) else "not a FHIR resource"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from router import metrics
 from router.payload import Payload, as_payload
@@ -24,6 +24,17 @@ from router.store.fast_insert import insert_rows
 from router.store.schema import messages
 
 _INSERT = messages.insert()  # built once: SQLAlchemy caches its compiled form by this object
+# Stored, its checks still running (FHIR validation runs beside the commit): the processor
+# leaves it until ``release_validated`` makes it received, settled or an error.
+VALIDATING = "validating"
+_OPEN = ("received", VALIDATING)
+_RELEASE = (
+    messages.update()
+    .where(messages.c.uuid == bindparam("b_uuid"), messages.c.status == VALIDATING)
+    .values(
+        status=bindparam("b_status"), error=bindparam("b_error"), processed_at=bindparam("b_at")
+    )
+)
 
 
 def utcnow() -> datetime:
@@ -127,7 +138,7 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
 def _find_original(
     conn: Connection, item: Inbound, first_in_batch: dict[tuple[str, str | None, str], Inbound]
 ) -> tuple[str, int | None, bytes | None] | None:
-    if not item.idempotency_window or not item.control_id or item.status != "received":
+    if not item.idempotency_window or not item.control_id or item.status not in _OPEN:
         return None
     key = (item.channel, item.sender, item.control_id)
     earlier = first_in_batch.get(key)
@@ -160,7 +171,7 @@ def _row(item: Inbound) -> dict[str, Any]:
         status, error, processed_at = outcome.status, outcome.reason, utcnow()
     else:
         status, error = item.status, item.error
-        processed_at = item.received_at if item.status != "received" else None
+        processed_at = item.received_at if item.status not in _OPEN else None
     return {
         "uuid": item.uuid,
         "channel": item.channel,
@@ -180,6 +191,30 @@ def _row(item: Inbound) -> dict[str, Any]:
         "duplicate_of": None,
         "origin_delivery_id": item.origin_delivery_id,
     }
+
+
+def release_validated(conn: Connection, items: list[Inbound]) -> list[bool]:
+    """Give messages stored ``validating`` their status now that their checks are done
+    (``item.status``: received or error; or ``item.outcome`` when settled on release);
+    for each, whether it was still validating (an item that was not loses its outcome)."""
+    now = utcnow()
+    done: list[bool] = []
+    for item in items:
+        outcome = item.outcome
+        status, error = (outcome.status, outcome.reason) if outcome else (item.status, item.error)
+        params = {
+            "b_status": status,
+            "b_error": error,
+            "b_at": None if status == "received" else now,
+            "b_uuid": item.uuid,
+        }
+        released = conn.execute(_RELEASE, params).rowcount == 1
+        if not released:
+            item.outcome = None
+        elif status != "received":
+            metrics.count_messages([(item.channel, status)])
+        done.append(released)
+    return done
 
 
 def _source_json(source: dict[str, Any]) -> str:
@@ -206,5 +241,5 @@ def _counted(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[str, str]]:
     duplicate filtered, as well."""
     for row in rows:
         yield row["channel"], "received"
-        if row["status"] != "received":
+        if row["status"] not in _OPEN:
             yield row["channel"], row["status"]

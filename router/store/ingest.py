@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Connection, select
 
 from router.store.database import Store, savepoint
-from router.store.inbound import Inbound, Receipt, write_inbound
+from router.store.inbound import Inbound, Receipt, release_validated, write_inbound
 from router.store.schema import channel_state, messages
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,12 @@ class _Pending:
     item: Inbound
     waiter: asyncio.Future[Receipt] | Future[Receipt]
     loop: asyncio.AbstractEventLoop | None
+
+
+@dataclass(slots=True)
+class _Release:
+    item: Inbound
+    waiter: Future[bool]
 
 
 @dataclass(slots=True)
@@ -131,6 +137,20 @@ class GroupCommitWriter:
             log.exception("deciding message %s on receipt failed; the processor will", item.uuid)
             item.outcome = None
 
+    def release(self, item: Inbound, rejected: str | None = None) -> Future[bool]:
+        """Settle a message stored ``validating`` once its checks are done: it becomes
+        ``received`` (or is settled now, when the settler can decide it), or ``error`` with
+        ``rejected`` as its reason, in the next group commit. A future of whether the row
+        was still ``validating`` (another node's recovery may have taken it)."""
+        if rejected is None:
+            item.status, item.error = "received", None
+            self._decide(item)
+        else:
+            item.status, item.error, item.outcome = "error", rejected, None
+        waiter: Future[bool] = Future()
+        self._queue.put(_Release(item, waiter))
+        return waiter
+
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(conn)`` inside the next group commit; its result once committed.
 
@@ -161,7 +181,7 @@ class GroupCommitWriter:
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch: list[_Pending | _Job] = [first]
+            batch: list[_Pending | _Job | _Release] = [first]
             stop = self._drain(batch)
             if not stop and all(isinstance(b, _Job) and b.patient for b in batch):
                 try:
@@ -172,23 +192,35 @@ class GroupCommitWriter:
                     stop = nxt is _STOP or self._drain(batch, nxt)
             pending = [p for p in batch if isinstance(p, _Pending)]
             jobs = [j for j in batch if isinstance(j, _Job)]
+            releases = [r for r in batch if isinstance(r, _Release)]
             touched: set[DestinationKey] = set()
             try:
-                receipts, done, touched = self._write([p.item for p in pending], jobs)
+                receipts, done, touched, released = self._write(
+                    [p.item for p in pending], jobs, [r.item for r in releases]
+                )
                 results: list[Receipt | BaseException] = list(receipts)
             except Exception as exc:
                 log.error("store commit failed for %d message(s): %s", len(pending), exc)
                 error = StoreUnavailable(f"store unavailable: {type(exc).__name__}")
                 results, done = [error] * len(pending), [error] * len(jobs)
+                released = [error] * len(releases)
             _answer(pending, results)
-            for job, outcome in zip(jobs, done, strict=True):
+            for waiter, outcome in zip(
+                [*(j.waiter for j in jobs), *(r.waiter for r in releases)],
+                [*done, *released],
+                strict=True,
+            ):
                 if isinstance(outcome, BaseException):
-                    job.waiter.set_exception(outcome)
+                    waiter.set_exception(outcome)
                 else:
-                    job.waiter.set_result(outcome)
-            if self._on_commit is not None and any(isinstance(r, Receipt) for r in results):
+                    waiter.set_result(outcome)
+            stored = any(isinstance(r, Receipt) for r in results) or any(
+                r is True for r in released
+            )
+            if self._on_commit is not None and stored:
                 unsettled = any(
-                    p.item.status == "received" and p.item.outcome is None for p in pending
+                    i.status == "received" and i.outcome is None
+                    for i in [*(p.item for p in pending), *(r.item for r in releases)]
                 )
                 try:
                     self._on_commit(touched, unsettled)
@@ -197,7 +229,7 @@ class GroupCommitWriter:
             if stop:
                 return
 
-    def _drain(self, batch: list[_Pending | _Job], *first: Any) -> bool:
+    def _drain(self, batch: list[_Pending | _Job | _Release], *first: Any) -> bool:
         """Add ``first`` and whatever is waiting to ``batch``; whether a stop was found."""
         batch.extend(first)
         while len(batch) < self._max_batch:
@@ -211,16 +243,20 @@ class GroupCommitWriter:
         return False
 
     def _write(
-        self, items: list[Inbound], jobs: list[_Job]
-    ) -> tuple[list[Receipt], list[Any], set[DestinationKey]]:
+        self, items: list[Inbound], jobs: list[_Job], releases: list[Inbound]
+    ) -> tuple[list[Receipt], list[Any], set[DestinationKey], list[bool]]:
         if self._conn is None:
             self._conn = self._store.writer.connect()
         try:
             with self._store.begin_on(self._conn) as conn:
-                _hold_paused(conn, items)
+                _hold_paused(conn, [*items, *releases])
                 receipts = write_inbound(conn, items)
-                touched = self._record(conn, [i for i in items if i.outcome is not None])
-                return receipts, [_run_job(conn, job) for job in jobs], touched
+                released = release_validated(conn, releases)
+                settled = [i for i in items if i.outcome is not None] + [
+                    i for i, done in zip(releases, released, strict=True) if done and i.outcome
+                ]
+                touched = self._record(conn, settled)
+                return receipts, [_run_job(conn, job) for job in jobs], touched, released
         except Exception:
             self._close(broken=True)  # the next batch opens a new connection
             raise

@@ -1,0 +1,104 @@
+"""Messages left ``validating``: checked again and released.
+
+A FHIR message is committed as ``validating`` while its models are validated beside the
+commit (router.fhir.intake). If the engine stops between the two, or the release cannot
+be written, the message stays ``validating``: nothing routes it, and no sender was told
+it was refused. The gateway looks for such messages every few seconds and checks them
+again as their endpoint would, once they are older than any validation still running
+(``GRACE``; on PostgreSQL another node may be validating a younger one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from router.config.http import HttpSource
+from router.fhir import FHIR_JSON
+from router.fhir.intake import Checked, FhirRequest, Release, rejected_reason
+from router.fhir.outcome import Rejected
+from router.pipeline import CompiledChannel
+from router.store.database import Store
+from router.store.inbound import VALIDATING, Inbound, utcnow
+from router.store.schema import messages
+
+log = logging.getLogger(__name__)
+GRACE = 60.0  # seconds: longer than any validation still running
+BATCH = 100
+# Checks a request again, shape and models; raises Rejected.
+Check = Callable[[FhirRequest], Awaitable[Checked]]
+
+
+def stranded(store: Store, grace: float = GRACE) -> list[Any]:
+    """Messages ``validating`` for longer than ``grace`` seconds, oldest first."""
+    m = messages.c
+    with store.read() as conn:
+        return list(
+            conn.execute(
+                select(m.uuid, m.channel, m.raw, m.source, m.received_at)
+                .where(m.status == VALIDATING, m.received_at < utcnow() - timedelta(seconds=grace))
+                .order_by(m.id)
+                .limit(BATCH)
+            )
+        )
+
+
+async def recover(
+    rows: list[Any], channels: dict[str, CompiledChannel], check: Check, release: Release
+) -> int:
+    """Check ``rows`` (from ``stranded``) again and release each; how many were released."""
+    released = 0
+    for row in rows:
+        item, request = _restored(row, channels)
+        if request is None:
+            reason = f"channel {row.channel} no longer takes FHIR messages; not validated"
+        else:
+            try:
+                await check(request)
+                reason = None
+            except Rejected as exc:
+                reason = rejected_reason(exc)
+        if await asyncio.wrap_future(release(item, reason)):
+            released += 1
+    if released:
+        log.warning("%d message(s) left validating were checked again and released", released)
+    return released
+
+
+def _restored(row: Any, channels: dict[str, CompiledChannel]) -> tuple[Inbound, FhirRequest | None]:
+    """The stored message as an Inbound, and the request its endpoint received (None when
+    its channel no longer has a FHIR source)."""
+    source = json.loads(row.source) if row.source else {}
+    raw = bytes(row.raw)  # FHIR bodies are stored inline (bounded by max_body)
+    item = Inbound(
+        row.channel,
+        raw,
+        content_type=FHIR_JSON,
+        source=source,
+        received_at=row.received_at,
+        uuid=row.uuid,
+        status=VALIDATING,
+    )
+    channel = channels.get(row.channel)
+    http: HttpSource | None = channel.config.source.http if channel is not None else None
+    if http is None:
+        return item, None
+    path = str(source.get("path", ""))
+    operation = path.rsplit("/", 1)[-1]
+    message = operation == "$process-message"
+    return item, FhirRequest(
+        row.channel,
+        http,
+        "process-message" if message else "create",
+        raw,
+        source.get("headers", {}),
+        str(source.get("remote", "")),
+        path,
+        None if message else operation,
+    )
