@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 from router.fhir import FHIR_JSON
 from router.fhir.path import values as fhir_values
 from router.hl7v2.er7 import Er7Message
+from router.hl7v2.header import MshHeader
 from router.payload import Payload, as_payload
 
 MAX_KEY = 64  # correlations.key in the store
@@ -37,8 +38,12 @@ class Message:
         content_type: str = "hl7v2",
         source: dict[str, Any] | None = None,
         correlations: list[tuple[str, str]] | None = None,
+        header: MshHeader | None = None,
     ) -> None:
         self.body = as_payload(raw)
+        # MSH as the source read it (to answer it): what routing needs of MSH-10 without
+        # parsing the whole message again.
+        self.header = header
         self.channel = channel
         self.uuid = uuid
         self.id = id
@@ -55,6 +60,14 @@ class Message:
     def open(self) -> BinaryIO:
         """The payload as a binary stream, whatever its size; the caller closes it."""
         return self.body.open()
+
+    def control_id(self) -> str | None:
+        """MSH-10 as ``get("MSH-10")`` reads it; from the source's header when it holds no
+        separator or escape to read."""
+        header = self.header
+        if header is not None and not any(c in header.control_id for c in header.encoding):
+            return header.control_id or None
+        return self.get("MSH-10")
 
     @cached_property
     def er7(self) -> Er7Message:

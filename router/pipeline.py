@@ -142,7 +142,7 @@ def _process(channel: CompiledChannel, message: Message) -> Outcome:
     config = channel.config
     if message.content_type == "hl7v2":
         try:
-            control_id = message.get("MSH-10")
+            control_id = message.control_id()
         except Er7Error as exc:
             return Outcome("error", f"unreadable HL7 v2: {exc}")
         message.correlate("control_id", control_id)
@@ -286,6 +286,8 @@ def _ordering_key(message: Message, config: DestinationConfig) -> str:
 def _idempotency_key(output: Output, message: Message) -> str | None:
     """The receiver's duplicate check key: the payload's MSH-10, else the message's identity."""
     if output.content_type == "hl7v2":
+        if message.header is not None and output.body is message.raw:
+            return message.header.control_id or None  # passed on as received: its source read it
         body = output.body
         head = body.head(HEADER_BYTES) if isinstance(body, Payload) else output.data
         try:

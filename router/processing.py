@@ -178,6 +178,7 @@ class Processor:
             received_at=item.received_at,
             content_type=item.content_type,
             source=item.source or {},
+            header=item.header,
         )
         item.outcome = process(channel, message)
 

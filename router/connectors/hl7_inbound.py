@@ -22,5 +22,6 @@ def hl7_inbound(channel: str, raw: bytes, header: MshHeader | None = None, **ext
         message_type=f"{header.message_code}^{header.trigger_event}".rstrip("^"),
         control_id=header.control_id,
         sender=f"{header.sending_app}/{header.sending_facility}",
+        header=header,
         **extra,
     )

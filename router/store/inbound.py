@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, bindparam, select
 
 from router import metrics
+from router.hl7v2.header import MshHeader
 from router.payload import Payload, as_payload
 from router.store.fast_insert import insert_rows
 from router.store.schema import messages
@@ -82,6 +83,8 @@ class Inbound:
     # Set by a Settler at submission: the message is stored with this outcome. Cleared when
     # the message turns out a duplicate or its channel is paused: the processor decides then.
     outcome: Decided | None = None
+    # The MSH its source read (HL7 v2 sources): deciding on receipt need not read it again.
+    header: MshHeader | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import pytest
 
 from router import mappings
 from router.config import ChannelConfig
+from router.hl7v2.header import read_header
 from router.message import Message
 from router.pipeline import CompiledChannel, Outcome, compile_channel, process
 
@@ -519,3 +520,23 @@ def test_a_dict_naming_an_unknown_destination_is_an_error_not_a_lost_delivery(bu
     assert outcome.status == "error"
     assert "unknown destination(s): ['labb']" in outcome.reason
     assert outcome.deliveries == []
+
+
+# --- the source's header ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "control_id",
+    [OML_ID, "A\\T\\B", "A^B", "FIRST~SECOND", "A\\F\\B&C", ""],
+)
+def test_the_sources_header_decides_as_reading_the_message_does(build, oml, control_id):
+    """On receipt, MSH-10 comes from the header the listener read to answer: the outcome
+    (control id key, idempotency keys) must be what reading the message gives."""
+    channel = build({"destinations": {"out": file_dest(), "copy": file_dest()}})
+    raw = with_control_id(oml, control_id)
+    header = read_header(raw)
+    read = process(channel, Message(raw, channel.name, uuid="u"))
+    heard = process(channel, Message(raw, channel.name, uuid="u", header=header))
+    assert Message(raw, "c", header=header).control_id() == Message(raw, "c").get("MSH-10")
+    assert heard == read
+    assert [d.idempotency_key for d in heard.deliveries] == [control_id or None] * 2
