@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import multiprocessing
@@ -110,6 +111,7 @@ def _serve(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when its workers stop
     with contextlib.suppress(Rejected):
         check(_WARM_UP, "R4")
+    gc.freeze()  # the models and schemas live as long as the worker: out of every collection
     try:
         conn.send_bytes(b"")
         while True:
