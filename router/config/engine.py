@@ -36,7 +36,7 @@ class ProcessingOptions(_Strict):
 class FhirOptions(_Strict):
     # Processes that validate FHIR bodies beside the engine (0: in the engine's own threads,
     # where each validation holds up the event loop and the store's writer).
-    validation_workers: int = Field(default=1, ge=0, le=16)
+    validation_workers: int = Field(default=2, ge=0, le=16)
 
 
 class BlobOptions(_Strict):
