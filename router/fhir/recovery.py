@@ -63,6 +63,8 @@ async def recover(
                 await check(request)
                 reason = None
             except Rejected as exc:
+                if exc.status == 503:  # no validation worker now: the next pass tries again
+                    continue
                 reason = rejected_reason(exc)
         if await asyncio.wrap_future(release(item, reason)):
             released += 1

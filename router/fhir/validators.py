@@ -200,10 +200,10 @@ class ValidationWorkers:
         return sorted(worker.pid for worker in self._workers)
 
     async def start(self) -> None:
-        """Start the workers (the first start also starts the forkserver, ~0.5 s)."""
+        """Start the workers (the first start also starts the forkserver, ~0.5 s). Once
+        stopped they stay stopped (the engine is stopping): ``validate`` raises
+        ValidatorLost."""
         if self._state != "new":
-            if self._state == "stopped":
-                raise RuntimeError("validation workers cannot start again once stopped")
             return
         self._state = "running"
         self._loop = asyncio.get_running_loop()

@@ -121,3 +121,12 @@ def test_messages_left_validating_are_checked_again_and_released(engine, receive
     )
     wait_until(lambda: {r.uuid: r for r in _rows(running)}[valid].status == "processed")
     assert running.call(running.engine.gateway.recover_validating()) == 0
+
+
+def test_without_a_validation_worker_a_message_waits_for_the_next_pass(engine, bars_samples):
+    running, _ = engine
+    waiting = _left_validating(running, "inbox", bars_samples["servicerequest-request_validation"])
+    running.call(running.engine.gateway.validators.stop())
+
+    assert running.call(running.engine.gateway.recover_validating()) == 0
+    assert {r.uuid: r.status for r in _rows(running)}[waiting] == VALIDATING
