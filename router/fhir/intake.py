@@ -185,12 +185,7 @@ class FhirIntake:
 
     async def verify(self, request: FhirRequest) -> Checked:
         """The shape (``check``) and the models (in a worker), at once."""
-        models = await self._validate(request)
-        try:
-            checked = await self._shape(request)
-        except Rejected:
-            await _finished(models)
-            raise
+        models, checked = await self._begun(request)
         await models
         return checked
 
@@ -229,11 +224,9 @@ class FhirIntake:
             except Rejected as exc:
                 await self.store_rejected(request, exc)
                 return rejected_answer(exc, request.headers)
-        models = await self._validate(request)
         try:
-            checked = await self._shape(request)
+            models, checked = await self._begun(request)
         except Rejected as exc:
-            await _finished(models)
             await self.store_rejected(request, exc)
             return rejected_answer(exc, request.headers)
         item = checked_inbound(
@@ -257,6 +250,16 @@ class FhirIntake:
         asyncio.get_running_loop().call_soon(self._released, item)
         text = f"accepted as urn:tie:message:{receipt.uuid}"
         return fhir_answer(202, information(text), request.headers)
+
+    async def _begun(self, request: FhirRequest) -> tuple[asyncio.Future[None], Checked]:
+        """The models' validation under way in a worker, and the shape checked meanwhile;
+        a shape that fails is raised once the worker is done with the body."""
+        models = await self._validate(request)
+        try:
+            return models, await self._shape(request)
+        except Rejected:
+            await _finished(models)
+            raise
 
     def _released(self, item: Inbound) -> None:
         self._release(item, None).add_done_callback(_log_failed_release)

@@ -1,8 +1,9 @@
 """Checking what a FHIR endpoint receives: JSON, the shape tie routes on, then the models.
 
-Each request is parsed once: ``json.loads`` gives the document tie routes on, and
-fhir.resources (R4B models for R4, or STU3 where a channel says so) validates that
-same document. Every problem is an ``Issue`` with a FHIRPath-style location, e.g.
+The engine parses a request for the shape it routes on (``message_header``,
+``require_resource``); a validation worker (router.fhir.validators) parses the same body
+at the same time and validates it with fhir.resources (R4B models for R4, or STU3 where
+a channel says so). Every problem is an ``Issue`` with a FHIRPath-style location, e.g.
 ``Bundle.entry[1].resource.participant[0].status``.
 """
 
@@ -29,16 +30,6 @@ def parse_json(body: bytes) -> Any:
         raise reject(
             400, "structure", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
-
-
-def check_message(
-    document: Any, *, events: Iterable[str], event_system: str, version: Version
-) -> dict[str, Any]:
-    """A valid message Bundle whose first entry is a MessageHeader of a known event; its
-    header."""
-    header = message_header(document, events=events, event_system=event_system, version=version)
-    validate(document, version)
-    return header
 
 
 def message_header(
@@ -78,12 +69,6 @@ def message_header(
             f"Bundle.entry[0].resource.{element}",
         )
     return resource
-
-
-def check_resource(document: Any, resource_type: str, version: Version) -> None:
-    """A resource of the type the URL names, valid against its model."""
-    require_resource(document, resource_type)
-    validate(document, version)
 
 
 def require_resource(document: Any, resource_type: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from router.config.http import BARS_EVENT_SYSTEM, BARS_EVENTS
 from router.fhir.outcome import Rejected, operation_outcome
-from router.fhir.validation import check_message, check_resource, parse_json
+from router.fhir.validation import message_header, parse_json, require_resource, validate
 
 MESSAGES = (
     "booking-request_process-message",
@@ -21,7 +21,18 @@ MESSAGES = (
 
 
 def _check(document):
-    return check_message(document, events=BARS_EVENTS, event_system=BARS_EVENT_SYSTEM, version="R4")
+    """What an endpoint checks of a message: its shape, then its models."""
+    header = message_header(
+        document, events=BARS_EVENTS, event_system=BARS_EVENT_SYSTEM, version="R4"
+    )
+    validate(document, "R4")
+    return header
+
+
+def check_resource(document, resource_type, version):
+    """What an endpoint checks of a created resource: its type, then its model."""
+    require_resource(document, resource_type)
+    validate(document, version)
 
 
 def _refusal(document) -> Rejected:
