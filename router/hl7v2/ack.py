@@ -242,12 +242,15 @@ def build_reject(reason: str, header: MshHeader | None = None, *, error_code: st
 def parse_ack(raw: bytes) -> AckResult:
     """Read a peer's ACK; the error text is ERR-8, else ERR-3.2, else ERR-1.4.2 (v2.3/2.4)."""
     message = Er7Message(raw)
-    if "MSA" not in message.segment_names():
+    names = message.segment_names()
+    if "MSA" not in names:
         raise Er7Error("no MSA segment")
     code = message.get("MSA-1")
     if code is None:
         raise Er7Error("empty MSA-1 (acknowledgment code)")
-    error = message.get("ERR-8") or message.get("ERR-3.2") or message.get("ERR-1.4.2") or ""
+    error = ""
+    if "ERR" in names:
+        error = message.get("ERR-8") or message.get("ERR-3.2") or message.get("ERR-1.4.2") or ""
     return AckResult(
         code=code,
         control_id=message.get("MSA-2") or "",

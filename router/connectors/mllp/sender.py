@@ -3,15 +3,101 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from typing import cast
 
 from router.config import MllpTarget
 from router.connectors import Delivery, SendResult
-from router.connectors.mllp.framing import FrameTooLarge, TruncatedFrame, frame, read_frame
+from router.connectors.mllp.framing import FrameBuffer, FrameTooLarge, TruncatedFrame, frame
 from router.hl7v2.ack import parse_ack
 from router.hl7v2.er7 import Er7Error
 
 MAX_ACK = 1024 * 1024
+
+
+class _AckReader(asyncio.Protocol):
+    """One connection to a receiver: writes a frame and answers the next frame it sends back.
+
+    A protocol rather than a stream pair: the ACK is found as its bytes arrive and handed
+    straight to the waiting send, with one timer for the whole exchange. Bytes that come
+    while nothing waits stay buffered and answer the next send, as a stream would.
+    """
+
+    def __init__(self) -> None:
+        self._frames = FrameBuffer(MAX_ACK)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[bytes | None] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._frames.feed(data)
+        if self._waiter is not None:
+            self._answer()
+
+    def eof_received(self) -> bool:
+        self._end(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc)
+
+    async def exchange(self, message: bytes, timeout: float) -> bytes | None:
+        """Send one frame; its answer, or None when the receiver closed without one."""
+        assert self._transport is not None and self._waiter is None
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, self._expire, waiter)
+        try:
+            self._transport.write(frame(message))
+            self._answer()
+            return await waiter
+        except BaseException:
+            self.close()  # a half-read answer or a late one would answer the next send
+            raise
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _answer(self) -> None:
+        try:
+            answer = self._frames.next()
+        except FrameTooLarge as exc:
+            self._settle(exc)
+            return
+        if answer is not None:
+            self._settle(answer)
+
+    def _end(self, exc: Exception | None) -> None:
+        self.closed = True
+        if exc is not None:
+            self._settle(exc if isinstance(exc, OSError) else OSError(str(exc)))
+            return
+        self._answer()  # a whole frame may have come with the end
+        cut = self._frames.unfinished()
+        if cut is not None:
+            self._settle(TruncatedFrame(f"connection closed after {cut} bytes of a frame"))
+        self._settle(None)
+
+    def _settle(self, outcome: bytes | Exception | None) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if isinstance(outcome, Exception):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+
+    @staticmethod
+    def _expire(waiter: asyncio.Future[bytes | None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError())
 
 
 class MllpSender:
@@ -19,24 +105,15 @@ class MllpSender:
 
     def __init__(self, target: MllpTarget) -> None:
         self._target = target
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._connection: _AckReader | None = None
 
     async def send(self, delivery: Delivery) -> SendResult:
         target = self._target
         try:
-            if self._reader is not None and self._reader.at_eof():
-                await self.close()  # the receiver hung up while we were idle: not a failure
-            if self._writer is None or self._writer.is_closing():
-                async with asyncio.timeout(target.connect_timeout):
-                    self._reader, self._writer = await asyncio.open_connection(
-                        target.host, target.port, limit=MAX_ACK + 2
-                    )
-            assert self._reader is not None and self._writer is not None
-            self._writer.write(frame(delivery.body.read()))
-            await self._writer.drain()
-            async with asyncio.timeout(target.ack_timeout):
-                answer = await read_frame(self._reader, MAX_ACK)
+            connection = self._connection
+            if connection is None or connection.closed:  # a hang-up while idle is no failure
+                connection = self._connection = await self._connect()
+            answer = await connection.exchange(delivery.body.read(), target.ack_timeout)
         except TimeoutError:
             await self.close()
             return SendResult("retry", error=f"no ACK from {target.host}:{target.port} in time")
@@ -47,6 +124,14 @@ class MllpSender:
             await self.close()
             return SendResult("retry", error=f"{target.host}:{target.port} closed without an ACK")
         return await self._judge(answer, delivery)
+
+    async def _connect(self) -> _AckReader:
+        target = self._target
+        async with asyncio.timeout(target.connect_timeout):
+            _, connection = await asyncio.get_running_loop().create_connection(
+                _AckReader, target.host, target.port
+            )
+        return connection
 
     async def _judge(self, answer: bytes, delivery: Delivery) -> SendResult:
         try:
@@ -68,8 +153,6 @@ class MllpSender:
         return SendResult(action, answer, f"{ack.code}{': ' + detail if detail else ''}")
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
-        self._reader = self._writer = None
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = None
