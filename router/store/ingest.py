@@ -11,6 +11,15 @@ A ``Settler`` (the processor) may decide a message's outcome as it is submitted,
 its channel runs no mapping: the message is then written already settled, with its
 deliveries and keys, in the transaction that stores it (DESIGN.md §3.2 holds a
 fortiori), and no processor round has to read it back and update it.
+
+A peer that waits for each answer before it sends again (MLLP) sends again as soon as a
+commit answers it. With several such peers, those answered by one commit would miss the
+next, which began with whoever arrived meanwhile: the peers split into groups that take
+turns, each waiting out the other's commit. So a commit that begins without some of the
+peers the last one answered stays open a moment (``regather``, counted from that answer)
+and writes what they send as it comes: one commit, with its fsync and its fixed costs,
+for all of them. Only peers and background jobs are held so; a message of no peer (HTTP,
+files, MESH) ends the wait.
 """
 
 from __future__ import annotations
@@ -20,9 +29,10 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, select
@@ -64,6 +74,7 @@ class _Pending:
     item: Inbound
     waiter: asyncio.Future[Receipt] | Future[Receipt]
     loop: asyncio.AbstractEventLoop | None
+    peer: Hashable | None = None
 
 
 @dataclass(slots=True)
@@ -79,6 +90,49 @@ class _Job:
     patient: bool = False  # background work that may wait a moment to share a commit
 
 
+@dataclass(slots=True)
+class _Round:
+    """One transaction's work so far, and what it came to: answered once it commits."""
+
+    pending: list[_Pending] = field(default_factory=list)
+    jobs: list[_Job] = field(default_factory=list)
+    releases: list[_Release] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+    done: list[Any] = field(default_factory=list)
+    released: list[bool] = field(default_factory=list)
+    touched: set[DestinationKey] = field(default_factory=set)
+
+    def add(self, batch: list[_Pending | _Job | _Release]) -> _Batch:
+        """Take ``batch`` in (its waiters are answered with the round, even if writing it
+        fails); its parts, to write."""
+        part = _Batch(
+            [p for p in batch if isinstance(p, _Pending)],
+            [j for j in batch if isinstance(j, _Job)],
+            [r for r in batch if isinstance(r, _Release)],
+        )
+        self.pending += part.pending
+        self.jobs += part.jobs
+        self.releases += part.releases
+        return part
+
+    @property
+    def may_wait(self) -> bool:
+        """Whether everyone it answers may wait for peers to come back: other peers and
+        background jobs, but no sender that is not about to send again itself."""
+        return (
+            not self.releases
+            and all(p.peer is not None for p in self.pending)
+            and all(j.patient for j in self.jobs)
+        )
+
+
+@dataclass(slots=True)
+class _Batch:
+    pending: list[_Pending]
+    jobs: list[_Job]
+    releases: list[_Release]
+
+
 class GroupCommitWriter:
     """One thread that commits batches of inbound messages and answers their waiters."""
 
@@ -89,12 +143,16 @@ class GroupCommitWriter:
         max_batch: int = 1000,
         on_commit: CommitHook | None = None,
         share_wait: float = 0.002,
+        regather: float = 0.001,
         settler: Settler | None = None,
     ) -> None:
         self._store = store
         self.settler = settler
         self._max_batch = max_batch
         self._share_wait = share_wait
+        self._regather = regather
+        self._answered: set[Hashable] = set()  # peers the last commit answered
+        self._answered_at = 0.0
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -111,12 +169,16 @@ class GroupCommitWriter:
             self._thread = None
         self._close(broken=False)
 
-    async def submit(self, item: Inbound) -> Receipt:
-        """Commit ``item``; raises StoreUnavailable when the store cannot."""
+    async def submit(self, item: Inbound, *, peer: Hashable | None = None) -> Receipt:
+        """Commit ``item``; raises StoreUnavailable when the store cannot.
+
+        ``peer`` names a sender that sends its next message once answered (an MLLP
+        connection): the next commit may wait a moment for it (``regather``).
+        """
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Receipt] = loop.create_future()
         self._decide(item)
-        self._queue.put(_Pending(item, waiter, loop))
+        self._queue.put(_Pending(item, waiter, loop, peer))
         return await waiter
 
     def submit_sync(self, item: Inbound) -> Receipt:
@@ -190,44 +252,61 @@ class GroupCommitWriter:
                     pass
                 else:
                     stop = nxt is _STOP or self._drain(batch, nxt)
-            pending = [p for p in batch if isinstance(p, _Pending)]
-            jobs = [j for j in batch if isinstance(j, _Job)]
-            releases = [r for r in batch if isinstance(r, _Release)]
-            touched: set[DestinationKey] = set()
-            try:
-                receipts, done, touched, released = self._write(
-                    [p.item for p in pending], jobs, [r.item for r in releases]
-                )
-                results: list[Receipt | BaseException] = list(receipts)
-            except Exception as exc:
-                log.error("store commit failed for %d message(s): %s", len(pending), exc)
-                error = StoreUnavailable(f"store unavailable: {type(exc).__name__}")
-                results, done = [error] * len(pending), [error] * len(jobs)
-                released = [error] * len(releases)
-            _answer(pending, results)
-            for waiter, outcome in zip(
-                [*(j.waiter for j in jobs), *(r.waiter for r in releases)],
-                [*done, *released],
-                strict=True,
-            ):
-                if isinstance(outcome, BaseException):
-                    waiter.set_exception(outcome)
-                else:
-                    waiter.set_result(outcome)
-            stored = any(isinstance(r, Receipt) for r in results) or any(
-                r is True for r in released
-            )
-            if self._on_commit is not None and stored:
-                unsettled = any(
-                    i.status == "received" and i.outcome is None
-                    for i in [*(p.item for p in pending), *(r.item for r in releases)]
-                )
-                try:
-                    self._on_commit(touched, unsettled)
-                except Exception:
-                    log.exception("commit hook failed; the writer carries on")
-            if stop:
+            if self._commit(batch, stop):
                 return
+
+    def _commit(self, batch: list[_Pending | _Job | _Release], stop: bool) -> bool:
+        """Write ``batch`` in one transaction, then, while the peers the last commit answered
+        come back (``regather``), what they send as it comes; commit once and answer all.
+        Whether a stop was found."""
+        work = _Round()
+        first = work.add(batch)
+        try:
+            if self._conn is None:
+                self._conn = self._store.writer.connect()
+            try:
+                with self._store.begin_on(self._conn) as conn:
+                    self._write(conn, first, work)
+                    awaited = self._answered - {p.peer for p in first.pending}
+                    while awaited and not stop and work.may_wait:
+                        more, stop = self._next_of(awaited)
+                        if not more:
+                            break
+                        self._write(conn, work.add(more), work)
+            except Exception:
+                self._close(broken=True)  # the next batch opens a new connection
+                raise
+            results: list[Receipt | BaseException] = list(work.receipts)
+            done, released = work.done, work.released
+        except Exception as exc:
+            log.error("store commit failed for %d message(s): %s", len(work.pending), exc)
+            error = StoreUnavailable(f"store unavailable: {type(exc).__name__}")
+            results, done = [error] * len(work.pending), [error] * len(work.jobs)
+            released = [error] * len(work.releases)
+            work.touched = set()
+        _answer(work.pending, results)
+        self._answered = {p.peer for p in work.pending if p.peer is not None}
+        self._answered_at = time.monotonic()
+        for waiter, outcome in zip(
+            [*(j.waiter for j in work.jobs), *(r.waiter for r in work.releases)],
+            [*done, *released],
+            strict=True,
+        ):
+            if isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
+        stored = any(isinstance(r, Receipt) for r in results) or any(r is True for r in released)
+        if self._on_commit is not None and stored:
+            unsettled = any(
+                i.status == "received" and i.outcome is None
+                for i in [*(p.item for p in work.pending), *(r.item for r in work.releases)]
+            )
+            try:
+                self._on_commit(work.touched, unsettled)
+            except Exception:
+                log.exception("commit hook failed; the writer carries on")
+        return stop
 
     def _drain(self, batch: list[_Pending | _Job | _Release], *first: Any) -> bool:
         """Add ``first`` and whatever is waiting to ``batch``; whether a stop was found."""
@@ -242,24 +321,35 @@ class GroupCommitWriter:
             batch.append(nxt)
         return False
 
-    def _write(
-        self, items: list[Inbound], jobs: list[_Job], releases: list[Inbound]
-    ) -> tuple[list[Receipt], list[Any], set[DestinationKey], list[bool]]:
-        if self._conn is None:
-            self._conn = self._store.writer.connect()
+    def _next_of(self, awaited: set[Hashable]) -> tuple[list[_Pending | _Job | _Release], bool]:
+        """What is waiting, or once something comes unless ``regather`` has passed since the
+        last answer first (nothing then), and whether a stop was found. The peers found are
+        no longer ``awaited``. A peer that went quiet costs one wait, once: the commit that
+        waited for it did not answer it."""
+        timeout = self._answered_at + self._regather - time.monotonic()
         try:
-            with self._store.begin_on(self._conn) as conn:
-                _hold_paused(conn, [*items, *releases])
-                receipts = write_inbound(conn, items)
-                released = release_validated(conn, releases)
-                settled = [i for i in items if i.outcome is not None] + [
-                    i for i, done in zip(releases, released, strict=True) if done and i.outcome
-                ]
-                touched = self._record(conn, settled)
-                return receipts, [_run_job(conn, job) for job in jobs], touched, released
-        except Exception:
-            self._close(broken=True)  # the next batch opens a new connection
-            raise
+            nxt = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return [], False
+        if nxt is _STOP:
+            return [], True
+        more: list[_Pending | _Job | _Release] = []
+        stop = self._drain(more, nxt)
+        awaited.difference_update(p.peer for p in more if isinstance(p, _Pending))
+        return more, stop
+
+    def _write(self, conn: Connection, batch: _Batch, work: _Round) -> None:
+        """Write ``batch`` in ``conn``'s transaction, adding what it came to to ``work``."""
+        items, validated = [p.item for p in batch.pending], [r.item for r in batch.releases]
+        _hold_paused(conn, [*items, *validated])
+        work.receipts += write_inbound(conn, items)
+        released = release_validated(conn, validated)
+        work.released += released
+        settled = [i for i in items if i.outcome is not None] + [
+            i for i, done in zip(validated, released, strict=True) if done and i.outcome
+        ]
+        work.touched |= self._record(conn, settled)
+        work.done += [_run_job(conn, job) for job in batch.jobs]
 
     def _record(self, conn: Connection, settled: list[Inbound]) -> set[DestinationKey]:
         """The settler's writes for messages stored settled, in a savepoint: if they fail,

@@ -130,6 +130,46 @@ def test_concurrent_submitters_share_commits(store):
     assert 0 < len(commits) <= total // 2, f"{total / len(commits):.1f} messages per commit"
 
 
+def test_the_peers_one_commit_answered_share_the_next(store):
+    """Peers that each send again once answered (MLLP connections) are waited for, as they
+    come back, by the commit after the one that answered them: after the first commits,
+    every commit holds one message of each. The window is long here so that a loaded
+    machine cannot split a round; the peers themselves never wait for it."""
+    per_peer, peers = 20, 4
+
+    async def peer(writer: GroupCommitWriter, p: int) -> None:
+        for i in range(per_peer):
+            await writer.submit(_inbound(p * per_peer + i), peer=f"10.0.0.{p}:2575")
+
+    async def main(writer: GroupCommitWriter) -> None:
+        await asyncio.gather(*(peer(writer, p) for p in range(peers)))
+
+    with commits_of(store) as commits, running(GroupCommitWriter(store, regather=30)) as writer:
+        asyncio.run(main(writer))
+
+    with store.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(messages)) == per_peer * peers
+    assert per_peer <= len(commits) <= per_peer + 2, f"{len(commits)} commits"
+
+
+def test_a_message_of_no_peer_is_not_held_for_peers(store):
+    """A commit waiting for a peer to come back ends when a message of no peer (HTTP,
+    files, MESH) comes in: its sender is not about to send again and does not wait for
+    the peers, however long the window."""
+
+    async def main(writer: GroupCommitWriter) -> None:
+        await writer.submit(_inbound(1), peer="10.0.0.1:2575")  # the next commit awaits it
+        other_peer = asyncio.create_task(writer.submit(_inbound(2), peer="10.0.0.2:2575"))
+        await asyncio.sleep(0)  # queued: the next commit holds it, waiting for the first
+        await asyncio.to_thread(writer.submit_sync, _inbound(3))
+        await other_peer
+
+    with running(GroupCommitWriter(store, regather=3600)) as writer:
+        asyncio.run(asyncio.wait_for(main(writer), 60))
+    with store.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(messages)) == 3
+
+
 def _short_timeout_url(url: str) -> str:
     """The URL with a 200 ms lock and statement timeout on PostgreSQL."""
     parsed = make_url(url)

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import cast
+from collections.abc import Awaitable, Hashable
+from typing import Protocol, cast
 
 from router import metrics
 from router.config import ChannelConfig
@@ -26,7 +26,12 @@ from router.store.inbound import Inbound, Receipt
 from router.store.ingest import StoreUnavailable
 
 log = logging.getLogger(__name__)
-Ingest = Callable[[Inbound], Awaitable[Receipt]]
+
+
+class Ingest(Protocol):
+    """The writer's ``submit``: ``peer`` is the connection, answered before it sends again."""
+
+    def __call__(self, item: Inbound, *, peer: Hashable | None = None) -> Awaitable[Receipt]: ...
 
 
 class MllpListener:
@@ -93,7 +98,7 @@ class MllpListener:
         try:
             header = parse_header(data)
         except Er7Error as exc:
-            return await self._reject(data, str(exc), source)
+            return await self._reject(data, str(exc), source, peer)
         item = hl7_inbound(
             self.channel.name,
             data,
@@ -103,7 +108,7 @@ class MllpListener:
             idempotency_window=self._window,
         )
         try:
-            receipt = await self._ingest(item)
+            receipt = await self._ingest(item, peer=peer)
         except StoreUnavailable as exc:
             log.error(
                 "channel %s: answering AE for %s: %s", self.channel.name, header.control_id, exc
@@ -118,7 +123,9 @@ class MllpListener:
             )
         return receipt.ack if should_send(header, success=True) else None
 
-    async def _reject(self, data: bytes, reason: str, source: dict[str, str]) -> bytes | None:
+    async def _reject(
+        self, data: bytes, reason: str, source: dict[str, str], peer: str
+    ) -> bytes | None:
         """AR (CR in enhanced mode), addressed back to the sender when MSH is readable enough."""
         try:
             header: MshHeader | None = read_header(data)
@@ -134,7 +141,8 @@ class MllpListener:
                     ack=reject,
                     status="error",
                     error=f"rejected: {reason}",
-                )
+                ),
+                peer=peer,
             )
         return reject if header is None or should_send(header, success=False) else None
 
