@@ -284,6 +284,18 @@ class GroupCommitWriter:
             results, done = [error] * len(work.pending), [error] * len(work.jobs)
             released = [error] * len(work.releases)
             work.touched = set()
+        self._finish(work, results, done, released)
+        return stop
+
+    def _finish(
+        self,
+        work: _Round,
+        results: list[Receipt | BaseException],
+        done: list[Any],
+        released: list[Any],
+    ) -> None:
+        """Answer everyone ``work`` took in, remember the peers answered, and tell the
+        commit hook what was stored."""
         _answer(work.pending, results)
         self._answered = {p.peer for p in work.pending if p.peer is not None}
         self._answered_at = time.monotonic()
@@ -306,7 +318,6 @@ class GroupCommitWriter:
                 self._on_commit(work.touched, unsettled)
             except Exception:
                 log.exception("commit hook failed; the writer carries on")
-        return stop
 
     def _drain(self, batch: list[_Pending | _Job | _Release], *first: Any) -> bool:
         """Add ``first`` and whatever is waiting to ``batch``; whether a stop was found."""
