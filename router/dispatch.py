@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from router import metrics
 from router.config import DestinationConfig, DispatchOptions
@@ -34,6 +34,7 @@ from router.store.inbound import utcnow
 
 log = logging.getLogger(__name__)
 SenderFactory = Callable[[str, str, DestinationConfig], Sender]
+T = TypeVar("T")
 # After a round that did not fill its claim (it took all that was due) and was not woken
 # while it sent, wait this long, or until woken, before claiming again: one claim then covers
 # what arrived meanwhile, instead of an empty claim at once.
@@ -120,9 +121,7 @@ class DestinationWorker:
         return 0.0, following
 
     async def _claim(self) -> Claimed:
-        return await asyncio.to_thread(
-            claim_next, self._store, self._request, transact=self._transact
-        )
+        return await _store_work(claim_next, self._store, self._request, transact=self._transact)
 
     async def _send(self, claimed: Claimed) -> list[Attempt]:
         """Send the lanes side by side, each on a sender of the pool."""
@@ -141,7 +140,7 @@ class DestinationWorker:
         following = None
         if then_claim and not self._stopping:
             self._wake.clear()  # the claim sees all that was committed before this
-            outcomes, following = await asyncio.to_thread(
+            outcomes, following = await _store_work(
                 record_then_claim,
                 self._store,
                 attempts,
@@ -151,7 +150,7 @@ class DestinationWorker:
                 transact=self._transact,
             )
         else:
-            outcomes = await asyncio.to_thread(
+            outcomes = await _store_work(
                 record,
                 self._store,
                 attempts,
@@ -266,6 +265,17 @@ class Dispatcher:
         workers = [self.workers[k] for k in keys if k in self.workers]
         if workers:
             self._loop.call_soon_threadsafe(lambda: [w.wake() for w in workers])
+
+
+async def _store_work(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``work`` in a thread; cancelled, it still waits for the thread before it gives way,
+    so that no claim or record outlives the dispatcher's stop (and the store's close)."""
+    thread = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
+    try:
+        return await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        await asyncio.wait([thread])
+        raise
 
 
 def _seconds_until(when: datetime | None, cap: float) -> float:
