@@ -78,6 +78,15 @@ async def answer_aa(data: bytes, writer: asyncio.StreamWriter) -> None:
     writer.write(ack(control_id_of(data)))
 
 
+async def sends_again_on_a_new_connection(sender: MllpSender, receiver: Receiver) -> None:
+    """After a failed exchange: the receiver now answers, and the sender's next send goes
+    on a connection of its own."""
+    receiver.reply = answer_aa
+    assert (await sender.send(delivery("M2"))).outcome == "sent"
+    await sender.close()
+    assert receiver.connections == 2
+
+
 @pytest.fixture(params=["asyncio", "uvloop"])
 def run(request: pytest.FixtureRequest) -> Callable[[Awaitable[None]], None]:
     factory = asyncio.new_event_loop if request.param == "asyncio" else uvloop.new_event_loop
@@ -166,10 +175,7 @@ def test_an_answer_larger_than_the_limit_is_refused_and_the_connection_closed(ru
         result = await sender.send(delivery("M1"))
         assert result.outcome == "retry"
         assert f"larger than {MAX_ACK}" in (result.error or "")
-        receiver.reply = answer_aa
-        assert (await sender.send(delivery("M2"))).outcome == "sent"
-        await sender.close()
-        assert receiver.connections == 2
+        await sends_again_on_a_new_connection(sender, receiver)
 
     run(scenario())
 
@@ -184,10 +190,7 @@ def test_silence_times_out_and_the_next_send_starts_a_new_connection(run):
         result = await sender.send(delivery("M1"))
         assert result.outcome == "retry"
         assert "in time" in (result.error or "")
-        receiver.reply = answer_aa
-        assert (await sender.send(delivery("M2"))).outcome == "sent"
-        await sender.close()
-        assert receiver.connections == 2
+        await sends_again_on_a_new_connection(sender, receiver)
 
     run(scenario())
 
@@ -202,10 +205,7 @@ def test_an_ack_for_another_message_is_retried_on_a_new_connection(run):
         result = await sender.send(delivery("M1"))
         assert result.outcome == "retry"
         assert result.error == "ACK is for 'SOMETHING-ELSE', not 'M1'"
-        receiver.reply = answer_aa
-        assert (await sender.send(delivery("M2"))).outcome == "sent"
-        await sender.close()
-        assert receiver.connections == 2
+        await sends_again_on_a_new_connection(sender, receiver)
 
     run(scenario())
 
