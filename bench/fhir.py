@@ -278,9 +278,10 @@ def post_all(url: str, payloads: list[bytes], expect: int) -> list[float]:
 
 def scenario(url: str, payloads: list[bytes], connections: int, expect: int) -> dict[str, Any]:
     """Latency with one connection, then throughput with ``connections`` at once."""
-    post_all(url, payloads[:20], expect)  # warm up
+    warm_up = min(20, len(payloads) // 10)
+    post_all(url, payloads[:warm_up], expect)
     half = len(payloads) // 2
-    sequential = post_all(url, payloads[20:half], expect)
+    sequential = post_all(url, payloads[warm_up:half], expect)
     rest = payloads[half:]
     shares = [rest[i::connections] for i in range(connections)]
     start = time.perf_counter()

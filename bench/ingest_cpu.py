@@ -4,7 +4,7 @@ Drives the code ``bench/mllp.py`` measures end to end, in one thread and in a fi
 order: each message's header read, ``Inbound`` and ACK built as the MLLP listener
 builds them, and its outcome decided as ``GroupCommitWriter.submit`` decides it (the
 channel is declarative, so it is settled on receipt as in the engine on SQLite);
-``GroupCommitWriter`` batches of ``--batch`` messages (the writer's batch function is
+``GroupCommitWriter`` batches of ``--batch`` messages (the writer's commit function is
 called directly, so no thread hop or timing changes the batches). ``--on-processor``
 leaves the outcomes to the processor instead, run about every 10 messages with its
 writes joining the next batch. Prints user and system CPU per message as JSON.
@@ -38,7 +38,7 @@ from router.pipeline import compile_channel
 from router.processing import Processor
 from router.store.database import Store
 from router.store.inbound import Inbound
-from router.store.ingest import GroupCommitWriter, _Job
+from router.store.ingest import GroupCommitWriter, _Job, _Pending
 from router.store.migrate import upgrade
 
 WARM_UP = 200
@@ -60,10 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         writer = GroupCommitWriter(store)
 
         def transact(work: Any) -> Any:
-            (outcome,) = writer._write([], [_Job(work, Future())], [])[1]
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return outcome
+            job = _Job(work, Future())
+            writer._commit([job], stop=False)
+            return job.waiter.result()
 
         channel = compile_channel(
             ChannelConfig.model_validate(
@@ -104,7 +103,7 @@ def _run(
         items = [_inbound(data) for data in frames[start : start + batch]]
         for item in items:
             writer._decide(item)
-        writer._write(items, [], [])
+        writer._commit([_Pending(item, Future(), None) for item in items], stop=False)
         if (n + 1) % every == 0:
             processor.run_once()
     while processor.run_once():

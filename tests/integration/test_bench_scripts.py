@@ -1,0 +1,61 @@
+"""The benchmark scripts still run and print their JSON: a change to the engine's internals
+once broke ``bench/ingest_cpu.py`` unnoticed. Tiny runs; the figures are not judged here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(script: str, *args: str) -> Any:
+    done = subprocess.run(
+        [sys.executable, f"bench/{script}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_ingest_cpu_measures_the_path_it_names():
+    result = _bench("ingest_cpu.py", "--messages", "40", "--batch", "8")
+    assert (result["messages"], result["batch"], result["settled_on_receipt"]) == (40, 8, True)
+    assert result["user_us_per_msg"] > 0
+
+
+def test_mllp_runs_every_scenario_and_checks_the_store():
+    result = _bench("mllp.py", "--messages", "40", "--stores", "sqlite", "--connections", "1,2")
+    runs = [
+        (s["scenario"], s["store"], s["connections"], s["messages"]) for s in result["scenarios"]
+    ]
+    assert runs == [
+        ("baseline", None, 1, 40),
+        ("baseline", None, 2, 40),
+        ("ingest", "sqlite", 1, 40),
+        ("ingest", "sqlite", 2, 40),
+        ("end_to_end", "sqlite", 1, 40),
+        ("end_to_end", "sqlite", 2, 40),
+    ]
+
+
+def test_fhir_compares_the_engine_with_bare_validation():
+    result = _bench("fhir.py", "--messages", "40", "--proxy-requests", "20", "--entries", "5")
+    assert result["bundle"]["entries"] == 5
+    for route in ("accept", "bars"):
+        measured = result["process_message"][route]
+        assert measured["sequential"]["messages"] == 16
+        assert measured["concurrent"]["messages"] == 20
+        assert measured["validation_around"]["p50_ms"] > 0
+    assert result["proxy"]["requests"] == 20
+    assert set(result["targets"]) == {
+        "accept_added_at_most_25_percent",
+        "bars_added_at_most_25_percent",
+        "proxy_added_at_most_2_ms_p50",
+    }
