@@ -1,9 +1,11 @@
 """The dispatcher: claims due deliveries with a lease, sends them and records every attempt.
 
 Delivery is at least once (DESIGN.md §3.3): a lease that expires makes a
-delivery due again. Ordered destinations (§3.4) send one lane at a time in
-receive order; a lane is one ordering key, so different keys flow in parallel
-and a failing head holds back only its own key.
+delivery due again; while a round sends, its leases are renewed
+(router.lease_keeper), so only a node that died or stalled loses them. Ordered
+destinations (§3.4) send one lane at a time in receive order; a lane is one
+ordering key, so different keys flow in parallel and a failing head holds back
+only its own key.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, TypeVar
 from router import metrics
 from router.config import DestinationConfig, DispatchOptions
 from router.connectors import Delivery, Sender, SendResult
+from router.lease_keeper import LeaseKeeper
 from router.pipeline import CompiledChannel
 from router.store.database import Store, Transact
 from router.store.deliveries import (
@@ -29,6 +32,7 @@ from router.store.deliveries import (
     record,
     record_then_claim,
     release_owned,
+    renew,
 )
 from router.store.inbound import utcnow
 
@@ -124,12 +128,25 @@ class DestinationWorker:
         return await _store_work(claim_next, self._store, self._request, transact=self._transact)
 
     async def _send(self, claimed: Claimed) -> list[Attempt]:
-        """Send the lanes side by side, each on a sender of the pool."""
+        """Send the lanes side by side, each on a sender of the pool, keeping their leases."""
         idle: asyncio.Queue[Sender] = asyncio.Queue()
         for sender in self._senders:
             idle.put_nowait(sender)
-        results = await asyncio.gather(*(self._send_lane(lane, idle) for lane in claimed.lanes))
+        async with LeaseKeeper(claimed.all_ids, self._options.lease / 3, self._renew) as leases:
+            results = await asyncio.gather(
+                *(self._send_lane(lane, idle, leases) for lane in claimed.lanes)
+            )
         return [a for lane in results for a in lane]
+
+    async def _renew(self, ids: list[int]) -> set[int]:
+        return await _store_work(
+            renew,
+            self._store,
+            ids,
+            lease=self._options.lease,
+            owner=self._owner,
+            transact=self._transact,
+        )
 
     async def _record(
         self, attempts: list[Attempt], claimed: list[int], *, then_claim: bool
@@ -169,11 +186,15 @@ class DestinationWorker:
         per_lane = max(1, self._options.batch // len(self._senders))
         return any(len(lane) >= per_lane for lane in claimed.lanes)
 
-    async def _send_lane(self, lane: list[Delivery], idle: asyncio.Queue[Sender]) -> list[Attempt]:
+    async def _send_lane(
+        self, lane: list[Delivery], idle: asyncio.Queue[Sender], leases: LeaseKeeper
+    ) -> list[Attempt]:
         sender = await idle.get()
         done: list[Attempt] = []
         try:
             for delivery in lane:
+                if delivery.id not in leases.held:
+                    break
                 started = utcnow()
                 t0 = time.perf_counter()
                 try:

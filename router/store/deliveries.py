@@ -296,6 +296,29 @@ def record_then_claim(
     return outcomes, (transact or store.run)(work)
 
 
+def renew(
+    store: Store,
+    ids: list[int],
+    *,
+    lease: float,
+    owner: str,
+    transact: Transact[Any] | None = None,
+) -> set[int]:
+    """Extend ``owner``'s leases on ``ids`` to ``lease`` seconds from now; the ids it still
+    holds (a lease that ran out and was taken over by another node is not taken back)."""
+
+    def work(conn: Connection) -> set[int]:
+        rows = conn.execute(
+            update(deliveries)
+            .where(d.id.in_(ids), d.lease_owner == owner, d.status == "sending")
+            .values(lease_until=utcnow() + timedelta(seconds=lease))
+            .returning(d.id)
+        )
+        return {row[0] for row in rows}
+
+    return (transact or store.run)(work)
+
+
 def _settling(
     done: list[Attempt], policy: RetryPolicy, claimed: list[int], owner: str
 ) -> tuple[Callable[[Connection], None], list[str]]:

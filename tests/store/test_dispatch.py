@@ -327,3 +327,90 @@ def test_an_unordered_destination_does_not_block(store, receive, er7):
     state = _state(store)
     assert state.pop("ORD0") == ("retrying", 1)
     assert set(state.values()) == {("sent", 1)}
+
+
+class HeldSender:
+    """A receiver that takes its time: each send waits until the test lets it answer."""
+
+    def __init__(self) -> None:
+        self.log: list[str | None] = []
+        self.sending = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    def sender(self, _channel: str, _name: str, _config: DestinationConfig) -> HeldSender:
+        return self
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        self.log.append(delivery.idempotency_key)
+        self.sending.set()
+        await self.answer.wait()
+        return SENT
+
+    async def close(self) -> None:
+        return None
+
+
+async def _until(condition: Callable[[], Any], what: str) -> None:
+    """Wait for ``condition()`` to hold (checked in a thread every 20 ms), up to 20 s."""
+    for _ in range(1000):
+        if await asyncio.to_thread(condition):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never happened: {what}")
+
+
+def _lease_of(store: Store, control_id: str) -> tuple[str | None, Any]:
+    with store.read() as conn:
+        row = conn.execute(
+            select(d.lease_owner, d.lease_until).where(d.idempotency_key == control_id)
+        ).one()
+    return row.lease_owner, row.lease_until
+
+
+def test_a_round_slower_than_its_lease_keeps_it_and_no_other_node_sends_it(store, receive, er7):
+    _queue(store, receive, er7, {"mllp": LAB}, ("ORD1", "P1"))
+    lab = HeldSender()
+    config = DestinationConfig.model_validate({"mllp": LAB})
+    options = DispatchOptions.model_validate({"lease": "0.9s", "poll_interval": "1s"})
+    worker = DestinationWorker(store, "orders", "lab", config, lab.sender, options, "node-a")
+
+    async def slow_round() -> None:
+        task = asyncio.create_task(worker.run_once())
+        await lab.sending.wait()
+        _, first_until = await asyncio.to_thread(_lease_of, store, "ORD1")
+        await _until(lambda: utcnow() > first_until, "the first lease's end")
+        await _until(lambda: _lease_of(store, "ORD1")[1] > utcnow(), "a renewed lease")
+        assert (await asyncio.to_thread(_claim, store, "node-b")).lanes == []
+        lab.answer.set()
+        await task
+
+    asyncio.run(slow_round())
+    assert lab.log == ["ORD1"]
+    assert _state(store) == {"ORD1": ("sent", 1)}
+    assert _lease_of(store, "ORD1") == (None, None)
+
+
+def test_a_round_that_lost_its_lease_sends_no_more_of_it(store, receive, er7, caplog):
+    _queue(store, receive, er7, {"mllp": LAB}, ("ORD1", "P1"), ("ORD2", "P1"))
+    lab = HeldSender()
+    config = DestinationConfig.model_validate({"mllp": LAB})
+    options = DispatchOptions.model_validate({"lease": "0.6s", "poll_interval": "1s"})
+    worker = DestinationWorker(store, "orders", "lab", config, lab.sender, options, "node-a")
+
+    async def stalled_round() -> None:
+        task = asyncio.create_task(worker.run_once())
+        await lab.sending.wait()
+        await asyncio.to_thread(_time_passes, store)
+        taken = await asyncio.to_thread(_claim, store, "node-b", ordered=True)
+        assert [x.idempotency_key for x in taken.lanes[0]] == ["ORD1", "ORD2"]
+        await _until(lambda: "lost the lease" in caplog.text, "the lost lease noticed")
+        lab.answer.set()
+        await task
+
+    asyncio.run(stalled_round())
+    assert lab.log == ["ORD1"]
+    assert {cid: _lease_of(store, cid)[0] for cid in ("ORD1", "ORD2")} == {
+        "ORD1": "node-b",
+        "ORD2": "node-b",
+    }
+    assert _state(store) == {"ORD1": ("sending", 0), "ORD2": ("sending", 0)}
