@@ -15,19 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from mesh_client import MeshClient, Message
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from router.config import ChannelConfig
 from router.config.mesh import MeshMailbox
 from router.connectors.mesh.client import open_client
 from router.store.database import Store
 from router.store.inbound import Inbound, Receipt, utcnow, write_inbound
+from router.store.leader import leader
 from router.store.schema import attempts, deliveries, mesh_sent, messages
 
 log = logging.getLogger(__name__)
@@ -231,22 +231,9 @@ class MailboxPoller:
         finally:
             client.close()
 
-    @contextmanager
-    def _leader(self) -> Iterator[bool]:
+    def _leader(self) -> AbstractContextManager[bool]:
         """On PostgreSQL one node polls a mailbox at a time (an advisory lock, DESIGN.md §9)."""
-        if self._store.dialect != "postgresql":
-            yield True
-            return
-        key = zlib.crc32(f"tie-mesh:{self.mailbox.url}:{self.mailbox.mailbox}".encode())
-        with self._store.writer.connect() as conn:
-            got = conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
-            conn.commit()
-            try:
-                yield bool(got)
-            finally:
-                if got:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
+        return leader(self._store, f"tie-mesh:{self.mailbox.url}:{self.mailbox.mailbox}")
 
 
 def _fail_delivery(conn: Any, target: Any, reason: str, answer: bytes, now: Any) -> None:
