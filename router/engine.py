@@ -38,6 +38,8 @@ from router.governance.watcher import RevisionWatcher
 from router.pipeline import CompiledChannel, compile_channel
 from router.processing import Processor
 from router.replay import ReplayResult
+from router.retention import Pruner
+from router.retention_schedule import RetentionSchedule
 from router.store.blobs import BlobStore, default_blob_root
 from router.store.database import Store
 from router.store.ingest import GroupCommitWriter
@@ -122,6 +124,12 @@ class Engine:
         self.mesh = mesh_schedule(
             config, [c.config for c in self.channels.values()], self.store, self.writer.submit_sync
         )
+        self.retention = RetentionSchedule(
+            Pruner(self.store, batch=config.retention.batch, transact=transact),
+            self.store,
+            lambda: [c.config for c in self.channels.values()],
+            config.retention.every,
+        )
         self.http: _HttpServer | None = None
         self.reloader = Reloader(self)
         self.watcher = RevisionWatcher(self)
@@ -178,6 +186,7 @@ class Engine:
         for listener in self.listeners:
             await listener.start()
         await asyncio.to_thread(self.mesh.start)
+        await asyncio.to_thread(self.retention.start)
         await self.watcher.start()
         if http:
             from router.api.app import create_app
@@ -206,6 +215,7 @@ class Engine:
         """Stop taking messages first, then let in-flight work finish and close the store."""
         await self.watcher.stop()
         await asyncio.to_thread(self.mesh.stop)
+        await asyncio.to_thread(self.retention.stop)
         for listener in self.listeners:
             await listener.stop()
         if self.http is not None:

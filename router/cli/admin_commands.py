@@ -1,4 +1,4 @@
-"""CLI commands ``channel`` (list, pause, resume) and ``audit verify``."""
+"""CLI commands ``channel`` (list, pause, resume), ``audit verify`` and ``prune``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from router.cli.output import (
     print_json,
     print_table,
 )
-from router.config import load_channels
+from router.config import ChannelConfig, EngineConfig, load_channels
+from router.store.database import Store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +35,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify = audit_actions.add_parser("verify", help="check the chain; name the first broken event")
     add_json(verify)
     verify.set_defaults(handler=audit_verify)
+
+    p = sub.add_parser(
+        "prune", help="remove finished messages older than their channel's retention.keep"
+    )
+    p.add_argument("--channel", action="append", help="only this channel (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
+    p.add_argument("--actor", help="who is doing it (default: the OS user)")
+    add_json(p)
+    p.set_defaults(handler=prune)
 
 
 def _channel_names(args: argparse.Namespace) -> list[str]:
@@ -74,3 +84,35 @@ def audit_verify(args: argparse.Namespace) -> int:
     else:
         print(f"audit chain BROKEN at event {verdict.broken_id}: {verdict.reason}")
     return 0 if verdict.ok else 1
+
+
+def prune(args: argparse.Namespace) -> int:
+    from router.retention import Pruner
+
+    config = engine_config(args)
+    store = open_store(args)
+    kept = {n: c for n, c in _running_channels(store, config).items() if c.retention is not None}
+    for name in args.channel or []:
+        if name not in kept:
+            raise CommandError(f"no channel named {name!r} with a retention policy")
+    chosen = [kept[n] for n in sorted(args.channel or kept)]
+    pruner = Pruner(store, batch=config.retention.batch, actor=actor(args))
+    results = [pruner.preview(c) if args.dry_run else pruner.prune(c) for c in chosen]
+    rows = [r.__dict__ | {"dry_run": args.dry_run} for r in results]
+    if args.json:
+        print_json(rows)
+    else:
+        columns = ["channel", "before", "messages"]
+        print_table(
+            rows, columns if args.dry_run else [*columns, "deliveries", "blobs", "archives"]
+        )
+    return 0
+
+
+def _running_channels(store: Store, config: EngineConfig) -> dict[str, ChannelConfig]:
+    """The channels the engine runs: the files, or the approved revisions when governed."""
+    if config.governance == "governed":
+        from router.governance.deploy import parse, running_texts
+
+        return parse(config, running_texts(store))
+    return load_channels(config.channels)

@@ -19,6 +19,7 @@ from router.config.channel import (
     IdempotentReceiver,
     MllpListen,
     MllpTarget,
+    RetentionPolicy,
     RetryPolicy,
     SourceConfig,
     UnmatchedFlag,
@@ -29,6 +30,7 @@ from router.config.engine import (
     EngineConfig,
     HttpConfig,
     ProcessingOptions,
+    RetentionOptions,
     SqliteOptions,
 )
 from router.config.loading import (
@@ -63,6 +65,8 @@ __all__ = [
     "MllpListen",
     "MllpTarget",
     "ProcessingOptions",
+    "RetentionOptions",
+    "RetentionPolicy",
     "RetryPolicy",
     "SourceConfig",
     "SqliteOptions",

@@ -237,6 +237,14 @@ class IdempotentReceiver(_Strict):
     window: Duration = 86400.0
 
 
+class RetentionPolicy(_Strict):
+    """How long finished messages are kept (router/retention.py); ``archive`` is a folder
+    they are written to, as gzipped JSON Lines, before they are removed."""
+
+    keep: Duration = Field(gt=0)
+    archive: Path | None = None
+
+
 class UnmatchedFlag(_Strict):
     """Flag a message whose correlation ``key`` no earlier message of ``channels`` carries.
 
@@ -262,6 +270,7 @@ class ChannelConfig(_Strict):
     correlate: dict[str, FieldPath | list[FieldPath]] = Field(default_factory=dict)
     unmatched: UnmatchedFlag | None = None
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    retention: RetentionPolicy | None = None
 
     @field_validator("name")
     @classmethod
@@ -279,6 +288,20 @@ class ChannelConfig(_Strict):
                     f"destination name {name!r}: use lower-case letters, digits, - and _"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _duplicates_outlive_their_window(self) -> ChannelConfig:
+        """The idempotent receiver recognises a repeat by its stored original."""
+        if (
+            self.retention is not None
+            and self.idempotent is not None
+            and self.retention.keep < self.idempotent.window
+        ):
+            raise ValueError(
+                "retention.keep is shorter than idempotent.window: a repeat of a pruned "
+                "message would be taken as new"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unmatched_key_is_correlated(self) -> ChannelConfig:

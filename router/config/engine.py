@@ -29,6 +29,13 @@ class DispatchOptions(_Strict):
     lanes: int = Field(default=8, ge=1)
 
 
+class RetentionOptions(_Strict):
+    """When the pruner runs (channels say how long they keep messages: ``retention``)."""
+
+    every: Duration = Field(default=3600.0, gt=0)
+    batch: int = Field(default=500, ge=1, le=10_000)  # ids bound one placeholder each
+
+
 class ProcessingOptions(_Strict):
     batch: int = Field(default=500, ge=1, le=10_000)  # ids bound one placeholder each
 
@@ -66,6 +73,7 @@ class EngineConfig(_Strict):
     sqlite: SqliteOptions = Field(default_factory=SqliteOptions)
     dispatch: DispatchOptions = Field(default_factory=DispatchOptions)
     processing: ProcessingOptions = Field(default_factory=ProcessingOptions)
+    retention: RetentionOptions = Field(default_factory=RetentionOptions)
     blobs: BlobOptions = Field(default_factory=BlobOptions)
     fhir: FhirOptions = Field(default_factory=FhirOptions)
     mesh: MeshOptions = Field(default_factory=MeshOptions)

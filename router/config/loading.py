@@ -88,6 +88,8 @@ def channel_from_text(text: str, path: Path) -> ChannelConfig:
         raise ConfigError(
             [ConfigProblem(str(path), "name", f"must match the file name {path.stem!r}")]
         )
+    if config.retention is not None and config.retention.archive is not None:
+        config.retention.archive = (path.parent / config.retention.archive).resolve()
     for destination in config.destinations.values():
         if destination.file is not None:
             destination.file.directory = (path.parent / destination.file.directory).resolve()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -20,6 +21,8 @@ from typing import IO
 from router.payload import CHUNK, Payload
 
 DEFAULT_THRESHOLD = 1024 * 1024
+# How long a blob stays after it was last written or reused, even when no row names it.
+REUSE_GRACE = 3600.0
 
 
 class BlobStore:
@@ -65,14 +68,41 @@ class BlobStore:
         return os.fdopen(fd, "wb"), Path(name)
 
     def _commit(self, temporary: Path, sha256: str, size: int) -> Payload:
+        """Put the blob in place; an equal one already there is reused and touched, so that
+        retention (``discard``) leaves it be while the row naming it commits."""
         final = self.path(sha256)
-        if final.exists() and final.stat().st_size == size:
+        try:
+            reuse = final.stat().st_size == size
+            if reuse:
+                os.utime(final)
+        except FileNotFoundError:
+            reuse = False
+        if reuse:
             temporary.unlink()
         else:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temporary, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         return Payload(path=final, sha256=sha256, size=size)
+
+    def discard(self, sha256: str, *, grace: float = REUSE_GRACE) -> bool:
+        """Remove a blob no row names any more, unless it was written or reused within
+        ``grace`` seconds (a row naming it may be about to commit); whether it went.
+
+        The file is moved aside first: a writer reusing it at that moment either touched it
+        before (it is young: moved back) or finds it gone and writes it again.
+        """
+        path = self.path(sha256)
+        aside = path.with_name(f"{path.name}.discard")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return False
+        if time.time() - aside.stat().st_mtime < grace:
+            os.replace(aside, path)
+            return False
+        aside.unlink()
+        return True
 
 
 class Spool:
@@ -138,7 +168,8 @@ class Spool:
             self._temporary.unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` survive a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -178,6 +178,22 @@ def test_a_file_destination_directory_is_relative_to_the_channel_file(tmp_path):
     assert config.destinations["out"].file.directory == (tmp_path / "outbox").resolve()
 
 
+def test_a_retention_archive_is_relative_to_the_channel_file(tmp_path):
+    config = load_channel(
+        write(
+            tmp_path / "channels" / "kept.yaml",
+            """
+            name: kept
+            source: {channel: {}}
+            retention: {keep: 90d, archive: ../archive}
+            """,
+        )
+    )
+    assert config.retention is not None
+    assert config.retention.keep == 90 * 86400
+    assert config.retention.archive == (tmp_path / "archive").resolve()
+
+
 def test_channel_defaults(tmp_path):
     config = load_channel(
         write(
@@ -509,6 +525,17 @@ def test_a_bad_file_name_template_is_a_config_error(tmp_path, name, problem):
             "destinations:\n  lab: {when: [{field: MSH-9}], mllp: {host: h, port: 1}}\n",
             "destinations.lab.when[0]",
             "needs exactly one of",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\nretention: {keep: 0s}\n",
+            "retention.keep",
+            "greater than 0",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\nidempotent: {window: 7d}\n"
+            "retention: {keep: 1d}\n",
+            "",
+            "retention.keep is shorter than idempotent.window",
         ),
         ("name: Demo\nsource: {mllp: {port: 1}}\n", "name", "lower-case letters"),
         ("name: other\nsource: {mllp: {port: 1}}\n", "name", "must match the file name 'demo'"),

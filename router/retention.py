@@ -1,0 +1,197 @@
+"""Retention: each channel's finished messages go once they are older than it keeps them.
+
+A channel says ``retention: {keep: 90d, archive: ../archive}``; the engine prunes every
+``retention.every`` (engine.yaml, default 1 h) on one node at a time, and ``run.py prune``
+prunes by hand. Which messages may go is router.store.retention's rule: never work that is
+unfinished or failed. Each batch is read; with ``archive``, written to
+``<archive>/<channel>/<time>-<first id>-<last id>.jsonl.gz`` (blobs beside it under
+``blobs/``) and fsynced; then removed in one transaction with its audit event
+(``retention.prune``); then the blobs no row names any more are discarded. A batch whose
+removal fails after its archive was written is archived again by the next run: an archive
+may hold a message twice, but never misses one that was removed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from router import audit
+from router.config import ChannelConfig
+from router.store.blobs import fsync_dir
+from router.store.database import Store, Transact
+from router.store.inbound import utcnow
+from router.store.retention import (
+    Removed,
+    archive_records,
+    count_removable,
+    referenced_blobs,
+    removable_ids,
+    remove,
+)
+
+log = logging.getLogger(__name__)
+SYSTEM_ACTOR = "tie-retention"
+
+
+@dataclass
+class Pruned:
+    """What pruning one channel removed (or, in a preview, would remove: ``messages``)."""
+
+    channel: str
+    before: datetime
+    messages: int = 0
+    deliveries: int = 0
+    attempts: int = 0
+    blobs: int = 0
+    archives: list[str] = field(default_factory=list)
+
+
+class Pruner:
+    """Prunes channels in batches of ``batch`` messages; ``transact`` runs each removal
+    (on SQLite the engine's group commit, so no sender waits on a second writer)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch: int = 500,
+        actor: str = SYSTEM_ACTOR,
+        transact: Transact[Any] | None = None,
+    ) -> None:
+        self._store = store
+        self._batch = batch
+        self._actor = actor
+        self._transact = transact or store.run
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Stop after the batch in hand."""
+        self._stopping.set()
+
+    def preview(self, channel: ChannelConfig, now: datetime | None = None) -> Pruned:
+        """How many messages pruning ``channel`` now would remove; nothing changes."""
+        before = _cutoff(channel, now)
+        with self._store.read() as conn:
+            return Pruned(
+                channel.name, before, messages=count_removable(conn, channel.name, before)
+            )
+
+    def prune_all(self, channels: Iterable[ChannelConfig]) -> list[Pruned]:
+        """Prune every channel that has a retention policy."""
+        return [self.prune(c) for c in channels if c.retention is not None]
+
+    def prune(self, channel: ChannelConfig, now: datetime | None = None) -> Pruned:
+        before = _cutoff(channel, now)
+        done = Pruned(channel.name, before)
+        while not self._stopping.is_set() and self._prune_batch(channel, before, done):
+            pass
+        if done.messages:
+            log.info(
+                "retention: removed %d message(s) of %s received before %s",
+                done.messages,
+                channel.name,
+                before.isoformat(),
+            )
+        return done
+
+    def _prune_batch(self, channel: ChannelConfig, before: datetime, done: Pruned) -> bool:
+        """Archive and remove the next batch; False when none was left."""
+        assert channel.retention is not None
+        with self._store.read() as conn:
+            ids = removable_ids(conn, channel.name, before, self._batch)
+            records = archive_records(conn, ids) if ids and channel.retention.archive else []
+        if not ids:
+            return False
+        archive = None
+        if channel.retention.archive is not None:
+            archive = write_archive(channel.retention.archive, channel.name, records, self._store)
+            done.archives.append(str(archive))
+        removed = self._transact(self._removal(channel.name, before, ids, archive))
+        done.messages += removed.messages
+        done.deliveries += removed.deliveries
+        done.attempts += removed.attempts
+        done.blobs += self._discard(removed.blobs)
+        return True
+
+    def _removal(
+        self, channel: str, before: datetime, ids: list[int], archive: Path | None
+    ) -> Callable[[Any], Removed]:
+        def work(conn: Any) -> Removed:
+            removed = remove(conn, channel, before, ids)
+            if removed.messages:
+                details = {
+                    "messages": removed.messages,
+                    "deliveries": removed.deliveries,
+                    "attempts": removed.attempts,
+                    "received_before": before.isoformat(),
+                    "ids": [min(ids), max(ids)],
+                    "archive": str(archive) if archive else None,
+                }
+                audit.append(conn, self._actor, "retention.prune", f"channel:{channel}", details)
+            return removed
+
+        return work
+
+    def _discard(self, hashes: set[str]) -> int:
+        """Remove the blob files of ``hashes`` that no row names any more."""
+        if not hashes:
+            return 0
+        with self._store.read() as conn:
+            unnamed = hashes - referenced_blobs(conn, hashes)
+        return sum(self._store.blobs.discard(sha256) for sha256 in sorted(unnamed))
+
+
+def _cutoff(channel: ChannelConfig, now: datetime | None) -> datetime:
+    if channel.retention is None:
+        raise ValueError(f"channel {channel.name} has no retention policy")
+    return (now or utcnow()) - timedelta(seconds=channel.retention.keep)
+
+
+def write_archive(folder: Path, channel: str, records: list[dict[str, Any]], store: Store) -> Path:
+    """Write ``records`` durably as gzipped JSON Lines (and their blobs); the file's path."""
+    first, last = records[0]["message"]["id"], records[-1]["message"]["id"]
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    target = folder / channel / f"{stamp}-{first}-{last}.jsonl.gz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.part")
+    with open(partial, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb") as zipped:
+            for record in records:
+                zipped.write(json.dumps(record, default=str).encode("utf-8") + b"\n")
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(partial, target)
+    fsync_dir(target.parent)
+    for sha256 in sorted(_blob_hashes(records)):
+        _archive_blob(store, sha256, folder / "blobs")
+    return target
+
+
+def _blob_hashes(records: list[dict[str, Any]]) -> set[str]:
+    hashes = {r["message"]["blob_sha256"] for r in records}
+    hashes |= {d["blob_sha256"] for r in records for d in r["deliveries"]}
+    return {h for h in hashes if h}
+
+
+def _archive_blob(store: Store, sha256: str, folder: Path) -> None:
+    target = folder / sha256
+    if target.exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f"{sha256}.part"
+    with open(store.blobs.path(sha256), "rb") as source, open(partial, "wb") as copy:
+        shutil.copyfileobj(source, copy)
+        copy.flush()
+        os.fsync(copy.fileno())
+    os.replace(partial, target)
+    fsync_dir(folder)

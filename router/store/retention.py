@@ -1,0 +1,159 @@
+"""Which of a channel's messages retention may remove, what they hold, and removing them.
+
+DESIGN.md §5: retention is per channel and never removes queued, held or failed work. A
+message may go once it is older than the channel keeps messages and settled (processed or
+filtered: never received, validating or error, which still need someone), none of its
+deliveries is pending, held or failed, and no ServiceRequest in the registry points at it.
+With it go its deliveries, their attempts and MESH records, its correlation keys and its
+flags. A later message reprocessed from it, or recognised as its repeat, stays and loses
+only that link (the audit log keeps the reprocess).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, delete, exists, func, select, update
+
+from router.store.schema import (
+    HELD,
+    PENDING,
+    attempts,
+    correlations,
+    deliveries,
+    mesh_sent,
+    message_flags,
+    messages,
+    service_requests,
+)
+
+SETTLED = ("processed", "filtered")
+UNFINISHED_DELIVERY = (*PENDING, HELD, "failed")
+m, d, a = messages.c, deliveries.c, attempts.c
+
+
+@dataclass
+class Removed:
+    """What one removal took away; ``blobs`` are the payload hashes its rows named."""
+
+    messages: int = 0
+    deliveries: int = 0
+    attempts: int = 0
+    blobs: set[str] = field(default_factory=set)
+
+
+def _removable(channel: str, before: datetime) -> ColumnElement[bool]:
+    unfinished = exists().where(d.message_id == m.id, d.status.in_(UNFINISHED_DELIVERY))
+    registered = exists().where(service_requests.c.message_id == m.id)
+    return (
+        (m.channel == channel)
+        & m.status.in_(SETTLED)
+        & (m.received_at < before)
+        & ~unfinished
+        & ~registered
+    )
+
+
+def removable_ids(conn: Connection, channel: str, before: datetime, limit: int) -> list[int]:
+    """The oldest ``limit`` messages of ``channel`` retention may remove, by id."""
+    query = select(m.id).where(_removable(channel, before)).order_by(m.id).limit(limit)
+    return list(conn.scalars(query))
+
+
+def count_removable(conn: Connection, channel: str, before: datetime) -> int:
+    return conn.scalar(select(func.count()).where(_removable(channel, before))) or 0
+
+
+def archive_records(conn: Connection, ids: list[int]) -> list[dict[str, Any]]:
+    """Each message of ``ids`` whole, as one JSON-ready record: its row, its deliveries with
+    their attempts, its correlation keys and its flags. Payloads are text when they are
+    UTF-8 (``raw``, ``payload``, ``response``), else base64 (``..._base64``); a payload kept
+    as a blob is named by its hash (``blob_sha256``)."""
+    rows = conn.execute(select(messages).where(m.id.in_(ids)).order_by(m.id)).mappings()
+    records = {
+        r["id"]: {"message": _plain(r), "deliveries": [], "keys": [], "flags": []} for r in rows
+    }
+    by_delivery: dict[int, dict[str, Any]] = {}
+    for row in conn.execute(select(deliveries).where(d.message_id.in_(ids)).order_by(d.id)):
+        delivery = _plain(row._mapping) | {"attempts": []}
+        by_delivery[row.id] = delivery
+        records[row.message_id]["deliveries"].append(delivery)
+    if by_delivery:
+        query = select(attempts).where(a.delivery_id.in_(list(by_delivery))).order_by(a.id)
+        for row in conn.execute(query):
+            by_delivery[row.delivery_id]["attempts"].append(_plain(row._mapping))
+    keys = select(correlations).where(correlations.c.message_id.in_(ids))
+    for row in conn.execute(keys):
+        records[row.message_id]["keys"].append({"key": row.key, "value": row.value})
+    for row in conn.execute(select(message_flags).where(message_flags.c.message_id.in_(ids))):
+        records[row.message_id]["flags"].append(row.flag)
+    return list(records.values())
+
+
+def remove(conn: Connection, channel: str, before: datetime, ids: list[int]) -> Removed:
+    """Remove those of ``ids`` that retention may still remove (one may have been resent or
+    reprocessed since it was chosen), with everything that is theirs."""
+    ids = list(conn.scalars(select(m.id).where(m.id.in_(ids), _removable(channel, before))))
+    if not ids:
+        return Removed()
+    theirs = select(d.id).where(d.message_id.in_(ids)).scalar_subquery()
+    blobs = set(
+        conn.scalars(select(m.blob_sha256).where(m.id.in_(ids), m.blob_sha256.is_not(None)))
+    )
+    blobs |= set(
+        conn.scalars(select(d.blob_sha256).where(d.message_id.in_(ids), d.blob_sha256.is_not(None)))
+    )
+    for link in (m.reprocessed_from, m.duplicate_of):
+        conn.execute(
+            update(messages).where(link.in_(ids), m.id.not_in(ids)).values({link.name: None})
+        )
+    conn.execute(
+        update(deliveries)
+        .where(d.resent_from.in_(theirs), d.message_id.not_in(ids))
+        .values(resent_from=None)
+    )
+    removed_attempts = conn.execute(delete(attempts).where(a.delivery_id.in_(theirs))).rowcount
+    conn.execute(delete(mesh_sent).where(mesh_sent.c.delivery_id.in_(theirs)))
+    removed_deliveries = conn.execute(delete(deliveries).where(d.message_id.in_(ids))).rowcount
+    conn.execute(delete(correlations).where(correlations.c.message_id.in_(ids)))
+    conn.execute(delete(message_flags).where(message_flags.c.message_id.in_(ids)))
+    removed = conn.execute(delete(messages).where(m.id.in_(ids))).rowcount
+    return Removed(removed, removed_deliveries, removed_attempts, blobs)
+
+
+def referenced_blobs(conn: Connection, hashes: set[str]) -> set[str]:
+    """Those of ``hashes`` that a stored message or delivery still names."""
+    if not hashes:
+        return set()
+    wanted = list(hashes)
+    named = set(conn.scalars(select(m.blob_sha256).where(m.blob_sha256.in_(wanted))))
+    return named | set(conn.scalars(select(d.blob_sha256).where(d.blob_sha256.in_(wanted))))
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    """A row as JSON-ready values: bytes as text or base64, times as ISO 8601."""
+    plain: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, bytes):
+            try:
+                plain[key] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                plain[f"{key}_base64"] = base64.b64encode(value).decode("ascii")
+        elif isinstance(value, datetime):
+            plain[key] = value.isoformat()
+        elif key in ("source", "headers", "hold_labels") and isinstance(value, str):
+            plain[key] = _json_or_text(value)
+        else:
+            plain[key] = value
+    return plain
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
