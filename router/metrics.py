@@ -36,6 +36,12 @@ DELIVERIES = Counter(
     ["channel", "destination", "status"],
     registry=REGISTRY,
 )
+PRUNED = Counter(
+    "tie_messages_pruned",
+    "Messages removed by retention, by channel.",
+    ["channel"],
+    registry=REGISTRY,
+)
 ACK_LATENCY = Histogram(
     "tie_ack_latency_seconds",
     "From a message fully read to its acknowledgement sent (after the store commit).",

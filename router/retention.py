@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from router import audit
+from router import audit, metrics
 from router.config import ChannelConfig
 from router.store.blobs import fsync_dir
 from router.store.database import Store, Transact
@@ -96,6 +96,7 @@ class Pruner:
         while not self._stopping.is_set() and self._prune_batch(channel, before, done):
             pass
         if done.messages:
+            metrics.PRUNED.labels(channel.name).inc(done.messages)
             log.info(
                 "retention: removed %d message(s) of %s received before %s",
                 done.messages,

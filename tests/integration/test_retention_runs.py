@@ -12,6 +12,7 @@ from hl7.client import MLLPClient
 from sqlalchemy import func, select, update
 from tie_testing import RunningEngine, channel, engine_config, hl7_message, wait_until
 
+from router import metrics
 from router.cli import main
 from router.config import load_channels, load_engine
 from router.connectors.hl7_inbound import hl7_inbound
@@ -39,6 +40,11 @@ def _prune_events(store) -> list[tuple[str, dict]]:
         return [(r.actor, json.loads(r.details)) for r in rows]
 
 
+def _pruned_count() -> float:
+    value = metrics.REGISTRY.get_sample_value("tie_messages_pruned_total", {"channel": "orders"})
+    return value or 0.0
+
+
 def test_the_engine_prunes_on_its_schedule(tmp_path, store_url, hl7_samples):
     orders = channel(
         {
@@ -49,6 +55,7 @@ def test_the_engine_prunes_on_its_schedule(tmp_path, store_url, hl7_samples):
         }
     )
     config = engine_config(tmp_path, store_url, retention={"every": "200ms"})
+    pruned_before = _pruned_count()
     running = RunningEngine(config, {"orders": orders})
     try:
         sample = hl7_samples["OML_O21_nhs_nwgmsa_v251"]
@@ -69,6 +76,7 @@ def test_the_engine_prunes_on_its_schedule(tmp_path, store_url, hl7_samples):
             assert list(conn.scalars(select(m.control_id))) == ["FRESH"]
         ((actor, details),) = _prune_events(running.store)
         assert (actor, details["messages"]) == ("tie-retention", 1)
+        assert _pruned_count() == pruned_before + 1
     finally:
         running.stop()
 
