@@ -96,7 +96,6 @@ class Pruner:
         while not self._stopping.is_set() and self._prune_batch(channel, before, done):
             pass
         if done.messages:
-            metrics.PRUNED.labels(channel.name).inc(done.messages)
             log.info(
                 "retention: removed %d message(s) of %s received before %s",
                 done.messages,
@@ -118,6 +117,7 @@ class Pruner:
             archive = write_archive(channel.retention.archive, channel.name, records, self._store)
             done.archives.append(str(archive))
         removed = self._transact(self._removal(channel.name, before, ids, archive))
+        metrics.PRUNED.labels(channel.name).inc(removed.messages)
         done.messages += removed.messages
         done.deliveries += removed.deliveries
         done.attempts += removed.attempts
