@@ -24,6 +24,7 @@ from router.connectors import Sender
 from router.connectors.addressed import BOUND, AddressedSender, with_address
 from router.connectors.channel import ChannelSender
 from router.connectors.file import FileSender
+from router.connectors.file_source import file_schedule
 from router.connectors.http import HttpSender
 from router.connectors.mesh.build import check_mailboxes, mesh_schedule, mesh_sender
 from router.connectors.mllp.listener import MllpListener
@@ -124,6 +125,9 @@ class Engine:
         self.mesh = mesh_schedule(
             config, [c.config for c in self.channels.values()], self.store, self.writer.submit_sync
         )
+        self.files = file_schedule(
+            [c.config for c in self.channels.values()], self.store, self.writer.submit_sync
+        )
         self.retention = RetentionSchedule(
             Pruner(self.store, batch=config.retention.batch, transact=transact),
             self.store,
@@ -186,6 +190,7 @@ class Engine:
         for listener in self.listeners:
             await listener.start()
         await asyncio.to_thread(self.mesh.start)
+        await asyncio.to_thread(self.files.start)
         await asyncio.to_thread(self.retention.start)
         await self.watcher.start()
         if http:
@@ -215,6 +220,7 @@ class Engine:
         """Stop taking messages first, then let in-flight work finish and close the store."""
         await self.watcher.stop()
         await asyncio.to_thread(self.mesh.stop)
+        await asyncio.to_thread(self.files.stop)
         await asyncio.to_thread(self.retention.stop)
         for listener in self.listeners:
             await listener.stop()

@@ -10,10 +10,9 @@ import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from router.config import ChannelConfig
 from router.retention import Pruner
+from router.scheduling import background_scheduler
 from router.store.database import Store
 from router.store.leader import leader
 
@@ -34,10 +33,7 @@ class RetentionSchedule:
         self._store = store
         self._channels = channels
         self._every = every
-        self._scheduler = BackgroundScheduler(
-            timezone=UTC,
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        )
+        self._scheduler = background_scheduler()
 
     def start(self) -> None:
         """The first run a minute after the start (sooner with a shorter interval), out of the

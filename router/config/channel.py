@@ -35,7 +35,30 @@ class ChannelFeed(_Strict):
     """Messages arrive from other channels' ``channel`` destinations."""
 
 
-SOURCES = ("mllp", "channel", "mesh", "http", "proxy")
+SOURCES = ("mllp", "channel", "mesh", "http", "proxy", "file")
+
+
+class FilePoll(_Strict):
+    """A folder polled for files (router/connectors/file_source.py): each file taken is
+    stored, then deleted, or moved to ``move_to``; one that cannot be read as its
+    ``content_type`` is stored as ``error`` and moved to ``error_to``."""
+
+    directory: Path
+    pattern: str = "*"
+    interval: Duration = Field(default=5.0, gt=0)
+    # A file is taken once unchanged this long: a writer may still be writing a younger one.
+    settle: Duration = Field(default=1.0, ge=0)
+    content_type: str = Field(default="hl7v2", min_length=1, max_length=64)
+    max_size: Size = Field(default=100 * 1024 * 1024, gt=0)
+    move_to: Path | None = None
+    error_to: Path | None = None  # default: <directory>/error
+
+    @field_validator("pattern")
+    @classmethod
+    def _plain_pattern(cls, value: str) -> str:
+        if not value or "/" in value or "\\" in value:
+            raise ValueError("a file pattern matches names in the folder: no path separators")
+        return value
 
 
 class SourceConfig(_Strict):
@@ -44,6 +67,7 @@ class SourceConfig(_Strict):
     mesh: MeshPoll | None = None
     http: HttpSource | None = None
     proxy: ProxySource | None = None
+    file: FilePoll | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SourceConfig:

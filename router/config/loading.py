@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from router.config._base import M
-from router.config.channel import ChannelConfig
+from router.config.channel import ChannelConfig, FilePoll
 from router.config.engine import EngineConfig
 from router.config.http import resolve_tls
 
@@ -88,6 +88,8 @@ def channel_from_text(text: str, path: Path) -> ChannelConfig:
         raise ConfigError(
             [ConfigProblem(str(path), "name", f"must match the file name {path.stem!r}")]
         )
+    if config.source.file is not None:
+        _resolve_file_source(config.source.file, path)
     if config.retention is not None and config.retention.archive is not None:
         config.retention.archive = (path.parent / config.retention.archive).resolve()
     for destination in config.destinations.values():
@@ -100,6 +102,20 @@ def channel_from_text(text: str, path: Path) -> ChannelConfig:
     if config.source.proxy is not None:
         resolve_tls(config.source.proxy.tls, path.parent)
     return config
+
+
+def _resolve_file_source(poll: FilePoll, path: Path) -> None:
+    """Folders relative to the channel file; neither destination folder may be the polled
+    one, or a file put there would be taken again."""
+    base = path.parent
+    poll.directory = (base / poll.directory).resolve()
+    poll.error_to = (base / poll.error_to).resolve() if poll.error_to else poll.directory / "error"
+    poll.move_to = (base / poll.move_to).resolve() if poll.move_to else None
+    for key in ("move_to", "error_to"):
+        if getattr(poll, key) == poll.directory:
+            raise ConfigError(
+                [ConfigProblem(str(path), f"source.file.{key}", "is the polled folder itself")]
+            )
 
 
 def load_channels(directory: Path) -> dict[str, ChannelConfig]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from router.config import ChannelConfig
+from router.connectors.file_source import file_schedule
 from router.connectors.mesh.build import mesh_schedule
 from router.connectors.mllp.listener import MllpListener
 from router.pipeline import CompiledChannel
@@ -110,6 +111,12 @@ class Reloader:
                 listener = MllpListener(channel.config, engine.writer.submit)
                 await listener.start()
                 engine.listeners.append(listener)
+        if any(c.get(n) and c[n].config.source.file for n in moved for c in (old, new)):
+            await asyncio.to_thread(engine.files.stop)
+            engine.files = file_schedule(
+                [c.config for c in new.values()], engine.store, engine.writer.submit_sync
+            )
+            await asyncio.to_thread(engine.files.start)
         meshed = [
             n
             for n in moved

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from router.connectors.mesh.poller import MailboxPoller
+from router.scheduling import background_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +16,7 @@ class MeshSchedule:
 
     def __init__(self, pollers: list[MailboxPoller]) -> None:
         self.pollers = pollers
-        self._scheduler = BackgroundScheduler(
-            timezone=UTC,
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        )
+        self._scheduler = background_scheduler()
 
     def start(self) -> None:
         if not self.pollers:
