@@ -395,6 +395,39 @@ def test_idle_connection_is_closed(tmp_path, store_url, hl7_samples):
         running.stop()
 
 
+def test_a_peer_that_never_reads_its_acks_is_cut_off_and_others_carry_on(
+    tmp_path, store_url, hl7_samples
+):
+    """Its unread ACKs fill the socket: the engine stops reading from it (no unbounded
+    buffer of answers), and once it has waited ``idle_timeout`` resets it."""
+    config = inbound(mllp={"idle_timeout": "300ms"})
+    running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": config})
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(GUARD)
+        sock.connect(("127.0.0.1", running.port("inbound")))
+        (listener,) = running.engine.listeners
+        (connection,) = wait_until(lambda: list(listener._connections))
+        # A small send buffer on the engine's side, as on a congested link: otherwise the
+        # kernel takes some 4 MB of ACKs (25,000 messages) before it pushes back.
+        engine_side = connection._transport.get_extra_info("socket")
+        engine_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sent = 0
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            while sent < 100_000:
+                sock.sendall(START + hl7_message(hl7_samples[GHH], f"DEAF-{sent}") + END)
+                sent += 1
+        sock.close()
+        stored = count(running.store, messages.c.control_id.like("DEAF-%"))
+        assert 0 < stored < sent  # what it sent after its answers backed up was not read
+        with mllp_client(running.port("inbound")) as sender:
+            ack = parse(unframe(sender.send_message(hl7_message(hl7_samples[GHH], "NEXT"))))
+        assert field(ack, "MSA", 1) == "AA"
+    finally:
+        running.stop()
+
+
 # --- concurrency ---------------------------------------------------------------
 
 
