@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 import uvloop
@@ -64,8 +65,8 @@ class Receiver:
         finally:
             writer.close()
 
-    async def start(self) -> int:
-        server = await asyncio.start_server(self._client, "127.0.0.1", 0, limit=4 * MAX_ACK)
+    async def start(self, limit: int = 4 * MAX_ACK) -> int:
+        server = await asyncio.start_server(self._client, "127.0.0.1", 0, limit=limit)
         self._server = server
         return server.sockets[0].getsockname()[1]
 
@@ -101,6 +102,24 @@ def run(request: pytest.FixtureRequest) -> Callable[[Awaitable[None]], None]:
 async def sender_for(receiver: Receiver, **target: float) -> MllpSender:
     port = await receiver.start()
     return MllpSender(MllpTarget(host="127.0.0.1", port=port, **target))
+
+
+def test_a_frame_larger_than_the_socket_takes_at_once_arrives_whole_and_in_order(run):
+    """The sender writes what the socket takes at once (a few MB on loopback) and leaves the
+    rest to the transport: nothing may be lost, doubled or reordered across the two."""
+    big = [order(f"BIG{i}") + b"OBX|1|TX|||" + bytes([65 + i]) * 12_000_000 for i in range(2)]
+
+    async def scenario() -> None:
+        receiver = Receiver(answer_aa)
+        port = await receiver.start(limit=32_000_000)
+        sender = MllpSender(MllpTarget(host="127.0.0.1", port=port))
+        for i, payload in enumerate(big):
+            sent = await sender.send(replace(delivery(f"BIG{i}"), payload=payload))
+            assert sent.outcome == "sent"
+        await sender.close()
+        assert receiver.received == [START + payload + END for payload in big]
+
+    run(scenario())
 
 
 def test_acks_on_one_connection_each_answer_its_own_message(run):
