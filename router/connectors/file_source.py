@@ -28,7 +28,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from router.config import ChannelConfig, FilePoll
@@ -37,7 +36,7 @@ from router.hl7v2.batch import split_messages
 from router.hl7v2.er7 import Er7Error
 from router.hl7v2.header import parse_header
 from router.payload import Payload
-from router.scheduling import background_scheduler
+from router.scheduling import Job, PollSchedule
 from router.store.database import Store
 from router.store.inbound import Inbound, Receipt
 from router.store.leader import leader
@@ -194,36 +193,10 @@ class FilePoller:
             log.warning("channel %s: file %s moved to %s: %s", self.channel, path, target, reason)
 
 
-class FileSchedule:
-    """Runs each poller at its channel's interval in APScheduler's threads."""
-
-    def __init__(self, pollers: list[FilePoller]) -> None:
-        self.pollers = pollers
-        self._scheduler = background_scheduler()
-
-    def start(self) -> None:
-        if not self.pollers:
-            return
-        for poller in self.pollers:
-            self._scheduler.add_job(
-                poller.poll,
-                "interval",
-                seconds=poller.poll_config.interval,
-                next_run_time=datetime.now(UTC),
-                id=f"file-poll:{poller.channel}",
-            )
-        self._scheduler.start()
-        log.info("polling %d folder(s)", len(self.pollers))
-
-    def stop(self) -> None:
-        """Let each poller finish the file in hand, then stop the scheduler."""
-        for poller in self.pollers:
-            poller.stop()
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=True)
-
-
 def file_schedule(
     channels: list[ChannelConfig], store: Store, submit: Callable[[Inbound], Receipt]
-) -> FileSchedule:
-    return FileSchedule([FilePoller(c, store, submit) for c in channels if c.source.file])
+) -> PollSchedule:
+    """A poller for each channel with a file source, each at its channel's interval."""
+    pollers = [FilePoller(c, store, submit) for c in channels if c.source.file]
+    jobs = [Job(f"file-poll:{p.channel}", p.poll, p.poll_config.interval) for p in pollers]
+    return PollSchedule(pollers, jobs, "folder(s)")

@@ -70,7 +70,7 @@ def _queue(store: Store, receive: Any, er7: Any, destination: dict[str, Any], *m
 
 
 def _worker(
-    store: Store, destination: dict[str, Any], downstream: Downstream, **options: Any
+    store: Store, destination: dict[str, Any], downstream: Downstream | HeldSender, **options: Any
 ) -> DestinationWorker:
     config = DestinationConfig.model_validate(destination)
     dispatch = DispatchOptions.model_validate({"lease": "60s", "poll_interval": "1s", **options})
@@ -370,9 +370,7 @@ def _lease_of(store: Store, control_id: str) -> tuple[str | None, Any]:
 def test_a_round_slower_than_its_lease_keeps_it_and_no_other_node_sends_it(store, receive, er7):
     _queue(store, receive, er7, {"mllp": LAB}, ("ORD1", "P1"))
     lab = HeldSender()
-    config = DestinationConfig.model_validate({"mllp": LAB})
-    options = DispatchOptions.model_validate({"lease": "0.9s", "poll_interval": "1s"})
-    worker = DestinationWorker(store, "orders", "lab", config, lab.sender, options, "node-a")
+    worker = _worker(store, {"mllp": LAB}, lab, lease="0.9s")
 
     async def slow_round() -> None:
         task = asyncio.create_task(worker.run_once())
@@ -393,9 +391,7 @@ def test_a_round_slower_than_its_lease_keeps_it_and_no_other_node_sends_it(store
 def test_a_round_that_lost_its_lease_sends_no_more_of_it(store, receive, er7, caplog):
     _queue(store, receive, er7, {"mllp": LAB}, ("ORD1", "P1"), ("ORD2", "P1"))
     lab = HeldSender()
-    config = DestinationConfig.model_validate({"mllp": LAB})
-    options = DispatchOptions.model_validate({"lease": "0.6s", "poll_interval": "1s"})
-    worker = DestinationWorker(store, "orders", "lab", config, lab.sender, options, "node-a")
+    worker = _worker(store, {"mllp": LAB}, lab, lease="0.6s")
 
     async def stalled_round() -> None:
         task = asyncio.create_task(worker.run_once())

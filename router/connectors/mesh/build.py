@@ -7,8 +7,8 @@ from collections.abc import Callable
 from router.config import ChannelConfig, ConfigError, ConfigProblem, EngineConfig
 from router.config.mesh import MeshTarget
 from router.connectors.mesh.poller import MailboxPoller
-from router.connectors.mesh.schedule import MeshSchedule
 from router.connectors.mesh.sender import MeshSender
+from router.scheduling import Job, PollSchedule
 from router.store.database import Store
 from router.store.inbound import Inbound, Receipt
 
@@ -38,18 +38,25 @@ def mesh_schedule(
     channels: list[ChannelConfig],
     store: Store,
     submit: Callable[[Inbound], Receipt],
-) -> MeshSchedule:
+) -> PollSchedule:
     """One poller per mailbox that feeds channels, in channel order."""
     by_mailbox: dict[str, list[ChannelConfig]] = {}
     for channel in channels:
         if channel.source.mesh is not None:
             by_mailbox.setdefault(channel.source.mesh.mailbox, []).append(channel)
-    return MeshSchedule(
-        [
-            MailboxPoller(name, config.mesh.mailboxes[name], fed, store, submit)
-            for name, fed in by_mailbox.items()
-        ]
-    )
+    pollers = [
+        MailboxPoller(name, config.mesh.mailboxes[name], fed, store, submit)
+        for name, fed in by_mailbox.items()
+    ]
+    jobs = [
+        job
+        for p in pollers
+        for job in (
+            Job(f"mesh-handshake:{p.name}", p.handshake, p.handshake_every),
+            Job(f"mesh-poll:{p.name}", p.poll, p.interval),
+        )
+    ]
+    return PollSchedule(pollers, jobs, "MESH mailbox(es)")
 
 
 def mesh_sender(config: EngineConfig, target: MeshTarget, store: Store) -> MeshSender:
