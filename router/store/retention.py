@@ -126,7 +126,8 @@ def remove(conn: Connection, channel: str, before: datetime, ids: list[int]) -> 
 
 
 def referenced_blobs(conn: Connection, hashes: set[str]) -> set[str]:
-    """Those of ``hashes`` that a stored message or delivery still names."""
+    """Those of ``hashes`` that a stored message or delivery still names (on the partial
+    ``ix_*_blob_sha256`` indexes)."""
     if not hashes:
         return set()
     wanted = list(hashes)

@@ -101,6 +101,12 @@ messages = Table(
     Index(None, "status", "id"),
     Index(None, "channel", "id"),
     Index(
+        "ix_messages_blob_sha256",
+        "blob_sha256",
+        sqlite_where=text("blob_sha256 IS NOT NULL"),
+        postgresql_where=text("blob_sha256 IS NOT NULL"),
+    ),
+    Index(
         "ix_messages_unprocessed",
         "id",
         sqlite_where=text("status = 'received'"),
@@ -140,6 +146,12 @@ deliveries = Table(
     Index(None, "message_id"),
     Index(None, "hold_batch_id"),
     Index(None, "channel", "status", "updated_at"),
+    Index(
+        "ix_deliveries_blob_sha256",
+        "blob_sha256",
+        sqlite_where=text("blob_sha256 IS NOT NULL"),
+        postgresql_where=text("blob_sha256 IS NOT NULL"),
+    ),
     Index(
         "ix_deliveries_pending",
         "channel",
