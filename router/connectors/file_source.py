@@ -84,7 +84,8 @@ class FilePoller:
             self._running.release()
 
     def ready(self) -> list[Path]:
-        """The files to take now, oldest first."""
+        """The files to take now, oldest first. None from a folder this engine may not
+        remove files from: each would be taken again at every poll."""
         poll = self.poll_config
         now = time.time()
         found = []
@@ -92,6 +93,9 @@ class FilePoller:
             entries = list(os.scandir(poll.directory))
         except FileNotFoundError:
             log.warning("channel %s: folder %s not found", self.channel, poll.directory)
+            return []
+        if not os.access(poll.directory, os.W_OK | os.X_OK):
+            log.error("channel %s: cannot remove files from %s", self.channel, poll.directory)
             return []
         for entry in entries:
             if entry.name.startswith(".") or not fnmatch.fnmatchcase(entry.name, poll.pattern):
