@@ -147,5 +147,6 @@ async def reload_files(engine: Engine, actor: str) -> ReloadResult:
             return ReloadResult()
         proposed = await asyncio.to_thread(propose_files, store, config, actor=actor)
         return ReloadResult(proposed=[f"{r.channel}#{r.number}" for r in proposed])
-    await asyncio.to_thread(record_files, store, config, actor=actor, reason="reload")
-    return await engine.watcher.check()
+    async with engine.watcher.lock:
+        await asyncio.to_thread(record_files, store, config, actor=actor, reason="reload")
+        return await engine.watcher.check()

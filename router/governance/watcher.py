@@ -32,6 +32,10 @@ class RevisionWatcher:
         self._applied: dict[str, str] = {}  # channel -> sha256 of the text it runs
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Held by a reload from recording its files to checking them, so that this
+        # watcher's own check cannot apply the change in between (and the reload then
+        # report that nothing changed).
+        self.lock = asyncio.Lock()
 
     async def start(self) -> None:
         await self.check()
@@ -77,6 +81,7 @@ class RevisionWatcher:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
             try:
-                await self.check()
+                async with self.lock:
+                    await self.check()
             except Exception:
                 log.exception("checking channel revisions failed; trying again shortly")

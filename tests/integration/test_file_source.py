@@ -102,7 +102,7 @@ def test_a_reload_that_changes_the_file_source_polls_as_it_now_says(
     running = RunningEngine(engine_config(tmp_path, store_url), None)
     try:
         inbox_channel(tmp_path, pattern="*.txt")
-        running.call(running.engine.reload("olly"))  # (the revision watcher may apply it first)
+        running.call(running.engine.reload("olly"))
         drop(tmp_path / "inbox", "late.txt", hl7_message(hl7_samples[GHH], "LATE"))
 
         wait_until(lambda: [r.control_id for r in stored(running.store)] == ["LATE"])

@@ -116,6 +116,26 @@ def test_a_held_batch_is_sent_after_the_second_distinct_approval(
         running.stop()
 
 
+def test_a_reload_reports_its_change_even_while_the_watcher_checks_constantly(
+    tmp_path, store_url, lab
+):
+    """The revision watcher's own check must not apply (and so take from the reload's
+    report) a change between the reload recording the files and checking them."""
+    config = engine_config(tmp_path, store_url)
+    config.channels.mkdir()
+    path = config.channels / "orders.yaml"
+    path.write_text(channel_file(lab.port, "ORU"))
+    running = RunningEngine(config, None)  # type: ignore[arg-type]
+    try:
+        running.engine.watcher.interval = 0.0005
+        running.engine.watcher.wake()  # its next wait is the short one
+        for kind in ("OML", "ADT", "ORM", "SIU", "ORU"):
+            path.write_text(channel_file(lab.port, kind))
+            assert running.call(running.engine.reload("olly")).changed == ["orders"], kind
+    finally:
+        running.stop()
+
+
 def test_open_mode_reload_deploys_a_changed_file_without_a_restart(
     tmp_path, store_url, lab, hl7_samples
 ):
