@@ -116,16 +116,24 @@ def test_a_held_batch_is_sent_after_the_second_distinct_approval(
         running.stop()
 
 
+def open_mode_engine(
+    tmp_path: Path, store_url: str, lab: Hl7Receiver
+) -> tuple[RunningEngine, Path]:
+    """An engine started from its channel file (open mode): an ``orders`` channel taking
+    ORU to ``lab``; the engine and that file."""
+    config = engine_config(tmp_path, store_url)
+    config.channels.mkdir()
+    path = config.channels / "orders.yaml"
+    path.write_text(channel_file(lab.port, "ORU"))
+    return RunningEngine(config, None), path  # type: ignore[arg-type]
+
+
 def test_a_reload_reports_its_change_even_while_the_watcher_checks_constantly(
     tmp_path, store_url, lab
 ):
     """The revision watcher's own check must not apply (and so take from the reload's
     report) a change between the reload recording the files and checking them."""
-    config = engine_config(tmp_path, store_url)
-    config.channels.mkdir()
-    path = config.channels / "orders.yaml"
-    path.write_text(channel_file(lab.port, "ORU"))
-    running = RunningEngine(config, None)  # type: ignore[arg-type]
+    running, path = open_mode_engine(tmp_path, store_url, lab)
     try:
         running.engine.watcher.interval = 0.0005
         running.engine.watcher.wake()  # its next wait is the short one
@@ -139,11 +147,7 @@ def test_a_reload_reports_its_change_even_while_the_watcher_checks_constantly(
 def test_open_mode_reload_deploys_a_changed_file_without_a_restart(
     tmp_path, store_url, lab, hl7_samples
 ):
-    config = engine_config(tmp_path, store_url)
-    config.channels.mkdir()
-    path = config.channels / "orders.yaml"
-    path.write_text(channel_file(lab.port, "ORU"))
-    running = RunningEngine(config, None)  # type: ignore[arg-type]
+    running, path = open_mode_engine(tmp_path, store_url, lab)
     try:
         port = running.port("orders")
         send(running, hl7_message(hl7_samples[OML], "FILTERED-1"))
