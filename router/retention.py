@@ -19,11 +19,12 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from router import audit, metrics
 from router.config import ChannelConfig
@@ -85,10 +86,6 @@ class Pruner:
             return Pruned(
                 channel.name, before, messages=count_removable(conn, channel.name, before)
             )
-
-    def prune_all(self, channels: Iterable[ChannelConfig]) -> list[Pruned]:
-        """Prune every channel that has a retention policy."""
-        return [self.prune(c) for c in channels if c.retention is not None]
 
     def prune(self, channel: ChannelConfig, now: datetime | None = None) -> Pruned:
         before = _cutoff(channel, now)
@@ -163,18 +160,18 @@ def write_archive(folder: Path, channel: str, records: list[dict[str, Any]], sto
     first, last = records[0]["message"]["id"], records[-1]["message"]["id"]
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     target = folder / channel / f"{stamp}-{first}-{last}.jsonl.gz"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.part")
-    with open(partial, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb") as zipped:
+
+    def lines(file: BinaryIO) -> None:
+        with gzip.GzipFile(fileobj=file, mode="wb") as zipped:
             for record in records:
                 zipped.write(json.dumps(record, default=str).encode("utf-8") + b"\n")
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(partial, target)
-    fsync_dir(target.parent)
+
+    _write_durably(target, lines)
     for sha256 in sorted(_blob_hashes(records)):
-        _archive_blob(store, sha256, folder / "blobs")
+        copy = folder / "blobs" / sha256
+        if not copy.exists():
+            with open(store.blobs.path(sha256), "rb") as source:
+                _write_durably(copy, partial(shutil.copyfileobj, source))
     return target
 
 
@@ -184,15 +181,14 @@ def _blob_hashes(records: list[dict[str, Any]]) -> set[str]:
     return {h for h in hashes if h}
 
 
-def _archive_blob(store: Store, sha256: str, folder: Path) -> None:
-    target = folder / sha256
-    if target.exists():
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f"{sha256}.part"
-    with open(store.blobs.path(sha256), "rb") as source, open(partial, "wb") as copy:
-        shutil.copyfileobj(source, copy)
-        copy.flush()
-        os.fsync(copy.fileno())
-    os.replace(partial, target)
-    fsync_dir(folder)
+def _write_durably(target: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into ``target`` so that a crash leaves it whole or absent: a partial file,
+    fsynced, renamed into place, its folder fsynced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f"{target.name}.part")
+    with open(part, "wb") as file:
+        write(file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(part, target)
+    fsync_dir(target.parent)

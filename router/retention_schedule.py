@@ -52,7 +52,8 @@ class RetentionSchedule:
         try:
             with leader(self._store, "tie-retention") as leading:
                 if leading:
-                    self.pruner.prune_all(kept)
+                    for channel in kept:
+                        self.pruner.prune(channel)
         except Exception:
             log.exception("retention run failed; the next run tries again")
 
