@@ -53,6 +53,9 @@ def test_fhir_compares_the_engine_with_bare_validation():
         assert measured["sequential"]["messages"] == 16
         assert measured["concurrent"]["messages"] == 20
         assert measured["validation_around"]["p50_ms"] > 0
+        assert measured["sequential"]["paired_validation"]["p50_ms"] > 0
+    assert result["process_message"]["bars"]["sequential"]["paired_receiver"]["p50_ms"] > 0
+    assert "paired_receiver" not in result["process_message"]["accept"]["sequential"]
     assert result["proxy"]["requests"] == 20
     assert set(result["targets"]) == {
         "accept_added_at_most_25_percent",
