@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from router.config import EngineConfig
@@ -32,6 +32,7 @@ from router.fhir.routing import BarsRouter
 from router.fhir.validators import ValidationWorkers
 from router.pipeline import CompiledChannel
 from router.store.database import Store
+from router.store.inbound import Inbound
 from router.store.ingest import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.forwarder.close()
-        await self.recorder.close()
+        await self.recorder.written()
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -112,7 +113,14 @@ class Gateway:
         rows = await asyncio.to_thread(stranded, self.store, grace)
         if not rows:
             return 0
-        return await recover(rows, self._channels(), self.intake.verify, self.writer.release)
+        return await recover(rows, self._channels(), self.intake.verify, self._release)
+
+    def _release(self, item: Inbound, reason: str | None) -> Future[bool]:
+        """A recovered message's release: a BaRS exchange's by its router (which indexes its
+        ServiceRequests), any other's by the writer (which routes it)."""
+        if (item.source or {}).get("bars") is not None:
+            return self.bars.release(item, reason)
+        return self.writer.release(item, reason)
 
 
 def read_endpoints(path: Path) -> list[Endpoint] | None:

@@ -69,6 +69,7 @@ def fhir_router(engine: Engine) -> APIRouter:
                     limit=int(count),
                 )
 
+        await engine.gateway.recorder.written()  # exchanges answered before this search
         rows = await asyncio.to_thread(find)
         base = str(request.base_url).rstrip("/") + f"/fhir/{channel}"
         return fhir_json(registry.searchset(rows, base, str(request.url)))
@@ -87,6 +88,7 @@ def fhir_router(engine: Engine) -> APIRouter:
             with engine.store.read() as conn:
                 return registry.read(conn, channel, resource_id)
 
+        await engine.gateway.recorder.written()
         row = await asyncio.to_thread(find)
         if row is None:
             return unknown(request, f"no ServiceRequest/{resource_id} in channel {channel}")

@@ -22,7 +22,7 @@ from router.fhir import registry
 from router.fhir.bars import LINKING, IndexedRequest
 from router.store.database import Store
 from router.store.fast_insert import insert_rows
-from router.store.inbound import Inbound, utcnow, write_inbound
+from router.store.inbound import Inbound, release_validated, utcnow, write_inbound
 from router.store.schema import attempts, correlations, deliveries, messages
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,17 @@ _SETTLE = (
         updated_at=bindparam("_now"),
     )
 )
+_CANCEL = (
+    update(deliveries)
+    .where(d.id == bindparam("_id"), d.status == "sending")
+    .values(
+        status="cancelled",
+        last_error=bindparam("_error"),
+        lease_until=None,
+        lease_owner=None,
+        updated_at=bindparam("_now"),
+    )
+)
 _hit, _joined = correlations.alias("hit"), correlations.alias("joined")
 # Any message sharing a value, and its conversation: one index probe, however many share it.
 _CONVERSATION = (
@@ -89,11 +100,11 @@ def open_exchange(
     lease: float,
     keys: list[tuple[str, str]],
     conversation: bool = False,
-    registration: Registration | None = None,
     outcome: Outcome | None = None,
 ) -> Opened:
-    """Store the message (``processed``) and its delivery with its correlation keys and
-    registry rows, in the caller's transaction. The delivery is ``sending``, leased to
+    """Store the message (as ``item.status`` says: BaRS opens it ``validating`` while its
+    models are checked, see ``accept_message``) and its delivery with its correlation keys
+    in the caller's transaction. The delivery is ``sending``, leased to
     ``owner``, until ``close_exchange``; or settled at once with ``outcome`` (the proxy,
     which records an exchange when it is over)."""
     now = utcnow()
@@ -136,16 +147,6 @@ def open_exchange(
         correlations,
         [{"message_id": message_id, "key": k, "value": v} for k, v in dict.fromkeys(keys)],
     )
-    if registration is not None and registration.requests:
-        registry.index(
-            conn,
-            item.channel,
-            message_id,
-            registration.requests,
-            sender=registration.sender,
-            receiver=registration.receiver,
-            now=now,
-        )
     return Opened(message_id, delivery_id, item.uuid, joined)
 
 
@@ -197,6 +198,43 @@ def close_exchange(conn: Connection, delivery_id: int, outcome: Outcome) -> None
             "_now": utcnow(),
         },
     )
+
+
+def accept_message(
+    conn: Connection, item: Inbound, registration: Registration | None, message_id: int | None
+) -> bool:
+    """A message opened ``validating`` whose models passed becomes ``processed``, and its
+    ServiceRequests go into the registry (which keeps only what passed validation).
+    Whether it was still validating (the recovery of another node may have taken it)."""
+    item.status, item.error = "processed", None
+    if not release_validated(conn, [item])[0]:
+        return False
+    if registration is not None and registration.requests:
+        if message_id is None:
+            message_id = conn.scalar(_MESSAGE_ID, {"uuid": item.uuid})
+        registry.index(
+            conn,
+            item.channel,
+            message_id,
+            registration.requests,
+            sender=registration.sender,
+            receiver=registration.receiver,
+            now=utcnow(),
+        )
+    return True
+
+
+def refuse_exchange(conn: Connection, item: Inbound, delivery_id: int, reason: str) -> bool:
+    """A message opened ``validating`` whose models failed is an ``error`` with ``reason``,
+    and its delivery, never forwarded, ``cancelled``. Whether it was still validating."""
+    item.status, item.error = "error", reason
+    if not release_validated(conn, [item])[0]:
+        return False
+    conn.execute(
+        _CANCEL,
+        {"_id": delivery_id, "_error": f"not forwarded: {reason}"[:1000], "_now": utcnow()},
+    )
+    return True
 
 
 def fail_interrupted(store: Store, owner: str) -> int:

@@ -41,8 +41,9 @@ KEPT_HEADERS = (
 MIRRORED = ("x-request-id", "x-correlation-id")
 Operation = Literal["process-message", "create"]
 Ingest = Callable[[Inbound], Awaitable[Receipt]]
-# A synchronous router (BaRS): answers with the receiver's answer, or raises Rejected.
-Route = Callable[["FhirRequest", "Checked"], Awaitable["Answer"]]
+# A synchronous router (BaRS), given the request, its shape and its models' validation
+# under way: answers with the receiver's answer, or raises Rejected before storing.
+Route = Callable[["FhirRequest", "Checked", "asyncio.Future[None]"], Awaitable["Answer"]]
 # Settles a message stored ``validating``: passed (None) or refused with the given reason.
 Release = Callable[[Inbound, str | None], Future[bool]]
 
@@ -175,14 +176,6 @@ class FhirIntake:
         self._release = release
         self._route = route
 
-    async def checked(self, request: FhirRequest) -> Checked:
-        """``verify``; a rejection is stored before it is raised."""
-        try:
-            return await self.verify(request)
-        except Rejected as exc:
-            await self.store_rejected(request, exc)
-            raise
-
     async def verify(self, request: FhirRequest) -> Checked:
         """The shape (``check``) and the models (in a worker), at once."""
         models, checked = await self._begun(request)
@@ -216,11 +209,12 @@ class FhirIntake:
         """Check and store (the processor routes it), answer 202; or refuse."""
         if request.source.bars is not None and self._route is not None:
             try:
-                checked = await self.checked(request)
+                models, checked = await self._begun(request)
             except Rejected as exc:
+                await self.store_rejected(request, exc)
                 return rejected_answer(exc, request.headers)
             try:
-                return await self._route(request, checked)
+                return await self._route(request, checked, models)
             except Rejected as exc:
                 await self.store_rejected(request, exc)
                 return rejected_answer(exc, request.headers)

@@ -51,8 +51,9 @@ class Recorder:
         self._writing.add(future)
         future.add_done_callback(self._written)
 
-    async def close(self) -> None:
-        """Write what is waiting and wait for every write to finish."""
+    async def written(self) -> None:
+        """Once what was queued so far is committed (or has failed): a read after this sees
+        it, as the registry's searches must see the exchanges answered before them."""
         self.flush()
         if self._writing:
             await asyncio.gather(*self._writing, return_exceptions=True)

@@ -1,7 +1,8 @@
 """The ServiceRequest registry: the latest version of every ServiceRequest seen in a routed
 BaRS message, found by identifier, patient NHS number or status.
 
-Rows are written in the same transaction as the message that carried them. A later
+Rows are written with the record of the exchange that carried them, once its models
+passed validation (router.fhir.exchange.accept_message). A later
 message with the same ServiceRequest (by id, or by any of its identifiers) makes a new
 version; the sender and receiver stay those of the message that first carried it (the
 referral's requester and performer, whichever way later messages go).

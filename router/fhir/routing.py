@@ -3,8 +3,9 @@
 The target is ``NHSD-Target-Identifier`` or ``MessageHeader.destination[0].endpoint``;
 a ``*-response`` goes back to the ``source.endpoint`` of the message it answers. The
 directory gives the target's FHIR base URL for the message's event. The message, its
-delivery and its correlation keys are committed before anything is forwarded; the
-receiver's answer is passed back as it came (docs/fhir.md#bars-routing).
+delivery and its correlation keys are committed (while a worker validates the models)
+before anything is forwarded; the receiver's answer is passed back as it came, and the
+outcome recorded after it (docs/fhir.md#bars-routing).
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from typing import Any
+
+from sqlalchemy import Connection
 
 from router.config.http import BarsRouting
 from router.connectors.http import join_url, wire_parts
@@ -31,11 +35,14 @@ from router.fhir.bars import (
 )
 from router.fhir.exchange import (
     FORWARD,
+    Opened,
     Outcome,
     Registration,
+    accept_message,
     close_exchange,
     find_original,
     open_exchange,
+    refuse_exchange,
 )
 from router.fhir.forwarding import Forwarder, HopFailed
 from router.fhir.intake import (
@@ -46,11 +53,13 @@ from router.fhir.intake import (
     fhir_answer,
     mirrored_headers,
     not_stored,
+    rejected_answer,
+    rejected_reason,
 )
-from router.fhir.outcome import Issue, operation_outcome, reject
+from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
 from router.fhir.recorder import Recorder
 from router.store.database import Store
-from router.store.inbound import utcnow
+from router.store.inbound import VALIDATING, Inbound, release_validated, utcnow
 from router.store.ingest import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -80,29 +89,32 @@ class BarsRouter:
         self._owner = owner
         self._forwarder = forwarder
 
-    async def route(self, request: FhirRequest, checked: Checked) -> Answer:
-        """Store, forward, answer with the receiver's answer; raises Rejected before storing."""
+    async def route(
+        self, request: FhirRequest, checked: Checked, models: asyncio.Future[None]
+    ) -> Answer:
+        """Store, forward, answer with the receiver's answer.
+
+        ``models`` is the validation of the message's models, under way in a worker: the
+        exchange is committed meanwhile, its message ``validating``, so the sender waits
+        for the longer of the two rather than their sum; nothing is forwarded before both
+        are done. Raises Rejected before storing anything (a refusal of the models first);
+        a message refused once stored is kept as an error and answered here.
+        """
         routing = request.source.bars
         header = checked.header
         assert routing is not None and header is not None
-        event = event_of(header)
-        key, via = await self._target(request, header)
-        endpoint = self._directory.lookup(key, event, "fhir")
-        if endpoint is None:
-            raise reject(
-                404,
-                "not-found",
-                f"no FHIR endpoint for {key} and interaction {event!r} in the directory",
-                via,
-            )
-        url = join_url(endpoint.address, "$process-message")
+        try:
+            key, via, url = await self._destination(request, header)
+        except Rejected:
+            await models  # the models' refusal, if any, is the one the sender gets
+            raise
         bars = {
             "target": str(key),
             "target_from": via,
             "source_endpoint": source_endpoint(header),
             "url": url,
         }
-        item = checked_inbound(request, checked, source={"bars": bars}, status="processed")
+        item = checked_inbound(request, checked, source={"bars": bars}, status=VALIDATING)
         keys = conversation_keys(checked.document, header, request.headers)
         registration = Registration(
             service_requests(checked.document), source_endpoint(header) or "", str(key)
@@ -111,32 +123,89 @@ class BarsRouter:
         # Records of earlier exchanges go now, queued just before this one: the writer
         # takes both in one batch, so they share its commit instead of costing their own.
         self._recorder.flush()
-        try:
-            opened = await asyncio.wrap_future(
-                self._writer.run_soon(
-                    lambda conn: open_exchange(
-                        conn,
-                        item,
-                        destination=FORWARD,
-                        address=url,
-                        owner=self._owner,
-                        lease=lease + LEASE_MARGIN,
-                        keys=keys,
-                        conversation=True,
-                        registration=registration,
-                    )
+        opening = asyncio.wrap_future(
+            self._writer.run_soon(
+                lambda conn: open_exchange(
+                    conn,
+                    item,
+                    destination=FORWARD,
+                    address=url,
+                    owner=self._owner,
+                    lease=lease + LEASE_MARGIN,
+                    keys=keys,
+                    conversation=True,
                 )
             )
+        )
+        try:
+            await models
+        except Rejected as exc:
+            return await self._refused(request, item, opening, exc)
+        try:
+            opened = await opening
         except Exception as exc:
             log.error("channel %s: could not store a BaRS message: %s", request.channel, exc)
             return not_stored(request.headers)
         started = utcnow()
         t0 = time.perf_counter()
         answer, sent, response, error = await self._forward(request, routing, url, key)
-        self._record(
-            opened.delivery_id, started, (time.perf_counter() - t0) * 1000, sent, response, error
-        )
+        outcome = Outcome(sent, started, (time.perf_counter() - t0) * 1000, response, error)
+        self._recorder.add(lambda conn: _settle(conn, item, opened, registration, outcome))
         return answer
+
+    async def _destination(
+        self, request: FhirRequest, header: Mapping[str, Any]
+    ) -> tuple[Key, str, str]:
+        """The target key, where it came from, and the receiver's URL; 404 when the
+        directory has no endpoint for the target and the event."""
+        key, via = await self._target(request, header)
+        event = event_of(header)
+        endpoint = self._directory.lookup(key, event, "fhir")
+        if endpoint is None:
+            raise reject(
+                404,
+                "not-found",
+                f"no FHIR endpoint for {key} and interaction {event!r} in the directory",
+                via,
+            )
+        return key, via, join_url(endpoint.address, "$process-message")
+
+    async def _refused(
+        self, request: FhirRequest, item: Inbound, opening: asyncio.Future[Opened], exc: Rejected
+    ) -> Answer:
+        """A message whose models failed: kept as an error (its delivery cancelled) before
+        the refusal is answered; raises ``exc`` if the exchange could not be stored, for the
+        intake to store the refusal on its own."""
+        try:
+            opened = await opening
+        except Exception:
+            raise exc from None
+        reason = rejected_reason(exc)
+        work = self._writer.run_soon(
+            lambda conn: refuse_exchange(conn, item, opened.delivery_id, reason)
+        )
+        try:
+            await asyncio.wrap_future(work)
+        except Exception as failure:
+            log.error("channel %s: a refused message stays validating: %s", item.channel, failure)
+        return rejected_answer(exc, request.headers)
+
+    def release(self, item: Inbound, reason: str | None) -> Future[bool]:
+        """Settle a BaRS message left ``validating`` (router.fhir.recovery): ``processed``
+        with its ServiceRequests indexed, or an error with ``reason``. Whether it was still
+        validating. Its delivery, ``sending`` when the engine stopped, was failed as
+        interrupted when the engine started again."""
+        if reason is not None:
+            item.status, item.error = "error", reason
+            return self._writer.run_soon(lambda conn: release_validated(conn, [item])[0])
+        assert isinstance(item.raw, bytes)  # FHIR bodies are stored inline
+        document = json.loads(item.raw)
+        header = document["entry"][0]["resource"]
+        target = str(((item.source or {}).get("bars") or {}).get("target") or "")
+        registration = Registration(
+            service_requests(document), source_endpoint(header) or "", target
+        )
+        return self._writer.run_soon(lambda conn: accept_message(conn, item, registration, None))
 
     async def _target(self, request: FhirRequest, header: Mapping[str, Any]) -> tuple[Key, str]:
         """The target key and where it came from (named in a 404)."""
@@ -201,15 +270,11 @@ class BarsRouter:
         outcome = operation_outcome([Issue(code, text)], status)
         return fhir_answer(status, outcome, request.headers), False, None, text
 
-    def _record(
-        self,
-        delivery_id: int,
-        started: Any,
-        duration_ms: float,
-        sent: bool,
-        response: bytes | None,
-        error: str | None,
-    ) -> None:
-        """Record the outcome soon after; the answer does not wait for it."""
-        outcome = Outcome(sent, started, duration_ms, response, error)
-        self._recorder.add(lambda conn: close_exchange(conn, delivery_id, outcome))
+
+def _settle(
+    conn: Connection, item: Inbound, opened: Opened, registration: Registration, outcome: Outcome
+) -> None:
+    """The end of an exchange, recorded after the answer: the message processed with its
+    ServiceRequests indexed, the receiver's answer kept with the delivery's attempt."""
+    accept_message(conn, item, registration, opened.message_id)
+    close_exchange(conn, opened.delivery_id, outcome)

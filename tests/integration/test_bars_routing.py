@@ -9,6 +9,7 @@ import base64
 import copy
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tie_testing import (
 )
 
 from router.directory import Key, make_endpoint
+from router.store.inbound import VALIDATING, Inbound, utcnow, write_inbound
 from router.store.schema import attempts, correlations, deliveries, messages
 
 TOKEN = "tie_bars-operator-token"
@@ -299,6 +301,77 @@ def test_an_unknown_target_is_404_and_stored(tie, bars_samples):
     )
     assert garbled.status_code == 400
     assert garbled.json()["issue"][0]["expression"] == ["NHSD-Target-Identifier"]
+
+
+def _refused_by_its_models(bars_samples: dict[str, Any]) -> dict[str, Any]:
+    document = _request_with_urn(bars_samples)
+    document["entry"][1]["resource"].pop("intent")  # ServiceRequest.intent is required
+    return document
+
+
+def _registered(client: httpx.Client) -> int:
+    params = {"identifier": URN}
+    return client.get("/fhir/bars/ServiceRequest", params=params, headers=AUTH).json()["total"]
+
+
+def test_a_message_its_models_refuse_is_kept_as_an_error_and_not_forwarded(
+    tie, services, bars_samples
+):
+    running, client = tie
+    answer = _post(client, _refused_by_its_models(bars_samples))
+    assert answer.status_code == 400
+    assert answer.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.intent"]
+    assert services.receiver.received == []  # forwarding waits for the models
+    [row] = _exchanges(running)
+    assert (row.status, row.delivery) == ("error", "cancelled")
+    assert row.error.startswith("rejected (400): Bundle.entry[1].resource.intent")
+    assert row.last_error.startswith("not forwarded: rejected (400)")
+    assert _registered(client) == 0  # the registry keeps what passed validation
+
+    # Refused by its models and sent to an unknown target: the models' refusal is answered.
+    unknown = _post(
+        client,
+        _refused_by_its_models(bars_samples),
+        **{"NHSD-Target-Identifier": target(Key("dos", "999999999"))},
+    )
+    assert unknown.status_code == 400
+    refused = _exchanges(running)[1]
+    assert (refused.status, refused.delivery) == ("error", None)
+    assert refused.error.startswith("rejected (400): Bundle.entry[1].resource.intent")
+
+
+def _left_validating(running: RunningEngine, document: Any) -> str:
+    """A BaRS message as a stop during its exchange leaves it: committed validating (with
+    where it was going), a while ago."""
+    item = Inbound(
+        "bars",
+        json.dumps(document).encode(),
+        content_type="fhir+json",
+        source={
+            "protocol": "http",
+            "path": "/fhir/bars/$process-message",
+            "bars": {"target": str(RECEIVER), "source_endpoint": None},
+        },
+        status=VALIDATING,
+        received_at=utcnow() - timedelta(minutes=5),
+    )
+    with running.store.begin() as conn:
+        write_inbound(conn, [item])
+    return item.uuid
+
+
+def test_a_message_left_validating_is_released_with_its_service_requests(tie, bars_samples):
+    running, client = tie
+    valid = _left_validating(running, _request_with_urn(bars_samples))
+    invalid = _left_validating(running, _refused_by_its_models(bars_samples))
+
+    assert running.call(running.engine.gateway.recover_validating()) == 2
+
+    status = {r.id: r.status for r in _exchanges(running)}
+    with running.store.read() as conn:
+        ids = dict(conn.execute(select(messages.c.uuid, messages.c.id)).all())
+    assert (status[ids[valid]], status[ids[invalid]]) == ("processed", "error")
+    assert _registered(client) == 1
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from router.fhir.exchange import (
     FORWARD,
     Outcome,
     Registration,
+    accept_message,
     close_exchange,
     conversation_messages,
     fail_interrupted,
@@ -23,22 +24,24 @@ from router.fhir.exchange import (
 from router.fhir.recorder import Recorder
 from router.fhir.registry import index, search
 from router.store.deliveries import claim
-from router.store.inbound import Inbound, utcnow
+from router.store.inbound import VALIDATING, Inbound, utcnow
 from router.store.ingest import GroupCommitWriter
 from router.store.schema import attempts, correlations, deliveries, messages
 
 
 def _open(store, document, *, owner="node-a", lease=30.0):
+    """An exchange as BaRS routing stores it: opened validating, then accepted (its models
+    passed) with its ServiceRequests."""
     header = document["entry"][0]["resource"]
     item = Inbound(
         "bars",
         json.dumps(document).encode(),
         content_type="fhir+json",
         control_id=document["id"],
-        status="processed",
+        status=VALIDATING,
     )
     with store.begin() as conn:
-        return open_exchange(
+        opened = open_exchange(
             conn,
             item,
             destination=FORWARD,
@@ -47,10 +50,11 @@ def _open(store, document, *, owner="node-a", lease=30.0):
             lease=lease,
             keys=conversation_keys(document, header, {}),
             conversation=True,
-            registration=Registration(
-                service_requests(document), "dos:2222222222", "dos:111111111"
-            ),
         )
+    registration = Registration(service_requests(document), "dos:2222222222", "dos:111111111")
+    with store.begin() as conn:
+        assert accept_message(conn, item, registration, opened.message_id)
+    return opened
 
 
 def test_an_exchange_is_a_message_a_delivery_and_an_attempt(store, bars_samples):
@@ -188,7 +192,7 @@ def test_a_record_that_fails_is_lost_alone(store, bars_samples):
         recorder.add(lambda conn: close_exchange(conn, opened[0].delivery_id, sent))
         recorder.add(broken)
         recorder.add(lambda conn: close_exchange(conn, opened[2].delivery_id, sent))
-        await recorder.close()
+        await recorder.written()
 
     writer = GroupCommitWriter(store)
     writer.start()
