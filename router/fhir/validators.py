@@ -188,8 +188,9 @@ class ValidationWorkers:
         self._size = workers
         self._state: Literal["new", "running", "stopped"] = "new"
         self._workers: set[_Worker] = set()
-        # Idle workers; None once stopped (each taker puts it back for the next).
-        self._idle: asyncio.Queue[_Worker | None] = asyncio.Queue()
+        # Idle workers, the last to finish first (its caches are the warmest: one after
+        # another, requests go to one worker); None once stopped (each taker puts it back).
+        self._idle: asyncio.Queue[_Worker | None] = asyncio.LifoQueue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
