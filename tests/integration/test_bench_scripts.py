@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -43,6 +45,10 @@ def test_mllp_runs_every_scenario_and_checks_the_store():
         ("end_to_end", "sqlite", 1, 40),
         ("end_to_end", "sqlite", 2, 40),
     ]
+    ceilings = result["machine"]["store_commit"]["sqlite"], result["machine"]["store_commit_8"]
+    assert ceilings[0]["msg_per_s"] == ceilings[0]["commits_per_s"] > 0
+    eight = ceilings[1]["sqlite"]
+    assert eight["msg_per_s"] == pytest.approx(8 * eight["commits_per_s"], rel=1e-3)
 
 
 def test_fhir_compares_the_engine_with_bare_validation():
