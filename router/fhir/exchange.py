@@ -67,7 +67,11 @@ _SETTLE = (
 )
 _CANCEL = (
     update(deliveries)
-    .where(d.id == bindparam("_id"), d.status == "sending")
+    .where(
+        d.message_id == bindparam("_message"),
+        d.destination.in_(SYNCHRONOUS),
+        d.status == "sending",
+    )
     .values(
         status="cancelled",
         last_error=bindparam("_error"),
@@ -224,15 +228,19 @@ def accept_message(
     return True
 
 
-def refuse_exchange(conn: Connection, item: Inbound, delivery_id: int, reason: str) -> bool:
+def refuse_exchange(
+    conn: Connection, item: Inbound, reason: str, message_id: int | None = None
+) -> bool:
     """A message opened ``validating`` whose models failed is an ``error`` with ``reason``,
     and its delivery, never forwarded, ``cancelled``. Whether it was still validating."""
     item.status, item.error = "error", reason
     if not release_validated(conn, [item])[0]:
         return False
+    if message_id is None:
+        message_id = conn.scalar(_MESSAGE_ID, {"uuid": item.uuid})
     conn.execute(
         _CANCEL,
-        {"_id": delivery_id, "_error": f"not forwarded: {reason}"[:1000], "_now": utcnow()},
+        {"_message": message_id, "_error": f"not forwarded: {reason}"[:1000], "_now": utcnow()},
     )
     return True
 

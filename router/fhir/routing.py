@@ -59,7 +59,7 @@ from router.fhir.intake import (
 from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
 from router.fhir.recorder import Recorder
 from router.store.database import Store
-from router.store.inbound import VALIDATING, Inbound, release_validated, utcnow
+from router.store.inbound import VALIDATING, Inbound, utcnow
 from router.store.ingest import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ class BarsRouter:
             raise exc from None
         reason = rejected_reason(exc)
         work = self._writer.run_soon(
-            lambda conn: refuse_exchange(conn, item, opened.delivery_id, reason)
+            lambda conn: refuse_exchange(conn, item, reason, opened.message_id)
         )
         try:
             await asyncio.wrap_future(work)
@@ -192,12 +192,12 @@ class BarsRouter:
 
     def release(self, item: Inbound, reason: str | None) -> Future[bool]:
         """Settle a BaRS message left ``validating`` (router.fhir.recovery): ``processed``
-        with its ServiceRequests indexed, or an error with ``reason``. Whether it was still
-        validating. Its delivery, ``sending`` when the engine stopped, was failed as
-        interrupted when the engine started again."""
+        with its ServiceRequests indexed, or an error with ``reason`` and its delivery, if
+        still ``sending``, cancelled (it was never forwarded). Whether it was still
+        validating. The delivery of a valid one, ``sending`` when the engine stopped, was
+        failed as interrupted when the engine started again."""
         if reason is not None:
-            item.status, item.error = "error", reason
-            return self._writer.run_soon(lambda conn: release_validated(conn, [item])[0])
+            return self._writer.run_soon(lambda conn: refuse_exchange(conn, item, reason))
         assert isinstance(item.raw, bytes)  # FHIR bodies are stored inline
         document = json.loads(item.raw)
         header = document["entry"][0]["resource"]

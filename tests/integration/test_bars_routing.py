@@ -29,7 +29,8 @@ from tie_testing import (
 )
 
 from router.directory import Key, make_endpoint
-from router.store.inbound import VALIDATING, Inbound, utcnow, write_inbound
+from router.fhir.exchange import FORWARD, open_exchange
+from router.store.inbound import VALIDATING, Inbound, utcnow
 from router.store.schema import attempts, correlations, deliveries, messages
 
 TOKEN = "tie_bars-operator-token"
@@ -341,8 +342,8 @@ def test_a_message_its_models_refuse_is_kept_as_an_error_and_not_forwarded(
 
 
 def _left_validating(running: RunningEngine, document: Any) -> str:
-    """A BaRS message as a stop during its exchange leaves it: committed validating (with
-    where it was going), a while ago."""
+    """A BaRS exchange as a stop during validation leaves it: its message committed
+    validating (with where it was going) a while ago, its delivery sending."""
     item = Inbound(
         "bars",
         json.dumps(document).encode(),
@@ -356,7 +357,15 @@ def _left_validating(running: RunningEngine, document: Any) -> str:
         received_at=utcnow() - timedelta(minutes=5),
     )
     with running.store.begin() as conn:
-        write_inbound(conn, [item])
+        open_exchange(
+            conn,
+            item,
+            destination=FORWARD,
+            address="http://receiver/$process-message",
+            owner="gone",
+            lease=60.0,
+            keys=[],
+        )
     return item.uuid
 
 
@@ -367,11 +376,14 @@ def test_a_message_left_validating_is_released_with_its_service_requests(tie, ba
 
     assert running.call(running.engine.gateway.recover_validating()) == 2
 
-    status = {r.id: r.status for r in _exchanges(running)}
     with running.store.read() as conn:
         ids = dict(conn.execute(select(messages.c.uuid, messages.c.id)).all())
-    assert (status[ids[valid]], status[ids[invalid]]) == ("processed", "error")
+    rows = {r.id: r for r in _exchanges(running)}
+    assert rows[ids[valid]].status == "processed"
     assert _registered(client) == 1
+    refused = rows[ids[invalid]]
+    assert (refused.status, refused.delivery) == ("error", "cancelled")
+    assert refused.last_error.startswith("not forwarded: rejected (400)")
 
 
 @pytest.mark.parametrize(
