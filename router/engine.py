@@ -40,7 +40,7 @@ from router.pipeline import CompiledChannel, compile_channel
 from router.processing import Processor
 from router.replay import ReplayResult
 from router.retention import Pruner
-from router.retention_schedule import RetentionSchedule
+from router.retention_schedule import retention_schedule
 from router.store.blobs import BlobStore, default_blob_root
 from router.store.database import Store
 from router.store.ingest import GroupCommitWriter
@@ -128,7 +128,7 @@ class Engine:
         self.files = file_schedule(
             [c.config for c in self.channels.values()], self.store, self.writer.submit_sync
         )
-        self.retention = RetentionSchedule(
+        self.retention = retention_schedule(
             Pruner(self.store, batch=config.retention.batch, transact=transact),
             self.store,
             lambda: [c.config for c in self.channels.values()],

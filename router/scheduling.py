@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -32,10 +32,12 @@ class Job:
     id: str
     run: Callable[[], object]
     every: float  # seconds
+    first: float = 0.0  # seconds from the start to the first run
 
 
 class PollSchedule:
-    """Pollers' interval jobs (MESH mailboxes, folders), each run first at the start."""
+    """Interval jobs of pollers (MESH mailboxes, folders) and housekeeping (retention),
+    each run first ``first`` seconds after the start."""
 
     def __init__(self, pollers: Sequence[Poller], jobs: list[Job], what: str) -> None:
         self.pollers = pollers
@@ -48,11 +50,12 @@ class PollSchedule:
             return
         now = datetime.now(UTC)
         for job in self._jobs:
+            first = now + timedelta(seconds=job.first)
             self._scheduler.add_job(
-                job.run, "interval", seconds=job.every, next_run_time=now, id=job.id
+                job.run, "interval", seconds=job.every, next_run_time=first, id=job.id
             )
         self._scheduler.start()
-        log.info("polling %d %s", len(self.pollers), self._what)
+        log.info("scheduled %d %s", len(self.pollers), self._what)
 
     def stop(self) -> None:
         """Let each poller finish what it has in hand, then stop the jobs."""

@@ -13,8 +13,7 @@ from router.cli.output import (
     print_json,
     print_table,
 )
-from router.config import ChannelConfig, EngineConfig, load_channels
-from router.store.database import Store
+from router.config import load_channels
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,11 +86,12 @@ def audit_verify(args: argparse.Namespace) -> int:
 
 
 def prune(args: argparse.Namespace) -> int:
+    from router.governance.deploy import running_channels
     from router.retention import Pruner
 
     config = engine_config(args)
     store = open_store(args)
-    kept = {n: c for n, c in _running_channels(store, config).items() if c.retention is not None}
+    kept = {n: c for n, c in running_channels(store, config).items() if c.retention is not None}
     for name in args.channel or []:
         if name not in kept:
             raise CommandError(f"no channel named {name!r} with a retention policy")
@@ -107,12 +107,3 @@ def prune(args: argparse.Namespace) -> int:
             rows, columns if args.dry_run else [*columns, "deliveries", "blobs", "archives"]
         )
     return 0
-
-
-def _running_channels(store: Store, config: EngineConfig) -> dict[str, ChannelConfig]:
-    """The channels the engine runs: the files, or the approved revisions when governed."""
-    if config.governance == "governed":
-        from router.governance.deploy import parse, running_texts
-
-        return parse(config, running_texts(store))
-    return load_channels(config.channels)

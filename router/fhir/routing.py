@@ -116,9 +116,7 @@ class BarsRouter:
         }
         item = checked_inbound(request, checked, source={"bars": bars}, status=VALIDATING)
         keys = conversation_keys(checked.document, header, request.headers)
-        registration = Registration(
-            service_requests(checked.document), source_endpoint(header) or "", str(key)
-        )
+        registration = _registration(checked.document, header, str(key))
         lease = routing.timeout + routing.connect_timeout * (routing.connect_retries + 1)
         # Records of earlier exchanges go now, queued just before this one: the writer
         # takes both in one batch, so they share its commit instead of costing their own.
@@ -202,9 +200,7 @@ class BarsRouter:
         document = json.loads(item.raw)
         header = document["entry"][0]["resource"]
         target = str(((item.source or {}).get("bars") or {}).get("target") or "")
-        registration = Registration(
-            service_requests(document), source_endpoint(header) or "", target
-        )
+        registration = _registration(document, header, target)
         return self._writer.run_soon(lambda conn: accept_message(conn, item, registration, None))
 
     async def _target(self, request: FhirRequest, header: Mapping[str, Any]) -> tuple[Key, str]:
@@ -269,6 +265,13 @@ class BarsRouter:
     ) -> tuple[Answer, bool, bytes | None, str | None]:
         outcome = operation_outcome([Issue(code, text)], status)
         return fhir_answer(status, outcome, request.headers), False, None, text
+
+
+def _registration(
+    document: Mapping[str, Any], header: Mapping[str, Any], target: str
+) -> Registration:
+    """The message's ServiceRequests and the referral's parties: its sender and target."""
+    return Registration(service_requests(document), source_endpoint(header) or "", target)
 
 
 def _settle(

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 from mesh_client import MeshClient, Message
@@ -91,8 +91,10 @@ class MailboxPoller:
         if not self._running.acquire(blocking=False):
             return 0
         try:
-            with self._leader() as leader:
-                if not leader:
+            # On PostgreSQL one node polls a mailbox at a time (DESIGN.md §9).
+            lock = f"tie-mesh:{self.mailbox.url}:{self.mailbox.mailbox}"
+            with leader(self._store, lock) as leading:
+                if not leading:
                     return 0
                 with self._client() as client:
                     return self._drain(client)
@@ -230,10 +232,6 @@ class MailboxPoller:
             yield client
         finally:
             client.close()
-
-    def _leader(self) -> AbstractContextManager[bool]:
-        """On PostgreSQL one node polls a mailbox at a time (an advisory lock, DESIGN.md §9)."""
-        return leader(self._store, f"tie-mesh:{self.mailbox.url}:{self.mailbox.mailbox}")
 
 
 def _fail_delivery(conn: Any, target: Any, reason: str, answer: bytes, now: Any) -> None:
