@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from uuid import uuid4
 
 from sqlalchemy import Connection, select
 
 from router import audit
 from router.store.database import Store
-from router.store.inbound import utcnow
+from router.store.inbound import time_ordered_uuid, utcnow
 from router.store.queries import MessageFilter, search_query
 from router.store.schema import deliveries, messages
 
@@ -48,7 +47,7 @@ def reprocess(store: Store, message_id: int, *, reason: str, actor: str) -> Repl
         row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
         if row is None:
             raise LookupError(f"no message #{message_id}")
-        copy_uuid = str(uuid4())
+        copy_uuid = time_ordered_uuid()
         values = {k: v for k, v in row._mapping.items() if k not in ("id", "uuid")}
         values.update(
             uuid=copy_uuid,

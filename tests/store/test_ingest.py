@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from sqlalchemy import create_engine, event, func, make_url, select, text
 from tie_testing import wait_until
 
 from router.store.database import Store
-from router.store.inbound import Inbound, Receipt, random_uuid, utcnow
+from router.store.inbound import Inbound, Receipt, time_ordered_uuid, utcnow
 from router.store.ingest import GroupCommitWriter, StoreUnavailable
 from router.store.schema import messages
 
@@ -349,9 +350,14 @@ def _row_of(item: Inbound) -> dict[str, object]:
     }
 
 
-def test_random_uuids_are_distinct_version_4_uuids_in_canonical_form():
-    made = [random_uuid() for _ in range(2000)]
+def test_message_uuids_are_distinct_version_7_uuids_in_canonical_form_and_time_order():
+    before = time.time_ns() // 1_000_000
+    made = [time_ordered_uuid() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
     parsed = [uuid.UUID(u) for u in made]
-    assert {(p.version, p.variant) for p in parsed} == {(4, uuid.RFC_4122)}
+    assert {(p.version, p.variant) for p in parsed} == {(7, uuid.RFC_4122)}
     assert [str(p) for p in parsed] == made
     assert len(set(made)) == len(made)
+    stamps = [p.int >> 80 for p in parsed]  # the first 48 bits: Unix time in milliseconds
+    assert stamps == sorted(stamps)
+    assert before <= stamps[0] and stamps[-1] <= after
