@@ -484,7 +484,7 @@ def run_engine(
         store_url = stack.enter_context(fresh_store(kind, folder))
         attach = profiler(profile, name)
         engine = stack.enter_context(engine_process(folder, store_url, downstream, attach))
-        cpu_before = cpu_seconds(engine.proc.pid)
+        cpu_before, written_before = cpu_seconds(engine.proc.pid), written(engine.proc.pid)
         try:
             result, settled_at = run_client(
                 engine.port,
@@ -493,7 +493,7 @@ def run_engine(
                 check_ids=True,
                 on_done=lambda: wait_settled(store_url, count, end_to_end),
             )
-            cpu_after = cpu_seconds(engine.proc.pid)
+            cpu_after, written_after = cpu_seconds(engine.proc.pid), written(engine.proc.pid)
             if end_to_end and received.value < count:
                 raise RuntimeError(f"the receiver got {received.value} of {count} messages")
         except Exception as exc:
@@ -512,6 +512,7 @@ def run_engine(
         "connections": connections,
         **summary(result, count, settled_at),
         **engine_cpu(cpu_before, cpu_after, count),
+        "engine_written_kib_per_msg": round((written_after - written_before) / count / 1024, 1),
     }
     p99 = row["ack_latency_ms"]["p99"]
     cpu = row["engine_cpu_us_per_msg"]
@@ -527,6 +528,15 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def written(pid: int) -> int:
+    """Bytes a process has caused to be written to storage (Linux ``/proc/PID/io``): on
+    SQLite the engine's WAL frames and checkpoints, what each commit's fsync waits for."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no write_bytes in /proc/{pid}/io")
 
 
 def engine_cpu(before: tuple[float, float], after: tuple[float, float], count: int) -> dict:
@@ -809,6 +819,9 @@ def main(argv: list[str] | None = None) -> int:
             "engine_cpu_us_per_msg": "CPU time of the engine process (all threads, user + "
             "system) from the first message until settled, per message; steadier than msg/s "
             "on a shared machine",
+            "engine_written_kib_per_msg": "storage writes the engine process caused, per "
+            "message (SQLite: WAL frames and checkpoints; PostgreSQL writes in its own "
+            "processes, not counted)",
             "load_average": "1, 5 and 15 minute load averages: above 2 on this 2-core machine, "
             "other work was competing for the cores",
         },
