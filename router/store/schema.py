@@ -93,10 +93,17 @@ messages = Table(
     Column("origin_delivery_id", Id),
     Index(None, "channel", "status", "received_at"),
     Index(None, "received_at"),
-    Index(None, "control_id"),
-    Index(None, "channel", "sender", "control_id"),
+    # MSH-10 first: one index serves the search by control id and the idempotent
+    # receiver's lookup (channel, sender and control id), one entry a message fewer.
+    Index(None, "control_id", "channel", "sender"),
     Index(None, "message_type", "received_at"),
-    Index(None, "origin_delivery_id"),
+    # Only messages fed by another channel's delivery have one.
+    Index(
+        "ix_messages_origin_delivery_id",
+        "origin_delivery_id",
+        sqlite_where=text("origin_delivery_id IS NOT NULL"),
+        postgresql_where=text("origin_delivery_id IS NOT NULL"),
+    ),
     # Newest first by one status or one channel (API and console searches, cursor by id).
     Index(None, "status", "id"),
     Index(None, "channel", "id"),
