@@ -210,12 +210,10 @@ def accept_message(
     """A message opened ``validating`` whose models passed becomes ``processed``, and its
     ServiceRequests go into the registry (which keeps only what passed validation).
     Whether it was still validating (the recovery of another node may have taken it)."""
-    item.status, item.error = "processed", None
-    if not release_validated(conn, [item])[0]:
+    message_id = _released(conn, item, "processed", None, message_id)
+    if message_id is None:
         return False
     if registration is not None and registration.requests:
-        if message_id is None:
-            message_id = conn.scalar(_MESSAGE_ID, {"uuid": item.uuid})
         registry.index(
             conn,
             item.channel,
@@ -233,16 +231,25 @@ def refuse_exchange(
 ) -> bool:
     """A message opened ``validating`` whose models failed is an ``error`` with ``reason``,
     and its delivery, never forwarded, ``cancelled``. Whether it was still validating."""
-    item.status, item.error = "error", reason
-    if not release_validated(conn, [item])[0]:
-        return False
+    message_id = _released(conn, item, "error", reason, message_id)
     if message_id is None:
-        message_id = conn.scalar(_MESSAGE_ID, {"uuid": item.uuid})
+        return False
     conn.execute(
         _CANCEL,
         {"_message": message_id, "_error": f"not forwarded: {reason}"[:1000], "_now": utcnow()},
     )
     return True
+
+
+def _released(
+    conn: Connection, item: Inbound, status: str, error: str | None, message_id: int | None
+) -> int | None:
+    """Give a ``validating`` message ``status``; its row id (looked up when not known), or
+    None when it was no longer validating."""
+    item.status, item.error = status, error
+    if not release_validated(conn, [item])[0]:
+        return None
+    return message_id if message_id is not None else conn.scalar(_MESSAGE_ID, {"uuid": item.uuid})
 
 
 def fail_interrupted(store: Store, owner: str) -> int:
