@@ -5,7 +5,9 @@ commit (router.fhir.intake). If the engine stops between the two, or the release
 be written, the message stays ``validating``: nothing routes it, and no sender was told
 it was refused. The gateway looks for such messages every few seconds and checks them
 again as their endpoint would, once they are older than any validation still running
-(``GRACE``; on PostgreSQL another node may be validating a younger one).
+(``GRACE``; on PostgreSQL another node may be validating a younger one) and no exchange
+holds a live lease on their delivery (a BaRS message stays ``validating`` while it is
+forwarded, which its channel's ``timeout`` may let last longer than the grace).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 
 from router.config.http import HttpSource
 from router.fhir import FHIR_JSON
@@ -26,7 +28,7 @@ from router.fhir.outcome import Rejected
 from router.pipeline import CompiledChannel
 from router.store.database import Store
 from router.store.inbound import VALIDATING, Inbound, utcnow
-from router.store.schema import messages
+from router.store.schema import deliveries, messages
 
 log = logging.getLogger(__name__)
 GRACE = 60.0  # seconds: longer than any validation still running
@@ -36,13 +38,20 @@ Check = Callable[[FhirRequest], Awaitable[Checked]]
 
 
 def stranded(store: Store, grace: float = GRACE) -> list[Any]:
-    """Messages ``validating`` for longer than ``grace`` seconds, oldest first."""
-    m = messages.c
+    """Messages ``validating`` for longer than ``grace`` seconds whose delivery, if any, no
+    exchange holds a live lease on, oldest first."""
+    m, d = messages.c, deliveries.c
+    now = utcnow()
+    in_flight = exists().where(d.message_id == m.id, d.status == "sending", d.lease_until > now)
     with store.read() as conn:
         return list(
             conn.execute(
                 select(m.uuid, m.channel, m.raw, m.source, m.received_at)
-                .where(m.status == VALIDATING, m.received_at < utcnow() - timedelta(seconds=grace))
+                .where(
+                    m.status == VALIDATING,
+                    m.received_at < now - timedelta(seconds=grace),
+                    ~in_flight,
+                )
                 .order_by(m.id)
                 .limit(BATCH)
             )

@@ -341,9 +341,10 @@ def test_a_message_its_models_refuse_is_kept_as_an_error_and_not_forwarded(
     assert refused.error.startswith("rejected (400): Bundle.entry[1].resource.intent")
 
 
-def _left_validating(running: RunningEngine, document: Any) -> str:
+def _left_validating(running: RunningEngine, document: Any, lease: float = -240.0) -> str:
     """A BaRS exchange as a stop during validation leaves it: its message committed
-    validating (with where it was going) a while ago, its delivery sending."""
+    validating (with where it was going) a while ago, its delivery sending, its lease
+    (``lease`` seconds from now) run out by default."""
     item = Inbound(
         "bars",
         json.dumps(document).encode(),
@@ -363,7 +364,7 @@ def _left_validating(running: RunningEngine, document: Any) -> str:
             destination=FORWARD,
             address="http://receiver/$process-message",
             owner="gone",
-            lease=60.0,
+            lease=lease,
             keys=[],
         )
     return item.uuid
@@ -384,6 +385,23 @@ def test_a_message_left_validating_is_released_with_its_service_requests(tie, ba
     refused = rows[ids[invalid]]
     assert (refused.status, refused.delivery) == ("error", "cancelled")
     assert refused.last_error.startswith("not forwarded: rejected (400)")
+
+
+def test_an_exchange_in_flight_beyond_the_grace_is_left_to_its_lease(tie, bars_samples):
+    """A channel whose timeout outlasts the recovery's grace: the exchange still forwarding
+    holds its delivery's lease, so its message is not released until the lease runs out."""
+    running, client = tie
+    in_flight = _left_validating(running, _request_with_urn(bars_samples), lease=120.0)
+
+    assert running.call(running.engine.gateway.recover_validating()) == 0
+    with running.store.begin() as conn:
+        conn.execute(deliveries.update().values(lease_until=utcnow() - timedelta(seconds=1)))
+    assert running.call(running.engine.gateway.recover_validating()) == 1
+
+    with running.store.read() as conn:
+        status = conn.scalar(select(messages.c.status).where(messages.c.uuid == in_flight))
+    assert status == "processed"
+    assert _registered(client) == 1
 
 
 @pytest.mark.parametrize(
