@@ -26,8 +26,11 @@ $(MESH_SANDBOX_STAMP):
 run: install
 	$(PY) run.py serve
 
+# One test worker per core by default; TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= auto
+
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 lint: install
 	$(VENV)/bin/ruff check .
