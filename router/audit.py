@@ -1,21 +1,24 @@
 """The audit log: append-only, each event hash-chained to the one before it.
 
 ``verify`` recomputes the chain and names the first event that does not fit,
-so an edited or deleted row is caught (DESIGN.md §7).
+so an edited or deleted row is caught (DESIGN.md §7). Events removed from the chain's
+end leave no gap to find: an ``Anchor`` (the newest event of an earlier verify, kept
+outside the store) catches them, since that event must still be there, unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, select, text
 from sqlalchemy.engine import Row
 
-from router.store.blobs import BlobStore
+from router.store.blobs import BlobStore, write_durably
 from router.store.database import Store
 from router.store.inbound import utcnow
 from router.store.queries import find_message_id, message_detail
@@ -67,17 +70,45 @@ def viewed_message(
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """An event of the chain as a verify found it: its id and hash."""
+
+    id: int
+    hash: str
+
+
+def read_anchor(path: Path) -> Anchor | None:
+    """The anchor kept in ``path``, or None when there is none yet (the first verify);
+    ValueError when the file holds something else."""
+    try:
+        data = json.loads(path.read_bytes())
+        return Anchor(int(data["id"]), str(data["hash"]))
+    except FileNotFoundError:
+        return None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not an audit anchor ({type(exc).__name__}: {exc})") from exc
+
+
+def write_anchor(path: Path, anchor: Anchor) -> None:
+    """Keep ``anchor`` in ``path``, whole or not at all."""
+    write_durably(path, lambda file: file.write(json.dumps(asdict(anchor)).encode()))
+
+
+@dataclass(frozen=True)
 class Verdict:
     ok: bool
     events: int
     broken_id: int | None = None
     reason: str | None = None
+    head: Anchor | None = None  # the newest event of an intact chain
 
 
-def verify(store: Store) -> Verdict:
-    """Walk the chain in order; the first mismatch is reported."""
+def verify(store: Store, anchor: Anchor | None = None) -> Verdict:
+    """Walk the chain in order; the first mismatch is reported, and a missing or changed
+    ``anchor`` (events removed from the end, or the chain rewritten since)."""
     prev = GENESIS
     count = 0
+    head: Anchor | None = None
     with store.read() as conn:
         for row in conn.execute(select(audit_events).order_by(audit_events.c.id)):
             count += 1
@@ -89,7 +120,17 @@ def verify(store: Store) -> Verdict:
             if row.hash != expected:
                 return Verdict(False, count, row.id, "content does not match its hash (edited?)")
             prev = row.hash
-    return Verdict(True, count)
+            head = Anchor(row.id, row.hash)
+            if anchor is not None and row.id == anchor.id and row.hash == anchor.hash:
+                anchor = None
+    if anchor is not None:
+        return Verdict(
+            False,
+            count,
+            anchor.id,
+            "the anchored event is gone or changed (events removed from the end?)",
+        )
+    return Verdict(True, count, head=head)
 
 
 @dataclass(frozen=True)

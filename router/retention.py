@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Any, BinaryIO
 
 from router import audit, metrics
 from router.config import ChannelConfig
-from router.store.blobs import fsync_dir
+from router.store.blobs import write_durably
 from router.store.database import Store, Transact
 from router.store.inbound import utcnow
 from router.store.retention import (
@@ -166,12 +165,12 @@ def write_archive(folder: Path, channel: str, records: list[dict[str, Any]], sto
             for record in records:
                 zipped.write(json.dumps(record, default=str).encode("utf-8") + b"\n")
 
-    _write_durably(target, lines)
+    write_durably(target, lines)
     for sha256 in sorted(_blob_hashes(records)):
         copy = folder / "blobs" / sha256
         if not copy.exists():
             with open(store.blobs.path(sha256), "rb") as source:
-                _write_durably(copy, partial(shutil.copyfileobj, source))
+                write_durably(copy, partial(shutil.copyfileobj, source))
     return target
 
 
@@ -179,16 +178,3 @@ def _blob_hashes(records: list[dict[str, Any]]) -> set[str]:
     hashes = {r["message"]["blob_sha256"] for r in records}
     hashes |= {d["blob_sha256"] for r in records for d in r["deliveries"]}
     return {h for h in hashes if h}
-
-
-def _write_durably(target: Path, write: Callable[[BinaryIO], None]) -> None:
-    """``write`` into ``target`` so that a crash leaves it whole or absent: a partial file,
-    fsynced, renamed into place, its folder fsynced."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f"{target.name}.part")
-    with open(part, "wb") as file:
-        write(file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(part, target)
-    fsync_dir(target.parent)

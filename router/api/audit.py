@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,6 @@ def audit_routes(engine: Engine) -> APIRouter:
     @router.get("/verify")
     async def verify(_: Principal = Depends(require_role("support", "approver"))) -> dict[str, Any]:
         """Recompute the hash chain; ``broken_id`` names the first event that does not fit."""
-        return (await asyncio.to_thread(audit.verify, store)).__dict__
+        return asdict(await asyncio.to_thread(audit.verify, store))
 
     return router

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
+from pathlib import Path
 
 from router.cli.commands import actor
 from router.cli.output import (
@@ -32,6 +34,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("audit", help="the hash-chained audit log")
     audit_actions = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_actions.add_parser("verify", help="check the chain; name the first broken event")
+    verify.add_argument(
+        "--anchor",
+        type=Path,
+        help="a file kept outside the store: the newest event of the last intact verify, "
+        "which must still be there (else events were removed from the end); rewritten on success",
+    )
     add_json(verify)
     verify.set_defaults(handler=audit_verify)
 
@@ -73,11 +81,17 @@ def channel_switch(args: argparse.Namespace) -> int:
 
 
 def audit_verify(args: argparse.Namespace) -> int:
-    from router.audit import verify
+    from router.audit import read_anchor, verify, write_anchor
 
-    verdict = verify(open_store(args))
+    try:
+        anchor = read_anchor(args.anchor) if args.anchor else None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    verdict = verify(open_store(args), anchor)
+    if verdict.ok and args.anchor and verdict.head is not None:
+        write_anchor(args.anchor, verdict.head)
     if args.json:
-        print_json(verdict.__dict__)
+        print_json(asdict(verdict))
     elif verdict.ok:
         print(f"audit chain intact: {verdict.events} event(s)")
     else:

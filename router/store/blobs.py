@@ -13,10 +13,10 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, BinaryIO
 
 from router.payload import CHUNK, Payload
 
@@ -175,6 +175,19 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_durably(target: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into ``target`` so that a crash leaves it whole or absent: a partial file,
+    fsynced, renamed into place, its folder fsynced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f"{target.name}.part")
+    with open(part, "wb") as file:
+        write(file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(part, target)
+    fsync_dir(target.parent)
 
 
 def default_blob_root(store_url: str) -> Path:

@@ -807,3 +807,26 @@ def test_audit_verify_reports_an_intact_and_a_broken_chain(seeded, cli):
     broken = cli(seeded.workspace.config, "audit", "verify")
     assert broken.code == 1
     assert f"BROKEN at event {first}" in broken.out
+
+
+def test_audit_verify_keeps_an_anchor_that_catches_a_cut_off_end(seeded, cli, tmp_path):
+    anchor = tmp_path / "outside" / "audit-anchor.json"
+    cli(seeded.workspace.config, "channel", "pause", "orders")
+    first = cli(seeded.workspace.config, "audit", "verify", "--anchor", str(anchor))
+    assert first.code == 0, first.err
+    cli(seeded.workspace.config, "channel", "resume", "orders")
+    second = cli(seeded.workspace.config, "audit", "verify", "--anchor", str(anchor), "--json")
+    assert second.code == 0, second.err
+    newest = second.json()["head"]
+    assert json.loads(anchor.read_text()) == newest  # moved on to the newest event
+
+    with seeded.store.begin() as conn:
+        conn.execute(audit_events.delete().where(audit_events.c.id == newest["id"]))
+    cut = cli(seeded.workspace.config, "audit", "verify", "--anchor", str(anchor))
+    assert cut.code == 1
+    assert f"BROKEN at event {newest['id']}" in cut.out
+    assert json.loads(anchor.read_text()) == newest  # a failed verify keeps the anchor
+
+    anchor.write_text("not an anchor")
+    garbled = cli(seeded.workspace.config, "audit", "verify", "--anchor", str(anchor))
+    assert garbled.code != 0 and "is not an audit anchor" in garbled.err

@@ -137,8 +137,12 @@ def _chain(store: Store, receive: Any, er7: Any) -> list[int]:
 
 
 def test_verify_passes_on_an_intact_chain(store, receive, er7):
-    _chain(store, receive, er7)
-    assert audit.verify(store) == audit.Verdict(ok=True, events=4)
+    ids = _chain(store, receive, er7)
+    with store.read() as conn:
+        newest = conn.scalar(select(a.hash).where(a.id == ids[-1]))
+    head = audit.Anchor(ids[-1], newest)
+    assert audit.verify(store) == audit.Verdict(ok=True, events=4, head=head)
+    assert audit.verify(store, head).ok
 
 
 def test_verify_names_an_edited_event(store, receive, er7):
@@ -161,6 +165,21 @@ def test_verify_names_the_event_after_a_deleted_one(store, receive, er7):
     verdict = audit.verify(store)
     assert (verdict.ok, verdict.broken_id) == (False, ids[2])
     assert "removed" in verdict.reason
+
+
+def test_an_anchor_catches_events_removed_from_the_end(store, receive, er7):
+    """Removing the newest events leaves an intact chain behind; the anchor an earlier
+    verify kept (outside the store) names what is gone."""
+    ids = _chain(store, receive, er7)
+    head = audit.verify(store).head
+    assert head is not None and head.id == ids[-1]
+    with store.begin() as conn:
+        conn.execute(delete(audit_events).where(a.id.in_(ids[2:])))
+
+    assert audit.verify(store).ok  # without the anchor, nothing shows
+    verdict = audit.verify(store, head)
+    assert (verdict.ok, verdict.broken_id) == (False, ids[-1])
+    assert "removed from the end" in verdict.reason
 
 
 def _failed(store: Store, receive: Any, er7: Any, control_id: str = "ORD1") -> tuple[int, int]:
