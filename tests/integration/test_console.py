@@ -219,6 +219,13 @@ def test_audit_page_pages_and_verifies_the_chain(site):
     assert page.text.count(">user-add<") == len(USERS)
     verdict = support.get("/audit/verify", headers={"HX-Request": "true"})
     assert "Chain intact" in verdict.text
+    newest = re.search(
+        r"The newest, #(\d+), has the hash <code>([0-9a-f]{64})</code>", verdict.text
+    )
+    assert newest is not None, verdict.text
+    with site.running.store.read() as conn:
+        kept = conn.scalar(select(audit_events.c.hash).where(audit_events.c.id == int(newest[1])))
+    assert kept == newest[2]
     assert sign_in(site.url, "vic").get("/audit").status_code == 403
 
 
