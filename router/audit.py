@@ -107,8 +107,7 @@ def verify(store: Store, anchor: Anchor | None = None) -> Verdict:
     """Walk the chain in order; the first mismatch is reported, and a missing or changed
     ``anchor`` (events removed from the end, or the chain rewritten since)."""
     prev = GENESIS
-    count = 0
-    head: Anchor | None = None
+    count = newest = 0
     with store.read() as conn:
         for row in conn.execute(select(audit_events).order_by(audit_events.c.id)):
             count += 1
@@ -119,8 +118,7 @@ def verify(store: Store, anchor: Anchor | None = None) -> Verdict:
             expected = _digest(prev, row.at, row.actor, row.action, row.target, row.details)
             if row.hash != expected:
                 return Verdict(False, count, row.id, "content does not match its hash (edited?)")
-            prev = row.hash
-            head = Anchor(row.id, row.hash)
+            prev, newest = row.hash, row.id
             if anchor is not None and row.id == anchor.id and row.hash == anchor.hash:
                 anchor = None
     if anchor is not None:
@@ -130,7 +128,7 @@ def verify(store: Store, anchor: Anchor | None = None) -> Verdict:
             anchor.id,
             "the anchored event is gone or changed (events removed from the end?)",
         )
-    return Verdict(True, count, head=head)
+    return Verdict(True, count, head=Anchor(newest, prev) if count else None)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import Connection, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, or_, select, update
 
 from router.fhir import registry
 from router.fhir.bars import LINKING, IndexedRequest
@@ -250,6 +250,17 @@ def _released(
     if not release_validated(conn, [item])[0]:
         return None
     return message_id if message_id is not None else conn.scalar(_MESSAGE_ID, {"uuid": item.uuid})
+
+
+def in_flight(message_id: ColumnElement[Any], now: datetime) -> ColumnElement[bool]:
+    """Whether an exchange of the message ``message_id`` names is still under way: its
+    delivery ``sending`` under a lease that has not run out."""
+    return exists().where(
+        d.message_id == message_id,
+        d.destination.in_(SYNCHRONOUS),
+        d.status == "sending",
+        d.lease_until > now,
+    )
 
 
 def fail_interrupted(store: Store, owner: str) -> int:

@@ -19,16 +19,17 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import select
 
 from router.config.http import HttpSource
 from router.fhir import FHIR_JSON
+from router.fhir.exchange import in_flight
 from router.fhir.intake import Checked, FhirRequest, Release, rejected_reason
 from router.fhir.outcome import Rejected
 from router.pipeline import CompiledChannel
 from router.store.database import Store
 from router.store.inbound import VALIDATING, Inbound, utcnow
-from router.store.schema import deliveries, messages
+from router.store.schema import messages
 
 log = logging.getLogger(__name__)
 GRACE = 60.0  # seconds: longer than any validation still running
@@ -40,9 +41,8 @@ Check = Callable[[FhirRequest], Awaitable[Checked]]
 def stranded(store: Store, grace: float = GRACE) -> list[Any]:
     """Messages ``validating`` for longer than ``grace`` seconds whose delivery, if any, no
     exchange holds a live lease on, oldest first."""
-    m, d = messages.c, deliveries.c
+    m = messages.c
     now = utcnow()
-    in_flight = exists().where(d.message_id == m.id, d.status == "sending", d.lease_until > now)
     with store.read() as conn:
         return list(
             conn.execute(
@@ -50,7 +50,7 @@ def stranded(store: Store, grace: float = GRACE) -> list[Any]:
                 .where(
                     m.status == VALIDATING,
                     m.received_at < now - timedelta(seconds=grace),
-                    ~in_flight,
+                    ~in_flight(m.id, now),
                 )
                 .order_by(m.id)
                 .limit(BATCH)
