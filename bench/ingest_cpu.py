@@ -5,7 +5,8 @@ order: each message's header read, ``Inbound`` and ACK built as the MLLP listene
 builds them, and its outcome decided as ``GroupCommitWriter.submit`` decides it (the
 channel is declarative, so it is settled on receipt as in the engine on SQLite);
 ``GroupCommitWriter`` batches of ``--batch`` messages (the writer's commit function is
-called directly, so no thread hop or timing changes the batches). ``--on-processor``
+called directly, so no thread hop or timing changes the batches). As in the engine, the
+processor runs only after a batch that left a message undecided. ``--on-processor``
 leaves the outcomes to the processor instead, run about every 10 messages with its
 writes joining the next batch. Prints user and system CPU per message as JSON.
 
@@ -104,7 +105,8 @@ def _run(
         for item in items:
             writer._decide(item)
         writer._commit([_Pending(item, Future(), None) for item in items], stop=False)
-        if (n + 1) % every == 0:
+        unsettled = any(item.outcome is None for item in items)  # what wakes the processor
+        if unsettled and (n + 1) % every == 0:
             processor.run_once()
     while processor.run_once():
         pass
