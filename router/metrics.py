@@ -1,6 +1,6 @@
 """Prometheus metrics: what this engine process counted, and the store's queues at scrape time.
 
-Counters and the ACK-latency histogram live in this process (they restart from
+Counters and the ACK-latency and group-commit histograms live in this process (they restart from
 zero with it, which Prometheus' ``rate`` expects). Queue depth and the age of the
 oldest queued delivery are read from the store when ``/metrics`` is scraped, in
 one grouped query over the pending-deliveries index, so they are the same on
@@ -47,6 +47,21 @@ ACK_LATENCY = Histogram(
     "From a message fully read to its acknowledgement sent (after the store commit).",
     ["channel", "transport"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+# The group commit's two numbers that explain a slow ACK: how long the store takes to make
+# a commit durable (on SQLite the WAL write and its fsync: the disk's share of every ACK)
+# and how many messages share each commit.
+GROUP_COMMIT = Histogram(
+    "tie_group_commit_seconds",
+    "The ingest writer's COMMIT of a group of messages: on SQLite the WAL write and fsync.",
+    buckets=(0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+GROUP_COMMIT_MESSAGES = Histogram(
+    "tie_group_commit_messages",
+    "Messages stored by each group commit that stored any (how many senders share a flush).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1000),
     registry=REGISTRY,
 )
 

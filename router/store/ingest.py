@@ -37,6 +37,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, select
 
+from router import metrics
 from router.store.database import Store, savepoint
 from router.store.inbound import Inbound, Receipt, release_validated, write_inbound
 from router.store.schema import channel_state, messages
@@ -273,9 +274,11 @@ class GroupCommitWriter:
                         if not more:
                             break
                         self._write(conn, work.add(more), work)
+                    committing = time.perf_counter()
             except Exception:
                 self._close(broken=True)  # the next batch opens a new connection
                 raise
+            _observe(time.perf_counter() - committing, len(work.pending) + len(work.releases))
             results: list[Receipt | BaseException] = list(work.receipts)
             done, released = work.done, work.released
         except Exception as exc:
@@ -384,6 +387,12 @@ class GroupCommitWriter:
             if broken:
                 conn.invalidate()
             conn.close()
+
+
+def _observe(seconds: float, messages: int) -> None:
+    metrics.GROUP_COMMIT.observe(seconds)
+    if messages:
+        metrics.GROUP_COMMIT_MESSAGES.observe(messages)
 
 
 def _run_job(conn: Connection, job: _Job) -> Any:

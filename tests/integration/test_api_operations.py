@@ -137,6 +137,7 @@ def test_metrics_need_a_token_and_count_per_channel_and_destination(site, hl7_sa
         (("channel", CHANNEL), ("destination", "lab"), ("status", "sent")),
     )
     latency = ("tie_ack_latency_seconds_count", (("channel", CHANNEL), ("transport", "mllp")))
+    stored = ("tie_group_commit_messages_sum", ())
     before = _samples(scraper.get("/metrics").text)
 
     site.send_and_settle(order(hl7_samples[OML], "MET-1"), "MET-1", "sent")
@@ -150,6 +151,8 @@ def test_metrics_need_a_token_and_count_per_channel_and_destination(site, hl7_sa
     assert after[received] - before.get(received, 0) == 2
     assert after[sent] - before.get(sent, 0) == 1
     assert after[latency] - before.get(latency, 0) == 2
+    assert after[stored] - before.get(stored, 0) == 2
+    assert after[("tie_group_commit_seconds_count", ())] >= 2
     queue = (("channel", CHANNEL), ("destination", "lab"))
     assert after[("tie_queue_depth", queue)] == 1
     assert after[("tie_queue_oldest_age_seconds", queue)] >= 0

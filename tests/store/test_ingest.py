@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, event, func, make_url, select, text
 from tie_testing import wait_until
 
+from router import metrics
 from router.store.database import Store
 from router.store.inbound import Inbound, Receipt, time_ordered_uuid, utcnow
 from router.store.ingest import GroupCommitWriter, StoreUnavailable
@@ -343,6 +344,39 @@ def test_background_work_alone_is_committed_after_a_short_wait(store):
         writer.run(lambda conn: conn.execute(messages.insert(), _row_of(_inbound(7))))
     with store.read() as conn:
         assert list(conn.scalars(select(m.control_id))) == ["MSG7"]
+
+
+def _commit_samples() -> tuple[float, float, float]:
+    """Commits measured, their seconds, messages counted in commits that stored any, and
+    commits of at most four and of at most eight messages."""
+    value = metrics.REGISTRY.get_sample_value
+    return (
+        value("tie_group_commit_seconds_count") or 0.0,
+        value("tie_group_commit_seconds_sum") or 0.0,
+        value("tie_group_commit_messages_sum") or 0.0,
+        value("tie_group_commit_messages_bucket", {"le": "4.0"}) or 0.0,
+        value("tie_group_commit_messages_bucket", {"le": "8.0"}) or 0.0,
+    )
+
+
+def test_each_group_commit_is_measured_with_the_messages_it_stored(store):
+    """The two figures behind a slow ACK on ``/metrics``: how long each commit took to be
+    durable, and how many messages shared it (a commit of background work alone stores
+    none and is not counted as a commit of zero messages)."""
+    before = _commit_samples()
+    writer = GroupCommitWriter(store)
+    asyncio.run(_one_batch(writer, [_inbound(n) for n in range(5)]))
+    after_batch = _commit_samples()
+    commits, seconds, stored, up_to_4, up_to_8 = (
+        a - b for a, b in zip(after_batch, before, strict=True)
+    )
+    assert (commits, stored, up_to_4, up_to_8) == (1, 5, 0, 1)
+    assert seconds > 0
+    with running(GroupCommitWriter(store, share_wait=0.01)) as writer:
+        writer.run(lambda conn: conn.scalar(text("SELECT 1")))
+    after_job = _commit_samples()
+    assert after_job[0] - after_batch[0] == 1
+    assert after_job[2] == after_batch[2]
 
 
 def _row_of(item: Inbound) -> dict[str, object]:
