@@ -249,6 +249,8 @@ class EngineProcess:
     port: int
     store_url: str
     log_path: Path
+    http_port: int
+    token: str  # a viewer's API token, for /metrics
 
 
 @contextlib.contextmanager
@@ -281,7 +283,9 @@ def engine_process(folder: Path, store_url: str, downstream: int | None, profile
         proc = subprocess.Popen(command, stdout=log_file, stderr=log_file, env=env, cwd=folder)
     try:
         _wait_ready(proc, http_port, log_path)
-        running = EngineProcess(proc, port, store_url, log_path)
+        running = EngineProcess(
+            proc, port, store_url, log_path, http_port, _viewer_token(store_url)
+        )
         with profile(proc.pid):
             yield running
     finally:
@@ -304,6 +308,58 @@ def _wait_ready(proc: subprocess.Popen[bytes], http_port: int, log_path: Path) -
             return
         time.sleep(0.05)
     raise RuntimeError("engine did not become ready within 60 s")
+
+
+def _viewer_token(store_url: str) -> str:
+    """A token-only viewer and its token, made in the engine's store (migrated by now)."""
+    from router.auth.tokens import issue_token
+    from router.auth.users import add_user
+    from router.store.database import Store
+
+    store = Store(store_url)
+    try:
+        with store.begin() as conn:
+            add_user(conn, "bench", ["viewer"], None, actor="bench")
+            return issue_token(conn, "bench", ["viewer"], actor="bench")[1]
+    finally:
+        store.dispose()
+
+
+def group_commits(engine: EngineProcess) -> dict[str, float]:
+    """The engine's group-commit histograms so far (``/metrics``): commits, their seconds,
+    and the messages stored with the commits that stored any."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{engine.http_port}/metrics",
+        headers={"Authorization": f"Bearer {engine.token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        text = answer.read().decode()
+    wanted = {
+        "tie_group_commit_seconds_count": "commits",
+        "tie_group_commit_seconds_sum": "seconds",
+        "tie_group_commit_messages_sum": "stored",
+        "tie_group_commit_messages_count": "storing_commits",
+    }
+    return {
+        wanted[sample.name]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in wanted
+    }
+
+
+def commit_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """What the engine's group commits did during a scenario: how many, the mean time of a
+    COMMIT (the store making it durable) and the messages each stored."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    commits, storing = delta.get("commits", 0.0), delta.get("storing_commits", 0.0)
+    return {
+        "commits": int(commits),
+        "commit_ms_mean": round(delta["seconds"] / commits * 1000, 3) if commits else None,
+        "messages_per_commit": round(delta["stored"] / storing, 2) if storing else None,
+    }
 
 
 SAMPLING = {"wall": ["--idle"], "gil": ["--gil"]}
@@ -484,6 +540,7 @@ def run_engine(
         store_url = stack.enter_context(fresh_store(kind, folder))
         attach = profiler(profile, name)
         engine = stack.enter_context(engine_process(folder, store_url, downstream, attach))
+        commits_before = group_commits(engine)
         cpu_before, written_before = cpu_seconds(engine.proc.pid), written(engine.proc.pid)
         try:
             result, settled_at = run_client(
@@ -494,6 +551,7 @@ def run_engine(
                 on_done=lambda: wait_settled(store_url, count, end_to_end),
             )
             cpu_after, written_after = cpu_seconds(engine.proc.pid), written(engine.proc.pid)
+            commits_after = group_commits(engine)
             if end_to_end and received.value < count:
                 raise RuntimeError(f"the receiver got {received.value} of {count} messages")
         except Exception as exc:
@@ -513,12 +571,15 @@ def run_engine(
         **summary(result, count, settled_at),
         **engine_cpu(cpu_before, cpu_after, count),
         "engine_written_kib_per_msg": round((written_after - written_before) / count / 1024, 1),
+        "group_commit": commit_summary(commits_before, commits_after),
     }
     p99 = row["ack_latency_ms"]["p99"]
     cpu = row["engine_cpu_us_per_msg"]
+    commit = row["group_commit"]
     log(
         f"  ACK {row['ack_msg_per_s']} msg/s, done {row['done_msg_per_s']} msg/s, p99 {p99} ms, "
-        f"engine CPU {cpu} µs/msg"
+        f"engine CPU {cpu} µs/msg; {commit['commits']} commits of "
+        f"{commit['messages_per_commit']} messages, {commit['commit_ms_mean']} ms each"
     )
     return row
 

@@ -47,6 +47,9 @@ def test_mllp_runs_every_scenario_and_checks_the_store():
     ]
     for row in result["scenarios"][2:]:
         assert row["engine_written_kib_per_msg"] > 0  # every message is written to the WAL
+        commits = row["group_commit"]  # scraped from the engine's /metrics
+        assert commits["commits"] >= 40 / row["connections"] and commits["commit_ms_mean"] > 0
+        assert 1.0 <= commits["messages_per_commit"] <= row["connections"]
     ceilings = result["machine"]["store_commit"]["sqlite"], result["machine"]["store_commit_8"]
     assert ceilings[0]["msg_per_s"] == ceilings[0]["commits_per_s"] > 0
     eight = ceilings[1]["sqlite"]
