@@ -1,10 +1,10 @@
 """Prometheus metrics: what this engine process counted, and the store's queues at scrape time.
 
-Counters and the ACK-latency and group-commit histograms live in this process (they restart from
-zero with it, which Prometheus' ``rate`` expects). Queue depth and the age of the
-oldest queued delivery are read from the store when ``/metrics`` is scraped, in
-one grouped query over the pending-deliveries index, so they are the same on
-every node and cost one small query a scrape.
+Counters and the ACK-latency and group-commit histograms live in this process
+(they restart from zero with it, which Prometheus' ``rate`` expects). Queue depth
+and the age of the oldest queued delivery are read from the store when
+``/metrics`` is scraped, in one grouped query over the pending-deliveries index,
+so they are the same on every node and cost one small query a scrape.
 """
 
 from __future__ import annotations

@@ -262,6 +262,7 @@ class GroupCommitWriter:
         Whether a stop was found."""
         work = _Round()
         first = work.add(batch)
+        flushed: float | None = None  # seconds the COMMIT took, once it succeeded
         try:
             if self._conn is None:
                 self._conn = self._store.writer.connect()
@@ -278,7 +279,7 @@ class GroupCommitWriter:
             except Exception:
                 self._close(broken=True)  # the next batch opens a new connection
                 raise
-            _observe(time.perf_counter() - committing, len(work.pending) + len(work.releases))
+            flushed = time.perf_counter() - committing
             results: list[Receipt | BaseException] = list(work.receipts)
             done, released = work.done, work.released
         except Exception as exc:
@@ -288,6 +289,8 @@ class GroupCommitWriter:
             released = [error] * len(work.releases)
             work.touched = set()
         self._finish(work, results, done, released)
+        if flushed is not None:  # measured after the waiters are answered, not before
+            _observe(flushed, len(work.pending) + len(work.releases))
         return stop
 
     def _finish(

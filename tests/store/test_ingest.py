@@ -346,7 +346,7 @@ def test_background_work_alone_is_committed_after_a_short_wait(store):
         assert list(conn.scalars(select(m.control_id))) == ["MSG7"]
 
 
-def _commit_samples() -> tuple[float, float, float]:
+def _commit_samples() -> tuple[float, ...]:
     """Commits measured, their seconds, messages counted in commits that stored any, and
     commits of at most four and of at most eight messages."""
     value = metrics.REGISTRY.get_sample_value
