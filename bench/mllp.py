@@ -353,7 +353,7 @@ def group_commits(engine: EngineProcess) -> dict[str, float]:
 def commit_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """What the engine's group commits did during a scenario: how many, the mean time of a
     COMMIT (the store making it durable) and the messages each stored."""
-    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    delta = {k: value - before.get(k, 0.0) for k, value in after.items()}
     commits, storing = delta.get("commits", 0.0), delta.get("storing_commits", 0.0)
     return {
         "commits": int(commits),

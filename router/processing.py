@@ -35,12 +35,12 @@ from router.store.flags import unmatched_flags
 from router.store.inbound import Inbound, utcnow
 from router.store.ingest import DestinationKey
 from router.store.schema import (
-    channel_state,
     correlations,
     deliveries,
     message_flags,
     messages,
 )
+from router.store.settled import paused_channels
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,6 @@ _SETTLE = (
 _SETTLE_SQL = (
     "UPDATE messages SET status = ?, error = ?, processed_at = ? WHERE status = 'received'"
 )
-_PAUSED = select(channel_state.c.channel).where(channel_state.c.paused)
 _INSERT_FLAGS = message_flags.insert()
 
 
@@ -226,7 +225,7 @@ class Processor:
 
     def _active(self, conn: Connection) -> list[str]:
         """This processor's channels that are not paused."""
-        return sorted(set(self._channels) - set(conn.scalars(_PAUSED)))
+        return sorted(set(self._channels) - paused_channels(conn))
 
     def _process(self, rows: list[Any]) -> list[tuple[Any, Outcome]]:
         """Outcomes, with large delivery payloads already in the blob store (outside the

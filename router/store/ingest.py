@@ -35,19 +35,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from router import metrics
 from router.store.database import Store, savepoint
 from router.store.inbound import Inbound, Receipt, release_validated, write_inbound
-from router.store.schema import channel_state, messages
+from router.store.settled import hold_paused, unsettle
 
 log = logging.getLogger(__name__)
 _STOP = object()
 T = TypeVar("T")
 DestinationKey = tuple[str, str]
-_PAUSED_SQL = "SELECT channel FROM channel_state WHERE paused"
-_PAUSED = select(channel_state.c.channel).where(channel_state.c.paused)
 
 
 class Settler(Protocol):
@@ -358,7 +356,7 @@ class GroupCommitWriter:
     def _write(self, conn: Connection, batch: _Batch, work: _Round) -> None:
         """Write ``batch`` in ``conn``'s transaction, adding what it came to to ``work``."""
         items, validated = [p.item for p in batch.pending], [r.item for r in batch.releases]
-        _hold_paused(conn, [*items, *validated])
+        hold_paused(conn, [*items, *validated])
         work.receipts += write_inbound(conn, items)
         released = release_validated(conn, validated)
         work.released += released
@@ -379,7 +377,7 @@ class GroupCommitWriter:
                 return self.settler.record(conn, settled)
         except Exception:
             log.exception("writing %d settled message(s) failed; the processor will", len(settled))
-            _unsettle(conn, settled)
+            unsettle(conn, settled)
             return set()
 
     def _close(self, *, broken: bool) -> None:
@@ -405,31 +403,6 @@ def _run_job(conn: Connection, job: _Job) -> Any:
             return job.work(conn)
     except Exception as exc:
         return exc
-
-
-def _hold_paused(conn: Connection, items: list[Inbound]) -> None:
-    """A paused channel's messages stay ``received`` whatever was decided for them: the
-    processor takes them when the channel resumes."""
-    if not any(i.outcome is not None for i in items):
-        return
-    if conn.dialect.name == "sqlite":
-        paused = {r[0] for r in conn.connection.driver_connection.execute(_PAUSED_SQL)}
-    else:
-        paused = set(conn.scalars(_PAUSED))
-    if paused:
-        for item in items:
-            if item.channel in paused:
-                item.outcome = None
-
-
-def _unsettle(conn: Connection, items: list[Inbound]) -> None:
-    conn.execute(
-        messages.update()
-        .where(messages.c.uuid.in_([i.uuid for i in items]))
-        .values(status="received", error=None, processed_at=None)
-    )
-    for item in items:
-        item.outcome = None
 
 
 def _answer(batch: list[_Pending], results: list[Receipt | BaseException]) -> None:
