@@ -183,7 +183,9 @@ class Processor:
 
     def record(self, conn: Connection, items: list[Inbound]) -> set[DestinationKey]:
         """Deliveries, keys and flags of messages just stored with their outcome."""
-        ids = _ids(conn, [item.uuid for item in items])
+        ids = {i.uuid: i.id for i in items if i.id is not None}
+        if len(ids) < len(items):
+            ids |= _ids(conn, [i.uuid for i in items if i.id is None])
         settled = [(_Stored(ids[i.uuid], i.channel), cast(Outcome, i.outcome)) for i in items]
         return _record(conn, settled, utcnow(), self._unmatched)
 

@@ -92,6 +92,8 @@ class Inbound:
     outcome: Decided | None = None
     # The MSH its source read (HL7 v2 sources): deciding on receipt need not read it again.
     header: MshHeader | None = None
+    # Its row id once stored, where the insert told it (router.store.fast_insert.insert_rows).
+    id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,7 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
     """
     receipts: list[Receipt] = []
     rows: list[dict[str, Any]] = []
+    stored: list[Inbound] = []  # the items of ``rows``
     late: list[tuple[dict[str, Any], str]] = []
     first_in_batch: dict[tuple[str, str | None, str], Inbound] = {}
     for item in items:
@@ -117,6 +120,7 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
         original = _find_original(conn, item, first_in_batch)
         if original is None:
             rows.append(row)
+            stored.append(item)
             receipts.append(Receipt(item.uuid, item.ack))
             continue
         original_uuid, original_id, original_ack = original
@@ -133,9 +137,12 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
         else:
             row["duplicate_of"] = original_id
             rows.append(row)
+            stored.append(item)
         receipts.append(Receipt(item.uuid, original_ack, duplicate_of=original_uuid))
     if rows:
-        insert_rows(conn, messages, rows)
+        row_id = insert_rows(conn, messages, rows)
+        if row_id is not None:  # told for a single row
+            stored[0].id = row_id
     for row, original_uuid in late:
         row["duplicate_of"] = conn.scalar(
             select(messages.c.id).where(messages.c.uuid == original_uuid)
