@@ -115,8 +115,9 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
     stored: list[Inbound] = []  # the items of ``rows``
     late: list[tuple[dict[str, Any], str]] = []
     first_in_batch: dict[tuple[str, str | None, str], Inbound] = {}
+    now = utcnow()  # one time for the batch: its SQLite text is then made once
     for item in items:
-        row = _row(item)
+        row = _row(item, now)
         original = _find_original(conn, item, first_in_batch)
         if original is None:
             rows.append(row)
@@ -127,7 +128,7 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
         item.outcome = None
         row.update(
             status="filtered",
-            processed_at=utcnow(),
+            processed_at=now,
             ack=original_ack,
             error=f"duplicate of {original_uuid}: MSH-10 {item.control_id!r} "
             f"from {item.sender or 'unknown sender'} already received",
@@ -181,11 +182,11 @@ def _find_original(
     return found.uuid, found.id, found.ack
 
 
-def _row(item: Inbound) -> dict[str, Any]:
+def _row(item: Inbound, now: datetime) -> dict[str, Any]:
     body = as_payload(item.raw)
     outcome = item.outcome
     if outcome is not None:
-        status, error, processed_at = outcome.status, outcome.reason, utcnow()
+        status, error, processed_at = outcome.status, outcome.reason, now
     else:
         status, error = item.status, item.error
         processed_at = item.received_at if item.status not in _OPEN else None
