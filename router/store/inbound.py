@@ -141,9 +141,9 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
             stored.append(item)
         receipts.append(Receipt(item.uuid, original_ack, duplicate_of=original_uuid))
     if rows:
-        row_id = insert_rows(conn, messages, rows)
-        if row_id is not None:  # told for a single row
-            stored[0].id = row_id
+        row_id = insert_rows(conn, messages, rows)  # told for a single row, else None
+        for item in stored:  # so no item keeps an id from an insert that was rolled back
+            item.id = row_id
     for row, original_uuid in late:
         row["duplicate_of"] = conn.scalar(
             select(messages.c.id).where(messages.c.uuid == original_uuid)

@@ -17,7 +17,7 @@ from tie_testing import wait_until
 
 from router import metrics
 from router.store.database import Store
-from router.store.inbound import Inbound, Receipt, time_ordered_uuid, utcnow
+from router.store.inbound import Inbound, Receipt, time_ordered_uuid, utcnow, write_inbound
 from router.store.ingest import GroupCommitWriter, StoreUnavailable
 from router.store.schema import messages
 
@@ -403,3 +403,20 @@ def test_message_uuids_are_distinct_version_7_uuids_in_canonical_form_and_time_o
     stamps = [p.int >> 80 for p in parsed]  # the first 48 bits: Unix time in milliseconds
     assert stamps == sorted(stamps)
     assert before <= stamps[0] and stamps[-1] <= after
+
+
+def test_a_row_id_is_kept_only_from_an_insert_that_told_it(store: Store) -> None:
+    """Settled writes attach keys and deliveries by ``Inbound.id``: one kept from a rolled
+    back insert would attach them to another message."""
+    alone, other = _inbound(1), _inbound(2)
+    with pytest.raises(RuntimeError), store.begin() as conn:
+        write_inbound(conn, [alone])
+        raise RuntimeError("rolled back")
+    with store.begin() as conn:
+        write_inbound(conn, [alone, other])
+    assert (alone.id, other.id) == (None, None)  # a batch: looked up by UUID when needed
+    third = _inbound(3)
+    with store.begin() as conn:
+        write_inbound(conn, [third])
+        stored = conn.scalar(select(m.id).where(m.uuid == third.uuid))
+    assert third.id == (stored if store.is_sqlite else None)
