@@ -68,7 +68,7 @@ GROUP_COMMIT_MESSAGES = Histogram(
 
 
 def count_messages(pairs: Iterable[tuple[str, str]]) -> None:
-    """Add (channel, status) pairs, one per message, tallied first to keep label lookups few."""
+    """Add (channel, status) pairs, one per message, tallied first: one increment a pair."""
     for labels, n in Tally(pairs).items():
         _message_counter(*labels).inc(n)
 

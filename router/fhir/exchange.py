@@ -113,7 +113,9 @@ def open_exchange(
     which records an exchange when it is over)."""
     now = utcnow()
     write_inbound(conn, [item])
-    message_id = conn.scalar(_MESSAGE_ID, {"uuid": item.uuid})
+    message_id = item.id  # told by the insert on SQLite; looked up where it is not
+    if message_id is None:
+        message_id = conn.scalar(_MESSAGE_ID, {"uuid": item.uuid})
     row = {
         "message_id": message_id,
         "channel": item.channel,
