@@ -7,7 +7,7 @@ from functools import lru_cache
 from typing import Literal
 
 from router.hl7v2.charset import codec_for
-from router.hl7v2.er7 import Er7Error, Er7Message, escape
+from router.hl7v2.er7 import Er7Error, Er7Message, escape, read_delimiters, split_segments
 from router.hl7v2.header import DEFAULT_VERSION, MshHeader
 
 AckCode = Literal["AA", "AE", "AR", "CA", "CE", "CR"]
@@ -241,6 +241,32 @@ def build_reject(reason: str, header: MshHeader | None = None, *, error_code: st
 
 def parse_ack(raw: bytes) -> AckResult:
     """Read a peer's ACK; the error text is ERR-8, else ERR-3.2, else ERR-1.4.2 (v2.3/2.4)."""
+    return _plain_ack(raw) or _full_ack(raw)
+
+
+def _plain_ack(raw: bytes) -> AckResult | None:
+    """The usual ACK read straight from its one MSA segment, or None to read it in full.
+
+    An MLLP destination reads an ACK for every message it sends, and the full reader
+    costs several times more than the answer needs. This one takes an ACK only when
+    reading it in full could not differ: ASCII (every codec tie knows reads it alike),
+    no ERR segment, and MSA-1 to MSA-3 holding no delimiter or escape character.
+    """
+    if not raw.isascii():
+        return None
+    segments = split_segments(raw.decode("ascii"))
+    field_sep, encoding = read_delimiters(segments[0])
+    named = [s for s in segments[1:] if s[:3].upper() in ("MSA", "ERR")]
+    if len(named) != 1 or not named[0].startswith("MSA" + field_sep):
+        return None
+    code, control_id, text = [*named[0].split(field_sep), "", "", ""][1:4]
+    if not code or any(char in value for value in (code, control_id, text) for char in encoding):
+        return None
+    return AckResult(code=code, control_id=control_id, text=text, error="")
+
+
+def _full_ack(raw: bytes) -> AckResult:
+    """``parse_ack`` through the full ER7 reader: any codec, components, escapes, ERR."""
     message = Er7Message(raw)
     names = message.segment_names()
     if "MSA" not in names:

@@ -8,6 +8,7 @@ import pytest
 
 from router.hl7v2 import (
     AckError,
+    AckResult,
     Er7Error,
     Er7Message,
     MshHeader,
@@ -22,6 +23,7 @@ from router.hl7v2 import (
     validate_strict,
     wants_commit_ack,
 )
+from router.hl7v2.ack import _full_ack, _plain_ack
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "hl7v2"
 ORU_NHS = "ORU_R01_nhs_nwgmsa_v251.hl7"
@@ -415,3 +417,36 @@ def test_parse_ack_errors() -> None:
         parse_ack(b"MSH|^~\\&|A|B|C|D|1||ACK^R01^ACK|9|P|2.5\rMSA||X1\r")
     with pytest.raises(Er7Error, match="no MSH segment"):
         parse_ack(b"MSA|AA|X1\r")
+
+
+_MSH = b"MSH|^~\\&|RECV|FAC|SEND|FAC|20261130120000||ACK^O21^ACK|A1|P|2.5.1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "plain"),
+    [
+        (_MSH + b"\rMSA|AA|MSG00001\r", True),
+        (_MSH + b"\r\nMSA|CA|MSG00001|all well\r\n", True),
+        (_MSH + b"\rSFT|Vendor|1.0\rMSA|AE|MSG00001|try again", True),
+        (_MSH + b"\rMSA|AA|MSG^00001\r", False),
+        (_MSH + b"\rMSA|AE|MSG00001|rows \\T\\ columns\r", False),
+        (_MSH + b"\rMSA|AR|MSG00001\rERR|||207^Application internal error^HL70357|E\r", False),
+        (_MSH + b"|||||8859/1\rMSA|AE|MSG00001|r\xe9essayez\r", False),
+        (_MSH + b"\rmsa|AA|MSG00001\r", False),
+        (_MSH + b"\rMSA|AA|first\rMSA|AA|second\r", False),
+        (_MSH + b"\rMSA\r", False),
+        (_MSH + b"\rMSA||MSG00001\r", False),
+    ],
+)
+def test_parse_ack_reads_a_plain_ack_straight_and_as_the_full_reader_would(
+    raw: bytes, plain: bool
+) -> None:
+    assert (_plain_ack(raw) is not None) == plain
+    try:
+        expected: AckResult | str = _full_ack(raw)
+    except Er7Error as exc:
+        expected = str(exc)
+    try:
+        assert parse_ack(raw) == expected
+    except Er7Error as exc:
+        assert str(exc) == expected
