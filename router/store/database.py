@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from psycopg.abc import Buffer
-from psycopg.types.string import StrDumperUnknown
+from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
@@ -175,10 +175,18 @@ class _NulSafeStr(StrDumperUnknown):
         return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
 
 
+class _NulSafeStrBinary(StrBinaryDumper):
+    """The same for text sent in binary (the batch inserts' arrays)."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+
 def _nul_safe_text(dbapi_conn: Any, _record: Any) -> None:
     """Senders choose header fields, and peers their ACK texts: a NUL in one of them must
     not fail a whole group commit (raw messages and ACKs keep theirs, in bytea)."""
     dbapi_conn.adapters.register_dumper(str, _NulSafeStr)
+    dbapi_conn.adapters.register_dumper(str, _NulSafeStrBinary)
 
 
 def _durable_commits(dbapi_conn: Any, _record: Any) -> None:
