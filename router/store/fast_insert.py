@@ -2,11 +2,12 @@
 
 On the hot path (messages at ingest; deliveries and correlation keys at processing;
 attempts at dispatch) SQLAlchemy's execution of an insert (bind processing, context
-and result set-up) costs more than the driver's insert itself. The SQL is the same
-plain ``INSERT``; what SQLAlchemy would add is done here only where it matters:
-SQLite keeps ``UtcDateTime`` as text in SQLAlchemy's format, and a naive datetime is
-refused as the type refuses it. Anything else (another dialect, a column with a
-Python-side default, a type that converts its values) goes through SQLAlchemy.
+and result set-up) costs more than the driver's insert itself. The SQL is a plain
+``INSERT`` (on PostgreSQL, several rows as one ``INSERT ... SELECT`` from arrays); what
+SQLAlchemy would add is done here only where it matters: SQLite keeps ``UtcDateTime`` as
+text in SQLAlchemy's format, and a naive datetime is refused as the type refuses it.
+Anything else (another dialect, a column with a Python-side default, a type that
+converts its values) goes through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class _Plan:
 
     ``batch_sql`` (PostgreSQL only) inserts many rows in one statement from one array per
     column, sent in binary: psycopg's ``executemany`` pipelines a statement per row and
-    spent about half as much client CPU again on a batch of eight messages (and its
-    pipeline is a round trip more than one ``execute``).
+    spent half as much client CPU again on a batch of eight messages (and its pipeline is
+    a round trip more than one ``execute``).
     """
 
     sql: str
