@@ -168,18 +168,23 @@ def _make_folder(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+def _without_nul(text: str) -> str:
+    """``text`` with U+FFFD in place of NUL, which PostgreSQL text cannot hold."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 class _NulSafeStr(StrDumperUnknown):
-    """Text with U+FFFD in place of NUL, which PostgreSQL text cannot hold."""
+    """Text sent as text, NUL replaced."""
 
     def dump(self, obj: str) -> Buffer | None:
-        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+        return super().dump(_without_nul(obj))
 
 
 class _NulSafeStrBinary(StrBinaryDumper):
-    """The same for text sent in binary (the batch inserts' arrays)."""
+    """Text sent in binary (the batch inserts' arrays), NUL replaced."""
 
     def dump(self, obj: str) -> Buffer | None:
-        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+        return super().dump(_without_nul(obj))
 
 
 def _nul_safe_text(dbapi_conn: Any, _record: Any) -> None:
