@@ -206,21 +206,39 @@ class Hl7Receiver:
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on now: bound together on port 0 so they are distinct, then freed.
+    """Distinct ports nobody uses now, chosen at random below the kernel's range of ports
+    for outgoing connections.
 
-    For configurations that must name their ports before the engine starts
-    (engine.yaml and channel files used by a subprocess or by ``run.py send``).
+    For configurations that must name their ports before the engine starts (engine.yaml
+    and channel files used by a subprocess or by ``run.py send``). A port from that range
+    (what binding port 0 gives) can be taken meanwhile as the source port of any client
+    socket on the machine, and an engine restarted on it after kill -9 then fails to bind:
+    the kill -9 test once lost its HTTP port so.
     """
+    import random
     import socket
 
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    low = _outgoing_ports_start()
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randrange(10_000, low)
+        if port in chosen:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
+
+
+def _outgoing_ports_start() -> int:
+    """The first port the kernel gives outgoing connections (Linux's default when unknown)."""
     try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def hl7_message(
