@@ -221,7 +221,7 @@ def free_ports(count: int) -> list[int]:
     low = _outgoing_ports_start()
     chosen: list[int] = []
     while len(chosen) < count:
-        port = random.randrange(10_000, low)
+        port = random.randrange(10_000 if low > 11_000 else 1_024, low)
         if port in chosen:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
