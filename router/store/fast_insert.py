@@ -52,7 +52,7 @@ class _Plan:
 
     sql: str
     times: tuple[str, ...]
-    batch_sql: str
+    batch_sql: str | None
 
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> int | None:
@@ -88,6 +88,7 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> i
         if len(rows) == 1:
             cursor.execute(sql, rows[0])
         else:
+            assert plan.batch_sql is not None  # planned for PostgreSQL
             cursor.execute(plan.batch_sql, [[row[k] for row in rows] for k in keys])
     return None
 
@@ -103,15 +104,19 @@ def _plan(table: Table, dialect: Dialect, keys: tuple[str, ...]) -> _Plan | None
     names = dialect.identifier_preparer
     into = f"INSERT INTO {names.format_table(table)} ({', '.join(names.quote(k) for k in keys)})"
     marks = ", ".join(_PLACEHOLDER[dialect.name].format(k) for k in keys)
-    # Text arrays for strings: an explicit cast to VARCHAR(n) would cut a longer value,
-    # where the INSERT's own assignment refuses it, as a row-by-row insert does.
-    arrays = ", ".join(
-        f"%b::{'TEXT' if isinstance(t, String) else t.compile(dialect=dialect)}[]" for t in types
-    )
+    batch_sql = None
+    if dialect.name == "postgresql":
+        # Text arrays for strings: an explicit cast to VARCHAR(n) would cut a longer value,
+        # where the INSERT's own assignment refuses it, as a row-by-row insert does.
+        arrays = ", ".join(
+            f"%b::{'TEXT' if isinstance(t, String) else t.compile(dialect=dialect)}[]"
+            for t in types
+        )
+        batch_sql = f"{into} SELECT * FROM unnest({arrays})"
     return _Plan(
         sql=f"{into} VALUES ({marks})",
         times=tuple(k for k in keys if isinstance(table.c[k].type, UtcDateTime)),
-        batch_sql=f"{into} SELECT * FROM unnest({arrays})" if dialect.name == "postgresql" else "",
+        batch_sql=batch_sql,
     )
 
 
