@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from router.hl7v2.charset import codec_for
 from router.hl7v2.er7 import Er7Error, Er7Message, escape, read_delimiters, split_segments
 from router.hl7v2.header import DEFAULT_VERSION, MshHeader
 
@@ -200,7 +199,7 @@ def build_ack(
     segments = [field_sep.join(msh), msa]
     if error is not None:
         segments.append(_err_segment(error, field_sep, encoding, version))
-    return "\r".join(segments).encode(codec_for(header.charset), errors="replace")
+    return "\r".join(segments).encode(header.codec, errors="replace")
 
 
 _UNKNOWN_SENDER = MshHeader(
@@ -219,6 +218,7 @@ _UNKNOWN_SENDER = MshHeader(
     accept_ack_type="",
     app_ack_type="",
     charset="",
+    codec="utf-8",
 )
 
 

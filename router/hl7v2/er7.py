@@ -7,7 +7,7 @@ only when a path asks for them. hl7apy (structure-aware, slow) lives in ``struct
 from collections.abc import Iterator
 from functools import lru_cache
 
-from router.hl7v2.charset import codec_for
+from router.hl7v2.charset import codec_for, codec_for_bytes
 from router.hl7v2.path import ANY, FieldPath, parse_path
 
 __all__ = [
@@ -165,12 +165,12 @@ class Er7Message:
     __slots__ = ("_fields", "_index", "_segments", "codec", "encoding", "field_sep")
 
     def __init__(self, raw: bytes | str) -> None:
-        """Split ``raw`` into segments; bytes are decoded by MSH-18 (UTF-8 when absent)."""
+        """Split ``raw`` into segments; bytes are decoded by MSH-18 (``codec_for_bytes``)."""
         text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
         self._load(split_segments(text))
         msh = self._field_list(0)
         charset = msh[18].split(self.encoding[1], 1)[0] if len(msh) > 18 else ""
-        self.codec = codec_for(charset)
+        self.codec = codec_for_bytes(charset, raw) if isinstance(raw, bytes) else codec_for(charset)
         if isinstance(raw, bytes) and self.codec != "utf-8":
             self._load(split_segments(raw.decode(self.codec, errors="replace")))
 

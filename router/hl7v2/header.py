@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from router.hl7v2.charset import codec_for
+from router.hl7v2.charset import codec_for_bytes
 from router.hl7v2.er7 import Er7Error, read_delimiters
 
 DEFAULT_VERSION = "2.5"
@@ -15,6 +15,7 @@ class MshHeader:
     Treat it as immutable (``dataclasses.replace`` for a variant). It is not declared
     frozen because a frozen dataclass sets its 15 fields through ``object.__setattr__``,
     which made building one cost four times as much on the MLLP listener's ACK path.
+    ``codec`` is the one MSH was read with (``codec_for_bytes``); the ACK is written in it.
     """
 
     field_sep: str
@@ -32,6 +33,7 @@ class MshHeader:
     accept_ack_type: str
     app_ack_type: str
     charset: str
+    codec: str
 
 
 def _first_line(raw: bytes) -> bytes:
@@ -68,9 +70,11 @@ def read_header(raw: bytes) -> MshHeader:
     fields = text.split(field_sep)  # fields[n - 1] is MSH-n for n >= 2
     fields += [""] * (18 - len(fields))
     charset = fields[17].split(encoding[1], 1)[0]
-    codec = codec_for(charset)
+    codec = codec_for_bytes(charset, line)
     if codec != "utf-8":
-        fields = line.decode(codec, errors="replace").split(field_sep)
+        text = line.decode(codec, errors="replace")
+        field_sep, encoding = read_delimiters(text)
+        fields = text.split(field_sep)
         fields += [""] * (18 - len(fields))
     comp, rep = encoding[0], encoding[1]
     message_type = fields[8]
@@ -93,4 +97,5 @@ def read_header(raw: bytes) -> MshHeader:
         accept_ack_type=fields[14],
         app_ack_type=fields[15],
         charset=charset,
+        codec=codec,
     )

@@ -576,3 +576,44 @@ def test_postgresql_store_unavailable_means_ae_never_aa(tmp_path, dedicated_post
             assert sorted(conn.scalars(select(messages.c.control_id))) == ["DOWN-0", "UP-1"]
     finally:
         running.stop()
+
+
+# --- the idempotent receiver and MSA-2 keep the sender's bytes ----------------------
+
+
+def test_undeclared_latin1_control_ids_stay_distinct_and_are_echoed_exactly(tmp_path, store_url):
+    running = RunningEngine(
+        engine_config(tmp_path, store_url), {"inbound": inbound(idempotent={"window": "1h"})}
+    )
+    try:
+        answers = []
+        for control_id in ("ORD-\xe91", "ORD-\xe81"):  # é, è in latin-1, no MSH-18
+            message = (
+                f"MSH|^~\\&|EPR|RXX|LAB|RXX|20240101||ADT^A01|{control_id}|P|2.5\rPID|1"
+            ).encode("latin-1")
+            with raw_connection(running.port("inbound")) as sock:
+                sock.sendall(START + message + END)
+                answers.append(read_frame(sock))
+        assert b"MSA|AA|ORD-\xe91" in answers[0]
+        assert b"MSA|AA|ORD-\xe81" in answers[1]
+        with running.store.read() as conn:
+            statuses = conn.execute(select(messages.c.status, messages.c.duplicate_of)).all()
+        assert all(dup is None for _, dup in statuses), statuses
+    finally:
+        running.stop()
+
+
+def test_senders_that_differ_only_by_a_slash_are_two_senders(tmp_path, store_url):
+    running = RunningEngine(
+        engine_config(tmp_path, store_url), {"inbound": inbound(idempotent={"window": "1h"})}
+    )
+    try:
+        for app, facility in (("LAB/A", "B"), ("LAB", "A/B")):
+            message = f"MSH|^~\\&|{app}|{facility}|R|RF|20240101||ADT^A01|SAME-1|P|2.5\rPID|1"
+            with raw_connection(running.port("inbound")) as sock:
+                sock.sendall(START + message.encode() + END)
+                assert b"MSA|AA|SAME-1" in read_frame(sock)
+        rows = rows_for(running.store, "SAME-1")
+        assert [r.duplicate_of for r in rows] == [None, None]
+    finally:
+        running.stop()

@@ -334,12 +334,18 @@ def test_msh_18_latin_1_decodes_bytes() -> None:
     assert msg.to_er7() == raw.rstrip("\r").encode("latin-1")
 
 
-def test_utf_8_is_the_default_and_bad_bytes_are_replaced() -> None:
+def test_utf_8_is_the_default_and_undeclared_8_bit_bytes_are_read_one_a_character() -> None:
     good = Er7Message("MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5\rPID|1||1||Zoë\r".encode())
     assert good.codec == "utf-8"
     assert good.get("PID-5") == "Zoë"
-    bad = Er7Message(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5\rPID|1||1||Zo\xeb\r")
-    assert bad.get("PID-5") == "Zo\ufffd"
+    raw = b"MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5\rPID|1||1||Zo\xeb"
+    undeclared = Er7Message(raw)
+    assert undeclared.codec == "latin-1"
+    assert undeclared.get("PID-5") == "Zo\xeb"
+    assert undeclared.to_er7() == raw
+    declared = Er7Message(raw.replace(b"|2.5", b"|2.5||||||UNICODE UTF-8"))
+    assert declared.codec == "utf-8"
+    assert declared.get("PID-5") == "Zo\ufffd"
 
 
 def test_msh_18_unicode_utf_8_and_hex_escape() -> None:
