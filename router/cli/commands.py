@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,12 @@ from router.cli.output import (
     open_store,
     print_json,
     print_table,
+    printable,
 )
 from router.config import ConfigError, load_channels
+from router.hl7v2.charset import codec_for_bytes
+from router.hl7v2.er7 import Er7Error
+from router.hl7v2.header import read_header
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -159,7 +164,9 @@ def _os_user() -> str:
 
 
 def _print_detail(d: dict[str, Any]) -> None:
-    print(f"message {d['id']}  urn:tie:message:{d['uuid']}")
+    """The message, its deliveries and timeline, with the content's control characters
+    escaped (``printable``)."""
+    _say(f"message {d['id']}  urn:tie:message:{d['uuid']}")
     for key in (
         "channel",
         "status",
@@ -170,12 +177,12 @@ def _print_detail(d: dict[str, Any]) -> None:
         "error",
     ):
         if d.get(key) is not None:
-            print(f"  {key:<13} {d[key]}")
-    print("\n--- raw ---")
-    print(d["raw"].decode("utf-8", errors="replace").replace("\r", "\n").rstrip())
-    print("\n--- deliveries ---")
+            _say(f"  {key:<13} {d[key]}")
+    _say("\n--- raw ---")
+    _say(_content_text(d).replace("\r", "\n").rstrip())
+    _say("\n--- deliveries ---")
     for delivery in d["deliveries"]:
-        print(
+        _say(
             f"  #{delivery['id']} {delivery['destination']}: {delivery['status']}, "
             f"{delivery['attempts']} attempt(s)"
             + "".join(f", resent → #{c}" for c in delivery["resent_as"])
@@ -184,22 +191,35 @@ def _print_detail(d: dict[str, Any]) -> None:
         )
         for a in delivery["attempt_log"]:
             response = (a["response"] or b"").decode("utf-8", errors="replace").replace("\r", " | ")
-            print(
+            _say(
                 f"    attempt {a['number']} {a['started_at']:%H:%M:%S} {a['outcome']} "
                 f"{a['duration_ms']:.1f} ms {a['error'] or ''} {response[:120]}".rstrip()
             )
     if d["correlations"]:
-        print("\n--- correlation keys ---")
+        _say("\n--- correlation keys ---")
         for k in d["correlations"]:
-            print(f"  {k['key']}: {k['value']}")
+            _say(f"  {k['key']}: {k['value']}")
     if d.get("flags"):
-        print("\n--- flags ---")
+        _say("\n--- flags ---")
         for flag in d["flags"]:
-            print(f"  {flag}")
+            _say(f"  {flag}")
     if len(d["timeline"]) > 1:
-        print("\n--- timeline ---")
+        _say("\n--- timeline ---")
         for line in timeline_lines(d["timeline"]):
-            print(line)
+            _say(line)
+
+
+def _say(line: str) -> None:
+    print(printable(line, lines=True))
+
+
+def _content_text(d: dict[str, Any]) -> str:
+    """The stored content as text: HL7 v2 in its own codec (MSH-18), anything else as UTF-8."""
+    raw = d["raw"]
+    if d.get("content_type") == "hl7v2":
+        with contextlib.suppress(Er7Error):
+            return raw.decode(codec_for_bytes(read_header(raw).charset, raw), errors="replace")
+    return raw.decode("utf-8", errors="replace")
 
 
 def timeline_lines(timeline: list[dict[str, Any]]) -> list[str]:

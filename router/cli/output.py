@@ -60,6 +60,25 @@ def _default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
+_CONTROL_CHARACTERS = (
+    *range(0x20),  # C0, ESC among them
+    *range(0x7F, 0xA0),  # DEL and C1
+    0x2028,  # line and paragraph separators
+    0x2029,
+    *range(0x202A, 0x202F),  # bidirectional embeddings and overrides
+    *range(0x2066, 0x206A),  # bidirectional isolates
+)
+_CONTROLS = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _CONTROL_CHARACTERS}
+_CONTROLS_IN_LINES = {c: shown for c, shown in _CONTROLS.items() if c not in (0x09, 0x0A)}
+
+
+def printable(text: str, lines: bool = False) -> str:
+    """``text`` with control characters shown as ``\\xNN`` (tabs and newlines kept when
+    ``lines``): message content is hostile input, and a raw ESC from a sender could clear
+    the terminal, retitle it or hide rows, and a bidirectional override reorder them."""
+    return text.translate(_CONTROLS_IN_LINES if lines else _CONTROLS)
+
+
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
@@ -73,5 +92,5 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
-    text = str(value).replace("\r", " ").replace("\n", " ")
+    text = printable(str(value).replace("\r", " ").replace("\n", " "))
     return text if len(text) <= 60 else text[:57] + "..."

@@ -389,6 +389,33 @@ def test_messages_rejects_a_time_that_is_neither_iso_nor_an_age(seeded, cli):
     assert exit_.value.code == 2
 
 
+def test_messages_and_show_never_write_a_senders_control_characters(workspace, cli):
+    hostile = "X\x1b[2J\x1b]0;owned\x07\x9b2J"  # C0 and C1 (CSI) escapes
+    raw = (
+        f"MSH|^~\\&|EPR|RXX|LAB|RYY|20240101||ADT^A01|{hostile}|P|2.5||||||8859/1\r"
+        "PID|1||1||M\xdcLLER^J\xd6RG\x1b[8m\tHIDDEN"
+    ).encode("latin-1")
+    store = workspace.store()
+    try:
+        with store.begin() as conn:
+            write_inbound(conn, [hl7_inbound("orders", raw)])
+        with store.read() as conn:
+            message_id = conn.scalar(select(messages.c.id))
+    finally:
+        store.dispose()
+
+    table = cli(workspace.config, "messages")
+    detail = cli(workspace.config, "show", str(message_id))
+
+    assert table.code == detail.code == 0
+    for out in (table.out, detail.out):
+        assert not any(c in out for c in "\x1b\x07\x9b"), out
+        assert "X\\x1b[2J\\x1b]0;owned\\x07\\x9b2J" in out
+    assert "PID|1||1||M\u00dcLLER^J\u00d6RG\\x1b[8m\tHIDDEN" in detail.out, "MSH-18 decodes it"
+    json_out = cli(workspace.config, "show", str(message_id), "--json")
+    assert json_out.json()["control_id"] == hostile, "JSON keeps the value, escaped by JSON"
+
+
 @dataclass
 class Live:
     workspace: Workspace
