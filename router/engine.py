@@ -179,7 +179,11 @@ class Engine:
         if config.job is not None:
             return JobSender(self.store)
         assert config.channel is not None
-        return ChannelSender(config.channel, self.store, on_commit=self.processor.wake)
+        return ChannelSender(config.channel, self.store, on_commit=self._wake_processor)
+
+    def _wake_processor(self) -> None:
+        """Late-bound: the dispatcher makes its senders before the processor exists."""
+        self.processor.wake()
 
     async def start(self, *, http: bool = True) -> None:
         await asyncio.to_thread(upgrade, self.store)

@@ -6,7 +6,7 @@ from hl7.client import MLLPClient
 from sqlalchemy import select
 from tie_testing import Hl7Receiver, RunningEngine, channel, engine_config, wait_until
 
-from router.store.schema import deliveries
+from router.store.schema import deliveries, messages
 
 
 def test_order_reaches_the_lab_and_is_acknowledged(tmp_path, store_url, hl7_samples):
@@ -33,6 +33,38 @@ def test_order_reaches_the_lab_and_is_acknowledged(tmp_path, store_url, hl7_samp
                 return conn.scalar(select(deliveries.c.status)) == "sent"
 
         wait_until(sent)
+    finally:
+        running.stop()
+        lab.stop()
+
+
+def test_a_channel_feeds_another_through_the_running_engine(tmp_path, store_url, hl7_samples):
+    lab = Hl7Receiver()
+    intake = channel(
+        {
+            "name": "intake",
+            "source": {"mllp": {"port": 0}},
+            "destinations": {"onward": {"channel": {"channel": "lab-feed"}}},
+        }
+    )
+    lab_feed = channel(
+        {
+            "name": "lab-feed",
+            "source": {"channel": {}},
+            "destinations": {"lab": {"mllp": {"host": "127.0.0.1", "port": lab.port}}},
+        }
+    )
+    running = RunningEngine(
+        engine_config(tmp_path, store_url), {"intake": intake, "lab-feed": lab_feed}
+    )
+    try:
+        with MLLPClient("127.0.0.1", running.port("intake")) as client:
+            client.send_message(hl7_samples["OML_O21_nhs_nwgmsa_v251"])
+        wait_until(lambda: lab.received)
+        assert lab.control_ids() == ["9612365d-52a4-4fab-87e7-8a09d753f095"]
+        with running.store.read() as conn:
+            channels = conn.scalars(select(messages.c.channel).order_by(messages.c.id)).all()
+        assert channels == ["intake", "lab-feed"]
     finally:
         running.stop()
         lab.stop()
