@@ -40,7 +40,7 @@ from sqlalchemy import Connection
 from router import metrics
 from router.store.database import Store, savepoint
 from router.store.inbound import Inbound, Receipt, release_validated, write_inbound
-from router.store.settled import hold_paused, unsettle
+from router.store.settled import hold_back, unsettle
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -356,7 +356,7 @@ class GroupCommitWriter:
     def _write(self, conn: Connection, batch: _Batch, work: _Round) -> None:
         """Write ``batch`` in ``conn``'s transaction, adding what it came to to ``work``."""
         items, validated = [p.item for p in batch.pending], [r.item for r in batch.releases]
-        hold_paused(conn, [*items, *validated])
+        hold_back(conn, [*items, *validated])
         work.receipts += write_inbound(conn, items)
         released = release_validated(conn, validated)
         work.released += released

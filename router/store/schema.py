@@ -119,7 +119,16 @@ messages = Table(
         sqlite_where=text("status = 'received'"),
         postgresql_where=text("status = 'received'"),
     ),
+    # SQLite only (SQLITE_ONLY_INDEXES): the writer's check that a channel has no message
+    # still waiting before it settles a new one on receipt (router.store.settled).
+    Index(
+        "ix_messages_received_by_channel",
+        "channel",
+        "id",
+        sqlite_where=text("status = 'received'"),
+    ).ddl_if(dialect="sqlite"),
 )
+SQLITE_ONLY_INDEXES = frozenset({"ix_messages_received_by_channel"})
 
 deliveries = Table(
     "deliveries",

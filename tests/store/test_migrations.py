@@ -11,12 +11,16 @@ from router.store.database import Store
 from router.store.inbound import Inbound
 from router.store.ingest import GroupCommitWriter
 from router.store.migrate import alembic_config, upgrade
-from router.store.schema import messages, metadata
+from router.store.schema import SQLITE_ONLY_INDEXES, messages, metadata
 
 
 def _differences(conn: Connection) -> list[object]:
-    context = MigrationContext.configure(conn, opts={"compare_type": True})
-    return compare_metadata(context, metadata)
+    def declared_here(obj: object, name: str | None, type_: str, *_: object) -> bool:
+        sqlite_only = type_ == "index" and name in SQLITE_ONLY_INDEXES
+        return conn.dialect.name == "sqlite" or not sqlite_only
+
+    opts = {"compare_type": True, "include_object": declared_here}
+    return compare_metadata(MigrationContext.configure(conn, opts=opts), metadata)
 
 
 def _revision(conn: Connection) -> set[str]:

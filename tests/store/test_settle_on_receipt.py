@@ -19,6 +19,7 @@ from router.processing import Processor
 from router.store.database import Store
 from router.store.ingest import GroupCommitWriter
 from router.store.schema import correlations, deliveries, messages
+from router.store.settled import hold_back
 
 m, d, c = messages.c, deliveries.c, correlations.c
 
@@ -147,3 +148,34 @@ def test_a_payload_above_the_blob_threshold_is_left_to_the_processor(store, er7,
         receipt = writer.submit_sync(hl7_inbound("orders", er7("ORD1")))
     expected = "received" if len(er7("ORD1")) > size else "processed"
     assert _message(store, receipt.uuid).status == expected
+
+
+def test_a_resumed_channels_new_message_waits_behind_its_backlog(store, er7):
+    """Deliveries go in delivery id order: a message settled on receipt while older ones
+    of its channel are still ``received`` would overtake them (DESIGN.md §3.4)."""
+    channels = {"orders": orders_channel(), "other": orders_channel("other")}
+    set_paused(store, "orders", True)
+    with writer_for(store, channels) as (writer, _):
+        old = writer.submit_sync(hl7_inbound("orders", er7("ORD1")))
+        set_paused(store, "orders", False)  # resumed; the processor has not run yet
+        new = writer.submit_sync(hl7_inbound("orders", er7("ORD2")))
+        elsewhere = writer.submit_sync(hl7_inbound("other", er7("OTH1")))
+
+    assert _message(store, new.uuid).status == "received"
+    assert _message(store, elsewhere.uuid).status == "processed", "another channel's backlog"
+    Processor(store, channels).run_once()
+    ids = [_deliveries(store, _message(store, r.uuid).id)[0].id for r in (old, new)]
+    assert ids == sorted(ids)
+
+
+def test_a_message_behind_an_undecided_one_in_the_same_commit_waits_for_it(store, er7):
+    """A large payload is left to the processor: a small one after it must not pass it."""
+    big, small, other = (
+        hl7_inbound(c, er7(i)) for c, i in [("orders", "BIG1"), ("orders", "S1"), ("other", "O1")]
+    )
+    decided = object()
+    small.outcome = other.outcome = decided
+    with store.begin() as conn:
+        hold_back(conn, [big, small, other])
+
+    assert (big.outcome, small.outcome, other.outcome) == (None, None, decided)
