@@ -29,7 +29,7 @@ from router.message import Message
 from router.payload import as_payload
 from router.pipeline import CompiledChannel, Outcome, PlannedDelivery, process
 from router.store.blobs import BlobStore
-from router.store.database import Store, Transact
+from router.store.database import VALUE_REFUSED, Store, Transact, savepoint
 from router.store.fast_insert import driver_time, insert_rows
 from router.store.flags import unmatched_flags
 from router.store.inbound import Inbound, utcnow
@@ -210,7 +210,7 @@ class Processor:
             with self._store.begin() as conn:
                 rows = _claim(conn, self._active(conn), self._batch, lock=True)
                 outcomes = self._process(rows)
-                touched = _write(conn, outcomes, self._unmatched)
+                touched = _write_isolating(conn, outcomes, self._unmatched)
         else:
             # SQLite has one writer: process outside the write lock so ingest is never held up,
             # then write through ``transact`` (in the engine: ingest's next group commit).
@@ -219,7 +219,7 @@ class Processor:
             outcomes = self._process(rows)
             if not outcomes:
                 return 0
-            touched = self._transact(lambda conn: _write(conn, outcomes, self._unmatched))
+            touched = self._transact(lambda conn: _write_isolating(conn, outcomes, self._unmatched))
         metrics.count_messages((row.channel, outcome.status) for row, outcome in outcomes)
         if touched and self._on_deliveries is not None:
             self._on_deliveries(touched)
@@ -295,6 +295,32 @@ def _write(
     settled elsewhere meanwhile are skipped."""
     now = utcnow()
     return _record(conn, _settle(conn, outcomes, now), now, unmatched)
+
+
+def _write_isolating(
+    conn: Connection,
+    outcomes: list[tuple[Any, Outcome]],
+    unmatched: dict[str, UnmatchedFlag] | None = None,
+) -> set[DestinationKey]:
+    """``_write``; when the store refuses a value of the batch (a mapping's content type too
+    long for its column), each message on its own, and the one whose outcome it refuses an
+    ``error`` with the reason: a poison message must not hold up every message behind it,
+    round after round. Any other failure (the store is down) raises: the round is retried."""
+    try:
+        with savepoint(conn, "tie_batch"):
+            return _write(conn, outcomes, unmatched)
+    except VALUE_REFUSED:
+        log.exception("the store refused a value of %d outcome(s); one at a time", len(outcomes))
+    touched: set[DestinationKey] = set()
+    for row, outcome in outcomes:
+        try:
+            with savepoint(conn, "tie_one"):
+                touched |= _write(conn, [(row, outcome)], unmatched)
+        except VALUE_REFUSED as exc:
+            log.exception("message %s: the store refused its outcome", row.id)
+            reason = f"the store refused its outcome: {type(exc).__name__}: {exc}"[:2000]
+            _write(conn, [(row, Outcome("error", reason))], unmatched)
+    return touched
 
 
 def _record(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 from psycopg.abc import Buffer
 from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.pool import NullPool
 
 from router.store.blobs import BlobStore, default_blob_root
@@ -199,6 +201,11 @@ def _durable_commits(dbapi_conn: Any, _record: Any) -> None:
     with dbapi_conn.cursor() as cursor:
         cursor.execute("SET synchronous_commit TO on")
     dbapi_conn.commit()
+
+
+# A value the store refuses for its column (too long, out of range): no retry stores it.
+# Raised by the driver itself on the straight-through inserts (router.store.fast_insert).
+VALUE_REFUSED: tuple[type[Exception], ...] = (exc.DataError, psycopg.DataError, sqlite3.DataError)
 
 
 @contextmanager

@@ -121,6 +121,33 @@ def test_a_failing_mapping_marks_only_its_message_error(store, receive, er7, tmp
     assert all(b"|TIE|" in x.payload for x in sent)
 
 
+def test_an_outcome_the_store_refuses_is_its_messages_error_not_a_stall(
+    store, receive, er7, tmp_path: Path
+):
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    (folder / "odd.py").write_text(
+        "from router.message import Output\n"
+        "def label(message):\n"
+        "    odd = message.get('PID-3.1') == 'BAD'\n"
+        "    return Output(message.raw, content_type='x' * 100 if odd else 'hl7v2')\n"
+    )
+    mappings.mount(folder)
+    channel = orders_channel(transform="odd:label")
+    ids = receive("orders", er7("ORD1"), er7("ORD2", patient="BAD"), er7("ORD3"))
+
+    assert Processor(store, {"orders": channel}).run_once() == 3
+
+    (first, _), (status, error), (third, _) = _statuses(store, ids)
+    assert (first, third) == ("processed", "processed")
+    if store.is_sqlite:  # SQLite keeps a text of any length in a VARCHAR(64)
+        assert status == "processed"
+    else:
+        assert status == "error"
+        assert error.startswith("the store refused its outcome: StringDataRightTruncation")
+        assert [x.message_id for x in _deliveries(store)] == [ids[0], ids[2]]
+
+
 def test_a_paused_channel_waits_and_then_runs_in_order(store, receive, er7):
     channels = {"orders": orders_channel(), "results": orders_channel("results")}
     set_paused(store, "orders", True)
