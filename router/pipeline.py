@@ -21,6 +21,7 @@ from router.message import Message, Output
 from router.payload import Payload
 
 HEADER_BYTES = 64 * 1024  # enough of a payload to read its MSH segment
+KEY_LENGTH = 255  # a delivery's ordering and idempotency keys in the store; longer ones are cut
 
 
 class Unresolved(LookupError):
@@ -130,7 +131,9 @@ def process(channel: CompiledChannel, message: Message) -> Outcome:
     """Run ``message`` through ``channel``; a failing mapping is an ``error``, never a crash."""
     try:
         outcome = _process(channel, message)
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # a mapping's sys.exit() must not end the processor's thread
         outcome = Outcome(
             "error", traceback.format_exc(limit=20), correlations=message.correlations
         )
@@ -280,11 +283,18 @@ def _outputs(value: Any, content_type: str) -> list[Output]:
 def _ordering_key(message: Message, config: DestinationConfig) -> str:
     if not config.order_by:
         return ""
-    return (message.get(config.order_by) or "")[:255]
+    return (message.get(config.order_by) or "")[:KEY_LENGTH]
 
 
 def _idempotency_key(output: Output, message: Message) -> str | None:
-    """The receiver's duplicate check key: the payload's MSH-10, else the message's identity."""
+    """The receiver's duplicate check key: the payload's MSH-10, else the message's identity;
+    cut to ``KEY_LENGTH`` (a longer MSH-10 would fail every insert of its processing batch on
+    PostgreSQL, and with it every message behind it)."""
+    key = _identity(output, message)
+    return key[:KEY_LENGTH] if key else None
+
+
+def _identity(output: Output, message: Message) -> str | None:
     if output.content_type == "hl7v2":
         if message.header is not None and output.body is message.raw:
             return message.header.control_id or None  # passed on as received: its source read it

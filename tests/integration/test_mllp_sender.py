@@ -8,6 +8,7 @@ uvloop (what ``run.py serve`` installs), whose transports differ.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ import uvloop
 from router.config import MllpTarget
 from router.connectors import Delivery
 from router.connectors.mllp.sender import MAX_ACK, MllpSender
+from router.pipeline import KEY_LENGTH
 
 START, END = b"\x0b", b"\x1c\x0d"
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
@@ -246,3 +248,52 @@ def test_a_hang_up_while_idle_is_no_failure(run):
         assert receiver.connections == 2
 
     run(scenario())
+
+
+def test_an_ack_code_in_lower_case_or_padded_is_read_as_its_code(run):
+    async def casual(data: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(ack(control_id_of(data), " aa "))
+
+    async def scenario() -> None:
+        sender = await sender_for(Receiver(casual))
+        assert (await sender.send(delivery("M1"))).outcome == "sent"
+        await sender.close()
+
+    run(scenario())
+
+
+def test_a_control_id_longer_than_the_stored_key_is_matched_by_its_stored_part(run):
+    long_id = "L" + "X" * 299
+    cut = replace(delivery(long_id), idempotency_key=long_id[:KEY_LENGTH])
+
+    async def scenario() -> None:
+        sender = await sender_for(Receiver(answer_aa))
+        assert (await sender.send(cut)).outcome == "sent"
+        await sender.close()
+
+    run(scenario())
+
+
+def test_a_connection_that_cannot_be_made_in_time_says_so_not_no_ack(run):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepted: once its queue is full, connects hang
+    port = listener.getsockname()[1]
+    waiting = [socket.socket() for _ in range(3)]
+    for s in waiting:
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))  # fills the queue; the later ones wait in SYN_SENT
+
+    async def scenario() -> None:
+        sender = MllpSender(MllpTarget(host="127.0.0.1", port=port, connect_timeout=0.3))
+        result = await sender.send(delivery("M1"))
+        assert (result.outcome, result.error) == (
+            "retry",
+            f"could not connect to 127.0.0.1:{port} in 0.3s",
+        )
+
+    try:
+        run(scenario())
+    finally:
+        for s in (*waiting, listener):
+            s.close()

@@ -13,7 +13,7 @@ from router import mappings
 from router.config import ChannelConfig
 from router.hl7v2.header import read_header
 from router.message import Message
-from router.pipeline import CompiledChannel, Outcome, compile_channel, process
+from router.pipeline import KEY_LENGTH, CompiledChannel, Outcome, compile_channel, process
 
 OML = "OML_O21_nhs_nwgmsa_v251"  # PID-3: 633^^^R0A^MR~9449305552^^^NHS^NH, ORC-2 1601737^R0A
 OML_ID = "9612365d-52a4-4fab-87e7-8a09d753f095"
@@ -540,3 +540,20 @@ def test_the_sources_header_decides_as_reading_the_message_does(build, oml, cont
     assert Message(raw, "c", header=header).control_id() == Message(raw, "c").get("MSH-10")
     assert heard == read
     assert [d.idempotency_key for d in heard.deliveries] == [control_id or None] * 2
+
+
+def test_a_mapping_that_calls_sys_exit_is_an_error_not_the_end_of_the_processor(build, oml):
+    channel = build(
+        {"transform": "quit:go", "destinations": {"out": file_dest()}},
+        {"quit": "import sys\ndef go(message):\n    sys.exit('bye')\n"},
+    )
+    outcome = run(channel, oml)
+    assert outcome.status == "error"
+    assert "SystemExit: bye" in (outcome.reason or "")
+
+
+def test_an_idempotency_key_longer_than_the_store_keeps_is_cut(build, oml):
+    long_id = "L" + "X" * 299
+    channel = build({"destinations": {"out": file_dest()}})
+    [delivery] = run(channel, with_control_id(oml, long_id)).deliveries
+    assert delivery.idempotency_key == long_id[:KEY_LENGTH]

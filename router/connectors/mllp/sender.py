@@ -12,6 +12,7 @@ from router.connectors import Delivery, SendResult
 from router.connectors.mllp.framing import FrameBuffer, FrameTooLarge, TruncatedFrame, frame
 from router.hl7v2.ack import parse_ack
 from router.hl7v2.er7 import Er7Error
+from router.pipeline import KEY_LENGTH
 
 MAX_ACK = 1024 * 1024
 
@@ -133,10 +134,18 @@ class MllpSender:
 
     async def send(self, delivery: Delivery) -> SendResult:
         target = self._target
-        try:
-            connection = self._connection
-            if connection is None or connection.closed:  # a hang-up while idle is no failure
+        connection = self._connection
+        if connection is None or connection.closed:  # a hang-up while idle is no failure
+            try:
                 connection = self._connection = await self._connect()
+            except TimeoutError:  # nothing was sent: not to be read as "sent, never answered"
+                wait = f"{target.connect_timeout:g}s"
+                return SendResult(
+                    "retry", error=f"could not connect to {target.host}:{target.port} in {wait}"
+                )
+            except OSError as exc:
+                return SendResult("retry", error=f"{target.host}:{target.port}: {exc}")
+        try:
             answer = await connection.exchange(delivery.body.read(), target.ack_timeout)
         except TimeoutError:
             await self.close()
@@ -163,14 +172,15 @@ class MllpSender:
         except Er7Error as exc:
             await self.close()
             return SendResult("retry", answer, f"unreadable ACK: {exc}")
-        if delivery.idempotency_key and ack.control_id != delivery.idempotency_key:
+        key = delivery.idempotency_key
+        if key and ack.control_id[:KEY_LENGTH] != key:  # a key longer than KEY_LENGTH is cut
             await self.close()  # the conversation is out of step: start afresh
             return SendResult(
                 "retry",
                 answer,
                 f"ACK is for {ack.control_id!r}, not {delivery.idempotency_key!r}",
             )
-        action = self._target.on_ack.get(ack.code, "retry")
+        action = self._target.on_ack.get(ack.code.strip().upper(), "retry")
         if action == "sent":
             return SendResult("sent", answer)
         detail = "; ".join(x for x in (ack.text, ack.error) if x)
