@@ -152,7 +152,8 @@ class RetryPolicy(_Strict):
     def delay(self, attempts: int) -> float:
         """Exponential backoff: min, 2*min, 4*min ... capped at max."""
         low, high = self.backoff
-        return min(high, low * 2 ** max(0, attempts - 1))
+        doublings = min(max(0, attempts - 1), 64)  # 2 ** 1024 would not fit a float
+        return min(high, low * 2**doublings)
 
 
 class DirectoryLookup(_Strict):

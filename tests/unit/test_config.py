@@ -382,6 +382,11 @@ def test_retry_delay_doubles_from_min_up_to_max():
 # --- file name templates ---------------------------------------------------------------
 
 
+def test_retry_delay_stays_at_max_however_many_attempts():
+    policy = RetryPolicy(max_attempts=100_000, backoff=(1.0, 300.0))
+    assert policy.delay(1025) == policy.delay(100_000) == 300.0
+
+
 def test_every_documented_placeholder_renders():
     template = "-".join("{" + name + "}" for name in FILE_NAME_FIELDS) + ".hl7"
     delivery = Delivery(
