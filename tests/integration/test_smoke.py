@@ -6,6 +6,7 @@ from hl7.client import MLLPClient
 from sqlalchemy import select
 from tie_testing import Hl7Receiver, RunningEngine, channel, engine_config, wait_until
 
+from router.connectors.channel import MAX_HOPS
 from router.store.schema import deliveries, messages
 
 
@@ -68,3 +69,39 @@ def test_a_channel_feeds_another_through_the_running_engine(tmp_path, store_url,
     finally:
         running.stop()
         lab.stop()
+
+
+def test_a_channel_that_feeds_itself_stops_at_the_hop_limit(tmp_path, store_url, hl7_samples):
+    entry = channel(
+        {
+            "name": "entry",
+            "source": {"mllp": {"port": 0}},
+            "destinations": {"onward": {"channel": {"channel": "loop"}}},
+        }
+    )
+    loop = channel(
+        {
+            "name": "loop",
+            "source": {"channel": {}},
+            "destinations": {"again": {"channel": {"channel": "loop"}}},
+        }
+    )
+    running = RunningEngine(engine_config(tmp_path, store_url), {"entry": entry, "loop": loop})
+    try:
+        with MLLPClient("127.0.0.1", running.port("entry")) as client:
+            client.send_message(hl7_samples["OML_O21_nhs_nwgmsa_v251"])
+
+        def failed() -> list[str]:
+            with running.store.read() as conn:
+                return conn.scalars(
+                    select(deliveries.c.last_error).where(deliveries.c.status == "failed")
+                ).all()
+
+        assert wait_until(failed) == [
+            f"channel loop: the message has been fed through {MAX_HOPS} channels in a row"
+        ]
+        with running.store.read() as conn:
+            channels = conn.scalars(select(messages.c.channel)).all()
+        assert sorted(channels) == ["entry"] + ["loop"] * MAX_HOPS
+    finally:
+        running.stop()
