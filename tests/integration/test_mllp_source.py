@@ -12,6 +12,7 @@ import contextlib
 import random
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -391,6 +392,37 @@ def test_idle_connection_is_closed(tmp_path, store_url, hl7_samples):
         with mllp_client(running.port("inbound")) as sender:
             ack = parse(unframe(sender.send_message(hl7_message(hl7_samples[GHH], "NEXT"))))
         assert field(ack, "MSA", 1) == "AA"
+    finally:
+        running.stop()
+
+
+def test_a_peer_still_sending_a_frame_is_not_idle(tmp_path, store_url, hl7_samples):
+    """A frame that takes longer than ``idle_timeout`` to arrive, on a link that is never
+    silent for long, is received and answered (a large frame on a slow link)."""
+    config = inbound(mllp={"idle_timeout": "500ms"})
+    running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": config})
+    try:
+        data = START + hl7_message(hl7_samples[GHH], "TRICKLE") + END
+        pieces = 15  # 1.5 s in all: longer than two idle timeouts
+        step = -(-len(data) // pieces)
+        with raw_connection(running.port("inbound")) as sock:
+            for at in range(0, len(data), step):
+                sock.sendall(data[at : at + step])
+                time.sleep(0.1)  # the pace of a slow link, not a wait for the engine
+            ack = read_frame(sock)
+        assert ack is not None
+        assert [field(parse(ack), "MSA", n) for n in (1, 2)] == ["AA", "TRICKLE"]
+    finally:
+        running.stop()
+
+
+def test_a_peer_silent_in_the_middle_of_a_frame_is_idle(tmp_path, store_url, hl7_samples):
+    config = inbound(mllp={"idle_timeout": "200ms"})
+    running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": config})
+    try:
+        with raw_connection(running.port("inbound")) as sock:
+            sock.sendall(START + hl7_message(hl7_samples[GHH], "STALLED")[:50])
+            assert read_frame(sock) is None  # hung up on, unanswered
     finally:
         running.stop()
 

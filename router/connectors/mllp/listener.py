@@ -183,6 +183,8 @@ class _Connection(asyncio.Protocol):
         self._watch.waiting()
 
     def data_received(self, data: bytes) -> None:
+        assert self._watch is not None
+        self._watch.heard()
         self._frames.feed(data)
         if self._task is not None or self._blocked:
             self._pause()
