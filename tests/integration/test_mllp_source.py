@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import socket
 import sqlite3
@@ -57,6 +58,23 @@ def parse(ack: bytes) -> hl7.Message:
 
 def field(message: hl7.Message, segment: str, number: int) -> str:
     return str(message.segment(segment)[number])
+
+
+def local_address(sock: socket.socket) -> str:
+    """This end of ``sock`` as the engine's log lines name its peer."""
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+LISTENER_LOG = "router.connectors.mllp.listener"
+
+
+def listener_warnings(caplog: pytest.LogCaptureFixture) -> contextlib.AbstractContextManager:
+    return caplog.at_level(logging.WARNING, logger=LISTENER_LOG)
+
+
+def listener_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LISTENER_LOG]
 
 
 def rows_for(store: Any, control_id: str) -> list[Any]:
@@ -323,6 +341,29 @@ def test_a_restarted_frame_abandons_the_unfinished_one(engine, hl7_samples):
     assert rows_for(engine.store, "ABANDONED") == []
 
 
+def test_badly_framed_bytes_are_logged_with_their_peer_and_size(engine, hl7_samples, caplog):
+    """Neither answered nor stored, but not silent: one warning each, without their content."""
+    lost_t1 = hl7_message(hl7_samples[GHH], "LOST-T1")
+    lost_j1 = hl7_message(hl7_samples[GHH], "LOST-J1")
+    with listener_warnings(caplog), raw_connection(engine.port("inbound")) as sock:
+        peer = local_address(sock)
+        sock.sendall(START + lost_t1 + START + hl7_message(hl7_samples[GHH], "T2") + END)
+        assert field(parse(read_frame(sock)), "MSA", 2) == "T2"
+        sock.sendall(lost_j1 + END + START + hl7_message(hl7_samples[GHH], "J2") + END)
+        assert field(parse(read_frame(sock)), "MSA", 2) == "J2"
+        sock.sendall(START + lost_t1[:100])
+        sock.shutdown(socket.SHUT_WR)
+        assert read_frame(sock) is None  # each line is logged before what follows it
+    assert listener_lines(caplog) == [
+        f"channel inbound: discarded {len(lost_t1) + 1} bytes from {peer} before a frame "
+        "(a frame cut short by a new start byte)",
+        f"channel inbound: discarded {len(lost_j1) + 2} bytes from {peer} before a frame "
+        "(no start byte)",
+        f"channel inbound: connection closed after 100 bytes of a frame from {peer}",
+    ]
+    assert rows_for(engine.store, "LOST-T1") == rows_for(engine.store, "LOST-J1") == []
+
+
 def test_hundreds_of_malformed_frames_leave_the_listener_serving(engine, hl7_samples):
     port = engine.port("inbound")
     connections, frames_each = 8, 40
@@ -416,13 +457,17 @@ def test_a_peer_still_sending_a_frame_is_not_idle(tmp_path, store_url, hl7_sampl
         running.stop()
 
 
-def test_a_peer_silent_in_the_middle_of_a_frame_is_idle(tmp_path, store_url, hl7_samples):
+def test_a_peer_silent_in_the_middle_of_a_frame_is_idle(tmp_path, store_url, hl7_samples, caplog):
     config = inbound(mllp={"idle_timeout": "200ms"})
     running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": config})
     try:
-        with raw_connection(running.port("inbound")) as sock:
+        with listener_warnings(caplog), raw_connection(running.port("inbound")) as sock:
+            peer = local_address(sock)
             sock.sendall(START + hl7_message(hl7_samples[GHH], "STALLED")[:50])
             assert read_frame(sock) is None  # hung up on, unanswered
+        assert listener_lines(caplog) == [
+            f"channel inbound: closing idle connection from {peer}, discarding 50 bytes of a frame"
+        ]
     finally:
         running.stop()
 

@@ -119,3 +119,36 @@ def test_buffer_refuses_endless_junk(piece):
         _buffered(b"j" * 5000, piece)
     with pytest.raises(FrameTooLarge, match="junk"):
         _buffered(b"junk\x1c\r" * 300, piece)
+
+
+def _told(data: bytes, piece: int) -> tuple[list[tuple[int, str]], int]:
+    """What a FrameBuffer fed ``data`` in pieces says it discarded, and what it has left."""
+    told: list[tuple[int, str]] = []
+    frames = FrameBuffer(1000, lambda size, what: told.append((size, what)))
+    for offset in range(0, len(data), piece):
+        frames.feed(data[offset : offset + piece])
+        while frames.next() is not None:
+            pass
+    return told, frames.leftover()
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_buffer_tells_what_it_discards_once_a_frame(piece):
+    data = (
+        b"\x0bLOST-T1"
+        + frame(b"MSH|T2")  # a frame cut short by the next start byte
+        + b"LOST-J1\x1c\r"
+        + b"more\x1c\r"
+        + frame(b"MSH|J2")  # no start byte: skipped
+        + b"\r\n"
+        + frame(b"MSH|three")  # whitespace between frames loses nothing
+        + b"tail"
+    )
+    told, leftover = _told(data, piece)
+    assert told == [(8, "a frame cut short by a new start byte"), (15, "no start byte")]
+    assert leftover == 4
+
+
+@pytest.mark.parametrize("piece", PIECES)
+def test_buffer_has_nothing_left_after_whitespace(piece):
+    assert _told(frame(b"MSH|one") + b"\r\n", piece) == ([], 0)

@@ -9,6 +9,7 @@ no more than about one frame's worth of bytes is ever held.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 START = b"\x0b"
 END = b"\x1c\x0d"
@@ -67,10 +68,17 @@ class FrameBuffer:
     kept as it came (no copy). Pieces are joined in a ``bytearray`` only when a frame
     spans several, with the offset the search for the end marker reached, so a large
     frame is scanned once.
+
+    Bytes skipped before a frame are told to ``on_discard`` (how many, and what they
+    were) once per frame, when that frame is found: the sender of a badly framed
+    message gets no answer, and its operator needs a trace.
     """
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(
+        self, max_size: int, on_discard: Callable[[int, str], None] | None = None
+    ) -> None:
         self._max = max_size
+        self._on_discard = on_discard
         self._buffer: bytes | bytearray = b""
         self._searched = 0  # no end marker starts before this offset
         self._skipped = 0  # junk discarded since the last frame
@@ -105,6 +113,8 @@ class FrameBuffer:
             self._skipped += end + len(END)
             if self._skipped > self._max:
                 raise FrameTooLarge(f"{self._skipped} bytes of junk outside any MLLP frame")
+        if start or self._skipped:
+            self._discarded(buffer, start)
         self._skipped = 0
         size = end - start - 1
         body = None if size > self._max else bytes(buffer[start + 1 : end])
@@ -112,6 +122,15 @@ class FrameBuffer:
         if body is None:
             raise FrameTooLarge(f"frame of {size} bytes is larger than {self._max}")
         return body
+
+    def _discarded(self, buffer: bytes | bytearray, start: int) -> None:
+        """Report what was skipped before the frame at ``start``: junk dropped earlier, and
+        whatever precedes the start byte (a frame cut short by it, when it holds one too)."""
+        if self._on_discard is None or not (self._skipped or buffer[:start].strip()):
+            return  # whitespace between frames (a line feed after each, say): nothing lost
+        cut_short = buffer.rfind(START, 0, start) >= 0
+        what = "a frame cut short by a new start byte" if cut_short else "no start byte"
+        self._on_discard(self._skipped + start, what)
 
     def _drop(self, size: int) -> None:
         if isinstance(self._buffer, bytearray):
@@ -126,3 +145,12 @@ class FrameBuffer:
         """
         start = self._buffer.rfind(START)
         return None if start < 0 else len(self._buffer) - start - 1
+
+    def leftover(self) -> int:
+        """Bytes skipped or held that are no whole frame: lost if the stream ends now.
+
+        Whitespace alone is not counted: nothing is lost with it.
+        """
+        if not self._skipped and not self._buffer.strip():
+            return 0
+        return self._skipped + len(self._buffer)

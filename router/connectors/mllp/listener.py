@@ -163,7 +163,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, listener: MllpListener) -> None:
         self._listener = listener
-        self._frames = FrameBuffer(listener.options.max_frame)
+        self._frames = FrameBuffer(listener.options.max_frame, self._discarded)
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._peer = ""
@@ -246,13 +246,10 @@ class _Connection(asyncio.Protocol):
             self._watch.busy()
             self._task = self._loop.create_task(self._answer(data))
         elif self._eof:
-            unfinished = self._frames.unfinished()
-            if unfinished is not None:
+            lost = self._unframed()
+            if lost:
                 log.warning(
-                    "channel %s: connection closed after %d bytes of a frame from %s",
-                    channel,
-                    unfinished,
-                    self._peer,
+                    "channel %s: connection closed after %s from %s", channel, lost, self._peer
                 )
             transport.close()
         elif self._paused:
@@ -286,14 +283,38 @@ class _Connection(asyncio.Protocol):
         if not self._blocked:
             self._next()
 
+    def _discarded(self, size: int, what: str) -> None:
+        log.warning(
+            "channel %s: discarded %d bytes from %s before a frame (%s)",
+            self._listener.channel.name,
+            size,
+            self._peer,
+            what,
+        )
+
+    def _unframed(self) -> str:
+        """What is lost when the connection ends now: bytes held that are no whole frame."""
+        unfinished = self._frames.unfinished()
+        if unfinished is not None:
+            return f"{unfinished} bytes of a frame"
+        leftover = self._frames.leftover()
+        return f"{leftover} bytes outside any frame" if leftover else ""
+
     def _idle(self) -> None:
         """Hang up on a peer that neither sends nor reads; reset it when ACKs are left unread
         (an orderly close would wait for them to be read first, that is, forever)."""
         transport = self._transport
         assert transport is not None
-        log.info(
-            "channel %s: closing idle connection from %s", self._listener.channel.name, self._peer
-        )
+        channel, lost = self._listener.channel.name, self._unframed()
+        if lost:
+            log.warning(
+                "channel %s: closing idle connection from %s, discarding %s",
+                channel,
+                self._peer,
+                lost,
+            )
+        else:
+            log.info("channel %s: closing idle connection from %s", channel, self._peer)
         if transport.get_write_buffer_size():
             transport.abort()
         else:
