@@ -405,21 +405,52 @@ def test_oversize_frame_gets_ar_and_the_connection_is_closed(tmp_path, store_url
     running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": config})
     try:
         padding = b"OBX|2|TX|note||" + b"A" * 100_000 + b"\r"
+        huge = hl7_message(hl7_samples[GHH], "HUGE") + padding
         with raw_connection(running.port("inbound")) as sock:
-            sock.sendall(START + hl7_message(hl7_samples[GHH], "HUGE") + padding + END)
+            sock.sendall(START + huge + END)
             reject = read_frame(sock)
             assert reject is not None
-            assert field(parse(reject), "MSA", 1) == "AR"
-            assert "larger than 64000" in str(parse(reject).segment("ERR"))
+            answer = parse(reject)
+            assert [field(answer, "MSA", n) for n in (1, 2)] == ["AR", "HUGE"]
+            assert (field(answer, "MSH", 3), field(answer, "MSH", 5)) == ("GHH OE", "GHH LAB")
+            assert "larger than 64000" in str(answer.segment("ERR"))
             assert_closed(sock)
+        (refused,) = rows_for(running.store, "HUGE")  # its head, found by its MSH-10
+        assert (refused.status, refused.raw, refused.ack) == ("error", huge[:4096], reject)
+        assert refused.error.startswith("rejected: frame of 100")
+        assert "larger than 64000" in refused.error and "first 4096 bytes" in refused.error
         below = b"OBX|2|TX|note||" + b"A" * 60_000 + b"\r"
         raw = hl7_message(hl7_samples[GHH], "LARGE") + below
         with raw_connection(running.port("inbound")) as sock:  # MLLPClient may send a part
             sock.sendall(START + raw + END)
             ack = read_frame(sock)
         assert ack is not None and field(parse(ack), "MSA", 1) == "AA"
-        assert rows_for(running.store, "HUGE") == []
         assert [r.raw for r in rows_for(running.store, "LARGE")] == [raw]
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"", b"MSH|^~\\&|LAB|RXX|EPR|RXX|20240101||ADT^A01|" + b"9" * 5000],
+    ids=["no MSH", "MSH cut off"],
+)
+def test_an_oversize_frame_without_a_whole_msh_gets_the_generic_ar(tmp_path, store_url, head):
+    """An MSH line the kept head does not end is not read: it could echo a cut MSH-10."""
+    config = inbound(mllp={"max_frame": "8KB"})
+    running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": config})
+    try:
+        with raw_connection(running.port("inbound")) as sock:
+            sock.sendall(START + head + b"X" * 10_000 + END)
+            reject = read_frame(sock)
+            assert_closed(sock)
+        assert reject is not None
+        answer = parse(reject)
+        assert [field(answer, "MSA", n) for n in (1, 2)] == ["AR", ""]
+        assert field(answer, "MSH", 3) == "TIE"
+        with running.store.read() as conn:
+            (row,) = conn.execute(select(messages)).all()
+        assert (row.status, row.control_id, row.raw) == ("error", None, (head + b"X" * 4096)[:4096])
     finally:
         running.stop()
 

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from router.connectors.mllp.framing import (
+    HEAD_SIZE,
+    START,
     FrameBuffer,
     FrameTooLarge,
     TruncatedFrame,
@@ -107,6 +109,24 @@ def test_buffer_reports_a_frame_cut_off(piece):
 def test_buffer_refuses_a_frame_over_the_limit(piece):
     with pytest.raises(FrameTooLarge, match="larger than 1000"):
         _buffered(frame(b"M" * 2000), piece)
+
+
+@pytest.mark.parametrize("end", [b"", b"\x1c\r"], ids=["still coming", "whole"])
+def test_an_oversize_frame_keeps_its_head(end):
+    body = b"MSH|^~\\&|A\r" + b"M" * 10_000
+    frames = FrameBuffer(1000)
+    frames.feed(b"junk" + START + body + end)
+    with pytest.raises(FrameTooLarge) as refused:
+        frames.next()
+    assert refused.value.head == body[:HEAD_SIZE]
+
+
+def test_endless_junk_has_no_head():
+    frames = FrameBuffer(1000)
+    frames.feed(b"j" * 5000)
+    with pytest.raises(FrameTooLarge) as refused:
+        frames.next()
+    assert refused.value.head == b""
 
 
 def test_buffer_accepts_a_frame_of_exactly_the_limit_in_pieces():

@@ -13,10 +13,19 @@ from collections.abc import Callable
 
 START = b"\x0b"
 END = b"\x1c\x0d"
+HEAD_SIZE = 4096  # bytes of an oversize frame kept: enough for its MSH line
 
 
 class FrameTooLarge(Exception):
-    """A frame grew past the configured maximum before its end marker arrived."""
+    """A frame grew past the configured maximum before its end marker arrived.
+
+    ``head`` holds the frame's first bytes (up to ``HEAD_SIZE``; empty when no frame
+    had begun), so that its MSH can address the reject and its row be found.
+    """
+
+    def __init__(self, message: str, head: bytes = b"") -> None:
+        super().__init__(message)
+        self.head = head
 
 
 class TruncatedFrame(Exception):
@@ -74,9 +83,7 @@ class FrameBuffer:
     message gets no answer, and its operator needs a trace.
     """
 
-    def __init__(
-        self, max_size: int, on_discard: Callable[[int, str], None] | None = None
-    ) -> None:
+    def __init__(self, max_size: int, on_discard: Callable[[int, str], None] | None = None) -> None:
         self._max = max_size
         self._on_discard = on_discard
         self._buffer: bytes | bytearray = b""
@@ -102,7 +109,8 @@ class FrameBuffer:
             end = buffer.find(END, self._searched)
             if end < 0:
                 if len(buffer) > self._max + len(END):
-                    raise FrameTooLarge(f"frame larger than {self._max} bytes")
+                    head = _head(buffer, buffer.rfind(START))
+                    raise FrameTooLarge(f"frame larger than {self._max} bytes", head)
                 self._searched = max(len(buffer) - 1, 0)  # END may straddle two pieces
                 return None
             start = buffer.rfind(START, 0, end)
@@ -117,10 +125,12 @@ class FrameBuffer:
             self._discarded(buffer, start)
         self._skipped = 0
         size = end - start - 1
-        body = None if size > self._max else bytes(buffer[start + 1 : end])
+        if size > self._max:
+            head = _head(buffer, start)
+            self._drop(end + len(END))
+            raise FrameTooLarge(f"frame of {size} bytes is larger than {self._max}", head)
+        body = bytes(buffer[start + 1 : end])
         self._drop(end + len(END))
-        if body is None:
-            raise FrameTooLarge(f"frame of {size} bytes is larger than {self._max}")
         return body
 
     def _discarded(self, buffer: bytes | bytearray, start: int) -> None:
@@ -154,3 +164,8 @@ class FrameBuffer:
         if not self._skipped and not self._buffer.strip():
             return 0
         return self._skipped + len(self._buffer)
+
+
+def _head(buffer: bytes | bytearray, start: int) -> bytes:
+    """The first bytes of the frame whose start byte is at ``start`` (-1: none begun)."""
+    return bytes(buffer[start + 1 : start + 1 + HEAD_SIZE]) if start >= 0 else b""

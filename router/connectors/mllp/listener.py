@@ -98,7 +98,7 @@ class MllpListener:
         try:
             header = parse_header(data)
         except Er7Error as exc:
-            return await self._reject(data, str(exc), source, peer)
+            return await self._reject(data, str(exc), peer, _readable(data))
         item = hl7_inbound(
             self.channel.name,
             data,
@@ -123,27 +123,35 @@ class MllpListener:
             )
         return receipt.ack if should_send(header, success=True) else None
 
+    async def refuse(self, head: bytes, reason: str, peer: str) -> bytes | None:
+        """Reject a frame over ``max_frame`` from its first bytes: addressed back to its
+        sender when they hold its whole MSH line, and stored (those bytes only)."""
+        first = head.lstrip()
+        whole_line = b"\r" in first or b"\n" in first
+        header = _readable(head) if whole_line else None  # a cut MSH-10 must not be echoed
+        note = f" (only its first {len(head)} bytes are stored)"
+        return await self._reject(head, reason, peer, header, note=note)
+
     async def _reject(
-        self, data: bytes, reason: str, source: dict[str, str], peer: str
+        self, data: bytes, reason: str, peer: str, header: MshHeader | None, *, note: str = ""
     ) -> bytes | None:
-        """AR (CR in enhanced mode), addressed back to the sender when MSH is readable enough."""
-        try:
-            header: MshHeader | None = read_header(data)
-        except Er7Error:
-            header = None
+        """AR (CR in enhanced mode), addressed back to the sender when MSH is readable enough,
+        and stored as an error with the reason (and with MSH-9, MSH-10 and the sender when
+        they can be read, so that the row is found by them)."""
         reject = build_reject(reason, header)
+        stored = {
+            "source": {"protocol": "mllp", "remote": peer},
+            "ack": reject,
+            "status": "error",
+            "error": f"rejected: {reason}{note}",
+        }
+        item = (
+            Inbound(self.channel.name, data, **stored)
+            if header is None
+            else hl7_inbound(self.channel.name, data, header, **stored)
+        )
         with contextlib.suppress(StoreUnavailable):
-            await self._ingest(
-                Inbound(
-                    self.channel.name,
-                    data,
-                    source=source,
-                    ack=reject,
-                    status="error",
-                    error=f"rejected: {reason}",
-                ),
-                peer=peer,
-            )
+            await self._ingest(item, peer=peer)
         return reject if header is None or should_send(header, success=False) else None
 
 
@@ -239,8 +247,8 @@ class _Connection(asyncio.Protocol):
             data = self._frames.next()
         except FrameTooLarge as exc:
             log.warning("channel %s: %s from %s", channel, exc, self._peer)
-            transport.write(frame(build_reject(f"{exc}; connection closed")))
-            transport.close()
+            self._watch.busy()
+            self._task = self._loop.create_task(self._refuse(exc))
             return
         if data is not None:
             self._watch.busy()
@@ -283,6 +291,25 @@ class _Connection(asyncio.Protocol):
         if not self._blocked:
             self._next()
 
+    async def _refuse(self, exc: FrameTooLarge) -> None:
+        """Answer a frame over ``max_frame`` and hang up: the rest of it may still be coming."""
+        transport = self._transport
+        assert transport is not None
+        try:
+            answer = await self._listener.refuse(exc.head, f"{exc}; connection closed", self._peer)
+        except Exception:
+            log.exception(
+                "channel %s: refusing a frame from %s failed",
+                self._listener.channel.name,
+                self._peer,
+            )
+            answer = None
+        finally:
+            self._task = None
+        if answer is not None and not transport.is_closing():
+            transport.write(frame(answer))
+        transport.close()
+
     def _discarded(self, size: int, what: str) -> None:
         log.warning(
             "channel %s: discarded %d bytes from %s before a frame (%s)",
@@ -319,6 +346,14 @@ class _Connection(asyncio.Protocol):
             transport.abort()
         else:
             transport.close()
+
+
+def _readable(data: bytes) -> MshHeader | None:
+    """MSH as far as it can address a reject (None: no MSH, or its delimiters are invalid)."""
+    try:
+        return read_header(data)
+    except Er7Error:
+        return None
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
