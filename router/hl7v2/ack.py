@@ -124,8 +124,11 @@ def _err_segment(error: AckError, field_sep: str, encoding: str, version: str) -
 
 
 def wants_commit_ack(header: MshHeader) -> bool:
-    """Enhanced mode: the sender set MSH-15 (accept acknowledgement type)."""
-    return header.accept_ack_type in _ENHANCED_MODES
+    """Enhanced mode: the sender set MSH-15 or MSH-16; HL7 keeps original mode for messages
+    where both are empty. An empty MSH-15 in enhanced mode names no condition (HL7 gives
+    none): ``should_send`` then answers always, as for AL, since a sender left waiting
+    resends for ever while an unwanted commit ACK is ignored."""
+    return header.accept_ack_type in _ENHANCED_MODES or header.app_ack_type in _ENHANCED_MODES
 
 
 def should_send(header: MshHeader, success: bool) -> bool:

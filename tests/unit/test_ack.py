@@ -142,11 +142,21 @@ def test_should_send(mode: str, on_success: bool, on_failure: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "enhanced"),
-    [("", False), ("AL", True), ("NE", True), ("ER", True), ("SU", True), ("XX", False)],
+    ("mode", "app_mode", "enhanced"),
+    [
+        ("", "", False),
+        ("AL", "", True),
+        ("NE", "", True),
+        ("ER", "", True),
+        ("SU", "", True),
+        ("XX", "", False),
+        ("", "AL", True),  # MSH-16 alone: enhanced mode all the same
+        ("", "NE", True),
+        ("", "XX", False),
+    ],
 )
-def test_wants_commit_ack_and_ack_code(mode: str, enhanced: bool) -> None:
-    h = replace(header(ORU_V24), accept_ack_type=mode)
+def test_wants_commit_ack_and_ack_code(mode: str, app_mode: str, enhanced: bool) -> None:
+    h = replace(header(ORU_V24), accept_ack_type=mode, app_ack_type=app_mode)
     assert wants_commit_ack(h) is enhanced
     codes = ["CA", "CE", "CR"] if enhanced else ["AA", "AE", "AR"]
     assert [ack_code(h, outcome) for outcome in OUTCOMES] == codes
@@ -180,6 +190,13 @@ def test_ack_swaps_sender_and_receiver_and_echoes_control_id(name: str) -> None:
 )
 def test_ack_message_type_by_version(name: str, message_type: str) -> None:
     assert Er7Message(build_ack(header(name), "AA")).get("MSH-9") == message_type
+
+
+def test_msh_16_alone_gets_a_commit_ack_always() -> None:
+    h = replace(header(ORU_V24), accept_ack_type="", app_ack_type="AL")
+    assert should_send(h, success=True) and should_send(h, success=False)
+    ack = Er7Message(build_ack(h, ack_code(h, "accept")))
+    assert (ack.get("MSA-1"), ack.get("MSH-15"), ack.get("MSH-16")) == ("CA", "NE", "NE")
 
 
 def test_ack_header_fields() -> None:
