@@ -1,6 +1,7 @@
 """Original-mode (AA/AE/AR) and enhanced-mode commit (CA/CE/CR) acknowledgements."""
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,6 +16,7 @@ Outcome = Literal["accept", "error", "reject"]
 _ORIGINAL: dict[str, AckCode] = {"accept": "AA", "error": "AE", "reject": "AR"}
 _ENHANCED: dict[str, AckCode] = {"accept": "CA", "error": "CE", "reject": "CR"}
 _ENHANCED_MODES = frozenset({"AL", "NE", "ER", "SU"})
+_VERSION_ID = re.compile(r"[\d.]*")
 
 # HL7 table 0357 (message error condition codes) and their descriptions.
 ERROR_CODES = {
@@ -66,8 +68,9 @@ class AckResult:
 
 @lru_cache(maxsize=64)
 def _version(version: str) -> tuple[int, ...]:
+    """MSH-12's version number (its leading digits and dots: ``2.5.1^GBR^2.0`` is 2.5.1)."""
     numbers: list[int] = []
-    for part in version.split("."):
+    for part in _VERSION_ID.match(version)[0].split("."):
         if not part.isdigit():
             break
         numbers.append(int(part))
@@ -159,8 +162,10 @@ def build_ack(
 ) -> bytes:
     """An ACK for the message ``header`` came from.
 
-    Sender and receiver are swapped; MSH-11, MSH-12, MSH-18 and the delimiters are the
-    original's. MSH-7 is this server's local time without offset (HL7 reads an
+    Sender and receiver are swapped; MSH-11, MSH-12 (all its components: the ACK is in the
+    original's version), MSH-18 and the delimiters are the original's; an empty MSH-11 is
+    sent as ``P`` (``parse_header`` reads an empty MSH-12 as ``2.5``): the ACK's own MSH
+    requires both. MSH-7 is this server's local time without offset (HL7 reads an
     offset-less time as the sender's local time). MSH-10 is 20 random hex characters
     (MSH-10 is ST(20) up to v2.4). Enhanced-mode ACKs say MSH-15/16 ``NE``: nobody
     acknowledges an ACK. ``text`` goes to MSA-3 (80 characters at most; the field is

@@ -16,6 +16,7 @@ class MshHeader:
     frozen because a frozen dataclass sets its 15 fields through ``object.__setattr__``,
     which made building one cost four times as much on the MLLP listener's ACK path.
     ``codec`` is the one MSH was read with (``codec_for_bytes``); the ACK is written in it.
+    ``version`` is MSH-12 with all its components, as an ACK echoes it (``2.5`` when empty).
     """
 
     field_sep: str
@@ -80,7 +81,7 @@ def read_header(raw: bytes) -> MshHeader:
     message_type = fields[8]
     type_parts = message_type.split(rep, 1)[0].split(comp)
     control_id = fields[9]
-    version = fields[11].split(rep, 1)[0].split(comp, 1)[0]
+    version = fields[11]
     return MshHeader(
         field_sep=field_sep,
         encoding=encoding,

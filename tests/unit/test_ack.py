@@ -216,6 +216,23 @@ def test_ack_header_fields() -> None:
     assert len(original_mode.segments[0].split("|")) == 12  # nothing after MSH-12
 
 
+@pytest.mark.parametrize(
+    ("processing_id", "version", "answered", "message_type"),
+    [
+        ("P", "2.5.1^GBR^2.0", ("P", "2.5.1^GBR^2.0"), "ACK^A01^ACK"),  # all components
+        ("T^A", "2.3.1^GBR", ("T^A", "2.3.1^GBR"), "ACK^A01^ACK"),  # 2.3.1: has MSG.3
+        ("P", "2.3^GBR", ("P", "2.3^GBR"), "ACK^A01"),
+        ("", "", ("P", "2.5"), "ACK^A01^ACK"),  # required in the ACK: filled in when empty
+    ],
+)
+def test_ack_echoes_msh_11_and_msh_12_as_they_came(
+    processing_id: str, version: str, answered: tuple[str, str], message_type: str
+) -> None:
+    raw = f"MSH|^~\\&|A|F|B|G|20240101||ADT^A01^ADT_A01|C1|{processing_id}|{version}\rPID|1"
+    ack = Er7Message(build_ack(parse_header(raw.encode()), "AA"))
+    assert (ack.get("MSH-11"), ack.get("MSH-12"), ack.get("MSH-9")) == (*answered, message_type)
+
+
 def test_ack_uses_given_timestamp_and_control_id() -> None:
     ack = Er7Message(build_ack(header(ORU_V24), "AA", control_id="C1", timestamp="20240102030405"))
     assert (ack.get("MSH-7"), ack.get("MSH-10")) == ("20240102030405", "C1")
