@@ -230,20 +230,22 @@ _UNKNOWN_SENDER = MshHeader(
 )
 
 
-def build_reject(reason: str, header: MshHeader | None = None, *, error_code: str = "102") -> bytes:
+def build_reject(
+    reason: str, header: MshHeader | None = None, *, error_code: str = "102", location: str = ""
+) -> bytes:
     """A reject (AR, or CR in enhanced mode) with ``reason`` in MSA-3 and ERR.
 
     Without ``header`` (its MSH could not be read) the ACK comes from sending app
     ``TIE``, version 2.5, with MSA-2 empty: there is no control id to echo, so that one
     ACK cannot satisfy MSA-2's "required". ``error_code`` is from table 0357; 102 (data
-    type error) fits input that does not parse.
+    type error) fits input that does not parse. ``location`` is where, as in ``AckError``.
     """
     origin = header or _UNKNOWN_SENDER
     return build_ack(
         origin,
         ack_code(origin, "reject"),
         text=reason,
-        error=AckError(error_code, reason),
+        error=AckError(error_code, reason, location),
     )
 
 

@@ -294,6 +294,22 @@ def test_a_reject_with_a_readable_msh_goes_back_to_its_sender(engine, hl7_sample
     assert (field(answer, "MSH", 3), field(answer, "MSH", 5)) == ("GHH OE", "GHH LAB")
 
 
+@pytest.mark.parametrize(
+    ("msh_9", "msh_10", "location", "reason"),
+    [("ADT^A01", "", "MSH^1^10", "empty MSH-10"), ("", "M-1", "MSH^1^9", "missing MSH-9")],
+)
+def test_a_missing_required_field_is_named_in_err(engine, msh_9, msh_10, location, reason):
+    for version in ("2.5", "2.4"):  # ERR-2 and ERR-3 from 2.5, ERR-1 (ELD) before
+        message = f"MSH|^~\\&|EPR|RXX|LAB|RXX|20240101||{msh_9}|{msh_10}|P|{version}\rPID|1"
+        with raw_connection(engine.port("inbound")) as sock:
+            sock.sendall(START + message.encode() + END)
+            err = parse(read_frame(sock)).segment("ERR")
+        if version == "2.5":
+            assert (str(err[2]), str(err[3])) == (location, "101^Required field missing^HL70357")
+        else:
+            assert str(err[1]).startswith(f"{location}^101&{reason}")
+
+
 def test_nul_bytes_in_header_fields_fail_neither_the_commit_nor_processing(engine, hl7_samples):
     """PostgreSQL text cannot hold NUL: such a message must not turn into an endless AE (and
     AE for whatever shares its group commit), nor stall the processor behind it."""

@@ -98,7 +98,10 @@ class MllpListener:
         try:
             header = parse_header(data)
         except Er7Error as exc:
-            return await self._reject(data, str(exc), peer, _readable(data))
+            readable = _readable(data)
+            missing = _missing_field(readable)
+            code = "101" if missing else "102"  # required field missing; data type error
+            return await self._reject(data, str(exc), peer, readable, code, missing)
         item = hl7_inbound(
             self.channel.name,
             data,
@@ -133,12 +136,21 @@ class MllpListener:
         return await self._reject(head, reason, peer, header, note=note)
 
     async def _reject(
-        self, data: bytes, reason: str, peer: str, header: MshHeader | None, *, note: str = ""
+        self,
+        data: bytes,
+        reason: str,
+        peer: str,
+        header: MshHeader | None,
+        code: str = "102",
+        location: str = "",
+        *,
+        note: str = "",
     ) -> bytes | None:
         """AR (CR in enhanced mode), addressed back to the sender when MSH is readable enough,
         and stored as an error with the reason (and with MSH-9, MSH-10 and the sender when
-        they can be read, so that the row is found by them)."""
-        reject = build_reject(reason, header)
+        they can be read, so that the row is found by them). ``code`` (table 0357) and
+        ``location`` go to ERR."""
+        reject = build_reject(reason, header, error_code=code, location=location)
         stored = {
             "source": {"protocol": "mllp", "remote": peer},
             "ack": reject,
@@ -354,6 +366,18 @@ def _readable(data: bytes) -> MshHeader | None:
         return read_header(data)
     except Er7Error:
         return None
+
+
+def _missing_field(header: MshHeader | None) -> str:
+    """Where the required field is (ERR-2) whose absence ``parse_header`` refused; empty
+    when MSH could not be read at all."""
+    if header is None:
+        return ""
+    if not header.message_code:
+        return "MSH^1^9"
+    if not header.control_id:
+        return "MSH^1^10"
+    return ""
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
