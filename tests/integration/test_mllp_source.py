@@ -77,6 +77,11 @@ def listener_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LISTENER_LOG]
 
 
+def hl7_message_v25(control_id: str) -> bytes:
+    """A small v2.5 ADT^A01, for tests that need no sample."""
+    return f"MSH|^~\\&|EPR|RXX|LAB|RXX|20240101||ADT^A01|{control_id}|P|2.5\rPID|1".encode()
+
+
 def rows_for(store: Any, control_id: str) -> list[Any]:
     with store.read() as conn:
         return list(
@@ -308,6 +313,22 @@ def test_a_missing_required_field_is_named_in_err(engine, msh_9, msh_10, locatio
             assert (str(err[2]), str(err[3])) == (location, "101^Required field missing^HL70357")
         else:
             assert str(err[1]).startswith(f"{location}^101&{reason}")
+
+
+@pytest.mark.parametrize("accept_ack", ["", "AL"])
+def test_an_acknowledgement_is_stored_as_an_error_and_never_answered(engine, accept_ack):
+    incoming = (
+        f"MSH|^~\\&|LAB|RXX|EPR|RXX|20240101||ACK^A01^ACK|ACK-IN|P|2.5|||{accept_ack}\r"
+        "MSA|AA|ORIG-1"
+    ).encode()
+    with raw_connection(engine.port("inbound")) as sock:
+        sock.sendall(START + incoming + END)
+        sock.sendall(START + hl7_message_v25("AFTER-ACK") + END)
+        first_answer = parse(read_frame(sock))  # nothing came before the next one's
+    assert field(first_answer, "MSA", 2) == "AFTER-ACK"
+    (row,) = rows_for(engine.store, "ACK-IN")
+    assert (row.status, row.ack, row.message_type) == ("error", None, "ACK^A01")
+    assert row.error == "rejected: an acknowledgement (MSH-9 ACK) is neither answered nor routed"
 
 
 def test_nul_bytes_in_header_fields_fail_neither_the_commit_nor_processing(engine, hl7_samples):

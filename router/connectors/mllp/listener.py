@@ -102,6 +102,9 @@ class MllpListener:
             missing = _missing_field(readable)
             code = "101" if missing else "102"  # required field missing; data type error
             return await self._reject(data, str(exc), peer, readable, code, missing)
+        if header.message_code == "ACK":  # never acknowledged: two engines could ping-pong
+            await self._store_error(data, peer, header, f"rejected: {_AN_ACK}", None)
+            return None
         item = hl7_inbound(
             self.channel.name,
             data,
@@ -147,15 +150,23 @@ class MllpListener:
         note: str = "",
     ) -> bytes | None:
         """AR (CR in enhanced mode), addressed back to the sender when MSH is readable enough,
-        and stored as an error with the reason (and with MSH-9, MSH-10 and the sender when
-        they can be read, so that the row is found by them). ``code`` (table 0357) and
-        ``location`` go to ERR."""
+        and stored as an error with the reason. ``code`` (table 0357) and ``location`` go to
+        ERR."""
         reject = build_reject(reason, header, error_code=code, location=location)
+        await self._store_error(data, peer, header, f"rejected: {reason}{note}", reject)
+        return reject if header is None or should_send(header, success=False) else None
+
+    async def _store_error(
+        self, data: bytes, peer: str, header: MshHeader | None, error: str, ack: bytes | None
+    ) -> None:
+        """Store input that is not routed as an error with its reason, and with MSH-9, MSH-10
+        and the sender when MSH can be read, so that the row is found by them. A store that
+        cannot commit loses it: its sender was never told it was accepted."""
         stored = {
             "source": {"protocol": "mllp", "remote": peer},
-            "ack": reject,
+            "ack": ack,
             "status": "error",
-            "error": f"rejected: {reason}{note}",
+            "error": error,
         }
         item = (
             Inbound(self.channel.name, data, **stored)
@@ -164,7 +175,9 @@ class MllpListener:
         )
         with contextlib.suppress(StoreUnavailable):
             await self._ingest(item, peer=peer)
-        return reject if header is None or should_send(header, success=False) else None
+
+
+_AN_ACK = "an acknowledgement (MSH-9 ACK) is neither answered nor routed"
 
 
 class SilentFailure(Exception):
