@@ -331,6 +331,25 @@ def test_an_acknowledgement_is_stored_as_an_error_and_never_answered(engine, acc
     assert row.error == "rejected: an acknowledgement (MSH-9 ACK) is neither answered nor routed"
 
 
+@pytest.mark.parametrize("separator", [b"\r", b"\n"])
+def test_two_messages_in_one_frame_are_rejected_together(engine, separator):
+    """One ACK cannot answer two messages: the first is answered AR, neither is routed."""
+    first, second = hl7_message_v25("PAIR-1"), hl7_message_v25("PAIR-2")
+    note = b"\rNTE|1||MSH and more MSH|"  # MSH inside a field is no segment
+    with raw_connection(engine.port("inbound")) as sock:
+        sock.sendall(START + first + separator + second + END)
+        answer = parse(read_frame(sock))
+        sock.sendall(START + hl7_message_v25("ALONE") + note + END)
+        alone = parse(read_frame(sock))
+    assert [field(answer, "MSA", n) for n in (1, 2)] == ["AR", "PAIR-1"]
+    err = answer.segment("ERR")
+    assert (str(err[2]), str(err[3])) == ("MSH^2", "100^Segment sequence error^HL70357")
+    assert [field(alone, "MSA", n) for n in (1, 2)] == ["AA", "ALONE"]
+    (row,) = rows_for(engine.store, "PAIR-1")
+    assert row.status == "error" and "more than one message in one frame" in row.error
+    assert row.raw == first + separator + second
+
+
 def test_nul_bytes_in_header_fields_fail_neither_the_commit_nor_processing(engine, hl7_samples):
     """PostgreSQL text cannot hold NUL: such a message must not turn into an endless AE (and
     AE for whatever shares its group commit), nor stall the processor behind it."""

@@ -105,6 +105,8 @@ class MllpListener:
         if header.message_code == "ACK":  # never acknowledged: two engines could ping-pong
             await self._store_error(data, peer, header, f"rejected: {_AN_ACK}", None)
             return None
+        if _holds_another_msh(data):  # one ACK cannot answer two: neither is taken
+            return await self._reject(data, _TWO_MESSAGES, peer, header, "100", "MSH^2")
         item = hl7_inbound(
             self.channel.name,
             data,
@@ -178,6 +180,7 @@ class MllpListener:
 
 
 _AN_ACK = "an acknowledgement (MSH-9 ACK) is neither answered nor routed"
+_TWO_MESSAGES = "a second MSH segment: more than one message in one frame"
 
 
 class SilentFailure(Exception):
@@ -379,6 +382,20 @@ def _readable(data: bytes) -> MshHeader | None:
         return read_header(data)
     except Er7Error:
         return None
+
+
+def _holds_another_msh(data: bytes) -> bool:
+    """Whether a segment after the first is an MSH: messages sent together in one frame.
+
+    One scan for ``MSH`` past the first; a hit inside a field (a note that says MSH) is
+    looked past, so a megabyte body is read once.
+    """
+    at = data.find(b"MSH", data.find(b"MSH") + 3)
+    while at >= 0:
+        if data[at - 1] in b"\r\n":
+            return True
+        at = data.find(b"MSH", at + 3)
+    return False
 
 
 def _missing_field(header: MshHeader | None) -> str:
