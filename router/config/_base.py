@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from router.units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# A timeout, wait or interval of 0 cannot work: it closes every connection at once, gives up
+# on every answer (while the receiver still takes each message) or spins a loop.
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 CHANNEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAPPING_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

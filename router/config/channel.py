@@ -13,6 +13,7 @@ from router.config._base import (
     Duration,
     FieldPath,
     MappingRef,
+    PositiveDuration,
     Size,
     _require_one,
     _Strict,
@@ -27,7 +28,7 @@ class MllpListen(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
     max_frame: Size = 10 * 1024 * 1024
-    idle_timeout: Duration = 300.0
+    idle_timeout: PositiveDuration = 300.0
     max_connections: int = Field(default=256, ge=1)
 
 
@@ -104,8 +105,8 @@ class MllpTarget(_Strict):
     # Both required unless the destination looks its address up in the directory.
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
-    connect_timeout: Duration = 10.0
-    ack_timeout: Duration = 30.0
+    connect_timeout: PositiveDuration = 10.0
+    ack_timeout: PositiveDuration = 30.0
     on_ack: dict[str, AckAction] = Field(default_factory=lambda: dict(DEFAULT_ON_ACK))
 
     @field_validator("on_ack")

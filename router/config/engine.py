@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from router.config._base import Duration, Size, _Strict
+from router.config._base import Duration, PositiveDuration, Size, _Strict
 from router.config.mesh import MeshOptions
 
 
@@ -23,9 +23,9 @@ class SqliteOptions(_Strict):
 
 
 class DispatchOptions(_Strict):
-    lease: Duration = 30.0
+    lease: PositiveDuration = 30.0
     batch: int = Field(default=200, ge=1, le=10_000)  # ids bound one placeholder each
-    poll_interval: Duration = 1.0
+    poll_interval: PositiveDuration = 1.0
     lanes: int = Field(default=8, ge=1)
 
 
@@ -56,8 +56,8 @@ class BlobOptions(_Strict):
 class AuthOptions(_Strict):
     """Console sessions (router/auth/sessions.py) and their cookie."""
 
-    session_idle: Duration = 30 * 60.0
-    session_lifetime: Duration = 12 * 3600.0
+    session_idle: PositiveDuration = 30 * 60.0
+    session_lifetime: PositiveDuration = 12 * 3600.0
     # auto: Secure, except over plain HTTP to a loopback address (make run, tests).
     secure_cookie: Literal["auto", "always"] = "auto"
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from router.config._base import DELIVERY_FIELDS, Duration, Size, _Strict
+from router.config._base import DELIVERY_FIELDS, PositiveDuration, Size, _Strict
 
 BARS_EVENT_SYSTEM = "https://fhir.nhs.uk/CodeSystem/message-events-bars"
 BARS_EVENTS = (
@@ -45,8 +45,8 @@ class HttpTarget(_Strict):
     method: Literal["POST", "PUT"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict)
     content_type: str | None = None
-    timeout: Duration = 30.0
-    connect_timeout: Duration = 10.0
+    timeout: PositiveDuration = 30.0
+    connect_timeout: PositiveDuration = 10.0
     tls: TlsOptions = Field(default_factory=TlsOptions)
 
     @field_validator("url")
@@ -89,8 +89,8 @@ class BarsRouting(_Strict):
     request may have been received.
     """
 
-    timeout: Duration = 30.0
-    connect_timeout: Duration = 5.0
+    timeout: PositiveDuration = 30.0
+    connect_timeout: PositiveDuration = 5.0
     connect_retries: int = Field(default=1, ge=0, le=5)
     tls: TlsOptions = Field(default_factory=TlsOptions)
 
@@ -118,8 +118,8 @@ class ProxySource(_Strict):
     """The booking proxy at ``/proxy/<provider URL>`` (one channel at most)."""
 
     max_body: Size = 10 * 1024 * 1024
-    timeout: Duration = 30.0
-    connect_timeout: Duration = 5.0
+    timeout: PositiveDuration = 30.0
+    connect_timeout: PositiveDuration = 5.0
     tls: TlsOptions = Field(default_factory=TlsOptions)
 
 

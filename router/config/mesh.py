@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from router.config._base import Duration, Size, _Strict
+from router.config._base import PositiveDuration, Size, _Strict
 
 
 class SecretUnavailable(Exception):
@@ -67,7 +67,7 @@ class MeshMailbox(_Strict):
     ca: Path | None = Field(default=None, description="CA bundle that signs the MESH server")
     verify: bool = True
     max_chunk_size: Size = 20 * 1024 * 1024
-    timeout: Duration = 600.0
+    timeout: PositiveDuration = 600.0
     retries: int = Field(default=3, ge=0)
 
     @field_validator("mailbox")
@@ -90,9 +90,9 @@ class MeshPoll(_Strict):
     """A channel fed by a MESH inbox; ``workflows`` picks its messages when channels share one."""
 
     mailbox: str
-    interval: Duration = 60.0
+    interval: PositiveDuration = 60.0
     workflows: list[str] = Field(default_factory=list)
-    handshake_every: Duration = 86400.0
+    handshake_every: PositiveDuration = 86400.0
     page_size: int = Field(default=500, ge=10, le=500)
 
 
@@ -136,7 +136,7 @@ class SmtpTarget(_Strict):
     subject: Template
     body: Template = "{text}"
     attach: bool = False
-    timeout: Duration = 30.0
+    timeout: PositiveDuration = 30.0
 
     @model_validator(mode="after")
     def _login(self) -> SmtpTarget:

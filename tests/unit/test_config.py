@@ -362,6 +362,41 @@ def test_durations_and_sizes_in_a_channel(tmp_path):
     assert lab.retry.backoff == (0.25, 3600.0)
 
 
+def test_zero_timeouts_and_waits_are_refused_with_their_key_path(tmp_path):
+    """``ack_timeout: 0`` gives up on every ACK while the receiver keeps each copy."""
+    channel = write(
+        tmp_path / "channels" / "zero.yaml",
+        """
+        name: zero
+        source: {mllp: {port: 2590, idle_timeout: 0s}}
+        destinations:
+          lab:
+            mllp: {host: h, port: 1, connect_timeout: 0, ack_timeout: -1s}
+          api:
+            http: {url: "http://h", timeout: 0ms}
+        """,
+    )
+    engine = write(
+        tmp_path / "engine.yaml",
+        "dispatch: {lease: 0s, poll_interval: 0}\nauth: {session_idle: 0m}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_channel(channel)
+    assert [(f, p) for f, p, _ in problems(caught)] == [
+        ("zero.yaml", "source.mllp.idle_timeout"),
+        ("zero.yaml", "destinations.lab.mllp.connect_timeout"),
+        ("zero.yaml", "destinations.lab.mllp.ack_timeout"),
+        ("zero.yaml", "destinations.api.http.timeout"),
+    ]
+    with pytest.raises(ConfigError) as caught:
+        load_engine(engine)
+    assert problems(caught) == [
+        ("engine.yaml", "dispatch.lease", "Input should be greater than 0"),
+        ("engine.yaml", "dispatch.poll_interval", "Input should be greater than 0"),
+        ("engine.yaml", "auth.session_idle", "Input should be greater than 0"),
+    ]
+
+
 def test_retry_delay_doubles_from_min_up_to_max():
     policy = RetryPolicy(max_attempts=10, backoff=(1.0, 300.0))
     assert [policy.delay(n) for n in range(1, 12)] == [
