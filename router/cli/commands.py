@@ -64,6 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from router.connectors.mllp.listener import ListenError
     from router.engine import Engine
 
     config = engine_config(args)
@@ -77,7 +78,10 @@ def serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(engine.serve_forever())
+    try:
+        asyncio.run(engine.serve_forever())
+    except ListenError as exc:
+        raise CommandError(exc.strerror or str(exc)) from exc
     return 0
 
 

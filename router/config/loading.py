@@ -152,16 +152,23 @@ def cross_check(channels: dict[str, ChannelConfig], directory: Path) -> list[Con
         file = str(directory / f"{name}.yaml")
         mllp = channel.source.mllp
         if mllp is not None and mllp.port:
-            key = (mllp.host, mllp.port)
-            if key in listeners:
+            clash = next(
+                (
+                    other
+                    for (host, port), other in listeners.items()
+                    if port == mllp.port and same_address(host, mllp.host)
+                ),
+                None,
+            )
+            if clash is not None:
                 problems.append(
                     ConfigProblem(
                         file,
                         "source.mllp.port",
-                        f"{mllp.host}:{mllp.port} is also used by {listeners[key]}",
+                        f"{mllp.host}:{mllp.port} is also used by {clash}",
                     )
                 )
-            listeners[key] = name
+            listeners[(mllp.host, mllp.port)] = name
         for dest_name, dest in channel.destinations.items():
             if dest.channel is None:
                 continue
@@ -178,6 +185,19 @@ def cross_check(channels: dict[str, ChannelConfig], directory: Path) -> list[Con
                     )
                 )
     return problems
+
+
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def same_address(a: str, b: str) -> bool:
+    """Whether two listeners on one port, at hosts ``a`` and ``b``, clash: a wildcard takes
+    the port on every address, and the loopback names share one (``serve`` could not bind
+    both). Taken widely on purpose: two channels on one port is almost always a mistake."""
+    if a in WILDCARD_HOSTS or b in WILDCARD_HOSTS:
+        return True
+    return a.lower() == b.lower() or (a.lower() in LOOPBACK_HOSTS and b.lower() in LOOPBACK_HOSTS)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -307,6 +307,25 @@ def test_paths_in_engine_yaml_are_relative_to_its_folder(tmp_path, cli, monkeypa
     assert list(elsewhere.iterdir()) == []
 
 
+def test_serve_names_the_channel_whose_port_is_taken(tmp_path):
+    workspace = write_workspace(tmp_path, f"sqlite:///{tmp_path / 'tie.db'}", lab_port=2576)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", workspace.orders_port))
+        holder.listen()
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), "--config", str(workspace.config), "serve"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert (
+        f"error: channel orders cannot listen on 127.0.0.1:{workspace.orders_port}: "
+        "Address already in use"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # --- db upgrade -------------------------------------------------------------------------
 
 

@@ -654,6 +654,31 @@ def test_cross_channel_problems(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    ("host_a", "host_b", "clash"),
+    [
+        ("0.0.0.0", "127.0.0.1", True),
+        ("127.0.0.1", "::", True),
+        ("localhost", "127.0.0.1", True),
+        ("LOCALHOST", "::1", True),
+        ("10.0.0.1", "10.0.0.2", False),
+    ],
+)
+def test_listeners_on_one_port_clash_across_names_of_one_address(tmp_path, host_a, host_b, clash):
+    """``serve`` cannot bind 127.0.0.1:2575 once 0.0.0.0:2575 is taken: ``check`` says so."""
+    folder = tmp_path / "channels"
+    write(folder / "a.yaml", f"name: a\nsource: {{mllp: {{host: '{host_a}', port: 2575}}}}\n")
+    write(folder / "b.yaml", f"name: b\nsource: {{mllp: {{host: '{host_b}', port: 2575}}}}\n")
+    if not clash:
+        assert set(load_channels(folder)) == {"a", "b"}
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_channels(folder)
+    assert problems(caught) == [
+        ("b.yaml", "source.mllp.port", f"{host_b}:2575 is also used by a"),
+    ]
+
+
 def test_a_missing_channels_folder_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_channels(tmp_path / "nowhere")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Hashable
 from typing import Protocol, cast
@@ -32,6 +33,10 @@ class Ingest(Protocol):
     """The writer's ``submit``: ``peer`` is the connection, answered before it sends again."""
 
     def __call__(self, item: Inbound, *, peer: Hashable | None = None) -> Awaitable[Receipt]: ...
+
+
+class ListenError(OSError):
+    """A channel's port could not be taken (e.g. another program holds it)."""
 
 
 class MllpListener:
@@ -59,12 +64,20 @@ class MllpListener:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self),
-            self.options.host,
-            self.options.port,
-            reuse_address=True,
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: _Connection(self),
+                self.options.host,
+                self.options.port,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            raise ListenError(
+                exc.errno,
+                f"channel {self.channel.name} cannot listen on "
+                f"{self.options.host}:{self.options.port}: "
+                + (os.strerror(exc.errno) if exc.errno else str(exc)),
+            ) from exc
         log.info(
             "channel %s listening for MLLP on %s:%d",
             self.channel.name,
