@@ -119,12 +119,20 @@ def _resolve_file_source(poll: FilePoll, path: Path) -> None:
 
 
 def load_channels(directory: Path) -> dict[str, ChannelConfig]:
-    """Every ``*.yaml`` in ``directory``; all problems are collected before raising."""
+    """Every ``*.yaml`` and ``*.yml`` in ``directory`` (one name in both is a problem: one
+    file would silently replace the other); all problems are collected before raising."""
     channels: dict[str, ChannelConfig] = {}
     problems: list[ConfigProblem] = []
     if not directory.is_dir():
         raise ConfigError([ConfigProblem(str(directory), "", "channels folder not found")])
-    for path in sorted(directory.glob("*.y*ml")):
+    paths = sorted(directory.glob("*.y*ml"))
+    for path in paths:
+        twins = [p.name for p in paths if p.stem == path.stem and p != path]
+        if twins:
+            problems.append(
+                ConfigProblem(str(path), "", f"channel {path.stem!r} is also in {twins[0]}")
+            )
+            continue
         try:
             channels[path.stem] = load_channel(path)
         except ConfigError as exc:
@@ -143,13 +151,13 @@ def cross_check(channels: dict[str, ChannelConfig], directory: Path) -> list[Con
     for name in proxies[1:]:
         problems.append(
             ConfigProblem(
-                str(directory / f"{name}.yaml"),
+                str(channel_file(directory, name)),
                 "source.proxy",
                 f"only one channel can be the booking proxy (also {proxies[0]})",
             )
         )
     for name, channel in channels.items():
-        file = str(directory / f"{name}.yaml")
+        file = str(channel_file(directory, name))
         mllp = channel.source.mllp
         if mllp is not None and mllp.port:
             clash = next(
@@ -185,6 +193,13 @@ def cross_check(channels: dict[str, ChannelConfig], directory: Path) -> list[Con
                     )
                 )
     return problems
+
+
+def channel_file(directory: Path, name: str) -> Path:
+    """The file that holds channel ``name`` (``.yaml``, or ``.yml`` when only that exists),
+    so that a problem names the file the engineer edits."""
+    yaml_file, yml_file = directory / f"{name}.yaml", directory / f"{name}.yml"
+    return yml_file if yml_file.is_file() and not yaml_file.is_file() else yaml_file
 
 
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})

@@ -679,6 +679,29 @@ def test_listeners_on_one_port_clash_across_names_of_one_address(tmp_path, host_
     ]
 
 
+def test_one_channel_in_a_yaml_and_a_yml_file_is_refused(tmp_path):
+    folder = tmp_path / "channels"
+    write(folder / "lab.yaml", "name: lab\nsource: {mllp: {port: 2575}}\n")
+    write(folder / "lab.yml", "name: lab\nsource: {mllp: {port: 2576}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_channels(folder)
+    assert problems(caught) == [
+        ("lab.yaml", "", "channel 'lab' is also in lab.yml"),
+        ("lab.yml", "", "channel 'lab' is also in lab.yaml"),
+    ]
+
+
+def test_a_problem_between_channels_names_a_yml_file_as_it_is(tmp_path):
+    folder = tmp_path / "channels"
+    write(folder / "a.yml", "name: a\nsource: {mllp: {port: 2575}}\n")
+    write(folder / "b.yml", "name: b\nsource: {mllp: {port: 2575}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_channels(folder)
+    assert problems(caught) == [
+        ("b.yml", "source.mllp.port", "127.0.0.1:2575 is also used by a"),
+    ]
+
+
 def test_a_missing_channels_folder_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_channels(tmp_path / "nowhere")
