@@ -15,7 +15,7 @@ from router.cli import (
     replay_commands,
     user_commands,
 )
-from router.cli.output import CommandError
+from router.cli.output import STORE_PROBLEMS, CommandError, store_problem
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,5 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
+    except STORE_PROBLEMS as exc:
+        if args.verbose:
+            raise
+        print(f"error: {store_problem(args, exc)} (-v for details)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -11,7 +11,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from router.config import ConfigError, EngineConfig, load_engine
+from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
+
+from router.config import ConfigError, EngineConfig, load_engine, safe_store_url
 from router.store.database import Store
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "engine.yaml"
@@ -32,6 +34,20 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         return load_engine(config_path(args))
     except ConfigError as exc:
         raise CommandError(str(exc), 2) from exc
+
+
+# The store cannot be reached or its URL is wrong: the operator's to fix, not a bug to trace.
+STORE_PROBLEMS = (OperationalError, InterfaceError, ArgumentError, NoSuchModuleError)
+
+
+def store_problem(args: argparse.Namespace, exc: Exception) -> str:
+    """One line: the store's URL (without its password) and the driver's first line."""
+    try:
+        url = safe_store_url(engine_config(args).store)
+    except CommandError:
+        url = "(engine.yaml unreadable)"
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"store {url}: {reason[0] if reason else type(exc).__name__}"
 
 
 def open_store(args: argparse.Namespace) -> Store:

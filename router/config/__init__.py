@@ -33,6 +33,7 @@ from router.config.engine import (
     ProcessingOptions,
     RetentionOptions,
     SqliteOptions,
+    safe_store_url,
 )
 from router.config.loading import (
     ConfigError,
@@ -78,4 +79,5 @@ __all__ = [
     "load_channels",
     "load_engine",
     "resolve_store_url",
+    "safe_store_url",
 ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from router.config._base import Duration, PositiveDuration, Size, _Strict
 from router.config.mesh import MeshOptions
@@ -62,6 +65,17 @@ class AuthOptions(_Strict):
     secure_cookie: Literal["auto", "always"] = "auto"
 
 
+STORE_DRIVERS = ("sqlite", "postgresql+psycopg")
+
+
+def safe_store_url(url: str) -> str:
+    """``url`` with any password shown as ``***``: store URLs end up in errors and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
 class EngineConfig(_Strict):
     store: str = "sqlite:///data/tie.db"
     channels: Path = Path("../channels")
@@ -82,6 +96,28 @@ class EngineConfig(_Strict):
     # deployed once someone other than its author approves it (docs/governance.md).
     governance: Literal["open", "governed"] = "open"
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        """Only the drivers tie ships; a SQLite file after three slashes (two make the
+        path's first folder a host name)."""
+        example = "e.g. sqlite:///data/tie.db or postgresql+psycopg://user@host/db"
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"{safe_store_url(value)} is not a database URL ({example})") from None
+        if url.drivername not in STORE_DRIVERS:
+            raise ValueError(
+                f"{url.drivername!r} is not a supported store: use {' or '.join(STORE_DRIVERS)} "
+                f"({example})"
+            )
+        if url.drivername == "sqlite" and (url.host or url.username or url.port):
+            raise ValueError(
+                f"{safe_store_url(value)} names a host: a SQLite file is sqlite:///relative.db "
+                "or sqlite:////absolute/path.db"
+            )
+        return value
 
 
 # --- loading ---------------------------------------------------------------

@@ -355,6 +355,20 @@ def test_db_upgrade_creates_the_schema_on_an_empty_database(tmp_path, store_url,
         assert schema != "public", "the upgrade must land in the schema named by the URL"
 
 
+@pytest.mark.parametrize("command", [("messages",), ("show", "1"), ("db", "upgrade")])
+def test_an_unreachable_store_is_one_line_without_the_password(tmp_path, cli, command):
+    [port] = free_ports(1)
+    config = tmp_path / "engine.yaml"
+    config.write_text(f"store: postgresql+psycopg://tie:s3cret@127.0.0.1:{port}/tie\n")
+
+    run = cli(config, *command)
+
+    assert run.code == 1
+    assert run.err.startswith(f"error: store postgresql+psycopg://tie:***@127.0.0.1:{port}/tie: ")
+    assert len(run.err.splitlines()) == 1
+    assert "s3cret" not in run.err
+
+
 # --- messages and show ------------------------------------------------------------------
 
 

@@ -609,6 +609,24 @@ def test_an_engine_error_names_the_file_and_key(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    ("store", "problem"),
+    [
+        ("mysql://tie:s3cret@db/tie", "'mysql' is not a supported store"),
+        ("sqlite://data/tie.db", "sqlite://data/tie.db names a host"),
+        ("not a url", "not a url is not a database URL"),
+    ],
+)
+def test_a_store_url_of_the_wrong_form_is_refused(tmp_path, store, problem):
+    path = write(tmp_path / "engine.yaml", f"store: '{store}'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_engine(path)
+    [(file, key, message)] = problems(caught)
+    assert (file, key) == ("engine.yaml", "store")
+    assert message.startswith(problem)
+    assert "s3cret" not in message
+
+
 def test_a_missing_engine_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_engine(tmp_path / "nope.yaml")
