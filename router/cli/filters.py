@@ -9,11 +9,24 @@ from router.store.inbound import utcnow
 from router.store.queries import MessageFilter
 from router.units import parse_duration
 
+# A status that is not one of these would match nothing, which reads as "none of those".
+MESSAGE_STATUSES = ("received", "validating", "processed", "filtered", "error")
+DELIVERY_STATUSES = (
+    "queued",
+    "sending",
+    "retrying",
+    "sent",
+    "failed",
+    "resent",
+    "held",
+    "cancelled",
+)
+
 
 def add_filters(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("search")
     group.add_argument("--channel")
-    group.add_argument("--status", help="received, validating, processed, filtered or error")
+    group.add_argument("--status", choices=MESSAGE_STATUSES, help=", ".join(MESSAGE_STATUSES))
     group.add_argument("--since", type=when, help="ISO time, or an age such as 2h")
     group.add_argument("--until", type=when, help="ISO time, or an age such as 30m")
     group.add_argument("--type", dest="message_type", help="MSH-9, e.g. ORU^R01 or ORU")

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from router import replay
 from router.cli.commands import actor
-from router.cli.filters import add_filters, has_search, search_filter
+from router.cli.filters import DELIVERY_STATUSES, add_filters, has_search, search_filter
 from router.cli.output import CommandError, add_json, open_store, print_json
 from router.store.database import Store
 from router.store.queries import find_message_id, search_query
@@ -28,7 +28,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("id", nargs="?", type=int, help="one delivery id; or use the search options")
     p.add_argument("--destination", help="with a search: only deliveries to this destination")
     p.add_argument(
-        "--delivery-status", default="failed", help="with a search: deliveries in this status"
+        "--delivery-status",
+        default="failed",
+        choices=DELIVERY_STATUSES,
+        help="with a search: deliveries in this status (default: failed)",
     )
     p.add_argument(
         "--again",

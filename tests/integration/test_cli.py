@@ -422,6 +422,30 @@ def test_messages_rejects_a_time_that_is_neither_iso_nor_an_age(seeded, cli):
     assert exit_.value.code == 2
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "valid"),
+    [
+        (("messages",), ("--status", "failed"), "'received', 'validating', 'processed'"),
+        (("messages",), ("--status", "Error"), "'filtered', 'error'"),
+        (
+            ("resend", "--channel", "orders", "--reason", "x", "--dry-run"),
+            ("--delivery-status", "faild"),
+            "'queued', 'sending', 'retrying', 'sent', 'failed', 'resent', 'held', 'cancelled'",
+        ),
+    ],
+)
+def test_an_unknown_status_is_refused_with_the_valid_ones(
+    tmp_path, cli, capsys, command, option, valid
+):
+    """``--status failed`` (a delivery status) matched nothing: it read as "nothing failed"."""
+    with pytest.raises(SystemExit) as exit_:
+        cli(tmp_path / "engine.yaml", *command, *option)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"invalid choice: '{option[1]}'" in err
+    assert valid in err
+
+
 def test_messages_and_show_never_write_a_senders_control_characters(workspace, cli):
     hostile = "X\x1b[2J\x1b]0;owned\x07\x9b2J"  # C0 and C1 (CSI) escapes
     raw = (
