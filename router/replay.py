@@ -143,6 +143,10 @@ def resend(store: Store, delivery_id: int, *, reason: str, actor: str) -> Replay
     return ReplayResult(str(row.id), str(new_id), f"resent delivery {row.id} as {new_id}")
 
 
+def delivery_exists(conn: Connection, delivery_id: int) -> bool:
+    return conn.scalar(select(deliveries.c.id).where(deliveries.c.id == delivery_id)) is not None
+
+
 def _deliveries(conn: Connection, ids: list[int]) -> list[Any]:
     return list(
         conn.execute(select(deliveries).where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id))

@@ -65,6 +65,9 @@ def reprocess(args: argparse.Namespace) -> int:
 def resend(args: argparse.Namespace) -> int:
     store = open_store(args)
     if args.id is not None:
+        with store.read() as conn:
+            if not replay.delivery_exists(conn, args.id):
+                raise CommandError(f"no delivery {args.id}")
         ids = [args.id]
     else:
         chosen = _message_ids(store, args)

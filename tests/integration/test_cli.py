@@ -716,6 +716,13 @@ def test_resend_by_search_and_by_id(live, cli):
     assert audit.verify(store).ok
 
 
+@pytest.mark.parametrize("dry_run", [(), ("--dry-run",)])
+def test_resend_an_unknown_delivery_says_so(seeded, cli, dry_run):
+    run = cli(seeded.workspace.config, "resend", "9999", "--reason", "INC1", *dry_run)
+    assert (run.code, run.err, run.out) == (1, "error: no delivery 9999\n", "")
+    assert audit_log(seeded.store, "resend") == []
+
+
 # --- reprocess --------------------------------------------------------------------------
 
 
