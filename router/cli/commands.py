@@ -14,7 +14,9 @@ from router.cli.output import (
     CommandError,
     add_json,
     engine_config,
+    message_ref,
     open_store,
+    positive_seconds,
     print_json,
     print_table,
     printable,
@@ -42,7 +44,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("send", help="send message files to a channel over its own source protocol")
     p.add_argument("channel")
     p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
+    p.add_argument(
+        "--timeout", type=positive_seconds, default=30.0, help="seconds to wait for each ACK"
+    )
     add_json(p)
     p.set_defaults(handler=send)
 
@@ -52,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=messages)
 
     p = sub.add_parser("show", help="a message with its deliveries, attempts and timeline")
-    p.add_argument("id", help="message number, UUID or urn:tie:message:<uuid>")
+    p.add_argument("id", type=message_ref, help="message number, UUID or urn:tie:message:<uuid>")
     p.add_argument("--actor", help="who is looking (default: the OS user)")
     add_json(p)
     p.set_defaults(handler=show)

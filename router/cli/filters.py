@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime, timedelta
 
+from router.cli.output import positive_int
 from router.store.inbound import utcnow
 from router.store.queries import MessageFilter
 from router.units import parse_duration
@@ -35,9 +36,13 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--text", help="content contains this text (last 24h unless --since)")
     group.add_argument("--flag", help="flagged by processing, e.g. unmatched-order")
     group.add_argument(
-        "--limit", type=int, help="at most this many (listing: 50; reprocess/resend: all matches)"
+        "--limit",
+        type=positive_int,
+        help="at most this many (listing: 50; reprocess/resend: all matches)",
     )
-    group.add_argument("--before", type=int, dest="before_id", help="page cursor: ids below this")
+    group.add_argument(
+        "--before", type=positive_int, dest="before_id", help="page cursor: ids below this"
+    )
 
 
 def search_filter(args: argparse.Namespace, *, default_limit: int = 50) -> MessageFilter:

@@ -17,6 +17,7 @@ from router.cli.output import (
     add_json,
     engine_config,
     open_store,
+    positive_int,
     print_json,
     print_table,
 )
@@ -48,11 +49,11 @@ def register(sub: Sub) -> None:
     _add_actor(a)
     a.set_defaults(handler=holds_request)
     a = holds.add_parser("approve", help="approve a batch's release")
-    a.add_argument("id", type=int)
+    a.add_argument("id", type=positive_int)
     _add_actor(a)
     a.set_defaults(handler=holds_approve)
     a = holds.add_parser("reject", help="cancel a batch's deliveries with a reason")
-    a.add_argument("id", type=int)
+    a.add_argument("id", type=positive_int)
     a.add_argument("--reason", required=True)
     _add_actor(a)
     a.set_defaults(handler=holds_reject)
@@ -81,22 +82,22 @@ def _channel_actions(actions: Sub) -> None:
     a.set_defaults(handler=channel_revisions)
     a = actions.add_parser("diff", help="unified diff of a revision against the running one")
     a.add_argument("name")
-    a.add_argument("rev", nargs="?", type=int, help="default: the open proposal")
+    a.add_argument("rev", nargs="?", type=positive_int, help="default: the open proposal")
     a.set_defaults(handler=channel_diff)
     a = actions.add_parser("approve", help="approve a revision (not your own); then it deploys")
     a.add_argument("name")
-    a.add_argument("rev", type=int)
+    a.add_argument("rev", type=positive_int)
     _add_actor(a)
     a.set_defaults(handler=channel_approve)
     a = actions.add_parser("reject", help="reject a proposed revision with a reason")
     a.add_argument("name")
-    a.add_argument("rev", type=int)
+    a.add_argument("rev", type=positive_int)
     a.add_argument("--reason", required=True)
     _add_actor(a)
     a.set_defaults(handler=channel_reject)
     a = actions.add_parser("rollback", help="propose an earlier revision's text again")
     a.add_argument("name")
-    a.add_argument("rev", type=int)
+    a.add_argument("rev", type=positive_int)
     a.add_argument("--reason", default="")
     _add_actor(a)
     a.set_defaults(handler=channel_rollback)

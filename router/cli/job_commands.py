@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from router.cli.output import add_json, open_store, print_json, print_table
+from router.cli.output import add_json, open_store, positive_int, print_json, print_table
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("jobs", help="DPS handoff jobs with their statistics")
-    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--limit", type=positive_int, default=200)
     add_json(p)
     p.set_defaults(handler=jobs)
 

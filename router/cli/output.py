@@ -59,6 +59,42 @@ def open_store(args: argparse.Namespace) -> Store:
     return store
 
 
+# The largest number a store's BIGINT holds: beyond it a driver raises rather than finds none.
+MAX_NUMBER = 2**63 - 1
+
+
+def positive_int(value: str) -> int:
+    """A count, message or delivery number: 1 or more (``--limit 0`` meant 50, ``-1`` all on
+    SQLite and a traceback on PostgreSQL) and small enough for the store."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be 1 or more")
+    if number > MAX_NUMBER:
+        raise argparse.ArgumentTypeError(f"{value!r} is beyond any number in the store")
+    return number
+
+
+def message_ref(value: str) -> str:
+    """A message number, UUID or URN; a number is checked as ``positive_int``."""
+    number = value.removeprefix("urn:tie:message:")
+    if number.isdigit():
+        positive_int(number)
+    return value
+
+
+def positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be more than 0 seconds")
+    return seconds
+
+
 def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON records")
 

@@ -10,7 +10,14 @@ from tqdm import tqdm
 from router import replay
 from router.cli.commands import actor
 from router.cli.filters import DELIVERY_STATUSES, add_filters, has_search, search_filter
-from router.cli.output import CommandError, add_json, open_store, print_json
+from router.cli.output import (
+    CommandError,
+    add_json,
+    message_ref,
+    open_store,
+    positive_int,
+    print_json,
+)
 from router.store.database import Store
 from router.store.queries import find_message_id, search_query
 from router.store.schema import messages
@@ -20,12 +27,19 @@ MAX_BULK = 100_000
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("reprocess", help="run stored messages through their channel again")
-    p.add_argument("id", nargs="?", help="one message (number or UUID); or use the search options")
+    p.add_argument(
+        "id",
+        nargs="?",
+        type=message_ref,
+        help="one message (number or UUID); or use the search options",
+    )
     _common(p)
     p.set_defaults(handler=reprocess)
 
     p = sub.add_parser("resend", help="queue deliveries' payloads again to their destinations")
-    p.add_argument("id", nargs="?", type=int, help="one delivery id; or use the search options")
+    p.add_argument(
+        "id", nargs="?", type=positive_int, help="one delivery id; or use the search options"
+    )
     p.add_argument("--destination", help="with a search: only deliveries to this destination")
     p.add_argument(
         "--delivery-status",

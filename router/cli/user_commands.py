@@ -14,7 +14,14 @@ import sys
 from datetime import timedelta
 
 from router.cli.commands import actor
-from router.cli.output import CommandError, add_json, open_store, print_json, print_table
+from router.cli.output import (
+    CommandError,
+    add_json,
+    open_store,
+    positive_int,
+    print_json,
+    print_table,
+)
 from router.store.inbound import utcnow
 from router.units import parse_duration
 
@@ -47,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     token = actions.add_parser("token", help="issue an API token (printed once); or revoke ID")
     token.add_argument("name", help="the user the token acts as; or `revoke`")
-    token.add_argument("id", nargs="?", type=int, help="with revoke: the token's id")
+    token.add_argument("id", nargs="?", type=positive_int, help="with revoke: the token's id")
     token.add_argument("--role", action="append", dest="roles", help="repeatable")
     token.add_argument("--expires", help="lifetime, e.g. 90d or 12h (default: until revoked)")
     _actor(token)

@@ -446,6 +446,35 @@ def test_an_unknown_status_is_refused_with_the_valid_ones(
     assert valid in err
 
 
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (("messages", "--limit", "0"), "argument --limit: '0' must be 1 or more"),
+        (("messages", "--limit", "-1"), "argument --limit: '-1' must be 1 or more"),
+        (("messages", "--before", "x"), "argument --before: 'x' is not a whole number"),
+        (
+            ("show", "99999999999999999999"),
+            "argument id: '99999999999999999999' is beyond any number in the store",
+        ),
+        (
+            ("reprocess", "urn:tie:message:99999999999999999999", "--reason", "x"),
+            "argument id: '99999999999999999999' is beyond any number in the store",
+        ),
+        (("resend", "0", "--reason", "x"), "argument id: '0' must be 1 or more"),
+        (("send", "orders", "a.hl7", "--timeout", "0"), "'0' must be more than 0 seconds"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_before_the_store_sees_them(
+    tmp_path, cli, capsys, args, problem
+):
+    """``--limit -1`` listed everything on SQLite and was a traceback on PostgreSQL; a
+    number beyond BIGINT was an OverflowError; ``--limit 0`` silently meant 50."""
+    with pytest.raises(SystemExit) as exit_:
+        cli(tmp_path / "engine.yaml", *args)
+    assert exit_.value.code == 2
+    assert problem in capsys.readouterr().err
+
+
 def test_messages_and_show_never_write_a_senders_control_characters(workspace, cli):
     hostile = "X\x1b[2J\x1b]0;owned\x07\x9b2J"  # C0 and C1 (CSI) escapes
     raw = (
