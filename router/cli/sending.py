@@ -8,7 +8,7 @@ from typing import Any
 
 from router.cli.output import CommandError
 from router.config import ChannelConfig, EngineConfig
-from router.connectors.mllp.framing import frame, read_frame
+from router.connectors.mllp.framing import FrameTooLarge, TruncatedFrame, frame, read_frame
 from router.hl7v2.ack import parse_ack
 from router.hl7v2.batch import split_messages
 from router.hl7v2.er7 import Er7Error
@@ -54,20 +54,30 @@ async def _send_mllp(
     try:
         for path, batch in batches:
             for message in batch:
-                writer.write(frame(message))
-                await writer.drain()
                 try:
+                    writer.write(frame(message))
+                    await writer.drain()
                     async with asyncio.timeout(timeout):
                         answer = await read_frame(reader, 10 * 1024 * 1024)
                 except TimeoutError:
-                    row = _result(path, message, None)
-                    row["text"] = f"no answer within {timeout:g}s; the rest were not sent"
-                    results.append(row)
+                    results.append(_stopped(path, message, f"no answer within {timeout:g}s"))
+                    return results
+                except (OSError, TruncatedFrame, FrameTooLarge) as exc:
+                    # The rows so far say which messages were accepted: keep them.
+                    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                    results.append(_stopped(path, message, f"connection lost: {reason}"))
                     return results
                 results.append(_result(path, message, answer))
     finally:
         writer.close()
     return results
+
+
+def _stopped(path: Path, message: bytes, reason: str) -> dict[str, Any]:
+    """The row of the message that got no answer; the messages after it were not sent."""
+    row = _result(path, message, None)
+    row["text"] = f"{reason}; the rest were not sent"
+    return row
 
 
 def _result(path: Path, message: bytes, answer: bytes | None) -> dict[str, Any]:

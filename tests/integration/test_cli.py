@@ -10,8 +10,10 @@ from __future__ import annotations
 import getpass
 import json
 import socket
+import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -613,6 +615,39 @@ def test_send_says_so_when_the_engine_is_not_listening(workspace, cli, tmp_path)
 
     assert run.code == 1
     assert f"channel orders does not answer on 127.0.0.1:{workspace.orders_port}" in run.err
+
+
+def test_send_keeps_the_answered_rows_when_the_peer_resets_the_connection(workspace, cli):
+    """A peer that accepts SEND-1, then resets the connection on SEND-2: the operator must
+    still see that SEND-1 was accepted (and that SEND-3 was never sent)."""
+    listener = socket.create_server(("127.0.0.1", workspace.orders_port))
+
+    def accept_one_then_reset() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            for answer in (b"MSH|^~\\&|LAB|RYY|EPR|RXX|2024||ACK|A1|P|2.5.1\rMSA|AA|SEND-1", None):
+                received = b""
+                while not received.endswith(b"\x1c\r"):
+                    received += conn.recv(65536)
+                if answer is not None:
+                    conn.sendall(b"\x0b" + answer + b"\x1c\r")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    peer = threading.Thread(target=accept_one_then_reset)
+    peer.start()
+    path = workspace.config.parent / "three.hl7"
+    path.write_bytes(b"\r\n".join([oml("SEND-1", "P-1"), oml("SEND-2", "P-2"), adt("SEND-3")]))
+    try:
+        run = cli(workspace.config, "send", "orders", str(path), "--json")
+    finally:
+        peer.join()
+        listener.close()
+
+    assert run.code == 1
+    rows = run.json()
+    assert [(r["control_id"], r["ack"]) for r in rows] == [("SEND-1", "AA"), ("SEND-2", None)]
+    assert rows[1]["text"].startswith("connection lost: ")
+    assert rows[1]["text"].endswith("; the rest were not sent")
 
 
 # --- show -------------------------------------------------------------------------------
