@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from router.cli import (
@@ -57,7 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     # httpx logs every request at INFO: the FHIR routes and the proxy make one per message.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # here, where a reader that went away is caught
+        return code
+    except BrokenPipeError:
+        # ``run.py messages | head``: the reader has what it wanted. Quiet, with the shell's
+        # code for SIGPIPE; stdout goes to /dev/null so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -475,6 +476,25 @@ def test_numbers_out_of_range_are_refused_before_the_store_sees_them(
         cli(tmp_path / "engine.yaml", *args)
     assert exit_.value.code == 2
     assert problem in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [("messages", "--json"), ("messages",)])
+def test_a_reader_that_went_away_is_not_a_traceback(tmp_path, args):
+    """``run.py messages | head``: head exits, and the write finds the pipe closed."""
+    workspace = write_workspace(tmp_path, f"sqlite:///{tmp_path / 'tie.db'}", lab_port=2576)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the command writes a byte
+    try:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), "--config", str(workspace.config), *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
 
 
 def test_messages_and_show_never_write_a_senders_control_characters(workspace, cli):
