@@ -29,15 +29,65 @@ class ReplayResult:
 
 def plan_reprocess(store: Store, message_ids: list[int]) -> list[ReplayResult]:
     with store.read() as conn:
-        rows = conn.execute(
-            select(messages.c.id, messages.c.uuid, messages.c.channel, messages.c.status)
-            .where(messages.c.id.in_(message_ids))
-            .order_by(messages.c.id)
+        rows = list(
+            conn.execute(
+                select(messages.c.id, messages.c.uuid, messages.c.channel, messages.c.status)
+                .where(messages.c.id.in_(message_ids))
+                .order_by(messages.c.id)
+            )
         )
+        newer = superseded(conn, [r.id for r in rows])
         return [
-            ReplayResult(r.uuid, None, f"reprocess #{r.id} ({r.status}) through {r.channel}")
+            ReplayResult(
+                r.uuid,
+                None,
+                f"reprocess #{r.id} ({r.status}) through {r.channel}"
+                + (f" again: already reprocessed as #{newer[r.id]}" if r.id in newer else ""),
+            )
             for r in rows
         ]
+
+
+def superseded(conn: Connection, message_ids: list[int]) -> dict[int, int]:
+    """Each of ``message_ids`` that a newer reprocessed copy stands for: id -> that copy.
+
+    A message's family is its original and every copy (copies of copies too); only the
+    newest member is the current one. An original's status is final, so a search by
+    status finds it (and any older copy) again after it was reprocessed: the family's
+    newest member says it has been dealt with. Copies are always newer than their
+    originals, so the search down is a range of ids.
+    """
+    m = messages.c
+    parent: dict[int, int] = {}
+    frontier = set(message_ids)
+    while frontier:
+        rows = conn.execute(
+            select(m.id, m.reprocessed_from).where(
+                m.id.in_(frontier), m.reprocessed_from.is_not(None)
+            )
+        ).all()
+        parent.update(rows)
+        frontier = {original for _, original in rows} - parent.keys()
+
+    def root(message_id: int) -> int:
+        while message_id in parent:
+            message_id = parent[message_id]
+        return message_id
+
+    roots = {message_id: root(message_id) for message_id in message_ids}
+    newest = {r: r for r in roots.values()}
+    family = dict(newest)  # member -> its root
+    frontier = set(newest)
+    lowest = min(frontier, default=0)
+    while frontier:
+        rows = conn.execute(
+            select(m.id, m.reprocessed_from).where(m.reprocessed_from.in_(frontier), m.id > lowest)
+        ).all()
+        for copy, original in rows:
+            family[copy] = family[original]
+            newest[family[copy]] = max(newest[family[copy]], copy)
+        frontier = {copy for copy, _ in rows}
+    return {i: newest[r] for i, r in roots.items() if newest[r] > i}
 
 
 def reprocess(store: Store, message_id: int, *, reason: str, actor: str) -> ReplayResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from tqdm import tqdm
@@ -32,6 +33,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         nargs="?",
         type=message_ref,
         help="one message (number or UUID); or use the search options",
+    )
+    p.add_argument(
+        "--again",
+        action="store_true",
+        help="with a search: also messages already reprocessed (their copies ran already)",
     )
     _common(p)
     p.set_defaults(handler=reprocess)
@@ -68,6 +74,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def reprocess(args: argparse.Namespace) -> int:
     store = open_store(args)
     ids = _message_ids(store, args)
+    if args.id is None and not args.again:
+        ids = _not_superseded(store, ids)
     return _run(
         args,
         ids,
@@ -99,6 +107,22 @@ def resend(args: argparse.Namespace) -> int:
         plan=lambda: replay.plan_resend(store, ids),
         act=lambda i: replay.resend(store, i, reason=args.reason, actor=actor(args)),
     )
+
+
+def _not_superseded(store: Store, ids: list[int]) -> list[int]:
+    """``ids`` less the messages a newer reprocessed copy stands for, saying which on stderr:
+    reprocessing them again would send their payloads to the receivers once more."""
+    with store.read() as conn:
+        newer = replay.superseded(conn, ids)
+    if newer:
+        shown = ", ".join(f"#{old} as #{new}" for old, new in list(newer.items())[:10])
+        more = ", ..." if len(newer) > 10 else ""
+        print(
+            f"skipped {len(newer)} message(s) already reprocessed ({shown}{more}); "
+            "--again includes them",
+            file=sys.stderr,
+        )
+    return [i for i in ids if i not in newer]
 
 
 def _message_ids(store: Store, args: argparse.Namespace) -> list[int]:

@@ -906,6 +906,53 @@ def test_reprocess_a_search_in_bulk(seeded, cli):
     assert {json.loads(e.details)["reason"] for e in events} == {"mapping fixed"}
 
 
+def test_a_bulk_reprocess_skips_messages_already_reprocessed(seeded, cli):
+    """An original keeps its status, so the same search finds it again after it was
+    reprocessed: only the newest copy of each message is taken, unless ``--again``."""
+    config, store, ord1, ord2 = (
+        seeded.workspace.config,
+        seeded.store,
+        seeded.ids["ORD-1"],
+        seeded.ids["ORD-2"],
+    )
+    first = cli(config, "reprocess", str(ord1), "--reason", "INC1", "--json")
+    assert first.code == 0, first.err
+    with store.read() as conn:
+        copy = conn.scalar(select(messages.c.id).where(messages.c.reprocessed_from == ord1))
+    search = ("--channel", "orders", "--type", "OML", "--reason", "INC2")
+
+    dry = cli(config, "reprocess", *search, "--dry-run")
+    run = cli(config, "reprocess", *search)
+
+    assert dry.out.splitlines() == [
+        f"would reprocess #{ord2} (processed) through orders",
+        f"would reprocess #{copy} (received) through orders",
+        "dry run: 2 item(s), nothing changed",
+    ]
+    skipped = (
+        f"skipped 1 message(s) already reprocessed (#{ord1} as #{copy}); --again includes them"
+    )
+    assert skipped in dry.err and skipped in run.err
+    assert run.code == 0, run.err
+    with store.read() as conn:
+        copied = sorted(
+            conn.scalars(
+                select(messages.c.reprocessed_from).where(messages.c.reprocessed_from.is_not(None))
+            )
+        )
+    assert copied == sorted([ord1, ord2, copy]), "ORD-1 once, then its copy: never twice"
+
+    again = cli(config, "reprocess", *search, "--dry-run", "--again")
+    one = cli(config, "reprocess", str(ord1), "--reason", "INC3", "--dry-run")
+
+    assert (
+        f"would reprocess #{ord1} (processed) through orders again: already reprocessed as #"
+        in again.out
+    )
+    assert "dry run: 5 item(s)" in again.out, "the originals, two copies, a copy of a copy"
+    assert one.out.startswith(f"would reprocess #{ord1} (processed) through orders again: ")
+
+
 def uuids(store: Store, *control_ids: str) -> list[str]:
     with store.read() as conn:
         return list(
