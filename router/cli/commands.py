@@ -100,6 +100,12 @@ def check(args: argparse.Namespace) -> int:
         read_endpoints(config.endpoints)
     except ConfigError as exc:
         raise CommandError(f"configuration is not valid:\n{exc}", 2) from exc
+    # A mistyped name or folder would run no case and pass: "0 case(s) run", exit 0.
+    unknown = [name for name in args.channels if name not in channels]
+    if unknown:
+        raise CommandError(f"no channel named {', '.join(map(repr, unknown))}", 2)
+    if args.cases is not None and not args.cases.is_dir():
+        raise CommandError(f"--cases {args.cases}: not a folder", 2)
     for name, channel in sorted(channels.items()):
         routes = ", ".join(f"{d}({c.kind})" for d, c in channel.destinations.items()) or "none"
         print(f"ok  {name}: source {channel.source.kind}, destinations {routes}")

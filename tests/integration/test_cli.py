@@ -281,6 +281,22 @@ def test_check_names_file_key_path_and_problem(tmp_path, cli, case):
     assert "orders.yaml" not in run.err, "only the broken file is blamed"
 
 
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (("nosuch",), "error: no channel named 'nosuch'"),
+        (("orders", "nosuch", "other"), "error: no channel named 'nosuch', 'other'"),
+        (("--cases", "nowhere"), "error: --cases nowhere: not a folder"),
+    ],
+)
+def test_check_refuses_a_channel_or_case_folder_that_does_not_exist(tmp_path, cli, args, problem):
+    """A mistyped name ran no test case and passed."""
+    workspace = write_workspace(tmp_path, f"sqlite:///{tmp_path / 'tie.db'}", lab_port=2576)
+    run = cli(workspace.config, "check", *args)
+    assert run.code == 2
+    assert run.err == problem + "\n"
+
+
 def test_check_names_engine_yaml_problems(tmp_path, cli):
     config = tmp_path / "engine.yaml"
     config.write_text("store: sqlite:///tie.db\nchannels: channels\nhttp: {prot: 8080}\n")
