@@ -132,11 +132,19 @@ def printable(text: str, lines: bool = False) -> str:
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[_cell(_summary(c, row.get(c))) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for r in cells:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _summary(column: str, value: Any) -> Any:
+    """An ``error`` that is a traceback as its last line (``ValueError: ward mapping
+    broken``): its first line, all a cell has room for, is the same for every failure."""
+    if column != "error" or not isinstance(value, str) or not value.startswith("Traceback"):
+        return value
+    return [line for line in value.splitlines() if line.strip()][-1].strip()
 
 
 def _cell(value: Any) -> str:

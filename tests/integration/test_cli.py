@@ -513,6 +513,28 @@ def test_a_reader_that_went_away_is_not_a_traceback(tmp_path, args):
     assert (result.returncode, result.stderr) == (141, "")
 
 
+def test_messages_shows_the_last_line_of_a_traceback(workspace, cli):
+    """Every mapping failure began 'Traceback (most recent call last): File ...'."""
+    error = (
+        "Traceback (most recent call last):\n"
+        '  File "/srv/tie/mappings/wards.py", line 12, in normalise\n'
+        "    raise ValueError('ward mapping broken')\n"
+        "ValueError: ward mapping broken\n"
+    )
+    store = workspace.store()
+    try:
+        with store.begin() as conn:
+            write_inbound(conn, [Inbound("orders", oml("E-1", "P-1"), status="error", error=error)])
+    finally:
+        store.dispose()
+
+    table = cli(workspace.config, "messages")
+    as_json = cli(workspace.config, "messages", "--json")
+
+    assert table.out.splitlines()[1].endswith("  ValueError: ward mapping broken")
+    assert as_json.json()[0]["error"] == error, "JSON keeps the whole traceback"
+
+
 def test_messages_and_show_never_write_a_senders_control_characters(workspace, cli):
     hostile = "X\x1b[2J\x1b]0;owned\x07\x9b2J"  # C0 and C1 (CSI) escapes
     raw = (
