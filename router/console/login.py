@@ -109,9 +109,11 @@ def login_routes(engine: Engine) -> APIRouter:
             return await asyncio.to_thread(
                 page, request, auth, next_path=target, error=error, username=username
             )
+        # Counted as a failure before the password is checked, with no await since wait():
+        # guesses sent side by side cannot all pass the check above. A success clears it.
+        auth.throttle.failed(username)
         user, why = await asyncio.to_thread(_check, store, username, password)
         if user is None:
-            auth.throttle.failed(username)
             await asyncio.to_thread(_failed, store, username, why, remote)
             return await asyncio.to_thread(
                 page, request, auth, next_path=target, error=FAILED, username=username

@@ -3,6 +3,7 @@ the login throttle, and an audit event for every user action."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -179,3 +180,41 @@ def test_failed_logins_are_audited_without_the_password_and_slowed_down(site):
     assert all(e[:3] == ("sam", "login-failed", "user:sam") for e in failures)
     assert "wrong-guess" not in json.dumps(failures) and PASSWORD not in json.dumps(failures)
     assert sign_in(site.url, "vic"), "another user is not held up"
+
+
+def test_guesses_sent_side_by_side_are_throttled_too(site):
+    """Each guess counts before its (slow) password check, so a burst cannot all pass."""
+    app = site.running.engine.http.config.app
+    app.state.auth.throttle = LoginThrottle(free=5, first=60.0)
+
+    async def guess(client: httpx.AsyncClient, password: str) -> int:
+        form = {"username": "sam", "password": password, "csrf_token": "t"}
+        answer = await client.post("/login", data=form, cookies={"tie_login": "t"})
+        return answer.status_code
+
+    async def all_at_once() -> list[int]:
+        async with httpx.AsyncClient(base_url=site.url, timeout=60) as client:
+            return await asyncio.gather(*(guess(client, f"wrong-guess-{i}") for i in range(20)))
+
+    assert asyncio.run(all_at_once()) == [401] * 20
+    reasons = [e[3]["reason"] for e in _events(site, "login-failed")]
+    assert sorted(reasons) == ["throttled"] * 15 + ["wrong password"] * 5
+    client = httpx.Client(base_url=site.url, timeout=10)
+    form = client.get("/login")
+    data = {"username": "sam", "password": PASSWORD, "csrf_token": csrf_of(form.text)}
+    assert client.post("/login", data=data).status_code == 401, "the right one waits too"
+
+
+def test_a_success_clears_the_failures_counted_before_it(site):
+    app = site.running.engine.http.config.app
+    app.state.auth.throttle = LoginThrottle(free=5, first=60.0)
+
+    def attempt(password: str) -> int:
+        client = httpx.Client(base_url=site.url, timeout=10)
+        form = client.get("/login")
+        data = {"username": "sam", "password": password, "csrf_token": csrf_of(form.text)}
+        return client.post("/login", data=data).status_code
+
+    for _ in range(2):
+        assert [attempt("wrong-guess") for _ in range(4)] == [401] * 4
+        assert attempt(PASSWORD) == 303, "4 failures and a success: not throttled"
