@@ -18,6 +18,7 @@ from router.api import routes
 from router.api.approvals import approval_routes
 from router.api.audit import audit_routes
 from router.api.channels import channel_routes
+from router.api.limits import BodyLimit
 from router.api.messages import message_routes
 from router.api.metrics import metrics_routes
 from router.api.security import install, public_route
@@ -51,6 +52,7 @@ def create_app(engine: Engine) -> FastAPI:
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    app.add_middleware(BodyLimit)  # inside the gateway's routes (added next), which have their own
     routes.mount(app, engine)
     app.include_router(message_routes(engine))
     app.include_router(approval_routes(engine))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -88,3 +89,33 @@ def test_search_and_detail_with_an_audited_view(api, hl7_samples):
     assert views == [("operator", f"urn:tie:message:{oml['uuid']}")]
 
     assert client.get("/api/messages/999999", headers=auth).status_code == 404
+
+
+def _raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
+    """Send ``head`` and ``body`` (not necessarily all the body announced); read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(api):
+    running, client = api
+    announced = (
+        b"POST /api/revisions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000000\r\n\r\n"
+    )
+    answer = _raw_request(running.http_port, announced, b'{"channel": ')
+    assert answer.startswith(b"HTTP/1.1 413"), "answered without waiting for the gigabyte"
+
+    chunked = b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    megabyte = b"100000\r\n" + b"x" * 0x100000 + b"\r\n"
+    assert _raw_request(running.http_port, chunked, megabyte * 3).startswith(b"HTTP/1.1 413")
+
+    small = client.post("/api/revisions", json={"channel": "x", "yaml": "y" * 1_000_000})
+    assert small.status_code == 401, "a body within the limit reaches the route"
