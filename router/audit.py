@@ -69,6 +69,18 @@ def viewed_message(
     return detail
 
 
+def searched_content(
+    conn: Connection, actor: str, text: str, found: list[str], *, via: str
+) -> None:
+    """Record ``actor``'s search of message content for ``text`` as a ``search`` event, with
+    the UUIDs of the messages ``found``: learning which messages hold an NHS number or a
+    name is a view of content (DESIGN.md §7). The text is kept as its SHA-256, so the log
+    does not spell out patient identifiers while an auditor can still look one up."""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    details = {"via": via, "text_sha256": digest, "found": found}
+    append(conn, actor, "search", "messages", details)
+
+
 @dataclass(frozen=True)
 class Anchor:
     """An event of the chain as a verify found it: its id and hash."""

@@ -92,7 +92,7 @@ def message_routes(engine: Engine) -> APIRouter:
 
     @router.get("/messages")
     async def list_messages(
-        _: Principal = Depends(require_role("viewer")),
+        principal: Principal = Depends(require_role("viewer")),
         channel: str | None = Query(default=None, max_length=64),
         status: MessageStatus | None = None,
         since: datetime | None = None,
@@ -100,12 +100,17 @@ def message_routes(engine: Engine) -> APIRouter:
         type: str | None = Query(default=None, max_length=64, description="MSH-9, e.g. ORU^R01"),
         control_id: str | None = Query(default=None, max_length=199),
         key: str | None = Query(default=None, max_length=255, description="a correlation key"),
-        text: str | None = Query(default=None, max_length=255, description="last 24h by default"),
+        text: str | None = Query(
+            default=None, max_length=255, description="support; last 24h by default; audited"
+        ),
         flag: str | None = Query(default=None, max_length=32, description="e.g. unmatched-order"),
         before: int | None = Query(default=None, description="cursor: `next` of the last page"),
         limit: int = Query(default=50, ge=1, le=500),
     ) -> dict[str, Any]:
-        """Newest first, metadata only; every filter is served by an index."""
+        """Newest first, metadata only; every filter is served by an index. Searching the
+        content (``text``) tells what it holds: it needs ``support`` and is audited."""
+        if text and not principal.has("support"):
+            raise HTTPException(403, "searching content (text) needs the role support")
         f = SearchIn(
             channel=channel,
             status=status,
@@ -120,8 +125,14 @@ def message_routes(engine: Engine) -> APIRouter:
         f.before_id = before
 
         def find() -> list[dict[str, Any]]:
-            with store.read() as conn:
-                return search(conn, f)
+            if not f.text:
+                with store.read() as conn:
+                    return search(conn, f)
+            with store.begin() as conn:
+                rows = search(conn, f)
+                found = [row["uuid"] for row in rows]
+                audit.searched_content(conn, principal.name, f.text, found, via="api")
+                return rows
 
         rows = await asyncio.to_thread(find)
         return {"messages": jsonable(rows), "next": rows[-1]["id"] if len(rows) == limit else None}

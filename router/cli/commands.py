@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("messages", help="search messages")
     add_filters(p)
+    p.add_argument("--actor", help="who is searching content with --text (default: the OS user)")
     add_json(p)
     p.set_defaults(handler=messages)
 
@@ -134,11 +135,16 @@ def send(args: argparse.Namespace) -> int:
 
 
 def messages(args: argparse.Namespace) -> int:
+    from router import audit
     from router.store.queries import search
 
     store = open_store(args)
-    with store.read() as conn:
-        rows = search(conn, search_filter(args))
+    f = search_filter(args)
+    with store.begin() if f.text else store.read() as conn:
+        rows = search(conn, f)
+        if f.text:  # a search of content is audited, as a view of it is
+            found = [row["uuid"] for row in rows]
+            audit.searched_content(conn, actor(args), f.text, found, via="cli")
     if args.json:
         print_json(rows)
     else:

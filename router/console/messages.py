@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
 from router import audit
-from router.api.security import csrf_token
+from router.api.security import Principal, csrf_token
 from router.console.access import Viewer
 from router.console.content import view
 from router.console.search import (
@@ -40,16 +40,28 @@ def message_routes(engine: Engine) -> APIRouter:
     routes = APIRouter()
     store = engine.store
 
-    def listing(search: Search) -> list[dict[str, Any]]:
+    def listing(search: Search, principal: Principal) -> list[dict[str, Any]]:
+        """One page of the search; a search of content is audited in its transaction."""
         if search.problems:
             return []
-        with store.read() as conn:
-            return page(conn, search)
+        text = search.filter.text
+        if not text:
+            with store.read() as conn:
+                return page(conn, search)
+        with store.begin() as conn:
+            rows = page(conn, search)
+            found = [row["uuid"] for row in rows]
+            audit.searched_content(conn, principal.name, text, found, via="console")
+            return rows
+
+    def searched(request: Request, principal: Principal) -> Search:
+        """The search asked for; only ``support`` may search content (text)."""
+        return read_search(request.query_params, content=principal.has("support"))
 
     @routes.get("/messages", response_class=HTMLResponse)
     async def browser(request: Request, principal: Viewer) -> HTMLResponse:
-        search = read_search(request.query_params)
-        rows = await asyncio.to_thread(listing, search)
+        search = searched(request, principal)
+        rows = await asyncio.to_thread(listing, search, principal)
         return render(
             request,
             "messages.html",
@@ -67,8 +79,8 @@ def message_routes(engine: Engine) -> APIRouter:
     @routes.get("/messages/rows", response_class=HTMLResponse)
     async def more_rows(request: Request, principal: Viewer) -> HTMLResponse:
         """The next page of the browser's table, for htmx to append."""
-        search = read_search(request.query_params)
-        rows = await asyncio.to_thread(listing, search)
+        search = searched(request, principal)
+        rows = await asyncio.to_thread(listing, search, principal)
         return render(
             request, "_message_rows.html", {"principal": principal, "search": search, "rows": rows}
         )

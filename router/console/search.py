@@ -53,9 +53,12 @@ class Search:
         return any(self.values.get(name) for name in FIELDS)
 
 
-def read_search(params: Any, *, limit: int = PAGE) -> Search:
-    """A Search from request parameters; a value that cannot be read is named in ``problems``."""
+def read_search(params: Any, *, limit: int = PAGE, content: bool = True) -> Search:
+    """A Search from request parameters; a value that cannot be read is named in ``problems``.
+    Without ``content`` (a user who may not see message content) ``text`` is ignored."""
     values = {name: str(params.get(name) or "").strip()[:MAX_VALUE] for name in FIELDS}
+    if not content:
+        values["text"] = ""
     problems: list[str] = []
     moments = {}
     for name in ("since", "until"):
