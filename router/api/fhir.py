@@ -1,6 +1,8 @@
 """The ServiceRequest registry's FHIR endpoints, ``GET /fhir/<channel>/ServiceRequest``.
 
-The registry holds patient data: a token or session with the support role is required.
+The registry holds patient data: a token or session with the support role is required,
+and every answer is an audited ``view`` (DESIGN.md §7), written in the transaction that
+reads it: a search names the ServiceRequests it returned, even none.
 (The POST endpoints of FHIR channels are plain ASGI, in router/api/gateway_asgi.py.)
 """
 
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from router import audit
 from router.api.security import Principal, require_role
 from router.fhir import registry
 from router.fhir.intake import Answer, rejected_answer
@@ -42,7 +45,7 @@ def fhir_router(engine: Engine) -> APIRouter:
 
     @router.get("/{channel}/ServiceRequest")
     async def search_service_requests(
-        channel: str, request: Request, _: Principal = Depends(require_role("support"))
+        channel: str, request: Request, principal: Principal = Depends(require_role("support"))
     ) -> Response:
         """The latest ServiceRequests by ``identifier``, ``patient:identifier`` and ``status``."""
         if not registry_channel(channel):
@@ -59,8 +62,8 @@ def fhir_router(engine: Engine) -> APIRouter:
             return to_response(rejected_answer(exc, request.headers))
 
         def find() -> list[dict[str, Any]]:
-            with engine.store.read() as conn:
-                return registry.search(
+            with engine.store.begin() as conn:
+                rows = registry.search(
                     conn,
                     channel,
                     identifier=params.get("identifier"),
@@ -68,6 +71,10 @@ def fhir_router(engine: Engine) -> APIRouter:
                     status=params.get("status"),
                     limit=int(count),
                 )
+                found = [row["resource_id"] for row in rows]
+                target = f"fhir:{channel}/ServiceRequest"
+                audit.append(conn, principal.name, "view", target, {"via": "api", "found": found})
+                return rows
 
         await engine.gateway.recorder.written()  # exchanges answered before this search
         rows = await asyncio.to_thread(find)
@@ -79,14 +86,18 @@ def fhir_router(engine: Engine) -> APIRouter:
         channel: str,
         resource_id: str,
         request: Request,
-        _: Principal = Depends(require_role("support")),
+        principal: Principal = Depends(require_role("support")),
     ) -> Response:
         if not registry_channel(channel):
             return unknown(request, f"no FHIR channel named {channel!r}")
 
         def find() -> dict[str, Any] | None:
-            with engine.store.read() as conn:
-                return registry.read(conn, channel, resource_id)
+            with engine.store.begin() as conn:
+                row = registry.read(conn, channel, resource_id)
+                if row is not None:
+                    target = f"fhir:{channel}/ServiceRequest/{resource_id}"
+                    audit.append(conn, principal.name, "view", target, {"via": "api"})
+                return row
 
         await engine.gateway.recorder.written()
         row = await asyncio.to_thread(find)

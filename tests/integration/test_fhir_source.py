@@ -17,6 +17,7 @@ from sqlalchemy import select
 from tie_testing import (
     HttpReceiver,
     RunningEngine,
+    api_token,
     channel,
     engine_config,
     engine_over_http,
@@ -24,7 +25,10 @@ from tie_testing import (
     wait_until,
 )
 
-from router.store.schema import correlations, messages
+from router.fhir import registry
+from router.fhir.bars import service_requests
+from router.store.inbound import utcnow
+from router.store.schema import audit_events, correlations, messages
 
 FHIR = {"Content-Type": "application/fhir+json"}
 REQUESTS = ("servicerequest-request_validation", "booking-request_process-message")
@@ -327,3 +331,32 @@ def test_a_store_that_cannot_commit_answers_503_and_nothing_is_acknowledged(
     finally:
         client.close()
         running.stop()
+
+
+def test_registry_reads_are_audited_views(engine, bars_samples):
+    running, client = engine
+    document = bars_samples["servicerequest-request_validation"]
+    assert _post(client, "/fhir/inbox/$process-message", document).status_code == 202
+    [row] = _rows(running)
+    [indexed] = service_requests(document)
+    with running.store.begin() as conn:
+        registry.index(conn, "inbox", row.id, [indexed], sender="a", receiver="b", now=utcnow())
+    auth = {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
+
+    found = client.get("/fhir/inbox/ServiceRequest", params={"status": "active"}, headers=auth)
+    assert found.json()["total"] == 1
+    none = client.get("/fhir/inbox/ServiceRequest", params={"status": "x"}, headers=auth)
+    assert none.json()["total"] == 0
+    read = client.get(f"/fhir/inbox/ServiceRequest/{indexed.resource_id}", headers=auth)
+    assert read.status_code == 200
+    assert client.get("/fhir/inbox/ServiceRequest/nope", headers=auth).status_code == 404
+
+    a = audit_events.c
+    with running.store.read() as conn:
+        query = select(a.actor, a.target, a.details).where(a.action == "view").order_by(a.id)
+        views = [(r.actor, r.target, json.loads(r.details)) for r in conn.execute(query)]
+    assert views == [
+        ("sam", "fhir:inbox/ServiceRequest", {"via": "api", "found": [indexed.resource_id]}),
+        ("sam", "fhir:inbox/ServiceRequest", {"via": "api", "found": []}),
+        ("sam", f"fhir:inbox/ServiceRequest/{indexed.resource_id}", {"via": "api"}),
+    ]
