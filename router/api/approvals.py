@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router import governance
 from router.api.messages import jsonable
+from router.api.params import IdPath, NumberPath, NumberQuery
 from router.api.security import Principal, require_role
 from router.config import ConfigError
 from router.governance.revisions import MAX_YAML
@@ -99,19 +100,21 @@ def approval_routes(engine: Engine) -> APIRouter:
     @routes.get("/api/revisions/{channel}/diff")
     async def diff(
         channel: str,
-        number: int | None = Query(default=None, ge=1),
-        against: int | None = Query(default=None, ge=1),
+        number: NumberQuery = None,
+        against: NumberQuery = None,
         _: Principal = Depends(viewer),
     ) -> dict[str, Any]:
         """Unified diff of a revision (default: the open proposal) against the running one."""
         return _out(await _call(governance.diff, store, channel, number, against=against))
 
     @routes.get("/api/revisions/{channel}/{number}")
-    async def revision(channel: str, number: int, _: Principal = Depends(viewer)) -> dict[str, Any]:
+    async def revision(
+        channel: str, number: NumberPath, _: Principal = Depends(viewer)
+    ) -> dict[str, Any]:
         return _out(await _call(governance.get_revision, store, channel, number))
 
     @routes.post("/api/revisions/{channel}/{number}/approve")
-    async def approve(channel: str, number: int, who: Principal = Depends(approver)) -> Any:
+    async def approve(channel: str, number: NumberPath, who: Principal = Depends(approver)) -> Any:
         """Approve (never your own proposal); the engine deploys it within seconds."""
         found = await _call(governance.approve, store, channel, number, actor=who.name)
         engine.watcher.wake()
@@ -120,7 +123,7 @@ def approval_routes(engine: Engine) -> APIRouter:
     @routes.post("/api/revisions/{channel}/{number}/reject")
     async def reject(
         channel: str,
-        number: int,
+        number: NumberPath,
         body: ReasonIn,
         who: Principal = Depends(require_role("approver", "engineer")),
     ) -> dict[str, Any]:
@@ -132,7 +135,7 @@ def approval_routes(engine: Engine) -> APIRouter:
 
     @routes.post("/api/revisions/{channel}/{number}/rollback", status_code=201)
     async def rollback(
-        channel: str, number: int, body: ReasonIn, who: Principal = Depends(engineer)
+        channel: str, number: NumberPath, body: ReasonIn, who: Principal = Depends(engineer)
     ) -> dict[str, Any]:
         """Propose revision ``number``'s text again: a new revision, still to be approved."""
         found = await _call(
@@ -189,12 +192,12 @@ def approval_routes(engine: Engine) -> APIRouter:
         return _out(found)
 
     @routes.get("/api/holds/{batch_id}")
-    async def batch(batch_id: int, _: Principal = Depends(viewer)) -> dict[str, Any]:
+    async def batch(batch_id: IdPath, _: Principal = Depends(viewer)) -> dict[str, Any]:
         """A batch with its summary: counts by destination, message type and label."""
         return _out(await _call(governance.batch_summary, store, batch_id))
 
     @routes.post("/api/holds/{batch_id}/approve")
-    async def approve_batch(batch_id: int, who: Principal = Depends(approver)) -> Any:
+    async def approve_batch(batch_id: IdPath, who: Principal = Depends(approver)) -> Any:
         """Add your approval; enough distinct approvers release the batch at once."""
         found = await _call(governance.approve_batch, store, batch_id, actor=who.name)
         if found.state == "released":
@@ -203,7 +206,7 @@ def approval_routes(engine: Engine) -> APIRouter:
 
     @routes.post("/api/holds/{batch_id}/reject")
     async def reject_batch(
-        batch_id: int, body: ReasonIn, who: Principal = Depends(approver)
+        batch_id: IdPath, body: ReasonIn, who: Principal = Depends(approver)
     ) -> dict[str, Any]:
         """Cancel the batch's deliveries, keeping the reason on each."""
         found = await _call(

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query
 
 from router import audit
 from router.api.messages import jsonable
+from router.api.params import Cursor
 from router.api.security import Principal, require_role
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def audit_routes(engine: Engine) -> APIRouter:
         target: str | None = Query(default=None, max_length=255),
         since: datetime | None = None,
         until: datetime | None = None,
-        before: int | None = Query(default=None, description="cursor: `next` of the last page"),
+        before: Cursor = None,
         limit: int = Query(default=100, ge=1, le=1000),
     ) -> dict[str, Any]:
         """Audit events, newest first (``target`` is e.g. ``urn:tie:message:<uuid>``)."""

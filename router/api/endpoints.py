@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from router.api.params import IdPath
 from router.api.security import Principal, require_role
 from router.directory import (
     get_endpoint,
@@ -61,7 +62,7 @@ def endpoints_router(engine: Engine) -> APIRouter:
 
     @router.get("/{endpoint_id}")
     async def get_one(
-        endpoint_id: int, _: Principal = Depends(require_role("viewer"))
+        endpoint_id: IdPath, _: Principal = Depends(require_role("viewer"))
     ) -> dict[str, Any]:
         def read() -> dict[str, Any] | None:
             with store.read() as conn:
@@ -99,7 +100,7 @@ def endpoints_router(engine: Engine) -> APIRouter:
 
     @router.delete("/{endpoint_id}", status_code=204)
     async def remove(
-        endpoint_id: int, actor: Principal = Depends(require_role("engineer"))
+        endpoint_id: IdPath, actor: Principal = Depends(require_role("engineer"))
     ) -> Response:
         def write() -> dict[str, Any] | None:
             with store.begin() as conn:

@@ -19,6 +19,7 @@ from router.api.security import Principal, require_role
 from router.fhir import registry
 from router.fhir.intake import Answer, rejected_answer
 from router.fhir.outcome import reject
+from router.store.queries import parse_id
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -56,8 +57,8 @@ def fhir_router(engine: Engine) -> APIRouter:
             if name not in allowed:
                 exc = reject(400, "not-supported", f"unknown search parameter {name!r}", name)
                 return to_response(rejected_answer(exc, request.headers))
-        count = params.get("_count", "50")
-        if not count.isdigit() or int(count) < 1:
+        count = parse_id(params.get("_count", "50"))
+        if count is None:
             exc = reject(400, "invalid", "_count is a positive number", "_count")
             return to_response(rejected_answer(exc, request.headers))
 
@@ -69,7 +70,7 @@ def fhir_router(engine: Engine) -> APIRouter:
                     identifier=params.get("identifier"),
                     patient=params.get("patient:identifier"),
                     status=params.get("status"),
-                    limit=int(count),
+                    limit=count,
                 )
                 found = [row["resource_id"] for row in rows]
                 target = f"fhir:{channel}/ServiceRequest"

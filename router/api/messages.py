@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from router import audit, replay
+from router.api.params import BodyId, Cursor, IdPath
 from router.api.security import Principal, require_role
 from router.store.queries import MessageFilter, find_message_id, search
 
@@ -78,7 +79,7 @@ class BulkReprocessIn(ReplayIn):
 
 
 class BulkResendIn(ReplayIn):
-    ids: list[int] | None = Field(default=None, max_length=MAX_BULK, description="delivery ids")
+    ids: list[BodyId] | None = Field(default=None, max_length=MAX_BULK, description="delivery ids")
     search: SearchIn | None = None
     destination: str | None = Field(default=None, max_length=64)
     delivery_status: DeliveryStatus | None = "failed"
@@ -104,7 +105,7 @@ def message_routes(engine: Engine) -> APIRouter:
             default=None, max_length=255, description="support; last 24h by default; audited"
         ),
         flag: str | None = Query(default=None, max_length=32, description="e.g. unmatched-order"),
-        before: int | None = Query(default=None, description="cursor: `next` of the last page"),
+        before: Cursor = None,
         limit: int = Query(default=50, ge=1, le=500),
     ) -> dict[str, Any]:
         """Newest first, metadata only; every filter is served by an index. Searching the
@@ -173,7 +174,7 @@ def message_routes(engine: Engine) -> APIRouter:
 
     @router.post("/deliveries/{delivery_id}/resend")
     async def resend_one(
-        delivery_id: int, body: ReplayIn, principal: Principal = Depends(require_role("support"))
+        delivery_id: IdPath, body: ReplayIn, principal: Principal = Depends(require_role("support"))
     ) -> dict[str, Any]:
         """Queue the delivery's payload again, as sent, with its original idempotency key."""
         return await _replay(body, [delivery_id], _resend(store, body, principal), engine, "resend")

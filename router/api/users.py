@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.api.messages import jsonable
+from router.api.params import IdPath
 from router.api.security import Principal, require_role
 from router.auth.passwords import MAX_LENGTH
 from router.auth.tokens import issue_token, list_tokens, revoke_token
@@ -99,7 +100,7 @@ def user_routes(engine: Engine) -> APIRouter:
         return {"id": token_id, "token": token}
 
     @router.delete("/tokens/{token_id}", status_code=204)
-    async def revoke(token_id: int, principal: Principal = Depends(admin)) -> Response:
+    async def revoke(token_id: IdPath, principal: Principal = Depends(admin)) -> Response:
         await write(lambda conn: revoke_token(conn, token_id, actor=principal.name))
         return Response(status_code=204)
 

@@ -82,6 +82,8 @@ def when(value: str) -> datetime:
         return utcnow() - timedelta(seconds=parse_duration(value))
     except ValueError:
         pass
+    except OverflowError as exc:  # before the year 1
+        raise argparse.ArgumentTypeError(f"{value!r} is too long ago") from exc
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:

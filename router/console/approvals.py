@@ -17,6 +17,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from router import governance
+from router.api.params import IdPath, NumberPath
 from router.api.security import Principal, csrf_token
 from router.config._base import CHANNEL_NAME
 from router.console.access import Approver, Engineer, Requester, Reviewer, Viewer
@@ -166,7 +167,7 @@ def approval_routes(engine: Engine) -> APIRouter:
     @routes.post("/approvals/revisions/{channel}/{number}/rollback")
     async def rollback(
         channel: str,
-        number: int,
+        number: NumberPath,
         request: Request,
         principal: Engineer,
         reason: str = Form(default="", max_length=MAX_REASON),
@@ -183,7 +184,7 @@ def approval_routes(engine: Engine) -> APIRouter:
     @routes.post("/approvals/revisions/{channel}/{number}/approve")
     async def approve(
         channel: str,
-        number: int,
+        number: NumberPath,
         request: Request,
         principal: Approver,
     ) -> Response:
@@ -195,7 +196,7 @@ def approval_routes(engine: Engine) -> APIRouter:
     @routes.post("/approvals/revisions/{channel}/{number}/reject")
     async def reject(
         channel: str,
-        number: int,
+        number: NumberPath,
         request: Request,
         principal: Reviewer,
         reason: str = Form(default="", max_length=MAX_REASON),
@@ -223,7 +224,7 @@ def approval_routes(engine: Engine) -> APIRouter:
 
     @routes.post("/approvals/holds/{batch_id}/approve")
     async def approve_batch(
-        batch_id: int,
+        batch_id: IdPath,
         request: Request,
         principal: Approver,
     ) -> Response:
@@ -234,7 +235,7 @@ def approval_routes(engine: Engine) -> APIRouter:
 
     @routes.post("/approvals/holds/{batch_id}/reject")
     async def reject_batch(
-        batch_id: int,
+        batch_id: IdPath,
         request: Request,
         principal: Approver,
         reason: str = Form(default="", max_length=MAX_REASON),

@@ -15,6 +15,7 @@ from router.api.security import csrf_token
 from router.cli.filters import when
 from router.console.access import AuditReader
 from router.console.templating import render
+from router.store.queries import parse_id
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -42,7 +43,7 @@ def audit_routes(engine: Engine) -> APIRouter:
                 values["target"] or None,
                 when(values["since"]) if values["since"] else None,
                 when(values["until"]) if values["until"] else None,
-                int(before) if before.isdigit() else None,
+                parse_id(before),
                 PAGE,
             )
         except argparse.ArgumentTypeError as exc:

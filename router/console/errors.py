@@ -4,6 +4,9 @@ FastAPI answers ``HTTPException`` and form validation errors with JSON, which is
 for ``/api`` and scripts but leaves a person in the console looking at ``{"detail": ...}``
 with no way back. Requests for console pages get an HTML page with the reason and the
 navigation instead; every other path keeps FastAPI's JSON answers.
+
+An unexpected exception is answered the same way (JSON, or the page), never with
+Starlette's ``text/plain`` 500 and never with the traceback, which the server logs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from fastapi.exception_handlers import (
 )
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from router.api.security import ConsoleForbidden, authenticator, csrf_token
 from router.console.templating import render
@@ -75,6 +78,13 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, ConsoleForbidden)
         return await error_page(request, 403, exc.detail)
 
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette re-raises ``exc`` once this is sent, so uvicorn logs its traceback.
+        if not is_console_path(request.url.path):
+            return JSONResponse({"detail": "internal error: see the engine's log"}, 500)
+        return await error_page(request, 500, "Something went wrong: see the engine's log.")
+
+    app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_form)
     app.add_exception_handler(ConsoleForbidden, forbidden)

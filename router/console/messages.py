@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
 from router import audit
+from router.api.params import IdPath
 from router.api.security import Principal, csrf_token
 from router.console.access import Viewer
 from router.console.content import view
@@ -117,7 +118,9 @@ def message_routes(engine: Engine) -> APIRouter:
         return render(request, "message.html", context)
 
     @routes.get("/messages/{message_id}/deliveries", response_class=HTMLResponse)
-    async def delivery_rows(message_id: int, request: Request, principal: Viewer) -> HTMLResponse:
+    async def delivery_rows(
+        message_id: IdPath, request: Request, principal: Viewer
+    ) -> HTMLResponse:
         """The deliveries' metadata, polled by the detail page while any is on its way."""
 
         def load() -> list[dict[str, Any]]:

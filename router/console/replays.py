@@ -16,11 +16,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from router import replay
+from router.api.params import IdPath
 from router.api.security import Principal, csrf_token
 from router.console.access import Support
 from router.console.search import find, read_search
 from router.console.templating import render
 from router.store.database import Store
+from router.store.queries import parse_id
 from router.store.schema import deliveries, messages
 
 if TYPE_CHECKING:
@@ -45,13 +47,13 @@ def replay_routes(engine: Engine) -> APIRouter:
 
     @routes.post("/messages/{message_id}/reprocess/preview", response_class=HTMLResponse)
     async def reprocess_preview(
-        message_id: int, request: Request, principal: Support
+        message_id: IdPath, request: Request, principal: Support
     ) -> HTMLResponse:
         return await preview(request, principal, replay.plan_reprocess, message_id)
 
     @routes.post("/messages/{message_id}/reprocess")
     async def reprocess(
-        message_id: int,
+        message_id: IdPath,
         principal: Support,
         reason: str = Form(default="", max_length=MAX_REASON),
     ) -> Response:
@@ -65,13 +67,13 @@ def replay_routes(engine: Engine) -> APIRouter:
 
     @routes.post("/deliveries/{delivery_id}/resend/preview", response_class=HTMLResponse)
     async def resend_preview(
-        delivery_id: int, request: Request, principal: Support
+        delivery_id: IdPath, request: Request, principal: Support
     ) -> HTMLResponse:
         return await preview(request, principal, replay.plan_resend, delivery_id)
 
     @routes.post("/deliveries/{delivery_id}/resend")
     async def resend(
-        delivery_id: int,
+        delivery_id: IdPath,
         principal: Support,
         reason: str = Form(default="", max_length=MAX_REASON),
     ) -> Response:
@@ -112,7 +114,8 @@ def replay_routes(engine: Engine) -> APIRouter:
         form = await request.form()
         action = str(form.get("action", ""))
         reason = str(form.get("reason", ""))[:MAX_REASON]
-        ids = [int(v) for v in str(form.get("ids", "")).split(",") if v.isdigit()][:MAX_BULK]
+        listed = (parse_id(v) for v in str(form.get("ids", "")).split(","))
+        ids = [i for i in listed if i is not None][:MAX_BULK]
         if action not in ACTIONS:
             raise HTTPException(400, "unknown action")
         if not reason.strip():

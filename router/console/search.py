@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from sqlalchemy import Connection, func, select
 
 from router.cli.filters import when
-from router.store.queries import LISTING, MessageFilter, search_query
+from router.store.queries import LISTING, MessageFilter, parse_id, search_query
 from router.store.schema import deliveries, messages
 
 PAGE = 50
@@ -82,7 +82,7 @@ def read_search(params: Any, *, limit: int = PAGE, content: bool = True) -> Sear
         control_id=values["control_id"] or None,
         key=values["key"] or None,
         text=values["text"] or None,
-        before_id=int(before) if before.isdigit() else None,
+        before_id=parse_id(before),
         limit=limit,
     )
     return Search(values, f, values["delivery"] or None, problems)

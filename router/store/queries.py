@@ -21,6 +21,9 @@ from router.store.schema import attempts, correlations, deliveries, message_flag
 
 m = messages.c
 TEXT_WINDOW = timedelta(days=1)
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+MAX_ID = 2**63 - 1  # the largest id column value (BIGINT on PostgreSQL, INTEGER on SQLite)
+MAX_NUMBER = 2**31 - 1  # the largest Integer column value (a revision's number)
 PREVIEW = 64 * 1024  # bytes of a blob-store payload shown in a detail view
 LISTING = (
     m.id,
@@ -67,7 +70,7 @@ def search_query(f: MessageFilter, dialect: str, columns: tuple[Any, ...] = LIST
         query = query.where(m.status == f.status)
     since = f.since
     if f.text and since is None:
-        since = (f.until or utcnow()) - TEXT_WINDOW
+        since = max(f.until or utcnow(), EARLIEST + TEXT_WINDOW) - TEXT_WINDOW
     if since:
         query = query.where(m.received_at >= since)
     if f.until:
@@ -100,11 +103,24 @@ def search(conn: Connection, f: MessageFilter) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in conn.execute(search_query(f, conn.dialect.name))]
 
 
+def parse_id(text: str, most: int = MAX_ID) -> int | None:
+    """``text`` as a number from 1 to ``most`` written in ASCII digits, else None.
+
+    ``str.isdigit`` alone also takes digits ``int`` refuses (``²``), and a number past
+    ``MAX_ID`` overflows the database's integer: either was an error 500, not a miss.
+    """
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(most)):
+        return None
+    number = int(text)
+    return number if 1 <= number <= most else None
+
+
 def find_message_id(conn: Connection, ref: str) -> int | None:
     """A message by number, UUID or ``urn:tie:message:<uuid>``."""
     ref = ref.removeprefix("urn:tie:message:")
-    if ref.isdigit():
-        return conn.scalar(select(m.id).where(m.id == int(ref)))
+    number = parse_id(ref)
+    if number is not None:
+        return conn.scalar(select(m.id).where(m.id == number))
     return conn.scalar(select(m.id).where(m.uuid == ref))
 
 

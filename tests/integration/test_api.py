@@ -119,3 +119,49 @@ def test_an_oversized_body_is_refused_before_it_is_read(api):
 
     small = client.post("/api/revisions", json={"channel": "x", "yaml": "y" * 1_000_000})
     assert small.status_code == 401, "a body within the limit reaches the route"
+
+
+HUGE = "9" * 25  # past any database integer
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("GET", f"/api/messages?before={HUGE}", 422),
+        ("GET", "/api/messages?before=-5", 422),
+        ("GET", f"/api/messages/{HUGE}", 404),
+        ("GET", "/api/messages/%C2%B2", 404),  # "²": str.isdigit() but not int()
+        ("POST", f"/api/messages/{HUGE}/reprocess", 404),
+        ("POST", "/api/messages/%C2%B2/reprocess", 404),
+        ("POST", f"/api/deliveries/{HUGE}/resend", 422),
+        ("POST", "/api/deliveries/resend", 422),  # ids: [HUGE] in the body
+        ("GET", f"/api/endpoints/{HUGE}", 422),
+        ("DELETE", f"/api/endpoints/{HUGE}", 422),
+        ("GET", f"/api/audit?before={HUGE}", 422),
+        ("GET", f"/api/holds/{HUGE}", 422),
+        ("POST", f"/api/holds/{HUGE}/approve", 422),
+        ("GET", "/api/revisions/orders/9999999999", 422),  # past a revision number's column
+        ("GET", "/api/revisions/orders/diff?number=9999999999", 422),
+        ("DELETE", f"/api/users/tokens/{HUGE}", 422),
+        ("GET", "/api/messages?until=0001-01-01T00:00:00&text=x", 200),  # until - 24 h
+    ],
+)
+def test_out_of_range_numbers_are_the_callers_mistake_not_a_500(api, method, path, code):
+    _, client = api
+    body = {"reason": "x", "dry_run": True} if method == "POST" else None
+    if path == "/api/deliveries/resend":
+        body = {"reason": "x", "ids": [int(HUGE)]}
+    answer = client.request(method, path, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (answer.status_code, answer.headers["content-type"]) == (code, "application/json")
+
+
+def test_an_unexpected_error_is_a_json_500_without_the_traceback(api, monkeypatch):
+    _, client = api
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr("router.api.messages.search", broken)
+    answer = client.get("/api/messages", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 500
+    assert answer.json() == {"detail": "internal error: see the engine's log"}

@@ -145,6 +145,41 @@ def test_console_errors_are_pages_in_the_layout_and_api_errors_stay_json(site):
     assert api.status_code == 404 and api.json() == {"detail": "no message 999999"}
 
 
+HUGE = "9" * 25  # past any database integer
+
+
+def test_out_of_range_numbers_get_a_page_never_a_500(site, hl7_samples, monkeypatch):
+    """A number the store cannot hold, a digit int() refuses ("²") or an age before the year 1
+    is a miss or a problem named on the page; an unexpected error is the error page."""
+    site.send_and_settle(order(hl7_samples[OML], "BOUND-1"), "BOUND-1", "sent")
+    ada = sign_in(site.url, "ada")
+    for before in (HUGE, "%C2%B2"):  # an unusable cursor is no cursor
+        assert "BOUND-1" in ada.get(f"/messages?before={before}").text
+        assert "BOUND-1" in ada.get(f"/messages/rows?before={before}").text
+        assert "login" in ada.get(f"/audit?before={before}").text
+    token = csrf_of(ada.get("/").text)
+    for answer, code in (
+        (ada.get(f"/messages/{HUGE}"), 404),
+        (ada.get("/messages/%C2%B2"), 404),
+        (ada.get(f"/messages/{HUGE}/deliveries"), 400),
+        (ada.post(f"/approvals/holds/{HUGE}/approve", data={"csrf_token": token}), 400),
+    ):
+        path = answer.request.url.path
+        assert answer.status_code == code, (path, answer.status_code)
+        assert answer.headers["content-type"].startswith("text/html"), path
+    too_long_ago = ada.get("/messages", params={"since": "9" * 30 + "s"})
+    assert too_long_ago.status_code == 200 and "since: give an ISO time" in too_long_ago.text
+    assert "is too long ago" in ada.get("/audit", params={"since": "9" * 30 + "s"}).text
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr("router.console.messages.page", broken)
+    answer = ada.get("/messages")
+    assert answer.status_code == 500 and answer.headers["content-type"].startswith("text/html")
+    assert 'role="alert"' in answer.text and "secret detail" not in answer.text
+
+
 def test_dashboard_counts_failures_first_and_pause_resume(site, hl7_samples):
     site.send_and_settle(order(hl7_samples[OML], "CONS-3"), "CONS-3", "sent")
     site.lab.code = "AR"

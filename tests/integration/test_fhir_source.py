@@ -360,3 +360,12 @@ def test_registry_reads_are_audited_views(engine, bars_samples):
         ("sam", "fhir:inbox/ServiceRequest", {"via": "api", "found": []}),
         ("sam", f"fhir:inbox/ServiceRequest/{indexed.resource_id}", {"via": "api"}),
     ]
+
+
+def test_the_registry_count_is_a_number_it_can_use(engine):
+    running, client = engine
+    auth = {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
+    for count in ("²", "0", "9" * 25, "ten"):
+        answer = client.get("/fhir/inbox/ServiceRequest", params={"_count": count}, headers=auth)
+        assert answer.status_code == 400, count
+        assert answer.json()["issue"][0]["diagnostics"] == "_count is a positive number"
