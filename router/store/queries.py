@@ -77,7 +77,8 @@ def search_query(f: MessageFilter, dialect: str, columns: tuple[Any, ...] = LIST
         query = query.where(m.received_at < f.until)
     if f.message_type:
         kind = f.message_type
-        query = query.where(or_(m.message_type == kind, m.message_type.like(f"{kind}^%")))
+        prefixed = m.message_type.startswith(f"{kind}^", autoescape=True)  # % and _ are literal
+        query = query.where(or_(m.message_type == kind, prefixed))
     if f.control_id:
         query = query.where(m.control_id == f.control_id)
     if f.key:

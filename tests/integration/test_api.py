@@ -165,3 +165,18 @@ def test_an_unexpected_error_is_a_json_500_without_the_traceback(api, monkeypatc
     answer = client.get("/api/messages", headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 500
     assert answer.json() == {"detail": "internal error: see the engine's log"}
+
+
+def test_the_type_filter_takes_percent_and_underscore_literally(api, hl7_samples):
+    running, client = api
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    _send(running, hl7_samples["OML_O21_nhs_nwgmsa_v251"])
+    _send(running, hl7_samples["ORU_R01_nhs_nwgmsa_v251"])
+
+    def types(kind: str) -> list[str]:
+        found = client.get("/api/messages", headers=auth, params={"type": kind}).json()
+        return [m["message_type"] for m in found["messages"]]
+
+    assert wait_until(lambda: types("OML") == ["OML^O21"])
+    assert types("ORU^R01") == ["ORU^R01"]
+    assert types("%") == [] and types("O_L") == [] and types("_") == []
