@@ -2,6 +2,8 @@
 
 A session ends at logout, after ``idle`` seconds without a request, or ``lifetime``
 seconds after sign-in, whichever comes first. Each one has its own CSRF token.
+Activity is noted at most once a minute, and at least every tenth of ``idle``, so an
+idle limit under a minute does not end sessions in use.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def load_session(store: Store, token: str, *, idle: float) -> Session | None:
         with store.begin() as conn:
             conn.execute(delete(sessions).where(sessions.c.id == row.id))
         return None
-    if now - row.last_seen_at >= TOUCH_EVERY:
+    if now - row.last_seen_at >= min(TOUCH_EVERY, timedelta(seconds=idle / 10)):
         with store.begin() as conn:
             conn.execute(sessions.update().where(sessions.c.id == row.id).values(last_seen_at=now))
     return Session(row.name, decode(row.roles), row.csrf)

@@ -218,3 +218,20 @@ def test_a_success_clears_the_failures_counted_before_it(site):
     for _ in range(2):
         assert [attempt("wrong-guess") for _ in range(4)] == [401] * 4
         assert attempt(PASSWORD) == 303, "4 failures and a success: not throttled"
+
+
+def test_a_session_in_use_outlives_an_idle_limit_under_a_minute(tmp_path, store_url):
+    with running_site(tmp_path, store_url, USERS, auth={"session_idle": "5s"}) as short:
+        client = sign_in(short.url, "vic")
+
+        def three_seconds_pass() -> None:
+            with short.running.store.begin() as conn:
+                seen = conn.scalar(select(sessions.c.last_seen_at))
+                conn.execute(update(sessions).values(last_seen_at=seen - timedelta(seconds=3)))
+
+        for _ in range(3):  # a request every 3 s: never 5 s idle
+            three_seconds_pass()
+            assert client.get("/api/channels").status_code == 200
+        with short.running.store.begin() as conn:
+            conn.execute(update(sessions).values(last_seen_at=utcnow() - timedelta(seconds=6)))
+        assert client.get("/api/channels").status_code == 401, "idle for 6 s"
