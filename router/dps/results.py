@@ -90,6 +90,8 @@ KINDS = {
     "difference": ("CDD", CDD_COLUMNS),
 }
 LONDON = ZoneInfo("Europe/London")
+# What makes a spreadsheet read a cell as a formula (OWASP CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # The header names the files sent on and the job row: each value is checked, since the
 # practice becomes part of three MESH file names and the values fill bounded columns.
 HEADER_RULES = {
@@ -196,7 +198,13 @@ def _csv(columns: list[str], rows: Iterable[dict[str, Any]]) -> bytes:
 
 
 def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
+    """The value as text; one a spreadsheet would run as a formula gets a leading ``'``.
+
+    PCSE open these files in a spreadsheet, and a record's values come from GP and PDS
+    data (OWASP "CSV injection"): ``=HYPERLINK(...)`` in an address must stay text.
+    """
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def timestamp(at: datetime) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from datetime import UTC, date, datetime
@@ -65,6 +66,7 @@ def _jsonl(*lines):
 
 
 HEADER = {"type": "header", "version": 1, "job_id": "j1", "practice": "A82023", "filename": "f"}
+SUMMARY = {"type": "summary", "patients": 1}
 
 
 def test_results_give_statistics_csvs_and_the_summary():
@@ -123,3 +125,25 @@ def test_results_that_break_the_layout_say_where(lines, reason):
 def test_a_line_that_is_not_json_is_named():
     with pytest.raises(ResultsError, match="line 2: not JSON"):
         read_results(io.BytesIO(json.dumps(HEADER).encode() + b"\n{oops\n"))
+
+
+def test_a_value_a_spreadsheet_would_run_as_a_formula_stays_text():
+    record = {
+        "SURNAME": '=HYPERLINK("http://x.example","click")',
+        "FORENAMES": "+1",
+        "ADD 1": "-2+3",
+        "ADD 2": "@SUM(A1)",
+        "ADD 3": "\tTAB",
+        "ADD 4": "FLAT 1-2",
+    }
+    results = read_results(_jsonl(HEADER, {"type": "only_on_gp", "record": record}, SUMMARY))
+    files = dict(csv_files(results, datetime(2021, 7, 1, tzinfo=UTC)))
+    (row,) = list(csv.DictReader(io.StringIO(files["A82023-OnlyOnGP-20210701010000.csv"].decode())))
+    assert row["SURNAME"] == '\'=HYPERLINK("http://x.example","click")'
+    assert [row[c] for c in ("FORENAMES", "ADD 1", "ADD 2", "ADD 3")] == [
+        "'+1",
+        "'-2+3",
+        "'@SUM(A1)",
+        "'\tTAB",
+    ]
+    assert row["ADD 4"] == "FLAT 1-2", "only a leading character counts"
