@@ -151,19 +151,30 @@ def read_results(stream: BinaryIO) -> Results:
             raise ResultsError(f"line 1: the header's {name} {value[:80]!r} is not {meaning}")
         values.append(value)
     results = Results(*values)
+    summary = None
     for number, line in lines:
         kind = line.get("type")
+        if summary is not None:
+            raise ResultsError(f"line {number}: a {kind!r} line after the summary (line {summary})")
         if kind in KINDS:
             if not isinstance(line.get("record"), dict):
                 raise ResultsError(f"line {number}: a {kind} line needs a record object")
             results.rows[kind].append(line["record"])
         elif kind == "summary":
-            results.patients = int(line.get("patients", 0))
+            patients = line.get("patients")
+            if type(patients) is not int or patients < 0:
+                raise ResultsError(f"line {number}: patients {patients!r} is not a count")
+            results.patients, summary = patients, number
         elif kind == "validation_failure":
+            if not isinstance(line.get("errors"), list):
+                raise ResultsError(f"line {number}: a validation_failure line needs an errors list")
             results.failed = True
-            results.failures.extend(line.get("errors") or [])
+            results.failures.extend(line["errors"])
         else:
             raise ResultsError(f"line {number}: unknown type {kind!r}")
+    # Without its summary the file was cut short: its CSVs would be silently incomplete.
+    if summary is None and not results.failed:
+        raise ResultsError("the results end without the summary line (cut short?)")
     return results
 
 
@@ -175,6 +186,8 @@ def _objects(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
             value = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ResultsError(f"line {number}: not JSON: {exc.msg}") from exc
+        except UnicodeDecodeError as exc:
+            raise ResultsError(f"line {number}: not UTF-8: {exc.reason}") from exc
         if not isinstance(value, dict):
             raise ResultsError(f"line {number}: expected a JSON object")
         yield number, value

@@ -108,13 +108,22 @@ def test_results_give_statistics_csvs_and_the_summary():
     ("lines", "reason"),
     [
         ([], "line 1: expected the header line"),
-        ([{**HEADER, "version": 2}], "layout version 2 is not 1"),
+        ([{**HEADER, "version": 2}, SUMMARY], "layout version 2 is not 1"),
         ([HEADER, {"type": "gossip"}], "line 2: unknown type 'gossip'"),
         ([HEADER, {"type": "only_on_gp"}], "line 2: a only_on_gp line needs a record"),
         ([{k: v for k, v in HEADER.items() if k != "job_id"}], "the header has no job_id"),
         ([{**HEADER, "practice": "../A82023"}], "the header's practice '../A82023' is not"),
         ([{**HEADER, "filename": "x" * 256}], "the header's filename 'x+' is not 1 to 255"),
         ([{**HEADER, "job_id": "j" * 37}], "the header's job_id 'j+' is not 1 to 36"),
+        (
+            [HEADER, {"type": "only_on_gp", "record": {"SURNAME": "SMITH"}}],
+            "the results end without the summary line",
+        ),
+        ([HEADER, SUMMARY, {"type": "only_on_gp", "record": {}}], "line 3: a 'only_on_gp' line"),
+        ([HEADER, {"type": "summary", "patients": "12a"}], "line 2: patients '12a' is not a count"),
+        ([HEADER, {"type": "summary"}], "line 2: patients None is not a count"),
+        ([HEADER, {"type": "summary", "patients": -1}], "line 2: patients -1 is not a count"),
+        ([HEADER, {"type": "validation_failure", "errors": "bad"}], "line 2: a validation_failure"),
     ],
 )
 def test_results_that_break_the_layout_say_where(lines, reason):
@@ -147,3 +156,14 @@ def test_a_value_a_spreadsheet_would_run_as_a_formula_stays_text():
         "'\tTAB",
     ]
     assert row["ADD 4"] == "FLAT 1-2", "only a leading character counts"
+
+
+def test_a_line_that_is_not_utf8_is_named():
+    with pytest.raises(ResultsError, match="line 2: not UTF-8"):
+        read_results(io.BytesIO(json.dumps(HEADER).encode() + b'\n{"type": "\xff"}\n'))
+
+
+def test_a_validation_failure_needs_no_summary():
+    failure = {"type": "validation_failure", "errors": [{"line": 2, "message": "no NHS number"}]}
+    results = read_results(_jsonl(HEADER, failure))
+    assert results.failed and results.failures == failure["errors"]
