@@ -104,6 +104,33 @@ def test_a_delivery_is_sent_with_templated_headers(tmp_path, store_url, mesh_san
         running.stop()
 
 
+def test_a_rotated_secret_is_used_from_the_next_send_on(
+    tmp_path, store_url, mesh_sandbox, monkeypatch
+):
+    running = RunningEngine(_config(tmp_path, store_url, mesh_sandbox), {"to-dps": _sender()})
+    try:
+        states = {}
+        for number, password in enumerate(("password", "rotated-wrong", "password"), start=1):
+            monkeypatch.setenv("TIE_TEST_MESH_PASSWORD", password)
+            _submit(running, f"message {number}".encode())
+            states[number] = wait_until(lambda n=number: _settled(running.store, n))
+        assert states[1][0] == "sent"
+        assert states[2][0] == "failed", "the new (wrong) password was used"
+        assert "Invalid Authentication Token" in states[2][1]
+        assert states[3][0] == "sent", "and the next one again"
+    finally:
+        running.stop()
+
+
+def _settled(store, number):
+    """The (status, last_error) of the ``number``-th delivery once it is sent or failed."""
+    with store.read() as conn:
+        rows = conn.execute(select(deliveries).order_by(deliveries.c.id)).all()
+    if len(rows) >= number and rows[number - 1].status in ("sent", "failed"):
+        return rows[number - 1].status, rows[number - 1].last_error
+    return None
+
+
 def test_an_unregistered_recipient_fails_the_delivery_with_code_12(
     tmp_path, store_url, mesh_sandbox
 ):

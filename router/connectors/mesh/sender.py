@@ -35,6 +35,7 @@ class MeshSender:
         self._mailbox = mailbox
         self._store = store
         self._client: MeshClient | None = None
+        self._secrets: tuple[str, str] | None = None  # those ``_client`` was opened with
 
     async def send(self, delivery: Delivery) -> SendResult:
         return await asyncio.to_thread(self._send, delivery)
@@ -63,11 +64,10 @@ class MeshSender:
             return SendResult("fail", error=str(exc))
         body = delivery.body
         try:
-            if self._client is None:
-                self._client = open_client(self._mailbox)
+            client = self._session()
             with body.open() as data:
                 # A real file lets mesh-client size and split it without reading it whole.
-                mesh_id = self._client.send_message(
+                mesh_id = client.send_message(
                     to,
                     data if body.is_blob else body.inline,
                     compress=self._target.compress,
@@ -87,6 +87,16 @@ class MeshSender:
         self._remember(mesh_id, delivery, to)
         answer = {"mesh_message_id": mesh_id, "to": to, **headers}
         return SendResult("sent", json.dumps(answer).encode())
+
+    def _session(self) -> MeshClient:
+        """The open client, or a new one when a secret changed since it was opened: a
+        rotated password or key is used from the next send on (docs/mesh.md)."""
+        secrets = (self._mailbox.password.value(), self._mailbox.shared_key.value())
+        if self._client is None or secrets != self._secrets:
+            self.close_now()
+            self._client = open_client(self._mailbox)
+            self._secrets = secrets
+        return self._client
 
     def _remember(self, mesh_id: str, delivery: Delivery, to: str) -> None:
         try:
