@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
 from router import audit, replay
 from router.api.params import BodyId, Cursor, IdPath
 from router.api.security import Principal, require_role
 from router.store.queries import MessageFilter, find_message_id, search
+from router.store.schema import deliveries
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -187,7 +189,7 @@ def message_routes(engine: Engine) -> APIRouter:
         (in ``delivery_status``, failed by default, and to ``destination`` when given).
         A search skips deliveries already resent unless ``again`` is true."""
         if body.ids is not None:
-            ids = body.ids
+            ids = await asyncio.to_thread(_delivery_ids, store, body.ids)
         else:
             search_in = _search_of(body)
 
@@ -263,6 +265,17 @@ def _message_ids(store: Any, refs: list[str]) -> list[int]:
                 raise HTTPException(404, f"no message {ref}")
             found.append(message_id)
     return found
+
+
+def _delivery_ids(store: Any, ids: list[int]) -> list[int]:
+    """``ids`` once all of them exist: an unknown one is a 404 before anything is resent,
+    so the answer never hides resends that were made (and a retry would make twice)."""
+    with store.read() as conn:
+        known = set(conn.scalars(select(deliveries.c.id).where(deliveries.c.id.in_(ids))))
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise HTTPException(404, f"no delivery {missing[0]}")
+    return ids
 
 
 def _searched(store: Any, search_in: SearchIn, limit: int) -> list[int]:

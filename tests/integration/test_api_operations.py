@@ -170,3 +170,22 @@ def test_a_resend_over_the_api_wakes_the_dispatcher(tmp_path, store_url, hl7_sam
         search = {"search": {"channel": CHANNEL, "control_id": "WAKE-1"}, "reason": "lab back"}
         assert support.post("/api/deliveries/resend", json=search).json()["count"] == 1
         wait_until(lambda: site.delivery_status("WAKE-1") == ["resent", "sent"])
+
+
+def test_a_bulk_resend_naming_an_unknown_delivery_resends_nothing(site, hl7_samples):
+    """The answer is a 404, so nothing may have been resent: a caller who fixes the list
+    and tries again must not send the known deliveries twice."""
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "SOME-1"), "SOME-1", "failed")
+    support = _client(site, "support", name="sam")
+    known = support.get("/api/messages", params={"control_id": "SOME-1"}).json()["messages"][0]
+    [delivery] = support.get(f"/api/messages/{known['id']}").json()["deliveries"]
+    body = {"ids": [delivery["id"], 999999], "reason": "lab back"}
+    for dry_run in (True, False):
+        answer = support.post("/api/deliveries/resend", json={**body, "dry_run": dry_run})
+        assert (answer.status_code, answer.json()["detail"]) == (404, "no delivery 999999")
+    assert site.delivery_status("SOME-1") == ["failed"]
+    actions = [
+        e["action"] for e in support.get("/api/audit", params={"actor": "sam"}).json()["events"]
+    ]
+    assert "resend" not in actions
