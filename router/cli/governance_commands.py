@@ -192,7 +192,7 @@ def channel_rollback(args: argparse.Namespace) -> int:
 def reload(args: argparse.Namespace) -> int:
     """Without a running engine in this process, the store carries the change: the engine's
     revision watcher applies it within seconds (open mode)."""
-    from router.governance.deploy import record_files
+    from router.governance.deploy import record_reload
     from router.governance.files import propose_files
 
     config = engine_config(args)
@@ -204,7 +204,7 @@ def reload(args: argparse.Namespace) -> int:
         if not proposed:
             print("no channel file differs from its running revision")
         return 0
-    changed = _run(record_files, store, config, actor=actor(args), reason="reload")
+    changed = _run(record_reload, store, config, actor=actor(args))
     print(f"deploying {', '.join(changed)}" if changed else "no channel file changed")
     return 0
 

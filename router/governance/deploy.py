@@ -205,6 +205,19 @@ def changed_files(store: Store, config: EngineConfig) -> dict[str, str]:
     }
 
 
+def record_reload(store: Store, config: EngineConfig, *, actor: str) -> list[str]:
+    """Open mode: a reload by ``actor``. The changed files are compiled first: one that
+    cannot run (a mapping that does not load) raises ConfigError and nothing is recorded,
+    rather than a revision recorded as deployed that the engine then refuses to run."""
+    from router.engine import compile_channels
+
+    changed = changed_files(store, config)
+    if changed:
+        files = load_channels(config.channels)
+        compile_channels(config, {name: files[name] for name in changed})
+    return record_files(store, config, actor=actor, reason="reload")
+
+
 def record_files(store: Store, config: EngineConfig, *, actor: str, reason: str) -> list[str]:
     """Open mode: keep each changed file as a deployed revision by ``actor``; their names."""
     changed = changed_files(store, config)

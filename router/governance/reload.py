@@ -137,7 +137,7 @@ async def reload_files(engine: Engine, actor: str) -> ReloadResult:
     """Re-read the channel files. Open mode: record the changed ones as deployed revisions
     by ``actor`` and apply them now. Governed mode: propose them as revisions by ``actor``
     (who needs the engineer role; SIGHUP, having no person, only re-checks approvals)."""
-    from router.governance.deploy import record_files
+    from router.governance.deploy import record_reload
     from router.governance.files import propose_files
 
     config, store = engine.config, engine.store
@@ -148,5 +148,5 @@ async def reload_files(engine: Engine, actor: str) -> ReloadResult:
         proposed = await asyncio.to_thread(propose_files, store, config, actor=actor)
         return ReloadResult(proposed=[f"{r.channel}#{r.number}" for r in proposed])
     async with engine.watcher.lock:
-        await asyncio.to_thread(record_files, store, config, actor=actor, reason="reload")
+        await asyncio.to_thread(record_reload, store, config, actor=actor)
         return await engine.watcher.check()

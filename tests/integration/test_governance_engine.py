@@ -17,6 +17,7 @@ from tie_testing import Hl7Receiver, RunningEngine, engine_config, hl7_message, 
 
 from router import governance
 from router.auth.users import add_user
+from router.config import ConfigError
 from router.store.schema import deliveries, messages
 
 OML = "OML_O21_nhs_nwgmsa_v251"
@@ -160,5 +161,25 @@ def test_open_mode_reload_deploys_a_changed_file_without_a_restart(
         assert running.port("orders") == port
         [latest, *_] = governance.list_revisions(running.store, "orders")
         assert (latest.author, latest.state) == ("olly", "deployed")
+    finally:
+        running.stop()
+
+
+def test_an_open_mode_reload_refuses_a_file_that_cannot_run(tmp_path, store_url, lab):
+    """A file naming a mapping that does not load passes the file checks but cannot be
+    compiled: the reload says so, and no revision claims it was deployed."""
+    running, path = open_mode_engine(tmp_path, store_url, lab)
+    try:
+        path.write_text(
+            channel_file(lab.port, "OML").replace("filter:", "transform: nosuch:f\nfilter:")
+        )
+        with pytest.raises(ConfigError, match="nosuch"):
+            running.call(running.engine.reload("olly"))
+        assert [(r.number, r.state) for r in governance.list_revisions(running.store)] == [
+            (1, "deployed")
+        ]
+        assert running.engine.channels["orders"].config.filter[0].equals == "ORU"
+        path.write_text(channel_file(lab.port, "OML"))
+        assert running.call(running.engine.reload("olly")).changed == ["orders"]
     finally:
         running.stop()
