@@ -235,7 +235,9 @@ def _open_batches(conn: Connection) -> list[HeldBatch]:
 
 
 def _pending(conn: Connection, batch_id: int) -> Any:
-    row = conn.execute(select(hold_batches).where(b.id == batch_id)).first()
+    """The pending batch's row, locked until the transaction ends: two approvers deciding
+    at once on PostgreSQL must each see the other's approval, or neither releases."""
+    row = conn.execute(select(hold_batches).where(b.id == batch_id).with_for_update()).first()
     if row is None:
         raise NotFound(f"no hold batch #{batch_id}")
     if row.state != PENDING:

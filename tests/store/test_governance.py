@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from tie_testing import engine_config
+from tie_testing import engine_config, wait_until
 
 from router import audit, governance
 from router.auth.users import add_user
@@ -304,3 +304,43 @@ def test_proposals_are_refused_in_open_mode(store, tmp_path):
     config = engine_config(tmp_path, store.url)
     with pytest.raises(governance.GovernanceError, match="open"):
         governance.propose(store, config, "results", channel_text(), actor="erin")
+
+
+def test_two_approvers_at_once_release_the_batch(store, governed, receive, er7, monkeypatch):
+    """On PostgreSQL the second approver's transaction may start before the first commits:
+    it must wait and count the first approval, else both leave the batch pending for good."""
+    if store.is_sqlite:
+        pytest.skip("SQLite runs one write transaction at a time")
+    import threading
+
+    from sqlalchemy import text
+
+    from router.governance import holds
+
+    channels = _hold_channel(store, governed, 2, owner="eve")
+    _held(store, receive, er7, 1)
+    batch = governance.request_release(store, channels, "results", "lab", actor="sam")
+    read_approvers = holds._approvers
+    second: list[governance.HeldBatch] = []
+    other = threading.Thread(
+        target=lambda: second.append(governance.approve_batch(store, batch.id, actor="bob"))
+    )
+
+    def waiting_on_a_lock() -> bool:
+        with store.read() as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            return bool(conn.scalar(text(query)))
+
+    def approvers_then_bob(conn, ids):
+        found = read_approvers(conn, ids)
+        if not other.is_alive() and not second:  # ada has read the approvals: bob comes in
+            other.start()
+            wait_until(lambda: not other.is_alive() or waiting_on_a_lock())
+        return found
+
+    monkeypatch.setattr(holds, "_approvers", approvers_then_bob)
+    first = governance.approve_batch(store, batch.id, actor="ada")
+    other.join()
+    assert (first.state, second[0].state) == ("pending", "released")
+    assert governance.get_batch(store, batch.id).approvers == ("ada", "bob")
+    assert _statuses(store)[-1] == "queued"
