@@ -229,7 +229,10 @@ def approval_routes(engine: Engine) -> APIRouter:
         principal: Approver,
     ) -> Response:
         def act() -> HeldBatch:
-            return governance.approve_batch(store, batch_id, actor=principal.name)
+            found = governance.approve_batch(store, batch_id, actor=principal.name)
+            if found.state == RELEASED:  # send now, not at the dispatcher's next poll
+                engine.dispatcher.notify({(found.channel, found.destination)})
+            return found
 
         return await attempt(request, principal, act, _batch_done)
 

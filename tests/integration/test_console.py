@@ -324,6 +324,37 @@ def test_a_held_batch_is_requested_then_released_by_two_other_approvers(
         assert "released" in row and "bob, cat" in row
 
 
+def test_a_batch_released_in_the_console_is_sent_at_once(tmp_path, store_url, hl7_samples):
+    """The dispatcher polls only every ten minutes here: the released delivery goes out
+    because the console woke it, as the API does."""
+    from hl7.client import MLLPClient
+
+    from router.store.schema import deliveries
+
+    folder = tmp_path / "archive"
+    users = {"sam": ["support"], "bob": ["approver"], "cat": ["approver"]}
+    channels = {"release": HELD_YAML.format(folder=folder)}
+    slow_poll = {"poll_interval": "600s", "lease": "30s"}
+    with running_site(tmp_path, store_url, users, channels=channels, dispatch=slow_poll) as site:
+        with MLLPClient("127.0.0.1", site.running.port("release")) as client:
+            client.send_message(order(hl7_samples[OML], "WAKE-1"))
+
+        def statuses() -> list[str]:
+            with site.running.store.read() as conn:
+                return list(conn.scalars(select(deliveries.c.status)))
+
+        wait_until(lambda: statuses() == ["held"])
+        sam, bob, cat = (sign_in(site.url, n) for n in ("sam", "bob", "cat"))
+        token = csrf_of(sam.get("/approvals").text)
+        sam.post("/approvals/holds/release/archive/request", data={"csrf_token": token})
+        page = bob.get("/approvals")
+        batch = re.search(r'action="/approvals/holds/(\d+)/approve"', page.text).group(1)
+        bob.post(f"/approvals/holds/{batch}/approve", data={"csrf_token": csrf_of(page.text)})
+        token = csrf_of(cat.get("/approvals").text)
+        cat.post(f"/approvals/holds/{batch}/approve", data={"csrf_token": token})
+        wait_until(lambda: statuses() == ["sent"])
+
+
 def test_a_rejected_batch_is_named_and_listed_with_who_rejected_it_and_why(
     tmp_path, store_url, hl7_samples
 ):
