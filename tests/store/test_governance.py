@@ -306,11 +306,10 @@ def test_proposals_are_refused_in_open_mode(store, tmp_path):
         governance.propose(store, config, "results", channel_text(), actor="erin")
 
 
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # SQLite: one writer
 def test_two_approvers_at_once_release_the_batch(store, governed, receive, er7, monkeypatch):
     """On PostgreSQL the second approver's transaction may start before the first commits:
     it must wait and count the first approval, else both leave the batch pending for good."""
-    if store.is_sqlite:
-        pytest.skip("SQLite runs one write transaction at a time")
     import threading
 
     from sqlalchemy import text
