@@ -8,6 +8,7 @@ so dashboards stop counting it as failed and a bulk resend does not pick it agai
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +28,28 @@ class ReplayResult:
     description: str
 
 
+# Ids bound in one statement: psycopg sends at most 65,535 parameters, and a bulk replay
+# from the CLI reaches 100,000 messages (and more deliveries).
+IDS_A_STATEMENT = 10_000
+
+
+def _parts(ids: Iterable[int]) -> Iterator[list[int]]:
+    """``ids``, sorted, in parts small enough to bind in one statement."""
+    ordered = sorted(set(ids))
+    for start in range(0, len(ordered), IDS_A_STATEMENT):
+        yield ordered[start : start + IDS_A_STATEMENT]
+
+
 def plan_reprocess(store: Store, message_ids: list[int]) -> list[ReplayResult]:
+    m = messages.c
     with store.read() as conn:
-        rows = list(
-            conn.execute(
-                select(messages.c.id, messages.c.uuid, messages.c.channel, messages.c.status)
-                .where(messages.c.id.in_(message_ids))
-                .order_by(messages.c.id)
+        rows = [
+            row
+            for part in _parts(message_ids)
+            for row in conn.execute(
+                select(m.id, m.uuid, m.channel, m.status).where(m.id.in_(part)).order_by(m.id)
             )
-        )
+        ]
         newer = superseded(conn, [r.id for r in rows])
         return [
             ReplayResult(
@@ -61,11 +75,15 @@ def superseded(conn: Connection, message_ids: list[int]) -> dict[int, int]:
     parent: dict[int, int] = {}
     frontier = set(message_ids)
     while frontier:
-        rows = conn.execute(
-            select(m.id, m.reprocessed_from).where(
-                m.id.in_(frontier), m.reprocessed_from.is_not(None)
+        rows = [
+            (row.id, row.reprocessed_from)
+            for part in _parts(frontier)
+            for row in conn.execute(
+                select(m.id, m.reprocessed_from).where(
+                    m.id.in_(part), m.reprocessed_from.is_not(None)
+                )
             )
-        ).all()
+        ]
         parent.update(rows)
         frontier = {original for _, original in rows} - parent.keys()
 
@@ -80,9 +98,13 @@ def superseded(conn: Connection, message_ids: list[int]) -> dict[int, int]:
     frontier = set(newest)
     lowest = min(frontier, default=0)
     while frontier:
-        rows = conn.execute(
-            select(m.id, m.reprocessed_from).where(m.reprocessed_from.in_(frontier), m.id > lowest)
-        ).all()
+        rows = [
+            (row.id, row.reprocessed_from)
+            for part in _parts(frontier)
+            for row in conn.execute(
+                select(m.id, m.reprocessed_from).where(m.reprocessed_from.in_(part), m.id > lowest)
+            )
+        ]
         for copy, original in rows:
             family[copy] = family[original]
             newest[family[copy]] = max(newest[family[copy]], copy)
@@ -144,10 +166,10 @@ def resent_as(conn: Connection, delivery_ids: list[int]) -> dict[int, list[int]]
     """Each delivery's resent copies, oldest first (only deliveries that have any)."""
     d = deliveries.c
     found: dict[int, list[int]] = {}
-    for old, new in conn.execute(
-        select(d.resent_from, d.id).where(d.resent_from.in_(delivery_ids)).order_by(d.id)
-    ):
-        found.setdefault(old, []).append(new)
+    for part in _parts(delivery_ids):
+        query = select(d.resent_from, d.id).where(d.resent_from.in_(part)).order_by(d.id)
+        for old, new in conn.execute(query):
+            found.setdefault(old, []).append(new)
     return found
 
 
@@ -198,9 +220,12 @@ def delivery_exists(conn: Connection, delivery_id: int) -> bool:
 
 
 def _deliveries(conn: Connection, ids: list[int]) -> list[Any]:
-    return list(
-        conn.execute(select(deliveries).where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id))
-    )
+    d = deliveries.c
+    return [
+        row
+        for part in _parts(ids)
+        for row in conn.execute(select(deliveries).where(d.id.in_(part)).order_by(d.id))
+    ]
 
 
 def _require_reason(reason: str) -> None:
@@ -226,9 +251,13 @@ def deliveries_of(
     A ``resent`` delivery is only chosen ``again`` on purpose: its copy already went.
     """
     d = deliveries.c
-    query = select(d.id).where(d.message_id.in_(message_ids))
+    query = select(d.id)
     if status:
         query = query.where(d.status.in_((status, "resent") if again else (status,)))
     if destination:
         query = query.where(d.destination == destination)
-    return list(conn.scalars(query.order_by(d.id)))
+    return sorted(
+        found
+        for part in _parts(message_ids)
+        for found in conn.scalars(query.where(d.message_id.in_(part)))
+    )

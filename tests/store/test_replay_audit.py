@@ -15,7 +15,14 @@ from router.config import ChannelConfig
 from router.console.statistics import dashboard
 from router.pipeline import compile_channel
 from router.processing import Processor
-from router.replay import deliveries_of, plan_resend, reprocess, resend
+from router.replay import (
+    deliveries_of,
+    plan_reprocess,
+    plan_resend,
+    reprocess,
+    resend,
+    superseded,
+)
 from router.store.database import Store
 from router.store.migrate import alembic_config, upgrade
 from router.store.queries import message_detail
@@ -261,3 +268,20 @@ def test_the_migration_marks_failures_resent_before_the_upgrade(store, receive, 
         statuses = dict(conn.execute(select(d.id, d.status)).all())
     assert statuses == {resent: "resent", untouched: "failed", new: "queued"}
     assert _bulk_targets(store, [resent_id, untouched_id]) == [untouched]
+
+
+def test_a_bulk_replay_larger_than_one_statement_can_bind_is_planned_whole(store, receive, er7):
+    """psycopg binds at most 65,535 parameters: the CLI's bulk runs reach 100,000 ids."""
+    message_id = _processed(store, receive, er7)
+    with store.begin() as conn:
+        conn.execute(update(deliveries).values(status="failed"))
+    absent = list(range(10**9, 10**9 + 70_000))
+
+    [planned] = plan_reprocess(store, [*absent, message_id])
+    with store.read() as conn:
+        failed = deliveries_of(conn, [message_id, *absent])
+        assert superseded(conn, [*absent, message_id]) == {}
+    [resend_plan] = plan_resend(store, [*absent, *failed])
+
+    assert planned.description == f"reprocess #{message_id} (processed) through orders"
+    assert resend_plan.description.startswith(f"resend delivery {failed[0]} (failed)")
