@@ -21,7 +21,11 @@ Version = Literal["R4", "STU3"]
 
 
 def parse_json(body: bytes) -> Any:
-    """The document; 400 ``structure`` with the line and column of broken JSON."""
+    """The document; 400 ``structure`` with the line and column of broken JSON.
+
+    JSON that parses but that Python will not hold (nesting past the recursion limit, an
+    integer of more than 4300 digits) is refused as well: uncaught, it was a 500 here and
+    killed the validation worker parsing the same body."""
     try:
         return json.loads(body)
     except UnicodeDecodeError as exc:
@@ -30,6 +34,10 @@ def parse_json(body: bytes) -> Any:
         raise reject(
             400, "structure", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
+    except RecursionError as exc:
+        raise reject(400, "structure", "invalid JSON: nested too deeply") from exc
+    except ValueError as exc:
+        raise reject(400, "structure", f"invalid JSON: {exc}") from exc
 
 
 def message_header(

@@ -252,6 +252,27 @@ def test_bad_requests_get_400_with_the_problem_and_where(
         assert expression in stored.error
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 20_000 + b"]" * 20_000,
+        b'{"resourceType": "Bundle", "type": "message", "total": ' + b"9" * 5000 + b"}",
+    ],
+    ids=["nested too deeply", "an integer too long"],
+)
+def test_json_python_will_not_hold_is_refused_and_the_workers_live_on(engine, body):
+    running, client = engine
+    workers = running.engine.gateway.validators.pids
+    response = client.post("/fhir/inbox/$process-message", content=body, headers=FHIR)
+    assert response.status_code == 400, response.text
+    [issue] = response.json()["issue"]
+    assert issue["code"] == "structure"
+    assert issue["diagnostics"].startswith("invalid JSON: ")
+    [stored] = _refused(running)
+    assert stored.error.startswith("rejected (400): invalid JSON: ")
+    assert running.engine.gateway.validators.pids == workers
+
+
 def test_an_oversized_body_is_refused_without_reading_it_all(engine):
     running, client = engine
     body = b'{"resourceType": "Bundle", "padding": "' + b"x" * 200_000 + b'"}'
