@@ -66,8 +66,8 @@ def message_header(
         )
     element = "eventCoding" if version == "R4" else "event"
     coding = resource.get(element)
-    system = coding.get("system") if isinstance(coding, dict) else None
-    code = coding.get("code") if isinstance(coding, dict) else None
+    system = _text(coding.get("system")) if isinstance(coding, dict) else None
+    code = _text(coding.get("code")) if isinstance(coding, dict) else None
     if code not in set(events) or (event_system and system != event_system):
         raise reject(
             400,
@@ -77,6 +77,12 @@ def message_header(
             f"Bundle.entry[0].resource.{element}",
         )
     return resource
+
+
+def _text(value: Any) -> str | None:
+    """A string element; anything else (a list, an object) names no event: as a set member
+    a list or an object raised TypeError, and the sender got a bare 500."""
+    return value if isinstance(value, str) else None
 
 
 def require_resource(document: Any, resource_type: str) -> None:

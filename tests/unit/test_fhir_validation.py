@@ -109,6 +109,20 @@ def test_an_unknown_event(bars_samples, system, code):
     assert f"unknown event {system}|{code}" in issue.diagnostics
 
 
+@pytest.mark.parametrize("code", [["booking-request"], {"code": "booking-request"}, 7])
+def test_an_event_code_that_is_not_text_is_an_unknown_event(bars_samples, code):
+    document = copy.deepcopy(bars_samples["booking-request_process-message"])
+    document["entry"][0]["resource"]["eventCoding"]["code"] = code
+    with pytest.raises(Rejected) as caught:
+        message_header(document, events=BARS_EVENTS, event_system=BARS_EVENT_SYSTEM, version="R4")
+    [issue] = caught.value.issues
+    assert (issue.code, issue.expression) == (
+        "code-invalid",
+        "Bundle.entry[0].resource.eventCoding",
+    )
+    assert f"unknown event {BARS_EVENT_SYSTEM}| (known: " in issue.diagnostics
+
+
 def test_model_validation_names_every_problem_and_where(bars_samples):
     # Three of the defects the published example had (tests/data/bars/SOURCES.txt).
     published = copy.deepcopy(bars_samples["booking-request_http-200-response"])
