@@ -110,8 +110,11 @@ def logical_id(full_url: str, resource: Mapping[str, Any]) -> str | None:
 
 
 def _identifiers(resource: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(system, value)`` of each identifier; an ``identifier`` that is not a list has none
+    here (the models refuse it, and the shape is read before they are done)."""
+    identifiers = resource.get("identifier")
     found = []
-    for identifier in resource.get("identifier") or ():
+    for identifier in identifiers if isinstance(identifiers, list) else ():
         if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
             found.append((str(identifier.get("system") or ""), identifier["value"]))
     return found

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from router.config.http import HttpSource
 from router.fhir import FHIR_JSON
+from router.fhir.bars import source_endpoint
 from router.fhir.outcome import Issue, Rejected, information, operation_outcome, reject
 from router.fhir.validation import message_header, parse_json, require_resource
 from router.fhir.validators import ValidationWorkers, ValidatorLost
@@ -135,7 +136,7 @@ def checked_inbound(
     else:
         coding = header.get("eventCoding") or header.get("event") or {}
         message_type = coding.get("code")
-        sender = (header.get("source") or {}).get("endpoint")
+        sender = source_endpoint(header)
     return Inbound(
         request.channel,
         request.body,

@@ -341,6 +341,27 @@ def test_a_message_its_models_refuse_is_kept_as_an_error_and_not_forwarded(
     assert refused.error.startswith("rejected (400): Bundle.entry[1].resource.intent")
 
 
+@pytest.mark.parametrize(
+    ("entry", "element", "value"),
+    [(1, "identifier", 5), (5, "identifier", 5), (0, "source", ["x"])],
+    ids=["ServiceRequest.identifier", "Patient.identifier", "MessageHeader.source"],
+)
+def test_elements_of_the_wrong_json_type_are_refused_by_the_models(
+    tie, services, bars_samples, entry, element, value
+):
+    running, client = tie
+    document = copy.deepcopy(bars_samples["servicerequest-request_validation"])
+    document["entry"][entry]["resource"][element] = value
+    answer = _post(client, document)
+    assert answer.status_code == 400, answer.text
+    [issue, *_] = answer.json()["issue"]
+    assert issue["expression"][0].startswith(f"Bundle.entry[{entry}].resource.{element}")
+    assert services.receiver.received == []
+    [row] = _exchanges(running)
+    assert row.status == "error"
+    assert row.error.startswith(f"rejected (400): Bundle.entry[{entry}].resource.{element}")
+
+
 def _left_validating(running: RunningEngine, document: Any, lease: float = -240.0) -> str:
     """A BaRS exchange as a stop during validation leaves it: its message committed
     validating (with where it was going) a while ago, its delivery sending, its lease
