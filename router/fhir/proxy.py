@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from router.api.security import CSRF_HEADER, SESSION_COOKIE
 from router.config.http import ProxySource
 from router.connectors.http import wire_parts
 from router.directory import Directory, Key, make_key
@@ -109,6 +110,25 @@ def under(url: str, base: str) -> bool:
     return u.path.rstrip("/") == prefix or u.path.startswith(prefix + "/")
 
 
+def passed_on(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The request's headers as the provider gets them: without hop-by-hop headers, nor
+    tie's own credentials (its console session cookie, its CSRF token), which a browser
+    signed in to tie sends with any request to it and which are no business of the
+    provider's. The caller's ``Authorization`` is meant for the provider and goes on."""
+    kept = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered == CSRF_HEADER.lower():
+            continue
+        if lowered == "cookie":
+            crumbs = [c for c in value.split(";") if c.split("=", 1)[0].strip() != SESSION_COOKIE]
+            value = ";".join(crumbs).strip()
+            if not value:
+                continue
+        kept.append((name, value))
+    return kept
+
+
 def _default_port(scheme: str) -> int:
     return 443 if scheme.lower() == "https" else 80
 
@@ -189,13 +209,12 @@ class BookingProxy:
     async def _forward(
         self, request: ProxyRequest
     ) -> tuple[ProxyAnswer, bool, bytes | None, str | None]:
-        headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP]
         response = await self._forwarder.send(
             request.channel,
             request.options,
             request.method,
             request.url,
-            headers,
+            passed_on(request.headers),
             request.body,
             peer="the provider",
             limit=request.options.max_body,

@@ -254,6 +254,22 @@ def test_a_squashed_double_slash_is_restored(tie, provider):
     assert answer.json() == SLOTS
 
 
+def test_ties_own_session_and_csrf_token_are_not_passed_to_the_provider(tie, provider):
+    _, client = tie
+    headers = ssp(
+        SEARCH, **{"Cookie": "tie_session=console-session; provider=kept", "X-CSRF-Token": "csrf"}
+    )
+    answer = client.get(f"/proxy/{provider.server.url}/STU3/Slot", headers=headers)
+    assert answer.status_code == 200
+    only_tie = ssp(SEARCH, Cookie="tie_session=console-session")
+    assert client.get(f"/proxy/{provider.server.url}/STU3/Slot", headers=only_tie).is_success
+    first, second = provider.server.received
+    assert first.headers["cookie"] == "provider=kept"
+    assert "x-csrf-token" not in first.headers
+    assert "cookie" not in second.headers
+    assert first.headers["authorization"] == "Bearer consumer-jwt"  # the provider's, passed on
+
+
 def test_a_provider_that_is_down_or_slow(tie, provider):
     running, client = tie
     provider.slow = True
