@@ -108,6 +108,12 @@ def validate(document: dict[str, Any], version: Version) -> Any:
         return model.model_validate(document)
     except ValidationError as exc:
         raise Rejected(400, [_issue(kind, error) for error in exc.errors()]) from exc
+    except (TypeError, AttributeError) as exc:
+        # fhir.resources' own validators assume the JSON type they expect (a number where a
+        # uri belongs, a resourceType that is not text): the input is wrong, so a 400, not a
+        # 500 the sender would send again.
+        text = f"the FHIR models could not read the {kind}: {type(exc).__name__}: {exc}"
+        raise reject(400, "value", text) from exc
 
 
 def _issue(kind: str, error: Any) -> Issue:

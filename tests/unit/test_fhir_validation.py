@@ -123,6 +123,22 @@ def test_an_event_code_that_is_not_text_is_an_unknown_event(bars_samples, code):
     assert f"unknown event {BARS_EVENT_SYSTEM}| (known: " in issue.diagnostics
 
 
+@pytest.mark.parametrize(
+    ("entry", "element", "value"), [(0, "source", {"endpoint": 5}), (1, "resourceType", 5)]
+)
+def test_input_the_models_trip_over_is_refused_not_an_internal_error(
+    bars_samples, entry, element, value
+):
+    document = copy.deepcopy(bars_samples["servicerequest-request_validation"])
+    document["entry"][entry]["resource"][element] = value
+    with pytest.raises(Rejected) as caught:
+        validate(document, "R4")
+    assert caught.value.status == 400
+    [issue] = caught.value.issues
+    assert issue.code == "value"
+    assert issue.diagnostics.startswith("the FHIR models could not read the Bundle: ")
+
+
 def test_model_validation_names_every_problem_and_where(bars_samples):
     # Three of the defects the published example had (tests/data/bars/SOURCES.txt).
     published = copy.deepcopy(bars_samples["booking-request_http-200-response"])
