@@ -348,4 +348,11 @@ class ChannelConfig(_Strict):
                 "a bars or proxy source forwards each request itself and answers with the "
                 "receiver's answer: it takes no filter, transform or destinations"
             )
+        if synchronous and self.idempotent is not None:
+            # A repeat is forwarded again (the receiver recognises a repeated Bundle.id):
+            # accepting the setting would promise a deduplication that never happens.
+            raise ValueError(
+                "a bars or proxy source forwards every request, repeats included (the "
+                "receiver recognises a repeated Bundle.id): idempotent is not applied, remove it"
+            )
         return self

@@ -24,6 +24,12 @@ def test_synchronous_sources_route_themselves(source, extra):
         ChannelConfig.model_validate({"name": "sync", "source": source, **extra})
 
 
+@pytest.mark.parametrize("source", [{"http": {"bars": {}}}, {"proxy": {}}], ids=["bars", "proxy"])
+def test_synchronous_sources_do_not_promise_an_idempotent_receiver(source):
+    with pytest.raises(ValueError, match="idempotent is not applied"):
+        ChannelConfig.model_validate({"name": "sync", "source": source, "idempotent": {}})
+
+
 def test_only_one_channel_is_the_booking_proxy(tmp_path):
     for name in ("proxy-a", "proxy-b"):
         (tmp_path / f"{name}.yaml").write_text(f"name: {name}\nsource: {{proxy: {{}}}}\n")
