@@ -52,6 +52,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 NOT_ANSWERED = HOP_BY_HOP | {"date", "server"}
+TIE_COOKIES = "tie_"  # the console's session and sign-in cookies
 KEPT_HEADERS = (*SSP, "content-type", "accept")  # with the stored request (no Authorization)
 KEPT_OF_REFUSED = 64 * 1024  # of a refused request's body, stored with its reason
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -127,6 +128,16 @@ def passed_on(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
                 continue
         kept.append((name, value))
     return kept
+
+
+def _answered(name: str, value: str) -> bool:
+    """Whether a provider's answer header goes back to the caller: not hop-by-hop, and no
+    cookie in tie's own namespace (``tie_*``), which a provider could otherwise plant on
+    tie's origin in a signed-in browser (a session fixed by someone else)."""
+    lowered = name.lower()
+    if lowered == "set-cookie":
+        return not value.split("=", 1)[0].strip().lower().startswith(TIE_COOKIES)
+    return lowered not in NOT_ANSWERED
 
 
 def _default_port(scheme: str) -> int:
@@ -221,7 +232,7 @@ class BookingProxy:
         )
         if isinstance(response, HopFailed):
             return self._failed(response.status, response.code, response.text)
-        answered = [(k, v) for k, v in response.headers if k.lower() not in NOT_ANSWERED]
+        answered = [(k, v) for k, v in response.headers if _answered(k, v)]
         status, body = response.status, response.body
         error = None if 200 <= status < 300 else f"HTTP {status} {response.reason}"
         kept = wire_parts(status, response.reason, response.headers, body)

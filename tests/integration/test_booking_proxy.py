@@ -61,6 +61,10 @@ class Provider:
         fhir = {"Content-Type": "application/fhir+json", "X-Provider": "uec-test"}
         if request.method == "GET" and request.path == "/STU3/Slot":
             return 200, json.dumps(SLOTS).encode(), fhir
+        if request.method == "GET" and request.path == "/STU3/Schedule":
+            return 200, b"{}", {**fhir, "Set-Cookie": "tie_session=planted; Path=/"}
+        if request.method == "GET" and request.path == "/STU3/Location":
+            return 200, b"{}", {**fhir, "Set-Cookie": "provider=kept; Path=/"}
         if request.method == "GET" and request.path == "/STU3/Binary":
             return 200, b"x" * (MAX_BODY + 1), fhir
         if request.method == "POST" and request.path == "/STU3/Appointment":
@@ -268,6 +272,15 @@ def test_ties_own_session_and_csrf_token_are_not_passed_to_the_provider(tie, pro
     assert "x-csrf-token" not in first.headers
     assert "cookie" not in second.headers
     assert first.headers["authorization"] == "Bearer consumer-jwt"  # the provider's, passed on
+
+
+def test_a_provider_cannot_set_ties_own_cookies_on_the_caller(tie, provider):
+    _, client = tie
+    planted = client.get(f"/proxy/{provider.server.url}/STU3/Schedule", headers=ssp(SEARCH))
+    own = client.get(f"/proxy/{provider.server.url}/STU3/Location", headers=ssp(SEARCH))
+    assert (planted.status_code, own.status_code) == (200, 200)
+    assert "set-cookie" not in planted.headers
+    assert own.headers["set-cookie"] == "provider=kept; Path=/"
 
 
 def test_a_provider_that_is_down_or_slow(tie, provider):
