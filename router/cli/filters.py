@@ -7,21 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from router.cli.output import positive_int
 from router.store.inbound import utcnow
-from router.store.queries import MessageFilter
+from router.store.queries import MESSAGE_STATUSES, MessageFilter
 from router.units import parse_duration
-
-# A status that is not one of these would match nothing, which reads as "none of those".
-MESSAGE_STATUSES = ("received", "validating", "processed", "filtered", "error")
-DELIVERY_STATUSES = (
-    "queued",
-    "sending",
-    "retrying",
-    "sent",
-    "failed",
-    "resent",
-    "held",
-    "cancelled",
-)
 
 
 def add_filters(parser: argparse.ArgumentParser) -> None:

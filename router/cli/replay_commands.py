@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from router import replay
 from router.cli.commands import actor
-from router.cli.filters import DELIVERY_STATUSES, add_filters, has_search, search_filter
+from router.cli.filters import add_filters, has_search, search_filter
 from router.cli.output import (
     CommandError,
     add_json,
@@ -20,7 +20,7 @@ from router.cli.output import (
     print_json,
 )
 from router.store.database import Store
-from router.store.queries import find_message_id, search_query
+from router.store.queries import DELIVERY_STATUSES, find_message_id, search_query
 from router.store.schema import messages
 
 MAX_BULK = 100_000

@@ -20,14 +20,9 @@ from router.api.params import IdPath
 from router.api.security import Principal, csrf_token
 from router.console.access import Viewer
 from router.console.content import view
-from router.console.search import (
-    DELIVERY_STATUSES,
-    MESSAGE_STATUSES,
-    Search,
-    page,
-    read_search,
-)
+from router.console.search import Search, page, read_search
 from router.console.templating import render
+from router.store.queries import DELIVERY_STATUSES, MESSAGE_STATUSES
 from router.store.schema import PENDING, deliveries
 
 if TYPE_CHECKING:

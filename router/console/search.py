@@ -14,24 +14,20 @@ from urllib.parse import urlencode
 from sqlalchemy import Connection, func, select
 
 from router.cli.filters import when
-from router.store.queries import LISTING, MessageFilter, parse_id, search_query
+from router.store.queries import (
+    DELIVERY_STATUSES,
+    LISTING,
+    MESSAGE_STATUSES,
+    MessageFilter,
+    parse_id,
+    search_query,
+)
 from router.store.schema import deliveries, messages
 
 PAGE = 50
 MAX_PAGE = 200
 MAX_VALUE = 255
 FIELDS = ("channel", "status", "delivery", "since", "until", "type", "control_id", "key", "text")
-MESSAGE_STATUSES = ("received", "validating", "processed", "filtered", "error")
-DELIVERY_STATUSES = (
-    "failed",
-    "retrying",
-    "queued",
-    "sending",
-    "held",
-    "sent",
-    "resent",
-    "cancelled",
-)
 
 
 @dataclass

@@ -38,6 +38,20 @@ LISTING = (
     m.error,
 )
 
+# The statuses a search may ask for (any other value would match nothing, which reads as
+# "none of those"); deliveries in the order an operator looks for them, trouble first.
+MESSAGE_STATUSES = ("received", "validating", "processed", "filtered", "error")
+DELIVERY_STATUSES = (
+    "failed",
+    "retrying",
+    "queued",
+    "sending",
+    "held",
+    "sent",
+    "resent",
+    "cancelled",
+)
+
 
 @dataclass
 class MessageFilter:

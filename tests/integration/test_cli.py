@@ -449,7 +449,7 @@ def test_messages_rejects_a_time_that_is_neither_iso_nor_an_age(seeded, cli):
         (
             ("resend", "--channel", "orders", "--reason", "x", "--dry-run"),
             ("--delivery-status", "faild"),
-            "'queued', 'sending', 'retrying', 'sent', 'failed', 'resent', 'held', 'cancelled'",
+            "'failed', 'retrying', 'queued', 'sending', 'held', 'sent', 'resent', 'cancelled'",
         ),
     ],
 )
