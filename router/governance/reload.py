@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from router.config import ChannelConfig
 from router.connectors.file_source import file_schedule
 from router.connectors.mesh.build import mesh_schedule
-from router.connectors.mllp.listener import MllpListener
+from router.connectors.mllp.listener import ListenError, MllpListener
 from router.pipeline import CompiledChannel
 
 if TYPE_CHECKING:
@@ -102,15 +102,15 @@ class Reloader:
             return None if c is None else (c.config.source, c.config.idempotent)
 
         moved = [n for n in result.touched if source_of(old, n) != source_of(new, n)]
+        stopped: dict[str, ChannelConfig] = {}
         for listener in [x for x in engine.listeners if x.channel.name in moved]:
             await listener.stop()
             engine.listeners.remove(listener)
+            stopped[listener.channel.name] = listener.channel
         for name in moved:
             channel = new.get(name)
             if channel is not None and channel.config.source.mllp is not None:
-                listener = MllpListener(channel.config, engine.writer.submit)
-                await listener.start()
-                engine.listeners.append(listener)
+                engine.listeners.append(await self._listen(channel.config, stopped.get(name)))
         if any(c.get(n) and c[n].config.source.file for n in moved for c in (old, new)):
             await asyncio.to_thread(engine.files.stop)
             engine.files = file_schedule(
@@ -131,6 +131,34 @@ class Reloader:
                 engine.writer.submit_sync,
             )
             await asyncio.to_thread(engine.mesh.start)
+
+    async def _listen(self, config: ChannelConfig, before: ChannelConfig | None) -> MllpListener:
+        """A started listener for ``config``. When its address cannot be taken (another
+        program holds the port), the channel goes on listening as ``before`` did rather
+        than not at all; if that fails too, the unbound listener is returned, so that
+        ``/health`` reports it down instead of the channel silently refusing connections."""
+        listener = MllpListener(config, self._engine.writer.submit)
+        try:
+            await listener.start()
+        except ListenError as exc:
+            if before is None or before.source.mllp is None:
+                log.error("%s; the channel is not listening", exc.strerror)
+                return listener
+            previous = before.source.mllp
+            log.error(
+                "%s; it goes on listening on %s:%d",
+                exc.strerror,
+                previous.host,
+                previous.port,
+            )
+            restored = MllpListener(before, self._engine.writer.submit)
+            try:
+                await restored.start()
+            except ListenError as again:
+                log.error("%s; the channel is not listening", again.strerror)
+                return listener
+            return restored
+        return listener
 
 
 async def reload_files(engine: Engine, actor: str) -> ReloadResult:

@@ -183,3 +183,20 @@ def test_an_open_mode_reload_refuses_a_file_that_cannot_run(tmp_path, store_url,
         assert running.call(running.engine.reload("olly")).changed == ["orders"]
     finally:
         running.stop()
+
+
+def test_a_reload_to_a_port_in_use_keeps_the_channel_listening(
+    tmp_path, store_url, lab, hl7_samples
+):
+    """A new port that another program holds must not leave the channel refusing every
+    connection while ``/health`` says all is well: it goes on listening as before."""
+    running, path = open_mode_engine(tmp_path, store_url, lab)
+    try:
+        taken = channel_file(lab.port, "OML").replace("port: 0}", f"port: {lab.port}}}", 1)
+        path.write_text(taken)
+        assert running.call(running.engine.reload("olly")).changed == ["orders"]
+        assert running.engine.listening
+        assert "MSA|CA|" in send(running, hl7_message(hl7_samples[OML], "STILL-1"))
+        wait_until(lambda: lab.control_ids() == ["STILL-1"])
+    finally:
+        running.stop()
