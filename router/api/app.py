@@ -38,10 +38,11 @@ def create_app(engine: Engine) -> FastAPI:
     @app.get("/health", tags=["operations"])
     @public_route
     async def health() -> JSONResponse:
-        """Healthy when the store answers and every listener is up (public, for load balancers)."""
+        """Healthy when the store answers and takes writes (its last commit did not fail) and
+        every listener is up (public, for load balancers)."""
         try:
             await asyncio.to_thread(_ping, store)
-            store_ok = True
+            store_ok = not engine.writer.failing
         except Exception:
             store_ok = False
         ok = store_ok and engine.listening

@@ -156,6 +156,9 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None
+        # Whether the last commit failed. A store that answers reads but takes no writes
+        # (disk full, a read-only file) answers /health's SELECT 1: this is what says so.
+        self.failing = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tie-ingest", daemon=True)
@@ -278,10 +281,12 @@ class GroupCommitWriter:
                 self._close(broken=True)  # the next batch opens a new connection
                 raise
             flushed = time.perf_counter() - committing
+            self.failing = False
             results: list[Receipt | BaseException] = list(work.receipts)
             done, released = work.done, work.released
         except Exception as exc:
             log.error("store commit failed for %d message(s): %s", len(work.pending), exc)
+            self.failing = True
             error = StoreUnavailable(f"store unavailable: {type(exc).__name__}")
             results, done = [error] * len(work.pending), [error] * len(work.jobs)
             released = [error] * len(work.releases)

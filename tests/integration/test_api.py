@@ -41,6 +41,15 @@ def test_health_is_open_and_reports_store_and_listeners(api):
     assert response.json() == {"status": "ok", "store": True, "listeners": True}
 
 
+def test_health_reports_a_store_that_answers_but_cannot_commit(api):
+    """Disk full or a read-only store file: SELECT 1 works, every sender gets AE."""
+    running, client = api
+    running.engine.writer.failing = True  # what a failed group commit leaves
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "store": False, "listeners": True}
+
+
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}],

@@ -218,9 +218,11 @@ def test_a_store_that_cannot_commit_fails_every_waiter_in_the_batch(store, caplo
     try:
         items = [_inbound(n) for n in range(10)]
         with write_locked(store), counting(impatient.writer.pool, "checkout") as attempts:
-            results = asyncio.run(_one_batch(GroupCommitWriter(impatient), items))
+            failing = GroupCommitWriter(impatient)
+            results = asyncio.run(_one_batch(failing, items))
         assert len(attempts) == 1
         assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert failing.failing, "/health must see that the store takes no writes"
         assert "store commit failed for 10 message(s)" in caplog.text
         assert "EPR|HOSP" not in caplog.text, "message content must stay out of the log"
 
@@ -228,7 +230,9 @@ def test_a_store_that_cannot_commit_fails_every_waiter_in_the_batch(store, caplo
             assert conn.scalar(select(func.count()).select_from(messages)) == 0
 
         with running(GroupCommitWriter(impatient)) as writer:
+            writer.failing = True  # as the failed writer left it
             receipt = writer.submit_sync(_inbound(99))
+            assert not writer.failing
         with store.read() as conn:
             assert conn.scalars(select(m.uuid)).all() == [receipt.uuid]
     finally:
