@@ -313,10 +313,7 @@ class GroupCommitWriter:
             [*done, *released],
             strict=True,
         ):
-            if isinstance(outcome, BaseException):
-                waiter.set_exception(outcome)
-            else:
-                waiter.set_result(outcome)
+            _resolve(waiter, outcome)
         stored = any(isinstance(r, Receipt) for r in results) or any(r is True for r in released)
         if self._on_commit is not None and stored:
             unsettled = any(
@@ -410,15 +407,23 @@ def _run_job(conn: Connection, job: _Job) -> Any:
         return exc
 
 
+def _resolve(waiter: Future[Any], outcome: Any) -> None:
+    """Answer a thread-side waiter, unless it was cancelled: ``asyncio.wrap_future`` cancels
+    it when its awaiting task is, and answering it then would raise in the writer thread
+    and stop it, leaving every later sender without an answer."""
+    if not waiter.set_running_or_notify_cancel():
+        return
+    if isinstance(outcome, BaseException):
+        waiter.set_exception(outcome)
+    else:
+        waiter.set_result(outcome)
+
+
 def _answer(batch: list[_Pending], results: list[Receipt | BaseException]) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Receipt | BaseException]]] = {}
     for pending, result in zip(batch, results, strict=True):
         if pending.loop is None:
-            future: Future[Receipt] = pending.waiter  # type: ignore[assignment]
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            _resolve(pending.waiter, result)  # type: ignore[arg-type]
         else:
             by_loop.setdefault(pending.loop, []).append((pending.waiter, result))
     for loop, answers in by_loop.items():

@@ -424,3 +424,14 @@ def test_a_row_id_is_kept_only_from_an_insert_that_told_it(store: Store) -> None
         write_inbound(conn, [third])
         stored = conn.scalar(select(m.id).where(m.uuid == third.uuid))
     assert third.id == (stored if store.is_sqlite else None)
+
+
+def test_a_job_whose_waiter_gave_up_does_not_stop_the_writer(store):
+    """An HTTP source awaits ``run_soon`` through ``asyncio.wrap_future``: cancelled (the
+    request's task was), it cancels the job's future. Answering it must not kill the one
+    writer thread, which would leave every later sender waiting for an answer forever."""
+    writer = GroupCommitWriter(store)
+    abandoned = writer.run_soon(lambda conn: conn.execute(text("SELECT 1")).scalar())
+    assert abandoned.cancel()
+    with running(writer):
+        assert writer.run_soon(lambda conn: "still writing").result(timeout=10) == "still writing"
