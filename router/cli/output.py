@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, Ope
 
 from router.config import ConfigError, EngineConfig, load_engine, safe_store_url
 from router.store.database import Store
+from router.store.queries import MAX_ID
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "engine.yaml"
 
@@ -59,10 +60,6 @@ def open_store(args: argparse.Namespace) -> Store:
     return store
 
 
-# The largest number a store's BIGINT holds: beyond it a driver raises rather than finds none.
-MAX_NUMBER = 2**63 - 1
-
-
 def positive_int(value: str) -> int:
     """A count, message or delivery number: 1 or more (``--limit 0`` meant 50, ``-1`` all on
     SQLite and a traceback on PostgreSQL) and small enough for the store."""
@@ -72,7 +69,7 @@ def positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value!r} must be 1 or more")
-    if number > MAX_NUMBER:
+    if number > MAX_ID:  # beyond it a driver raises rather than finds none
         raise argparse.ArgumentTypeError(f"{value!r} is beyond any number in the store")
     return number
 
