@@ -3,7 +3,9 @@
 ``POST /fhir/<channel>/$process-message``, ``POST /fhir/<channel>/<ResourceType>`` and
 ``ANY /proxy/<provider URL>`` are answered here, without FastAPI's routing, request
 models and dependency machinery: a sender waits for each of them, and the booking
-proxy's budget is 2 ms. Everything else goes on to the FastAPI app.
+proxy's budget is 2 ms. Another method on a FHIR POST path is refused here too (405,
+an OperationOutcome), except the registry's ``GET /fhir/<channel>/ServiceRequest``.
+Everything else goes on to the FastAPI app.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from router.fhir.proxy import ProxyRequest, provider_url
 
 if TYPE_CHECKING:
     from router.engine import Engine
+
+# The FHIR path the FastAPI app also answers (the ServiceRequest registry's search).
+REGISTRY_SEARCH = ("ServiceRequest", "GET")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -100,6 +105,17 @@ async def respond_fhir(send: Send, answer: Answer) -> None:
     await respond(send, answer.status, answer.body, headers)
 
 
+def not_allowed(incoming: Incoming, operation: str) -> Answer:
+    """405 for a method a FHIR POST path does not take: an OperationOutcome and ``Allow``,
+    as a FHIR client expects, not the app's bare 404. Not stored: a request without a
+    POST carries no message to replay."""
+    allowed = "GET, POST" if operation == REGISTRY_SEARCH[0] else "POST"
+    text = f"{incoming.method} is not allowed here (allowed: {allowed})"
+    answer = rejected_answer(reject(405, "not-supported", text), incoming.headers)
+    answer.headers["allow"] = allowed
+    return answer
+
+
 class GatewayRoutes:
     """Pure ASGI middleware: the FHIR POST endpoints and the proxy, else the next app."""
 
@@ -113,12 +129,24 @@ class GatewayRoutes:
             if path.startswith("/proxy/"):
                 await self.proxy(Incoming.of(scope), receive, send)
                 return
-            if scope["method"] == "POST" and path.startswith("/fhir/"):
-                parts = path.split("/")
-                if len(parts) == 4 and parts[2] and parts[3]:
-                    await self.fhir(Incoming.of(scope), receive, send, parts[2], parts[3])
-                    return
+            if path.startswith("/fhir/") and await self.fhir_route(scope, receive, send):
+                return
         await self.app(scope, receive, send)
+
+    async def fhir_route(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer ``/fhir/<channel>/<operation>`` (a POST, or 405 for another method but
+        the registry's search); False for a path the FastAPI app answers."""
+        parts = scope["path"].split("/")
+        if len(parts) != 4 or not parts[2] or not parts[3]:
+            return False
+        method, operation = scope["method"], parts[3]
+        if method == "POST":
+            await self.fhir(Incoming.of(scope), receive, send, parts[2], operation)
+        elif (operation, method) != REGISTRY_SEARCH:
+            await respond_fhir(send, not_allowed(Incoming.of(scope), operation))
+        else:
+            return False
+        return True
 
     async def fhir(
         self, incoming: Incoming, receive: Receive, send: Send, channel: str, operation: str

@@ -324,6 +324,31 @@ def test_unknown_channels_and_resource_types_are_not_found(engine):
     assert mismatch.json()["issue"][0]["expression"] == ["resourceType"]
 
 
+def test_other_methods_on_the_post_endpoints_get_405_with_an_operation_outcome(engine):
+    running, client = engine
+    ids = {"X-Request-Id": "req-1", "X-Correlation-Id": "corr-1"}
+    for method, path, allowed in (
+        ("GET", "/fhir/inbox/$process-message", "POST"),
+        ("PUT", "/fhir/inbox/$process-message", "POST"),
+        ("DELETE", "/fhir/inbox/$process-message", "POST"),
+        ("PUT", "/fhir/events/Immunization", "POST"),
+        ("DELETE", "/fhir/inbox/ServiceRequest", "GET, POST"),
+    ):
+        response = client.request(method, path, headers=ids)
+        assert response.status_code == 405, (method, path)
+        assert response.headers["allow"] == allowed
+        assert response.headers["content-type"] == "application/fhir+json"
+        assert response.headers["x-request-id"] == "req-1"
+        assert response.headers["x-correlation-id"] == "corr-1"
+        [issue] = response.json()["issue"]
+        assert issue["code"] == "not-supported"
+        assert issue["details"]["coding"][0]["code"] == "METHOD_NOT_ALLOWED"
+        assert method in issue["diagnostics"]
+    auth = {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
+    assert client.get("/fhir/inbox/ServiceRequest", headers=auth).status_code == 200
+    assert _refused(running) == []
+
+
 def test_a_store_that_cannot_commit_answers_503_and_nothing_is_acknowledged(
     tmp_path, receiver, bars_samples
 ):
