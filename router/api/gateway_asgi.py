@@ -151,13 +151,12 @@ class GatewayRoutes:
     async def fhir(
         self, incoming: Incoming, receive: Receive, send: Send, channel: str, operation: str
     ) -> None:
-        def not_found(what: str) -> Answer:
-            return rejected_answer(reject(404, "not-found", what), incoming.headers)
-
         compiled = self.engine.channels.get(channel)
         source = compiled.config.source.http if compiled is not None else None
         if compiled is None or source is None:
-            await respond_fhir(send, not_found(f"no FHIR channel named {channel!r}"))
+            # Not stored: a message is stored in its channel, and there is none.
+            unknown = reject(404, "not-found", f"no FHIR channel named {channel!r}")
+            await respond_fhir(send, rejected_answer(unknown, incoming.headers))
             return
         message = operation == "$process-message"
         request = FhirRequest(
@@ -187,10 +186,12 @@ class GatewayRoutes:
             await respond_fhir(send, await intake.refuse(request, 415, "not-supported", text))
             return
         if message and not source.events:
-            await respond_fhir(send, not_found(f"channel {channel} takes no messages"))
+            text = f"channel {channel} takes no messages"
+            await respond_fhir(send, await intake.refuse(request, 404, "not-found", text))
             return
         if not message and operation not in source.resources:
-            await respond_fhir(send, not_found(f"channel {channel} takes no {operation}"))
+            text = f"channel {channel} takes no {operation}"
+            await respond_fhir(send, await intake.refuse(request, 404, "not-found", text))
             return
         started = time.perf_counter()
         await respond_fhir(send, await intake.accept(request))

@@ -201,7 +201,8 @@ class FhirIntake:
             await self._ingest(item)
 
     async def refuse(self, request: FhirRequest, status: int, code: str, text: str) -> Answer:
-        """Answer ``status`` for a request refused before checks (size, media type)."""
+        """Answer ``status`` for a request refused before checks (size, media type, what
+        the channel takes), and keep it (its first 64 KiB) with the reason."""
         exc = reject(status, code, text)
         await self.store_rejected(request, exc, request.body[:KEPT_OF_REJECTED])
         return rejected_answer(exc, request.headers)

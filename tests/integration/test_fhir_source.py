@@ -309,7 +309,7 @@ def test_other_content_types_get_415(engine, bars_samples):
 
 
 def test_unknown_channels_and_resource_types_are_not_found(engine):
-    _, client = engine
+    running, client = engine
     body = json.dumps({"resourceType": "Patient"})
     for path in (
         "/fhir/nowhere/$process-message",
@@ -319,6 +319,11 @@ def test_unknown_channels_and_resource_types_are_not_found(engine):
         response = client.post(path, content=body, headers=FHIR)
         assert response.status_code == 404, path
         assert response.json()["issue"][0]["code"] == "not-found"
+    # Refused by a channel that exists: stored with the reason (no channel, nowhere to keep).
+    assert [(r.channel, r.raw, r.error) for r in _refused(running)] == [
+        ("events", body.encode(), "rejected (404): channel events takes no Patient"),
+        ("events", body.encode(), "rejected (404): channel events takes no messages"),
+    ]
     mismatch = client.post("/fhir/events/Immunization", content=body, headers=FHIR)
     assert mismatch.status_code == 400
     assert mismatch.json()["issue"][0]["expression"] == ["resourceType"]
