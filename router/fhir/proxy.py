@@ -56,6 +56,7 @@ TIE_COOKIES = "tie_"  # the console's session and sign-in cookies
 KEPT_HEADERS = (*SSP, "content-type", "accept")  # with the stored request (no Authorization)
 KEPT_OF_REFUSED = 64 * 1024  # of a refused request's body, stored with its reason
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_ASID = re.compile(r"[0-9]+")  # digits (Spine's are 12; the length is left to the directory)
 
 
 @dataclass
@@ -187,10 +188,13 @@ class BookingProxy:
             raise reject(400, "invalid", "Ssp-TraceID is not a UUID", "Ssp-TraceID")
         keys = {}
         for name in ("ssp-from", "ssp-to"):
+            title = _title(name)
+            if not _ASID.fullmatch(values[name]):
+                raise reject(400, "invalid", f"{title} is not an ASID (digits only)", title)
             try:
                 keys[name] = make_key("asid", values[name])
             except ValueError as exc:
-                raise reject(400, "invalid", str(exc), _title(name)) from exc
+                raise reject(400, "invalid", str(exc), title) from exc
         interaction = values["ssp-interactionid"]
         caller, provider = keys["ssp-from"], keys["ssp-to"]
         if not self._directory.registered(caller, interaction):

@@ -202,6 +202,8 @@ def test_a_slot_is_searched_and_booked_through_the_proxy(tie, provider):
     [
         ({"Ssp-TraceID": ""}, 400, "Ssp-TraceID", "header is missing"),
         ({"Ssp-TraceID": "not-a-uuid"}, 400, "Ssp-TraceID", "not a UUID"),
+        ({"Ssp-From": "abc"}, 400, "Ssp-From", "not an ASID"),
+        ({"Ssp-To": "20000000011x"}, 400, "Ssp-To", "not an ASID"),
         ({"Ssp-From": "999999999999"}, 403, "Ssp-From", "not registered for"),
         (
             {"Ssp-InteractionID": BOOK.replace("create", "cancel")},
