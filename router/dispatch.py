@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -234,6 +235,14 @@ class Dispatcher:
         }
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    @property
+    def alive(self) -> bool:
+        """Whether every worker runs: a worker's task ends only when it is stopped or
+        replaced, so one that ended else died, and its destination gets nothing sent
+        (/health says so)."""
+        return self._loop is not None and not any(t.done() for t in self._tasks.values())
 
     async def start(self) -> None:
         """Take back this node's leases from before a restart, then start the workers."""
@@ -241,9 +250,7 @@ class Dispatcher:
         if released:
             log.info("released %d delivery lease(s) held by this node before restart", released)
         self._loop = asyncio.get_running_loop()
-        self._tasks = {
-            k: asyncio.create_task(w.run(), name=f"dispatch {k}") for k, w in self.workers.items()
-        }
+        self._tasks = {key: self._run(key, worker) for key, worker in self.workers.items()}
 
     async def update(self, channels: dict[str, CompiledChannel]) -> None:
         """Reload: a worker whose destination changed or went away finishes its round and
@@ -256,7 +263,25 @@ class Dispatcher:
         for key, config in wanted.items():
             if key not in self.workers:
                 worker = self.workers[key] = self._worker(*key, config)
-                self._tasks[key] = asyncio.create_task(worker.run(), name=f"dispatch {key}")
+                self._tasks[key] = self._run(key, worker)
+
+    def _run(self, key: tuple[str, str], worker: DestinationWorker) -> asyncio.Task[None]:
+        task = asyncio.create_task(worker.run(), name=f"dispatch {key}")
+        task.add_done_callback(functools.partial(self._ended, key))
+        return task
+
+    def _ended(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        """Log a worker that died: its round catches every ``Exception``, so only a
+        ``BaseException`` or a cancellation from outside ends it before it is stopped."""
+        if self._stopping or self._tasks.get(key) is not task:
+            return  # stopped, or replaced by a reload
+        error = None if task.cancelled() else task.exception()
+        log.error(
+            "the dispatch worker for %s/%s stopped (%s); nothing is sent there until a restart",
+            *key,
+            "cancelled" if error is None else type(error).__name__,
+            exc_info=error,
+        )
 
     def _worker(
         self, channel: str, destination: str, config: DestinationConfig
@@ -273,6 +298,7 @@ class Dispatcher:
         )
 
     async def stop(self) -> None:
+        self._stopping = True
         for worker in self.workers.values():
             await worker.stop()
         for task in self._tasks.values():

@@ -144,6 +144,12 @@ class Processor:
             self._thread.join()
             self._thread = None
 
+    @property
+    def alive(self) -> bool:
+        """Whether the processor's thread runs: one that died leaves messages ``received``
+        while their senders still get their ACK (/health says so)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wake(self) -> None:
         """Called after new messages are committed; cheap and thread-safe."""
         self._wake.set()
@@ -190,6 +196,12 @@ class Processor:
         return _record(conn, settled, utcnow(), self._unmatched)
 
     def _run(self) -> None:
+        try:
+            self._rounds()
+        except BaseException:
+            log.exception("the processor stopped; nothing is processed until a restart")
+
+    def _rounds(self) -> None:
         while not self._stopping.is_set():
             try:
                 done = self.run_once()

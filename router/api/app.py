@@ -38,19 +38,24 @@ def create_app(engine: Engine) -> FastAPI:
     @app.get("/health", tags=["operations"])
     @public_route
     async def health() -> JSONResponse:
-        """Healthy when the store answers and takes writes (its last commit did not fail) and
-        every listener is up (public, for load balancers)."""
+        """Healthy when the store answers and takes writes (its last commit did not fail),
+        every listener is up, and the group-commit writer, the processor and every dispatch
+        worker run: without them messages are still acknowledged, or wait for an answer,
+        but are never processed or sent (public, for load balancers)."""
         try:
             await asyncio.to_thread(_ping, store)
             store_ok = not engine.writer.failing
         except Exception:
             store_ok = False
-        ok = store_ok and engine.listening
-        body = {
-            "status": "ok" if ok else "unavailable",
+        parts = {
             "store": store_ok,
             "listeners": engine.listening,
+            "writer": engine.writer.alive,
+            "processor": engine.processor.alive,
+            "dispatcher": engine.dispatcher.alive,
         }
+        ok = all(parts.values())
+        body = {"status": "ok" if ok else "unavailable", **parts}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     app.add_middleware(BodyLimit)  # inside the gateway's routes (added next), which have their own

@@ -164,6 +164,11 @@ class GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name="tie-ingest", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the writer's thread runs: without it nothing is stored or answered."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         if self._thread is not None:
             self._queue.put(_STOP)
@@ -241,6 +246,12 @@ class GroupCommitWriter:
         return waiter
 
     def _run(self) -> None:
+        try:
+            self._batches()
+        except BaseException:
+            log.exception("the group-commit writer stopped; nothing is stored until a restart")
+
+    def _batches(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
@@ -285,7 +296,7 @@ class GroupCommitWriter:
             results: list[Receipt | BaseException] = list(work.receipts)
             done, released = work.done, work.released
         except Exception as exc:
-            log.error("store commit failed for %d message(s): %s", len(work.pending), exc)
+            log.error("store commit failed for %s: %s", _described(work), exc)
             self.failing = True
             error = StoreUnavailable(f"store unavailable: {type(exc).__name__}")
             results, done = [error] * len(work.pending), [error] * len(work.jobs)
@@ -390,6 +401,16 @@ class GroupCommitWriter:
             if broken:
                 conn.invalidate()
             conn.close()
+
+
+def _described(work: _Round) -> str:
+    """What a failed commit was writing, for its log line: messages, other work, or both."""
+    parts = []
+    if work.pending or work.releases:
+        parts.append(f"{len(work.pending) + len(work.releases)} message(s)")
+    if work.jobs:
+        parts.append(f"{len(work.jobs)} other write(s) (processing, dispatch, HTTP exchanges)")
+    return " and ".join(parts)
 
 
 def _observe(seconds: float, messages: int) -> None:

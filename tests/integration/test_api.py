@@ -14,12 +14,28 @@ from tie_testing import RunningEngine, api_token, channel, engine_config, wait_u
 from router.store.schema import audit_events, messages
 
 TOKEN = "tie_s3cret-operator-token"
+HEALTHY = {"store": True, "listeners": True, "writer": True, "processor": True, "dispatcher": True}
 
 
 @pytest.fixture
 def api(tmp_path, store_url, monkeypatch) -> Iterator[tuple[RunningEngine, httpx.Client]]:
+    yield from _serving(tmp_path, store_url, destinations={})
+
+
+@pytest.fixture
+def sending(tmp_path, store_url) -> Iterator[tuple[RunningEngine, httpx.Client]]:
+    """The same engine, with a destination (a directory) for a dispatch worker to serve."""
+    out = {"file": {"directory": str(tmp_path / "out"), "name": "{message_id}"}}
+    yield from _serving(tmp_path, store_url, destinations={"out": out})
+
+
+def _serving(
+    tmp_path, store_url: str, destinations: dict
+) -> Iterator[tuple[RunningEngine, httpx.Client]]:
     api_token(store_url, token=TOKEN)
-    orders = channel({"name": "orders", "source": {"mllp": {"port": 0}}, "destinations": {}})
+    orders = channel(
+        {"name": "orders", "source": {"mllp": {"port": 0}}, "destinations": destinations}
+    )
     running = RunningEngine(engine_config(tmp_path, store_url), {"orders": orders}, http=True)
     client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
     try:
@@ -38,7 +54,7 @@ def test_health_is_open_and_reports_store_and_listeners(api):
     _, client = api
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "store": True, "listeners": True}
+    assert response.json() == {"status": "ok", **HEALTHY}
 
 
 def test_health_reports_a_store_that_answers_but_cannot_commit(api):
@@ -47,7 +63,62 @@ def test_health_reports_a_store_that_answers_but_cannot_commit(api):
     running.engine.writer.failing = True  # what a failed group commit leaves
     response = client.get("/health")
     assert response.status_code == 503
-    assert response.json() == {"status": "unavailable", "store": False, "listeners": True}
+    assert response.json() == {"status": "unavailable", **HEALTHY, "store": False}
+
+
+class _Killed(BaseException):
+    """What no ``except Exception`` catches: it ends the thread or task it is raised in."""
+
+
+def _down(client: httpx.Client) -> dict:
+    """/health's body once it answers 503."""
+    response = wait_until(lambda: (r := client.get("/health")).status_code == 503 and r)
+    return response.json()
+
+
+def test_health_reports_a_dead_processor(api, monkeypatch, caplog):
+    """Messages are still acknowledged without it, but never processed."""
+    running, client = api
+    processor = running.engine.processor
+
+    def killed() -> int:
+        raise _Killed
+
+    monkeypatch.setattr(processor, "run_once", killed)
+    processor.wake()
+    assert _down(client) == {"status": "unavailable", **HEALTHY, "processor": False}
+    assert "the processor stopped" in caplog.text
+    assert "_Killed" in caplog.text, "the traceback is logged"
+
+
+def test_health_reports_a_dead_dispatch_worker(sending, monkeypatch, caplog):
+    """Its destination is sent nothing more, while the processor queues deliveries for it."""
+    running, client = sending
+    dispatcher = running.engine.dispatcher
+    worker = dispatcher.workers["orders", "out"]
+
+    async def killed(*args: object, **kwargs: object) -> None:
+        raise _Killed
+
+    assert client.get("/health").json() == {"status": "ok", **HEALTHY}
+    monkeypatch.setattr(worker, "_round", killed)
+    dispatcher.notify({("orders", "out")})
+    assert _down(client) == {"status": "unavailable", **HEALTHY, "dispatcher": False}
+    assert "the dispatch worker for orders/out stopped (_Killed)" in caplog.text
+
+
+def test_health_reports_a_dead_group_commit_writer(api, monkeypatch, caplog):
+    """Nothing more is stored, and every sender waits for an answer that never comes."""
+    running, client = api
+    writer = running.engine.writer
+
+    def killed(*args: object) -> bool:
+        raise _Killed
+
+    monkeypatch.setattr(writer, "_commit", killed)
+    writer.run_soon(lambda conn: None)
+    assert _down(client) == {"status": "unavailable", **HEALTHY, "writer": False}
+    assert "the group-commit writer stopped" in caplog.text
 
 
 @pytest.mark.parametrize(

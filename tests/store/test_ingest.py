@@ -239,6 +239,19 @@ def test_a_store_that_cannot_commit_fails_every_waiter_in_the_batch(store, caplo
         impatient.dispose()
 
 
+def test_a_failed_commit_of_other_work_logs_what_failed(store, monkeypatch, caplog):
+    """Only the processor's or dispatcher's writes: not "0 message(s)"."""
+
+    def unreachable() -> None:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(store.writer, "connect", unreachable)
+    with running(GroupCommitWriter(store)) as writer, pytest.raises(StoreUnavailable):
+        writer.run(lambda conn: None)
+    assert "store commit failed for 1 other write(s) (processing, dispatch" in caplog.text
+    assert "0 message(s)" not in caplog.text
+
+
 def _row(store: Store, uuid: str) -> dict[str, object]:
     with store.read() as conn:
         return dict(conn.execute(select(messages).where(m.uuid == uuid)).one()._mapping)
