@@ -189,10 +189,62 @@ def startup_channels(store: Store, config: EngineConfig) -> dict[str, ChannelCon
     if config.governance == "governed":
         if not running_texts(store):
             bootstrap(store, config)
-        return parse(config, running_texts(store))
+        return startable(store, config)
     channels = load_channels(config.channels)
     record_files(store, config, actor="startup", reason="engine started with changed files")
     return channels
+
+
+def startable(store: Store, config: EngineConfig) -> dict[str, ChannelConfig]:
+    """Governed: each channel's running revision, or, when that one cannot run (a mapping
+    that no longer loads), its last deployed revision before it, else nothing: one
+    channel's broken revision must not keep the whole engine from starting."""
+    channels = {}
+    for name, text in running_texts(store).items():
+        try:
+            channels[name] = runnable(config, name, text.yaml)
+            continue
+        except ConfigError as exc:
+            problem = exc
+        fallback = _last_runnable(store, config, name, before=text.number)
+        if fallback is None:
+            instead = "the channel is left out"
+        else:
+            number, channels[name] = fallback
+            instead = f"starting it from its last deployed revision #{number} instead"
+        log.error(
+            "channel %s: revision #%d cannot run; %s:\n%s", name, text.number, instead, problem
+        )
+    return channels
+
+
+def runnable(config: EngineConfig, name: str, text: str) -> ChannelConfig:
+    """``text`` as the channel ``name``, compiled (mappings loaded) if it is enabled; a
+    ConfigError says why it cannot run."""
+    from router.engine import compile_channels
+
+    channel = channel_from_text(text, config.channels / f"{name}.yaml")
+    compile_channels(config, {name: channel})
+    return channel
+
+
+def _last_runnable(
+    store: Store, config: EngineConfig, channel: str, *, before: int
+) -> tuple[int, ChannelConfig] | None:
+    """The newest revision older than ``before`` that the engine once ran, if it still can."""
+    with store.read() as conn:
+        row = conn.execute(
+            select(r.number, r.yaml)
+            .where(r.channel == channel, r.number < before, r.deployed_at.isnot(None))
+            .order_by(r.number.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        return None
+    try:
+        return row.number, runnable(config, channel, row.yaml)
+    except ConfigError:
+        return None
 
 
 def changed_files(store: Store, config: EngineConfig) -> dict[str, str]:

@@ -7,6 +7,8 @@ approvers release the batch.
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from tie_testing import Hl7Receiver, RunningEngine, engine_config, hl7_message, 
 from router import governance
 from router.auth.users import add_user
 from router.config import ConfigError
+from router.engine import open_store
 from router.store.schema import deliveries, messages
 
 OML = "OML_O21_nhs_nwgmsa_v251"
@@ -198,5 +201,45 @@ def test_a_reload_to_a_port_in_use_keeps_the_channel_listening(
         assert running.engine.listening
         assert "MSA|CA|" in send(running, hl7_message(hl7_samples[OML], "STILL-1"))
         wait_until(lambda: lab.control_ids() == ["STILL-1"])
+    finally:
+        running.stop()
+
+
+def test_a_revision_that_cannot_run_does_not_keep_the_engine_down(
+    tmp_path, store_url, lab, caplog, monkeypatch
+):
+    """A mapping removed after its revision was approved: on the next start that channel
+    runs its last deployed revision, with an error naming both, and the others start."""
+    config = engine_config(tmp_path, store_url, governance="governed")
+    config.channels.mkdir()
+    for name, kind in (("orders", "OML"), ("results", "ORU")):
+        text = channel_file(lab.port, kind).replace("name: orders", f"name: {name}")
+        (config.channels / f"{name}.yaml").write_text(text)
+    (config.mappings / "tidy.py").write_text("def f(message):\n    return message\n")
+    RunningEngine(config, None).stop()  # the files become revision 1 of each channel
+    store = open_store(config)
+    with store.begin() as conn:
+        add_user(conn, "erin", ["engineer"], None, actor="test")
+        add_user(conn, "ada", ["approver"], None, actor="test")
+    changes = {
+        "orders": channel_file(lab.port, "OML").replace("filter:", "transform: tidy:f\nfilter:"),
+        "results": channel_file(lab.port, "ADT").replace("name: orders", "name: results"),
+    }
+    for name, text in changes.items():
+        governance.propose(store, config, name, text, actor="erin")
+        governance.approve(store, name, 2, actor="ada")
+    store.dispose()
+    (config.mappings / "tidy.py").unlink()
+    monkeypatch.delitem(sys.modules, "tie_mappings.tidy", raising=False)  # as a new process
+
+    running = RunningEngine(config, None)
+    try:
+        channels = {name: c.config for name, c in running.engine.channels.items()}
+        assert (channels["orders"].transform, channels["orders"].filter[0].equals) == (None, "OML")
+        assert channels["results"].filter[0].equals == "ADT"
+        [error] = [r for r in caplog.records if r.levelno == logging.ERROR and "#2" in r.message]
+        assert "channel orders: revision #2 cannot run" in error.message
+        assert "last deployed revision #1" in error.message
+        assert "tidy" in error.message
     finally:
         running.stop()
