@@ -116,7 +116,7 @@ def approval_routes(engine: Engine) -> APIRouter:
     @routes.post("/api/revisions/{channel}/{number}/approve")
     async def approve(channel: str, number: NumberPath, who: Principal = Depends(approver)) -> Any:
         """Approve (never your own proposal); the engine deploys it within seconds."""
-        found = await _call(governance.approve, store, channel, number, actor=who.name)
+        found = await _call(governance.approve, store, config, channel, number, actor=who.name)
         engine.watcher.wake()
         return _out(found)
 

@@ -160,7 +160,8 @@ def channel_diff(args: argparse.Namespace) -> int:
 
 
 def channel_approve(args: argparse.Namespace) -> int:
-    found = _run(governance.approve, open_store(args), args.name, args.rev, actor=actor(args))
+    store, config = open_store(args), engine_config(args)
+    found = _run(governance.approve, store, config, args.name, args.rev, actor=actor(args))
     print(f"approved {found.channel} #{found.number}: the running engine deploys it shortly")
     return 0
 

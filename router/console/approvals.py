@@ -189,7 +189,7 @@ def approval_routes(engine: Engine) -> APIRouter:
         principal: Approver,
     ) -> Response:
         def act() -> Revision:
-            return governance.approve(store, channel, number, actor=principal.name)
+            return governance.approve(store, engine.config, channel, number, actor=principal.name)
 
         return await attempt(request, principal, act, _revision_done("approved"))
 

@@ -148,26 +148,20 @@ def propose(
         return _revision(_row(conn, channel, number))
 
 
-def approve(store: Store, channel: str, number: int, *, actor: str) -> Revision:
-    """Approve a proposal: not by its author, only by an ``approver``, only of the running base.
+def approve(
+    store: Store, config: EngineConfig, channel: str, number: int, *, actor: str
+) -> Revision:
+    """Approve a proposal: not by its author, only by an ``approver``, only of the running base,
+    and only if it still passes the checks it passed when proposed (a mapping it names may
+    have changed or gone since: approving it anyway would approve what cannot run).
 
     The revision becomes ``approved``; the running engine deploys it within seconds.
     """
+    with store.read() as conn:
+        row = _approvable(conn, channel, number, actor)
+    check_channel_text(store, config, channel, row.yaml)
     with store.begin() as conn:
-        require_role(conn, actor, "approver")
-        row = _row(conn, channel, number)
-        if row.state != PROPOSED:
-            raise GovernanceError(f"{channel} #{number} is {row.state}, not proposed")
-        if row.author == actor:
-            raise FourEyesViolation(
-                f"{actor} proposed {channel} #{number} and cannot approve it: another approver must"
-            )
-        base = running(conn, channel)
-        if (base.number if base is not None else None) != row.based_on:
-            raise GovernanceError(
-                f"{channel} #{number} was proposed against #{row.based_on}, but "
-                f"#{base.number if base is not None else '-'} runs now: propose it again"
-            )
+        row = _approvable(conn, channel, number, actor)
         _settle(conn, row, APPROVED, actor, "")
         audit.append(
             conn,
@@ -177,6 +171,25 @@ def approve(store: Store, channel: str, number: int, *, actor: str) -> Revision:
             {"number": number, "sha256": row.sha256, "author": row.author},
         )
         return _revision(_row(conn, channel, number))
+
+
+def _approvable(conn: Connection, channel: str, number: int, actor: str) -> Any:
+    """The row of proposal ``number`` if ``actor`` may approve it now; else why not."""
+    require_role(conn, actor, "approver")
+    row = _row(conn, channel, number)
+    if row.state != PROPOSED:
+        raise GovernanceError(f"{channel} #{number} is {row.state}, not proposed")
+    if row.author == actor:
+        raise FourEyesViolation(
+            f"{actor} proposed {channel} #{number} and cannot approve it: another approver must"
+        )
+    base = running(conn, channel)
+    if (base.number if base is not None else None) != row.based_on:
+        raise GovernanceError(
+            f"{channel} #{number} was proposed against #{row.based_on}, but "
+            f"#{base.number if base is not None else '-'} runs now: propose it again"
+        )
+    return row
 
 
 def reject(store: Store, channel: str, number: int, *, actor: str, reason: str) -> Revision:

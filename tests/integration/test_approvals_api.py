@@ -3,6 +3,7 @@ tokens of different users: the four-eyes rules hold through the API as in the se
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -92,6 +93,22 @@ def test_revision_four_eyes_through_the_api(governed):
     reloaded = client.post("/api/channels/reload", headers=as_user("erin")).json()
     assert reloaded["proposed"] == ["orders#3"]
     assert running.engine.channels["orders"].config.filter[0].equals == "ORU"
+
+
+def test_an_approval_of_a_revision_that_no_longer_compiles_is_refused(governed, monkeypatch):
+    _, api, lab = governed
+    client, as_user, config = api["client"], api["as"], api["config"]
+    (config.mappings / "tidy.py").write_text("def f(message):\n    return message\n")
+    text = orders(lab.port, hold=True).replace("filter:", "transform: tidy:f\nfilter:")
+    proposal = {"channel": "orders", "yaml": text}
+    assert client.post("/api/revisions", json=proposal, headers=as_user("erin")).status_code == 201
+    (config.mappings / "tidy.py").unlink()
+    monkeypatch.delitem(sys.modules, "tie_mappings.tidy")  # as a fresh process would see it
+    refused = client.post("/api/revisions/orders/2/approve", headers=as_user("ada"))
+    assert refused.status_code == 422
+    assert "tidy" in refused.json()["detail"]["message"]
+    revision = client.get("/api/revisions/orders/2", headers=as_user("val")).json()
+    assert revision["state"] == "proposed"
 
 
 def test_held_batch_release_through_the_api(governed, hl7_samples):

@@ -79,8 +79,8 @@ def test_a_change_runs_only_after_another_user_approves_it(tmp_path, store_url, 
         wait_until(lambda: lab.control_ids() == ["BEFORE-1"])  # the approved filter still runs
 
         with pytest.raises(governance.FourEyesViolation):
-            governance.approve(store, "orders", 2, actor="erin")
-        governance.approve(store, "orders", 2, actor="ada")
+            governance.approve(store, config, "orders", 2, actor="erin")
+        governance.approve(store, config, "orders", 2, actor="ada")
         running.engine.watcher.wake()
         wait_until(lambda: governance.get_revision(store, "orders", 2).state == "deployed")
 
@@ -227,7 +227,7 @@ def test_a_revision_that_cannot_run_does_not_keep_the_engine_down(
     }
     for name, text in changes.items():
         governance.propose(store, config, name, text, actor="erin")
-        governance.approve(store, name, 2, actor="ada")
+        governance.approve(store, config, name, 2, actor="ada")
     store.dispose()
     (config.mappings / "tidy.py").unlink()
     monkeypatch.delitem(sys.modules, "tie_mappings.tidy", raising=False)  # as a new process

@@ -8,6 +8,7 @@ rejecting cancels. Each action is audited with its actor.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,10 +79,10 @@ def test_the_author_cannot_approve_their_own_revision(store, governed):
     proposal = governance.propose(store, governed, "results", channel_text("ADT"), actor="eve")
     assert (proposal.number, proposal.state, proposal.based_on) == (2, "proposed", 1)
     with pytest.raises(governance.FourEyesViolation):
-        governance.approve(store, "results", 2, actor="eve")
+        governance.approve(store, governed, "results", 2, actor="eve")
     assert governance.get_revision(store, "results", 2).state == "proposed"
 
-    approved = governance.approve(store, "results", 2, actor="ada")
+    approved = governance.approve(store, governed, "results", 2, actor="ada")
     assert (approved.state, approved.approver) == ("approved", "ada")
     assert mark_deployed(store, "results", 2, actor="engine@test")
     states = {r.number: r.state for r in governance.list_revisions(store, "results")}
@@ -100,7 +101,22 @@ def test_roles_are_enforced_by_the_service(store, governed):
         governance.propose(store, governed, "results", channel_text("ADT"), actor="nobody")
     governance.propose(store, governed, "results", channel_text("ADT"), actor="erin")
     with pytest.raises(governance.RoleRequired):
-        governance.approve(store, "results", 2, actor="val")
+        governance.approve(store, governed, "results", 2, actor="val")
+
+
+def test_approval_refuses_a_revision_whose_mapping_no_longer_loads(store, governed, monkeypatch):
+    """Approving re-checks the text: a mapping removed since the proposal would make an
+    approved revision that cannot run (and would keep a restarted engine from starting)."""
+    (governed.mappings / "tidy.py").write_text("def f(message):\n    return message\n")
+    text = channel_text("ADT").replace("filter:", "transform: tidy:f\nfilter:")
+    governance.propose(store, governed, "results", text, actor="erin")
+    (governed.mappings / "tidy.py").unlink()
+    monkeypatch.delitem(sys.modules, "tie_mappings.tidy")  # as in the approver's own process
+    with pytest.raises(governance.InvalidRevision, match="tidy") as caught:
+        governance.approve(store, governed, "results", 2, actor="ada")
+    assert any("tidy" in problem for problem in caught.value.problems)
+    assert governance.get_revision(store, "results", 2).state == "proposed"
+    assert ("ada", "revision.approve") not in actions(store)
 
 
 def test_invalid_text_and_no_change_are_refused(store, governed):
@@ -124,7 +140,7 @@ def test_diff_reject_supersede_and_rollback_keep_every_revision(store, governed)
     assert (rejected.state, rejected.approver, rejected.reason) == ("rejected", "ada", "wrong type")
 
     governance.propose(store, governed, "results", channel_text("ADT"), actor="erin")
-    governance.approve(store, "results", 4, actor="bob")
+    governance.approve(store, governed, "results", 4, actor="bob")
     mark_deployed(store, "results", 4, actor="engine@test")
     back = governance.rollback(store, governed, "results", 1, actor="erin")
     assert (back.number, back.state, back.based_on, back.yaml) == (5, "proposed", 4, channel_text())
@@ -195,7 +211,7 @@ def _statuses(store: Store) -> list[str]:
 
 def _hold_channel(store: Store, config, approvals: int, owner: str) -> dict:
     governance.propose(store, config, "results", channel_text(hold=approvals), actor=owner)
-    governance.approve(store, "results", 2, actor="bob" if owner != "bob" else "ada")
+    governance.approve(store, config, "results", 2, actor="bob" if owner != "bob" else "ada")
     mark_deployed(store, "results", 2, actor="engine@test")
     return running_channels(store, config)
 
@@ -294,7 +310,7 @@ def test_a_resend_of_a_held_delivery_is_held_again(store, governed, receive, er7
 def test_a_listener_port_clash_with_another_channel_is_refused(store, governed):
     zzz = channel_text().replace("name: results", "name: zzz").replace("port: 0", "port: 2999")
     governance.propose(store, governed, "zzz", zzz, actor="erin")
-    governance.approve(store, "zzz", 1, actor="ada")
+    governance.approve(store, governed, "zzz", 1, actor="ada")
     clash = channel_text().replace("port: 0", "port: 2999")
     with pytest.raises(governance.InvalidRevision, match="conflicts"):
         governance.propose(store, governed, "results", clash, actor="erin")
