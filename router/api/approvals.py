@@ -79,7 +79,7 @@ def approval_routes(engine: Engine) -> APIRouter:
         _: Principal = Depends(viewer),
     ) -> list[dict[str, Any]]:
         """Channel revisions, newest first (state: proposed, approved, deployed, rejected,
-        superseded)."""
+        superseded, deploy-failed)."""
         found = await _call(governance.list_revisions, store, channel, state=state, limit=limit)
         return [_out(r) for r in found]
 

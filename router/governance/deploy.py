@@ -19,7 +19,7 @@ from sqlalchemy import Connection, exists, func, select, update
 from router import audit
 from router.config import ChannelConfig, ConfigError, EngineConfig, load_channels
 from router.config.loading import channel_from_text, read_text
-from router.governance.models import APPROVED, DEPLOYED, RUNNING, SUPERSEDED
+from router.governance.models import APPROVED, DEPLOY_FAILED, DEPLOYED, RUNNING, SUPERSEDED
 from router.governance.revisions import insert_revision, running, sha256
 from router.store.database import Store
 from router.store.inbound import utcnow
@@ -140,6 +140,27 @@ def mark_deployed(store: Store, channel: str, number: int, *, actor: str) -> boo
         _supersede_older(conn, channel, number)
         audit.append(conn, actor, "revision.deploy", f"channel:{channel}", {"number": number})
     return True
+
+
+def mark_failed(store: Store, channel: str, number: int, *, actor: str, reason: str) -> bool:
+    """The engine could not apply approved revision ``number``: it becomes ``deploy-failed``
+    with ``reason``, so that the revision before it counts as running again. False when it
+    was no longer ``approved`` (another node marked it first)."""
+    with store.begin() as conn:
+        done = conn.execute(
+            update(channel_revisions)
+            .where(r.channel == channel, r.number == number, r.state == APPROVED)
+            .values(state=DEPLOY_FAILED, reason=reason)
+        ).rowcount
+        if done:
+            audit.append(
+                conn,
+                actor,
+                "revision.deploy-failed",
+                f"channel:{channel}",
+                {"number": number, "reason": reason},
+            )
+    return bool(done)
 
 
 def record_deployed(store: Store, channel: str, text: str, *, actor: str, reason: str) -> int:

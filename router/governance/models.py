@@ -10,14 +10,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 # Revision states. ``approved`` waits for the engine to apply it; the engine marks it
-# ``deployed`` and the revision it replaced ``superseded``. A proposal that a newer one
+# ``deployed`` and the revision it replaced ``superseded``, or ``deploy-failed`` when it
+# cannot compile it (so that it is not taken for what runs). A proposal that a newer one
 # replaces before approval is ``superseded`` too.
-PROPOSED, APPROVED, DEPLOYED, REJECTED, SUPERSEDED = (
+PROPOSED, APPROVED, DEPLOYED, REJECTED, SUPERSEDED, DEPLOY_FAILED = (
     "proposed",
     "approved",
     "deployed",
     "rejected",
     "superseded",
+    "deploy-failed",
 )
 RUNNING = (APPROVED, DEPLOYED)  # the newest of these is what the engine runs
 

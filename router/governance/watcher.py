@@ -3,7 +3,8 @@
 Approvals and open-mode reloads are written to the store, by this process or another
 (``run.py channel approve``, ``run.py reload``, another node). The watcher reads the
 running revisions every few seconds (or at once when woken), applies the channels whose
-text changed through the reloader, and marks approved revisions ``deployed``.
+text changed through the reloader, and marks approved revisions ``deployed``, or
+``deploy-failed`` when they cannot be compiled.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from router.config import ConfigError
-from router.governance.deploy import mark_deployed, parse, running_texts
+from router.governance.deploy import (
+    RunningText,
+    mark_deployed,
+    mark_failed,
+    runnable,
+    running_texts,
+)
 from router.governance.models import APPROVED
 from router.governance.reload import ReloadResult
 
@@ -54,7 +61,8 @@ class RevisionWatcher:
             loop.call_soon_threadsafe(self._wake.set)
 
     async def check(self) -> ReloadResult:
-        """Apply every running revision whose text this engine does not run yet."""
+        """Apply every running revision whose text this engine does not run yet; an approved
+        one that cannot be compiled is marked ``deploy-failed`` instead, the others applied."""
         texts = await asyncio.to_thread(running_texts, self._engine.store)
         fresh = {n: t for n, t in texts.items() if self._applied.get(n) != t.sha256}
         if not fresh:
@@ -62,18 +70,36 @@ class RevisionWatcher:
         # Remembered even when it fails, so that a broken revision is reported once, not
         # every few seconds; the next approved revision is tried afresh.
         self._applied.update({n: t.sha256 for n, t in fresh.items()})
+        config, actor = self._engine.config, f"engine@{self._engine.config.node}"
+        wanted = {}
+        for name, text in fresh.items():
+            try:
+                wanted[name] = await asyncio.to_thread(runnable, config, name, text.yaml)
+            except ConfigError as exc:
+                await asyncio.to_thread(self._failed, text, exc, actor)
         try:
-            result = await self._engine.reloader.apply(parse(self._engine.config, fresh))
+            result = await self._engine.reloader.apply(wanted)
         except ConfigError as exc:
             log.error("cannot deploy channel revision(s); keeping the running ones:\n%s", exc)
             return ReloadResult()
-        actor = f"engine@{self._engine.config.node}"
-        for name, text in fresh.items():
-            if text.state == APPROVED:
+        for name in wanted:
+            if fresh[name].state == APPROVED:
                 await asyncio.to_thread(
-                    mark_deployed, self._engine.store, name, text.number, actor=actor
+                    mark_deployed, self._engine.store, name, fresh[name].number, actor=actor
                 )
         return result
+
+    def _failed(self, text: RunningText, problem: ConfigError, actor: str) -> None:
+        log.error(
+            "cannot deploy channel %s revision #%d; it keeps running what it ran:\n%s",
+            text.channel,
+            text.number,
+            problem,
+        )
+        if text.state == APPROVED:
+            mark_failed(
+                self._engine.store, text.channel, text.number, actor=actor, reason=str(problem)
+            )
 
     async def _run(self) -> None:
         while True:

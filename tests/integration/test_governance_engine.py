@@ -7,6 +7,7 @@ approvers release the batch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ from router import governance
 from router.auth.users import add_user
 from router.config import ConfigError
 from router.engine import open_store
-from router.store.schema import deliveries, messages
+from router.governance.deploy import running_texts
+from router.store.schema import audit_events, deliveries, messages
 
 OML = "OML_O21_nhs_nwgmsa_v251"
 
@@ -237,9 +239,51 @@ def test_a_revision_that_cannot_run_does_not_keep_the_engine_down(
         channels = {name: c.config for name, c in running.engine.channels.items()}
         assert (channels["orders"].transform, channels["orders"].filter[0].equals) == (None, "OML")
         assert channels["results"].filter[0].equals == "ADT"
-        [error] = [r for r in caplog.records if r.levelno == logging.ERROR and "#2" in r.message]
+        [error] = [
+            r
+            for r in caplog.records
+            if r.levelno == logging.ERROR and r.message.startswith("channel orders")
+        ]
         assert "channel orders: revision #2 cannot run" in error.message
         assert "last deployed revision #1" in error.message
         assert "tidy" in error.message
+    finally:
+        running.stop()
+
+
+async def _release(lock: asyncio.Lock) -> None:
+    lock.release()
+
+
+def test_an_approved_revision_that_cannot_deploy_is_marked_so(
+    tmp_path, store_url, lab, monkeypatch
+):
+    """The watcher cannot compile an approved revision (its mapping went after approval):
+    it is marked deploy-failed with the reason, the channel's deployed revision counts as
+    running again, and another channel approved meanwhile deploys all the same."""
+    running = start(tmp_path, store_url, channel_file(lab.port, "OML"))
+    store, config, watcher = running.store, running.engine.config, running.engine.watcher
+    (config.mappings / "tidy.py").write_text("def f(message):\n    return message\n")
+    broken = channel_file(lab.port, "ORU").replace("filter:", "transform: tidy:f\nfilter:")
+    new = channel_file(lab.port, "ADT").replace("name: orders", "name: results")
+    try:
+        running.call(watcher.lock.acquire())  # the watcher's own rounds wait for this test
+        for name, text in (("orders", broken), ("results", new)):
+            number = governance.propose(store, config, name, text, actor="erin").number
+            governance.approve(store, config, name, number, actor="ada")
+        (config.mappings / "tidy.py").unlink()
+        monkeypatch.delitem(sys.modules, "tie_mappings.tidy")
+        running.call(watcher.check())
+        running.call(_release(watcher.lock))
+
+        failed = governance.get_revision(store, "orders", 2)
+        assert failed.state == "deploy-failed" and "tidy" in failed.reason
+        assert governance.get_revision(store, "results", 1).state == "deployed"
+        assert running_texts(store)["orders"].number == 1
+        assert governance.diff(store, "orders", 2).against == 1
+        assert running.engine.channels["orders"].config.transform is None
+        with store.read() as conn:
+            events = conn.execute(select(audit_events.c.action, audit_events.c.target)).all()
+        assert ("revision.deploy-failed", "channel:orders") in events
     finally:
         running.stop()
