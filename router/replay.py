@@ -4,6 +4,7 @@ Both keep the original and link the copy to it, need a reason, can be run dry,
 and write one audit event per message. A resent ``failed`` delivery becomes
 ``resent`` in the same transaction that queues its copy: it has been dealt with,
 so dashboards stop counting it as failed and a bulk resend does not pick it again.
+Only a finished delivery is resent: one still to be sent would go out twice.
 """
 
 from __future__ import annotations
@@ -19,6 +20,23 @@ from router.store.database import Store
 from router.store.inbound import time_ordered_uuid, utcnow
 from router.store.queries import MessageFilter, search_query
 from router.store.schema import deliveries, messages
+
+# The delivery statuses a resend accepts: the dispatcher is done with these. A ``queued``,
+# ``retrying``, ``sending`` or ``held`` delivery will still be sent, so its copy would be
+# a second send of the same payload.
+FINISHED = ("failed", "sent", "resent", "cancelled")
+
+
+class NotFinished(Exception):
+    """The delivery will still be sent: resending it would send its payload twice."""
+
+    def __init__(self, delivery_id: int, status: str) -> None:
+        super().__init__(
+            f"delivery {delivery_id} is {status}: it will still be sent, so a resend would "
+            f"send it twice (resend only a {', '.join(FINISHED[:-1])} or {FINISHED[-1]} one)"
+        )
+        self.delivery_id = delivery_id
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -142,18 +160,18 @@ def reprocess(store: Store, message_id: int, *, reason: str, actor: str) -> Repl
 
 
 def plan_resend(store: Store, delivery_ids: list[int]) -> list[ReplayResult]:
+    """What a resend of each delivery would do; "not resend" for one still to be sent."""
     with store.read() as conn:
         rows = _deliveries(conn, delivery_ids)
         copies = resent_as(conn, [r.id for r in rows])
-        return [
-            ReplayResult(
-                str(r.id),
-                None,
-                f"resend delivery {r.id} ({r.status}) to {r.channel}/{r.destination}"
-                + _again(copies.get(r.id, [])),
-            )
-            for r in rows
-        ]
+        return [ReplayResult(str(r.id), None, _resend_plan(r, copies.get(r.id, []))) for r in rows]
+
+
+def _resend_plan(row: Any, copies: list[int]) -> str:
+    what = f"delivery {row.id} ({row.status}) to {row.channel}/{row.destination}"
+    if row.status not in FINISHED:
+        return f"not resend {what}: it will still be sent, so a resend would send it twice"
+    return f"resend {what}{_again(copies)}"
 
 
 def _again(copies: list[int]) -> str:
@@ -174,7 +192,8 @@ def resent_as(conn: Connection, delivery_ids: list[int]) -> dict[int, list[int]]
 
 
 def resend(store: Store, delivery_id: int, *, reason: str, actor: str) -> ReplayResult:
-    """Queue the delivery's payload again, as sent, with its original idempotency key."""
+    """Queue the finished delivery's payload again, as sent, with its original idempotency
+    key. Raises :class:`NotFinished` for one still to be sent (it would go twice)."""
     _require_reason(reason)
     now = utcnow()
     with store.begin() as conn:
@@ -182,10 +201,12 @@ def resend(store: Store, delivery_id: int, *, reason: str, actor: str) -> Replay
         if not rows:
             raise LookupError(f"no delivery {delivery_id}")
         row = rows[0]
+        if row.status not in FINISHED:
+            raise NotFinished(row.id, row.status)
         values = {k: v for k, v in row._mapping.items() if k != "id"}
-        # A delivery that was ever held goes back on hold (its destination's open batch):
+        # A delivery that was held goes back on hold (its destination's open batch):
         # a resend never bypasses release approval (docs/governance.md).
-        held = row.status == "held" or row.hold_batch_id is not None
+        held = row.hold_batch_id is not None
         values.update(
             status="held" if held else "queued",
             hold_batch_id=None,
@@ -219,6 +240,19 @@ def delivery_exists(conn: Connection, delivery_id: int) -> bool:
     return conn.scalar(select(deliveries.c.id).where(deliveries.c.id == delivery_id)) is not None
 
 
+def unfinished(conn: Connection, delivery_ids: list[int]) -> list[NotFinished]:
+    """Why each of ``delivery_ids`` that is still to be sent cannot be resent, by id: a bulk
+    resend checks them all before it resends any."""
+    d = deliveries.c
+    return [
+        NotFinished(row.id, row.status)
+        for part in _parts(delivery_ids)
+        for row in conn.execute(
+            select(d.id, d.status).where(d.id.in_(part), d.status.not_in(FINISHED)).order_by(d.id)
+        )
+    ]
+
+
 def _deliveries(conn: Connection, ids: list[int]) -> list[Any]:
     d = deliveries.c
     return [
@@ -248,12 +282,14 @@ def deliveries_of(
 ) -> list[int]:
     """Ids of the messages' deliveries in ``status`` (to ``destination``), for bulk resend.
 
-    A ``resent`` delivery is only chosen ``again`` on purpose: its copy already went.
+    Without a status, any finished one: one still to be sent would go twice. A
+    ``resent`` delivery is only chosen ``again`` on purpose: its copy already went.
     """
+    chosen = {status} if status else set(FINISHED) - {"resent"}
+    if again:
+        chosen.add("resent")
     d = deliveries.c
-    query = select(d.id)
-    if status:
-        query = query.where(d.status.in_((status, "resent") if again else (status,)))
+    query = select(d.id).where(d.status.in_(sorted(chosen)))
     if destination:
         query = query.where(d.destination == destination)
     return sorted(

@@ -32,9 +32,8 @@ MAX_BULK = 10_000
 RATE = 200.0  # replays a second, as the CLI's default
 MessageStatus = Literal["received", "validating", "processed", "filtered", "error"]
 Ref = Annotated[str, Field(max_length=64, description="number, UUID or urn:tie:message:")]
-DeliveryStatus = Literal[
-    "queued", "sending", "retrying", "sent", "failed", "resent", "held", "cancelled"
-]
+# The statuses a resend accepts (router.replay.FINISHED): one still to be sent would go twice.
+FinishedStatus = Literal["failed", "sent", "resent", "cancelled"]
 
 
 class SearchIn(BaseModel):
@@ -84,7 +83,9 @@ class BulkResendIn(ReplayIn):
     ids: list[BodyId] | None = Field(default=None, max_length=MAX_BULK, description="delivery ids")
     search: SearchIn | None = None
     destination: str | None = Field(default=None, max_length=64)
-    delivery_status: DeliveryStatus | None = "failed"
+    delivery_status: FinishedStatus | None = Field(
+        default="failed", description="null: any finished status (resent ones with again)"
+    )
     again: bool = Field(default=False, description="also deliveries already resent")
     limit: int = Field(default=1000, ge=1, le=MAX_BULK)
 
@@ -178,7 +179,8 @@ def message_routes(engine: Engine) -> APIRouter:
     async def resend_one(
         delivery_id: IdPath, body: ReplayIn, principal: Principal = Depends(require_role("support"))
     ) -> dict[str, Any]:
-        """Queue the delivery's payload again, as sent, with its original idempotency key."""
+        """Queue the finished delivery's payload again, as sent, with its original idempotency
+        key; 409 for one still to be sent (it would go twice)."""
         return await _replay(body, [delivery_id], _resend(store, body, principal), engine, "resend")
 
     @router.post("/deliveries/resend")
@@ -187,9 +189,12 @@ def message_routes(engine: Engine) -> APIRouter:
     ) -> dict[str, Any]:
         """Resend the deliveries in ``ids``, or those of the messages a ``search`` finds
         (in ``delivery_status``, failed by default, and to ``destination`` when given).
-        A search skips deliveries already resent unless ``again`` is true."""
+        A search skips deliveries already resent unless ``again`` is true. An id still to
+        be sent is a 409 before anything is resent."""
         if body.ids is not None:
             ids = await asyncio.to_thread(_delivery_ids, store, body.ids)
+            if not body.dry_run:
+                await asyncio.to_thread(_finished, store, ids)
         else:
             search_in = _search_of(body)
 
@@ -240,6 +245,8 @@ async def _replay(
                 results.append(await asyncio.to_thread(act, item))
             except LookupError as exc:
                 raise HTTPException(404, str(exc)) from exc
+            except replay.NotFinished as exc:
+                raise HTTPException(409, str(exc)) from exc
             await asyncio.sleep(max(0.0, 1.0 / RATE - (time.monotonic() - started)))
         await asyncio.to_thread(engine.replayed, kind, results)
     return {
@@ -276,6 +283,15 @@ def _delivery_ids(store: Any, ids: list[int]) -> list[int]:
     if missing:
         raise HTTPException(404, f"no delivery {missing[0]}")
     return ids
+
+
+def _finished(store: Any, ids: list[int]) -> None:
+    """A 409 naming the first of ``ids`` still to be sent, before anything is resent: its
+    resend would send the payload twice (a dry run lists it as not resent instead)."""
+    with store.read() as conn:
+        refused = replay.unfinished(conn, ids)
+    if refused:
+        raise HTTPException(409, str(refused[0]))
 
 
 def _searched(store: Any, search_in: SearchIn, limit: int) -> list[int]:

@@ -20,7 +20,7 @@ from router.cli.output import (
     print_json,
 )
 from router.store.database import Store
-from router.store.queries import DELIVERY_STATUSES, find_message_id, search_query
+from router.store.queries import find_message_id, search_query
 from router.store.schema import messages
 
 MAX_BULK = 100_000
@@ -50,8 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--delivery-status",
         default="failed",
-        choices=DELIVERY_STATUSES,
-        help="with a search: deliveries in this status (default: failed)",
+        choices=replay.FINISHED,
+        help="with a search: deliveries in this status (default: failed); a delivery still "
+        "to be sent is never resent (it would go twice)",
     )
     p.add_argument(
         "--again",
@@ -105,8 +106,15 @@ def resend(args: argparse.Namespace) -> int:
         args,
         ids,
         plan=lambda: replay.plan_resend(store, ids),
-        act=lambda i: replay.resend(store, i, reason=args.reason, actor=actor(args)),
+        act=lambda i: _resend(store, i, args),
     )
+
+
+def _resend(store: Store, delivery_id: int, args: argparse.Namespace) -> replay.ReplayResult:
+    try:
+        return replay.resend(store, delivery_id, reason=args.reason, actor=actor(args))
+    except replay.NotFinished as exc:
+        raise CommandError(str(exc)) from exc
 
 
 def _not_superseded(store: Store, ids: list[int]) -> list[int]:

@@ -127,7 +127,7 @@ def replay_routes(engine: Engine) -> APIRouter:
             for item in ids:
                 try:
                     done.append(act(store, item, reason=reason, actor=principal.name))
-                except LookupError:
+                except (LookupError, replay.NotFinished):
                     continue
             return done
 
@@ -155,6 +155,8 @@ async def _act(act: Any, store: Any, item: int, *, reason: str, actor: str) -> r
         raise HTTPException(400, str(exc)) from exc
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from exc
+    except replay.NotFinished as exc:
+        raise HTTPException(409, str(exc)) from exc
 
 
 def _notify_copy(store: Any, engine: Engine, copy_id: int) -> int:

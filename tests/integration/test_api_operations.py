@@ -4,6 +4,7 @@ audit log and its verification (caught tampering), and the Prometheus exposition
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -185,6 +186,46 @@ def test_a_bulk_resend_naming_an_unknown_delivery_resends_nothing(site, hl7_samp
         answer = support.post("/api/deliveries/resend", json={**body, "dry_run": dry_run})
         assert (answer.status_code, answer.json()["detail"]) == (404, "no delivery 999999")
     assert site.delivery_status("SOME-1") == ["failed"]
+    actions = [
+        e["action"] for e in support.get("/api/audit", params={"actor": "sam"}).json()["events"]
+    ]
+    assert "resend" not in actions
+
+
+def test_a_delivery_still_to_be_sent_is_not_resent_over_the_api(site, hl7_samples):
+    """The dispatcher still sends a retrying delivery, so its resend would send it twice:
+    409, and a bulk naming it resends nothing (not even the failed one beside it)."""
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "DONE-1"), "DONE-1", "failed")
+    site.lab.code = "AE"
+    site.send(order(hl7_samples[OML], "BUSY-1"))
+    wait_until(lambda: site.delivery_status("BUSY-1") == ["retrying"])
+    support = _client(site, "support", name="sam")
+
+    def delivery_of(control_id: str) -> int:
+        [found] = support.get("/api/messages", params={"control_id": control_id}).json()["messages"]
+        [delivery] = support.get(f"/api/messages/{found['id']}").json()["deliveries"]
+        return delivery["id"]
+
+    failed, busy = delivery_of("DONE-1"), delivery_of("BUSY-1")
+    refusal = rf"delivery {busy} is (retrying|sending): it will still be sent, so a resend would"
+
+    single = support.post(f"/api/deliveries/{busy}/resend", json={"reason": "lab back"})
+    assert single.status_code == 409 and re.match(refusal, single.json()["detail"])
+    bulk = support.post("/api/deliveries/resend", json={"ids": [failed, busy], "reason": "x"})
+    assert bulk.status_code == 409 and re.match(refusal, bulk.json()["detail"])
+    dry = support.post(
+        "/api/deliveries/resend", json={"ids": [failed, busy], "reason": "x", "dry_run": True}
+    )
+    assert dry.status_code == 200
+    plans = [r["description"] for r in dry.json()["results"]]
+    assert plans[0].startswith(f"resend delivery {failed} (failed)")
+    assert plans[1].startswith(f"not resend delivery {busy} (")
+    by_status = {"search": {"channel": CHANNEL}, "delivery_status": "retrying", "reason": "x"}
+    assert support.post("/api/deliveries/resend", json=by_status).status_code == 422
+
+    assert site.delivery_status("DONE-1") == ["failed"]
+    assert len(site.delivery_status("BUSY-1")) == 1
     actions = [
         e["action"] for e in support.get("/api/audit", params={"actor": "sam"}).json()["events"]
     ]

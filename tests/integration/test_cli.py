@@ -449,7 +449,7 @@ def test_messages_rejects_a_time_that_is_neither_iso_nor_an_age(seeded, cli):
         (
             ("resend", "--channel", "orders", "--reason", "x", "--dry-run"),
             ("--delivery-status", "faild"),
-            "'failed', 'retrying', 'queued', 'sending', 'held', 'sent', 'resent', 'cancelled'",
+            "'failed', 'sent', 'resent', 'cancelled'",
         ),
     ],
 )
@@ -843,6 +843,28 @@ def test_resend_an_unknown_delivery_says_so(seeded, cli, dry_run):
     run = cli(seeded.workspace.config, "resend", "9999", "--reason", "INC1", *dry_run)
     assert (run.code, run.err, run.out) == (1, "error: no delivery 9999\n", "")
     assert audit_log(seeded.store, "resend") == []
+
+
+def test_resend_refuses_a_delivery_still_to_be_sent(seeded, cli):
+    """The dispatcher still sends a queued delivery: its resend would send it twice."""
+    store = seeded.store
+    with store.read() as conn:
+        queued = conn.scalar(
+            select(deliveries.c.id).where(deliveries.c.message_id == seeded.ids["ORD-1"])
+        )
+    before = count(store, deliveries)
+
+    run = cli(seeded.workspace.config, "resend", str(queued), "--reason", "INC1")
+    dry = cli(seeded.workspace.config, "resend", str(queued), "--reason", "INC1", "--dry-run")
+
+    assert (run.code, run.out) == (1, "")
+    assert run.err.startswith(
+        f"error: delivery {queued} is queued: it will still be sent, "
+        "so a resend would send it twice"
+    )
+    assert (count(store, deliveries), audit_log(store, "resend")) == (before, [])
+    assert dry.code == 0, dry.err
+    assert f"would not resend delivery {queued} (queued)" in dry.out
 
 
 # --- reprocess --------------------------------------------------------------------------

@@ -115,6 +115,29 @@ def test_forms_without_the_csrf_token_are_refused(site, hl7_samples):
     assert [actor for actor, _ in _events(site, "resend")] == ["sam"]
 
 
+def test_a_delivery_still_to_be_sent_is_not_resent_from_the_console(site, hl7_samples):
+    """The dispatcher still sends a retrying delivery, so its resend would send it twice:
+    the preview says so, and resending it is a page with the reason, not a 500."""
+    site.lab.code = "AE"
+    site.send(order(hl7_samples[OML], "BUSY-1"))
+    wait_until(lambda: site.delivery_status("BUSY-1") == ["retrying"])
+    support = sign_in(site.url, "sam")
+    page = support.get("/messages", params={"control_id": "BUSY-1"})
+    message_id = re.search(r'href="/messages/(\d+)"', page.text).group(1)
+    detail = support.get(f"/messages/{message_id}")
+    delivery = re.search(r'data-delivery="(\d+)"', detail.text).group(1)
+    token = {"csrf_token": csrf_of(detail.text)}
+
+    preview = support.post(f"/deliveries/{delivery}/resend/preview", data=token)
+    refused = support.post(f"/deliveries/{delivery}/resend", data={**token, "reason": "x"})
+
+    assert f"would not resend delivery {delivery} (" in html.unescape(preview.text)
+    assert refused.status_code == 409
+    assert "it will still be sent, so a resend would send it twice" in html.unescape(refused.text)
+    assert len(site.delivery_status("BUSY-1")) == 1
+    assert _events(site, "resend") == []
+
+
 def test_console_errors_are_pages_in_the_layout_and_api_errors_stay_json(site):
     """A refusal or a missing page reads as a page with the reason and the navigation back,
     never FastAPI's JSON; the API keeps its JSON answers."""

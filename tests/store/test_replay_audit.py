@@ -16,6 +16,7 @@ from router.console.statistics import dashboard
 from router.pipeline import compile_channel
 from router.processing import Processor
 from router.replay import (
+    NotFinished,
     deliveries_of,
     plan_reprocess,
     plan_resend,
@@ -133,6 +134,8 @@ def _chain(store: Store, receive: Any, er7: Any) -> list[int]:
     """Four audit events from real actions; returns their ids."""
     message_id = _processed(store, receive, er7)
     reprocess(store, message_id, reason="first look", actor="alice")
+    with store.begin() as conn:
+        conn.execute(update(deliveries).values(status="failed"))
     delivery_id = _one(store, deliveries, d.message_id == message_id)["id"]
     resend(store, delivery_id, reason="second try", actor="bob")
     with store.begin() as conn:
@@ -248,6 +251,42 @@ def test_resending_a_sent_delivery_leaves_it_sent(store, receive, er7):
     resend(store, old["id"], reason="lab lost it", actor="bob")
 
     assert _one(store, deliveries, d.id == old["id"]) == old
+
+
+@pytest.mark.parametrize("status", ["queued", "retrying", "sending", "held"])
+def test_a_delivery_still_to_be_sent_is_not_resent(store, receive, er7, status):
+    """Its copy would be a second send: the dispatcher (or a release) still sends it."""
+    message_id = _processed(store, receive, er7)
+    with store.begin() as conn:
+        conn.execute(update(deliveries).values(status=status))
+    old = _one(store, deliveries, d.message_id == message_id)
+
+    with pytest.raises(NotFinished, match=f"delivery {old['id']} is {status}: it will still be"):
+        resend(store, old["id"], reason="lab lost it", actor="bob")
+
+    assert _one(store, deliveries, d.id == old["id"]) == old
+    assert (_count(store, deliveries), _events(store)) == (1, [])
+    (plan,) = plan_resend(store, [old["id"]])
+    assert plan.description == (
+        f"not resend delivery {old['id']} ({status}) to orders/lab: "
+        "it will still be sent, so a resend would send it twice"
+    )
+    assert _bulk_targets(store, [message_id], status=None, again=True) == []
+
+
+def test_a_bulk_resend_of_any_status_chooses_finished_deliveries(store, receive, er7):
+    finished = {}
+    for n, status in enumerate(["queued", "sent", "held", "failed", "resent", "cancelled"]):
+        message_id, delivery_id = _failed(store, receive, er7, f"ORD{n}")
+        with store.begin() as conn:
+            conn.execute(update(deliveries).where(d.id == delivery_id).values(status=status))
+        finished[status] = (message_id, delivery_id)
+    messages_ = [message_id for message_id, _ in finished.values()]
+
+    chosen = _bulk_targets(store, messages_, status=None)
+    assert chosen == sorted(finished[s][1] for s in ("sent", "failed", "cancelled"))
+    again = _bulk_targets(store, messages_, status=None, again=True)
+    assert again == sorted([*chosen, finished["resent"][1]])
 
 
 def test_the_migration_marks_failures_resent_before_the_upgrade(store, receive, er7):
