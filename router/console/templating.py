@@ -18,6 +18,8 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from router.replay import FINISHED
+
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 SECURITY_HEADERS = {
@@ -80,6 +82,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(when=when, age=age, text=text, pretty_json=pretty_json)
+    env.globals["resendable"] = FINISHED  # a delivery still to be sent offers no Resend
     return env
 
 

@@ -127,6 +127,7 @@ def test_a_delivery_still_to_be_sent_is_not_resent_from_the_console(site, hl7_sa
     detail = support.get(f"/messages/{message_id}")
     delivery = re.search(r'data-delivery="(\d+)"', detail.text).group(1)
     token = {"csrf_token": csrf_of(detail.text)}
+    assert f'data-dialog="resend-{delivery}"' not in detail.text, "no Resend button offered"
 
     preview = support.post(f"/deliveries/{delivery}/resend/preview", data=token)
     refused = support.post(f"/deliveries/{delivery}/resend", data={**token, "reason": "x"})
