@@ -9,11 +9,11 @@ Only a finished delivery is resent: one still to be sent would go out twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, select
 
 from router import audit
 from router.store.database import Store
@@ -51,23 +51,22 @@ class ReplayResult:
 IDS_A_STATEMENT = 10_000
 
 
-def _parts(ids: Iterable[int]) -> Iterator[list[int]]:
-    """``ids``, sorted, in parts small enough to bind in one statement."""
+def _rows_in(conn: Connection, query: Select[Any], column: Any, ids: Iterable[int]) -> list[Any]:
+    """``query``'s rows where ``column`` is one of ``ids``, asked in parts small enough to
+    bind in one statement (ids sorted, so a query ordered by ``column`` stays ordered)."""
     ordered = sorted(set(ids))
-    for start in range(0, len(ordered), IDS_A_STATEMENT):
-        yield ordered[start : start + IDS_A_STATEMENT]
+    return [
+        row
+        for start in range(0, len(ordered), IDS_A_STATEMENT)
+        for row in conn.execute(query.where(column.in_(ordered[start : start + IDS_A_STATEMENT])))
+    ]
 
 
 def plan_reprocess(store: Store, message_ids: list[int]) -> list[ReplayResult]:
     m = messages.c
     with store.read() as conn:
-        rows = [
-            row
-            for part in _parts(message_ids)
-            for row in conn.execute(
-                select(m.id, m.uuid, m.channel, m.status).where(m.id.in_(part)).order_by(m.id)
-            )
-        ]
+        query = select(m.id, m.uuid, m.channel, m.status).order_by(m.id)
+        rows = _rows_in(conn, query, m.id, message_ids)
         newer = superseded(conn, [r.id for r in rows])
         return [
             ReplayResult(
@@ -93,15 +92,8 @@ def superseded(conn: Connection, message_ids: list[int]) -> dict[int, int]:
     parent: dict[int, int] = {}
     frontier = set(message_ids)
     while frontier:
-        rows = [
-            (row.id, row.reprocessed_from)
-            for part in _parts(frontier)
-            for row in conn.execute(
-                select(m.id, m.reprocessed_from).where(
-                    m.id.in_(part), m.reprocessed_from.is_not(None)
-                )
-            )
-        ]
+        query = select(m.id, m.reprocessed_from).where(m.reprocessed_from.is_not(None))
+        rows = [(row.id, row.reprocessed_from) for row in _rows_in(conn, query, m.id, frontier)]
         parent.update(rows)
         frontier = {original for _, original in rows} - parent.keys()
 
@@ -116,13 +108,8 @@ def superseded(conn: Connection, message_ids: list[int]) -> dict[int, int]:
     frontier = set(newest)
     lowest = min(frontier, default=0)
     while frontier:
-        rows = [
-            (row.id, row.reprocessed_from)
-            for part in _parts(frontier)
-            for row in conn.execute(
-                select(m.id, m.reprocessed_from).where(m.reprocessed_from.in_(part), m.id > lowest)
-            )
-        ]
+        query = select(m.id, m.reprocessed_from).where(m.id > lowest)
+        rows = _rows_in(conn, query, m.reprocessed_from, frontier)
         for copy, original in rows:
             family[copy] = family[original]
             newest[family[copy]] = max(newest[family[copy]], copy)
@@ -184,10 +171,9 @@ def resent_as(conn: Connection, delivery_ids: list[int]) -> dict[int, list[int]]
     """Each delivery's resent copies, oldest first (only deliveries that have any)."""
     d = deliveries.c
     found: dict[int, list[int]] = {}
-    for part in _parts(delivery_ids):
-        query = select(d.resent_from, d.id).where(d.resent_from.in_(part)).order_by(d.id)
-        for old, new in conn.execute(query):
-            found.setdefault(old, []).append(new)
+    query = select(d.resent_from, d.id).order_by(d.id)
+    for old, new in _rows_in(conn, query, d.resent_from, delivery_ids):
+        found.setdefault(old, []).append(new)
     return found
 
 
@@ -244,22 +230,12 @@ def unfinished(conn: Connection, delivery_ids: list[int]) -> list[NotFinished]:
     """Why each of ``delivery_ids`` that is still to be sent cannot be resent, by id: a bulk
     resend checks them all before it resends any."""
     d = deliveries.c
-    return [
-        NotFinished(row.id, row.status)
-        for part in _parts(delivery_ids)
-        for row in conn.execute(
-            select(d.id, d.status).where(d.id.in_(part), d.status.not_in(FINISHED)).order_by(d.id)
-        )
-    ]
+    query = select(d.id, d.status).where(d.status.not_in(FINISHED)).order_by(d.id)
+    return [NotFinished(row.id, row.status) for row in _rows_in(conn, query, d.id, delivery_ids)]
 
 
 def _deliveries(conn: Connection, ids: list[int]) -> list[Any]:
-    d = deliveries.c
-    return [
-        row
-        for part in _parts(ids)
-        for row in conn.execute(select(deliveries).where(d.id.in_(part)).order_by(d.id))
-    ]
+    return _rows_in(conn, select(deliveries).order_by(deliveries.c.id), deliveries.c.id, ids)
 
 
 def _require_reason(reason: str) -> None:
@@ -292,8 +268,4 @@ def deliveries_of(
     query = select(d.id).where(d.status.in_(sorted(chosen)))
     if destination:
         query = query.where(d.destination == destination)
-    return sorted(
-        found
-        for part in _parts(message_ids)
-        for found in conn.scalars(query.where(d.message_id.in_(part)))
-    )
+    return sorted(row.id for row in _rows_in(conn, query, d.message_id, message_ids))

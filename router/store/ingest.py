@@ -38,6 +38,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Connection
 
 from router import metrics
+from router.store.answers import answer, resolve
 from router.store.database import Store, savepoint
 from router.store.inbound import Inbound, Receipt, release_validated, write_inbound
 from router.store.settled import hold_back, unsettle
@@ -316,7 +317,7 @@ class GroupCommitWriter:
     ) -> None:
         """Answer everyone ``work`` took in, remember the peers answered, and tell the
         commit hook what was stored."""
-        _answer(work.pending, results)
+        answer([(p.waiter, p.loop) for p in work.pending], results)
         self._answered = {p.peer for p in work.pending if p.peer is not None}
         self._answered_at = time.monotonic()
         for waiter, outcome in zip(
@@ -324,7 +325,7 @@ class GroupCommitWriter:
             [*done, *released],
             strict=True,
         ):
-            _resolve(waiter, outcome)
+            resolve(waiter, outcome)
         stored = any(isinstance(r, Receipt) for r in results) or any(r is True for r in released)
         if self._on_commit is not None and stored:
             unsettled = any(
@@ -426,39 +427,3 @@ def _run_job(conn: Connection, job: _Job) -> Any:
             return job.work(conn)
     except Exception as exc:
         return exc
-
-
-def _resolve(waiter: Future[Any], outcome: Any) -> None:
-    """Answer a thread-side waiter, unless it was cancelled: ``asyncio.wrap_future`` cancels
-    it when its awaiting task is, and answering it then would raise in the writer thread
-    and stop it, leaving every later sender without an answer."""
-    if not waiter.set_running_or_notify_cancel():
-        return
-    if isinstance(outcome, BaseException):
-        waiter.set_exception(outcome)
-    else:
-        waiter.set_result(outcome)
-
-
-def _answer(batch: list[_Pending], results: list[Receipt | BaseException]) -> None:
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Receipt | BaseException]]] = {}
-    for pending, result in zip(batch, results, strict=True):
-        if pending.loop is None:
-            _resolve(pending.waiter, result)  # type: ignore[arg-type]
-        else:
-            by_loop.setdefault(pending.loop, []).append((pending.waiter, result))
-    for loop, answers in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle, answers)
-        except RuntimeError:
-            log.warning("event loop closed before %d answer(s) could be given", len(answers))
-
-
-def _settle(answers: list[tuple[asyncio.Future[Receipt], Receipt | BaseException]]) -> None:
-    for waiter, result in answers:
-        if waiter.done():
-            continue
-        if isinstance(result, BaseException):
-            waiter.set_exception(result)
-        else:
-            waiter.set_result(result)
