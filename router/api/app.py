@@ -40,8 +40,8 @@ def create_app(engine: Engine) -> FastAPI:
     async def health() -> JSONResponse:
         """Healthy when the store answers and takes writes (its last commit did not fail),
         every listener is up, and the group-commit writer, the processor and every dispatch
-        worker run: without them messages are still acknowledged, or wait for an answer,
-        but are never processed or sent (public, for load balancers)."""
+        worker run: without them messages are refused (the writer), or still acknowledged
+        but never processed or sent (public, for load balancers)."""
         try:
             await asyncio.to_thread(_ping, store)
             store_ok = not engine.writer.failing

@@ -20,10 +20,10 @@ Waiter = asyncio.Future[Any] | Future[Any]
 
 
 def resolve(waiter: Future[Any], outcome: Any) -> None:
-    """Answer a thread-side waiter, unless it was cancelled: ``asyncio.wrap_future`` cancels
-    it when its awaiting task is, and answering it then would raise in the writer thread
-    and stop it, leaving every later sender without an answer."""
-    if not waiter.set_running_or_notify_cancel():
+    """Answer a thread-side waiter, unless it was cancelled or answered already (a dying
+    writer refuses whoever it took, answered or not): ``asyncio.wrap_future`` cancels it
+    when its awaiting task is, and answering it then would raise in the writer thread."""
+    if waiter.done() or not waiter.set_running_or_notify_cancel():
         return
     if isinstance(outcome, BaseException):
         waiter.set_exception(outcome)

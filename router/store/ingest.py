@@ -20,6 +20,13 @@ peers the last one answered stays open a moment (``regather``, counted from that
 and writes what they send as it comes: one commit, with its fsync and its fixed costs,
 for all of them. Only peers and background jobs are held so; a message of no peer (HTTP,
 files, MESH) ends the wait.
+
+Should the writer's thread die (a bug: an exception its commit's handling does not catch),
+everyone it had taken and not answered, and everyone who submits afterwards, is refused at
+once with ``StoreUnavailable``, as when the store cannot commit: senders get their negative
+answer (MLLP AE, HTTP 503) instead of waiting for one that never comes. It is not restarted:
+what killed it is unknown and may kill it again at once, and whether its last batch was
+committed is unknown; /health says 503 and the engine is restarted, as for the processor.
 """
 
 from __future__ import annotations
@@ -157,6 +164,10 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None
+        # The lists the current round takes the queue's entries into: what it must refuse
+        # if it dies before answering them. Once dead, every later entry is refused.
+        self._held: list[list[_Pending | _Job | _Release]] = []
+        self._dead = False
         # Whether the last commit failed. A store that answers reads but takes no writes
         # (disk full, a read-only file) answers /health's SELECT 1: this is what says so.
         self.failing = False
@@ -167,8 +178,9 @@ class GroupCommitWriter:
 
     @property
     def alive(self) -> bool:
-        """Whether the writer's thread runs: without it nothing is stored or answered."""
-        return self._thread is not None and self._thread.is_alive()
+        """Whether the writer's thread runs: without it nothing is stored, and every sender
+        is refused."""
+        return not self._dead and self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -186,14 +198,14 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Receipt] = loop.create_future()
         self._decide(item)
-        self._queue.put(_Pending(item, waiter, loop, peer))
+        self._put(_Pending(item, waiter, loop, peer))
         return await waiter
 
     def submit_sync(self, item: Inbound) -> Receipt:
         """The same, for callers on ordinary threads."""
         waiter: Future[Receipt] = Future()
         self._decide(item)
-        self._queue.put(_Pending(item, waiter, None))
+        self._put(_Pending(item, waiter, None))
         return waiter.result()
 
     def _decide(self, item: Inbound) -> None:
@@ -218,7 +230,7 @@ class GroupCommitWriter:
         else:
             item.status, item.error, item.outcome = "error", rejected, None
         waiter: Future[bool] = Future()
-        self._queue.put(_Release(item, waiter))
+        self._put(_Release(item, waiter))
         return waiter
 
     def run(self, work: Callable[[Connection], T]) -> T:
@@ -233,7 +245,7 @@ class GroupCommitWriter:
         and hold up the next sender behind it.
         """
         waiter: Future[T] = Future()
-        self._queue.put(_Job(work, waiter, patient=True))
+        self._put(_Job(work, waiter, patient=True))
         return waiter.result()
 
     def run_soon(self, work: Callable[[Connection], T]) -> Future[T]:
@@ -243,22 +255,54 @@ class GroupCommitWriter:
         For the HTTP sources, which wait on the event loop rather than in a thread.
         """
         waiter: Future[T] = Future()
-        self._queue.put(_Job(work, waiter))
+        self._put(_Job(work, waiter))
         return waiter
+
+    def _put(self, entry: _Pending | _Job | _Release) -> None:
+        """Queue ``entry`` for the writer; refused at once if it died. Checked after the put:
+        the dying writer marks itself dead before it empties the queue, so an entry is
+        either emptied by it or sees the mark and empties the queue itself."""
+        self._queue.put(entry)
+        if self._dead:
+            self._refuse_queued()
 
     def _run(self) -> None:
         try:
             self._batches()
         except BaseException:
-            log.exception("the group-commit writer stopped; nothing is stored until a restart")
+            log.exception(
+                "the group-commit writer stopped; nothing is stored until a restart, "
+                "every sender is refused"
+            )
+            self._die()
+
+    def _die(self) -> None:
+        """Refuse whoever the writer took and did not answer, and whoever is queued."""
+        self._dead = True
+        self._close(broken=True)
+        _refuse([entry for taken in self._held for entry in taken])
+        self._held = []
+        self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        queued = []
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if entry is not _STOP:  # stop() joins a thread that has ended already
+                queued.append(entry)
+        _refuse(queued)
 
     def _batches(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch: list[_Pending | _Job | _Release] = [first]
-            stop = self._drain(batch)
+            batch: list[_Pending | _Job | _Release] = []
+            self._held = [batch]
+            stop = self._drain(batch, first)
             if not stop and all(isinstance(b, _Job) and b.patient for b in batch):
                 try:
                     nxt = self._queue.get(timeout=self._share_wait)
@@ -304,6 +348,7 @@ class GroupCommitWriter:
             released = [error] * len(work.releases)
             work.touched = set()
         self._finish(work, results, done, released)
+        self._held = []
         if flushed is not None:  # measured after the waiters are answered, not before
             _observe(flushed, len(work.pending) + len(work.releases))
         return stop
@@ -363,6 +408,7 @@ class GroupCommitWriter:
         if nxt is _STOP:
             return [], True
         more: list[_Pending | _Job | _Release] = []
+        self._held.append(more)
         stop = self._drain(more, nxt)
         awaited.difference_update(p.peer for p in more if isinstance(p, _Pending))
         return more, stop
@@ -402,6 +448,16 @@ class GroupCommitWriter:
             if broken:
                 conn.invalidate()
             conn.close()
+
+
+def _refuse(entries: list[_Pending | _Job | _Release]) -> None:
+    """Answer every waiter of ``entries`` not answered yet with ``StoreUnavailable``."""
+    error = StoreUnavailable("store unavailable: the writer stopped")
+    pending = [e for e in entries if isinstance(e, _Pending)]
+    answer([(p.waiter, p.loop) for p in pending], [error] * len(pending))
+    for entry in entries:
+        if not isinstance(entry, _Pending):
+            resolve(entry.waiter, error)
 
 
 def _described(work: _Round) -> str:

@@ -448,3 +448,44 @@ def test_a_job_whose_waiter_gave_up_does_not_stop_the_writer(store):
     assert abandoned.cancel()
     with running(writer):
         assert writer.run_soon(lambda conn: "still writing").result(timeout=10) == "still writing"
+
+
+def test_a_writer_that_dies_refuses_whoever_waits_and_whoever_comes_after(store, caplog):
+    """Its loop fails (not a commit) with two entries taken and four still queued: all six,
+    and a message submitted after, get ``StoreUnavailable`` at once, not a wait forever."""
+    writer = GroupCommitWriter(store, max_batch=2)
+    drain = writer._drain
+
+    def dying(batch: list[object], *first: object) -> bool:
+        drain(batch, *first)  # type: ignore[arg-type]
+        raise RuntimeError("injected: the writer's loop fails")
+
+    writer._drain = dying  # type: ignore[method-assign]
+
+    async def waiting() -> list[object]:
+        tasks = [asyncio.create_task(writer.submit(_inbound(n), peer=n)) for n in range(3)]
+        await asyncio.sleep(0)  # each task has now queued its item and awaits its answer
+        job = writer.run_soon(lambda conn: "never run")
+        released = writer.release(_inbound(3, status="validating"))
+        last = asyncio.create_task(writer.submit(_inbound(4)))
+        await asyncio.sleep(0)
+        writer.start()
+        answers = [*tasks, asyncio.wrap_future(job), asyncio.wrap_future(released), last]
+        return await asyncio.wait_for(asyncio.gather(*answers, return_exceptions=True), 10)
+
+    try:
+        results = asyncio.run(waiting())
+        assert [type(r) for r in results] == [StoreUnavailable] * 6, results
+        with ThreadPoolExecutor(1) as pool:
+            later = pool.submit(writer.submit_sync, _inbound(5))
+            with pytest.raises(StoreUnavailable):
+                later.result(timeout=10)
+            job = pool.submit(writer.run, lambda conn: "never run")
+            with pytest.raises(StoreUnavailable):
+                job.result(timeout=10)
+        assert not writer.alive, "/health must see the writer gone"
+        assert "the group-commit writer stopped" in caplog.text
+    finally:
+        writer.stop()
+    with store.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(messages)) == 0
