@@ -13,15 +13,17 @@ backlogs and messages left ``received`` by a restart.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from itertools import islice
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, bindparam, literal_column, select, text, update
+from sqlalchemy import Connection, bindparam, literal_column, select, update
 
 from router import metrics
 from router.config import UnmatchedFlag
@@ -69,18 +71,19 @@ _CLAIM_LOCKED = (
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
-# SQLite: without statistics its planner takes the (channel, id) index when one channel is
-# claimed, and reads every message the channel ever received to find the few still
-# ``received`` (a full scan every few milliseconds, growing with the table). INDEXED BY
-# pins the partial index that holds only those, and fails loudly if it could not be used.
+# SQLite: one seek a channel in the partial (channel, id) index of messages still
+# ``received``, for the first ``limit`` ids of each; the first ``limit`` of them all are
+# claimed. Walking the partial index of every ``received`` message in id order instead
+# reads through a paused channel's backlog (every message of it, on every claim: 0.1-0.8 s
+# at 200,000) to find the others'. INDEXED BY fails loudly if the index cannot be used.
+_RECEIVED_IDS_SQL = (
+    "SELECT id FROM messages INDEXED BY ix_messages_received_by_channel"
+    " WHERE status = 'received' AND channel = ? ORDER BY id LIMIT ?"
+)
 _CLAIM_UNLOCKED = (
-    text(
-        f"SELECT {', '.join(c.name for c in _CLAIMED)} "
-        "FROM messages INDEXED BY ix_messages_unprocessed "
-        "WHERE status = 'received' AND channel IN :channels ORDER BY id LIMIT :limit"
-    )
-    .bindparams(bindparam("channels", expanding=True))
-    .columns(*_CLAIMED)
+    select(*_CLAIMED)
+    .where(_m.id.in_(bindparam("ids", expanding=True)), _m.status == "received")
+    .order_by(_m.id)
 )
 _SETTLE = (
     update(messages)
@@ -280,10 +283,19 @@ def _unmatched_checks(channels: dict[str, CompiledChannel]) -> dict[str, Unmatch
 
 
 def _claim(conn: Connection, channels: Sequence[str], limit: int, *, lock: bool) -> list[Any]:
+    """The first ``limit`` messages still ``received`` of ``channels``, in receive (id) order;
+    locked (PostgreSQL) so that other nodes skip them."""
     if not channels:
         return []
-    query = _CLAIM_LOCKED if lock else _CLAIM_UNLOCKED
-    return list(conn.execute(query, {"channels": list(channels), "limit": limit}))
+    if lock:
+        return list(conn.execute(_CLAIM_LOCKED, {"channels": list(channels), "limit": limit}))
+    # One transaction (the first statement begins it): the seeks and the read see one state.
+    seeks = [
+        conn.exec_driver_sql(_RECEIVED_IDS_SQL, (channel, limit)).scalars().all()
+        for channel in channels
+    ]
+    ids = list(islice(heapq.merge(*seeks), limit))
+    return list(conn.execute(_CLAIM_UNLOCKED, {"ids": ids})) if ids else []
 
 
 def _message(row: Any, blobs: BlobStore) -> Message:

@@ -6,12 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from store_testing import orders_channel, refused, set_paused
 
 from router import mappings
-from router.processing import Processor
+from router.connectors.hl7_inbound import hl7_inbound
+from router.processing import Processor, _claim
 from router.store.database import Store
+from router.store.inbound import write_inbound
+from router.store.migrate import upgrade
 from router.store.schema import correlations, deliveries, messages
 
 m, d = messages.c, deliveries.c
@@ -167,3 +170,50 @@ def test_a_paused_channel_waits_and_then_runs_in_order(store, receive, er7):
         assert statuses == ["processed"] * done + ["received"] * (3 - done)
     assert processor.run_once() == 0
     assert [x.message_id for x in _deliveries(store)] == [*other, *waiting]
+
+
+def test_a_claim_takes_the_first_of_every_channel_in_receive_order(store, receive, er7):
+    """Channels received interleaved are claimed by id across channels, ``batch`` at a time,
+    a paused channel's backlog passed over."""
+    channels = {name: orders_channel(name) for name in ("orders", "results", "held")}
+    set_paused(store, "held", True)
+    backlog = receive("held", *(er7(f"H{n}") for n in range(5)))
+    ids = [receive(name, er7(f"{name}{n}"))[0] for n in range(3) for name in ("orders", "results")]
+    processor = Processor(store, channels, batch=4)
+
+    assert processor.run_once() == 4
+    assert [s for s, _ in _statuses(store, ids)] == ["processed"] * 4 + ["received"] * 2
+    assert processor.run_once() == 2
+    assert [x.message_id for x in _deliveries(store)] == ids
+    assert [s for s, _ in _statuses(store, backlog)] == ["received"] * 5
+
+
+def test_the_sqlite_claim_seeks_each_channel_instead_of_reading_every_backlog(tmp_path, er7):
+    """Every statement of the claim is an index search, none a scan of ``messages``: with a
+    paused channel's 200,000 messages waiting, a scan in id order read them all on every
+    claim of the other channels (0.1-0.8 s each)."""
+    store = Store(f"sqlite:///{tmp_path / 'tie.db'}")
+    try:
+        upgrade(store)
+        with store.begin() as conn:
+            write_inbound(conn, [hl7_inbound("held", er7(f"H{n}")) for n in range(3)])
+            write_inbound(conn, [hl7_inbound("orders", er7(f"O{n}")) for n in range(2)])
+        statements: list[tuple[str, Any]] = []
+
+        def record(conn: Any, cursor: Any, sql: str, params: Any, *_: Any) -> None:
+            statements.append((sql, params))
+
+        with store.read() as conn:
+            event.listen(conn, "before_cursor_execute", record)
+            claimed = _claim(conn, ["orders", "results"], 500, lock=False)
+            event.remove(conn, "before_cursor_execute", record)
+            plans = [
+                [row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
+                for sql, params in statements
+            ]
+    finally:
+        store.dispose()
+    assert [row.channel for row in claimed] == ["orders", "orders"]
+    steps = [step for plan in plans for step in plan]
+    assert not [step for step in steps if step.startswith("SCAN")], plans
+    assert any("ix_messages_received_by_channel" in step for step in steps), plans
