@@ -62,9 +62,9 @@ def fhir_router(engine: Engine) -> APIRouter:
             exc = reject(400, "invalid", "_count is a positive number", "_count")
             return to_response(rejected_answer(exc, request.headers))
 
-        def find() -> list[dict[str, Any]]:
+        def find() -> tuple[list[dict[str, Any]], int]:
             with engine.store.begin() as conn:
-                rows = registry.search(
+                rows, total = registry.search(
                     conn,
                     channel,
                     identifier=params.get("identifier"),
@@ -75,12 +75,12 @@ def fhir_router(engine: Engine) -> APIRouter:
                 found = [row["resource_id"] for row in rows]
                 target = f"fhir:{channel}/ServiceRequest"
                 audit.append(conn, principal.name, "view", target, {"via": "api", "found": found})
-                return rows
+                return rows, total
 
         await engine.gateway.recorder.written()  # exchanges answered before this search
-        rows = await asyncio.to_thread(find)
+        rows, total = await asyncio.to_thread(find)
         base = str(request.base_url).rstrip("/") + f"/fhir/{channel}"
-        return fhir_json(registry.searchset(rows, base, str(request.url)))
+        return fhir_json(registry.searchset(rows, total, base, str(request.url)))
 
     @router.get("/{channel}/ServiceRequest/{resource_id}")
     async def read_service_request(

@@ -14,7 +14,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from router.fhir.bars import IndexedRequest
 from router.store.fast_insert import insert_rows
@@ -140,8 +140,9 @@ def search(
     patient: str | None = None,
     status: str | None = None,
     limit: int = 50,
-) -> list[dict[str, Any]]:
-    """Latest versions matching every parameter given; ``status`` may list several (a,b)."""
+) -> tuple[list[dict[str, Any]], int]:
+    """Latest versions matching every parameter given (``status`` may list several, a,b),
+    newest first, at most ``limit``; and how many match in all (a searchset's ``total``)."""
     query = select(service_requests).where(r.channel == channel)
     if identifier:
         system, value = _token(identifier)
@@ -152,12 +153,13 @@ def search(
     if patient:
         system, value = _token(patient)
         if system not in (None, "https://fhir.nhs.uk/Id/nhs-number"):
-            return []
+            return [], 0
         query = query.where(r.patient == value)
     if status:
         query = query.where(r.status.in_([s.strip() for s in status.split(",") if s.strip()]))
+    total = conn.scalar(select(func.count()).select_from(query.subquery()))
     query = query.order_by(r.updated_at.desc(), r.id.desc()).limit(min(limit, MAX_RESULTS))
-    return [dict(row._mapping) for row in conn.execute(query)]
+    return [dict(row._mapping) for row in conn.execute(query)], total
 
 
 def read(conn: Connection, channel: str, resource_id: str) -> dict[str, Any] | None:
@@ -176,11 +178,11 @@ def as_resource(row: dict[str, Any]) -> dict[str, Any]:
     return {**resource, "meta": meta}
 
 
-def searchset(rows: list[dict[str, Any]], base: str, self_url: str) -> dict[str, Any]:
+def searchset(rows: list[dict[str, Any]], total: int, base: str, self_url: str) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
         "type": "searchset",
-        "total": len(rows),
+        "total": total,
         "link": [{"relation": "self", "url": self_url}],
         "entry": [
             {

@@ -26,7 +26,7 @@ from tie_testing import (
 )
 
 from router.fhir import registry
-from router.fhir.bars import service_requests
+from router.fhir.bars import IndexedRequest, service_requests
 from router.store.inbound import utcnow
 from router.store.schema import audit_events, correlations, messages
 
@@ -420,3 +420,30 @@ def test_the_registry_count_is_a_number_it_can_use(engine):
         answer = client.get("/fhir/inbox/ServiceRequest", params={"_count": count}, headers=auth)
         assert answer.status_code == 400, count
         assert answer.json()["issue"][0]["diagnostics"] == "_count is a positive number"
+
+
+def _request(rid: str, status: str = "active", *identifiers: tuple[str, str]) -> IndexedRequest:
+    resource = {"resourceType": "ServiceRequest", "id": rid, "status": status}
+    return IndexedRequest(rid, status, "9000000009", identifiers, resource)
+
+
+def _registry(
+    running: RunningEngine, client: httpx.Client, document: Any, *items: IndexedRequest
+) -> dict[str, str]:
+    """``items`` in the registry of ``inbox`` (oldest first); a support user's headers."""
+    assert _post(client, "/fhir/inbox/$process-message", document).status_code == 202
+    [row] = _rows(running)
+    for item in items:
+        with running.store.begin() as conn:
+            registry.index(conn, "inbox", row.id, [item], sender="a", receiver="b", now=utcnow())
+    return {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
+
+
+def test_the_registry_total_counts_every_match_not_the_page(engine, bars_samples):
+    running, client = engine
+    requests = [_request(f"sr-{n}") for n in range(3)]
+    auth = _registry(running, client, bars_samples[REQUESTS[0]], *requests)
+    params = {"status": "active", "_count": "2"}
+    page = client.get("/fhir/inbox/ServiceRequest", params=params, headers=auth).json()
+    assert page["total"] == 3
+    assert [e["resource"]["id"] for e in page["entry"]] == ["sr-2", "sr-1"]

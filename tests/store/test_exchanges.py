@@ -99,7 +99,7 @@ def test_a_response_joins_the_requests_conversation(store, bars_samples):
         found = conversation_messages(
             conn, bars_samples["servicerequest-response_validation"]["id"]
         )
-        rows = search(conn, "bars", status="active")
+        rows, _ = search(conn, "bars", status="active")
     assert [m["id"] for m in found] == [request.message_id, response.message_id]
     [row] = rows
     assert (row["version"], row["sender"], row["receiver"], row["patient"]) == (
@@ -141,9 +141,10 @@ def test_the_registry_matches_a_request_by_system_and_value(store, bars_samples)
         with store.begin() as conn:
             index(conn, "bars", message_id, [item], sender="s", receiver="r", now=utcnow())
     with store.read() as conn:
-        rows = search(conn, "bars", identifier="REF-1")
+        rows, total = search(conn, "bars", identifier="REF-1")
     # "c" shares system and value with "a": a new version of it; "b" only the value.
     assert sorted((row["resource_id"], row["version"]) for row in rows) == [("a", 2), ("b", 1)]
+    assert total == 2
 
 
 def test_exchanges_a_stop_interrupted_fail_and_others_stay(store, bars_samples):
