@@ -57,9 +57,10 @@ def fhir_router(engine: Engine) -> APIRouter:
             if name not in allowed:
                 exc = reject(400, "not-supported", f"unknown search parameter {name!r}", name)
                 return to_response(rejected_answer(exc, request.headers))
-        count = parse_id(params.get("_count", "50"))
+        text = params.get("_count", "50")
+        count = 0 if text == "0" else parse_id(text)  # 0: only the total (FHIR R4 allows it)
         if count is None:
-            exc = reject(400, "invalid", "_count is a positive number", "_count")
+            exc = reject(400, "invalid", "_count is a number from 0", "_count")
             return to_response(rejected_answer(exc, request.headers))
 
         def find() -> tuple[list[dict[str, Any]], int]:

@@ -179,17 +179,20 @@ def as_resource(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def searchset(rows: list[dict[str, Any]], total: int, base: str, self_url: str) -> dict[str, Any]:
-    return {
+    """The Bundle; without ``entry`` when there are none (FHIR JSON has no empty arrays)."""
+    bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
         "link": [{"relation": "self", "url": self_url}],
-        "entry": [
+    }
+    if rows:
+        bundle["entry"] = [
             {
                 "fullUrl": f"{base}/ServiceRequest/{row['resource_id']}",
                 "resource": as_resource(row),
                 "search": {"mode": "match"},
             }
             for row in rows
-        ],
-    }
+        ]
+    return bundle

@@ -398,6 +398,7 @@ def test_registry_reads_are_audited_views(engine, bars_samples):
     assert found.json()["total"] == 1
     none = client.get("/fhir/inbox/ServiceRequest", params={"status": "x"}, headers=auth)
     assert none.json()["total"] == 0
+    assert "entry" not in none.json()
     read = client.get(f"/fhir/inbox/ServiceRequest/{indexed.resource_id}", headers=auth)
     assert read.status_code == 200
     assert client.get("/fhir/inbox/ServiceRequest/nope", headers=auth).status_code == 404
@@ -416,10 +417,10 @@ def test_registry_reads_are_audited_views(engine, bars_samples):
 def test_the_registry_count_is_a_number_it_can_use(engine):
     running, client = engine
     auth = {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
-    for count in ("²", "0", "9" * 25, "ten"):
+    for count in ("²", "-1", "9" * 25, "ten"):
         answer = client.get("/fhir/inbox/ServiceRequest", params={"_count": count}, headers=auth)
         assert answer.status_code == 400, count
-        assert answer.json()["issue"][0]["diagnostics"] == "_count is a positive number"
+        assert answer.json()["issue"][0]["diagnostics"] == "_count is a number from 0"
 
 
 def _request(rid: str, status: str = "active", *identifiers: tuple[str, str]) -> IndexedRequest:
@@ -447,3 +448,19 @@ def test_the_registry_total_counts_every_match_not_the_page(engine, bars_samples
     page = client.get("/fhir/inbox/ServiceRequest", params=params, headers=auth).json()
     assert page["total"] == 3
     assert [e["resource"]["id"] for e in page["entry"]] == ["sr-2", "sr-1"]
+
+
+def test_a_registry_search_with_count_0_answers_only_the_total(engine, bars_samples):
+    running, client = engine
+    auth = _registry(running, client, bars_samples[REQUESTS[0]], _request("a"), _request("b"))
+    params = {"status": "active", "_count": "0"}
+    answer = client.get("/fhir/inbox/ServiceRequest", params=params, headers=auth)
+    assert answer.status_code == 200, answer.text
+    bundle = answer.json()
+    assert (bundle["type"], bundle["total"]) == ("searchset", 2)
+    assert "entry" not in bundle  # FHIR JSON has no empty arrays
+    with running.store.read() as conn:
+        [details] = conn.scalars(
+            select(audit_events.c.details).where(audit_events.c.action == "view")
+        ).all()
+    assert json.loads(details) == {"via": "api", "found": []}
