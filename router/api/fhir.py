@@ -18,11 +18,15 @@ from router import audit
 from router.api.security import Principal, require_role
 from router.fhir import registry
 from router.fhir.intake import Answer, rejected_answer
-from router.fhir.outcome import reject
+from router.fhir.outcome import Rejected, reject
+from router.fhir.search_params import tokens
 from router.store.queries import parse_id
 
 if TYPE_CHECKING:
     from router.engine import Engine
+
+# Search parameter: registry.search's argument.
+SEARCHED = {"identifier": "identifier", "patient:identifier": "patient", "status": "status"}
 
 
 def to_response(answer: Answer) -> Response:
@@ -52,7 +56,7 @@ def fhir_router(engine: Engine) -> APIRouter:
         if not registry_channel(channel):
             return unknown(request, f"no FHIR channel named {channel!r}")
         params = request.query_params
-        allowed = ("identifier", "patient:identifier", "status", "_count")
+        allowed = (*SEARCHED, "_count")
         for name in params:
             if name not in allowed:
                 exc = reject(400, "not-supported", f"unknown search parameter {name!r}", name)
@@ -62,17 +66,16 @@ def fhir_router(engine: Engine) -> APIRouter:
         if count is None:
             exc = reject(400, "invalid", "_count is a number from 0", "_count")
             return to_response(rejected_answer(exc, request.headers))
+        try:
+            criteria = {
+                field: tokens(name, params.getlist(name)) for name, field in SEARCHED.items()
+            }
+        except Rejected as exc:
+            return to_response(rejected_answer(exc, request.headers))
 
         def find() -> tuple[list[dict[str, Any]], int]:
             with engine.store.begin() as conn:
-                rows, total = registry.search(
-                    conn,
-                    channel,
-                    identifier=params.get("identifier"),
-                    patient=params.get("patient:identifier"),
-                    status=params.get("status"),
-                    limit=count,
-                )
+                rows, total = registry.search(conn, channel, limit=count, **criteria)
                 found = [row["resource_id"] for row in rows]
                 target = f"fhir:{channel}/ServiceRequest"
                 audit.append(conn, principal.name, "view", target, {"via": "api", "found": found})

@@ -11,18 +11,31 @@ referral's requester and performer, whichever way later messages go).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    bindparam,
+    false,
+    func,
+    or_,
+    select,
+    update,
+)
 
-from router.fhir.bars import IndexedRequest
+from router.fhir.bars import NHS_NUMBER, IndexedRequest
+from router.fhir.search_params import Criteria, Token
 from router.store.fast_insert import insert_rows
 from router.store.schema import service_request_identifiers, service_requests
 
 r = service_requests.c
 i = service_request_identifiers.c
 MAX_RESULTS = 500
+REQUEST_STATUS = "http://hl7.org/fhir/request-status"
 
 
 # Statements built once: in the writer's transaction, building a statement and its cache
@@ -124,39 +137,45 @@ def _existing(conn: Connection, channel: str, item: IndexedRequest) -> Any:
     return None
 
 
-def _token(text: str) -> tuple[str | None, str]:
-    """A FHIR token search value: ``system|value`` or ``value``."""
-    if "|" in text:
-        system, _, value = text.rpartition("|")
-        return system, value
-    return None, text
+def _any(tokens: tuple[Token, ...], match: Callable[[Token], ColumnElement[bool]]) -> Any:
+    return or_(*(match(t) for t in tokens))
+
+
+def _identifier(t: Token) -> ColumnElement[bool]:
+    value = i.value == t.code
+    return value if t.system is None else and_(value, i.system == t.system)
+
+
+def _patient(t: Token) -> ColumnElement[bool]:
+    if t.system not in (None, NHS_NUMBER):
+        return false()
+    return r.patient == t.code
+
+
+def _status(t: Token) -> ColumnElement[bool]:
+    if t.system not in (None, REQUEST_STATUS):
+        return false()
+    return r.status == t.code
 
 
 def search(
     conn: Connection,
     channel: str,
     *,
-    identifier: str | None = None,
-    patient: str | None = None,
-    status: str | None = None,
+    identifier: Criteria = (),
+    patient: Criteria = (),
+    status: Criteria = (),
     limit: int = 50,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Latest versions matching every parameter given (``status`` may list several, a,b),
-    newest first, at most ``limit``; and how many match in all (a searchset's ``total``)."""
+    """Latest versions matching every group of every parameter (each group by any of its
+    tokens), newest first, at most ``limit``; and how many match in all (``total``)."""
     query = select(service_requests).where(r.channel == channel)
-    if identifier:
-        system, value = _token(identifier)
-        match = select(i.request_id).where(i.value == value)
-        if system is not None:
-            match = match.where(i.system == system)
-        query = query.where(r.id.in_(match))
-    if patient:
-        system, value = _token(patient)
-        if system not in (None, "https://fhir.nhs.uk/Id/nhs-number"):
-            return [], 0
-        query = query.where(r.patient == value)
-    if status:
-        query = query.where(r.status.in_([s.strip() for s in status.split(",") if s.strip()]))
+    for group in identifier:
+        query = query.where(r.id.in_(select(i.request_id).where(_any(group, _identifier))))
+    for group in patient:
+        query = query.where(_any(group, _patient))
+    for group in status:
+        query = query.where(_any(group, _status))
     total = conn.scalar(select(func.count()).select_from(query.subquery()))
     query = query.order_by(r.updated_at.desc(), r.id.desc()).limit(min(limit, MAX_RESULTS))
     return [dict(row._mapping) for row in conn.execute(query)], total

@@ -464,3 +464,22 @@ def test_a_registry_search_with_count_0_answers_only_the_total(engine, bars_samp
             select(audit_events.c.details).where(audit_events.c.action == "view")
         ).all()
     assert json.loads(details) == {"via": "api", "found": []}
+
+
+def test_a_repeated_registry_parameter_is_and_and_a_comma_or(engine, bars_samples):
+    running, client = engine
+    requests = [_request("a", "active"), _request("b", "revoked")]
+    auth = _registry(running, client, bars_samples[REQUESTS[0]], *requests)
+
+    def total(query: str) -> int:
+        answer = client.get(f"/fhir/inbox/ServiceRequest?{query}", headers=auth)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["total"]
+
+    assert total("status=active&status=revoked") == 0  # was the last one's: 1
+    assert total("status=active,revoked") == 2
+    assert total("status=active&status=active,revoked") == 1
+    too_many = "&".join(["status=active"] * 51)
+    answer = client.get(f"/fhir/inbox/ServiceRequest?{too_many}", headers=auth)
+    assert answer.status_code == 400
+    assert answer.json()["issue"][0]["code"] == "too-costly"

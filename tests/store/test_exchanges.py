@@ -23,6 +23,7 @@ from router.fhir.exchange import (
 )
 from router.fhir.recorder import Recorder
 from router.fhir.registry import index, search
+from router.fhir.search_params import tokens
 from router.store.deliveries import claim
 from router.store.inbound import VALIDATING, Inbound, utcnow
 from router.store.ingest import GroupCommitWriter
@@ -99,7 +100,7 @@ def test_a_response_joins_the_requests_conversation(store, bars_samples):
         found = conversation_messages(
             conn, bars_samples["servicerequest-response_validation"]["id"]
         )
-        rows, _ = search(conn, "bars", status="active")
+        rows, _ = search(conn, "bars", status=tokens("status", ["active"]))
     assert [m["id"] for m in found] == [request.message_id, response.message_id]
     [row] = rows
     assert (row["version"], row["sender"], row["receiver"], row["patient"]) == (
@@ -141,7 +142,7 @@ def test_the_registry_matches_a_request_by_system_and_value(store, bars_samples)
         with store.begin() as conn:
             index(conn, "bars", message_id, [item], sender="s", receiver="r", now=utcnow())
     with store.read() as conn:
-        rows, total = search(conn, "bars", identifier="REF-1")
+        rows, total = search(conn, "bars", identifier=tokens("identifier", ["REF-1"]))
     # "c" shares system and value with "a": a new version of it; "b" only the value.
     assert sorted((row["resource_id"], row["version"]) for row in rows) == [("a", 2), ("b", 1)]
     assert total == 2

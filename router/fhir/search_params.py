@@ -1,0 +1,77 @@
+"""FHIR R4 search values as the ServiceRequest registry reads them (search.html#combining).
+
+A repeated parameter means "and" (``status=a&status=b`` needs both), a comma inside one
+value "or" (``status=a,b``); ``\\,``, ``\\|``, ``\\$`` and ``\\\\`` are the characters
+themselves. A token is ``[system|]code``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router.fhir.outcome import Rejected, reject
+
+MAX_VALUES = 50  # values of one parameter, repeats and alternatives together
+
+
+@dataclass(frozen=True)
+class Token:
+    """``system`` None: any system (a code alone)."""
+
+    system: str | None
+    code: str
+
+
+# Every group must match; within a group, any one token.
+Criteria = tuple[tuple[Token, ...], ...]
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """``text`` cut at each ``separator`` no backslash escapes; escapes are kept."""
+    parts, start, escaped = [], 0, False
+    for at, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == separator:
+            parts.append(text[start:at])
+            start = at + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _unescape(text: str) -> str:
+    out, escaped = [], False
+    for char in text:
+        if char == "\\" and not escaped:
+            escaped = True
+            continue
+        out.append(char)
+        escaped = False
+    return "".join(out)
+
+
+def token(text: str) -> Token:
+    """``system|code`` or ``code`` (the last unescaped ``|`` separates them)."""
+    parts = _split(text, "|")
+    if len(parts) == 1:
+        return Token(None, _unescape(text))
+    return Token(_unescape("|".join(parts[:-1])), _unescape(parts[-1]))
+
+
+def tokens(name: str, values: list[str]) -> Criteria:
+    """Each value of a token parameter a group of its comma-separated alternatives; empty
+    values and alternatives are ignored. More than MAX_VALUES in all raises Rejected."""
+    groups = []
+    for value in values:
+        group = tuple(token(part) for part in _split(value, ",") if part)
+        if group:
+            groups.append(group)
+    if sum(len(group) for group in groups) > MAX_VALUES:
+        raise too_many(name)
+    return tuple(groups)
+
+
+def too_many(name: str) -> Rejected:
+    return reject(400, "too-costly", f"at most {MAX_VALUES} search values", name)
