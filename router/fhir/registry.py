@@ -142,6 +142,8 @@ def _any(tokens: tuple[Token, ...], match: Callable[[Token], ColumnElement[bool]
 
 
 def _identifier(t: Token) -> ColumnElement[bool]:
+    if t.code is None:
+        return i.system == t.system
     value = i.value == t.code
     return value if t.system is None else and_(value, i.system == t.system)
 
@@ -149,13 +151,13 @@ def _identifier(t: Token) -> ColumnElement[bool]:
 def _patient(t: Token) -> ColumnElement[bool]:
     if t.system not in (None, NHS_NUMBER):
         return false()
-    return r.patient == t.code
+    return r.patient != "" if t.code is None else r.patient == t.code
 
 
 def _status(t: Token) -> ColumnElement[bool]:
     if t.system not in (None, REQUEST_STATUS):
         return false()
-    return r.status == t.code
+    return r.status != "" if t.code is None else r.status == t.code
 
 
 def search(

@@ -16,10 +16,10 @@ MAX_VALUES = 50  # values of one parameter, repeats and alternatives together
 
 @dataclass(frozen=True)
 class Token:
-    """``system`` None: any system (a code alone)."""
+    """``system`` None: any system (``code``); ``code`` None: any code (``system|``)."""
 
     system: str | None
-    code: str
+    code: str | None
 
 
 # Every group must match; within a group, any one token.
@@ -53,11 +53,12 @@ def _unescape(text: str) -> str:
 
 
 def token(text: str) -> Token:
-    """``system|code`` or ``code`` (the last unescaped ``|`` separates them)."""
+    """``system|code``, ``|code`` (no system), ``system|`` or ``code`` (the last unescaped
+    ``|`` separates them)."""
     parts = _split(text, "|")
     if len(parts) == 1:
         return Token(None, _unescape(text))
-    return Token(_unescape("|".join(parts[:-1])), _unescape(parts[-1]))
+    return Token(_unescape("|".join(parts[:-1])), _unescape(parts[-1]) or None)
 
 
 def tokens(name: str, values: list[str]) -> Criteria:

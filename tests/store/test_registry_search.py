@@ -78,6 +78,12 @@ CASES = [
     ({"status": ["http://hl7.org/fhir/request-status|completed"]}, ["c"]),
     ({"status": ["urn:other|completed,active"]}, ["a", "b"]),
     ({"status": [""], "identifier": [","]}, ["a", "b", "c"]),  # empty values: ignored
+    # system| is any code of the system
+    ({"identifier": ["urn:sys|"]}, ["a"]),
+    ({"identifier": ["urn:other|,urn:alt|"]}, ["b", "c"]),
+    ({"identifier": ["urn:sys|", "urn:other|"]}, []),
+    ({"patient_identifier": [f"{NHS}|"]}, ["a", "b", "c"]),
+    ({"status": ["http://hl7.org/fhir/request-status|"]}, ["a", "b", "c"]),
 ]
 
 
