@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from router import audit
 from router.api.security import Principal, require_role
-from router.fhir import registry
+from router.fhir import registry, search_params
 from router.fhir.intake import Answer, rejected_answer
 from router.fhir.outcome import Rejected, reject
-from router.fhir.search_params import tokens
 from router.store.queries import parse_id
 
 if TYPE_CHECKING:
@@ -56,11 +56,11 @@ def fhir_router(engine: Engine) -> APIRouter:
         if not registry_channel(channel):
             return unknown(request, f"no FHIR channel named {channel!r}")
         params = request.query_params
-        allowed = (*SEARCHED, "_count")
-        for name in params:
-            if name not in allowed:
-                exc = reject(400, "not-supported", f"unknown search parameter {name!r}", name)
-                return to_response(rejected_answer(exc, request.headers))
+        try:
+            strict = search_params.strict(request.headers.get("prefer"))
+            skipped = search_params.ignored(params, (*SEARCHED, "_count"), strict=strict)
+        except Rejected as exc:
+            return to_response(rejected_answer(exc, request.headers))
         text = params.get("_count", "50")
         count = 0 if text == "0" else parse_id(text)  # 0: only the total (FHIR R4 allows it)
         if count is None:
@@ -68,7 +68,8 @@ def fhir_router(engine: Engine) -> APIRouter:
             return to_response(rejected_answer(exc, request.headers))
         try:
             criteria = {
-                field: tokens(name, params.getlist(name)) for name, field in SEARCHED.items()
+                field: search_params.tokens(name, params.getlist(name))
+                for name, field in SEARCHED.items()
             }
         except Rejected as exc:
             return to_response(rejected_answer(exc, request.headers))
@@ -84,7 +85,9 @@ def fhir_router(engine: Engine) -> APIRouter:
         await engine.gateway.recorder.written()  # exchanges answered before this search
         rows, total = await asyncio.to_thread(find)
         base = str(request.base_url).rstrip("/") + f"/fhir/{channel}"
-        return fhir_json(registry.searchset(rows, total, base, str(request.url)))
+        used = [(name, value) for name, value in params.multi_items() if name not in skipped]
+        self_url = str(request.url.replace(query=urlencode(used)))
+        return fhir_json(registry.searchset(rows, total, base, self_url, skipped))
 
     @router.get("/{channel}/ServiceRequest/{resource_id}")
     async def read_service_request(

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 
 from router.fhir.bars import NHS_NUMBER, IndexedRequest
+from router.fhir.outcome import Issue, operation_outcome
 from router.fhir.search_params import Criteria, Token
 from router.store.fast_insert import insert_rows
 from router.store.schema import service_request_identifiers, service_requests
@@ -199,21 +200,32 @@ def as_resource(row: dict[str, Any]) -> dict[str, Any]:
     return {**resource, "meta": meta}
 
 
-def searchset(rows: list[dict[str, Any]], total: int, base: str, self_url: str) -> dict[str, Any]:
-    """The Bundle; without ``entry`` when there are none (FHIR JSON has no empty arrays)."""
+def searchset(
+    rows: list[dict[str, Any]], total: int, base: str, self_url: str, ignored: list[str]
+) -> dict[str, Any]:
+    """The Bundle; without ``entry`` when there are none (FHIR JSON has no empty arrays).
+    Parameters ``ignored`` are named in an OperationOutcome entry, so that a client sees
+    its search was wider than it asked (the ``self`` link leaves them out too)."""
+    entries = [
+        {
+            "fullUrl": f"{base}/ServiceRequest/{row['resource_id']}",
+            "resource": as_resource(row),
+            "search": {"mode": "match"},
+        }
+        for row in rows
+    ]
+    if ignored:
+        issues = [
+            Issue("not-supported", f"unknown search parameter {name!r} ignored", severity="warning")
+            for name in ignored
+        ]
+        entries.append({"resource": operation_outcome(issues), "search": {"mode": "outcome"}})
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
         "link": [{"relation": "self", "url": self_url}],
     }
-    if rows:
-        bundle["entry"] = [
-            {
-                "fullUrl": f"{base}/ServiceRequest/{row['resource_id']}",
-                "resource": as_resource(row),
-                "search": {"mode": "match"},
-            }
-            for row in rows
-        ]
+    if entries:
+        bundle["entry"] = entries
     return bundle

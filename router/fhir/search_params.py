@@ -3,10 +3,16 @@
 A repeated parameter means "and" (``status=a&status=b`` needs both), a comma inside one
 value "or" (``status=a,b``); ``\\,``, ``\\|``, ``\\$`` and ``\\\\`` are the characters
 themselves. A token is ``[system|]code``.
+
+Parameters tie does not know are ignored, as R4 advises, unless the client sends
+``Prefer: handling=strict`` (then 400); a known one with a modifier or form tie does not
+support (``status:not``, ``patient=Patient/1``) is always 400, never ignored: ignoring
+it would widen the search.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from router.fhir.outcome import Rejected, reject
@@ -76,3 +82,27 @@ def tokens(name: str, values: list[str]) -> Criteria:
 
 def too_many(name: str) -> Rejected:
     return reject(400, "too-costly", f"at most {MAX_VALUES} search values", name)
+
+
+def strict(prefer: str | None) -> bool:
+    """Whether ``Prefer`` asks for ``handling=strict``."""
+    wanted = (part.split(";")[0].replace(" ", "").lower() for part in (prefer or "").split(","))
+    return "handling=strict" in wanted
+
+
+def ignored(names: Iterable[str], supported: Collection[str], *, strict: bool) -> list[str]:
+    """The parameters of ``names`` to ignore: those unknown, unless ``strict``. Raises
+    Rejected for one unknown under ``strict``, or a supported one in a form not supported
+    (``base:modifier`` or ``base.chain``)."""
+    bases = {name.partition(":")[0] for name in supported}
+    unknown = []
+    for name in dict.fromkeys(names):
+        if name in supported:
+            continue
+        if name.partition(":")[0].partition(".")[0] in bases:
+            listed = ", ".join(supported)
+            raise reject(400, "not-supported", f"{name!r} is not supported ({listed} are)", name)
+        if strict:
+            raise reject(400, "not-supported", f"unknown search parameter {name!r}", name)
+        unknown.append(name)
+    return unknown

@@ -252,7 +252,8 @@ def test_the_registry_answers_searches_and_follows_versions(tie, bars_samples):
     assert read.json()["status"] == "active"
     assert client.get("/fhir/bars/ServiceRequest/nope", headers=AUTH).status_code == 404
     assert client.get("/fhir/bars/ServiceRequest").status_code == 401
-    bad = client.get("/fhir/bars/ServiceRequest", params={"subject": "x"}, headers=AUTH)
+    strict = {**AUTH, "Prefer": "handling=strict"}
+    bad = client.get("/fhir/bars/ServiceRequest", params={"subject": "x"}, headers=strict)
     assert bad.status_code == 400
     assert bad.json()["issue"][0]["diagnostics"] == "unknown search parameter 'subject'"
 

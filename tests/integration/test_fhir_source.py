@@ -483,3 +483,39 @@ def test_a_repeated_registry_parameter_is_and_and_a_comma_or(engine, bars_sample
     answer = client.get(f"/fhir/inbox/ServiceRequest?{too_many}", headers=auth)
     assert answer.status_code == 400
     assert answer.json()["issue"][0]["code"] == "too-costly"
+
+
+def test_unknown_registry_parameters_are_ignored_unless_strict_and_modifiers_refused(
+    engine, bars_samples
+):
+    running, client = engine
+    requests = [_request("a", "active"), _request("b", "revoked")]
+    auth = _registry(running, client, bars_samples[REQUESTS[0]], *requests)
+    url = "/fhir/inbox/ServiceRequest"
+
+    lenient = client.get(f"{url}?status=active&_elements=id&foo=1", headers=auth)
+    assert lenient.status_code == 200, lenient.text
+    bundle = lenient.json()
+    assert bundle["total"] == 1
+    # self names only the parameters used; an outcome entry the ones ignored.
+    assert bundle["link"] == [{"relation": "self", "url": f"{client.base_url}{url}?status=active"}]
+    [match, outcome] = bundle["entry"]
+    assert match["resource"]["id"] == "a"
+    assert outcome["search"] == {"mode": "outcome"}
+    assert [(i["severity"], i["diagnostics"]) for i in outcome["resource"]["issue"]] == [
+        ("warning", "unknown search parameter '_elements' ignored"),
+        ("warning", "unknown search parameter 'foo' ignored"),
+    ]
+
+    strict = {**auth, "Prefer": "return=minimal, handling=strict"}
+    refused = client.get(f"{url}?status=active&foo=1", headers=strict)
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["diagnostics"] == "unknown search parameter 'foo'"
+
+    # A modifier or form not supported would widen the search if ignored: always 400.
+    for name in ("status:not", "status:missing", "identifier:exact", "patient", "patient.name"):
+        refused = client.get(url, params={name: "x"}, headers=auth)
+        assert refused.status_code == 400, name
+        assert refused.headers["content-type"] == "application/fhir+json"
+        [issue] = refused.json()["issue"]
+        assert (issue["code"], issue["expression"]) == ("not-supported", [name])
