@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 # Search parameter: registry.search's argument.
 SEARCHED = {"identifier": "identifier", "patient:identifier": "patient", "status": "status"}
+# Result parameters and their defaults: a page's size, and how many matches come before it
+# (the next and previous links carry it; a client need not build it).
+PAGING = {"_count": "50", "_offset": "0"}
 
 
 def to_response(answer: Answer) -> Response:
@@ -58,14 +61,17 @@ def fhir_router(engine: Engine) -> APIRouter:
         params = request.query_params
         try:
             strict = search_params.strict(request.headers.get("prefer"))
-            skipped = search_params.ignored(params, (*SEARCHED, "_count"), strict=strict)
+            skipped = search_params.ignored(params, (*SEARCHED, *PAGING), strict=strict)
         except Rejected as exc:
             return to_response(rejected_answer(exc, request.headers))
-        text = params.get("_count", "50")
-        count = 0 if text == "0" else parse_id(text)  # 0: only the total (FHIR R4 allows it)
-        if count is None:
-            exc = reject(400, "invalid", "_count is a number from 0", "_count")
-            return to_response(rejected_answer(exc, request.headers))
+        paging = {}
+        for name, default in PAGING.items():
+            text = params.get(name, default)
+            paging[name] = 0 if text == "0" else parse_id(text)  # _count=0: only the total
+            if paging[name] is None:
+                exc = reject(400, "invalid", f"{name} is a number from 0", name)
+                return to_response(rejected_answer(exc, request.headers))
+        count, offset = min(paging["_count"], registry.MAX_RESULTS), paging["_offset"]
         try:
             criteria = {
                 field: search_params.tokens(name, params.getlist(name))
@@ -76,7 +82,7 @@ def fhir_router(engine: Engine) -> APIRouter:
 
         def find() -> tuple[list[dict[str, Any]], int]:
             with engine.store.begin() as conn:
-                rows, total = registry.search(conn, channel, limit=count, **criteria)
+                rows, total = registry.search(conn, channel, limit=count, offset=offset, **criteria)
                 found = [row["resource_id"] for row in rows]
                 target = f"fhir:{channel}/ServiceRequest"
                 audit.append(conn, principal.name, "view", target, {"via": "api", "found": found})
@@ -86,8 +92,18 @@ def fhir_router(engine: Engine) -> APIRouter:
         rows, total = await asyncio.to_thread(find)
         base = str(request.base_url).rstrip("/") + f"/fhir/{channel}"
         used = [(name, value) for name, value in params.multi_items() if name not in skipped]
-        self_url = str(request.url.replace(query=urlencode(used)))
-        return fhir_json(registry.searchset(rows, total, base, self_url, skipped))
+        criteria_used = [(name, value) for name, value in used if name not in PAGING]
+
+        def page(at: int) -> str:
+            query = [*criteria_used, ("_count", str(count)), ("_offset", str(at))]
+            return str(request.url.replace(query=urlencode(query)))
+
+        links = {"self": str(request.url.replace(query=urlencode(used)))}
+        if count and offset + count < total:
+            links["next"] = page(offset + count)
+        if count and offset:
+            links["previous"] = page(max(offset - count, 0))
+        return fhir_json(registry.searchset(rows, total, base, links, skipped))
 
     @router.get("/{channel}/ServiceRequest/{resource_id}")
     async def read_service_request(

@@ -169,9 +169,11 @@ def search(
     patient: Criteria = (),
     status: Criteria = (),
     limit: int = 50,
+    offset: int = 0,
 ) -> tuple[list[dict[str, Any]], int]:
     """Latest versions matching every group of every parameter (each group by any of its
-    tokens), newest first, at most ``limit``; and how many match in all (``total``)."""
+    tokens), newest first, at most ``limit`` after the first ``offset``; and how many
+    match in all (``total``)."""
     query = select(service_requests).where(r.channel == channel)
     for group in identifier:
         query = query.where(r.id.in_(select(i.request_id).where(_any(group, _identifier))))
@@ -180,7 +182,8 @@ def search(
     for group in status:
         query = query.where(_any(group, _status))
     total = conn.scalar(select(func.count()).select_from(query.subquery()))
-    query = query.order_by(r.updated_at.desc(), r.id.desc()).limit(min(limit, MAX_RESULTS))
+    query = query.order_by(r.updated_at.desc(), r.id.desc())
+    query = query.limit(min(limit, MAX_RESULTS)).offset(offset)
     return [dict(row._mapping) for row in conn.execute(query)], total
 
 
@@ -201,7 +204,11 @@ def as_resource(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def searchset(
-    rows: list[dict[str, Any]], total: int, base: str, self_url: str, ignored: list[str]
+    rows: list[dict[str, Any]],
+    total: int,
+    base: str,
+    links: dict[str, str],
+    ignored: list[str],
 ) -> dict[str, Any]:
     """The Bundle; without ``entry`` when there are none (FHIR JSON has no empty arrays).
     Parameters ``ignored`` are named in an OperationOutcome entry, so that a client sees
@@ -224,7 +231,7 @@ def searchset(
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
-        "link": [{"relation": "self", "url": self_url}],
+        "link": [{"relation": relation, "url": url} for relation, url in links.items()],
     }
     if entries:
         bundle["entry"] = entries

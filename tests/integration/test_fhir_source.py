@@ -519,3 +519,44 @@ def test_unknown_registry_parameters_are_ignored_unless_strict_and_modifiers_ref
         assert refused.headers["content-type"] == "application/fhir+json"
         [issue] = refused.json()["issue"]
         assert (issue["code"], issue["expression"]) == ("not-supported", [name])
+
+
+def test_registry_pages_link_to_each_other_and_need_the_token_too(engine, bars_samples):
+    running, client = engine
+    requests = [_request(f"sr-{n}") for n in range(5)]
+    auth = _registry(running, client, bars_samples[REQUESTS[0]], *requests)
+
+    def links(bundle: dict[str, Any]) -> dict[str, str]:
+        return {link["relation"]: link["url"] for link in bundle["link"]}
+
+    first = client.get("/fhir/inbox/ServiceRequest?status=active&_count=2", headers=auth).json()
+    pages = [first]
+    while "next" in links(pages[-1]):
+        url = links(pages[-1])["next"]
+        assert client.get(url).status_code == 401  # a link carries no credentials
+        pages.append(client.get(url, headers=auth).json())
+    assert [[e["resource"]["id"] for e in page["entry"]] for page in pages] == [
+        ["sr-4", "sr-3"],
+        ["sr-2", "sr-1"],
+        ["sr-0"],
+    ]
+    assert {page["total"] for page in pages} == {5}
+    assert [set(links(page)) for page in pages] == [
+        {"self", "next"},
+        {"self", "next", "previous"},
+        {"self", "previous"},
+    ]
+    back = client.get(links(pages[2])["previous"], headers=auth).json()
+    assert [e["resource"]["id"] for e in back["entry"]] == ["sr-2", "sr-1"]
+    with running.store.read() as conn:
+        views = conn.scalars(
+            select(audit_events.c.details).where(audit_events.c.action == "view")
+        ).all()
+    assert [json.loads(v)["found"] for v in views] == [
+        ["sr-4", "sr-3"],
+        ["sr-2", "sr-1"],
+        ["sr-0"],
+        ["sr-2", "sr-1"],
+    ]
+    bad = client.get("/fhir/inbox/ServiceRequest?_offset=-1", headers=auth)
+    assert bad.json()["issue"][0]["diagnostics"] == "_offset is a number from 0"
