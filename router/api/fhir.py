@@ -30,6 +30,7 @@ SEARCHED = {"identifier": "identifier", "patient:identifier": "patient", "status
 # Result parameters and their defaults: a page's size, and how many matches come before it
 # (the next and previous links carry it; a client need not build it).
 PAGING = {"_count": "50", "_offset": "0"}
+SORTS = ("-_lastUpdated", "_lastUpdated")  # newest first, the default; or oldest first
 
 
 def to_response(answer: Answer) -> Response:
@@ -61,7 +62,8 @@ def fhir_router(engine: Engine) -> APIRouter:
         params = request.query_params
         try:
             strict = search_params.strict(request.headers.get("prefer"))
-            skipped = search_params.ignored(params, (*SEARCHED, *PAGING), strict=strict)
+            supported = (*SEARCHED, *PAGING, "_sort")
+            skipped = search_params.ignored(params, supported, strict=strict)
         except Rejected as exc:
             return to_response(rejected_answer(exc, request.headers))
         paging = {}
@@ -72,6 +74,10 @@ def fhir_router(engine: Engine) -> APIRouter:
                 exc = reject(400, "invalid", f"{name} is a number from 0", name)
                 return to_response(rejected_answer(exc, request.headers))
         count, offset = min(paging["_count"], registry.MAX_RESULTS), paging["_offset"]
+        sort = params.get("_sort", SORTS[0])
+        if sort not in SORTS:
+            exc = reject(400, "not-supported", f"_sort is one of {', '.join(SORTS)}", "_sort")
+            return to_response(rejected_answer(exc, request.headers))
         try:
             criteria = {
                 field: search_params.tokens(name, params.getlist(name))
@@ -82,7 +88,14 @@ def fhir_router(engine: Engine) -> APIRouter:
 
         def find() -> tuple[list[dict[str, Any]], int]:
             with engine.store.begin() as conn:
-                rows, total = registry.search(conn, channel, limit=count, offset=offset, **criteria)
+                rows, total = registry.search(
+                    conn,
+                    channel,
+                    limit=count,
+                    offset=offset,
+                    oldest_first=sort == "_lastUpdated",
+                    **criteria,
+                )
                 found = [row["resource_id"] for row in rows]
                 target = f"fhir:{channel}/ServiceRequest"
                 audit.append(conn, principal.name, "view", target, {"via": "api", "found": found})

@@ -170,10 +170,11 @@ def search(
     status: Criteria = (),
     limit: int = 50,
     offset: int = 0,
+    oldest_first: bool = False,
 ) -> tuple[list[dict[str, Any]], int]:
     """Latest versions matching every group of every parameter (each group by any of its
-    tokens), newest first, at most ``limit`` after the first ``offset``; and how many
-    match in all (``total``)."""
+    tokens), newest first (or oldest), at most ``limit`` after the first ``offset``; and
+    how many match in all (``total``)."""
     query = select(service_requests).where(r.channel == channel)
     for group in identifier:
         query = query.where(r.id.in_(select(i.request_id).where(_any(group, _identifier))))
@@ -182,7 +183,10 @@ def search(
     for group in status:
         query = query.where(_any(group, _status))
     total = conn.scalar(select(func.count()).select_from(query.subquery()))
-    query = query.order_by(r.updated_at.desc(), r.id.desc())
+    if oldest_first:
+        query = query.order_by(r.updated_at, r.id)
+    else:
+        query = query.order_by(r.updated_at.desc(), r.id.desc())
     query = query.limit(min(limit, MAX_RESULTS)).offset(offset)
     return [dict(row._mapping) for row in conn.execute(query)], total
 

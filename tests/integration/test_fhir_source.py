@@ -560,3 +560,20 @@ def test_registry_pages_link_to_each_other_and_need_the_token_too(engine, bars_s
     ]
     bad = client.get("/fhir/inbox/ServiceRequest?_offset=-1", headers=auth)
     assert bad.json()["issue"][0]["diagnostics"] == "_offset is a number from 0"
+
+
+def test_registry_searches_sort_by_last_updated_either_way(engine, bars_samples):
+    running, client = engine
+    requests = [_request(f"sr-{n}") for n in range(4)]
+    auth = _registry(running, client, bars_samples[REQUESTS[0]], *requests)
+    oldest = client.get("/fhir/inbox/ServiceRequest?_sort=_lastUpdated&_count=2", headers=auth)
+    bundle = oldest.json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == ["sr-0", "sr-1"]
+    [next_page] = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
+    later = client.get(next_page, headers=auth).json()
+    assert [e["resource"]["id"] for e in later["entry"]] == ["sr-2", "sr-3"]
+    newest = client.get("/fhir/inbox/ServiceRequest?_sort=-_lastUpdated", headers=auth).json()
+    assert [e["resource"]["id"] for e in newest["entry"]] == ["sr-3", "sr-2", "sr-1", "sr-0"]
+    unsorted = client.get("/fhir/inbox/ServiceRequest?_sort=status", headers=auth)
+    assert unsorted.status_code == 400
+    assert unsorted.json()["issue"][0]["expression"] == ["_sort"]
