@@ -31,6 +31,7 @@ SEARCHED = {"identifier": "identifier", "patient:identifier": "patient", "status
 # (the next and previous links carry it; a client need not build it).
 PAGING = {"_count": "50", "_offset": "0"}
 SORTS = ("-_lastUpdated", "_lastUpdated")  # newest first, the default; or oldest first
+TOTALS = ("none", "estimate", "accurate")  # whichever is asked for, total is accurate
 
 
 def to_response(answer: Answer) -> Response:
@@ -62,7 +63,7 @@ def fhir_router(engine: Engine) -> APIRouter:
         params = request.query_params
         try:
             strict = search_params.strict(request.headers.get("prefer"))
-            supported = (*SEARCHED, *PAGING, "_sort")
+            supported = (*SEARCHED, *PAGING, "_sort", "_total")
             skipped = search_params.ignored(params, supported, strict=strict)
         except Rejected as exc:
             return to_response(rejected_answer(exc, request.headers))
@@ -74,6 +75,9 @@ def fhir_router(engine: Engine) -> APIRouter:
                 exc = reject(400, "invalid", f"{name} is a number from 0", name)
                 return to_response(rejected_answer(exc, request.headers))
         count, offset = min(paging["_count"], registry.MAX_RESULTS), paging["_offset"]
+        if params.get("_total", "accurate") not in TOTALS:
+            exc = reject(400, "invalid", f"_total is one of {', '.join(TOTALS)}", "_total")
+            return to_response(rejected_answer(exc, request.headers))
         sort = params.get("_sort", SORTS[0])
         if sort not in SORTS:
             exc = reject(400, "not-supported", f"_sort is one of {', '.join(SORTS)}", "_sort")

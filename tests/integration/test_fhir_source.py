@@ -511,6 +511,10 @@ def test_unknown_registry_parameters_are_ignored_unless_strict_and_modifiers_ref
     refused = client.get(f"{url}?status=active&foo=1", headers=strict)
     assert refused.status_code == 400
     assert refused.json()["issue"][0]["diagnostics"] == "unknown search parameter 'foo'"
+    for total in ("accurate", "estimate", "none"):  # R4 result parameters, known
+        answer = client.get(f"{url}?status=active&_total={total}", headers=strict)
+        assert (answer.status_code, answer.json()["total"]) == (200, 1), total
+    assert client.get(f"{url}?_total=some", headers=auth).status_code == 400
 
     # A modifier or form not supported would widen the search if ignored: always 400.
     for name in ("status:not", "status:missing", "identifier:exact", "patient", "patient.name"):
