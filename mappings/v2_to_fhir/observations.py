@@ -147,14 +147,16 @@ def embedded_document(obx: Segment) -> dict[str, Any] | None:
     """An ED OBX-5 (source^type^subtype^encoding^data) as an Attachment; None if unreadable."""
     value = obx.field(5)
     encoding = (value.get(4) or "").upper()
-    raw = (value.component(5).raw or "").strip()
+    # Escapes decoded first: a lab that wraps base64 or hex lines writes the line breaks
+    # as \X0D\\X0A\ or \.br\ (a bare CR would end the segment).
+    text = value.delimiters.text((value.component(5).raw or "").strip())
     try:
         if encoding == "BASE64":
-            data = base64.b64decode("".join(raw.split()), validate=True)
+            data = base64.b64decode("".join(text.split()), validate=True)
         elif encoding == "HEX":
-            data = bytes.fromhex(raw)
+            data = bytes.fromhex("".join(text.split()))
         elif encoding == "A":
-            data = value.delimiters.text(raw).encode("utf-8")
+            data = text.encode("utf-8")
         else:
             return None
     except (binascii.Error, ValueError):

@@ -635,6 +635,23 @@ def test_ed_pdf_becomes_the_reports_presented_form(mapping: ModuleType) -> None:
     assert len(resources(bundle, "Observation")) == 1  # the document is not an Observation
 
 
+@pytest.mark.parametrize("line_break", ["\\X0D\\\\X0A\\", "\\.br\\", "\\X0A\\"])
+def test_ed_base64_wrapped_in_escaped_line_breaks_is_still_the_document(
+    mapping: ModuleType, line_break: str
+) -> None:
+    """MIME-style base64 wraps its lines; in HL7 the breaks can only be written as escapes."""
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 2 + b"\n%%EOF\n"
+    encoded = base64.b64encode(pdf).decode()
+    wrapped = line_break.join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+    bundle = mapping.oru_to_bundle(
+        oru(f"OBX|1|ED|11502-2^Laboratory report^LN||^AP^PDF^Base64^{wrapped}||||||F")
+    )
+    (form,) = one(bundle, "DiagnosticReport")["presentedForm"]
+    assert base64.b64decode(form["data"]) == pdf
+    assert resources(bundle, "Observation") == []
+    assert mapping.bundle_flags(bundle) == []
+
+
 def test_an_unreadable_ed_is_kept_as_text_and_flagged(mapping: ModuleType) -> None:
     result = one(
         mapping.oru_to_bundle(sample(NHS)), "Observation"
