@@ -9,7 +9,6 @@ same Bundle (golden files, and duplicate checks after a reprocess).
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +19,7 @@ from router.hl7v2.er7 import Er7Message
 from router.message import Message, Output
 
 from .v2_to_fhir.datatypes import fhir_datetime, fhir_instant, reference
+from .v2_to_fhir.decimals import to_json
 from .v2_to_fhir.flags import flags_of
 from .v2_to_fhir.groups import OrderGroup, read_result
 from .v2_to_fhir.observations import ResultContext, embedded_document, is_document, note_text
@@ -53,7 +53,7 @@ def oru_to_fhir_bundle(message: Message) -> Output:
     bundle = oru_to_bundle(message.raw)
     for code in bundle_flags(bundle):
         message.flag(code)
-    return Output(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n", FHIR_JSON)
+    return Output(to_json(bundle) + "\n", FHIR_JSON)
 
 
 def oru_to_bundle(

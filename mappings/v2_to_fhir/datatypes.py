@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+from .decimals import FhirDecimal
 from .segments import Composite
 
 V2_TABLE = "http://terminology.hl7.org/CodeSystem/v2-{:04d}"
@@ -94,10 +95,11 @@ def fhir_date(value: str | None) -> str | None:
     return converted if converted and "T" not in converted else None
 
 
-def decimal(value: str | None) -> tuple[str | None, int | float | None]:
+def decimal(value: str | None) -> tuple[str | None, int | FhirDecimal | None]:
     """``(comparator, number)`` of ``"5.2"``, ``"<5"``, ``">=90"``; ``(None, None)`` if not one.
 
-    A JSON number keeps the value (``int`` when it has no fraction).
+    The number keeps the value as written: an ``int`` when it has no decimal point, else a
+    ``FhirDecimal`` that keeps its digits (``"0.50"`` stays ``0.50``, see ``decimals``).
     """
     match = _NUMBER.match(value or "")
     if not match:
@@ -106,12 +108,9 @@ def decimal(value: str | None) -> tuple[str | None, int | float | None]:
         number = Decimal(match.group(2))
     except InvalidOperation:
         return None, None
-    result: int | float = (
-        int(number)
-        if number == number.to_integral_value() and "." not in match.group(2)
-        else float(number)
-    )
-    return match.group(1), result
+    if "." not in match.group(2):
+        return match.group(1), int(number)
+    return match.group(1), FhirDecimal(number)
 
 
 def codeable_concept(value: Composite) -> dict[str, Any] | None:

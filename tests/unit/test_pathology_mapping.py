@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -472,6 +473,29 @@ def test_no_specimen_without_spm_or_obr_15(mapping: ModuleType) -> None:
 
 def observation(mapping: ModuleType, *segments: str, **kwargs: Any) -> dict[str, Any]:
     return one(mapping.oru_to_bundle(oru(*segments, **kwargs)), "Observation")
+
+
+def test_numbers_reach_the_practice_with_the_digits_the_lab_wrote(mapping: ModuleType) -> None:
+    """FHIR decimals keep their precision: 0.50 is not 0.5, and no digit may be rounded away."""
+    raw = oru(
+        obx("NM", "0.50", units="mmol/L", ref="0.20-4.00"),
+        "OBX|2|NM|X2^R^L||0.12345678901234567890|mmol/L|||||F",
+        "OBX|3|SN|X3^R^L||^1.50^-^2.50|mmol/L|||||F",
+        "OBX|4|NM|X4^R^L||<10.0|mmol/L|>5.10||||F",
+    )
+    output = mapping.oru_to_fhir_bundle(Message(raw, "lab-results"))
+    bundle = json.loads(output.data, parse_float=Decimal)
+    first, second, third, fourth = resources(bundle, "Observation")
+    assert str(first["valueQuantity"]["value"]) == "0.50"
+    assert [str(first["referenceRange"][0][k]["value"]) for k in ("low", "high")] == [
+        "0.20",
+        "4.00",
+    ]
+    assert str(second["valueQuantity"]["value"]) == "0.12345678901234567890"
+    assert [str(third["valueRange"][k]["value"]) for k in ("low", "high")] == ["1.50", "2.50"]
+    assert str(fourth["valueQuantity"]["value"]) == "10.0"
+    assert str(fourth["referenceRange"][0]["low"]["value"]) == "5.10"
+    assert json.loads(output.data) == mapping.oru_to_bundle(raw)  # the dict compares as floats
 
 
 def test_numeric_with_units_range_and_flag(mapping: ModuleType) -> None:
