@@ -61,13 +61,18 @@ def read_result(raw: str | bytes) -> ResultMessage:
     patients: list[PatientGroup] = []
     for group in _groups(tree, "_PATIENT_RESULT", "_RESPONSE"):
         patient = PatientGroup()
+        patients.append(patient)
         for child in group.children:
             if child.name.endswith("_PATIENT"):
+                # The tolerant parser can put a second patient (PID after the first one's
+                # OBX) in the same group: that PID starts the next patient's results.
+                if patient.pid is not None or patient.orders:
+                    patient = PatientGroup()
+                    patients.append(patient)
                 pid = [received[id(s)] for s in _segments(child) if s.name == "PID"]
                 patient.pid = pid[0] if pid else None
             elif child.name.endswith("_ORDER_OBSERVATION"):
                 patient.orders.append(_order(child, received))
-        patients.append(patient)
     return ResultMessage(Segment(message.segments[0], delimiters), patients)
 
 

@@ -725,6 +725,30 @@ def test_a_segment_the_structure_has_no_place_for_is_an_error_not_a_loss(
         mapping.oru_to_bundle(oru(obx("NM", "1"), "ZXX|1|local"))
 
 
+@pytest.mark.parametrize("version", ["2.3", "2.4", "2.5.1"])
+def test_each_patients_results_stay_with_that_patient(mapping: ModuleType, version: str) -> None:
+    """A second PID after the first patient's OBX starts that patient's results."""
+    raw = oru(
+        obx("NM", "1"),
+        "PID|2||9434765919^^^NHS^NH||ROE^Jane||19800101|F",
+        "ORC|RE|P2^A81001|F2^699X0||CM||||||||||||||||THE SURGERY^^^^^^^^^A81001",
+        "OBR|1|P2^A81001|F2^699X0|TEST^Test^L|||20240115100000",
+        "OBX|1|NM|X1^Result^L||2||||||F",
+        version=version,
+    )
+    bundle = mapping.oru_to_bundle(raw)
+    john, jane = resources(bundle, "Patient")
+    assert (john["name"][0]["family"], jane["name"][0]["family"]) == ("DOE", "ROE")
+    owner = {f"urn:uuid:{p['id']}": p["name"][0]["family"] for p in (john, jane)}
+    values = {
+        owner[o["subject"]["reference"]]: o["valueQuantity"]["value"]
+        for o in resources(bundle, "Observation")
+    }
+    assert values == {"DOE": 1, "ROE": 2}
+    reports = resources(bundle, "DiagnosticReport")
+    assert [owner[r["subject"]["reference"]] for r in reports] == ["DOE", "ROE"]
+
+
 def test_times_without_offset_are_read_in_the_given_zone(mapping: ModuleType) -> None:
     bundle = mapping.oru_to_bundle(oru(obx("NM", "1")), timezone="America/New_York")
     assert bundle["timestamp"] == "2024-01-15T12:00:00-05:00"
