@@ -87,6 +87,20 @@ def practice_ods(er7: str | bytes) -> str | None:
     return None
 
 
+def ordering_practices(er7: str | bytes) -> list[str]:
+    """Every distinct ODS code in ORC-21 (XON-10, else XON-3) of every ORC, in order."""
+    message = Er7Message(er7)
+    delimiters = Delimiters(message.field_sep, message.encoding, message.codec)
+    found: list[str] = []
+    for text in message.segments:
+        if text.startswith("ORC"):
+            for facility in Segment(text, delimiters).repetitions(21):
+                code = facility.get(10) or facility.get(3)
+                if code and code.upper() not in (c.upper() for c in found):
+                    found.append(code)
+    return found
+
+
 def bundle_flags(bundle: dict[str, Any]) -> list[str]:
     """The flag codes the mapping put on the Bundle's resources (see docs/pathology.md)."""
     return flags_of([entry["resource"] for entry in bundle.get("entry", [])])
@@ -103,6 +117,15 @@ class _BundleBuilder:
         msh = self.result.msh
         self.seed = "|".join(msh.get(n) or "" for n in (3, 4, 10))
         self.source_endpoint = source_endpoint
+        if ods is None:
+            # The channel sends the Bundle to every practice ORC-21 names: one holding another
+            # practice's patients or results must not be sent to both.
+            practices = ordering_practices(er7)
+            if len(practices) > 1:
+                raise ValueError(
+                    f"ORC-21 names more than one ordering practice ({', '.join(practices)}):"
+                    " each practice's results must come in a message of their own"
+                )
         self.ods = ods or practice_ods(er7)
         self.practitioners: dict[str, dict[str, Any]] = {}
         self.orders: list[dict[str, Any]] = []

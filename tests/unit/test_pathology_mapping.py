@@ -749,6 +749,25 @@ def test_each_patients_results_stay_with_that_patient(mapping: ModuleType, versi
     assert [owner[r["subject"]["reference"]] for r in reports] == ["DOE", "ROE"]
 
 
+def test_results_for_two_practices_in_one_message_are_refused(mapping: ModuleType) -> None:
+    """The channel sends the Bundle to every practice ORC-21 names: neither may get the other's."""
+    second_order = (
+        "ORC|RE|P2^Y05678|F2^699X0||CM||||||||||||||||HILLSIDE^^^^^^^^^Y05678",
+        "OBR|2|P2^Y05678|F2^699X0|TEST^Test^L|||20240115100000",
+        obx("NM", "2"),
+    )
+    with pytest.raises(ValueError, match=r"more than one ordering practice \(A81001, Y05678\)"):
+        mapping.oru_to_bundle(oru(obx("NM", "1"), *second_order))
+    # One practice written twice (XON-10 in one order, XON-3 in another, any case) is one.
+    same = [part.replace("Y05678", "a81001") for part in second_order]
+    same[0] = same[0].replace("^^^^^^^^^a81001", "^^a81001")
+    assert mapping.ordering_practices(oru(obx("NM", "1"), *same)) == ["A81001"]
+    bundle = mapping.oru_to_bundle(oru(obx("NM", "1"), *same))
+    assert len(resources(bundle, "DiagnosticReport")) == 2
+    # A caller that names the practice itself decides.
+    mapping.oru_to_bundle(oru(obx("NM", "1"), *second_order), destination_ods="A81001")
+
+
 def test_times_without_offset_are_read_in_the_given_zone(mapping: ModuleType) -> None:
     bundle = mapping.oru_to_bundle(oru(obx("NM", "1")), timezone="America/New_York")
     assert bundle["timestamp"] == "2024-01-15T12:00:00-05:00"
