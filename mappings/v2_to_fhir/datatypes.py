@@ -76,6 +76,8 @@ def fhir_datetime(value: str | None, zone: ZoneInfo) -> str | None:
     if hour is None:
         return "-".join(p for p in (year, month, day) if p)
     if sign:
+        if int(off_m) > 59 or (int(off_h), int(off_m)) > (14, 0):
+            return None  # no zone has it (FHIR takes -14:00 to +14:00): not a time
         offset = f"{sign}{off_h}:{off_m}"
     else:
         offset = local.replace(tzinfo=zone).strftime("%z")

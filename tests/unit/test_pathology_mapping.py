@@ -768,6 +768,19 @@ def test_results_for_two_practices_in_one_message_are_refused(mapping: ModuleTyp
     mapping.oru_to_bundle(oru(obx("NM", "1"), *second_order), destination_ods="A81001")
 
 
+@pytest.mark.parametrize("offset", ["+2500", "+0160", "-1500", "+1430"])
+def test_a_time_with_an_offset_no_zone_has_is_left_out_not_an_error(
+    mapping: ModuleType, offset: str
+) -> None:
+    """A value that is not a time is left out (here OBX-14, so OBR-7 is used instead)."""
+    bundle = mapping.oru_to_bundle(oru(f"OBX|1|NM|X1^R^L||1||||||F|||20240115110000{offset}"))
+    assert one(bundle, "Observation")["effectiveDateTime"] == "2024-01-15T10:00:00+00:00"
+    later = oru("OBX|1|NM|X1^R^L||1||||||F|||20240115110000+1400")
+    assert one(mapping.oru_to_bundle(later), "Observation")["effectiveDateTime"] == (
+        "2024-01-15T11:00:00+14:00"
+    )
+
+
 def test_times_without_offset_are_read_in_the_given_zone(mapping: ModuleType) -> None:
     bundle = mapping.oru_to_bundle(oru(obx("NM", "1")), timezone="America/New_York")
     assert bundle["timestamp"] == "2024-01-15T12:00:00-05:00"
