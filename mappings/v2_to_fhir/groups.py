@@ -48,6 +48,12 @@ def read_result(raw: str | bytes) -> ResultMessage:
     """Parse ``raw`` (an ORU^R01 of v2.3 to 2.5.1) into its patient and order groups."""
     message = Er7Message(raw)
     delimiters = Delimiters(message.field_sep, message.encoding, message.codec)
+    msh = Segment(message.segments[0], delimiters)
+    kind = (msh.get(9, 1) or "", msh.get(9, 2) or "")
+    if (kind[0].upper(), kind[1].upper()) != ("ORU", "R01"):
+        # Another structure (ORU^R30, R32, W01...) has no groups read here: its Bundle would
+        # reach the practice with no patient and no result.
+        raise ValueError(f"MSH-9 is {'^'.join(filter(None, kind))}: the mapping reads ORU^R01 only")
     tree = parse_structured(_skeleton(message))
     nodes = _segments(tree)
     if [node.name for node in nodes] != message.segment_names():
@@ -73,7 +79,9 @@ def read_result(raw: str | bytes) -> ResultMessage:
                 patient.pid = pid[0] if pid else None
             elif child.name.endswith("_ORDER_OBSERVATION"):
                 patient.orders.append(_order(child, received))
-    return ResultMessage(Segment(message.segments[0], delimiters), patients)
+    if not any(patient.orders for patient in patients):
+        raise ValueError("no result in the message: an ORU^R01 needs an OBR")
+    return ResultMessage(msh, patients)
 
 
 def _skeleton(message: Er7Message) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
@@ -779,6 +780,32 @@ def test_a_time_with_an_offset_no_zone_has_is_left_out_not_an_error(
     assert one(mapping.oru_to_bundle(later), "Observation")["effectiveDateTime"] == (
         "2024-01-15T11:00:00+14:00"
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("ORU^R30^ORU_R30", "MSH-9 is ORU^R30: the mapping reads ORU^R01 only"),
+        ("ORU^R32", "MSH-9 is ORU^R32: the mapping reads ORU^R01 only"),
+        ("ORU", "MSH-9 is ORU: the mapping reads ORU^R01 only"),
+    ],
+)
+def test_another_oru_event_is_refused_not_sent_empty(
+    mapping: ModuleType, kind: str, reason: str
+) -> None:
+    """The channel passes every ORU: one the mapping cannot read must not reach the GP as a
+    Bundle with no patient and no result."""
+    raw = oru(obx("NM", "1")).replace(b"ORU^R01^ORU_R01", kind.encode())
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        mapping.oru_to_bundle(raw)
+
+
+def test_a_result_message_without_any_order_is_refused(mapping: ModuleType) -> None:
+    raw = (
+        b"MSH|^~\\&|LAB|699X0|GP|A81001|20240115120000||ORU^R01^ORU_R01|C|P|2.5.1\rPID|1||X^^^L^MR"
+    )
+    with pytest.raises(ValueError, match="no result in the message"):
+        mapping.oru_to_bundle(raw)
 
 
 def test_times_without_offset_are_read_in_the_given_zone(mapping: ModuleType) -> None:
