@@ -16,6 +16,9 @@ ODS_CODE = "https://fhir.nhs.uk/Id/ods-organization-code"
 _GENDER = {"F": "female", "M": "male", "O": "other", "A": "other", "U": "unknown"}
 _NAME_USE = {"L": "official", "D": "usual", "M": "maiden", "N": "nickname", "C": "usual"}
 _NHS_TYPES = {"NH", "NHSNMBR"}
+# The OID of the NHS number (England and Wales), as senders write CX-4 by universal id:
+# ``^^^&2.16.840.1.113883.2.1.4.1&ISO``.
+NHS_NUMBER_OID = "2.16.840.1.113883.2.1.4.1"
 
 
 def valid_nhs_number(value: str) -> bool:
@@ -30,7 +33,7 @@ def valid_nhs_number(value: str) -> bool:
 def _is_nhs(identifier: Composite) -> bool:
     authority = (identifier.get(4) or "").upper()
     kind = (identifier.get(5) or "").upper()
-    return authority == "NHS" or kind in _NHS_TYPES
+    return authority == "NHS" or identifier.get(4, 2) == NHS_NUMBER_OID or kind in _NHS_TYPES
 
 
 def patient(pid: Segment, resource_id: str, zone: ZoneInfo) -> dict[str, Any]:

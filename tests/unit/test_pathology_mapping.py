@@ -808,6 +808,15 @@ def test_a_result_message_without_any_order_is_refused(mapping: ModuleType) -> N
         mapping.oru_to_bundle(raw)
 
 
+def test_an_nhs_number_labelled_by_its_oid_is_the_nhs_number(mapping: ModuleType) -> None:
+    """CX-4 may name the NHS number by universal id only (HD ``&oid&ISO``), with no CX-5."""
+    pid = "PID|1||M1^^^RA9^MR~9434765919^^^&2.16.840.1.113883.2.1.4.1&ISO||DOE^John"
+    bundle = mapping.oru_to_bundle(oru(obx("NM", "1"), pid=pid))
+    patient = one(bundle, "Patient")
+    assert patient["identifier"][0] == {"system": NHS_SYSTEM, "value": "9434765919"}
+    assert "nhs-number-missing" not in mapping.bundle_flags(bundle)
+
+
 def test_times_without_offset_are_read_in_the_given_zone(mapping: ModuleType) -> None:
     bundle = mapping.oru_to_bundle(oru(obx("NM", "1")), timezone="America/New_York")
     assert bundle["timestamp"] == "2024-01-15T12:00:00-05:00"
