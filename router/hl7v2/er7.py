@@ -90,12 +90,22 @@ def _unescape_map(field_sep: str, encoding: str) -> dict[str, str]:
 
 
 def _hex(digits: str, codec: str) -> str | None:
+    """The bytes of a \\Xhh..\\ escape as text; None when they are not hex.
+
+    Bytes that UTF-8 (the codec of a message without MSH-18) cannot read are read as
+    latin-1, one character a byte, as ``codec_for_bytes`` reads undeclared 8-bit text: a
+    lab writing µ as ``\\XB5\\`` means latin-1, and U+FFFD would lose the character.
+    """
     if not digits:
         return None
     try:
-        return bytes.fromhex(digits).decode(codec, errors="replace")
+        data = bytes.fromhex(digits)
     except ValueError:
         return None
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        return data.decode("latin-1" if codec == "utf-8" else codec, errors="replace")
 
 
 def unescape(

@@ -251,6 +251,14 @@ def test_unescape_hex_uses_the_codec() -> None:
     assert unescape("caf\\XE9\\", codec="latin-1") == "café"
 
 
+def test_unescape_hex_that_utf_8_cannot_read_is_latin_1() -> None:
+    """Undeclared 8-bit text is read as latin-1; so are hex escapes of such bytes."""
+    assert unescape("85 \\XB5\\mol/L") == "85 µmol/L"
+    raw = b"MSH|^~\\&|A|B|C|D|1||ORU^R01|1|P|2.5\rOBX|1|NM|X||85|\\XB5\\mol/L\r"
+    assert Er7Message(raw).get("OBX-6") == "µmol/L"
+    assert unescape("caf\\XC3A9\\") == "café"  # what UTF-8 reads stays UTF-8
+
+
 def test_get_decodes_escapes_in_components_and_subcomponents() -> None:
     raw = (
         "MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5\r"

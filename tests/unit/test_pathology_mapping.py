@@ -817,6 +817,18 @@ def test_an_nhs_number_labelled_by_its_oid_is_the_nhs_number(mapping: ModuleType
     assert "nhs-number-missing" not in mapping.bundle_flags(bundle)
 
 
+def test_a_unit_with_micro_as_a_latin_1_hex_escape_keeps_its_ucum_code(
+    mapping: ModuleType,
+) -> None:
+    result = observation(mapping, obx("NM", "85", units="\\XB5\\mol/L", ref="45-84"))
+    assert result["valueQuantity"] == {
+        "value": 85,
+        "unit": "µmol/L",
+        "system": "http://unitsofmeasure.org",
+        "code": "umol/L",
+    }
+
+
 def test_times_without_offset_are_read_in_the_given_zone(mapping: ModuleType) -> None:
     bundle = mapping.oru_to_bundle(oru(obx("NM", "1")), timezone="America/New_York")
     assert bundle["timestamp"] == "2024-01-15T12:00:00-05:00"
