@@ -59,6 +59,8 @@ async def _call(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise HTTPException(403, str(exc)) from exc
     except governance.InvalidRevision as exc:
         raise HTTPException(422, {"message": str(exc), "problems": exc.problems}) from exc
+    except governance.MissingReason as exc:
+        raise HTTPException(422, str(exc)) from exc
     except governance.GovernanceError as exc:
         raise HTTPException(409, str(exc)) from exc
 

@@ -108,6 +108,8 @@ def _run(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return work(*args, **kwargs)
     except governance.InvalidRevision as exc:
         raise CommandError("\n".join([str(exc), *exc.problems]), 2) from exc
+    except governance.MissingReason as exc:
+        raise CommandError(f"{exc}: give --reason TEXT", 2) from exc
     except governance.GovernanceError as exc:
         raise CommandError(str(exc)) from exc
     except ConfigError as exc:

@@ -287,7 +287,7 @@ def _status(exc: Exception) -> int:
         return 403
     if isinstance(exc, governance.NotFound):
         return 404
-    if isinstance(exc, governance.InvalidRevision):
+    if isinstance(exc, governance.InvalidRevision | governance.MissingReason):
         return 422
     return 409
 

@@ -35,6 +35,7 @@ from router.governance.models import (
     FourEyesViolation,
     GovernanceError,
     HeldBatch,
+    MissingReason,
     NotFound,
 )
 from router.store.database import Store
@@ -190,7 +191,7 @@ def approve_batch(store: Store, batch_id: int, *, actor: str) -> HeldBatch:
 def reject_batch(store: Store, batch_id: int, *, actor: str, reason: str) -> HeldBatch:
     """Cancel every delivery of the batch, keeping ``reason`` on each."""
     if not reason.strip():
-        raise GovernanceError("a rejection needs a reason")
+        raise MissingReason("a rejection needs a reason, and none was given")
     now = utcnow()
     with store.begin() as conn:
         require_role(conn, actor, "approver")

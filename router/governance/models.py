@@ -44,6 +44,11 @@ class RoleRequired(GovernanceError):
     """The actor is not a user holding the role the action needs (HTTP 403)."""
 
 
+class MissingReason(GovernanceError, ValueError):
+    """A rejection without its reason: the request is incomplete, not in the wrong state
+    (HTTP 422 / CLI exit 2)."""
+
+
 class InvalidRevision(GovernanceError):
     """The proposed YAML is not a valid channel (HTTP 422); ``problems`` say where."""
 

@@ -29,6 +29,7 @@ from router.governance.models import (
     FourEyesViolation,
     GovernanceError,
     InvalidRevision,
+    MissingReason,
     NotFound,
     Revision,
     RevisionDiff,
@@ -198,7 +199,7 @@ def reject(store: Store, channel: str, number: int, *, actor: str, reason: str) 
     ``approver`` and ``approved_at`` of a rejected revision say who rejected it and when.
     """
     if not reason.strip():
-        raise GovernanceError("a rejection needs a reason")
+        raise MissingReason("a rejection needs a reason, and none was given")
     with store.begin() as conn:
         row = _row(conn, channel, number)
         if row.author != actor:

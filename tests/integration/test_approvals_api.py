@@ -138,3 +138,31 @@ def test_held_batch_release_through_the_api(governed, hl7_samples):
     second = client.post(f"/api/holds/{batch['id']}/approve", headers=as_user("bob")).json()
     assert second["state"] == "released"
     wait_until(lambda: sorted(lab.control_ids()) == ["H-0", "H-1"])
+
+
+def test_a_rejection_without_a_reason_is_a_validation_error(governed, hl7_samples):
+    """A missing reason is an incomplete request (422), not a wrong state (409)."""
+    running, api, lab = governed
+    client, as_user = api["client"], api["as"]
+    proposal = {"channel": "orders", "yaml": orders(lab.port, "ORU", hold=True)}
+    assert client.post("/api/revisions", json=proposal, headers=as_user("erin")).status_code == 201
+    for body in ({}, {"reason": "  "}):
+        refused = client.post("/api/revisions/orders/2/reject", json=body, headers=as_user("ada"))
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == "a rejection needs a reason, and none was given"
+    assert client.get("/api/revisions/orders/2", headers=as_user("val")).json()["state"] == (
+        "proposed"
+    )
+
+    with MLLPClient("127.0.0.1", running.port("orders")) as mllp:
+        mllp.send_message(hl7_message(hl7_samples[OML], "R-1"))
+    wait_until(lambda: client.get("/api/holds", headers=as_user("val")).json())
+    target = {"channel": "orders", "destination": "lab"}
+    batch = client.post("/api/holds", json=target, headers=as_user("sam")).json()
+    refused = client.post(f"/api/holds/{batch['id']}/reject", json={}, headers=as_user("ada"))
+    assert refused.status_code == 422
+    assert "needs a reason" in refused.json()["detail"]
+    assert (
+        client.get(f"/api/holds/{batch['id']}", headers=as_user("val")).json()["batch"]["state"]
+        == "pending"
+    )

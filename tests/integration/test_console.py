@@ -398,6 +398,9 @@ def test_a_rejected_batch_is_named_and_listed_with_who_rejected_it_and_why(
         assert f"Release of batch #{batch} requested" in sam.get(requested.headers["location"]).text
 
         token = csrf_of(bob.get("/approvals").text)
+        bare = bob.post(f"/approvals/holds/{batch}/reject", data={"csrf_token": token})
+        assert bare.status_code == 422  # an incomplete form, not a batch in the wrong state
+        assert "a rejection needs a reason, and none was given" in bare.text
         rejected = bob.post(
             f"/approvals/holds/{batch}/reject",
             data={"csrf_token": token, "reason": "wrong <practice> list"},

@@ -1,0 +1,75 @@
+"""``run.py channel``/``holds``/``reload`` against a store: what the commands refuse and
+how they say so (the rules themselves are the services', tested in tests/store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from router import governance
+from router.auth.users import add_user
+from router.cli import main
+from router.config import load_engine
+from router.governance.deploy import startup_channels
+from router.store.database import Store
+
+
+def channel(kind: str) -> str:
+    return CHANNEL.replace("{kind}", kind)
+
+
+CHANNEL = (
+    "name: orders\nsource:\n  mllp: {host: 127.0.0.1, port: 0}\n"
+    "filter:\n  - field: MSH-9.1\n    equals: {kind}\n"
+    "destinations:\n  lab:\n    mllp: {host: 127.0.0.1, port: 9}\n"
+)
+
+
+def engine_file(tmp_path: Path, store_url: str, governance_mode: str) -> Path:
+    (tmp_path / "channels").mkdir()
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "channels" / "orders.yaml").write_text(channel("OML"))
+    path = tmp_path / "engine.yaml"
+    settings = {
+        "store": store_url,
+        "channels": "channels",
+        "mappings": "mappings",
+        "governance": governance_mode,
+    }
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@pytest.fixture
+def governed(tmp_path, store_url, monkeypatch) -> Path:
+    """A governed engine.yaml whose store has revision 1 of ``orders`` and two users."""
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    path = engine_file(tmp_path, store_url, "governed")
+    store = Store(store_url)
+    startup_channels(store, load_engine(path))
+    with store.begin() as conn:
+        add_user(conn, "erin", ["engineer"], None, actor="test")
+        add_user(conn, "ada", ["approver"], None, actor="test")
+    store.dispose()
+    return path
+
+
+def cli(config: Path, *args: str) -> int:
+    return main(["--config", str(config), *args])
+
+
+def test_a_rejection_without_a_reason_is_a_usage_error(governed, store_url, capsys):
+    (governed.parent / "channels" / "orders.yaml").write_text(channel("ORU"))
+    assert cli(governed, "channel", "propose", "orders", "--actor", "erin") == 0
+    capsys.readouterr()
+    assert cli(governed, "channel", "reject", "orders", "2", "--reason", " ", "--actor", "ada") == 2
+    assert "a rejection needs a reason, and none was given: give --reason TEXT" in (
+        capsys.readouterr().err
+    )
+    store = Store(store_url)
+    try:
+        assert governance.get_revision(store, "orders", 2).state == "proposed"
+    finally:
+        store.dispose()
