@@ -28,7 +28,7 @@ from router.auth.roles import ROLES, grants
 from router.auth.sessions import load_session
 from router.auth.throttle import LoginThrottle
 from router.auth.tokens import token_holder
-from router.auth.users import count_users
+from router.auth.users import case_clashes, count_users
 from router.config.engine import AuthOptions
 from router.store.database import Store
 
@@ -256,3 +256,9 @@ def install(app: FastAPI, store: Store, options: AuthOptions) -> None:
     with store.read() as conn:
         if count_users(conn) == 0:
             log.warning("no users yet: create the first admin with `%s`", FIRST_ADMIN)
+        for names in case_clashes(conn):
+            log.warning(
+                "users %s differ only in case: the four-eyes rules count them as one person; "
+                "disable all but one (`run.py users disable NAME`)",
+                " and ".join(names),
+            )

@@ -44,8 +44,10 @@ def add_user(
     """Create an account; ``password`` None makes a token-only account (it cannot sign in)."""
     check_name(name)
     chosen = parse_roles(roles)
-    if find_user(conn, name) is not None:
-        raise ValueError(f"user {name!r} exists")
+    clash = conn.scalar(select(users.c.name).where(func.lower(users.c.name) == name.lower()))
+    if clash is not None:
+        same = "exists" if clash == name else f"exists as {clash!r} (names ignore case)"
+        raise ValueError(f"user {name!r} {same}")
     digest = hash_password(password) if password is not None else None
     now = utcnow()
     new_id = conn.execute(
@@ -72,6 +74,15 @@ def add_user(
 def find_user(conn: Connection, name: str) -> User | None:
     row = conn.execute(select(users).where(users.c.name == name)).first()
     return _user(row) if row else None
+
+
+def case_clashes(conn: Connection) -> list[list[str]]:
+    """Groups of user names that differ only in case, made before names were compared
+    without case. They still sign in apart, but count as one person for four eyes."""
+    groups: dict[str, list[str]] = {}
+    for name in conn.scalars(select(users.c.name).order_by(users.c.name)):
+        groups.setdefault(name.lower(), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def count_users(conn: Connection) -> int:

@@ -13,6 +13,12 @@ from router.governance.models import RoleRequired
 from router.store.schema import users
 
 
+def person(name: str) -> str:
+    """Who ``name`` is for the four-eyes rules: user names are unique without regard to
+    case, so ``Ada`` and ``ada`` are one person (also in a store made before that rule)."""
+    return name.lower()
+
+
 def require_role(conn: Connection, actor: str, *roles: str) -> None:
     """Raise ``RoleRequired`` unless ``actor`` is an enabled user with one of ``roles``."""
     row = conn.execute(select(users.c.roles, users.c.disabled).where(users.c.name == actor)).first()

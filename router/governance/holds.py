@@ -24,7 +24,7 @@ from sqlalchemy import Connection, func, select, update
 
 from router import audit
 from router.config import ChannelConfig
-from router.governance.actors import require_role
+from router.governance.actors import person, require_role
 from router.governance.deploy import channel_owner
 from router.governance.models import (
     OPEN,
@@ -53,11 +53,12 @@ def release_shortfall(
 ) -> str | None:
     """What a batch still needs before release, or None when it may go (the four-eyes rule)."""
     missing = []
-    if len(approvers) < required:
-        missing.append(f"{required - len(approvers)} more distinct approver(s)")
-    if owner is not None and approvers and approvers <= {owner}:
+    people = {person(name) for name in approvers}
+    if len(people) < required:
+        missing.append(f"{required - len(people)} more distinct approver(s)")
+    if owner is not None and people and people <= {person(owner)}:
         missing.append(f"an approver other than {owner}, who last changed the channel")
-    if approvers <= {creator}:
+    if people <= {person(creator)}:
         missing.append(f"an approver other than {creator}, who asked for the release")
     return "; ".join(missing) or None
 
@@ -159,7 +160,7 @@ def approve_batch(store: Store, batch_id: int, *, actor: str) -> HeldBatch:
         require_role(conn, actor, "approver")
         row = _pending(conn, batch_id)
         approvers = set(_approvers(conn, [batch_id]).get(batch_id, ()))
-        if actor in approvers:
+        if person(actor) in {person(name) for name in approvers}:
             raise FourEyesViolation(f"{actor} has approved batch #{batch_id} already")
         conn.execute(
             hold_approvals.insert().values(batch_id=batch_id, approver=actor, approved_at=now)

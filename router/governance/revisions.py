@@ -18,7 +18,7 @@ from sqlalchemy import Connection, func, select, update
 from router import audit, mappings
 from router.config import ConfigError, EngineConfig, cross_check
 from router.config.loading import channel_from_text
-from router.governance.actors import require_role
+from router.governance.actors import person, require_role
 from router.governance.models import (
     APPROVED,
     DEPLOYED,
@@ -180,7 +180,7 @@ def _approvable(conn: Connection, channel: str, number: int, actor: str) -> Any:
     row = _row(conn, channel, number)
     if row.state != PROPOSED:
         raise GovernanceError(f"{channel} #{number} is {row.state}, not proposed")
-    if row.author == actor:
+    if person(row.author) == person(actor):
         raise FourEyesViolation(
             f"{actor} proposed {channel} #{number} and cannot approve it: another approver must"
         )

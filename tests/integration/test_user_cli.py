@@ -111,3 +111,26 @@ def test_first_start_without_users_says_how_to_create_the_admin(tmp_path, store_
         running = RunningEngine(engine_config(tmp_path, store_url), {}, http=True)
         running.stop()
     assert "python run.py users add admin --role admin" in caplog.text
+
+
+def test_a_store_with_names_differing_only_in_case_starts_and_says_so(tmp_path, store_url, caplog):
+    """Such names were possible before names were compared without case: the engine starts
+    (they still sign in apart) and warns that four eyes counts them as one person."""
+    from router.auth.roles import encode
+    from router.store.inbound import utcnow
+    from router.store.migrate import upgrade
+
+    store = Store(store_url)
+    upgrade(store)
+    now = utcnow()
+    with store.begin() as conn:
+        for name in ("Ada", "ada"):
+            row = {"name": name, "roles": encode(frozenset({"approver"})), "disabled": False}
+            conn.execute(
+                users.insert().values(**row, created_at=now, created_by="old", updated_at=now)
+            )
+    store.dispose()
+    with caplog.at_level(logging.WARNING, logger="router.api.security"):
+        running = RunningEngine(engine_config(tmp_path, store_url), {}, http=True)
+        running.stop()
+    assert "users Ada and ada differ only in case" in caplog.text

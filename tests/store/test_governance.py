@@ -359,3 +359,50 @@ def test_two_approvers_at_once_release_the_batch(store, governed, receive, er7, 
     assert (first.state, second[0].state) == ("pending", "released")
     assert governance.get_batch(store, batch.id).approvers == ("ada", "bob")
     assert _statuses(store)[-1] == "queued"
+
+
+def _legacy_user(store: Store, name: str, roles: list[str]) -> None:
+    """A user added before names were compared without case (add_user refuses it now)."""
+    from router.auth.roles import encode
+    from router.store.schema import users
+
+    now = utcnow()
+    with store.begin() as conn:
+        conn.execute(
+            users.insert().values(
+                name=name,
+                roles=encode(frozenset(roles)),
+                disabled=False,
+                created_at=now,
+                created_by="old",
+                updated_at=now,
+            )
+        )
+
+
+def test_user_names_that_differ_only_in_case_are_one_person(store, governed, receive, er7):
+    from router.auth.users import case_clashes
+
+    with store.begin() as conn, pytest.raises(ValueError, match="exists as 'ada'"):
+        add_user(conn, "ADA", ["approver"], None, actor="test")
+    assert "1 more" in (release_shortfall(2, {"ada", "Ada"}, owner=None, creator="x") or "")
+    assert "Sam" in (release_shortfall(1, {"sam"}, owner=None, creator="Sam") or "")
+    assert "Eve" in (release_shortfall(1, {"eve"}, owner="Eve", creator="sam") or "")
+
+    # A store from before the rule may hold both: it works, and four eyes takes them as one.
+    _legacy_user(store, "Eve", ["approver"])
+    _legacy_user(store, "Ada", ["approver"])
+    with store.read() as conn:
+        assert case_clashes(conn) == [["Ada", "ada"], ["Eve", "eve"]]
+    channels = _hold_channel(store, governed, 1, owner="erin")
+    _held(store, receive, er7, 1)
+    batch = governance.request_release(store, channels, "results", "lab", actor="ada")
+    assert governance.approve_batch(store, batch.id, actor="Ada").state == "pending"
+    with pytest.raises(governance.FourEyesViolation):
+        governance.approve_batch(store, batch.id, actor="ada")
+    assert _statuses(store) == ["held"]
+    assert governance.approve_batch(store, batch.id, actor="bob").state == "released"
+
+    number = governance.propose(store, governed, "results", channel_text("ADT"), actor="eve").number
+    with pytest.raises(governance.FourEyesViolation):
+        governance.approve(store, governed, "results", number, actor="Eve")
