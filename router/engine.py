@@ -19,6 +19,7 @@ from router.config import (
     ConfigProblem,
     DestinationConfig,
     EngineConfig,
+    channel_file,
 )
 from router.connectors import Sender
 from router.connectors.addressed import BOUND, AddressedSender, with_address
@@ -72,7 +73,9 @@ def compile_channels(
         try:
             compiled[name] = compile_channel(channel)
         except mappings.MappingError as exc:
-            problems.append(ConfigProblem(str(config.channels / f"{name}.yaml"), exc.key, str(exc)))
+            problems.append(
+                ConfigProblem(str(channel_file(config.channels, name)), exc.key, str(exc))
+            )
     if problems:
         raise ConfigError(problems)
     check_mailboxes(config, {name: c.config for name, c in compiled.items()})

@@ -21,7 +21,7 @@ from router.cli.output import (
     print_json,
     print_table,
 )
-from router.config import ConfigError
+from router.config import ConfigError, channel_file
 
 T = TypeVar("T")
 Sub = argparse._SubParsersAction  # type: ignore[type-arg]
@@ -124,7 +124,7 @@ def channel_propose(args: argparse.Namespace) -> int:
     config = engine_config(args)
     path = Path(args.file)
     if not path.is_file():
-        path = config.channels / f"{args.file}.yaml"
+        path = channel_file(config.channels, args.file)
     if not path.is_file():
         raise CommandError(f"no channel file {args.file!r}")
     text = path.read_text(encoding="utf-8")

@@ -38,6 +38,7 @@ from router.config.engine import (
 from router.config.loading import (
     ConfigError,
     ConfigProblem,
+    channel_file,
     cross_check,
     load_channel,
     load_channels,
@@ -74,6 +75,7 @@ __all__ = [
     "SourceConfig",
     "SqliteOptions",
     "UnmatchedFlag",
+    "channel_file",
     "cross_check",
     "load_channel",
     "load_channels",

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from router import governance
 from router.api.params import IdPath, NumberPath
 from router.api.security import Principal, csrf_token
+from router.config import channel_file
 from router.config._base import CHANNEL_NAME
 from router.console.access import Approver, Engineer, Requester, Reviewer, Viewer
 from router.console.templating import render
@@ -299,5 +300,5 @@ def _current_text(engine: Engine, channel: str) -> str:
     stored = running_texts(engine.store).get(channel)
     if stored is not None:
         return stored.yaml
-    path = engine.config.channels / f"{channel}.yaml"
+    path = channel_file(engine.config.channels, channel)
     return path.read_text(encoding="utf-8") if path.is_file() else ""

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, exists, func, select, update
 
 from router import audit
-from router.config import ChannelConfig, ConfigError, EngineConfig, load_channels
+from router.config import ChannelConfig, ConfigError, EngineConfig, channel_file, load_channels
 from router.config.loading import channel_from_text, read_text
 from router.governance.models import APPROVED, DEPLOY_FAILED, DEPLOYED, RUNNING, SUPERSEDED
 from router.governance.revisions import insert_revision, running, sha256
@@ -60,7 +60,9 @@ def parse(config: EngineConfig, texts: dict[str, RunningText]) -> dict[str, Chan
     channels = {}
     for name, running_text in texts.items():
         try:
-            channels[name] = channel_from_text(running_text.yaml, config.channels / f"{name}.yaml")
+            channels[name] = channel_from_text(
+                running_text.yaml, channel_file(config.channels, name)
+            )
         except ConfigError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -115,7 +117,7 @@ def bootstrap(store: Store, config: EngineConfig) -> list[str]:
                 BOOTSTRAP,
                 "revision.bootstrap",
                 f"channel:{name}",
-                {"number": 1, "sha256": digest, "file": str(config.channels / f"{name}.yaml")},
+                {"number": 1, "sha256": digest, "file": str(channel_file(config.channels, name))},
             )
     log.warning(
         "governed mode: no channel revisions yet; recorded %d channel file(s) as the approved "
@@ -244,7 +246,7 @@ def runnable(config: EngineConfig, name: str, text: str) -> ChannelConfig:
     ConfigError says why it cannot run."""
     from router.engine import compile_channels
 
-    channel = channel_from_text(text, config.channels / f"{name}.yaml")
+    channel = channel_from_text(text, channel_file(config.channels, name))
     compile_channels(config, {name: channel})
     return channel
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 
 from router import audit, mappings
-from router.config import ConfigError, EngineConfig, cross_check
+from router.config import ConfigError, EngineConfig, channel_file, cross_check
 from router.config.loading import channel_from_text
 from router.governance.actors import person, require_role
 from router.governance.models import (
@@ -240,7 +240,7 @@ def check_channel_text(store: Store, config: EngineConfig, channel: str, text: s
 
     if len(text.encode("utf-8")) > MAX_YAML:
         raise InvalidRevision(f"{channel}: larger than {MAX_YAML} bytes", [])
-    path = config.channels / f"{channel}.yaml"
+    path = channel_file(config.channels, channel)
     try:
         candidate = channel_from_text(text, path)
         mappings.mount(config.mappings)

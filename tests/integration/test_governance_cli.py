@@ -73,3 +73,18 @@ def test_a_rejection_without_a_reason_is_a_usage_error(governed, store_url, caps
         assert governance.get_revision(store, "orders", 2).state == "proposed"
     finally:
         store.dispose()
+
+
+def test_a_yml_channel_file_is_proposed_by_name_and_named_as_it_is(governed, capsys):
+    folder = governed.parent / "channels"
+    (folder / "orders.yaml").unlink()
+    (folder / "orders.yml").write_text(
+        channel("ORU").replace("filter:", "transform: gone:f\nfilter:")
+    )
+    capsys.readouterr()
+    assert cli(governed, "channel", "propose", "orders", "--actor", "erin") == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'orders.yml'}: transform: gone:f: cannot import" in err, err
+    (folder / "orders.yml").write_text(channel("ORU"))
+    assert cli(governed, "channel", "propose", "orders", "--actor", "erin") == 0
+    assert "proposed orders #2 by erin" in capsys.readouterr().out

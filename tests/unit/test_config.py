@@ -750,6 +750,37 @@ def test_a_mapping_that_cannot_be_loaded_names_the_channel_file_and_key(tmp_path
 
 
 @pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "name: a\nsource: {channel: {}}\ntransform: missing:fn\n",
+            ("a.yml", "transform", "missing:fn: cannot import mapping module: "),
+        ),
+        (
+            "name: a\nsource: {mesh: {mailbox: nosuch}}\n",
+            ("a.yml", "source.mesh.mailbox", "no mailbox 'nosuch' under mesh.mailboxes"),
+        ),
+    ],
+)
+def test_a_channel_that_cannot_run_names_its_yml_file_as_it_is(tmp_path, text, problem):
+    """Start-up (open mode) and deploying a stored revision (governed) name ``a.yml``, the
+    file the engineer edits, not an ``a.yaml`` that does not exist."""
+    from router.governance.deploy import runnable
+
+    engine_yaml = layout(tmp_path, {"a": text})
+    (tmp_path / "channels" / "a.yaml").rename(tmp_path / "channels" / "a.yml")
+    config = load_engine(engine_yaml)
+    for attempt in (
+        lambda: compile_channels(config, load_channels(config.channels)),
+        lambda: runnable(config, "a", text),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            attempt()
+        [(file, where, message)] = problems(caught)
+        assert (file, where) == problem[:2] and message.startswith(problem[2])
+
+
+@pytest.mark.parametrize(
     ("source", "problem"),
     [
         ("def fn(message):\n    return (\n", "SyntaxError: '(' was never closed ({file}, line 2)"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from router.config import ChannelConfig, ConfigError, ConfigProblem, EngineConfig
+from router.config import ChannelConfig, ConfigError, ConfigProblem, EngineConfig, channel_file
 from router.config.mesh import MeshTarget
 from router.connectors.mesh.poller import MailboxPoller
 from router.connectors.mesh.sender import MeshSender
@@ -18,7 +18,7 @@ def check_mailboxes(config: EngineConfig, channels: dict[str, ChannelConfig]) ->
     known = config.mesh.mailboxes
     problems = []
     for name, channel in channels.items():
-        file = str(config.channels / f"{name}.yaml")
+        file = str(channel_file(config.channels, name))
         if channel.source.mesh is not None and channel.source.mesh.mailbox not in known:
             problems.append(_unknown(file, "source.mesh.mailbox", channel.source.mesh.mailbox))
         for dest_name, dest in channel.destinations.items():
