@@ -171,10 +171,11 @@ def show(args: argparse.Namespace) -> int:
 
 
 def actor(args: argparse.Namespace) -> str:
-    return getattr(args, "actor", None) or _os_user()
+    return getattr(args, "actor", None) or os_user()
 
 
-def _os_user() -> str:
+def os_user() -> str:
+    """Who runs this command, ``user@host``: kept beside a claimed ``--actor``."""
     import getpass
 
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, select
 
 from router.auth.roles import decode, grants
+from router.auth.users import count_users
 from router.governance.models import RoleRequired
 from router.store.schema import users
 
@@ -26,3 +27,11 @@ def require_role(conn: Connection, actor: str, *roles: str) -> None:
         raise RoleRequired(f"{actor!r} is not an active user")
     if not any(grants(decode(row.roles), role) for role in roles):
         raise RoleRequired(f"{actor!r} needs the {' or '.join(roles)} role")
+
+
+def require_role_once_users_exist(conn: Connection, actor: str, *roles: str) -> None:
+    """``require_role`` for a name claimed on the command line in open mode. While the store
+    has no users at all (a new install run from its files) nobody could hold the role, so
+    any name passes; the caller records the OS user beside it."""
+    if count_users(conn):
+        require_role(conn, actor, *roles)

@@ -3,17 +3,21 @@ how they say so (the rules themselves are the services', tested in tests/store).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import select
 
 from router import governance
 from router.auth.users import add_user
 from router.cli import main
+from router.cli.commands import os_user
 from router.config import load_engine
 from router.governance.deploy import startup_channels
 from router.store.database import Store
+from router.store.schema import audit_events
 
 
 def channel(kind: str) -> str:
@@ -88,3 +92,49 @@ def test_a_yml_channel_file_is_proposed_by_name_and_named_as_it_is(governed, cap
     (folder / "orders.yml").write_text(channel("ORU"))
     assert cli(governed, "channel", "propose", "orders", "--actor", "erin") == 0
     assert "proposed orders #2 by erin" in capsys.readouterr().out
+
+
+def _deploy_events(store_url: str) -> list[tuple[str, dict]]:
+    store = Store(store_url)
+    try:
+        with store.read() as conn:
+            rows = conn.execute(
+                select(audit_events.c.actor, audit_events.c.details)
+                .where(audit_events.c.action == "revision.deploy")
+                .order_by(audit_events.c.id)
+            ).all()
+    finally:
+        store.dispose()
+    return [(actor, json.loads(details)) for actor, details in rows]
+
+
+def test_an_open_mode_reload_claims_a_real_engineer_once_users_exist(
+    tmp_path, store_url, monkeypatch, capsys
+):
+    """The reload's author becomes the channel's owner for the hold rules, so ``--actor``
+    may not be any name: an active engineer once there are users. Before there are any, any
+    name goes, and the audit keeps the OS user who ran the command beside it."""
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    config = engine_file(tmp_path, store_url, "open")
+    path = tmp_path / "channels" / "orders.yaml"
+    me = os_user()
+    path.write_text(channel("ORU"))
+    assert cli(config, "reload", "--actor", "anyone") == 0
+    assert _deploy_events(store_url)[-1][0] == "anyone"
+    assert _deploy_events(store_url)[-1][1]["os_user"] == me
+
+    store = Store(store_url)
+    with store.begin() as conn:
+        add_user(conn, "erin", ["engineer"], None, actor="test")
+        add_user(conn, "sam", ["support"], None, actor="test")
+    store.dispose()
+    path.write_text(channel("ADT"))
+    capsys.readouterr()
+    assert cli(config, "reload", "--actor", "anyone") == 1
+    assert "'anyone' is not an active user" in capsys.readouterr().err
+    assert cli(config, "reload", "--actor", "sam") == 1
+    assert "'sam' needs the engineer role" in capsys.readouterr().err
+    assert len(_deploy_events(store_url)) == 1  # nothing recorded by the refused ones
+    assert cli(config, "reload", "--actor", "erin") == 0
+    actor, details = _deploy_events(store_url)[-1]
+    assert (actor, details["os_user"], details["reason"]) == ("erin", me, "reload")
