@@ -5,6 +5,11 @@ Approvals and open-mode reloads are written to the store, by this process or ano
 running revisions every few seconds (or at once when woken), applies the channels whose
 text changed through the reloader, and marks approved revisions ``deployed``, or
 ``deploy-failed`` when they cannot be compiled.
+
+In open mode the channel files are the truth and the store only carries the news of a
+reload: a revision is applied only when its text is this node's own file's. Another
+node sharing the store with other files records those at its start; running them here
+would silently swap this node's channels for that node's.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from router.config import ConfigError
+from router.config import ConfigError, channel_file
 from router.governance.deploy import (
     RunningText,
     mark_deployed,
@@ -24,6 +29,7 @@ from router.governance.deploy import (
 )
 from router.governance.models import APPROVED
 from router.governance.reload import ReloadResult
+from router.governance.revisions import sha256
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -37,6 +43,7 @@ class RevisionWatcher:
         self._engine = engine
         self.interval = interval
         self._applied: dict[str, str] = {}  # channel -> sha256 of the text it runs
+        self._foreign: dict[str, str] = {}  # open mode: the text not applied, warned once
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Held by a reload from recording its files to checking them, so that this
@@ -65,6 +72,8 @@ class RevisionWatcher:
         one that cannot be compiled is marked ``deploy-failed`` instead, the others applied."""
         texts = await asyncio.to_thread(running_texts, self._engine.store)
         fresh = {n: t for n, t in texts.items() if self._applied.get(n) != t.sha256}
+        if fresh and self._engine.config.governance != "governed":
+            fresh = await asyncio.to_thread(self._own_files, fresh)
         if not fresh:
             return ReloadResult()
         # Remembered even when it fails, so that a broken revision is reported once, not
@@ -88,6 +97,33 @@ class RevisionWatcher:
                     mark_deployed, self._engine.store, name, fresh[name].number, actor=actor
                 )
         return result
+
+    def _own_files(self, fresh: dict[str, RunningText]) -> dict[str, RunningText]:
+        """Open mode: the texts that are this node's channel files as they are now. The
+        others are left unapplied (and not remembered as applied, so that they apply once
+        the file says the same); each is logged once."""
+        folder = self._engine.config.channels
+        own = {}
+        for name, text in fresh.items():
+            path = channel_file(folder, name)
+            try:
+                mine = sha256(path.read_text(encoding="utf-8"))
+            except OSError:
+                mine = None
+            if mine == text.sha256:
+                own[name] = text
+                self._foreign.pop(name, None)
+            elif self._foreign.get(name) != text.sha256:
+                self._foreign[name] = text.sha256
+                log.warning(
+                    "channel %s: revision #%d in the store differs from %s, which this node "
+                    "runs in open mode; not applying it (does another node share the store "
+                    "with other channel files?)",
+                    name,
+                    text.number,
+                    path,
+                )
+        return own
 
     def _failed(self, text: RunningText, problem: ConfigError, actor: str) -> None:
         log.error(

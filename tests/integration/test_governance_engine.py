@@ -22,7 +22,7 @@ from router import governance
 from router.auth.users import add_user
 from router.config import ConfigError
 from router.engine import open_store
-from router.governance.deploy import running_texts
+from router.governance.deploy import record_reload, running_texts
 from router.store.schema import audit_events, deliveries, messages
 
 OML = "OML_O21_nhs_nwgmsa_v251"
@@ -287,3 +287,36 @@ def test_an_approved_revision_that_cannot_deploy_is_marked_so(
         assert ("revision.deploy-failed", "channel:orders") in events
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # nodes share PostgreSQL
+def test_open_mode_nodes_with_different_files_each_run_their_own(tmp_path, store_url, lab, caplog):
+    """Open mode: the files are the truth. A second node started with other channel files
+    records them in the shared store; the first node must not run them (it warns), while a
+    reload of its own files still reaches it through the store."""
+    nodes = {}
+    for node, kind in (("a", "ORU"), ("b", "ADT")):
+        folder = tmp_path / node
+        folder.mkdir()
+        config = engine_config(folder, store_url, node=node)
+        config.channels.mkdir()
+        (config.channels / "orders.yaml").write_text(channel_file(lab.port, kind))
+        nodes[node] = RunningEngine(config, None)  # type: ignore[arg-type]
+    a, b = nodes["a"], nodes["b"]
+    try:
+        assert running_texts(a.store)["orders"].yaml == channel_file(lab.port, "ADT")  # b's
+        with caplog.at_level(logging.WARNING, logger="router.governance.watcher"):
+            a.call(a.engine.watcher.check())
+        assert a.engine.channels["orders"].config.filter[0].equals == "ORU"
+        assert "channel orders: revision #2 in the store differs from " in caplog.text
+        assert str(a.engine.config.channels / "orders.yaml") in caplog.text
+
+        (a.engine.config.channels / "orders.yaml").write_text(channel_file(lab.port, "OML"))
+        record_reload(a.store, a.engine.config, actor="olly")  # as `run.py reload` on a's host
+        a.call(a.engine.watcher.check())
+        b.call(b.engine.watcher.check())
+        assert a.engine.channels["orders"].config.filter[0].equals == "OML"
+        assert b.engine.channels["orders"].config.filter[0].equals == "ADT"
+    finally:
+        for running in nodes.values():
+            running.stop()
