@@ -52,6 +52,8 @@ class Pruned:
     messages: int = 0
     deliveries: int = 0
     attempts: int = 0
+    jobs: int = 0
+    batches: int = 0
     blobs: int = 0
     archives: list[str] = field(default_factory=list)
 
@@ -117,6 +119,8 @@ class Pruner:
         done.messages += removed.messages
         done.deliveries += removed.deliveries
         done.attempts += removed.attempts
+        done.jobs += removed.jobs
+        done.batches += removed.batches
         done.blobs += self._discard(removed.blobs)
         return True
 
@@ -130,6 +134,8 @@ class Pruner:
                     "messages": removed.messages,
                     "deliveries": removed.deliveries,
                     "attempts": removed.attempts,
+                    "jobs": removed.jobs,
+                    "hold_batches": removed.batches,
                     "received_before": before.isoformat(),
                     "ids": [min(ids), max(ids)],
                     "archive": str(archive) if archive else None,

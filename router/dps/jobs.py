@@ -19,9 +19,8 @@ from sqlalchemy import select, update
 from router.connectors import Delivery, SendResult
 from router.store.database import Store
 from router.store.inbound import utcnow
-from router.store.schema import jobs
+from router.store.schema import JOB_FINAL, jobs
 
-FINAL = ("completed", "failed_validation", "failed_dps_validation")
 FIELDS = ("practice", "filename", "received_at", "status", "statistics", "error")
 
 
@@ -53,7 +52,7 @@ class JobSender:
             if current is None:
                 conn.execute(jobs.insert().values(job_id=job_id, **values))
                 return str(values.get("status"))
-            if current in FINAL and values.get("status") not in FINAL:
+            if current in JOB_FINAL and values.get("status") not in JOB_FINAL:
                 values.pop("status", None)
             conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(**values))
             return str(values.get("status", current))

@@ -3,10 +3,13 @@
 DESIGN.md §5: retention is per channel and never removes queued, held or failed work. A
 message may go once it is older than the channel keeps messages and settled (processed or
 filtered: never received, validating or error, which still need someone), none of its
-deliveries is pending, held or failed, and no ServiceRequest in the registry points at it.
-With it go its deliveries, their attempts and MESH records, its correlation keys and its
-flags. A later message reprocessed from it, or recognised as its repeat, stays and loses
-only that link (the audit log keeps the reprocess).
+deliveries is pending, held or failed, no ServiceRequest in the registry points at it (the
+registry is the requests' current state, not history) and the DPS job it started (keyed by
+its UUID) is not still in progress. With it go its deliveries, their attempts and MESH
+records, its correlation keys and its flags, its finished DPS job, and each decided hold
+batch (with its approvals) none of whose deliveries is left. A later message reprocessed
+from it, or recognised as its repeat, stays and loses only that link. The audit log is
+never touched: it keeps every reprocess, hold request, approval and release.
 """
 
 from __future__ import annotations
@@ -20,11 +23,16 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, delete, exists, func, select, update
 
 from router.store.schema import (
+    BATCH_DECIDED,
     HELD,
+    JOB_FINAL,
     PENDING,
     attempts,
     correlations,
     deliveries,
+    hold_approvals,
+    hold_batches,
+    jobs,
     mesh_sent,
     message_flags,
     messages,
@@ -43,18 +51,22 @@ class Removed:
     messages: int = 0
     deliveries: int = 0
     attempts: int = 0
+    jobs: int = 0
+    batches: int = 0
     blobs: set[str] = field(default_factory=set)
 
 
 def _removable(channel: str, before: datetime) -> ColumnElement[bool]:
     unfinished = exists().where(d.message_id == m.id, d.status.in_(UNFINISHED_DELIVERY))
     registered = exists().where(service_requests.c.message_id == m.id)
+    job_running = exists().where(jobs.c.job_id == m.uuid, jobs.c.status.not_in(JOB_FINAL))
     return (
         (m.channel == channel)
         & m.status.in_(SETTLED)
         & (m.received_at < before)
         & ~unfinished
         & ~registered
+        & ~job_running
     )
 
 
@@ -70,12 +82,13 @@ def count_removable(conn: Connection, channel: str, before: datetime) -> int:
 
 def archive_records(conn: Connection, ids: list[int]) -> list[dict[str, Any]]:
     """Each message of ``ids`` whole, as one JSON-ready record: its row, its deliveries with
-    their attempts, its correlation keys and its flags. Payloads are text when they are
+    their attempts, its correlation keys, its flags and its DPS job. Payloads are text when they are
     UTF-8 (``raw``, ``payload``, ``response``), else base64 (``..._base64``); a payload kept
     as a blob is named by its hash (``blob_sha256``)."""
     rows = conn.execute(select(messages).where(m.id.in_(ids)).order_by(m.id)).mappings()
     records = {
-        r["id"]: {"message": _plain(r), "deliveries": [], "keys": [], "flags": []} for r in rows
+        r["id"]: {"message": _plain(r), "deliveries": [], "keys": [], "flags": [], "job": None}
+        for r in rows
     }
     by_delivery: dict[int, dict[str, Any]] = {}
     for row in conn.execute(select(deliveries).where(d.message_id.in_(ids)).order_by(d.id)):
@@ -91,6 +104,9 @@ def archive_records(conn: Connection, ids: list[int]) -> list[dict[str, Any]]:
         records[row.message_id]["keys"].append({"key": row.key, "value": row.value})
     for row in conn.execute(select(message_flags).where(message_flags.c.message_id.in_(ids))):
         records[row.message_id]["flags"].append(row.flag)
+    by_uuid = {record["message"]["uuid"]: record for record in records.values()}
+    for row in conn.execute(select(jobs).where(jobs.c.job_id.in_(list(by_uuid)))):
+        by_uuid[row.job_id]["job"] = _plain(row._mapping)
     return list(records.values())
 
 
@@ -107,6 +123,12 @@ def remove(conn: Connection, channel: str, before: datetime, ids: list[int]) -> 
     blobs |= set(
         conn.scalars(select(d.blob_sha256).where(d.message_id.in_(ids), d.blob_sha256.is_not(None)))
     )
+    uuids = list(conn.scalars(select(m.uuid).where(m.id.in_(ids))))
+    batch_ids = list(
+        conn.scalars(
+            select(d.hold_batch_id).where(d.message_id.in_(ids), d.hold_batch_id.is_not(None))
+        ).unique()
+    )
     for link in (m.reprocessed_from, m.duplicate_of):
         conn.execute(
             update(messages).where(link.in_(ids), m.id.not_in(ids)).values({link.name: None})
@@ -122,7 +144,37 @@ def remove(conn: Connection, channel: str, before: datetime, ids: list[int]) -> 
     conn.execute(delete(correlations).where(correlations.c.message_id.in_(ids)))
     conn.execute(delete(message_flags).where(message_flags.c.message_id.in_(ids)))
     removed = conn.execute(delete(messages).where(m.id.in_(ids))).rowcount
-    return Removed(removed, removed_deliveries, removed_attempts, blobs)
+    finished_jobs = jobs.c.job_id.in_(uuids) & jobs.c.status.in_(JOB_FINAL)
+    removed_jobs = conn.execute(delete(jobs).where(finished_jobs)).rowcount
+    return Removed(
+        removed,
+        removed_deliveries,
+        removed_attempts,
+        removed_jobs,
+        _remove_emptied_batches(conn, batch_ids),
+        blobs,
+    )
+
+
+def _remove_emptied_batches(conn: Connection, batch_ids: list[int]) -> int:
+    """Remove the decided hold batches of ``batch_ids`` none of whose deliveries is left,
+    with their approvals; a pending batch stays, even empty, until someone decides it."""
+    if not batch_ids:
+        return 0
+    b = hold_batches.c
+    emptied = list(
+        conn.scalars(
+            select(b.id).where(
+                b.id.in_(batch_ids),
+                b.state.in_(BATCH_DECIDED),
+                ~exists().where(d.hold_batch_id == b.id),
+            )
+        )
+    )
+    if not emptied:
+        return 0
+    conn.execute(delete(hold_approvals).where(hold_approvals.c.batch_id.in_(emptied)))
+    return conn.execute(delete(hold_batches).where(b.id.in_(emptied))).rowcount
 
 
 def referenced_blobs(conn: Connection, hashes: set[str]) -> set[str]:

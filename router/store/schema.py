@@ -303,6 +303,8 @@ service_request_identifiers = Table(
 )
 
 # DPS handoff jobs: one a GP extract, keyed by the intake message's UUID (router/dps/jobs.py).
+# A job in any other status is still in progress.
+JOB_FINAL = ("completed", "failed_validation", "failed_dps_validation")
 jobs = Table(
     "jobs",
     metadata,
@@ -384,6 +386,8 @@ channel_revisions = Table(
 )
 
 # A held batch: the held deliveries of one destination present when someone asked for release.
+# ``pending`` awaits approvals (router/governance/holds.py); these states are decided.
+BATCH_DECIDED = ("released", "rejected")
 hold_batches = Table(
     "hold_batches",
     metadata,

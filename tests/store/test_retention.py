@@ -31,6 +31,9 @@ from router.store.schema import (
     audit_events,
     correlations,
     deliveries,
+    hold_approvals,
+    hold_batches,
+    jobs,
     message_flags,
     messages,
     service_requests,
@@ -223,6 +226,84 @@ def test_a_later_copy_stays_and_loses_only_its_link_and_the_registry_keeps_its_m
     assert control_ids(store) == {"REGISTERED", "COPY"}
     with store.read() as conn:
         assert conn.scalar(select(m.reprocessed_from).where(m.control_id == "COPY")) is None
+
+
+def job(store: Store, control_id: str, status: str) -> str:
+    """A DPS job the message of ``control_id`` started (keyed by its UUID), now ``status``."""
+    with store.begin() as conn:
+        uuid = conn.scalar(select(m.uuid).where(m.control_id == control_id))
+        conn.execute(jobs.insert().values(job_id=uuid, status=status, updated_at=utcnow()))
+    return uuid
+
+
+def batch(store: Store, state: str, *control_ids: str) -> int:
+    """A hold batch of ``state``, approved by two people, of the deliveries of ``control_ids``."""
+    now = utcnow()
+    with store.begin() as conn:
+        batch_id = conn.execute(
+            hold_batches.insert()
+            .values(
+                channel="orders",
+                destination="lab",
+                state=state,
+                required=2,
+                deliveries=len(control_ids),
+                requested_by="sam",
+                requested_at=now,
+            )
+            .returning(hold_batches.c.id)
+        ).scalar_one()
+        approvals = [
+            {"batch_id": batch_id, "approver": a, "approved_at": now} for a in ("ann", "bob")
+        ]
+        conn.execute(hold_approvals.insert(), approvals)
+        conn.execute(
+            update(deliveries)
+            .where(d.idempotency_key.in_(control_ids))
+            .values(hold_batch_id=batch_id)
+        )
+    return batch_id
+
+
+def test_a_finished_dps_job_goes_with_its_message_and_one_in_progress_keeps_it(store):
+    receive(store, old("DONE", "ADT^A01"), old("RUNNING", "ADT^A01"))
+    process(store, orders())
+    done, running = job(store, "DONE", "completed"), job(store, "RUNNING", "sent_to_dps")
+
+    pruned = Pruner(store).prune(orders())
+
+    assert control_ids(store) == {"RUNNING"}
+    with store.read() as conn:
+        assert list(conn.scalars(select(jobs.c.job_id))) == [running]
+    assert (pruned.messages, pruned.jobs) == (1, 1)
+    assert done != running
+
+
+def test_a_decided_hold_batch_goes_with_its_last_delivery_and_a_pending_one_stays(store):
+    young = hl7_inbound("orders", er7("YOUNG"), received_at=utcnow() - timedelta(days=1))
+    receive(store, old("RELEASED"), old("REJECTED"), old("PART"), young, old("PENDING"))
+    process(store, orders())
+    for control_id in ("RELEASED", "PART", "YOUNG"):
+        deliver(store, control_id, "sent")
+    deliver(store, "REJECTED", "cancelled")
+    deliver(store, "PENDING", "cancelled")  # cancelled while its batch awaits a decision
+    released, rejected = batch(store, "released", "RELEASED"), batch(store, "rejected", "REJECTED")
+    part, pending = batch(store, "released", "PART", "YOUNG"), batch(store, "pending", "PENDING")
+
+    pruned = Pruner(store).prune(orders())
+
+    assert control_ids(store) == {"YOUNG"}
+    with store.read() as conn:
+        assert set(conn.scalars(select(hold_batches.c.id))) == {part, pending}
+        assert set(conn.scalars(select(hold_approvals.c.batch_id))) == {part, pending}
+    assert (pruned.messages, pruned.batches) == (4, 2)
+    with store.read() as conn:
+        events = conn.scalars(
+            select(audit_events.c.details).where(audit_events.c.action == "retention.prune")
+        )
+        assert [json.loads(e)["hold_batches"] for e in events] == [2]
+    assert {released, rejected}.isdisjoint({part, pending})
+    assert audit.verify(store).ok
 
 
 def test_the_archive_holds_every_removed_message_whole_before_it_goes(store, tmp_path):
