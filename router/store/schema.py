@@ -113,6 +113,20 @@ messages = Table(
         sqlite_where=text("blob_sha256 IS NOT NULL"),
         postgresql_where=text("blob_sha256 IS NOT NULL"),
     ),
+    # The links to an earlier message, for the foreign keys' and retention's question "does
+    # any row still name it?" when one is removed (migration retention_0002).
+    Index(
+        "ix_messages_reprocessed_from",
+        "reprocessed_from",
+        sqlite_where=text("reprocessed_from IS NOT NULL"),
+        postgresql_where=text("reprocessed_from IS NOT NULL"),
+    ),
+    Index(
+        "ix_messages_duplicate_of",
+        "duplicate_of",
+        sqlite_where=text("duplicate_of IS NOT NULL"),
+        postgresql_where=text("duplicate_of IS NOT NULL"),
+    ),
     Index(
         "ix_messages_unprocessed",
         "id",
@@ -167,6 +181,12 @@ deliveries = Table(
         "blob_sha256",
         sqlite_where=text("blob_sha256 IS NOT NULL"),
         postgresql_where=text("blob_sha256 IS NOT NULL"),
+    ),
+    Index(
+        "ix_deliveries_resent_from",
+        "resent_from",
+        sqlite_where=text("resent_from IS NOT NULL"),
+        postgresql_where=text("resent_from IS NOT NULL"),
     ),
     Index(
         "ix_deliveries_pending",
@@ -287,6 +307,7 @@ service_requests = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("resource", Text, nullable=False),
     UniqueConstraint("channel", "resource_id"),
+    Index(None, "message_id"),
     Index(None, "patient"),
     Index(None, "status"),
 )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from router import audit
 from router.config import ChannelConfig
@@ -36,6 +36,7 @@ from router.store.schema import (
     jobs,
     message_flags,
     messages,
+    metadata,
     service_requests,
 )
 
@@ -182,6 +183,44 @@ def test_a_preview_counts_and_changes_nothing(store):
     assert preview.messages == 1
     assert control_ids(store) == {"ONE", "TWO"}
     assert count(store, audit_events) == 0
+
+
+def test_removing_searches_indexes_never_scans_a_table(tmp_path):
+    """Each statement retention runs, and each lookup a foreign key makes when a message or
+    a delivery is deleted (SQLite's ``foreign_keys=ON``, as PostgreSQL's), finds its rows
+    through an index: a scan of messages or deliveries per removed row held the writer,
+    and every sender behind it, for minutes on a store of some hundred thousand messages."""
+    store = Store(f"sqlite:///{tmp_path / 'plans.db'}")
+    upgrade(store)
+    receive(store, old("SENT"), old("ADT", "ADT^A01"))
+    process(store, orders())
+    deliver(store, "SENT", "sent")
+    run: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
+            run.append((statement, parameters))
+
+    for engine in (store.writer, store.reader):
+        event.listen(engine, "before_cursor_execute", record)
+    assert Pruner(store).prune(orders()).messages == 2
+    lookups = [
+        (f"SELECT 1 FROM {fk.parent.table.name} WHERE {fk.parent.name} = ?", (1,))
+        for table in metadata.sorted_tables
+        for fk in table.foreign_keys
+        if fk.column.table.name in ("messages", "deliveries")
+    ]
+    with store.read() as conn:
+        driver = conn.connection.driver_connection
+        scans = {
+            f"{detail} in: {statement}"
+            for statement, parameters in [*run, *lookups]
+            for *_, detail in driver.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            if detail.startswith("SCAN") and "audit_events" not in detail
+        }
+    store.dispose()
+    assert len(lookups) >= 8
+    assert scans == set()
 
 
 def test_batches_each_commit_with_their_own_audit_event(store):
