@@ -57,6 +57,11 @@ class Removed:
 
 
 def _removable(channel: str, before: datetime) -> ColumnElement[bool]:
+    """The store's newest message and the message of its newest delivery stay: SQLite gives
+    a new row the highest id plus one, so removing them would give their ids to the next
+    rows, and a retried channel delivery would find the message fed from its namesake."""
+    newest = select(func.max(messages.alias().c.id)).scalar_subquery()
+    newest_delivery = select(func.max(deliveries.alias().c.id)).scalar_subquery()
     unfinished = exists().where(d.message_id == m.id, d.status.in_(UNFINISHED_DELIVERY))
     registered = exists().where(service_requests.c.message_id == m.id)
     job_running = exists().where(jobs.c.job_id == m.uuid, jobs.c.status.not_in(JOB_FINAL))
@@ -67,6 +72,8 @@ def _removable(channel: str, before: datetime) -> ColumnElement[bool]:
         & ~unfinished
         & ~registered
         & ~job_running
+        & (m.id < newest)
+        & ~exists().where(d.message_id == m.id, d.id == newest_delivery)
     )
 
 
@@ -158,15 +165,18 @@ def remove(conn: Connection, channel: str, before: datetime, ids: list[int]) -> 
 
 def _remove_emptied_batches(conn: Connection, batch_ids: list[int]) -> int:
     """Remove the decided hold batches of ``batch_ids`` none of whose deliveries is left,
-    with their approvals; a pending batch stays, even empty, until someone decides it."""
+    with their approvals; a pending batch stays, even empty, until someone decides it, and
+    so does the newest (its id, in the audit log's ``hold:<id>``, is never given again)."""
     if not batch_ids:
         return 0
     b = hold_batches.c
+    newest = select(func.max(hold_batches.alias().c.id)).scalar_subquery()
     emptied = list(
         conn.scalars(
             select(b.id).where(
                 b.id.in_(batch_ids),
                 b.state.in_(BATCH_DECIDED),
+                b.id < newest,
                 ~exists().where(d.hold_batch_id == b.id),
             )
         )

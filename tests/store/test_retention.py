@@ -116,6 +116,10 @@ def old(control_id: str, kind: str = "OML^O21", **extra: Any) -> Inbound:
     return hl7_inbound("orders", er7(control_id, kind), received_at=utcnow() - OLD, **extra)
 
 
+def young(control_id: str, kind: str = "OML^O21") -> Inbound:
+    return hl7_inbound("orders", er7(control_id, kind), received_at=utcnow() - timedelta(days=1))
+
+
 def as_blob(store: Store, raw: bytes, **extra: Any) -> Inbound:
     """``raw`` received as a source streams a large payload: into the blob store."""
     return hl7_inbound("orders", store.blobs.put(raw), parse_header(raw), **extra)
@@ -192,7 +196,7 @@ def test_removing_searches_indexes_never_scans_a_table(tmp_path):
     and every sender behind it, for minutes on a store of some hundred thousand messages."""
     store = Store(f"sqlite:///{tmp_path / 'plans.db'}")
     upgrade(store)
-    receive(store, old("SENT"), old("ADT", "ADT^A01"))
+    receive(store, old("SENT"), old("ADT", "ADT^A01"), young("NEW"))
     process(store, orders())
     deliver(store, "SENT", "sent")
     run: list[tuple[str, Any]] = []
@@ -223,15 +227,43 @@ def test_removing_searches_indexes_never_scans_a_table(tmp_path):
     assert scans == set()
 
 
+def test_the_newest_message_and_delivery_stay_so_their_ids_are_never_given_again(store):
+    receive(store, old("FIRST"), old("LAST"), old("ADT", "ADT^A01"))
+    process(store, orders())
+    deliver(store, "FIRST", "sent")
+    deliver(store, "LAST", "sent")
+    newest_batch = batch(store, "released", "FIRST")
+    with store.read() as conn:
+        used = {
+            table.name: conn.scalar(select(func.max(table.c.id)))
+            for table in (messages, deliveries)
+        }
+
+    pruned = Pruner(store).prune(orders())
+
+    assert pruned.messages == 1
+    assert control_ids(store) == {"LAST", "ADT"}  # the newest delivery's, the newest
+    with store.read() as conn:  # emptied, but its id names it in the audit log
+        assert list(conn.scalars(select(hold_batches.c.id))) == [newest_batch]
+    receive(store, young("NEXT"))
+    process(store, orders())
+    with store.read() as conn:
+        (message_id, delivery_id) = conn.execute(
+            select(m.id, d.id).join(deliveries, d.message_id == m.id).where(m.control_id == "NEXT")
+        ).one()
+    assert message_id > used["messages"]
+    assert delivery_id > used["deliveries"]
+
+
 def test_batches_each_commit_with_their_own_audit_event(store):
     ids = [f"ADT{n}" for n in range(5)]
-    receive(store, *(old(i, "ADT^A01") for i in ids))
+    receive(store, *(old(i, "ADT^A01") for i in ids), young("NEW", "ADT^A01"))
     process(store, orders())
 
     pruned = Pruner(store, batch=2).prune(orders())
 
     assert pruned.messages == 5
-    assert control_ids(store) == set()
+    assert control_ids(store) == {"NEW"}
     with store.read() as conn:
         details = conn.scalars(
             select(audit_events.c.details).where(audit_events.c.action == "retention.prune")
@@ -319,8 +351,7 @@ def test_a_finished_dps_job_goes_with_its_message_and_one_in_progress_keeps_it(s
 
 
 def test_a_decided_hold_batch_goes_with_its_last_delivery_and_a_pending_one_stays(store):
-    young = hl7_inbound("orders", er7("YOUNG"), received_at=utcnow() - timedelta(days=1))
-    receive(store, old("RELEASED"), old("REJECTED"), old("PART"), young, old("PENDING"))
+    receive(store, old("RELEASED"), old("REJECTED"), old("PART"), old("PENDING"), young("YOUNG"))
     process(store, orders())
     for control_id in ("RELEASED", "PART", "YOUNG"):
         deliver(store, control_id, "sent")
@@ -351,6 +382,7 @@ def test_the_archive_holds_every_removed_message_whole_before_it_goes(store, tmp
         store,
         old("SENT"),
         as_blob(store, er7("BIG", "ADT^A01", padding=big), received_at=utcnow() - OLD),
+        young("NEW"),
     )
     process(store, orders())
     deliver(store, "SENT", "sent")
@@ -374,7 +406,7 @@ def test_the_archive_holds_every_removed_message_whole_before_it_goes(store, tmp
     assert [a["response"] for a in delivery["attempts"]] == ["MSA|AA|SENT"]
     sha256 = records[1]["message"]["blob_sha256"]
     assert (archive / "blobs" / sha256).read_bytes() == er7("BIG", "ADT^A01", padding=big)
-    assert control_ids(store) == set()
+    assert control_ids(store) == {"NEW"}
 
 
 def test_a_blob_goes_when_no_row_names_it_and_it_is_not_young(store):
