@@ -2,13 +2,14 @@
 
 A channel says ``retention: {keep: 90d, archive: ../archive}``; the engine prunes every
 ``retention.every`` (engine.yaml, default 1 h) on one node at a time, and ``run.py prune``
-prunes by hand. Which messages may go is router.store.retention's rule: never work that is
-unfinished or failed. Each batch is read; with ``archive``, written to
-``<archive>/<channel>/<time>-<first id>-<last id>.jsonl.gz`` (blobs beside it under
-``blobs/``) and fsynced; then removed in one transaction with its audit event
-(``retention.prune``); then the blobs no row names any more are discarded. A batch whose
-removal fails after its archive was written is archived again by the next run: an archive
-may hold a message twice, but never misses one that was removed.
+prunes by hand (refusing while a node prunes). Which messages may go is
+router.store.retention's rule: never work that is unfinished or failed. Each batch is
+read; with ``archive``, written to ``<archive>/<channel>/<time>-<first id>-<last
+id>.jsonl.gz`` (blobs beside it under ``blobs/``) and fsynced; then removed in one
+transaction with its audit event (``retention.prune``); then the blobs no row names any
+more are discarded. A batch whose removal fails after its archive was written is archived
+again by the next run: an archive may hold a message twice, but never misses one that was
+removed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from router.store.retention import (
 
 log = logging.getLogger(__name__)
 SYSTEM_ACTOR = "tie-retention"
+# The work one node at a time prunes as (router.store.leader): the engine's schedule on
+# every node and ``run.py prune`` by hand.
+LEADER = "tie-retention"
 
 
 @dataclass

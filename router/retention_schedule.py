@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from router.config import ChannelConfig
-from router.retention import Pruner
+from router.retention import LEADER, Pruner
 from router.scheduling import Job, PollSchedule
 from router.store.database import Store
 from router.store.leader import leader
@@ -30,7 +30,7 @@ def retention_schedule(
         if not kept:
             return
         try:
-            with leader(store, "tie-retention") as leading:
+            with leader(store, LEADER) as leading:
                 if leading:
                     for channel in kept:
                         pruner.prune(channel)

@@ -101,7 +101,8 @@ def audit_verify(args: argparse.Namespace) -> int:
 
 def prune(args: argparse.Namespace) -> int:
     from router.governance.deploy import running_channels
-    from router.retention import Pruner
+    from router.retention import LEADER, Pruner
+    from router.store.leader import leader
 
     config = engine_config(args)
     store = open_store(args)
@@ -111,7 +112,13 @@ def prune(args: argparse.Namespace) -> int:
             raise CommandError(f"no channel named {name!r} with a retention policy")
     chosen = [kept[n] for n in sorted(args.channel or kept)]
     pruner = Pruner(store, batch=config.retention.batch, actor=actor(args))
-    results = [pruner.preview(c) if args.dry_run else pruner.prune(c) for c in chosen]
+    if args.dry_run:
+        results = [pruner.preview(c) for c in chosen]
+    else:
+        with leader(store, LEADER) as leading:
+            if not leading:
+                raise CommandError("another node is pruning now: try again once it has finished")
+            results = [pruner.prune(c) for c in chosen]
     rows = [r.__dict__ | {"dry_run": args.dry_run} for r in results]
     if args.json:
         print_json(rows)

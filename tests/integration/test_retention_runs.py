@@ -18,7 +18,9 @@ from router.config import load_channels, load_engine
 from router.connectors.hl7_inbound import hl7_inbound
 from router.engine import compile_channels, open_store
 from router.processing import Processor
+from router.retention import LEADER
 from router.store.inbound import utcnow, write_inbound
+from router.store.leader import leader
 from router.store.migrate import upgrade
 from router.store.schema import audit_events, messages
 
@@ -140,3 +142,35 @@ def test_prune_by_hand_previews_then_removes_and_archives(
 
     assert main(["--config", str(workspace), "prune", "--channel", "nope"]) != 0
     store.dispose()
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_prune_by_hand_refuses_while_a_node_prunes(workspace, hl7_samples, monkeypatch):
+    """On PostgreSQL the nodes prune one at a time under an advisory lock; by hand too, or
+    two prunes at once would remove, archive and audit the same messages side by side."""
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    config = load_engine(workspace)
+    store = open_store(config)
+    upgrade(store)
+    aged = utcnow() - timedelta(days=31)
+    sample = hl7_samples["OML_O21_nhs_nwgmsa_v251"]
+    with store.begin() as conn:
+        write_inbound(
+            conn,
+            [
+                hl7_inbound("orders", hl7_message(sample, "AGED"), received_at=aged),
+                hl7_inbound("orders", hl7_message(sample, "FRESH")),
+            ],
+        )
+    Processor(store, compile_channels(config, load_channels(config.channels))).run_once()
+    node = open_store(config)  # another node's connection
+    try:
+        with leader(node, LEADER) as leading:
+            assert leading
+            assert main(["--config", str(workspace), "prune"]) != 0
+            assert _count(store) == 2
+        assert main(["--config", str(workspace), "prune"]) == 0
+        assert _count(store) == 1
+    finally:
+        node.dispose()
+        store.dispose()
