@@ -20,6 +20,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -31,6 +32,7 @@ from router.config import ChannelConfig
 from router.store.blobs import write_durably
 from router.store.database import Store, Transact
 from router.store.inbound import utcnow
+from router.store.leader import leader
 from router.store.retention import (
     Removed,
     archive_records,
@@ -42,9 +44,6 @@ from router.store.retention import (
 
 log = logging.getLogger(__name__)
 SYSTEM_ACTOR = "tie-retention"
-# The work one node at a time prunes as (router.store.leader): the engine's schedule on
-# every node and ``run.py prune`` by hand.
-LEADER = "tie-retention"
 
 
 @dataclass
@@ -156,6 +155,12 @@ class Pruner:
         with self._store.read() as conn:
             unnamed = hashes - referenced_blobs(conn, hashes)
         return sum(self._store.blobs.discard(sha256) for sha256 in sorted(unnamed))
+
+
+def pruning_lock(store: Store) -> AbstractContextManager[bool]:
+    """Whether this node may prune ``store`` now: one node at a time, the engine's schedule
+    on every node and ``run.py prune`` alike (a lock of this store's own, on PostgreSQL)."""
+    return leader(store, "tie-retention", own=True)
 
 
 def _cutoff(channel: ChannelConfig, now: datetime | None) -> datetime:

@@ -11,10 +11,9 @@ import logging
 from collections.abc import Callable, Iterable
 
 from router.config import ChannelConfig
-from router.retention import LEADER, Pruner
+from router.retention import Pruner, pruning_lock
 from router.scheduling import Job, PollSchedule
 from router.store.database import Store
-from router.store.leader import leader
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ def retention_schedule(
         if not kept:
             return
         try:
-            with leader(store, LEADER) as leading:
+            with pruning_lock(store) as leading:
                 if leading:
                     for channel in kept:
                         pruner.prune(channel)

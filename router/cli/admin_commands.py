@@ -101,8 +101,7 @@ def audit_verify(args: argparse.Namespace) -> int:
 
 def prune(args: argparse.Namespace) -> int:
     from router.governance.deploy import running_channels
-    from router.retention import LEADER, Pruner
-    from router.store.leader import leader
+    from router.retention import Pruner, pruning_lock
 
     config = engine_config(args)
     store = open_store(args)
@@ -115,7 +114,7 @@ def prune(args: argparse.Namespace) -> int:
     if args.dry_run:
         results = [pruner.preview(c) for c in chosen]
     else:
-        with leader(store, LEADER) as leading:
+        with pruning_lock(store) as leading:
             if not leading:
                 raise CommandError("another node is pruning now: try again once it has finished")
             results = [pruner.prune(c) for c in chosen]

@@ -18,9 +18,8 @@ from router.config import load_channels, load_engine
 from router.connectors.hl7_inbound import hl7_inbound
 from router.engine import compile_channels, open_store
 from router.processing import Processor
-from router.retention import LEADER
+from router.retention import pruning_lock
 from router.store.inbound import utcnow, write_inbound
-from router.store.leader import leader
 from router.store.migrate import upgrade
 from router.store.schema import audit_events, messages
 
@@ -165,7 +164,7 @@ def test_prune_by_hand_refuses_while_a_node_prunes(workspace, hl7_samples, monke
     Processor(store, compile_channels(config, load_channels(config.channels))).run_once()
     node = open_store(config)  # another node's connection
     try:
-        with leader(node, LEADER) as leading:
+        with pruning_lock(node) as leading:
             assert leading
             assert main(["--config", str(workspace), "prune"]) != 0
             assert _count(store) == 2
