@@ -2,7 +2,9 @@
 
 ``intake`` validates a GP extract's file name and either forwards the file,
 unchanged, to DPS or sends the failure email; ``results`` turns DPS's JSON Lines
-into the three CSV files for PCSE and the summary email. Both record the job.
+into the three CSV files for PCSE and the summary email. Both record the job; the
+engine applies the record first and sends nothing when the job's state refuses it
+(results for a finished job, or one that never went to DPS): see router/dps/jobs.py.
 """
 
 from __future__ import annotations

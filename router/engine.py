@@ -32,6 +32,7 @@ from router.connectors.mllp.listener import MllpListener
 from router.connectors.mllp.sender import MllpSender
 from router.connectors.smtp import SmtpSender
 from router.dispatch import Dispatcher
+from router.dps import jobs
 from router.dps.jobs import JobSender
 from router.gateway import Gateway
 from router.governance.deploy import startup_channels
@@ -113,6 +114,7 @@ class Engine:
             batch=config.processing.batch,
             on_deliveries=self.dispatcher.notify,
             transact=transact,
+            local={"job": jobs.apply},
         )
         if self.store.is_sqlite:
             # Declarative channels' messages commit settled, with their deliveries: no

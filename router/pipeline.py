@@ -114,6 +114,8 @@ class PlannedDelivery:
     failure: str | None = None
     held: bool = False  # the destination holds it for release approval
     labels: dict[str, str] | None = None  # the hold's summary mapping's labels
+    # Applied to the store in the transaction that wrote it (a ``job`` record): stored ``sent``.
+    applied: bool = False
 
 
 @dataclass

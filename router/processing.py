@@ -9,6 +9,10 @@ decided as it is received instead (``Processor.decide``, called by the group-com
 writer): it is stored already settled, with its deliveries, in the transaction that
 stores it. The processor's rounds then serve the other channels, paused channels'
 backlogs and messages left ``received`` by a restart.
+
+A destination of a *local* kind (the DPS ``job``) is no transport: it is applied to the
+store in the same transaction, where it may refuse the message (results for a finished
+job); a refused message is settled with the refusal instead of sending anything.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from sqlalchemy import Connection, bindparam, literal_column, select, update
 from router import metrics
 from router.config import UnmatchedFlag
 from router.message import Message
-from router.payload import as_payload
+from router.payload import Payload, as_payload
 from router.pipeline import CompiledChannel, Outcome, PlannedDelivery, process
 from router.store.blobs import BlobStore
 from router.store.database import VALUE_REFUSED, Store, Transact, savepoint
@@ -97,6 +101,25 @@ _SETTLE_SQL = (
 _INSERT_FLAGS = message_flags.insert()
 
 
+class Refusal(NamedTuple):
+    """A local destination's refusal: the message's outcome instead of its deliveries."""
+
+    status: str  # ``filtered`` (a duplicate, of ``duplicate_of`` when known) or ``error``
+    reason: str
+    duplicate_of: int | None = None
+
+
+# Applies a delivery's payload for message ``id`` in the processing transaction.
+Local = Callable[[Connection, bytes, int], Refusal | None]
+# Per channel, its destinations of a local kind.
+LocalRoutes = dict[str, dict[str, Local]]
+
+
+class _Refused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        self.refusal = refusal
+
+
 class _Stored(NamedTuple):
     """What writing an outcome needs of its message's row."""
 
@@ -109,7 +132,8 @@ class Processor:
     and the group-commit writer's ``Settler`` for declarative channels.
 
     ``transact(work)`` runs ``work(conn)`` in a write transaction on SQLite; by default the
-    processor opens its own.
+    processor opens its own. ``local`` names the destination kinds applied in the processing
+    transaction (the DPS ``job``).
     """
 
     def __init__(
@@ -122,8 +146,11 @@ class Processor:
         idle_wait: float = 1.0,
         linger: float = 0.01,
         transact: Transact[Any] | None = None,
+        local: dict[str, Local] | None = None,
     ) -> None:
         self._store = store
+        self._local_kinds = local or {}
+        self._local = _local_routes(channels, self._local_kinds)
         self._channels = channels
         self._batch = batch
         self._on_deliveries = on_deliveries
@@ -131,7 +158,7 @@ class Processor:
         self._linger = linger
         self._transact = transact or store.run
         self._unmatched = _unmatched_checks(channels)
-        self._declarative = _declarative(channels)
+        self._declarative = _declarative(channels, self._local)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -161,7 +188,8 @@ class Processor:
         """Process with ``channels`` from the next batch on (a reload). Thread-safe: the
         mappings are replaced whole and each message looks its channel up once."""
         self._unmatched = _unmatched_checks(channels)
-        self._declarative = _declarative(channels)
+        self._local = _local_routes(channels, self._local_kinds)
+        self._declarative = _declarative(channels, self._local)
         self._channels = channels
         self._wake.set()
 
@@ -225,7 +253,7 @@ class Processor:
             with self._store.begin() as conn:
                 rows = _claim(conn, self._active(conn), self._batch, lock=True)
                 outcomes = self._process(rows)
-                touched = _write_isolating(conn, outcomes, self._unmatched)
+                touched = _write_isolating(conn, outcomes, self._unmatched, self._local)
         else:
             # SQLite has one writer: process outside the write lock so ingest is never held up,
             # then write through ``transact`` (in the engine: ingest's next group commit).
@@ -234,7 +262,10 @@ class Processor:
             outcomes = self._process(rows)
             if not outcomes:
                 return 0
-            touched = self._transact(lambda conn: _write_isolating(conn, outcomes, self._unmatched))
+            local = self._local
+            touched = self._transact(
+                lambda conn: _write_isolating(conn, outcomes, self._unmatched, local)
+            )
         metrics.count_messages((row.channel, outcome.status) for row, outcome in outcomes)
         if touched and self._on_deliveries is not None:
             self._on_deliveries(touched)
@@ -259,9 +290,20 @@ class Processor:
         return done
 
 
-def _declarative(channels: dict[str, CompiledChannel]) -> dict[str, CompiledChannel]:
-    """The channels whose messages are decided on receipt, by name."""
-    return {name: c for name, c in channels.items() if c.declarative}
+def _declarative(
+    channels: dict[str, CompiledChannel], local: LocalRoutes
+) -> dict[str, CompiledChannel]:
+    """The channels whose messages are decided on receipt, by name (not those with a local
+    destination, which the processor's write applies)."""
+    return {name: c for name, c in channels.items() if c.declarative and name not in local}
+
+
+def _local_routes(channels: dict[str, CompiledChannel], kinds: dict[str, Local]) -> LocalRoutes:
+    found = {
+        name: {r.name: kinds[r.config.kind] for r in c.routes if r.config.kind in kinds}
+        for name, c in channels.items()
+    }
+    return {name: routes for name, routes in found.items() if routes}
 
 
 def _ids(conn: Connection, uuids: list[str]) -> dict[str, int]:
@@ -314,17 +356,52 @@ def _write(
     conn: Connection,
     outcomes: list[tuple[Any, Outcome]],
     unmatched: dict[str, UnmatchedFlag] | None = None,
+    local: LocalRoutes | None = None,
 ) -> set[DestinationKey]:
-    """Settle messages, insert deliveries and keys, flag results with no known order; rows
-    settled elsewhere meanwhile are skipped."""
+    """Settle messages, apply local destinations, insert deliveries and keys, flag results
+    with no known order; rows settled elsewhere meanwhile are skipped."""
     now = utcnow()
-    return _record(conn, _settle(conn, outcomes, now), now, unmatched)
+    settled = _settle(conn, outcomes, now)
+    if local:
+        for row, outcome in settled:
+            if outcome.status == "processed" and row.channel in local:
+                _apply_local(conn, row, outcome, local[row.channel])
+    return _record(conn, settled, now, unmatched)
+
+
+def _apply_local(conn: Connection, row: Any, outcome: Outcome, routes: dict[str, Local]) -> None:
+    """Apply the outcome's local deliveries (marked applied), or, when one refuses, none of
+    them: the message is then settled with the refusal and sends nothing."""
+    try:
+        with savepoint(conn, "tie_local"):
+            for planned in outcome.deliveries:
+                apply = routes.get(planned.destination)
+                refusal = apply and apply(conn, _data(planned.payload), row.id)
+                if refusal:
+                    raise _Refused(refusal)
+    except _Refused as refused:
+        status, reason, original = refused.refusal
+        conn.execute(
+            update(messages)
+            .where(_m.id == row.id)
+            .values(status=status, error=reason[:2000], duplicate_of=original)
+        )
+        outcome.status, outcome.reason, outcome.deliveries = status, reason, []
+        return
+    outcome.deliveries = [
+        replace(d, applied=True) if d.destination in routes else d for d in outcome.deliveries
+    ]
+
+
+def _data(payload: bytes | Payload) -> bytes:
+    return payload if isinstance(payload, bytes) else payload.read()
 
 
 def _write_isolating(
     conn: Connection,
     outcomes: list[tuple[Any, Outcome]],
     unmatched: dict[str, UnmatchedFlag] | None = None,
+    local: LocalRoutes | None = None,
 ) -> set[DestinationKey]:
     """``_write``; when the store refuses a value of the batch (a mapping's content type too
     long for its column), each message on its own, and the one whose outcome it refuses an
@@ -332,14 +409,14 @@ def _write_isolating(
     round after round. Any other failure (the store is down) raises: the round is retried."""
     try:
         with savepoint(conn, "tie_batch"):
-            return _write(conn, outcomes, unmatched)
+            return _write(conn, outcomes, unmatched, local)
     except VALUE_REFUSED:
         log.exception("the store refused a value of %d outcome(s); one at a time", len(outcomes))
     touched: set[DestinationKey] = set()
     for row, outcome in outcomes:
         try:
             with savepoint(conn, "tie_one"):
-                touched |= _write(conn, [(row, outcome)], unmatched)
+                touched |= _write(conn, [(row, outcome)], unmatched, local)
         except VALUE_REFUSED as exc:
             log.exception("message %s: the store refused its outcome", row.id)
             reason = f"the store refused its outcome: {type(exc).__name__}: {exc}"[:2000]
@@ -427,13 +504,21 @@ def _stored(planned: PlannedDelivery, blobs: BlobStore) -> PlannedDelivery:
     return replace(planned, payload=blobs.put(payload))
 
 
+def _status(planned: PlannedDelivery) -> str:
+    if planned.failure:
+        return "failed"
+    if planned.applied:
+        return "sent"
+    return "held" if planned.held else "queued"
+
+
 def _delivery_row(row: Any, planned: Any, now: datetime) -> dict[str, Any]:
     body = as_payload(planned.payload)
     return {
         "message_id": row.id,
         "channel": row.channel,
         "destination": planned.destination,
-        "status": "failed" if planned.failure else "held" if planned.held else "queued",
+        "status": _status(planned),
         "last_error": planned.failure,
         "content_type": planned.content_type,
         "payload": body.inline,

@@ -1,10 +1,12 @@
-"""DPS handoff jobs: the ``job`` destination records them; ``run.py jobs`` lists them.
+"""DPS handoff jobs: their state machine, applied where a message's outcome is written.
 
-A job is keyed by the intake message's UUID. The channels' mapping sends a
-small JSON record to the ``job`` destination at each step (received and sent
-to DPS or failed validation; completed with its statistics). Recording is an
-upsert, so a retried delivery changes nothing, and a late "sent to DPS" never
-overwrites a job that has already finished.
+A job is keyed by the intake message's UUID. The channels' mapping sends a small
+JSON record to the ``job`` destination at each step; the engine applies it in
+the transaction that writes the message's outcome (``apply``), so a record the
+job's state refuses settles its message instead of sending anything: results
+for a finished job are a ``filtered`` duplicate (idempotent receiver), results
+for a job that never went to DPS an ``error``. Every transition is checked here,
+against ``TRANSITIONS``; docs/dps-handoff.md draws the machine.
 """
 
 from __future__ import annotations
@@ -14,14 +16,23 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from router.connectors import Delivery, SendResult
+from router.processing import Refusal
 from router.store.database import Store
 from router.store.inbound import utcnow
-from router.store.schema import JOB_FINAL, jobs
+from router.store.schema import correlations, jobs, messages
 
 FIELDS = ("practice", "filename", "received_at", "status", "statistics", "error")
+KEY = "dps_job"  # the correlation key the mapping sets: the job id
+# Statuses the intake sets on a new job, and the results' statuses.
+STARTS = ("sent_to_dps", "failed_validation")
+RESULTS = ("completed", "failed_dps_validation")
+# Where a job may go from each status; a status not here is final.
+TRANSITIONS: dict[str, tuple[str, ...]] = {"sent_to_dps": RESULTS}
+# Finished with DPS's answer: more results are a duplicate.
+ANSWERED = ("completed", "failed_dps_validation")
 
 
 def job_record(job_id: str, status: str, **fields: Any) -> bytes:
@@ -29,33 +40,80 @@ def job_record(job_id: str, status: str, **fields: Any) -> bytes:
     return json.dumps({"job_id": job_id, "status": status, **fields}, default=str).encode()
 
 
+def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
+    """Apply the job record ``payload`` of message ``message_id`` in ``conn``'s transaction
+    if the job's state allows it; else why not (the message's outcome instead)."""
+    try:
+        record = json.loads(payload)
+        job_id, status = str(record["job_id"]), str(record["status"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return Refusal("error", f"not a job record: {exc}")
+    query = select(jobs.c.status).where(jobs.c.job_id == job_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()  # two nodes' results for one job: one waits
+    current = conn.scalar(query)
+    values = {k: _column(k, record[k]) for k in FIELDS if record.get(k) is not None}
+    values["updated_at"] = utcnow()
+    if status in STARTS:
+        if current is None:
+            conn.execute(jobs.insert().values(job_id=job_id, **values))
+        return None  # a start again (a retry, a resend) changes nothing
+    if status not in RESULTS:
+        return Refusal("error", f"job {job_id}: unknown status {status!r}")
+    if current is None:
+        return Refusal("error", f"no job {job_id}: results for a job tie never started; not sent")
+    if status in TRANSITIONS.get(current, ()):
+        conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(**values))
+        return None
+    if current in ANSWERED:
+        original = _answered_by(conn, job_id, message_id)
+        reason = f"job {job_id} is {current} already; these results are not sent again"
+        if original is not None:
+            reason = f"duplicate of {original[1]}: {reason}"
+        return Refusal("filtered", reason, original[0] if original else None)
+    return Refusal("error", f"job {job_id} is {current}: it never went to DPS; results not sent")
+
+
+def _answered_by(conn: Connection, job_id: str, message_id: int) -> tuple[int, str] | None:
+    """The latest other processed message of the job that is not its intake: the results
+    that answered it."""
+    m = messages.c
+    row = conn.execute(
+        select(m.id, m.uuid)
+        .join(correlations, correlations.c.message_id == m.id)
+        .where(
+            correlations.c.key == KEY,
+            correlations.c.value == job_id,
+            m.id != message_id,
+            m.uuid != job_id,
+            m.status == "processed",
+        )
+        .order_by(m.id.desc())
+        .limit(1)
+    ).first()
+    return (row.id, row.uuid) if row else None
+
+
 class JobSender:
-    """The ``job`` destination: writes the job record a delivery carries."""
+    """The ``job`` destination for a delivery the dispatcher sends (a resend, or one queued
+    before the engine applied job records as it processes): ``apply`` in its own transaction."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
     async def send(self, delivery: Delivery) -> SendResult:
-        try:
-            record = json.loads(delivery.body.read())
-            job_id = str(record["job_id"])
-        except (ValueError, KeyError, TypeError) as exc:
-            return SendResult("fail", error=f"not a job record: {exc}")
-        status = await asyncio.to_thread(self._upsert, job_id, record)
+        body = delivery.body.read()
+        refusal, job_id, status = await asyncio.to_thread(self._apply, body, delivery.message_id)
+        if refusal is not None:
+            return SendResult("fail", error=refusal.reason)
         return SendResult("sent", json.dumps({"job_id": job_id, "status": status}).encode())
 
-    def _upsert(self, job_id: str, record: dict[str, Any]) -> str:
-        values = {k: _column(k, record[k]) for k in FIELDS if record.get(k) is not None}
-        values["updated_at"] = utcnow()
+    def _apply(self, body: bytes, message_id: int) -> tuple[Refusal | None, str, str | None]:
         with self._store.begin() as conn:
-            current = conn.scalar(select(jobs.c.status).where(jobs.c.job_id == job_id))
-            if current is None:
-                conn.execute(jobs.insert().values(job_id=job_id, **values))
-                return str(values.get("status"))
-            if current in JOB_FINAL and values.get("status") not in JOB_FINAL:
-                values.pop("status", None)
-            conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(**values))
-            return str(values.get("status", current))
+            refusal = apply(conn, body, message_id)
+            job_id = str(json.loads(body).get("job_id")) if refusal is None else ""
+            status = conn.scalar(select(jobs.c.status).where(jobs.c.job_id == job_id))
+            return refusal, job_id, status
 
     async def close(self) -> None:
         return None

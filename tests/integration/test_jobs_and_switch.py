@@ -12,7 +12,8 @@ from tie_testing import RunningEngine, api_token, channel, engine_config, wait_u
 
 from router.cli import main
 from router.connectors import Delivery
-from router.dps.jobs import JobSender, job_record
+from router.dps.jobs import JobSender, apply, job_record, list_jobs
+from router.processing import Refusal
 from router.store.database import Store
 from router.store.inbound import Inbound
 from router.store.migrate import upgrade
@@ -105,3 +106,24 @@ def test_pause_and_resume_through_the_api(tmp_path, store_url, monkeypatch):
     finally:
         client.close()
         running.stop()
+
+
+def test_the_jobs_state_decides_which_records_apply(store_url):
+    store = Store(store_url)
+    upgrade(store)
+    try:
+        with store.begin() as conn:
+            assert apply(conn, job_record("j", "sent_to_dps", practice="A82023"), 1) is None
+            assert apply(conn, job_record("j", "completed", statistics={"patients": 1}), 3) is None
+            assert apply(conn, job_record("j", "sent_to_dps"), 4) is None, "a start again: no-op"
+            duplicate = apply(conn, job_record("j", "completed", statistics={}), 5)
+            assert duplicate == Refusal(
+                "filtered", "job j is completed already; these results are not sent again"
+            )
+            unknown = apply(conn, job_record("k", "completed"), 6)
+            assert unknown is not None and unknown.status == "error"
+            assert unknown.reason.startswith("no job k: ")
+        (job,) = list_jobs(store)
+        assert (job["status"], job["statistics"]) == ("completed", {"patients": 1})
+    finally:
+        store.dispose()

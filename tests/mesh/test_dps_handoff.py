@@ -351,3 +351,101 @@ def _all_settled(store) -> bool:
     with store.read() as conn:
         states = conn.scalars(select(deliveries.c.status)).all()
     return bool(states) and all(s == "sent" for s in states)
+
+
+def _send_results(sandbox: MeshSandbox, job_id: str, lines: list[dict]) -> None:
+    """DPS sends ``lines`` (JSON Lines) as the results of ``job_id``."""
+    body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    with sandbox.client(DPS) as dps:
+        dps.send_message(
+            HUB, body, workflow_id="LISTREC_DPS_RESULT", filename=f"{job_id}.jsonl", local_id=job_id
+        )
+
+
+def _results(job_id: str, *records: dict) -> list[dict]:
+    header = {"type": "header", "version": 1, "job_id": job_id, "practice": "A82023"}
+    return [{**header, "filename": GP_FILE}, *records, {"type": "summary", "patients": 2}]
+
+
+def _results_messages(store) -> list:
+    """The dps-results channel's messages once all are settled, oldest first."""
+    m = messages.c
+    with store.read() as conn:
+        rows = conn.execute(
+            select(m.id, m.uuid, m.status, m.error, m.duplicate_of)
+            .where(m.channel == "dps-results")
+            .order_by(m.id)
+        ).all()
+    return rows if rows and all(r.status != "received" for r in rows) else []
+
+
+def _sent_to(store, destination: str) -> int:
+    with store.read() as conn:
+        return len(
+            conn.scalars(
+                select(deliveries.c.id).where(deliveries.c.destination == destination)
+            ).all()
+        )
+
+
+def test_results_for_a_job_that_failed_validation_leave_it_failed_and_send_nothing(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox, filename="A82023_GPR4LNA1.CSA.txt")
+        (job,) = wait_until(lambda: list_jobs(running.store), timeout=30)
+        wait_until(lambda: relay.emails(), timeout=30)  # the failure email
+        _send_results(mesh_sandbox, job["job_id"], _results(job["job_id"]))
+        (refused,) = wait_until(lambda: _results_messages(running.store), timeout=30)
+        assert refused.status == "error"
+        assert f"job {job['job_id']} is failed_validation" in refused.error
+        (kept,) = list_jobs(running.store)
+        assert (kept["status"], kept["error"]) == ("failed_validation", job["error"])
+        assert _sent_to(running.store, "pcse") == _sent_to(running.store, "summary-email") == 0
+        assert len(relay.emails()) == 1 and mesh_sandbox.inbox(PCSE) == []
+    finally:
+        running.stop()
+
+
+def test_results_for_a_job_never_started_send_nothing(tmp_path, store_url, mesh_sandbox, relay):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_results(mesh_sandbox, "no-such-job", _results("no-such-job"))
+        (refused,) = wait_until(lambda: _results_messages(running.store), timeout=30)
+        assert refused.status == "error"
+        assert refused.error.startswith("no job no-such-job: results for a job tie never started")
+        assert list_jobs(running.store) == []
+        assert _sent_to(running.store, "pcse") == _sent_to(running.store, "summary-email") == 0
+        assert relay.emails() == [] and mesh_sandbox.inbox(PCSE) == []
+    finally:
+        running.stop()
+
+
+def test_a_second_results_file_for_a_job_is_a_filtered_duplicate_and_sends_nothing(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        wait_until(lambda: mesh_sandbox.inbox(DPS), timeout=30)
+        fake_dps(mesh_sandbox)
+        wait_until(lambda: len(_pcse_files(mesh_sandbox)) == 3, timeout=30)
+        (job,) = wait_until(lambda: [j for j in list_jobs(running.store) if j["statistics"]])
+        _send_results(mesh_sandbox, job["job_id"], _results(job["job_id"]))
+        first, second = wait_until(
+            lambda: len(found := _results_messages(running.store)) == 2 and found, timeout=30
+        )
+        assert (first.status, second.status) == ("processed", "filtered")
+        assert second.duplicate_of == first.id
+        assert second.error == (
+            f"duplicate of {first.uuid}: job {job['job_id']} is completed already; "
+            "these results are not sent again"
+        )
+        assert _sent_to(running.store, "pcse") == 3
+        assert _sent_to(running.store, "summary-email") == 1
+        assert list_jobs(running.store)[0]["statistics"] == job["statistics"]
+        wait_until(lambda: _all_settled(running.store))
+        assert len(relay.emails()) == 1 and len(_pcse_files(mesh_sandbox)) == 3
+    finally:
+        running.stop()
