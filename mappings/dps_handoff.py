@@ -14,12 +14,16 @@ from typing import Any
 from router.dps.filename import FilenameError, validate_filename
 from router.dps.jobs import job_record
 from router.dps.results import (
+    Results,
+    ResultsError,
     csv_files,
     failure_body,
     failure_subject,
     read_results,
     summary_body,
     summary_subject,
+    unreadable_body,
+    unreadable_subject,
 )
 from router.message import Message, Output
 
@@ -60,11 +64,16 @@ def intake(message: Message) -> dict[str, Any]:
 
 def results(message: Message) -> dict[str, Any]:
     """dps-results: destinations ``job``, ``pcse``, ``summary-email`` and ``failure-email``."""
-    with message.open() as stream:
-        found = read_results(stream)
-    message.correlate("dps_job", found.job_id)
     at = message.received_at
     assert at is not None
+    with message.open() as stream:
+        try:
+            found = read_results(stream)
+        except ResultsError as exc:
+            if exc.results is None:
+                raise  # no job named: the message is an ``error``, with the line
+            return _unreadable(message, exc.results, str(exc))
+    message.correlate("dps_job", found.job_id)
     headers = {"job_id": found.job_id}
     who = {"practice": found.practice, "filename": found.filename}
     if found.failed:
@@ -88,6 +97,25 @@ def results(message: Message) -> dict[str, Any]:
         "pcse": [Output(data, "text/csv", {**headers, "filename": name}) for name, data in files],
         "summary-email": summary,
     }
+
+
+def _unreadable(message: Message, header: Results, reason: str) -> dict[str, Any]:
+    """Results that break the layout after a valid header: the job fails with the reason and
+    the failure email says so; nothing goes to PCSE."""
+    message.correlate("dps_job", header.job_id)
+    record = job_record(
+        header.job_id,
+        "failed_results",
+        practice=header.practice,
+        filename=header.filename,
+        error=reason,
+    )
+    email = Output(
+        unreadable_body(header.filename, message.received_at, reason),  # type: ignore[arg-type]
+        "text/plain",
+        {"job_id": header.job_id, "subject": unreadable_subject(header.filename)},
+    )
+    return {"job": Output(record, JSON), "failure-email": email}
 
 
 def _reason(error: Any) -> str:

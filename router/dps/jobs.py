@@ -28,9 +28,13 @@ FIELDS = ("practice", "filename", "received_at", "status", "statistics", "error"
 KEY = "dps_job"  # the correlation key the mapping sets: the job id
 # Statuses the intake sets on a new job, and the results' statuses.
 STARTS = ("sent_to_dps", "failed_validation")
-RESULTS = ("completed", "failed_dps_validation")
+RESULTS = ("completed", "failed_dps_validation", "failed_results")
 # Where a job may go from each status; a status not here is final.
-TRANSITIONS: dict[str, tuple[str, ...]] = {"sent_to_dps": RESULTS}
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "sent_to_dps": RESULTS,
+    # DPS may send corrected results after unreadable ones.
+    "failed_results": RESULTS,
+}
 # Finished with DPS's answer: more results are a duplicate.
 ANSWERED = ("completed", "failed_dps_validation")
 

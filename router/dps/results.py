@@ -105,7 +105,10 @@ HEADER_RULES = {
 
 
 class ResultsError(ValueError):
-    """The JSON Lines break the layout: say where."""
+    """The JSON Lines break the layout: say where. ``results`` holds the header when it was
+    read, so the job it names can be told."""
+
+    results: Results | None = None
 
 
 @dataclass
@@ -151,6 +154,16 @@ def read_results(stream: BinaryIO) -> Results:
             raise ResultsError(f"line 1: the header's {name} {value[:80]!r} is not {meaning}")
         values.append(value)
     results = Results(*values)
+    try:
+        _read_lines(lines, results)
+    except ResultsError as exc:
+        exc.results = results
+        raise
+    return results
+
+
+def _read_lines(lines: Iterator[tuple[int, dict[str, Any]]], results: Results) -> None:
+    """The lines after the header, into ``results``."""
     summary = None
     for number, line in lines:
         kind = line.get("type")
@@ -175,7 +188,6 @@ def read_results(stream: BinaryIO) -> Results:
     # Without its summary the file was cut short: its CSVs would be silently incomplete.
     if summary is None and not results.failed:
         raise ResultsError("the results end without the summary line (cut short?)")
-    return results
 
 
 def _objects(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -251,6 +263,18 @@ def summary_body(results: Results, at: datetime, files: list[str]) -> str:
 
 def failure_subject(filename: str) -> str:
     return f"List Reconciliation: GP file {filename} failed validation"
+
+
+def unreadable_subject(filename: str) -> str:
+    return f"List Reconciliation: DPS results for GP file {filename} could not be read"
+
+
+def unreadable_body(filename: str, at: datetime, reason: str) -> str:
+    return (
+        f"DPS's results for the GP file: {filename}, received at {timestamp(at)}, could not "
+        f"be read, so nothing has been sent to PCSE.\n\nReason: {reason}\n\n"
+        "Ask DPS to send the results again.\n"
+    )
 
 
 def failure_body(filename: str, at: datetime, reasons: Iterable[str]) -> str:

@@ -114,6 +114,7 @@ def test_the_jobs_state_decides_which_records_apply(store_url):
     try:
         with store.begin() as conn:
             assert apply(conn, job_record("j", "sent_to_dps", practice="A82023"), 1) is None
+            assert apply(conn, job_record("j", "failed_results", error="line 2"), 2) is None
             assert apply(conn, job_record("j", "completed", statistics={"patients": 1}), 3) is None
             assert apply(conn, job_record("j", "sent_to_dps"), 4) is None, "a start again: no-op"
             duplicate = apply(conn, job_record("j", "completed", statistics={}), 5)

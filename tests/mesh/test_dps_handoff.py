@@ -449,3 +449,29 @@ def test_a_second_results_file_for_a_job_is_a_filtered_duplicate_and_sends_nothi
         assert len(relay.emails()) == 1 and len(_pcse_files(mesh_sandbox)) == 3
     finally:
         running.stop()
+
+
+def test_unreadable_results_fail_the_job_with_the_reason_and_send_the_failure_email(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        with mesh_sandbox.client(DPS) as dps:
+            job_id = dps.retrieve_message(wait_until(dps.list_messages, timeout=30)[0]).local_id
+        _send_results(mesh_sandbox, job_id, [*_results(job_id)[:1], {"type": "surprise"}])
+        (email,) = wait_until(lambda: relay.emails(), timeout=30)
+        assert " ".join(email["Subject"].split()) == (
+            f"List Reconciliation: DPS results for GP file {GP_FILE} could not be read"
+        )
+        assert "line 2: unknown type 'surprise'" in email.get_content()
+        (job,) = wait_until(
+            lambda: [j for j in list_jobs(running.store) if j["status"] == "failed_results"]
+        )
+        assert job["error"] == "line 2: unknown type 'surprise'"
+        assert _sent_to(running.store, "pcse") == 0 and mesh_sandbox.inbox(PCSE) == []
+
+        fake_dps(mesh_sandbox)  # DPS sends the results again, readable this time
+        wait_until(lambda: list_jobs(running.store)[0]["status"] == "completed", timeout=30)
+    finally:
+        running.stop()
