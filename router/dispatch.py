@@ -29,6 +29,7 @@ from router.store.deliveries import (
     Attempt,
     Claimed,
     ClaimRequest,
+    OnFailed,
     claim_next,
     record,
     record_then_claim,
@@ -59,9 +60,11 @@ class DestinationWorker:
         options: DispatchOptions,
         owner: str,
         transact: Transact[Any] | None = None,
+        on_failed: OnFailed | None = None,
     ) -> None:
         self.channel, self.name, self.config = channel, name, config
         self._store = store
+        self._on_failed = on_failed
         self._options = options
         self._owner = owner
         self._transact = transact
@@ -166,6 +169,7 @@ class DestinationWorker:
                 claimed,
                 self._request,
                 transact=self._transact,
+                on_failed=self._on_failed,
             )
         else:
             outcomes = await _store_work(
@@ -176,6 +180,7 @@ class DestinationWorker:
                 claimed,
                 owner=self._owner,
                 transact=self._transact,
+                on_failed=self._on_failed,
             )
         metrics.count_deliveries(self.channel, self.name, outcomes)
         return following
@@ -212,7 +217,9 @@ class DestinationWorker:
 
 
 class Dispatcher:
-    """One worker per destination of every channel; woken when the processor queues work."""
+    """One worker per destination of every channel; woken when the processor queues work.
+
+    ``on_failed`` is told, in the same transaction, of deliveries that failed for good."""
 
     def __init__(
         self,
@@ -222,8 +229,10 @@ class Dispatcher:
         options: DispatchOptions,
         owner: str,
         transact: Transact[Any] | None = None,
+        on_failed: OnFailed | None = None,
     ) -> None:
         self._store = store
+        self._on_failed = on_failed
         self._owner = owner
         self._make_sender = make_sender
         self._options = options
@@ -295,6 +304,7 @@ class Dispatcher:
             self._options,
             self._owner,
             self._transact,
+            self._on_failed,
         )
 
     async def stop(self) -> None:

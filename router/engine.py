@@ -107,6 +107,7 @@ class Engine:
             config.dispatch,
             owner=config.node,
             transact=transact,
+            on_failed=jobs.undelivered,
         )
         self.processor = Processor(
             self.store,
@@ -128,7 +129,11 @@ class Engine:
             if c.config.source.mllp is not None
         ]
         self.mesh = mesh_schedule(
-            config, [c.config for c in self.channels.values()], self.store, self.writer.submit_sync
+            config,
+            [c.config for c in self.channels.values()],
+            self.store,
+            self.writer.submit_sync,
+            jobs.undelivered,
         )
         self.files = file_schedule(
             [c.config for c in self.channels.values()], self.store, self.writer.submit_sync

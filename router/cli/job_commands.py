@@ -36,6 +36,7 @@ COLUMNS = (
     "only_on_gp",
     "only_on_pds",
     "differences",
+    "error",
 )
 
 

@@ -5,8 +5,10 @@ JSON record to the ``job`` destination at each step; the engine applies it in
 the transaction that writes the message's outcome (``apply``), so a record the
 job's state refuses settles its message instead of sending anything: results
 for a finished job are a ``filtered`` duplicate (idempotent receiver), results
-for a job that never went to DPS an ``error``. Every transition is checked here,
-against ``TRANSITIONS``; docs/dps-handoff.md draws the machine.
+for a job that never went to DPS an ``error``. A delivery to DPS that fails for
+good fails its job in the transaction that fails the delivery (``undelivered``).
+Every transition is checked here, against ``TRANSITIONS``; docs/dps-handoff.md
+draws the machine.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from router.connectors import Delivery, SendResult
 from router.processing import Refusal
 from router.store.database import Store
 from router.store.inbound import utcnow
-from router.store.schema import correlations, jobs, messages
+from router.store.schema import correlations, deliveries, jobs, messages
 
 FIELDS = ("practice", "filename", "received_at", "status", "statistics", "error")
 KEY = "dps_job"  # the correlation key the mapping sets: the job id
@@ -31,10 +33,11 @@ STARTS = ("sent_to_dps", "failed_validation")
 RESULTS = ("completed", "failed_dps_validation", "failed_results")
 # Where a job may go from each status; a status not here is final.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
-    "sent_to_dps": RESULTS,
+    "sent_to_dps": (*RESULTS, "failed_delivery"),
     # DPS may send corrected results after unreadable ones.
     "failed_results": RESULTS,
 }
+_FAILS_UNDELIVERED = [s for s, to in TRANSITIONS.items() if "failed_delivery" in to]
 # Finished with DPS's answer: more results are a duplicate.
 ANSWERED = ("completed", "failed_dps_validation")
 
@@ -76,6 +79,31 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
             reason = f"duplicate of {original[1]}: {reason}"
         return Refusal("filtered", reason, original[0] if original else None)
     return Refusal("error", f"job {job_id} is {current}: it never went to DPS; results not sent")
+
+
+def undelivered(conn: Connection, delivery_ids: list[int]) -> None:
+    """Fail, with the delivery's error, every job still waiting for DPS (``sent_to_dps``)
+    whose message has a delivery among ``delivery_ids`` that is ``failed``: its file never
+    reached DPS."""
+    found = conn.execute(
+        select(correlations.c.value, deliveries.c.destination, deliveries.c.last_error)
+        .join(correlations, correlations.c.message_id == deliveries.c.message_id)
+        .where(
+            deliveries.c.id.in_(delivery_ids),
+            deliveries.c.status == "failed",
+            correlations.c.key == KEY,
+        )
+    ).all()
+    for job_id, destination, error in found:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.job_id == job_id, jobs.c.status.in_(_FAILS_UNDELIVERED))
+            .values(
+                status="failed_delivery",
+                error=f"delivery to {destination} failed: {error or 'no reason given'}",
+                updated_at=utcnow(),
+            )
+        )
 
 
 def _answered_by(conn: Connection, job_id: str, message_id: int) -> tuple[int, str] | None:

@@ -19,6 +19,7 @@ from router.config import ChannelConfig
 from router.connectors.file_source import file_schedule
 from router.connectors.mesh.build import mesh_schedule
 from router.connectors.mllp.listener import ListenError, MllpListener
+from router.dps import jobs
 from router.pipeline import CompiledChannel
 
 if TYPE_CHECKING:
@@ -129,6 +130,7 @@ class Reloader:
                 [c.config for c in new.values()],
                 engine.store,
                 engine.writer.submit_sync,
+                jobs.undelivered,
             )
             await asyncio.to_thread(engine.mesh.start)
 

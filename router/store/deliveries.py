@@ -34,6 +34,9 @@ from router.store.schema import PENDING, attempts, deliveries
 
 log = logging.getLogger(__name__)
 d = deliveries.c
+# Told, in the transaction that fails them for good, the ids of deliveries that failed (so a
+# DPS job whose file never reached DPS fails with them).
+OnFailed = Callable[[Connection, list[int]], None]
 
 
 @dataclass
@@ -250,6 +253,7 @@ def record(
     *,
     owner: str,
     transact: Transact[Any] | None = None,
+    on_failed: OnFailed | None = None,
 ) -> list[str]:
     """Write every attempt and settle its delivery; release claimed ones never attempted.
 
@@ -258,7 +262,7 @@ def record(
     node's outcome stands. ``transact`` runs the transaction (default: one of its own).
     Returns each attempt's outcome (sent, retrying, failed), for the metrics.
     """
-    settle, outcomes = _settling(done, policy, claimed, owner)
+    settle, outcomes = _settling(done, policy, claimed, owner, on_failed)
     (transact or store.run)(settle)
     return outcomes
 
@@ -271,6 +275,7 @@ def record_then_claim(
     request: ClaimRequest,
     *,
     transact: Transact[Any] | None = None,
+    on_failed: OnFailed | None = None,
 ) -> tuple[list[str], Claimed]:
     """``record`` a round and ``claim`` the next in one transaction: for a worker that
     already knows more is due, one commit (one writer job on SQLite) instead of two.
@@ -278,7 +283,7 @@ def record_then_claim(
     The claim runs in a savepoint: if it fails, the round's attempts are still recorded
     (every attempt is kept) and the next round is empty, to be claimed again later.
     """
-    settle, outcomes = _settling(done, policy, claimed, request.owner)
+    settle, outcomes = _settling(done, policy, claimed, request.owner, on_failed)
 
     def work(conn: Connection) -> Claimed:
         settle(conn)
@@ -320,7 +325,11 @@ def renew(
 
 
 def _settling(
-    done: list[Attempt], policy: RetryPolicy, claimed: list[int], owner: str
+    done: list[Attempt],
+    policy: RetryPolicy,
+    claimed: list[int],
+    owner: str,
+    on_failed: OnFailed | None = None,
 ) -> tuple[Callable[[Connection], None], list[str]]:
     """``record``'s work for a transaction, and the attempts' outcomes."""
     now = utcnow()
@@ -366,6 +375,9 @@ def _settling(
                     len(updates) - settled,
                     [u["id"] for u in updates],
                 )
+        failed = [u["id"] for u in updates if u["status"] == "failed"]
+        if failed and on_failed is not None:
+            on_failed(conn, failed)  # it checks they are failed: a lost lease settles nothing
         if untried:
             _release(conn, and_(d.id.in_(untried), d.lease_owner == owner))
 

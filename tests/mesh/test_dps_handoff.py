@@ -51,7 +51,7 @@ def _environment(monkeypatch):
     monkeypatch.setenv(PROCESSING_DATE_ENV, "2020-04-10")
 
 
-def _channels(relay: SmtpRelay):
+def _channels(relay: SmtpRelay, dps_mailbox: str | None = None):
     channels = {}
     for name in ("gp-extract-intake", "dps-results"):
         config = load_channel(EXAMPLE / f"{name}.yaml")
@@ -60,10 +60,14 @@ def _channels(relay: SmtpRelay):
             if destination.smtp is not None:
                 destination.smtp.host, destination.smtp.port = "127.0.0.1", relay.port
         channels[name] = config
+    if dps_mailbox:
+        channels["gp-extract-intake"].destinations["dps"].mesh.to = dps_mailbox
     return channels
 
 
-def _engine(tmp_path, store_url, sandbox: MeshSandbox, relay: SmtpRelay) -> RunningEngine:
+def _engine(
+    tmp_path, store_url, sandbox: MeshSandbox, relay: SmtpRelay, dps_mailbox: str | None = None
+) -> RunningEngine:
     mailbox = mailbox_config(sandbox)
     config = engine_config(
         tmp_path,
@@ -72,7 +76,7 @@ def _engine(tmp_path, store_url, sandbox: MeshSandbox, relay: SmtpRelay) -> Runn
         blobs={"directory": str(tmp_path / "blobs")},
         mesh={"mailboxes": {"hub": mailbox}},
     )
-    return RunningEngine(config, _channels(relay))
+    return RunningEngine(config, _channels(relay, dps_mailbox))
 
 
 def _send_extract(sandbox: MeshSandbox, filename: str = GP_FILE, data: bytes | None = None) -> str:
@@ -473,5 +477,42 @@ def test_unreadable_results_fail_the_job_with_the_reason_and_send_the_failure_em
 
         fake_dps(mesh_sandbox)  # DPS sends the results again, readable this time
         wait_until(lambda: list_jobs(running.store)[0]["status"] == "completed", timeout=30)
+    finally:
+        running.stop()
+
+
+def test_an_extract_dps_refuses_fails_its_job_with_the_reason(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay, dps_mailbox="X26NOBODY")
+    try:
+        _send_extract(mesh_sandbox)
+        (job,) = wait_until(
+            lambda: [j for j in list_jobs(running.store) if j["status"] == "failed_delivery"],
+            timeout=30,
+        )
+        assert job["error"].startswith("delivery to dps failed: MESH refused (code ")
+    finally:
+        running.stop()
+
+
+def test_a_non_delivery_report_for_an_extract_fails_its_job(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        (mesh_id,) = wait_until(lambda: mesh_sandbox.inbox(DPS), timeout=30)
+        wait_until(lambda: _all_settled(running.store))
+        assert list_jobs(running.store)[0]["status"] == "sent_to_dps"
+        mesh_sandbox.report(HUB, mesh_id, "14", "Message not collected by recipient")
+        (job,) = wait_until(
+            lambda: [j for j in list_jobs(running.store) if j["status"] == "failed_delivery"],
+            timeout=30,
+        )
+        assert job["error"] == (
+            "delivery to dps failed: "
+            "MESH non-delivery report 14: Message not collected by recipient"
+        )
     finally:
         running.stop()

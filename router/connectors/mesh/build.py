@@ -10,6 +10,7 @@ from router.connectors.mesh.poller import MailboxPoller
 from router.connectors.mesh.sender import MeshSender
 from router.scheduling import Job, PollSchedule
 from router.store.database import Store
+from router.store.deliveries import OnFailed
 from router.store.inbound import Inbound, Receipt
 
 
@@ -38,14 +39,16 @@ def mesh_schedule(
     channels: list[ChannelConfig],
     store: Store,
     submit: Callable[[Inbound], Receipt],
+    on_failed: OnFailed | None = None,
 ) -> PollSchedule:
-    """One poller per mailbox that feeds channels, in channel order."""
+    """One poller per mailbox that feeds channels, in channel order; ``on_failed`` is told of
+    deliveries a non-delivery report fails."""
     by_mailbox: dict[str, list[ChannelConfig]] = {}
     for channel in channels:
         if channel.source.mesh is not None:
             by_mailbox.setdefault(channel.source.mesh.mailbox, []).append(channel)
     pollers = [
-        MailboxPoller(name, config.mesh.mailboxes[name], fed, store, submit)
+        MailboxPoller(name, config.mesh.mailboxes[name], fed, store, submit, on_failed)
         for name, fed in by_mailbox.items()
     ]
     jobs = [

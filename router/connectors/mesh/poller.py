@@ -26,6 +26,7 @@ from router.config import ChannelConfig
 from router.config.mesh import MeshMailbox
 from router.connectors.mesh.client import open_client
 from router.store.database import Store
+from router.store.deliveries import OnFailed
 from router.store.inbound import Inbound, Receipt, utcnow, write_inbound
 from router.store.leader import leader
 from router.store.schema import attempts, deliveries, mesh_sent, messages
@@ -56,8 +57,10 @@ class MailboxPoller:
         channels: list[ChannelConfig],
         store: Store,
         submit: Callable[[Inbound], Receipt],
+        on_failed: OnFailed | None = None,
     ) -> None:
         self.name = name
+        self._on_failed = on_failed
         self.mailbox = mailbox
         self.channels = channels
         polls = [c.source.mesh for c in channels if c.source.mesh is not None]
@@ -180,6 +183,8 @@ class MailboxPoller:
                 channel, status = target.channel, "filtered"
                 error = f"non-delivery report for delivery {target.id}: {reason}"
                 _fail_delivery(conn, target, reason, json.dumps(meta).encode(), now)
+                if self._on_failed is not None:
+                    self._on_failed(conn, [target.id])
             write_inbound(
                 conn,
                 [
