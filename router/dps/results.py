@@ -111,28 +111,58 @@ class ResultsError(ValueError):
     results: Results | None = None
 
 
+class Table:
+    """One CSV file, written as its records are read: a record is kept only as its line
+    (a parsed record costs many times its text), and counted."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self._columns = columns
+        self._out = io.BytesIO()
+        self._text = io.TextIOWrapper(self._out, encoding="utf-8", newline="")
+        self._writer = csv.DictWriter(
+            self._text, fieldnames=columns, extrasaction="ignore", lineterminator="\n"
+        )
+        self._writer.writeheader()
+        self.rows = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self._writer.writerow({c: _cell(record.get(c)) for c in self._columns})
+        self.rows += 1
+
+    def data(self) -> bytes:
+        self._text.flush()
+        return self._out.getvalue()
+
+
 @dataclass
 class Results:
     job_id: str
     practice: str
     filename: str
     patients: int = 0
-    rows: dict[str, list[dict[str, Any]]] = field(
-        default_factory=lambda: {kind: [] for kind in KINDS}
+    tables: dict[str, Table] = field(
+        default_factory=lambda: {kind: Table(columns) for kind, (_, columns) in KINDS.items()}
     )
+    by_rule: Counter[str] = field(default_factory=Counter)
+    patients_with_differences: set[Any] = field(default_factory=set)
     failures: list[dict[str, Any]] = field(default_factory=list)
     failed: bool = False
 
+    def add(self, kind: str, record: dict[str, Any]) -> None:
+        self.tables[kind].add(record)
+        if kind == "difference":
+            self.by_rule[str(record.get("ruleId", ""))] += 1
+            self.patients_with_differences.add(record.get("nhsNumber"))
+
     @property
     def statistics(self) -> dict[str, Any]:
-        by_rule = Counter(str(r.get("ruleId", "")) for r in self.rows["difference"])
         return {
             "patients": self.patients,
-            "only_on_gp": len(self.rows["only_on_gp"]),
-            "only_on_pds": len(self.rows["only_on_pds"]),
-            "differences": len(self.rows["difference"]),
-            "patients_with_differences": len({r.get("nhsNumber") for r in self.rows["difference"]}),
-            "differences_by_rule": dict(sorted(by_rule.items())),
+            "only_on_gp": self.tables["only_on_gp"].rows,
+            "only_on_pds": self.tables["only_on_pds"].rows,
+            "differences": self.tables["difference"].rows,
+            "patients_with_differences": len(self.patients_with_differences),
+            "differences_by_rule": dict(sorted(self.by_rule.items())),
         }
 
 
@@ -172,7 +202,7 @@ def _read_lines(lines: Iterator[tuple[int, dict[str, Any]]], results: Results) -
         if kind in KINDS:
             if not isinstance(line.get("record"), dict):
                 raise ResultsError(f"line {number}: a {kind} line needs a record object")
-            results.rows[kind].append(line["record"])
+            results.add(kind, line["record"])
         elif kind == "summary":
             patients = line.get("patients")
             if type(patients) is not int or patients < 0:
@@ -209,17 +239,9 @@ def csv_files(results: Results, at: datetime) -> list[tuple[str, bytes]]:
     """``{Practice}-OnlyOnGP-YYYYMMDDHHMMSS.csv``, ``...-OnlyOnPDS-...`` and ``...-CDD-...``."""
     stamp = at.astimezone(LONDON).strftime("%Y%m%d%H%M%S")
     return [
-        (f"{results.practice}-{label}-{stamp}.csv", _csv(columns, results.rows[kind]))
-        for kind, (label, columns) in KINDS.items()
+        (f"{results.practice}-{label}-{stamp}.csv", results.tables[kind].data())
+        for kind, (label, _) in KINDS.items()
     ]
-
-
-def _csv(columns: list[str], rows: Iterable[dict[str, Any]]) -> bytes:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({c: _cell(row.get(c)) for c in columns} for row in rows)
-    return out.getvalue().encode("utf-8")
 
 
 def _cell(value: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tracemalloc
 from datetime import UTC, date, datetime
 
 import pytest
@@ -167,3 +168,17 @@ def test_a_validation_failure_needs_no_summary():
     failure = {"type": "validation_failure", "errors": [{"line": 2, "message": "no NHS number"}]}
     results = read_results(_jsonl(HEADER, failure))
     assert results.failed and results.failures == failure["errors"]
+
+
+def test_results_are_kept_as_their_csv_lines_not_as_parsed_records():
+    record = {"nhsNumber": "9449304424", "gp_name_family": "AINDOW", "ruleId": "MN-BR-DB-01"}
+    lines = [HEADER, *({"type": "difference", "record": record} for _ in range(20_000)), SUMMARY]
+    stream = _jsonl(*lines)
+    tracemalloc.start()
+    try:
+        files = csv_files(read_results(stream), datetime(2021, 7, 1, tzinfo=UTC))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    written = sum(len(data) for _, data in files)
+    assert peak < 3 * written, f"peak {peak} bytes for {written} bytes of CSV"
