@@ -36,6 +36,8 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "sent_to_dps": (*RESULTS, "failed_delivery"),
     # DPS may send corrected results after unreadable ones.
     "failed_results": RESULTS,
+    # The file reached DPS after all: an operator resent the failed delivery.
+    "failed_delivery": RESULTS,
 }
 _FAILS_UNDELIVERED = [s for s, to in TRANSITIONS.items() if "failed_delivery" in to]
 # Finished with DPS's answer: more results are a duplicate.

@@ -7,7 +7,7 @@ import json
 
 import httpx
 import yaml
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tie_testing import RunningEngine, api_token, channel, engine_config, wait_until
 
 from router.cli import main
@@ -17,7 +17,7 @@ from router.processing import Refusal
 from router.store.database import Store
 from router.store.inbound import Inbound
 from router.store.migrate import upgrade
-from router.store.schema import audit_events, channel_state, messages
+from router.store.schema import audit_events, channel_state, jobs, messages
 
 TOKEN = "tie_switch-test-token"
 
@@ -124,7 +124,12 @@ def test_the_jobs_state_decides_which_records_apply(store_url):
             unknown = apply(conn, job_record("k", "completed"), 6)
             assert unknown is not None and unknown.status == "error"
             assert unknown.reason.startswith("no job k: ")
-        (job,) = list_jobs(store)
-        assert (job["status"], job["statistics"]) == ("completed", {"patients": 1})
+        with store.begin() as conn:
+            assert apply(conn, job_record("d", "sent_to_dps"), 7) is None
+            conn.execute(update(jobs).where(jobs.c.job_id == "d").values(status="failed_delivery"))
+            assert apply(conn, job_record("d", "completed"), 8) is None, "resent, answered"
+        found = {j["job_id"]: j for j in list_jobs(store)}
+        assert (found["j"]["status"], found["j"]["statistics"]) == ("completed", {"patients": 1})
+        assert found["d"]["status"] == "completed"
     finally:
         store.dispose()
