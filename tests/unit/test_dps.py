@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
+from router.dps import jobs
 from router.dps.filename import FilenameError, validate_filename
 from router.dps.results import (
     ResultsError,
@@ -18,6 +19,7 @@ from router.dps.results import (
     summary_body,
     summary_subject,
 )
+from router.store.schema import JOB_FINAL
 
 
 def test_a_valid_name_is_upper_cased_and_split():
@@ -182,3 +184,11 @@ def test_results_are_kept_as_their_csv_lines_not_as_parsed_records():
         tracemalloc.stop()
     written = sum(len(data) for _, data in files)
     assert peak < 3 * written, f"peak {peak} bytes for {written} bytes of CSV"
+
+
+def test_retention_counts_as_finished_exactly_the_jobs_no_transition_leaves() -> None:
+    """Retention keeps a job's intake message until the job is final (JOB_FINAL); the state
+    machine (TRANSITIONS) says which statuses are: the two lists must not drift apart."""
+    statuses = {*jobs.STARTS, *jobs.RESULTS, *jobs.TRANSITIONS}
+    statuses |= {to for targets in jobs.TRANSITIONS.values() for to in targets}
+    assert set(JOB_FINAL) == statuses - set(jobs.TRANSITIONS)
