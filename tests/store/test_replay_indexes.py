@@ -1,0 +1,100 @@
+"""A message's detail and a replay's dry run find copies by index, never by a scan of the
+messages or deliveries table (SQLite's query plan of every statement they run; the same
+indexes serve PostgreSQL). On a store of a million messages each scan cost seconds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from router import replay
+from router.store.database import Store
+from router.store.inbound import utcnow
+from router.store.migrate import upgrade
+from router.store.queries import message_detail
+from router.store.schema import deliveries, messages
+
+
+@pytest.fixture
+def linked(tmp_path: Any) -> Iterator[Store]:
+    """A migrated SQLite store with a reprocessed message and a resent delivery."""
+    store = Store(f"sqlite:///{tmp_path / 'tie.db'}")
+    upgrade(store)
+    now = utcnow()
+    message = {
+        "channel": "lab-orders",
+        "received_at": now,
+        "status": "processed",
+        "content_type": "application/hl7-v2",
+        "size": 4,
+        "raw": b"MSH|",
+    }
+    delivery = {
+        "channel": "lab-orders",
+        "destination": "lab",
+        "content_type": "application/hl7-v2",
+        "payload": b"MSH|",
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+    with store.begin() as conn:
+        conn.execute(messages.insert().values(id=1, uuid="a" * 36, **message))
+        conn.execute(messages.insert().values(id=2, uuid="b" * 36, reprocessed_from=1, **message))
+        conn.execute(deliveries.insert().values(id=1, message_id=1, status="resent", **delivery))
+        conn.execute(
+            deliveries.insert().values(id=2, message_id=1, status="sent", resent_from=1, **delivery)
+        )
+    yield store
+    store.dispose()
+
+
+@contextmanager
+def statements(store: Store) -> Iterator[list[tuple[str, Any]]]:
+    """The statements (with their parameters) run through the store's reader meanwhile."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(store.reader, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(store.reader, "before_cursor_execute", record)
+
+
+def _detail(store: Store) -> None:
+    with store.read() as conn:
+        assert message_detail(conn, 1) is not None
+
+
+CASES: dict[str, Callable[[Store], Any]] = {
+    "message detail": _detail,
+    "reprocess dry run": lambda store: replay.plan_reprocess(store, [1]),
+    "resend dry run": lambda store: replay.plan_resend(store, [1]),
+}
+
+
+def _scan(step: str) -> bool:
+    """A step reading the whole table, or every row after one (an open range of ids)."""
+    whole = step.startswith(("SCAN messages", "SCAN deliveries"))
+    return whole or step.endswith("USING INTEGER PRIMARY KEY (rowid>?)")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_copies_are_found_by_index(linked, name):
+    with statements(linked) as seen:
+        CASES[name](linked)
+    assert seen
+    scans = []
+    with linked.read() as conn:
+        for statement, parameters in seen:
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
+            steps = [row[-1] for row in plan]
+            scans += [s for s in steps if _scan(s)]
+    assert not scans, scans
