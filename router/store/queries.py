@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, or_, select, text
+from sqlalchemy import CompoundSelect, Connection, Select, func, or_, select, text, union_all
 
 from router.store.blobs import BlobStore
 from router.store.flags import flags_of
@@ -96,8 +96,7 @@ def search_query(f: MessageFilter, dialect: str, columns: tuple[Any, ...] = LIST
     if f.control_id:
         query = query.where(m.control_id == f.control_id)
     if f.key:
-        keyed = select(correlations.c.message_id).where(correlations.c.value == f.key)
-        query = query.where(or_(m.id.in_(keyed), m.control_id == f.key, m.uuid == f.key))
+        query = query.where(m.id.in_(_keyed(f.key)))
     if f.flag:
         flagged = select(message_flags.c.message_id).where(message_flags.c.flag == f.flag)
         query = query.where(m.id.in_(flagged))
@@ -112,6 +111,20 @@ def search_query(f: MessageFilter, dialect: str, columns: tuple[Any, ...] = LIST
     if f.before_id:
         query = query.where(m.id < f.before_id)
     return query.limit(f.limit)
+
+
+def _keyed(key: str) -> CompoundSelect[Any]:
+    """Ids of the messages ``key`` names: by a correlation value, MSH-10 or UUID.
+
+    One set of ids, each part from its own index: PostgreSQL scans the whole messages
+    table, newest first, for ``id IN (...) OR control_id = ...`` (3 s on a million).
+    """
+    other = messages.alias("keyed")
+    return union_all(
+        select(correlations.c.message_id).where(correlations.c.value == key),
+        select(other.c.id).where(other.c.control_id == key),
+        select(other.c.id).where(other.c.uuid == key),
+    )
 
 
 def search(conn: Connection, f: MessageFilter) -> list[dict[str, Any]]:
@@ -203,10 +216,16 @@ def timeline(conn: Connection, values: list[str], linked: list[int]) -> list[dic
     Each message carries its flags and its deliveries, each with its last attempt's answer
     (e.g. the laboratory's ACK to an order), so one list tells the conversation's story.
     """
-    related = select(correlations.c.message_id).where(correlations.c.value.in_(values))
+    other = messages.alias("linked")
+    # One set of ids, each part from its own index (an OR of them scans on PostgreSQL).
+    related = union_all(
+        select(correlations.c.message_id).where(correlations.c.value.in_(values)),
+        select(other.c.id).where(other.c.id.in_(linked)),
+        select(other.c.id).where(other.c.reprocessed_from.in_(linked)),
+    )
     query = (
         select(m.id, m.uuid, m.channel, m.received_at, m.status, m.message_type, m.control_id)
-        .where(or_(m.id.in_(related), m.id.in_(linked), m.reprocessed_from.in_(linked)))
+        .where(m.id.in_(related))
         .order_by(m.id)
         .limit(500)
     )
