@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +29,19 @@ from router.store.schema import audit_events
 
 GENESIS = "0" * 64
 _LOCK_KEY = 0x7469655F617564  # "tie_aud": serialises appenders on PostgreSQL
+_os_user: ContextVar[str | None] = ContextVar("tie_audit_os_user", default=None)
+
+
+@contextmanager
+def run_by(os_user: str) -> Iterator[None]:
+    """Every event appended inside comes from a command line run by ``os_user``
+    (``user@host``): its details keep that beside the actor, who is only claimed there
+    (``--actor``), whichever service function writes the event."""
+    token = _os_user.set(os_user)
+    try:
+        yield
+    finally:
+        _os_user.reset(token)
 
 
 def _digest(prev: str, at: datetime, actor: str, action: str, target: str, details: str) -> str:
@@ -35,6 +51,9 @@ def _digest(prev: str, at: datetime, actor: str, action: str, target: str, detai
 
 def append(conn: Connection, actor: str, action: str, target: str, details: dict[str, Any]) -> str:
     """Add one event inside the caller's transaction; returns its hash."""
+    os_user = _os_user.get()
+    if os_user is not None:
+        details = {**details, "os_user": os_user}
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
     prev = conn.scalar(select(audit_events.c.hash).order_by(audit_events.c.id.desc()).limit(1))

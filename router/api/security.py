@@ -259,6 +259,6 @@ def install(app: FastAPI, store: Store, options: AuthOptions) -> None:
         for names in case_clashes(conn):
             log.warning(
                 "users %s differ only in case: the four-eyes rules count them as one person; "
-                "disable all but one (`run.py users disable NAME`)",
+                "disable all but one (`run.py users disable NAME --actor ADMIN`)",
                 " and ".join(names),
             )

@@ -47,6 +47,17 @@ def _accept_config_after_command(parser: argparse.ArgumentParser) -> None:
                 _accept_config_after_command(command)
 
 
+def _handle(args: argparse.Namespace) -> int:
+    """Run the command; one that records an actor (``--actor``, default the OS user) has
+    every audit event it writes keep the OS user who ran it too (detail ``os_user``)."""
+    if not hasattr(args, "actor"):
+        return int(args.handler(args) or 0)
+    from router.audit import run_by
+
+    with run_by(commands.os_user()):
+        return int(args.handler(args) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -58,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     # httpx logs every request at INFO: the FHIR routes and the proxy make one per message.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        code = int(args.handler(args) or 0)
+        code = _handle(args)
         sys.stdout.flush()  # here, where a reader that went away is caught
         return code
     except BrokenPipeError:

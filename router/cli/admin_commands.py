@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from router.cli.commands import actor
+from router.cli.commands import acting
 from router.cli.output import (
     CommandError,
     add_json,
@@ -75,7 +75,9 @@ def channel_switch(args: argparse.Namespace) -> int:
 
     if args.name not in _channel_names(args):
         raise CommandError(f"no channel named {args.name!r}")
-    set_paused(open_store(args), args.name, args.paused, actor=actor(args), reason=args.reason)
+    store = open_store(args)
+    who = acting(args, store, "support")
+    set_paused(store, args.name, args.paused, actor=who, reason=args.reason)
     print(f"{args.name} {'paused' if args.paused else 'resumed'}")
     return 0
 
@@ -105,12 +107,13 @@ def prune(args: argparse.Namespace) -> int:
 
     config = engine_config(args)
     store = open_store(args)
+    who = acting(args, store, "admin")
     kept = {n: c for n, c in running_channels(store, config).items() if c.retention is not None}
     for name in args.channel or []:
         if name not in kept:
             raise CommandError(f"no channel named {name!r} with a retention policy")
     chosen = [kept[n] for n in sorted(args.channel or kept)]
-    pruner = Pruner(store, batch=config.retention.batch, actor=actor(args))
+    pruner = Pruner(store, batch=config.retention.batch, actor=who)
     if args.dry_run:
         results = [pruner.preview(c) for c in chosen]
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from router.cli.commands import actor
+from router.cli.commands import acting
 from router.cli.output import (
     CommandError,
     add_json,
@@ -58,11 +58,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     remove.set_defaults(handler=endpoints_remove)
 
 
-def _store(args: argparse.Namespace) -> Store:
+def _seeded(args: argparse.Namespace, store: Store) -> Store:
     """The store with the directory seeded from endpoints.yaml, as the engine seeds it."""
     from router.gateway import seed_from_file
 
-    store = open_store(args)
     try:
         seed_from_file(store, engine_config(args).endpoints)
     except ConfigError as exc:
@@ -83,7 +82,7 @@ def endpoints_list(args: argparse.Namespace) -> int:
     from router.directory import list_endpoints
 
     key = _key(args.key) if args.key else None
-    with _store(args).read() as conn:
+    with _seeded(args, open_store(args)).read() as conn:
         rows = list_endpoints(conn, key=key, interaction=args.interaction, transport=args.transport)
     _show(args, rows)
     return 0
@@ -103,8 +102,10 @@ def endpoints_add(args: argparse.Namespace) -> int:
         ]
     except ValueError as exc:
         raise CommandError(str(exc), 2) from exc
-    with _store(args).begin() as conn:
-        rows = [put_endpoint(conn, endpoint, actor=actor(args)) for endpoint in wanted]
+    store = open_store(args)
+    who = acting(args, store, "engineer")  # before the seeding: a refusal records nothing
+    with _seeded(args, store).begin() as conn:
+        rows = [put_endpoint(conn, endpoint, actor=who) for endpoint in wanted]
     _show(args, rows)
     return 0
 
@@ -113,9 +114,11 @@ def endpoints_remove(args: argparse.Namespace) -> int:
     from router.directory import remove_endpoints
 
     key = _key(args.key)
-    with _store(args).begin() as conn:
+    store = open_store(args)
+    who = acting(args, store, "engineer")
+    with _seeded(args, store).begin() as conn:
         rows = remove_endpoints(
-            conn, key, actor=actor(args), interaction=args.interaction, transport=args.transport
+            conn, key, actor=who, interaction=args.interaction, transport=args.transport
         )
     if not rows:
         raise CommandError(f"no endpoint of {key} matches")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from router import governance
-from router.cli.commands import actor, os_user
+from router.cli.commands import acting, actor
 from router.cli.output import (
     CommandError,
     add_json,
@@ -207,7 +207,8 @@ def reload(args: argparse.Namespace) -> int:
         if not proposed:
             print("no channel file differs from its running revision")
         return 0
-    changed = _run(record_reload, store, config, actor=actor(args), os_user=os_user())
+    # The author becomes the channel's owner for the hold rules: a real engineer, as by API.
+    changed = _run(record_reload, store, config, actor=acting(args, store, "engineer"))
     print(f"deploying {', '.join(changed)}" if changed else "no channel file changed")
     return 0
 

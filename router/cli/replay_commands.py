@@ -9,7 +9,7 @@ import time
 from tqdm import tqdm
 
 from router import replay
-from router.cli.commands import actor
+from router.cli.commands import acting
 from router.cli.filters import add_filters, has_search, search_filter
 from router.cli.output import (
     CommandError,
@@ -74,6 +74,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def reprocess(args: argparse.Namespace) -> int:
     store = open_store(args)
+    who = acting(args, store, "support")
     ids = _message_ids(store, args)
     if args.id is None and not args.again:
         ids = _not_superseded(store, ids)
@@ -81,12 +82,13 @@ def reprocess(args: argparse.Namespace) -> int:
         args,
         ids,
         plan=lambda: replay.plan_reprocess(store, ids),
-        act=lambda i: replay.reprocess(store, i, reason=args.reason, actor=actor(args)),
+        act=lambda i: replay.reprocess(store, i, reason=args.reason, actor=who),
     )
 
 
 def resend(args: argparse.Namespace) -> int:
     store = open_store(args)
+    who = acting(args, store, "support")
     if args.id is not None:
         with store.read() as conn:
             if not replay.delivery_exists(conn, args.id):
@@ -106,13 +108,13 @@ def resend(args: argparse.Namespace) -> int:
         args,
         ids,
         plan=lambda: replay.plan_resend(store, ids),
-        act=lambda i: _resend(store, i, args),
+        act=lambda i: _resend(store, i, args.reason, who),
     )
 
 
-def _resend(store: Store, delivery_id: int, args: argparse.Namespace) -> replay.ReplayResult:
+def _resend(store: Store, delivery_id: int, reason: str, who: str) -> replay.ReplayResult:
     try:
-        return replay.resend(store, delivery_id, reason=args.reason, actor=actor(args))
+        return replay.resend(store, delivery_id, reason=reason, actor=who)
     except replay.NotFinished as exc:
         raise CommandError(str(exc)) from exc
 

@@ -13,7 +13,7 @@ import getpass
 import sys
 from datetime import timedelta
 
-from router.cli.commands import actor
+from router.cli.commands import acting
 from router.cli.output import (
     CommandError,
     add_json,
@@ -85,10 +85,11 @@ def users_add(args: argparse.Namespace) -> int:
     from router.auth.users import add_user
 
     store = open_store(args)
+    who = acting(args, store, "admin")
     password = _password(args)
     try:
         with store.begin() as conn:
-            user = add_user(conn, args.name, args.roles, password, actor=actor(args))
+            user = add_user(conn, args.name, args.roles, password, actor=who)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     print(f"added {user.name} ({', '.join(sorted(user.roles))})")
@@ -112,9 +113,11 @@ def users_list(args: argparse.Namespace) -> int:
 def users_disable(args: argparse.Namespace) -> int:
     from router.auth.users import disable_user
 
+    store = open_store(args)
+    who = acting(args, store, "admin")
     try:
-        with open_store(args).begin() as conn:
-            disable_user(conn, args.name, actor=actor(args))
+        with store.begin() as conn:
+            disable_user(conn, args.name, actor=who)
     except LookupError as exc:
         raise CommandError(str(exc)) from exc
     print(f"disabled {args.name}")
@@ -125,12 +128,13 @@ def users_token(args: argparse.Namespace) -> int:
     from router.auth.tokens import issue_token, revoke_token
 
     store = open_store(args)
+    who = acting(args, store, "admin")
     if args.name == "revoke":
         if args.id is None:
             raise CommandError("give the token's id: users token revoke ID")
         try:
             with store.begin() as conn:
-                revoke_token(conn, args.id, actor=actor(args))
+                revoke_token(conn, args.id, actor=who)
         except LookupError as exc:
             raise CommandError(str(exc)) from exc
         print(f"revoked token {args.id}")
@@ -146,7 +150,7 @@ def users_token(args: argparse.Namespace) -> int:
     try:
         with store.begin() as conn:
             token_id, token = issue_token(
-                conn, args.name, args.roles, actor=actor(args), expires_at=expires
+                conn, args.name, args.roles, actor=who, expires_at=expires
             )
     except (LookupError, ValueError) as exc:
         raise CommandError(str(exc)) from exc

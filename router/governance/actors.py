@@ -30,8 +30,8 @@ def require_role(conn: Connection, actor: str, *roles: str) -> None:
 
 
 def require_role_once_users_exist(conn: Connection, actor: str, *roles: str) -> None:
-    """``require_role`` for a name claimed on the command line in open mode. While the store
-    has no users at all (a new install run from its files) nobody could hold the role, so
-    any name passes; the caller records the OS user beside it."""
+    """``require_role`` for a name claimed on the command line (``--actor``). While the
+    store has no users at all (a new install run from its files) nobody could hold the role,
+    so any name passes; the audit keeps the OS user beside it (``audit.run_by``)."""
     if count_users(conn):
         require_role(conn, actor, *roles)

@@ -19,7 +19,6 @@ from sqlalchemy import Connection, exists, func, select, update
 from router import audit
 from router.config import ChannelConfig, ConfigError, EngineConfig, channel_file, load_channels
 from router.config.loading import channel_from_text, read_text
-from router.governance.actors import require_role_once_users_exist
 from router.governance.models import APPROVED, DEPLOY_FAILED, DEPLOYED, RUNNING, SUPERSEDED
 from router.governance.revisions import insert_revision, running, sha256
 from router.store.database import Store
@@ -166,11 +165,8 @@ def mark_failed(store: Store, channel: str, number: int, *, actor: str, reason: 
     return bool(done)
 
 
-def record_deployed(
-    store: Store, channel: str, text: str, *, actor: str, reason: str, os_user: str | None = None
-) -> int:
-    """Open mode: a reload deployed ``text``; keep it as a revision by ``actor``. Its number.
-    ``os_user``, when a command line claimed ``actor``, goes into the audit event too."""
+def record_deployed(store: Store, channel: str, text: str, *, actor: str, reason: str) -> int:
+    """Open mode: a reload deployed ``text``; keep it as a revision by ``actor``. Its number."""
     digest = sha256(text)
     with store.begin() as conn:
         base = running(conn, channel)
@@ -185,13 +181,7 @@ def record_deployed(
             actor,
             "revision.deploy",
             f"channel:{channel}",
-            {
-                "number": number,
-                "sha256": digest,
-                "mode": "open",
-                "reason": reason,
-                **({"os_user": os_user} if os_user is not None else {}),
-            },
+            {"number": number, "sha256": digest, "mode": "open", "reason": reason},
         )
         return number
 
@@ -290,34 +280,22 @@ def changed_files(store: Store, config: EngineConfig) -> dict[str, str]:
     }
 
 
-def record_reload(
-    store: Store, config: EngineConfig, *, actor: str, os_user: str | None = None
-) -> list[str]:
+def record_reload(store: Store, config: EngineConfig, *, actor: str) -> list[str]:
     """Open mode: a reload by ``actor``. The changed files are compiled first: one that
     cannot run (a mapping that does not load) raises ConfigError and nothing is recorded,
-    rather than a revision recorded as deployed that the engine then refuses to run.
-
-    From the command line ``actor`` is only claimed (``--actor``) by ``os_user``: it must
-    name an active engineer once the store has users, as through the API, since the author
-    becomes the channel's owner for the hold rules; the audit keeps both names."""
+    rather than a revision recorded as deployed that the engine then refuses to run."""
     from router.engine import compile_channels
-
-    if os_user is not None:
-        with store.read() as conn:
-            require_role_once_users_exist(conn, actor, "engineer")
 
     changed = changed_files(store, config)
     if changed:
         files = load_channels(config.channels)
         compile_channels(config, {name: files[name] for name in changed})
-    return record_files(store, config, actor=actor, reason="reload", os_user=os_user)
+    return record_files(store, config, actor=actor, reason="reload")
 
 
-def record_files(
-    store: Store, config: EngineConfig, *, actor: str, reason: str, os_user: str | None = None
-) -> list[str]:
+def record_files(store: Store, config: EngineConfig, *, actor: str, reason: str) -> list[str]:
     """Open mode: keep each changed file as a deployed revision by ``actor``; their names."""
     changed = changed_files(store, config)
     for name, text in changed.items():
-        record_deployed(store, name, text, actor=actor, reason=reason, os_user=os_user)
+        record_deployed(store, name, text, actor=actor, reason=reason)
     return sorted(changed)

@@ -746,7 +746,7 @@ def test_show_prints_message_deliveries_and_attempts_and_audits_the_view(live, c
     assert [v.target for v in views] == [urn, urn, urn]
     assert views[0].actor == "alice"
     assert views[1].actor == OS_USER
-    assert json.loads(views[0].details) == {"via": "cli"}
+    assert json.loads(views[0].details) == {"via": "cli", "os_user": OS_USER}
 
 
 def test_show_an_unknown_message_fails(live, cli):
@@ -923,6 +923,7 @@ def test_reprocess_one_message_makes_a_linked_copy(seeded, cli):
     assert json.loads(event.details) == {
         "reason": "new mapping",
         "copy": f"urn:tie:message:{copy.uuid}",
+        "os_user": OS_USER,
     }
 
     shown = cli(seeded.workspace.config, "show", str(original), "--json")
@@ -1112,3 +1113,139 @@ def test_audit_verify_keeps_an_anchor_that_catches_a_cut_off_end(seeded, cli, tm
     anchor.write_text("not an anchor")
     garbled = cli(seeded.workspace.config, "audit", "verify", "--anchor", str(anchor))
     assert garbled.code != 0 and "is not an audit anchor" in garbled.err
+
+
+# --- who acts: --actor ------------------------------------------------------------------
+
+
+def _resend(s: Seeded) -> list[str]:
+    with s.store.begin() as conn:
+        found = conn.scalar(
+            select(deliveries.c.id).where(deliveries.c.message_id == s.ids["ORD-1"])
+        )
+        conn.execute(deliveries.update().where(deliveries.c.id == found).values(status="failed"))
+    return ["resend", str(found), "--reason", "INC1"]
+
+
+def _prune(s: Seeded) -> list[str]:
+    path = s.workspace.config.parent / "channels" / "results.yaml"
+    results = yaml.safe_load(path.read_text()) | {"retention": {"keep": "1m"}}
+    path.write_text(yaml.safe_dump(results))
+    return ["prune"]
+
+
+def _remove_endpoint(s: Seeded) -> list[str]:
+    from router.directory import make_endpoint, parse_key, put_endpoint
+
+    endpoint = make_endpoint(parse_key("ods:RXX2"), "x", "fhir", "https://example.org/fhir")
+    with s.store.begin() as conn:
+        put_endpoint(conn, endpoint, actor="setup")
+    return ["endpoints", "remove", "ods:RXX2"]
+
+
+def _revoke(s: Seeded) -> list[str]:
+    from router.auth.tokens import issue_token
+
+    with s.store.begin() as conn:
+        token_id = issue_token(conn, "vic", ["viewer"], actor="setup")[0]
+    return ["users", "token", "revoke", str(token_id)]
+
+
+def _reload(s: Seeded) -> list[str]:
+    path = s.workspace.config.parent / "channels" / "orders.yaml"
+    path.write_text(path.read_text() + "# changed\n")
+    return ["reload"]
+
+
+# command: (its arguments, after any setup it needs; the audit event it records; the role
+# it needs: the API's for the same action).
+ACTING = {
+    "messages --text": (lambda s: ["messages", "--text", "SMITH"], "search", "support"),
+    "show": (lambda s: ["show", str(s.ids["ORD-1"])], "view", "support"),
+    "channel pause": (lambda s: ["channel", "pause", "orders"], "pause", "support"),
+    "channel resume": (lambda s: ["channel", "resume", "orders"], "resume", "support"),
+    "reprocess": (
+        lambda s: ["reprocess", str(s.ids["ORD-2"]), "--reason", "INC1"],
+        "reprocess",
+        "support",
+    ),
+    "resend": (_resend, "resend", "support"),
+    "prune": (_prune, "retention.prune", "admin"),
+    "endpoints add": (
+        lambda s: ["endpoints", "add", "ods:RXX1", "--interaction", "x", "--fhir", "https://a.b/"],
+        "endpoint.put",
+        "engineer",
+    ),
+    "endpoints remove": (_remove_endpoint, "endpoint.remove", "engineer"),
+    "reload": (_reload, "revision.deploy", "engineer"),
+    "users add": (
+        lambda s: ["users", "add", "bob", "--role", "viewer", "--no-password"],
+        "user-add",
+        "admin",
+    ),
+    "users disable": (lambda s: ["users", "disable", "vic"], "user-disable", "admin"),
+    "users token": (
+        lambda s: ["users", "token", "vic", "--role", "viewer"],
+        "token-issue",
+        "admin",
+    ),
+    "users token revoke": (_revoke, "token-revoke", "admin"),
+}
+# One user per role; who lacks each role the commands need.
+ROLE_HOLDERS = {"admin": "ada", "support": "sam", "engineer": "erin", "viewer": "vic"}
+LACKING = {"support": "vic", "engineer": "sam", "admin": "erin"}
+NEEDS_A_USER = {"users disable", "users token", "users token revoke"}
+
+
+def _events(store: Store) -> list[Any]:
+    with store.read() as conn:
+        return list(conn.execute(select(audit_events).order_by(audit_events.c.id)))
+
+
+def _add_users(store: Store) -> None:
+    from router.auth.users import add_user, disable_user
+
+    with store.begin() as conn:
+        for role, name in ROLE_HOLDERS.items():
+            add_user(conn, name, [role], None, actor="setup")
+        add_user(conn, "gone", ["admin"], None, actor="setup")
+        disable_user(conn, "gone", actor="setup")
+
+
+@pytest.mark.parametrize("command", sorted(ACTING))
+def test_a_claimed_actor_must_hold_the_actions_role_once_users_exist(seeded, cli, command):
+    """``--actor`` is only claimed: once there are users, it must name an active one with the
+    role the API asks of a token for the same action, else exit 1 with nothing recorded
+    (the default, the OS user, is no user). The audit keeps the OS user beside the actor."""
+    argv, action, role = ACTING[command]
+    _add_users(seeded.store)
+    args = argv(seeded)
+    before = _events(seeded.store)
+    refusals = {
+        "nobody": "'nobody' is not an active user",
+        "gone": "'gone' is not an active user",
+        LACKING[role]: f"'{LACKING[role]}' needs the {role} role",
+    }
+    for who, problem in refusals.items():
+        run = cli(seeded.workspace.config, *args, "--actor", who)
+        assert (run.code, run.err) == (1, f"error: {problem}\n"), who
+    run = cli(seeded.workspace.config, *args)
+    assert (run.code, run.err) == (1, f"error: '{OS_USER}' is not an active user\n")
+    assert _events(seeded.store) == before
+
+    run = cli(seeded.workspace.config, *args, "--actor", ROLE_HOLDERS[role])
+    assert run.code == 0, run.err
+    event = _events(seeded.store)[-1]
+    assert (event.action, event.actor) == (action, ROLE_HOLDERS[role])
+    assert json.loads(event.details)["os_user"] == OS_USER
+
+
+@pytest.mark.parametrize("command", sorted(set(ACTING) - NEEDS_A_USER))
+def test_any_actor_is_taken_while_there_are_no_users(seeded, cli, command):
+    """A new install has nobody to name: any name goes, and the OS user is kept beside it."""
+    argv, action, _ = ACTING[command]
+    run = cli(seeded.workspace.config, *argv(seeded), "--actor", "anyone")
+    assert run.code == 0, run.err
+    event = _events(seeded.store)[-1]
+    assert (event.action, event.actor) == (action, "anyone")
+    assert json.loads(event.details)["os_user"] == OS_USER

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from tie_testing import api_token
 
 from router.cli import main
+from router.cli.commands import os_user
 from router.store.schema import audit_events, messages
 
 OML = "OML_O21_nhs_nwgmsa_v251"
@@ -96,5 +97,9 @@ def test_the_cli_audits_a_content_search_too(site, tmp_path, store_url, capsys):
     assert [m["control_id"] for m in json.loads(capsys.readouterr().out)] == ["FIND-1"]
     assert main(["--config", str(config), "messages", "--json", "--control-id", "FIND-1"]) == 0
     assert _searches(site) == [
-        ("sam", {**SEARCHED, "via": "cli", "target": "messages", "found": [_uuid(site)]})
+        (
+            "sam",
+            {**SEARCHED, "via": "cli", "target": "messages", "found": [_uuid(site)]}
+            | {"os_user": os_user()},
+        )
     ]

@@ -220,7 +220,9 @@ def test_order_ack_results_and_gp_delivery_share_one_timeline(
         yaml.safe_dump({"store": store_url, "channels": str(tmp_path / "channels")})
     )
     (tmp_path / "channels").mkdir(exist_ok=True)
-    shown = _cli(["--config", str(tmp_path / "engine.yaml"), "show", str(gp_id)])
+    # The API user the test made is the store's only one: `show` (a content view) names it.
+    config = str(tmp_path / "engine.yaml")
+    shown = _cli(["--config", config, "show", str(gp_id), "--actor", "operator"])
     assert "received, processed" in shown
     assert "-> lab sent" in shown and "answer AA" in shown
     assert f"-> gp sent to {GP_MAILBOX}" in shown

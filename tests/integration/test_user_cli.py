@@ -14,10 +14,12 @@ from tie_testing import RunningEngine, engine_config
 
 from router.auth.tokens import token_holder
 from router.cli import main
+from router.cli.commands import os_user
 from router.store.database import Store
 from router.store.schema import audit_events, users
 
 PASSWORD = "a long enough password"
+ADA = ("--actor", "ada")
 
 
 @pytest.fixture
@@ -61,17 +63,21 @@ def test_users_lifecycle_on_the_command_line(config, store_url, capsys):
         "--role",
         "viewer",
         "--password-stdin",
+        "--actor",
+        "ada",
         stdin="short\n",
     )
     assert code == 1, "a password of fewer than 12 characters is refused"
-    assert _run(config, capsys, "add", "bot", "--role", "viewer", "--no-password")[0] == 0
-    assert _run(config, capsys, "add", "eve", "--role", "wizard", "--no-password")[0] == 1
+    bot = ("add", "bot", "--role", "viewer", "--no-password")
+    assert _run(config, capsys, *bot)[0] == 1, "once there are users, the OS user is none"
+    assert _run(config, capsys, *bot, "--actor", "ada")[0] == 0
+    assert _run(config, capsys, "add", "eve", "--role", "wizard", "--no-password", *ADA)[0] == 1
 
-    code, out = _run(config, capsys, "token", "bot", "--role", "viewer", "--expires", "90d")
+    code, out = _run(config, capsys, "token", "bot", "--role", "viewer", "--expires", "90d", *ADA)
     assert code == 0
     token = out.splitlines()[-1]
     assert token.startswith("tie_") and "token 1 for bot" in out
-    assert _run(config, capsys, "token", "bot", "--role", "admin")[0] == 1
+    assert _run(config, capsys, "token", "bot", "--role", "admin", *ADA)[0] == 1
 
     code, out = _run(config, capsys, "list", "--json")
     listed = {u["name"]: u for u in json.loads(out)}
@@ -82,28 +88,32 @@ def test_users_lifecycle_on_the_command_line(config, store_url, capsys):
     try:
         with store.read() as conn:
             assert token_holder(conn, token) == ("bot", frozenset({"viewer"}))
-        assert _run(config, capsys, "token", "revoke", "1")[0] == 0
+        assert _run(config, capsys, "token", "revoke", "1", *ADA)[0] == 0
         with store.read() as conn:
             assert token_holder(conn, token) is None
-        assert _run(config, capsys, "disable", "ada", "--actor", "root")[0] == 0
+        assert _run(config, capsys, "disable", "ada", *ADA)[0] == 0
         with store.read() as conn:
             assert conn.scalar(select(users.c.disabled).where(users.c.name == "ada")) is True
             stored = conn.scalar(select(users.c.password_hash).where(users.c.name == "ada"))
             events = conn.execute(
-                select(audit_events.c.actor, audit_events.c.action, audit_events.c.target)
+                select(
+                    audit_events.c.actor,
+                    audit_events.c.action,
+                    audit_events.c.target,
+                    audit_events.c.details,
+                )
             ).all()
     finally:
         store.dispose()
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
-    actions = [(actor == "root", action, target) for actor, action, target in events]
-    assert actions == [
-        (True, "user-add", "user:ada"),
-        (False, "user-add", "user:bot"),
-        (False, "token-issue", "user:bot"),
-        (False, "token-revoke", "user:bot"),
-        (True, "user-disable", "user:ada"),
+    assert [(actor, action, target) for actor, action, target, _ in events] == [
+        ("root", "user-add", "user:ada"),  # any name while there are no users
+        ("ada", "user-add", "user:bot"),
+        ("ada", "token-issue", "user:bot"),
+        ("ada", "token-revoke", "user:bot"),
+        ("ada", "user-disable", "user:ada"),
     ]
-    assert all(actor for actor, _, _ in events), "the OS user when --actor is not given"
+    assert {json.loads(details)["os_user"] for *_, details in events} == {os_user()}
 
 
 def test_first_start_without_users_says_how_to_create_the_admin(tmp_path, store_url, caplog):
