@@ -23,6 +23,7 @@ from router import metrics
 from router.config import DestinationConfig, DispatchOptions
 from router.connectors import Delivery, Sender, SendResult
 from router.lease_keeper import LeaseKeeper
+from router.outage_log import OutageLog
 from router.pipeline import CompiledChannel
 from router.store.database import Store, Transact
 from router.store.deliveries import (
@@ -81,11 +82,13 @@ class DestinationWorker:
 
     async def run(self) -> None:
         claimed: Claimed | None = None  # a round the last one claimed, to send first
+        failures = OutageLog(log, f"dispatch for {self.channel}/{self.name}")
         while claimed is not None or not self._stopping:
             try:
                 wait, claimed = await self._round(claimed, go_on=True)
-            except Exception:
-                log.exception("dispatch for %s/%s failed; retrying", self.channel, self.name)
+                failures.succeeded()
+            except Exception as exc:
+                failures.failed(exc)
                 wait, claimed = self._options.poll_interval, None
             if claimed is None and not self._stopping:
                 with contextlib.suppress(TimeoutError):

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, bindparam, literal_column, select, update
 from router import metrics
 from router.config import UnmatchedFlag
 from router.message import Message
+from router.outage_log import OutageLog
 from router.payload import Payload, as_payload
 from router.pipeline import CompiledChannel, Outcome, PlannedDelivery, process
 from router.store.blobs import BlobStore
@@ -233,11 +234,13 @@ class Processor:
             log.exception("the processor stopped; nothing is processed until a restart")
 
     def _rounds(self) -> None:
+        failures = OutageLog(log, "processing batch")
         while not self._stopping.is_set():
             try:
                 done = self.run_once()
-            except Exception:
-                log.exception("processing batch failed; retrying shortly")
+                failures.succeeded()
+            except Exception as exc:
+                failures.failed(exc)
                 done = 0
             if done < self._batch:
                 self._wake.wait(self._idle_wait)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -12,6 +12,7 @@ from router.config import ChannelConfig
 from router.pipeline import CompiledChannel, compile_channel
 from router.store.database import Store
 from router.store.inbound import utcnow
+from router.store.ingest import GroupCommitWriter, StoreUnavailable
 from router.store.schema import channel_state
 
 
@@ -74,3 +75,22 @@ def orders_channel(name: str = "orders", **extra: Any) -> CompiledChannel:
     }
     data.update(extra)
     return compile_channel(ChannelConfig.model_validate(data))
+
+
+class _WriterBug(BaseException):
+    """Escapes the writer's job handling, as a bug in its loop would."""
+
+
+def dead_writer(store: Store) -> GroupCommitWriter:
+    """A group-commit writer whose thread has died: everything it is given from then on is
+    refused with ``StoreUnavailable`` ("the writer stopped"), until a restart."""
+
+    def bug(_conn: Any) -> None:
+        raise _WriterBug
+
+    writer = GroupCommitWriter(store)
+    writer.start()
+    with suppress(StoreUnavailable):
+        writer.run(bug)
+    assert not writer.alive
+    return writer

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
-from store_testing import refused
+from store_testing import dead_writer, refused
 
 from router.config import ChannelConfig, DestinationConfig, DispatchOptions, RetryPolicy
 from router.connectors import Delivery, SendResult
@@ -27,6 +28,7 @@ from router.store.deliveries import (
     release_owned,
 )
 from router.store.inbound import utcnow
+from router.store.ingest import GroupCommitWriter
 from router.store.schema import attempts, deliveries
 
 d = deliveries.c
@@ -410,3 +412,58 @@ def test_a_round_that_lost_its_lease_sends_no_more_of_it(store, receive, er7, ca
         "ORD2": "node-b",
     }
     assert _state(store) == {"ORD1": ("sending", 0), "ORD2": ("sending", 0)}
+
+
+def test_a_dead_writer_is_logged_once_by_a_worker_while_it_lasts_and_its_end_once(
+    store, receive, er7, caplog
+):
+    """Each claim fails while the group-commit writer is dead: one ERROR without a
+    traceback for the destination, not one with a traceback every poll, and a line when
+    its rounds get through again."""
+    failing = 5
+    _queue(store, receive, er7, {"mllp": LAB}, ("ORD1", "P1"))
+    dead, live = dead_writer(store), GroupCommitWriter(store)
+    live.start()
+    rounds: list[object] = []
+
+    def transact(work: Callable[[Any], Any]) -> Any:
+        rounds.append(work)
+        return (dead if len(rounds) <= failing else live).run(work)
+
+    async def run_until_sent() -> None:
+        sent = asyncio.Event()
+
+        def answer(_delivery: Delivery) -> SendResult:
+            sent.set()
+            return SENT
+
+        config = DestinationConfig.model_validate({"mllp": LAB})
+        options = DispatchOptions.model_validate({"lease": "60s", "poll_interval": "10ms"})
+        worker = DestinationWorker(
+            store, "orders", "lab", config, Downstream(answer).sender, options, "node-a", transact
+        )
+        task = asyncio.create_task(worker.run())
+        await sent.wait()
+        await worker.finish(task)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="router.dispatch"):
+            asyncio.run(run_until_sent())
+    finally:
+        live.stop()
+    logged = [
+        (r.levelname, r.getMessage(), r.exc_info)
+        for r in caplog.records
+        if r.name == "router.dispatch"
+    ]
+    assert len(rounds) > failing
+    assert logged == [
+        (
+            "ERROR",
+            "dispatch for orders/lab failed: store unavailable: the writer stopped; "
+            "retrying quietly until the store commits again",
+            None,
+        ),
+        ("INFO", "dispatch for orders/lab works again: the store commits", None),
+    ]
+    assert _state(store) == {"ORD1": ("sent", 1)}

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
-from store_testing import orders_channel, refused, set_paused
+from store_testing import dead_writer, orders_channel, refused, set_paused
+from tie_testing import wait_until
 
 from router import mappings
 from router.connectors.hl7_inbound import hl7_inbound
 from router.processing import Processor, _claim
 from router.store.database import Store
 from router.store.inbound import write_inbound
+from router.store.ingest import GroupCommitWriter
 from router.store.migrate import upgrade
 from router.store.schema import correlations, deliveries, messages
 
@@ -217,3 +220,53 @@ def test_the_sqlite_claim_seeks_each_channel_instead_of_reading_every_backlog(tm
     steps = [step for plan in plans for step in plan]
     assert not [step for step in steps if step.startswith("SCAN")], plans
     assert any("ix_messages_received_by_channel" in step for step in steps), plans
+
+
+def test_a_dead_writer_is_logged_once_while_it_lasts_and_its_end_once(tmp_path, er7, caplog):
+    """Each round fails while the group-commit writer is dead and a message waits: one
+    ERROR without a traceback, not one with a traceback every round (a log flood), and a
+    line when rounds get through again. (On SQLite: there the processor writes through
+    the writer; on PostgreSQL it commits itself.)"""
+    failing = 5
+    store = Store(f"sqlite:///{tmp_path / 'tie.db'}")
+    upgrade(store)
+    waiting = hl7_inbound("orders", er7("O1"))
+    with store.begin() as conn:
+        write_inbound(conn, [waiting])
+
+    def status() -> str:
+        with store.read() as conn:
+            return conn.scalar(select(m.status).where(m.uuid == waiting.uuid))
+
+    dead, live = dead_writer(store), GroupCommitWriter(store)
+    live.start()
+    rounds: list[object] = []
+
+    def transact(work: Any) -> Any:
+        rounds.append(work)
+        return (dead if len(rounds) <= failing else live).run(work)
+
+    processor = Processor(store, {"orders": orders_channel()}, transact=transact, idle_wait=0.01)
+    try:
+        with caplog.at_level(logging.INFO, logger="router.processing"):
+            processor.start()
+            wait_until(lambda: status() == "processed")
+    finally:
+        processor.stop()
+        live.stop()
+        store.dispose()
+    logged = [
+        (r.levelname, r.getMessage(), r.exc_info)
+        for r in caplog.records
+        if r.name == "router.processing"
+    ]
+    assert len(rounds) == failing + 1
+    assert logged == [
+        (
+            "ERROR",
+            "processing batch failed: store unavailable: the writer stopped; "
+            "retrying quietly until the store commits again",
+            None,
+        ),
+        ("INFO", "processing batch works again: the store commits", None),
+    ]
