@@ -2,7 +2,8 @@
 
 The registry holds patient data: a token or session with the support role is required,
 and every answer is an audited ``view`` (DESIGN.md §7), written in the transaction that
-reads it: a search names the ServiceRequests it returned, even none.
+reads it: a search names the ServiceRequests it returned, even none. A refusal (401, 403)
+is an OperationOutcome, as a FHIR client expects, not the JSON API's ``{"detail": ...}``.
 (The POST endpoints of FHIR channels are plain ASGI, in router/api/gateway_asgi.py.)
 """
 
@@ -13,7 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from router import audit
 from router.api.security import Principal, require_role
@@ -32,6 +33,24 @@ SEARCHED = {"identifier": "identifier", "patient:identifier": "patient", "status
 PAGING = {"_count": "50", "_offset": "0"}
 SORTS = ("-_lastUpdated", "_lastUpdated")  # newest first, the default; or oldest first
 TOTALS = ("none", "estimate", "accurate")  # whichever is asked for, total is accurate
+# The FHIR issue type of a refusal: not signed in, or not allowed.
+REFUSAL_CODES = {401: "login", 403: "forbidden"}
+
+
+class FhirRefusal(HTTPException):
+    """A FHIR route's 401 or 403 (from ``require_role``): answered by :func:`refused`."""
+
+
+async def refused(request: Request, exc: Exception) -> Response:
+    """The refusal as an OperationOutcome; a 401 keeps its ``WWW-Authenticate``."""
+    assert isinstance(exc, FhirRefusal)
+    code = REFUSAL_CODES.get(exc.status_code, "security")
+    answer = rejected_answer(reject(exc.status_code, code, str(exc.detail)), request.headers)
+    answer.headers.update(exc.headers or {})
+    return to_response(answer)
+
+
+support = require_role("support", refusal=FhirRefusal)
 
 
 def to_response(answer: Answer) -> Response:
@@ -55,7 +74,7 @@ def fhir_router(engine: Engine) -> APIRouter:
 
     @router.get("/{channel}/ServiceRequest")
     async def search_service_requests(
-        channel: str, request: Request, principal: Principal = Depends(require_role("support"))
+        channel: str, request: Request, principal: Principal = Depends(support)
     ) -> Response:
         """The latest ServiceRequests by ``identifier``, ``patient:identifier`` and ``status``."""
         if not registry_channel(channel):
@@ -127,7 +146,7 @@ def fhir_router(engine: Engine) -> APIRouter:
         channel: str,
         resource_id: str,
         request: Request,
-        principal: Principal = Depends(require_role("support")),
+        principal: Principal = Depends(support),
     ) -> Response:
         if not registry_channel(channel):
             return unknown(request, f"no FHIR channel named {channel!r}")

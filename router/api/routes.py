@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from router.api.conversations import conversations_router
 from router.api.endpoints import endpoints_router
-from router.api.fhir import fhir_router
+from router.api.fhir import FhirRefusal, fhir_router, refused
 from router.api.gateway_asgi import GatewayRoutes
 
 if TYPE_CHECKING:
@@ -18,5 +18,6 @@ if TYPE_CHECKING:
 def mount(app: FastAPI, engine: Engine) -> None:
     app.include_router(endpoints_router(engine))
     app.include_router(fhir_router(engine))
+    app.add_exception_handler(FhirRefusal, refused)
     app.include_router(conversations_router(engine))
     app.add_middleware(GatewayRoutes, engine=engine)

@@ -140,11 +140,15 @@ def _known(roles: tuple[str, ...]) -> None:
             raise ValueError(f"unknown role {role!r}")
 
 
-def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
+def require_role(
+    *roles: str, refusal: type[HTTPException] = HTTPException
+) -> Callable[..., Awaitable[Principal]]:
     """Dependency for JSON API routes: a bearer token or a session with one of ``roles``.
 
     No roles means any signed-in user. Anonymous is 401, the wrong role 403, and an
-    unsafe request on a session without its CSRF token 403.
+    unsafe request on a session without its CSRF token 403, each raised as ``refusal``:
+    FastAPI's ``{"detail": ...}`` by default; the FHIR routes answer theirs as a FHIR
+    OperationOutcome (router/api/fhir.py).
     """
     _known(roles)
 
@@ -156,7 +160,7 @@ def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
         if credentials is not None:
             principal = await auth.by_token(credentials.credentials)
             if principal is None:
-                raise HTTPException(
+                raise refusal(
                     status.HTTP_401_UNAUTHORIZED,
                     "invalid or expired token",
                     headers={"WWW-Authenticate": "Bearer"},
@@ -164,15 +168,15 @@ def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
         else:
             principal = await auth.by_session(request)
             if principal is None:
-                raise HTTPException(
+                raise refusal(
                     status.HTTP_401_UNAUTHORIZED,
                     "authentication required",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
             if not await _csrf_ok(request):
-                raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
+                raise refusal(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
         if not principal.has_any(roles):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"needs the role {' or '.join(roles)}")
+            raise refusal(status.HTTP_403_FORBIDDEN, f"needs the role {' or '.join(roles)}")
         request.state.principal = principal
         return principal
 

@@ -274,6 +274,35 @@ def test_the_registry_answers_searches_and_follows_versions(tie, bars_samples):
     assert cancels == [f"ServiceRequest/{SR_ID}"]
 
 
+@pytest.mark.parametrize(
+    "path", ["/fhir/bars/ServiceRequest", f"/fhir/bars/ServiceRequest/{SR_ID}"]
+)
+def test_the_registry_refuses_with_an_operation_outcome(tie, store_url, path):
+    """A FHIR client gets its 401 and 403 as OperationOutcomes; the JSON API keeps its own."""
+    _, client = tie
+    viewer = {"Authorization": f"Bearer {api_token(store_url, 'viewer', name='watcher')}"}
+    for headers, status, code, http_code in (
+        ({}, 401, "login", "UNAUTHORIZED"),
+        ({"Authorization": "Bearer tie_wrong"}, 401, "login", "UNAUTHORIZED"),
+        (viewer, 403, "forbidden", "FORBIDDEN"),
+    ):
+        answer = client.get(path, headers={**headers, "X-Request-Id": "r-1"})
+        assert answer.status_code == status
+        assert answer.headers["content-type"].startswith("application/fhir+json")
+        assert answer.headers["x-request-id"] == "r-1"
+        outcome = answer.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        [issue] = outcome["issue"]
+        assert (issue["severity"], issue["code"]) == ("error", code)
+        assert issue["details"]["coding"][0]["code"] == http_code
+        if status == 401:
+            assert answer.headers["www-authenticate"] == "Bearer"
+    api = client.get("/api/messages", headers={"Authorization": "Bearer tie_wrong"})
+    assert api.status_code == 401
+    assert api.json() == {"detail": "invalid or expired token"}
+    assert api.headers["www-authenticate"] == "Bearer"
+
+
 def test_an_unknown_target_is_404_and_stored(tie, bars_samples):
     running, client = tie
     answer = _post(
