@@ -8,6 +8,12 @@ from typing import Literal, Protocol
 from router.payload import Payload
 
 Outcome = Literal["sent", "retry", "fail"]
+# The MIME type of each of tie's own content types (a content type with a "/" is one).
+CONTENT_TYPES = {
+    "fhir+json": "application/fhir+json",
+    "json": "application/json",
+    "hl7v2": "x-application/hl7-v2+er7",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +54,10 @@ class Sender(Protocol):
     async def send(self, delivery: Delivery) -> SendResult: ...
 
     async def close(self) -> None: ...
+
+
+def media_type(content_type: str) -> str:
+    """The MIME type a receiver is told (HTTP Content-Type, MESH's) for a content type."""
+    if "/" in content_type:
+        return content_type
+    return CONTENT_TYPES.get(content_type, "application/octet-stream")

@@ -18,16 +18,11 @@ import certifi
 import httpx
 
 from router.config.http import HttpTarget, TlsOptions
-from router.connectors import Delivery, SendResult
+from router.connectors import Delivery, SendResult, media_type
 from router.payload import Payload
 
 MAX_KEPT = 1024 * 1024  # of a response body kept with an attempt
 RETRY_STATUSES = frozenset({408, 429})
-CONTENT_TYPES = {
-    "fhir+json": "application/fhir+json",
-    "json": "application/json",
-    "hl7v2": "x-application/hl7-v2+er7",
-}
 
 
 def ssl_context(tls: TlsOptions) -> ssl.SSLContext:
@@ -49,13 +44,6 @@ def make_client(tls: TlsOptions, timeout: float, connect_timeout: float) -> http
         follow_redirects=False,
         trust_env=False,
     )
-
-
-def media_type(content_type: str) -> str:
-    """The HTTP Content-Type for a delivery's content type."""
-    if "/" in content_type:
-        return content_type
-    return CONTENT_TYPES.get(content_type, "application/octet-stream")
 
 
 def join_url(base: str, path: str) -> str:

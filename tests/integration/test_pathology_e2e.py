@@ -158,6 +158,7 @@ def test_order_ack_results_and_gp_delivery_share_one_timeline(
                 (mesh_id,) = gp.list_messages()
                 received = gp.retrieve_message(mesh_id)
                 assert (received.sender, received.workflow_id) == (HUB, "PATHOLOGY_FHIR_R4")
+                assert received.content_type == "application/fhir+json", "the Output's type"
                 bundle = json.loads(received.read())
                 gp.acknowledge_message(mesh_id)
             Bundle.model_validate(bundle)

@@ -100,6 +100,7 @@ def test_a_delivery_is_sent_with_templated_headers(tmp_path, store_url, mesh_san
                 f"{uuid}.dat",
             )
             assert (received.subject, received.local_id) == ("from to-dps", uuid)
+            assert received.content_type == "text/plain", "the payload's, not octet-stream"
     finally:
         running.stop()
 
@@ -172,12 +173,13 @@ def test_a_large_payload_is_chunked_compressed_and_arrives_whole(tmp_path, store
     )
     try:
         data = os.urandom(3 * MIB) + b"tail"
-        _submit(running, running.store.blobs.write([data]), "application/octet-stream")
+        _submit(running, running.store.blobs.write([data]), "application/zip")
         wait_until(lambda: (d := _delivery(running.store)) is not None and d.status == "sent")
         mesh_id = json.loads(_attempt_response(running.store))["mesh_message_id"]
         with mesh_sandbox.client(DPS) as dps:
             received = dps.retrieve_message(mesh_id)
             assert received.mex_header("chunk-range") == "1:4"
+            assert received.content_type == "application/zip", "chunked: in Mex-Content-Type"
             assert hashlib.sha256(received.read()).hexdigest() == hashlib.sha256(data).hexdigest()
     finally:
         running.stop()

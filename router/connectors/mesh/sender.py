@@ -1,10 +1,11 @@
 """The MESH destination: sends a delivery's payload to a mailbox, chunked and streamed.
 
 Headers (recipient, workflow id, filename, subject, local id) come from the
-destination's templates. The MESH message id is kept with the attempt and in
-``mesh_sent``, so a later non-delivery report can fail this delivery. A 417
-(e.g. code 12, unregistered recipient) fails the delivery; transport errors
-and server errors retry.
+destination's templates; the content type is the payload's (a mapping's Output says it),
+so a FHIR Bundle arrives as application/fhir+json, not MESH's application/octet-stream.
+The MESH message id is kept with the attempt and in ``mesh_sent``, so a later
+non-delivery report can fail this delivery. A 417 (e.g. code 12, unregistered
+recipient) fails the delivery; transport errors and server errors retry.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mesh_client import MeshClient, MeshError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from router.config.mesh import MeshMailbox, MeshTarget, SecretUnavailable
-from router.connectors import Delivery, SendResult
+from router.connectors import Delivery, SendResult, media_type
 from router.connectors.mesh.client import open_client
 from router.connectors.templates import TemplateError, render, template_fields
 from router.store.database import Store
@@ -50,6 +51,7 @@ class MeshSender:
             "local_id": t.local_id,
         }
         headers = {k: render(v, fields) for k, v in optional.items() if v is not None}
+        headers["content_type"] = media_type(delivery.content_type)
         # A directory lookup resolved the recipient's mailbox when the message was processed.
         if delivery.address:
             return delivery.address.strip().upper(), headers
