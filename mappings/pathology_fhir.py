@@ -30,7 +30,7 @@ from .v2_to_fhir.orders import (
     specimen_from_obr,
     specimen_from_spm,
 )
-from .v2_to_fhir.parties import ODS_CODE, organization, patient, practitioner
+from .v2_to_fhir.parties import ODS_CODE, ods_code, organization, patient, practitioner
 from .v2_to_fhir.segments import Composite, Delimiters, Segment
 
 # MessageHeader.eventCoding: the HL7 v2 event (table 0003), as the HL7 v2-to-FHIR mapping does.
@@ -75,30 +75,37 @@ def oru_to_bundle(
 
 
 def practice_ods(er7: str | bytes) -> str | None:
-    """The ODS code of the ordering facility: the first ORC-21 with XON-10 (else XON-3)."""
+    """The ODS code of the ordering facility, upper case: the first ORC-21 with XON-10
+    (else XON-3)."""
     message = Er7Message(er7)
     delimiters = Delimiters(message.field_sep, message.encoding, message.codec)
     for text in message.segments:
         if text.startswith("ORC"):
-            facility = Segment(text, delimiters).field(21)
-            code = facility.get(10) or facility.get(3)
+            code = _facility_ods(Segment(text, delimiters).field(21))
             if code:
                 return code
     return None
 
 
 def ordering_practices(er7: str | bytes) -> list[str]:
-    """Every distinct ODS code in ORC-21 (XON-10, else XON-3) of every ORC, in order."""
+    """Every distinct ODS code in ORC-21 (XON-10, else XON-3) of every ORC, in order, upper
+    case."""
     message = Er7Message(er7)
     delimiters = Delimiters(message.field_sep, message.encoding, message.codec)
     found: list[str] = []
     for text in message.segments:
         if text.startswith("ORC"):
             for facility in Segment(text, delimiters).repetitions(21):
-                code = facility.get(10) or facility.get(3)
-                if code and code.upper() not in (c.upper() for c in found):
+                code = _facility_ods(facility)
+                if code and code not in found:
                     found.append(code)
     return found
+
+
+def _facility_ods(facility: Composite | None) -> str | None:
+    """An XON's ODS code: XON-10 (v2.5+), else XON-3 as v2.3/2.4 senders write it."""
+    code = (facility.get(10) or facility.get(3)) if facility else None
+    return ods_code(code) if code else None
 
 
 def bundle_flags(bundle: dict[str, Any]) -> list[str]:
@@ -126,16 +133,22 @@ class _BundleBuilder:
                     f"ORC-21 names more than one ordering practice ({', '.join(practices)}):"
                     " each practice's results must come in a message of their own"
                 )
-        self.ods = ods or practice_ods(er7)
+        self.ods = ods_code(ods) if ods else practice_ods(er7)
         self.practitioners: dict[str, dict[str, Any]] = {}
         self.orders: list[dict[str, Any]] = []
-        lab_code = msh.get(4)
+        lab_code = self.lab_code
         self.lab = organization(lab_code, self.id("organization", lab_code)) if lab_code else None
         self.practice = (
             organization(self.ods, self.id("organization", self.ods), self._practice_name())
             if self.ods
             else None
         )
+
+    @property
+    def lab_code(self) -> str | None:
+        """The laboratory's ODS code (MSH-4), upper case."""
+        code = self.result.msh.get(4)
+        return ods_code(code) if code else None
 
     def id(self, *path: object) -> str:
         return str(uuid.uuid5(_NAMESPACE, "/".join([self.seed, *map(str, path)])))
@@ -175,7 +188,7 @@ class _BundleBuilder:
     def _practice_name(self) -> str | None:
         for order in (o for g in self.result.patients for o in g.orders):
             facility = order.orc.field(21) if order.orc else None
-            if facility and self.ods in (facility.get(10), facility.get(3)):
+            if facility and self.ods == _facility_ods(facility):
                 return facility.get(1)
         return None
 
@@ -198,7 +211,7 @@ class _BundleBuilder:
         source: dict[str, Any] = {}
         if msh.get(3):
             source["name"] = msh.get(3)
-        lab_code = msh.get(4)
+        lab_code = self.lab_code
         source["endpoint"] = self.source_endpoint or (
             f"{ODS_CODE}|{quote(lab_code)}"
             if lab_code

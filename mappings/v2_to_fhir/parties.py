@@ -124,6 +124,12 @@ def practitioner(xcn: Composite, resource_id: str) -> dict[str, Any]:
     return resource
 
 
+def ods_code(text: str) -> str:
+    """An ODS code as ODS writes it, upper case: senders write ``y01234`` for ``Y01234``, and
+    the directory (which routes on it) already compares without case."""
+    return text.strip().upper()
+
+
 def organization(ods_code: str, resource_id: str, name: str | None = None) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "Organization",

@@ -171,6 +171,27 @@ def test_source_endpoint_and_destination_can_be_given(mapping: ModuleType) -> No
     assert header["destination"][0]["endpoint"] == f"{ODS_SYSTEM}|Y99999"
 
 
+@pytest.mark.parametrize("xon", ["THE SURGERY^^^^^^^^^y01234", "THE SURGERY^^y01234"])
+def test_ods_codes_written_in_lower_case_are_upper_case_in_the_bundle(
+    mapping: ModuleType, xon: str
+) -> None:
+    raw = oru().replace(b"THE SURGERY^^^^^^^^^A81001", xon.encode()).replace(b"|699X0|", b"|rba11|")
+    assert mapping.practice_ods(raw) == "Y01234"
+    bundle = mapping.oru_to_bundle(raw)
+    header = one(bundle, "MessageHeader")
+    (destination,) = header["destination"]
+    assert destination["endpoint"] == f"{ODS_SYSTEM}|Y01234"
+    assert header["source"]["endpoint"] == f"{ODS_SYSTEM}|RBA11"
+    organisations = {o["id"]: o for o in resources(bundle, "Organization")}
+    practice = organisations[destination["receiver"]["reference"].removeprefix("urn:uuid:")]
+    assert practice["identifier"] == [{"system": ODS_SYSTEM, "value": "Y01234"}]
+    assert practice["name"] == "THE SURGERY"
+    lab = organisations[header["sender"]["reference"].removeprefix("urn:uuid:")]
+    assert lab["identifier"] == [{"system": ODS_SYSTEM, "value": "RBA11"}]
+    given = mapping.oru_to_bundle(oru(), destination_ods="y99999")
+    assert one(given, "MessageHeader")["destination"][0]["endpoint"] == f"{ODS_SYSTEM}|Y99999"
+
+
 def test_without_ods_codes_the_parties_are_left_out(mapping: ModuleType) -> None:
     raw = oru().replace(b"|LAB|699X0|", b"|LAB||").replace(b"THE SURGERY^^^^^^^^^A81001", b"")
     bundle = mapping.oru_to_bundle(raw)
