@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from router.hl7v2.er7 import unescape
 
+from .strings import fhir_string
+
 
 @dataclass(frozen=True)
 class Delimiters:
@@ -31,8 +33,9 @@ class Delimiters:
         return self.encoding[3] if len(self.encoding) > 3 else "&"
 
     def text(self, raw: str) -> str:
-        """``raw`` with its escapes decoded (``\\.br\\`` as a newline)."""
-        return unescape(raw, self.field, self.encoding, self.codec)
+        """``raw`` with its escapes decoded (``\\.br\\`` as a newline), fit for a FHIR
+        string (``\\X0C\\``, a form feed, as a newline too: see strings.py)."""
+        return fhir_string(unescape(raw, self.field, self.encoding, self.codec))
 
 
 class Composite:

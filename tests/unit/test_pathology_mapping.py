@@ -580,6 +580,30 @@ def test_text_with_escapes_decoded(mapping: ModuleType) -> None:
         assert result["valueString"] == "a|b^c&d~e\\f\nline two A bold end"
 
 
+FHIR_STRING = re.compile(r"[ \r\n\t\S]+")  # FHIR R4 string, as its JSON Schema writes it
+
+
+def test_control_characters_are_made_fit_for_fhir_strings(mapping: ModuleType) -> None:
+    """A page break is a line break; NUL, BEL and a C1 control show as U+FFFD, never dropped
+    (cp1252's en dash read as ISO 8859-1 is U+0096: 5-10 must not become 510)."""
+    page = r"page one\X0C\page two\X07\ \X00\end 5\X1B\10\XC296\20 \XC2A0\kPa"
+    raw = oru(obx("TX", page), "NTE|1||note\\X0B\\two\\X00\\")
+    bundle = mapping.oru_to_bundle(raw)
+    result = one(bundle, "Observation")
+    assert result["valueString"] == "page one\npage two\ufffd \ufffdend 5\ufffd10\ufffd20  kPa"
+    assert result["note"] == [{"text": "note\ntwo\ufffd"}]
+    strings = [v for v in walk(bundle) if isinstance(v, str)]
+    assert all(FHIR_STRING.fullmatch(v) for v in strings)
+    assert not [v for v in strings if any(ord(c) < 32 and c not in "\t\r\n" for c in v)]
+
+
+def test_no_character_fhir_forbids_is_left_in_a_string(mapping: ModuleType) -> None:
+    strings = importlib.import_module("tie_mappings.v2_to_fhir.strings")
+    for code in (*range(0xD800), *range(0xE000, 0x110000)):
+        text = strings.fhir_string(chr(code))
+        assert text == "" or FHIR_STRING.fullmatch(text), hex(code)
+
+
 def test_repeated_text_is_joined_by_lines(mapping: ModuleType) -> None:
     assert observation(mapping, obx("TX", "one~two"))["valueString"] == "one\ntwo"
 
