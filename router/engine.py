@@ -43,23 +43,12 @@ from router.processing import Processor
 from router.replay import ReplayResult
 from router.retention import Pruner
 from router.retention_schedule import retention_schedule
-from router.store.blobs import BlobStore, default_blob_root
-from router.store.database import Store
 from router.store.ingest import GroupCommitWriter
 from router.store.migrate import upgrade
+from router.store.opening import open_store
 from router.store.schema import deliveries
 
 log = logging.getLogger(__name__)
-
-
-def open_store(config: EngineConfig) -> Store:
-    blobs = config.blobs
-    return Store(
-        config.store,
-        synchronous=config.sqlite.synchronous,
-        busy_timeout=config.sqlite.busy_timeout,
-        blobs=BlobStore(blobs.directory or default_blob_root(config.store), blobs.threshold),
-    )
 
 
 def compile_channels(

@@ -18,10 +18,10 @@ import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 from router.config import EngineConfig
-from router.directory import Directory, Endpoint, load_endpoints_file, seed
+from router.directory import Directory
+from router.directory.seeding import read_endpoints, seed_endpoints
 from router.fhir.exchange import fail_interrupted
 from router.fhir.forwarding import Forwarder
 from router.fhir.intake import FhirIntake
@@ -121,30 +121,3 @@ class Gateway:
         if (item.source or {}).get("bars") is not None:
             return self.bars.release(item, reason)
         return self.writer.release(item, reason)
-
-
-def read_endpoints(path: Path) -> list[Endpoint] | None:
-    """The endpoints of ``path``, or None when there is no such file (ConfigError if broken)."""
-    if not path.is_file():
-        log.info("no %s: the endpoint directory is left as it is", path)
-        return None
-    return load_endpoints_file(path)
-
-
-def seed_from_file(store: Store, path: Path) -> None:
-    """Seed from ``path`` when it exists; a ConfigError names what is wrong in it."""
-    wanted = read_endpoints(path)
-    if wanted is not None:
-        seed_endpoints(store, path, wanted)
-
-
-def seed_endpoints(store: Store, path: Path, wanted: list[Endpoint]) -> None:
-    result = seed(store, wanted)
-    if result.added or result.updated or result.removed:
-        log.info(
-            "endpoint directory seeded from %s: %d added, %d updated, %d removed",
-            path,
-            result.added,
-            result.updated,
-            result.removed,
-        )

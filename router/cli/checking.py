@@ -6,7 +6,7 @@ from pathlib import Path
 
 from router.channel_tests import CaseRunner, compare, discover, update
 from router.config import ChannelConfig, EngineConfig
-from router.gateway import read_endpoints
+from router.directory.seeding import read_endpoints
 
 
 def default_cases(config: EngineConfig) -> Path:

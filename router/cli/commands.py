@@ -92,8 +92,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
+    from router.directory.seeding import read_endpoints
     from router.engine import compile_channels
-    from router.gateway import read_endpoints
 
     config = engine_config(args)
     try:

@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _seeded(args: argparse.Namespace, store: Store) -> Store:
     """The store with the directory seeded from endpoints.yaml, as the engine seeds it."""
-    from router.gateway import seed_from_file
+    from router.directory.seeding import seed_from_file
 
     try:
         seed_from_file(store, engine_config(args).endpoints)

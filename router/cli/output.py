@@ -52,8 +52,8 @@ def store_problem(args: argparse.Namespace, exc: Exception) -> str:
 
 
 def open_store(args: argparse.Namespace) -> Store:
-    from router.engine import open_store as _open
     from router.store.migrate import upgrade
+    from router.store.opening import open_store as _open
 
     store = _open(engine_config(args))
     upgrade(store)

@@ -104,9 +104,9 @@ def _inject(
 ) -> list[dict[str, Any]]:
     """A channel fed by other channels has no socket: store the messages directly."""
     from router.connectors.hl7_inbound import hl7_inbound
-    from router.engine import open_store
     from router.store.inbound import write_inbound
     from router.store.migrate import upgrade
+    from router.store.opening import open_store
 
     store = open_store(config)
     upgrade(store)

@@ -13,7 +13,7 @@ import pytest
 
 from router.channel_tests import Case, CaseRunner, compare, discover
 from router.config import load_channels, load_engine
-from router.gateway import read_endpoints
+from router.directory.seeding import read_endpoints
 
 HERE = Path(__file__).resolve().parent
 CONFIG = load_engine(HERE.parents[1] / "config" / "engine.yaml")

@@ -494,6 +494,56 @@ def test_numbers_out_of_range_are_refused_before_the_store_sees_them(
     assert problem in capsys.readouterr().err
 
 
+# What only ``serve``, ``send`` and ``check`` need: 2.4 s of CPU before each query at 3 a.m.
+ENGINE_MODULES = ("router.engine", "router.gateway", "fastapi", "uvicorn")
+STORE_COMMANDS = [
+    ["db", "upgrade"],
+    ["messages", "--json"],
+    ["show", "1", "--json"],
+    ["reprocess", "1", "--reason", "check", "--dry-run"],
+    ["resend", "--channel", "orders", "--reason", "check", "--dry-run"],
+    ["channel", "list"],
+    ["channel", "pause", "orders"],
+    ["channel", "resume", "orders"],
+    ["audit", "verify"],
+    ["prune", "--dry-run"],
+    ["holds", "list"],
+    ["endpoints", "list"],
+    ["jobs"],
+    ["users", "list"],
+]
+_IMPORT_PROBE = """
+import json, sys
+from router.cli import main
+config, commands, report = sys.argv[1], json.loads(sys.argv[2]), []
+for command in commands:
+    code = main(["--config", config, *command])
+    report.append([command, code, [m for m in json.loads(sys.argv[3]) if m in sys.modules]])
+print(json.dumps(report), file=open(sys.argv[4], "w"))
+"""
+
+
+def test_store_commands_do_not_import_the_engine(tmp_path):
+    """A support engineer's ``messages``/``show`` at 3 a.m. opens the store, not the gateway,
+    FastAPI and every connector: one fresh process runs them all in turn, as run.py would."""
+    workspace = write_workspace(tmp_path, f"sqlite:///{tmp_path / 'tie.db'}", lab_port=2576)
+    store = workspace.store()
+    with store.begin() as conn:
+        write_inbound(conn, [hl7_inbound("orders", adt("ADT-1"))])
+    store.dispose()
+    report = tmp_path / "report.json"
+    args = [str(workspace.config), json.dumps(STORE_COMMANDS), json.dumps(ENGINE_MODULES)]
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, *args, str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(report.read_text()) == [[c, 0, []] for c in STORE_COMMANDS]
+
+
 @pytest.mark.parametrize("args", [("messages", "--json"), ("messages",)])
 def test_a_reader_that_went_away_is_not_a_traceback(tmp_path, args):
     """``run.py messages | head``: head exits, and the write finds the pipe closed."""
