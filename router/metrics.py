@@ -3,8 +3,8 @@
 Counters and the ACK-latency and group-commit histograms live in this process
 (they restart from zero with it, which Prometheus' ``rate`` expects). Queue depth
 and the age of the oldest queued delivery are read from the store when
-``/metrics`` is scraped, in one grouped query over the pending-deliveries index,
-so they are the same on every node and cost one small query a scrape.
+``/metrics`` is scraped, from the pending-deliveries index and one row per destination
+(router/store/queues.py), so they are the same on every node and cheap to scrape.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from router.store.database import Store
-from router.store.schema import PENDING, deliveries, messages
+from router.store.queues import pending_queues
+from router.store.schema import messages
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -98,13 +99,9 @@ class QueueCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[Any]:
-        d, m = deliveries.c, messages.c
+        m = messages.c
         with self.store.read() as conn:
-            queues = conn.execute(
-                select(d.channel, d.destination, func.count(), func.min(d.created_at))
-                .where(d.status.in_(PENDING))
-                .group_by(d.channel, d.destination)
-            ).all()
+            queues = pending_queues(conn)
             backlog = conn.execute(
                 select(m.channel, func.count()).where(m.status == "received").group_by(m.channel)
             ).all()

@@ -1,0 +1,46 @@
+"""Each destination's queue as ``/metrics`` reports it: its depth and oldest delivery.
+
+The oldest pending delivery of a destination is its lowest id: ids are given in insert
+order and every delivery is inserted with ``created_at`` set to the time of that insert's
+transaction (processing, the FHIR exchange, a resend); release from a hold or a retry
+changes neither. So the grouped count and ``min(id)`` are read from the pending index
+alone (the dispatcher's ``ix_deliveries_pending``, whose predicate implies the status
+filter; SQLite proves a partial index's condition only from literals, not parameters),
+and ``created_at`` from one row per destination, not from every queued row.
+
+Where ids and ``created_at`` can disagree: transactions writing at once (PostgreSQL, several
+nodes) take their ids in insert order but their times a little before, so the lowest id
+may be milliseconds younger than the oldest; and a clock stepped back breaks the order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy import Connection, func, literal_column, select
+
+from router.store.schema import PENDING, deliveries
+
+
+class Queue(NamedTuple):
+    channel: str
+    destination: str
+    depth: int
+    oldest: datetime
+
+
+def pending_queues(conn: Connection) -> list[Queue]:
+    """Depth and oldest ``created_at`` per (channel, destination) with pending deliveries."""
+    d = deliveries.c
+    heads = (
+        select(d.channel, d.destination, func.count().label("depth"), func.min(d.id).label("head"))
+        .where(d.status.in_([literal_column(f"'{s}'") for s in PENDING]))
+        .group_by(d.channel, d.destination)
+        .subquery("heads")
+    )
+    query = select(heads.c.channel, heads.c.destination, heads.c.depth, d.created_at)
+    return [
+        Queue(*row)
+        for row in conn.execute(query.join_from(heads, deliveries, d.id == heads.c.head))
+    ]
