@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from router.config import ChannelConfig
 from router.pipeline import CompiledChannel, compile_channel
@@ -94,3 +94,18 @@ def dead_writer(store: Store) -> GroupCommitWriter:
         writer.run(bug)
     assert not writer.alive
     return writer
+
+
+@contextmanager
+def statements(store: Store) -> Iterator[list[tuple[str, Any]]]:
+    """The statements (with their parameters) run through the store's reader meanwhile."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(store.reader, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(store.reader, "before_cursor_execute", record)

@@ -9,7 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection
+from store_testing import statements
 
 from router.store.database import Store
 from router.store.inbound import utcnow
@@ -82,17 +83,8 @@ def test_a_key_search_reads_messages_by_index(filled, key):
 
 
 def test_a_detail_views_timeline_reads_messages_by_index(filled):
-    seen: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        seen.append((statement, parameters))
-
-    event.listen(filled.reader, "before_cursor_execute", record)
-    try:
-        with filled.read() as conn:
-            assert message_detail(conn, 2_501) is not None
-    finally:
-        event.remove(filled.reader, "before_cursor_execute", record)
+    with statements(filled) as seen, filled.read() as conn:
+        assert message_detail(conn, 2_501) is not None
     with filled.read() as conn:
         reads = [r for s, p in seen for r in _unindexed_reads(conn, s, p)]
     assert reads == []

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, event, select
+from sqlalchemy import Connection, select
+from store_testing import statements
 
 from router.metrics import QueueCollector
 from router.replay import resend
@@ -132,16 +133,8 @@ def _table_reads(conn: Connection, statement: str, parameters: Any) -> list[str]
 
 
 def test_the_queue_gauges_read_no_row_per_pending_delivery(queued):
-    seen: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        seen.append((statement, parameters))
-
-    event.listen(queued.reader, "before_cursor_execute", record)
-    try:
+    with statements(queued) as seen:
         assert len(_gauges(queued)) == 12
-    finally:
-        event.remove(queued.reader, "before_cursor_execute", record)
     with queued.read() as conn:
         reads = [r for s, p in seen if "deliveries" in s for r in _table_reads(conn, s, p)]
     assert [s for s, _ in seen if "deliveries" in s] and reads == []

@@ -5,11 +5,10 @@ indexes serve PostgreSQL). On a store of a million messages each scan cost secon
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from store_testing import statements
 
 from router import replay
 from router.store.database import Store
@@ -51,21 +50,6 @@ def linked(tmp_path: Any) -> Iterator[Store]:
         )
     yield store
     store.dispose()
-
-
-@contextmanager
-def statements(store: Store) -> Iterator[list[tuple[str, Any]]]:
-    """The statements (with their parameters) run through the store's reader meanwhile."""
-    seen: list[tuple[str, Any]] = []
-
-    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        seen.append((statement, parameters))
-
-    event.listen(store.reader, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(store.reader, "before_cursor_execute", record)
 
 
 def _detail(store: Store) -> None:
