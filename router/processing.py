@@ -31,9 +31,10 @@ from sqlalchemy import Connection, bindparam, literal_column, select, update
 
 from router import metrics
 from router.config import UnmatchedFlag
+from router.local_destinations import Local, LocalRoutes, apply_local, local_routes
 from router.message import Message
 from router.outage_log import OutageLog
-from router.payload import Payload, as_payload
+from router.payload import as_payload
 from router.pipeline import CompiledChannel, Outcome, PlannedDelivery, process
 from router.store.blobs import BlobStore
 from router.store.database import VALUE_REFUSED, Store, Transact, savepoint
@@ -102,25 +103,6 @@ _SETTLE_SQL = (
 _INSERT_FLAGS = message_flags.insert()
 
 
-class Refusal(NamedTuple):
-    """A local destination's refusal: the message's outcome instead of its deliveries."""
-
-    status: str  # ``filtered`` (a duplicate, of ``duplicate_of`` when known) or ``error``
-    reason: str
-    duplicate_of: int | None = None
-
-
-# Applies a delivery's payload for message ``id`` in the processing transaction.
-Local = Callable[[Connection, bytes, int], Refusal | None]
-# Per channel, its destinations of a local kind.
-LocalRoutes = dict[str, dict[str, Local]]
-
-
-class _Refused(Exception):
-    def __init__(self, refusal: Refusal) -> None:
-        self.refusal = refusal
-
-
 class _Stored(NamedTuple):
     """What writing an outcome needs of its message's row."""
 
@@ -151,7 +133,7 @@ class Processor:
     ) -> None:
         self._store = store
         self._local_kinds = local or {}
-        self._local = _local_routes(channels, self._local_kinds)
+        self._local = local_routes(channels, self._local_kinds)
         self._channels = channels
         self._batch = batch
         self._on_deliveries = on_deliveries
@@ -189,7 +171,7 @@ class Processor:
         """Process with ``channels`` from the next batch on (a reload). Thread-safe: the
         mappings are replaced whole and each message looks its channel up once."""
         self._unmatched = _unmatched_checks(channels)
-        self._local = _local_routes(channels, self._local_kinds)
+        self._local = local_routes(channels, self._local_kinds)
         self._declarative = _declarative(channels, self._local)
         self._channels = channels
         self._wake.set()
@@ -301,14 +283,6 @@ def _declarative(
     return {name: c for name, c in channels.items() if c.declarative and name not in local}
 
 
-def _local_routes(channels: dict[str, CompiledChannel], kinds: dict[str, Local]) -> LocalRoutes:
-    found = {
-        name: {r.name: kinds[r.config.kind] for r in c.routes if r.config.kind in kinds}
-        for name, c in channels.items()
-    }
-    return {name: routes for name, routes in found.items() if routes}
-
-
 def _ids(conn: Connection, uuids: list[str]) -> dict[str, int]:
     """Row ids of messages by uuid (the unique index), straight through the driver (SQLite
     or PostgreSQL, the store's two dialects)."""
@@ -368,36 +342,8 @@ def _write(
     if local:
         for row, outcome in settled:
             if outcome.status == "processed" and row.channel in local:
-                _apply_local(conn, row, outcome, local[row.channel])
+                apply_local(conn, row.id, outcome, local[row.channel])
     return _record(conn, settled, now, unmatched)
-
-
-def _apply_local(conn: Connection, row: Any, outcome: Outcome, routes: dict[str, Local]) -> None:
-    """Apply the outcome's local deliveries (marked applied), or, when one refuses, none of
-    them: the message is then settled with the refusal and sends nothing."""
-    try:
-        with savepoint(conn, "tie_local"):
-            for planned in outcome.deliveries:
-                apply = routes.get(planned.destination)
-                refusal = apply and apply(conn, _data(planned.payload), row.id)
-                if refusal:
-                    raise _Refused(refusal)
-    except _Refused as refused:
-        status, reason, original = refused.refusal
-        conn.execute(
-            update(messages)
-            .where(_m.id == row.id)
-            .values(status=status, error=reason[:2000], duplicate_of=original)
-        )
-        outcome.status, outcome.reason, outcome.deliveries = status, reason, []
-        return
-    outcome.deliveries = [
-        replace(d, applied=True) if d.destination in routes else d for d in outcome.deliveries
-    ]
-
-
-def _data(payload: bytes | Payload) -> bytes:
-    return payload if isinstance(payload, bytes) else payload.read()
 
 
 def _write_isolating(

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from router.connectors import Delivery, SendResult
-from router.processing import Refusal
+from router.local_destinations import Refusal
 from router.store.database import Store
 from router.store.inbound import utcnow
 from router.store.schema import correlations, deliveries, jobs, messages

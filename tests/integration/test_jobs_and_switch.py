@@ -13,7 +13,7 @@ from tie_testing import RunningEngine, api_token, channel, engine_config, wait_u
 from router.cli import main
 from router.connectors import Delivery
 from router.dps.jobs import JobSender, apply, job_record, list_jobs
-from router.processing import Refusal
+from router.local_destinations import Refusal
 from router.store.database import Store
 from router.store.inbound import Inbound
 from router.store.migrate import upgrade
