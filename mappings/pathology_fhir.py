@@ -10,7 +10,7 @@ same Bundle (golden files, and duplicate checks after a reprocess).
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -20,7 +20,7 @@ from router.message import Message, Output
 
 from .v2_to_fhir.datatypes import fhir_datetime, fhir_instant, reference
 from .v2_to_fhir.decimals import to_json
-from .v2_to_fhir.flags import flags_of
+from .v2_to_fhir.flags import flags_of, not_mapped
 from .v2_to_fhir.groups import OrderGroup, read_result
 from .v2_to_fhir.observations import ResultContext, embedded_document, is_document, note_text
 from .v2_to_fhir.observations import observation as observation_resource
@@ -41,16 +41,19 @@ EVENT = {
 }
 UUID_SYSTEM = "https://tools.ietf.org/html/rfc4122"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:tie:mappings:pathology_fhir")
+# What a Z segment (data local to the sender) does to the result: left out and flagged
+# ``not-mapped-<name>`` on the Bundle and the message, or the message is an error.
+ZSegments = Literal["not-mapped", "error"]
 
 
-def oru_to_fhir_bundle(message: Message) -> Output:
+def oru_to_fhir_bundle(message: Message, *, z_segments: ZSegments = "not-mapped") -> Output:
     """Channel transform: the Bundle as JSON, addressed to the practice ``practice_ods`` finds.
 
     Each flag (e.g. ``nhs-number-missing``) is stored as a message flag, so
     ``run.py messages --flag nhs-number-missing`` finds the results that carry it; a
     correlation key would wrongly join every such result into one timeline.
     """
-    bundle = oru_to_bundle(message.raw)
+    bundle = oru_to_bundle(message.raw, z_segments=z_segments)
     for code in bundle_flags(bundle):
         message.flag(code)
     return Output(to_json(bundle) + "\n", FHIR_JSON)
@@ -62,14 +65,23 @@ def oru_to_bundle(
     source_endpoint: str | None = None,
     destination_ods: str | None = None,
     timezone: str = "Europe/London",
+    z_segments: ZSegments = "not-mapped",
 ) -> dict[str, Any]:
     """The FHIR message Bundle of an ORU^R01, validated; raises ValueError if it is not valid.
 
     ``source_endpoint`` defaults to the lab's ODS code (MSH-4) as ``system|value``;
     ``destination_ods`` (the GP practice) defaults to ``practice_ods``. HL7 times without
-    an offset are local times of ``timezone``.
+    an offset are local times of ``timezone``. Z segments are left out and flagged, or
+    (``z_segments="error"``) refused: a receiver never sees them.
     """
-    bundle = _BundleBuilder(er7, ZoneInfo(timezone), source_endpoint, destination_ods).build()
+    builder = _BundleBuilder(er7, ZoneInfo(timezone), source_endpoint, destination_ods)
+    local = builder.result.z_segments
+    if local and z_segments == "error":
+        raise ValueError(
+            f"Z segments {', '.join(local)}: their local data would not reach the practice"
+            " (this channel refuses results with Z segments)"
+        )
+    bundle = builder.build()
     _validate(bundle)
     return bundle
 
@@ -109,8 +121,8 @@ def _facility_ods(facility: Composite | None) -> str | None:
 
 
 def bundle_flags(bundle: dict[str, Any]) -> list[str]:
-    """The flag codes the mapping put on the Bundle's resources (see docs/pathology.md)."""
-    return flags_of([entry["resource"] for entry in bundle.get("entry", [])])
+    """The flag codes the mapping put on the Bundle and its resources (see docs/pathology.md)."""
+    return flags_of([bundle, *(entry["resource"] for entry in bundle.get("entry", []))])
 
 
 class _BundleBuilder:
@@ -173,17 +185,24 @@ class _BundleBuilder:
             *self.orders,
         ]
         bundle_id = self.id("bundle")
-        bundle: dict[str, Any] = {
-            "resourceType": "Bundle",
-            "id": bundle_id,
-            "identifier": {"system": UUID_SYSTEM, "value": bundle_id},
-            "type": "message",
-        }
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "id": bundle_id}
+        unmapped = self._not_mapped()
+        if unmapped:
+            bundle["meta"] = {"tag": unmapped}
+        bundle["identifier"] = {"system": UUID_SYSTEM, "value": bundle_id}
+        bundle["type"] = "message"
         timestamp = fhir_instant(self.result.msh.get(7), self.zone)
         if timestamp:
             bundle["timestamp"] = timestamp
         bundle["entry"] = [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources]
         return bundle
+
+    def _not_mapped(self) -> list[dict[str, str]]:
+        """A flag per kind of segment left out that the lab wrote for a reader."""
+        return [
+            not_mapped(name, f"{name} segment not mapped: local data the practice does not receive")
+            for name in self.result.z_segments
+        ]
 
     def _practice_name(self) -> str | None:
         for order in (o for g in self.result.patients for o in g.orders):

@@ -23,6 +23,11 @@ def flag(code: str, display: str | None = None) -> dict[str, str]:
     return {"system": FLAGS, "code": code, "display": display or KNOWN[code]}
 
 
+def not_mapped(segment: str, display: str) -> dict[str, str]:
+    """The flag of content the practice will not receive: ``not-mapped-zds`` for a ZDS."""
+    return flag(f"not-mapped-{segment.lower()}", display)
+
+
 def flags_of(resources: list[dict[str, Any]]) -> list[str]:
     """The distinct flag codes on ``resources``, in order of first appearance."""
     found: list[str] = []

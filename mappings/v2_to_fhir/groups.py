@@ -3,11 +3,13 @@
 Group names differ by version (``ORU_R01_RESPONSE`` in 2.3, ``ORU_R01_PATIENT_RESULT``
 from 2.4), so groups are matched by the end of their names. Values are read from the
 segments as received, not from hl7apy's tree: hl7apy writes a field the version does
-not define (an ORC-21 in 2.3) back in the wrong place.
+not define (an ORC-21 in 2.3) back in the wrong place. Z segments (local to the sender)
+have no place in the structure: they are set aside, by name, for the mapping to report.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,9 @@ from router.hl7v2.er7 import Er7Message
 from router.hl7v2.structure import parse_structured
 
 from .segments import Delimiters, Segment
+
+# A Z segment: a sender's own segment (HL7 leaves names starting with Z to local use).
+_LOCAL = re.compile(r"Z[A-Z0-9]{2}")
 
 
 @dataclass
@@ -42,6 +47,7 @@ class PatientGroup:
 class ResultMessage:
     msh: Segment
     patients: list[PatientGroup]
+    z_segments: list[str] = field(default_factory=list)  # their names, each once, in order
 
 
 def read_result(raw: str | bytes) -> ResultMessage:
@@ -54,15 +60,18 @@ def read_result(raw: str | bytes) -> ResultMessage:
         # Another structure (ORU^R30, R32, W01...) has no groups read here: its Bundle would
         # reach the practice with no patient and no result.
         raise ValueError(f"MSH-9 is {'^'.join(filter(None, kind))}: the mapping reads ORU^R01 only")
-    tree = parse_structured(_skeleton(message))
+    names = message.segment_names()
+    standard = [
+        (n, text)
+        for n, text in zip(names, message.segments, strict=True)
+        if not _LOCAL.fullmatch(n)
+    ]
+    tree = parse_structured(_skeleton(message, [n for n, _ in standard]))
     nodes = _segments(tree)
-    if [node.name for node in nodes] != message.segment_names():
-        raise ValueError(
-            f"segments out of order for {tree.name}: {' '.join(message.segment_names())}"
-        )
+    if [node.name for node in nodes] != [n for n, _ in standard]:
+        raise ValueError(f"segments out of order for {tree.name}: {' '.join(names)}")
     received = {
-        id(node): Segment(text, delimiters)
-        for node, text in zip(nodes, message.segments, strict=True)
+        id(node): Segment(text, delimiters) for node, (_, text) in zip(nodes, standard, strict=True)
     }
     patients: list[PatientGroup] = []
     for group in _groups(tree, "_PATIENT_RESULT", "_RESPONSE"):
@@ -81,11 +90,13 @@ def read_result(raw: str | bytes) -> ResultMessage:
                 patient.orders.append(_order(child, received))
     if not any(patient.orders for patient in patients):
         raise ValueError("no result in the message: an ORU^R01 needs an OBR")
-    return ResultMessage(msh, patients)
+    return ResultMessage(
+        msh, patients, list(dict.fromkeys(n for n in names if _LOCAL.fullmatch(n)))
+    )
 
 
-def _skeleton(message: Er7Message) -> bytes:
-    """The segment names, after an MSH with only what hl7apy reads (MSH-9, MSH-12).
+def _skeleton(message: Er7Message, names: list[str]) -> bytes:
+    """``names`` (MSH first), after an MSH with only what hl7apy reads (MSH-9, MSH-12).
 
     Groups depend on segment names only; hl7apy parsing every field of every segment would
     cost ten times as much, for values that are read from the text anyway.
@@ -94,7 +105,7 @@ def _skeleton(message: Er7Message) -> bytes:
     raw_msh = message.segments[0].split(sep)
     msh9, msh12 = (raw_msh[i] if i < len(raw_msh) else "" for i in (8, 11))
     msh = sep.join(["MSH", message.encoding, "", "", "", "", "", "", msh9, "", "", msh12])
-    return "\r".join([msh, *message.segment_names()[1:]]).encode("ascii", errors="replace")
+    return "\r".join([msh, *names[1:]]).encode("ascii", errors="replace")
 
 
 def _order(group: Any, received: dict[int, Segment]) -> OrderGroup:

@@ -212,6 +212,19 @@ def test_order_ack_results_and_gp_delivery_share_one_timeline(
                     headers={"Authorization": f"Bearer {token}"},
                 ).json()["messages"]
             assert [m["id"] for m in found] == [stray_id]
+
+            # A Z segment (local data) does not stop the result: it reaches the practice,
+            # and the Bundle and the message say the practice did not receive the ZDS.
+            local = _gp_result().replace(b"5051095-GP-0001", b"5051095-GP-0003") + (
+                b"ZDS|1.2.826.0.1.3680043.2.1125^iGene^Application^DICOM\r"
+            )
+            _send(loop, running.port("lab-results"), local)
+            local_id = wait_until(lambda: _message_id(running, "5051095-GP-0003"))
+            wait_until(lambda: _status(running, local_id) == [("gp", "sent")])
+            with sandbox.client(GP_MAILBOX) as gp:
+                bundles = [json.loads(gp.retrieve_message(m).read()) for m in gp.list_messages()]
+            (sent,) = [b for b in bundles if "meta" in b]
+            assert [t["code"] for t in sent["meta"]["tag"]] == ["not-mapped-zds"]
         finally:
             running.stop()
             loop.close()
@@ -227,6 +240,8 @@ def test_order_ack_results_and_gp_delivery_share_one_timeline(
     assert "received, processed" in shown
     assert "-> lab sent" in shown and "answer AA" in shown
     assert f"-> gp sent to {GP_MAILBOX}" in shown
+    shown = _cli(["--config", config, "show", str(local_id), "--actor", "operator"])
+    assert "--- flags ---\n  invalid-embedded-document\n  not-mapped-zds" in shown
 
 
 def _cli(argv: list[str]) -> str:

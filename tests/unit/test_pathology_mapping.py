@@ -767,8 +767,42 @@ def test_the_same_result_maps_alike_in_every_version(mapping: ModuleType, versio
 def test_a_segment_the_structure_has_no_place_for_is_an_error_not_a_loss(
     mapping: ModuleType,
 ) -> None:
-    with pytest.raises(ValueError, match="ZXX"):
-        mapping.oru_to_bundle(oru(obx("NM", "1"), "ZXX|1|local"))
+    with pytest.raises(ValueError, match="EVN"):
+        mapping.oru_to_bundle(oru(obx("NM", "1"), "EVN|R01|20240115"))
+
+
+def test_z_segments_are_left_out_and_flagged_by_default(mapping: ModuleType) -> None:
+    """Real labs send Z segments anywhere; the result still reaches the practice, and the
+    Bundle and the message say which local segments it does not carry."""
+    plain = mapping.oru_to_bundle(oru(obx("NM", "1")))
+    raw = oru(obx("NM", "1"), "ZDS|1.2.3^TIE^Application^DICOM", "ZPI|1|x", "ZDS|2")
+    raw = raw.replace(b"\rORC|", b"\rZPI|before the order\rORC|")
+    bundle = mapping.oru_to_bundle(raw)
+    assert bundle["meta"]["tag"] == [
+        {
+            "system": FLAGS,
+            "code": f"not-mapped-{name.lower()}",
+            "display": f"{name} segment not mapped: local data the practice does not receive",
+        }
+        for name in ("ZPI", "ZDS")
+    ]
+    assert mapping.bundle_flags(bundle) == ["not-mapped-zpi", "not-mapped-zds"]
+    assert bundle["entry"] == plain["entry"], "the rest of the result is mapped as without them"
+    message = Message(raw, "lab-results")
+    mapping.oru_to_fhir_bundle(message)
+    assert message.flags == ["not-mapped-zpi", "not-mapped-zds"], "stored with the message"
+
+
+def test_z_segments_can_be_refused(mapping: ModuleType) -> None:
+    raw = oru(obx("NM", "1"), "ZDS|1.2.3^TIE^Application^DICOM")
+    with pytest.raises(ValueError, match="Z segments ZDS: their local data would not reach"):
+        mapping.oru_to_bundle(raw, z_segments="error")
+    with pytest.raises(ValueError, match="ZDS"):
+        mapping.oru_to_fhir_bundle(Message(raw, "lab-results"), z_segments="error")
+    routing = importlib.import_module("tie_mappings.pathology_routing")
+    with pytest.raises(ValueError, match="ZDS"):  # the transform a channel names to refuse them
+        routing.gp_bundle_refusing_z_segments(Message(raw, "lab-results"), None)
+    assert "meta" not in mapping.oru_to_bundle(oru(obx("NM", "1")), z_segments="error")
 
 
 @pytest.mark.parametrize("version", ["2.3", "2.4", "2.5.1"])
