@@ -98,6 +98,16 @@ def _status(running: RunningEngine, message_id: int) -> list[tuple[str, str]]:
         return sorted((r.destination, r.status) for r in rows)
 
 
+def _outcome(running: RunningEngine, message_id: int) -> tuple[str, str | None] | None:
+    """The message's status and error once processed; None while it is still ``received``."""
+    m = messages.c
+    with running.store.read() as conn:
+        row = conn.execute(
+            select(m.status, m.error).where(m.id == message_id, m.status != "received")
+        ).first()
+    return (row.status, row.error) if row else None
+
+
 def _message_id(running: RunningEngine, control_id: str) -> int:
     with running.store.read() as conn:
         return conn.scalar(select(messages.c.id).where(messages.c.control_id == control_id))
@@ -225,6 +235,19 @@ def test_order_ack_results_and_gp_delivery_share_one_timeline(
                 bundles = [json.loads(gp.retrieve_message(m).read()) for m in gp.list_messages()]
             (sent,) = [b for b in bundles if "meta" in b]
             assert [t["code"] for t in sent["meta"]["tag"]] == ["not-mapped-zds"]
+
+            # A result neither for the trust (MSH-6) nor naming a practice (ORC-21) would
+            # reach nobody: an error with the reason, not filtered.
+            nobody = (
+                _gp_result()
+                .replace(b"5051095-GP-0001", b"5051095-GP-0004")
+                .replace(b"RIVERSIDE SURGERY^^Y01234^^^ODS", b"")
+            )
+            assert str(_send(loop, running.port("lab-results"), nobody).segment("MSA")[1]) == "CA"
+            nobody_id = wait_until(lambda: _message_id(running, "5051095-GP-0004"))
+            status, error = wait_until(lambda: _outcome(running, nobody_id))
+            assert status == "error"
+            assert "ValueError: no one would receive this result: MSH-6 (Y01234)" in error
         finally:
             running.stop()
             loop.close()

@@ -793,6 +793,18 @@ def test_z_segments_are_left_out_and_flagged_by_default(mapping: ModuleType) -> 
     assert message.flags == ["not-mapped-zpi", "not-mapped-zds"], "stored with the message"
 
 
+def test_a_result_naming_no_practice_is_an_error_for_the_gp_route(mapping: ModuleType) -> None:
+    """The gp destination takes every result not for the trust: one whose ORC-21 names no
+    practice would reach nobody, so it is an error with the reason, never filtered."""
+    routing = importlib.import_module("tie_mappings.pathology_routing")
+    raw = oru(obx("NM", "1")).replace(b"THE SURGERY^^^^^^^^^A81001", b"THE SURGERY")
+    with pytest.raises(ValueError, match=r"no one would receive this result: MSH-6 \(A81001\)"):
+        routing.gp_bundle(Message(raw, "lab-results"), None)
+    with pytest.raises(ValueError, match="ORC-21 names no ordering practice"):
+        routing.gp_bundle_refusing_z_segments(Message(raw, "lab-results"), None)
+    assert routing.gp_bundle(Message(oru(obx("NM", "1")), "lab-results"), None).body
+
+
 def test_z_segments_can_be_refused(mapping: ModuleType) -> None:
     raw = oru(obx("NM", "1"), "ZDS|1.2.3^TIE^Application^DICOM")
     with pytest.raises(ValueError, match="Z segments ZDS: their local data would not reach"):
