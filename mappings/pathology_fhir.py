@@ -170,7 +170,7 @@ class _BundleBuilder:
         for p, group in enumerate(self.result.patients, start=1):
             if group.pid is None:
                 raise ValueError(f"result group {p} has no PID: a result needs its patient")
-            subject = patient(group.pid, self.id("patient", p), self.zone)
+            subject = patient(group.pid, self.id("patient", p), self.zone, group.notes)
             patients.append(subject)
             for o, order in enumerate(group.orders, start=1):
                 reports.append(self._order(order, subject, (p, o)))

@@ -16,6 +16,10 @@ KNOWN = {
     "unmapped-value-type": "OBX value type not mapped; the value is kept as text",
     "unparsed-value": "OBX value does not parse as its type; the value is kept as text",
     "invalid-embedded-document": "OBX ED value is not a readable document; kept as text",
+    "not-mapped-patient-nte": (
+        "NTE after PID (notes on the patient) not mapped: FHIR R4 Patient has no note;"
+        " the practice does not receive them"
+    ),
 }
 
 
@@ -23,9 +27,9 @@ def flag(code: str, display: str | None = None) -> dict[str, str]:
     return {"system": FLAGS, "code": code, "display": display or KNOWN[code]}
 
 
-def not_mapped(segment: str, display: str) -> dict[str, str]:
+def not_mapped(what: str, display: str | None = None) -> dict[str, str]:
     """The flag of content the practice will not receive: ``not-mapped-zds`` for a ZDS."""
-    return flag(f"not-mapped-{segment.lower()}", display)
+    return flag(f"not-mapped-{what.lower()}", display)
 
 
 def flags_of(resources: list[dict[str, Any]]) -> list[str]:

@@ -40,6 +40,7 @@ class OrderGroup:
 @dataclass
 class PatientGroup:
     pid: Segment | None = None
+    notes: list[Segment] = field(default_factory=list)  # NTE after PID: notes on the patient
     orders: list[OrderGroup] = field(default_factory=list)
 
 
@@ -84,8 +85,10 @@ def read_result(raw: str | bytes) -> ResultMessage:
                 if patient.pid is not None or patient.orders:
                     patient = PatientGroup()
                     patients.append(patient)
-                pid = [received[id(s)] for s in _segments(child) if s.name == "PID"]
+                segments = [received[id(s)] for s in _segments(child)]
+                pid = [s for s in segments if s.name == "PID"]
                 patient.pid = pid[0] if pid else None
+                patient.notes = [s for s in segments if s.name == "NTE"]
             elif child.name.endswith("_ORDER_OBSERVATION"):
                 patient.orders.append(_order(child, received))
     if not any(patient.orders for patient in patients):

@@ -6,7 +6,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .datatypes import V2_TABLE, address, code, contact_point, fhir_date, human_name
-from .flags import flag
+from .flags import flag, not_mapped
+from .observations import note_text
 from .segments import Composite, Segment
 
 NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
@@ -36,11 +37,15 @@ def _is_nhs(identifier: Composite) -> bool:
     return authority == "NHS" or identifier.get(4, 2) == NHS_NUMBER_OID or kind in _NHS_TYPES
 
 
-def patient(pid: Segment, resource_id: str, zone: ZoneInfo) -> dict[str, Any]:
+def patient(
+    pid: Segment, resource_id: str, zone: ZoneInfo, notes: list[Segment] | None = None
+) -> dict[str, Any]:
     """The Patient: NHS number only when PID-3 labels one and it passes the check digit.
 
     A missing or failing NHS number is never invented: the Patient is tagged
     ``nhs-number-missing`` (and ``nhs-number-invalid`` when one failed the check).
+    ``notes`` (NTE after PID) have no place in an R4 Patient: a Patient with any is
+    tagged ``not-mapped-patient-nte``, so the loss is never silent.
     """
     resource: dict[str, Any] = {"resourceType": "Patient", "id": resource_id}
     identifiers: list[dict[str, Any]] = []
@@ -60,6 +65,8 @@ def patient(pid: Segment, resource_id: str, zone: ZoneInfo) -> dict[str, Any]:
         identifiers.append(_local_identifier(identifier))
     if nhs_number is None:
         tags.insert(0, flag("nhs-number-missing"))
+    if note_text(notes or []):
+        tags.append(not_mapped("patient-nte"))
     if tags:
         resource["meta"] = {"tag": tags}
     if identifiers:

@@ -224,10 +224,13 @@ def test_order_ack_results_and_gp_delivery_share_one_timeline(
             assert [m["id"] for m in found] == [stray_id]
 
             # A Z segment (local data) does not stop the result: it reaches the practice,
-            # and the Bundle and the message say the practice did not receive the ZDS.
-            local = _gp_result().replace(b"5051095-GP-0001", b"5051095-GP-0003") + (
-                b"ZDS|1.2.826.0.1.3680043.2.1125^iGene^Application^DICOM\r"
-            )
+            # and the Bundle and the message say the practice did not receive the ZDS; nor
+            # the notes on the patient (NTE after PID), which an R4 Patient cannot carry.
+            local = (
+                _gp_result()
+                .replace(b"5051095-GP-0001", b"5051095-GP-0003")
+                .replace(b"\rPV1|", b"\rNTE|1|L|Patient is on warfarin\rPV1|", 1)
+            ) + b"ZDS|1.2.826.0.1.3680043.2.1125^iGene^Application^DICOM\r"
             _send(loop, running.port("lab-results"), local)
             local_id = wait_until(lambda: _message_id(running, "5051095-GP-0003"))
             wait_until(lambda: _status(running, local_id) == [("gp", "sent")])
@@ -235,6 +238,10 @@ def test_order_ack_results_and_gp_delivery_share_one_timeline(
                 bundles = [json.loads(gp.retrieve_message(m).read()) for m in gp.list_messages()]
             (sent,) = [b for b in bundles if "meta" in b]
             assert [t["code"] for t in sent["meta"]["tag"]] == ["not-mapped-zds"]
+            (patient,) = [
+                e["resource"] for e in sent["entry"] if e["resource"]["resourceType"] == "Patient"
+            ]
+            assert [t["code"] for t in patient["meta"]["tag"]] == ["not-mapped-patient-nte"]
 
             # A result neither for the trust (MSH-6) nor naming a practice (ORC-21) would
             # reach nobody: an error with the reason, not filtered.
@@ -264,7 +271,8 @@ def test_order_ack_results_and_gp_delivery_share_one_timeline(
     assert "-> lab sent" in shown and "answer AA" in shown
     assert f"-> gp sent to {GP_MAILBOX}" in shown
     shown = _cli(["--config", config, "show", str(local_id), "--actor", "operator"])
-    assert "--- flags ---\n  invalid-embedded-document\n  not-mapped-zds" in shown
+    flags = shown.split("--- flags ---\n")[1].split("\n\n")[0].split()
+    assert {"not-mapped-zds", "not-mapped-patient-nte"} <= set(flags), "the operator sees them"
 
 
 def _cli(argv: list[str]) -> str:

@@ -793,6 +793,29 @@ def test_z_segments_are_left_out_and_flagged_by_default(mapping: ModuleType) -> 
     assert message.flags == ["not-mapped-zpi", "not-mapped-zds"], "stored with the message"
 
 
+@pytest.mark.parametrize("version", ["2.3", "2.4", "2.5.1"])
+def test_notes_on_the_patient_are_flagged_as_not_mapped(mapping: ModuleType, version: str) -> None:
+    """NTE after PID has no place in an R4 Patient (and is no report's conclusion): the
+    Patient says the practice did not receive it, and the message is flagged."""
+    pid = "PID|1||9449305552^^^NHS^NH||DOE^John||19700101|M"
+    raw = oru(obx("NM", "1"), version=version, pid=f"{pid}\rNTE|1|L|Patient is on warfarin")
+    bundle = mapping.oru_to_bundle(raw)
+    assert one(bundle, "Patient")["meta"]["tag"] == [
+        {
+            "system": FLAGS,
+            "code": "not-mapped-patient-nte",
+            "display": "NTE after PID (notes on the patient) not mapped: FHIR R4 Patient has no"
+            " note; the practice does not receive them",
+        }
+    ]
+    assert "warfarin" not in json.dumps(bundle), "not put where it would mean something else"
+    message = Message(raw, "lab-results")
+    mapping.oru_to_fhir_bundle(message)
+    assert message.flags == ["not-mapped-patient-nte"]
+    blank = oru(obx("NM", "1"), version=version, pid=f"{pid}\rNTE|1|L|")
+    assert "meta" not in one(mapping.oru_to_bundle(blank), "Patient"), "an empty NTE says nothing"
+
+
 def test_a_result_naming_no_practice_is_an_error_for_the_gp_route(mapping: ModuleType) -> None:
     """The gp destination takes every result not for the trust: one whose ORC-21 names no
     practice would reach nobody, so it is an error with the reason, never filtered."""
