@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
@@ -60,7 +60,10 @@ def fhir_datetime(value: str | None, zone: ZoneInfo) -> str | None:
     """An HL7 TS/DTM as a FHIR dateTime at its own precision; None when it is not a time.
 
     FHIR needs an offset once there is a time: a time without one is the sender's local
-    time (``zone``). Minutes and seconds left out by the sender are written as zero.
+    time (``zone``). Minutes and seconds left out by the sender are written as zero. A
+    local time in a spring-forward gap (01:30 on the day Europe/London goes from 01:00 to
+    02:00) does not exist: it is moved on by the gap (02:30+01:00), the instant a clock not
+    yet put forward meant. A time that occurs twice (autumn) is the first (summer time).
     """
     match = _TS.match((value or "").strip())
     if not match:
@@ -80,7 +83,10 @@ def fhir_datetime(value: str | None, zone: ZoneInfo) -> str | None:
             return None  # no zone has it (FHIR takes -14:00 to +14:00): not a time
         offset = f"{sign}{off_h}:{off_m}"
     else:
-        offset = local.replace(tzinfo=zone).strftime("%z")
+        # fold=0 reads a gap time with the offset before the change; through UTC (astimezone
+        # to its own zone is a no-op), that instant is the local time that exists, gap added.
+        aware = local.replace(tzinfo=zone).astimezone(UTC).astimezone(zone)
+        local, offset = aware.replace(tzinfo=None), aware.strftime("%z")
         offset = f"{offset[:3]}:{offset[3:]}"
     return f"{local.strftime('%Y-%m-%dT%H:%M:%S')}{fraction or ''}{offset}"
 

@@ -943,6 +943,27 @@ def test_a_unit_with_micro_as_a_latin_1_hex_escape_keeps_its_ucum_code(
     }
 
 
+@pytest.mark.parametrize(
+    ("hl7", "fhir"),
+    [
+        ("20260329005959", "2026-03-29T00:59:59+00:00"),  # the last second of GMT
+        ("20260329013000", "2026-03-29T02:30:00+01:00"),  # in the gap: moved on by the hour
+        ("202603290100", "2026-03-29T02:00:00+01:00"),
+        ("20260329020000", "2026-03-29T02:00:00+01:00"),  # the first time of BST
+        ("20261025013000", "2026-10-25T01:30:00+01:00"),  # twice that night: the first (BST)
+        ("20261025023000", "2026-10-25T02:30:00+00:00"),
+        ("20260329013000+0000", "2026-03-29T01:30:00+00:00"),  # an offset given is kept
+    ],
+)
+def test_local_times_around_daylight_saving_changes(
+    mapping: ModuleType, hl7: str, fhir: str
+) -> None:
+    """A spring-forward time (01:00-02:00 Europe/London) does not exist: it is not written
+    as 01:30+00:00 beside real local times, but as the local time of the same instant."""
+    raw = oru(obx("NM", "1")).replace(b"|TEST^Test^L|||20240115100000", f"|T^T^L|||{hl7}".encode())
+    assert one(mapping.oru_to_bundle(raw), "DiagnosticReport")["effectiveDateTime"] == fhir
+
+
 def test_times_without_offset_are_read_in_the_given_zone(mapping: ModuleType) -> None:
     bundle = mapping.oru_to_bundle(oru(obx("NM", "1")), timezone="America/New_York")
     assert bundle["timestamp"] == "2024-01-15T12:00:00-05:00"
