@@ -32,6 +32,7 @@ from .v2_to_fhir.orders import (
 )
 from .v2_to_fhir.parties import ODS_CODE, ods_code, organization, patient, practitioner
 from .v2_to_fhir.segments import Composite, Delimiters, Segment
+from .v2_to_fhir.strings import MAX_STRING
 
 # MessageHeader.eventCoding: the HL7 v2 event (table 0003), as the HL7 v2-to-FHIR mapping does.
 EVENT = {
@@ -316,9 +317,17 @@ class _BundleBuilder:
 
 
 def _validate(bundle: dict[str, Any]) -> None:
-    """Raise ValueError naming every element fhir.resources (R4B models) rejects."""
+    """Raise ValueError naming every element fhir.resources (R4B models) rejects, and any
+    string over FHIR's 1 MB limit (which it does not check)."""
     from fhir.resources.R4B.bundle import Bundle
     from pydantic import ValidationError
+
+    oversize = _oversize_strings(bundle, "Bundle")
+    if oversize:
+        raise ValueError(
+            f"the mapped Bundle is not valid FHIR: over the {MAX_STRING:,}-character string"
+            f" limit: {'; '.join(oversize[:20])}"
+        )
 
     try:
         Bundle.model_validate(bundle)
@@ -327,3 +336,16 @@ def _validate(bundle: dict[str, Any]) -> None:
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:20]
         )
         raise ValueError(f"the mapped Bundle is not valid FHIR: {problems}") from exc
+
+
+def _oversize_strings(value: Any, path: str) -> list[str]:
+    """``path: N characters`` of each string over MAX_STRING (base64Binary ``data`` aside)."""
+    if isinstance(value, str):
+        return [f"{path}: {len(value):,} characters"] if len(value) > MAX_STRING else []
+    if isinstance(value, dict):
+        items = [(f"{path}.{k}", v) for k, v in value.items() if k != "data"]
+    elif isinstance(value, list):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return []
+    return [found for where, item in items for found in _oversize_strings(item, where)]

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from .datatypes import code, codeable_concept, decimal, fhir_datetime
 from .flags import KNOWN, flag
 from .segments import Composite, Segment
+from .strings import MAX_STRING
 from .units import quantity_unit
 
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
@@ -192,6 +193,13 @@ def _value(obx: Segment, zone: ZoneInfo) -> tuple[dict[str, Any], list[dict[str,
     for rep in reps:
         element, value = _one(rep, kind, obx, zone)
         if element is None:
+            if kind == "ED" and len(rep.text) > MAX_STRING:
+                raise ValueError(
+                    f"OBX {obx.get(1) or ''} (ED, {rep.get(4) or 'no encoding'}): the embedded"
+                    f" document does not decode, and its {len(rep.text):,} characters are over"
+                    f" FHIR's {MAX_STRING:,}-character string limit, so it cannot go as text:"
+                    " the laboratory must send it again"
+                )
             reason = _FALLBACK_FLAG.get(kind, "unmapped-value-type")
             tags = [flag(reason, f"OBX-2 {kind or '(empty)'}: {KNOWN[reason]}")]
             element, value = "valueString", rep.text

@@ -16,6 +16,9 @@ would otherwise reach the Bundle. What each becomes is chosen to keep the text's
 from __future__ import annotations
 
 REPLACEMENT = "\ufffd"
+# FHIR: "strings SHALL NOT exceed 1MB (1024*1024 characters) in size". fhir.resources does
+# not check it; base64Binary (Attachment.data) has no such limit.
+MAX_STRING = 1024 * 1024
 _LINE_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _SPACES = "\x1f\xa0\u1680\u202f\u205f\u3000" + "".join(map(chr, range(0x2000, 0x200B)))
 _CONTROLS = [c for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(c) not in "\t\n\r"]

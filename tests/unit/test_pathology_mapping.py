@@ -731,6 +731,35 @@ def test_an_unreadable_ed_is_kept_as_text_and_flagged(mapping: ModuleType) -> No
     assert "presentedForm" not in one(mapping.oru_to_bundle(sample(NHS)), "DiagnosticReport")
 
 
+def test_an_unreadable_ed_too_long_for_a_fhir_string_is_an_error(mapping: ModuleType) -> None:
+    """FHIR strings hold at most 1024*1024 characters: an ED that does not decode cannot be
+    kept as text when it is longer; the reason says what the lab must do."""
+    value = "MOL^IM^PDF^Base64^JVBERi0x" + "!" * 1024 * 1024  # as the valueString would be
+    with pytest.raises(ValueError) as refused:
+        mapping.oru_to_bundle(oru(f"OBX|1|ED|R^Report^L||{value}||||||F"))
+    assert str(refused.value) == (
+        f"OBX 1 (ED, Base64): the embedded document does not decode, and its {len(value):,}"
+        " characters are over FHIR's 1,048,576-character string limit, so it cannot go as"
+        " text: the laboratory must send it again"
+    )
+
+
+def test_a_large_readable_ed_is_the_reports_document(mapping: ModuleType) -> None:
+    """The limit is a string's: an Attachment's base64 data has none."""
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 4096
+    data = base64.b64encode(pdf).decode()
+    assert len(data) > 1024 * 1024
+    bundle = mapping.oru_to_bundle(oru(f"OBX|1|ED|R^Report^L||MOL^AP^PDF^Base64^{data}||||||F"))
+    (form,) = one(bundle, "DiagnosticReport")["presentedForm"]
+    assert base64.b64decode(form["data"]) == pdf
+
+
+def test_any_string_over_the_fhir_limit_is_refused_with_its_element(mapping: ModuleType) -> None:
+    text = "x" * (1024 * 1024 + 1)
+    with pytest.raises(ValueError, match=r"string limit: Bundle\.entry\[\d+\]\.resource\."):
+        mapping.oru_to_bundle(oru(obx("TX", text)))
+
+
 def test_observation_status_time_notes_and_references(mapping: ModuleType) -> None:
     bundle = mapping.oru_to_bundle(
         oru(
