@@ -18,11 +18,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from router.store.database import Store
-from router.store.queues import pending_queues
-from router.store.schema import messages
+from router.store.queues import pending_queues, unprocessed
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -99,12 +97,9 @@ class QueueCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[Any]:
-        m = messages.c
         with self.store.read() as conn:
             queues = pending_queues(conn)
-            backlog = conn.execute(
-                select(m.channel, func.count()).where(m.status == "received").group_by(m.channel)
-            ).all()
+            backlog = unprocessed(conn)
         now = datetime.now(UTC)
         depth = GaugeMetricFamily(
             "tie_queue_depth",
@@ -119,11 +114,11 @@ class QueueCollector(Collector):
         for channel, destination, count, oldest in queues:
             depth.add_metric([channel, destination], count)
             age.add_metric([channel, destination], (now - oldest).total_seconds())
-        unprocessed = GaugeMetricFamily(
+        waiting = GaugeMetricFamily(
             "tie_unprocessed_messages",
             "Messages stored but not yet processed (a paused channel's backlog).",
             labels=["channel"],
         )
-        for channel, count in backlog:
-            unprocessed.add_metric([channel], count)
-        yield from (depth, age, unprocessed)
+        for channel, count in backlog.items():
+            waiting.add_metric([channel], count)
+        yield from (depth, age, waiting)

@@ -184,3 +184,35 @@ def test_held_and_finished_deliveries_are_not_queued_and_a_resend_is_as_old_as_i
         <= gauges[("tie_queue_oldest_age_seconds", "lab", "pas")]
         <= (utcnow() - resent_at).total_seconds()
     )
+
+
+def test_the_backlog_gauge_reads_the_index_of_unprocessed_messages(store):
+    """``tie_unprocessed_messages`` counts the ``received`` messages from a partial index: a
+    bound status hid the index's condition from SQLite, which then read a covering index
+    of every message instead."""
+    _fill(
+        store, [(f"ch{i % 8}", "d", "sent", START + timedelta(seconds=i)) for i in range(SENT_ROWS)]
+    )
+    with store.begin() as conn:
+        waiting = (messages.c.channel == "ch3") & (messages.c.id > SENT_ROWS - 800)
+        conn.execute(messages.update().where(waiting).values(status="received"))
+        conn.exec_driver_sql("ANALYZE")
+    with statements(store) as seen:
+        gauges = {
+            s.labels["channel"]: s.value
+            for family in QueueCollector(store).collect()
+            for s in family.samples
+            if s.name == "tie_unprocessed_messages"
+        }
+    assert gauges == {"ch3": 100}
+    ((statement, parameters),) = [(s, p) for s, p in seen if "FROM messages" in s]
+    with store.read() as conn:
+        if conn.dialect.name == "sqlite":
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
+            used = " ".join(row[-1] for row in plan)
+        else:
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            used = "\n".join(
+                row[0] for row in conn.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+            )
+    assert "ix_messages_unprocessed" in used or "ix_messages_received_by_channel" in used, used
