@@ -87,14 +87,20 @@ class MessageFilter:
 
 def search_query(f: MessageFilter, dialect: str, columns: tuple[Any, ...] = LISTING) -> Select[Any]:
     """Newest first; ``before_id`` is the cursor for the next page."""
-    query = select(*columns).order_by(m.id.desc())
+    since = f.since
+    if f.text and since is None:
+        since = max(f.until or utcnow(), EARLIEST + TEXT_WINDOW) - TEXT_WINDOW
+    newest = m.id
+    if since and f.until:
+        # A closed window is read through the received-time index and its rows sorted: in
+        # id order PostgreSQL walked the primary key back from the newest message, through
+        # every row after the window (most of a million for a window a month ago).
+        newest = m.id + literal_column("0")
+    query = select(*columns).order_by(newest.desc())
     if f.channel:
         query = query.where(m.channel == f.channel)
     if f.status:
         query = query.where(m.status == f.status)
-    since = f.since
-    if f.text and since is None:
-        since = max(f.until or utcnow(), EARLIEST + TEXT_WINDOW) - TEXT_WINDOW
     if since:
         window = m.received_at >= since
         if f.text and dialect == "sqlite":
