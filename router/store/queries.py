@@ -111,6 +111,7 @@ def search_query(f: MessageFilter, dialect: str, columns: tuple[Any, ...] = LIST
     if f.until:
         query = query.where(m.received_at < f.until)
     if f.message_type:
+        # A LIKE prefix: PostgreSQL's index compares bytewise (text_pattern_ops) to serve it.
         kind = f.message_type
         prefixed = m.message_type.startswith(f"{kind}^", autoescape=True)  # % and _ are literal
         query = query.where(or_(m.message_type == kind, prefixed))

@@ -96,7 +96,9 @@ messages = Table(
     # MSH-10 first: one index serves the search by control id and the idempotent
     # receiver's lookup (channel, sender and control id), one entry a message fewer.
     Index(None, "control_id", "channel", "sender"),
-    Index(None, "message_type", "received_at"),
+    # Bytewise on PostgreSQL, so that a LIKE prefix (``--type ORU``: ``ORU^%``) can use it
+    # whatever the database's collation (migration search_0001).
+    Index(None, "message_type", "received_at", postgresql_ops={"message_type": "text_pattern_ops"}),
     # Only messages fed by another channel's delivery have one.
     Index(
         "ix_messages_origin_delivery_id",
