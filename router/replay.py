@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, select
+from sqlalchemy import BigInteger, Connection, Select, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from router import audit
 from router.store.database import Store
@@ -53,8 +54,14 @@ IDS_A_STATEMENT = 10_000
 
 def _rows_in(conn: Connection, query: Select[Any], column: Any, ids: Iterable[int]) -> list[Any]:
     """``query``'s rows where ``column`` is one of ``ids``, asked in parts small enough to
-    bind in one statement (ids sorted, so a query ordered by ``column`` stays ordered)."""
+    bind in one statement (ids sorted, so a query ordered by ``column`` stays ordered).
+
+    PostgreSQL takes them all as one array: an IN list is rendered and bound one
+    placeholder an id, which cost a 10,000-message dry run seconds of client CPU."""
     ordered = sorted(set(ids))
+    if conn.dialect.name == "postgresql":
+        every = bindparam("ids", ordered, type_=ARRAY(BigInteger))
+        return list(conn.execute(query.where(column == any_(every))))
     return [
         row
         for start in range(0, len(ordered), IDS_A_STATEMENT)
