@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from router import audit
 from router.store.database import Store
 from router.store.inbound import utcnow
-from router.store.schema import PENDING, channel_state, deliveries, messages
+from router.store.queues import pending_queues, unprocessed
+from router.store.schema import channel_state, deliveries
 
 
 def set_paused(store: Store, channel: str, paused: bool, *, actor: str, reason: str = "") -> None:
@@ -39,22 +40,24 @@ def set_paused(store: Store, channel: str, paused: bool, *, actor: str, reason: 
 
 
 def overview(store: Store, channels: list[str]) -> list[dict[str, Any]]:
-    """Per channel: paused or not, messages waiting to be processed, deliveries by state."""
+    """Per channel: paused or not, messages waiting to be processed, its queue (depth and
+    oldest pending delivery) and its failed, held and cancelled deliveries.
+
+    Each figure is read through an index, bounded by what it counts, never by the store:
+    the backlog and queues from the partial indexes of unprocessed messages and pending
+    deliveries, the others from (channel, status, updated_at), channels and statuses named.
+    """
+    d = deliveries.c
     with store.read() as conn:
         switches = {r.channel: r for r in conn.execute(select(channel_state))}
-        backlog = dict(
-            conn.execute(
-                select(messages.c.channel, func.count())
-                .where(messages.c.status == "received")
-                .group_by(messages.c.channel)
-            ).all()
-        )
+        backlog = unprocessed(conn)
+        queues = pending_queues(conn)
         by_status = {
             (r.channel, r.status): r.n
             for r in conn.execute(
-                select(deliveries.c.channel, deliveries.c.status, func.count().label("n"))
-                .where(deliveries.c.status.in_((*PENDING, "failed", "held", "cancelled")))
-                .group_by(deliveries.c.channel, deliveries.c.status)
+                select(d.channel, d.status, func.count().label("n"))
+                .where(d.channel.in_(channels), d.status.in_(("failed", "held", "cancelled")))
+                .group_by(d.channel, d.status)
             )
         }
     return [
@@ -63,7 +66,8 @@ def overview(store: Store, channels: list[str]) -> list[dict[str, Any]]:
             "paused": bool(switches[name].paused) if name in switches else False,
             "changed_by": switches[name].updated_by if name in switches else None,
             "unprocessed": backlog.get(name, 0),
-            "queued": sum(by_status.get((name, s), 0) for s in PENDING),
+            "queued": sum(q.depth for q in queues if q.channel == name),
+            "oldest_queued": min((q.oldest for q in queues if q.channel == name), default=None),
             "failed": by_status.get((name, "failed"), 0),
             # Awaiting release approval (not in the queue depth), and rejected releases.
             "held": by_status.get((name, "held"), 0),

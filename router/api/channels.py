@@ -25,8 +25,8 @@ def channel_routes(engine: Engine) -> APIRouter:
     @routes.get("/api/channels")
     async def channels(_: Principal = Depends(require_role("viewer"))) -> list[dict[str, Any]]:
         """Each channel: paused or not, its unprocessed backlog, its queue depth (``queued``:
-        deliveries waiting or in flight) and the age in seconds of the oldest, ``failed``,
-        counts today and in total, and the last error."""
+        deliveries waiting or in flight) and the age in seconds of the oldest, ``failed``
+        and ``held`` now, counts of the last hour and the last 24 hours, and the last error."""
         rows = await asyncio.to_thread(dashboard, store, sorted(engine.channels))
         now = utcnow()
         for row in rows:

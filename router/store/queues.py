@@ -65,4 +65,4 @@ def unprocessed(conn: Connection) -> dict[str, int]:
     index of the unprocessed messages, not from every message of the channel."""
     sqlite = conn.dialect.name == "sqlite"
     hint = "INDEXED BY ix_messages_received_by_channel " if sqlite else ""
-    return dict(conn.execute(text(_UNPROCESSED.format(hint=hint))).tuples().all())
+    return {channel: count for channel, count in conn.execute(text(_UNPROCESSED.format(hint=hint)))}

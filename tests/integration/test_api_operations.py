@@ -40,8 +40,8 @@ def test_channels_search_resend_and_reprocess(site, hl7_samples):
 
     (row,) = viewer.get("/api/channels").json()
     assert (row["channel"], row["paused"], row["failed"], row["queued"]) == (CHANNEL, False, 3, 0)
-    assert row["counts"]["received"] == {"today": 3, "total": 3}
-    assert row["counts"]["failed"]["total"] == 3
+    assert row["counts"]["received"] == {"last_hour": 3, "last_24h": 3}
+    assert row["counts"]["failed"]["last_24h"] == 3
     assert row["oldest_queued_age"] is None
     assert row["last_error"]["text"].startswith("lab: ")
 
@@ -68,7 +68,7 @@ def test_channels_search_resend_and_reprocess(site, hl7_samples):
     for n in range(3):
         wait_until(lambda n=n: site.delivery_status(f"API-{n}") == ["resent", "sent"])
     (row,) = viewer.get("/api/channels").json()
-    assert (row["failed"], row["counts"]["failed"]["total"], row["attention"]) == (0, 0, False)
+    assert (row["failed"], row["counts"]["failed"]["last_24h"], row["attention"]) == (0, 0, False)
     repeat = {"search": {"channel": CHANNEL}, "reason": "lab fixed"}
     assert support.post("/api/deliveries/resend", json=repeat).json()["count"] == 0
     again = support.post("/api/deliveries/resend", json={**repeat, "again": True, "dry_run": True})

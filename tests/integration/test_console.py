@@ -214,7 +214,7 @@ def test_dashboard_counts_failures_first_and_pause_resume(site, hl7_samples):
     assert page.status_code == 200
     row = re.search(r'<tr class="attention">(.*?)</tr>', page.text, re.S).group(1)
     cells = re.findall(r'<td class="num">(.*?)</td>', row, re.S)
-    # received today, total; filtered today, total; sent today, total; failed today
+    # received in the last hour, 24 h; filtered hour, 24 h; sent hour, 24 h; failed hour
     assert [re.sub(r"<[^>]+>", "", c).strip() for c in cells[:7]] == [
         "2",
         "2",

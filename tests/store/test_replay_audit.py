@@ -219,7 +219,7 @@ def test_a_resent_failure_leaves_the_failed_counts_and_the_bulk_resend(store, re
         conn.execute(update(deliveries).where(d.id == new).values(status="sent", attempts=1))
 
     (row,) = dashboard(store, ["orders"])
-    assert (row["failed"], row["counts"]["failed"]["total"], row["attention"]) == (0, 0, False)
+    assert (row["failed"], row["counts"]["failed"]["last_24h"], row["attention"]) == (0, 0, False)
     assert _bulk_targets(store, [message_id]) == [], "a bulk resend does not send it twice"
     assert _bulk_targets(store, [message_id], again=True) == [old]
     (plan,) = plan_resend(store, [old])
