@@ -75,3 +75,13 @@ def test_fhir_compares_the_engine_with_bare_validation():
         "bars_added_at_most_25_percent",
         "proxy_added_at_most_2_ms_p50",
     }
+
+
+def test_a_store_filled_for_the_read_benchmark_answers_it(tmp_path):
+    """``bench/fill_store.py`` and ``bench/store_queries.py`` on a tiny store: a million
+    messages is for measuring by hand, never in the suite."""
+    url = f"sqlite:///{tmp_path / 'big.db'}"
+    assert _bench("fill_store.py", "--store", url, "--messages", "3000")["messages"] == 3000
+    figures = _bench("store_queries.py", "--store", url)
+    assert "dashboard (console /, /api/channels)" in figures
+    assert all(isinstance(ms, int) for ms in figures.values())
