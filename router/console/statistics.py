@@ -109,11 +109,7 @@ def _last_errors(conn: Connection, channels: list[str]) -> dict[str, dict[str, A
             current = found.get(row.channel)
             if current is None or row.updated_at > current["at"]:
                 text = f"{row.destination}: {row.last_error}"
-                found[row.channel] = {
-                    "at": row.updated_at,
-                    "text": text,
-                    "message_id": row.message_id,
-                }
+                found[row.channel] = _error(row.updated_at, text, row.message_id)
         errored = [
             select(m.channel, m.received_at, m.error, m.id)
             .where(m.channel == name, m.status == "error")
@@ -124,11 +120,7 @@ def _last_errors(conn: Connection, channels: list[str]) -> dict[str, dict[str, A
         for row in conn.execute(_union(errored)):
             current = found.get(row.channel)
             if current is None or row.received_at > current["at"]:
-                found[row.channel] = {
-                    "at": row.received_at,
-                    "text": row.error,
-                    "message_id": row.id,
-                }
+                found[row.channel] = _error(row.received_at, row.error, row.id)
     return found
 
 
