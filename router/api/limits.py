@@ -4,7 +4,8 @@ FastAPI reads and parses a route's whole body before its dependencies run, so wi
 bound an anonymous caller could make the engine hold any amount in memory before it is
 answered 401. A body over ``MAX_BODY`` is refused with 413 as soon as that is known: at
 once from its Content-Length, else when the chunks read pass it. The gateway's FHIR and
-proxy endpoints answer before this (``GatewayRoutes``) with their own ``max_body``.
+proxy endpoints answer before this (``GatewayRoutes``) with their own ``max_body``; the
+registry's routes under ``/fhir`` get this limit, refused with an OperationOutcome.
 """
 
 from __future__ import annotations
@@ -13,7 +14,19 @@ import json
 from collections.abc import MutableMapping
 from typing import Any
 
-from router.api.gateway_asgi import App, BodyTooLarge, Receive, Scope, Send, read_body, respond
+from router.api.fhir_errors import is_fhir_path
+from router.api.gateway_asgi import (
+    App,
+    BodyTooLarge,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    respond,
+    respond_fhir,
+)
+from router.fhir.intake import rejected_answer
+from router.fhir.outcome import reject
 
 # The largest legitimate bodies: a bulk replay of 10,000 refs (about 0.6 MB), and a channel
 # file (256 KiB of text: up to 1.5 MB once JSON escapes it, 0.8 MB form-encoded).
@@ -38,7 +51,13 @@ class BodyLimit:
         try:
             body = await read_body(receive, headers, self.limit)
         except BodyTooLarge:
-            detail = json.dumps({"detail": f"the body is larger than {self.limit} bytes"})
+            text = f"the body is larger than {self.limit} bytes"
+            if is_fhir_path(scope["path"]):
+                answer = rejected_answer(reject(413, "too-costly", text), headers)
+                answer.headers["connection"] = "close"
+                await respond_fhir(send, answer)
+                return
+            detail = json.dumps({"detail": text})
             kind = [("content-type", "application/json"), ("connection", "close")]
             await respond(send, 413, detail.encode(), kind)
             return

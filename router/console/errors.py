@@ -3,7 +3,8 @@
 FastAPI answers ``HTTPException`` and form validation errors with JSON, which is right
 for ``/api`` and scripts but leaves a person in the console looking at ``{"detail": ...}``
 with no way back. Requests for console pages get an HTML page with the reason and the
-navigation instead; every other path keeps FastAPI's JSON answers.
+navigation instead; ``/fhir`` and ``/proxy`` get FHIR OperationOutcomes
+(router/api/fhir_errors.py); every other path keeps FastAPI's JSON answers.
 
 An unexpected exception is answered the same way (JSON, or the page), never with
 Starlette's ``text/plain`` 500 and never with the traceback, which the server logs.
@@ -22,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
+from router.api import fhir_errors
 from router.api.security import ConsoleForbidden, authenticator, csrf_token
 from router.console.templating import render
 
@@ -58,10 +60,13 @@ def _problems(exc: RequestValidationError) -> str:
 
 
 def install(app: FastAPI) -> None:
-    """Route console errors to :func:`error_page`; leave the API's JSON errors alone."""
+    """Route console errors to :func:`error_page` and FHIR ones to OperationOutcomes; leave
+    the API's JSON errors alone."""
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if fhir_errors.is_fhir_path(request.url.path):
+            return await fhir_errors.http_error(request, exc)
         if not is_console_path(request.url.path):
             return await http_exception_handler(request, exc)
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
@@ -70,6 +75,8 @@ def install(app: FastAPI) -> None:
 
     async def invalid_form(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
+        if fhir_errors.is_fhir_path(request.url.path):
+            return await fhir_errors.invalid_request(request, exc)
         if not is_console_path(request.url.path):
             return await request_validation_exception_handler(request, exc)
         return await error_page(request, 400, _problems(exc))
@@ -80,6 +87,8 @@ def install(app: FastAPI) -> None:
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         # Starlette re-raises ``exc`` once this is sent, so uvicorn logs its traceback.
+        if fhir_errors.is_fhir_path(request.url.path):
+            return fhir_errors.unexpected(request)
         if not is_console_path(request.url.path):
             return JSONResponse({"detail": "internal error: see the engine's log"}, 500)
         return await error_page(request, 500, "Something went wrong: see the engine's log.")

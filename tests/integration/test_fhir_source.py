@@ -27,10 +27,12 @@ from tie_testing import (
 
 from router.fhir import registry
 from router.fhir.bars import IndexedRequest, service_requests
+from router.fhir.outcome import HTTP_ERROR_CODES
 from router.store.inbound import utcnow
 from router.store.schema import audit_events, correlations, messages
 
-FHIR = {"Content-Type": "application/fhir+json"}
+FHIR_TYPE = "application/fhir+json"
+FHIR = {"Content-Type": FHIR_TYPE}
 REQUESTS = ("servicerequest-request_validation", "booking-request_process-message")
 
 
@@ -352,6 +354,61 @@ def test_other_methods_on_the_post_endpoints_get_405_with_an_operation_outcome(e
     auth = {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
     assert client.get("/fhir/inbox/ServiceRequest", headers=auth).status_code == 200
     assert _refused(running) == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("GET", "/fhir", None, 404, "not-found"),
+        ("GET", "/fhir/", None, 404, "not-found"),
+        ("GET", "/fhir/nowhere", None, 404, "not-found"),
+        ("POST", "/fhir/inbox/$process-message/more", b"{}", 404, "not-found"),
+        ("GET", "/fhir/inbox/ServiceRequest/sr-1/_history", None, 404, "not-found"),
+        ("GET", "/proxy", None, 404, "not-found"),
+        ("PUT", "/fhir/inbox/ServiceRequest/sr-1", b"{}", 405, "not-supported"),
+        ("GET", "/fhir/inbox/ServiceRequest", b"x" * (3 * 1024 * 1024), 413, "too-costly"),
+    ],
+)
+def test_the_frameworks_own_errors_under_fhir_are_operation_outcomes(
+    engine, method, path, body, status, code
+):
+    """A path, method or body no tie code answers under /fhir or /proxy is refused by
+    FastAPI or the API's body limit: still an OperationOutcome, never {"detail": ...}."""
+    _, client = engine
+    ids = {**FHIR, "X-Request-Id": "req-1"}
+    response = client.request(method, path, content=body, headers=ids)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/fhir+json"
+    assert response.headers["x-request-id"] == "req-1"
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    [issue] = outcome["issue"]
+    assert (issue["severity"], issue["code"]) == ("error", code)
+    assert issue["details"]["coding"][0]["system"] == HTTP_ERROR_CODES
+    if status == 405:
+        assert response.headers["allow"] == "GET"
+    api = client.get("/api/nothing")
+    assert (api.status_code, api.json()) == (404, {"detail": "Not Found"})
+
+
+def test_every_refusal_of_a_post_is_an_operation_outcome(engine, bars_samples):
+    """The refusals a FHIR sender meets most: malformed JSON, a wrong content type, a
+    wrong method, an unknown channel, an oversize body; each with its issue type."""
+    _, client = engine
+    document = json.dumps(bars_samples["booking-request_process-message"])
+    for method, path, body, content_type, status, code in (
+        ("POST", "/fhir/inbox/$process-message", b'{"resourceType": ', FHIR_TYPE, 400, "structure"),
+        ("POST", "/fhir/inbox/$process-message", document, "text/plain", 415, "not-supported"),
+        ("PATCH", "/fhir/inbox/$process-message", document, FHIR_TYPE, 405, "not-supported"),
+        ("POST", "/fhir/nowhere/$process-message", document, FHIR_TYPE, 404, "not-found"),
+        ("POST", "/fhir/inbox/$process-message", b"[" * 70_000, FHIR_TYPE, 413, "too-costly"),
+    ):
+        headers = {"Content-Type": content_type}
+        response = client.request(method, path, content=body, headers=headers)
+        assert response.status_code == status, (method, path, status)
+        assert response.headers["content-type"] == "application/fhir+json"
+        [issue] = response.json()["issue"]
+        assert issue["code"] == code, (method, path, status)
 
 
 def test_a_store_that_cannot_commit_answers_503_and_nothing_is_acknowledged(
