@@ -29,6 +29,7 @@ from router.fhir.proxy import BookingProxy
 from router.fhir.recorder import Recorder
 from router.fhir.recovery import GRACE, recover, stranded
 from router.fhir.routing import BarsRouter
+from router.fhir.senders import Senders, unprovided
 from router.fhir.validators import ValidationWorkers
 from router.pipeline import CompiledChannel
 from router.store.database import Store
@@ -63,6 +64,7 @@ class Gateway:
             writer.submit, self.executor, self.validators, writer.release, self.bars.route
         )
         self.proxy = BookingProxy(self.recorder, self.directory, self.forwarder, config.node)
+        self.senders = Senders(store)
         self._refresher: asyncio.Task[None] | None = None
         self._channels = channels
 
@@ -82,6 +84,9 @@ class Gateway:
         if self._seed is not None:
             await asyncio.to_thread(seed_endpoints, self.store, self.config.endpoints, self._seed)
         await asyncio.to_thread(self.directory.refresh)
+        warning = await asyncio.to_thread(unprovided, self.store, self._channels().values())
+        if warning:
+            log.warning(warning)
         if any(c.config.source.http is not None for c in self._channels().values()):
             await self.validators.start()
         self._refresher = asyncio.create_task(self._refresh_forever(), name="directory refresh")

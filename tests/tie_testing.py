@@ -149,6 +149,17 @@ def engine_over_http(
         running.stop()
 
 
+def as_sender(
+    store: Store, client: httpx.Client, *, proxy: bool = False, name: str = "sender"
+) -> str:
+    """Make ``client`` send as the API user ``name`` with the sender role, as a FHIR source
+    (``Authorization``) or the booking proxy (``Proxy-Authorization``) asks by default; the
+    token."""
+    token = api_token(store, "sender", name=name)
+    client.headers["Proxy-Authorization" if proxy else "Authorization"] = f"Bearer {token}"
+    return token
+
+
 Stoppable = TypeVar("Stoppable", bound="_Stops")
 
 

@@ -5,7 +5,8 @@
 models and dependency machinery: a sender waits for each of them, and the booking
 proxy's budget is 2 ms. Another method on a FHIR POST path is refused here too (405,
 an OperationOutcome), except the registry's ``GET /fhir/<channel>/ServiceRequest``.
-Everything else goes on to the FastAPI app.
+They are outside the app's route table, and check their senders' tokens themselves,
+before a body is read (router/fhir/senders.py). Everything else goes on to the FastAPI app.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from router import metrics
 from router.fhir import MEDIA_TYPES
-from router.fhir.intake import Answer, FhirRequest, rejected_answer
-from router.fhir.outcome import reject
+from router.fhir.intake import KEPT_OF_REJECTED, Answer, FhirRequest, rejected_answer
+from router.fhir.outcome import Rejected, reject
 from router.fhir.proxy import ProxyRequest, provider_url
 
 if TYPE_CHECKING:
@@ -91,6 +92,20 @@ async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> by
         chunks.append(chunk)
         more = event.get("more_body", False)
     return b"".join(chunks)
+
+
+async def read_kept(receive: Receive) -> bytes:
+    """The first 64 KiB of a refused request's body, to store with the reason; the rest is
+    left unread."""
+    kept = b""
+    more = True
+    while more and len(kept) < KEPT_OF_REJECTED:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            break
+        kept += event.get("body", b"")
+        more = event.get("more_body", False)
+    return kept[:KEPT_OF_REJECTED]
 
 
 async def respond(send: Send, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
@@ -172,6 +187,15 @@ class GatewayRoutes:
         )
         intake = self.engine.gateway.intake
         try:
+            credentials = incoming.headers.get("authorization", "")
+            request.user = await self.engine.gateway.senders.check(credentials, channel, source)
+        except Rejected as exc:
+            # Before the body is read: a sender that may not send makes tie read no more
+            # than the part it keeps.
+            request.body = await read_kept(receive)
+            await respond_fhir(send, await intake.turn_away(request, exc))
+            return
+        try:
             request.body = await read_body(receive, incoming.headers, source.max_body)
         except BodyTooLarge as exc:
             request.body = exc.kept
@@ -217,6 +241,15 @@ class GatewayRoutes:
             b"",
             incoming.remote,
         )
+        try:
+            credentials = incoming.headers.get("proxy-authorization", "")
+            senders = self.engine.gateway.senders
+            request.user = await senders.check(credentials, channel.name, options, proxy=True)
+        except Rejected as exc:
+            request.body = await read_kept(receive)
+            answer = proxy.refuse(request, exc)
+            await respond(send, answer.status, answer.body, answer.headers)
+            return
         try:
             request.body = await read_body(receive, incoming.headers, options.max_body)
         except BodyTooLarge as exc:

@@ -55,11 +55,12 @@ class Principal:
     via: str
 
     def has(self, role: str) -> bool:
-        """Admin holds every role; any signed-in user may see metadata (viewer)."""
+        """Admin holds every role; any signed-in user but a sender may see metadata (viewer)."""
         return grants(self.roles, role)
 
     def has_any(self, roles: tuple[str, ...]) -> bool:
-        return not roles or any(self.has(r) for r in roles)
+        """No roles: any user who may sign in to see something (a viewer; not a sender)."""
+        return any(self.has(r) for r in roles) if roles else self.has("viewer")
 
 
 class LoginRequired(Exception):

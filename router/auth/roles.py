@@ -1,4 +1,4 @@
-"""The five roles and how a set of them is stored (one space-separated string)."""
+"""The six roles and how a set of them is stored (one space-separated string)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from collections.abc import Iterable
 
 # viewer: statistics and metadata; support: content, replay, pause/resume;
 # engineer: propose channel revisions; approver: approve revisions and releases;
-# admin: users, and every other role's rights.
-ROLES = ("viewer", "support", "engineer", "approver", "admin")
+# admin: users, and every other role's rights; sender: a sending system's token for the
+# FHIR sources and the booking proxy (router/fhir/senders.py), and nothing else: it is
+# not a person and sees nothing, not even the viewer's metadata.
+ROLES = ("viewer", "support", "engineer", "approver", "admin", "sender")
+SENDER = "sender"
 
 
 def parse_roles(roles: Iterable[str]) -> frozenset[str]:
@@ -30,5 +33,5 @@ def decode(value: str) -> frozenset[str]:
 
 
 def grants(held: frozenset[str], role: str) -> bool:
-    """Admin passes every check; any signed-in user may see metadata (viewer)."""
-    return role in held or "admin" in held or (role == "viewer" and bool(held))
+    """Admin passes every check; any user but a sender may see metadata (viewer)."""
+    return role in held or "admin" in held or (role == "viewer" and bool(held - {SENDER}))

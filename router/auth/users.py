@@ -13,7 +13,7 @@ from sqlalchemy import Connection, delete, func, select
 
 from router import audit
 from router.auth.passwords import hash_password, verify_password
-from router.auth.roles import decode, encode, parse_roles
+from router.auth.roles import decode, encode, grants, parse_roles
 from router.store.inbound import utcnow
 from router.store.schema import api_tokens, sessions, users
 
@@ -83,6 +83,12 @@ def case_clashes(conn: Connection) -> list[list[str]]:
     for name in conn.scalars(select(users.c.name).order_by(users.c.name)):
         groups.setdefault(name.lower(), []).append(name)
     return [names for names in groups.values() if len(names) > 1]
+
+
+def anyone_holds(conn: Connection, role: str) -> bool:
+    """Whether an active user holds ``role`` (or admin, which holds every role)."""
+    rows = conn.execute(select(users.c.roles).where(users.c.disabled.is_(False)))
+    return any(grants(decode(row.roles), role) for row in rows)
 
 
 def count_users(conn: Connection) -> int:

@@ -1,4 +1,5 @@
-"""``run.py check``'s second half: the channel tests (golden files, router/channel_tests/)."""
+"""``run.py check``'s second half: warnings about sources open to anyone, and the channel
+tests (golden files, router/channel_tests/)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,27 @@ from pathlib import Path
 
 from router.channel_tests import CaseRunner, compare, discover, update
 from router.config import ChannelConfig, EngineConfig
+from router.config.loading import LOOPBACK_HOSTS
 from router.directory.seeding import read_endpoints
+
+
+def open_to_anyone(config: EngineConfig, channels: dict[str, ChannelConfig]) -> list[str]:
+    """A warning for each FHIR or proxy source with ``auth: none`` on an HTTP port that
+    other hosts can reach: it takes whatever anyone who reaches the port sends."""
+    host = config.http.host.strip("[]").lower()
+    if host in LOOPBACK_HOSTS:
+        return []
+    warnings = []
+    for name, channel in sorted(channels.items()):
+        source = channel.source.http or channel.source.proxy
+        if source is not None and source.auth == "none":
+            warnings.append(
+                f"warning  {name}: source {channel.source.kind} has auth: none on "
+                f"{config.http.host}:{config.http.port}, which other hosts can reach: it takes "
+                "requests from anyone who reaches the port; give its senders tokens "
+                "(auth: token, docs/fhir.md#senders) or keep the port behind network controls"
+            )
+    return warnings
 
 
 def default_cases(config: EngineConfig) -> Path:

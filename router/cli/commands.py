@@ -112,7 +112,10 @@ def check(args: argparse.Namespace) -> int:
         routes = ", ".join(f"{d}({c.kind})" for d, c in channel.destinations.items()) or "none"
         print(f"ok  {name}: source {channel.source.kind}, destinations {routes}")
     print(f"{len(channels)} channel(s) valid")
-    from router.cli.checking import default_cases, run_channel_tests
+    from router.cli.checking import default_cases, open_to_anyone, run_channel_tests
+
+    for warning in open_to_anyone(config, channels):
+        print(warning)
 
     root = args.cases or default_cases(config)
     failed = run_channel_tests(config, channels, root, only=args.channels, rewrite=args.update)

@@ -11,7 +11,7 @@ import string
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from router.config._base import DELIVERY_FIELDS, PositiveDuration, Size, _Strict
 
@@ -95,7 +95,27 @@ class BarsRouting(_Strict):
     tls: TlsOptions = Field(default_factory=TlsOptions)
 
 
-class HttpSource(_Strict):
+class SenderAuth(_Strict):
+    """Who may send to an HTTP source (router/fhir/senders.py).
+
+    ``auth: token`` (the default): a bearer token of an API user with the ``sender`` role,
+    one of ``senders`` when they are named. ``auth: none``: anyone who reaches the port,
+    which is then the network's to restrict (``run.py check`` warns off loopback).
+    """
+
+    auth: Literal["token", "none"] = "token"
+    senders: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _senders_need_tokens(self) -> SenderAuth:
+        if self.senders and self.auth == "none":
+            raise ValueError("senders are named by their tokens: they need auth: token")
+        if any(not name.strip() for name in self.senders):
+            raise ValueError("a sender is a user's name, not empty")
+        return self
+
+
+class HttpSource(SenderAuth):
     """FHIR over HTTP at ``/fhir/<channel>/...``: ``$process-message`` and RESTful create."""
 
     max_body: Size = 10 * 1024 * 1024
@@ -114,7 +134,7 @@ class HttpSource(_Strict):
         return value
 
 
-class ProxySource(_Strict):
+class ProxySource(SenderAuth):
     """The booking proxy at ``/proxy/<provider URL>`` (one channel at most)."""
 
     max_body: Size = 10 * 1024 * 1024

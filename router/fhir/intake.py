@@ -60,6 +60,7 @@ class FhirRequest:
     path: str
     resource_type: str | None = None
     idempotency_window: float | None = None
+    user: str | None = None  # the sender's API user, when the source takes tokens
 
 
 @dataclass
@@ -90,7 +91,9 @@ def not_stored(headers: Mapping[str, str]) -> Answer:
 
 
 def rejected_answer(exc: Rejected, headers: Mapping[str, str]) -> Answer:
-    return fhir_answer(exc.status, operation_outcome(exc.issues, exc.status), headers)
+    answer = fhir_answer(exc.status, operation_outcome(exc.issues, exc.status), headers)
+    answer.headers.update(exc.headers)
+    return answer
 
 
 def mirrored_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -100,11 +103,13 @@ def mirrored_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 def source_metadata(request: FhirRequest, **extra: Any) -> dict[str, Any]:
     kept = {name: request.headers[name] for name in KEPT_HEADERS if request.headers.get(name)}
+    sender = {"user": request.user} if request.user else {}
     return {
         "protocol": "http",
         "remote": request.remote,
         "path": request.path,
         "headers": kept,
+        **sender,
         **extra,
     }
 
@@ -203,7 +208,10 @@ class FhirIntake:
     async def refuse(self, request: FhirRequest, status: int, code: str, text: str) -> Answer:
         """Answer ``status`` for a request refused before checks (size, media type, what
         the channel takes), and keep it (its first 64 KiB) with the reason."""
-        exc = reject(status, code, text)
+        return await self.turn_away(request, reject(status, code, text))
+
+    async def turn_away(self, request: FhirRequest, exc: Rejected) -> Answer:
+        """``refuse`` with the refusal made: also a sender's (router/fhir/senders.py)."""
         await self.store_rejected(request, exc, request.body[:KEPT_OF_REJECTED])
         return rejected_answer(exc, request.headers)
 

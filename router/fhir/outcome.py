@@ -14,6 +14,7 @@ ERROR_CODES = {
     403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
+    407: "PROXY_AUTHENTICATION_REQUIRED",
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     500: "INTERNAL_SERVER_ERROR",
@@ -38,11 +39,13 @@ class Issue:
 
 
 class Rejected(Exception):
-    """A request tie answers itself with ``status`` and an OperationOutcome of ``issues``."""
+    """A request tie answers itself with ``status`` and an OperationOutcome of ``issues``;
+    ``headers`` go with the answer (e.g. a 401's ``WWW-Authenticate``)."""
 
     def __init__(self, status: int, issues: list[Issue]) -> None:
         self.status = status
         self.issues = issues
+        self.headers: dict[str, str] = {}
         super().__init__(self.reason)
 
     @property

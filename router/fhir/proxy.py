@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from router.api.security import CSRF_HEADER, SESSION_COOKIE
+from router.auth.tokens import PREFIX as TOKEN_PREFIX
 from router.config.http import ProxySource
 from router.connectors.http import wire_parts
 from router.directory import Directory, Key, make_key
@@ -29,6 +30,7 @@ from router.fhir.exchange import PROVIDER, Outcome, open_exchange
 from router.fhir.forwarding import Forwarder, HopFailed
 from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
 from router.fhir.recorder import Recorder
+from router.fhir.senders import bearer
 from router.store.inbound import Inbound, utcnow, write_inbound
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class ProxyRequest:
     headers: Sequence[tuple[str, str]]
     body: bytes
     remote: str
+    user: str | None = None  # the sender's API user, when the proxy takes tokens
 
     def header(self, name: str) -> str:
         for key, value in self.headers:
@@ -113,14 +116,18 @@ def under(url: str, base: str) -> bool:
 
 
 def passed_on(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The request's headers as the provider gets them: without hop-by-hop headers, nor
-    tie's own credentials (its console session cookie, its CSRF token), which a browser
-    signed in to tie sends with any request to it and which are no business of the
-    provider's. The caller's ``Authorization`` is meant for the provider and goes on."""
+    """The request's headers as the provider gets them: without hop-by-hop headers (the
+    sender's tie token comes in ``Proxy-Authorization``, one of them), nor tie's own
+    credentials (its console session cookie, its CSRF token, a tie API token), which a
+    browser signed in to tie sends with any request to it and which are no business of the
+    provider's. The caller's ``Authorization`` is meant for the provider and goes on,
+    unless it is a tie token sent there by mistake."""
     kept = []
     for name, value in headers:
         lowered = name.lower()
         if lowered in HOP_BY_HOP or lowered == CSRF_HEADER.lower():
+            continue
+        if lowered == "authorization" and (bearer(value) or "").startswith(TOKEN_PREFIX):
             continue
         if lowered == "cookie":
             crumbs = [c for c in value.split(";") if c.split("=", 1)[0].strip() != SESSION_COOKIE]
@@ -174,7 +181,8 @@ class BookingProxy:
 
     def refusal(self, exc: Rejected) -> ProxyAnswer:
         body = json.dumps(operation_outcome(exc.issues, exc.status)).encode()
-        return ProxyAnswer(exc.status, body, [("content-type", "application/fhir+json")])
+        headers = [("content-type", "application/fhir+json"), *exc.headers.items()]
+        return ProxyAnswer(exc.status, body, headers)
 
     def _check(self, request: ProxyRequest) -> tuple[Key, str]:
         """(the caller's key, the interaction), or Rejected: 400 for a malformed request,
@@ -261,6 +269,7 @@ class BookingProxy:
                 "url": request.url,
                 "remote": request.remote,
                 "headers": kept,
+                **({"user": request.user} if request.user else {}),
             },
             **extra,
         )

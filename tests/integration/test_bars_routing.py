@@ -21,6 +21,7 @@ from tie_testing import (
     Received,
     RunningEngine,
     api_token,
+    as_sender,
     channel,
     engine_config,
     engine_over_http,
@@ -111,6 +112,7 @@ def tie(
     ]
     config = engine_config(tmp_path, store_url)
     with engine_over_http(config, {"bars": bars}, endpoints=endpoints) as tie:
+        as_sender(tie[0].store, tie[1])
         yield tie
 
 
@@ -163,7 +165,6 @@ def test_a_referral_and_its_response_travel_as_one_conversation(tie, services, b
             "NHSD-Target-Identifier": target(RECEIVER),
             "X-Request-Id": "60e6f8ce-2a4c-4f6e-a2f2-6e3f3d5c1a01",
             "X-Correlation-Id": "11c4a3b0-9d0e-4a61-8f6e-0b7d1d2f3e44",
-            "Authorization": "Bearer not-for-the-receiver",
         },
     )
     # The receiver's synchronous answer, passed through.
@@ -176,7 +177,7 @@ def test_a_referral_and_its_response_travel_as_one_conversation(tie, services, b
     assert forwarded.json() == request
     assert forwarded.headers["x-request-id"] == "60e6f8ce-2a4c-4f6e-a2f2-6e3f3d5c1a01"
     assert forwarded.headers["nhsd-target-identifier"] == target(RECEIVER)
-    assert "authorization" not in forwarded.headers
+    assert "authorization" not in forwarded.headers  # the sender's tie token stays with tie
 
     # The receiver's business response goes back to the requester's source.endpoint.
     response = bars_samples["servicerequest-response_validation"]
@@ -251,7 +252,7 @@ def test_the_registry_answers_searches_and_follows_versions(tie, bars_samples):
     assert read.status_code == 200
     assert read.json()["status"] == "active"
     assert client.get("/fhir/bars/ServiceRequest/nope", headers=AUTH).status_code == 404
-    assert client.get("/fhir/bars/ServiceRequest").status_code == 401
+    assert httpx.get(client.base_url.join("/fhir/bars/ServiceRequest")).status_code == 401
     strict = {**AUTH, "Prefer": "handling=strict"}
     bad = client.get("/fhir/bars/ServiceRequest", params={"subject": "x"}, headers=strict)
     assert bad.status_code == 400
@@ -280,11 +281,13 @@ def test_the_registry_answers_searches_and_follows_versions(tie, bars_samples):
 def test_the_registry_refuses_with_an_operation_outcome(tie, store_url, path):
     """A FHIR client gets its 401 and 403 as OperationOutcomes; the JSON API keeps its own."""
     _, client = tie
+    sender = {"Authorization": client.headers.pop("Authorization")}  # who posts, reads nothing
     viewer = {"Authorization": f"Bearer {api_token(store_url, 'viewer', name='watcher')}"}
     for headers, status, code, http_code in (
         ({}, 401, "login", "UNAUTHORIZED"),
         ({"Authorization": "Bearer tie_wrong"}, 401, "login", "UNAUTHORIZED"),
         (viewer, 403, "forbidden", "FORBIDDEN"),
+        (sender, 403, "forbidden", "FORBIDDEN"),
     ):
         answer = client.get(path, headers={**headers, "X-Request-Id": "r-1"})
         assert answer.status_code == status

@@ -19,6 +19,7 @@ from tie_testing import (
     Received,
     RunningEngine,
     api_token,
+    as_sender,
     channel,
     engine_config,
     engine_over_http,
@@ -108,6 +109,7 @@ def tie(
     ]
     config = engine_config(tmp_path, store_url)
     with engine_over_http(config, {"booking-proxy": proxy}, endpoints=endpoints) as tie:
+        as_sender(tie[0].store, tie[1], proxy=True)
         yield tie
 
 
@@ -325,3 +327,46 @@ def test_an_oversized_request_is_refused_and_kept_with_the_reason(tie, provider)
     assert (row.status, row.delivery) == ("error", None)
     assert row.error.startswith("refused (413): the body is larger than")
     assert len(row.raw) <= 64 * 1024
+
+
+def test_the_proxy_takes_a_senders_token_in_proxy_authorization_and_keeps_it(tie, provider):
+    """The caller's Authorization is the provider's; tie's sender token comes in
+    Proxy-Authorization (407 with Proxy-Authenticate without one, 403 for a user who is no
+    sender), and neither it nor any tie token reaches the provider."""
+    running, client = tie
+    url = f"/proxy/{provider.server.url}/STU3/Slot"
+    sender = client.headers.pop("Proxy-Authorization")
+    viewer = f"Bearer {api_token(running.store, 'viewer', name='watcher')}"
+    refusals = []
+    for headers, status in (
+        ({}, 407),
+        ({"Authorization": sender}, 407),  # tie's token in the provider's header
+        ({"Proxy-Authorization": "Bearer tie_not-a-token"}, 407),
+        ({"Proxy-Authorization": viewer}, 403),
+    ):
+        trace = str(uuid4())
+        answer = client.get(url, headers={**ssp(SEARCH, trace), **headers})
+        assert answer.status_code == status, headers
+        assert answer.headers["content-type"] == "application/fhir+json"
+        [issue] = answer.json()["issue"]
+        assert issue["code"] == ("login" if status == 407 else "forbidden")
+        if status == 407:
+            assert answer.headers["proxy-authenticate"] == "Bearer"
+            assert "Proxy-Authorization" in issue["diagnostics"]
+        refusals.append(trace)
+    assert provider.server.received == []
+    for trace in refusals:
+        row = wait_until(lambda trace=trace: stored(running, trace))
+        assert (row.status, row.delivery) == ("error", None)
+        assert row.error.startswith(("refused (407)", "refused (403)"))
+
+    mistaken = ssp(SEARCH, Authorization=sender)  # a tie token where the provider's goes
+    for headers in (ssp(SEARCH), mistaken):
+        answer = client.get(url, headers={**headers, "Proxy-Authorization": sender})
+        assert answer.status_code == 200
+    passed, without = provider.server.received
+    assert passed.headers["authorization"] == "Bearer consumer-jwt"
+    assert "proxy-authorization" not in passed.headers
+    assert "authorization" not in without.headers and "proxy-authorization" not in without.headers
+    row = wait_until(lambda: stored(running, mistaken["Ssp-TraceID"]))
+    assert json.loads(row.source)["user"] == "sender"

@@ -16,6 +16,7 @@ from tie_testing import (
     HttpReceiver,
     RunningEngine,
     api_token,
+    as_sender,
     engine_config,
     engine_over_http,
     wait_until,
@@ -62,6 +63,9 @@ def tie(
     }
     config = engine_config(tmp_path, store_url, endpoints=str(endpoints))
     with engine_over_http(config, channels) as tie:
+        # The bundled channels take senders' tokens only (auth: token, the default).
+        as_sender(tie[0].store, tie[1])
+        as_sender(tie[0].store, tie[1], proxy=True)
         yield tie
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from tie_testing import (
     HttpReceiver,
     RunningEngine,
+    as_sender,
     channel,
     engine_config,
     engine_over_http,
@@ -126,6 +127,7 @@ def tie(
     ]
     config = engine_config(tmp_path, store_url)
     with engine_over_http(config, {"vaccinations": events}, endpoints=endpoints) as tie:
+        as_sender(tie[0].store, tie[1])
         yield tie
 
 

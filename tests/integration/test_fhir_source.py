@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from tie_testing import (
     HttpReceiver,
     RunningEngine,
     api_token,
+    as_sender,
     channel,
     engine_config,
     engine_over_http,
@@ -25,6 +27,8 @@ from tie_testing import (
     wait_until,
 )
 
+from router.auth.tokens import list_tokens, revoke_token
+from router.auth.users import disable_user
 from router.fhir import registry
 from router.fhir.bars import IndexedRequest, service_requests
 from router.fhir.outcome import HTTP_ERROR_CODES
@@ -78,7 +82,11 @@ def _channels(receiver: HttpReceiver) -> dict[str, Any]:
             "destinations": {"rx": {"http": {"url": receiver.url, "path": "Immunization"}}},
         }
     )
-    return {"inbox": inbox, "events": events}
+    named = channel(
+        {"name": "named", "source": {"http": {"senders": ["gp-a"]}}, "destinations": {}}
+    )
+    anyone = channel({"name": "anyone", "source": {"http": {"auth": "none"}}, "destinations": {}})
+    return {"inbox": inbox, "events": events, "named": named, "anyone": anyone}
 
 
 @pytest.fixture
@@ -86,6 +94,7 @@ def engine(
     tmp_path: Path, store_url: str, receiver: HttpReceiver
 ) -> Iterator[tuple[RunningEngine, httpx.Client]]:
     with engine_over_http(engine_config(tmp_path, store_url), _channels(receiver)) as tie:
+        as_sender(tie[0].store, tie[1])
         yield tie
 
 
@@ -411,6 +420,97 @@ def test_every_refusal_of_a_post_is_an_operation_outcome(engine, bars_samples):
         assert issue["code"] == code, (method, path, status)
 
 
+def test_a_source_takes_only_a_senders_token_and_keeps_every_refusal(engine, bars_samples):
+    """auth: token (the default): no token or a dead one is 401 with WWW-Authenticate, a
+    user who is not a sender 403; each refusal is stored with its reason, and an accepted
+    message names the user who sent it."""
+    running, client = engine
+    sender = client.headers.pop("Authorization")  # the fixture's sender, for the last post
+    document = bars_samples["servicerequest-request_validation"]
+    viewer = f"Bearer {api_token(running.store, 'viewer', name='watcher')}"
+    admin = f"Bearer {api_token(running.store, 'admin', name='root')}"
+    for authorization, status, code, why in (
+        (None, 401, "login", "takes requests from senders only: send Authorization: Bearer"),
+        ("Basic Z3A6c2VjcmV0", 401, "login", "takes requests from senders only"),
+        ("Bearer tie_not-a-token", 401, "login", "token is invalid, revoked or expired"),
+        (viewer, 403, "forbidden", "user watcher does not hold the sender role"),
+        (admin, 202, "informational", "accepted as urn:tie:message:"),
+        (sender, 202, "informational", "accepted as urn:tie:message:"),
+    ):
+        extra = {"Authorization": authorization} if authorization else {}
+        sent = document if status != 202 else {**document, "id": str(uuid4())}
+        answer = _post(client, "/fhir/inbox/$process-message", sent, **extra)
+        assert answer.status_code == status, (authorization, answer.text)
+        assert answer.headers["content-type"] == "application/fhir+json"
+        [issue] = answer.json()["issue"]
+        assert issue["code"] == code
+        assert why in issue["diagnostics"]
+        if status == 401:
+            assert answer.headers["www-authenticate"] == "Bearer"
+            assert issue["details"]["coding"][0]["code"] == "UNAUTHORIZED"
+    refused = _refused(running)
+    assert [r.error.split(":")[0] for r in refused] == ["rejected (401)"] * 3 + ["rejected (403)"]
+    assert {r.raw for r in refused} == {json.dumps(document).encode()}
+    assert "authorization" not in json.loads(refused[0].source)["headers"]
+    accepted = _rows(running, messages.c.status != "error")
+    assert [json.loads(r.source)["user"] for r in accepted] == ["root", "sender"]
+
+
+def test_a_source_that_names_its_senders_takes_no_other(engine, bars_samples):
+    running, client = engine
+    document = bars_samples["servicerequest-request_validation"]
+    other = {"Authorization": f"Bearer {api_token(running.store, 'sender', name='gp-b')}"}
+    named = {"Authorization": f"Bearer {api_token(running.store, 'sender', name='GP-A')}"}
+    refused = _post(client, "/fhir/named/$process-message", document, **other)
+    assert refused.status_code == 403
+    [issue] = refused.json()["issue"]
+    assert (issue["code"], issue["diagnostics"]) == (
+        "forbidden",
+        "user gp-b is not a sender of channel named",
+    )
+    # The fixture's sender is no sender of this channel either; GP-A is gp-a (names ignore case).
+    assert _post(client, "/fhir/named/$process-message", document).status_code == 403
+    assert _post(client, "/fhir/named/$process-message", document, **named).status_code == 202
+    anonymous = httpx.post(
+        client.base_url.join("/fhir/anyone/$process-message"),
+        content=json.dumps(document),
+        headers=FHIR,
+    )
+    assert anonymous.status_code == 202  # auth: none takes anyone
+    assert [r.channel for r in _refused(running)] == ["named", "named"]
+
+
+def test_a_revoked_token_or_a_disabled_sender_is_refused_at_once(engine, bars_samples):
+    running, client = engine
+    document = bars_samples["servicerequest-request_validation"]
+    assert _post(client, "/fhir/inbox/$process-message", document).status_code == 202
+    with running.store.begin() as conn:
+        disable_user(conn, "sender", actor="test")
+    disabled = _post(client, "/fhir/inbox/$process-message", document)
+    assert disabled.status_code == 401
+    token = api_token(running.store, "sender", name="gp-c")
+    with running.store.begin() as conn:
+        [row] = list_tokens(conn, "gp-c")
+        revoke_token(conn, row["id"], actor="test")
+    revoked = _post(
+        client, "/fhir/inbox/$process-message", document, Authorization=f"Bearer {token}"
+    )
+    assert revoked.status_code == 401
+
+
+def test_an_unauthenticated_body_is_not_read_past_what_is_kept(engine):
+    running, client = engine
+    client.headers.pop("Authorization")
+    body = b'{"resourceType": "Bundle", "padding": "' + b"x" * 5_000_000 + b'"}'
+    answer = client.post("/fhir/anyone/Bundle", content=body, headers=FHIR)
+    assert answer.status_code == 404  # auth: none; the channel takes no Bundle
+    answer = client.post("/fhir/inbox/$process-message", content=body, headers=FHIR)
+    assert answer.status_code == 401  # not 413: refused before the body is read
+    [_, stored] = _refused(running)
+    assert stored.error.startswith("rejected (401)")
+    assert stored.raw == body[: 64 * 1024]
+
+
 def test_a_store_that_cannot_commit_answers_503_and_nothing_is_acknowledged(
     tmp_path, receiver, bars_samples
 ):
@@ -418,6 +518,7 @@ def test_a_store_that_cannot_commit_answers_503_and_nothing_is_acknowledged(
     config = engine_config(tmp_path, f"sqlite:///{path}", sqlite={"busy_timeout": "200ms"})
     running = RunningEngine(config, _channels(receiver), http=True)
     client = httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
+    as_sender(running.store, client)
     document = bars_samples["servicerequest-request_validation"]
     try:
         locker = sqlite3.connect(path, isolation_level=None, timeout=10)
@@ -594,7 +695,7 @@ def test_registry_pages_link_to_each_other_and_need_the_token_too(engine, bars_s
     pages = [first]
     while "next" in links(pages[-1]):
         url = links(pages[-1])["next"]
-        assert client.get(url).status_code == 401  # a link carries no credentials
+        assert httpx.get(url).status_code == 401  # a link carries no credentials
         pages.append(client.get(url, headers=auth).json())
     assert [[e["resource"]["id"] for e in page["entry"]] for page in pages] == [
         ["sr-4", "sr-3"],

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from tie_testing import (
     HttpReceiver,
     RunningEngine,
+    as_sender,
     channel,
     engine_config,
     engine_over_http,
@@ -50,6 +51,7 @@ def engine(
         }
     )
     with engine_over_http(engine_config(tmp_path, store_url), {"inbox": inbox}) as tie:
+        as_sender(tie[0].store, tie[1])
         yield tie
 
 

@@ -3,9 +3,10 @@
 A route added without ``require_role`` / ``require_console`` fails here, as does a public
 route that is not on the short list below. Anonymous callers get 401 (API) or a redirect
 to /login (console pages); a caller holding none of the route's roles gets 403. Routes
-that ask only for ``viewer`` have no wrong role: any signed-in user may see metadata.
+that ask only for ``viewer`` have no wrong role: any signed-in user may see metadata,
+except a ``sender``, a sending system's account, which is refused every route.
 The FHIR and proxy *source* endpoints are not in the route table (router/api/gateway_asgi.py
-answers them, like an MLLP listener, for sending systems: see docs/operations.md).
+answers them for sending systems, with a sender's token: see docs/fhir.md).
 """
 
 from __future__ import annotations
@@ -141,3 +142,27 @@ def test_public_routes_answer_anonymous_callers(site):
         spec = anonymous.get("/openapi.json").json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert "/api/messages/reprocess" in spec["paths"] and "/metrics" in spec["paths"]
+
+
+def test_a_sender_is_refused_every_route(site):
+    """A sending system's account posts to the FHIR sources and the proxy, and sees nothing:
+    not even the metadata every other user may (no implied viewer), by token or session."""
+    store = site.running.store
+    token = api_token(store, "sender", name="gp-system")
+    with store.begin() as conn:
+        add_user(conn, "gp-person", ["sender"], PASSWORD, actor="test")
+    api = httpx.Client(base_url=site.url, timeout=10, headers={"Authorization": f"Bearer {token}"})
+    console = sign_in(site.url, "gp-person")
+    wrong, checked = [], 0
+    try:
+        for route, method, path in _checked(_app(site)):
+            _, on_console = route_roles(route) or ((), False)
+            answer = (console if on_console else api).request(method, path)
+            checked += 1
+            if answer.status_code != 403:
+                wrong.append(f"{_label(route, method)} -> {answer.status_code}")
+    finally:
+        api.close()
+        console.close()
+    assert wrong == []
+    assert checked >= 10

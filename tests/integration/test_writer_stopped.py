@@ -32,7 +32,10 @@ def engine(tmp_path: Path, store_url: str) -> Iterator[RunningEngine]:
         "inbound": channel(
             {"name": "inbound", "source": {"mllp": {"port": 0}}, "destinations": {}}
         ),
-        "inbox": channel({"name": "inbox", "source": {"http": {}}, "destinations": {}}),
+        # Taking anyone: the writer, not who sends, is what is under test.
+        "inbox": channel(
+            {"name": "inbox", "source": {"http": {"auth": "none"}}, "destinations": {}}
+        ),
     }
     running = RunningEngine(engine_config(tmp_path, store_url), channels, http=True)
     yield running

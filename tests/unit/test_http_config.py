@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from router.config import ChannelConfig, ConfigError, load_channels
+from router.cli.checking import open_to_anyone
+from router.config import ChannelConfig, ConfigError, EngineConfig, load_channels
 
 
 @pytest.mark.parametrize("source", [{"http": {"bars": {}}}, {"proxy": {}}], ids=["bars", "proxy"])
@@ -76,3 +77,41 @@ def test_certificate_paths_are_relative_to_the_channel_file(tmp_path):
 def test_bad_http_sources_are_refused(http, problem):
     with pytest.raises(ValueError, match=problem):
         ChannelConfig.model_validate({"name": "c", "source": {"http": http}})
+
+
+@pytest.mark.parametrize("source", ["http", "proxy"])
+def test_http_sources_take_senders_tokens_unless_told_otherwise(source):
+    """Secure by default: a source without ``auth`` takes senders' tokens only."""
+    made = ChannelConfig.model_validate({"name": "in", "source": {source: {}}})
+    options = getattr(made.source, source)
+    assert (options.auth, options.senders) == ("token", [])
+    named = {source: {"senders": ["gp-a", "gp-b"]}}
+    assert getattr(ChannelConfig.model_validate({"name": "in", "source": named}).source, source)
+    with pytest.raises(ValueError, match="they need auth: token"):
+        ChannelConfig.model_validate(
+            {"name": "in", "source": {source: {"auth": "none", "senders": ["gp-a"]}}}
+        )
+    with pytest.raises(ValueError, match="auth"):
+        ChannelConfig.model_validate({"name": "in", "source": {source: {"auth": "basic"}}})
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"), [("0.0.0.0", ["open"]), ("10.1.2.3", ["open"]), ("127.0.0.1", [])]
+)
+def test_check_warns_of_a_source_open_to_anyone_off_loopback(tmp_path, host, warned):
+    config = EngineConfig.model_validate(
+        {"store": "sqlite://", "channels": str(tmp_path), "http": {"host": host, "port": 8080}}
+    )
+    channels = {
+        name: ChannelConfig.model_validate({"name": name, "source": source})
+        for name, source in (
+            ("open", {"http": {"auth": "none"}}),
+            ("tokens", {"http": {}}),
+            ("proxy", {"proxy": {"senders": ["gp-a"]}}),
+            ("orders", {"mllp": {"port": 2575}}),
+        )
+    }
+    warnings = open_to_anyone(config, channels)
+    assert [w.split()[1].rstrip(":") for w in warnings] == warned
+    if warned:
+        assert f"auth: none on {host}:8080" in warnings[0]
