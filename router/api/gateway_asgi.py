@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from router import metrics
+from router.config.http import HttpSource
 from router.fhir import MEDIA_TYPES
 from router.fhir.intake import KEPT_OF_REJECTED, Answer, FhirRequest, rejected_answer
 from router.fhir.outcome import Rejected, reject
@@ -131,6 +132,12 @@ def not_allowed(incoming: Incoming, operation: str) -> Answer:
     return answer
 
 
+def no_channel(incoming: Incoming, channel: str) -> Answer:
+    """404 for a channel that does not exist or is no FHIR source, whatever the method."""
+    unknown = reject(404, "not-found", f"no FHIR channel named {channel!r}")
+    return rejected_answer(unknown, incoming.headers)
+
+
 class GatewayRoutes:
     """Pure ASGI middleware: the FHIR POST endpoints and the proxy, else the next app."""
 
@@ -157,21 +164,27 @@ class GatewayRoutes:
         method, operation = scope["method"], parts[3]
         if method == "POST":
             await self.fhir(Incoming.of(scope), receive, send, parts[2], operation)
-        elif (operation, method) != REGISTRY_SEARCH:
-            await respond_fhir(send, not_allowed(Incoming.of(scope), operation))
-        else:
+        elif (operation, method) == REGISTRY_SEARCH:
             return False
+        elif self.fhir_channel(parts[2]) is None:
+            await respond_fhir(send, no_channel(Incoming.of(scope), parts[2]))
+        else:
+            await respond_fhir(send, not_allowed(Incoming.of(scope), operation))
         return True
+
+    def fhir_channel(self, channel: str) -> HttpSource | None:
+        """The FHIR source of ``channel``; None when there is no such FHIR channel."""
+        compiled = self.engine.channels.get(channel)
+        return compiled.config.source.http if compiled is not None else None
 
     async def fhir(
         self, incoming: Incoming, receive: Receive, send: Send, channel: str, operation: str
     ) -> None:
         compiled = self.engine.channels.get(channel)
-        source = compiled.config.source.http if compiled is not None else None
+        source = self.fhir_channel(channel)
         if compiled is None or source is None:
             # Not stored: a message is stored in its channel, and there is none.
-            unknown = reject(404, "not-found", f"no FHIR channel named {channel!r}")
-            await respond_fhir(send, rejected_answer(unknown, incoming.headers))
+            await respond_fhir(send, no_channel(incoming, channel))
             return
         message = operation == "$process-message"
         request = FhirRequest(

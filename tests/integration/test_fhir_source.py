@@ -362,6 +362,20 @@ def test_other_methods_on_the_post_endpoints_get_405_with_an_operation_outcome(e
         assert method in issue["diagnostics"]
     auth = {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
     assert client.get("/fhir/inbox/ServiceRequest", headers=auth).status_code == 200
+    # A channel that does not exist is not found, whatever the method.
+    for method, path in (
+        ("GET", "/fhir/nowhere/Patient"),
+        ("PUT", "/fhir/nowhere/$process-message"),
+    ):
+        response = client.request(method, path, headers=ids)
+        assert response.status_code == 404, (method, path)
+        assert "allow" not in response.headers
+        assert response.headers["x-request-id"] == "req-1"
+        [issue] = response.json()["issue"]
+        assert (issue["code"], issue["diagnostics"]) == (
+            "not-found",
+            "no FHIR channel named 'nowhere'",
+        )
     assert _refused(running) == []
 
 
