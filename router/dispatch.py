@@ -30,7 +30,7 @@ from router.store.deliveries import (
     Attempt,
     Claimed,
     ClaimRequest,
-    OnFailed,
+    OnSettled,
     claim_next,
     record,
     record_then_claim,
@@ -61,11 +61,11 @@ class DestinationWorker:
         options: DispatchOptions,
         owner: str,
         transact: Transact[Any] | None = None,
-        on_failed: OnFailed | None = None,
+        on_settled: OnSettled | None = None,
     ) -> None:
         self.channel, self.name, self.config = channel, name, config
         self._store = store
-        self._on_failed = on_failed
+        self._on_settled = on_settled
         self._options = options
         self._owner = owner
         self._transact = transact
@@ -172,7 +172,7 @@ class DestinationWorker:
                 claimed,
                 self._request,
                 transact=self._transact,
-                on_failed=self._on_failed,
+                on_settled=self._on_settled,
             )
         else:
             outcomes = await _store_work(
@@ -183,7 +183,7 @@ class DestinationWorker:
                 claimed,
                 owner=self._owner,
                 transact=self._transact,
-                on_failed=self._on_failed,
+                on_settled=self._on_settled,
             )
         metrics.count_deliveries(self.channel, self.name, outcomes)
         return following
@@ -222,7 +222,7 @@ class DestinationWorker:
 class Dispatcher:
     """One worker per destination of every channel; woken when the processor queues work.
 
-    ``on_failed`` is told, in the same transaction, of deliveries that failed for good."""
+    ``on_settled`` is told, in the same transaction, of deliveries sent or failed for good."""
 
     def __init__(
         self,
@@ -232,10 +232,10 @@ class Dispatcher:
         options: DispatchOptions,
         owner: str,
         transact: Transact[Any] | None = None,
-        on_failed: OnFailed | None = None,
+        on_settled: OnSettled | None = None,
     ) -> None:
         self._store = store
-        self._on_failed = on_failed
+        self._on_settled = on_settled
         self._owner = owner
         self._make_sender = make_sender
         self._options = options
@@ -307,7 +307,7 @@ class Dispatcher:
             self._options,
             self._owner,
             self._transact,
-            self._on_failed,
+            self._on_settled,
         )
 
     async def stop(self) -> None:

@@ -10,7 +10,7 @@ import signal
 from collections.abc import Iterator
 
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from router import mappings
 from router.config import (
@@ -38,6 +38,7 @@ from router.gateway import Gateway
 from router.governance.deploy import startup_channels
 from router.governance.reload import Reloader, ReloadResult, reload_files
 from router.governance.watcher import RevisionWatcher
+from router.local_destinations import Local, local_routes
 from router.pipeline import CompiledChannel, compile_channel
 from router.processing import Processor
 from router.replay import ReplayResult
@@ -49,6 +50,8 @@ from router.store.opening import open_store
 from router.store.schema import deliveries
 
 log = logging.getLogger(__name__)
+# Destination kinds applied in the processing transaction (router/local_destinations.py).
+LOCAL_KINDS: dict[str, Local] = {"job": jobs.apply}
 
 
 def compile_channels(
@@ -96,7 +99,7 @@ class Engine:
             config.dispatch,
             owner=config.node,
             transact=transact,
-            on_failed=jobs.undelivered,
+            on_settled=self.deliveries_settled,
         )
         self.processor = Processor(
             self.store,
@@ -104,7 +107,7 @@ class Engine:
             batch=config.processing.batch,
             on_deliveries=self.dispatcher.notify,
             transact=transact,
-            local={"job": jobs.apply},
+            local=LOCAL_KINDS,
         )
         if self.store.is_sqlite:
             # Declarative channels' messages commit settled, with their deliveries: no
@@ -122,7 +125,7 @@ class Engine:
             [c.config for c in self.channels.values()],
             self.store,
             self.writer.submit_sync,
-            jobs.undelivered,
+            self.deliveries_settled,
         )
         self.files = file_schedule(
             [c.config for c in self.channels.values()], self.store, self.writer.submit_sync
@@ -144,6 +147,14 @@ class Engine:
             self.dispatcher.notify(touched)
         if unsettled:
             self.processor.wake()
+
+    def deliveries_settled(self, conn: Connection, ids: list[int]) -> None:
+        """In the transaction that settles deliveries ``ids`` for good (sent or failed): the
+        DPS jobs they belong to follow; a job record's own delivery is not one of its outputs.
+        Without a channel that records jobs there is nothing to look up."""
+        local = local_routes(self.channels, LOCAL_KINDS)
+        if local:
+            jobs.settled(conn, ids, {(c, d) for c, routes in local.items() for d in routes})
 
     def replayed(self, kind: str, results: list[ReplayResult]) -> None:
         """Wake who has new work after a reprocess (the processor) or a resend (the

@@ -5,8 +5,10 @@ JSON record to the ``job`` destination at each step; the engine applies it in
 the transaction that writes the message's outcome (``apply``), so a record the
 job's state refuses settles its message instead of sending anything: results
 for a finished job are a ``filtered`` duplicate (idempotent receiver), results
-for a job that never went to DPS an ``error``. A delivery to DPS that fails for
-good fails its job in the transaction that fails the delivery (``undelivered``).
+for a job that never went to DPS an ``error``. A delivery that settles tells the job in
+the transaction that settles it (``settled``): the file to DPS failing for good fails the
+job; one of the outputs (a CSV file, the summary email) failing for good after the job
+completed makes it ``failed_outputs``, until the resends of the failed ones are sent.
 Every transition is checked here, against ``TRANSITIONS``; docs/dps-handoff.md
 draws the machine.
 """
@@ -24,7 +26,7 @@ from router.connectors import Delivery, SendResult
 from router.local_destinations import Refusal
 from router.store.database import Store
 from router.store.inbound import utcnow
-from router.store.schema import correlations, deliveries, jobs, messages
+from router.store.schema import HELD, PENDING, correlations, deliveries, jobs, messages
 
 FIELDS = ("practice", "filename", "received_at", "status", "statistics", "error")
 KEY = "dps_job"  # the correlation key the mapping sets: the job id
@@ -38,10 +40,17 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "failed_results": RESULTS,
     # The file reached DPS after all: an operator resent the failed delivery.
     "failed_delivery": RESULTS,
+    # A CSV file or the summary email failed for good...
+    "completed": ("failed_outputs",),
+    # ... and the resends of every failed one were sent.
+    "failed_outputs": ("completed",),
 }
 _FAILS_UNDELIVERED = [s for s, to in TRANSITIONS.items() if "failed_delivery" in to]
 # Finished with DPS's answer: more results are a duplicate.
-ANSWERED = ("completed", "failed_dps_validation")
+ANSWERED = ("completed", "failed_dps_validation", "failed_outputs")
+# Finished: only an output that fails for good moves the job again (retention's JOB_FINAL).
+FINAL = ("completed", "failed_validation", "failed_dps_validation")
+_OUTPUT_PENDING = (*PENDING, HELD, "failed")
 
 
 def job_record(job_id: str, status: str, **fields: Any) -> bytes:
@@ -71,7 +80,7 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
         return Refusal("error", f"job {job_id}: unknown status {status!r}")
     if current is None:
         return Refusal("error", f"no job {job_id}: results for a job tie never started; not sent")
-    if status in TRANSITIONS.get(current, ()):
+    if current not in ANSWERED and status in TRANSITIONS.get(current, ()):
         conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(**values))
         return None
     if current in ANSWERED:
@@ -83,29 +92,67 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
     return Refusal("error", f"job {job_id} is {current}: it never went to DPS; results not sent")
 
 
-def undelivered(conn: Connection, delivery_ids: list[int]) -> None:
-    """Fail, with the delivery's error, every job still waiting for DPS (``sent_to_dps``)
-    whose message has a delivery among ``delivery_ids`` that is ``failed``: its file never
-    reached DPS."""
+def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str]]) -> None:
+    """Move the jobs of ``delivery_ids`` (those settled for good) on: the file to DPS
+    ``failed`` fails a job still waiting for DPS (``failed_delivery``); an output of the
+    results that completed a job (not a ``local`` (channel, destination): the job record
+    itself) ``failed`` makes it ``failed_outputs``; a resend of one ``sent`` makes a
+    ``failed_outputs`` job ``completed`` again once none of those outputs is failed or
+    still to be sent. The error is the first failed delivery's."""
+    d = deliveries.c
     found = conn.execute(
-        select(correlations.c.value, deliveries.c.destination, deliveries.c.last_error)
-        .join(correlations, correlations.c.message_id == deliveries.c.message_id)
+        select(
+            correlations.c.value,
+            d.message_id,
+            d.channel,
+            d.destination,
+            d.status,
+            d.last_error,
+            messages.c.uuid,
+        )
+        .join(correlations, correlations.c.message_id == d.message_id)
+        .join(messages, messages.c.id == d.message_id)
         .where(
-            deliveries.c.id.in_(delivery_ids),
-            deliveries.c.status == "failed",
+            d.id.in_(delivery_ids),
+            (d.status == "failed") | ((d.status == "sent") & d.resent_from.is_not(None)),
             correlations.c.key == KEY,
         )
     ).all()
-    for job_id, destination, error in found:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.job_id == job_id, jobs.c.status.in_(_FAILS_UNDELIVERED))
-            .values(
-                status="failed_delivery",
-                error=f"delivery to {destination} failed: {error or 'no reason given'}",
-                updated_at=utcnow(),
-            )
+    for job_id, message_id, channel, destination, status, error, uuid in found:
+        if (channel, destination) in local:
+            continue
+        failure = f"delivery to {destination} failed: {error or 'no reason given'}"
+        if uuid == job_id:  # the intake's: the file to DPS
+            if status == "failed":
+                _move(conn, job_id, _FAILS_UNDELIVERED, "failed_delivery", failure)
+            continue
+        answer = _answered_by(conn, job_id, -1)
+        if answer is None or answer[0] != message_id:
+            continue  # an earlier answer's failure email: the job has moved on
+        if status == "failed":
+            _move(conn, job_id, ["completed"], "failed_outputs", failure)
+        elif not _outputs_unsettled(conn, message_id, local):
+            _move(conn, job_id, ["failed_outputs"], "completed", None)
+
+
+def _move(conn: Connection, job_id: str, sources: list[str], to: str, error: str | None) -> None:
+    """``job_id`` to ``to`` with ``error`` if it is in one of ``sources``."""
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.job_id == job_id, jobs.c.status.in_(sources))
+        .values(status=to, error=error, updated_at=utcnow())
+    )
+
+
+def _outputs_unsettled(conn: Connection, message_id: int, local: set[tuple[str, str]]) -> bool:
+    """Whether an output of message ``message_id`` is failed or still to be sent."""
+    d = deliveries.c
+    rows = conn.execute(
+        select(d.channel, d.destination).where(
+            d.message_id == message_id, d.status.in_(_OUTPUT_PENDING)
         )
+    ).all()
+    return any((r.channel, r.destination) not in local for r in rows)
 
 
 def _answered_by(conn: Connection, job_id: str, message_id: int) -> tuple[int, str] | None:

@@ -19,7 +19,6 @@ from router.config import ChannelConfig
 from router.connectors.file_source import file_schedule
 from router.connectors.mesh.build import mesh_schedule
 from router.connectors.mllp.listener import ListenError, MllpListener
-from router.dps import jobs
 from router.pipeline import CompiledChannel
 
 if TYPE_CHECKING:
@@ -130,7 +129,7 @@ class Reloader:
                 [c.config for c in new.values()],
                 engine.store,
                 engine.writer.submit_sync,
-                jobs.undelivered,
+                engine.deliveries_settled,
             )
             await asyncio.to_thread(engine.mesh.start)
 

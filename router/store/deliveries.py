@@ -34,9 +34,11 @@ from router.store.schema import PENDING, attempts, deliveries
 
 log = logging.getLogger(__name__)
 d = deliveries.c
-# Told, in the transaction that fails them for good, the ids of deliveries that failed (so a
-# DPS job whose file never reached DPS fails with them).
-OnFailed = Callable[[Connection, list[int]], None]
+# Told, in the transaction that settles them, the ids of deliveries sent or failed for good
+# (so a DPS job follows its file to DPS and its outputs).
+OnSettled = Callable[[Connection, list[int]], None]
+# Told, in the transaction that fails them, the ids of deliveries failed for good.
+OnFailed = OnSettled
 
 
 @dataclass
@@ -253,7 +255,7 @@ def record(
     *,
     owner: str,
     transact: Transact[Any] | None = None,
-    on_failed: OnFailed | None = None,
+    on_settled: OnSettled | None = None,
 ) -> list[str]:
     """Write every attempt and settle its delivery; release claimed ones never attempted.
 
@@ -262,7 +264,7 @@ def record(
     node's outcome stands. ``transact`` runs the transaction (default: one of its own).
     Returns each attempt's outcome (sent, retrying, failed), for the metrics.
     """
-    settle, outcomes = _settling(done, policy, claimed, owner, on_failed)
+    settle, outcomes = _settling(done, policy, claimed, owner, on_settled)
     (transact or store.run)(settle)
     return outcomes
 
@@ -275,7 +277,7 @@ def record_then_claim(
     request: ClaimRequest,
     *,
     transact: Transact[Any] | None = None,
-    on_failed: OnFailed | None = None,
+    on_settled: OnSettled | None = None,
 ) -> tuple[list[str], Claimed]:
     """``record`` a round and ``claim`` the next in one transaction: for a worker that
     already knows more is due, one commit (one writer job on SQLite) instead of two.
@@ -283,7 +285,7 @@ def record_then_claim(
     The claim runs in a savepoint: if it fails, the round's attempts are still recorded
     (every attempt is kept) and the next round is empty, to be claimed again later.
     """
-    settle, outcomes = _settling(done, policy, claimed, request.owner, on_failed)
+    settle, outcomes = _settling(done, policy, claimed, request.owner, on_settled)
 
     def work(conn: Connection) -> Claimed:
         settle(conn)
@@ -329,7 +331,7 @@ def _settling(
     policy: RetryPolicy,
     claimed: list[int],
     owner: str,
-    on_failed: OnFailed | None = None,
+    on_settled: OnSettled | None = None,
 ) -> tuple[Callable[[Connection], None], list[str]]:
     """``record``'s work for a transaction, and the attempts' outcomes."""
     now = utcnow()
@@ -375,9 +377,9 @@ def _settling(
                     len(updates) - settled,
                     [u["id"] for u in updates],
                 )
-        failed = [u["id"] for u in updates if u["status"] == "failed"]
-        if failed and on_failed is not None:
-            on_failed(conn, failed)  # it checks they are failed: a lost lease settles nothing
+        done_ids = [u["id"] for u in updates if u["status"] in ("failed", "sent")]
+        if done_ids and on_settled is not None:
+            on_settled(conn, done_ids)  # it checks their status: a lost lease settles nothing
         if untried:
             _release(conn, and_(d.id.in_(untried), d.lease_owner == owner))
 

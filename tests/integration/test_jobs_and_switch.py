@@ -128,8 +128,16 @@ def test_the_jobs_state_decides_which_records_apply(store_url):
             assert apply(conn, job_record("d", "sent_to_dps"), 7) is None
             conn.execute(update(jobs).where(jobs.c.job_id == "d").values(status="failed_delivery"))
             assert apply(conn, job_record("d", "completed"), 8) is None, "resent, answered"
+        with store.begin() as conn:
+            assert apply(conn, job_record("o", "sent_to_dps"), 9) is None
+            conn.execute(update(jobs).where(jobs.c.job_id == "o").values(status="failed_outputs"))
+            again = apply(conn, job_record("o", "completed"), 10)
+            assert again is not None and again.status == "filtered", (
+                "an output that failed is resent, not made again from new results"
+            )
         found = {j["job_id"]: j for j in list_jobs(store)}
         assert (found["j"]["status"], found["j"]["statistics"]) == ("completed", {"patients": 1})
         assert found["d"]["status"] == "completed"
+        assert found["o"]["status"] == "failed_outputs"
     finally:
         store.dispose()

@@ -21,6 +21,7 @@ from router.channel_control import set_paused
 from router.config import load_channel
 from router.dps.filename import PROCESSING_DATE_ENV
 from router.dps.jobs import list_jobs
+from router.replay import resend
 from router.store.schema import deliveries, messages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +52,7 @@ def _environment(monkeypatch):
     monkeypatch.setenv(PROCESSING_DATE_ENV, "2020-04-10")
 
 
-def _channels(relay: SmtpRelay, dps_mailbox: str | None = None):
+def _channels(relay: SmtpRelay, dps_mailbox: str | None = None, **results: str):
     channels = {}
     for name in ("gp-extract-intake", "dps-results"):
         config = load_channel(EXAMPLE / f"{name}.yaml")
@@ -62,11 +63,21 @@ def _channels(relay: SmtpRelay, dps_mailbox: str | None = None):
         channels[name] = config
     if dps_mailbox:
         channels["gp-extract-intake"].destinations["dps"].mesh.to = dps_mailbox
+    outputs = channels["dps-results"].destinations
+    if "pcse_mailbox" in results:
+        outputs["pcse"].mesh.to = results["pcse_mailbox"]
+    if "summary_to" in results:
+        outputs["summary-email"].smtp.to = [results["summary_to"]]
     return channels
 
 
 def _engine(
-    tmp_path, store_url, sandbox: MeshSandbox, relay: SmtpRelay, dps_mailbox: str | None = None
+    tmp_path,
+    store_url,
+    sandbox: MeshSandbox,
+    relay: SmtpRelay,
+    dps_mailbox: str | None = None,
+    **results: str,
 ) -> RunningEngine:
     mailbox = mailbox_config(sandbox)
     config = engine_config(
@@ -76,7 +87,7 @@ def _engine(
         blobs={"directory": str(tmp_path / "blobs")},
         mesh={"mailboxes": {"hub": mailbox}},
     )
-    return RunningEngine(config, _channels(relay, dps_mailbox))
+    return RunningEngine(config, _channels(relay, dps_mailbox, **results))
 
 
 def _send_extract(sandbox: MeshSandbox, filename: str = GP_FILE, data: bytes | None = None) -> str:
@@ -514,5 +525,52 @@ def test_a_non_delivery_report_for_an_extract_fails_its_job(
             "delivery to dps failed: "
             "MESH non-delivery report 14: Message not collected by recipient"
         )
+    finally:
+        running.stop()
+
+
+def _job_in(store, status: str) -> dict:
+    return next((j for j in list_jobs(store) if j["status"] == status), None)
+
+
+def test_a_csv_file_pcse_never_gets_shows_on_the_completed_job(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay, pcse_mailbox="X26NOBODY")
+    try:
+        _send_extract(mesh_sandbox)
+        wait_until(lambda: mesh_sandbox.inbox(DPS), timeout=30)
+        fake_dps(mesh_sandbox)
+        job = wait_until(lambda: _job_in(running.store, "failed_outputs"), timeout=30)
+        assert job["error"].startswith("delivery to pcse failed: MESH refused (code ")
+        assert job["statistics"]["patients"] == 2, "the results were read"
+        wait_until(lambda: relay.emails(), timeout=30)  # the summary email still goes
+    finally:
+        running.stop()
+
+
+def test_a_failed_summary_email_shows_on_the_job_until_its_resend_is_sent(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay, summary_to="nobody@example.nhs.uk")
+    try:
+        _send_extract(mesh_sandbox)
+        wait_until(lambda: mesh_sandbox.inbox(DPS), timeout=30)
+        fake_dps(mesh_sandbox)
+        job = wait_until(lambda: _job_in(running.store, "failed_outputs"), timeout=30)
+        assert job["error"].startswith("delivery to summary-email failed: ")
+        assert "no such mailbox" in job["error"]
+        wait_until(lambda: len(_pcse_files(mesh_sandbox)) == 3, timeout=30)
+        assert _job_in(running.store, "failed_outputs"), "the CSV files sent change nothing"
+
+        relay.refusing = False
+        with running.store.read() as conn:
+            failed = conn.scalar(select(deliveries.c.id).where(deliveries.c.status == "failed"))
+        resent = resend(running.store, failed, reason="mailbox fixed", actor="test")
+        running.engine.replayed("resend", [resent])
+        job = wait_until(lambda: _job_in(running.store, "completed"), timeout=30)
+        assert job["error"] is None and job["statistics"]["patients"] == 2
+        (email,) = relay.emails()
+        assert email["Subject"].startswith("PDS Comparison run at ")
     finally:
         running.stop()
