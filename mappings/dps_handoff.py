@@ -14,11 +14,11 @@ from typing import Any
 from router.dps.filename import FilenameError, validate_filename
 from router.dps.jobs import job_record
 from router.dps.results import (
-    Results,
     ResultsError,
     csv_files,
     failure_body,
     failure_subject,
+    is_job_id,
     read_results,
     summary_body,
     summary_subject,
@@ -70,9 +70,17 @@ def results(message: Message) -> dict[str, Any]:
         try:
             found = read_results(stream)
         except ResultsError as exc:
-            if exc.results is None:
+            if exc.results is not None:
+                header = exc.results
+                return _unreadable(
+                    message, header.job_id, str(exc), header.practice, header.filename
+                )
+            # No header to name the job: DPS sends the results with the job id as their
+            # MESH local id, as tie sent the file.
+            job_id = str(message.source.get("local_id") or "")
+            if not is_job_id(job_id):
                 raise  # no job named: the message is an ``error``, with the line
-            return _unreadable(message, exc.results, str(exc))
+            return _unreadable(message, job_id, str(exc))
     message.correlate("dps_job", found.job_id)
     headers = {"job_id": found.job_id}
     who = {"practice": found.practice, "filename": found.filename}
@@ -99,21 +107,23 @@ def results(message: Message) -> dict[str, Any]:
     }
 
 
-def _unreadable(message: Message, header: Results, reason: str) -> dict[str, Any]:
-    """Results that break the layout after a valid header: the job fails with the reason and
-    the failure email says so; nothing goes to PCSE."""
-    message.correlate("dps_job", header.job_id)
+def _unreadable(
+    message: Message,
+    job_id: str,
+    reason: str,
+    practice: str | None = None,
+    filename: str | None = None,
+) -> dict[str, Any]:
+    """Results that break the layout, of the job their header or MESH local id names: the
+    job fails with the reason and the failure email says so; nothing goes to PCSE."""
+    message.correlate("dps_job", job_id)
     record = job_record(
-        header.job_id,
-        "failed_results",
-        practice=header.practice,
-        filename=header.filename,
-        error=reason,
+        job_id, "failed_results", practice=practice, filename=filename, error=reason
     )
     email = Output(
-        unreadable_body(header.filename, message.received_at, reason),  # type: ignore[arg-type]
+        unreadable_body(filename, job_id, message.received_at, reason),  # type: ignore[arg-type]
         "text/plain",
-        {"job_id": header.job_id, "subject": unreadable_subject(header.filename)},
+        {"job_id": job_id, "subject": unreadable_subject(filename, job_id)},
     )
     return {"job": Output(record, JSON), "failure-email": email}
 

@@ -287,16 +287,24 @@ def failure_subject(filename: str) -> str:
     return f"List Reconciliation: GP file {filename} failed validation"
 
 
-def unreadable_subject(filename: str) -> str:
-    return f"List Reconciliation: DPS results for GP file {filename} could not be read"
+def unreadable_subject(filename: str | None, job_id: str) -> str:
+    """Names the GP file, or, when the results' header could not be read, the job."""
+    what = f"GP file {filename}" if filename else f"job {job_id}"
+    return f"List Reconciliation: DPS results for {what} could not be read"
 
 
-def unreadable_body(filename: str, at: datetime, reason: str) -> str:
+def unreadable_body(filename: str | None, job_id: str, at: datetime, reason: str) -> str:
+    what = f"the GP file: {filename}" if filename else f"job {job_id} (run.py jobs names its file)"
     return (
-        f"DPS's results for the GP file: {filename}, received at {timestamp(at)}, could not "
+        f"DPS's results for {what}, received at {timestamp(at)}, could not "
         f"be read, so nothing has been sent to PCSE.\n\nReason: {reason}\n\n"
         "Ask DPS to send the results again.\n"
     )
+
+
+def is_job_id(value: str) -> bool:
+    """Whether ``value`` is a job id as the header's ``job_id`` must be."""
+    return bool(HEADER_RULES["job_id"][0].match(value))
 
 
 def failure_body(filename: str, at: datetime, reasons: Iterable[str]) -> str:

@@ -574,3 +574,51 @@ def test_a_failed_summary_email_shows_on_the_job_until_its_resend_is_sent(
         assert email["Subject"].startswith("PDS Comparison run at ")
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize(
+    "first_line",
+    [{"type": "surprise"}, {"type": "header", "version": 1, "job_id": "../x"}],
+    ids=["no-header", "bad-job-id"],
+)
+def test_results_with_an_unreadable_header_fail_the_job_their_mesh_local_id_names(
+    tmp_path, store_url, mesh_sandbox, relay, first_line
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        with mesh_sandbox.client(DPS) as dps:
+            job_id = dps.retrieve_message(wait_until(dps.list_messages, timeout=30)[0]).local_id
+        _send_results(mesh_sandbox, job_id, [first_line, {"type": "summary", "patients": 2}])
+        (job,) = wait_until(
+            lambda: [j for j in list_jobs(running.store) if j["status"] == "failed_results"],
+            timeout=30,
+        )
+        assert job["error"].startswith("line 1: ")
+        assert (job["practice"], job["filename"]) == ("A82023", GP_FILE), "kept from the intake"
+        (email,) = wait_until(lambda: relay.emails(), timeout=30)
+        assert " ".join(email["Subject"].split()) == (
+            f"List Reconciliation: DPS results for job {job_id} could not be read"
+        )
+        assert job["error"] in email.get_content()
+        assert _sent_to(running.store, "pcse") == 0
+
+        fake_dps(mesh_sandbox)  # DPS sends the results again, readable this time
+        wait_until(lambda: list_jobs(running.store)[0]["status"] == "completed", timeout=30)
+    finally:
+        running.stop()
+
+
+def test_results_with_an_unreadable_header_and_no_local_id_are_an_error_with_the_reason(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        with mesh_sandbox.client(DPS) as dps:
+            dps.send_message(HUB, b"not json\n", workflow_id="LISTREC_DPS_RESULT", filename="r")
+        (message,) = wait_until(lambda: _results_messages(running.store), timeout=30)
+        assert message.status == "error"
+        assert "line 1: not JSON" in message.error
+        assert list_jobs(running.store) == [] and relay.emails() == []
+    finally:
+        running.stop()
