@@ -51,6 +51,10 @@ ANSWERED = ("completed", "failed_dps_validation", "failed_outputs")
 # Finished: only an output that fails for good moves the job again (retention's JOB_FINAL).
 FINAL = ("completed", "failed_validation", "failed_dps_validation")
 _OUTPUT_PENDING = (*PENDING, HELD, "failed")
+# A GP file received again, the same, while its job is one of these is a duplicate: it is
+# with DPS, or DPS answered it. After a failure on the way (its name, its delivery, DPS's
+# answer unreadable) the file may be sent again and is a new job.
+_REPEATS = ("sent_to_dps", *ANSWERED)
 
 
 def job_record(job_id: str, status: str, **fields: Any) -> bytes:
@@ -73,9 +77,19 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
     values = {k: _column(k, record[k]) for k in FIELDS if record.get(k) is not None}
     values["updated_at"] = utcnow()
     if status in STARTS:
-        if current is None:
-            conn.execute(jobs.insert().values(job_id=job_id, **values))
-        return None  # a start again (a retry, a resend) changes nothing
+        if current is not None:
+            return None  # a start again (a retry, a resend) changes nothing
+        repeat = _repeat_of(conn, str(record.get("filename") or ""), message_id)
+        if repeat is not None:
+            original, uuid, was = repeat
+            return Refusal(
+                "filtered",
+                f"duplicate of {uuid}: GP file {record['filename']} was received before, the "
+                f"same (job {uuid} is {was}); not sent to DPS again",
+                original,
+            )
+        conn.execute(jobs.insert().values(job_id=job_id, **values))
+        return None
     if status not in RESULTS:
         return Refusal("error", f"job {job_id}: unknown status {status!r}")
     if current is None:
@@ -153,6 +167,29 @@ def _outputs_unsettled(conn: Connection, message_id: int, local: set[tuple[str, 
         )
     ).all()
     return any((r.channel, r.destination) not in local for r in rows)
+
+
+def _repeat_of(conn: Connection, filename: str, message_id: int) -> tuple[int, str, str] | None:
+    """The intake message (id, UUID) and job status of an earlier GP file named
+    ``filename`` with the same content as message ``message_id``, whose job went to DPS
+    and did not fail on the way (a file whose job failed there may be sent again)."""
+    if not filename:
+        return None
+    arrived = messages.alias("arrived")
+    m, new = messages.c, arrived.c
+    same_content = (m.size == new.size) & (
+        (m.blob_sha256 == new.blob_sha256)
+        | (m.blob_sha256.is_(None) & new.blob_sha256.is_(None) & (m.raw == new.raw))
+    )
+    row = conn.execute(
+        select(m.id, m.uuid, jobs.c.status)
+        .join(jobs, jobs.c.job_id == m.uuid)
+        .join(arrived, new.id == message_id)
+        .where(jobs.c.filename == filename, jobs.c.status.in_(_REPEATS), same_content)
+        .order_by(m.id)
+        .limit(1)
+    ).first()
+    return (row.id, row.uuid, row.status) if row else None
 
 
 def _answered_by(conn: Connection, job_id: str, message_id: int) -> tuple[int, str] | None:

@@ -15,7 +15,7 @@ from router.connectors import Delivery
 from router.dps.jobs import JobSender, apply, job_record, list_jobs
 from router.local_destinations import Refusal
 from router.store.database import Store
-from router.store.inbound import Inbound
+from router.store.inbound import Inbound, write_inbound
 from router.store.migrate import upgrade
 from router.store.schema import audit_events, channel_state, jobs, messages
 
@@ -139,5 +139,31 @@ def test_the_jobs_state_decides_which_records_apply(store_url):
         assert (found["j"]["status"], found["j"]["statistics"]) == ("completed", {"patients": 1})
         assert found["d"]["status"] == "completed"
         assert found["o"]["status"] == "failed_outputs"
+    finally:
+        store.dispose()
+
+
+def test_a_gp_file_received_again_is_a_duplicate_only_while_its_job_went_on(store_url):
+    store = Store(store_url)
+    upgrade(store)
+    name = "A82023_GPR4LNA1.CSA"
+    try:
+        with store.begin() as conn:
+            files = [Inbound("intake", b"503\\*\nDOW~1~", "text/plain") for _ in range(3)]
+            write_inbound(conn, files)
+            ids = dict(conn.execute(select(messages.c.uuid, messages.c.id)).all())
+        first, second, third = ((f.uuid, ids[f.uuid]) for f in files)
+        with store.begin() as conn:
+            assert apply(conn, job_record(first[0], "sent_to_dps", filename=name), first[1]) is None
+            repeat = apply(conn, job_record(second[0], "sent_to_dps", filename=name), second[1])
+            assert repeat is not None and repeat.status == "filtered"
+            assert repeat.duplicate_of == first[1]
+            assert repeat.reason.startswith(f"duplicate of {first[0]}: GP file {name} ")
+            conn.execute(
+                update(jobs).where(jobs.c.job_id == first[0]).values(status="failed_delivery")
+            )
+            again = apply(conn, job_record(third[0], "sent_to_dps", filename=name), third[1])
+            assert again is None, "a file whose job failed on the way may be sent again"
+        assert {j["job_id"] for j in list_jobs(store)} == {first[0], third[0]}
     finally:
         store.dispose()

@@ -622,3 +622,44 @@ def test_results_with_an_unreadable_header_and_no_local_id_are_an_error_with_the
         assert list_jobs(running.store) == [] and relay.emails() == []
     finally:
         running.stop()
+
+
+def _intake_messages(store, count: int) -> list:
+    m = messages.c
+    with store.read() as conn:
+        rows = conn.execute(
+            select(m.id, m.uuid, m.status, m.error, m.duplicate_of)
+            .where(m.channel == "gp-extract-intake")
+            .order_by(m.id)
+        ).all()
+    return rows if len(rows) == count and all(r.status != "received" for r in rows) else []
+
+
+def test_the_same_file_sent_twice_goes_to_dps_once(tmp_path, store_url, mesh_sandbox, relay):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        _send_extract(mesh_sandbox)
+        first, second = wait_until(lambda: _intake_messages(running.store, 2), timeout=30)
+        assert (first.status, second.status) == ("processed", "filtered")
+        assert second.duplicate_of == first.id
+        assert second.error.startswith(f"duplicate of {first.uuid}: GP file {GP_FILE} ")
+        wait_until(lambda: _all_settled(running.store))
+        assert len(mesh_sandbox.inbox(DPS)) == 1
+        assert [j["job_id"] for j in list_jobs(running.store)] == [first.uuid]
+    finally:
+        running.stop()
+
+
+def test_a_file_sent_again_with_other_content_is_a_new_job(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        _send_extract(mesh_sandbox, data=_sample(GP_FILE) + b"\n")
+        wait_until(lambda: _intake_messages(running.store, 2), timeout=30)
+        wait_until(lambda: len(mesh_sandbox.inbox(DPS)) == 2, timeout=30)
+        assert len(list_jobs(running.store)) == 2
+    finally:
+        running.stop()
