@@ -44,7 +44,9 @@ def processing_date() -> date:
 def validate_filename(name: str, today: date | None = None) -> GpExtractName:
     """The parts of a valid name (upper-cased), or FilenameError naming the broken rule."""
     today = today or processing_date()
-    upper = (name or "").strip().upper()
+    # ASCII first: upper-casing turns some other letters into ASCII ones ("ß" into "SS").
+    stripped = (name or "").strip()
+    upper = stripped.upper() if stripped.isascii() else ""
     if not PATTERN.match(upper):
         raise FilenameError(
             f"file name {name!r} is not {{ODS}}_GPR4{{HA}}1.{{M}}{{D}}{{S}} "

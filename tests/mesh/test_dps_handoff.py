@@ -249,8 +249,8 @@ def test_an_extract_goes_to_dps_and_its_results_to_pcse_as_csvs_and_a_summary_em
 
 @pytest.mark.parametrize(
     "filename",
-    ["A82023_GPR4LNA1.CSA.txt", "A82023_GPR4LNA1." + "X" * 280],
-    ids=["extension", "longer-than-the-job-column"],
+    ["A82023_GPR4LNA1.CSA.txt", "A82023_GPR4LNA1." + "X" * 280, "A82023_GPR4LNA1.C\u00df"],
+    ids=["extension", "longer-than-the-job-column", "upper-cased-outside-ascii"],
 )
 def test_a_bad_filename_fails_the_job_sends_the_failure_email_and_nothing_to_dps(
     tmp_path, store_url, mesh_sandbox, relay, filename

@@ -50,6 +50,22 @@ def test_every_rule_names_what_is_wrong(name, today, reason):
         validate_filename(name, today)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "A82023_GPR4LNA1.C\u00df",
+        "A82023_GPR4LNA1.C\u017fA",
+        "A\u0668\u0662\u0660\u0662\u0663_GPR4LNA1.CSA",
+    ],
+    ids=["sharp-s-upper-cases-to-SS", "long-s-upper-cases-to-S", "arabic-indic-digits"],
+)
+def test_a_name_with_letters_or_digits_outside_ascii_is_refused(name):
+    """The rule is ASCII: upper-casing must not turn another letter into one, nor ``\\d``
+    take another script's digits (the practice goes into MESH headers and file names)."""
+    with pytest.raises(FilenameError, match=r"is not \{ODS\}"):
+        validate_filename(name, date(2020, 4, 10))
+
+
 def test_fourteen_days_old_is_still_valid():
     assert validate_filename("K82070_GPR4LNA1.IAA", date(2021, 9, 24)).extract_date == date(
         2021, 9, 10
