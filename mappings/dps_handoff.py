@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.dps.filename import FilenameError, validate_filename
+from router.dps.filename import FilenameError, processing_date, validate_filename
 from router.dps.jobs import job_record
 from router.dps.results import (
     ResultsError,
@@ -39,7 +39,7 @@ def intake(message: Message) -> dict[str, Any]:
     message.correlate("dps_job", job_id)
     received = message.received_at
     try:
-        name = validate_filename(filename)
+        name = validate_filename(filename, processing_date(received))
     except FilenameError as exc:
         practice = filename.split("_", 1)[0].upper()[:16] or None
         record = job_record(

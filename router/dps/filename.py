@@ -16,7 +16,8 @@ PATTERN = re.compile(r"^[A-Z]\d{5}_GPR4[A-Z0-9]{3}1\.[A-L][1-9A-V][A-Z]$")
 MAX_AGE = timedelta(days=14)
 MONTHS = "ABCDEFGHIJKL"
 DAYS = "123456789ABCDEFGHIJKLMNOPQRSTUV"
-# Tests (and an operator replaying old files) set the processing date; default: today (UTC).
+# Tests (and an operator replaying old files) set the processing date; default: the day
+# the file was received (UTC).
 PROCESSING_DATE_ENV = "TIE_DPS_PROCESSING_DATE"
 
 
@@ -33,12 +34,13 @@ class GpExtractName:
     sequence: str
 
 
-def processing_date() -> date:
-    """``TIE_DPS_PROCESSING_DATE`` (YYYY-MM-DD) when set, else today in UTC."""
+def processing_date(received: datetime | None = None) -> date:
+    """``TIE_DPS_PROCESSING_DATE`` (YYYY-MM-DD) when set, else the day ``received`` (UTC),
+    else today: a file the post-office switch held for days is judged by when it came."""
     configured = os.environ.get(PROCESSING_DATE_ENV)
     if configured:
         return date.fromisoformat(configured)
-    return datetime.now(UTC).date()
+    return (received or datetime.now(UTC)).astimezone(UTC).date()
 
 
 def validate_filename(name: str, today: date | None = None) -> GpExtractName:

@@ -10,8 +10,9 @@ from datetime import UTC, date, datetime
 
 import pytest
 
+from mappings import dps_handoff
 from router.dps import jobs
-from router.dps.filename import FilenameError, validate_filename
+from router.dps.filename import PROCESSING_DATE_ENV, FilenameError, validate_filename
 from router.dps.results import (
     ResultsError,
     csv_files,
@@ -19,6 +20,7 @@ from router.dps.results import (
     summary_body,
     summary_subject,
 )
+from router.message import Message
 from router.store.schema import JOB_FINAL
 
 
@@ -212,3 +214,29 @@ def test_retention_counts_as_finished_exactly_the_jobs_only_a_failed_output_move
     finished = {s for s in statuses if set(jobs.TRANSITIONS.get(s, ())) <= {"failed_outputs"}}
     assert set(JOB_FINAL) == set(jobs.FINAL) == finished
     assert "failed_outputs" not in JOB_FINAL, "retention keeps a job with an output to resend"
+
+
+def _received(filename: str, at: datetime) -> Message:
+    return Message(
+        b"503\\*\r\n", "gp-extract-intake", received_at=at, source={"filename": filename}
+    )
+
+
+def test_a_file_is_judged_by_the_day_it_was_received_however_late_it_is_processed(
+    monkeypatch,
+):
+    """The post-office switch may hold a file for days: its date is checked against the day
+    it arrived, not the day the intake was switched back on."""
+    monkeypatch.delenv(PROCESSING_DATE_ENV, raising=False)
+    on_time = _received("A82023_GPR4LNA1.CSA", datetime(2020, 4, 10, 9, tzinfo=UTC))
+    outputs = dps_handoff.intake(on_time)
+    assert json.loads(outputs["job"].data)["status"] == "sent_to_dps"
+    assert "dps" in outputs
+
+
+def test_the_processing_date_setting_still_overrides_the_day_received(monkeypatch):
+    monkeypatch.setenv(PROCESSING_DATE_ENV, "2020-04-20")
+    late = _received("A82023_GPR4LNA1.CSA", datetime(2020, 4, 10, 9, tzinfo=UTC))
+    record = json.loads(dps_handoff.intake(late)["job"].data)
+    assert record["status"] == "failed_validation"
+    assert "more than 14 days before 2020-04-20" in record["error"]
