@@ -11,13 +11,15 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 PATTERN = re.compile(r"^[A-Z]\d{5}_GPR4[A-Z0-9]{3}1\.[A-L][1-9A-V][A-Z]$")
 MAX_AGE = timedelta(days=14)
+LONDON = ZoneInfo("Europe/London")
 MONTHS = "ABCDEFGHIJKL"
 DAYS = "123456789ABCDEFGHIJKLMNOPQRSTUV"
 # Tests (and an operator replaying old files) set the processing date; default: the day
-# the file was received (UTC).
+# the file was received, in England (GP systems date their extracts in local time).
 PROCESSING_DATE_ENV = "TIE_DPS_PROCESSING_DATE"
 
 
@@ -35,12 +37,13 @@ class GpExtractName:
 
 
 def processing_date(received: datetime | None = None) -> date:
-    """``TIE_DPS_PROCESSING_DATE`` (YYYY-MM-DD) when set, else the day ``received`` (UTC),
-    else today: a file the post-office switch held for days is judged by when it came."""
+    """``TIE_DPS_PROCESSING_DATE`` (YYYY-MM-DD) when set, else the day ``received``, else
+    today, in England: a file the post-office switch held for days is judged by when it
+    came, and one sent just after midnight in summer (BST) is not from tomorrow."""
     configured = os.environ.get(PROCESSING_DATE_ENV)
     if configured:
         return date.fromisoformat(configured)
-    return (received or datetime.now(UTC)).astimezone(UTC).date()
+    return (received or datetime.now(UTC)).astimezone(LONDON).date()
 
 
 def validate_filename(name: str, today: date | None = None) -> GpExtractName:

@@ -240,3 +240,12 @@ def test_the_processing_date_setting_still_overrides_the_day_received(monkeypatc
     record = json.loads(dps_handoff.intake(late)["job"].data)
     assert record["status"] == "failed_validation"
     assert "more than 14 days before 2020-04-20" in record["error"]
+
+
+def test_the_day_received_is_the_day_in_england(monkeypatch):
+    """A file dated 10 April and sent 20 minutes into that day in England (BST) arrives
+    at 23:20 UTC on the 9th: it is not from the future."""
+    monkeypatch.delenv(PROCESSING_DATE_ENV, raising=False)
+    just_after_midnight = datetime(2020, 4, 9, 23, 20, tzinfo=UTC)
+    outputs = dps_handoff.intake(_received("A82023_GPR4LNA1.DAA", just_after_midnight))
+    assert json.loads(outputs["job"].data)["status"] == "sent_to_dps"
