@@ -663,3 +663,24 @@ def test_a_file_sent_again_with_other_content_is_a_new_job(
         assert len(list_jobs(running.store)) == 2
     finally:
         running.stop()
+
+
+def test_a_non_delivery_report_for_a_csv_file_shows_on_the_completed_job(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        wait_until(lambda: mesh_sandbox.inbox(DPS), timeout=30)
+        fake_dps(mesh_sandbox)
+        first, *_ = wait_until(lambda: len(i := mesh_sandbox.inbox(PCSE)) == 3 and i, timeout=30)
+        wait_until(lambda: _all_settled(running.store))
+        assert _job_in(running.store, "completed")
+        mesh_sandbox.report(HUB, first, "14", "Message not collected by recipient")
+        job = wait_until(lambda: _job_in(running.store, "failed_outputs"), timeout=30)
+        assert job["error"] == (
+            "delivery to pcse failed: "
+            "MESH non-delivery report 14: Message not collected by recipient"
+        )
+    finally:
+        running.stop()
