@@ -148,13 +148,14 @@ class Engine:
         if unsettled:
             self.processor.wake()
 
-    def deliveries_settled(self, conn: Connection, ids: list[int]) -> None:
-        """In the transaction that settles deliveries ``ids`` for good (sent or failed): the
-        DPS jobs they belong to follow; a job record's own delivery is not one of its outputs.
-        Without a channel that records jobs there is nothing to look up."""
+    def deliveries_settled(self, conn: Connection, channel: str, ids: list[int]) -> None:
+        """In the transaction that settles ``channel``'s deliveries ``ids`` for good (sent or
+        failed): the DPS jobs they belong to follow; a job record's own delivery is not one
+        of its outputs. Only a channel that records jobs has any: the others' rounds cost
+        no query."""
         local = local_routes(self.channels, LOCAL_KINDS)
-        if local:
-            jobs.settled(conn, ids, {(c, d) for c, routes in local.items() for d in routes})
+        if channel in local:
+            jobs.settled(conn, ids, {(channel, d) for d in local[channel]})
 
     def replayed(self, kind: str, results: list[ReplayResult]) -> None:
         """Wake who has new work after a reprocess (the processor) or a resend (the

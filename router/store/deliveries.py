@@ -34,9 +34,9 @@ from router.store.schema import PENDING, attempts, deliveries
 
 log = logging.getLogger(__name__)
 d = deliveries.c
-# Told, in the transaction that settles them, the ids of deliveries sent or failed for good
-# (so a DPS job follows its file to DPS and its outputs).
-OnSettled = Callable[[Connection, list[int]], None]
+# Told, in the transaction that settles them, a channel and the ids of its deliveries sent
+# or failed for good (so a DPS job follows its file to DPS and its outputs).
+OnSettled = Callable[[Connection, str, list[int]], None]
 # Told, in the transaction that fails them, the ids of deliveries failed for good.
 OnFailed = OnSettled
 
@@ -336,6 +336,7 @@ def _settling(
     """``record``'s work for a transaction, and the attempts' outcomes."""
     now = utcnow()
     attempt_rows, updates = [], []
+    by_channel: dict[str, list[int]] = {}  # sent or failed for good
     for a in done:
         number = a.delivery.attempts + 1
         outcome = a.result.outcome
@@ -353,6 +354,8 @@ def _settling(
                 "error": a.result.error,
             }
         )
+        if status in ("sent", "failed"):
+            by_channel.setdefault(a.delivery.channel, []).append(a.delivery.id)
         updates.append(
             {
                 "id": a.delivery.id,
@@ -377,9 +380,10 @@ def _settling(
                     len(updates) - settled,
                     [u["id"] for u in updates],
                 )
-        done_ids = [u["id"] for u in updates if u["status"] in ("failed", "sent")]
-        if done_ids and on_settled is not None:
-            on_settled(conn, done_ids)  # it checks their status: a lost lease settles nothing
+        if on_settled is not None:
+            for channel, ids in by_channel.items():
+                # It checks their status: a lost lease settles nothing.
+                on_settled(conn, channel, ids)
         if untried:
             _release(conn, and_(d.id.in_(untried), d.lease_owner == owner))
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import httpx
+import pytest
 import yaml
 from sqlalchemy import select, update
 from tie_testing import RunningEngine, api_token, channel, engine_config, wait_until
@@ -13,6 +14,7 @@ from tie_testing import RunningEngine, api_token, channel, engine_config, wait_u
 from router.cli import main
 from router.connectors import Delivery
 from router.dps.jobs import JobSender, apply, job_record, list_jobs
+from router.engine import Engine
 from router.local_destinations import Refusal
 from router.store.database import Store
 from router.store.inbound import Inbound, write_inbound
@@ -167,3 +169,27 @@ def test_a_gp_file_received_again_is_a_duplicate_only_while_its_job_went_on(stor
         assert {j["job_id"] for j in list_jobs(store)} == {first[0], third[0]}
     finally:
         store.dispose()
+
+
+class _Unusable:
+    """A connection that fails if anything is asked of it."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the connection was used ({name})")
+
+
+def test_only_a_channel_that_records_jobs_looks_its_settled_deliveries_up(tmp_path, store_url):
+    """The dispatcher tells the engine of every round's settled deliveries; a channel with no
+    ``job`` destination (every HL7 and FHIR feed) must cost that round no query."""
+    out = {"out": {"file": {"directory": str(tmp_path / "out"), "name": "{message_id}"}}}
+    plain = channel({"name": "plain", "source": {"channel": {}}, "destinations": out})
+    recording = channel(
+        {"name": "recording", "source": {"channel": {}}, "destinations": {"job": {"job": {}}}}
+    )
+    engine = Engine(engine_config(tmp_path, store_url), {"plain": plain, "recording": recording})
+    try:
+        engine.deliveries_settled(_Unusable(), "plain", [1, 2, 3])  # type: ignore[arg-type]
+        with pytest.raises(AssertionError, match="the connection was used"):
+            engine.deliveries_settled(_Unusable(), "recording", [1])  # type: ignore[arg-type]
+    finally:
+        engine.store.dispose()

@@ -184,7 +184,7 @@ class MailboxPoller:
                 error = f"non-delivery report for delivery {target.id}: {reason}"
                 _fail_delivery(conn, target, reason, json.dumps(meta).encode(), now)
                 if self._on_failed is not None:
-                    self._on_failed(conn, [target.id])
+                    self._on_failed(conn, target.channel, [target.id])
             write_inbound(
                 conn,
                 [
