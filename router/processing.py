@@ -207,6 +207,7 @@ class Processor:
         if len(ids) < len(items):
             ids |= _ids(conn, [i.uuid for i in items if i.id is None])
         settled = [(_Stored(ids[i.uuid], i.channel), cast(Outcome, i.outcome)) for i in items]
+        _insert_keys(conn, settled)
         return _record(conn, settled, utcnow(), self._unmatched)
 
     def _run(self) -> None:
@@ -335,10 +336,12 @@ def _write(
     unmatched: dict[str, UnmatchedFlag] | None = None,
     local: LocalRoutes | None = None,
 ) -> set[DestinationKey]:
-    """Settle messages, apply local destinations, insert deliveries and keys, flag results
-    with no known order; rows settled elsewhere meanwhile are skipped."""
+    """Settle messages, insert their keys, apply local destinations, insert deliveries, flag
+    results with no known order; rows settled elsewhere meanwhile are skipped. The keys go
+    first: a local destination looks them up (a DPS job's answer earlier in the batch)."""
     now = utcnow()
     settled = _settle(conn, outcomes, now)
+    _insert_keys(conn, settled)
     if local:
         for row, outcome in settled:
             if outcome.status == "processed" and row.channel in local:
@@ -379,18 +382,12 @@ def _record(
     now: datetime,
     unmatched: dict[str, UnmatchedFlag] | None = None,
 ) -> set[DestinationKey]:
-    """Insert settled messages' deliveries, keys and flags; the destinations given queued
-    deliveries."""
+    """Insert settled messages' deliveries and flags (their keys are in already); the
+    destinations given queued deliveries."""
     delivery_rows = [
         _delivery_row(row, d, now) for row, outcome in settled for d in outcome.deliveries
     ]
     insert_rows(conn, deliveries, delivery_rows)
-    key_rows = [
-        {"message_id": row.id, "key": key, "value": value}
-        for row, outcome in settled
-        for key, value in dict.fromkeys(outcome.correlations)
-    ]
-    insert_rows(conn, correlations, key_rows)
     flags = [(flag, row.id) for row, outcome in settled for flag in outcome.flags]
     if unmatched:
         processed = [
@@ -403,6 +400,16 @@ def _record(
         rows = [{"flag": flag, "message_id": mid} for flag, mid in dict.fromkeys(flags)]
         conn.execute(_INSERT_FLAGS, rows)
     return {(r["channel"], r["destination"]) for r in delivery_rows if r["status"] == "queued"}
+
+
+def _insert_keys(conn: Connection, settled: Sequence[tuple[Any, Outcome]]) -> None:
+    """Insert settled messages' correlation keys."""
+    key_rows = [
+        {"message_id": row.id, "key": key, "value": value}
+        for row, outcome in settled
+        for key, value in dict.fromkeys(outcome.correlations)
+    ]
+    insert_rows(conn, correlations, key_rows)
 
 
 def _settle(

@@ -684,3 +684,25 @@ def test_a_non_delivery_report_for_a_csv_file_shows_on_the_completed_job(
         )
     finally:
         running.stop()
+
+
+def test_results_sent_twice_and_processed_together_name_the_first_as_the_original(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        with mesh_sandbox.client(DPS) as dps:
+            job_id = dps.retrieve_message(wait_until(dps.list_messages, timeout=30)[0]).local_id
+        set_paused(running.store, "dps-results", True, actor="test", reason="batch them")
+        _send_results(mesh_sandbox, job_id, _results(job_id))
+        _send_results(mesh_sandbox, job_id, _results(job_id))
+        wait_until(lambda: _count(running.store, "received") == 2, timeout=30)
+        set_paused(running.store, "dps-results", False, actor="test", reason="over")
+        running.engine.processor.wake()
+        first, second = wait_until(lambda: _results_messages(running.store), timeout=30)
+        assert (first.status, second.status) == ("processed", "filtered")
+        assert second.duplicate_of == first.id
+        assert second.error.startswith(f"duplicate of {first.uuid}: job {job_id} is completed")
+    finally:
+        running.stop()
