@@ -132,9 +132,15 @@ def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str
             correlations.c.key == KEY,
         )
     ).all()
-    for job_id, message_id, channel, destination, status, error, uuid in found:
-        if (channel, destination) in local:
-            continue
+    found = [r for r in found if (r.channel, r.destination) not in local]
+    outputs = sorted({r.value for r in found if r.uuid != r.value})
+    if outputs and conn.dialect.name == "postgresql":
+        # The outputs' workers settle side by side: the second waits for the first to
+        # commit, so each sees the other's outcome before judging the job (in one order:
+        # no deadlock between two rounds).
+        query = select(jobs.c.job_id).where(jobs.c.job_id.in_(outputs)).order_by(jobs.c.job_id)
+        conn.execute(query.with_for_update()).all()
+    for job_id, message_id, _, destination, status, error, uuid in found:
         failure = f"delivery to {destination} failed: {error or 'no reason given'}"
         if uuid == job_id:  # the intake's: the file to DPS
             if status == "failed":

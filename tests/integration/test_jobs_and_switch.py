@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import httpx
 import pytest
 import yaml
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, text, update
 from tie_testing import RunningEngine, api_token, channel, engine_config, wait_until
 
 from router.cli import main
 from router.connectors import Delivery
-from router.dps.jobs import JobSender, apply, job_record, list_jobs
+from router.dps.jobs import JobSender, apply, job_record, list_jobs, settled
 from router.engine import Engine
 from router.local_destinations import Refusal
 from router.store.database import Store
-from router.store.inbound import Inbound, write_inbound
+from router.store.inbound import Inbound, utcnow, write_inbound
 from router.store.migrate import upgrade
-from router.store.schema import audit_events, channel_state, jobs, messages
+from router.store.schema import (
+    audit_events,
+    channel_state,
+    correlations,
+    deliveries,
+    jobs,
+    messages,
+)
 
 TOKEN = "tie_switch-test-token"
 
@@ -193,3 +201,67 @@ def test_only_a_channel_that_records_jobs_looks_its_settled_deliveries_up(tmp_pa
             engine.deliveries_settled(_Unusable(), "recording", [1])  # type: ignore[arg-type]
     finally:
         engine.store.dispose()
+
+
+def _waiting_or_done(store: Store, worker: threading.Thread) -> bool:
+    """Whether ``worker`` finished, or waits on a row lock another transaction holds."""
+    if not worker.is_alive():
+        return True
+    with store.read() as conn:
+        waits = conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    return bool(waits)
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # SQLite: one writer
+def test_the_last_two_resent_outputs_sent_side_by_side_complete_the_job(store_url):
+    """The CSV files and the summary email have a worker each: on PostgreSQL their rounds
+    settle side by side, and each must see the other's outcome before judging the job."""
+    store = Store(store_url)
+    upgrade(store)
+    now = utcnow()
+    row = {"content_type": "text/plain", "payload": b"x", "next_attempt_at": now}
+    try:
+        with store.begin() as conn:
+            conn.execute(jobs.insert().values(job_id="j", status="failed_outputs", updated_at=now))
+            results = conn.execute(
+                messages.insert().values(
+                    uuid="r",
+                    channel="dps-results",
+                    received_at=now,
+                    status="processed",
+                    content_type="application/x-ndjson",
+                    size=1,
+                    raw=b"x",
+                )
+            ).inserted_primary_key[0]
+            conn.execute(correlations.insert().values(message_id=results, key="dps_job", value="j"))
+            copies = []
+            for destination in ("pcse", "summary-email"):
+                values = {**row, "message_id": results, "channel": "dps-results"}
+                values |= {"destination": destination, "created_at": now, "updated_at": now}
+                first = conn.execute(deliveries.insert().values(**values, status="resent"))
+                copy = deliveries.insert().values(
+                    **values, status="sending", resent_from=first.inserted_primary_key[0]
+                )
+                copies.append(conn.execute(copy).inserted_primary_key[0])
+
+        def sent(conn: Connection, delivery: int) -> None:
+            conn.execute(
+                update(deliveries).where(deliveries.c.id == delivery).values(status="sent")
+            )
+            settled(conn, [delivery], {("dps-results", "job")})
+
+        with store.begin() as conn:
+            sent(conn, copies[0])
+            other = threading.Thread(target=lambda: store.run(lambda c: sent(c, copies[1])))
+            other.start()
+            wait_until(lambda: _waiting_or_done(store, other))
+        other.join()
+        assert list_jobs(store)[0]["status"] == "completed"
+    finally:
+        store.dispose()
