@@ -26,10 +26,18 @@ from router.connectors import Delivery, SendResult
 from router.local_destinations import Refusal
 from router.store.database import Store
 from router.store.inbound import utcnow
-from router.store.schema import HELD, PENDING, correlations, deliveries, jobs, messages
+from router.store.schema import (
+    HELD,
+    JOB_KEY,
+    PENDING,
+    correlations,
+    deliveries,
+    jobs,
+    messages,
+)
 
 FIELDS = ("practice", "filename", "received_at", "status", "statistics", "error")
-KEY = "dps_job"  # the correlation key the mapping sets: the job id
+KEY = JOB_KEY  # the correlation key the mapping sets: the job id
 # Statuses the intake sets on a new job, and the results' statuses.
 STARTS = ("sent_to_dps", "failed_validation")
 RESULTS = ("completed", "failed_dps_validation", "failed_results")

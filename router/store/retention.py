@@ -5,9 +5,10 @@ message may go once it is older than the channel keeps messages and settled (pro
 filtered: never received, validating or error, which still need someone), none of its
 deliveries is pending, held or failed, no ServiceRequest in the registry points at it (the
 registry is the requests' current state, not history) and the DPS job it started (keyed by
-its UUID) is not still in progress. With it go its deliveries, their attempts and MESH
-records, its correlation keys and its flags, its finished DPS job, and each decided hold
-batch (with its approvals) none of whose deliveries is left. A later message reprocessed
+its UUID) is not still in progress, nor has an output (a CSV file, the summary email)
+still to be sent. With it go its deliveries, their attempts and MESH records, its
+correlation keys and its flags, its finished DPS job, and each decided hold batch (with
+its approvals) none of whose deliveries is left. A later message reprocessed
 from it, or recognised as its repeat, stays and loses only that link. The audit log is
 never touched: it keeps every reprocess, hold request, approval and release.
 """
@@ -26,6 +27,7 @@ from router.store.schema import (
     BATCH_DECIDED,
     HELD,
     JOB_FINAL,
+    JOB_KEY,
     PENDING,
     attempts,
     correlations,
@@ -65,6 +67,15 @@ def _removable(channel: str, before: datetime) -> ColumnElement[bool]:
     unfinished = exists().where(d.message_id == m.id, d.status.in_(UNFINISHED_DELIVERY))
     registered = exists().where(service_requests.c.message_id == m.id)
     job_running = exists().where(jobs.c.job_id == m.uuid, jobs.c.status.not_in(JOB_FINAL))
+    # A completed job whose results' outputs are still to be sent may yet fail them.
+    outputs = deliveries.alias("outputs").c
+    c = correlations.c
+    outputs_unsent = exists().where(
+        c.value == m.uuid,
+        c.key == JOB_KEY,
+        outputs.message_id == c.message_id,
+        outputs.status.in_(UNFINISHED_DELIVERY),
+    )
     return (
         (m.channel == channel)
         & m.status.in_(SETTLED)
@@ -72,6 +83,7 @@ def _removable(channel: str, before: datetime) -> ColumnElement[bool]:
         & ~unfinished
         & ~registered
         & ~job_running
+        & ~outputs_unsent
         & (m.id < newest)
         & ~exists().where(d.message_id == m.id, d.id == newest_delivery)
     )

@@ -328,6 +328,7 @@ service_request_identifiers = Table(
 # DPS handoff jobs: one a GP extract, keyed by the intake message's UUID (router/dps/jobs.py).
 # A job in any other status is still in progress (router/dps/jobs.py FINAL).
 JOB_FINAL = ("completed", "failed_validation", "failed_dps_validation")
+JOB_KEY = "dps_job"  # the correlation key of a job's messages: the job id
 jobs = Table(
     "jobs",
     metadata,

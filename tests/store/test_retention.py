@@ -450,3 +450,22 @@ def test_a_reused_blob_is_young_again_and_a_discarded_one_is_written_again(tmp_p
     assert not path.exists()
     blobs.put(b"A" * 100)  # a new copy after the discard is written anew
     assert path.read_bytes() == b"A" * 100
+
+
+def test_a_completed_dps_job_stays_while_the_outputs_of_its_results_are_to_be_sent(store):
+    """Until its CSV files and summary email are sent, a completed job may still become
+    failed_outputs: it, and its intake message, stay as long as one of them is unfinished."""
+    receive(store, old("INTAKE", "ADT^A01"), old("RESULTS"), young("NEW"))
+    process(store, orders())
+    intake = job(store, "INTAKE", "completed")
+    with store.begin() as conn:
+        results = conn.scalar(select(m.id).where(m.control_id == "RESULTS"))
+        conn.execute(correlations.insert().values(message_id=results, key="dps_job", value=intake))
+
+    Pruner(store).prune(orders())
+
+    assert control_ids(store) == {"INTAKE", "RESULTS", "NEW"}
+    deliver(store, "RESULTS", "sent")
+    pruned = Pruner(store).prune(orders())
+    assert control_ids(store) == {"NEW"}
+    assert (pruned.messages, pruned.jobs) == (2, 1)
