@@ -7,10 +7,12 @@ import io
 import json
 import tracemalloc
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 
 from mappings import dps_handoff
+from router.config import load_channel, load_engine
 from router.dps import jobs
 from router.dps.filename import PROCESSING_DATE_ENV, FilenameError, validate_filename
 from router.dps.results import (
@@ -249,3 +251,13 @@ def test_the_day_received_is_the_day_in_england(monkeypatch):
     just_after_midnight = datetime(2020, 4, 9, 23, 20, tzinfo=UTC)
     outputs = dps_handoff.intake(_received("A82023_GPR4LNA1.DAA", just_after_midnight))
     assert json.loads(outputs["job"].data)["status"] == "sent_to_dps"
+
+
+def test_the_example_engine_configuration_loads_with_its_channels():
+    """docs/dps-handoff.md runs the example as it is: `run.py --config
+    examples/dps-handoff/engine.yaml serve`."""
+    folder = Path(__file__).resolve().parents[2] / "examples" / "dps-handoff"
+    config = load_engine(folder / "engine.yaml")
+    assert config.store == f"sqlite:///{(folder / '../../data/dps-handoff.db').resolve()}"
+    names = {load_channel(p).name for p in sorted((folder / "channels").glob("*.yaml"))}
+    assert names == {"gp-extract-intake", "dps-results"}
