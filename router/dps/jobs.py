@@ -78,10 +78,11 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
         job_id, status = str(record["job_id"]), str(record["status"])
     except (ValueError, KeyError, TypeError) as exc:
         return Refusal("error", f"not a job record: {exc}")
-    query = select(jobs.c.status).where(jobs.c.job_id == job_id)
+    query = select(jobs.c.status, jobs.c.practice, jobs.c.filename).where(jobs.c.job_id == job_id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()  # two nodes' results for one job: one waits
-    current = conn.scalar(query)
+    job = conn.execute(query).first()
+    current = job.status if job else None
     values = {k: _column(k, record[k]) for k in FIELDS if record.get(k) is not None}
     values["updated_at"] = utcnow()
     if status in STARTS:
@@ -103,6 +104,9 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
     if current is None:
         return Refusal("error", f"no job {job_id}: results for a job tie never started; not sent")
     if current not in ANSWERED and status in TRANSITIONS.get(current, ()):
+        mismatch = _other_file(job, record)
+        if mismatch:
+            return Refusal("error", f"job {job_id} is {mismatch}: not sent")
         conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(**values))
         return None
     if current in ANSWERED:
@@ -112,6 +116,21 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
             reason = f"duplicate of {original[1]}: {reason}"
         return Refusal("filtered", reason, original[0] if original else None)
     return Refusal("error", f"job {job_id} is {current}: it never went to DPS; results not sent")
+
+
+def _other_file(job: Any, record: dict[str, Any]) -> str | None:
+    """How results ``record`` names another GP file or practice than ``job`` is, if it
+    does: its CSV files would go to PCSE under the wrong practice."""
+    named = (record.get("practice"), record.get("filename"))
+    known = (job.practice, job.filename)
+    if not all(named) or not all(known):
+        return None  # a header that could not be read names neither
+    if [str(v).upper() for v in named] == [str(v).upper() for v in known]:
+        return None
+    return (
+        f"GP file {known[1]} of practice {known[0]}; these results name "
+        f"{named[1]} of practice {named[0]}"
+    )
 
 
 def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str]]) -> None:

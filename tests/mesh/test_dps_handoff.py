@@ -706,3 +706,28 @@ def test_results_sent_twice_and_processed_together_name_the_first_as_the_origina
         assert second.error.startswith(f"duplicate of {first.uuid}: job {job_id} is completed")
     finally:
         running.stop()
+
+
+def test_results_naming_another_practices_file_for_a_job_send_nothing(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox)
+        with mesh_sandbox.client(DPS) as dps:
+            job_id = dps.retrieve_message(wait_until(dps.list_messages, timeout=30)[0]).local_id
+        other = {"practice": "B12345", "filename": "B12345_GPR4LNA1.CSA"}
+        _send_results(
+            mesh_sandbox, job_id, [{**_results(job_id)[0], **other}, *_results(job_id)[1:]]
+        )
+        (refused,) = wait_until(lambda: _results_messages(running.store), timeout=30)
+        assert refused.status == "error"
+        assert refused.error == (
+            f"job {job_id} is GP file {GP_FILE} of practice A82023; these results name "
+            "B12345_GPR4LNA1.CSA of practice B12345: not sent"
+        )
+        (job,) = list_jobs(running.store)
+        assert (job["status"], job["practice"]) == ("sent_to_dps", "A82023")
+        assert _sent_to(running.store, "pcse") == 0 and relay.emails() == []
+    finally:
+        running.stop()
