@@ -77,9 +77,10 @@ def _engine(
     sandbox: MeshSandbox,
     relay: SmtpRelay,
     dps_mailbox: str | None = None,
+    chunk: str | None = None,
     **results: str,
 ) -> RunningEngine:
-    mailbox = mailbox_config(sandbox)
+    mailbox = mailbox_config(sandbox, **({"max_chunk_size": chunk} if chunk else {}))
     config = engine_config(
         tmp_path,
         store_url,
@@ -729,5 +730,34 @@ def test_results_naming_another_practices_file_for_a_job_send_nothing(
         (job,) = list_jobs(running.store)
         assert (job["status"], job["practice"]) == ("sent_to_dps", "A82023")
         assert _sent_to(running.store, "pcse") == 0 and relay.emails() == []
+    finally:
+        running.stop()
+
+
+def test_a_chunked_extract_goes_to_dps_whole_and_chunked_results_make_the_csvs(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    """MESH splits a large file into chunks (20 MiB on live MESH; 1 MiB here): the extract
+    reaches DPS byte for byte, and results in chunks are read as one stream."""
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay, chunk="1MiB")
+    patient = b"DOW~1~~~~~~%010d~SMITH~JOHN~~MR~1~20020101~1 HIGH ST~LONDON\r\nDOW~2~~~\r\n"
+    extract = _sample(GP_FILE) + b"".join(patient % i for i in range(40_000))
+    try:
+        with mesh_sandbox.client(GP, max_chunk_size=1024 * 1024) as gp:
+            gp.send_message(HUB, extract, workflow_id="LISTREC_GP_EXTRACT", filename=GP_FILE)
+        with mesh_sandbox.client(DPS) as dps:
+            request = dps.retrieve_message(wait_until(dps.list_messages, timeout=60)[0])
+            assert request.mex_header("chunk-range") == "1:3"
+            assert request.read() == extract, "the file goes to DPS unchanged"
+            job_id = request.local_id
+        difference = {"type": "difference", "record": {"nhsNumber": "1", "ruleId": "MN-BR-DB-01"}}
+        body = "".join(json.dumps(line) + "\n" for line in _results(job_id, *[difference] * 40_000))
+        with mesh_sandbox.client(DPS, max_chunk_size=1024 * 1024) as dps:
+            dps.send_message(HUB, body.encode(), workflow_id="LISTREC_DPS_RESULT", local_id=job_id)
+        files = wait_until(lambda: len(f := _pcse_files(mesh_sandbox)) == 3 and f, timeout=60)
+        (cdd,) = [data for name, data in files.items() if "-CDD-" in name]
+        assert len(cdd.splitlines()) == 1 + 40_000
+        job = wait_until(lambda: _job_in(running.store, "completed"), timeout=30)
+        assert job["statistics"]["differences"] == 40_000
     finally:
         running.stop()
