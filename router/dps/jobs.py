@@ -102,7 +102,9 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
     if status not in RESULTS:
         return Refusal("error", f"job {job_id}: unknown status {status!r}")
     if current is None:
-        return Refusal("error", f"no job {job_id}: results for a job tie never started; not sent")
+        reason = f"no job {job_id}: results for a job tie never started; not sent"
+        # Results that could not be read say why too: their MESH local id named the job.
+        return Refusal("error", f"{reason} ({record['error']})" if record.get("error") else reason)
     if current not in ANSWERED and status in TRANSITIONS.get(current, ()):
         mismatch = _other_file(job, record)
         if mismatch:

@@ -761,3 +761,20 @@ def test_a_chunked_extract_goes_to_dps_whole_and_chunked_results_make_the_csvs(
         assert job["statistics"]["differences"] == 40_000
     finally:
         running.stop()
+
+
+def test_unreadable_results_whose_local_id_names_no_job_keep_why_they_could_not_be_read(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        with mesh_sandbox.client(DPS) as dps:
+            dps.send_message(
+                HUB, b"not json\n", workflow_id="LISTREC_DPS_RESULT", local_id="no-such-job"
+            )
+        (message,) = wait_until(lambda: _results_messages(running.store), timeout=30)
+        assert message.status == "error"
+        assert message.error.startswith("no job no-such-job: results for a job tie never started")
+        assert message.error.endswith("(line 1: not JSON: Expecting value)")
+    finally:
+        running.stop()
