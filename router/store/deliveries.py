@@ -37,7 +37,8 @@ d = deliveries.c
 # Told, in the transaction that settles them, a channel and the ids of its deliveries sent
 # or failed for good (so a DPS job follows its file to DPS and its outputs).
 OnSettled = Callable[[Connection, str, list[int]], None]
-# Told, in the transaction that fails them, the ids of deliveries failed for good.
+# Told, in the transaction that fails them, a channel and its deliveries failed for good
+# (a MESH non-delivery report's).
 OnFailed = OnSettled
 
 
