@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -28,7 +30,7 @@ from router.connectors.file import FileSender
 from router.connectors.file_source import file_schedule
 from router.connectors.http import HttpSender
 from router.connectors.mesh.build import check_mailboxes, mesh_schedule, mesh_sender
-from router.connectors.mllp.listener import MllpListener
+from router.connectors.mllp.listener import ListenError, MllpListener
 from router.connectors.mllp.sender import MllpSender
 from router.connectors.smtp import SmtpSender
 from router.dispatch import Dispatcher
@@ -212,6 +214,7 @@ class Engine:
             from router.api.app import create_app
 
             app = create_app(self)
+            sock = http_socket(self.config.http.host, self.config.http.port)
             self.http = _HttpServer(
                 uvicorn.Config(
                     app,
@@ -221,7 +224,7 @@ class Engine:
                     lifespan="off",
                 )
             )
-            self._http_task = asyncio.create_task(self.http.serve())
+            self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]))
             while not self.http.started and not self._http_task.done():
                 await asyncio.sleep(0.01)
             if self._http_task.done():
@@ -275,6 +278,25 @@ class Engine:
 def _report_reload(task: asyncio.Task[ReloadResult]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("reload on SIGHUP failed: %s", task.exception())
+
+
+def http_socket(host: str, port: int) -> socket.socket:
+    """The HTTP server's socket, bound here rather than by uvicorn, which would log its own
+    line and exit: a port in use is a ListenError naming engine.yaml's key, as for MLLP."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(
+            exc.errno,
+            f"HTTP cannot listen on {host}:{port}: "
+            + (os.strerror(exc.errno) if exc.errno else str(exc))
+            + " (http.host and http.port in engine.yaml)",
+        ) from exc
+    return sock
 
 
 class _HttpServer(uvicorn.Server):

@@ -345,6 +345,30 @@ def test_serve_names_the_channel_whose_port_is_taken(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_serve_names_the_http_port_when_it_is_taken(tmp_path):
+    """uvicorn would log its own line and exit 3; the engine says which setting to change."""
+    workspace = write_workspace(tmp_path, f"sqlite:///{tmp_path / 'tie.db'}", lab_port=2576)
+    engine = yaml.safe_load(workspace.config.read_text())
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        engine["http"]["port"] = port
+        workspace.config.write_text(yaml.safe_dump(engine))
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), "--config", str(workspace.config), "serve"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert (
+        f"error: HTTP cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(http.host and http.port in engine.yaml)"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # --- db upgrade -------------------------------------------------------------------------
 
 
