@@ -256,7 +256,13 @@ class Engine:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # A start cut short (a port in use) stops what it started, so that the log
+            # shows the cause and not each worker cancelled as if it had died.
+            await self.stop()
+            raise
         await self._stop.wait()
         log.info("stopping")
         await self.stop()

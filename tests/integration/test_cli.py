@@ -343,6 +343,8 @@ def test_serve_names_the_channel_whose_port_is_taken(tmp_path):
         "Address already in use"
     ) in result.stderr
     assert "Traceback" not in result.stderr
+    # What had started is stopped: no worker is reported dead (an ERROR a night shift chases).
+    assert "ERROR" not in result.stderr
 
 
 def test_serve_names_the_http_port_when_it_is_taken(tmp_path):
@@ -367,6 +369,7 @@ def test_serve_names_the_http_port_when_it_is_taken(tmp_path):
         "(http.host and http.port in engine.yaml)"
     ) in result.stderr
     assert "Traceback" not in result.stderr
+    assert "ERROR" not in result.stderr
 
 
 # --- db upgrade -------------------------------------------------------------------------
