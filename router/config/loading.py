@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import types
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from router.config._base import M
 from router.config.channel import ChannelConfig, FilePoll
@@ -247,7 +250,7 @@ def _validate(model: type[M], data: dict[str, Any], path: Path) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            ConfigProblem(str(path), key_path(err["loc"]), error_message(err))
+            ConfigProblem(str(path), key_path(err["loc"]), error_message(err, model))
             for err in exc.errors()
         ) from exc
 
@@ -262,10 +265,61 @@ def key_path(loc: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
-def error_message(err: Any) -> str:
+def error_message(err: Any, model: type[BaseModel] | None = None) -> str:
     message = str(err["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
     if err["type"] == "extra_forbidden":
-        return "unknown key"
+        return unknown_key(model, tuple(err["loc"]))
     return message
+
+
+def unknown_key(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> str:
+    """``unknown key``, with the nearest accepted key and the keys accepted there: a typo
+    (``max_attempt``) is fixed from the message, without the documentation at hand."""
+    keys = accepted_keys(model, loc[:-1]) if model is not None else []
+    if not keys:
+        return "unknown key"
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    hint = f": did you mean {close[0]}?" if close else ""
+    return f"unknown key{hint} (keys here: {', '.join(keys)})"
+
+
+def accepted_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys the models accept at ``loc`` (a pydantic error location), [] if unknown."""
+    found: list[Any] = [model]
+    for item in loc:
+        if not (isinstance(item, str) and item.startswith("function-")):
+            found = [inner for tp in _members(found) for inner in _step(tp, item)]
+    models = {tp for tp in _members(found) if isinstance(tp, type) and issubclass(tp, BaseModel)}
+    if len(models) != 1:
+        return []
+    [only] = models
+    return [field.alias or name for name, field in only.model_fields.items() if not field.exclude]
+
+
+def _members(candidates: list[Any]) -> list[Any]:
+    """Each type of a union (or an Annotated type) on its own."""
+    found = []
+    for tp in candidates:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            found.extend(_members([typing.get_args(tp)[0]]))
+        elif origin in (typing.Union, types.UnionType):
+            found.extend(_members(list(typing.get_args(tp))))
+        else:
+            found.append(tp)
+    return found
+
+
+def _step(tp: Any, item: Any) -> list[Any]:
+    """The type one step of a location leads to from ``tp``: a list item, a dict value or
+    a model's key."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(item, int) and origin in (list, tuple) and args:
+        return [args[0]]
+    if isinstance(item, str) and origin is dict and len(args) == 2:
+        return [args[1]]
+    if isinstance(item, str) and isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [f.annotation for n, f in tp.model_fields.items() if item in (n, f.alias)]
+    return []

@@ -233,7 +233,8 @@ def test_check_accepts_the_bundled_configuration(tmp_path):
 BROKEN = {
     "unknown key": (
         "name: broken\nsource: {mllp: {port: 2575, hots: localhost}}\n",
-        "source.mllp.hots: unknown key",
+        "source.mllp.hots: unknown key: did you mean host? "
+        "(keys here: host, port, max_frame, idle_timeout, max_connections)",
     ),
     "bad duration": (
         "name: broken\nsource: {mllp: {port: 2575}}\ndestinations:\n  lab:\n"
@@ -302,7 +303,9 @@ def test_check_names_engine_yaml_problems(tmp_path, cli):
     config.write_text("store: sqlite:///tie.db\nchannels: channels\nhttp: {prot: 8080}\n")
     run = cli(config, "check")
     assert run.code == 2
-    assert f"{config}: http.prot: unknown key" in run.err
+    assert f"{config}: http.prot: unknown key: did you mean port? (keys here: host, port)" in (
+        run.err
+    )
 
 
 def test_paths_in_engine_yaml_are_relative_to_its_folder(tmp_path, cli, monkeypatch):

@@ -592,7 +592,54 @@ def test_a_problem_reads_file_colon_path_colon_message(tmp_path):
     path = write(tmp_path / "demo.yaml", "name: demo\nsource: {mllp: {port: 1}}\ncolour: red\n")
     with pytest.raises(ConfigError) as caught:
         load_channel(path)
-    assert str(caught.value) == f"{path}: colour: unknown key"
+    assert str(caught.value) == (
+        f"{path}: colour: unknown key (keys here: name, description, enabled, source, validate, "
+        "idempotent, filter, transform, correlate, unmatched, destinations, retention)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
+        (
+            "destinations:\n  lab:\n    mllp: {host: h, port: 1}\n    retry: {max_attempt: 3}\n",
+            "destinations.lab.retry.max_attempt",
+            "unknown key: did you mean max_attempts? (keys here: max_attempts, backoff)",
+        ),
+        (
+            "filter:\n  - not: {field: PID-3, equal: x}\n",
+            "filter[0].not.equal",
+            "unknown key: did you mean equals? (keys here: field, equals, in, matches, exists, "
+            "not, any, all)",
+        ),
+        (
+            "destination: {}\n",
+            "destination",
+            "unknown key: did you mean destinations? (keys here: name,",
+        ),
+        (
+            "destinations:\n  gp:\n    mesh: {mailbox: m, workflow_id: w, to: t, workflow: w}\n",
+            "destinations.gp.mesh.workflow",
+            "unknown key: did you mean workflow_id? (keys here: mailbox, to, workflow_id, ",
+        ),
+    ],
+)
+def test_an_unknown_key_names_the_nearest_and_the_keys_accepted_there(
+    tmp_path, text, path, message
+):
+    """A typo is fixed from the message: the key meant, and what the place accepts."""
+    found = channel_problems(tmp_path, "name: demo\nsource: {mllp: {port: 1}}\n" + text)
+    assert any(p == path and m.startswith(message) for p, m in found), found
+
+
+def test_an_unknown_engine_yaml_key_names_the_nearest(tmp_path):
+    path = write(tmp_path / "engine.yaml", "dispatch: {leases: 30s}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_engine(path)
+    assert str(caught.value) == (
+        f"{path}: dispatch.leases: unknown key: did you mean lease? "
+        "(keys here: lease, batch, poll_interval, lanes)"
+    )
 
 
 def test_an_engine_error_names_the_file_and_key(tmp_path):
