@@ -237,6 +237,9 @@ def parse_yaml(text: str, path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if "'\\t'" in problem:
+            # PyYAML says "found character '\t' that cannot start any token".
+            problem = "a tab character: YAML is indented with spaces only, replace the tab"
         raise ConfigError([ConfigProblem(str(path), where, f"invalid YAML: {problem}")]) from exc
     if data is None:
         data = {}

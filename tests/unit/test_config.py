@@ -581,6 +581,11 @@ def test_a_bad_file_name_template_is_a_config_error(tmp_path, name, problem):
         ("name: other\nsource: {mllp: {port: 1}}\n", "name", "must match the file name 'demo'"),
         ("- just\n- a list\n", "", "expected a mapping of keys at the top"),
         ("name: demo\nsource: {mllp: {port: 1}\n", "line 3, column 1", "invalid YAML"),
+        (
+            "name: demo\nsource:\n\tmllp: {port: 1}\n",
+            "line 3, column 1",
+            "invalid YAML: a tab character: YAML is indented with spaces only, replace the tab",
+        ),
     ],
 )
 def test_a_channel_error_names_file_key_path_and_problem(tmp_path, text, path, message):
