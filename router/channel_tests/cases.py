@@ -17,6 +17,8 @@ class Case:
     name: str
     folder: Path
     input: Path
+    # Why the folder cannot run (no input, or two): it fails, rather than not being a case.
+    problem: str | None = None
 
     @property
     def id(self) -> str:
@@ -38,7 +40,10 @@ class Case:
 def discover(root: Path, channels: set[str] | None = None) -> list[Case]:
     """Every case under ``root``, by channel and case name; ``channels`` limits the search.
 
-    A folder with no ``input.*`` is not a case (it may group cases or hold notes).
+    A folder with no ``input.*`` and no ``outcome.json`` is not a case (it may group cases
+    or hold notes). One with golden files but no input (renamed, or left out of a commit),
+    an input of another suffix (``input.txt``) or two inputs is a case with a ``problem``:
+    it fails, where skipping it would pass with nothing tested.
     """
     found = []
     if not root.is_dir():
@@ -49,8 +54,23 @@ def discover(root: Path, channels: set[str] | None = None) -> list[Case]:
         for folder in sorted(p for p in channel_dir.iterdir() if p.is_dir()):
             inputs = [folder / f"input{suffix}" for suffix in INPUT_TYPES]
             present = [p for p in inputs if p.is_file()]
-            if len(present) == 1:
-                found.append(Case(channel_dir.name, folder.name, folder, present[0]))
-            elif len(present) > 1:
-                raise ValueError(f"{folder}: more than one input file")
+            problem = _problem(folder, present)
+            if present or problem:
+                found.append(
+                    Case(channel_dir.name, folder.name, folder, (present or inputs)[0], problem)
+                )
     return found
+
+
+def _problem(folder: Path, present: list[Path]) -> str | None:
+    expected = " or ".join(f"input{suffix}" for suffix in INPUT_TYPES)
+    if len(present) > 1:
+        return f"more than one input ({', '.join(p.name for p in present)}): keep one"
+    if present:
+        return None
+    others = sorted(p.name for p in folder.glob("input.*") if p.is_file())
+    if others:
+        return f"{others[0]} is not read: name it input.hl7 (HL7 v2) or input.json (FHIR)"
+    if (folder / "outcome.json").is_file():
+        return f"golden files but no {expected}: the message the case feeds its channel"
+    return None

@@ -52,6 +52,10 @@ def run_channel_tests(
     runner = CaseRunner(channels, config.mappings, read_endpoints(config.endpoints))
     failed = 0
     for case in cases:
+        if case.problem is not None:
+            failed += 1
+            print(f"FAIL {case.id}: {case.problem} ({case.folder})")
+            continue
         try:
             actual = runner.run(case)
         except Exception as exc:

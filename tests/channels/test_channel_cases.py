@@ -29,7 +29,7 @@ def runner() -> CaseRunner:
 
 def test_every_bundled_sample_has_a_case():
     samples = {p.name for p in (HERE.parent / "data" / "hl7v2").glob("*.hl7")}
-    inputs = {case.input.read_bytes() for case in CASES}
+    inputs = {case.input.read_bytes() for case in CASES if case.problem is None}
     missing = [
         s for s in samples if (HERE.parent / "data" / "hl7v2" / s).read_bytes() not in inputs
     ]
@@ -38,6 +38,7 @@ def test_every_bundled_sample_has_a_case():
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_channel_case(case: Case, runner: CaseRunner):
+    assert case.problem is None, f"{case.folder}: {case.problem}"
     result = compare(case, runner.run(case))
     assert result.passed, (
         f"\n{result.report()}\nIf the change is intended: python run.py check --update, "

@@ -99,3 +99,33 @@ def test_an_invalid_configuration_still_fails_before_any_case_runs(tmp_path):
     (tmp_path / "channels" / "loud.yaml").write_text("name: loud\nsource: {}\n")
     code, out = _check(config)
     assert code == 2 and "configuration is not valid" in out
+
+
+def test_a_case_folder_that_cannot_run_fails_and_says_why(tmp_path):
+    """Skipping such a folder would pass with nothing tested: an input renamed or left out
+    of a commit, an input.txt, or two inputs."""
+    config = _project(tmp_path)
+    cases = tmp_path / "tests" / "channels" / "loud"
+    assert _check(config, "--update")[0] == 0
+    for name in ("no-input", "txt", "two", "notes"):
+        (cases / name).mkdir()
+    admit = cases / "admit"
+    (cases / "no-input" / "outcome.json").write_bytes((admit / "outcome.json").read_bytes())
+    (cases / "txt" / "input.txt").write_bytes((admit / "input.hl7").read_bytes())
+    (cases / "two" / "input.hl7").write_bytes((admit / "input.hl7").read_bytes())
+    (cases / "two" / "input.json").write_text("{}")
+    (cases / "notes" / "README.md").write_text("how these cases were made\n")
+
+    code, out = _check(config)
+
+    assert code == 1
+    assert "ok   loud/admit" in out
+    assert (
+        "FAIL loud/no-input: golden files but no input.hl7 or input.json: the message the "
+        f"case feeds its channel ({cases / 'no-input'})"
+    ) in out
+    assert "FAIL loud/txt: input.txt is not read: name it input.hl7 (HL7 v2) or input.json" in out
+    assert "FAIL loud/two: more than one input (input.hl7, input.json): keep one" in out
+    assert "loud/notes" not in out
+    assert "4 channel test case(s) run" in out and "3 failed" in out
+    assert "Traceback" not in out
