@@ -75,6 +75,12 @@ def _password(args: argparse.Namespace) -> str | None:
         return None
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        # getpass would read the pipe with the password echoed, or fail with a traceback.
+        raise CommandError(
+            "no terminal to ask for the password: pipe it in with --password-stdin, "
+            "or add a token-only user with --no-password"
+        )
     first = getpass.getpass(f"password for {args.name}: ")
     if getpass.getpass("again: ") != first:
         raise CommandError("the passwords differ")

@@ -116,6 +116,18 @@ def test_users_lifecycle_on_the_command_line(config, store_url, capsys):
     assert {json.loads(details)["os_user"] for *_, details in events} == {os_user()}
 
 
+def test_users_add_without_a_terminal_says_how_to_give_the_password(config, capsys):
+    """A script or a pipe has no terminal to prompt on: one line saying what to use."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+        code = main(["--config", str(config), "users", "add", "ada", "--role", "admin"])
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "error: no terminal to ask for the password: pipe it in with --password-stdin, "
+        "or add a token-only user with --no-password\n"
+    )
+
+
 def test_first_start_without_users_says_how_to_create_the_admin(tmp_path, store_url, caplog):
     with caplog.at_level(logging.WARNING, logger="router.api.security"):
         running = RunningEngine(engine_config(tmp_path, store_url), {}, http=True)
