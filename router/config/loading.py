@@ -18,6 +18,7 @@ from router.config._base import M
 from router.config.channel import ChannelConfig, FilePoll
 from router.config.engine import EngineConfig
 from router.config.http import resolve_tls
+from router.config.mesh import SmtpTarget
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,22 @@ def channel_from_text(text: str, path: Path) -> ChannelConfig:
             destination.file.directory = (path.parent / destination.file.directory).resolve()
         if destination.http is not None:
             resolve_tls(destination.http.tls, path.parent)
+        if destination.smtp is not None:
+            _resolve_smtp(destination.smtp, path.parent)
     if config.source.http is not None and config.source.http.bars is not None:
         resolve_tls(config.source.http.bars.tls, path.parent)
     if config.source.proxy is not None:
         resolve_tls(config.source.proxy.tls, path.parent)
     return config
+
+
+def _resolve_smtp(smtp: SmtpTarget, base: Path) -> None:
+    """The relay's CA and a password file relative to the channel file, as every other path
+    in it is (not to the engine's working directory)."""
+    if smtp.ca is not None:
+        smtp.ca = (base / smtp.ca).resolve()
+    if smtp.password is not None and smtp.password.file is not None:
+        smtp.password.file = (base / smtp.password.file).resolve()
 
 
 def _resolve_file_source(poll: FilePoll, path: Path) -> None:

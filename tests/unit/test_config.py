@@ -178,6 +178,37 @@ def test_a_file_destination_directory_is_relative_to_the_channel_file(tmp_path):
     assert config.destinations["out"].file.directory == (tmp_path / "outbox").resolve()
 
 
+def test_an_smtp_relays_ca_and_password_file_are_relative_to_the_channel_file(
+    tmp_path, monkeypatch
+):
+    """Not to the working directory: a systemd unit's WorkingDirectory would change them."""
+    monkeypatch.chdir(tmp_path)
+    config = load_channel(
+        write(
+            tmp_path / "channels" / "mail.yaml",
+            """
+            name: mail
+            source: {channel: {}}
+            destinations:
+              email:
+                smtp:
+                  host: smtp.example.nhs.uk
+                  starttls: true
+                  ca: certs/relay-ca.pem
+                  username: tie
+                  password: {file: secrets/smtp}
+                  from: tie@example.nhs.uk
+                  to: [team@example.nhs.uk]
+                  subject: "{subject}"
+            """,
+        )
+    )
+    smtp = config.destinations["email"].smtp
+    assert smtp is not None and smtp.password is not None
+    assert smtp.ca == tmp_path / "channels" / "certs" / "relay-ca.pem"
+    assert smtp.password.file == tmp_path / "channels" / "secrets" / "smtp"
+
+
 def test_a_retention_archive_is_relative_to_the_channel_file(tmp_path):
     config = load_channel(
         write(
