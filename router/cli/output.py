@@ -42,13 +42,15 @@ STORE_PROBLEMS = (OperationalError, InterfaceError, ArgumentError, NoSuchModuleE
 
 
 def store_problem(args: argparse.Namespace, exc: Exception) -> str:
-    """One line: the store's URL (without its password) and the driver's first line."""
+    """One line: the store's URL (without its password), where that URL is set (so the
+    operator edits the right place: TIE_STORE overrides the file) and the driver's first line."""
     try:
         url = safe_store_url(engine_config(args).store)
     except CommandError:
         url = "(engine.yaml unreadable)"
+    source = "TIE_STORE" if os.environ.get("TIE_STORE") else f"store in {config_path(args)}"
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"store {url}: {reason[0] if reason else type(exc).__name__}"
+    return f"store {url} ({source}): {reason[0] if reason else type(exc).__name__}"
 
 
 def open_store(args: argparse.Namespace) -> Store:

@@ -413,9 +413,26 @@ def test_an_unreachable_store_is_one_line_without_the_password(tmp_path, cli, co
     run = cli(config, *command)
 
     assert run.code == 1
-    assert run.err.startswith(f"error: store postgresql+psycopg://tie:***@127.0.0.1:{port}/tie: ")
+    assert run.err.startswith(
+        f"error: store postgresql+psycopg://tie:***@127.0.0.1:{port}/tie (store in {config}): "
+    )
     assert len(run.err.splitlines()) == 1
     assert "s3cret" not in run.err
+
+
+def test_an_unreachable_store_from_tie_store_says_so(tmp_path, cli, monkeypatch):
+    """TIE_STORE overrides engine.yaml's store: the line says which one to fix."""
+    [port] = free_ports(1)
+    config = tmp_path / "engine.yaml"
+    config.write_text("store: sqlite:///tie.db\n")
+    monkeypatch.setenv("TIE_STORE", f"postgresql+psycopg://tie@127.0.0.1:{port}/tie")
+
+    run = cli(config, "messages")
+
+    assert run.code == 1
+    assert run.err.startswith(
+        f"error: store postgresql+psycopg://tie@127.0.0.1:{port}/tie (TIE_STORE): "
+    )
 
 
 # --- messages and show ------------------------------------------------------------------
