@@ -46,7 +46,13 @@ def load(reference: str, key: str = "transform") -> Mapping:
     try:
         module = importlib.import_module(f"{PACKAGE}.{module_name}")
     except ImportError as exc:
-        raise MappingError(f"{reference}: cannot import mapping module: {exc}", key) from exc
+        wanted = f"{PACKAGE}.{module_name}"
+        if exc.name is not None and (wanted + ".").startswith(exc.name + "."):
+            raise MappingError(f"{reference}: {_no_module(module_name)}", key) from exc
+        # An import inside the module failed (a package not installed): say where.
+        raise MappingError(
+            f"{reference}: mapping module failed to load: {_describe(exc)}", key
+        ) from exc
     except Exception as exc:  # a SyntaxError or a failing top-level statement in the module
         raise MappingError(
             f"{reference}: mapping module failed to load: {_describe(exc)}", key
@@ -55,6 +61,15 @@ def load(reference: str, key: str = "transform") -> Mapping:
     if not callable(function):
         raise MappingError(f"{reference}: no function {function_name!r} in {module_name}", key)
     return function
+
+
+def _no_module(module_name: str) -> str:
+    """The file a ``module:function`` reference needs, in the mounted mappings folder."""
+    package = sys.modules.get(PACKAGE)
+    folders = list(getattr(package, "__path__", []))
+    relative = module_name.replace(".", "/") + ".py"
+    where = str(Path(folders[0]) / relative) if folders else relative
+    return f"no mapping module {module_name!r}: {where} does not exist"
 
 
 def _describe(exc: Exception) -> str:

@@ -88,7 +88,7 @@ def test_a_yml_channel_file_is_proposed_by_name_and_named_as_it_is(governed, cap
     capsys.readouterr()
     assert cli(governed, "channel", "propose", "orders", "--actor", "erin") == 2
     err = capsys.readouterr().err
-    assert f"{folder / 'orders.yml'}: transform: gone:f: cannot import" in err, err
+    assert f"{folder / 'orders.yml'}: transform: gone:f: no mapping module 'gone'" in err, err
     (folder / "orders.yml").write_text(channel("ORU"))
     assert cli(governed, "channel", "propose", "orders", "--actor", "erin") == 0
     assert "proposed orders #2 by erin" in capsys.readouterr().out

@@ -826,9 +826,27 @@ def test_a_mapping_that_cannot_be_loaded_names_the_channel_file_and_key(tmp_path
         (
             "a.yaml",
             "transform",
-            "missing:fn: cannot import mapping module: No module named 'tie_mappings.missing'",
+            f"missing:fn: no mapping module 'missing': {tmp_path / 'mappings' / 'missing.py'} "
+            "does not exist",
         ),
         ("b.yaml", "destinations.out.transform", "helpers:nope: no function 'nope' in helpers"),
+    ]
+
+
+def test_a_mapping_whose_own_import_fails_names_the_import_and_its_line(tmp_path):
+    """Not "cannot import mapping module": the module is there, a package it needs is not."""
+    engine_yaml = layout(tmp_path, {"a": "name: a\nsource: {channel: {}}\ntransform: lab:fn\n"})
+    write(tmp_path / "mappings" / "lab.py", "import not_installed_here\n")
+    config = load_engine(engine_yaml)
+    with pytest.raises(ConfigError) as caught:
+        compile_channels(config, load_channels(config.channels))
+    assert problems(caught) == [
+        (
+            "a.yaml",
+            "transform",
+            "lab:fn: mapping module failed to load: ModuleNotFoundError: No module named "
+            f"'not_installed_here' ({tmp_path / 'mappings' / 'lab.py'}, line 1)",
+        )
     ]
 
 
@@ -837,7 +855,7 @@ def test_a_mapping_that_cannot_be_loaded_names_the_channel_file_and_key(tmp_path
     [
         (
             "name: a\nsource: {channel: {}}\ntransform: missing:fn\n",
-            ("a.yml", "transform", "missing:fn: cannot import mapping module: "),
+            ("a.yml", "transform", "missing:fn: no mapping module 'missing': "),
         ),
         (
             "name: a\nsource: {mesh: {mailbox: nosuch}}\n",
