@@ -16,6 +16,7 @@ from router.api.messages import jsonable
 from router.api.params import IdPath, NumberPath, NumberQuery
 from router.api.security import Principal, require_role
 from router.config import ConfigError
+from router.governance.models import BatchState, RevisionState
 from router.governance.revisions import MAX_YAML
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def approval_routes(engine: Engine) -> APIRouter:
     @routes.get("/api/revisions")
     async def revisions(
         channel: str | None = Query(default=None, pattern=NAME),
-        state: str | None = Query(default=None, max_length=16),
+        state: RevisionState | None = None,
         limit: int = Query(default=100, ge=1, le=500),
         _: Principal = Depends(viewer),
     ) -> list[dict[str, Any]]:
@@ -163,7 +164,7 @@ def approval_routes(engine: Engine) -> APIRouter:
 
     @routes.get("/api/holds")
     async def holds(
-        state: str | None = Query(default=None, max_length=16), _: Principal = Depends(viewer)
+        state: BatchState | None = None, _: Principal = Depends(viewer)
     ) -> list[dict[str, Any]]:
         """Held batches: ``open`` (held, release not asked for), ``pending``, ``released``,
         ``rejected``."""

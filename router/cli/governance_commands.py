@@ -22,6 +22,7 @@ from router.cli.output import (
     print_table,
 )
 from router.config import ConfigError, channel_file
+from router.governance.models import BATCH_STATES, REVISION_STATES
 
 T = TypeVar("T")
 Sub = argparse._SubParsersAction  # type: ignore[type-arg]
@@ -37,7 +38,7 @@ def register(sub: Sub) -> None:
     p = sub.add_parser("holds", help="held deliveries and their release approval")
     holds = p.add_subparsers(dest="holds_command", required=True, metavar="ACTION")
     a = holds.add_parser("list", help="open and decided batches")
-    a.add_argument("--state", choices=["open", "pending", "released", "rejected"])
+    a.add_argument("--state", choices=BATCH_STATES)
     add_json(a)
     a.set_defaults(handler=holds_list)
     a = holds.add_parser("show", help="a batch's summary by destination, message type and label")
@@ -77,7 +78,7 @@ def _channel_actions(actions: Sub) -> None:
     a.set_defaults(handler=channel_propose)
     a = actions.add_parser("revisions", help="a channel's revisions, newest first")
     a.add_argument("name", nargs="?")
-    a.add_argument("--state")
+    a.add_argument("--state", choices=REVISION_STATES)
     add_json(a)
     a.set_defaults(handler=channel_revisions)
     a = actions.add_parser("diff", help="unified diff of a revision against the running one")

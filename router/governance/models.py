@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal, get_args
 
 # Revision states. ``approved`` waits for the engine to apply it; the engine marks it
 # ``deployed`` and the revision it replaced ``superseded``, or ``deploy-failed`` when it
@@ -22,10 +23,16 @@ PROPOSED, APPROVED, DEPLOYED, REJECTED, SUPERSEDED, DEPLOY_FAILED = (
     "deploy-failed",
 )
 RUNNING = (APPROVED, DEPLOYED)  # the newest of these is what the engine runs
+RevisionState = Literal[
+    "proposed", "approved", "deployed", "rejected", "superseded", "deploy-failed"
+]
+REVISION_STATES: tuple[str, ...] = get_args(RevisionState)
 
 # Hold batch states: ``open`` is the held deliveries nobody has asked to release yet
 # (not stored as a batch); asking makes a ``pending`` batch, then ``released`` or ``rejected``.
 OPEN, PENDING, RELEASED = "open", "pending", "released"
+BatchState = Literal["open", "pending", "released", "rejected"]
+BATCH_STATES: tuple[str, ...] = get_args(BatchState)
 
 
 class GovernanceError(Exception):

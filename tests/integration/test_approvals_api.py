@@ -166,3 +166,14 @@ def test_a_rejection_without_a_reason_is_a_validation_error(governed, hl7_sample
         client.get(f"/api/holds/{batch['id']}", headers=as_user("val")).json()["batch"]["state"]
         == "pending"
     )
+
+
+def test_an_unknown_state_is_refused_not_an_empty_list(governed):
+    """A typo (``propsed``) would otherwise read as "nothing waiting for approval"."""
+    _, api, _ = governed
+    client, as_user = api["client"], api["as"]
+    for path in ("/api/revisions?state=propsed", "/api/holds?state=pendng"):
+        answer = client.get(path, headers=as_user("val"))
+        assert answer.status_code == 422, path
+    assert client.get("/api/revisions?state=deployed", headers=as_user("val")).status_code == 200
+    assert client.get("/api/holds?state=pending", headers=as_user("val")).status_code == 200

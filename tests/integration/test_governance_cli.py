@@ -79,6 +79,17 @@ def test_a_rejection_without_a_reason_is_a_usage_error(governed, store_url, caps
         store.dispose()
 
 
+@pytest.mark.parametrize(
+    "command", [("channel", "revisions", "--state", "propsed"), ("holds", "list", "--state", "x")]
+)
+def test_an_unknown_state_is_a_usage_error_naming_the_states(governed, capsys, command):
+    """Not an empty table, which reads as "nothing waiting"."""
+    with pytest.raises(SystemExit) as exited:
+        cli(governed, *command)
+    assert exited.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_a_yml_channel_file_is_proposed_by_name_and_named_as_it_is(governed, capsys):
     folder = governed.parent / "channels"
     (folder / "orders.yaml").unlink()
