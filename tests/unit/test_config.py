@@ -803,6 +803,18 @@ def test_a_problem_between_channels_names_a_yml_file_as_it_is(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    "engine_yaml",
+    sorted((REPO / "examples").glob("*/engine.yaml")),
+    ids=lambda p: p.parent.name,
+)
+def test_an_example_configuration_passes_check(engine_yaml, monkeypatch):
+    """The docs send readers to ``run.py --config examples/<name>/engine.yaml serve``."""
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    config = load_engine(engine_yaml)
+    compile_channels(config, load_channels(config.channels))
+
+
 def test_a_missing_channels_folder_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_channels(tmp_path / "nowhere")
