@@ -265,17 +265,23 @@ def _validate(model: type[M], data: dict[str, Any], path: Path) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            ConfigProblem(str(path), key_path(err["loc"]), error_message(err, model))
+            ConfigProblem(
+                str(path), key_path(err["loc"], err.get("input")), error_message(err, model)
+            )
             for err in exc.errors()
         ) from exc
 
 
-def key_path(loc: tuple[Any, ...]) -> str:
+def key_path(loc: tuple[Any, ...], value: Any = None) -> str:
+    """``a.b[0].c`` from a pydantic location; ``value`` is the input, which names a key that
+    is itself wrong (pydantic's ``[key]``: ``on:`` read as true would show as ``[1]``)."""
     parts: list[str] = []
-    for item in loc:
+    for n, item in enumerate(loc):
+        if loc[n + 1 : n + 2] == ("[key]",):
+            item = str(value).lower() if isinstance(value, bool) else str(value)
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif not str(item).startswith("function-"):
+        elif item != "[key]" and not str(item).startswith("function-"):
             parts.append(("." if parts else "") + str(item).rstrip("_"))
     return "".join(parts)
 
@@ -286,7 +292,46 @@ def error_message(err: Any, model: type[BaseModel] | None = None) -> str:
         message = message.removeprefix(prefix)
     if err["type"] == "extra_forbidden":
         return unknown_key(model, tuple(err["loc"]))
+    if err["type"] == "missing":
+        return "missing: this key is required"
+    if err["type"] in EXPECTED:
+        return f"expected {EXPECTED[err['type']]}, not {yaml_value(err.get('input'))}"
     return message
+
+
+_MAPPING = "a mapping (key: value lines, or {key: value})"
+_LIST = "a list ('- ' lines, or [a, b])"
+# pydantic's wrong-type errors in YAML's words ("a valid dictionary or instance of
+# SourceConfig" means nothing to someone editing a channel file).
+EXPECTED = {
+    "model_type": _MAPPING,
+    "model_attributes_type": _MAPPING,
+    "dict_type": _MAPPING,
+    "list_type": _LIST,
+    "tuple_type": _LIST,
+    "string_type": "text",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+}
+
+
+def yaml_value(value: Any) -> str:
+    """What YAML made of the value, in the words of the file (and how to keep it text)."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (an unquoted yes, no, on, off, true or false: quote text)"
+    if isinstance(value, int | float):
+        return f"the number {value} (quote it to keep it text)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = str(value)
+    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 def unknown_key(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> str:

@@ -120,7 +120,8 @@ def load_endpoints_file(path: Path) -> list[Endpoint]:
         model = _FileModel.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            ConfigProblem(str(path), key_path(e["loc"]), error_message(e)) for e in exc.errors()
+            ConfigProblem(str(path), key_path(e["loc"]), error_message(e, _FileModel))
+            for e in exc.errors()
         ) from exc
     found: dict[tuple[str, str, str, str], Endpoint] = {}
     problems = []

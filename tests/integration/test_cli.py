@@ -245,7 +245,7 @@ BROKEN = {
         "name: broken\nsource: {mllp: {port: 2575}}\nfilter:\n  - field: MSH-x\n    equals: ORU\n",
         "filter[0].field: bad field path 'MSH-x'",
     ),
-    "missing source": ("name: broken\ndestinations: {}\n", "source: Field required"),
+    "missing source": ("name: broken\ndestinations: {}\n", "source: missing: this key is required"),
     "two transports": (
         "name: broken\nsource: {mllp: {port: 2575}}\ndestinations:\n  lab:\n"
         "    mllp: {host: 127.0.0.1, port: 2576}\n    file: {directory: out}\n",

@@ -503,7 +503,7 @@ def test_a_bad_file_name_template_is_a_config_error(tmp_path, name, problem):
     ("text", "path", "message"),
     [
         ("name: demo\nsource: {mllp: {port: 1}}\ncolour: red\n", "colour", "unknown key"),
-        ("name: demo\n", "source", "Field required"),
+        ("name: demo\n", "source", "missing: this key is required"),
         ("name: demo\nsource: {}\n", "source", "needs exactly one of mllp, channel"),
         (
             "name: demo\nsource: {mllp: {port: 99999}}\n",
@@ -637,6 +637,43 @@ def test_a_problem_reads_file_colon_path_colon_message(tmp_path):
 @pytest.mark.parametrize(
     ("text", "path", "message"),
     [
+        ("name: demo\nsource: mllp\n", "source", "expected a mapping (key: value lines, or {"),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\nfilter: {field: PID-3, equals: x}\n",
+            "filter",
+            "expected a list ('- ' lines, or [a, b]), not a mapping",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\ndestinations:\n- lab: {file: {directory: o}}\n",
+            "destinations",
+            "expected a mapping (key: value lines, or {key: value}), not a list",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\ndescription: 7.20\n",
+            "description",
+            "expected text, not the number 7.2 (quote it to keep it text)",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\nenabled: sometimes\n",
+            "enabled",
+            "expected true or false, not 'sometimes'",
+        ),
+        (
+            "name: demo\nsource: {mllp: {port: 1}}\ndestinations:\n  on: {file: {directory: o}}\n",
+            "destinations.true",
+            "expected text, not true (an unquoted yes, no, on, off, true or false: quote text)",
+        ),
+    ],
+)
+def test_a_wrong_type_is_said_in_yaml_words(tmp_path, text, path, message):
+    """Not pydantic's "a valid dictionary or instance of SourceConfig"."""
+    found = channel_problems(tmp_path, text)
+    assert any(p == path and message in m for p, m in found), found
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
         (
             "destinations:\n  lab:\n    mllp: {host: h, port: 1}\n    retry: {max_attempt: 3}\n",
             "destinations.lab.retry.max_attempt",
@@ -686,7 +723,7 @@ def test_an_engine_error_names_the_file_and_key(tmp_path):
         (
             "engine.yaml",
             "http.port",
-            "Input should be a valid integer, unable to parse string as an integer",
+            "expected a whole number, not 'eighty'",
         ),
         ("engine.yaml", "sqlite.synchronous", "Input should be 'FULL', 'NORMAL' or 'EXTRA'"),
     ]
@@ -948,5 +985,7 @@ def test_check_exits_2_and_lists_every_problem(tmp_path, capsys):
     err = capsys.readouterr().err
     channel_file = tmp_path / "channels" / "lab-orders.yaml"
     assert err.startswith("error: configuration is not valid:\n")
-    assert f"{channel_file}: filter[0].equals: Input should be a valid string" in err
-    assert f"{channel_file}: destinations.lab.retry.max_attempts: Input should be" in err
+    assert f"{channel_file}: filter[0].equals: expected text, not a list" in err
+    assert (
+        f"{channel_file}: destinations.lab.retry.max_attempts: expected a whole number, not 'ten'"
+    ) in err
