@@ -193,7 +193,11 @@ def acting(args: argparse.Namespace, store: Store, *roles: str) -> str:
         try:
             require_role_once_users_exist(conn, name, *roles)
         except RoleRequired as exc:
-            raise CommandError(str(exc)) from exc
+            default = "" if getattr(args, "actor", None) else " (no --actor: your OS user)"
+            raise CommandError(
+                f"{exc}{default}; give --actor NAME, an active user with the "
+                f"{' or '.join(roles)} role (run.py users list)"
+            ) from exc
     return name
 
 

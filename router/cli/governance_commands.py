@@ -111,6 +111,10 @@ def _run(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise CommandError("\n".join([str(exc), *exc.problems]), 2) from exc
     except governance.MissingReason as exc:
         raise CommandError(f"{exc}: give --reason TEXT", 2) from exc
+    except governance.RoleRequired as exc:
+        raise CommandError(
+            f"{exc}; give --actor NAME, an active user with the role this needs (run.py users list)"
+        ) from exc
     except governance.GovernanceError as exc:
         raise CommandError(str(exc)) from exc
     except ConfigError as exc:

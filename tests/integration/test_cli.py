@@ -1323,11 +1323,15 @@ def test_a_claimed_actor_must_hold_the_actions_role_once_users_exist(seeded, cli
         "gone": "'gone' is not an active user",
         LACKING[role]: f"'{LACKING[role]}' needs the {role} role",
     }
+    what_to_do = f"give --actor NAME, an active user with the {role} role (run.py users list)"
     for who, problem in refusals.items():
         run = cli(seeded.workspace.config, *args, "--actor", who)
-        assert (run.code, run.err) == (1, f"error: {problem}\n"), who
+        assert (run.code, run.err) == (1, f"error: {problem}; {what_to_do}\n"), who
     run = cli(seeded.workspace.config, *args)
-    assert (run.code, run.err) == (1, f"error: '{OS_USER}' is not an active user\n")
+    assert (run.code, run.err) == (
+        1,
+        f"error: '{OS_USER}' is not an active user (no --actor: your OS user); {what_to_do}\n",
+    )
     assert _events(seeded.store) == before
 
     run = cli(seeded.workspace.config, *args, "--actor", ROLE_HOLDERS[role])

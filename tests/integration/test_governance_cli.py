@@ -90,6 +90,17 @@ def test_an_unknown_state_is_a_usage_error_naming_the_states(governed, capsys, c
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_an_actor_without_the_role_is_told_what_to_give(governed, capsys):
+    (governed.parent / "channels" / "orders.yaml").write_text(channel("ORU"))
+    assert cli(governed, "channel", "propose", "orders", "--actor", "erin") == 0
+    capsys.readouterr()
+    assert cli(governed, "channel", "approve", "orders", "2", "--actor", "nobody") == 1
+    assert capsys.readouterr().err == (
+        "error: 'nobody' is not an active user; give --actor NAME, an active user with the role "
+        "this needs (run.py users list)\n"
+    )
+
+
 def test_a_yml_channel_file_is_proposed_by_name_and_named_as_it_is(governed, capsys):
     folder = governed.parent / "channels"
     (folder / "orders.yaml").unlink()
