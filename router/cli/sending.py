@@ -21,7 +21,26 @@ def send_files(
     batches = [(path, read_messages(path)) for path in files]
     if channel.source.mllp is not None:
         return asyncio.run(_send_mllp(channel, batches, timeout))
-    return _inject(config, channel, batches)
+    if channel.source.channel is not None:
+        return _inject(config, channel, batches)
+    # Storing into another source would skip its protocol (an HL7 v2 file in a FHIR channel,
+    # a file the folder poller never saw): say how its senders reach it instead.
+    raise CommandError(
+        f"channel {channel.name} has a {channel.source.kind} source: run.py send speaks MLLP to "
+        f"an mllp source and stores into a channel source; {_how_to_reach(channel)}",
+        2,
+    )
+
+
+def _how_to_reach(channel: ChannelConfig) -> str:
+    source = channel.source
+    if source.file is not None:
+        return f"put the files in {source.file.directory}"
+    if source.mesh is not None:
+        return f"send them to its MESH mailbox {source.mesh.mailbox!r}"
+    if source.http is not None:
+        return f"POST FHIR to /fhir/{channel.name}/"
+    return "send requests to /proxy/"
 
 
 def read_messages(path: Path) -> list[bytes]:

@@ -772,6 +772,30 @@ def test_send_says_so_when_the_engine_is_not_listening(workspace, cli, tmp_path)
     assert f"channel orders does not answer on 127.0.0.1:{workspace.orders_port}" in run.err
 
 
+def test_send_refuses_a_source_it_would_bypass(workspace, cli, tmp_path):
+    """Stored straight into a folder-polled (or FHIR, MESH) channel, a file would skip the
+    source's own protocol: send says how that channel's senders reach it, and stores nothing."""
+    (tmp_path / "channels" / "drop.yaml").write_text(
+        "name: drop\nsource: {file: {directory: ../inbox}}\n"
+    )
+    path = tmp_path / "one.hl7"
+    path.write_bytes(oml("DROP-1", "P-1"))
+
+    run = cli(workspace.config, "send", "drop", str(path))
+
+    assert run.code == 2
+    assert run.err == (
+        "error: channel drop has a file source: run.py send speaks MLLP to an mllp source and "
+        f"stores into a channel source; put the files in {tmp_path / 'inbox'}\n"
+    )
+    store = workspace.store()
+    try:
+        with store.read() as conn:
+            assert conn.execute(select(func.count()).select_from(messages)).scalar() == 0
+    finally:
+        store.dispose()
+
+
 def test_send_keeps_the_answered_rows_when_the_peer_resets_the_connection(workspace, cli):
     """A peer that accepts SEND-1, then resets the connection on SEND-2: the operator must
     still see that SEND-1 was accepted (and that SEND-3 was never sent)."""
