@@ -22,6 +22,7 @@ from router.config import (
     DestinationConfig,
     EngineConfig,
     channel_file,
+    http_port_clashes,
 )
 from router.connectors import Sender
 from router.connectors.addressed import BOUND, AddressedSender, with_address
@@ -71,6 +72,7 @@ def compile_channels(
             problems.append(
                 ConfigProblem(str(channel_file(config.channels, name)), exc.key, str(exc))
             )
+    problems.extend(http_port_clashes(config, {name: c.config for name, c in compiled.items()}))
     if problems:
         raise ConfigError(problems)
     check_mailboxes(config, {name: c.config for name, c in compiled.items()})

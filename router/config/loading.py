@@ -210,6 +210,30 @@ def cross_check(channels: dict[str, ChannelConfig], directory: Path) -> list[Con
     return problems
 
 
+def http_port_clashes(
+    config: EngineConfig, channels: dict[str, ChannelConfig]
+) -> list[ConfigProblem]:
+    """MLLP listeners on engine.yaml's HTTP port: ``serve`` could not bind both."""
+    problems = []
+    http = config.http
+    for name, channel in channels.items():
+        mllp = channel.source.mllp
+        if (
+            mllp is not None
+            and http.port
+            and mllp.port == http.port
+            and same_address(mllp.host, http.host)
+        ):
+            problems.append(
+                ConfigProblem(
+                    str(channel_file(config.channels, name)),
+                    "source.mllp.port",
+                    f"{mllp.host}:{mllp.port} is the engine's HTTP port (http in engine.yaml)",
+                )
+            )
+    return problems
+
+
 def channel_file(directory: Path, name: str) -> Path:
     """The file that holds channel ``name`` (``.yaml``, or ``.yml`` when only that exists),
     so that a problem names the file the engineer edits."""

@@ -852,6 +852,30 @@ def test_an_example_configuration_passes_check(engine_yaml, monkeypatch):
     compile_channels(config, load_channels(config.channels))
 
 
+@pytest.mark.parametrize(
+    ("host", "clash"), [("127.0.0.1", True), ("0.0.0.0", True), ("10.1.2.3", False)]
+)
+def test_an_mllp_port_that_is_the_http_port_is_refused_by_check(tmp_path, host, clash):
+    """``serve`` could not bind both; ``check`` says so before a start fails on it."""
+    engine_yaml = layout(
+        tmp_path, {"a": f"name: a\nsource: {{mllp: {{host: {host}, port: 8080}}}}\n"}
+    )
+    config = load_engine(engine_yaml)  # http: 127.0.0.1:8080, the default
+    channels = load_channels(config.channels)
+    if not clash:
+        compile_channels(config, channels)
+        return
+    with pytest.raises(ConfigError) as caught:
+        compile_channels(config, channels)
+    assert problems(caught) == [
+        (
+            "a.yaml",
+            "source.mllp.port",
+            f"{host}:8080 is the engine's HTTP port (http in engine.yaml)",
+        )
+    ]
+
+
 def test_a_missing_channels_folder_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_channels(tmp_path / "nowhere")
