@@ -7,6 +7,7 @@ installed modules of the same name.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 import traceback
@@ -59,8 +60,21 @@ def load(reference: str, key: str = "transform") -> Mapping:
         ) from exc
     function = getattr(module, function_name, None)
     if not callable(function):
-        raise MappingError(f"{reference}: no function {function_name!r} in {module_name}", key)
+        raise MappingError(f"{reference}: {_no_function(module, function_name)}", key)
     return function
+
+
+def _no_function(module: types.ModuleType, name: str) -> str:
+    """Which file was looked in, and the nearest function it has (a typo is the usual cause)."""
+    defined = [
+        n
+        for n, value in vars(module).items()
+        if isinstance(value, types.FunctionType) and value.__module__ == module.__name__
+    ]
+    short = module.__name__.removeprefix(PACKAGE + ".")
+    close = difflib.get_close_matches(name, defined, n=1)
+    hint = f": did you mean {close[0]}?" if close else ""
+    return f"no function {name!r} in {short} ({module.__file__}){hint}"
 
 
 def _no_module(module_name: str) -> str:

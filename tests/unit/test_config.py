@@ -902,7 +902,29 @@ def test_a_mapping_that_cannot_be_loaded_names_the_channel_file_and_key(tmp_path
             f"missing:fn: no mapping module 'missing': {tmp_path / 'mappings' / 'missing.py'} "
             "does not exist",
         ),
-        ("b.yaml", "destinations.out.transform", "helpers:nope: no function 'nope' in helpers"),
+        (
+            "b.yaml",
+            "destinations.out.transform",
+            f"helpers:nope: no function 'nope' in helpers ({tmp_path / 'mappings' / 'helpers.py'})",
+        ),
+    ]
+
+
+def test_a_misspelt_mapping_function_names_the_file_and_the_nearest(tmp_path):
+    engine_yaml = layout(
+        tmp_path, {"a": "name: a\nsource: {channel: {}}\ntransform: lab:normalise\n"}
+    )
+    write(tmp_path / "mappings" / "lab.py", "def normalise_order(message):\n    return None\n")
+    config = load_engine(engine_yaml)
+    with pytest.raises(ConfigError) as caught:
+        compile_channels(config, load_channels(config.channels))
+    assert problems(caught) == [
+        (
+            "a.yaml",
+            "transform",
+            f"lab:normalise: no function 'normalise' in lab ({tmp_path / 'mappings' / 'lab.py'}): "
+            "did you mean normalise_order?",
+        )
     ]
 
 
