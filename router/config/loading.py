@@ -139,7 +139,16 @@ def load_channels(directory: Path) -> dict[str, ChannelConfig]:
     channels: dict[str, ChannelConfig] = {}
     problems: list[ConfigProblem] = []
     if not directory.is_dir():
-        raise ConfigError([ConfigProblem(str(directory), "", "channels folder not found")])
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    str(directory),
+                    "",
+                    "channels folder not found (engine.yaml's channels: names it, relative to "
+                    "engine.yaml's folder)",
+                )
+            ]
+        )
     paths = sorted(directory.glob("*.y*ml"))
     for path in paths:
         twins = [p.name for p in paths if p.stem == path.stem and p != path]

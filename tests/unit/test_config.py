@@ -879,7 +879,14 @@ def test_an_mllp_port_that_is_the_http_port_is_refused_by_check(tmp_path, host, 
 def test_a_missing_channels_folder_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_channels(tmp_path / "nowhere")
-    assert problems(caught) == [("nowhere", "", "channels folder not found")]
+    assert problems(caught) == [
+        (
+            "nowhere",
+            "",
+            "channels folder not found (engine.yaml's channels: names it, relative to "
+            "engine.yaml's folder)",
+        )
+    ]
 
 
 def test_a_mapping_that_cannot_be_loaded_names_the_channel_file_and_key(tmp_path):
