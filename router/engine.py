@@ -58,13 +58,15 @@ LOCAL_KINDS: dict[str, Local] = {"job": jobs.apply}
 
 
 def compile_channels(
-    config: EngineConfig, channels: dict[str, ChannelConfig]
+    config: EngineConfig, channels: dict[str, ChannelConfig], *, disabled: bool = False
 ) -> dict[str, CompiledChannel]:
-    """Load every enabled channel's mappings; a mapping that fails is a ConfigError naming it."""
+    """Load every enabled channel's mappings (and the disabled ones' with ``disabled``, as
+    ``check`` does: enabling one later must not stop the start); a mapping that fails is a
+    ConfigError naming it."""
     mappings.mount(config.mappings)
     compiled, problems = {}, []
     for name, channel in channels.items():
-        if not channel.enabled:
+        if not (channel.enabled or disabled):
             continue
         try:
             compiled[name] = compile_channel(channel)

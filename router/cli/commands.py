@@ -98,7 +98,7 @@ def check(args: argparse.Namespace) -> int:
     config = engine_config(args)
     try:
         channels = load_channels(config.channels)
-        compile_channels(config, channels)
+        compile_channels(config, channels, disabled=True)
         read_endpoints(config.endpoints)
     except ConfigError as exc:
         raise CommandError(f"configuration is not valid:\n{exc}", 2) from exc

@@ -1011,6 +1011,21 @@ def test_a_disabled_channel_is_not_compiled(tmp_path):
     assert compile_channels(config, load_channels(config.channels)) == {}
 
 
+def test_check_validates_a_disabled_channels_mappings_the_engine_skips(tmp_path, capsys):
+    """ "Validated but not run": enabling it later must not be the first time its mapping
+    is loaded (a start that then fails). The engine itself still runs without it."""
+    engine_yaml = layout(
+        tmp_path,
+        {"paused": "name: paused\nenabled: false\nsource: {channel: {}}\ntransform: gone:fn\n"},
+    )
+    config = load_engine(engine_yaml)
+    assert compile_channels(config, load_channels(config.channels)) == {}
+    assert main(["--config", str(engine_yaml), "check"]) == 2
+    assert (
+        f"{tmp_path / 'channels' / 'paused.yaml'}: transform: gone:fn: no mapping module 'gone'"
+    ) in capsys.readouterr().err
+
+
 # --- run.py check ----------------------------------------------------------------------
 
 
