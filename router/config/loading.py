@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from router.config import yaml_loader
 from router.config._base import M
 from router.config.channel import ChannelConfig, FilePoll
 from router.config.engine import EngineConfig
@@ -277,7 +278,7 @@ def read_text(path: Path) -> str:
 def parse_yaml(text: str, path: Path) -> dict[str, Any]:
     """A YAML mapping; ``path`` only names the source in problems."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml_loader.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -613,6 +613,13 @@ def test_a_bad_file_name_template_is_a_config_error(tmp_path, name, problem):
         ("- just\n- a list\n", "", "expected a mapping of keys at the top"),
         ("name: demo\nsource: {mllp: {port: 1}\n", "line 3, column 1", "invalid YAML"),
         (
+            "name: demo\nsource: {mllp: {port: 1}}\n"
+            "destinations: {}\nfilter: []\ndestinations: {}\n",
+            "line 5, column 1",
+            "invalid YAML: 'destinations' is given twice (also on line 3): YAML would keep only "
+            "the last; merge them into one",
+        ),
+        (
             "name: demo\nsource:\n\tmllp: {port: 1}\n",
             "line 3, column 1",
             "invalid YAML: a tab character: YAML is indented with spaces only, replace the tab",
