@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from router.conditions import Condition
 from router.config._base import (
@@ -336,6 +336,28 @@ class ChannelConfig(_Strict):
                 f"unmatched.key {self.unmatched.key!r} is not one of this channel's correlate keys"
             )
         return self
+
+    @field_validator("idempotent")
+    @classmethod
+    def _idempotent_where_it_applies(
+        cls, value: IdempotentReceiver | None, info: ValidationInfo
+    ) -> IdempotentReceiver | None:
+        """Accepting the setting where it is not applied would promise a window (a
+        deduplication) that never happens."""
+        source = info.data.get("source")
+        if value is None or source is None:
+            return value
+        if source.mesh is not None:
+            raise ValueError(
+                "a mesh source always recognises a message MESH offers again (its message id "
+                "and sender, for 30 days): idempotent is not applied, remove it"
+            )
+        if source.channel is not None:
+            raise ValueError(
+                "a channel source never stores a delivery twice (the feeding delivery and the "
+                "new message commit together): idempotent is not applied, remove it"
+            )
+        return value
 
     @model_validator(mode="after")
     def _synchronous_sources_route_themselves(self) -> ChannelConfig:

@@ -178,6 +178,20 @@ def test_a_file_destination_directory_is_relative_to_the_channel_file(tmp_path):
     assert config.destinations["out"].file.directory == (tmp_path / "outbox").resolve()
 
 
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("{mesh: {mailbox: hub}}", "a mesh source always recognises a message MESH offers again"),
+        ("{channel: {}}", "a channel source never stores a delivery twice"),
+    ],
+)
+def test_idempotent_is_refused_where_it_is_not_applied(tmp_path, source, problem):
+    """A window that deduplicates nothing would be a promise the engine does not keep."""
+    found = channel_problems(tmp_path, f"name: demo\nsource: {source}\nidempotent: {{}}\n")
+    assert len(found) == 1 and found[0][0] == "idempotent"
+    assert found[0][1].startswith(problem) and found[0][1].endswith("remove it")
+
+
 def test_an_smtp_relays_ca_and_password_file_are_relative_to_the_channel_file(
     tmp_path, monkeypatch
 ):
