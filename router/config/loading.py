@@ -49,9 +49,19 @@ def load_engine(path: Path | str) -> EngineConfig:
     """
     path = Path(path).resolve()
     data = read_yaml(path)
-    if os.environ.get("TIE_STORE"):
+    overridden = bool(os.environ.get("TIE_STORE"))
+    if overridden:
         data["store"] = os.environ["TIE_STORE"]
-    config = _validate(EngineConfig, data, path)
+    try:
+        config = _validate(EngineConfig, data, path)
+    except ConfigError as exc:
+        if not overridden:
+            raise
+        # The file's own store is not what was refused: say where the value came from.
+        raise ConfigError(
+            ConfigProblem(p.file, "store (from TIE_STORE)", p.message) if p.path == "store" else p
+            for p in exc.problems
+        ) from exc
     base = path.parent
     if config.blobs.directory is not None:
         config.blobs.directory = (base / config.blobs.directory).resolve()

@@ -134,6 +134,18 @@ def test_tie_store_overrides_the_file(tmp_path, monkeypatch):
     assert load_engine(layout(tmp_path)).store == "postgresql+psycopg://tie@db.example/tie"
 
 
+def test_a_refused_tie_store_is_named_as_tie_store_not_the_files_store(tmp_path, monkeypatch):
+    """The file's store is fine: pointing at it would send the operator to the wrong place."""
+    monkeypatch.setenv("TIE_STORE", "mysql://tie@db.example/tie")
+    path = write(tmp_path / "engine.yaml", "store: sqlite:///tie.db\nhttp: {prot: 1}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_engine(path)
+    assert [(p.path, p.message.split(":")[0]) for p in caught.value.problems] == [
+        ("store (from TIE_STORE)", "'mysql' is not a supported store"),
+        ("http.prot", "unknown key"),
+    ]
+
+
 def test_a_relative_sqlite_tie_store_resolves_against_the_config_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("TIE_STORE", "sqlite:///other.db")
     monkeypatch.chdir(tmp_path)
