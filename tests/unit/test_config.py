@@ -374,6 +374,16 @@ def test_bad_durations(text):
 
 
 @pytest.mark.parametrize(
+    ("text", "hint"),
+    [("1h30m", "write 90m"), ("2m30s", "write 150s"), ("1d 12h", "write 36h")],
+)
+def test_a_combined_duration_says_what_to_write(text, hint):
+    with pytest.raises(ValueError) as caught:
+        parse_duration(text)
+    assert str(caught.value) == f"{text!r} is not a duration (one number and one unit: {hint})"
+
+
+@pytest.mark.parametrize(
     ("text", "size"),
     [
         ("10MB", 10_000_000),
