@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -112,6 +113,13 @@ def prune(args: argparse.Namespace) -> int:
     for name in args.channel or []:
         if name not in kept:
             raise CommandError(f"no channel named {name!r} with a retention policy")
+    if not kept:
+        # An empty table would read as "nothing old enough yet".
+        print(
+            "no channel has a retention policy, so nothing is ever pruned: give a channel "
+            "retention: {keep: 90d} (docs/channels.md#retention)",
+            file=sys.stderr,
+        )
     chosen = [kept[n] for n in sorted(args.channel or kept)]
     pruner = Pruner(store, batch=config.retention.batch, actor=who)
     if args.dry_run:

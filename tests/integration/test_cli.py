@@ -541,6 +541,15 @@ def test_numbers_out_of_range_are_refused_before_the_store_sees_them(
     assert problem in capsys.readouterr().err
 
 
+def test_prune_without_any_retention_policy_says_so(workspace, cli):
+    run = cli(workspace.config, "prune", "--dry-run")
+    assert run.code == 0
+    assert run.err == (
+        "no channel has a retention policy, so nothing is ever pruned: give a channel "
+        "retention: {keep: 90d} (docs/channels.md#retention)\n"
+    )
+
+
 # What only ``serve``, ``send`` and ``check`` need: 2.4 s of CPU before each query at 3 a.m.
 ENGINE_MODULES = ("router.engine", "router.gateway", "fastapi", "uvicorn")
 STORE_COMMANDS = [
