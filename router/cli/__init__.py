@@ -17,6 +17,7 @@ from router.cli import (
     user_commands,
 )
 from router.cli.output import STORE_PROBLEMS, CommandError, store_problem
+from router.store.migrate import SchemaTooNew
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
+    except SchemaTooNew as exc:  # a downgrade, or an older node on a newer node's store
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except STORE_PROBLEMS as exc:
         if args.verbose:
             raise

@@ -6,12 +6,27 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
 
 from router.store.database import Store
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _LOCK_KEY = 0x7469655F6D6967  # "tie_mig": one node migrates at a time on PostgreSQL
+
+
+class SchemaTooNew(Exception):
+    """The store was migrated by a newer tie, whose schema this code does not know: it must
+    neither run on the store nor try to migrate it (alembic could only fail with a traceback)."""
+
+    def __init__(self, unknown: list[str]) -> None:
+        super().__init__(
+            f"the store's schema is newer than this version of tie: it has migration(s) "
+            f"{', '.join(unknown)}, which this version does not know. A newer tie upgraded "
+            f"this store: run that version on every node, or restore the backup taken before "
+            f"the upgrade. Nothing was changed."
+        )
 
 
 def alembic_config(url: str) -> Config:
@@ -21,14 +36,27 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def _refuse_newer(conn: Connection, script: ScriptDirectory) -> None:
+    current = MigrationContext.configure(conn).get_current_heads()
+    known = {s.revision for s in script.walk_revisions()}
+    unknown = sorted(r for r in current if r not in known)
+    if unknown:
+        raise SchemaTooNew(unknown)
+
+
 def upgrade(store: Store, revision: str = "heads") -> None:
-    """Bring the schema to ``revision`` (every branch head by default); safe from several nodes."""
+    """Bring the schema to ``revision`` (every branch head by default); safe from several nodes.
+
+    Raises SchemaTooNew, changing nothing, when a newer tie has migrated the store."""
     config = alembic_config(store.url)
+    script = ScriptDirectory.from_config(config)
     with store.writer.connect() as conn:
         if store.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
             conn.commit()
         try:
+            _refuse_newer(conn, script)
+            conn.commit()  # the read above began a transaction; alembic begins its own
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
             conn.commit()

@@ -404,6 +404,35 @@ def test_db_upgrade_creates_the_schema_on_an_empty_database(tmp_path, store_url,
         assert schema != "public", "the upgrade must land in the schema named by the URL"
 
 
+def test_a_store_newer_than_this_tie_is_refused_in_one_line(tmp_path, store_url, cli):
+    """A downgrade, or an older node on a store a newer node migrated: every command and
+    ``serve`` refuse with the reason and what to do, not alembic's traceback."""
+    workspace = write_workspace(tmp_path, store_url, lab_port=2576)
+    assert cli(workspace.config, "db", "upgrade").code == 0
+    engine = create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('future_0001')"))
+    finally:
+        engine.dispose()
+
+    runs = [cli(workspace.config, *command) for command in (("db", "upgrade"), ("messages",))]
+    served = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "--config", str(workspace.config), "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    for code, err in [(r.code, r.err) for r in runs] + [(served.returncode, served.stderr)]:
+        assert code == 1
+        refusal = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(refusal) == 1, err
+        assert "newer than this version of tie" in refusal[0]
+        assert "future_0001" in refusal[0]
+        assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("command", [("messages",), ("show", "1"), ("db", "upgrade")])
 def test_an_unreachable_store_is_one_line_without_the_password(tmp_path, cli, command):
     [port] = free_ports(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -10,7 +11,7 @@ from sqlalchemy import Connection, inspect, select, text
 from router.store.database import Store
 from router.store.inbound import Inbound
 from router.store.ingest import GroupCommitWriter
-from router.store.migrate import alembic_config, upgrade
+from router.store.migrate import SchemaTooNew, alembic_config, upgrade
 from router.store.schema import SQLITE_ONLY_INDEXES, messages, metadata
 
 
@@ -62,6 +63,39 @@ def test_upgrade_is_idempotent_and_keeps_data(store):
         assert _differences(conn) == []
         assert _revision(conn) == _head(store.url)
         assert conn.scalars(select(messages.c.uuid)).all() == [kept.uuid]
+
+
+def test_a_store_migrated_by_a_newer_tie_is_refused_and_left_unchanged(store):
+    """A downgrade, or an older node starting on a store a newer node has migrated: alembic
+    only knew it could not locate the revision; the store must be refused, not touched."""
+    newest = sorted(_head(store.url))[0]
+    with store.writer.begin() as conn:
+        conn.execute(
+            text("UPDATE alembic_version SET version_num = 'future_0001' WHERE version_num = :v"),
+            {"v": newest},
+        )
+        conn.execute(text("CREATE TABLE future_things (id INTEGER PRIMARY KEY)"))
+    expected = (_head(store.url) - {newest}) | {"future_0001"}
+
+    with pytest.raises(SchemaTooNew, match="future_0001") as refused:
+        upgrade(store)
+
+    assert "newer than this version of tie" in str(refused.value)
+    with store.writer.connect() as conn:
+        assert _revision(conn) == expected
+        assert "future_things" in inspect(conn).get_table_names()
+
+    # The lock is free again: once that newer version is gone, another node migrates.
+    with store.writer.begin() as conn:
+        conn.execute(
+            text("UPDATE alembic_version SET version_num = :v WHERE version_num = 'future_0001'"),
+            {"v": newest},
+        )
+    other = Store(store.url)
+    try:
+        upgrade(other)
+    finally:
+        other.dispose()
 
 
 def test_commits_are_durable_by_default(store):
