@@ -293,6 +293,20 @@ def timeline_lines(timeline: list[dict[str, Any]]) -> list[str]:
 
 
 def db_upgrade(args: argparse.Namespace) -> int:
-    open_store(args)
+    from router.store.migrate import upgrade
+    from router.store.opening import open_store as open_unmigrated
+
+    store = open_unmigrated(engine_config(args))
+    try:
+        applied = upgrade(store)
+    finally:
+        store.dispose()
+    if not applied:
+        print("database is at the latest schema: nothing to do")
+        return 0
+    print(f"applied {len(applied)} migration(s):")
+    width = max(len(a.revision) for a in applied)
+    for a in applied:
+        print(f"  {a.revision:<{width}}  {a.doc}")
     print("database is at the latest schema")
     return 0

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
+from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
 from router.store.database import Store
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _LOCK_KEY = 0x7469655F6D6967  # "tie_mig": one node migrates at a time on PostgreSQL
@@ -29,6 +33,13 @@ class SchemaTooNew(Exception):
         )
 
 
+class Applied(NamedTuple):
+    """One migration an upgrade ran: its revision and the first line of its docstring."""
+
+    revision: str
+    doc: str
+
+
 def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -44,12 +55,20 @@ def _refuse_newer(conn: Connection, script: ScriptDirectory) -> None:
         raise SchemaTooNew(unknown)
 
 
-def upgrade(store: Store, revision: str = "heads") -> None:
+def upgrade(store: Store, revision: str = "heads") -> list[Applied]:
     """Bring the schema to ``revision`` (every branch head by default); safe from several nodes.
 
-    Raises SchemaTooNew, changing nothing, when a newer tie has migrated the store."""
+    Returns the migrations it ran, in order (none when the store was up to date), so that
+    an operator is told what an upgrade changed. Raises SchemaTooNew, changing nothing,
+    when a newer tie has migrated the store."""
     config = alembic_config(store.url)
     script = ScriptDirectory.from_config(config)
+    applied: list[Applied] = []
+
+    def record(*, step: MigrationInfo, **_: Any) -> None:
+        if step.is_upgrade and step.up_revision is not None:
+            applied.append(Applied(step.up_revision.revision, step.up_revision.doc or ""))
+
     with store.writer.connect() as conn:
         if store.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
@@ -58,9 +77,17 @@ def upgrade(store: Store, revision: str = "heads") -> None:
             _refuse_newer(conn, script)
             conn.commit()  # the read above began a transaction; alembic begins its own
             config.attributes["connection"] = conn
+            config.attributes["on_version_apply"] = record
             command.upgrade(config, revision)
             conn.commit()
         finally:
             if store.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
                 conn.commit()
+    if applied:
+        log.info(
+            "store migrated: %d migration(s) applied: %s",
+            len(applied),
+            ", ".join(a.revision for a in applied),
+        )
+    return applied

@@ -404,6 +404,32 @@ def test_db_upgrade_creates_the_schema_on_an_empty_database(tmp_path, store_url,
         assert schema != "public", "the upgrade must land in the schema named by the URL"
 
 
+def test_db_upgrade_names_the_migrations_it_ran_then_that_none_were_needed(
+    tmp_path, store_url, cli
+):
+    """An operator upgrading a store the first version made is told what changed."""
+    workspace = write_workspace(tmp_path, store_url, lab_port=2576)
+    old = Store(store_url)
+    try:
+        upgrade(old, "0001")
+    finally:
+        old.dispose()
+    script = ScriptDirectory.from_config(alembic_config(store_url))
+    later = {s.revision for s in script.walk_revisions()} - {"0001"}
+
+    first = cli(workspace.config, "db", "upgrade")
+    again = cli(workspace.config, "db", "upgrade")
+
+    assert (first.code, again.code) == (0, 0)
+    lines = first.out.splitlines()
+    assert lines[0] == f"applied {len(later)} migration(s):"
+    assert {line.split()[0] for line in lines[1:-1]} == later
+    assert "  replay_0001" in first.out
+    assert "Failed deliveries that already have a resent copy become" in first.out
+    assert lines[-1] == "database is at the latest schema"
+    assert again.out == "database is at the latest schema: nothing to do\n"
+
+
 def test_a_store_newer_than_this_tie_is_refused_in_one_line(tmp_path, store_url, cli):
     """A downgrade, or an older node on a store a newer node migrated: every command and
     ``serve`` refuse with the reason and what to do, not alembic's traceback."""
@@ -633,6 +659,7 @@ def test_store_commands_do_not_import_the_engine(tmp_path):
 def test_a_reader_that_went_away_is_not_a_traceback(tmp_path, args):
     """``run.py messages | head``: head exits, and the write finds the pipe closed."""
     workspace = write_workspace(tmp_path, f"sqlite:///{tmp_path / 'tie.db'}", lab_port=2576)
+    workspace.store().dispose()  # migrated: the first command on a new store logs that it did
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader has gone before the command writes a byte
     try:

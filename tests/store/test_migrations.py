@@ -38,12 +38,15 @@ def test_upgrade_on_an_empty_database_yields_the_declared_schema(store_url):
     try:
         with store.read() as conn:
             assert inspect(conn).get_table_names() == []
-        upgrade(store)
+        applied = upgrade(store)
         with store.writer.connect() as conn:
             assert _differences(conn) == []
             tables = set(inspect(conn).get_table_names())
             assert set(metadata.tables) <= tables
             assert _revision(conn) == _head(store_url)
+        script = ScriptDirectory.from_config(alembic_config(store_url))
+        assert {a.revision for a in applied} == {s.revision for s in script.walk_revisions()}
+        assert applied[0] == ("0001", "initial schema")
     finally:
         store.dispose()
 
@@ -56,8 +59,8 @@ def test_upgrade_is_idempotent_and_keeps_data(store):
     finally:
         writer.stop()
 
-    upgrade(store)
-    upgrade(store)
+    assert upgrade(store) == []
+    assert upgrade(store) == []
 
     with store.writer.connect() as conn:
         assert _differences(conn) == []
