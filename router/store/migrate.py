@@ -55,6 +55,15 @@ def _refuse_newer(conn: Connection, script: ScriptDirectory) -> None:
         raise SchemaTooNew(unknown)
 
 
+def _lock(conn: Connection) -> None:
+    """Take the migration lock, saying so when another node holds it: a node or ``db
+    upgrade`` waiting on another's migration would otherwise look hung."""
+    if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}).scalar():
+        log.info("waiting for another node to finish migrating the store")
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+    conn.commit()
+
+
 def upgrade(store: Store, revision: str = "heads") -> list[Applied]:
     """Bring the schema to ``revision`` (every branch head by default); safe from several nodes.
 
@@ -71,8 +80,7 @@ def upgrade(store: Store, revision: str = "heads") -> list[Applied]:
 
     with store.writer.connect() as conn:
         if store.dialect == "postgresql":
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
-            conn.commit()
+            _lock(conn)
         try:
             _refuse_newer(conn, script)
             conn.commit()  # the read above began a transaction; alembic begins its own

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from threading import Thread
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, select, text
+from tie_testing import wait_until
 
 from router.store.database import Store
 from router.store.inbound import Inbound
 from router.store.ingest import GroupCommitWriter
-from router.store.migrate import SchemaTooNew, alembic_config, upgrade
+from router.store.migrate import _LOCK_KEY, SchemaTooNew, alembic_config, upgrade
 from router.store.schema import SQLITE_ONLY_INDEXES, messages, metadata
 
 
@@ -111,3 +114,25 @@ def test_commits_are_durable_by_default(store):
             else:
                 assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
                 assert conn.execute(text("SHOW fsync")).scalar() == "on"
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_a_node_waiting_for_another_nodes_migration_says_so(store, caplog):
+    """Nodes sharing PostgreSQL migrate one at a time; the one that waits logs why, then
+    goes on once the lock is free (without the line, ``db upgrade`` looked hung)."""
+    other = Store(store.url)
+    caplog.set_level("INFO", logger="router.store.migrate")
+    done: list[object] = []
+    try:
+        with other.writer.connect() as other_node:
+            other_node.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+            waiter = Thread(target=lambda: done.append(upgrade(store)), daemon=True)
+            waiter.start()
+            wait_until(lambda: "waiting for another node to finish migrating" in caplog.text)
+            assert done == []
+            other_node.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+        waiter.join(timeout=60)
+        assert not waiter.is_alive()
+        assert done == [[]]  # the store was up to date: nothing to apply once it went on
+    finally:
+        other.dispose()
