@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from threading import Thread
+from uuid import uuid4
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import Connection, insert, inspect, select, text
 from tie_testing import wait_until
 
+from router import audit
 from router.store.database import Store
+from router.store.deliveries import claim, release_owned
 from router.store.inbound import Inbound
 from router.store.ingest import GroupCommitWriter
 from router.store.migrate import _LOCK_KEY, SchemaTooNew, alembic_config, upgrade
-from router.store.schema import SQLITE_ONLY_INDEXES, messages, metadata
+from router.store.schema import SQLITE_ONLY_INDEXES, attempts, deliveries, messages, metadata
 
 
 def _differences(conn: Connection) -> list[object]:
@@ -136,3 +140,100 @@ def test_a_node_waiting_for_another_nodes_migration_says_so(store, caplog):
         assert done == [[]]  # the store was up to date: nothing to apply once it went on
     finally:
         other.dispose()
+
+
+def test_a_store_the_first_version_wrote_keeps_every_row_and_its_meaning(store_url):
+    """An engine run for months on the first schema (0001), stopped by kill -9, then started
+    on this version: every row survives with its status, the failure already resent becomes
+    ``resent`` (replay_0001), the columns added since are NULL, the dead node's lease is
+    released and the delivery claimed again, and the audit chain still verifies."""
+    store = Store(store_url)
+    try:
+        upgrade(store, "0001")
+        now = datetime.now(UTC)
+        past = now - timedelta(days=90)
+
+        def message(conn: Connection, status: str) -> int:
+            values = dict(
+                uuid=str(uuid4()),
+                channel="adt",
+                received_at=past,
+                status=status,
+                content_type="hl7v2",
+                control_id=status,
+                size=3,
+                raw=b"MSH",
+            )
+            return conn.execute(
+                insert(messages).values(values).returning(messages.c.id)
+            ).scalar_one()
+
+        def delivery(conn: Connection, message_id: int, status: str, **more: object) -> int:
+            values = {
+                "message_id": message_id,
+                "channel": "adt",
+                "destination": "lab",
+                "status": status,
+                "content_type": "hl7v2",
+                "payload": b"MSH",
+                "attempts": 1,
+                "next_attempt_at": past,
+                "created_at": past,
+                "updated_at": past,
+            } | more
+            return conn.execute(
+                insert(deliveries).values(values).returning(deliveries.c.id)
+            ).scalar_one()
+
+        with store.writer.begin() as conn:
+            ids = {s: message(conn, s) for s in ("received", "processed", "filtered", "error")}
+            done = ids["processed"]
+            queued = delivery(conn, done, "queued", attempts=0)
+            leased = delivery(
+                conn, done, "sending", lease_owner="old-node", lease_until=now + timedelta(hours=1)
+            )
+            sent = delivery(conn, done, "sent")
+            failed = delivery(conn, done, "failed", last_error="AR")
+            copy = delivery(conn, done, "failed", resent_from=failed)
+            conn.execute(
+                insert(attempts).values(
+                    delivery_id=failed,
+                    number=1,
+                    started_at=past,
+                    duration_ms=1.0,
+                    outcome="failed",
+                    error="AR",
+                )
+            )
+            audit.append(conn, "ops", "resend", f"urn:tie:message:{done}", {"reason": "r"})
+
+        applied = upgrade(store)
+
+        script = ScriptDirectory.from_config(alembic_config(store.url))
+        assert {a.revision for a in applied} == {s.revision for s in script.walk_revisions()} - {
+            "0001"
+        }
+        with store.read() as conn:
+            status = dict(conn.execute(select(messages.c.id, messages.c.status)).all())
+            assert status == {i: s for s, i in ids.items()}
+            rows = {r.id: r for r in conn.execute(select(deliveries))}
+            assert {i: rows[i].status for i in rows} == {
+                queued: "queued",
+                leased: "sending",
+                sent: "sent",
+                failed: "resent",
+                copy: "failed",
+            }
+            assert {
+                (r.address, r.hold_batch_id, r.headers, r.blob_sha256) for r in rows.values()
+            } == {(None, None, None, None)}
+            assert conn.scalar(select(attempts.c.error)) == "AR"
+        assert audit.verify(store).ok
+
+        assert release_owned(store, "old-node") == 1
+        claimed = claim(
+            store, "adt", "lab", ordered=False, lanes=1, limit=10, lease=30.0, owner="new-node"
+        )
+        assert {d.id for lane in claimed.lanes for d in lane} == {queued, leased}
+    finally:
+        store.dispose()
