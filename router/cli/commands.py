@@ -228,6 +228,8 @@ def _print_detail(d: dict[str, Any]) -> None:
             _say(f"  {key:<13} {d[key]}")
     _say("\n--- raw ---")
     _say(_content_text(d).replace("\r", "\n").rstrip())
+    if d["raw_truncated"]:
+        _say(f"[the first {len(d['raw']):,} of {d['size']:,} bytes]")
     _say("\n--- deliveries ---")
     for delivery in d["deliveries"]:
         _say(

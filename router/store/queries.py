@@ -13,9 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     CompoundSelect,
     Connection,
+    LargeBinary,
     Select,
+    Table,
     func,
     literal_column,
     or_,
@@ -34,7 +37,7 @@ TEXT_WINDOW = timedelta(days=1)
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 MAX_ID = 2**63 - 1  # the largest id column value (BIGINT on PostgreSQL, INTEGER on SQLite)
 MAX_NUMBER = 2**31 - 1  # the largest Integer column value (a revision's number)
-PREVIEW = 64 * 1024  # bytes of a blob-store payload shown in a detail view
+PREVIEW = 64 * 1024  # bytes of a payload shown in a detail view
 LISTING = (
     m.id,
     m.uuid,
@@ -179,20 +182,22 @@ def message_detail(
 ) -> dict[str, Any] | None:
     """The message with its raw content, deliveries, attempts, keys and related messages.
 
-    A payload kept in the blob store is shown by its first ``PREVIEW`` bytes
-    (``raw_truncated`` / ``payload_truncated`` say when there is more), read through
-    ``blobs``: a detail view never loads a gigabyte file.
+    A payload is shown by its first ``PREVIEW`` bytes (``raw_truncated`` /
+    ``payload_truncated`` say when there is more, ``payload_size`` how much there is):
+    one kept in the blob store read through ``blobs``, one kept inline cut by the
+    database, so a detail view never loads a gigabyte file nor a 10 MB MLLP frame.
     """
-    row = conn.execute(select(messages).where(m.id == message_id)).first()
+    row = conn.execute(_previewed(messages, "raw").where(m.id == message_id)).first()
     if row is None:
         return None
     detail = dict(row._mapping)
     _preview(detail, "raw", detail["blob_sha256"], detail["size"], blobs)
     detail["source"] = json.loads(detail["source"]) if detail["source"] else None
     d = deliveries.c
+    query = _previewed(deliveries, "payload", func.length(d.payload).label("payload_size"))
     detail["deliveries"] = [
         dict(r._mapping)
-        for r in conn.execute(select(deliveries).where(d.message_id == message_id).order_by(d.id))
+        for r in conn.execute(query.where(d.message_id == message_id).order_by(d.id))
     ]
     by_delivery: dict[int, list[dict[str, Any]]] = {x["id"]: [] for x in detail["deliveries"]}
     if by_delivery:
@@ -206,6 +211,8 @@ def message_detail(
         delivery["resent_as"] = [
             x["id"] for x in detail["deliveries"] if x["resent_from"] == delivery["id"]
         ]
+        if delivery["blob_sha256"] is not None:
+            delivery["payload_size"] = delivery["blob_size"]
         _preview(delivery, "payload", delivery["blob_sha256"], delivery["blob_size"], blobs)
     keys = [
         dict(r._mapping)
@@ -222,11 +229,21 @@ def message_detail(
     return detail
 
 
+def _previewed(table: Table, column: str, *extra: ColumnElement[Any]) -> Select[Any]:
+    """``table``'s row with only the first ``PREVIEW`` + 1 bytes of ``column`` (one more
+    than is shown tells ``_preview`` that there is more)."""
+    head = func.substr(table.c[column], 1, PREVIEW + 1, type_=LargeBinary).label(column)
+    return select(*(c if c.name != column else head for c in table.c), *extra)
+
+
 def _preview(
     record: dict[str, Any], key: str, sha256: str | None, size: int | None, blobs: BlobStore | None
 ) -> None:
-    record[f"{key}_truncated"] = False
     if sha256 is None or blobs is None:
+        inline = record[key]
+        record[f"{key}_truncated"] = inline is not None and len(inline) > PREVIEW
+        if inline is not None:
+            record[key] = inline[:PREVIEW]
         return
     record[key] = blobs.payload(b"", sha256, size or 0).head(PREVIEW)
     record[f"{key}_truncated"] = (size or 0) > PREVIEW

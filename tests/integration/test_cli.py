@@ -36,6 +36,7 @@ from router.processing import Processor
 from router.store.database import Store
 from router.store.inbound import Inbound, utcnow, write_inbound
 from router.store.migrate import alembic_config, upgrade
+from router.store.queries import PREVIEW
 from router.store.schema import audit_events, deliveries, messages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -933,6 +934,26 @@ def test_show_prints_message_deliveries_and_attempts_and_audits_the_view(live, c
     assert views[0].actor == "alice"
     assert views[1].actor == OS_USER
     assert json.loads(views[0].details) == {"via": "cli", "os_user": OS_USER}
+
+
+def test_show_prints_the_head_of_a_large_message_and_says_how_much_there_is(workspace, cli):
+    raw = oml("SHOW-BIG", "PLACER-8") + b"\rNTE|1||" + b"x" * (2 * PREVIEW) + b"END-OF-MESSAGE"
+    store = workspace.store()
+    try:
+        with store.begin() as conn:
+            write_inbound(conn, [hl7_inbound("orders", raw)])
+        with store.read() as conn:
+            message_id = conn.scalar(select(messages.c.id))
+    finally:
+        store.dispose()
+
+    run = cli(workspace.config, "show", str(message_id))
+    as_json = cli(workspace.config, "show", str(message_id), "--json").json()
+
+    assert run.code == 0 and "ORC|NW|PLACER-8" in run.out
+    assert "END-OF-MESSAGE" not in run.out
+    assert f"[the first {PREVIEW:,} of {len(raw):,} bytes]" in run.out
+    assert len(as_json["raw"]) == PREVIEW and as_json["raw_truncated"] is True
 
 
 def test_show_an_unknown_message_fails(live, cli):

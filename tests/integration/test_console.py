@@ -22,6 +22,7 @@ from sqlalchemy import select
 from tie_testing import wait_until
 
 from router import governance
+from router.store.queries import PREVIEW
 from router.store.schema import audit_events
 
 OML = "OML_O21_nhs_nwgmsa_v251"
@@ -87,6 +88,23 @@ def test_viewer_sees_metadata_and_support_sees_audited_content(site, hl7_samples
 
     refused = viewer.post(f"/messages/{message_id}/reprocess", data={"reason": "x"})
     assert refused.status_code == 403
+
+
+def test_a_large_message_page_shows_the_head_of_its_content_not_all_of_it(site, hl7_samples):
+    tail = b"NTE|1||" + b"x" * (8 * PREVIEW) + b"|END-OF-MESSAGE"
+    big = order(hl7_samples[OML], "CONS-BIG").rstrip(b"\r") + b"\r" + tail
+    site.send_and_settle(big, "CONS-BIG", "sent")
+    support = sign_in(site.url, "sam")
+    listing = support.get("/messages", params={"control_id": "CONS-BIG"})
+    message_id = re.search(r'href="/messages/(\d+)"', listing.text).group(1)
+
+    page = support.get(f"/messages/{message_id}")
+
+    assert page.status_code == 200 and "CHISLETT" in page.text
+    assert "END-OF-MESSAGE" not in page.text
+    assert f"Showing the first {PREVIEW} characters of {len(big)} bytes." in page.text
+    assert page.text.count(f"of {len(big)} bytes.") == 2  # the message and the lab's copy
+    assert len(page.content) < len(big)
 
 
 def test_forms_without_the_csrf_token_are_refused(site, hl7_samples):
