@@ -22,6 +22,7 @@ import gc
 import json
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 from dataclasses import dataclass
@@ -285,6 +286,9 @@ class ValidationWorkers:
         # Watched while idle too: a worker only writes when asked, so an idle worker's pipe
         # turning readable means it died.
         self._loop.add_reader(worker.fd, self._readable, worker)
+        # uvloop's add_reader makes the pipe non-blocking: a large request written by a
+        # thread would then fail as soon as the pipe is full (EAGAIN), not wait for the worker.
+        os.set_blocking(worker.fd, True)
         self._idle.put_nowait(worker)
 
     def _readable(self, worker: _Worker) -> None:
