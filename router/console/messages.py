@@ -12,16 +12,17 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
 from router import audit
 from router.api.params import IdPath
 from router.api.security import Principal, csrf_token
-from router.console.access import Viewer
+from router.console.access import Support, Viewer
 from router.console.content import view
 from router.console.search import Search, page, read_search
 from router.console.templating import render
+from router.downloads import Download, delivery_download, message_download, response
 from router.store.queries import DELIVERY_STATUSES, MESSAGE_STATUSES
 from router.store.schema import PENDING, deliveries
 
@@ -111,6 +112,36 @@ def message_routes(engine: Engine) -> APIRouter:
                 (x, view(x["payload"], x["content_type"])) for x in found["deliveries"]
             ]
         return render(request, "message.html", context)
+
+    @routes.get("/messages/{ref}/raw", response_class=Response)
+    async def download_message(ref: str, principal: Support) -> Response:
+        """The whole content, which the page shows the first 64 KiB of; audited."""
+
+        def load() -> Download | None:
+            with store.begin() as conn:
+                return message_download(
+                    conn, ref[:80], store.blobs, actor=principal.name, via="console"
+                )
+
+        found = await asyncio.to_thread(load)
+        if found is None:
+            raise HTTPException(404, f"no message {ref}")
+        return response(found)
+
+    @routes.get("/deliveries/{delivery_id}/payload", response_class=Response)
+    async def download_delivery(delivery_id: IdPath, principal: Support) -> Response:
+        """A delivery's whole payload; audited."""
+
+        def load() -> Download | None:
+            with store.begin() as conn:
+                return delivery_download(
+                    conn, delivery_id, store.blobs, actor=principal.name, via="console"
+                )
+
+        found = await asyncio.to_thread(load)
+        if found is None:
+            raise HTTPException(404, f"no delivery {delivery_id}")
+        return response(found)
 
     @routes.get("/messages/{message_id}/deliveries", response_class=HTMLResponse)
     async def delivery_rows(

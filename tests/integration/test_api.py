@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 from collections.abc import Iterator
 
@@ -11,6 +13,8 @@ from hl7.client import MLLPClient
 from sqlalchemy import select
 from tie_testing import RunningEngine, api_token, channel, engine_config, wait_until
 
+from router.store.inbound import Inbound
+from router.store.queries import PREVIEW
 from router.store.schema import audit_events, messages
 
 TOKEN = "tie_s3cret-operator-token"
@@ -260,3 +264,67 @@ def test_the_type_filter_takes_percent_and_underscore_literally(api, hl7_samples
     assert wait_until(lambda: types("OML") == ["OML^O21"])
     assert types("ORU^R01") == ["ORU^R01"]
     assert types("%") == [] and types("O_L") == [] and types("_") == []
+
+
+def _audited_views(running: RunningEngine) -> list[dict]:
+    with running.store.read() as conn:
+        rows = conn.scalars(
+            select(audit_events.c.details)
+            .where(audit_events.c.action == "view")
+            .order_by(audit_events.c.id)
+        )
+        return [json.loads(details) for details in rows]
+
+
+def test_the_whole_of_a_large_message_and_payload_downloads_as_an_audited_attachment(sending):
+    running, client = sending
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    big = (
+        b"MSH|^~\\&|EPR|R0A|LAB|R0A|20240101120000||OML^O21|BIG-1|P|2.5.1\r"
+        + b"NTE|1||"
+        + os.urandom(3 * PREVIEW).hex().encode()
+        + b"|END"
+    )
+    _send(running, big)
+    rows = wait_until(
+        lambda: client.get("/api/messages", headers=auth, params={"status": "processed"}).json()[
+            "messages"
+        ]
+    )
+    detail = client.get(f"/api/messages/{rows[0]['id']}", headers=auth).json()
+    assert detail["raw_truncated"] and len(detail["raw"]) == PREVIEW
+    [delivery] = detail["deliveries"]
+
+    whole = client.get(f"/api/messages/{rows[0]['id']}/raw", headers=auth)
+    payload = client.get(f"/api/deliveries/{delivery['id']}/payload", headers=auth)
+
+    assert whole.status_code == payload.status_code == 200
+    assert whole.content == payload.content == big
+    assert whole.headers["content-type"] == "application/octet-stream"
+    assert whole.headers["content-disposition"] == (
+        f'attachment; filename="message-{rows[0]["id"]}.hl7"'
+    )
+    assert _audited_views(running)[1:] == [
+        {"via": "api", "whole": True},
+        {"via": "api", "whole": True, "delivery": delivery["id"]},
+    ]
+    assert client.get("/api/messages/999999/raw", headers=auth).status_code == 404
+    assert client.get("/api/deliveries/999999/payload", headers=auth).status_code == 404
+
+
+def test_a_blob_message_downloads_whole_from_its_file(api):
+    running, client = api
+    data = os.urandom(3 * 1024 * 1024)  # above the blob store's 1 MiB threshold
+    payload = running.store.blobs.write([data[: len(data) // 2], data[len(data) // 2 :]])
+    running.engine.writer.submit_sync(
+        Inbound("orders", payload, content_type="application/octet-stream")
+    )
+    with running.store.read() as conn:
+        message_id = conn.scalar(select(messages.c.id))
+
+    answer = client.get(
+        f"/api/messages/{message_id}/raw", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+
+    assert answer.status_code == 200 and answer.content == data
+    assert answer.headers["content-disposition"].endswith(f'"message-{message_id}.bin"')

@@ -105,6 +105,14 @@ def test_a_large_message_page_shows_the_head_of_its_content_not_all_of_it(site, 
     assert f"Showing the first {PREVIEW} characters of {len(big)} bytes." in page.text
     assert page.text.count(f"of {len(big)} bytes.") == 2  # the message and the lab's copy
     assert len(page.content) < len(big)
+    links = re.findall(r'href="(/(?:messages|deliveries)/\d+/(?:raw|payload))" download', page.text)
+    assert links[0] == f"/messages/{message_id}/raw" and len(links) == 2
+    for link in links:
+        whole = support.get(link)
+        assert whole.status_code == 200 and whole.content == big
+        assert whole.headers["content-disposition"].startswith("attachment;")
+    assert [actor for actor, _ in _events(site, "view")] == ["sam", "sam", "sam"]
+    assert sign_in(site.url, "vic").get(links[0]).status_code == 403
 
 
 def test_forms_without_the_csrf_token_are_refused(site, hl7_samples):
