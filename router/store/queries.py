@@ -242,11 +242,24 @@ def _preview(
     if sha256 is None or blobs is None:
         inline = record[key]
         record[f"{key}_truncated"] = inline is not None and len(inline) > PREVIEW
-        if inline is not None:
-            record[key] = inline[:PREVIEW]
+        if record[f"{key}_truncated"]:
+            record[key] = _whole_characters(inline[:PREVIEW])
         return
-    record[key] = blobs.payload(b"", sha256, size or 0).head(PREVIEW)
+    head = blobs.payload(b"", sha256, size or 0).head(PREVIEW)
     record[f"{key}_truncated"] = (size or 0) > PREVIEW
+    record[key] = _whole_characters(head) if record[f"{key}_truncated"] else head
+
+
+def _whole_characters(head: bytes) -> bytes:
+    """``head`` less the start of a UTF-8 character that the cut split: UTF-8 text cut
+    mid-character would no longer decode, and the API would show it as base64. Anything
+    else (Latin-1, binary) is left as it is."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":
+            return head[: exc.start]
+    return head
 
 
 def timeline(conn: Connection, values: list[str], linked: list[int]) -> list[dict[str, Any]]:

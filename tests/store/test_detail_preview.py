@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from router.api.messages import jsonable
 from router.config import ChannelConfig
 from router.pipeline import compile_channel
 from router.processing import Processor
@@ -35,3 +36,18 @@ def test_a_large_inline_message_and_its_payload_are_shown_by_their_first_bytes(s
     (whole,) = small["deliveries"]
     assert whole["payload"] == er7("SMALL1") and whole["payload_truncated"] is False
     assert whole["payload_size"] == len(er7("SMALL1"))
+
+
+def test_a_utf8_character_the_cut_would_split_is_left_out_so_the_head_stays_text(
+    store, receive, er7
+):
+    head = er7("UTF8") + b"NTE|1||"
+    big = head + b"x" * (PREVIEW - len(head) - 1) + "é".encode() * PREVIEW
+    assert big[PREVIEW - 1 : PREVIEW + 1] == "é".encode()  # the cut falls inside it
+    (message_id,) = receive("results", big)
+
+    with store.read() as conn:
+        detail = message_detail(conn, message_id)
+
+    assert detail["raw"] == big[: PREVIEW - 1] and detail["raw_truncated"] is True
+    assert jsonable(detail)["raw"] == big[: PREVIEW - 1].decode()
