@@ -65,6 +65,18 @@ def text(value: bytes | str | None) -> str:
     return value
 
 
+def cause(error: str | None) -> str:
+    """What went wrong, in the line that says it: a mapping's failure is stored as its
+    traceback, whose first line is the same for every failure and whose last names the
+    cause (``KeyError: 'W9'``); any other error is its own summary."""
+    if not error:
+        return ""
+    if not error.startswith("Traceback"):
+        return error
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    return lines[-1]
+
+
 def pretty_json(value: bytes | str | None) -> str:
     """Indented JSON for reading; the text as it is when it does not parse."""
     raw = text(value)
@@ -81,7 +93,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(when=when, age=age, text=text, pretty_json=pretty_json)
+    env.filters.update(when=when, age=age, text=text, pretty_json=pretty_json, cause=cause)
     env.globals["resendable"] = FINISHED  # a delivery still to be sent offers no Resend
     return env
 

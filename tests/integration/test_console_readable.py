@@ -1,0 +1,89 @@
+"""The console read by a support engineer at 3 a.m.: errors, times and content shown so
+that they say what happened at a glance (over HTTP, no browser)."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from console_testing import Site, running_site, sign_in
+from hl7.client import MLLPClient
+from sqlalchemy import select
+from tie_testing import wait_until
+
+from router.store.schema import messages
+
+USERS = {"sam": ["support"]}
+WARD_MAPPING = """\
+WARDS = {"W1": "Ward 1"}
+
+
+def normalise(message):
+    for segment in message.raw.split(b"\\r"):
+        if segment.startswith(b"PV1|"):
+            WARDS[segment.split(b"|")[3].decode()]
+    return message.raw
+"""
+ADT_YAML = """\
+name: adt
+source:
+  mllp:
+    port: 0
+transform: ward:normalise
+destinations: {}
+"""
+ADMISSION = (
+    "MSH|^~\\&|PAS|R0A|TIE|R0A|20261201031500||ADT^A01^ADT_A01|{control_id}|P|2.5.1\r"
+    "PID|1||633^^^R0A^MR||CHISLETT^Octavia\r"
+    "PV1|1|I|{ward}\r"
+)
+
+
+@pytest.fixture
+def site(tmp_path: Path, store_url: str) -> Iterator[Site]:
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "ward.py").write_text(WARD_MAPPING)
+    with running_site(tmp_path, store_url, USERS, channels={"adt": ADT_YAML}) as running:
+        yield running
+
+
+def _admit(site: Site, control_id: str, ward: str) -> int:
+    """Send an admission to the adt channel; the id of the message once it is settled."""
+    raw = ADMISSION.format(control_id=control_id, ward=ward).encode()
+    with MLLPClient("127.0.0.1", site.running.port("adt")) as client:
+        client.send_message(raw)
+
+    def settled() -> int | None:
+        with site.running.store.read() as conn:
+            query = select(messages.c.id).where(
+                messages.c.control_id == control_id, messages.c.status == "error"
+            )
+            return conn.scalar(query)
+
+    return wait_until(settled)
+
+
+def test_a_mapping_failure_is_named_by_its_cause_not_its_traceback_first_line(site):
+    message_id = _admit(site, "ADT-BAD-1", "W9")
+    sam = sign_in(site.url, "sam")
+
+    listing = sam.get("/messages", params={"channel": "adt"}).text
+    row = re.search(r"<tr class=\"attention\">.*?</tr>", listing, re.S).group(0)
+    assert "KeyError: &#39;W9&#39;" in row
+    assert "Traceback" not in row
+
+    dashboard = sam.get("/").text
+    assert "KeyError: &#39;W9&#39;" in dashboard
+    assert "Traceback (most recent call last)" not in dashboard
+
+    detail = sam.get(f"/messages/{message_id}").text
+    error = re.search(r"<dt>Error</dt><dd class=\"error-text\">(.*?)</dd>", detail, re.S)
+    cause, _, rest = error.group(1).partition("<details>")
+    assert cause.strip() == "KeyError: &#39;W9&#39;"
+    traceback = re.search(r'<pre class="traceback">(.*?)</pre>', rest, re.S).group(1)
+    lines = html.unescape(traceback).splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[-1] == "KeyError: 'W9'"
