@@ -23,3 +23,18 @@ def test_a_very_long_field_wraps_inside_the_message_page(site, signed_in, hl7_sa
     page.locator("tbody tr").first.get_by_role("link").click()
     page.get_by_text("Segments and fields").wait_for()
     assert _width(page) <= 1280
+
+
+def test_every_page_fits_a_window_800_px_wide(site, signed_in, hl7_samples):
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "NARROW-1"), "NARROW-1", "failed")
+    page = signed_in("sam")
+    page.set_viewport_size({"width": 800, "height": 800})
+
+    for path in ("/", "/messages", "/approvals", "/audit"):
+        page.goto(path)
+        assert _width(page) <= 800, path
+    page.goto("/messages?control_id=NARROW-1")
+    page.locator("tbody tr").first.get_by_role("link").click()
+    page.locator("#deliveries").wait_for()
+    assert _width(page) <= 800
