@@ -63,7 +63,9 @@ def read_search(params: Any, *, limit: int = PAGE, content: bool = True) -> Sear
             try:
                 moments[name] = when(values[name])
             except argparse.ArgumentTypeError:
-                problems.append(f"{name}: give an ISO time (2026-05-01T09:00) or an age (2h)")
+                problems.append(
+                    f"{name}: give an ISO time (2026-05-01T09:00 is UTC) or an age (2h)"
+                )
     for name, allowed in (("status", MESSAGE_STATUSES), ("delivery", DELIVERY_STATUSES)):
         if values[name] and values[name] not in allowed:
             problems.append(f"{name}: one of {', '.join(allowed)}")

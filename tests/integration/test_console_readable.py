@@ -87,3 +87,18 @@ def test_a_mapping_failure_is_named_by_its_cause_not_its_traceback_first_line(si
     lines = html.unescape(traceback).splitlines()
     assert lines[0] == "Traceback (most recent call last):"
     assert lines[-1] == "KeyError: 'W9'"
+
+
+def test_times_typed_and_shown_name_their_zone(site):
+    message_id = _admit(site, "ADT-BAD-2", "W9")
+    sam = sign_in(site.url, "sam")
+
+    detail = sam.get(f"/messages/{message_id}").text
+    for label in ("Received", "Processed"):
+        shown = re.search(rf"<dt>{label}</dt><dd>(.*?)</dd>", detail).group(1)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", shown), (label, shown)
+    for page in (sam.get("/messages").text, sam.get("/audit").text):
+        assert re.search(r"<label>Since \(UTC\) <input name=\"since\"", page)
+        assert re.search(r"<label>Until \(UTC\) <input name=\"until\"", page)
+    wrong = sam.get("/messages", params={"since": "yesterday"}).text
+    assert "since: give an ISO time (2026-05-01T09:00 is UTC) or an age (2h)" in wrong
