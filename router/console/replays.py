@@ -120,6 +120,7 @@ def replay_routes(engine: Engine) -> APIRouter:
             raise HTTPException(400, "unknown action")
         if not reason.strip():
             raise HTTPException(400, "a reason is required")
+        search = read_search(form)
         act = replay.resend if action == "resend" else replay.reprocess
 
         def run() -> list[Any]:
@@ -133,6 +134,7 @@ def replay_routes(engine: Engine) -> APIRouter:
 
         done = await asyncio.to_thread(run)
         await asyncio.to_thread(engine.replayed, action, done)
+        owners = await asyncio.to_thread(_owners, store, action, done)
         return render(
             request,
             "bulk.html",
@@ -141,7 +143,9 @@ def replay_routes(engine: Engine) -> APIRouter:
                 "csrf": csrf_token(request),
                 "action": action,
                 "done": done,
+                "owners": owners,
                 "reason": reason,
+                "search": search,
             },
         )
 
@@ -169,6 +173,18 @@ def _notify_copy(store: Any, engine: Engine, copy_id: int) -> int:
         ).one()
     engine.dispatcher.notify({(row.channel, row.destination)})
     return int(row.message_id)
+
+
+def _owners(store: Any, action: str, done: list[replay.ReplayResult]) -> dict[str, int]:
+    """The message each resent delivery belongs to, so the result links to it (a
+    reprocess's result names its messages already)."""
+    if action != "resend" or not done:
+        return {}
+    d = deliveries.c
+    ids = [int(r.original) for r in done]
+    with store.read() as conn:
+        rows = conn.execute(select(d.id, d.message_id).where(d.id.in_(ids)))
+        return {str(row.id): int(row.message_id) for row in rows}
 
 
 def _bulk_targets(store: Any, search: Any, action: str) -> list[int]:
