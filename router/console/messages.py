@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from router import audit
 from router.api.params import IdPath
@@ -24,7 +24,7 @@ from router.console.search import Search, page, read_search
 from router.console.templating import render
 from router.downloads import Download, delivery_download, message_download, response
 from router.store.queries import DELIVERY_STATUSES, MESSAGE_STATUSES
-from router.store.schema import PENDING, deliveries
+from router.store.schema import PENDING, channel_state, deliveries
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -90,9 +90,12 @@ def message_routes(engine: Engine) -> APIRouter:
             # Only a view of content writes (its audit event, in the transaction that reads).
             with store.begin() if content else store.read() as conn:
                 reader = principal.name if content else None
-                return audit.viewed_message(
+                found = audit.viewed_message(
                     conn, ref[:80], store.blobs, actor=reader, via="console"
                 )
+                if found is not None:
+                    found["paused_by"] = _paused_by(conn, found["channel"])
+                return found
 
         found = await asyncio.to_thread(load)
         if found is None:
@@ -166,6 +169,14 @@ def message_routes(engine: Engine) -> APIRouter:
         )
 
     return routes
+
+
+def _paused_by(conn: Connection, channel: str) -> str | None:
+    """Who paused the channel, when it is paused: its messages wait unprocessed, which the
+    message page must say, or a ``received`` message (or a reprocessed copy) looks stuck."""
+    c = channel_state.c
+    row = conn.execute(select(c.paused, c.updated_by).where(c.channel == channel)).first()
+    return (row.updated_by or "someone") if row is not None and row.paused else None
 
 
 def _known(value: str | None, allowed: set[str]) -> str | None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from console_testing import Site, running_site, sign_in
+from console_testing import Site, csrf_of, running_site, sign_in
 from hl7.client import MLLPClient
 from sqlalchemy import select
 from tie_testing import wait_until
@@ -50,8 +50,8 @@ def site(tmp_path: Path, store_url: str) -> Iterator[Site]:
         yield running
 
 
-def _admit(site: Site, control_id: str, ward: str) -> int:
-    """Send an admission to the adt channel; the id of the message once it is settled."""
+def _admit(site: Site, control_id: str, ward: str, status: str = "error") -> int:
+    """Send an admission to the adt channel; the id of the message once it is ``status``."""
     raw = ADMISSION.format(control_id=control_id, ward=ward).encode()
     with MLLPClient("127.0.0.1", site.running.port("adt")) as client:
         client.send_message(raw)
@@ -59,7 +59,7 @@ def _admit(site: Site, control_id: str, ward: str) -> int:
     def settled() -> int | None:
         with site.running.store.read() as conn:
             query = select(messages.c.id).where(
-                messages.c.control_id == control_id, messages.c.status == "error"
+                messages.c.control_id == control_id, messages.c.status == status
             )
             return conn.scalar(query)
 
@@ -102,3 +102,18 @@ def test_times_typed_and_shown_name_their_zone(site):
         assert re.search(r"<label>Until \(UTC\) <input name=\"until\"", page)
     wrong = sam.get("/messages", params={"since": "yesterday"}).text
     assert "since: give an ISO time (2026-05-01T09:00 is UTC) or an age (2h)" in wrong
+
+
+def test_a_message_of_a_paused_channel_says_why_it_waits(site):
+    sam = sign_in(site.url, "sam")
+    token = csrf_of(sam.get("/").text)
+    paused = sam.post("/channels/adt/pause", data={"csrf_token": token, "reason": "PAS upgrade"})
+    assert paused.status_code == 303
+    message_id = _admit(site, "ADT-WAIT-1", "W1", status="received")
+
+    waiting = sam.get(f"/messages/{message_id}").text
+    assert "Channel adt is paused (by sam)" in waiting
+    assert "so this one waits until it is resumed" in waiting
+
+    sam.post("/channels/adt/resume", data={"csrf_token": token, "reason": "PAS back"})
+    assert "is paused" not in sam.get(f"/messages/{message_id}").text
