@@ -117,3 +117,23 @@ def test_a_message_of_a_paused_channel_says_why_it_waits(site):
 
     sam.post("/channels/adt/resume", data={"csrf_token": token, "reason": "PAS back"})
     assert "is paused" not in sam.get(f"/messages/{message_id}").text
+
+
+def test_an_empty_search_says_what_to_try_next(site):
+    sam = sign_in(site.url, "sam")
+
+    def empty(**search: str) -> str:
+        page = sam.get("/messages", params=search).text
+        return " ".join(
+            re.search(r'<td colspan="9" class="muted">(.*?)</td>', page, re.S)[1].split()
+        )
+
+    assert empty() == "No messages have been received yet."
+    assert empty(text="CHISLETT") == (
+        "No messages match. Text in content is searched in the last 24 hours only: "
+        "give Since (7d, or a UTC time) to look further back."
+    )
+    assert empty(text="CHISLETT", since="7d") == (
+        "No messages match: clear a filter or widen Since and Until."
+    )
+    assert empty(since="yesterday") == "Correct the search above to see messages."
