@@ -137,3 +137,18 @@ def test_an_empty_search_says_what_to_try_next(site):
         "No messages match: clear a filter or widen Since and Until."
     )
     assert empty(since="yesterday") == "Correct the search above to see messages."
+
+
+def test_a_link_to_an_older_page_says_so_and_leads_back_to_the_newest(site):
+    for n in range(3):
+        _admit(site, f"ADT-PAGE-{n}", "W9")
+    sam = sign_in(site.url, "sam")
+    newest = sam.get("/messages", params={"channel": "adt"}).text
+    ids = re.findall(r'<td class="num"><a href="/messages/(\d+)">', newest)
+    assert "Newest first, matching the search" in newest
+
+    older = sam.get("/messages", params={"channel": "adt", "before": ids[0]}).text
+    caption = re.search(r"<caption[^>]*>(.*?)</caption>", older, re.S).group(1)
+    assert caption.startswith(f"Messages before #{ids[0]}, matching the search")
+    assert '<a href="/messages?channel=adt">back to the newest</a>' in caption
+    assert re.findall(r'<td class="num"><a href="/messages/(\d+)">', older) == ids[1:]
