@@ -33,7 +33,12 @@ source:
   mllp:
     port: 0
 transform: ward:normalise
-destinations: {}
+destinations:
+  archive:
+    file:
+      directory: {folder}
+    hold:
+      approvals: 1
 """
 ADMISSION = (
     "MSH|^~\\&|PAS|R0A|TIE|R0A|20261201031500||ADT^A01^ADT_A01|{control_id}|P|2.5.1\r"
@@ -46,7 +51,8 @@ ADMISSION = (
 def site(tmp_path: Path, store_url: str) -> Iterator[Site]:
     (tmp_path / "mappings").mkdir()
     (tmp_path / "mappings" / "ward.py").write_text(WARD_MAPPING)
-    with running_site(tmp_path, store_url, USERS, channels={"adt": ADT_YAML}) as running:
+    channels = {"adt": ADT_YAML.format(folder=tmp_path / "archive")}
+    with running_site(tmp_path, store_url, USERS, channels=channels) as running:
         yield running
 
 
@@ -152,3 +158,16 @@ def test_a_link_to_an_older_page_says_so_and_leads_back_to_the_newest(site):
     assert caption.startswith(f"Messages before #{ids[0]}, matching the search")
     assert '<a href="/messages?channel=adt">back to the newest</a>' in caption
     assert re.findall(r'<td class="num"><a href="/messages/(\d+)">', older) == ids[1:]
+
+
+def test_a_held_batch_links_to_the_messages_it_holds(site):
+    _admit(site, "ADT-HELD-1", "W1", status="processed")
+    sam = sign_in(site.url, "sam")
+
+    inbox = sam.get("/approvals").text
+    card = re.search(r'<section class="card batch">(.*?)</section>', inbox, re.S).group(1)
+    link = re.search(r'<a href="(/messages\?[^"]+)">', card)
+    assert link, card
+    held = sam.get(html.unescape(link.group(1))).text
+    assert "ADT-HELD-1" in held
+    assert re.search(r"<option selected>held</option>", held)
