@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -14,6 +15,7 @@ from router import audit
 from router.api.security import csrf_token
 from router.cli.filters import when
 from router.console.access import AuditReader
+from router.console.search import TIME_HINT
 from router.console.templating import render
 from router.store.queries import parse_id
 
@@ -36,19 +38,22 @@ def audit_routes(engine: Engine) -> APIRouter:
         before = str(request.query_params.get("before") or "")
         problems: list[str] = []
         rows: list[dict[str, Any]] = []
-        try:
+        moments: dict[str, datetime | None] = {}
+        for name in ("since", "until"):
+            try:
+                moments[name] = when(values[name]) if values[name] else None
+            except argparse.ArgumentTypeError as exc:
+                problems.append(f"{name}: {exc}: {TIME_HINT}")
+        if not problems:
             query = audit.EventFilter(
                 values["actor"] or None,
                 values["action"] or None,
                 values["target"] or None,
-                when(values["since"]) if values["since"] else None,
-                when(values["until"]) if values["until"] else None,
+                moments["since"],
+                moments["until"],
                 parse_id(before),
                 PAGE,
             )
-        except argparse.ArgumentTypeError as exc:
-            problems.append(str(exc))
-        else:
             rows = await asyncio.to_thread(_read, store, query)
         chosen = {k: v for k, v in values.items() if v}
         context: dict[str, Any] = {

@@ -27,6 +27,8 @@ from router.store.schema import deliveries, messages
 PAGE = 50
 MAX_PAGE = 200
 MAX_VALUE = 255
+# What a Since or Until that cannot be read should have been (router.cli.filters.when).
+TIME_HINT = "give an ISO time (2026-05-01T09:00 is UTC) or an age (2h)"
 FIELDS = ("channel", "status", "delivery", "since", "until", "type", "control_id", "key", "text")
 
 
@@ -63,9 +65,7 @@ def read_search(params: Any, *, limit: int = PAGE, content: bool = True) -> Sear
             try:
                 moments[name] = when(values[name])
             except argparse.ArgumentTypeError:
-                problems.append(
-                    f"{name}: give an ISO time (2026-05-01T09:00 is UTC) or an age (2h)"
-                )
+                problems.append(f"{name}: {TIME_HINT}")
     for name, allowed in (("status", MESSAGE_STATUSES), ("delivery", DELIVERY_STATUSES)):
         if values[name] and values[name] not in allowed:
             problems.append(f"{name}: one of {', '.join(allowed)}")

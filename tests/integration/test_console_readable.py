@@ -171,3 +171,16 @@ def test_a_held_batch_links_to_the_messages_it_holds(site):
     held = sam.get(html.unescape(link.group(1))).text
     assert "ADT-HELD-1" in held
     assert re.search(r"<option selected>held</option>", held)
+
+
+def test_an_audit_time_that_cannot_be_read_is_named_with_what_to_give(site):
+    sam = sign_in(site.url, "sam")
+
+    page = sam.get("/audit", params={"actor": "sam", "since": "yesterday", "until": "now"})
+    alerts = re.findall(r'<p class="notice bad" role="alert">(.*?)</p>', page.text)
+    hint = "give an ISO time (2026-05-01T09:00 is UTC) or an age (2h)"
+    assert [html.unescape(alert) for alert in alerts] == [
+        f"since: 'yesterday' is neither an ISO time nor an age: {hint}",
+        f"until: 'now' is neither an ISO time nor an age: {hint}",
+    ]
+    assert '<input name="actor" value="sam">' in page.text
