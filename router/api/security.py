@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import RedirectResponse, Response
@@ -64,10 +64,13 @@ class Principal:
 
 
 class LoginRequired(Exception):
-    """A console page asked for without a live session: answered with a redirect to /login."""
+    """A console page asked for without a live session: answered with a redirect to /login
+    that comes back to ``path``; for htmx (``htmx``), one htmx makes the whole page follow,
+    rather than swapping the sign-in page into a fragment of the page."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, htmx: bool = False) -> None:
         self.path = path
+        self.htmx = htmx
 
 
 class ConsoleForbidden(Exception):
@@ -192,8 +195,8 @@ def require_console(*roles: str) -> Callable[..., Awaitable[Principal]]:
     async def dependency(request: Request) -> Principal:
         principal = await authenticator(request).by_session(request)
         if principal is None:
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            raise LoginRequired(target)
+            htmx = request.headers.get("HX-Request") == "true"
+            raise LoginRequired(_return_to(request, htmx), htmx)
         if not await _csrf_ok(request):
             raise ConsoleForbidden("The form was missing its CSRF token. Reload the page.")
         if not principal.has_any(roles):
@@ -204,6 +207,18 @@ def require_console(*roles: str) -> Callable[..., Awaitable[Principal]]:
     dependency.tie_roles = roles  # type: ignore[attr-defined]
     dependency.tie_console = True  # type: ignore[attr-defined]
     return dependency
+
+
+def _return_to(request: Request, htmx: bool) -> str:
+    """Where signing in leads back to: the page asked for, or for a form's post or an htmx
+    request the page they were sent from (its URL is only a POST route, a 405 once signed
+    in, or a fragment of a page). Only its path and query are kept."""
+    if request.method in ("GET", "HEAD") and not htmx:
+        source = str(request.url)
+    else:
+        source = request.headers.get("HX-Current-URL") or request.headers.get("referer") or "/"
+    parts = urlsplit(source)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 def csrf_token(request: Request) -> str:
@@ -255,7 +270,10 @@ def install(app: FastAPI, store: Store, options: AuthOptions) -> None:
 
     async def to_login(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, LoginRequired)
-        return login_redirect(exc.path)
+        redirect = login_redirect(exc.path)
+        if exc.htmx:
+            return Response(status_code=401, headers={"HX-Redirect": redirect.headers["location"]})
+        return redirect
 
     app.add_exception_handler(LoginRequired, to_login)
     with store.read() as conn:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlsplit
 
-from console_testing import CHANNEL, order
+from console_testing import CHANNEL, PASSWORD, order
 from playwright.sync_api import expect
 
 OML = "OML_O21_nhs_nwgmsa_v251"
@@ -39,3 +39,24 @@ def test_a_bulk_resend_links_to_each_message_and_back_to_the_same_search(
     expect(page.get_by_label("Delivery status")).to_have_value("failed")
     page.goto(message)
     expect(page.locator("dl.meta")).to_contain_text("NIGHT-1")
+
+
+def test_a_session_ended_before_resend_signs_in_back_to_the_message(site, signed_in, hl7_samples):
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "NIGHT-3"), "NIGHT-3", "failed")
+    page = signed_in("sam")
+    page.goto("/messages?control_id=NIGHT-3")
+    page.locator("tbody tr").first.get_by_role("link").click()
+    message = page.url
+    page.locator("#deliveries").get_by_role("button", name="Resend…").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Reason").fill("lab back")
+    page.context.clear_cookies()  # the session ended meanwhile
+    dialog.get_by_role("button", name="Resend", exact=True).click()
+
+    page.get_by_label("User name").fill("sam")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name=re.compile(r"Message \d+"))).to_be_visible()
+    assert page.url == message
+    assert site.delivery_status("NIGHT-3") == ["failed"]
