@@ -18,7 +18,9 @@ MAX_SEGMENTS = 2000
 class Field:
     name: str  # e.g. PID-5
     value: str  # as sent, escapes and separators included
-    parts: list[str]  # its components, when it has more than one
+    # Its repetitions, each as its components: shown one a line, so that a second identifier
+    # (PID-3 633^^^R0A^MR~9449305552^^^NHS^NH) does not run on from the first.
+    repetitions: list[list[str]]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ def segments(message: Er7Message) -> list[Segment]:
     """Every segment with its non-empty fields, numbered as HL7 numbers them (MSH-1 is the
     field separator itself, so MSH's fields are shifted by one)."""
     sep, component = message.field_sep, message.encoding[0]
+    repetition = message.encoding[1:2]
     out = []
     for raw in message.segments[:MAX_SEGMENTS]:
         values = raw.split(sep)
@@ -60,7 +63,7 @@ def segments(message: Er7Message) -> list[Segment]:
         if name == "MSH":
             values = ["MSH", sep, *values[1:]]
         fields = [
-            Field(f"{name}-{number}", value, _parts(value, component, name, number))
+            _field(name, number, value, component, repetition)
             for number, value in enumerate(values[1:], start=1)
             if value
         ]
@@ -68,8 +71,9 @@ def segments(message: Er7Message) -> list[Segment]:
     return out
 
 
-def _parts(value: str, component: str, segment: str, number: int) -> list[str]:
-    if segment == "MSH" and number in (1, 2):
-        return []
-    parts = value.split(component)
-    return parts if len(parts) > 1 else []
+def _field(segment: str, number: int, value: str, component: str, repetition: str) -> Field:
+    name = f"{segment}-{number}"
+    if segment == "MSH" and number in (1, 2):  # the separators themselves
+        return Field(name, value, [[value]])
+    repeats = value.split(repetition) if repetition else [value]
+    return Field(name, value, [r.split(component) for r in repeats])

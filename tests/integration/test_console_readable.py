@@ -42,7 +42,7 @@ destinations:
 """
 ADMISSION = (
     "MSH|^~\\&|PAS|R0A|TIE|R0A|20261201031500||ADT^A01^ADT_A01|{control_id}|P|2.5.1\r"
-    "PID|1||633^^^R0A^MR||CHISLETT^Octavia\r"
+    "PID|1||633^^^R0A^MR~9449305552^^^NHS^NH||O'BRIEN & SONS^Zoë^<Jr>\r"
     "PV1|1|I|{ward}\r"
 )
 
@@ -184,3 +184,17 @@ def test_an_audit_time_that_cannot_be_read_is_named_with_what_to_give(site):
         f"until: 'now' is neither an ISO time nor an age: {hint}",
     ]
     assert '<input name="actor" value="sam">' in page.text
+
+
+def test_hl7_content_shows_one_segment_a_line_and_each_repetition_on_its_own(site):
+    message_id = _admit(site, "ADT-SHOW-1", "W9")
+    sam = sign_in(site.url, "sam")
+    detail = sam.get(f"/messages/{message_id}").text
+
+    raw = html.unescape(re.search(r'<pre id="raw">(.*?)</pre>', detail, re.S).group(1))
+    assert [line[:4] for line in raw.replace("\r", "\n").splitlines()] == ["MSH|", "PID|", "PV1|"]
+    assert "O'BRIEN & SONS^Zoë^<Jr>" in raw
+    pid3 = re.search(r'<td class="field">PID-3</td>\s*<td>(.*?)</td>', detail, re.S).group(1)
+    first, second = (html.unescape(re.sub(r"<[^>]+>", "", line)) for line in pid3.split("<br>"))
+    assert " ".join(first.split()) == "633 ^ ^ ^ R0A ^ MR"
+    assert " ".join(second.split()) == "~ 9449305552 ^ ^ ^ NHS ^ NH"

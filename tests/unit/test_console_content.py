@@ -18,10 +18,16 @@ def test_hl7_fields_are_numbered_from_msh_1_the_field_separator():
         ("MSH-2", "^~\\&"),
         ("MSH-3", "LAB"),
     ]
-    assert msh.fields[0].parts == [] and msh.fields[1].parts == []
+    assert msh.fields[0].repetitions == [["|"]] and msh.fields[1].repetitions == [["^~\\&"]]
     assert ("MSH-10", "42") in [(f.name, f.value) for f in msh.fields]
     assert pid.fields[1].name == "PID-3"
-    assert pid.fields[1].parts == ["9449305552", "", "", "NHS", "NH"]
+    assert pid.fields[1].repetitions == [["9449305552", "", "", "NHS", "NH"]]
+
+
+def test_a_repeating_field_is_split_into_its_repetitions_then_components():
+    shown = view(b"MSH|^~\\&|PAS|R0A\rPID|1||633^^^R0A^MR~9449305552^^^NHS^NH\r", "hl7v2")
+    pid3 = shown.segments[1].fields[1]
+    assert pid3.repetitions == [["633", "", "", "R0A", "MR"], ["9449305552", "", "", "NHS", "NH"]]
 
 
 def test_json_is_indented_and_text_that_is_not_hl7_is_kept():
