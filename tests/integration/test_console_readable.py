@@ -198,3 +198,17 @@ def test_hl7_content_shows_one_segment_a_line_and_each_repetition_on_its_own(sit
     first, second = (html.unescape(re.sub(r"<[^>]+>", "", line)) for line in pid3.split("<br>"))
     assert " ".join(first.split()) == "633 ^ ^ ^ R0A ^ MR"
     assert " ".join(second.split()) == "~ 9449305552 ^ ^ ^ NHS ^ NH"
+
+
+def test_the_pause_and_resume_dialogs_say_what_the_switch_will_do(site):
+    sam = sign_in(site.url, "sam")
+
+    def dialog() -> str:
+        page = sam.get("/").text
+        found = re.search(r'<dialog id="switch-adt".*?</dialog>', page, re.S).group(0)
+        return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", found)).split())
+
+    assert "adt keeps receiving and storing messages (senders get their ACKs)" in dialog()
+    sam.post("/channels/adt/pause", data={"csrf_token": csrf_of(sam.get("/").text)})
+    _admit(site, "ADT-WAIT-2", "W1", status="received")
+    assert "Its 1 waiting message(s) are processed first, in the order they came" in dialog()
