@@ -212,3 +212,17 @@ def test_the_pause_and_resume_dialogs_say_what_the_switch_will_do(site):
     sam.post("/channels/adt/pause", data={"csrf_token": csrf_of(sam.get("/").text)})
     _admit(site, "ADT-WAIT-2", "W1", status="received")
     assert "Its 1 waiting message(s) are processed first, in the order they came" in dialog()
+
+
+def test_an_error_page_says_what_to_do_next(site):
+    sam = sign_in(site.url, "sam")
+
+    missing = sam.get("/messages/99999")
+    assert missing.status_code == 404
+    assert "Check the link. A message can be found from Messages by its control id" in (
+        missing.text
+    )
+    token = csrf_of(sam.get("/").text)
+    wrong = sam.post("/messages/bulk/preview", data={"csrf_token": token, "action": "delete"})
+    assert wrong.status_code == 400
+    assert "Go back, correct what the form says and send it again." in wrong.text
