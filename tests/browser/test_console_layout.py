@@ -3,10 +3,26 @@
 
 from __future__ import annotations
 
-from console_testing import order
-from playwright.sync_api import Page
+from console_testing import PASSWORD, order, running_site
+from hl7.client import MLLPClient
+from playwright.sync_api import Page, expect
+from tie_testing import free_ports, wait_until
 
 OML = "OML_O21_nhs_nwgmsa_v251"
+FEED_YAML = """\
+name: feed
+source:
+  mllp:
+    port: 0
+destinations:
+  pas:
+    mllp:
+      host: 127.0.0.1
+      port: {port}
+    retry:
+      max_attempts: 50
+      backoff: [1m, 1h]
+"""
 
 
 def _width(page: Page) -> int:
@@ -38,3 +54,45 @@ def test_every_page_fits_a_window_800_px_wide(site, signed_in, hl7_samples):
     page.locator("tbody tr").first.get_by_role("link").click()
     page.locator("#deliveries").wait_for()
     assert _width(page) <= 800
+
+
+ADDRESS_IN_ONE_LINE = """(address) => {
+    const cell = [...document.querySelectorAll('td.error-text')]
+        .find((td) => td.textContent.includes(address));
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    let node;
+    while ((node = walker.nextNode()) && !node.data.includes(address)) {}
+    const range = document.createRange();
+    range.setStart(node, node.data.indexOf(address));
+    range.setEnd(node, node.data.indexOf(address) + address.length);
+    return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size === 1;
+}"""
+
+
+def test_an_error_keeps_its_words_whole_in_the_dashboard_and_the_deliveries(
+    tmp_path, browser, hl7_samples
+):
+    (port,) = free_ports(1)  # nobody listens: each attempt is refused
+    channels = {"feed": FEED_YAML.format(port=port)}
+    with running_site(
+        tmp_path, f"sqlite:///{tmp_path / 'tie.db'}", {"sam": ["support"]}, channels=channels
+    ) as site:
+        with MLLPClient("127.0.0.1", site.running.port("feed")) as client:
+            client.send_message(order(hl7_samples[OML], "REFUSED-1"))
+        wait_until(lambda: site.delivery_status("REFUSED-1") == ["retrying"])
+        context = browser.new_context(base_url=site.url, viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        page.goto("/login")
+        page.get_by_label("User name").fill("sam")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        address = f"127.0.0.1:{port}"
+
+        expect(page.locator("td.error-text", has_text=address)).to_be_visible()
+        assert page.evaluate(ADDRESS_IN_ONE_LINE, address)
+        page.set_viewport_size({"width": 800, "height": 800})
+        page.goto("/messages?control_id=REFUSED-1")
+        page.locator("tbody tr").first.get_by_role("link").click()
+        expect(page.locator("#deliveries td.error-text", has_text=address)).to_be_visible()
+        assert page.evaluate(ADDRESS_IN_ONE_LINE, address)
+        context.close()
