@@ -19,7 +19,7 @@ from router import replay
 from router.api.params import IdPath
 from router.api.security import Principal, csrf_token
 from router.console.access import Support
-from router.console.search import find, read_search
+from router.console.search import Search, find, read_search
 from router.console.templating import render
 from router.store.database import Store
 from router.store.queries import parse_id
@@ -82,6 +82,39 @@ def replay_routes(engine: Engine) -> APIRouter:
         message_id = await asyncio.to_thread(_notify_copy, store, engine, int(result.copy))
         return RedirectResponse(f"/messages/{message_id}?done=resent", status_code=303)
 
+    async def dry_run(
+        request: Request,
+        principal: Principal,
+        action: str,
+        ids: list[int],
+        search: Search,
+        *,
+        more: bool = False,
+        problem: str | None = None,
+        reason: str = "",
+    ) -> HTMLResponse:
+        """The bulk dry run of exactly ``ids``; shown again, with what was typed, when the
+        confirmation is refused."""
+        plan_of = replay.plan_resend if action == "resend" else replay.plan_reprocess
+        plan = await asyncio.to_thread(plan_of, store, ids)
+        return render(
+            request,
+            "bulk.html",
+            {
+                "principal": principal,
+                "csrf": csrf_token(request),
+                "action": action,
+                "plan": plan,
+                "ids": ids,
+                "more": more,
+                "limit": MAX_BULK,
+                "search": search,
+                "problem": problem,
+                "reason": reason,
+            },
+            status_code=422 if problem else 200,
+        )
+
     @routes.post("/messages/bulk/preview", response_class=HTMLResponse)
     async def bulk_preview(request: Request, principal: Support) -> Response:
         form = await request.form()
@@ -92,21 +125,8 @@ def replay_routes(engine: Engine) -> APIRouter:
         if search.problems or not search.given:
             raise HTTPException(400, "give a valid search first")
         ids = await asyncio.to_thread(_bulk_targets, store, search, action)
-        plan_of = replay.plan_resend if action == "resend" else replay.plan_reprocess
-        plan = await asyncio.to_thread(plan_of, store, ids[:MAX_BULK])
-        return render(
-            request,
-            "bulk.html",
-            {
-                "principal": principal,
-                "csrf": csrf_token(request),
-                "action": action,
-                "plan": plan,
-                "ids": ids[:MAX_BULK],
-                "more": len(ids) > MAX_BULK,
-                "limit": MAX_BULK,
-                "search": search,
-            },
+        return await dry_run(
+            request, principal, action, ids[:MAX_BULK], search, more=len(ids) > MAX_BULK
         )
 
     @routes.post("/messages/bulk", response_class=HTMLResponse)
@@ -118,9 +138,12 @@ def replay_routes(engine: Engine) -> APIRouter:
         ids = [i for i in listed if i is not None][:MAX_BULK]
         if action not in ACTIONS:
             raise HTTPException(400, "unknown action")
-        if not reason.strip():
-            raise HTTPException(400, "a reason is required")
         search = read_search(form)
+        if not reason.strip():
+            problem = "Give a reason: it is kept in the audit log with each item."
+            return await dry_run(
+                request, principal, action, ids, search, problem=problem, reason=reason
+            )
         act = replay.resend if action == "resend" else replay.reprocess
 
         def run() -> list[Any]:

@@ -226,3 +226,21 @@ def test_an_error_page_says_what_to_do_next(site):
     wrong = sam.post("/messages/bulk/preview", data={"csrf_token": token, "action": "delete"})
     assert wrong.status_code == 400
     assert "Go back, correct what the form says and send it again." in wrong.text
+
+
+def test_a_bulk_confirmation_without_a_reason_shows_the_same_dry_run_again(site):
+    for n in range(2):
+        _admit(site, f"ADT-BULK-{n}", "W9")
+    sam = sign_in(site.url, "sam")
+    token = csrf_of(sam.get("/").text)
+    search = {"csrf_token": token, "channel": "adt", "status": "error", "action": "reprocess"}
+    preview = sam.post("/messages/bulk/preview", data=search).text
+    ids = re.search(r'name="ids" value="([\d,]+)"', preview).group(1)
+
+    refused = sam.post("/messages/bulk", data={**search, "ids": ids, "reason": "  "})
+    assert refused.status_code == 422
+    assert "Give a reason: it is kept in the audit log with each item." in refused.text
+    assert re.search(r'name="ids" value="([\d,]+)"', refused.text).group(1) == ids
+    assert refused.text.count("would reprocess #") == 2
+    assert '<textarea name="reason" required maxlength="1000">  </textarea>' in refused.text
+    assert '<input type="hidden" name="status" value="error">' in refused.text
