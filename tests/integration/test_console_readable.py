@@ -12,7 +12,7 @@ import pytest
 from console_testing import Site, csrf_of, running_site, sign_in
 from hl7.client import MLLPClient
 from sqlalchemy import select
-from tie_testing import wait_until
+from tie_testing import free_ports, wait_until
 
 from router.store.schema import messages
 
@@ -244,3 +244,39 @@ def test_a_bulk_confirmation_without_a_reason_shows_the_same_dry_run_again(site)
     assert refused.text.count("would reprocess #") == 2
     assert '<textarea name="reason" required maxlength="1000">  </textarea>' in refused.text
     assert '<input type="hidden" name="status" value="error">' in refused.text
+
+
+REFUSED_YAML = """\
+name: feed
+source:
+  mllp:
+    port: 0
+destinations:
+  pas:
+    mllp:
+      host: 127.0.0.1
+      port: {port}
+    retry:
+      max_attempts: 50
+      backoff: [1m, 1h]
+"""
+
+
+def test_an_attempt_that_got_no_response_says_none(tmp_path, store_url):
+    (port,) = free_ports(1)  # nobody listens: the attempt is refused
+    channels = {"feed": REFUSED_YAML.format(port=port)}
+    with running_site(tmp_path, store_url, USERS, channels=channels) as site:
+        raw = ADMISSION.format(control_id="FEED-1", ward="W1").encode()
+        with MLLPClient("127.0.0.1", site.running.port("feed")) as client:
+            client.send_message(raw)
+        wait_until(lambda: site.delivery_status("FEED-1") == ["retrying"])
+        sam = sign_in(site.url, "sam")
+        listing = sam.get("/messages", params={"control_id": "FEED-1"}).text
+        message_id = re.search(r'href="/messages/(\d+)"', listing).group(1)
+        page = sam.get(f"/messages/{message_id}").text
+
+    attempts = page.partition('<th class="num">Attempt</th>')[2]
+    attempt = re.search(r'<td class="num">1</td>.*?</tr>', attempts, re.S).group(0)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", attempt, re.S)
+    assert cells[4] == '<span class="muted">none</span>'
+    assert f"127.0.0.1:{port}" in cells[5]
