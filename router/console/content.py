@@ -40,14 +40,20 @@ class View:
 
 
 def view(payload: bytes | str | None, content_type: str) -> View:
+    """HL7 v2 bytes are read in their own codec (MSH-18, else latin-1 when they are not
+    UTF-8), as the engine and ``run.py show`` read them: a PAS sending ISO 8859-1 has its
+    Zoë shown, not Zo\ufffd."""
     raw = text(payload)
     if "json" in content_type:
         return View("json", pretty_json(raw), [])
     if raw.lstrip().startswith("MSH"):
         try:
-            return View("hl7", raw, segments(Er7Message(raw)))
+            message = Er7Message(payload if isinstance(payload, bytes) else raw)
         except Er7Error as exc:
             return View("text", raw, [], f"not readable as HL7 v2: {exc}")
+        if isinstance(payload, bytes):
+            raw = payload.decode(message.codec, errors="replace")
+        return View("hl7", raw, segments(message))
     return View("text", raw, [])
 
 

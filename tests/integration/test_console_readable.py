@@ -56,9 +56,11 @@ def site(tmp_path: Path, store_url: str) -> Iterator[Site]:
         yield running
 
 
-def _admit(site: Site, control_id: str, ward: str, status: str = "error") -> int:
-    """Send an admission to the adt channel; the id of the message once it is ``status``."""
-    raw = ADMISSION.format(control_id=control_id, ward=ward).encode()
+def _admit(
+    site: Site, control_id: str, ward: str, status: str = "error", raw: bytes | None = None
+) -> int:
+    """Send an admission (or ``raw``) to the adt channel; the message's id once ``status``."""
+    raw = raw or ADMISSION.format(control_id=control_id, ward=ward).encode()
     with MLLPClient("127.0.0.1", site.running.port("adt")) as client:
         client.send_message(raw)
 
@@ -280,3 +282,17 @@ def test_an_attempt_that_got_no_response_says_none(tmp_path, store_url):
     cells = re.findall(r"<td[^>]*>(.*?)</td>", attempt, re.S)
     assert cells[4] == '<span class="muted">none</span>'
     assert f"127.0.0.1:{port}" in cells[5]
+
+
+def test_hl7_in_iso_8859_1_is_shown_in_its_own_characters(site):
+    raw = ADMISSION.format(control_id="ADT-LATIN-1", ward="W9").replace(
+        "|P|2.5.1\r", "|P|2.5.1|||||GBR|8859/1\r"
+    )
+    message_id = _admit(site, "ADT-LATIN-1", "W9", raw=raw.encode("latin-1"))
+    detail = sign_in(site.url, "sam").get(f"/messages/{message_id}").text
+
+    shown = html.unescape(re.search(r'<pre id="raw">(.*?)</pre>', detail, re.S).group(1))
+    assert "O'BRIEN & SONS^Zoë^<Jr>" in shown
+    pid5 = re.search(r'<td class="field">PID-5</td>\s*<td>(.*?)</td>', detail, re.S).group(1)
+    assert "Zoë" in html.unescape(pid5)
+    assert "\ufffd" not in detail
