@@ -114,6 +114,9 @@ def message_routes(engine: Engine) -> APIRouter:
             context["payloads"] = [
                 (x, view(x["payload"], x["content_type"])) for x in found["deliveries"]
             ]
+            for x in found["deliveries"]:
+                for a in x["attempt_log"]:  # an ACK in the lab's own codec, like the message
+                    a["shown_response"] = view(a["response"], "").text if a["response"] else ""
         return render(request, "message.html", context)
 
     @routes.get("/messages/{ref}/raw", response_class=Response)

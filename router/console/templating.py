@@ -93,7 +93,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(when=when, age=age, text=text, pretty_json=pretty_json, cause=cause)
+    env.filters.update(when=when, age=age, pretty_json=pretty_json, cause=cause)
     env.globals["resendable"] = FINISHED  # a delivery still to be sent offers no Resend
     return env
 

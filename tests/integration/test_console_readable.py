@@ -3,8 +3,11 @@ that they say what happened at a glance (over HTTP, no browser)."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -296,3 +299,50 @@ def test_hl7_in_iso_8859_1_is_shown_in_its_own_characters(site):
     pid5 = re.search(r'<td class="field">PID-5</td>\s*<td>(.*?)</td>', detail, re.S).group(1)
     assert "Zoë" in html.unescape(pid5)
     assert "\ufffd" not in detail
+
+
+class Latin1Lab:
+    """An MLLP peer that answers every message with an AE in ISO 8859-1 (MSH-18)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.server.accept()
+                with connection:
+                    received = b""
+                    while not received.endswith(b"\x1c\r"):
+                        received += connection.recv(65536)
+                    ack = (
+                        "MSH|^~\\&|LAB|R0A|PAS|R0A|20261201031500||ACK|A1|P|2.5.1|||||GBR|8859/1\r"
+                        "MSA|AE|FEED-2|Zoë: ward unknown\r"
+                    )
+                    connection.sendall(b"\x0b" + ack.encode("latin-1") + b"\x1c\r")
+
+    def stop(self) -> None:
+        self.server.close()
+
+
+def test_a_remote_ack_in_iso_8859_1_is_shown_in_its_own_characters(tmp_path, store_url):
+    lab = Latin1Lab()
+    channels = {"feed": REFUSED_YAML.format(port=lab.port)}
+    try:
+        with running_site(tmp_path, store_url, USERS, channels=channels) as site:
+            raw = ADMISSION.format(control_id="FEED-2", ward="W1").encode()
+            with MLLPClient("127.0.0.1", site.running.port("feed")) as client:
+                client.send_message(raw)
+            wait_until(lambda: site.delivery_status("FEED-2") == ["retrying"])
+            sam = sign_in(site.url, "sam")
+            listing = sam.get("/messages", params={"control_id": "FEED-2"}).text
+            message_id = re.search(r'href="/messages/(\d+)"', listing).group(1)
+            page = sam.get(f"/messages/{message_id}").text
+    finally:
+        lab.stop()
+
+    attempts = page.partition('<th class="num">Attempt</th>')[2]
+    response = re.search(r"<pre>(.*?)</pre>", attempts, re.S).group(1)
+    assert "MSA|AE|FEED-2|Zoë: ward unknown" in html.unescape(response)
