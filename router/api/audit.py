@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Query
 
 from router import audit
 from router.api.messages import jsonable
-from router.api.params import Cursor
+from router.api.params import Cursor, MomentQuery
 from router.api.security import Principal, require_role
 
 if TYPE_CHECKING:
@@ -28,8 +27,8 @@ def audit_routes(engine: Engine) -> APIRouter:
         actor: str | None = Query(default=None, max_length=128),
         action: str | None = Query(default=None, max_length=64),
         target: str | None = Query(default=None, max_length=255),
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: MomentQuery = None,
+        until: MomentQuery = None,
         before: Cursor = None,
         limit: int = Query(default=100, ge=1, le=1000),
     ) -> dict[str, Any]:

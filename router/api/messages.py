@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from router import audit, replay
-from router.api.params import BodyId, Cursor, IdPath
+from router.api.params import BodyId, Cursor, IdPath, Moment, MomentQuery
 from router.api.security import Principal, require_role
 from router.downloads import Download, delivery_download, message_download, response
 from router.store.queries import MessageFilter, find_message_id, search
@@ -44,8 +44,8 @@ class SearchIn(BaseModel):
 
     channel: str | None = Field(default=None, max_length=64)
     status: MessageStatus | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Moment | None = None
+    until: Moment | None = None
     type: str | None = Field(default=None, max_length=64, description="MSH-9, e.g. ORU^R01")
     control_id: str | None = Field(default=None, max_length=199)
     key: str | None = Field(default=None, max_length=255)
@@ -100,8 +100,8 @@ def message_routes(engine: Engine) -> APIRouter:
         principal: Principal = Depends(require_role("viewer")),
         channel: str | None = Query(default=None, max_length=64),
         status: MessageStatus | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: MomentQuery = None,
+        until: MomentQuery = None,
         type: str | None = Query(default=None, max_length=64, description="MSH-9, e.g. ORU^R01"),
         control_id: str | None = Query(default=None, max_length=199),
         key: str | None = Query(default=None, max_length=255, description="a correlation key"),

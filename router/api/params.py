@@ -1,15 +1,17 @@
-"""Numeric path, query and body parameters bounded to what the store's columns hold.
+"""Numeric and time parameters (path, query, body) bounded to what the store's columns hold.
 
-An id past the column's range is the caller's mistake, answered 422 with the reason,
-rather than an overflow in the database driver answered 500.
+An id past the column's range, or a time whose UTC falls outside the years 1 to 9999, is
+the caller's mistake, answered 422 with the reason, rather than an overflow in the
+database driver or in the conversion to UTC answered 500.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Path, Query
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from router.store.queries import MAX_ID, MAX_NUMBER
 
@@ -20,3 +22,17 @@ Cursor = Annotated[
     int | None, Query(ge=1, le=MAX_ID, description="cursor: `next` of the last page")
 ]
 BodyId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+def _utc(moment: datetime) -> datetime:
+    """UTC, as the store keeps times: a time without a zone is UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("in UTC this time is outside the years 1 to 9999") from None
+
+
+Moment = Annotated[datetime, AfterValidator(_utc)]
+MomentQuery = Annotated[Moment | None, Query(description="ISO 8601; UTC when no zone is given")]

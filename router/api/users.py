@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.api.messages import jsonable
-from router.api.params import IdPath
+from router.api.params import IdPath, Moment
 from router.api.security import Principal, require_role
 from router.auth.passwords import MAX_LENGTH
 from router.auth.tokens import issue_token, list_tokens, revoke_token
@@ -36,7 +35,7 @@ class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     roles: list[str] = Field(min_length=1, max_length=5)
-    expires_at: datetime | None = None
+    expires_at: Moment | None = None
 
 
 def user_routes(engine: Engine) -> APIRouter:
@@ -89,12 +88,9 @@ def user_routes(engine: Engine) -> APIRouter:
         name: str, body: TokenIn, principal: Principal = Depends(admin)
     ) -> dict[str, Any]:
         """A new token; it is in this answer once and never stored (only its hash is)."""
-        expires = body.expires_at
-        if expires is not None and expires.tzinfo is None:
-            expires = expires.replace(tzinfo=UTC)
         token_id, token = await write(
             lambda conn: issue_token(
-                conn, name, body.roles, actor=principal.name, expires_at=expires
+                conn, name, body.roles, actor=principal.name, expires_at=body.expires_at
             )
         )
         return {"id": token_id, "token": token}

@@ -1,0 +1,58 @@
+"""The JSON API's parameters as scripts send them, over a real socket: times at the edges of
+the calendar and in other zones, and the answers to what is out of range (422, never 500)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from console_testing import Site, order, running_site
+from tie_testing import api_token
+
+OML = "OML_O21_nhs_nwgmsa_v251"
+
+
+@pytest.fixture
+def site(tmp_path, store_url) -> Iterator[Site]:
+    with running_site(tmp_path, store_url, {}) as running:
+        yield running
+
+
+@pytest.fixture
+def admin(site: Site) -> Iterator[httpx.Client]:
+    token = api_token(site.running.store, "admin", name="ada")
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=site.url, timeout=10, headers=headers) as client:
+        yield client
+
+
+# Valid ISO 8601 times whose UTC is before the year 1 or after 9999.
+BEFORE_YEAR_ONE = "0001-01-01T00:00:00+01:00"
+AFTER_9999 = "9999-12-31T23:59:59-01:00"
+
+
+@pytest.mark.parametrize("moment", [BEFORE_YEAR_ONE, AFTER_9999])
+def test_a_time_outside_the_years_utc_holds_is_a_422(site, admin, moment):
+    searches = [("/api/messages", name) for name in ("since", "until")]
+    searches += [("/api/audit", name) for name in ("since", "until")]
+    for path, name in searches:
+        answer = admin.get(path, params={name: moment})
+        assert answer.status_code == 422, (path, name, answer.text)
+        assert "outside the years 1 to 9999" in answer.json()["detail"][0]["msg"]
+    for path in ("/api/messages/reprocess", "/api/deliveries/resend"):
+        body = {"search": {"since": moment}, "reason": "INC-1", "dry_run": True}
+        assert admin.post(path, json=body).status_code == 422, path
+    token = {"roles": ["viewer"], "expires_at": moment}
+    assert admin.post("/api/users/ada/tokens", json=token).status_code == 422
+
+
+def test_a_time_with_a_zone_is_read_in_utc(site, admin, hl7_samples):
+    site.send_and_settle(order(hl7_samples[OML], "ZONE-1"), "ZONE-1", "sent")
+    (found,) = admin.get("/api/messages").json()["messages"]
+    received = found["received_at"]  # UTC, +00:00
+    later = received.replace("+00:00", "-01:00")  # an hour after it
+    earlier = received.replace("+00:00", "+01:00")  # an hour before it
+    assert admin.get("/api/messages", params={"until": later}).json()["messages"] == [found]
+    assert admin.get("/api/messages", params={"since": later}).json()["messages"] == []
+    assert admin.get("/api/messages", params={"since": earlier}).json()["messages"] == [found]
