@@ -56,3 +56,17 @@ def test_a_time_with_a_zone_is_read_in_utc(site, admin, hl7_samples):
     assert admin.get("/api/messages", params={"until": later}).json()["messages"] == [found]
     assert admin.get("/api/messages", params={"since": later}).json()["messages"] == []
     assert admin.get("/api/messages", params={"since": earlier}).json()["messages"] == [found]
+
+
+def test_a_time_given_as_a_number_is_a_422_not_unix_seconds(site, admin):
+    """20261122 is ISO 8601's basic form of a date: read as Unix seconds it was a day in
+    1970, and the search answered for the wrong window without a word."""
+    for number in ("20261122", "1700000000", "0.5", "-1"):
+        for path in ("/api/messages", "/api/audit"):
+            answer = admin.get(path, params={"since": number})
+            assert answer.status_code == 422, (path, number, answer.text)
+            assert "ISO 8601" in answer.json()["detail"][0]["msg"]
+        body = {"search": {"until": float(number)}, "reason": "INC-1", "dry_run": True}
+        assert admin.post("/api/messages/reprocess", json=body).status_code == 422
+        token = {"roles": ["viewer"], "expires_at": int(float(number))}
+        assert admin.post("/api/users/ada/tokens", json=token).status_code == 422
