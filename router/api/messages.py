@@ -32,7 +32,11 @@ if TYPE_CHECKING:
 MAX_BULK = 10_000
 RATE = 200.0  # replays a second, as the CLI's default
 MessageStatus = Literal["received", "validating", "processed", "filtered", "error"]
-Ref = Annotated[str, Field(max_length=64, description="number, UUID or urn:tie:message:")]
+# A message's ``id`` as the search answers it (a JSON number), or a ref as text.
+Ref = Annotated[
+    BodyId | Annotated[str, Field(max_length=64)],
+    Field(description="id (a number or its text), UUID or urn:tie:message:"),
+]
 # The statuses a resend accepts (router.replay.FINISHED): one still to be sent would go twice.
 FinishedStatus = Literal["failed", "sent", "resent", "cancelled"]
 
@@ -299,11 +303,11 @@ def _search_of(body: BulkReprocessIn | BulkResendIn) -> SearchIn:
     return chosen
 
 
-def _message_ids(store: Any, refs: list[str]) -> list[int]:
+def _message_ids(store: Any, refs: list[int | str]) -> list[int]:
     found = []
     with store.read() as conn:
         for ref in refs:
-            message_id = find_message_id(conn, ref)
+            message_id = find_message_id(conn, str(ref))
             if message_id is None:
                 raise HTTPException(404, f"no message {ref}")
             found.append(message_id)

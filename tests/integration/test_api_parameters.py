@@ -70,3 +70,22 @@ def test_a_time_given_as_a_number_is_a_422_not_unix_seconds(site, admin):
         assert admin.post("/api/messages/reprocess", json=body).status_code == 422
         token = {"roles": ["viewer"], "expires_at": int(float(number))}
         assert admin.post("/api/users/ada/tokens", json=token).status_code == 422
+
+
+def test_a_bulk_reprocess_takes_the_ids_the_search_answers(site, admin, hl7_samples):
+    """The search gives each message's ``id`` as a JSON number: a script feeds them back."""
+    for n in range(2):
+        site.send_and_settle(order(hl7_samples[OML], f"IDS-{n}"), f"IDS-{n}", "sent")
+    ids = [m["id"] for m in admin.get("/api/messages").json()["messages"]]
+    assert all(isinstance(i, int) for i in ids)
+    answer = admin.post("/api/messages/reprocess", json={"ids": ids, "reason": "INC-7"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["count"] == 2
+    assert all(r["copy"] for r in answer.json()["results"])
+    mixed = {"ids": [ids[0], str(ids[1])], "reason": "INC-7", "dry_run": True}
+    assert admin.post("/api/messages/reprocess", json=mixed).json()["count"] == 2
+    for bad in (0, 2**63, 1.5):
+        body = {"ids": [bad], "reason": "INC-7", "dry_run": True}
+        assert admin.post("/api/messages/reprocess", json=body).status_code == 422, bad
+    unknown = {"ids": [max(ids) + 1000], "reason": "INC-7"}
+    assert admin.post("/api/messages/reprocess", json=unknown).status_code == 404
