@@ -10,7 +10,20 @@ import pytest
 from console_testing import Site, order, running_site
 from tie_testing import api_token
 
+from router.governance.models import (
+    APPROVED,
+    DEPLOY_FAILED,
+    DEPLOYED,
+    OPEN,
+    PENDING,
+    PROPOSED,
+    REJECTED,
+    RELEASED,
+    SUPERSEDED,
+)
+
 OML = "OML_O21_nhs_nwgmsa_v251"
+REVISION_STATES = (PROPOSED, APPROVED, DEPLOYED, REJECTED, SUPERSEDED, DEPLOY_FAILED)
 
 
 @pytest.fixture
@@ -89,3 +102,16 @@ def test_a_bulk_reprocess_takes_the_ids_the_search_answers(site, admin, hl7_samp
         assert admin.post("/api/messages/reprocess", json=body).status_code == 422, bad
     unknown = {"ids": [max(ids) + 1000], "reason": "INC-7"}
     assert admin.post("/api/messages/reprocess", json=unknown).status_code == 404
+
+
+def test_a_state_filter_names_a_state_or_is_a_422(site, admin):
+    """A typo in ``state`` answered 200 with an empty list, which reads as "none"."""
+    for path, states in (
+        ("/api/revisions", REVISION_STATES),
+        ("/api/holds", (OPEN, PENDING, RELEASED, REJECTED)),
+    ):
+        for state in states:
+            assert admin.get(path, params={"state": state}).status_code == 200, (path, state)
+        for typo in ("Proposed", "pendng", "bogus"):
+            answer = admin.get(path, params={"state": typo})
+            assert answer.status_code == 422, (path, typo, answer.text)
