@@ -13,7 +13,7 @@ from router.api.params import IdPath, Moment
 from router.api.security import Principal, require_role
 from router.auth.passwords import MAX_LENGTH
 from router.auth.tokens import issue_token, list_tokens, revoke_token
-from router.auth.users import add_user, disable_user, list_users
+from router.auth.users import add_user, disable_user, find_user, list_users
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -77,11 +77,16 @@ def user_routes(engine: Engine) -> APIRouter:
 
     @router.get("/{name}/tokens")
     async def tokens(name: str, _: Principal = Depends(admin)) -> dict[str, Any]:
-        def read() -> list[dict[str, Any]]:
-            with store.read() as conn:
-                return list_tokens(conn, name)
+        """The user's tokens (never their values); 404 for no such user, as issuing says."""
 
-        return {"tokens": jsonable(await asyncio.to_thread(read))}
+        def read() -> list[dict[str, Any]] | None:
+            with store.read() as conn:
+                return list_tokens(conn, name) if find_user(conn, name) else None
+
+        found = await asyncio.to_thread(read)
+        if found is None:
+            raise HTTPException(404, f"no user {name!r}")
+        return {"tokens": jsonable(found)}
 
     @router.post("/{name}/tokens", status_code=201)
     async def issue(

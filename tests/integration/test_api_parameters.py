@@ -115,3 +115,12 @@ def test_a_state_filter_names_a_state_or_is_a_422(site, admin):
         for typo in ("Proposed", "pendng", "bogus"):
             answer = admin.get(path, params={"state": typo})
             assert answer.status_code == 422, (path, typo, answer.text)
+
+
+def test_the_tokens_of_no_such_user_are_a_404(site, admin):
+    """Issuing a token for a name nobody holds is a 404; listing its tokens answered 200 []."""
+    assert admin.post("/api/users/nobody/tokens", json={"roles": ["viewer"]}).status_code == 404
+    answer = admin.get("/api/users/nobody/tokens")
+    assert (answer.status_code, answer.json()) == (404, {"detail": "no user 'nobody'"})
+    (token,) = admin.get("/api/users/ada/tokens").json()["tokens"]
+    assert (token["user"], token["roles"]) == ("ada", ["admin"])
