@@ -18,6 +18,7 @@ from router.api import routes
 from router.api.approvals import approval_routes
 from router.api.audit import audit_routes
 from router.api.channels import channel_routes
+from router.api.errors import API_ERRORS
 from router.api.limits import BodyLimit
 from router.api.messages import message_routes
 from router.api.metrics import metrics_routes
@@ -60,12 +61,15 @@ def create_app(engine: Engine) -> FastAPI:
 
     app.add_middleware(BodyLimit)  # inside the gateway's routes (added next), which have their own
     routes.mount(app, engine)
-    app.include_router(message_routes(engine))
-    app.include_router(approval_routes(engine))
-    app.include_router(channel_routes(engine))
-    app.include_router(audit_routes(engine))
-    app.include_router(user_routes(engine))
-    app.include_router(metrics_routes(engine))
+    for router in (
+        message_routes(engine),
+        approval_routes(engine),
+        channel_routes(engine),
+        audit_routes(engine),
+        user_routes(engine),
+        metrics_routes(engine),
+    ):
+        app.include_router(router, responses=API_ERRORS)
     app.include_router(login_routes(engine))
     console.mount(app, engine)
     return app

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from router.api.conversations import conversations_router
 from router.api.endpoints import endpoints_router
+from router.api.errors import API_ERRORS
 from router.api.fhir import FhirRefusal, fhir_router, refused
 from router.api.gateway_asgi import GatewayRoutes
 
@@ -16,8 +17,8 @@ if TYPE_CHECKING:
 
 
 def mount(app: FastAPI, engine: Engine) -> None:
-    app.include_router(endpoints_router(engine))
+    app.include_router(endpoints_router(engine), responses=API_ERRORS)
     app.include_router(fhir_router(engine))
     app.add_exception_handler(FhirRefusal, refused)
-    app.include_router(conversations_router(engine))
+    app.include_router(conversations_router(engine), responses=API_ERRORS)
     app.add_middleware(GatewayRoutes, engine=engine)

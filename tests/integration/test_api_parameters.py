@@ -32,11 +32,14 @@ def site(tmp_path, store_url) -> Iterator[Site]:
         yield running
 
 
+def _client(site: Site, *roles: str, name: str) -> httpx.Client:
+    token = api_token(site.running.store, *roles, name=name)
+    return httpx.Client(base_url=site.url, timeout=10, headers={"Authorization": f"Bearer {token}"})
+
+
 @pytest.fixture
 def admin(site: Site) -> Iterator[httpx.Client]:
-    token = api_token(site.running.store, "admin", name="ada")
-    headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=site.url, timeout=10, headers=headers) as client:
+    with _client(site, "admin", name="ada") as client:
         yield client
 
 
@@ -124,3 +127,61 @@ def test_the_tokens_of_no_such_user_are_a_404(site, admin):
     assert (answer.status_code, answer.json()) == (404, {"detail": "no user 'nobody'"})
     (token,) = admin.get("/api/users/ada/tokens").json()["tokens"]
     assert (token["user"], token["roles"]) == ("ada", ["admin"])
+
+
+_JSON_TYPES = {str: "string", list: "array", dict: "object"}
+
+
+def _documented(spec: dict, path: str, method: str, answer: httpx.Response) -> bool:
+    """Whether /openapi.json declares this status for the operation, with a ``detail`` of
+    the JSON type the answer has (what a client generated from the schema would parse)."""
+    responses = spec["paths"][path][method]["responses"]
+    declared = responses.get(str(answer.status_code))
+    if declared is None:
+        return False
+    ref = declared["content"]["application/json"]["schema"]["$ref"]
+    schema = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    detail = schema["properties"]["detail"]
+    types = {option.get("type") for option in detail.get("anyOf", [detail])}
+    return _JSON_TYPES[type(answer.json()["detail"])] in types
+
+
+def test_every_error_answer_is_declared_in_the_openapi_schema(site, admin):
+    spec = admin.get("/openapi.json").json()
+    anonymous = httpx.Client(base_url=site.url, timeout=10)
+    viewer = _client(site, "viewer", name="vic")
+    answers = [
+        ("/api/messages/{ref}", "get", anonymous.get("/api/messages/1"), 401),
+        ("/api/messages/{ref}", "get", viewer.get("/api/messages/1"), 403),
+        ("/api/messages/{ref}", "get", admin.get("/api/messages/1"), 404),
+        ("/api/messages", "get", admin.get("/api/messages", params={"limit": 0}), 422),
+        (
+            "/api/messages/reprocess",
+            "post",
+            admin.post("/api/messages/reprocess", json={"reason": "x"}),
+            422,
+        ),
+        (
+            "/api/revisions",
+            "post",
+            admin.post("/api/revisions", json={"channel": "lab-orders", "yaml": "x: 1"}),
+            409,
+        ),
+        (
+            "/api/endpoints",
+            "get",
+            admin.get("/api/endpoints", params={"key": "nonsense"}),
+            422,
+        ),
+        (
+            "/api/messages/{ref}/reprocess",
+            "post",
+            admin.post("/api/messages/1/reprocess", content=b"x" * (3 << 20)),
+            413,
+        ),
+    ]
+    anonymous.close()
+    viewer.close()
+    for path, method, answer, status in answers:
+        assert answer.status_code == status, (path, answer.text)
+        assert _documented(spec, path, method, answer), (path, status, answer.text)
