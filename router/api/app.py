@@ -19,6 +19,7 @@ from router.api.approvals import approval_routes
 from router.api.audit import audit_routes
 from router.api.channels import channel_routes
 from router.api.errors import API_ERRORS
+from router.api.head import HeadAsGet
 from router.api.limits import BodyLimit
 from router.api.messages import message_routes
 from router.api.metrics import metrics_routes
@@ -60,6 +61,7 @@ def create_app(engine: Engine) -> FastAPI:
         return JSONResponse(body, status_code=200 if ok else 503)
 
     app.add_middleware(BodyLimit)  # inside the gateway's routes (added next), which have their own
+    app.add_middleware(HeadAsGet)
     routes.mount(app, engine)
     for router in (
         message_routes(engine),

@@ -185,3 +185,17 @@ def test_every_error_answer_is_declared_in_the_openapi_schema(site, admin):
     for path, method, answer, status in answers:
         assert answer.status_code == status, (path, answer.text)
         assert _documented(spec, path, method, answer), (path, status, answer.text)
+
+
+def test_head_is_answered_wherever_get_is(site, admin):
+    """Monitors and load balancers probe with HEAD; it answered 405 (Allow: GET)."""
+    anonymous = httpx.Client(base_url=site.url, timeout=10)
+    for client, path in ((anonymous, "/health"), (admin, "/api/channels"), (admin, "/metrics")):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, (path, head.status_code)
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+    refused = anonymous.head("/api/channels")
+    assert (refused.status_code, refused.headers["www-authenticate"]) == (401, "Bearer")
+    assert admin.head("/api/messages/999").status_code == 404
+    anonymous.close()
