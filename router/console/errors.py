@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from router.api import fhir_errors
+from router.api.allow import allowed_methods
 from router.api.security import ConsoleForbidden, authenticator, csrf_token
 from router.console.templating import render
 
@@ -68,6 +69,9 @@ def install(app: FastAPI) -> None:
         if fhir_errors.is_fhir_path(request.url.path):
             return await fhir_errors.http_error(request, exc)
         if not is_console_path(request.url.path):
+            if exc.status_code == 405:
+                allow = allowed_methods(request.app, request.scope["path"])
+                exc = HTTPException(405, exc.detail, headers={"Allow": allow})
             return await http_exception_handler(request, exc)
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         detail = detail[:1].upper() + detail[1:]

@@ -199,3 +199,19 @@ def test_head_is_answered_wherever_get_is(site, admin):
     assert (refused.status_code, refused.headers["www-authenticate"]) == (401, "Bearer")
     assert admin.head("/api/messages/999").status_code == 404
     anonymous.close()
+
+
+def test_a_405_allows_every_method_the_path_is_served_with(site, admin):
+    """GET and POST /api/endpoints are two routes: a 405 said Allow: GET, hiding POST."""
+    for path, allow in (
+        ("/api/endpoints", "GET, HEAD, POST"),
+        ("/api/users/ada/tokens", "GET, HEAD, POST"),
+        ("/api/endpoints/1", "DELETE, GET, HEAD"),
+        ("/api/deliveries/resend", "POST"),
+        ("/api/messages/reprocess", "GET, HEAD, POST"),  # GET: the message ref "reprocess"
+        ("/health", "GET, HEAD"),
+    ):
+        refused = admin.request("PATCH", path)
+        assert refused.status_code == 405, path
+        assert refused.headers["allow"] == allow, path
+        assert refused.json() == {"detail": "Method Not Allowed"}
