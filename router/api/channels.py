@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
 
 from router.api.messages import jsonable
 from router.api.security import Principal, require_role
@@ -16,6 +17,15 @@ from router.store.inbound import utcnow
 
 if TYPE_CHECKING:
     from router.engine import Engine
+
+
+class SwitchIn(BaseModel):
+    """A pause or resume: the reason is optional, but a misspelt field (``reson``) is a 422
+    rather than a switch whose audit event silently lost its reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=1000, description="why (kept in the audit log)")
 
 
 def channel_routes(engine: Engine) -> APIRouter:
@@ -45,20 +55,20 @@ def channel_routes(engine: Engine) -> APIRouter:
     @routes.post("/api/channels/{name}/pause")
     async def pause(
         name: str,
-        reason: str = Body(default="", embed=True, max_length=1000),
+        body: SwitchIn | None = None,
         actor: Principal = Depends(require_role("support")),
     ) -> dict[str, Any]:
         """Stop processing the channel's messages; they are still received and stored."""
-        return await _switch(name, True, actor, reason)
+        return await _switch(name, True, actor, body.reason if body else "")
 
     @routes.post("/api/channels/{name}/resume")
     async def resume(
         name: str,
-        reason: str = Body(default="", embed=True, max_length=1000),
+        body: SwitchIn | None = None,
         actor: Principal = Depends(require_role("support")),
     ) -> dict[str, Any]:
         """Process the channel again, its backlog first, in receive order."""
-        return await _switch(name, False, actor, reason)
+        return await _switch(name, False, actor, body.reason if body else "")
 
     @routes.get("/api/jobs", tags=["dps"])
     async def jobs(_: Principal = Depends(require_role("viewer"))) -> list[dict[str, Any]]:

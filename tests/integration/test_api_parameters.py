@@ -215,3 +215,17 @@ def test_a_405_allows_every_method_the_path_is_served_with(site, admin):
         assert refused.status_code == 405, path
         assert refused.headers["allow"] == allow, path
         assert refused.json() == {"detail": "Method Not Allowed"}
+
+
+def test_a_pause_with_a_misspelt_field_is_a_422_and_pauses_nothing(site, admin):
+    """{"reson": ...} paused the channel with an empty reason in its audit event."""
+    pause = "/api/channels/lab-orders/pause"
+    answer = admin.post(pause, json={"reson": "INC-9"})
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["body", "reson"]
+    (row,) = admin.get("/api/channels").json()
+    assert row["paused"] is False
+    assert admin.post(pause, json={"reason": "INC-9"}).json()["paused"] is True
+    (event,) = admin.get("/api/audit", params={"action": "pause"}).json()["events"]
+    assert event["details"] == {"reason": "INC-9"}
+    assert admin.post("/api/channels/lab-orders/resume").json()["paused"] is False
