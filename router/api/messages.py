@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from router import audit, replay
@@ -78,21 +78,31 @@ class ReplayIn(BaseModel):
     dry_run: bool = Field(default=False, description="list what would happen, change nothing")
 
 
-class BulkReprocessIn(ReplayIn):
-    ids: list[Ref] | None = Field(default=None, max_length=MAX_BULK, description="message refs")
+class BulkIn(ReplayIn):
+    """A bulk replay names its messages one way: ``ids``, or a ``search``."""
+
+    ids: list[Any] | None = None
     search: SearchIn | None = None
     limit: int = Field(default=1000, ge=1, le=MAX_BULK)
 
+    @model_validator(mode="after")
+    def _ids_or_search(self) -> BulkIn:
+        if self.ids is not None and self.search is not None:
+            raise ValueError("give ids or a search, not both")
+        return self
 
-class BulkResendIn(ReplayIn):
+
+class BulkReprocessIn(BulkIn):
+    ids: list[Ref] | None = Field(default=None, max_length=MAX_BULK, description="message refs")
+
+
+class BulkResendIn(BulkIn):
     ids: list[BodyId] | None = Field(default=None, max_length=MAX_BULK, description="delivery ids")
-    search: SearchIn | None = None
     destination: str | None = Field(default=None, max_length=64)
     delivery_status: FinishedStatus | None = Field(
         default="failed", description="null: any finished status (resent ones with again)"
     )
     again: bool = Field(default=False, description="also deliveries already resent")
-    limit: int = Field(default=1000, ge=1, le=MAX_BULK)
 
 
 def message_routes(engine: Engine) -> APIRouter:
@@ -296,7 +306,7 @@ async def _replay(
     }
 
 
-def _search_of(body: BulkReprocessIn | BulkResendIn) -> SearchIn:
+def _search_of(body: BulkIn) -> SearchIn:
     chosen = body.search
     if chosen is None or not chosen.model_dump(exclude_none=True):
         raise HTTPException(422, "give ids, or a search with at least one filter")

@@ -229,3 +229,16 @@ def test_a_pause_with_a_misspelt_field_is_a_422_and_pauses_nothing(site, admin):
     (event,) = admin.get("/api/audit", params={"action": "pause"}).json()["events"]
     assert event["details"] == {"reason": "INC-9"}
     assert admin.post("/api/channels/lab-orders/resume").json()["paused"] is False
+
+
+def test_a_bulk_replay_naming_ids_and_a_search_is_a_422(site, admin, hl7_samples):
+    """Given both, the ids were replayed and the search ignored without a word."""
+    site.send_and_settle(order(hl7_samples[OML], "BOTH-1"), "BOTH-1", "sent")
+    (found,) = admin.get("/api/messages").json()["messages"]
+    search = {"channel": "lab-orders", "control_id": "nothing-matches"}
+    for path, ids in (("/api/messages/reprocess", [found["id"]]), ("/api/deliveries/resend", [1])):
+        answer = admin.post(path, json={"ids": ids, "search": search, "reason": "INC-3"})
+        assert answer.status_code == 422, (path, answer.text)
+        assert "not both" in answer.json()["detail"][0]["msg"]
+    assert len(admin.get("/api/messages").json()["messages"]) == 1, "nothing reprocessed"
+    assert site.delivery_status("BOTH-1") == ["sent"], "nothing resent"
