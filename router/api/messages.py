@@ -282,6 +282,9 @@ async def _replay(
     store = engine.store
     if not body.reason.strip():
         raise HTTPException(422, "the reason must say why")
+    # Each message or delivery once, however often (or by however many refs) it is named:
+    # the dry run lists it once, and the run must do what the dry run said.
+    ids = list(dict.fromkeys(ids))
     if body.dry_run:
         plan = replay.plan_reprocess if kind == "reprocess" else replay.plan_resend
         results = await asyncio.to_thread(plan, store, ids)

@@ -242,3 +242,21 @@ def test_a_bulk_replay_naming_ids_and_a_search_is_a_422(site, admin, hl7_samples
         assert "not both" in answer.json()["detail"][0]["msg"]
     assert len(admin.get("/api/messages").json()["messages"]) == 1, "nothing reprocessed"
     assert site.delivery_status("BOTH-1") == ["sent"], "nothing resent"
+
+
+def test_a_bulk_replay_naming_one_twice_replays_it_once(site, admin, hl7_samples):
+    """The dry run listed a repeated id once; the run resent (or reprocessed) it each time."""
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "TWICE-1"), "TWICE-1", "failed")
+    (found,) = admin.get("/api/messages").json()["messages"]
+    (delivery,) = admin.get(f"/api/messages/{found['id']}").json()["deliveries"]
+    site.lab.code = "AA"
+    for dry_run in (True, False):
+        body = {"ids": [delivery["id"]] * 2, "reason": "INC-5", "dry_run": dry_run}
+        assert admin.post("/api/deliveries/resend", json=body).json()["count"] == 1, dry_run
+        refs = [found["id"], found["uuid"], f"urn:tie:message:{found['uuid']}"]
+        body = {"ids": refs, "reason": "INC-5", "dry_run": dry_run}
+        assert admin.post("/api/messages/reprocess", json=body).json()["count"] == 1, dry_run
+    assert len(admin.get("/api/messages").json()["messages"]) == 2, "one reprocessed copy"
+    resent = admin.get(f"/api/messages/{found['id']}").json()["deliveries"]
+    assert sorted(d["status"] for d in resent)[0] == "resent" and len(resent) == 2
