@@ -14,6 +14,7 @@ from router.api.security import Principal, require_role
 from router.auth.passwords import MAX_LENGTH
 from router.auth.tokens import issue_token, list_tokens, revoke_token
 from router.auth.users import add_user, disable_user, find_user, list_users
+from router.store.inbound import utcnow
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -92,7 +93,10 @@ def user_routes(engine: Engine) -> APIRouter:
     async def issue(
         name: str, body: TokenIn, principal: Principal = Depends(admin)
     ) -> dict[str, Any]:
-        """A new token; it is in this answer once and never stored (only its hash is)."""
+        """A new token; it is in this answer once and never stored (only its hash is). An
+        ``expires_at`` already past is a 422: that token would never work."""
+        if body.expires_at is not None and body.expires_at <= utcnow():
+            raise HTTPException(422, "expires_at is past: the token would never work")
         token_id, token = await write(
             lambda conn: issue_token(
                 conn, name, body.roles, actor=principal.name, expires_at=body.expires_at

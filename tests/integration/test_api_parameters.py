@@ -260,3 +260,17 @@ def test_a_bulk_replay_naming_one_twice_replays_it_once(site, admin, hl7_samples
     assert len(admin.get("/api/messages").json()["messages"]) == 2, "one reprocessed copy"
     resent = admin.get(f"/api/messages/{found['id']}").json()["deliveries"]
     assert sorted(d["status"] for d in resent)[0] == "resent" and len(resent) == 2
+
+
+def test_a_token_that_expired_before_it_was_issued_is_a_422(site, admin):
+    """A token past its expiry (a script's expiry computed in the wrong zone, say) was issued
+    with 201 and answered 401 at its first use."""
+    past = {"roles": ["viewer"], "expires_at": "2020-01-01T00:00:00Z"}
+    answer = admin.post("/api/users/ada/tokens", json=past)
+    assert answer.status_code == 422, answer.text
+    assert len(admin.get("/api/users/ada/tokens").json()["tokens"]) == 1, "none issued"
+    future = {"roles": ["viewer"], "expires_at": "2100-01-01T00:00:00+01:00"}
+    issued = admin.post("/api/users/ada/tokens", json=future)
+    assert issued.status_code == 201
+    headers = {"Authorization": f"Bearer {issued.json()['token']}"}
+    assert httpx.get(f"{site.url}/api/channels", headers=headers).status_code == 200
