@@ -27,12 +27,15 @@ if TYPE_CHECKING:
     from router.engine import Engine
 
 
+Transport = Literal["fhir", "mllp", "mesh"]
+
+
 class EndpointIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     key: str = Field(description="ods:<code>, dos:<id>, asid:<asid> or a FHIR system|value")
     interaction: str
-    transport: Literal["fhir", "mllp", "mesh"]
+    transport: Transport
     address: str = Field(description="FHIR base URL, MLLP host:port or MESH mailbox")
     scope: Literal["addressed", "all"] = "addressed"
     name: str = ""
@@ -48,8 +51,10 @@ def endpoints_router(engine: Engine) -> APIRouter:
         _: Principal = Depends(require_role("viewer")),
         key: str | None = None,
         interaction: str | None = None,
-        transport: str | None = None,
+        transport: Transport | None = None,
     ) -> dict[str, Any]:
+        """The directory's endpoints; a ``transport`` it has no name for is a 422, not an
+        empty list that reads as "no such endpoint"."""
         parsed = _parse(key) if key else None
 
         def read() -> list[dict[str, Any]]:

@@ -274,3 +274,10 @@ def test_a_token_that_expired_before_it_was_issued_is_a_422(site, admin):
     assert issued.status_code == 201
     headers = {"Authorization": f"Bearer {issued.json()['token']}"}
     assert httpx.get(f"{site.url}/api/channels", headers=headers).status_code == 200
+
+
+def test_an_endpoint_filter_names_a_transport_or_is_a_422(site, admin):
+    for transport in ("fhir", "mllp", "mesh"):
+        answer = admin.get("/api/endpoints", params={"transport": transport})
+        assert answer.status_code == 200, transport
+    assert admin.get("/api/endpoints", params={"transport": "MLLP"}).status_code == 422
