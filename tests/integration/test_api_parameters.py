@@ -3,7 +3,9 @@ the calendar and in other zones, and the answers to what is out of range (422, n
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -281,3 +283,22 @@ def test_an_endpoint_filter_names_a_transport_or_is_a_422(site, admin):
         answer = admin.get("/api/endpoints", params={"transport": transport})
         assert answer.status_code == 200, transport
     assert admin.get("/api/endpoints", params={"transport": "MLLP"}).status_code == 422
+
+
+def test_concurrent_first_pauses_of_a_channel_all_succeed(site, admin):
+    """The switch's UPDATE found no row in each of them and each INSERTed: on PostgreSQL all
+    but one failed with a key violation, answered 500."""
+    headers = dict(admin.headers)
+    barrier = threading.Barrier(6)
+
+    def pause(_: int) -> int:
+        with httpx.Client(base_url=site.url, timeout=30, headers=headers) as client:
+            barrier.wait()
+            return client.post("/api/channels/lab-orders/pause", json={"reason": "r"}).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(pause, range(6))) == [200] * 6
+    (row,) = admin.get("/api/channels").json()
+    assert row["paused"] is True
+    assert len(admin.get("/api/audit", params={"action": "pause"}).json()["events"]) == 6
+    assert admin.get("/api/audit/verify").json()["ok"] is True
