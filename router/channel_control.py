@@ -11,27 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from router import audit
 from router.store.database import Store
 from router.store.inbound import utcnow
 from router.store.queues import pending_queues, unprocessed
 from router.store.schema import channel_state, deliveries
+from router.store.upsert import upsert
 
 
 def set_paused(store: Store, channel: str, paused: bool, *, actor: str, reason: str = "") -> None:
     """Record the switch and an audit event in one transaction."""
-    switch = {"paused": paused, "updated_at": utcnow(), "updated_by": actor}
+    switch = {"channel": channel, "paused": paused, "updated_at": utcnow(), "updated_by": actor}
     with store.begin() as conn:
-        # One upsert: an UPDATE that found no row and then an INSERT lost the race to a
-        # concurrent first switch of the channel on PostgreSQL (a key violation, a 500).
-        upsert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        conn.execute(
-            upsert(channel_state)
-            .values(channel=channel, **switch)
-            .on_conflict_do_update(index_elements=[channel_state.c.channel], set_=switch)
-        )
+        upsert(conn, channel_state, switch, key=("channel",))
         audit.append(
             conn, actor, "pause" if paused else "resume", f"channel:{channel}", {"reason": reason}
         )

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, select
 
 from router import audit
 from router.directory.entries import Endpoint
@@ -16,6 +16,7 @@ from router.directory.keys import Key
 from router.store.database import Store
 from router.store.inbound import utcnow
 from router.store.schema import endpoints
+from router.store.upsert import upsert
 
 e = endpoints.c
 
@@ -70,8 +71,7 @@ def put_endpoint(conn: Connection, endpoint: Endpoint, *, actor: str) -> dict[st
         e.interaction == endpoint.interaction,
         e.transport == endpoint.transport,
     )
-    if conn.execute(update(endpoints).where(*where).values(**values)).rowcount == 0:
-        conn.execute(endpoints.insert().values(**values))
+    upsert(conn, endpoints, values, key=("kind", "identifier", "interaction", "transport"))
     audit.append(conn, actor, "endpoint.put", f"endpoint:{endpoint.key}", endpoint.as_dict())
     row = conn.execute(select(endpoints).where(*where)).one()
     return dict(row._mapping)

@@ -302,3 +302,21 @@ def test_concurrent_first_pauses_of_a_channel_all_succeed(site, admin):
     assert row["paused"] is True
     assert len(admin.get("/api/audit", params={"action": "pause"}).json()["events"]) == 6
     assert admin.get("/api/audit/verify").json()["ok"] is True
+
+
+def test_concurrent_puts_of_one_endpoint_all_succeed(site, admin):
+    """Each put UPDATEd no row and INSERTed: on PostgreSQL all but one hit the unique key."""
+    headers = dict(admin.headers)
+    barrier = threading.Barrier(6)
+    body = {"key": "ods:X26", "interaction": "pathology-result", "transport": "mesh"}
+
+    def put(n: int) -> int:
+        with httpx.Client(base_url=site.url, timeout=30, headers=headers) as client:
+            barrier.wait()
+            answer = client.post("/api/endpoints", json={**body, "address": f"X26HUB0{n}"})
+            return answer.status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(put, range(6))) == [201] * 6
+    (endpoint,) = admin.get("/api/endpoints", params={"key": "ods:X26"}).json()["endpoints"]
+    assert endpoint["address"].startswith("X26HUB0")
