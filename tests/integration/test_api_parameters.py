@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from console_testing import Site, order, running_site
-from tie_testing import api_token
+from tie_testing import api_token, wait_until
 
 from router.governance.models import (
     APPROVED,
@@ -260,8 +260,12 @@ def test_a_bulk_replay_naming_one_twice_replays_it_once(site, admin, hl7_samples
         body = {"ids": refs, "reason": "INC-5", "dry_run": dry_run}
         assert admin.post("/api/messages/reprocess", json=body).json()["count"] == 1, dry_run
     assert len(admin.get("/api/messages").json()["messages"]) == 2, "one reprocessed copy"
-    resent = admin.get(f"/api/messages/{found['id']}").json()["deliveries"]
-    assert sorted(d["status"] for d in resent)[0] == "resent" and len(resent) == 2
+
+    def statuses() -> list[str]:
+        deliveries = admin.get(f"/api/messages/{found['id']}").json()["deliveries"]
+        return sorted(d["status"] for d in deliveries)
+
+    wait_until(lambda: statuses() == ["resent", "sent"])
 
 
 def test_a_token_that_expired_before_it_was_issued_is_a_422(site, admin):
