@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -214,6 +215,35 @@ class Hl7Receiver:
 
         self._loop.run(_close())
         self._loop.close()
+
+
+def announced_post(
+    base_url: str, path: str, headers: dict[str, str], start: bytes, length: int
+) -> httpx.Response:
+    """The answer to a POST announcing a ``length``-byte body and sending only ``start``.
+
+    For a body refused before it is read: a client that sends the whole of a large body
+    may see the connection reset (the engine closes it unread) before it reads the answer.
+    """
+    lines = [f"POST {path} HTTP/1.1", "Host: tie", f"Content-Length: {length}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    url = httpx.URL(base_url)
+    with socket.create_connection((url.host, url.port), timeout=10) as conn:
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + start)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += conn.recv(65536) or _closed()
+        head, _, body = received.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        fields = [tuple(part.strip() for part in line.split(":", 1)) for line in header_lines]
+        size = int(dict((k.lower(), v) for k, v in fields).get("content-length", 0))
+        while len(body) < size:
+            body += conn.recv(65536) or _closed()
+    return httpx.Response(int(status_line.split()[1]), headers=fields, content=body)
+
+
+def _closed() -> bytes:
+    raise ConnectionError("the engine closed the connection before its whole answer")
 
 
 def free_ports(count: int) -> list[int]:

@@ -38,6 +38,7 @@ def test_a_very_long_field_wraps_inside_the_message_page(site, signed_in, hl7_sa
     page.goto("/messages?control_id=LONG-1")
     page.locator("tbody tr").first.get_by_role("link").click()
     page.get_by_text("Segments and fields").wait_for()
+    page.wait_for_load_state("load")  # the stylesheet too: a page measured without it is wide
     assert _width(page) <= 1280
 
 
@@ -53,6 +54,7 @@ def test_every_page_fits_a_window_800_px_wide(site, signed_in, hl7_samples):
     page.goto("/messages?control_id=NARROW-1")
     page.locator("tbody tr").first.get_by_role("link").click()
     page.locator("#deliveries").wait_for()
+    page.wait_for_load_state("load")
     assert _width(page) <= 800
 
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from console_testing import Site, order, running_site
-from tie_testing import api_token, wait_until
+from tie_testing import announced_post, api_token, wait_until
 
 from router.governance.models import (
     APPROVED,
@@ -178,7 +178,13 @@ def test_every_error_answer_is_declared_in_the_openapi_schema(site, admin):
         (
             "/api/messages/{ref}/reprocess",
             "post",
-            admin.post("/api/messages/1/reprocess", content=b"x" * (3 << 20)),
+            announced_post(
+                site.url,
+                "/api/messages/1/reprocess",
+                {"Authorization": admin.headers["authorization"]},
+                b'{"reason": ',
+                3 << 20,
+            ),
             413,
         ),
     ]
