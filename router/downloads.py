@@ -10,14 +10,17 @@ A blob is streamed from its file, so a gigabyte MESH download is never held in m
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
+from fastapi import HTTPException
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Connection, select
 
 from router import audit
 from router.payload import Payload
 from router.store.blobs import BlobStore
+from router.store.database import Store
 from router.store.queries import find_message_id
 from router.store.schema import deliveries, messages
 
@@ -63,6 +66,32 @@ def delivery_download(
     audit.append(conn, actor, "view", f"urn:tie:message:{row.uuid}", details)
     payload = blobs.payload(row.payload, row.blob_sha256, row.blob_size or 0)
     return Download(_name(f"delivery-{delivery_id}", row.content_type), payload)
+
+
+async def message_response(store: Store, ref: str, *, actor: str, via: str) -> Response:
+    """Message ``ref``'s whole content as an attachment (404 if unknown); audited."""
+
+    def load() -> Download | None:
+        with store.begin() as conn:
+            return message_download(conn, ref[:80], store.blobs, actor=actor, via=via)
+
+    found = await asyncio.to_thread(load)
+    if found is None:
+        raise HTTPException(404, f"no message {ref}")
+    return response(found)
+
+
+async def delivery_response(store: Store, delivery_id: int, *, actor: str, via: str) -> Response:
+    """Delivery ``delivery_id``'s whole payload as an attachment (404 if unknown); audited."""
+
+    def load() -> Download | None:
+        with store.begin() as conn:
+            return delivery_download(conn, delivery_id, store.blobs, actor=actor, via=via)
+
+    found = await asyncio.to_thread(load)
+    if found is None:
+        raise HTTPException(404, f"no delivery {delivery_id}")
+    return response(found)
 
 
 def response(download: Download) -> Response:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from router import audit, replay
 from router.api.params import BodyId, Cursor, IdPath, Moment, MomentQuery
 from router.api.security import Principal, require_role
-from router.downloads import Download, delivery_download, message_download, response
+from router.downloads import delivery_response, message_response
 from router.store.queries import MessageFilter, find_message_id, search
 from router.store.schema import deliveries
 
@@ -177,34 +177,14 @@ def message_routes(engine: Engine) -> APIRouter:
     ) -> Response:
         """The message's whole content (the detail shows its first 64 KiB), as an
         attachment; every call is audited."""
-
-        def load() -> Download | None:
-            with store.begin() as conn:
-                return message_download(
-                    conn, ref[:80], store.blobs, actor=principal.name, via="api"
-                )
-
-        found = await asyncio.to_thread(load)
-        if found is None:
-            raise HTTPException(404, f"no message {ref}")
-        return response(found)
+        return await message_response(store, ref, actor=principal.name, via="api")
 
     @router.get("/deliveries/{delivery_id}/payload", response_class=Response)
     async def download_delivery(
         delivery_id: IdPath, principal: Principal = Depends(require_role("support"))
     ) -> Response:
         """The delivery's whole payload, as an attachment; every call is audited."""
-
-        def load() -> Download | None:
-            with store.begin() as conn:
-                return delivery_download(
-                    conn, delivery_id, store.blobs, actor=principal.name, via="api"
-                )
-
-        found = await asyncio.to_thread(load)
-        if found is None:
-            raise HTTPException(404, f"no delivery {delivery_id}")
-        return response(found)
+        return await delivery_response(store, delivery_id, actor=principal.name, via="api")
 
     @router.post("/messages/{ref}/reprocess")
     async def reprocess_one(

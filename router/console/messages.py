@@ -22,7 +22,7 @@ from router.console.access import Support, Viewer
 from router.console.content import view
 from router.console.search import Search, page, read_search
 from router.console.templating import render
-from router.downloads import Download, delivery_download, message_download, response
+from router.downloads import delivery_response, message_response
 from router.store.queries import DELIVERY_STATUSES, MESSAGE_STATUSES
 from router.store.schema import PENDING, channel_state, deliveries
 
@@ -122,32 +122,12 @@ def message_routes(engine: Engine) -> APIRouter:
     @routes.get("/messages/{ref}/raw", response_class=Response)
     async def download_message(ref: str, principal: Support) -> Response:
         """The whole content, which the page shows the first 64 KiB of; audited."""
-
-        def load() -> Download | None:
-            with store.begin() as conn:
-                return message_download(
-                    conn, ref[:80], store.blobs, actor=principal.name, via="console"
-                )
-
-        found = await asyncio.to_thread(load)
-        if found is None:
-            raise HTTPException(404, f"no message {ref}")
-        return response(found)
+        return await message_response(store, ref, actor=principal.name, via="console")
 
     @routes.get("/deliveries/{delivery_id}/payload", response_class=Response)
     async def download_delivery(delivery_id: IdPath, principal: Support) -> Response:
         """A delivery's whole payload; audited."""
-
-        def load() -> Download | None:
-            with store.begin() as conn:
-                return delivery_download(
-                    conn, delivery_id, store.blobs, actor=principal.name, via="console"
-                )
-
-        found = await asyncio.to_thread(load)
-        if found is None:
-            raise HTTPException(404, f"no delivery {delivery_id}")
-        return response(found)
+        return await delivery_response(store, delivery_id, actor=principal.name, via="console")
 
     @routes.get("/messages/{message_id}/deliveries", response_class=HTMLResponse)
     async def delivery_rows(
