@@ -20,7 +20,7 @@ from router import audit
 from router.config import ChannelConfig, ConfigError, EngineConfig, channel_file, load_channels
 from router.config.loading import channel_from_text, read_text
 from router.governance.models import APPROVED, DEPLOY_FAILED, DEPLOYED, RUNNING, SUPERSEDED
-from router.governance.revisions import insert_revision, running, sha256
+from router.governance.revisions import insert_revision, lock_channel, running, sha256
 from router.store.database import Store
 from router.store.inbound import utcnow
 from router.store.schema import channel_revisions
@@ -169,6 +169,7 @@ def record_deployed(store: Store, channel: str, text: str, *, actor: str, reason
     """Open mode: a reload deployed ``text``; keep it as a revision by ``actor``. Its number."""
     digest = sha256(text)
     with store.begin() as conn:
+        lock_channel(conn, channel)
         base = running(conn, channel)
         if base is not None and base.sha256 == digest:
             return int(base.number)

@@ -13,7 +13,7 @@ import difflib
 import hashlib
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, select, text, update
 
 from router import audit, mappings
 from router.config import ConfigError, EngineConfig, channel_file, cross_check
@@ -40,6 +40,11 @@ from router.store.schema import channel_revisions
 
 r = channel_revisions.c
 MAX_YAML = 256 * 1024  # a channel file is a page of YAML; refuse anything far larger
+# Per store (schema) and channel: two deployments in one database do not wait on each other.
+_CHANNEL_LOCK = text(
+    "SELECT pg_advisory_xact_lock("
+    "hashtextextended(current_schema() || '/revisions/' || :channel, 0))"
+)
 
 
 def list_revisions(
@@ -124,6 +129,7 @@ def propose(
     check_channel_text(store, config, channel, text)
     digest = sha256(text)
     with store.begin() as conn:
+        lock_channel(conn, channel)
         require_role(conn, actor, "engineer")
         base = running(conn, channel)
         if base is not None and base.sha256 == digest:
@@ -262,6 +268,18 @@ def check_channel_text(store: Store, config: EngineConfig, channel: str, text: s
         )
 
 
+def lock_channel(conn: Connection, channel: str) -> None:
+    """Hold the channel's revisions until the transaction ends, before reading them.
+
+    Adding a revision reads the running one, the open proposals and the highest number, then
+    writes: on PostgreSQL two writers for one channel would both read the same and both take
+    the same number (the second fails on the unique key). SQLite's writers already take turns
+    (``BEGIN IMMEDIATE``).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(_CHANNEL_LOCK, {"channel": channel})
+
+
 def insert_revision(
     conn: Connection,
     channel: str,
@@ -275,7 +293,8 @@ def insert_revision(
 ) -> int:
     """Add ``text`` as the channel's next revision, based on the ``base`` row (the running
     revision, or None); its number. Proposals and open-mode deploys share one numbering;
-    superseding what it replaces is the caller's (the two differ in what they supersede)."""
+    superseding what it replaces is the caller's (the two differ in what they supersede), and
+    so is ``lock_channel`` first."""
     now = utcnow()
     number = (conn.scalar(select(func.max(r.number)).where(r.channel == channel)) or 0) + 1
     conn.execute(

@@ -406,3 +406,49 @@ def test_user_names_that_differ_only_in_case_are_one_person(store, governed, rec
     number = governance.propose(store, governed, "results", channel_text("ADT"), actor="eve").number
     with pytest.raises(governance.FourEyesViolation):
         governance.approve(store, governed, "results", number, actor="Eve")
+
+
+def test_concurrent_proposals_for_one_channel_all_succeed(store, governed):
+    """Each read the highest number and inserted the next: on PostgreSQL all but one hit the
+    unique (channel, number) key. Each must get its own number, the newest superseding the
+    rest, so one proposal stays open."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    kinds = ["ADT", "OML", "ORM", "SIU", "MDM", "DFT"]
+    barrier = Barrier(len(kinds))
+
+    def propose(kind: str) -> int:
+        barrier.wait()
+        text = channel_text(kind)
+        return governance.propose(store, governed, "results", text, actor="erin").number
+
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        numbers = list(pool.map(propose, kinds))
+    assert sorted(numbers) == [2, 3, 4, 5, 6, 7]
+    states = [r.state for r in governance.list_revisions(store, "results")]
+    assert states == ["proposed"] + ["superseded"] * 5 + ["deployed"]
+    assert audit.verify(store).ok
+
+
+def test_concurrent_open_mode_reloads_of_one_channel_all_record(store, tmp_path):
+    """Two nodes reloading one changed channel at once: the same race, in open mode."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    config = engine_config(tmp_path, store.url)
+    config.channels.mkdir()
+    (config.channels / "results.yaml").write_text(channel_text())
+    startup_channels(store, config)
+    kinds = ["ADT", "OML", "ORM", "SIU", "MDM", "DFT"]
+    barrier = Barrier(len(kinds))
+
+    def record(kind: str) -> int:
+        barrier.wait()
+        return record_deployed(store, "results", channel_text(kind), actor="olly", reason="r")
+
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        numbers = list(pool.map(record, kinds))
+    assert sorted(numbers) == [2, 3, 4, 5, 6, 7]
+    states = [r.state for r in governance.list_revisions(store, "results")]
+    assert states == ["deployed"] + ["superseded"] * 6
