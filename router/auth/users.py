@@ -15,6 +15,7 @@ from router import audit
 from router.auth.passwords import hash_password, verify_password
 from router.auth.roles import decode, encode, grants, parse_roles
 from router.store.inbound import utcnow
+from router.store.locks import hold_key
 from router.store.schema import api_tokens, sessions, users
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -44,6 +45,7 @@ def add_user(
     """Create an account; ``password`` None makes a token-only account (it cannot sign in)."""
     check_name(name)
     chosen = parse_roles(roles)
+    hold_key(conn, f"users/{name.lower()}")  # "Ada" and "ada" at once: the second sees the first
     clash = conn.scalar(select(users.c.name).where(func.lower(users.c.name) == name.lower()))
     if clash is not None:
         same = "exists" if clash == name else f"exists as {clash!r} (names ignore case)"

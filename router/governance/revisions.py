@@ -13,7 +13,7 @@ import difflib
 import hashlib
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, func, select, update
 
 from router import audit, mappings
 from router.config import ConfigError, EngineConfig, channel_file, cross_check
@@ -36,15 +36,11 @@ from router.governance.models import (
 )
 from router.store.database import Store
 from router.store.inbound import utcnow
+from router.store.locks import hold_key
 from router.store.schema import channel_revisions
 
 r = channel_revisions.c
 MAX_YAML = 256 * 1024  # a channel file is a page of YAML; refuse anything far larger
-# Per store (schema) and channel: two deployments in one database do not wait on each other.
-_CHANNEL_LOCK = text(
-    "SELECT pg_advisory_xact_lock("
-    "hashtextextended(current_schema() || '/revisions/' || :channel, 0))"
-)
 
 
 def list_revisions(
@@ -269,15 +265,9 @@ def check_channel_text(store: Store, config: EngineConfig, channel: str, text: s
 
 
 def lock_channel(conn: Connection, channel: str) -> None:
-    """Hold the channel's revisions until the transaction ends, before reading them.
-
-    Adding a revision reads the running one, the open proposals and the highest number, then
-    writes: on PostgreSQL two writers for one channel would both read the same and both take
-    the same number (the second fails on the unique key). SQLite's writers already take turns
-    (``BEGIN IMMEDIATE``).
-    """
-    if conn.dialect.name == "postgresql":
-        conn.execute(_CHANNEL_LOCK, {"channel": channel})
+    """Hold the channel's revisions until the transaction ends, before reading them: adding
+    one reads the running revision, the open proposals and the highest number, then writes."""
+    hold_key(conn, f"revisions/{channel}")
 
 
 def insert_revision(
