@@ -23,6 +23,7 @@ from router.governance.models import APPROVED, DEPLOY_FAILED, DEPLOYED, RUNNING,
 from router.governance.revisions import insert_revision, lock_channel, running, sha256
 from router.store.database import Store
 from router.store.inbound import utcnow
+from router.store.locks import hold_key
 from router.store.schema import channel_revisions
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def bootstrap(store: Store, config: EngineConfig) -> list[str]:
     texts = file_texts(config)
     now = utcnow()
     with store.begin() as conn:
+        hold_key(conn, "revisions")  # nodes starting at once: the second finds the first's
         if conn.scalar(select(exists().where(r.id.isnot(None)))):
             return []
         for name, text in texts.items():

@@ -452,3 +452,38 @@ def test_concurrent_open_mode_reloads_of_one_channel_all_record(store, tmp_path)
     assert sorted(numbers) == [2, 3, 4, 5, 6, 7]
     states = [r.state for r in governance.list_revisions(store, "results")]
     assert states == ["deployed"] + ["superseded"] * 6
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # SQLite: one engine
+def test_nodes_starting_at_once_bootstrap_the_revisions_once(store, tmp_path, monkeypatch):
+    """Two governed nodes starting on a new store both found no revisions and both recorded
+    revision 1: on PostgreSQL the later one failed on the unique key and did not start."""
+    import threading
+
+    from sqlalchemy import text
+
+    from router.governance import deploy
+
+    config = engine_config(tmp_path, store.url, governance="governed")
+    config.channels.mkdir()
+    (config.channels / "results.yaml").write_text(channel_text())
+    digest = deploy.sha256
+    second: list[list[str]] = []
+    other = threading.Thread(target=lambda: second.append(bootstrap(store, config)))
+
+    def waiting_on_a_lock() -> bool:
+        with store.read() as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            return bool(conn.scalar(text(query)))
+
+    def found_none_then_the_other_node(value: str) -> str:
+        if not other.is_alive() and not second:  # the first has found no revisions
+            other.start()
+            wait_until(lambda: not other.is_alive() or waiting_on_a_lock())
+        return digest(value)
+
+    monkeypatch.setattr(deploy, "sha256", found_none_then_the_other_node)
+    first = bootstrap(store, config)
+    other.join()
+    assert (first, second) == (["results"], [[]])
+    assert [r.number for r in governance.list_revisions(store, "results")] == [1]
