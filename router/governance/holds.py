@@ -40,6 +40,7 @@ from router.governance.models import (
 )
 from router.store.database import Store
 from router.store.inbound import utcnow
+from router.store.locks import hold_key
 from router.store.schema import HELD, deliveries, hold_approvals, hold_batches, messages
 
 b, d = hold_batches.c, deliveries.c
@@ -101,6 +102,7 @@ def request_release(
     now = utcnow()
     with store.begin() as conn:
         require_role(conn, actor, *REQUESTERS)
+        hold_key(conn, f"holds/{channel}/{destination}")  # a request meanwhile sees this one
         waiting = conn.scalar(
             select(b.id).where(
                 b.channel == channel, b.destination == destination, b.state == PENDING

@@ -460,8 +460,6 @@ def test_nodes_starting_at_once_bootstrap_the_revisions_once(store, tmp_path, mo
     revision 1: on PostgreSQL the later one failed on the unique key and did not start."""
     import threading
 
-    from sqlalchemy import text
-
     from router.governance import deploy
 
     config = engine_config(tmp_path, store.url, governance="governed")
@@ -471,15 +469,10 @@ def test_nodes_starting_at_once_bootstrap_the_revisions_once(store, tmp_path, mo
     second: list[list[str]] = []
     other = threading.Thread(target=lambda: second.append(bootstrap(store, config)))
 
-    def waiting_on_a_lock() -> bool:
-        with store.read() as conn:
-            query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            return bool(conn.scalar(text(query)))
-
     def found_none_then_the_other_node(value: str) -> str:
         if not other.is_alive() and not second:  # the first has found no revisions
             other.start()
-            wait_until(lambda: not other.is_alive() or waiting_on_a_lock())
+            wait_until(lambda: not other.is_alive() or _waiting_on_a_lock(store))
         return digest(value)
 
     monkeypatch.setattr(deploy, "sha256", found_none_then_the_other_node)
@@ -487,3 +480,49 @@ def test_nodes_starting_at_once_bootstrap_the_revisions_once(store, tmp_path, mo
     other.join()
     assert (first, second) == (["results"], [[]])
     assert [r.number for r in governance.list_revisions(store, "results")] == [1]
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # SQLite: one writer
+def test_a_release_request_meanwhile_is_told_a_batch_awaits(
+    store, governed, receive, er7, monkeypatch
+):
+    """Both found no pending batch and made one: on PostgreSQL the later one then found the
+    deliveries taken and answered "nothing is held" (404), not that a batch awaits (409)."""
+    import threading
+
+    from router.governance import holds
+
+    channels = _hold_channel(store, governed, 1, owner="eve")
+    _held(store, receive, er7, 2)
+    owner = holds.channel_owner
+    second: list[str] = []
+
+    def request() -> None:
+        try:
+            governance.request_release(store, channels, "results", "lab", actor="sam")
+            second.append("requested")
+        except governance.GovernanceError as exc:
+            second.append(f"{type(exc).__name__}: {exc}")
+
+    other = threading.Thread(target=request)
+
+    def none_pending_then_another_request(conn, channel):
+        if not other.is_alive() and not second:  # the first has found no pending batch
+            other.start()
+            wait_until(lambda: not other.is_alive() or _waiting_on_a_lock(store))
+        return owner(conn, channel)
+
+    monkeypatch.setattr(holds, "channel_owner", none_pending_then_another_request)
+    first = governance.request_release(store, channels, "results", "lab", actor="sam")
+    other.join()
+    assert (first.state, first.deliveries) == ("pending", 2)
+    assert second == [f"GovernanceError: batch #{first.id} of results/lab awaits a decision"]
+
+
+def _waiting_on_a_lock(store: Store) -> bool:
+    """Whether some transaction waits for a lock (PostgreSQL)."""
+    from sqlalchemy import text
+
+    with store.read() as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        return bool(conn.scalar(text(query)))
