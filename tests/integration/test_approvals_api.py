@@ -177,3 +177,27 @@ def test_an_unknown_state_is_refused_not_an_empty_list(governed):
         assert answer.status_code == 422, path
     assert client.get("/api/revisions?state=deployed", headers=as_user("val")).status_code == 200
     assert client.get("/api/holds?state=pending", headers=as_user("val")).status_code == 200
+
+
+def test_concurrent_proposals_through_the_api_all_answer_201(governed):
+    """Two engineers (or the API and the CLI) proposing for one channel at once: on PostgreSQL
+    all but one took the same number and answered 500."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    running, api, lab = governed
+    kinds = ["ORU", "ADT", "ORM", "SIU"]
+    barrier = Barrier(len(kinds))
+    url = f"http://127.0.0.1:{running.http_port}"
+
+    def propose(kind: str) -> int:
+        body = {"channel": "orders", "yaml": orders(lab.port, kind, hold=True), "reason": kind}
+        with httpx.Client(base_url=url, timeout=30, headers=api["as"]("erin")) as client:
+            barrier.wait()
+            return client.post("/api/revisions", json=body).status_code
+
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        assert list(pool.map(propose, kinds)) == [201] * len(kinds)
+    found = api["client"].get("/api/revisions", headers=api["as"]("val")).json()
+    assert sorted(r["number"] for r in found) == [1, 2, 3, 4, 5]
+    assert sorted(r["state"] for r in found) == ["deployed", "proposed"] + ["superseded"] * 3
