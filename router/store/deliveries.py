@@ -76,9 +76,9 @@ class ClaimRequest:
 class _Sql:
     """One statement, written once with ``:name`` parameters, as each driver takes it."""
 
-    def __init__(self, sql: str) -> None:
+    def __init__(self, sql: str, postgresql: str | None = None) -> None:
         self.sqlite = sql
-        self.postgresql = re.sub(r":(\w+)", r"%(\1)s", sql)
+        self.postgresql = re.sub(r":(\w+)", r"%(\1)s", postgresql or sql)
 
     def rows(self, conn: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """The statement's rows, run in ``conn``'s transaction."""
@@ -102,11 +102,16 @@ _DUE = (
     " OR (d.status = 'sending' AND (d.lease_until IS NULL OR d.lease_until < :now)))"
 )
 # Each lane's head: the first pending delivery of each ordering key (unaliased, so that
-# SQLite matches the partial index's condition).
+# SQLite matches the partial index's condition). The heads' rows are then read by id: SQLite
+# computes an IN list once; PostgreSQL is given the ids as an array, computed once, because
+# it may plan ``id IN (heads)`` as a nested loop computing the heads again for each pending
+# delivery (estimating one row of each, as before a big queue is ever analysed): 7 minutes
+# at 100% CPU for 30,000 queued.
 _HEADS = (
     "SELECT min(id) FROM deliveries WHERE channel = :channel AND destination = :destination"
     f" AND {_pending('')} GROUP BY ordering_key"
 )
+_IS_HEAD = {"sqlite": f"d.id IN ({_HEADS})", "postgresql": f"d.id = ANY(ARRAY({_HEADS}))"}
 # In the order ``_delivery`` reads them (``Delivery``'s fields first).
 _COLUMNS = (
     "d.id, d.message_id, m.uuid, d.channel, d.destination, d.payload, d.content_type,"
@@ -116,10 +121,14 @@ _COLUMNS = (
 _KEY = 7  # ordering_key
 _FROM = "FROM deliveries AS d JOIN messages AS m ON m.id = d.message_id"
 _LOCK = " FOR UPDATE OF d SKIP LOCKED"
-_LANE_HEADS = (
-    f"SELECT {_COLUMNS} {_FROM} WHERE d.id IN ({_HEADS}) AND {_DUE} ORDER BY d.id LIMIT :n"
-)
-_CLAIM_HEADS = {False: _Sql(_LANE_HEADS), True: _Sql(_LANE_HEADS + _LOCK)}
+_LANE_HEADS = {
+    dialect: f"SELECT {_COLUMNS} {_FROM} WHERE {is_head} AND {_DUE} ORDER BY d.id LIMIT :n"
+    for dialect, is_head in _IS_HEAD.items()
+}
+_CLAIM_HEADS = {
+    False: _Sql(_LANE_HEADS["sqlite"]),
+    True: _Sql(_LANE_HEADS["postgresql"] + _LOCK),
+}
 # A lane's run behind its head, each row with whether it is due (the run stops at one that
 # is not).
 _LANE_RUN = _Sql(
@@ -131,7 +140,10 @@ _CLAIM_ANY = {False: _Sql(_ANY_DUE), True: _Sql(_ANY_DUE + _LOCK)}
 _DUE_AT = "min(CASE WHEN d.status = 'sending' THEN d.lease_until ELSE d.next_attempt_at END)"
 _NEXT_DUE = {
     False: _Sql(f"SELECT {_DUE_AT} FROM deliveries AS d WHERE {_MINE}"),
-    True: _Sql(f"SELECT {_DUE_AT} FROM deliveries AS d WHERE {_MINE} AND d.id IN ({_HEADS})"),
+    True: _Sql(
+        f"SELECT {_DUE_AT} FROM deliveries AS d WHERE {_IS_HEAD['sqlite']}",
+        f"SELECT {_DUE_AT} FROM deliveries AS d WHERE {_IS_HEAD['postgresql']}",
+    ),
 }
 # Settling checks the lease in the UPDATE itself: only the lease's holder settles.
 _SETTLE_SQLITE = (
