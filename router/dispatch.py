@@ -38,6 +38,7 @@ from router.store.deliveries import (
     renew,
 )
 from router.store.inbound import utcnow
+from router.store.interruptible import Interruptible
 
 log = logging.getLogger(__name__)
 SenderFactory = Callable[[str, str, DestinationConfig], Sender]
@@ -46,6 +47,10 @@ T = TypeVar("T")
 # while it sent, wait this long, or until woken, before claiming again: one claim then covers
 # what arrived meanwhile, instead of an empty claim at once.
 LINGER = 0.01
+# A stopped worker waits this long for its store call in hand (a round's record commits),
+# then cancels the call's statement, and again each time this passes: a call stuck in one
+# long statement must not hold the engine's stop for as long.
+STOP_GRACE = 10.0
 
 
 class DestinationWorker:
@@ -68,7 +73,11 @@ class DestinationWorker:
         self._on_settled = on_settled
         self._options = options
         self._owner = owner
-        self._transact = transact
+        # Without a transact of the caller's (PostgreSQL), the worker's own transactions,
+        # whose statements a stop can cancel.
+        interruptible = None if transact else Interruptible(store)
+        self._interrupt = interruptible.cancel if interruptible else None
+        self._transact = transact or interruptible
         self._wake = asyncio.Event()
         self._stopping = False
         lanes = options.lanes if (config.order_by or not config.is_ordered) else 1
@@ -132,7 +141,13 @@ class DestinationWorker:
         return 0.0, following
 
     async def _claim(self) -> Claimed:
-        return await _store_work(claim_next, self._store, self._request, transact=self._transact)
+        return await _store_work(
+            claim_next,
+            self._store,
+            self._request,
+            transact=self._transact,
+            interrupt=self._interrupt,
+        )
 
     async def _send(self, claimed: Claimed) -> list[Attempt]:
         """Send the lanes side by side, each on a sender of the pool, keeping their leases."""
@@ -153,6 +168,7 @@ class DestinationWorker:
             lease=self._options.lease,
             owner=self._owner,
             transact=self._transact,
+            interrupt=self._interrupt,
         )
 
     async def _record(
@@ -172,6 +188,7 @@ class DestinationWorker:
                 claimed,
                 self._request,
                 transact=self._transact,
+                interrupt=self._interrupt,
                 on_settled=self._on_settled,
             )
         else:
@@ -183,6 +200,7 @@ class DestinationWorker:
                 claimed,
                 owner=self._owner,
                 transact=self._transact,
+                interrupt=self._interrupt,
                 on_settled=self._on_settled,
             )
         metrics.count_deliveries(self.channel, self.name, outcomes)
@@ -327,14 +345,29 @@ class Dispatcher:
             self._loop.call_soon_threadsafe(lambda: [w.wake() for w in workers])
 
 
-async def _store_work(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def _store_work(
+    work: Callable[..., T],
+    *args: Any,
+    interrupt: Callable[[], int] | None = None,
+    **kwargs: Any,
+) -> T:
     """``work`` in a thread; cancelled, it still waits for the thread before it gives way,
-    so that no claim or record outlives the dispatcher's stop (and the store's close)."""
+    so that no claim or record outlives the dispatcher's stop (and the store's close).
+    With ``interrupt`` (which cancels the work's statement in flight), it waits
+    ``STOP_GRACE`` at a time, interrupting the work after each."""
     thread = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
     try:
         return await asyncio.shield(thread)
     except asyncio.CancelledError:
-        await asyncio.wait([thread])
+        while not thread.done():
+            await asyncio.wait([thread], timeout=STOP_GRACE if interrupt else None)
+            if not thread.done() and interrupt and await asyncio.to_thread(interrupt):
+                log.warning(
+                    "stopping: a store call still ran after %.0f s; its statement is cancelled",
+                    STOP_GRACE,
+                )
+        if not thread.cancelled():
+            thread.exception()  # the work's own error (an interrupted statement's) is moot
         raise
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import func, select, update
 from store_testing import dead_writer, refused
 
+from router import dispatch
 from router.config import ChannelConfig, DestinationConfig, DispatchOptions, RetryPolicy
 from router.connectors import Delivery, SendResult
 from router.dispatch import DestinationWorker
@@ -467,3 +469,43 @@ def test_a_dead_writer_is_logged_once_by_a_worker_while_it_lasts_and_its_end_onc
         ("INFO", "dispatch for orders/lab works again: the store commits", None),
     ]
     assert _state(store) == {"ORD1": ("sent", 1)}
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_a_stop_cancels_a_claim_stuck_in_its_statement(store, receive, er7, monkeypatch, caplog):
+    """A stopped worker whose claim still runs a statement after ``STOP_GRACE`` cancels it:
+    a claim planned badly over a big queue ran for 7 minutes, and the engine's stop
+    (SIGTERM) waited for it until it was killed."""
+    _queue(store, receive, er7, {"mllp": LAB}, ("ORD0", "P0"))
+    monkeypatch.setattr(dispatch, "STOP_GRACE", 0.05)
+    claiming = threading.Event()
+
+    def claim_next(*args: Any, **kwargs: Any) -> Claimed:
+        claiming.set()
+        return real_claim_next(*args, **kwargs)
+
+    real_claim_next = dispatch.claim_next
+    monkeypatch.setattr(dispatch, "claim_next", claim_next)
+    worker = _worker(store, {"mllp": LAB}, Downstream())
+
+    async def stop_while_claiming() -> bool:
+        """Whether the worker stopped while its claim still waited for the table."""
+        task = asyncio.create_task(worker.run())
+        await asyncio.to_thread(claiming.wait, 30)
+        await worker.stop()
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=60)
+        blocker.rollback()  # the table is free again: a claim still waiting goes on
+        await asyncio.gather(task, return_exceptions=True)
+        return bool(done)
+
+    blocker = store.writer.connect()
+    try:
+        blocker.begin()  # the claim's query waits for the table meanwhile
+        blocker.exec_driver_sql("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+        with caplog.at_level(logging.WARNING, logger="router.dispatch"):
+            assert asyncio.run(stop_while_claiming())
+    finally:
+        blocker.close()
+    assert "its statement is cancelled" in caplog.text
+    assert _state(store) == {"ORD0": ("queued", 0)}
