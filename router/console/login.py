@@ -25,6 +25,7 @@ from router.api.security import (
     public_route,
     require_console,
 )
+from router.auth.roles import SENDER, grants
 from router.auth.sessions import end_session, start_session
 from router.auth.users import check_password, count_users
 from router.console.templating import render
@@ -34,6 +35,12 @@ if TYPE_CHECKING:
 
 LOGIN_COOKIE = "tie_login"
 FAILED = "Wrong user name or password, or the account is disabled."
+# A sending system's account: its token is for the FHIR endpoints, and the console has
+# nothing it may see (every page would be a 403).
+SENDER_ONLY = (
+    f"This is a sending system's account (role {SENDER}): it sends with its token and cannot"
+    " sign in to the console."
+)
 
 
 def safe_next(target: str) -> str:
@@ -119,6 +126,11 @@ def login_routes(engine: Engine) -> APIRouter:
                 page, request, auth, next_path=target, error=FAILED, username=username
             )
         auth.throttle.succeeded(username)
+        if not grants(user.roles, "viewer"):
+            await asyncio.to_thread(_failed, store, username, "sender only", remote)
+            return await asyncio.to_thread(
+                page, request, auth, next_path=target, error=SENDER_ONLY, username=username
+            )
         lifetime = auth.options.session_lifetime
         old = request.cookies.get(SESSION_COOKIE, "")
         cookie = await asyncio.to_thread(_start, store, user.id, user.name, lifetime, remote, old)

@@ -236,3 +236,18 @@ def test_a_session_in_use_outlives_an_idle_limit_under_a_minute(tmp_path, store_
         with short.running.store.begin() as conn:
             conn.execute(update(sessions).values(last_seen_at=utcnow() - timedelta(seconds=6)))
         assert client.get("/api/channels").status_code == 401, "idle for 6 s"
+
+
+def test_a_sending_systems_account_cannot_sign_in_to_the_console(tmp_path, store_url):
+    with running_site(tmp_path, store_url, {"gp-system": ["sender"]}) as site:
+        client = httpx.Client(base_url=site.url, timeout=10)
+        form = client.get("/login")
+        answer = client.post(
+            "/login",
+            data={"username": "gp-system", "password": PASSWORD, "csrf_token": csrf_of(form.text)},
+        )
+        assert answer.status_code == 401 and SESSION_COOKIE not in answer.cookies
+        assert "sending system&#39;s account" in answer.text
+        assert client.get("/").status_code == 303, "not signed in"
+        reasons = [e[3]["reason"] for e in _events(site, "login-failed")]
+        assert reasons == ["sender only"]
