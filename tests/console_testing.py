@@ -86,6 +86,23 @@ class Site:
         wait_until(lambda: self.delivery_status(control_id) == [status])
 
 
+# A channel "feed" whose MLLP destination retries for an hour: its failures stay in view.
+FEED_YAML = """\
+name: feed
+source:
+  mllp:
+    port: 0
+destinations:
+  pas:
+    mllp:
+      host: 127.0.0.1
+      port: {port}
+    retry:
+      max_attempts: 50
+      backoff: [1m, 1h]
+"""
+
+
 def start_site(
     tmp_path: Path,
     store_url: str,

@@ -3,26 +3,12 @@
 
 from __future__ import annotations
 
-from console_testing import PASSWORD, order, running_site
+from console_testing import FEED_YAML, PASSWORD, order, running_site
 from hl7.client import MLLPClient
 from playwright.sync_api import Page, expect
 from tie_testing import free_ports, wait_until
 
 OML = "OML_O21_nhs_nwgmsa_v251"
-FEED_YAML = """\
-name: feed
-source:
-  mllp:
-    port: 0
-destinations:
-  pas:
-    mllp:
-      host: 127.0.0.1
-      port: {port}
-    retry:
-      max_attempts: 50
-      backoff: [1m, 1h]
-"""
 
 
 def _width(page: Page) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from console_testing import Site, csrf_of, running_site, sign_in
+from console_testing import FEED_YAML, Site, csrf_of, running_site, sign_in
 from hl7.client import MLLPClient
 from sqlalchemy import select
 from tie_testing import free_ports, wait_until
@@ -251,25 +251,9 @@ def test_a_bulk_confirmation_without_a_reason_shows_the_same_dry_run_again(site)
     assert '<input type="hidden" name="status" value="error">' in refused.text
 
 
-REFUSED_YAML = """\
-name: feed
-source:
-  mllp:
-    port: 0
-destinations:
-  pas:
-    mllp:
-      host: 127.0.0.1
-      port: {port}
-    retry:
-      max_attempts: 50
-      backoff: [1m, 1h]
-"""
-
-
 def test_an_attempt_that_got_no_response_says_none(tmp_path, store_url):
     (port,) = free_ports(1)  # nobody listens: the attempt is refused
-    channels = {"feed": REFUSED_YAML.format(port=port)}
+    channels = {"feed": FEED_YAML.format(port=port)}
     with running_site(tmp_path, store_url, USERS, channels=channels) as site:
         raw = ADMISSION.format(control_id="FEED-1", ward="W1").encode()
         with MLLPClient("127.0.0.1", site.running.port("feed")) as client:
@@ -329,7 +313,7 @@ class Latin1Lab:
 
 def test_a_remote_ack_in_iso_8859_1_is_shown_in_its_own_characters(tmp_path, store_url):
     lab = Latin1Lab()
-    channels = {"feed": REFUSED_YAML.format(port=lab.port)}
+    channels = {"feed": FEED_YAML.format(port=lab.port)}
     try:
         with running_site(tmp_path, store_url, USERS, channels=channels) as site:
             raw = ADMISSION.format(control_id="FEED-2", ward="W1").encode()
