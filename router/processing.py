@@ -1,7 +1,7 @@
 """The processor: received messages become processed, filtered or error, with their deliveries.
 
 Each batch's outcomes, deliveries and correlation keys are written in one
-transaction (DESIGN.md §3.2): a crash before the commit means the messages are
+transaction (DESIGN.md §3.2; router/outcomes.py): a crash before the commit means the messages are
 processed again on restart, a crash after it means never again.
 
 A message of a declarative channel (conditions and field reads only, no mapping) is
@@ -23,29 +23,23 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
 from itertools import islice
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
-from sqlalchemy import Connection, bindparam, literal_column, select, update
+from sqlalchemy import Connection, bindparam, literal_column, select
 
 from router import metrics
 from router.config import UnmatchedFlag
-from router.local_destinations import Local, LocalRoutes, apply_local, local_routes
+from router.local_destinations import Local, LocalRoutes, local_routes
 from router.message import Message
 from router.outage_log import OutageLog
-from router.payload import as_payload
+from router.outcomes import Stored, record_decided, write_outcomes
 from router.pipeline import CompiledChannel, Outcome, PlannedDelivery, process
 from router.store.blobs import BlobStore
-from router.store.database import VALUE_REFUSED, Store, Transact, savepoint
-from router.store.fast_insert import driver_time, insert_rows
-from router.store.flags import unmatched_flags
-from router.store.inbound import Inbound, utcnow
+from router.store.database import Store, Transact
+from router.store.inbound import Inbound
 from router.store.ingest import DestinationKey
 from router.store.schema import (
-    correlations,
-    deliveries,
-    message_flags,
     messages,
 )
 from router.store.settled import paused_channels
@@ -91,23 +85,6 @@ _CLAIM_UNLOCKED = (
     .where(_m.id.in_(bindparam("ids", expanding=True)), _m.status == "received")
     .order_by(_m.id)
 )
-_SETTLE = (
-    update(messages)
-    .where(_m.id.in_(bindparam("ids", expanding=True)), _m.status == "received")
-    .values(status=bindparam("outcome"), error=bindparam("reason"), processed_at=bindparam("now"))
-    .returning(_m.id)
-)
-_SETTLE_SQL = (
-    "UPDATE messages SET status = ?, error = ?, processed_at = ? WHERE status = 'received'"
-)
-_INSERT_FLAGS = message_flags.insert()
-
-
-class _Stored(NamedTuple):
-    """What writing an outcome needs of its message's row."""
-
-    id: int
-    channel: str
 
 
 class Processor:
@@ -206,9 +183,8 @@ class Processor:
         ids = {i.uuid: i.id for i in items if i.id is not None}
         if len(ids) < len(items):
             ids |= _ids(conn, [i.uuid for i in items if i.id is None])
-        settled = [(_Stored(ids[i.uuid], i.channel), cast(Outcome, i.outcome)) for i in items]
-        _insert_keys(conn, settled)
-        return _record(conn, settled, utcnow(), self._unmatched)
+        settled = [(Stored(ids[i.uuid], i.channel), cast(Outcome, i.outcome)) for i in items]
+        return record_decided(conn, settled, self._unmatched)
 
     def _run(self) -> None:
         try:
@@ -239,7 +215,7 @@ class Processor:
             with self._store.begin() as conn:
                 rows = _claim(conn, self._active(conn), self._batch, lock=True)
                 outcomes = self._process(rows)
-                touched = _write_isolating(conn, outcomes, self._unmatched, self._local)
+                touched = write_outcomes(conn, outcomes, self._unmatched, self._local)
         else:
             # SQLite has one writer: process outside the write lock so ingest is never held up,
             # then write through ``transact`` (in the engine: ingest's next group commit).
@@ -250,7 +226,7 @@ class Processor:
                 return 0
             local = self._local
             touched = self._transact(
-                lambda conn: _write_isolating(conn, outcomes, self._unmatched, local)
+                lambda conn: write_outcomes(conn, outcomes, self._unmatched, local)
             )
         metrics.count_messages((row.channel, outcome.status) for row, outcome in outcomes)
         if touched and self._on_deliveries is not None:
@@ -330,163 +306,9 @@ def _message(row: Any, blobs: BlobStore) -> Message:
     )
 
 
-def _write(
-    conn: Connection,
-    outcomes: list[tuple[Any, Outcome]],
-    unmatched: dict[str, UnmatchedFlag] | None = None,
-    local: LocalRoutes | None = None,
-) -> set[DestinationKey]:
-    """Settle messages, insert their keys, apply local destinations, insert deliveries, flag
-    results with no known order; rows settled elsewhere meanwhile are skipped. The keys go
-    first: a local destination looks them up (a DPS job's answer earlier in the batch)."""
-    now = utcnow()
-    settled = _settle(conn, outcomes, now)
-    _insert_keys(conn, settled)
-    if local:
-        for row, outcome in settled:
-            if outcome.status == "processed" and row.channel in local:
-                apply_local(conn, row.id, outcome, local[row.channel])
-    return _record(conn, settled, now, unmatched)
-
-
-def _write_isolating(
-    conn: Connection,
-    outcomes: list[tuple[Any, Outcome]],
-    unmatched: dict[str, UnmatchedFlag] | None = None,
-    local: LocalRoutes | None = None,
-) -> set[DestinationKey]:
-    """``_write``; when the store refuses a value of the batch (a mapping's content type too
-    long for its column), each message on its own, and the one whose outcome it refuses an
-    ``error`` with the reason: a poison message must not hold up every message behind it,
-    round after round. Any other failure (the store is down) raises: the round is retried."""
-    try:
-        with savepoint(conn, "tie_batch"):
-            return _write(conn, outcomes, unmatched, local)
-    except VALUE_REFUSED:
-        log.exception("the store refused a value of %d outcome(s); one at a time", len(outcomes))
-    touched: set[DestinationKey] = set()
-    for row, outcome in outcomes:
-        try:
-            with savepoint(conn, "tie_one"):
-                touched |= _write(conn, [(row, outcome)], unmatched, local)
-        except VALUE_REFUSED as exc:
-            log.exception("message %s: the store refused its outcome", row.id)
-            reason = f"the store refused its outcome: {type(exc).__name__}: {exc}"[:2000]
-            _write(conn, [(row, Outcome("error", reason))], unmatched)
-    return touched
-
-
-def _record(
-    conn: Connection,
-    settled: Sequence[tuple[Any, Outcome]],
-    now: datetime,
-    unmatched: dict[str, UnmatchedFlag] | None = None,
-) -> set[DestinationKey]:
-    """Insert settled messages' deliveries and flags (their keys are in already); the
-    destinations given queued deliveries."""
-    delivery_rows = [
-        _delivery_row(row, d, now) for row, outcome in settled for d in outcome.deliveries
-    ]
-    insert_rows(conn, deliveries, delivery_rows)
-    flags = [(flag, row.id) for row, outcome in settled for flag in outcome.flags]
-    if unmatched:
-        processed = [
-            (row.id, row.channel, outcome.correlations)
-            for row, outcome in settled
-            if outcome.status == "processed"
-        ]
-        flags += unmatched_flags(conn, processed, unmatched)
-    if flags:
-        rows = [{"flag": flag, "message_id": mid} for flag, mid in dict.fromkeys(flags)]
-        conn.execute(_INSERT_FLAGS, rows)
-    return {(r["channel"], r["destination"]) for r in delivery_rows if r["status"] == "queued"}
-
-
-def _insert_keys(conn: Connection, settled: Sequence[tuple[Any, Outcome]]) -> None:
-    """Insert settled messages' correlation keys."""
-    key_rows = [
-        {"message_id": row.id, "key": key, "value": value}
-        for row, outcome in settled
-        for key, value in dict.fromkeys(outcome.correlations)
-    ]
-    insert_rows(conn, correlations, key_rows)
-
-
-def _settle(
-    conn: Connection, outcomes: list[tuple[Any, Outcome]], now: datetime
-) -> list[tuple[Any, Outcome]]:
-    """Set each message's outcome if it is still ``received``; the outcomes that were set.
-
-    One UPDATE per distinct status and reason (usually one for the whole batch). The
-    ``received`` check skips a message another processor settled meanwhile: SQLite reads
-    the batch outside the write lock, PostgreSQL has the rows locked already.
-    """
-    groups: dict[tuple[str, str | None], list[int]] = {}
-    for row, outcome in outcomes:
-        groups.setdefault((outcome.status, outcome.reason), []).append(row.id)
-    done: set[int] = set()
-    for (status, reason), ids in groups.items():
-        done.update(_settle_ids(conn, ids, status, reason, now))
-    return [(row, outcome) for row, outcome in outcomes if row.id in done]
-
-
-def _settle_ids(
-    conn: Connection, ids: list[int], status: str, reason: str | None, now: datetime
-) -> list[int]:
-    """One settle UPDATE, straight through the driver on SQLite and PostgreSQL: SQLAlchemy
-    compiles the expanding ``IN`` list for every batch size, which cost more than the update."""
-    driver = conn.connection.driver_connection
-    if conn.dialect.name == "sqlite":
-        marks = ", ".join("?" * len(ids))
-        sql = f"{_SETTLE_SQL} AND id IN ({marks}) RETURNING id"
-        when = driver_time("sqlite", now)
-        return [r[0] for r in driver.execute(sql, (status, reason, when, *ids)).fetchall()]
-    if conn.dialect.name == "postgresql":
-        with driver.cursor() as cursor:
-            cursor.execute(
-                f"{_SETTLE_SQL.replace('?', '%s')} AND id = ANY(%s) RETURNING id",
-                (status, reason, now, ids),
-            )
-            return [r[0] for r in cursor.fetchall()]
-    params = {"ids": ids, "outcome": status, "reason": reason, "now": now}
-    return list(conn.scalars(_SETTLE, params))
-
-
 def _stored(planned: PlannedDelivery, blobs: BlobStore) -> PlannedDelivery:
     """The delivery with a payload above the blob threshold written to the blob store."""
     payload = planned.payload
     if isinstance(payload, bytes) and len(payload) <= blobs.threshold:
         return planned
     return replace(planned, payload=blobs.put(payload))
-
-
-def _status(planned: PlannedDelivery) -> str:
-    if planned.failure:
-        return "failed"
-    if planned.applied:
-        return "sent"
-    return "held" if planned.held else "queued"
-
-
-def _delivery_row(row: Any, planned: Any, now: datetime) -> dict[str, Any]:
-    body = as_payload(planned.payload)
-    return {
-        "message_id": row.id,
-        "channel": row.channel,
-        "destination": planned.destination,
-        "status": _status(planned),
-        "last_error": planned.failure,
-        "content_type": planned.content_type,
-        "payload": body.inline,
-        "blob_sha256": body.sha256 if body.is_blob else None,
-        "blob_size": body.size if body.is_blob else None,
-        "headers": json.dumps(planned.headers) if planned.headers else None,
-        "address": planned.address,
-        "hold_labels": json.dumps(planned.labels) if planned.labels else None,
-        "ordering_key": planned.ordering_key,
-        "idempotency_key": planned.idempotency_key,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-        "updated_at": now,
-    }
