@@ -41,7 +41,7 @@ from router.gateway import Gateway
 from router.governance.deploy import startup_channels
 from router.governance.reload import Reloader, ReloadResult, reload_files
 from router.governance.watcher import RevisionWatcher
-from router.local_destinations import Local, local_routes
+from router.local_destinations import Local
 from router.pipeline import CompiledChannel, compile_channel
 from router.processing import Processor
 from router.replay import ReplayResult
@@ -158,8 +158,9 @@ class Engine:
         """In the transaction that settles ``channel``'s deliveries ``ids`` for good (sent or
         failed): the DPS jobs they belong to follow; a job record's own delivery is not one
         of its outputs. Only a channel that records jobs has any: the others' rounds cost
-        no query."""
-        local = local_routes(self.channels, LOCAL_KINDS)
+        no query. The routes are the processor's, kept with each reload, not found anew
+        every round."""
+        local = self.processor.local
         if channel in local:
             jobs.settled(conn, ids, {(channel, d) for d in local[channel]})
 

@@ -140,6 +140,11 @@ class Processor:
         while their senders still get their ACK (/health says so)."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def local(self) -> LocalRoutes:
+        """The channels with local destinations, and those destinations, as now loaded."""
+        return self._local
+
     def wake(self) -> None:
         """Called after new messages are committed; cheap and thread-safe."""
         self._wake.set()
