@@ -236,10 +236,12 @@ def _objects(stream: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def csv_files(results: Results, at: datetime) -> list[tuple[str, bytes]]:
-    """``{Practice}-OnlyOnGP-YYYYMMDDHHMMSS.csv``, ``...-OnlyOnPDS-...`` and ``...-CDD-...``."""
+    """``{Practice}-OnlyOnGP-YYYYMMDDHHMMSS-{job id}.csv``, ``...-OnlyOnPDS-...`` and
+    ``...-CDD-...``. The time is to the second and a practice may have several GP files
+    answered in one second (split files): the job id makes each name PCSE gets its own."""
     stamp = at.astimezone(LONDON).strftime("%Y%m%d%H%M%S")
     return [
-        (f"{results.practice}-{label}-{stamp}.csv", results.tables[kind].data())
+        (f"{results.practice}-{label}-{stamp}-{results.job_id}.csv", results.tables[kind].data())
         for kind, (label, _) in KINDS.items()
     ]
 

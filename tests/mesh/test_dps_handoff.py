@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 from mesh_testing import DPS, HUB, LAB, PCSE, MeshSandbox, SmtpRelay, mailbox_config, mesh_env
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tie_testing import RunningEngine, engine_config, wait_until
 
 from router.channel_control import set_paused
@@ -209,10 +210,10 @@ def test_an_extract_goes_to_dps_and_its_results_to_pcse_as_csvs_and_a_summary_em
 
         files = wait_until(lambda: len(f := _pcse_files(mesh_sandbox)) == 3 and f, timeout=30)
         names = sorted(files)
-        assert [n.rsplit("-", 1)[0] for n in names] == [
-            "A82023-CDD",
-            "A82023-OnlyOnGP",
-            "A82023-OnlyOnPDS",
+        assert [re.sub(r"-\d{14}-", "-<time>-", n) for n in names] == [
+            f"A82023-CDD-<time>-{job_id}.csv",
+            f"A82023-OnlyOnGP-<time>-{job_id}.csv",
+            f"A82023-OnlyOnPDS-<time>-{job_id}.csv",
         ]
         tables = {n.split("-")[1]: list(csv.reader(io.StringIO(files[n].decode()))) for n in names}
         assert tables["OnlyOnGP"][0] == _header("output_OnlyOnGP_example.csv")
@@ -776,5 +777,36 @@ def test_unreadable_results_whose_local_id_names_no_job_keep_why_they_could_not_
         assert message.status == "error"
         assert message.error.startswith("no job no-such-job: results for a job tie never started")
         assert message.error.endswith("(line 1: not JSON: Expecting value)")
+    finally:
+        running.stop()
+
+
+def test_two_jobs_of_a_practice_whose_results_come_in_one_second_send_pcse_distinct_files(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    """The CSV names carry the time to the second: two GP files of one practice (split
+    files, say) answered in the same second must not give PCSE two files of one name."""
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        _send_extract(mesh_sandbox, filename="A82023_GPR4LNA1.CSA")
+        _send_extract(mesh_sandbox, filename="A82023_GPR4LNA1.CSB")
+        wait_until(lambda: len(mesh_sandbox.inbox(DPS)) == 2, timeout=30)
+        set_paused(running.store, "dps-results", True, actor="test", reason="batch them")
+        assert len(fake_dps(mesh_sandbox)) == 2
+        wait_until(lambda: _count(running.store, "received") == 2, timeout=30)
+        with running.store.begin() as conn:
+            conn.execute(
+                update(messages)
+                .where(messages.c.channel == "dps-results")
+                .values(received_at=list_jobs(running.store)[0]["received_at"])
+            )
+        set_paused(running.store, "dps-results", False, actor="test", reason="over")
+        running.engine.processor.wake()
+        wait_until(lambda: len(mesh_sandbox.inbox(PCSE)) == 6, timeout=30)
+        with mesh_sandbox.client(PCSE) as pcse:
+            names = [pcse.retrieve_message(i).filename for i in pcse.list_messages()]
+        assert len(set(names)) == 6, names
+        jobs = {j["job_id"] for j in list_jobs(running.store)}
+        assert {n.split("-", 3)[3].removesuffix(".csv") for n in names} == jobs
     finally:
         running.stop()

@@ -114,12 +114,14 @@ def test_results_give_statistics_csvs_and_the_summary():
     at = datetime(2021, 7, 1, 14, 5, 6, tzinfo=UTC)  # 15:05:06 in London (BST)
     files = dict(csv_files(results, at))
     assert sorted(files) == [
-        "A82023-CDD-20210701150506.csv",
-        "A82023-OnlyOnGP-20210701150506.csv",
-        "A82023-OnlyOnPDS-20210701150506.csv",
+        "A82023-CDD-20210701150506-j1.csv",
+        "A82023-OnlyOnGP-20210701150506-j1.csv",
+        "A82023-OnlyOnPDS-20210701150506-j1.csv",
     ]
-    assert files["A82023-OnlyOnPDS-20210701150506.csv"].count(b"\n") == 1, "header only"
-    assert files["A82023-OnlyOnGP-20210701150506.csv"].splitlines()[1] == (b"SMITH,,,1,,,,,,,,,,")
+    assert files["A82023-OnlyOnPDS-20210701150506-j1.csv"].count(b"\n") == 1, "header only"
+    assert files["A82023-OnlyOnGP-20210701150506-j1.csv"].splitlines()[1] == (
+        b"SMITH,,,1,,,,,,,,,,"
+    )
     assert summary_subject("A82023", "f", at) == (
         "PDS Comparison run at 15:05:06 on 01/07/2021 against Practice: A82023 - f - "
         "Registrations Output"
@@ -170,7 +172,9 @@ def test_a_value_a_spreadsheet_would_run_as_a_formula_stays_text():
     }
     results = read_results(_jsonl(HEADER, {"type": "only_on_gp", "record": record}, SUMMARY))
     files = dict(csv_files(results, datetime(2021, 7, 1, tzinfo=UTC)))
-    (row,) = list(csv.DictReader(io.StringIO(files["A82023-OnlyOnGP-20210701010000.csv"].decode())))
+    (row,) = list(
+        csv.DictReader(io.StringIO(files["A82023-OnlyOnGP-20210701010000-j1.csv"].decode()))
+    )
     assert row["SURNAME"] == '\'=HYPERLINK("http://x.example","click")'
     assert [row[c] for c in ("FORENAMES", "ADD 1", "ADD 2", "ADD 3")] == [
         "'+1",
