@@ -26,6 +26,7 @@ from router.connectors import Delivery, SendResult
 from router.local_destinations import Refusal
 from router.store.database import Store
 from router.store.inbound import utcnow
+from router.store.locks import hold_key
 from router.store.schema import (
     HELD,
     JOB_KEY,
@@ -88,7 +89,11 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
     if status in STARTS:
         if current is not None:
             return None  # a start again (a retry, a resend) changes nothing
-        repeat = _repeat_of(conn, str(record.get("filename") or ""), message_id)
+        filename = str(record.get("filename") or "")
+        # Two nodes given the same file at once: the second waits for the first's commit,
+        # then finds its job (looking, then inserting, both would go to DPS).
+        hold_key(conn, f"dps-gp-file:{filename}")
+        repeat = _repeat_of(conn, filename, message_id)
         if repeat is not None:
             original, uuid, was = repeat
             return Refusal(
