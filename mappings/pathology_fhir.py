@@ -45,6 +45,21 @@ _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:tie:mappings:pathology_fhir")
 # What a Z segment (data local to the sender) does to the result: left out and flagged
 # ``not-mapped-<name>`` on the Bundle and the message, or the message is an error.
 ZSegments = Literal["not-mapped", "error"]
+# What each standard segment of ORU^R01 the Bundle does not carry holds (a Z segment: local
+# data), for its not-mapped-<name> flag.
+LEFT_OUT = {
+    "SFT": "the sending software",
+    "PD1": "more demographics (the registered GP)",
+    "NK1": "next of kin",
+    "PV1": "the patient visit",
+    "PV2": "more of the patient visit",
+    "TQ1": "timing and quantity",
+    "TQ2": "timing of related orders",
+    "CTD": "contact data",
+    "FT1": "a financial transaction",
+    "CTI": "a clinical trial",
+    "DSC": "a continuation pointer",
+}
 
 
 def oru_to_fhir_bundle(message: Message, *, z_segments: ZSegments = "not-mapped") -> Output:
@@ -199,10 +214,14 @@ class _BundleBuilder:
         return bundle
 
     def _not_mapped(self) -> list[dict[str, str]]:
-        """A flag per kind of segment left out that the lab wrote for a reader."""
+        """A flag per kind of segment the Bundle does not carry, Z segments included."""
         return [
-            not_mapped(name, f"{name} segment not mapped: local data the practice does not receive")
-            for name in self.result.z_segments
+            not_mapped(
+                name,
+                f"{name} segment not mapped: {LEFT_OUT.get(name, 'local data')} the practice"
+                " does not receive",
+            )
+            for name in self.result.left_out
         ]
 
     def _practice_name(self) -> str | None:

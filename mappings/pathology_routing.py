@@ -10,7 +10,8 @@ from router.message import Message, Output
 def gp_bundle(message: Message, _received: Output) -> Output:
     """The result as a FHIR R4 message Bundle for the ordering GP practice (sent over MESH).
 
-    Z segments are left out and flagged ``not-mapped-<name>`` (e.g. ``not-mapped-zds``).
+    Segments the Bundle does not carry (PV1, PD1..., Z segments) are left out and flagged
+    ``not-mapped-<name>`` (e.g. ``not-mapped-pv1``, ``not-mapped-zds``).
     """
     return _for_practice(message, "not-mapped")
 

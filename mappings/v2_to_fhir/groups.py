@@ -4,7 +4,8 @@ Group names differ by version (``ORU_R01_RESPONSE`` in 2.3, ``ORU_R01_PATIENT_RE
 from 2.4), so groups are matched by the end of their names. Values are read from the
 segments as received, not from hl7apy's tree: hl7apy writes a field the version does
 not define (an ORC-21 in 2.3) back in the wrong place. Z segments (local to the sender)
-have no place in the structure: they are set aside, by name, for the mapping to report.
+have no place in the structure: they are set aside, by name, for the mapping to report,
+as is every other segment the mapping does not carry (``left_out``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from .segments import Delimiters, Segment
 
 # A Z segment: a sender's own segment (HL7 leaves names starting with Z to local use).
 _LOCAL = re.compile(r"Z[A-Z0-9]{2}")
+# The segments the Bundle carries (NTE after PID aside: the Patient flags it). Any other
+# the structure holds (SFT, PD1, NK1, PV1, PV2, TQ1, TQ2, CTD, FT1, CTI, DSC) is left out,
+# and named so that the mapping flags it.
+CARRIED = frozenset({"MSH", "PID", "NTE", "ORC", "OBR", "OBX", "SPM"})
 
 
 @dataclass
@@ -49,6 +54,8 @@ class ResultMessage:
     msh: Segment
     patients: list[PatientGroup]
     z_segments: list[str] = field(default_factory=list)  # their names, each once, in order
+    # Every segment not CARRIED, Z segments included: names, each once, in order.
+    left_out: list[str] = field(default_factory=list)
 
 
 def read_result(raw: str | bytes) -> ResultMessage:
@@ -94,7 +101,10 @@ def read_result(raw: str | bytes) -> ResultMessage:
     if not any(patient.orders for patient in patients):
         raise ValueError("no result in the message: an ORU^R01 needs an OBR")
     return ResultMessage(
-        msh, patients, list(dict.fromkeys(n for n in names if _LOCAL.fullmatch(n)))
+        msh,
+        patients,
+        list(dict.fromkeys(n for n in names if _LOCAL.fullmatch(n))),
+        list(dict.fromkeys(n for n in names if n not in CARRIED)),
     )
 
 

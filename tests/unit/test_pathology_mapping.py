@@ -822,6 +822,61 @@ def test_z_segments_are_left_out_and_flagged_by_default(mapping: ModuleType) -> 
     assert message.flags == ["not-mapped-zpi", "not-mapped-zds"], "stored with the message"
 
 
+# Segments of ORU^R01 the mapping does not carry, by version, where the structure puts them:
+# after MSH, after PID, after OBR and after the OBX. Each comes back as not-mapped-<name>.
+LEFT_OUT = {
+    "2.3": ("", "PD1|||THE SURGERY^^A81001\rPV1|1|O", "", "CTI|T1"),
+    "2.4": (
+        "",
+        "PD1|||THE SURGERY^^A81001\rNK1|1|DOE^Jane|SPO\rPV1|1|O\rPV2|||^check",
+        "CTD|EP|DOE^Jane",
+        "FT1|1\rCTI|T1",
+    ),
+    "2.5.1": (
+        "SFT|LabSoft^^^^^^^^^^X|1.0|LabSoft|1",
+        "PD1|||THE SURGERY^^A81001\rNK1|1|DOE^Jane|SPO\rPV1|1|O\rPV2|||^check",
+        "TQ1|1||||||20240115100000\rTQ2|1|S\rCTD|EP|DOE^Jane",
+        "FT1|1\rCTI|T1",
+    ),
+}
+
+
+@pytest.mark.parametrize("version", sorted(LEFT_OUT))
+def test_every_segment_the_mapping_does_not_carry_is_flagged(
+    mapping: ModuleType, version: str
+) -> None:
+    """Not only Z segments: PD1 (the registered GP), NK1, PV1 and the rest the Bundle does
+    not carry are named on it and on the message, so none is dropped without a word."""
+    after_msh, after_pid, after_obr, after_obx = LEFT_OUT[version]
+    plain = oru(obx("NM", "1"), version=version)
+    raw = oru(obx("NM", "1"), *after_obx.split("\r"), "DSC|1", version=version)
+    raw = raw.replace(b"\rORC|", f"\r{after_pid}\rORC|".encode())
+    raw = raw.replace(b"\rOBX|", f"\r{after_obr}\rOBX|".encode()) if after_obr else raw
+    raw = raw.replace(b"\rPID|", f"\r{after_msh}\rPID|".encode()) if after_msh else raw
+    names = [line[:3] for line in raw.decode().split("\r")]
+    left_out = [n for n in dict.fromkeys(names) if n not in ("MSH", "PID", "ORC", "OBR", "OBX")]
+    bundle = mapping.oru_to_bundle(raw)
+    assert mapping.bundle_flags(bundle) == [f"not-mapped-{n.lower()}" for n in left_out]
+    assert all(
+        tag["display"].startswith(f"{n} segment ")
+        for n, tag in zip(left_out, bundle["meta"]["tag"], strict=True)
+    )
+    assert bundle["entry"] == mapping.oru_to_bundle(plain)["entry"], "the rest as without them"
+    message = Message(raw, "lab-results")
+    mapping.oru_to_fhir_bundle(message)
+    assert message.flags == [f"not-mapped-{n.lower()}" for n in left_out]
+
+
+@pytest.mark.parametrize(("name", "left_out"), [(NHS, ["pv1"]), (OURS_V251, ["pv1"])])
+def test_the_samples_visits_are_flagged_as_not_carried(
+    mapping: ModuleType, name: str, left_out: list[str]
+) -> None:
+    flags = mapping.bundle_flags(mapping.oru_to_bundle(sample(name)))
+    assert [f.removeprefix("not-mapped-") for f in flags if f.startswith("not-mapped-")] == (
+        left_out
+    )
+
+
 @pytest.mark.parametrize("version", ["2.3", "2.4", "2.5.1"])
 def test_notes_on_the_patient_are_flagged_as_not_mapped(mapping: ModuleType, version: str) -> None:
     """NTE after PID has no place in an R4 Patient (and is no report's conclusion): the
