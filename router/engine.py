@@ -132,6 +132,7 @@ class Engine:
             self.store,
             self.writer.submit_sync,
             self.deliveries_settled,
+            jobs.unknown_report,
         )
         self.files = file_schedule(
             [c.config for c in self.channels.values()], self.store, self.writer.submit_sync

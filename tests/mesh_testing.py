@@ -99,8 +99,16 @@ class MeshSandbox:
         for mailbox in mailboxes:
             httpx.delete(f"{self.url}/messageexchange/admin/reset/{mailbox}").raise_for_status()
 
-    def report(self, mailbox: str, linked_message_id: str, code: str, description: str) -> str:
-        """Put a REPORT (non-delivery report) for ``linked_message_id`` in ``mailbox``'s inbox."""
+    def report(
+        self,
+        mailbox: str,
+        linked_message_id: str,
+        code: str,
+        description: str,
+        local_id: str | None = None,
+    ) -> str:
+        """Put a REPORT (non-delivery report) for ``linked_message_id`` in ``mailbox``'s inbox;
+        ``local_id`` is the original's, which MESH copies into its report."""
         response = httpx.post(
             f"{self.url}/messageexchange/admin/report",
             json={
@@ -110,6 +118,7 @@ class MeshSandbox:
                 "workflow_id": "TIE_TEST",
                 "status": "error",
                 "linked_message_id": linked_message_id,
+                "local_id": local_id,
             },
         )
         response.raise_for_status()

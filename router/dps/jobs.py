@@ -189,6 +189,33 @@ def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str
             _move(conn, job_id, ["failed_outputs"], "completed", None)
 
 
+def unknown_report(conn: Connection, meta: dict[str, Any], reason: str) -> tuple[str, str] | None:
+    """A MESH non-delivery report for a message no stored delivery sent: retention removed
+    its delivery with its message (the results' channel keeps them less long than the
+    intake keeps the job). MESH copies the original's local id into its report, and the
+    channels make it the job id (``{job_id}`` to DPS, ``{job_id}-{delivery_id}`` to PCSE):
+    the job it names, if still kept, fails as for an output, with a reason that says it
+    cannot be resent. (The file to DPS cannot be the one: its job goes with its intake
+    message.) The correlation of the report to that job, else None."""
+    local_id = str(meta.get("local_id") or "")
+    if not local_id:
+        return None
+    query = select(jobs.c.job_id).where(jobs.c.job_id.in_([local_id, local_id.rsplit("-", 1)[0]]))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    found = set(conn.scalars(query))
+    if not found:
+        return None
+    job_id = local_id if local_id in found else found.pop()
+    failure = (
+        f"MESH message {meta.get('linked_message_id')} (local id {local_id}) failed: {reason};"
+        " its delivery is no longer stored (retention removed it), so it cannot be resent:"
+        " send it again from the archive"
+    )
+    _move(conn, job_id, ["completed"], "failed_outputs", failure)
+    return KEY, job_id
+
+
 def _move(conn: Connection, job_id: str, sources: list[str], to: str, error: str | None) -> None:
     """``job_id`` to ``to`` with ``error`` if it is in one of ``sources``."""
     conn.execute(

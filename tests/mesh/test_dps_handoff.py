@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,12 @@ from tie_testing import RunningEngine, engine_config, wait_until
 
 from router.channel_control import set_paused
 from router.config import load_channel
+from router.config.channel import RetentionPolicy
 from router.dps.filename import PROCESSING_DATE_ENV
 from router.dps.jobs import list_jobs
 from router.replay import resend
-from router.store.schema import deliveries, messages
+from router.retention import Pruner
+from router.store.schema import correlations, deliveries, messages
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "dps-handoff" / "channels"
@@ -808,5 +811,98 @@ def test_two_jobs_of_a_practice_whose_results_come_in_one_second_send_pcse_disti
         assert len(set(names)) == 6, names
         jobs = {j["job_id"] for j in list_jobs(running.store)}
         assert {n.split("-", 3)[3].removesuffix(".csv") for n in names} == jobs
+    finally:
+        running.stop()
+
+
+def _prune(running: RunningEngine, *names: str) -> None:
+    """Retention (keeping a day) run two days on, on ``names``."""
+    pruner = Pruner(running.store)
+    for name in names:
+        channel = running.engine.channels[name].config.model_copy(
+            update={"retention": RetentionPolicy(keep=86400)}
+        )
+        pruner.prune(channel, now=datetime.now(UTC) + timedelta(days=2))
+
+
+def _report_message(store) -> dict | None:
+    m = messages.c
+    with store.read() as conn:
+        row = conn.execute(
+            select(m.id, m.status, m.error).where(m.message_type == "REPORT")
+        ).first()
+        if row is None:
+            return None
+        keys = conn.execute(
+            select(correlations.c.key, correlations.c.value).where(
+                correlations.c.message_id == row.id
+            )
+        ).all()
+    return {"status": row.status, "error": row.error, "keys": [tuple(k) for k in keys]}
+
+
+def _completed_job_then_a_newer_message(
+    running: RunningEngine, sandbox: MeshSandbox
+) -> tuple[dict, str]:
+    """A job completed, its outputs sent, and the MESH message id of its file to DPS; then a
+    newer message (retention keeps the newest)."""
+    _send_extract(sandbox)
+    (to_dps,) = wait_until(lambda: sandbox.inbox(DPS), timeout=30)
+    fake_dps(sandbox)
+    wait_until(lambda: len(sandbox.inbox(PCSE)) == 3, timeout=30)
+    job = wait_until(lambda: _job_in(running.store, "completed"), timeout=30)
+    _send_extract(sandbox, filename="A82023_GPR4LNA1.CSA.txt")
+    wait_until(lambda: _job_in(running.store, "failed_validation"), timeout=30)
+    wait_until(lambda: _all_settled(running.store), timeout=30)
+    return job, to_dps
+
+
+def test_a_late_report_for_a_csv_file_whose_results_retention_removed_fails_the_job(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    """The results' channel keeps its messages less long than the intake keeps the job: a
+    report for one of their CSV files then names a delivery the store no longer has. The
+    report's local id (the original's, which MESH copies) names the job: it shows there."""
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        job, _ = _completed_job_then_a_newer_message(running, mesh_sandbox)
+        _prune(running, "dps-results")
+        assert _results_messages(running.store) == [], "the results message is gone"
+        with mesh_sandbox.client(PCSE) as pcse:
+            first = pcse.retrieve_message(pcse.list_messages()[0])
+            mesh_id, local_id = first.message_id, first.local_id
+        mesh_sandbox.report(HUB, mesh_id, "14", "Message not collected by recipient", local_id)
+        failed = wait_until(lambda: _job_in(running.store, "failed_outputs"), timeout=30)
+        assert failed["job_id"] == job["job_id"]
+        assert failed["error"] == (
+            f"MESH message {mesh_id} (local id {local_id}) failed: MESH non-delivery report 14: "
+            "Message not collected by recipient; its delivery is no longer stored (retention"
+            " removed it), so it cannot be resent: send it again from the archive"
+        )
+        report = wait_until(lambda: _report_message(running.store), timeout=30)
+        assert report["status"] == "filtered"
+        assert report["keys"] == [("dps_job", job["job_id"])], "on the job's timeline"
+    finally:
+        running.stop()
+
+
+def test_a_late_report_for_a_file_whose_job_retention_removed_is_an_error_with_the_reason(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        job, mesh_id = _completed_job_then_a_newer_message(running, mesh_sandbox)
+        _prune(running, "gp-extract-intake", "dps-results")
+        assert [j["status"] for j in list_jobs(running.store)] == ["failed_validation"]
+        mesh_sandbox.report(HUB, mesh_id, "14", "Message not collected by recipient", job["job_id"])
+        report = wait_until(lambda: _report_message(running.store), timeout=30)
+        assert report["status"] == "error"
+        assert report["error"] == (
+            f"non-delivery report for MESH message {mesh_id} (local id {job['job_id']}), which no"
+            " delivery in the store sent: tie did not send it, or retention has removed its"
+            " delivery (and any job it names): MESH non-delivery report 14: Message not"
+            " collected by recipient"
+        )
+        assert report["keys"] == []
     finally:
         running.stop()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from router.config import ChannelConfig, ConfigError, ConfigProblem, EngineConfig, channel_file
 from router.config.mesh import MeshTarget
-from router.connectors.mesh.poller import MailboxPoller
+from router.connectors.mesh.poller import MailboxPoller, OnUnknownReport
 from router.connectors.mesh.sender import MeshSender
 from router.scheduling import Job, PollSchedule
 from router.store.database import Store
@@ -40,15 +40,19 @@ def mesh_schedule(
     store: Store,
     submit: Callable[[Inbound], Receipt],
     on_failed: OnFailed | None = None,
+    on_unknown_report: OnUnknownReport | None = None,
 ) -> PollSchedule:
     """One poller per mailbox that feeds channels, in channel order; ``on_failed`` is told of
-    deliveries a non-delivery report fails."""
+    deliveries a non-delivery report fails, ``on_unknown_report`` of a report whose
+    delivery the store no longer has."""
     by_mailbox: dict[str, list[ChannelConfig]] = {}
     for channel in channels:
         if channel.source.mesh is not None:
             by_mailbox.setdefault(channel.source.mesh.mailbox, []).append(channel)
     pollers = [
-        MailboxPoller(name, config.mesh.mailboxes[name], fed, store, submit, on_failed)
+        MailboxPoller(
+            name, config.mesh.mailboxes[name], fed, store, submit, on_failed, on_unknown_report
+        )
         for name, fed in by_mailbox.items()
     ]
     jobs = [

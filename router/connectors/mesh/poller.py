@@ -7,7 +7,8 @@ bounded by the chunk size), committed, and then acknowledged on MESH
 (DESIGN.md §3.1). A message already stored (the acknowledgement was lost, or
 the engine died between commit and acknowledgement) is only acknowledged
 again, so it is processed once. A REPORT (non-delivery report) fails the
-delivery it names through ``Mex-LinkedMsgID``.
+delivery it names through ``Mex-LinkedMsgID``; one whose delivery the store no longer
+has (retention removed it) is offered to ``on_unknown_report``, else kept as an error.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from mesh_client import MeshClient, Message
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from router.config import ChannelConfig
 from router.config.mesh import MeshMailbox
@@ -29,9 +30,13 @@ from router.store.database import Store
 from router.store.deliveries import OnFailed
 from router.store.inbound import Inbound, Receipt, utcnow, write_inbound
 from router.store.leader import leader
-from router.store.schema import attempts, deliveries, mesh_sent, messages
+from router.store.schema import attempts, correlations, deliveries, mesh_sent, messages
 
 log = logging.getLogger(__name__)
+# Told, in the transaction that stores it, of a report (its source metadata, its reason)
+# about a MESH message no stored delivery sent: tie did not send it, or retention removed its
+# delivery. What claims it says what it belongs to, as a correlation key and value.
+OnUnknownReport = Callable[[Connection, dict[str, Any], str], tuple[str, str] | None]
 # Long enough that a message MESH offers again (it keeps unacknowledged ones 5 days) is known.
 REDELIVERY_WINDOW = 30 * 86400.0
 METADATA = {
@@ -58,9 +63,11 @@ class MailboxPoller:
         store: Store,
         submit: Callable[[Inbound], Receipt],
         on_failed: OnFailed | None = None,
+        on_unknown_report: OnUnknownReport | None = None,
     ) -> None:
         self.name = name
         self._on_failed = on_failed
+        self._on_unknown_report = on_unknown_report
         self.mailbox = mailbox
         self.channels = channels
         polls = [c.source.mesh for c in channels if c.source.mesh is not None]
@@ -176,31 +183,51 @@ class MailboxPoller:
                 .join(mesh_sent, mesh_sent.c.delivery_id == deliveries.c.id)
                 .where(mesh_sent.c.mesh_message_id == linked)
             ).first()
+            claimed = None
             if target is None:
                 channel, status = self.channels[0].name, "error"
-                error = f"non-delivery report for MESH message {linked}, not sent by tie: {reason}"
+                what = f"MESH message {linked}" + (
+                    f" (local id {meta['local_id']})" if meta.get("local_id") else ""
+                )
+                if self._on_unknown_report is not None:
+                    claimed = self._on_unknown_report(conn, meta, reason)
+                if claimed is None:
+                    error = (
+                        f"non-delivery report for {what}, which no delivery in the store sent:"
+                        " tie did not send it, or retention has removed its delivery (and any"
+                        f" job it names): {reason}"
+                    )
+                else:
+                    status = "filtered"
+                    error = (
+                        f"non-delivery report for {what} of {claimed[0]} {claimed[1]}, whose"
+                        f" delivery retention removed: {reason}"
+                    )
             else:
                 channel, status = target.channel, "filtered"
                 error = f"non-delivery report for delivery {target.id}: {reason}"
                 _fail_delivery(conn, target, reason, json.dumps(meta).encode(), now)
                 if self._on_failed is not None:
                     self._on_failed(conn, target.channel, [target.id])
-            write_inbound(
-                conn,
-                [
-                    Inbound(
-                        channel,
-                        json.dumps(meta).encode(),
-                        content_type="application/json",
-                        message_type="REPORT",
-                        control_id=mesh_id,
-                        sender="MESH/REPORT",
-                        source=meta,
-                        status=status,
-                        error=error,
-                    )
-                ],
+            report = Inbound(
+                channel,
+                json.dumps(meta).encode(),
+                content_type="application/json",
+                message_type="REPORT",
+                control_id=mesh_id,
+                sender="MESH/REPORT",
+                source=meta,
+                status=status,
+                error=error,
             )
+            write_inbound(conn, [report])
+            if claimed is not None:
+                stored = conn.scalar(select(messages.c.id).where(messages.c.uuid == report.uuid))
+                conn.execute(
+                    correlations.insert().values(
+                        message_id=stored, key=claimed[0], value=claimed[1]
+                    )
+                )
         log.warning("MESH %s", error)
 
     def _channel_for(self, workflow_id: str | None) -> ChannelConfig | None:
