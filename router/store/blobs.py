@@ -190,9 +190,11 @@ def write_durably(target: Path, write: Callable[[BinaryIO], None]) -> None:
     fsync_dir(target.parent)
 
 
-def default_blob_root(store_url: str) -> Path:
-    """``blobs/`` beside a SQLite file; ``data/blobs`` under the working folder otherwise."""
+def default_blob_root(store_url: str, base: Path) -> Path:
+    """``blobs/`` beside a SQLite file; otherwise ``data/blobs`` under ``base``, engine.yaml's
+    folder, against which every other relative path resolves (not the working folder, which
+    moved the blobs, and hid every large payload, when the engine was started elsewhere)."""
     prefix = "sqlite:///"
     if store_url.startswith(prefix) and ":memory:" not in store_url:
         return Path(store_url[len(prefix) :].split("?", 1)[0]).resolve().parent / "blobs"
-    return Path("data/blobs").resolve()
+    return (base / "data" / "blobs").resolve()

@@ -49,7 +49,7 @@ class Store:
     ) -> None:
         self.url = url
         # Large payloads live in files beside the database (DESIGN.md §3.5).
-        self.blobs = blobs or BlobStore(default_blob_root(url))
+        self.blobs = blobs or BlobStore(default_blob_root(url, Path.cwd()))
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             _make_folder(url)

@@ -10,10 +10,12 @@ from sqlalchemy import select
 from tie_testing import RunningEngine, channel, engine_config, wait_until
 
 from router.api.messages import jsonable
+from router.config import load_engine
 from router.payload import Payload
 from router.store.blobs import BlobStore
 from router.store.database import Store
 from router.store.inbound import Inbound
+from router.store.opening import open_store
 from router.store.queries import PREVIEW, message_detail
 from router.store.schema import deliveries, messages
 
@@ -148,3 +150,42 @@ def test_payload_reads_inline_and_blob_alike(tmp_path):
 def _status(store):
     with store.read() as conn:
         return conn.scalar(select(deliveries.c.status))
+
+
+def test_the_default_blob_folder_of_a_postgresql_store_is_under_engine_yamls_folder(
+    tmp_path, monkeypatch
+):
+    """Every relative path resolves against engine.yaml's folder; the blobs of a PostgreSQL
+    store followed the working folder instead, so an engine started from elsewhere (a
+    service manager, a cron'd ``prune``) found none of the payloads it had stored."""
+    conf, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    conf.mkdir()
+    elsewhere.mkdir()
+    (conf / "engine.yaml").write_text("store: postgresql+psycopg://tie@db.invalid/tie\n")
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    monkeypatch.chdir(elsewhere)
+
+    store = open_store(load_engine(conf / "engine.yaml"))
+    try:
+        assert store.blobs.root == conf / "data" / "blobs"
+    finally:
+        store.dispose()
+
+
+def test_blobs_left_where_an_earlier_version_kept_them_are_named_on_opening(
+    tmp_path, monkeypatch, caplog
+):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "engine.yaml").write_text("store: postgresql+psycopg://tie@db.invalid/tie\n")
+    (tmp_path / "data" / "blobs").mkdir(parents=True)
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    open_store(load_engine(conf / "engine.yaml")).dispose()
+    assert f"set blobs.directory: {tmp_path / 'data' / 'blobs'}" in caplog.text
+
+    caplog.clear()  # a SQLite store's blobs were always beside its file: nothing moved
+    (conf / "engine.yaml").write_text("store: sqlite:///tie.db\n")
+    open_store(load_engine(conf / "engine.yaml")).dispose()
+    assert "set blobs.directory" not in caplog.text
