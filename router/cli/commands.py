@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from router.cli import db_commands
 from router.cli.filters import add_filters, search_filter
 from router.cli.output import (
     CommandError,
@@ -67,6 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     up = db.add_parser("upgrade", help="apply schema migrations")
     up.set_defaults(handler=db_upgrade)
+    db_commands.register(db)
 
 
 def serve(args: argparse.Namespace) -> int:
