@@ -1,4 +1,4 @@
-"""CLI commands ``db status`` (and ``db backup``): the store as an operator needs to see it."""
+"""CLI commands ``db status`` and ``db backup``: the store as an operator needs to see it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 from dataclasses import asdict
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from router.cli.output import add_json, config_path, engine_config, print_json
@@ -26,6 +27,15 @@ def register(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_json(status)
     status.set_defaults(handler=db_status)
+
+    backup = db.add_parser(
+        "backup",
+        help="copy the running store and its blobs into FOLDER, consistently "
+        "(SQLite: online backup; PostgreSQL: pg_dump)",
+    )
+    backup.add_argument("folder", type=Path, help="a new or empty folder")
+    add_json(backup)
+    backup.set_defaults(handler=db_backup)
 
 
 def db_status(args: argparse.Namespace) -> int:
@@ -100,3 +110,31 @@ def _bytes(n: int) -> str:
 
 def _time(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def db_backup(args: argparse.Namespace) -> int:
+    from router.cli.output import CommandError
+    from router.store.backup import BackupError, back_up
+    from router.store.opening import open_store
+
+    store = open_store(engine_config(args))
+    try:
+        backup = back_up(store, args.folder)
+    except BackupError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        store.dispose()
+    complete = not backup.missing and not backup.corrupt
+    if args.json:
+        print_json(
+            asdict(backup) | {"folder": str(backup.folder), "database": str(backup.database)}
+        )
+    else:
+        print(f"database    {backup.database}")
+        print(f"blobs       {backup.blobs} file(s), {_bytes(backup.blob_bytes)}")
+        for sha256 in backup.missing:
+            print(f"MISSING     blob {sha256}: a row of the copy names it, the blob folder has not")
+        for sha256 in backup.corrupt:
+            print(f"CORRUPT     blob {sha256}: its content is not its hash; not copied")
+        print("backup complete" if complete else "backup INCOMPLETE: see the blobs above")
+    return 0 if complete else 1
