@@ -38,7 +38,7 @@ from router.store.deliveries import (
     renew,
 )
 from router.store.inbound import utcnow
-from router.store.interruptible import Interruptible
+from router.store.interruptible import STOP_GRACE, Interruptible
 
 log = logging.getLogger(__name__)
 SenderFactory = Callable[[str, str, DestinationConfig], Sender]
@@ -47,10 +47,6 @@ T = TypeVar("T")
 # while it sent, wait this long, or until woken, before claiming again: one claim then covers
 # what arrived meanwhile, instead of an empty claim at once.
 LINGER = 0.01
-# A stopped worker waits this long for its store call in hand (a round's record commits),
-# then cancels the call's statement, and again each time this passes: a call stuck in one
-# long statement must not hold the engine's stop for as long.
-STOP_GRACE = 10.0
 
 
 class DestinationWorker:

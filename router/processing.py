@@ -39,6 +39,7 @@ from router.store.blobs import BlobStore
 from router.store.database import Store, Transact
 from router.store.inbound import Inbound
 from router.store.ingest import DestinationKey
+from router.store.interruptible import STOP_GRACE, Interruptible
 from router.store.schema import (
     messages,
 )
@@ -117,6 +118,9 @@ class Processor:
         self._idle_wait = idle_wait
         self._linger = linger
         self._transact = transact or store.run
+        # PostgreSQL: the batch's transaction, whose statement a stop can cancel (one stuck
+        # behind a lock held the engine's stop for as long as the lock was held).
+        self._own = Interruptible(store) if store.dialect == "postgresql" else None
         self._unmatched = _unmatched_checks(channels)
         self._declarative = _declarative(channels, self._local)
         self._wake = threading.Event()
@@ -128,11 +132,21 @@ class Processor:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop after the batch in hand; one whose statement still runs after ``STOP_GRACE``
+        is cancelled (and rolled back: its messages stay ``received`` for the next start)."""
         self._stopping.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self._thread is None:
+            return
+        while self._thread.is_alive():
+            self._thread.join(STOP_GRACE if self._own else None)
+            if self._thread.is_alive() and self._own and self._own.cancel():
+                log.warning(
+                    "stopping: the processing batch still ran after %.0f s; its statement is "
+                    "cancelled",
+                    STOP_GRACE,
+                )
+        self._thread = None
 
     @property
     def alive(self) -> bool:
@@ -204,6 +218,9 @@ class Processor:
                 done = self.run_once()
                 failures.succeeded()
             except Exception as exc:
+                if self._stopping.is_set():  # rolled back: processed at the next start
+                    log.info("stopping: the processing batch in hand was rolled back")
+                    return
                 failures.failed(exc)
                 done = 0
             if done < self._batch:
@@ -215,12 +232,9 @@ class Processor:
 
     def run_once(self) -> int:
         """Process one batch; returns how many messages it settled."""
-        if self._store.dialect == "postgresql":
+        if self._own is not None:
             # Rows are locked (SKIP LOCKED) so that several nodes share the work.
-            with self._store.begin() as conn:
-                rows = _claim(conn, self._active(conn), self._batch, lock=True)
-                outcomes = self._process(rows)
-                touched = write_outcomes(conn, outcomes, self._unmatched, self._local)
+            rows, outcomes, touched = self._own(self._claim_and_write)
         else:
             # SQLite has one writer: process outside the write lock so ingest is never held up,
             # then write through ``transact`` (in the engine: ingest's next group commit).
@@ -237,6 +251,14 @@ class Processor:
         if touched and self._on_deliveries is not None:
             self._on_deliveries(touched)
         return len(rows)
+
+    def _claim_and_write(
+        self, conn: Connection
+    ) -> tuple[list[Any], list[tuple[Any, Outcome]], set[DestinationKey]]:
+        """PostgreSQL: claim a batch, process it and write its outcomes, in one transaction."""
+        rows = _claim(conn, self._active(conn), self._batch, lock=True)
+        outcomes = self._process(rows)
+        return rows, outcomes, write_outcomes(conn, outcomes, self._unmatched, self._local)
 
     def _active(self, conn: Connection) -> list[str]:
         """This processor's channels that are not paused."""

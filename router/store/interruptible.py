@@ -16,6 +16,9 @@ from sqlalchemy import Connection
 from router.store.database import Store
 
 T = TypeVar("T")
+# A stopping worker (dispatch, the processor) or one a reload replaces waits this long for
+# its store call in hand, then cancels the call's statement, and again each time this passes.
+STOP_GRACE = 10.0
 
 
 class Interruptible:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy import event, func, select
 from store_testing import dead_writer, orders_channel, refused, set_paused
 from tie_testing import wait_until
 
-from router import mappings
+from router import mappings, processing
 from router.connectors.hl7_inbound import hl7_inbound
 from router.processing import Processor, _claim
 from router.store.database import Store
@@ -270,3 +271,38 @@ def test_a_dead_writer_is_logged_once_while_it_lasts_and_its_end_once(tmp_path, 
         ),
         ("INFO", "processing batch works again: the store commits", None),
     ]
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_a_stop_cancels_a_batch_stuck_behind_a_lock(store, receive, er7, monkeypatch, caplog):
+    """The engine's stop (SIGTERM) waited for the processor's batch for as long as another
+    connection held a lock on the messages; now, as dispatch's, its statement is cancelled
+    after ``STOP_GRACE`` and the batch rolled back, its messages left for the next start."""
+    (message_id,) = receive("orders", er7("ORD1"))
+    monkeypatch.setattr(processing, "STOP_GRACE", 0.05)
+    claiming = threading.Event()
+
+    def claim(*args: Any, **kwargs: Any) -> list[Any]:
+        claiming.set()
+        return _claim(*args, **kwargs)
+
+    monkeypatch.setattr(processing, "_claim", claim)
+    processor = Processor(store, {"orders": orders_channel()}, idle_wait=0.01)
+    blocker = store.writer.connect()
+    try:
+        blocker.begin()  # the claim's query waits for the table meanwhile
+        blocker.exec_driver_sql("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        processor.start()
+        assert claiming.wait(30)
+        stopping = threading.Thread(target=processor.stop, daemon=True)
+        with caplog.at_level(logging.INFO, logger="router.processing"):
+            stopping.start()
+            stopping.join(30)
+            stopped = not stopping.is_alive()
+        blocker.rollback()  # the table is free again: a batch still waiting goes on
+        stopping.join(30)
+    finally:
+        blocker.close()
+    assert stopped, "the stop waited for the lock"
+    assert "the processing batch still ran after 0 s; its statement is cancelled" in caplog.text
+    assert _statuses(store, [message_id]) == [("received", None)]
