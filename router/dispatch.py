@@ -107,9 +107,23 @@ class DestinationWorker:
             await sender.close()
 
     async def finish(self, task: asyncio.Task[None]) -> None:
-        """Stop after the round in hand (its sends complete and are recorded), for a reload."""
+        """Stop after the round in hand (its sends complete and are recorded), for a reload.
+
+        A store call of the round stuck in its statement (behind a lock) is cancelled after
+        ``STOP_GRACE``, as on stop, else the reload waits as long: the round then fails,
+        and what it sent unrecorded is sent again once its leases end."""
         self._stopping = True
         self._wake.set()
+        while not task.done():
+            await asyncio.wait([task], timeout=STOP_GRACE if self._interrupt else None)
+            if not task.done() and self._interrupt and await asyncio.to_thread(self._interrupt):
+                log.warning(
+                    "reload: a store call of %s/%s still ran after %.0f s; its statement is "
+                    "cancelled",
+                    self.channel,
+                    self.name,
+                    STOP_GRACE,
+                )
         await asyncio.gather(task, return_exceptions=True)
         for sender in self._senders:
             await sender.close()

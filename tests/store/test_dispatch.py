@@ -509,3 +509,42 @@ def test_a_stop_cancels_a_claim_stuck_in_its_statement(store, receive, er7, monk
         blocker.close()
     assert "its statement is cancelled" in caplog.text
     assert _state(store) == {"ORD0": ("queued", 0)}
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_a_reload_cancels_a_claim_stuck_behind_a_lock(store, receive, er7, monkeypatch, caplog):
+    """A reload replacing a worker waited for its round for as long as another connection
+    held a lock on the deliveries; now, as on stop, the round's statement is cancelled after
+    ``STOP_GRACE`` and the worker gives way, the deliveries left for its successor."""
+    _queue(store, receive, er7, {"mllp": LAB}, ("ORD0", "P0"))
+    monkeypatch.setattr(dispatch, "STOP_GRACE", 0.05)
+    claiming = threading.Event()
+
+    def claim_next(*args: Any, **kwargs: Any) -> Claimed:
+        claiming.set()
+        return real_claim_next(*args, **kwargs)
+
+    real_claim_next = dispatch.claim_next
+    monkeypatch.setattr(dispatch, "claim_next", claim_next)
+    worker = _worker(store, {"mllp": LAB}, Downstream())
+
+    async def reload_while_claiming() -> bool:
+        """Whether the worker gave way while its claim still waited for the table."""
+        task = asyncio.create_task(worker.run())
+        await asyncio.to_thread(claiming.wait, 30)
+        finishing = asyncio.create_task(worker.finish(task))
+        done, _ = await asyncio.wait([finishing], timeout=30)
+        blocker.rollback()  # the table is free again: a claim still waiting goes on
+        await asyncio.gather(finishing, task, return_exceptions=True)
+        return bool(done)
+
+    blocker = store.writer.connect()
+    try:
+        blocker.begin()
+        blocker.exec_driver_sql("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+        with caplog.at_level(logging.WARNING, logger="router.dispatch"):
+            assert asyncio.run(reload_while_claiming()), "the reload waited for the lock"
+    finally:
+        blocker.close()
+    assert "reload: a store call of orders/lab still ran after 0 s" in caplog.text
+    assert _state(store) == {"ORD0": ("queued", 0)}
