@@ -34,6 +34,7 @@ from router.store.schema import messages
 log = logging.getLogger(__name__)
 GRACE = 60.0  # seconds: longer than any validation still running
 BATCH = 100
+LOCK_TIMEOUT_MS = 5000
 # Checks a request again, shape and models; raises Rejected.
 Check = Callable[[FhirRequest], Awaitable[Checked]]
 
@@ -44,6 +45,10 @@ def stranded(store: Store, grace: float = GRACE) -> list[Any]:
     m = messages.c
     now = utcnow()
     with store.read() as conn:
+        if conn.dialect.name == "postgresql":
+            # A look the next pass makes again: it must not wait behind another session's
+            # lock, and with it the engine's stop, which waits for it (LOCK TABLE messages).
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
         return list(
             conn.execute(
                 select(m.uuid, m.channel, m.raw, m.source, m.received_at)

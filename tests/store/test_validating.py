@@ -4,13 +4,17 @@ error with the reason; a release counts once."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from store_testing import orders_channel, set_paused
 from test_settle_on_receipt import Hooks, writer_for
 
 from router.connectors.hl7_inbound import hl7_inbound
+from router.fhir import recovery
 from router.processing import Processor
 from router.store.database import Store
 from router.store.inbound import VALIDATING, Inbound
@@ -126,3 +130,33 @@ def test_without_a_settler_a_released_message_is_received_for_the_processor(stor
     assert _row(store, item.uuid).status == "received"
     assert hooks.calls == [(set(), False), (set(), True)]
     assert Processor(store, {"orders": orders_channel()}).run_once() == 1
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_the_look_for_stranded_messages_gives_up_behind_a_lock(store, monkeypatch):
+    """The gateway's periodic look for messages left ``validating`` waited behind another
+    session's lock on the messages, and the engine's stop (which waits for it) with it."""
+    monkeypatch.setattr(recovery, "LOCK_TIMEOUT_MS", 100)
+    outcome: list[BaseException | list[Any]] = []
+
+    def look() -> None:
+        try:
+            outcome.append(recovery.stranded(store))
+        except Exception as exc:
+            outcome.append(exc)
+
+    blocker = store.writer.connect()
+    try:
+        blocker.begin()
+        blocker.exec_driver_sql("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        looking = threading.Thread(target=look, daemon=True)
+        looking.start()
+        looking.join(30)
+        gave_up = not looking.is_alive()
+        blocker.rollback()
+        looking.join(30)
+    finally:
+        blocker.close()
+    assert gave_up, "the look waited for the lock"
+    assert isinstance(outcome[0], OperationalError)
+    assert "lock timeout" in str(outcome[0])
