@@ -21,10 +21,10 @@ from router.api.security import Principal, csrf_token
 from router.console.access import Support, Viewer
 from router.console.content import view
 from router.console.search import Search, page, read_search
-from router.console.templating import render
+from router.console.templating import SECURITY_HEADERS, render
 from router.downloads import delivery_response, message_response
 from router.store.queries import DELIVERY_STATUSES, MESSAGE_STATUSES
-from router.store.schema import PENDING, channel_state, deliveries
+from router.store.schema import PENDING, channel_state, deliveries, messages
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -105,7 +105,7 @@ def message_routes(engine: Engine) -> APIRouter:
             "csrf": csrf_token(request),
             "m": found,
             "content": content,
-            "pending": _pending(found["deliveries"]),
+            "polling": _polling(found["status"], found["deliveries"]),
             "done": _known(request.query_params.get("done"), DONE),
             "copy": _uuid(request.query_params.get("copy", "")),
         }
@@ -133,21 +133,31 @@ def message_routes(engine: Engine) -> APIRouter:
     async def delivery_rows(
         message_id: IdPath, request: Request, principal: Viewer
     ) -> HTMLResponse:
-        """The deliveries' metadata, polled by the detail page while any is on its way."""
+        """The deliveries' metadata, polled by the detail page while any is on its way or the
+        message waits to be processed. Once the message's status is no longer the one the
+        page shows (``shown``), htmx reloads the whole page: its status, notices and payloads
+        have changed too, not only its deliveries."""
 
-        def load() -> list[dict[str, Any]]:
+        def load() -> tuple[str | None, list[dict[str, Any]]]:
             with store.read() as conn:
+                status = conn.scalar(select(messages.c.status).where(messages.c.id == message_id))
                 query = select(deliveries).where(deliveries.c.message_id == message_id)
-                return [dict(r._mapping) for r in conn.execute(query.order_by(deliveries.c.id))]
+                rows = [dict(r._mapping) for r in conn.execute(query.order_by(deliveries.c.id))]
+                return status, rows
 
-        rows = await asyncio.to_thread(load)
+        status, rows = await asyncio.to_thread(load)
+        if status is None:
+            raise HTTPException(404, f"no message {message_id}")
+        shown = request.query_params.get("shown")
+        if shown is not None and shown != status:
+            return HTMLResponse("", headers={**SECURITY_HEADERS, "HX-Refresh": "true"})
         return render(
             request,
             "_deliveries.html",
             {
                 "principal": principal,
-                "m": {"id": message_id, "deliveries": rows},
-                "pending": _pending(rows),
+                "m": {"id": message_id, "status": status, "deliveries": rows},
+                "polling": _polling(status, rows),
             },
         )
 
@@ -171,5 +181,7 @@ def _uuid(value: str) -> str:
     return value if UUID.fullmatch(value) else ""
 
 
-def _pending(rows: list[dict[str, Any]]) -> bool:
-    return any(r["status"] in PENDING for r in rows)
+def _polling(status: str, rows: list[dict[str, Any]]) -> bool:
+    """Whether the page follows the message: it waits to be processed (a paused channel's
+    message until it is resumed), or a delivery of it is on its way."""
+    return status == "received" or any(r["status"] in PENDING for r in rows)
