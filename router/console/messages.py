@@ -156,6 +156,7 @@ def message_routes(engine: Engine) -> APIRouter:
             "_deliveries.html",
             {
                 "principal": principal,
+                "csrf": csrf_token(request),
                 "m": {"id": message_id, "status": status, "deliveries": rows},
                 "polling": _polling(status, rows),
             },

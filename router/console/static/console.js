@@ -9,3 +9,11 @@ document.addEventListener("click", (event) => {
   const closer = event.target.closest("[data-close]");
   if (closer) closer.closest("dialog").close();
 });
+
+// A refresh (data-poll) waits while a dialog is open: it would replace the dialog and the
+// reason being typed in it.
+document.addEventListener("htmx:beforeRequest", (event) => {
+  if (event.detail.elt.matches("[data-poll]") && document.querySelector("dialog[open]")) {
+    event.preventDefault();
+  }
+});
