@@ -19,6 +19,7 @@ from router import replay
 from router.api.params import IdPath
 from router.api.security import Principal, csrf_token
 from router.console.access import Support
+from router.console.bulk_outcome import copies_made, decode_ids, encode_ids, outcome
 from router.console.search import Search, find, read_search
 from router.console.templating import render
 from router.store.database import Store
@@ -157,7 +158,19 @@ def replay_routes(engine: Engine) -> APIRouter:
 
         done = await asyncio.to_thread(run)
         await asyncio.to_thread(engine.replayed, action, done)
-        owners = await asyncio.to_thread(_owners, store, action, done)
+        copies = await asyncio.to_thread(copies_made, store, action, done)
+        # Post/redirect/get: reloading the result must show it again, never act again.
+        query = search.query_string(action=action, copies=encode_ids(copies))
+        return RedirectResponse(f"/messages/bulk/done?{query}", status_code=303)
+
+    @routes.get("/messages/bulk/done", response_class=HTMLResponse)
+    async def bulk_done(request: Request, principal: Support) -> HTMLResponse:
+        """What a bulk action did: its copies, read back from the store."""
+        action = request.query_params.get("action", "")
+        if action not in ACTIONS:
+            raise HTTPException(400, "unknown action")
+        copies = decode_ids(request.query_params.get("copies", ""), MAX_BULK)
+        done, reasons = await asyncio.to_thread(outcome, store, action, copies)
         return render(
             request,
             "bulk.html",
@@ -166,9 +179,8 @@ def replay_routes(engine: Engine) -> APIRouter:
                 "csrf": csrf_token(request),
                 "action": action,
                 "done": done,
-                "owners": owners,
-                "reason": reason,
-                "search": search,
+                "reasons": reasons,
+                "search": read_search(request.query_params),
             },
         )
 
@@ -196,18 +208,6 @@ def _notify_copy(store: Any, engine: Engine, copy_id: int) -> int:
         ).one()
     engine.dispatcher.notify({(row.channel, row.destination)})
     return int(row.message_id)
-
-
-def _owners(store: Any, action: str, done: list[replay.ReplayResult]) -> dict[str, int]:
-    """The message each resent delivery belongs to, so the result links to it (a
-    reprocess's result names its messages already)."""
-    if action != "resend" or not done:
-        return {}
-    d = deliveries.c
-    ids = [int(r.original) for r in done]
-    with store.read() as conn:
-        rows = conn.execute(select(d.id, d.message_id).where(d.id.in_(ids)))
-        return {str(row.id): int(row.message_id) for row in rows}
 
 
 def _bulk_targets(store: Any, search: Any, action: str) -> list[int]:

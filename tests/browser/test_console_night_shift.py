@@ -8,6 +8,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from console_testing import CHANNEL, PASSWORD, order
 from playwright.sync_api import expect
+from sqlalchemy import func, select
+
+from router.store.schema import messages
 
 OML = "OML_O21_nhs_nwgmsa_v251"
 
@@ -60,3 +63,25 @@ def test_a_session_ended_before_resend_signs_in_back_to_the_message(site, signed
     expect(page.get_by_role("heading", name=re.compile(r"Message \d+"))).to_be_visible()
     assert page.url == message
     assert site.delivery_status("NIGHT-3") == ["failed"]
+
+
+def test_reloading_the_result_of_a_bulk_reprocess_does_not_reprocess_again(
+    site, signed_in, hl7_samples
+):
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "NIGHT-4"), "NIGHT-4", "failed")
+    page = signed_in("sam")
+    page.goto("/messages?control_id=NIGHT-4")
+    page.get_by_label("Action").select_option("reprocess")
+    page.get_by_role("button", name="Dry run").click()
+    page.get_by_label("Reason").fill("mapping fixed")
+    page.get_by_role("button", name="Confirm: reprocess 1 item(s)").click()
+    expect(page.get_by_role("status")).to_contain_text("1 item(s) reprocessed")
+
+    page.reload()
+    expect(page.get_by_role("status")).to_contain_text("1 item(s) reprocessed")
+    expect(page.get_by_role("status")).to_contain_text("mapping fixed")
+    expect(page.get_by_role("link", name="the new message")).to_have_count(1)
+    with site.running.store.read() as conn:
+        copies = conn.scalar(select(func.count()).where(messages.c.control_id == "NIGHT-4"))
+    assert copies == 2  # the original and one copy

@@ -290,7 +290,11 @@ def test_bulk_resend_lists_first_then_acts_on_what_was_listed(site, hl7_samples)
         "/messages/bulk",
         data={"csrf_token": token, "action": "resend", "ids": ids, "reason": "lab back"},
     )
-    assert done.status_code == 200 and "2 item(s) resent" in done.text
+    assert done.status_code == 303  # post/redirect/get: a reload shows, never acts again
+    for _ in range(2):
+        result = support.get(done.headers["location"])
+        assert "2 item(s) resent" in result.text and "Reason: “lab back”" in result.text
+    assert len(_events(site, "resend")) == 2
     wait_until(lambda: site.delivery_status("CONS-5") == ["resent", "sent"])
     wait_until(lambda: site.delivery_status("CONS-6") == ["resent", "sent"])
     repeat = support.post("/messages/bulk/preview", data={**search, "action": "resend"})
