@@ -1,6 +1,7 @@
 """The console against WCAG 2.1 AA where only a browser shows it: a focus indicator that
-stands out from what is behind it (1.4.11), pages that reflow to 320 px (1.4.10), in a
-real browser against a running engine."""
+stands out from what is behind it (1.4.11), pages that reflow to 320 px (1.4.10), focus
+kept in place when htmx replaces what had it (2.4.3), in a real browser against a
+running engine."""
 
 from __future__ import annotations
 
@@ -93,3 +94,18 @@ def test_every_page_reflows_to_320_px_wide(site, signed_in, hl7_samples):
     page.wait_for_load_state("load")
     wide["message"] = page.evaluate("document.documentElement.scrollWidth")
     assert {path: width for path, width in wide.items() if width > 320} == {}
+
+
+def test_older_rows_take_the_focus_from_the_link_that_fetched_them(site, browser, monkeypatch):
+    """The audit log, two events a page: Enter on "Older events" lands on the first of them."""
+    monkeypatch.setattr("router.console.audit_log.PAGE", 2)
+    page = browser.new_context(base_url=site.url).new_page()
+    _sign_in_by_keyboard(page)
+    page.goto("/audit")
+    rows = page.locator("table tbody tr:not(.pager)")
+    expect(rows).to_have_count(2)
+    page.get_by_role("link", name="Older events").focus()
+    page.keyboard.press("Enter")
+    expect(rows).to_have_count(4)
+    expect(rows.nth(2).locator(":focus")).to_have_count(1)
+    page.context.close()

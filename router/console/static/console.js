@@ -17,3 +17,21 @@ document.addEventListener("htmx:beforeRequest", (event) => {
     event.preventDefault();
   }
 });
+
+// An "Older …" link (in a .pager row) replaces its own row with older rows: focus moves on
+// to the first of them, or a keyboard user would be sent back to the top of the page.
+let paged = null;
+document.addEventListener("htmx:beforeRequest", (event) => {
+  const pager = event.detail.elt.closest(".pager");
+  if (pager) paged = { before: pager.previousElementSibling, rows: pager.parentElement };
+});
+document.addEventListener("htmx:afterSettle", () => {
+  if (!paged) return;
+  const { before, rows } = paged;
+  paged = null;
+  const first = before ? before.nextElementSibling : rows.firstElementChild;
+  if (!first) return;
+  const target = first.querySelector("a, button") || first.cells[0];
+  if (!target.matches("a, button")) target.tabIndex = -1;
+  target.focus();
+});
