@@ -109,3 +109,24 @@ def test_older_rows_take_the_focus_from_the_link_that_fetched_them(site, browser
     expect(rows).to_have_count(4)
     expect(rows.nth(2).locator(":focus")).to_have_count(1)
     page.context.close()
+
+
+def test_a_page_title_names_the_step_and_says_when_something_was_refused(
+    site, signed_in, hl7_samples
+):
+    """A screen reader announces the title first: dry run, refusal and result differ."""
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "TITLE-1"), "TITLE-1", "failed")
+    page = signed_in("sam")
+    page.goto("/messages?since=yesterday")
+    expect(page).to_have_title("Error: Messages · tie console")
+    page.goto("/messages?control_id=TITLE-1")
+    expect(page).to_have_title("Messages · tie console")
+    page.get_by_role("button", name="Dry run").click()
+    expect(page).to_have_title("Bulk resend: dry run · tie console")
+    page.get_by_label("Reason").fill("   ")
+    page.get_by_role("button", name="Confirm: resend 1 item(s)").click()
+    expect(page).to_have_title("Error: Bulk resend: dry run · tie console")
+    page.get_by_label("Reason").fill("lab back")
+    page.get_by_role("button", name="Confirm: resend 1 item(s)").click()
+    expect(page).to_have_title("Bulk resend: done · tie console")
