@@ -106,6 +106,15 @@ def _open_as_sam(browser, site: Site, path: str) -> Page:
     return page
 
 
+def _a_colleague_resends_the_failed_delivery(browser, site: Site, message_id: int) -> None:
+    other = _open_as_sam(browser, site, f"/messages/{message_id}")
+    other.locator("#deliveries tr", has_text="failed").get_by_role("button", name="Resend…").click()
+    other.get_by_role("dialog").get_by_label("Reason").fill("lab back")
+    other.get_by_role("dialog").get_by_role("button", name="Resend", exact=True).click()
+    expect(other.get_by_role("status")).to_contain_text("Resent")
+    other.context.close()
+
+
 def test_a_delivery_that_appears_on_refresh_can_be_resent_and_a_refresh_keeps_the_dialog(
     browser, split
 ):
@@ -114,12 +123,7 @@ def test_a_delivery_that_appears_on_refresh_can_be_resent_and_a_refresh_keeps_th
     rows = page.locator("#deliveries tbody tr")
     expect(rows).to_have_count(2)
 
-    other = _open_as_sam(browser, site, f"/messages/{message_id}")  # a colleague resends it
-    other.locator("#deliveries tr", has_text="failed").get_by_role("button", name="Resend…").click()
-    other.get_by_role("dialog").get_by_label("Reason").fill("lab back")
-    other.get_by_role("dialog").get_by_role("button", name="Resend", exact=True).click()
-    expect(other.get_by_role("status")).to_contain_text("Resent")
-
+    _a_colleague_resends_the_failed_delivery(browser, site, message_id)
     copy = rows.filter(has_text=re.compile(r"^\s*\d+\s+lab")).last
     expect(rows).to_have_count(3)
     expect(copy.locator(".status")).to_have_text("failed")
@@ -133,4 +137,19 @@ def test_a_delivery_that_appears_on_refresh_can_be_resent_and_a_refresh_keeps_th
     expect(page.get_by_role("status")).to_contain_text("Resent")
     expect(rows).to_have_count(4)
     page.context.close()
-    other.context.close()
+
+
+def test_what_a_refresh_changes_in_the_deliveries_is_said_aloud(browser, split):
+    """WCAG 4.1.3: the table is replaced silently; a polite live region says what changed."""
+    site, message_id = split
+    page = _open_as_sam(browser, site, f"/messages/{message_id}")
+    rows = page.locator("#deliveries tbody tr")
+    expect(rows).to_have_count(2)
+
+    _a_colleague_resends_the_failed_delivery(browser, site, message_id)
+    expect(rows).to_have_count(3)
+    copy = rows.last.get_attribute("data-delivery")
+    news = page.locator("#deliveries-news")
+    expect(news).to_have_attribute("aria-live", "polite")
+    expect(news).to_contain_text(f"Delivery {copy}: failed.")
+    page.context.close()

@@ -35,3 +35,25 @@ document.addEventListener("htmx:afterSettle", () => {
   if (!target.matches("a, button")) target.tabIndex = -1;
   target.focus();
 });
+
+// A refresh replaces the deliveries table silently: what changed in it is said aloud
+// (#deliveries-news, a polite live region), so a screen reader user hears "sent".
+let before = null;
+const statuses = (table) =>
+  new Map(
+    [...table.querySelectorAll("tr[data-delivery]")].map((row) => [
+      row.dataset.delivery,
+      row.querySelector(".status").textContent,
+    ]),
+  );
+document.addEventListener("htmx:beforeSwap", (event) => {
+  if (event.detail.target.id === "deliveries") before = statuses(event.detail.target);
+});
+document.addEventListener("htmx:afterSettle", () => {
+  const table = document.getElementById("deliveries");
+  const news = document.getElementById("deliveries-news");
+  if (!before || !table || !news) return;
+  const changed = [...statuses(table)].filter(([id, status]) => before.get(id) !== status);
+  before = null;
+  if (changed.length) news.textContent = changed.map(([id, s]) => `Delivery ${id}: ${s}.`).join(" ");
+});
