@@ -153,3 +153,21 @@ def test_what_a_refresh_changes_in_the_deliveries_is_said_aloud(browser, split):
     expect(news).to_have_attribute("aria-live", "polite")
     expect(news).to_contain_text(f"Delivery {copy}: failed.")
     page.context.close()
+
+
+def test_the_refresh_of_the_deliveries_can_be_paused_and_resumed(browser, split):
+    """WCAG 2.2.2: content that updates itself for as long as a delivery retries (here an
+    hour) has a way to stop it."""
+    site, message_id = split
+    page = _open_as_sam(browser, site, f"/messages/{message_id}")
+    rows = page.locator("#deliveries tbody tr")
+    expect(rows).to_have_count(2)
+    page.get_by_label("Refresh every 2 seconds").uncheck()
+
+    _a_colleague_resends_the_failed_delivery(browser, site, message_id)
+    page.evaluate(TWO_REFRESHES)
+    expect(rows).to_have_count(2)
+    page.get_by_label("Refresh every 2 seconds").check()
+    expect(rows).to_have_count(3)
+    expect(page.get_by_label("Refresh every 2 seconds")).to_be_checked()
+    page.context.close()

@@ -11,9 +11,12 @@ document.addEventListener("click", (event) => {
 });
 
 // A refresh (data-poll) waits while a dialog is open: it would replace the dialog and the
-// reason being typed in it.
+// reason being typed in it. It stops while its "Refresh every 2 seconds" box is unticked
+// (WCAG 2.2.2: content that updates itself can be paused).
 document.addEventListener("htmx:beforeRequest", (event) => {
-  if (event.detail.elt.matches("[data-poll]") && document.querySelector("dialog[open]")) {
+  if (!event.detail.elt.matches("[data-poll]")) return;
+  const follow = event.detail.elt.querySelector("input[type=checkbox]");
+  if (document.querySelector("dialog[open]") || (follow && !follow.checked)) {
     event.preventDefault();
   }
 });
