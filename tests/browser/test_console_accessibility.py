@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 
-from console_testing import PASSWORD, order
+from axe_playwright_python.sync_playwright import Axe
+from console_testing import CHANNEL, PASSWORD, order
 from playwright.sync_api import Page, expect
 
 OML = "OML_O21_nhs_nwgmsa_v251"
@@ -51,9 +52,9 @@ def contrast(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
     return (light + 0.05) / (dark + 0.05)
 
 
-def _sign_in_by_keyboard(page: Page) -> None:
+def _sign_in_by_keyboard(page: Page, name: str = "sam") -> None:
     page.goto("/login")
-    page.keyboard.type("sam")
+    page.keyboard.type(name)
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
     page.keyboard.press("Enter")
@@ -130,3 +131,126 @@ def test_a_page_title_names_the_step_and_says_when_something_was_refused(
     page.get_by_label("Reason").fill("lab back")
     page.get_by_role("button", name="Confirm: resend 1 item(s)").click()
     expect(page).to_have_title("Bulk resend: done · tie console")
+
+
+def _tab_to(page: Page, name: str, *, most: int = 80) -> None:
+    """Press Tab until the focused control's text, label or value is ``name``."""
+    for _ in range(most):
+        page.keyboard.press("Tab")
+        if page.evaluate(FOCUSED_NAME) == name:
+            return
+    raise AssertionError(f"{name!r} cannot be reached with Tab")
+
+
+FOCUSED_NAME = """() => {
+    const e = document.activeElement;
+    const label = e.labels && e.labels.length ? e.labels[0].firstChild.textContent : "";
+    return (label || e.textContent || e.value || "").trim();
+}"""
+
+
+def test_sign_in_search_resend_and_approve_with_the_keyboard_alone(
+    site, browser, signed_in, hl7_samples
+):
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "KEY-1"), "KEY-1", "failed")
+    site.lab.code = "AA"
+    page = browser.new_context(base_url=site.url).new_page()
+    _sign_in_by_keyboard(page)
+
+    _tab_to(page, "Messages")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Messages")).to_be_visible()
+    _tab_to(page, "Control id (MSH-10)")
+    page.keyboard.type("KEY-1")
+    page.keyboard.press("Enter")
+    expect(page.locator("tbody tr")).to_have_count(1)
+    _tab_to(page, page.locator("tbody tr a").first.inner_text())
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=re.compile(r"Message \d+"))).to_be_visible()
+
+    _tab_to(page, "Resend…")
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_label("Reason")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    expect(page.get_by_role("button", name="Resend…")).to_be_focused()
+    page.keyboard.press("Enter")
+    page.keyboard.type("lab back")
+    _tab_to(page, "Resend")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status")).to_contain_text("Resent")
+    expect(page.locator("#deliveries tbody tr").nth(1).locator(".status")).to_have_text("sent")
+    page.context.close()
+
+    alice = signed_in("alice")  # proposes a change, with the mouse
+    alice.goto(f"/approvals/propose?channel={CHANNEL}")
+    editor = alice.get_by_label("Channel file (YAML)")
+    editor.fill(editor.input_value().replace("orders to the lab", "orders to lab 2"))
+    alice.get_by_label("Reason").fill("rename")
+    alice.get_by_role("button", name="Propose").click()
+    expect(alice.get_by_role("status")).to_contain_text("Proposed")
+    bob = browser.new_context(base_url=site.url).new_page()
+    _sign_in_by_keyboard(bob, "bob")
+    _tab_to(bob, "Approvals")
+    bob.keyboard.press("Enter")
+    expect(bob.get_by_role("heading", name="Approvals")).to_be_visible()
+    _tab_to(bob, "Approve and deploy")
+    bob.keyboard.press("Enter")
+    expect(bob.get_by_role("status")).to_contain_text("Approved")
+    bob.context.close()
+
+
+WCAG_21_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
+
+
+def _violations(page: Page) -> list[str]:
+    """axe-core's WCAG 2.1 A and AA violations on the page as it is now."""
+    results = Axe().run(page, options=WCAG_21_AA)
+    return [
+        f"{page.url} {v['id']}: {node['target']}"
+        for v in results.response["violations"]
+        for node in v["nodes"]
+    ]
+
+
+def test_axe_finds_no_wcag_21_aa_violation_on_any_page(site, browser, signed_in, hl7_samples):
+    """Every page and state a support engineer or an approver meets, a dialog open too."""
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "AXE-1"), "AXE-1", "failed")
+    found: list[str] = []
+    page = browser.new_context(base_url=site.url).new_page()
+    page.goto("/login")
+    found += _violations(page)
+    page.context.close()
+
+    sam = signed_in("sam")
+    found += _violations(sam)
+    for path in ("/messages", "/messages?since=yesterday", "/audit", "/messages/999999"):
+        sam.goto(path)
+        found += _violations(sam)
+    sam.goto("/messages?control_id=AXE-1")
+    found += _violations(sam)
+    sam.get_by_role("button", name="Dry run").click()
+    found += _violations(sam)
+    sam.get_by_label("Reason").fill("lab back")
+    sam.get_by_role("button", name="Confirm: resend 1 item(s)").click()
+    expect(sam.get_by_role("status")).to_contain_text("resent")
+    found += _violations(sam)
+    sam.get_by_role("link", name=re.compile(r"^message \d+$")).click()
+    sam.locator("#deliveries").wait_for()
+    found += _violations(sam)
+    sam.locator("#deliveries").get_by_role("button", name="Resend…").first.click()
+    found += _violations(sam)
+
+    alice = signed_in("alice")
+    alice.goto(f"/approvals/propose?channel={CHANNEL}")
+    found += _violations(alice)
+    editor = alice.get_by_label("Channel file (YAML)")
+    editor.fill(editor.input_value().replace("orders to the lab", "orders to lab 3"))
+    alice.get_by_label("Reason").fill("rename")
+    alice.get_by_role("button", name="Propose").click()
+    expect(alice.get_by_role("status")).to_contain_text("Proposed")
+    found += _violations(alice)
+    assert found == []
