@@ -254,3 +254,21 @@ def test_axe_finds_no_wcag_21_aa_violation_on_any_page(site, browser, signed_in,
     expect(alice.get_by_role("status")).to_contain_text("Proposed")
     found += _violations(alice)
     assert found == []
+
+
+def test_a_table_wider_than_the_window_scrolls_with_the_keyboard(site, signed_in, hl7_samples):
+    """At 800 px the messages table scrolls in its box; its last columns (the error) have
+    nothing to tab to, so the box itself takes the focus and the arrow keys scroll it."""
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "WIDE-1"), "WIDE-1", "failed")
+    page = signed_in("sam")
+    page.set_viewport_size({"width": 800, "height": 800})
+    page.goto("/messages")
+    box = page.get_by_role("region", name="Messages")
+    assert box.evaluate("box => box.scrollWidth > box.clientWidth")
+    _tab_to(page, page.locator("tbody tr a").first.inner_text())
+    page.keyboard.press("Shift+Tab")
+    expect(box).to_be_focused()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => document.querySelector('.scroll').scrollLeft > 0", timeout=15_000)
