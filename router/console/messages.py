@@ -141,9 +141,7 @@ def message_routes(engine: Engine) -> APIRouter:
         def load() -> tuple[str | None, list[dict[str, Any]]]:
             with store.read() as conn:
                 status = conn.scalar(select(messages.c.status).where(messages.c.id == message_id))
-                query = select(deliveries).where(deliveries.c.message_id == message_id)
-                rows = [dict(r._mapping) for r in conn.execute(query.order_by(deliveries.c.id))]
-                return status, rows
+                return status, _delivery_rows(conn, message_id)
 
         status, rows = await asyncio.to_thread(load)
         if status is None:
@@ -163,6 +161,18 @@ def message_routes(engine: Engine) -> APIRouter:
         )
 
     return routes
+
+
+def _delivery_rows(conn: Connection, message_id: int) -> list[dict[str, Any]]:
+    """The message's deliveries as the page's table shows them, each with the copies it was
+    resent as, as the page has them (``message_detail``); never their payloads, which
+    can be megabytes, read every 2 seconds."""
+    shown = [c for c in deliveries.c if c.name != "payload"]
+    query = select(*shown).where(deliveries.c.message_id == message_id).order_by(deliveries.c.id)
+    rows = [dict(r._mapping) for r in conn.execute(query)]
+    for row in rows:
+        row["resent_as"] = [x["id"] for x in rows if x["resent_from"] == row["id"]]
+    return rows
 
 
 def _paused_by(conn: Connection, channel: str) -> str | None:

@@ -127,6 +127,8 @@ def test_a_delivery_that_appears_on_refresh_can_be_resent_and_a_refresh_keeps_th
     copy = rows.filter(has_text=re.compile(r"^\s*\d+\s+lab")).last
     expect(rows).to_have_count(3)
     expect(copy.locator(".status")).to_have_text("failed")
+    resent = rows.filter(has=page.locator(".status", has_text="resent"))
+    expect(resent).to_contain_text(f"→ #{copy.get_attribute('data-delivery')}")  # as on load
     copy.get_by_role("button", name="Resend…").click()
     dialog = page.get_by_role("dialog")
     expect(dialog).to_be_visible()
