@@ -272,3 +272,17 @@ def test_a_table_wider_than_the_window_scrolls_with_the_keyboard(site, signed_in
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
     page.wait_for_function("() => document.querySelector('.scroll').scrollLeft > 0", timeout=15_000)
+
+
+def test_what_a_search_field_takes_stays_in_view_once_typed_in(site, signed_in):
+    """WCAG 3.3.2: the format a time takes, and that a content search is audited, are part
+    of the field's label, not a placeholder that vanishes at the first key."""
+    page = signed_in("sam")
+    page.goto("/messages")
+    since = page.get_by_label("Since (UTC)")
+    since.fill("7d")
+    expect(since).to_have_accessible_name(re.compile(r"2h or 2026-05-01T09:00"))
+    text = page.get_by_label("Text in content")
+    text.fill("Smith")
+    expect(text).to_have_accessible_name(re.compile("audited"))
+    expect(page.get_by_text("last 24h unless Since; audited")).to_be_visible()

@@ -109,8 +109,12 @@ def test_times_typed_and_shown_name_their_zone(site):
         shown = re.search(rf"<dt>{label}</dt><dd>(.*?)</dd>", detail).group(1)
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", shown), (label, shown)
     for page in (sam.get("/messages").text, sam.get("/audit").text):
-        assert re.search(r"<label>Since \(UTC\) <input name=\"since\"", page)
-        assert re.search(r"<label>Until \(UTC\) <input name=\"until\"", page)
+        assert re.search(
+            r"<label>Since \(UTC\) <small class=\"hint\">[^<]*</small><input name=\"since\"", page
+        )
+        assert re.search(
+            r"<label>Until \(UTC\) <small class=\"hint\">[^<]*</small><input name=\"until\"", page
+        )
     wrong = sam.get("/messages", params={"since": "yesterday"}).text
     assert "since: give an ISO time (2026-05-01T09:00 is UTC) or an age (2h)" in wrong
 
