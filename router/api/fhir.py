@@ -20,6 +20,7 @@ from router import audit
 from router.api.security import Principal, require_role
 from router.fhir import registry, search_params
 from router.fhir.intake import Answer, rejected_answer
+from router.fhir.negotiation import unacceptable
 from router.fhir.outcome import Rejected, reject
 from router.store.queries import parse_id
 
@@ -69,6 +70,11 @@ def fhir_router(engine: Engine) -> APIRouter:
         compiled = engine.channels.get(channel)
         return compiled is not None and compiled.config.source.http is not None
 
+    def not_json(request: Request) -> Response | None:
+        """406 for a client that asks only for a format other than FHIR JSON."""
+        exc = unacceptable(request.headers.get("accept", ""), request.url.query)
+        return None if exc is None else to_response(rejected_answer(exc, request.headers))
+
     def fhir_json(resource: dict[str, Any], status: int = 200) -> Response:
         return Response(json.dumps(resource), status, media_type="application/fhir+json")
 
@@ -79,10 +85,12 @@ def fhir_router(engine: Engine) -> APIRouter:
         """The latest ServiceRequests by ``identifier``, ``patient:identifier`` and ``status``."""
         if not registry_channel(channel):
             return unknown(request, f"no FHIR channel named {channel!r}")
+        if (refusal := not_json(request)) is not None:
+            return refusal
         params = request.query_params
         try:
             strict = search_params.strict(request.headers.get("prefer"))
-            supported = (*SEARCHED, *PAGING, "_sort", "_total")
+            supported = (*SEARCHED, *PAGING, "_sort", "_total", "_format")
             skipped = search_params.ignored(params, supported, strict=strict)
         except Rejected as exc:
             return to_response(rejected_answer(exc, request.headers))
@@ -150,6 +158,8 @@ def fhir_router(engine: Engine) -> APIRouter:
     ) -> Response:
         if not registry_channel(channel):
             return unknown(request, f"no FHIR channel named {channel!r}")
+        if (refusal := not_json(request)) is not None:
+            return refusal
 
         def find() -> dict[str, Any] | None:
             with engine.store.begin() as conn:

@@ -20,6 +20,7 @@ from router import metrics
 from router.config.http import HttpSource
 from router.fhir import MEDIA_TYPES
 from router.fhir.intake import KEPT_OF_REJECTED, Answer, FhirRequest, rejected_answer
+from router.fhir.negotiation import unacceptable
 from router.fhir.outcome import Rejected, reject
 from router.fhir.proxy import ProxyRequest, provider_url
 
@@ -221,6 +222,10 @@ class GatewayRoutes:
                 f"send {' or '.join(MEDIA_TYPES)}"
             )
             await respond_fhir(send, await intake.refuse(request, 415, "not-supported", text))
+            return
+        not_acceptable = unacceptable(incoming.headers.get("accept", ""), incoming.query)
+        if not_acceptable is not None:
+            await respond_fhir(send, await intake.turn_away(request, not_acceptable))
             return
         if message and not source.events:
             text = f"channel {channel} takes no messages"

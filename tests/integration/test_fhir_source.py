@@ -320,6 +320,36 @@ def test_other_content_types_get_415(engine, bars_samples):
     assert len(_refused(running)) == 3
 
 
+def test_a_client_that_asks_for_xml_gets_406_and_json_clients_are_answered(engine, bars_samples):
+    running, client = engine
+    document = bars_samples["booking-request_process-message"]
+    for accept in ("application/fhir+xml", "application/xml;q=1, application/json;q=0"):
+        refused = _post(client, "/fhir/inbox/$process-message", document, Accept=accept)
+        assert refused.status_code == 406, accept
+        assert refused.headers["content-type"].startswith("application/fhir+json")
+        assert refused.json()["issue"][0]["code"] == "not-supported"
+    by_format = _post(client, "/fhir/inbox/$process-message?_format=xml", document)
+    assert by_format.status_code == 406
+    assert by_format.json()["issue"][0]["expression"] == ["_format"]
+    refusals = _refused(running)
+    assert len(refusals) == 3
+    assert refusals[0].error.startswith("rejected (406): Accept 'application/fhir+xml'")
+    assert refusals[0].raw == json.dumps(document).encode()
+
+    for accept in ("*/*", "application/json", "application/fhir+json;fhirVersion=4.0"):
+        resent = {**document, "id": str(uuid4())}
+        taken = _post(client, "/fhir/inbox/$process-message", resent, Accept=accept)
+        assert taken.status_code == 202, accept
+    resent = {**document, "id": str(uuid4())}
+    formatted = _post(
+        client, "/fhir/inbox/$process-message?_format=application/fhir%2Bjson", resent
+    )
+    assert formatted.status_code == 202
+    overridden = {**document, "id": str(uuid4())}
+    path = "/fhir/inbox/$process-message?_format=json"  # _format overrides Accept
+    assert _post(client, path, overridden, Accept="application/fhir+xml").status_code == 202
+
+
 def test_unknown_channels_and_resource_types_are_not_found(engine):
     running, client = engine
     body = json.dumps({"resourceType": "Patient"})
@@ -588,6 +618,20 @@ def test_registry_reads_are_audited_views(engine, bars_samples):
         ("sam", "fhir:inbox/ServiceRequest", {"via": "api", "found": []}),
         ("sam", f"fhir:inbox/ServiceRequest/{indexed.resource_id}", {"via": "api"}),
     ]
+
+
+def test_registry_reads_answer_406_to_a_client_that_asks_for_xml(engine):
+    running, client = engine
+    auth = {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
+    xml = {**auth, "Accept": "application/fhir+xml"}
+    for path in ("/fhir/inbox/ServiceRequest", "/fhir/inbox/ServiceRequest/sr-1"):
+        refused = client.get(path, headers=xml)
+        assert refused.status_code == 406, path
+        assert refused.json()["issue"][0]["code"] == "not-supported"
+        assert client.get(path, params={"_format": "xml"}, headers=auth).status_code == 406
+    searched = client.get("/fhir/inbox/ServiceRequest", params={"_format": "json"}, headers=auth)
+    assert searched.status_code == 200
+    assert "entry" not in searched.json()  # _format is understood, not an ignored parameter
 
 
 def test_the_registry_count_is_a_number_it_can_use(engine):
