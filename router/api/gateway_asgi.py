@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 from router import metrics
 from router.config.http import HttpSource
@@ -245,7 +246,8 @@ class GatewayRoutes:
             (c for c in self.engine.channels.values() if c.config.source.proxy is not None), None
         )
         if channel is None:
-            answer = proxy.refusal(reject(404, "not-found", "this engine has no booking proxy"))
+            unknown = reject(404, "not-found", "this engine has no booking proxy")
+            answer = proxy.refusal(unknown, incoming.headers.get("x-request-id") or str(uuid4()))
             await respond(send, answer.status, answer.body, answer.headers)
             return
         options = channel.config.source.proxy

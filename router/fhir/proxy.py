@@ -5,7 +5,9 @@
 interaction, the provider's ASID must have an endpoint for it, and the URL must lie
 under that endpoint: the proxy never reaches any other host. The provider's answer
 comes back unchanged (201 and 422 included). Every exchange, refused or forwarded, is
-stored, searchable by its trace id (the message's control id).
+stored, searchable by its trace id (the message's control id) and by the ``X-Request-Id``
+that every answer carries (the caller's, else the stored message's UUID), so a caller
+refused at night has an id to quote to support.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from sqlalchemy import Connection, bindparam, select
+
 from router.api.security import CSRF_HEADER, SESSION_COOKIE
 from router.auth.tokens import PREFIX as TOKEN_PREFIX
 from router.config.http import ProxySource
@@ -31,7 +35,9 @@ from router.fhir.forwarding import Forwarder, HopFailed
 from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
 from router.fhir.recorder import Recorder
 from router.fhir.senders import bearer
-from router.store.inbound import Inbound, utcnow, write_inbound
+from router.store.fast_insert import insert_rows
+from router.store.inbound import Inbound, time_ordered_uuid, utcnow, write_inbound
+from router.store.schema import correlations, messages
 
 log = logging.getLogger(__name__)
 SSP = ("ssp-traceid", "ssp-from", "ssp-to", "ssp-interactionid")
@@ -55,7 +61,11 @@ HOP_BY_HOP = frozenset(
 )
 NOT_ANSWERED = HOP_BY_HOP | {"date", "server"}
 TIE_COOKIES = "tie_"  # the console's session and sign-in cookies
-KEPT_HEADERS = (*SSP, "content-type", "accept")  # with the stored request (no Authorization)
+REQUEST_ID = "x-request-id"
+# With the stored request (never Authorization).
+KEPT_HEADERS = (*SSP, "content-type", "accept", REQUEST_ID)
+REQUEST_ID_KEY = "x_request_id"  # the correlation key of a caller's own X-Request-Id
+MAX_REQUEST_ID = 255  # a caller's longer X-Request-Id is not used (nor stored): tie gives one
 KEPT_OF_REFUSED = 64 * 1024  # of a refused request's body, stored with its reason
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _ASID = re.compile(r"[0-9]+")  # digits (Spine's are 12; the length is left to the directory)
@@ -71,12 +81,25 @@ class ProxyRequest:
     body: bytes
     remote: str
     user: str | None = None  # the sender's API user, when the proxy takes tokens
+    uuid: str = field(default_factory=time_ordered_uuid)  # of the message that stores it
 
     def header(self, name: str) -> str:
         for key, value in self.headers:
             if key.lower() == name:
                 return value.strip()
         return ""
+
+    @property
+    def callers_id(self) -> str | None:
+        """The caller's own ``X-Request-Id``, when it sent a usable one."""
+        sent = self.header(REQUEST_ID)
+        return sent if 0 < len(sent) <= MAX_REQUEST_ID else None
+
+    @property
+    def request_id(self) -> str:
+        """The id every answer carries: the caller's, else the stored message's UUID (which
+        ``/api/messages?key=`` and ``run.py show`` find)."""
+        return self.callers_id or self.uuid
 
 
 @dataclass
@@ -171,17 +194,24 @@ class BookingProxy:
         answer, sent, kept, error = await self._forward(request)
         duration = (time.perf_counter() - t0) * 1000
         self._store_exchange(request, caller, interaction, started, duration, sent, kept, error)
+        if not any(name.lower() == REQUEST_ID for name, _ in answer.headers):
+            answer.headers.append((REQUEST_ID, request.request_id))
         return answer
 
     def refuse(self, request: ProxyRequest, exc: Rejected) -> ProxyAnswer:
         """Answer ``exc`` and keep the refused request (its first 64 KiB) with the reason."""
         request.body = request.body[:KEPT_OF_REFUSED]
         self._store_refused(request, exc)
-        return self.refusal(exc)
+        return self.refusal(exc, request.request_id)
 
-    def refusal(self, exc: Rejected) -> ProxyAnswer:
+    def refusal(self, exc: Rejected, request_id: str) -> ProxyAnswer:
+        """The proxy's own answer: an OperationOutcome with the request's ``X-Request-Id``."""
         body = json.dumps(operation_outcome(exc.issues, exc.status)).encode()
-        headers = [("content-type", "application/fhir+json"), *exc.headers.items()]
+        headers = [
+            ("content-type", "application/fhir+json"),
+            (REQUEST_ID, request_id),
+            *exc.headers.items(),
+        ]
         return ProxyAnswer(exc.status, body, headers)
 
     def _check(self, request: ProxyRequest) -> tuple[Key, str]:
@@ -243,15 +273,18 @@ class BookingProxy:
             limit=request.options.max_body,
         )
         if isinstance(response, HopFailed):
-            return self._failed(response.status, response.code, response.text)
+            return self._failed(request, response.status, response.code, response.text)
         answered = [(k, v) for k, v in response.headers if _answered(k, v)]
         status, body = response.status, response.body
         error = None if 200 <= status < 300 else f"HTTP {status} {response.reason}"
         kept = wire_parts(status, response.reason, response.headers, body)
         return ProxyAnswer(status, body, answered), error is None, kept, error
 
-    def _failed(self, status: int, code: str, text: str) -> tuple[ProxyAnswer, bool, None, str]:
-        return self.refusal(Rejected(status, [Issue(code, text)])), False, None, text
+    def _failed(
+        self, request: ProxyRequest, status: int, code: str, text: str
+    ) -> tuple[ProxyAnswer, bool, None, str]:
+        answer = self.refusal(Rejected(status, [Issue(code, text)]), request.request_id)
+        return answer, False, None, text
 
     def _inbound(self, request: ProxyRequest, **extra: Any) -> Inbound:
         kept = {n: request.header(n) for n in KEPT_HEADERS if request.header(n)}
@@ -271,6 +304,7 @@ class BookingProxy:
                 "headers": kept,
                 **({"user": request.user} if request.user else {}),
             },
+            uuid=request.uuid,
             **extra,
         )
 
@@ -298,14 +332,34 @@ class BookingProxy:
                 address=request.url,
                 owner=self._owner,
                 lease=request.options.timeout,
-                keys=[("ssp_trace_id", trace), ("ssp_from", str(caller))],
+                keys=[("ssp_trace_id", trace), ("ssp_from", str(caller)), *_request_key(request)],
                 outcome=outcome,
             )
         )
 
     def _store_refused(self, request: ProxyRequest, exc: Rejected) -> None:
         item = self._inbound(request, status="error", error=f"refused ({exc.status}): {exc.reason}")
-        self._recorder.add(lambda conn: write_inbound(conn, [item]))
+        self._recorder.add(lambda conn: _write_refused(conn, item, _request_key(request)))
+
+
+def _request_key(request: ProxyRequest) -> list[tuple[str, str]]:
+    """The caller's X-Request-Id as a correlation key (tie's own is the message's UUID,
+    which a search by key finds already)."""
+    sent = request.callers_id
+    return [(REQUEST_ID_KEY, sent)] if sent else []
+
+
+_MESSAGE_ID = select(messages.c.id).where(messages.c.uuid == bindparam("uuid"))
+
+
+def _write_refused(conn: Connection, item: Inbound, keys: list[tuple[str, str]]) -> None:
+    write_inbound(conn, [item])
+    if not keys:
+        return
+    message_id = item.id if item.id is not None else conn.scalar(_MESSAGE_ID, {"uuid": item.uuid})
+    insert_rows(
+        conn, correlations, [{"message_id": message_id, "key": k, "value": v} for k, v in keys]
+    )
 
 
 def _title(name: str) -> str:

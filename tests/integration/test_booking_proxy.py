@@ -370,3 +370,45 @@ def test_the_proxy_takes_a_senders_token_in_proxy_authorization_and_keeps_it(tie
     assert "authorization" not in without.headers and "proxy-authorization" not in without.headers
     row = wait_until(lambda: stored(running, mistaken["Ssp-TraceID"]))
     assert json.loads(row.source)["user"] == "sender"
+
+
+def _found_by_key(client: httpx.Client, key: str) -> list[Any]:
+    """The messages ``/api/messages?key=`` finds, as support searches for a quoted id."""
+    api = {"Authorization": f"Bearer {TOKEN}", "Proxy-Authorization": ""}
+    answer = client.get("/api/messages", params={"key": key}, headers=api)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["messages"]
+
+
+def test_every_answer_carries_an_x_request_id_that_finds_what_was_stored(tie, provider):
+    """A caller refused (or failed) at night has an id to quote: each of the proxy's own
+    answers carries X-Request-Id, and a search by it finds the stored request."""
+    running, client = tie
+    url = f"/proxy/{provider.server.url}/STU3/Slot"
+    sender = client.headers["Proxy-Authorization"]
+    provider.slow = True
+    for change, status in (
+        ({"Proxy-Authorization": ""}, 407),
+        ({"Ssp-From": "not-an-asid"}, 400),
+        ({"Ssp-From": "999999999999"}, 403),
+        ({"Proxy-Authorization": sender}, 504),
+    ):
+        trace = str(uuid4())
+        answer = client.get(url, headers={**ssp(SEARCH, trace), **change})
+        assert answer.status_code == status, change
+        request_id = answer.headers["x-request-id"]
+        row = wait_until(lambda trace=trace: stored(running, trace))
+        assert row.error is None or row.error.startswith(f"refused ({status})")
+        [found] = wait_until(lambda request_id=request_id: _found_by_key(client, request_id))
+        assert found["control_id"] == trace
+
+    provider.slow = False
+    own = {"X-Request-Id": f"caller-{uuid4()}"}
+    for change, status in (({"Ssp-From": "999999999999"}, 403), ({}, 200)):
+        trace = str(uuid4())
+        answer = client.get(url, headers={**ssp(SEARCH, trace), **own, **change})
+        assert answer.status_code == status
+        assert answer.headers["x-request-id"] == own["X-Request-Id"]  # the caller's, mirrored
+        wait_until(lambda trace=trace: stored(running, trace))
+    found = _found_by_key(client, own["X-Request-Id"])
+    assert sorted(m["status"] for m in found) == ["error", "processed"]
