@@ -6,6 +6,10 @@ passed validation (router.fhir.exchange.accept_message). A later
 message with the same ServiceRequest (by id, or by any of its identifiers) makes a new
 version; the sender and receiver stay those of the message that first carried it (the
 referral's requester and performer, whichever way later messages go).
+
+Indexing reads whether a ServiceRequest is known and then inserts or updates it: writers
+take turns (``hold_key``), or two nodes on one PostgreSQL (or two exchanges' records)
+would both insert it, or both make the same version.
 """
 
 from __future__ import annotations
@@ -31,11 +35,15 @@ from router.fhir.bars import NHS_NUMBER, IndexedRequest
 from router.fhir.outcome import Issue, operation_outcome
 from router.fhir.search_params import Criteria, Token
 from router.store.fast_insert import insert_rows
+from router.store.locks import hold_key
 from router.store.schema import service_request_identifiers, service_requests
 
 r = service_requests.c
 i = service_request_identifiers.c
 MAX_RESULTS = 500
+# One key for every channel: a transaction (a batch of exchange records) may index several
+# channels, and taking their keys in different orders on two nodes could deadlock.
+INDEX_LOCK = "service_requests"
 REQUEST_STATUS = "http://hl7.org/fhir/request-status"
 
 
@@ -80,6 +88,8 @@ def index(
     now: datetime,
 ) -> None:
     """Record each ServiceRequest's latest version (inside the caller's transaction)."""
+    if found:
+        hold_key(conn, INDEX_LOCK)
     for item in found:
         row = _existing(conn, channel, item)
         values = {
