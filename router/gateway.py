@@ -29,7 +29,7 @@ from router.fhir.proxy import BookingProxy
 from router.fhir.recorder import Recorder
 from router.fhir.recovery import GRACE, recover, stranded
 from router.fhir.routing import BarsRouter
-from router.fhir.senders import Senders, unprovided
+from router.fhir.senders import Senders, senders_not_ready, unprovided
 from router.fhir.validators import ValidationWorkers
 from router.pipeline import CompiledChannel
 from router.store.database import Store
@@ -87,6 +87,9 @@ class Gateway:
         warning = await asyncio.to_thread(unprovided, self.store, self._channels().values())
         if warning:
             log.warning(warning)
+        channels = list(self._channels().values())
+        for problem in await asyncio.to_thread(senders_not_ready, self.store, channels):
+            log.warning(problem)
         if any(c.config.source.http is not None for c in self._channels().values()):
             await self.validators.start()
         self._refresher = asyncio.create_task(self._refresh_forever(), name="directory refresh")

@@ -30,6 +30,45 @@ def open_to_anyone(config: EngineConfig, channels: dict[str, ChannelConfig]) -> 
     return warnings
 
 
+def senders_unchecked_or_unknown(
+    config: EngineConfig, channels: dict[str, ChannelConfig]
+) -> list[str]:
+    """A warning for each name in a source's ``senders`` that is not an active user with
+    the sender role in the engine's store (router/fhir/senders.py); a note when the store
+    cannot be read (not made yet, not reachable from here): check needs no database, so
+    that is no failure, and the engine warns again at its start."""
+    from sqlalchemy import create_engine, make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from router.fhir.senders import unknown_senders
+
+    sources = []
+    for name, channel in sorted(channels.items()):
+        source = channel.source.http or channel.source.proxy
+        if source is not None and source.senders:
+            sources.append((name, source))
+    if not sources:
+        return []
+    names = ", ".join(name for name, _ in sources)
+    url = make_url(config.store)
+    sqlite = url.drivername == "sqlite"
+    if sqlite and not (url.database and Path(url.database).is_file()):
+        return [f"note  senders of {names} not checked: the store {url.database} is not made yet"]
+    options = {} if sqlite else {"connect_args": {"connect_timeout": 5}}
+    engine = create_engine(url, **options)
+    try:
+        with engine.connect() as conn:
+            problems = unknown_senders(conn, sources)
+    except SQLAlchemyError as exc:
+        return [
+            f"note  senders of {names} not checked: the store could not be read "
+            f"({type(exc).__name__}); the engine checks them when it starts"
+        ]
+    finally:
+        engine.dispose()
+    return [f"warning  {problem}" for problem in problems]
+
+
 def default_cases(config: EngineConfig) -> Path:
     """``tests/channels`` beside the channels folder (the repository's layout)."""
     return config.channels.resolve().parent / "tests" / "channels"

@@ -114,9 +114,16 @@ def check(args: argparse.Namespace) -> int:
         routes = ", ".join(f"{d}({c.kind})" for d, c in channel.destinations.items()) or "none"
         print(f"ok  {name}: source {channel.source.kind}, destinations {routes}")
     print(f"{len(channels)} channel(s) valid")
-    from router.cli.checking import default_cases, open_to_anyone, run_channel_tests
+    from router.cli.checking import (
+        default_cases,
+        open_to_anyone,
+        run_channel_tests,
+        senders_unchecked_or_unknown,
+    )
 
     for warning in open_to_anyone(config, channels):
+        print(warning)
+    for warning in senders_unchecked_or_unknown(config, channels):
         print(warning)
 
     root = args.cases or default_cases(config)

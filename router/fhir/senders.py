@@ -20,14 +20,16 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from router.auth.roles import SENDER, grants
+from router.auth.roles import SENDER, decode, grants
 from router.auth.tokens import token_holder
 from router.auth.users import anyone_holds
 from router.config.http import SenderAuth
 from router.fhir.outcome import Rejected, reject
 from router.store.database import Store
+from router.store.schema import users
 
 if TYPE_CHECKING:
     from router.pipeline import CompiledChannel
@@ -64,6 +66,51 @@ def unprovided(store: Store, channels: Iterable[CompiledChannel]) -> str | None:
         f"user has the {SENDER} role yet: `run.py users add NAME --role {SENDER} "
         f"--no-password`, then `run.py users token NAME --role {SENDER}` (docs/fhir.md#senders)"
     )
+
+
+def named_sources(channels: Iterable[CompiledChannel]) -> list[tuple[str, SenderAuth]]:
+    """(channel, source) of every FHIR or proxy source that names its ``senders``."""
+    named = []
+    for compiled in channels:
+        source = compiled.config.source.http or compiled.config.source.proxy
+        if source is not None and source.senders:
+            named.append((compiled.name, source))
+    return sorted(named, key=lambda pair: pair[0])
+
+
+def unknown_senders(conn: Connection, sources: Iterable[tuple[str, SenderAuth]]) -> list[str]:
+    """A sentence for each name in a source's ``senders`` that cannot send: no such user
+    (a typo), a disabled one, or one without the sender role. Each is refused 403 at run
+    time, which nobody at the sending end understands; the users live in the store, so
+    only the engine's start (and ``run.py check`` when it can read the store) can tell."""
+    rows = conn.execute(select(users.c.name, users.c.roles, users.c.disabled)).all()
+    known = {row.name.lower(): row for row in rows}  # names are unique regardless of case
+    problems = []
+    for channel, source in sources:
+        for name in source.senders:
+            row = known.get(name.lower())
+            if row is None:
+                why = "is not a user"
+            elif row.disabled:
+                why = "is disabled"
+            elif not grants(decode(row.roles), SENDER):
+                why = f"does not hold the {SENDER} role"
+            else:
+                continue
+            problems.append(
+                f"channel {channel}: sender {name!r} {why}: its requests are refused 403 "
+                "(run.py users list; docs/fhir.md#senders)"
+            )
+    return problems
+
+
+def senders_not_ready(store: Store, channels: Iterable[CompiledChannel]) -> list[str]:
+    """``unknown_senders`` of ``channels``, read from ``store`` (the start-up warnings)."""
+    sources = named_sources(channels)
+    if not sources:
+        return []
+    with store.read() as conn:
+        return unknown_senders(conn, sources)
 
 
 class Senders:

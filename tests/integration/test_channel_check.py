@@ -129,3 +129,29 @@ def test_a_case_folder_that_cannot_run_fails_and_says_why(tmp_path):
     assert "loud/notes" not in out
     assert "4 channel test case(s) run" in out and "3 failed" in out
     assert "Traceback" not in out
+
+
+def test_check_warns_of_named_senders_the_store_does_not_have(tmp_path):
+    """A typo in ``senders:`` is refused 403 at run time; check says so when it can read
+    the store, and says it could not check when there is none yet."""
+    from router.auth.users import add_user
+    from router.store.database import Store
+    from router.store.migrate import upgrade
+
+    config = _project(tmp_path)
+    (tmp_path / "channels" / "referrals.yaml").write_text(
+        "name: referrals\nsource: {http: {senders: [gp-a, gp-b]}}\ndestinations: {}\n"
+    )
+    code, out = _check(config, "--update")  # writes the golden files of loud's case
+    assert code == 0, out
+    assert "note  senders of referrals not checked: the store" in out
+
+    store = Store(f"sqlite:///{tmp_path / 'tie.db'}")
+    upgrade(store)
+    with store.begin() as conn:
+        add_user(conn, "gp-a", ["sender"], None, actor="test")
+    store.dispose()
+    code, out = _check(config)
+    assert code == 0, out
+    assert "warning  channel referrals: sender 'gp-b' is not a user" in out
+    assert "gp-a" not in out

@@ -36,3 +36,27 @@ def test_channels_taking_tokens_warn_until_someone_may_send(store: Store):
     with store.begin() as conn:
         add_user(conn, "root", ["admin"], None, actor="test")  # admin holds every role
     assert unprovided(store, guarded) is None
+
+
+def test_named_senders_that_cannot_send_are_warned_of_at_start(store: Store):
+    from router.fhir.senders import senders_not_ready
+
+    named = _channels(
+        {"http": {"senders": ["GP-A", "gp-b", "watcher", "gone"]}},
+        {"proxy": {"senders": ["gp-a"]}},
+        {"http": {}},
+    )
+    with store.begin() as conn:
+        add_user(conn, "gp-a", ["sender"], None, actor="test")
+        add_user(conn, "watcher", ["viewer"], None, actor="test")
+        add_user(conn, "gone", ["sender"], None, actor="test")
+        disable_user(conn, "gone", actor="test")
+    assert senders_not_ready(store, named) == [
+        "channel c0: sender 'gp-b' is not a user: its requests are refused 403 "
+        "(run.py users list; docs/fhir.md#senders)",
+        "channel c0: sender 'watcher' does not hold the sender role: its requests are refused "
+        "403 (run.py users list; docs/fhir.md#senders)",
+        "channel c0: sender 'gone' is disabled: its requests are refused 403 "
+        "(run.py users list; docs/fhir.md#senders)",
+    ]
+    assert senders_not_ready(store, _channels({"http": {}})) == []
