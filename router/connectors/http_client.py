@@ -120,7 +120,9 @@ class RawClient:
                         raise TooLarge(f"the answer is larger than {limit} bytes")
                     chunks.append(chunk)
         except aiohttp.ClientConnectorError as exc:  # refused, unresolved, TLS refused
-            raise ConnectFailed("ConnectError") from exc
+            # The reason is kept: "certificate verify failed: self-signed certificate" is
+            # what an operator needs to see, where a bare ConnectError sends them hunting.
+            raise ConnectFailed(f"ConnectError: {exc}") from exc
         except aiohttp.ConnectionTimeoutError as exc:  # no connection, or no pooled one, in time
             raise ConnectFailed("ConnectTimeout") from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 from tie_testing import (
+    Certificates,
     HttpReceiver,
     Received,
     RunningEngine,
@@ -24,6 +25,7 @@ from tie_testing import (
     engine_config,
     engine_over_http,
     free_ports,
+    make_certificates,
     serving,
     wait_until,
 )
@@ -412,3 +414,52 @@ def test_every_answer_carries_an_x_request_id_that_finds_what_was_stored(tie, pr
         wait_until(lambda trace=trace: stored(running, trace))
     found = _found_by_key(client, own["X-Request-Id"])
     assert sorted(m["status"] for m in found) == ["error", "processed"]
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("provider-tls"))
+
+
+def _through_tls_proxy(
+    folder: Path, store_url: str, provider: HttpReceiver, tls: dict[str, str]
+) -> tuple[httpx.Response, Any, str | None]:
+    """A slot search through a proxy with ``tls``: the answer, the stored exchange and its
+    attempt's error."""
+    proxy = channel({"name": "booking-proxy", "source": {"proxy": {"auth": "none", "tls": tls}}})
+    endpoints = [
+        make_endpoint(PROVIDER, SEARCH, "fhir", provider.url + "/STU3"),
+        make_endpoint(CONSUMER, SEARCH, "fhir", "http://consumer.example"),
+    ]
+    folder.mkdir()
+    config = engine_config(folder, store_url)
+    with engine_over_http(config, {"booking-proxy": proxy}, endpoints=endpoints) as tie:
+        running, client = tie
+        trace = str(uuid4())
+        answered = client.get(f"/proxy/{provider.url}/STU3/Slot", headers=ssp(SEARCH, trace))
+        row = wait_until(lambda: stored(running, trace))
+        with running.store.read() as conn:
+            query = select(attempts.c.error).where(attempts.c.delivery_id == row.delivery_id)
+            return answered, row, conn.scalar(query)
+
+
+def test_a_provider_over_mutual_tls_with_a_private_ca(tmp_path, store_url, certificates):
+    """Spine's providers take mutual TLS under a private CA: with the channel's ``tls`` the
+    exchange goes through; without the CA the 502 and the stored attempt say that the
+    certificate could not be verified, not a bare ConnectError."""
+    answer = (200, json.dumps(SLOTS).encode(), {"Content-Type": "application/fhir+json"})
+    with serving(HttpReceiver(lambda r: answer, tls=certificates.server_tls())) as provider:
+        mutual = {
+            "ca": str(certificates.ca),
+            "cert": str(certificates.client_cert),
+            "key": str(certificates.client_key),
+        }
+        answered, row, error = _through_tls_proxy(tmp_path / "a", store_url, provider, mutual)
+        assert (answered.status_code, answered.json(), row.delivery) == (200, SLOTS, "sent")
+
+        answered, row, error = _through_tls_proxy(tmp_path / "b", store_url, provider, {})
+        assert answered.status_code == 502
+        assert "certificate verify failed" in answered.json()["issue"][0]["diagnostics"]
+        assert row.delivery == "failed"
+        assert "certificate verify failed" in (error or "")
+        assert len(provider.received) == 1
