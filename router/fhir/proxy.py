@@ -65,7 +65,7 @@ REQUEST_ID = "x-request-id"
 # With the stored request (never Authorization).
 KEPT_HEADERS = (*SSP, "content-type", "accept", REQUEST_ID)
 REQUEST_ID_KEY = "x_request_id"  # the correlation key of a caller's own X-Request-Id
-MAX_REQUEST_ID = 255  # a caller's longer X-Request-Id is not used (nor stored): tie gives one
+MAX_REQUEST_ID = 255  # a caller's longer X-Request-Id is not the answer's id: tie gives one
 KEPT_OF_REFUSED = 64 * 1024  # of a refused request's body, stored with its reason
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _ASID = re.compile(r"[0-9]+")  # digits (Spine's are 12; the length is left to the directory)
