@@ -33,6 +33,7 @@ from router.connectors.http import HttpSender
 from router.connectors.mesh.build import check_mailboxes, mesh_schedule, mesh_sender
 from router.connectors.mllp.listener import ListenError, MllpListener
 from router.connectors.mllp.sender import MllpSender
+from router.connectors.mllp.tls import channel_tls_problems
 from router.connectors.smtp import SmtpSender
 from router.dispatch import Dispatcher
 from router.dps import jobs
@@ -74,6 +75,10 @@ def compile_channels(
             problems.append(
                 ConfigProblem(str(channel_file(config.channels, name)), exc.key, str(exc))
             )
+    for name, compiled_channel in compiled.items():
+        file = str(channel_file(config.channels, name))
+        for key, problem in channel_tls_problems(compiled_channel.config):
+            problems.append(ConfigProblem(file, key, problem))
     problems.extend(http_port_clashes(config, {name: c.config for name, c in compiled.items()}))
     if problems:
         raise ConfigError(problems)

@@ -42,6 +42,13 @@ PRUNED = Counter(
     ["channel"],
     registry=REGISTRY,
 )
+TLS_HANDSHAKE_FAILURES = Counter(
+    "tie_mllp_tls_handshake_failures",
+    "TLS handshakes an MLLP listener failed (no TLS, an untrusted or missing client "
+    "certificate, a peer that hung up), by channel.",
+    ["channel"],
+    registry=REGISTRY,
+)
 ACK_LATENCY = Histogram(
     "tie_ack_latency_seconds",
     "From a message fully read to its acknowledgement sent (after the store commit).",

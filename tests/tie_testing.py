@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -184,12 +185,20 @@ class Hl7Receiver:
     every message received is kept, in arrival order.
     """
 
-    def __init__(self, answer: Callable[[hl7.Message], str] | None = None, port: int = 0):
+    def __init__(
+        self,
+        answer: Callable[[hl7.Message], str] | None = None,
+        port: int = 0,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.received: list[hl7.Message] = []
         self.answer = answer or (lambda _m: "AA")
         self._loop = LoopThread()
         self._server = self._loop.run(
-            hl7.mllp.start_hl7_server(self._client, "127.0.0.1", port, limit=10 * 1024 * 1024)
+            hl7.mllp.start_hl7_server(
+                self._client, "127.0.0.1", port, limit=10 * 1024 * 1024, ssl=tls
+            )
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

@@ -49,6 +49,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--timeout", type=positive_seconds, default=30.0, help="seconds to wait for each ACK"
     )
+    p.add_argument(
+        "--cert",
+        type=Path,
+        help="client certificate (PEM) for a TLS source that requires one (mutual TLS)",
+    )
+    p.add_argument("--key", type=Path, help="the client certificate's key, if not in --cert")
     add_json(p)
     p.set_defaults(handler=send)
 
@@ -139,7 +145,9 @@ def send(args: argparse.Namespace) -> int:
     channel = channels.get(args.channel)
     if channel is None:
         raise CommandError(f"no channel named {args.channel!r}")
-    results = send_files(config, channel, args.files, timeout=args.timeout)
+    results = send_files(
+        config, channel, args.files, timeout=args.timeout, client=(args.cert, args.key)
+    )
     if args.json:
         print_json(results)
     else:

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 from typing import Any
 
 from router.cli.output import CommandError
-from router.config import ChannelConfig, EngineConfig
+from router.config import ChannelConfig, EngineConfig, MllpListen
 from router.connectors.mllp.framing import FrameTooLarge, TruncatedFrame, frame, read_frame
 from router.hl7v2.ack import parse_ack
 from router.hl7v2.batch import split_messages
 from router.hl7v2.er7 import Er7Error
 from router.hl7v2.header import parse_header
 
+Client = tuple[Path | None, Path | None]  # a certificate and its key, for mutual TLS
+
 
 def send_files(
-    config: EngineConfig, channel: ChannelConfig, files: list[Path], *, timeout: float
+    config: EngineConfig,
+    channel: ChannelConfig,
+    files: list[Path],
+    *,
+    timeout: float,
+    client: Client = (None, None),
 ) -> list[dict[str, Any]]:
     batches = [(path, read_messages(path)) for path in files]
     if channel.source.mllp is not None:
-        return asyncio.run(_send_mllp(channel, batches, timeout))
+        return asyncio.run(_send_mllp(channel, batches, timeout, client))
     if channel.source.channel is not None:
         return _inject(config, channel, batches)
     # Storing into another source would skip its protocol (an HL7 v2 file in a FHIR channel,
@@ -57,18 +65,30 @@ def read_messages(path: Path) -> list[bytes]:
 
 
 async def _send_mllp(
-    channel: ChannelConfig, batches: list[tuple[Path, list[bytes]]], timeout: float
+    channel: ChannelConfig,
+    batches: list[tuple[Path, list[bytes]]],
+    timeout: float,
+    client: Client,
 ) -> list[dict[str, Any]]:
     source = channel.source.mllp
     assert source is not None
     host = "127.0.0.1" if source.host in ("0.0.0.0", "::") else source.host
+    context = _engine_tls(source, client)
     try:
-        reader, writer = await asyncio.open_connection(host, source.port)
+        reader, writer = await asyncio.open_connection(host, source.port, ssl=context)
+    except ssl.SSLError as exc:
+        needs = " (it requires a client certificate: --cert)" if client[0] is None else ""
+        raise CommandError(
+            f"channel {channel.name}: TLS handshake with {host}:{source.port} failed{needs}: "
+            f"{exc.reason or exc}"
+        ) from exc
     except OSError as exc:
         raise CommandError(
             f"channel {channel.name} does not answer on {host}:{source.port} "
             f"(is the engine running?): {exc.strerror or exc}"
         ) from exc
+    if context is not None:
+        _same_certificate(writer, source, channel.name)
     results = []
     try:
         for path, batch in batches:
@@ -90,6 +110,41 @@ async def _send_mllp(
     finally:
         writer.close()
     return results
+
+
+def _engine_tls(source: MllpListen, client: Client) -> ssl.SSLContext | None:
+    """For a TLS source, a context that presents ``client`` and leaves the server's
+    certificate to ``_same_certificate``: the engine is ours, its certificate file at hand,
+    where the CA that signed it may not be."""
+    if source.tls is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    cert, key = client
+    if cert is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise CommandError(f"--cert {cert}: {getattr(exc, 'reason', None) or exc}") from exc
+    return context
+
+
+def _same_certificate(writer: asyncio.StreamWriter, source: MllpListen, name: str) -> None:
+    """The listener presented the certificate of the channel's ``source.mllp.tls.cert``
+    (else another program holds the port, and must not be sent the messages)."""
+    assert source.tls is not None
+    presented = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    text = source.tls.cert.read_text(encoding="ascii", errors="replace")
+    begin = text.find("-----BEGIN CERTIFICATE-----")
+    end = text.find("-----END CERTIFICATE-----", begin) + len("-----END CERTIFICATE-----")
+    if begin < 0 or presented != ssl.PEM_cert_to_DER_cert(text[begin:end]):
+        writer.close()
+        raise CommandError(
+            f"channel {name}: the server on port {source.port} did not present the "
+            f"certificate in {source.tls.cert} (source.mllp.tls.cert); nothing was sent"
+        )
 
 
 def _stopped(path: Path, message: bytes, reason: str) -> dict[str, Any]:

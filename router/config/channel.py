@@ -20,6 +20,7 @@ from router.config._base import (
 )
 from router.config.http import HttpSource, HttpTarget, ProxySource
 from router.config.mesh import JobTarget, MeshPoll, MeshTarget, SmtpTarget
+from router.config.mllp_tls import MllpClientTls, MllpServerTls
 
 # --- sources ---------------------------------------------------------------
 
@@ -30,6 +31,7 @@ class MllpListen(_Strict):
     max_frame: Size = 10 * 1024 * 1024
     idle_timeout: PositiveDuration = 300.0
     max_connections: int = Field(default=256, ge=1)
+    tls: MllpServerTls | None = None
 
 
 class ChannelFeed(_Strict):
@@ -108,6 +110,7 @@ class MllpTarget(_Strict):
     connect_timeout: PositiveDuration = 10.0
     ack_timeout: PositiveDuration = 30.0
     on_ack: dict[str, AckAction] = Field(default_factory=lambda: dict(DEFAULT_ON_ACK))
+    tls: MllpClientTls | None = None
 
     @field_validator("on_ack")
     @classmethod

@@ -20,6 +20,7 @@ from router.config.channel import ChannelConfig, FilePoll
 from router.config.engine import EngineConfig
 from router.config.http import resolve_tls
 from router.config.mesh import SmtpTarget
+from router.config.mllp_tls import resolve_paths
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,16 @@ def channel_from_text(text: str, path: Path) -> ChannelConfig:
             destination.file.directory = (path.parent / destination.file.directory).resolve()
         if destination.http is not None:
             resolve_tls(destination.http.tls, path.parent)
+        if destination.mllp is not None and destination.mllp.tls is not None:
+            resolve_paths(destination.mllp.tls, path.parent)
         if destination.smtp is not None:
             _resolve_smtp(destination.smtp, path.parent)
     if config.source.http is not None and config.source.http.bars is not None:
         resolve_tls(config.source.http.bars.tls, path.parent)
     if config.source.proxy is not None:
         resolve_tls(config.source.proxy.tls, path.parent)
+    if config.source.mllp is not None and config.source.mllp.tls is not None:
+        resolve_paths(config.source.mllp.tls, path.parent)
     return config
 
 

@@ -235,7 +235,7 @@ BROKEN = {
     "unknown key": (
         "name: broken\nsource: {mllp: {port: 2575, hots: localhost}}\n",
         "source.mllp.hots: unknown key: did you mean host? "
-        "(keys here: host, port, max_frame, idle_timeout, max_connections)",
+        "(keys here: host, port, max_frame, idle_timeout, max_connections, tls)",
     ),
     "bad duration": (
         "name: broken\nsource: {mllp: {port: 2575}}\ndestinations:\n  lab:\n"

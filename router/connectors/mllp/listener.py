@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Hashable
 from typing import Protocol, cast
@@ -20,6 +22,8 @@ from router.config import ChannelConfig
 from router.connectors.hl7_inbound import hl7_inbound
 from router.connectors.mllp.framing import FrameBuffer, FrameTooLarge, frame
 from router.connectors.mllp.idle import IdleWatch
+from router.connectors.mllp.tls import TlsFileError, server_context
+from router.connectors.mllp.tls_server import TlsServer
 from router.hl7v2.ack import AckError, ack_code, build_ack, build_reject, should_send
 from router.hl7v2.er7 import Er7Error
 from router.hl7v2.header import MshHeader, parse_header, read_header
@@ -47,10 +51,12 @@ class MllpListener:
         self.channel = channel
         self.options = channel.source.mllp
         self._ingest = ingest
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | TlsServer | None = None
         self._connections: set[_Connection] = set()
         self._window = channel.idempotent.window if channel.idempotent else None
         self._latency = metrics.ACK_LATENCY.labels(channel.name, "mllp")
+        self._failed_handshakes = metrics.TLS_HANDSHAKE_FAILURES.labels(channel.name)
+        self.tls: ssl.SSLContext | None = None
 
     @property
     def port(self) -> int:
@@ -63,14 +69,32 @@ class MllpListener:
         return self._server is not None and self._server.is_serving()
 
     async def start(self) -> None:
+        """Listen; a ``tls`` listener reads its certificate files now."""
         loop = asyncio.get_running_loop()
+        if self.options.tls is not None:
+            try:
+                self.tls = server_context(self.options.tls)
+            except TlsFileError as exc:
+                raise ListenError(
+                    errno.EINVAL, f"channel {self.channel.name}: source.mllp.tls.{exc.key}: {exc}"
+                ) from exc
         try:
-            self._server = await loop.create_server(
-                lambda: _Connection(self),
-                self.options.host,
-                self.options.port,
-                reuse_address=True,
-            )
+            if self.tls is None:
+                self._server = await loop.create_server(
+                    lambda: _Connection(self),
+                    self.options.host,
+                    self.options.port,
+                    reuse_address=True,
+                )
+            else:
+                self._server = await TlsServer.start(
+                    self.options.host,
+                    self.options.port,
+                    lambda: _Connection(self),
+                    self.tls,
+                    self.options.idle_timeout,
+                    self._handshake_failed,
+                )
         except OSError as exc:
             raise ListenError(
                 exc.errno,
@@ -79,8 +103,9 @@ class MllpListener:
                 + (os.strerror(exc.errno) if exc.errno else str(exc)),
             ) from exc
         log.info(
-            "channel %s listening for MLLP on %s:%d",
+            "channel %s listening for MLLP%s on %s:%d",
             self.channel.name,
+            " over TLS" if self.tls is not None else "",
             self.options.host,
             self.port,
         )
@@ -92,6 +117,20 @@ class MllpListener:
             await asyncio.gather(*pending, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+
+    def _handshake_failed(self, peer: str, exc: BaseException) -> None:
+        """One line per failed handshake, with its peer and reason (no traceback): a
+        scanner or a misconfigured sender must not fill the log, nor stop the listener.
+        A peer that hangs up first is a port probe or a load balancer's health check,
+        every few seconds: noted, not counted."""
+        channel = self.channel.name
+        if isinstance(exc, ConnectionError):
+            log.info("channel %s: %s closed the connection before the TLS handshake", channel, peer)
+            return
+        self._failed_handshakes.inc()
+        log.warning(
+            "channel %s: TLS handshake with %s failed: %s", channel, peer, _handshake_reason(exc)
+        )
 
     def _admit(self, connection: _Connection) -> bool:
         """Count a new connection in, unless there are ``max_connections`` already."""
@@ -221,6 +260,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False  # reading paused (by us)
         self._blocked = False  # writing paused: the peer's receive window is full
         self._eof = False
+        self._tls = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -228,6 +268,7 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
             return
         self._peer = _peer(transport)
+        self._tls = transport.get_extra_info("sslcontext") is not None
         self._watch = IdleWatch(self._listener.options.idle_timeout, self._idle)
         self._watch.waiting()
 
@@ -241,11 +282,12 @@ class _Connection(asyncio.Protocol):
             self._next()
 
     def eof_received(self) -> bool:
-        """Answer a message still being committed before closing (a half-closed peer reads)."""
+        """Answer a message still being committed before closing (a half-closed peer reads).
+        TLS has no half-close: its transport closes whatever this returns."""
         self._eof = True
         if self._task is None and not self._blocked:
             self._next()
-        return True
+        return not self._tls
 
     def pause_writing(self) -> None:
         self._blocked = True
@@ -421,6 +463,17 @@ def _missing_field(header: MshHeader | None) -> str:
     if not header.control_id:
         return "MSH^1^10"
     return ""
+
+
+def _handshake_reason(exc: BaseException) -> str:
+    """What went wrong, in OpenSSL's words where it has them."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"client certificate not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(exc, TimeoutError):
+        return "no handshake within the idle timeout"
+    return str(exc) or type(exc).__name__
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 from typing import cast
 
 from router.config import MllpTarget
 from router.connectors import Delivery, SendResult
 from router.connectors.mllp.framing import FrameBuffer, FrameTooLarge, TruncatedFrame, frame
+from router.connectors.mllp.tls import TlsFileError, client_context
 from router.hl7v2.ack import parse_ack
 from router.hl7v2.er7 import Er7Error
 from router.pipeline import KEY_LENGTH
@@ -143,6 +145,11 @@ class MllpSender:
                 return SendResult(
                     "retry", error=f"could not connect to {target.host}:{target.port} in {wait}"
                 )
+            except ssl.SSLError as exc:
+                reason = _tls_reason(exc)
+                return SendResult("retry", error=f"{target.host}:{target.port}: TLS: {reason}")
+            except TlsFileError as exc:
+                return SendResult("retry", error=f"tls.{exc.key}: {exc}")
             except OSError as exc:
                 return SendResult("retry", error=f"{target.host}:{target.port}: {exc}")
         try:
@@ -159,10 +166,19 @@ class MllpSender:
         return await self._judge(answer, delivery)
 
     async def _connect(self) -> _AckReader:
-        target = self._target
+        """A new connection; over TLS, with the certificate files read afresh (a renewed
+        client certificate is used from the next connection on)."""
+        target, tls = self._target, self._target.tls
+        secure: dict[str, object] = {}
+        if tls is not None:
+            secure = {
+                "ssl": client_context(tls),
+                "server_hostname": tls.server_name or target.host,
+                "ssl_handshake_timeout": target.connect_timeout,
+            }
         async with asyncio.timeout(target.connect_timeout):
             _, connection = await asyncio.get_running_loop().create_connection(
-                _AckReader, target.host, target.port
+                _AckReader, target.host, target.port, **secure
             )
         return connection
 
@@ -190,3 +206,10 @@ class MllpSender:
         if self._connection is not None:
             self._connection.close()
         self._connection = None
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """Why the handshake failed: for a receiver not trusted, OpenSSL's verification message."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"receiver's certificate not accepted: {exc.verify_message}"
+    return exc.reason or str(exc)
