@@ -175,6 +175,42 @@ def test_a_port_probe_is_no_handshake_failure(tls_engine, certs, hl7_samples, ca
     assert str(ack.segment("MSA")[1]) == "AA"
 
 
+def test_renewed_certificate_files_are_presented_from_the_next_connection(
+    tmp_path, store_url, certs, strangers, hl7_samples, caplog
+):
+    """Certificates are renewed in place; no restart or reload is needed to present them."""
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_bytes(certs.server_cert.read_bytes())
+    key.write_bytes(certs.server_key.read_bytes())
+    running = start_engine(tmp_path, store_url, {"cert": str(cert), "key": str(key)})
+    try:
+        port = running.port("inbound")
+        assert (
+            str(
+                send(port, hl7_message(hl7_samples[GHH], "OLD-1"), client_context(certs)).segment(
+                    "MSA"
+                )[1]
+            )
+            == "AA"
+        )
+        cert.write_bytes(strangers.server_cert.read_bytes())
+        key.write_bytes(strangers.server_key.read_bytes())
+        ack = send(port, hl7_message(hl7_samples[GHH], "NEW-1"), client_context(strangers))
+        assert str(ack.segment("MSA")[1]) == "AA"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            send(port, hl7_message(hl7_samples[GHH], "OLD-2"), client_context(certs))
+        with caplog.at_level(logging.WARNING, logger="router.connectors.mllp.tls"):
+            key.write_bytes(certs.server_key.read_bytes())  # half a renewal: the key first
+            ack = send(port, hl7_message(hl7_samples[GHH], "NEW-2"), client_context(strangers))
+        assert str(ack.segment("MSA")[1]) == "AA"  # the last good pair stays in use
+        [warning] = [
+            r.getMessage() for r in caplog.records if r.name == "router.connectors.mllp.tls"
+        ]
+        assert f"source.mllp.tls.key: {key}: the key does not match {cert}" in warning
+    finally:
+        running.stop()
+
+
 def test_mutual_tls_accepts_a_client_certificate_from_its_ca(mutual_engine, certs, hl7_samples):
     context = client_context(certs, identity=certs)
     ack = send(mutual_engine.port("inbound"), hl7_message(hl7_samples[GHH], "MTLS-1"), context)

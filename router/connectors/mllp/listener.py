@@ -22,7 +22,7 @@ from router.config import ChannelConfig
 from router.connectors.hl7_inbound import hl7_inbound
 from router.connectors.mllp.framing import FrameBuffer, FrameTooLarge, frame
 from router.connectors.mllp.idle import IdleWatch
-from router.connectors.mllp.tls import TlsFileError, server_context
+from router.connectors.mllp.tls import ServerCertificates, TlsFileError
 from router.connectors.mllp.tls_server import TlsServer
 from router.hl7v2.ack import AckError, ack_code, build_ack, build_reject, should_send
 from router.hl7v2.er7 import Er7Error
@@ -56,7 +56,7 @@ class MllpListener:
         self._window = channel.idempotent.window if channel.idempotent else None
         self._latency = metrics.ACK_LATENCY.labels(channel.name, "mllp")
         self._failed_handshakes = metrics.TLS_HANDSHAKE_FAILURES.labels(channel.name)
-        self.tls: ssl.SSLContext | None = None
+        self.tls: ServerCertificates | None = None
 
     @property
     def port(self) -> int:
@@ -69,11 +69,12 @@ class MllpListener:
         return self._server is not None and self._server.is_serving()
 
     async def start(self) -> None:
-        """Listen; a ``tls`` listener reads its certificate files now."""
+        """Listen; a ``tls`` listener reads its certificate files now (and again when they
+        change)."""
         loop = asyncio.get_running_loop()
         if self.options.tls is not None:
             try:
-                self.tls = server_context(self.options.tls)
+                self.tls = ServerCertificates(self.options.tls, self.channel.name)
             except TlsFileError as exc:
                 raise ListenError(
                     errno.EINVAL, f"channel {self.channel.name}: source.mllp.tls.{exc.key}: {exc}"
@@ -91,7 +92,7 @@ class MllpListener:
                     self.options.host,
                     self.options.port,
                     lambda: _Connection(self),
-                    self.tls,
+                    self.tls.current,
                     self.options.idle_timeout,
                     self._handshake_failed,
                 )

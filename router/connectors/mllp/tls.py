@@ -7,12 +7,15 @@ TLS 1.2 is the oldest version either side speaks.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from pathlib import Path
 
 from router.config import ChannelConfig
 from router.config.mllp_tls import MllpClientTls, MllpServerTls
+
+log = logging.getLogger(__name__)
 
 
 class TlsFileError(Exception):
@@ -33,6 +36,48 @@ def server_context(tls: MllpServerTls) -> ssl.SSLContext:
         _load_ca(context, "client_ca", tls.client_ca)
         context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
     return context
+
+
+class ServerCertificates:
+    """The listener's context, built anew when one of its files changes (checked at each
+    new connection, a few ``stat`` calls): a renewed certificate is presented from the next
+    connection on, without a restart or reload. Files that do not make a context (a
+    certificate replaced before its key) leave the last good one in use, with a warning."""
+
+    def __init__(self, tls: MllpServerTls, channel: str) -> None:
+        self._tls = tls
+        self._channel = channel
+        self._files = [p for p in (tls.cert, tls.key, tls.client_ca) if p is not None]
+        self._stamp = self._stamps()
+        self.context = server_context(tls)
+
+    def current(self) -> ssl.SSLContext:
+        stamp = self._stamps()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self.context = server_context(self._tls)
+            except TlsFileError as exc:
+                log.warning(
+                    "channel %s: source.mllp.tls.%s: %s; the certificates read before stay in use",
+                    self._channel,
+                    exc.key,
+                    exc,
+                )
+            else:
+                log.info("channel %s: certificate files changed; read again", self._channel)
+        return self.context
+
+    def _stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
+        found = []
+        for path in self._files:
+            try:
+                st = path.stat()
+            except OSError:
+                found.append(None)
+            else:
+                found.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(found)
 
 
 def client_context(tls: MllpClientTls) -> ssl.SSLContext:

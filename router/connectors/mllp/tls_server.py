@@ -28,7 +28,7 @@ class TlsServer:
         self,
         sockets: list[socket.socket],
         factory: Callable[[], asyncio.Protocol],
-        context: ssl.SSLContext,
+        context: Callable[[], ssl.SSLContext],
         handshake_timeout: float,
         failed: Callable[[str, BaseException], None],
     ) -> None:
@@ -47,12 +47,12 @@ class TlsServer:
         host: str,
         port: int,
         factory: Callable[[], asyncio.Protocol],
-        context: ssl.SSLContext,
+        context: Callable[[], ssl.SSLContext],
         handshake_timeout: float,
         failed: Callable[[str, BaseException], None],
     ) -> TlsServer:
         """Bind every address ``host`` names, as ``create_server`` does (OSError if one
-        cannot be taken), and start accepting."""
+        cannot be taken), and start accepting; ``context()`` is asked for each connection."""
         return cls(await _bind(host, port), factory, context, handshake_timeout, failed)
 
     def is_serving(self) -> bool:
@@ -87,12 +87,16 @@ class TlsServer:
         except OSError:  # gone already
             sock.close()
             return
+        context = self._context()
         try:
             # Our own limit, so that running out of time is a TimeoutError (the loop's own
             # is a ConnectionAbortedError, as a peer's hang-up is); the loop's never comes.
             async with asyncio.timeout(self._timeout):
                 await self._loop.connect_accepted_socket(
-                    self._factory, sock, ssl=self._context, ssl_handshake_timeout=self._timeout + 5
+                    self._factory,
+                    sock,
+                    ssl=context,
+                    ssl_handshake_timeout=self._timeout + 5,
                 )
         except asyncio.CancelledError:
             sock.close()
