@@ -9,6 +9,10 @@ stdout and its progress on stderr. Scenarios:
 - ``c`` end to end: the same channel with one ordered MLLP destination to a raw
   receiver that answers AA, timed until every delivery is ``sent``.
 
+``--tls`` runs ``b`` and ``c`` with the engine's MLLP source over TLS (a self-signed
+certificate made for the run; the senders verify it); the baseline and the
+destination stay plain TCP.
+
 The engine, the load generator and the downstream receiver each run in their
 own process, so the sender never shares the engine's interpreter lock. Each
 connection sends like a real sender: one message, wait for its ACK, the next.
@@ -26,6 +30,7 @@ import platform
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -91,13 +96,21 @@ def make_messages(tag: str, connection: int, count: int) -> list[tuple[bytes, by
 
 
 def client_main(
-    port: int, connections: int, count: int, tag: str, check_ids: bool, out: Any, done: Any
+    port: int,
+    connections: int,
+    count: int,
+    tag: str,
+    check_ids: bool,
+    out: Any,
+    done: Any,
+    ca: Path | None = None,
 ) -> None:
-    """The load generator: ``connections`` senders, ``count`` messages in all."""
+    """The load generator: ``connections`` senders, ``count`` messages in all (over TLS,
+    trusting ``ca``, when given)."""
     per = [count // connections + (1 if c < count % connections else 0) for c in range(connections)]
     batches = [make_messages(tag, c, n) for c, n in enumerate(per)]
     try:
-        result = _run_loop(_send_all(port, batches, check_ids))
+        result = _run_loop(_send_all(port, batches, check_ids, ca))
     except Exception as exc:
         result = {"error": f"load generator failed: {type(exc).__name__}: {exc}"}
     done.set()
@@ -105,9 +118,13 @@ def client_main(
 
 
 async def _send_all(
-    port: int, batches: list[list[tuple[bytes, bytes]]], check_ids: bool
+    port: int, batches: list[list[tuple[bytes, bytes]]], check_ids: bool, ca: Path | None
 ) -> dict[str, Any]:
-    streams = [await asyncio.open_connection("127.0.0.1", port, limit=1024 * 1024) for _ in batches]
+    tls = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
+    streams = [
+        await asyncio.open_connection("127.0.0.1", port, limit=1024 * 1024, ssl=tls)
+        for _ in batches
+    ]
     latencies = array("d")
     problems: list[str] = []
     codes: dict[str, int] = {}
@@ -251,19 +268,38 @@ class EngineProcess:
     log_path: Path
     http_port: int
     token: str  # a viewer's API token, for /metrics
+    ca: Path | None = None  # the certificate its MLLP source presents, when over TLS
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key (P-256, as is usual)."""
+    cert, key = folder / "tie.pem", folder / "tie.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=tie bench", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
 @contextlib.contextmanager
-def engine_process(folder: Path, store_url: str, downstream: int | None, profile: Any):
-    """``run.py serve`` on a fresh config: one channel ``bench``, optionally one destination."""
+def engine_process(
+    folder: Path, store_url: str, downstream: int | None, profile: Any, tls: bool = False
+):
+    """``run.py serve`` on a fresh config: one channel ``bench``, optionally one destination,
+    its source over TLS with ``tls``."""
     port, http_port = free_port(), free_port()
     (folder / "channels").mkdir()
     (folder / "mappings").mkdir()
+    cert, key = self_signed(folder) if tls else (None, None)
+    source_tls = f", tls: {{cert: {cert}, key: {key}}}" if tls else ""
     destinations = (
         f"{{downstream: {{mllp: {{host: 127.0.0.1, port: {downstream}}}}}}}" if downstream else "{}"
     )
     (folder / "channels" / "bench.yaml").write_text(
-        f"name: bench\nsource:\n  mllp: {{host: 127.0.0.1, port: {port}}}\n"
+        f"name: bench\nsource:\n  mllp: {{host: 127.0.0.1, port: {port}{source_tls}}}\n"
         f"destinations: {destinations}\n"
     )
     (folder / "engine.yaml").write_text(
@@ -284,7 +320,7 @@ def engine_process(folder: Path, store_url: str, downstream: int | None, profile
     try:
         _wait_ready(proc, http_port, log_path)
         running = EngineProcess(
-            proc, port, store_url, log_path, http_port, _viewer_token(store_url)
+            proc, port, store_url, log_path, http_port, _viewer_token(store_url), cert
         )
         with profile(proc.pid):
             yield running
@@ -406,13 +442,19 @@ def profiler(options: Profiling | None, name: str):
 
 
 def run_client(
-    port: int, connections: int, count: int, *, check_ids: bool, on_done: Any = None
+    port: int,
+    connections: int,
+    count: int,
+    *,
+    check_ids: bool,
+    on_done: Any = None,
+    ca: Path | None = None,
 ) -> tuple[dict[str, Any], Any]:
     """Run the load generator; ``on_done`` runs the moment the last ACK is in."""
     out, done = SPAWN.Queue(), SPAWN.Event()
     tag = uuid4().hex[:8]
     proc = SPAWN.Process(
-        target=client_main, args=(port, connections, count, tag, check_ids, out, done)
+        target=client_main, args=(port, connections, count, tag, check_ids, out, done, ca)
     )
     proc.start()
     while not done.wait(1):
@@ -527,9 +569,11 @@ def run_engine(
     connections: int,
     count: int,
     profile: Profiling | None,
+    tls: bool = False,
 ) -> dict[str, Any]:
     end_to_end = scenario == "end_to_end"
-    log(f"{scenario}, {kind}, {connections} connection(s), {count} messages")
+    over = " over TLS" if tls else ""
+    log(f"{scenario}{over}, {kind}, {connections} connection(s), {count} messages")
     name = f"{scenario}-{kind}-{connections}"
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tie-bench-")))
@@ -539,7 +583,7 @@ def run_engine(
         )
         store_url = stack.enter_context(fresh_store(kind, folder))
         attach = profiler(profile, name)
-        engine = stack.enter_context(engine_process(folder, store_url, downstream, attach))
+        engine = stack.enter_context(engine_process(folder, store_url, downstream, attach, tls))
         commits_before = group_commits(engine)
         cpu_before, written_before = cpu_seconds(engine.proc.pid), written(engine.proc.pid)
         try:
@@ -549,6 +593,7 @@ def run_engine(
                 count,
                 check_ids=True,
                 on_done=lambda: wait_settled(store_url, count, end_to_end),
+                ca=engine.ca,
             )
             cpu_after, written_after = cpu_seconds(engine.proc.pid), written(engine.proc.pid)
             commits_after = group_commits(engine)
@@ -568,6 +613,7 @@ def run_engine(
         "scenario": scenario,
         "store": kind,
         "connections": connections,
+        "tls": tls,
         **summary(result, count, settled_at),
         **engine_cpu(cpu_before, cpu_after, count),
         "engine_written_kib_per_msg": round((written_after - written_before) / count / 1024, 1),
@@ -824,6 +870,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--connections", default="1,8", help="connection counts")
     parser.add_argument(
+        "--tls", action="store_true", help="b and c with the engine's MLLP source over TLS"
+    )
+    parser.add_argument(
         "--profile", type=Path, help="write a py-spy profile of each engine run here"
     )
     parser.add_argument(
@@ -860,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         for letter, scenario in (("b", "ingest"), ("c", "end_to_end")):
             if letter in only:
                 for n in connections:
-                    rows.append(run_engine(kind, scenario, n, args.messages, profile))
+                    rows.append(run_engine(kind, scenario, n, args.messages, profile, args.tls))
     add_ratios(rows)
     targets = judge(rows, host.get("store_commit_8", {}))
     report = {

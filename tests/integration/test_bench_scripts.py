@@ -85,3 +85,12 @@ def test_a_store_filled_for_the_read_benchmark_answers_it(tmp_path):
     figures = _bench("store_queries.py", "--store", url)
     assert "dashboard (console /, /api/channels)" in figures
     assert all(isinstance(ms, int) for ms in figures.values())
+
+
+def test_mllp_tls_runs_the_engine_scenarios_over_tls():
+    result = _bench(
+        "mllp.py", "--messages", "20", "--stores", "sqlite", "--connections", "1", "--only", "b,c",
+        "--tls",
+    )  # fmt: skip
+    runs = [(s["scenario"], s["tls"], s["messages"]) for s in result["scenarios"]]
+    assert runs == [("ingest", True, 20), ("end_to_end", True, 20)]
