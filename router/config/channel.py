@@ -109,6 +109,10 @@ class MllpTarget(_Strict):
     port: int | None = Field(default=None, ge=1, le=65535)
     connect_timeout: PositiveDuration = 10.0
     ack_timeout: PositiveDuration = 30.0
+    # A connection unused this long is closed, and the next delivery opens a new one: a
+    # firewall may drop a silent session without telling either end, and the next message
+    # would only be found unanswered after ack_timeout.
+    idle_timeout: PositiveDuration = 300.0
     on_ack: dict[str, AckAction] = Field(default_factory=lambda: dict(DEFAULT_ON_ACK))
     tls: MllpClientTls | None = None
 

@@ -331,6 +331,23 @@ def test_one_connection_is_reused_and_reopened_after_the_lab_hangs_up(
         assert set(conn.scalars(select(deliveries.c.attempts))) == {1}
 
 
+def test_an_idle_connection_is_closed_and_the_next_delivery_opens_a_new_one(
+    labs, lab_engine, hl7_samples
+):
+    """A firewall may drop a silent session without telling either end; the engine closes
+    it first, instead of finding it dead only when a message goes unanswered."""
+    lab = labs()
+    running = lab_engine(lab.port, mllp={"idle_timeout": "300ms"})
+    send(running, orders(hl7_samples[OML], "IDLE-1"))
+    wait_until(lambda: statuses(running) == {"IDLE-1": "sent"})
+    wait_until(lambda: lab.open_connections == 0)  # closed by the engine: the lab never hangs up
+    send(running, orders(hl7_samples[OML], "IDLE-2"))
+    wait_until(lambda: statuses(running) == {"IDLE-1": "sent", "IDLE-2": "sent"})
+    assert lab.connections == 2
+    with running.store.read() as conn:  # the close cost no failed attempt
+        assert set(conn.scalars(select(deliveries.c.attempts))) == {1}
+
+
 def test_order_by_patient_lets_other_patients_pass_a_failing_head(labs, lab_engine, hl7_samples):
     refused = {"9000000002"}
     lab = labs(lambda m: "AE" if patient(m) in refused else "AA")

@@ -133,8 +133,28 @@ class MllpSender:
     def __init__(self, target: MllpTarget) -> None:
         self._target = target
         self._connection: _AckReader | None = None
+        self._idle: asyncio.TimerHandle | None = None
 
     async def send(self, delivery: Delivery) -> SendResult:
+        """One delivery; the connection is closed once it has been unused ``idle_timeout``."""
+        if self._idle is not None:
+            self._idle.cancel()
+        try:
+            return await self._send(delivery)
+        finally:
+            if self._connection is not None:
+                self._idle = asyncio.get_running_loop().call_later(
+                    self._target.idle_timeout, self._close_idle
+                )
+
+    def _close_idle(self) -> None:
+        """Called only between sends (each send cancels it first)."""
+        self._idle = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def _send(self, delivery: Delivery) -> SendResult:
         target = self._target
         connection = self._connection
         if connection is None or connection.closed:  # a hang-up while idle is no failure
@@ -203,6 +223,9 @@ class MllpSender:
         return SendResult(action, answer, f"{ack.code}{': ' + detail if detail else ''}")
 
     async def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._connection is not None:
             self._connection.close()
         self._connection = None
