@@ -175,6 +175,34 @@ def test_a_port_probe_is_no_handshake_failure(tls_engine, certs, hl7_samples, ca
     assert str(ack.segment("MSA")[1]) == "AA"
 
 
+def test_a_silent_peer_is_cut_off_and_handshakes_under_way_are_limited(
+    tmp_path, store_url, certs, hl7_samples, caplog
+):
+    """A peer that connects and says nothing holds a handshake open for idle_timeout at
+    most, and no more than max_connections such peers are held at once."""
+    source = {"port": 0, "idle_timeout": "1s", "max_connections": 1, "tls": tls_source(certs)}
+    inbound = channel({"name": "inbound", "source": {"mllp": source}})
+    running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": inbound})
+    try:
+        port = running.port("inbound")
+        before = failed_handshakes("inbound")
+        with caplog.at_level(logging.WARNING):
+            silent = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
+            wait_until(lambda: running.engine.listeners[0]._server._handshakes)
+            with socket.create_connection(("127.0.0.1", port), timeout=GUARD) as second:
+                assert second.recv(1) == b""  # closed at once: one handshake is under way
+            assert silent.recv(1) == b""  # then the silent one runs out of time
+            silent.close()
+            wait_until(lambda: failed_handshakes("inbound") == before + 1)
+        messages = [r.getMessage() for r in caplog.records]
+        assert "1 TLS handshakes under way; refusing one" in messages
+        assert any(m.endswith("failed: no TLS handshake in time") for m in messages)
+        ack = send(port, hl7_message(hl7_samples[GHH], "AFTER-1"), client_context(certs))
+        assert str(ack.segment("MSA")[1]) == "AA"
+    finally:
+        running.stop()
+
+
 def test_renewed_certificate_files_are_presented_from_the_next_connection(
     tmp_path, store_url, certs, strangers, hl7_samples, caplog
 ):

@@ -31,6 +31,7 @@ from router.store.inbound import Inbound, Receipt
 from router.store.ingest import StoreUnavailable
 
 log = logging.getLogger(__name__)
+HANDSHAKE_TIMEOUT = 60.0  # seconds, or idle_timeout when shorter (asyncio's own default)
 
 
 class Ingest(Protocol):
@@ -93,8 +94,9 @@ class MllpListener:
                     self.options.port,
                     lambda: _Connection(self),
                     self.tls.current,
-                    self.options.idle_timeout,
+                    min(self.options.idle_timeout, HANDSHAKE_TIMEOUT),
                     self._handshake_failed,
+                    max_pending=self.options.max_connections,
                 )
         except OSError as exc:
             raise ListenError(
@@ -473,7 +475,7 @@ def _handshake_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
         return exc.reason or str(exc)
     if isinstance(exc, TimeoutError):
-        return "no handshake within the idle timeout"
+        return "no TLS handshake in time"
     return str(exc) or type(exc).__name__
 
 

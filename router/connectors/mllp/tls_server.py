@@ -31,8 +31,10 @@ class TlsServer:
         context: Callable[[], ssl.SSLContext],
         handshake_timeout: float,
         failed: Callable[[str, BaseException], None],
+        max_pending: int,
     ) -> None:
         self.sockets = sockets
+        self._max_pending = max_pending
         self._factory = factory
         self._context = context
         self._timeout = handshake_timeout
@@ -50,10 +52,13 @@ class TlsServer:
         context: Callable[[], ssl.SSLContext],
         handshake_timeout: float,
         failed: Callable[[str, BaseException], None],
+        max_pending: int,
     ) -> TlsServer:
         """Bind every address ``host`` names, as ``create_server`` does (OSError if one
-        cannot be taken), and start accepting; ``context()`` is asked for each connection."""
-        return cls(await _bind(host, port), factory, context, handshake_timeout, failed)
+        cannot be taken), and start accepting; ``context()`` is asked for each connection.
+        Beyond ``max_pending`` handshakes under way, a new connection is closed at once."""
+        sockets = await _bind(host, port)
+        return cls(sockets, factory, context, handshake_timeout, failed, max_pending)
 
     def is_serving(self) -> bool:
         return any(not task.done() for task in self._accepting)
@@ -76,6 +81,10 @@ class TlsServer:
             except OSError as exc:  # e.g. out of file descriptors: try again shortly
                 log.error("accepting a connection on %s failed: %s", _name(listening), exc)
                 await asyncio.sleep(1.0)
+                continue
+            if len(self._handshakes) >= self._max_pending:  # peers that connect, say nothing
+                log.warning("%d TLS handshakes under way; refusing one", len(self._handshakes))
+                sock.close()
                 continue
             task = self._loop.create_task(self._handshake(sock))
             self._handshakes.add(task)
