@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from router.api.messages import jsonable
 from router.api.params import IdPath, Moment
 from router.api.security import Principal, require_role
+from router.auth.accounts import change_roles
 from router.auth.passwords import MAX_LENGTH
 from router.auth.tokens import issue_token, list_tokens, revoke_token
 from router.auth.users import add_user, disable_user, find_user, list_users
@@ -30,6 +31,14 @@ class UserIn(BaseModel):
     password: str | None = Field(
         default=None, max_length=MAX_LENGTH, description="none: a token-only account"
     )
+
+
+class RolesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    add: list[str] = Field(default=[], max_length=6)
+    remove: list[str] = Field(default=[], max_length=6)
+    reason: str = Field(min_length=1, max_length=1000, description="why: kept in the audit log")
 
 
 class TokenIn(BaseModel):
@@ -70,9 +79,35 @@ def user_routes(engine: Engine) -> APIRouter:
         )
         return {"id": user.id, "name": user.name, "roles": sorted(user.roles)}
 
+    @router.post("/{name}/roles")
+    async def roles(
+        name: str, body: RolesIn, principal: Principal = Depends(admin)
+    ) -> dict[str, Any]:
+        """Add and remove roles: the user's sessions and tokens have the new set on their next
+        request; a token left with no role the user holds is revoked (``tokens_revoked``).
+        422 when it would leave no enabled admin, or the user with no role."""
+        change = await write(
+            lambda conn: change_roles(
+                conn,
+                name,
+                add=body.add,
+                remove=body.remove,
+                actor=principal.name,
+                reason=body.reason,
+            )
+        )
+        return {
+            "name": change.user.name,
+            "roles": sorted(change.user.roles),
+            "added": change.added,
+            "removed": change.removed,
+            "tokens_revoked": change.tokens_revoked,
+        }
+
     @router.post("/{name}/disable")
     async def disable(name: str, principal: Principal = Depends(admin)) -> dict[str, Any]:
-        """Disable the account: its sessions end and its tokens stop working."""
+        """Disable the account: its sessions end and its tokens stop working. 422 for the
+        last enabled admin."""
         user = await write(lambda conn: disable_user(conn, name, actor=principal.name))
         return {"name": user.name, "disabled": True}
 

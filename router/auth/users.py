@@ -6,6 +6,7 @@ Every change is written with its audit event in the caller's transaction.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,17 @@ def find_user(conn: Connection, name: str) -> User | None:
     return _user(row) if row else None
 
 
+def require_user(conn: Connection, name: str) -> User:
+    """The user named exactly ``name``; LookupError, naming the account meant when only the
+    case differs (a change is never applied to a name the admin did not type)."""
+    user = find_user(conn, name)
+    if user is not None:
+        return user
+    alike = conn.scalars(select(users.c.name).where(func.lower(users.c.name) == name.lower()))
+    hint = " or ".join(repr(n) for n in alike)
+    raise LookupError(f"no user {name!r}" + (f" (did you mean {hint}?)" if hint else ""))
+
+
 def case_clashes(conn: Connection) -> list[list[str]]:
     """Groups of user names that differ only in case, made before names were compared
     without case. They still sign in apart, but count as one person for four eyes."""
@@ -126,16 +138,55 @@ def list_users(conn: Connection) -> list[dict[str, Any]]:
 
 
 def disable_user(conn: Connection, name: str, *, actor: str) -> User:
-    """Disable the account and end its sessions; its tokens stop working with it."""
-    user = find_user(conn, name)
-    if user is None:
-        raise LookupError(f"no user {name!r}")
+    """Disable the account and end its sessions; its tokens stop working with it.
+    The last enabled admin cannot be disabled: nobody could then manage users."""
+    user = require_user(conn, name)
+    if not user.disabled:
+        keep_an_admin(conn, user, frozenset())
     conn.execute(
         users.update().where(users.c.id == user.id).values(disabled=True, updated_at=utcnow())
     )
     conn.execute(delete(sessions).where(sessions.c.user_id == user.id))
     audit.append(conn, actor, "user-disable", f"user:{name}", {})
     return User(user.id, user.name, user.roles, True)
+
+
+def revoke_tokens(
+    conn: Connection, user_id: int, *, actor: str, keep: Callable[[frozenset[str]], bool]
+) -> list[int]:
+    """Revoke the user's live tokens whose roles ``keep`` refuses; their ids, for the audit.
+    Revoked, not merely unusable, so that a later change (re-enabling the user, granting a
+    role again) does not bring back a credential nobody remembers handing out."""
+    t = api_tokens.c
+    now = utcnow()
+    live = conn.execute(
+        select(t.id, t.roles)
+        .where(t.user_id == user_id, t.revoked_at.is_(None))
+        .where(t.expires_at.is_(None) | (t.expires_at > now))
+        .order_by(t.id)
+    )
+    doomed = [row.id for row in live if not keep(decode(row.roles))]
+    if doomed:
+        conn.execute(
+            api_tokens.update().where(t.id.in_(doomed)).values(revoked_at=now, revoked_by=actor)
+        )
+    return doomed
+
+
+def keep_an_admin(conn: Connection, user: User, roles: frozenset[str]) -> None:
+    """ValueError when ``user``, enabled and an admin, would leave no enabled admin by
+    holding only ``roles`` (or being disabled: none). Two admins taking it from each other
+    at once take turns on a lock, so the second sees the first's change."""
+    if "admin" not in user.roles or "admin" in roles or user.disabled:
+        return
+    hold_key(conn, "users/admins")
+    others = conn.scalars(
+        select(users.c.roles).where(users.c.disabled.is_(False), users.c.id != user.id)
+    )
+    if not any("admin" in decode(held) for held in others):
+        raise ValueError(
+            f"{user.name!r} is the only enabled admin: make another user an admin first"
+        )
 
 
 def check_password(conn: Connection, name: str, password: str) -> tuple[User | None, str]:

@@ -1,4 +1,4 @@
-"""CLI command ``users``: add, list, disable, and API tokens (issue, revoke).
+"""CLI command ``users``: add, list, roles, disable, and API tokens (issue, revoke).
 
 A password is read from a prompt (twice) or, for scripts, from standard input
 with ``--password-stdin``; never from the command line, where it would be seen in
@@ -46,6 +46,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing = actions.add_parser("list", help="users with their roles and live token counts")
     add_json(listing)
     listing.set_defaults(handler=users_list)
+
+    roles = actions.add_parser(
+        "roles", help="add or remove a user's roles; takes effect on their next request"
+    )
+    roles.add_argument("name")
+    roles.add_argument("--add", action="append", default=[], help="a role to give; repeatable")
+    roles.add_argument(
+        "--remove", action="append", default=[], help="a role to take away; repeatable"
+    )
+    roles.add_argument("--reason", required=True, help="why: kept in the audit log")
+    _actor(roles)
+    roles.set_defaults(handler=users_roles)
 
     disable = actions.add_parser("disable", help="disable a user; sessions and tokens stop")
     disable.add_argument("name")
@@ -116,6 +128,29 @@ def users_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def users_roles(args: argparse.Namespace) -> int:
+    from router.auth.accounts import change_roles
+
+    store = open_store(args)
+    who = acting(args, store, "admin")
+    try:
+        with store.begin() as conn:
+            change = change_roles(
+                conn, args.name, add=args.add, remove=args.remove, actor=who, reason=args.reason
+            )
+    except (LookupError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    held = " ".join(sorted(change.user.roles))
+    if not change.added and not change.removed:
+        print(f"{change.user.name} already holds {held}: nothing changed")
+        return 0
+    print(f"{change.user.name}: {held}")
+    if change.tokens_revoked:
+        ids = ", ".join(str(i) for i in change.tokens_revoked)
+        print(f"revoked token(s) {ids}: they held no role {change.user.name} still has")
+    return 0
+
+
 def users_disable(args: argparse.Namespace) -> int:
     from router.auth.users import disable_user
 
@@ -124,7 +159,7 @@ def users_disable(args: argparse.Namespace) -> int:
     try:
         with store.begin() as conn:
             disable_user(conn, args.name, actor=who)
-    except LookupError as exc:
+    except (LookupError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
     print(f"disabled {args.name}")
     return 0

@@ -39,6 +39,13 @@ def _run(config, capsys, *args: str, stdin: str = "") -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+def _refusal(config, capsys, *args: str) -> str:
+    """What a refused ``users`` command says (it exits 1)."""
+    capsys.readouterr()
+    assert main(["--config", str(config), "users", *args]) == 1
+    return capsys.readouterr().err
+
+
 def test_users_lifecycle_on_the_command_line(config, store_url, capsys):
     code, out = _run(
         config,
@@ -91,9 +98,9 @@ def test_users_lifecycle_on_the_command_line(config, store_url, capsys):
         assert _run(config, capsys, "token", "revoke", "1", *ADA)[0] == 0
         with store.read() as conn:
             assert token_holder(conn, token) is None
-        assert _run(config, capsys, "disable", "ada", *ADA)[0] == 0
+        assert _run(config, capsys, "disable", "bot", *ADA)[0] == 0
         with store.read() as conn:
-            assert conn.scalar(select(users.c.disabled).where(users.c.name == "ada")) is True
+            assert conn.scalar(select(users.c.disabled).where(users.c.name == "bot")) is True
             stored = conn.scalar(select(users.c.password_hash).where(users.c.name == "ada"))
             events = conn.execute(
                 select(
@@ -111,7 +118,7 @@ def test_users_lifecycle_on_the_command_line(config, store_url, capsys):
         ("ada", "user-add", "user:bot"),
         ("ada", "token-issue", "user:bot"),
         ("ada", "token-revoke", "user:bot"),
-        ("ada", "user-disable", "user:ada"),
+        ("ada", "user-disable", "user:bot"),
     ]
     assert {json.loads(details)["os_user"] for *_, details in events} == {os_user()}
 
@@ -156,3 +163,47 @@ def test_a_store_with_names_differing_only_in_case_starts_and_says_so(tmp_path, 
         running = RunningEngine(engine_config(tmp_path, store_url), {}, http=True)
         running.stop()
     assert "users Ada and ada differ only in case" in caplog.text
+
+
+def test_roles_change_on_the_command_line_with_a_reason_and_the_last_admin_kept(
+    config, store_url, capsys
+):
+    add = ("add", "ada", "--role", "admin", "--password-stdin", "--actor", "root")
+    assert _run(config, capsys, *add, stdin=PASSWORD + "\n")[0] == 0
+    assert _run(config, capsys, "add", "bot", "--role", "viewer", "--no-password", *ADA)[0] == 0
+    assert _run(config, capsys, "token", "bot", "--role", "viewer", *ADA)[0] == 0
+
+    change = ("roles", "bot", "--add", "approver", "--remove", "viewer", "--reason", "rota")
+    code, out = _run(config, capsys, *change, *ADA)
+    assert (code, out) == (0, "bot: approver\n"), "the token keeps viewer: any user has it"
+    code, out = _run(config, capsys, *change, *ADA)
+    assert (code, out) == (0, "bot already holds approver: nothing changed\n")
+    no_reason = ("roles", "bot", "--add", "engineer")
+    with pytest.raises(SystemExit):
+        _run(config, capsys, *no_reason, *ADA)
+    demote = ("roles", "ada", "--remove", "admin", "--add", "viewer", "--reason", "x")
+    assert _refusal(config, capsys, *demote, *ADA) == (
+        "error: 'ada' is the only enabled admin: make another user an admin first\n"
+    )
+    assert "only enabled admin" in _refusal(config, capsys, "disable", "ada", *ADA)
+    wrong_case = ("roles", "Bot", "--add", "admin", "--reason", "x", *ADA)
+    assert _refusal(config, capsys, *wrong_case) == "error: no user 'Bot' (did you mean 'bot'?)\n"
+
+    store = Store(store_url)
+    try:
+        with store.read() as conn:
+            rows = conn.execute(
+                select(audit_events.c.actor, audit_events.c.details).where(
+                    audit_events.c.action == "user-roles"
+                )
+            ).all()
+            assert conn.scalar(select(users.c.roles).where(users.c.name == "ada")) == "admin"
+    finally:
+        store.dispose()
+    assert len(rows) == 1 and rows[0].actor == "ada"
+    details = json.loads(rows[0].details)
+    assert (details["added"], details["removed"], details["reason"]) == (
+        ["approver"],
+        ["viewer"],
+        "rota",
+    )

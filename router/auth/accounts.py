@@ -1,0 +1,93 @@
+"""Changing an existing account: its roles, enabling it again, its password.
+
+Each change is written with its audit event (who, what, why) in the caller's
+transaction, and takes effect on the user's next request: a session and a token read
+their user's roles on every request (router/auth/sessions.py, router/auth/tokens.py).
+Tokens left with no role their user still holds are revoked, sessions are ended when
+the password changes, and the last enabled admin is kept (router/auth/users.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from router import audit
+from router.auth.roles import encode, grants, parse_roles
+from router.auth.users import User, keep_an_admin, require_user, revoke_tokens
+from router.store.inbound import utcnow
+from router.store.schema import users
+
+
+@dataclass(frozen=True)
+class RoleChange:
+    user: User
+    added: list[str]
+    removed: list[str]
+    tokens_revoked: list[int]
+
+
+def _reason(reason: str) -> str:
+    reason = reason.strip()
+    if not reason:
+        raise ValueError("give a reason: it is kept in the audit log")
+    return reason
+
+
+def _chosen(roles: Iterable[str]) -> frozenset[str]:
+    listed = [r for r in roles if r.strip()]
+    return parse_roles(listed) if listed else frozenset()
+
+
+def change_roles(
+    conn: Connection,
+    name: str,
+    *,
+    add: Iterable[str] = (),
+    remove: Iterable[str] = (),
+    actor: str,
+    reason: str,
+) -> RoleChange:
+    """Give ``name`` the roles ``add`` and take away ``remove``.
+
+    The user keeps at least one role, and the last enabled admin keeps ``admin``. Their
+    tokens keep only roles the user still holds, on the next request; a token left with
+    none is revoked (listed in the audit event). Nothing changed writes nothing.
+    """
+    reason = _reason(reason)
+    adding, removing = _chosen(add), _chosen(remove)
+    if not adding and not removing:
+        raise ValueError("give a role to --add or to --remove")
+    both = sorted(adding & removing)
+    if both:
+        raise ValueError(f"role {both[0]!r} is both added and removed")
+    user = require_user(conn, name)
+    roles = (user.roles | adding) - removing
+    if not roles:
+        raise ValueError(f"{name!r} would hold no role: disable the user instead")
+    if roles == user.roles:
+        return RoleChange(user, [], [], [])
+    keep_an_admin(conn, user, roles)
+    conn.execute(
+        users.update().where(users.c.id == user.id).values(roles=encode(roles), updated_at=utcnow())
+    )
+    revoked = revoke_tokens(
+        conn, user.id, actor=actor, keep=lambda scope: any(grants(roles, r) for r in scope)
+    )
+    added, removed = sorted(roles - user.roles), sorted(user.roles - roles)
+    audit.append(
+        conn,
+        actor,
+        "user-roles",
+        f"user:{user.name}",
+        {
+            "added": added,
+            "removed": removed,
+            "roles": sorted(roles),
+            "reason": reason,
+            "tokens_revoked": revoked,
+        },
+    )
+    return RoleChange(User(user.id, user.name, roles, user.disabled), added, removed, revoked)

@@ -1,0 +1,135 @@
+"""Changing an account over HTTP against a running engine: its roles (with the effect on
+its live session and tokens), and the last enabled admin, who is always kept."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from console_testing import Site, csrf_of, running_site, sign_in
+from sqlalchemy import select
+from tie_testing import api_token
+
+from router.store.schema import api_tokens, audit_events
+
+USERS = {"ada": ["admin"], "sam": ["support"], "vic": ["viewer"]}
+PAUSE = "/api/channels/lab-orders/pause"
+a = audit_events.c
+
+
+@pytest.fixture
+def site(tmp_path, store_url) -> Iterator[Site]:
+    with running_site(tmp_path, store_url, USERS) as running:
+        yield running
+
+
+@pytest.fixture
+def admin(site) -> Iterator[httpx.Client]:
+    token = api_token(site.running.store, "admin", name="ada")
+    with _bearer(site, token) as client:
+        yield client
+
+
+def _bearer(site: Site, token: str) -> httpx.Client:
+    return httpx.Client(base_url=site.url, timeout=10, headers={"Authorization": f"Bearer {token}"})
+
+
+def _events(site: Site, action: str) -> list[tuple[str, str, dict]]:
+    with site.running.store.read() as conn:
+        rows = conn.execute(
+            select(a.actor, a.target, a.details).where(a.action == action).order_by(a.id)
+        )
+        return [(r.actor, r.target, json.loads(r.details)) for r in rows]
+
+
+def test_a_removed_role_stops_working_on_the_next_request_of_a_session_and_a_token(site, admin):
+    console = sign_in(site.url, "sam")
+    csrf = csrf_of(console.get("/").text)
+    support_token = api_token(site.running.store, "support", name="sam")
+    pause = {"json": {"reason": "x"}, "headers": {"X-CSRF-Token": csrf}}
+    assert console.post(PAUSE, **pause).status_code == 200
+
+    change = admin.post(
+        "/api/users/sam/roles",
+        json={"add": ["approver"], "remove": ["support"], "reason": "moved to approvals"},
+    )
+    assert change.status_code == 200, change.text
+    assert change.json() == {
+        "name": "sam",
+        "roles": ["approver"],
+        "added": ["approver"],
+        "removed": ["support"],
+        "tokens_revoked": [2],
+    }
+    assert console.post(PAUSE, **pause).status_code == 403, "the same session, at once"
+    assert console.get("/api/audit").status_code == 200, "the added role works"
+    with _bearer(site, support_token) as script:
+        assert script.get("/api/channels").status_code == 401, "a token left with no role"
+    with site.running.store.read() as conn:
+        revoked = conn.execute(select(api_tokens.c.revoked_by).where(api_tokens.c.id == 2))
+        assert revoked.scalar() == "ada"
+
+    restored = admin.post("/api/users/sam/roles", json={"add": ["support"], "reason": "back"})
+    assert restored.json()["roles"] == ["approver", "support"]
+    with _bearer(site, support_token) as script:
+        assert script.get("/api/channels").status_code == 401, "granting it again revives none"
+
+    assert _events(site, "user-roles")[0] == (
+        "ada",
+        "user:sam",
+        {
+            "added": ["approver"],
+            "removed": ["support"],
+            "roles": ["approver"],
+            "reason": "moved to approvals",
+            "tokens_revoked": [2],
+        },
+    )
+
+
+def test_a_token_keeps_only_the_roles_its_user_still_holds(site, admin):
+    admin.post("/api/users/sam/roles", json={"add": ["engineer"], "reason": "rota"})
+    both = admin.post("/api/users/sam/tokens", json={"roles": ["support", "engineer"]})
+    with _bearer(site, both.json()["token"]) as script:
+        assert script.post(PAUSE, json={"reason": "x"}).status_code == 200
+        admin.post("/api/users/sam/roles", json={"remove": ["support"], "reason": "rota"})
+        assert script.post(PAUSE, json={"reason": "x"}).status_code == 403
+        assert script.get("/api/channels").status_code == 200, "still an engineer's token"
+
+
+def test_role_changes_are_for_admins_and_need_a_reason_and_a_known_role(site, admin):
+    with _bearer(site, api_token(site.running.store, "support", name="sam")) as sam:
+        refused = sam.post("/api/users/sam/roles", json={"add": ["admin"], "reason": "me"})
+        assert refused.status_code == 403
+    answers = {
+        "no reason": admin.post("/api/users/sam/roles", json={"add": ["approver"]}),
+        "blank reason": admin.post(
+            "/api/users/sam/roles", json={"add": ["approver"], "reason": " "}
+        ),
+        "unknown role": admin.post("/api/users/sam/roles", json={"add": ["wizard"], "reason": "x"}),
+        "nothing": admin.post("/api/users/sam/roles", json={"reason": "x"}),
+        "no role left": admin.post(
+            "/api/users/sam/roles", json={"remove": ["support"], "reason": "x"}
+        ),
+    }
+    assert {k: v.status_code for k, v in answers.items()} == dict.fromkeys(answers, 422)
+    wrong_case = admin.post("/api/users/Sam/roles", json={"add": ["approver"], "reason": "x"})
+    assert wrong_case.status_code == 404 and "did you mean 'sam'" in wrong_case.text
+    assert _events(site, "user-roles") == []
+
+
+def test_the_last_enabled_admin_keeps_the_role_and_cannot_be_disabled(site, admin):
+    demote = {"remove": ["admin"], "add": ["viewer"], "reason": "stepping down"}
+    only = admin.post("/api/users/ada/roles", json=demote)
+    assert only.status_code == 422 and "only enabled admin" in only.text
+    assert admin.post("/api/users/ada/disable").status_code == 422
+
+    admin.post("/api/users/vic/roles", json={"add": ["admin"], "reason": "second admin"})
+    assert admin.post("/api/users/vic/disable").status_code == 200
+    assert admin.post("/api/users/ada/roles", json=demote).status_code == 422, "vic is disabled"
+
+    admin.post("/api/users/sam/roles", json={"add": ["admin"], "reason": "second admin"})
+    assert admin.post("/api/users/ada/roles", json=demote).status_code == 200
+    assert admin.get("/api/users").status_code == 401, "ada's admin-only token: revoked"
