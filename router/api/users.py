@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from router.api.messages import jsonable
 from router.api.params import IdPath, Moment
 from router.api.security import Principal, require_role
-from router.auth.accounts import change_roles
+from router.auth.accounts import change_roles, enable_user
 from router.auth.passwords import MAX_LENGTH
 from router.auth.tokens import issue_token, list_tokens, revoke_token
 from router.auth.users import add_user, disable_user, find_user, list_users
@@ -38,6 +38,12 @@ class RolesIn(BaseModel):
 
     add: list[str] = Field(default=[], max_length=6)
     remove: list[str] = Field(default=[], max_length=6)
+    reason: str = Field(min_length=1, max_length=1000, description="why: kept in the audit log")
+
+
+class ReasonIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     reason: str = Field(min_length=1, max_length=1000, description="why: kept in the audit log")
 
 
@@ -106,10 +112,21 @@ def user_routes(engine: Engine) -> APIRouter:
 
     @router.post("/{name}/disable")
     async def disable(name: str, principal: Principal = Depends(admin)) -> dict[str, Any]:
-        """Disable the account: its sessions end and its tokens stop working. 422 for the
+        """Disable the account: its sessions end and its tokens are revoked. 422 for the
         last enabled admin."""
         user = await write(lambda conn: disable_user(conn, name, actor=principal.name))
         return {"name": user.name, "disabled": True}
+
+    @router.post("/{name}/enable")
+    async def enable(
+        name: str, body: ReasonIn, principal: Principal = Depends(admin)
+    ) -> dict[str, Any]:
+        """Let a disabled user sign in again; none of their old tokens comes back. 422 when
+        they are not disabled, or another enabled user has their name but for its case."""
+        user = await write(
+            lambda conn: enable_user(conn, name, actor=principal.name, reason=body.reason)
+        )
+        return {"name": user.name, "disabled": False}
 
     @router.get("/{name}/tokens")
     async def tokens(name: str, _: Principal = Depends(admin)) -> dict[str, Any]:

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 
 from router import audit
 from router.auth.roles import encode, grants, parse_roles
 from router.auth.users import User, keep_an_admin, require_user, revoke_tokens
 from router.store.inbound import utcnow
+from router.store.locks import hold_key
 from router.store.schema import users
 
 
@@ -91,3 +92,34 @@ def change_roles(
         },
     )
     return RoleChange(User(user.id, user.name, roles, user.disabled), added, removed, revoked)
+
+
+def enable_user(conn: Connection, name: str, *, actor: str, reason: str) -> User:
+    """Let a disabled user sign in again. None of their tokens comes back (disabling
+    revoked them; any left over are revoked now): issue new ones. Refused while another
+    enabled account has the same name but for its case: four eyes takes the two for one
+    person (docs/governance.md)."""
+    reason = _reason(reason)
+    user = require_user(conn, name)
+    if not user.disabled:
+        raise ValueError(f"user {name!r} is not disabled")
+    hold_key(conn, f"users/{name.lower()}")
+    twin = conn.scalar(
+        select(users.c.name).where(
+            func.lower(users.c.name) == name.lower(),
+            users.c.id != user.id,
+            users.c.disabled.is_(False),
+        )
+    )
+    if twin is not None:
+        raise ValueError(
+            f"{twin!r} is enabled and differs from {name!r} only in case: disable it first"
+        )
+    conn.execute(
+        users.update().where(users.c.id == user.id).values(disabled=False, updated_at=utcnow())
+    )
+    # Tokens a disable stopped without revoking (before disabling revoked them, or by SQL).
+    revoked = revoke_tokens(conn, user.id, actor=actor, keep=lambda _: False)
+    details = {"reason": reason, "tokens_revoked": revoked}
+    audit.append(conn, actor, "user-enable", f"user:{user.name}", details)
+    return User(user.id, user.name, user.roles, False)

@@ -138,8 +138,9 @@ def list_users(conn: Connection) -> list[dict[str, Any]]:
 
 
 def disable_user(conn: Connection, name: str, *, actor: str) -> User:
-    """Disable the account and end its sessions; its tokens stop working with it.
-    The last enabled admin cannot be disabled: nobody could then manage users."""
+    """Disable the account, end its sessions and revoke its tokens (enabling it again does
+    not bring them back). The last enabled admin cannot be disabled: nobody could then
+    manage users."""
     user = require_user(conn, name)
     if not user.disabled:
         keep_an_admin(conn, user, frozenset())
@@ -147,7 +148,8 @@ def disable_user(conn: Connection, name: str, *, actor: str) -> User:
         users.update().where(users.c.id == user.id).values(disabled=True, updated_at=utcnow())
     )
     conn.execute(delete(sessions).where(sessions.c.user_id == user.id))
-    audit.append(conn, actor, "user-disable", f"user:{name}", {})
+    revoked = revoke_tokens(conn, user.id, actor=actor, keep=lambda _: False)
+    audit.append(conn, actor, "user-disable", f"user:{name}", {"tokens_revoked": revoked})
     return User(user.id, user.name, user.roles, True)
 
 

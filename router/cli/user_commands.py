@@ -1,4 +1,4 @@
-"""CLI command ``users``: add, list, roles, disable, and API tokens (issue, revoke).
+"""CLI command ``users``: add, list, roles, disable, enable, and API tokens (issue, revoke).
 
 A password is read from a prompt (twice) or, for scripts, from standard input
 with ``--password-stdin``; never from the command line, where it would be seen in
@@ -59,10 +59,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _actor(roles)
     roles.set_defaults(handler=users_roles)
 
-    disable = actions.add_parser("disable", help="disable a user; sessions and tokens stop")
+    disable = actions.add_parser("disable", help="disable a user; sessions end, tokens revoked")
     disable.add_argument("name")
     _actor(disable)
     disable.set_defaults(handler=users_disable)
+
+    enable = actions.add_parser(
+        "enable", help="let a disabled user sign in again (their old tokens stay revoked)"
+    )
+    enable.add_argument("name")
+    enable.add_argument("--reason", required=True, help="why: kept in the audit log")
+    _actor(enable)
+    enable.set_defaults(handler=users_enable)
 
     token = actions.add_parser("token", help="issue an API token (printed once); or revoke ID")
     token.add_argument("name", help="the user the token acts as; or `revoke`")
@@ -162,6 +170,20 @@ def users_disable(args: argparse.Namespace) -> int:
     except (LookupError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
     print(f"disabled {args.name}")
+    return 0
+
+
+def users_enable(args: argparse.Namespace) -> int:
+    from router.auth.accounts import enable_user
+
+    store = open_store(args)
+    who = acting(args, store, "admin")
+    try:
+        with store.begin() as conn:
+            user = enable_user(conn, args.name, actor=who, reason=args.reason)
+    except (LookupError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"enabled {user.name} ({', '.join(sorted(user.roles))}); issue new tokens if needed")
     return 0
 
 

@@ -12,7 +12,8 @@ from console_testing import Site, csrf_of, running_site, sign_in
 from sqlalchemy import select
 from tie_testing import api_token
 
-from router.store.schema import api_tokens, audit_events
+from router.store.inbound import utcnow
+from router.store.schema import api_tokens, audit_events, users
 
 USERS = {"ada": ["admin"], "sam": ["support"], "vic": ["viewer"]}
 PAUSE = "/api/channels/lab-orders/pause"
@@ -133,3 +134,52 @@ def test_the_last_enabled_admin_keeps_the_role_and_cannot_be_disabled(site, admi
     admin.post("/api/users/sam/roles", json={"add": ["admin"], "reason": "second admin"})
     assert admin.post("/api/users/ada/roles", json=demote).status_code == 200
     assert admin.get("/api/users").status_code == 401, "ada's admin-only token: revoked"
+
+
+def test_a_re_enabled_user_signs_in_again_but_none_of_their_old_tokens_works(site, admin):
+    token = api_token(site.running.store, "support", name="sam")
+    assert admin.post("/api/users/sam/disable").status_code == 200
+    with site.running.store.read() as conn:
+        assert conn.scalar(select(api_tokens.c.revoked_by).where(api_tokens.c.id == 2)) == "ada"
+    assert admin.post("/api/users/sam/enable", json={}).status_code == 422, "a reason is needed"
+    enabled = admin.post("/api/users/sam/enable", json={"reason": "back from leave"})
+    assert enabled.status_code == 200, enabled.text
+    assert sign_in(site.url, "sam").get("/api/channels").status_code == 200
+    with _bearer(site, token) as script:
+        assert script.get("/api/channels").status_code == 401
+    again = admin.post("/api/users/sam/enable", json={"reason": "twice"})
+    assert again.status_code == 422 and "not disabled" in again.text
+    assert _events(site, "user-disable")[-1][2] == {"tokens_revoked": [2]}
+    assert _events(site, "user-enable") == [
+        ("ada", "user:sam", {"reason": "back from leave", "tokens_revoked": []})
+    ]
+
+
+def test_enabling_revokes_tokens_a_disable_only_stopped(site, admin):
+    """A user disabled before disabling revoked tokens (or by SQL) has live token rows."""
+    token = api_token(site.running.store, "support", name="sam")
+    with site.running.store.begin() as conn:
+        conn.execute(users.update().where(users.c.name == "sam").values(disabled=True))
+    admin.post("/api/users/sam/enable", json={"reason": "back"})
+    with _bearer(site, token) as script:
+        assert script.get("/api/channels").status_code == 401
+    assert _events(site, "user-enable")[0][2]["tokens_revoked"] == [2]
+
+
+def test_a_user_is_not_enabled_beside_an_enabled_one_differing_only_in_case(site, admin):
+    now = utcnow()
+    with site.running.store.begin() as conn:
+        conn.execute(  # possible before names were compared without case
+            users.insert().values(
+                name="Sam",
+                roles="approver",
+                disabled=True,
+                created_at=now,
+                created_by="old",
+                updated_at=now,
+            )
+        )
+    refused = admin.post("/api/users/Sam/enable", json={"reason": "x"})
+    assert refused.status_code == 422 and "'sam' is enabled" in refused.text
+    admin.post("/api/users/sam/disable")
+    assert admin.post("/api/users/Sam/enable", json={"reason": "x"}).status_code == 200

@@ -207,3 +207,17 @@ def test_roles_change_on_the_command_line_with_a_reason_and_the_last_admin_kept(
         ["viewer"],
         "rota",
     )
+
+
+def test_enable_on_the_command_line_needs_a_reason(config, store_url, capsys):
+    add = ("add", "ada", "--role", "admin", "--password-stdin", "--actor", "root")
+    assert _run(config, capsys, *add, stdin=PASSWORD + "\n")[0] == 0
+    assert _run(config, capsys, "add", "bot", "--role", "viewer", "--no-password", *ADA)[0] == 0
+    assert _run(config, capsys, "disable", "bot", *ADA)[0] == 0
+    with pytest.raises(SystemExit):
+        _run(config, capsys, "enable", "bot", *ADA)
+    code, out = _run(config, capsys, "enable", "bot", "--reason", "was paused", *ADA)
+    assert (code, out) == (0, "enabled bot (viewer); issue new tokens if needed\n")
+    assert _refusal(config, capsys, "enable", "bot", "--reason", "x", *ADA) == (
+        "error: user 'bot' is not disabled\n"
+    )
