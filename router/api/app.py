@@ -24,7 +24,7 @@ from router.api.limits import BodyLimit
 from router.api.messages import message_routes
 from router.api.metrics import metrics_routes
 from router.api.security import install, public_route
-from router.api.users import user_routes
+from router.api.users import own_password_routes, user_routes
 from router.console import routes as console
 from router.console.login import login_routes
 
@@ -69,6 +69,7 @@ def create_app(engine: Engine) -> FastAPI:
         channel_routes(engine),
         audit_routes(engine),
         user_routes(engine),
+        own_password_routes(engine),
         metrics_routes(engine),
     ):
         app.include_router(router, responses=API_ERRORS)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from router import audit
 from router.api.messages import jsonable
 from router.api.params import IdPath, Moment
-from router.api.security import Principal, require_role
-from router.auth.accounts import change_roles, enable_user
-from router.auth.passwords import MAX_LENGTH
+from router.api.security import SESSION_COOKIE, Principal, authenticator, require_role
+from router.auth.accounts import change_roles, enable_user, password_matches, set_password
+from router.auth.passwords import MAX_LENGTH, check_length
 from router.auth.tokens import issue_token, list_tokens, revoke_token
 from router.auth.users import add_user, disable_user, find_user, list_users
 from router.store.inbound import utcnow
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from router.engine import Engine
 
 admin = require_role("admin")
+anyone = require_role()
 
 
 class UserIn(BaseModel):
@@ -45,6 +47,20 @@ class ReasonIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1, max_length=1000, description="why: kept in the audit log")
+
+
+class PasswordIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: str = Field(max_length=MAX_LENGTH)
+    reason: str = Field(default="", max_length=1000, description="why: kept in the audit log")
+
+
+class OwnPasswordIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(max_length=MAX_LENGTH)
+    new_password: str = Field(max_length=MAX_LENGTH)
 
 
 class TokenIn(BaseModel):
@@ -117,6 +133,18 @@ def user_routes(engine: Engine) -> APIRouter:
         user = await write(lambda conn: disable_user(conn, name, actor=principal.name))
         return {"name": user.name, "disabled": True}
 
+    @router.post("/{name}/password")
+    async def password(
+        name: str, body: PasswordIn, principal: Principal = Depends(admin)
+    ) -> dict[str, Any]:
+        """Set the user's password (an admin's reset) and end all their sessions."""
+        user = await write(
+            lambda conn: set_password(
+                conn, name, body.password, actor=principal.name, reason=body.reason
+            )
+        )
+        return {"name": user.name}
+
     @router.post("/{name}/enable")
     async def enable(
         name: str, body: ReasonIn, principal: Principal = Depends(admin)
@@ -159,6 +187,49 @@ def user_routes(engine: Engine) -> APIRouter:
     @router.delete("/tokens/{token_id}", status_code=204)
     async def revoke(token_id: IdPath, principal: Principal = Depends(admin)) -> Response:
         await write(lambda conn: revoke_token(conn, token_id, actor=principal.name))
+        return Response(status_code=204)
+
+    return router
+
+
+def own_password_routes(engine: Engine) -> APIRouter:
+    """``/api/me/password``: a signed-in user changes their own password."""
+    router = APIRouter(prefix="/api/me", tags=["users"])
+    store = engine.store
+
+    @router.post("/password", status_code=204)
+    async def change(
+        body: OwnPasswordIn, request: Request, principal: Principal = Depends(anyone)
+    ) -> Response:
+        """Needs the current password, guessed no faster than at sign-in (the same
+        throttle; a wrong one is audited as ``login-failed``). Ends the user's other
+        sessions; the one asking (a console session) stays signed in."""
+        try:
+            check_length(body.new_password)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        auth = authenticator(request)
+        name = principal.name
+        if auth.throttle.wait(name) > 0:
+            raise HTTPException(429, "too many failed attempts: try again later")
+        auth.throttle.failed(name)  # before the slow check, as at sign-in
+        remote = request.client.host if request.client else ""
+        keep = request.cookies.get(SESSION_COOKIE, "") if principal.via == "session" else ""
+
+        def run() -> bool:  # True when changed
+            with store.read() as conn:
+                right = password_matches(conn, name, body.current_password)
+            with store.begin() as conn:
+                if not right:
+                    why = {"reason": "wrong current password", "from": remote}
+                    audit.append(conn, name, "login-failed", f"user:{name}", why)
+                    return False
+                set_password(conn, name, body.new_password, actor=name, keep_session=keep)
+                return True
+
+        if not await asyncio.to_thread(run):
+            raise HTTPException(403, "the current password is wrong")
+        auth.throttle.succeeded(name)
         return Response(status_code=204)
 
     return router

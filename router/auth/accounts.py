@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, delete, func, select
 
 from router import audit
+from router.auth.passwords import hash_password, verify_password
 from router.auth.roles import encode, grants, parse_roles
+from router.auth.tokens import digest
 from router.auth.users import User, keep_an_admin, require_user, revoke_tokens
 from router.store.inbound import utcnow
 from router.store.locks import hold_key
-from router.store.schema import users
+from router.store.schema import sessions, users
 
 
 @dataclass(frozen=True)
@@ -123,3 +125,38 @@ def enable_user(conn: Connection, name: str, *, actor: str, reason: str) -> User
     details = {"reason": reason, "tokens_revoked": revoked}
     audit.append(conn, actor, "user-enable", f"user:{user.name}", details)
     return User(user.id, user.name, user.roles, False)
+
+
+def set_password(
+    conn: Connection,
+    name: str,
+    password: str,
+    *,
+    actor: str,
+    reason: str = "",
+    keep_session: str = "",
+) -> User:
+    """Set ``name``'s password and end their sessions, but the one whose cookie is
+    ``keep_session`` (the user changing their own stays signed in there). Whoever knew
+    the old password is signed out everywhere else."""
+    user = require_user(conn, name)
+    conn.execute(
+        users.update()
+        .where(users.c.id == user.id)
+        .values(password_hash=hash_password(password), updated_at=utcnow())
+    )
+    ended = delete(sessions).where(sessions.c.user_id == user.id)
+    if keep_session:
+        ended = ended.where(sessions.c.token_hash != digest(keep_session))
+    gone = conn.execute(ended).rowcount
+    details: dict[str, object] = {"sessions_ended": gone}
+    if reason.strip():
+        details["reason"] = reason.strip()
+    audit.append(conn, actor, "user-password", f"user:{user.name}", details)
+    return user
+
+
+def password_matches(conn: Connection, name: str, password: str) -> bool:
+    """Whether ``password`` is ``name``'s current one (always one argon2 verification)."""
+    stored = conn.scalar(select(users.c.password_hash).where(users.c.name == name))
+    return verify_password(stored, password)

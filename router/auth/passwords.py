@@ -17,11 +17,16 @@ _DUMMY = (
 )
 
 
-def hash_password(password: str) -> str:
+def check_length(password: str) -> None:
+    """ValueError unless the password has MIN_LENGTH to MAX_LENGTH characters."""
     if len(password) < MIN_LENGTH:
         raise ValueError(f"a password has at least {MIN_LENGTH} characters")
     if len(password) > MAX_LENGTH:
         raise ValueError(f"a password has at most {MAX_LENGTH} characters")
+
+
+def hash_password(password: str) -> str:
+    check_length(password)
     return _hasher.hash(password)
 
 

@@ -1,4 +1,4 @@
-"""CLI command ``users``: add, list, roles, disable, enable, and API tokens (issue, revoke).
+"""CLI command ``users``: add, list, roles, password, disable, enable, and API tokens.
 
 A password is read from a prompt (twice) or, for scripts, from standard input
 with ``--password-stdin``; never from the command line, where it would be seen in
@@ -59,6 +59,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _actor(roles)
     roles.set_defaults(handler=users_roles)
 
+    password = actions.add_parser(
+        "password", help="set a user's password (a reset); ends all their sessions"
+    )
+    password.add_argument("name")
+    password.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    password.add_argument("--reason", default="", help="why: kept in the audit log")
+    _actor(password)
+    password.set_defaults(handler=users_password, no_password=False)
+
     disable = actions.add_parser("disable", help="disable a user; sessions end, tokens revoked")
     disable.add_argument("name")
     _actor(disable)
@@ -97,9 +108,10 @@ def _password(args: argparse.Namespace) -> str | None:
         return sys.stdin.readline().rstrip("\r\n")
     if not sys.stdin.isatty():
         # getpass would read the pipe with the password echoed, or fail with a traceback.
+        token_only = ", or add a token-only user with --no-password"
         raise CommandError(
-            "no terminal to ask for the password: pipe it in with --password-stdin, "
-            "or add a token-only user with --no-password"
+            "no terminal to ask for the password: pipe it in with --password-stdin"
+            + (token_only if args.users_command == "add" else "")
         )
     first = getpass.getpass(f"password for {args.name}: ")
     if getpass.getpass("again: ") != first:
@@ -156,6 +168,21 @@ def users_roles(args: argparse.Namespace) -> int:
     if change.tokens_revoked:
         ids = ", ".join(str(i) for i in change.tokens_revoked)
         print(f"revoked token(s) {ids}: they held no role {change.user.name} still has")
+    return 0
+
+
+def users_password(args: argparse.Namespace) -> int:
+    from router.auth.accounts import set_password
+
+    store = open_store(args)
+    who = acting(args, store, "admin")
+    password = _password(args) or ""
+    try:
+        with store.begin() as conn:
+            user = set_password(conn, args.name, password, actor=who, reason=args.reason)
+    except (LookupError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"password set for {user.name}; their sessions are ended")
     return 0
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from console_testing import Site, csrf_of, running_site, sign_in
+from console_testing import PASSWORD, Site, csrf_of, running_site, sign_in
 from sqlalchemy import select
 from tie_testing import api_token
 
@@ -183,3 +183,69 @@ def test_a_user_is_not_enabled_beside_an_enabled_one_differing_only_in_case(site
     assert refused.status_code == 422 and "'sam' is enabled" in refused.text
     admin.post("/api/users/sam/disable")
     assert admin.post("/api/users/Sam/enable", json={"reason": "x"}).status_code == 200
+
+
+def _sign_in_with(site: Site, name: str, password: str) -> httpx.Client | None:
+    """A client with a session for ``name``, or None when the sign-in is refused."""
+    client = httpx.Client(base_url=site.url, timeout=10)
+    form = client.get("/login")
+    data = {"username": name, "password": password, "csrf_token": csrf_of(form.text)}
+    return client if client.post("/login", data=data).status_code == 303 else None
+
+
+def test_an_admin_resets_a_password_and_the_users_sessions_end(site, admin):
+    console = sign_in(site.url, "sam")
+    reset = admin.post(
+        "/api/users/sam/password", json={"password": "a new long password", "reason": "forgot"}
+    )
+    assert reset.status_code == 200, reset.text
+    assert console.get("/api/channels").status_code == 401, "signed out everywhere"
+    assert _sign_in_with(site, "sam", PASSWORD) is None
+    assert _sign_in_with(site, "sam", "a new long password") is not None
+    short = admin.post("/api/users/sam/password", json={"password": "short"})
+    assert short.status_code == 422
+    assert _events(site, "user-password") == [
+        ("ada", "user:sam", {"reason": "forgot", "sessions_ended": 1})
+    ]
+
+
+def test_a_user_changes_their_own_password_with_the_current_one(site):
+    here, elsewhere = sign_in(site.url, "sam"), sign_in(site.url, "sam")
+    csrf = {"X-CSRF-Token": csrf_of(here.get("/").text)}
+    new = "my own new password"
+    wrong = here.post(
+        "/api/me/password",
+        json={"current_password": "a wrong guess", "new_password": new},
+        headers=csrf,
+    )
+    assert wrong.status_code == 403
+    short = here.post(
+        "/api/me/password", json={"current_password": PASSWORD, "new_password": "x"}, headers=csrf
+    )
+    assert short.status_code == 422
+    changed = here.post(
+        "/api/me/password", json={"current_password": PASSWORD, "new_password": new}, headers=csrf
+    )
+    assert changed.status_code == 204, changed.text
+    assert here.get("/api/channels").status_code == 200, "the session that asked stays"
+    assert elsewhere.get("/api/channels").status_code == 401, "every other one ends"
+    assert _sign_in_with(site, "sam", new) is not None
+    assert _events(site, "user-password") == [("sam", "user:sam", {"sessions_ended": 1})]
+    failed = _events(site, "login-failed")
+    assert [(e[0], e[2]["reason"]) for e in failed] == [("sam", "wrong current password")]
+
+
+def test_guessing_the_current_password_is_throttled_as_signing_in_is(site):
+    here = sign_in(site.url, "vic")
+    csrf = {"X-CSRF-Token": csrf_of(here.get("/").text)}
+    guesses = [
+        here.post(
+            "/api/me/password",
+            json={"current_password": f"guess number {i}", "new_password": "x" * 12},
+            headers=csrf,
+        ).status_code
+        for i in range(7)
+    ]
+    assert guesses == [403] * 5 + [429] * 2
+    right = {"current_password": PASSWORD, "new_password": "x" * 12}
+    assert here.post("/api/me/password", json=right, headers=csrf).status_code == 429

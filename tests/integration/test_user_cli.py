@@ -13,6 +13,7 @@ from sqlalchemy import select
 from tie_testing import RunningEngine, engine_config
 
 from router.auth.tokens import token_holder
+from router.auth.users import check_password
 from router.cli import main
 from router.cli.commands import os_user
 from router.store.database import Store
@@ -40,9 +41,12 @@ def _run(config, capsys, *args: str, stdin: str = "") -> tuple[int, str]:
 
 
 def _refusal(config, capsys, *args: str) -> str:
-    """What a refused ``users`` command says (it exits 1)."""
+    """What a refused ``users`` command says (it exits 1); its standard input is no
+    terminal and holds a password too short."""
     capsys.readouterr()
-    assert main(["--config", str(config), "users", *args]) == 1
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdin", io.StringIO("short\n"))
+        assert main(["--config", str(config), "users", *args]) == 1
     return capsys.readouterr().err
 
 
@@ -221,3 +225,27 @@ def test_enable_on_the_command_line_needs_a_reason(config, store_url, capsys):
     assert _refusal(config, capsys, "enable", "bot", "--reason", "x", *ADA) == (
         "error: user 'bot' is not disabled\n"
     )
+
+
+def test_an_admin_resets_a_password_on_the_command_line(config, store_url, capsys):
+    add = ("add", "ada", "--role", "admin", "--password-stdin", "--actor", "root")
+    assert _run(config, capsys, *add, stdin=PASSWORD + "\n")[0] == 0
+    sam = ("add", "sam", "--role", "support", "--password-stdin", *ADA)
+    assert _run(config, capsys, *sam, stdin=PASSWORD + "\n")[0] == 0
+    reset = ("password", "sam", "--password-stdin", "--reason", "forgot", *ADA)
+    code, out = _run(config, capsys, *reset, stdin="another long password\n")
+    assert (code, out) == (0, "password set for sam; their sessions are ended\n")
+    assert "at least 12" in _refusal(config, capsys, "password", "sam", "--password-stdin", *ADA)
+    assert _refusal(config, capsys, "password", "sam", *ADA) == (
+        "error: no terminal to ask for the password: pipe it in with --password-stdin\n"
+    )
+    store = Store(store_url)
+    try:
+        with store.read() as conn:
+            assert check_password(conn, "sam", "another long password")[1] == "ok"
+            details = conn.scalar(
+                select(audit_events.c.details).where(audit_events.c.action == "user-password")
+            )
+    finally:
+        store.dispose()
+    assert json.loads(details)["reason"] == "forgot"
