@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -14,9 +15,11 @@ from router.api.params import IdPath, Moment
 from router.api.security import SESSION_COOKIE, Principal, authenticator, require_role
 from router.auth.accounts import change_roles, enable_user, password_matches, set_password
 from router.auth.passwords import MAX_LENGTH, check_length
-from router.auth.tokens import issue_token, list_tokens, revoke_token
+from router.auth.tokens import issue_token, list_tokens, revoke_token, rotate_token
 from router.auth.users import add_user, disable_user, find_user, list_users
+from router.config._base import PositiveDuration
 from router.store.inbound import utcnow
+from router.units import parse_duration
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -61,6 +64,17 @@ class OwnPasswordIn(BaseModel):
 
     current_password: str = Field(max_length=MAX_LENGTH)
     new_password: str = Field(max_length=MAX_LENGTH)
+
+
+class RotateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    overlap: PositiveDuration = Field(
+        default=86400.0, description="how long the old token works on, e.g. 24h (default)"
+    )
+    expires_at: Moment | None = Field(
+        default=None, description="the new token's; default: as long as the old one was given"
+    )
 
 
 class TokenIn(BaseModel):
@@ -183,6 +197,44 @@ def user_routes(engine: Engine) -> APIRouter:
             )
         )
         return {"id": token_id, "token": token}
+
+    @router.get("/tokens/expiring")
+    async def expiring(within: str = "30d", _: Principal = Depends(admin)) -> dict[str, Any]:
+        """Live tokens of every user that expire ``within`` (e.g. 30d), soonest first."""
+        try:
+            span = timedelta(seconds=parse_duration(within))
+        except ValueError as exc:
+            raise HTTPException(422, f"within: {exc}") from exc
+
+        def read() -> list[dict[str, Any]]:
+            with store.read() as conn:
+                return list_tokens(conn, expiring_within=span)
+
+        return {"tokens": jsonable(await asyncio.to_thread(read))}
+
+    @router.post("/tokens/{token_id}/rotate", status_code=201)
+    async def rotate(
+        token_id: IdPath, body: RotateIn, principal: Principal = Depends(admin)
+    ) -> dict[str, Any]:
+        """A new token (in this answer once) with the old one's user and roles; the old one
+        works on for ``overlap``, then expires: no moment without a working token."""
+        if body.expires_at is not None and body.expires_at <= utcnow():
+            raise HTTPException(422, "expires_at is past: the token would never work")
+        done = await write(
+            lambda conn: rotate_token(
+                conn,
+                token_id,
+                actor=principal.name,
+                overlap=timedelta(seconds=body.overlap),
+                expires_at=body.expires_at,
+            )
+        )
+        return {
+            "id": done.new_id,
+            "token": done.token,
+            "expires_at": jsonable(done.expires_at),
+            "old_expires_at": jsonable(done.old_expires_at),
+        }
 
     @router.delete("/tokens/{token_id}", status_code=204)
     async def revoke(token_id: IdPath, principal: Principal = Depends(admin)) -> Response:

@@ -1,14 +1,17 @@
 """API tokens for scripts and scrapers: random, shown once, kept as a SHA-256, revocable.
 
 A token carries a subset of its user's roles; it stops working when it is
-revoked, when it expires, or when its user is disabled.
+revoked, when it expires, or when its user is disabled. Rotating one gives a new
+token while the old one works on for an overlap, so a sending system never goes
+without a token that works.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -83,8 +86,67 @@ def revoke_token(conn: Connection, token_id: int, *, actor: str) -> None:
     audit.append(conn, actor, "token-revoke", f"user:{row.name}", {"token": token_id})
 
 
-def list_tokens(conn: Connection, user_name: str | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Rotation:
+    user: str
+    new_id: int
+    token: str
+    old_expires_at: datetime
+    expires_at: datetime | None
+
+
+def rotate_token(
+    conn: Connection,
+    token_id: int,
+    *,
+    actor: str,
+    overlap: timedelta,
+    expires_at: datetime | None = None,
+) -> Rotation:
+    """A new token with the old one's user and roles; the old one keeps working for
+    ``overlap`` more (at most until it would have expired anyway), long enough to put the
+    new one in place, then expires. Without ``expires_at``, the new token lives as long
+    as the old one was given (none: until revoked)."""
     t = api_tokens.c
+    old = conn.execute(
+        select(t.roles, t.created_at, t.expires_at, t.revoked_at, users.c.name)
+        .add_columns(users.c.roles.label("user_roles"))
+        .join(users, users.c.id == t.user_id)
+        .where(t.id == token_id)
+    ).first()
+    if old is None:
+        raise LookupError(f"no token {token_id}")
+    now = utcnow()
+    if old.revoked_at is not None or (old.expires_at is not None and old.expires_at <= now):
+        raise ValueError(f"token {token_id} is revoked or expired: issue a new one instead")
+    if expires_at is None and old.expires_at is not None:
+        expires_at = now + (old.expires_at - old.created_at)
+    held = decode(old.user_roles)
+    roles = sorted(r for r in decode(old.roles) if grants(held, r))  # what it works for now
+    new_id, token = issue_token(conn, old.name, roles, actor=actor, expires_at=expires_at)
+    until = min(now + overlap, old.expires_at) if old.expires_at else now + overlap
+    conn.execute(api_tokens.update().where(t.id == token_id).values(expires_at=until))
+    details = {"token": token_id, "new_token": new_id, "old_expires_at": until}
+    audit.append(conn, actor, "token-rotate", f"user:{old.name}", details)
+    return Rotation(old.name, new_id, token, until, expires_at)
+
+
+def token_state(row: Any, now: datetime) -> str:
+    """``live``, ``expired`` or ``revoked``: what a listing's reader wants first."""
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expired"
+    return "live"
+
+
+def list_tokens(
+    conn: Connection, user_name: str | None = None, *, expiring_within: timedelta | None = None
+) -> list[dict[str, Any]]:
+    """Tokens (never their values) with their state; ``expiring_within``: only live ones
+    that expire within it, soonest first (the ones a sending system will lose next)."""
+    t = api_tokens.c
+    now = utcnow()
     query = (
         select(t.id, users.c.name.label("user"), t.roles, t.created_at, t.created_by)
         .add_columns(t.expires_at, t.revoked_at, t.revoked_by)
@@ -93,7 +155,17 @@ def list_tokens(conn: Connection, user_name: str | None = None) -> list[dict[str
     )
     if user_name:
         query = query.where(users.c.name == user_name)
-    return [dict(r._mapping, roles=sorted(decode(r.roles))) for r in conn.execute(query)]
+    if expiring_within is not None:
+        query = (
+            query.where(t.revoked_at.is_(None), t.expires_at > now)
+            .where(t.expires_at <= now + expiring_within)
+            .order_by(None)
+            .order_by(t.expires_at, t.id)
+        )
+    return [
+        dict(r._mapping, roles=sorted(decode(r.roles)), state=token_state(r, now))
+        for r in conn.execute(query)
+    ]
 
 
 def token_holder(conn: Connection, token: str) -> tuple[str, frozenset[str]] | None:

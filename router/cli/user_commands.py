@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from router.cli.commands import acting
 from router.cli.output import (
@@ -83,16 +84,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _actor(enable)
     enable.set_defaults(handler=users_enable)
 
-    token = actions.add_parser("token", help="issue an API token (printed once); or revoke ID")
-    token.add_argument("name", help="the user the token acts as; or `revoke`")
-    token.add_argument("id", nargs="?", type=positive_int, help="with revoke: the token's id")
+    token = actions.add_parser(
+        "token", help="issue an API token (printed once); or revoke ID; or rotate ID"
+    )
+    token.add_argument("name", help="the user the token acts as; or `revoke`, or `rotate`")
+    token.add_argument(
+        "id", nargs="?", type=positive_int, help="with revoke or rotate: the token's id"
+    )
     token.add_argument("--role", action="append", dest="roles", help="repeatable")
-    token.add_argument("--expires", help="lifetime, e.g. 90d or 12h (default: until revoked)")
+    token.add_argument(
+        "--expires",
+        help="lifetime, e.g. 90d or 12h (default: until revoked; rotate: the old one's)",
+    )
+    token.add_argument(
+        "--overlap",
+        default="24h",
+        help="rotate: how long the old token keeps working beside the new (default 24h)",
+    )
     _actor(token)
     token.set_defaults(handler=users_token)
 
     tokens = actions.add_parser("tokens", help="list API tokens (never their values)")
     tokens.add_argument("name", nargs="?", help="only this user's")
+    tokens.add_argument(
+        "--expiring", metavar="WITHIN", help="only live tokens expiring within, e.g. 30d"
+    )
     add_json(tokens)
     tokens.set_defaults(handler=users_tokens)
 
@@ -229,14 +245,11 @@ def users_token(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from exc
         print(f"revoked token {args.id}")
         return 0
+    expires = utcnow() + _duration(args.expires, "--expires") if args.expires else None
+    if args.name == "rotate":
+        return _rotate(args, store, who, expires)
     if not args.roles:
         raise CommandError("give at least one --role for the token")
-    expires = None
-    if args.expires:
-        try:
-            expires = utcnow() + timedelta(seconds=parse_duration(args.expires))
-        except ValueError as exc:
-            raise CommandError(f"--expires: {exc}") from exc
     try:
         with store.begin() as conn:
             token_id, token = issue_token(
@@ -249,16 +262,44 @@ def users_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(value: str, option: str) -> timedelta:
+    try:
+        return timedelta(seconds=parse_duration(value))
+    except ValueError as exc:
+        raise CommandError(f"{option}: {exc}") from exc
+
+
+def _rotate(args: argparse.Namespace, store: Any, who: str, expires: datetime | None) -> int:
+    from router.auth.tokens import rotate_token
+
+    if args.id is None:
+        raise CommandError("give the token's id: users token rotate ID")
+    if args.roles:
+        raise CommandError("a rotated token keeps its roles: leave out --role")
+    overlap = _duration(args.overlap, "--overlap")
+    try:
+        with store.begin() as conn:
+            done = rotate_token(conn, args.id, actor=who, overlap=overlap, expires_at=expires)
+    except (LookupError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    until = f"{done.old_expires_at:%Y-%m-%d %H:%M:%S} UTC"
+    print(f"token {done.new_id} for {done.user}; token {args.id} works until {until}, then expires")
+    print("the new token, shown once, keep it in a secret store:")
+    print(done.token)
+    return 0
+
+
 def users_tokens(args: argparse.Namespace) -> int:
     from router.auth.tokens import list_tokens
 
+    within = _duration(args.expiring, "--expiring") if args.expiring else None
     with open_store(args).read() as conn:
-        rows = list_tokens(conn, args.name)
+        rows = list_tokens(conn, args.name, expiring_within=within)
     if args.json:
         print_json(rows)
     else:
         for row in rows:
             row["roles"] = " ".join(row["roles"])
-        columns = ["id", "user", "roles", "created_at", "expires_at", "revoked_at"]
+        columns = ["id", "user", "roles", "state", "created_at", "expires_at", "revoked_at"]
         print_table(rows, columns)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -249,3 +250,58 @@ def test_guessing_the_current_password_is_throttled_as_signing_in_is(site):
     assert guesses == [403] * 5 + [429] * 2
     right = {"current_password": PASSWORD, "new_password": "x" * 12}
     assert here.post("/api/me/password", json=right, headers=csrf).status_code == 429
+
+
+def test_a_rotated_token_works_beside_the_new_one_for_the_overlap_then_expires(site, admin):
+    issued = admin.post(
+        "/api/users/vic/tokens",
+        json={"roles": ["viewer"], "expires_at": (utcnow() + timedelta(days=90)).isoformat()},
+    ).json()
+    rotated = admin.post(f"/api/users/tokens/{issued['id']}/rotate", json={"overlap": "2h"})
+    assert rotated.status_code == 201, rotated.text
+    new = rotated.json()
+    with _bearer(site, issued["token"]) as old_one, _bearer(site, new["token"]) as new_one:
+        assert old_one.get("/api/channels").status_code == 200, "both work during the overlap"
+        assert new_one.get("/api/channels").status_code == 200
+        with site.running.store.begin() as conn:
+            t = api_tokens.c
+            old_until = conn.scalar(select(t.expires_at).where(t.id == issued["id"]))
+            new_until = conn.scalar(select(t.expires_at).where(t.id == new["id"]))
+            assert timedelta(hours=2) - (old_until - utcnow()) < timedelta(minutes=1)
+            assert timedelta(days=90) - (new_until - utcnow()) < timedelta(minutes=1)
+            conn.execute(  # the overlap has passed
+                api_tokens.update().where(t.id == issued["id"]).values(expires_at=utcnow())
+            )
+        assert old_one.get("/api/channels").status_code == 401
+        assert new_one.get("/api/channels").status_code == 200
+    again = admin.post(f"/api/users/tokens/{issued['id']}/rotate", json={})
+    assert again.status_code == 422, "an expired token is not rotated: issue a new one"
+    event = _events(site, "token-rotate")[0]
+    assert event[:2] == ("ada", "user:vic")
+    assert (event[2]["token"], event[2]["new_token"]) == (issued["id"], new["id"])
+
+
+def test_the_overlap_never_lengthens_the_old_tokens_life(site, admin):
+    soon = utcnow() + timedelta(minutes=10)
+    body = {"roles": ["viewer"], "expires_at": soon.isoformat()}
+    token_id = admin.post("/api/users/vic/tokens", json=body).json()["id"]
+    admin.post(f"/api/users/tokens/{token_id}/rotate", json={"overlap": "7d"})
+    with site.running.store.read() as conn:
+        until = conn.scalar(select(api_tokens.c.expires_at).where(api_tokens.c.id == token_id))
+    assert abs(until - soon) < timedelta(seconds=1)
+
+
+def test_tokens_expiring_soon_are_listed_soonest_first(site, admin):
+    def issue(days: int) -> int:
+        until = (utcnow() + timedelta(days=days)).isoformat()
+        body = {"roles": ["viewer"], "expires_at": until}
+        return admin.post("/api/users/vic/tokens", json=body).json()["id"]
+
+    later, sooner, far = issue(20), issue(5), issue(200)
+    revoked = issue(1)
+    admin.delete(f"/api/users/tokens/{revoked}")
+    listed = admin.get("/api/users/tokens/expiring", params={"within": "30d"}).json()["tokens"]
+    assert [(t["id"], t["state"]) for t in listed] == [(sooner, "live"), (later, "live")]
+    assert far not in [t["id"] for t in listed]
+    bad = admin.get("/api/users/tokens/expiring", params={"within": "soon"})
+    assert bad.status_code == 422

@@ -249,3 +249,27 @@ def test_an_admin_resets_a_password_on_the_command_line(config, store_url, capsy
     finally:
         store.dispose()
     assert json.loads(details)["reason"] == "forgot"
+
+
+def test_a_sending_systems_token_is_rotated_on_the_command_line(config, store_url, capsys):
+    add = ("add", "ada", "--role", "admin", "--password-stdin", "--actor", "root")
+    assert _run(config, capsys, *add, stdin=PASSWORD + "\n")[0] == 0
+    assert _run(config, capsys, "add", "gp", "--role", "sender", "--no-password", *ADA)[0] == 0
+    code, out = _run(config, capsys, "token", "gp", "--role", "sender", "--expires", "90d", *ADA)
+    old = out.splitlines()[-1]
+    code, out = _run(config, capsys, "token", "rotate", "1", "--overlap", "2h", *ADA)
+    assert code == 0 and out.startswith("token 2 for gp; token 1 works until ")
+    new = out.splitlines()[-1]
+    store = Store(store_url)
+    try:
+        with store.read() as conn:
+            assert token_holder(conn, old) == token_holder(conn, new) == ("gp", {"sender"})
+    finally:
+        store.dispose()
+    assert "leave out --role" in _refusal(
+        config, capsys, "token", "rotate", "2", "--role", "viewer", *ADA
+    )
+    code, out = _run(config, capsys, "tokens", "--expiring", "1d", "--json")
+    assert [t["id"] for t in json.loads(out)] == [1], "the old one, within its overlap"
+    code, out = _run(config, capsys, "tokens", "--expiring", "100d", "--json")
+    assert [(t["id"], t["state"]) for t in json.loads(out)] == [(1, "live"), (2, "live")]
