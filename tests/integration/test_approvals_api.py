@@ -201,3 +201,37 @@ def test_concurrent_proposals_through_the_api_all_answer_201(governed):
     found = api["client"].get("/api/revisions", headers=api["as"]("val")).json()
     assert sorted(r["number"] for r in found) == [1, 2, 3, 4, 5]
     assert sorted(r["state"] for r in found) == ["deployed", "proposed"] + ["superseded"] * 3
+
+
+def test_a_role_change_does_not_let_anyone_approve_their_own_change(governed, hl7_samples):
+    """The proposer made approver (even admin) by a role change is still the author, and the
+    one who asked for a release is still its requester: another person must approve."""
+    running, api, lab = governed
+    client, as_user = api["client"], api["as"]
+    root = {"Authorization": f"Bearer {api_token(running.store, 'admin', name='root')}"}
+    eve = {"Authorization": f"Bearer {api_token(running.store, 'engineer', name='eve')}"}
+    proposal = {"channel": "orders", "yaml": orders(lab.port, "ORU", hold=True), "reason": "r"}
+    assert client.post("/api/revisions", json=proposal, headers=eve).status_code == 201
+
+    for role in ("approver", "admin"):
+        grant = {"add": [role, "support"], "reason": "covering the rota"}
+        assert client.post("/api/users/eve/roles", json=grant, headers=root).status_code == 200
+        issued = client.post(
+            "/api/users/eve/tokens", json={"roles": [role, "support"]}, headers=root
+        )
+        own = {"Authorization": f"Bearer {issued.json()['token']}"}
+        refused = client.post("/api/revisions/orders/2/approve", headers=own)
+        assert refused.status_code == 403 and "cannot approve" in refused.json()["detail"]
+    assert client.get("/api/revisions/orders/2", headers=as_user("val")).json()["state"] == (
+        "proposed"
+    )
+
+    with MLLPClient("127.0.0.1", running.port("orders")) as mllp:
+        mllp.send_message(hl7_message(hl7_samples[OML], "E-1"))
+    wait_until(lambda: client.get("/api/holds", headers=as_user("val")).json())
+    target = {"channel": "orders", "destination": "lab"}
+    batch = client.post("/api/holds", json=target, headers=own).json()
+    mine = client.post(f"/api/holds/{batch['id']}/approve", headers=own).json()
+    assert mine["state"] == "pending" and "other than eve" in mine["waiting_for"]
+    again = client.post(f"/api/holds/{batch['id']}/approve", headers=own)
+    assert again.status_code == 403, "one person approves once"
