@@ -15,6 +15,7 @@ from router.api.params import IdPath, Moment
 from router.api.security import SESSION_COOKIE, Principal, authenticator, require_role
 from router.auth.accounts import change_roles, enable_user, password_matches, set_password
 from router.auth.passwords import MAX_LENGTH, check_length
+from router.auth.throttle import Refusals, with_refusals
 from router.auth.tokens import issue_token, list_tokens, revoke_token, rotate_token
 from router.auth.users import add_user, disable_user, find_user, list_users
 from router.config._base import PositiveDuration
@@ -23,6 +24,7 @@ from router.units import parse_duration
 
 if TYPE_CHECKING:
     from router.engine import Engine
+    from router.store.database import Store
 
 admin = require_role("admin")
 anyone = require_role()
@@ -262,10 +264,15 @@ def own_password_routes(engine: Engine) -> APIRouter:
             raise HTTPException(422, str(exc)) from exc
         auth = authenticator(request)
         name = principal.name
+        remote = request.client.host if request.client else ""
         if auth.throttle.wait(name) > 0:
+            auth.throttle.failed(name)
+            due = auth.throttle.refused(name, remote)
+            if due is not None:
+                await asyncio.to_thread(_refused, store, name, remote, due)
             raise HTTPException(429, "too many failed attempts: try again later")
         auth.throttle.failed(name)  # before the slow check, as at sign-in
-        remote = request.client.host if request.client else ""
+        unnoted = auth.throttle.unnoted(name)
         keep = request.cookies.get(SESSION_COOKIE, "") if principal.via == "session" else ""
 
         def run() -> bool:  # True when changed
@@ -274,8 +281,12 @@ def own_password_routes(engine: Engine) -> APIRouter:
             with store.begin() as conn:
                 if not right:
                     why = {"reason": "wrong current password", "from": remote}
+                    why = with_refusals(why, unnoted)
                     audit.append(conn, name, "login-failed", f"user:{name}", why)
                     return False
+                if unnoted is not None:  # refused tries no row has counted yet
+                    why = with_refusals({"reason": "throttled", "from": remote}, unnoted)
+                    audit.append(conn, name, "login-failed", f"user:{name}", why)
                 set_password(conn, name, body.new_password, actor=name, keep_session=keep)
                 return True
 
@@ -285,3 +296,9 @@ def own_password_routes(engine: Engine) -> APIRouter:
         return Response(status_code=204)
 
     return router
+
+
+def _refused(store: Store, name: str, remote: str, refusals: Refusals) -> None:
+    details = with_refusals({"reason": "throttled", "from": remote}, refusals)
+    with store.begin() as conn:
+        audit.append(conn, name, "login-failed", f"user:{name}", details)

@@ -3,7 +3,8 @@
 The login form is protected from cross-site posting by a double-submit token (a
 cookie and a form field that must match), the session by its own CSRF token.
 Failures are audited without the password and slowed down per user name
-(router/auth/throttle.py); the answer never says whether the name exists.
+(router/auth/throttle.py); the tries refused while a name waits are counted, one audit
+row a minute per name. The answer never says whether the name exists.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from router.api.security import (
 )
 from router.auth.roles import SENDER, grants
 from router.auth.sessions import end_session, start_session
+from router.auth.throttle import Refusals, with_refusals
 from router.auth.users import check_password, count_users
 from router.console.templating import render
 
@@ -111,7 +113,9 @@ def login_routes(engine: Engine) -> APIRouter:
         wait = auth.throttle.wait(username)
         if wait > 0:
             auth.throttle.failed(username)  # guessing on while locked out locks for longer
-            await asyncio.to_thread(_failed, store, username, "throttled", remote)
+            due = auth.throttle.refused(username, remote)
+            if due is not None:  # one row a minute per name, with the count since the last
+                await asyncio.to_thread(_failed, store, username, "throttled", remote, due)
             error = f"Too many failed attempts. Try again in {int(wait) + 1} seconds."
             return await asyncio.to_thread(
                 page, request, auth, next_path=target, error=error, username=username
@@ -120,20 +124,23 @@ def login_routes(engine: Engine) -> APIRouter:
         # guesses sent side by side cannot all pass the check above. A success clears it.
         auth.throttle.failed(username)
         user, why = await asyncio.to_thread(_check, store, username, password)
+        unnoted = auth.throttle.unnoted(username)
         if user is None:
-            await asyncio.to_thread(_failed, store, username, why, remote)
+            await asyncio.to_thread(_failed, store, username, why, remote, unnoted)
             return await asyncio.to_thread(
                 page, request, auth, next_path=target, error=FAILED, username=username
             )
         auth.throttle.succeeded(username)
         if not grants(user.roles, "viewer"):
-            await asyncio.to_thread(_failed, store, username, "sender only", remote)
+            await asyncio.to_thread(_failed, store, username, "sender only", remote, unnoted)
             return await asyncio.to_thread(
                 page, request, auth, next_path=target, error=SENDER_ONLY, username=username
             )
         lifetime = auth.options.session_lifetime
         old = request.cookies.get(SESSION_COOKIE, "")
-        cookie = await asyncio.to_thread(_start, store, user.id, user.name, lifetime, remote, old)
+        cookie = await asyncio.to_thread(
+            _start, store, user.id, user.name, lifetime, remote, old, unnoted
+        )
         response = RedirectResponse(target, status.HTTP_303_SEE_OTHER)
         response.set_cookie(
             SESSION_COOKIE,
@@ -170,15 +177,24 @@ def _check(store: Any, name: str, password: str) -> tuple[Any, str]:
         return check_password(conn, name, password)
 
 
-def _failed(store: Any, name: str, why: str, remote: str) -> None:
+def _failed(store: Any, name: str, why: str, remote: str, refusals: Refusals | None = None) -> None:
+    details = with_refusals({"reason": why, "from": remote}, refusals)
     with store.begin() as conn:
-        audit.append(conn, name, "login-failed", f"user:{name}", {"reason": why, "from": remote})
+        audit.append(conn, name, "login-failed", f"user:{name}", details)
 
 
-def _start(store: Any, user_id: int, name: str, lifetime: float, remote: str, old: str) -> str:
+def _start(
+    store: Any,
+    user_id: int,
+    name: str,
+    lifetime: float,
+    remote: str,
+    old: str,
+    refusals: Refusals | None,
+) -> str:
     """A new session (a new id: never one the browser brought along), ending the old one."""
     with store.begin() as conn:
         end_session(conn, old)
         cookie, _ = start_session(conn, user_id, lifetime=lifetime)
-        audit.append(conn, name, "login", f"user:{name}", {"from": remote})
+        audit.append(conn, name, "login", f"user:{name}", with_refusals({"from": remote}, refusals))
         return cookie

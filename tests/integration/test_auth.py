@@ -153,9 +153,20 @@ def test_login_needs_the_forms_own_token(site):
     assert forged.status_code == 401 and SESSION_COOKIE not in forged.cookies
 
 
+class Clock:
+    """The throttle's clock, moved on by the test rather than waited for."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_failed_logins_are_audited_without_the_password_and_slowed_down(site):
     app = site.running.engine.http.config.app
-    app.state.auth.throttle = LoginThrottle(free=5, first=60.0)
+    clock = Clock()
+    app.state.auth.throttle = LoginThrottle(free=5, first=60.0, clock=clock)
     client = httpx.Client(base_url=site.url, timeout=10)
     for attempt in range(7):
         form = client.get("/login")
@@ -176,10 +187,16 @@ def test_failed_logins_are_audited_without_the_password_and_slowed_down(site):
     )
     assert right.status_code == 401, "even the right password waits out the throttle"
     failures = _events(site, "login-failed")
-    assert [e[3]["reason"] for e in failures] == ["wrong password"] * 5 + ["throttled"] * 3
+    assert [e[3]["reason"] for e in failures] == ["wrong password"] * 5 + ["throttled"]
+    assert failures[-1][3]["refused"] == 1, "one row for the tries refused in a minute"
     assert all(e[:3] == ("sam", "login-failed", "user:sam") for e in failures)
     assert "wrong-guess" not in json.dumps(failures) and PASSWORD not in json.dumps(failures)
     assert sign_in(site.url, "vic"), "another user is not held up"
+    clock.now += 3600.0
+    sign_in(site.url, "sam")
+    signed_in = _events(site, "login")[-1]
+    assert signed_in[0] == "sam" and signed_in[3]["refused"] == 2, "the rest, counted"
+    assert signed_in[3]["refused_from"] == ["127.0.0.1"]
 
 
 def test_guesses_sent_side_by_side_are_throttled_too(site):
@@ -198,8 +215,11 @@ def test_guesses_sent_side_by_side_are_throttled_too(site):
             return await asyncio.gather(*(guess(client, f"wrong-guess-{i}") for i in range(20)))
 
     assert asyncio.run(all_at_once()) == [401] * 20
-    reasons = [e[3]["reason"] for e in _events(site, "login-failed")]
-    assert sorted(reasons) == ["throttled"] * 15 + ["wrong password"] * 5
+    failures = [e[3] for e in _events(site, "login-failed")]
+    assert sorted(e["reason"] for e in failures) == ["throttled"] + ["wrong password"] * 5
+    left = app.state.auth.throttle.unnoted("sam")  # refused after the last row was written
+    counted = sum(e.get("refused", 0) for e in failures) + (left.count if left else 0)
+    assert counted == 15, "each refused try counted once"
     client = httpx.Client(base_url=site.url, timeout=10)
     form = client.get("/login")
     data = {"username": "sam", "password": PASSWORD, "csrf_token": csrf_of(form.text)}
@@ -251,3 +271,32 @@ def test_a_sending_systems_account_cannot_sign_in_to_the_console(tmp_path, store
         assert client.get("/").status_code == 303, "not signed in"
         reasons = [e[3]["reason"] for e in _events(site, "login-failed")]
         assert reasons == ["sender only"]
+
+
+def test_a_flood_of_guesses_at_a_waiting_name_adds_one_audit_row_a_minute(site):
+    """Refused tries check no password and cost nothing to send: each one was an audit row
+    (140 a second from one client), so the log grew as fast as anyone cared to send."""
+    app = site.running.engine.http.config.app
+    clock = Clock()
+    app.state.auth.throttle = LoginThrottle(free=1, first=600.0, clock=clock)
+    client = httpx.Client(base_url=site.url, timeout=10)
+    token = csrf_of(client.get("/login").text)
+
+    def guesses(count: int) -> None:
+        nonlocal token
+        for i in range(count):
+            data = {"username": "sam", "password": f"guess-{i}", "csrf_token": token}
+            answer = client.post("/login", data=data)
+            assert answer.status_code == 401
+            token = csrf_of(answer.text)
+
+    guesses(201)
+    clock.now += 60.0
+    guesses(100)
+    failures = [e[3] for e in _events(site, "login-failed")]
+    assert [(e["reason"], e.get("refused")) for e in failures] == [
+        ("wrong password", None),
+        ("throttled", 1),
+        ("throttled", 200),
+    ]
+    assert app.state.auth.throttle.unnoted("sam").count == 99

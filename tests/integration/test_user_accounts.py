@@ -13,6 +13,7 @@ from console_testing import PASSWORD, Site, csrf_of, running_site, sign_in
 from sqlalchemy import select
 from tie_testing import api_token
 
+from router.auth.throttle import LoginThrottle
 from router.store.inbound import utcnow
 from router.store.schema import api_tokens, audit_events, users
 
@@ -237,6 +238,7 @@ def test_a_user_changes_their_own_password_with_the_current_one(site):
 
 
 def test_guessing_the_current_password_is_throttled_as_signing_in_is(site):
+    site.running.engine.http.config.app.state.auth.throttle = LoginThrottle(free=5, first=600.0)
     here = sign_in(site.url, "vic")
     csrf = {"X-CSRF-Token": csrf_of(here.get("/").text)}
     guesses = [
@@ -250,6 +252,10 @@ def test_guessing_the_current_password_is_throttled_as_signing_in_is(site):
     assert guesses == [403] * 5 + [429] * 2
     right = {"current_password": PASSWORD, "new_password": "x" * 12}
     assert here.post("/api/me/password", json=right, headers=csrf).status_code == 429
+    failures = [e[2] for e in _events(site, "login-failed")]
+    assert [(e["reason"], e.get("refused")) for e in failures] == [
+        ("wrong current password", None)
+    ] * 5 + [("throttled", 1)], "refused tries: one row a minute per name, with a count"
 
 
 def test_a_rotated_token_works_beside_the_new_one_for_the_overlap_then_expires(site, admin):

@@ -26,3 +26,39 @@ def test_only_the_most_recent_names_are_remembered():
         throttle.failed(name)
     assert throttle.wait("a") == 0.0, "the least recent name was forgotten"
     assert all(throttle.wait(n) > 0 for n in ("b", "c", "d"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_tries_refused_while_a_name_waits_are_counted_one_row_a_minute():
+    clock = Clock()
+    throttle = LoginThrottle(free=1, first=600.0, note_every=60.0, clock=clock)
+    throttle.failed("ada")
+    first = throttle.refused("ada", "10.0.0.1")
+    assert first is not None and (first.count, first.addresses) == (1, ["10.0.0.1"])
+    for i in range(500):
+        assert throttle.refused("ada", f"10.0.0.{i % 3}") is None, "within the minute"
+    clock.now += 60.0
+    due = throttle.refused("ada", "10.0.0.9")
+    assert due is not None and due.count == 501
+    assert due.addresses == ["10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.9"]
+    assert throttle.refused("ada", "10.0.0.9") is None
+    left = throttle.unnoted("ada")
+    assert left is not None and left.count == 1, "for the name's next row"
+    assert throttle.unnoted("ada") is None
+
+
+def test_the_addresses_kept_with_a_count_are_bounded():
+    throttle = LoginThrottle(free=1, first=600.0, clock=Clock())
+    throttle.failed("ada")
+    throttle.refused("ada", "first")
+    for i in range(1000):
+        throttle.refused("ada", f"10.0.{i // 256}.{i % 256}")
+    left = throttle.unnoted("ada")
+    assert left is not None and left.count == 1000 and len(left.addresses) == 10
