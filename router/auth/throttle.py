@@ -76,7 +76,8 @@ class LoginThrottle:
         entry.count += 1
         over = entry.count - self.free
         if over >= 0:
-            entry.until = self._clock() + min(self.longest, self.first * 2**over)
+            # 2**over past 1023 is too large for a float: the longest wait is reached long before
+            entry.until = self._clock() + min(self.longest, self.first * 2.0 ** min(over, 64))
         self._names[name] = entry
         while len(self._names) > self.capacity:
             self._names.popitem(last=False)

@@ -62,3 +62,12 @@ def test_the_addresses_kept_with_a_count_are_bounded():
         throttle.refused("ada", f"10.0.{i // 256}.{i % 256}")
     left = throttle.unnoted("ada")
     assert left is not None and left.count == 1000 and len(left.addresses) == 10
+
+
+def test_a_name_guessed_at_thousands_of_times_still_waits_the_longest_not_an_error():
+    """2**over overflowed a float after 1024 failures past the free ones: every further
+    sign-in of that name, its owner's too, was a 500 until the name was forgotten."""
+    throttle = LoginThrottle(free=5, first=1.0, longest=300.0)
+    for _ in range(2000):
+        throttle.failed("ada")
+    assert 299.0 < throttle.wait("ada") <= 300.0
