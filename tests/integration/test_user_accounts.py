@@ -311,3 +311,46 @@ def test_tokens_expiring_soon_are_listed_soonest_first(site, admin):
     assert far not in [t["id"] for t in listed]
     bad = admin.get("/api/users/tokens/expiring", params={"within": "soon"})
     assert bad.status_code == 422
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one(store_url):
+    """Each checks that another admin remains, then demotes: without taking turns both
+    checks pass on PostgreSQL and nobody is left to manage users."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from router.auth.accounts import change_roles
+    from router.auth.users import add_user
+    from router.store.database import Store
+    from router.store.migrate import upgrade
+
+    store = Store(store_url)
+    upgrade(store)
+    barrier = Barrier(2)
+
+    def demote(actor: str, target: str) -> bool:
+        barrier.wait()
+        try:
+            with store.begin() as conn:
+                remove, add = ["admin"], ["viewer"]
+                change_roles(conn, target, remove=remove, add=add, actor=actor, reason="race")
+            return True
+        except ValueError:
+            return False
+
+    try:
+        for round_ in range(10):
+            a, b = f"a{round_}", f"b{round_}"
+            with store.begin() as conn:
+                conn.execute(users.update().values(disabled=True))
+                add_user(conn, a, ["admin"], None, actor="test")
+                add_user(conn, b, ["admin"], None, actor="test")
+            with ThreadPoolExecutor(2) as pool:
+                done = list(pool.map(demote, [a, b], [b, a]))
+            assert sorted(done) == [False, True], f"round {round_}"
+            with store.read() as conn:
+                enabled = users.c.disabled.is_(False)
+                admins = conn.scalars(select(users.c.name).where(users.c.roles == "admin", enabled))
+                assert len(admins.all()) == 1
+    finally:
+        store.dispose()
