@@ -1358,6 +1358,14 @@ def _revoke(s: Seeded) -> list[str]:
     return ["users", "token", "revoke", str(token_id)]
 
 
+def _rotate(s: Seeded) -> list[str]:
+    from router.auth.tokens import issue_token
+
+    with s.store.begin() as conn:
+        token_id = issue_token(conn, "vic", ["viewer"], actor="setup")[0]
+    return ["users", "token", "rotate", str(token_id)]
+
+
 def _reload(s: Seeded) -> list[str]:
     path = s.workspace.config.parent / "channels" / "orders.yaml"
     path.write_text(path.read_text() + "# changed\n")
@@ -1397,11 +1405,29 @@ ACTING = {
         "admin",
     ),
     "users token revoke": (_revoke, "token-revoke", "admin"),
+    "users token rotate": (_rotate, "token-rotate", "admin"),
+    "users roles": (
+        lambda s: ["users", "roles", "vic", "--add", "support", "--reason", "rota"],
+        "user-roles",
+        "admin",
+    ),
+    "users enable": (
+        lambda s: ["users", "enable", "gone", "--reason", "back"],
+        "user-enable",
+        "admin",
+    ),
 }
 # One user per role; who lacks each role the commands need.
 ROLE_HOLDERS = {"admin": "ada", "support": "sam", "engineer": "erin", "viewer": "vic"}
 LACKING = {"support": "vic", "engineer": "sam", "admin": "erin"}
-NEEDS_A_USER = {"users disable", "users token", "users token revoke"}
+NEEDS_A_USER = {
+    "users disable",
+    "users token",
+    "users token revoke",
+    "users token rotate",
+    "users roles",
+    "users enable",
+}
 
 
 def _events(store: Store) -> list[Any]:
