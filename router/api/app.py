@@ -23,8 +23,9 @@ from router.api.head import HeadAsGet
 from router.api.limits import BodyLimit
 from router.api.messages import message_routes
 from router.api.metrics import metrics_routes
+from router.api.own_password import own_password_routes
 from router.api.security import install, public_route
-from router.api.users import own_password_routes, user_routes
+from router.api.users import user_routes
 from router.console import routes as console
 from router.console.login import login_routes
 
