@@ -31,6 +31,7 @@ from router.fhir.recovery import GRACE, recover, stranded
 from router.fhir.routing import BarsRouter
 from router.fhir.senders import Senders, senders_not_ready, unprovided
 from router.fhir.validators import ValidationWorkers
+from router.outage_log import OutageLog
 from router.pipeline import CompiledChannel
 from router.store.database import Store
 from router.store.inbound import Inbound
@@ -105,16 +106,20 @@ class Gateway:
         self.executor.shutdown(wait=True)
 
     async def _refresh_forever(self) -> None:
+        refreshes = OutageLog(log, "endpoint directory refresh")
+        rechecks = OutageLog(log, "checking messages left validating")
         while True:
             await asyncio.sleep(REFRESH_SECONDS)
             try:
                 await asyncio.to_thread(self.directory.refresh)
+                refreshes.succeeded()
             except Exception as exc:
-                log.warning("endpoint directory refresh failed (keeping the last one): %s", exc)
+                refreshes.failed(exc)
             try:
                 await self.recover_validating()
+                rechecks.succeeded()
             except Exception as exc:
-                log.warning("checking messages left validating failed: %s", exc)
+                rechecks.failed(exc)
 
     async def recover_validating(self, grace: float = GRACE) -> int:
         """Check again and release messages left ``validating`` for over ``grace`` seconds."""

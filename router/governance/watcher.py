@@ -30,6 +30,7 @@ from router.governance.deploy import (
 from router.governance.models import APPROVED
 from router.governance.reload import ReloadResult
 from router.governance.revisions import sha256
+from router.outage_log import OutageLog
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -138,6 +139,7 @@ class RevisionWatcher:
             )
 
     async def _run(self) -> None:
+        checks = OutageLog(log, "checking channel revisions")
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
@@ -145,5 +147,6 @@ class RevisionWatcher:
             try:
                 async with self.lock:
                     await self.check()
-            except Exception:
-                log.exception("checking channel revisions failed; trying again shortly")
+                checks.succeeded()
+            except Exception as exc:
+                checks.failed(exc)
