@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from router import metrics
 from router.config import DestinationConfig, DispatchOptions
 from router.connectors import Delivery, Sender, SendResult
+from router.delivery_log import DeliveryLog
 from router.lease_keeper import LeaseKeeper
 from router.outage_log import OutageLog
 from router.pipeline import CompiledChannel
@@ -76,6 +77,7 @@ class DestinationWorker:
         self._transact = transact or interruptible
         self._wake = asyncio.Event()
         self._stopping = False
+        self._delivery_log = DeliveryLog(log, f"{channel}/{name}")
         lanes = options.lanes if (config.order_by or not config.is_ordered) else 1
         self._senders = [make_sender(channel, name, config) for _ in range(lanes)]
         self._request = ClaimRequest(
@@ -214,6 +216,7 @@ class DestinationWorker:
                 on_settled=self._on_settled,
             )
         metrics.count_deliveries(self.channel, self.name, outcomes)
+        self._delivery_log.recorded(zip(attempts, outcomes, strict=True))
         return following
 
     def _took_all_it_could(self, claimed: Claimed) -> bool:

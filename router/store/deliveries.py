@@ -383,7 +383,6 @@ def _settling(
     untried = sorted(set(claimed) - {a.delivery.id for a in done})
 
     def work(conn: Connection) -> None:
-        _log_failures(attempt_rows)
         insert_rows(conn, attempts, attempt_rows)
         if updates:
             settled = _settle(conn, updates, owner, now)
@@ -424,24 +423,6 @@ def _retry_delay(policy: RetryPolicy, number: int, result: SendResult) -> float:
     if result.retry_after is None:
         return policy.delay(number)
     return max(policy.backoff[0], result.retry_after)
-
-
-def _log_failures(attempt_rows: list[dict[str, Any]]) -> None:
-    for row in attempt_rows:
-        if row["outcome"] == "failed":
-            log.error(
-                "delivery %s failed after %s attempt(s): %s",
-                row["delivery_id"],
-                row["number"],
-                row["error"],
-            )
-        elif row["outcome"] == "retrying":
-            log.warning(
-                "delivery %s attempt %s will be retried: %s",
-                row["delivery_id"],
-                row["number"],
-                row["error"],
-            )
 
 
 def _release(conn: Connection, where: Any) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -548,3 +549,49 @@ def test_a_reload_cancels_a_claim_stuck_behind_a_lock(store, receive, er7, monke
         blocker.close()
     assert "reload: a store call of orders/lab still ran after 0 s" in caplog.text
     assert _state(store) == {"ORD0": ("queued", 0)}
+
+
+def test_a_receiver_that_is_down_is_logged_once_with_ids_then_counted_until_a_send_works(
+    store, receive, er7, caplog
+):
+    """Every attempt of every delivery fails: two lines (the first retry, the first given up),
+    not one per attempt, each naming the destination, the delivery and its message."""
+    down = SendResult("retry", error="127.0.0.1:2576: [Errno 111] Connection refused")
+    lab = {"mllp": LAB, "ordered": False, "retry": {"max_attempts": 3, "backoff": ["1s", "1s"]}}
+    _queue(store, receive, er7, lab, *((f"ORD{i}", f"P{i}") for i in range(20)))
+    downstream = Downstream(lambda _d: down)
+    worker = _worker(store, lab, downstream, lanes=1)
+    with caplog.at_level(logging.INFO, logger="router"):
+        for _ in range(3):
+            _round(worker)
+            _time_passes(store)
+        assert len(downstream.log) == 60
+        downstream.answer = lambda _d: SENT
+        _queue(store, receive, er7, lab, ("ORD20", "P20"))
+        _round(worker)
+    first, given_up, sent = downstream.log[0], downstream.log[40], downstream.log[-1]
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("router")]
+    assert re.fullmatch(
+        r"orders/lab works again: .* sent after \d+ s of failures: .*", logged[-1][1]
+    )
+    logged[-1] = (logged[-1][0], re.sub(r"after \d+ s", "after N s", logged[-1][1]))
+    assert logged == [
+        (
+            "WARNING",
+            f"orders/lab: delivery {first.id} (message {first.message_id}) attempt 1 will be "
+            f"retried: {down.error}; further failures to this destination are counted until "
+            "one is sent",
+        ),
+        (
+            "ERROR",
+            f"orders/lab: delivery {given_up.id} (message {given_up.message_id}) failed after 3 "
+            f"attempt(s): {down.error}; further failures to this destination are counted until "
+            "one is sent",
+        ),
+        (
+            "INFO",
+            f"orders/lab works again: delivery {sent.id} (message {sent.message_id}) sent after "
+            "N s of "
+            "failures: 40 attempt(s) to be retried, 20 failed for good",
+        ),
+    ]
