@@ -420,6 +420,25 @@ def test_badly_framed_bytes_are_logged_with_their_peer_and_size(engine, hl7_samp
     assert rows_for(engine.store, "LOST-T1") == rows_for(engine.store, "LOST-J1") == []
 
 
+def test_a_sender_reconnecting_with_unframed_bytes_is_one_warning_not_one_each(
+    engine, hl7_samples, caplog
+):
+    """A client in a tight loop (connect, send without a start byte, hang up) is logged once
+    for its host, not once a connection, which filled the log at ~12,000 lines a minute."""
+    lost = hl7_message(hl7_samples[GHH], "LOOP")
+    with listener_warnings(caplog):
+        for _ in range(50):
+            with raw_connection(engine.port("inbound")) as sock:
+                host = local_address(sock).rsplit(":", 1)[0]
+                sock.sendall(lost)
+                sock.shutdown(socket.SHUT_WR)
+                assert read_frame(sock) is None  # closed by the listener, after its line
+    (line,) = listener_lines(caplog)
+    assert line.startswith(
+        f"channel inbound: connection closed after {len(lost)} bytes outside any frame from {host}:"
+    )
+
+
 def test_hundreds_of_malformed_frames_leave_the_listener_serving(engine, hl7_samples):
     port = engine.port("inbound")
     connections, frames_each = 8, 40

@@ -27,6 +27,7 @@ from router.connectors.mllp.tls_server import TlsServer
 from router.hl7v2.ack import AckError, ack_code, build_ack, build_reject, should_send
 from router.hl7v2.er7 import Er7Error
 from router.hl7v2.header import MshHeader, parse_header, read_header
+from router.repeat_log import RepeatLog
 from router.store.inbound import Inbound, Receipt
 from router.store.ingest import StoreUnavailable
 
@@ -58,6 +59,8 @@ class MllpListener:
         self._latency = metrics.ACK_LATENCY.labels(channel.name, "mllp")
         self._failed_handshakes = metrics.TLS_HANDSHAKE_FAILURES.labels(channel.name)
         self.tls: ServerCertificates | None = None
+        # A peer's badly framed input, once per host and kind every few minutes.
+        self.peer_problems = RepeatLog(log)
 
     @property
     def port(self) -> int:
@@ -138,7 +141,11 @@ class MllpListener:
     def _admit(self, connection: _Connection) -> bool:
         """Count a new connection in, unless there are ``max_connections`` already."""
         if len(self._connections) >= self.options.max_connections:
-            log.warning("channel %s: too many connections; refusing one", self.channel.name)
+            self.peer_problems.warning(
+                "too many connections",
+                "channel %s: too many connections; refusing one",
+                self.channel.name,
+            )
             return False
         self._connections.add(connection)
         return True
@@ -332,7 +339,7 @@ class _Connection(asyncio.Protocol):
         try:
             data = self._frames.next()
         except FrameTooLarge as exc:
-            log.warning("channel %s: %s from %s", channel, exc, self._peer)
+            self._problem("too large", "channel %s: %s from %s", channel, exc, self._peer)
             self._watch.busy()
             self._task = self._loop.create_task(self._refuse(exc))
             return
@@ -342,8 +349,12 @@ class _Connection(asyncio.Protocol):
         elif self._eof:
             lost = self._unframed()
             if lost:
-                log.warning(
-                    "channel %s: connection closed after %s from %s", channel, lost, self._peer
+                self._problem(
+                    f"closed with {_kind(lost)}",
+                    "channel %s: connection closed after %s from %s",
+                    channel,
+                    lost,
+                    self._peer,
                 )
             transport.close()
         elif self._paused:
@@ -397,13 +408,20 @@ class _Connection(asyncio.Protocol):
         transport.close()
 
     def _discarded(self, size: int, what: str) -> None:
-        log.warning(
+        self._problem(
+            f"discarded: {what}",
             "channel %s: discarded %d bytes from %s before a frame (%s)",
             self._listener.channel.name,
             size,
             self._peer,
             what,
         )
+
+    def _problem(self, kind: str, message: str, *args: object) -> None:
+        """A warning about this peer's input, counted rather than logged when its host
+        caused the same kind within the last few minutes."""
+        host = self._peer.rsplit(":", 1)[0]
+        self._listener.peer_problems.warning((host, kind), message, *args)
 
     def _unframed(self) -> str:
         """What is lost when the connection ends now: bytes held that are no whole frame."""
@@ -420,7 +438,8 @@ class _Connection(asyncio.Protocol):
         assert transport is not None
         channel, lost = self._listener.channel.name, self._unframed()
         if lost:
-            log.warning(
+            self._problem(
+                f"idle with {_kind(lost)}",
                 "channel %s: closing idle connection from %s, discarding %s",
                 channel,
                 self._peer,
@@ -477,6 +496,11 @@ def _handshake_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no TLS handshake in time"
     return str(exc) or type(exc).__name__
+
+
+def _kind(lost: str) -> str:
+    """``"N bytes of a frame"`` without its number: what a repeat of it is counted with."""
+    return lost.split(" ", 1)[1]
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
