@@ -20,18 +20,20 @@ from router.store.deliveries import Attempt
 
 
 class DeliveryLog:
-    """The log lines of one destination's recorded attempts (``where`` is "CHANNEL/DEST")."""
+    """The log lines of one destination's recorded attempts."""
 
     def __init__(
         self,
         log: logging.Logger,
-        where: str,
+        channel: str,
+        destination: str,
         *,
         remind_every: float = REMIND_EVERY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log = log
-        self._where = where
+        self._where = f"{channel}/{destination}"
+        self._fields = {"channel": channel, "destination": destination}
         self._remind_every = remind_every
         self._clock = clock
         self._failing_since: float | None = None
@@ -63,6 +65,7 @@ class DeliveryLog:
                 self._where,
                 _described(attempt, outcome),
                 "; further failures to this destination are counted until one is sent",
+                extra=self._ids(attempt),
             )
         elif now - self._reminded_at >= self._remind_every:
             self._reminded_at = now
@@ -72,6 +75,7 @@ class DeliveryLog:
                 now - self._failing_since,
                 self._counts(),
                 _described(attempt, outcome),
+                extra=self._ids(attempt),
             )
 
     def _sent(self, attempt: Attempt) -> None:
@@ -84,9 +88,15 @@ class DeliveryLog:
             attempt.delivery.message_id,
             self._clock() - self._failing_since,
             self._counts(),
+            extra=self._ids(attempt),
         )
         self._failing_since = None
         self._retried = self._failed = 0
+
+    def _ids(self, attempt: Attempt) -> dict[str, object]:
+        """The line's ids as fields of their own, for the JSON log format."""
+        delivery = attempt.delivery
+        return {**self._fields, "delivery_id": delivery.id, "message_id": delivery.message_id}
 
     def _counts(self) -> str:
         return f"{self._retried} attempt(s) to be retried, {self._failed} failed for good"

@@ -77,7 +77,7 @@ class DestinationWorker:
         self._transact = transact or interruptible
         self._wake = asyncio.Event()
         self._stopping = False
-        self._delivery_log = DeliveryLog(log, f"{channel}/{name}")
+        self._delivery_log = DeliveryLog(log, channel, name)
         lanes = options.lanes if (config.order_by or not config.is_ordered) else 1
         self._senders = [make_sender(channel, name, config) for _ in range(lanes)]
         self._request = ClaimRequest(

@@ -232,6 +232,7 @@ class Engine:
                     host=self.config.http.host,
                     port=self.config.http.port,
                     log_level="warning",
+                    log_config=None,  # its warnings go through the engine's log format
                     lifespan="off",
                 )
             )

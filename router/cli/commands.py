@@ -80,8 +80,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def serve(args: argparse.Namespace) -> int:
     from router.connectors.mllp.listener import ListenError
     from router.engine import Engine
+    from router.log_format import configure
 
     config = engine_config(args)
+    configure(config.logging, verbose=args.verbose)
     try:
         engine = Engine(config)
     except ConfigError as exc:

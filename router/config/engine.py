@@ -65,6 +65,14 @@ class AuthOptions(_Strict):
     secure_cookie: Literal["auto", "always"] = "auto"
 
 
+class LoggingOptions(_Strict):
+    """How ``serve`` writes its log to stderr (router/log_format.py); ``-v`` makes it debug."""
+
+    # text: one readable line an event. json: one JSON object a line, for a log shipper.
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 STORE_DRIVERS = ("sqlite", "postgresql+psycopg")
 
 
@@ -92,6 +100,7 @@ class EngineConfig(_Strict):
     fhir: FhirOptions = Field(default_factory=FhirOptions)
     mesh: MeshOptions = Field(default_factory=MeshOptions)
     auth: AuthOptions = Field(default_factory=AuthOptions)
+    logging: LoggingOptions = Field(default_factory=LoggingOptions)
     # open: channel files deploy on reload. governed: a changed file is a proposed revision,
     # deployed once someone other than its author approves it (docs/governance.md).
     governance: Literal["open", "governed"] = "open"

@@ -32,7 +32,7 @@ def attempt(delivery_id: int, attempts: int, result: SendResult = REFUSED) -> At
 
 def test_an_hour_down_is_the_first_failure_a_reminder_every_five_minutes_and_the_end(caplog):
     now = [0.0]
-    lines = DeliveryLog(log, "orders/lab", remind_every=300, clock=lambda: now[0])
+    lines = DeliveryLog(log, "orders", "lab", remind_every=300, clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger=log.name):
         for second in range(3600):  # 10 deliveries retried every second
             lines.recorded((attempt(n, second), "retrying") for n in range(10))
