@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from router.api import routes
+from router.api import routes, store_outage
 from router.api.approvals import approval_routes
 from router.api.audit import audit_routes
 from router.api.channels import channel_routes
@@ -76,6 +76,7 @@ def create_app(engine: Engine) -> FastAPI:
         app.include_router(router, responses=API_ERRORS)
     app.include_router(login_routes(engine))
     console.mount(app, engine)
+    store_outage.install(app)
     return app
 
 
