@@ -49,6 +49,12 @@ TLS_HANDSHAKE_FAILURES = Counter(
     ["channel"],
     registry=REGISTRY,
 )
+MESH_POLL_FAILURES = Counter(
+    "tie_mesh_poll_failures",
+    "Polls of a MESH mailbox that failed (authentication, certificate, the MESH service).",
+    ["mailbox"],
+    registry=REGISTRY,
+)
 ACK_LATENCY = Histogram(
     "tie_ack_latency_seconds",
     "From a message fully read to its acknowledgement sent (after the store commit).",

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 
 import pytest
 from mesh_client import MeshClient
-from mesh_testing import DPS, HUB, LAB, mailbox_config, mesh_env
+from mesh_testing import DPS, HUB, LAB, PASSWORD, mailbox_config, mesh_env
 from sqlalchemy import select
 from tie_testing import RunningEngine, channel, engine_config, free_ports, wait_until
 
+from router import metrics
 from router.store.inbound import Inbound
 from router.store.schema import attempts, deliveries, mesh_sent, messages
 
@@ -322,3 +324,36 @@ def test_the_handshake_runs_on_start(tmp_path, store_url, mesh_sandbox):
 def _attempt_response(store):
     with store.read() as conn:
         return conn.scalar(select(attempts.c.response).order_by(attempts.c.id).limit(1))
+
+
+def test_a_mailbox_that_cannot_be_polled_is_counted_and_logged_once_with_its_traceback(
+    tmp_path, store_url, mesh_sandbox, caplog
+):
+    """A poll every 200 ms against a MESH address that refuses connections: every failure
+    is counted for /metrics, and the log has the first with its traceback, then one short
+    line, not a traceback a poll."""
+    (closed,) = free_ports(1)
+    config = _config(tmp_path, store_url, mesh_sandbox, url=f"https://127.0.0.1:{closed}")
+    failures = metrics.MESH_POLL_FAILURES.labels(HUB)
+    before = failures._value.get()
+    with caplog.at_level(logging.INFO, logger="router.connectors.mesh.poller"):
+        running = RunningEngine(config, {"hub-in": _receiver(tmp_path / "out")})
+        try:
+            wait_until(lambda: failures._value.get() - before >= 6, timeout=30)
+        finally:
+            running.stop()
+    polls = [
+        (r.levelname, r.getMessage(), r.exc_info is not None)
+        for r in caplog.records
+        if "poll" in r.getMessage()
+    ]
+    assert polls[0] == (
+        "ERROR",
+        f"MESH poll of mailbox {HUB} failed; next poll retries (further failures are counted "
+        "until a poll works)",
+        True,
+    )
+    assert [(level, line.split(": ")[0], trace) for level, line, trace in polls[1:]] == [
+        ("WARNING", f"MESH poll of mailbox {HUB} failed again (2 in a row)", False)
+    ]
+    assert PASSWORD not in caplog.text

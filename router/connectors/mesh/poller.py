@@ -23,9 +23,11 @@ from typing import Any
 from mesh_client import MeshClient, Message
 from sqlalchemy import Connection, select, update
 
+from router import metrics
 from router.config import ChannelConfig
 from router.config.mesh import MeshMailbox
 from router.connectors.mesh.client import open_client
+from router.repeat_log import RepeatLog
 from router.store.database import Store
 from router.store.deliveries import OnFailed
 from router.store.inbound import Inbound, Receipt, utcnow, write_inbound
@@ -79,6 +81,8 @@ class MailboxPoller:
         self._stopping = threading.Event()
         self._running = threading.Lock()
         self.last_handshake: Exception | bool | None = None
+        self._failed_polls = 0
+        self._repeats = RepeatLog(log)
 
     def stop(self) -> None:
         """Finish the message in hand and take no more."""
@@ -107,12 +111,46 @@ class MailboxPoller:
                 if not leading:
                     return 0
                 with self._client() as client:
-                    return self._drain(client)
-        except Exception:
-            log.exception("MESH poll of mailbox %s failed; next poll retries", self.mailbox.mailbox)
+                    taken = self._drain(client)
+        except Exception as exc:
+            self._poll_failed(exc)
             return 0
         finally:
             self._running.release()
+        self._poll_worked()
+        return taken
+
+    def _poll_failed(self, exc: Exception) -> None:
+        """Counted in ``tie_mesh_poll_failures_total``; the first of a run is logged with
+        its traceback, the next ones briefly every few minutes (a poll a minute for hours
+        of a refused certificate was a traceback each)."""
+        mailbox = self.mailbox.mailbox
+        metrics.MESH_POLL_FAILURES.labels(mailbox).inc()
+        self._failed_polls += 1
+        if self._failed_polls == 1:
+            log.error(
+                "MESH poll of mailbox %s failed; next poll retries (further failures are "
+                "counted until a poll works)",
+                mailbox,
+                exc_info=exc,
+            )
+        else:
+            self._repeats.warning(
+                "poll",
+                "MESH poll of mailbox %s failed again (%d in a row): %s",
+                mailbox,
+                self._failed_polls,
+                f"{type(exc).__name__}: {exc}",
+            )
+
+    def _poll_worked(self) -> None:
+        if self._failed_polls:
+            log.info(
+                "MESH poll of mailbox %s works again after %d failed poll(s)",
+                self.mailbox.mailbox,
+                self._failed_polls,
+            )
+            self._failed_polls = 0
 
     def _drain(self, client: MeshClient) -> int:
         taken = 0
