@@ -5,14 +5,17 @@ row of every queued delivery (1.9 s a scrape on PostgreSQL with ~16k queued)."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import Connection, select
 from store_testing import statements
 
-from router.metrics import QueueCollector
+from router.metrics import REGISTRY, QueueCollector
 from router.replay import resend
 from router.store.database import Store
 from router.store.inbound import utcnow
@@ -216,3 +219,16 @@ def test_the_backlog_gauge_reads_the_index_of_unprocessed_messages(store):
                 row[0] for row in conn.exec_driver_sql(f"EXPLAIN {statement}", parameters)
             )
     assert "ix_messages_unprocessed" in used or "ix_messages_received_by_channel" in used, used
+
+
+def test_every_metric_the_example_alert_rules_use_is_one_the_engine_exposes(store):
+    """examples/prometheus/tie-alerts.yml is meant to be used as is: a renamed metric would
+    leave an alert that never fires."""
+    suffixes = ("", "_total", "_bucket", "_sum", "_count")
+    families = [*REGISTRY.collect(), *QueueCollector(store).collect()]
+    exposed = {f.name + suffix for f in families for suffix in suffixes}
+    rules = Path(__file__).parents[2] / "examples/prometheus/tie-alerts.yml"
+    (group,) = yaml.safe_load(rules.read_text())["groups"]
+    used = {name for rule in group["rules"] for name in re.findall(r"\btie_\w+", rule["expr"])}
+    assert {"tie_queue_depth", "tie_mesh_poll_failures_total"} <= used
+    assert used - exposed == set()
