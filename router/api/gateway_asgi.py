@@ -203,7 +203,9 @@ class GatewayRoutes:
         intake = self.engine.gateway.intake
         try:
             credentials = incoming.headers.get("authorization", "")
-            request.user = await self.engine.gateway.senders.check(credentials, channel, source)
+            request.user = await self.engine.gateway.senders.check(
+                credentials, channel, source, peer=incoming.remote
+            )
         except Rejected as exc:
             # Before the body is read: a sender that may not send makes tie read no more
             # than the part it keeps.
@@ -264,7 +266,9 @@ class GatewayRoutes:
         try:
             credentials = incoming.headers.get("proxy-authorization", "")
             senders = self.engine.gateway.senders
-            request.user = await senders.check(credentials, channel.name, options, proxy=True)
+            request.user = await senders.check(
+                credentials, channel.name, options, proxy=True, peer=incoming.remote
+            )
         except Rejected as exc:
             request.body = await read_kept(receive)
             answer = proxy.refuse(request, exc)

@@ -30,6 +30,7 @@ from router.auth.throttle import LoginThrottle
 from router.auth.tokens import token_holder
 from router.auth.users import case_clashes, count_users
 from router.config.engine import AuthOptions
+from router.repeat_log import RepeatLog
 from router.store.database import Store
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class Authenticator:
         self.store = store
         self.options = options
         self.throttle = LoginThrottle()
+        # A client hammering with a bad token: once per host every few minutes.
+        self.refused = RepeatLog(log)
 
     async def by_token(self, token: str) -> Principal | None:
         def look() -> tuple[str, frozenset[str]] | None:
@@ -164,6 +167,14 @@ def require_role(
         if credentials is not None:
             principal = await auth.by_token(credentials.credentials)
             if principal is None:
+                host = request.client.host if request.client else "an unknown address"
+                auth.refused.warning(
+                    host,
+                    "refused a request from %s with an invalid or expired token (%s %s)",
+                    host,
+                    request.method,
+                    request.url.path,
+                )
                 raise refusal(
                     status.HTTP_401_UNAUTHORIZED,
                     "invalid or expired token",

@@ -28,6 +28,7 @@ from router.auth.tokens import token_holder
 from router.auth.users import anyone_holds
 from router.config.http import SenderAuth
 from router.fhir.outcome import Rejected, reject
+from router.repeat_log import RepeatLog
 from router.store.database import Store
 from router.store.schema import users
 
@@ -118,9 +119,17 @@ class Senders:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        # A client hammering with a bad token: once per host and channel every few minutes.
+        self._refused = RepeatLog(log)
 
     async def check(
-        self, credentials: str, channel: str, options: SenderAuth, *, proxy: bool = False
+        self,
+        credentials: str,
+        channel: str,
+        options: SenderAuth,
+        *,
+        proxy: bool = False,
+        peer: str = "",
     ) -> str | None:
         """The sending user's name; None for a source that takes anyone (``auth: none``).
         Raises Rejected: 401 (407 for the proxy) without a live token, 403 for a user who
@@ -140,6 +149,12 @@ class Senders:
             text = "the token could not be checked; send again later"
             raise reject(503, "transient", text) from exc
         if holder is None:
+            self._refused.warning(
+                (peer.rsplit(":", 1)[0], channel),
+                "channel %s: refused a request from %s with an invalid, revoked or expired token",
+                channel,
+                peer or "an unknown address",
+            )
             raise _unauthenticated(f"the {header} token is invalid, revoked or expired", proxy)
         name, roles = holder
         if not grants(roles, SENDER):

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import copy
 import json
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -510,3 +511,29 @@ def test_a_receiver_that_is_down_gets_502(tie, services, bars_samples):
     assert "could not be reached: ConnectError" in answer.json()["issue"][0]["diagnostics"]
     [row] = wait_until(lambda: _settled(running))
     assert (row.status, row.delivery) == ("processed", "failed")
+
+
+def test_a_client_hammering_with_a_bad_token_is_one_warning_per_host_without_the_token(
+    tie, bars_samples, caplog
+):
+    """Refused, and not silent (an operator or a SIEM sees the attempt), but one line for a
+    client's host every few minutes, not one a request."""
+    _, client = tie
+    bad = "tie_NotALiveToken0123456789"
+    request = bars_samples["servicerequest-request_validation"]
+    with caplog.at_level(logging.INFO):
+        for _ in range(30):
+            assert _post(client, request, Authorization=f"Bearer {bad}").status_code == 401
+            answer = client.get("/api/messages", headers={"Authorization": f"Bearer {bad}"})
+            assert answer.status_code == 401
+    refusals = [
+        (r.name, r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name in ("router.fhir.senders", "router.api.security")
+    ]
+    assert [(name, level, line.split(" from ")[0]) for name, level, line in refusals] == [
+        ("router.fhir.senders", "WARNING", "channel bars: refused a request"),
+        ("router.api.security", "WARNING", "refused a request"),
+    ]
+    assert all("127.0.0.1" in line for _, _, line in refusals)
+    assert bad not in caplog.text
