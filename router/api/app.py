@@ -32,6 +32,10 @@ from router.console.login import login_routes
 if TYPE_CHECKING:
     from router.engine import Engine
 
+# A load balancer's probe waits a few seconds: a store that takes longer to answer
+# ``SELECT 1`` (PostgreSQL unreachable, its packets dropped) is down, said before it gives up.
+HEALTH_TIMEOUT = 2.0
+
 
 def create_app(engine: Engine) -> FastAPI:
     app = FastAPI(title="tie", version="0.1.0", docs_url="/docs", redoc_url=None)
@@ -46,9 +50,9 @@ def create_app(engine: Engine) -> FastAPI:
         worker run: without them messages are refused (the writer), or still acknowledged
         but never processed or sent (public, for load balancers)."""
         try:
-            await asyncio.to_thread(_ping, store)
+            await asyncio.wait_for(asyncio.to_thread(_ping, store), HEALTH_TIMEOUT)
             store_ok = not engine.writer.failing
-        except Exception:
+        except Exception:  # a store that refuses, fails or does not answer in time
             store_ok = False
         parts = {
             "store": store_ok,

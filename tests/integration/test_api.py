@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,6 +16,7 @@ from hl7.client import MLLPClient
 from sqlalchemy import select
 from tie_testing import RunningEngine, api_token, channel, engine_config, wait_until
 
+from router.api.app import HEALTH_TIMEOUT
 from router.store.inbound import Inbound
 from router.store.queries import PREVIEW
 from router.store.schema import audit_events, messages
@@ -68,6 +72,29 @@ def test_health_reports_a_store_that_answers_but_cannot_commit(api):
     response = client.get("/health")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", **HEALTHY, "store": False}
+
+
+def test_health_says_a_store_that_does_not_answer_is_down_before_a_probe_gives_up(api, monkeypatch):
+    """PostgreSQL unreachable with its packets dropped: a connection attempt waits for
+    minutes, and a probe that timed out said nothing about why."""
+    running, client = api
+    answered = threading.Event()
+
+    @contextlib.contextmanager
+    def unanswered() -> Iterator[None]:
+        answered.wait(30)  # as long as a connection to a silent host
+        yield
+
+    monkeypatch.setattr(running.engine.store, "read", unanswered)
+    try:
+        started = time.monotonic()
+        response = client.get("/health", timeout=HEALTH_TIMEOUT + 5)
+        waited = time.monotonic() - started
+    finally:
+        answered.set()
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", **HEALTHY, "store": False}
+    assert waited < HEALTH_TIMEOUT + 1
 
 
 class _Killed(BaseException):
