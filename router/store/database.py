@@ -13,6 +13,7 @@ import psycopg
 from psycopg.abc import Buffer
 from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from router.store.blobs import BlobStore, default_blob_root
@@ -21,6 +22,9 @@ from router.store.blobs import BlobStore, default_blob_root
 # about one commit in a hundred pay for a checkpoint; 10000 (40 MB of WAL at most between
 # checkpoints) makes that one in a thousand, keeping checkpoints out of the 99th percentile.
 WAL_AUTOCHECKPOINT = 10000
+# libpq waits for ever for a server that accepted the connection but never answers (or
+# whose packets are dropped): every store call, /health and the HTTP requests with it.
+CONNECT_TIMEOUT = 10
 
 T = TypeVar("T")
 # Runs work(conn) in a write transaction and returns its result once committed:
@@ -62,6 +66,7 @@ class Store:
             self._write_lock = None
             self.writer = create_engine(
                 url,
+                connect_args=_connect_timeout(url),
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_pre_ping=True,
@@ -222,3 +227,8 @@ def savepoint(conn: Connection, name: str) -> Iterator[None]:
         driver.execute(f"RELEASE SAVEPOINT {name}")
         raise
     driver.execute(f"RELEASE SAVEPOINT {name}")
+
+
+def _connect_timeout(url: str) -> dict[str, Any]:
+    """libpq's ``connect_timeout``: ``CONNECT_TIMEOUT`` seconds unless the URL sets its own."""
+    return {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT}
