@@ -15,27 +15,18 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-from router.store.ingest import StoreUnavailable
-
-REMIND_EVERY = 300.0
+from router.store.database import driver_reason, is_connection_problem
+from router.store.ingest import REMIND_EVERY, StoreUnavailable
 
 
 def is_store_outage(exc: BaseException) -> bool:
     """Whether ``exc`` says the store cannot be reached or cannot commit, not a bug."""
-    if isinstance(exc, StoreUnavailable | OperationalError | InterfaceError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    return isinstance(exc, StoreUnavailable) or is_connection_problem(exc)
 
 
 def outage_reason(exc: BaseException) -> str:
     """One line for the log: the driver's first line, without SQLAlchemy's SQL and link."""
-    if isinstance(exc, StoreUnavailable):
-        return str(exc)
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    first = (str(cause).strip().splitlines() or [""])[0]
-    return f"store unavailable: {type(cause).__name__}: {first}"
+    return str(exc) if isinstance(exc, StoreUnavailable) else driver_reason(exc)
 
 
 class OutageLog:

@@ -19,7 +19,8 @@ _REMEMBERED = 1024
 
 
 class RepeatLog:
-    """``warning(key, ...)``: logged unless one with the same key was within the window."""
+    """``warning(key, ...)``, ``error(key, ...)``: logged unless one with the same key was
+    within the window."""
 
     def __init__(
         self,
@@ -34,6 +35,12 @@ class RepeatLog:
         self._windows: dict[Hashable, list[float]] = {}  # key -> [window start, count in it]
 
     def warning(self, key: Hashable, message: str, *args: object) -> None:
+        self._emit(logging.WARNING, key, message, *args)
+
+    def error(self, key: Hashable, message: str, *args: object) -> None:
+        self._emit(logging.ERROR, key, message, *args)
+
+    def _emit(self, level: int, key: Hashable, message: str, *args: object) -> None:
         now = self._clock()
         window = self._windows.get(key)
         if window is not None and now - window[0] < self._every:
@@ -42,7 +49,7 @@ class RepeatLog:
         if window is not None and window[1]:
             message += " (and %d more like it in the %d s before)"
             args = (*args, window[1], now - window[0])
-        self._log.warning(message, *args)
+        self._log.log(level, message, *args)
         self._windows[key] = [now, 0]
         if len(self._windows) > _REMEMBERED:
             self._forget_before(now - self._every)

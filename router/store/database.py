@@ -232,3 +232,20 @@ def savepoint(conn: Connection, name: str) -> Iterator[None]:
 def _connect_timeout(url: str) -> dict[str, Any]:
     """libpq's ``connect_timeout``: ``CONNECT_TIMEOUT`` seconds unless the URL sets its own."""
     return {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT}
+
+
+def is_connection_problem(error: BaseException) -> bool:
+    """Whether ``error`` is the store refusing, dropping or failing a connection or a commit
+    (PostgreSQL down, a full disk), which retrying later cures, rather than a bug."""
+    if isinstance(error, exc.OperationalError | exc.InterfaceError):
+        return True
+    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
+
+
+def driver_reason(error: BaseException) -> str:
+    """``store unavailable: <driver error>: <its first line>``, without SQLAlchemy's SQL and
+    link, for a one-line log entry."""
+    orig = error.orig if isinstance(error, exc.DBAPIError) else None
+    cause = orig if orig is not None else error
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"store unavailable: {type(cause).__name__}: {first}"

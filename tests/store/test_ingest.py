@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 import uuid
@@ -11,8 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 
+import psycopg
 import pytest
 from sqlalchemy import create_engine, event, func, make_url, select, text
+from sqlalchemy.exc import OperationalError
 from tie_testing import wait_until
 
 from router import metrics
@@ -250,6 +253,45 @@ def test_a_failed_commit_of_other_work_logs_what_failed(store, monkeypatch, capl
         writer.run(lambda conn: None)
     assert "store commit failed for 1 other write(s) (processing, dispatch" in caplog.text
     assert "0 message(s)" not in caplog.text
+
+
+def test_a_store_down_while_senders_retry_is_logged_when_it_starts_and_ends(
+    store, monkeypatch, caplog
+):
+    """Each sender resends at once after its AE: a failed commit each time, which was a
+    multi-line ERROR each (80,000 lines a minute from one sender with PostgreSQL down)."""
+    connect = store.writer.connect
+    down = [True]
+
+    def refused() -> object:
+        if down[0]:
+            cause = psycopg.OperationalError(
+                'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+                "Connection refused\n\tIs the server running on that host?"
+            )
+            raise OperationalError(None, None, cause)
+        return connect()
+
+    monkeypatch.setattr(store.writer, "connect", refused)
+    caplog.set_level(logging.INFO, logger="router.store.ingest")
+    with running(GroupCommitWriter(store)) as writer:
+        for n in range(50):
+            with pytest.raises(StoreUnavailable):
+                writer.submit_sync(_inbound(n))
+        down[0] = False
+        writer.submit_sync(_inbound(50))
+    logged = [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name == "router.store.ingest"
+    ]
+    assert logged == [
+        (
+            "ERROR",
+            "store commit failed for 1 message(s): store unavailable: OperationalError: "
+            'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+            "Connection refused; further failures are counted until a commit works",
+        ),
+        ("INFO", "store commits again after 0 s (50 failed commit(s))"),
+    ]
 
 
 def _row(store: Store, uuid: str) -> dict[str, object]:

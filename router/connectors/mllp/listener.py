@@ -180,8 +180,12 @@ class MllpListener:
         try:
             receipt = await self._ingest(item, peer=peer)
         except StoreUnavailable as exc:
-            log.error(
-                "channel %s: answering AE for %s: %s", self.channel.name, header.control_id, exc
+            self.peer_problems.error(
+                "store unavailable",
+                "channel %s: answering AE for %s: %s (the next ones while it lasts are counted)",
+                self.channel.name,
+                header.control_id,
+                exc,
             )
             if not should_send(header, success=False):
                 raise SilentFailure(str(exc)) from exc
