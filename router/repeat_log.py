@@ -19,8 +19,8 @@ _REMEMBERED = 1024
 
 
 class RepeatLog:
-    """``warning(key, ...)``, ``error(key, ...)``: logged unless one with the same key was
-    within the window."""
+    """``info``, ``warning``, ``error`` (key, message, args): logged unless one with the
+    same key was within the window."""
 
     def __init__(
         self,
@@ -33,6 +33,9 @@ class RepeatLog:
         self._every = every
         self._clock = clock
         self._windows: dict[Hashable, list[float]] = {}  # key -> [window start, count in it]
+
+    def info(self, key: Hashable, message: str, *args: object) -> None:
+        self._emit(logging.INFO, key, message, *args)
 
     def warning(self, key: Hashable, message: str, *args: object) -> None:
         self._emit(logging.WARNING, key, message, *args)

@@ -156,6 +156,23 @@ def test_a_plain_tcp_sender_fails_the_handshake_and_the_listener_serves_on(
     assert str(ack.segment("MSA")[1]) == "AA"
 
 
+def test_a_sender_failing_the_handshake_in_a_loop_is_counted_each_time_and_logged_once(
+    tls_engine, hl7_samples, caplog
+):
+    """A misconfigured sender retrying plain TCP in a tight loop: one line, every failure
+    counted."""
+    port = tls_engine.port("inbound")
+    before = failed_handshakes("inbound")
+    with caplog.at_level(logging.WARNING, logger=LISTENER_LOG):
+        for number in range(5):
+            with socket.create_connection(("127.0.0.1", port), timeout=GUARD) as plain:
+                plain.sendall(b"\x0b" + hl7_message(hl7_samples[GHH], f"LOOP-{number}") + b"\x1c\r")
+                assert plain.recv(4096) == b""
+            wait_until(lambda n=number: failed_handshakes("inbound") == before + n + 1)
+    lines = [r for r in caplog.records if r.name == LISTENER_LOG and "handshake" in r.getMessage()]
+    assert len(lines) == 1
+
+
 def test_a_port_probe_is_no_handshake_failure(tls_engine, certs, hl7_samples, caplog):
     """A load balancer's health check connects and hangs up, every few seconds."""
     port = tls_engine.port("inbound")

@@ -125,17 +125,28 @@ class MllpListener:
                 await self._server.wait_closed()
 
     def _handshake_failed(self, peer: str, exc: BaseException) -> None:
-        """One line per failed handshake, with its peer and reason (no traceback): a
-        scanner or a misconfigured sender must not fill the log, nor stop the listener.
-        A peer that hangs up first is a port probe or a load balancer's health check,
-        every few seconds: noted, not counted."""
+        """A failed handshake is counted, and logged with its peer and reason (no traceback)
+        once per host and reason every few minutes: a scanner or a misconfigured sender
+        retrying in a loop must not fill the log, nor stop the listener. A peer that hangs
+        up first is a port probe or a load balancer's health check: noted, not counted."""
         channel = self.channel.name
+        host = peer.rsplit(":", 1)[0]
         if isinstance(exc, ConnectionError):
-            log.info("channel %s: %s closed the connection before the TLS handshake", channel, peer)
+            self.peer_problems.info(
+                (host, "closed before TLS"),
+                "channel %s: %s closed the connection before the TLS handshake",
+                channel,
+                peer,
+            )
             return
         self._failed_handshakes.inc()
-        log.warning(
-            "channel %s: TLS handshake with %s failed: %s", channel, peer, _handshake_reason(exc)
+        reason = _handshake_reason(exc)
+        self.peer_problems.warning(
+            (host, f"TLS: {reason}"),
+            "channel %s: TLS handshake with %s failed: %s",
+            channel,
+            peer,
+            reason,
         )
 
     def _admit(self, connection: _Connection) -> bool:
