@@ -1,4 +1,4 @@
-"""CLI command ``jobs``: the DPS handoff jobs with their statistics."""
+"""CLI command ``jobs``: the DPS handoff jobs with their statistics and undelivered outputs."""
 
 from __future__ import annotations
 
@@ -36,9 +36,13 @@ COLUMNS = (
     "only_on_gp",
     "only_on_pds",
     "differences",
+    "undelivered",
     "error",
 )
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, **(row.get("statistics") or {})}
+    """A job as one table line: its statistics spread, each undelivered output named by its
+    destination and the delivery to resend (``--json`` gives their errors)."""
+    undelivered = [f"{m['destination']} #{m['delivery_id']}" for m in row["undelivered"]]
+    return {**row, **(row.get("statistics") or {}), "undelivered": ", ".join(undelivered) or None}

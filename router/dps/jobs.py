@@ -9,6 +9,8 @@ for a job that never went to DPS an ``error``. A delivery that settles tells the
 the transaction that settles it (``settled``): the file to DPS failing for good fails the
 job; one of the outputs (a CSV file, the summary email) failing for good after the job
 completed makes it ``failed_outputs``, until the resends of the failed ones are sent.
+Whatever its status, a job also names each of its outputs that failed for good (a failure
+email too, which no status can show: ``undelivered``) until a resend of it is sent.
 Every transition is checked here, against ``TRANSITIONS``; docs/dps-handoff.md
 draws the machine.
 """
@@ -146,16 +148,19 @@ def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str
     results that completed a job (not a ``local`` (channel, destination): the job record
     itself) ``failed`` makes it ``failed_outputs``; a resend of one ``sent`` makes a
     ``failed_outputs`` job ``completed`` again once none of those outputs is failed or
-    still to be sent. The error is the first failed delivery's."""
+    still to be sent. The error is the first failed delivery's. Each of them also marks
+    or clears its output on the job, whatever its status (``_mark_undelivered``)."""
     d = deliveries.c
     found = conn.execute(
         select(
             correlations.c.value,
+            d.id,
             d.message_id,
             d.channel,
             d.destination,
             d.status,
             d.last_error,
+            d.resent_from,
             messages.c.uuid,
         )
         .join(correlations, correlations.c.message_id == d.message_id)
@@ -167,14 +172,15 @@ def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str
         )
     ).all()
     found = [r for r in found if (r.channel, r.destination) not in local]
-    outputs = sorted({r.value for r in found if r.uuid != r.value})
-    if outputs and conn.dialect.name == "postgresql":
+    touched = sorted({r.value for r in found})
+    if touched and conn.dialect.name == "postgresql":
         # The outputs' workers settle side by side: the second waits for the first to
         # commit, so each sees the other's outcome before judging the job (in one order:
         # no deadlock between two rounds).
-        query = select(jobs.c.job_id).where(jobs.c.job_id.in_(outputs)).order_by(jobs.c.job_id)
+        query = select(jobs.c.job_id).where(jobs.c.job_id.in_(touched)).order_by(jobs.c.job_id)
         conn.execute(query.with_for_update()).all()
-    for job_id, message_id, _, destination, status, error, uuid in found:
+    for job_id, delivery_id, message_id, _, destination, status, error, resent_from, uuid in found:
+        _mark_undelivered(conn, job_id, delivery_id, destination, status, error, resent_from)
         failure = f"delivery to {destination} failed: {error or 'no reason given'}"
         if uuid == job_id:  # the intake's: the file to DPS
             if status == "failed":
@@ -187,6 +193,35 @@ def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str
             _move(conn, job_id, ["completed"], "failed_outputs", failure)
         elif not _outputs_unsettled(conn, message_id, local):
             _move(conn, job_id, ["failed_outputs"], "completed", None)
+
+
+def _mark_undelivered(
+    conn: Connection,
+    job_id: str,
+    delivery_id: int,
+    destination: str,
+    status: str,
+    error: str | None,
+    resent_from: int | None,
+) -> None:
+    """Keep the job's ``undelivered`` outputs: a delivery failed for good adds itself (in
+    place of the earlier failed copy it resends: one entry an output, whose ``original`` is
+    its first failed delivery); a resend sent removes the output it resends. A failure
+    email has no status of its own to show that the practice was never told."""
+    stored = conn.scalar(select(jobs.c.undelivered).where(jobs.c.job_id == job_id))
+    marks: list[dict[str, Any]] = json.loads(stored) if stored else []
+    earlier = [m for m in marks if resent_from in (m["delivery_id"], m["original"])]
+    kept = [m for m in marks if m not in earlier]
+    if status == "failed":
+        original = earlier[0]["original"] if earlier else delivery_id
+        mark = {"delivery_id": delivery_id, "destination": destination, "error": error}
+        kept.append({**mark, "original": original})
+    if kept != marks:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.job_id == job_id)
+            .values(undelivered=json.dumps(kept) if kept else None, updated_at=utcnow())
+        )
 
 
 def unknown_report(conn: Connection, meta: dict[str, Any], reason: str) -> tuple[str, str] | None:
@@ -313,12 +348,16 @@ def _column(name: str, value: Any) -> Any:
 
 
 def list_jobs(store: Store, limit: int = 200) -> list[dict[str, Any]]:
-    """The newest jobs first, with their statistics decoded."""
+    """The newest jobs first, with their statistics and undelivered outputs decoded."""
     with store.read() as conn:
         rows = conn.execute(
             select(jobs).order_by(jobs.c.received_at.desc(), jobs.c.updated_at.desc()).limit(limit)
         )
         return [
-            {**r._mapping, "statistics": json.loads(r.statistics) if r.statistics else None}
+            {
+                **r._mapping,
+                "statistics": json.loads(r.statistics) if r.statistics else None,
+                "undelivered": json.loads(r.undelivered) if r.undelivered else [],
+            }
             for r in rows
         ]

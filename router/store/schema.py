@@ -339,6 +339,8 @@ jobs = Table(
     Column("status", String(32), nullable=False),
     Column("statistics", Text),
     Column("error", Text),
+    # The job's outputs that failed for good, whatever its status (JSON; router/dps/jobs.py).
+    Column("undelivered", Text),
     Column("updated_at", UtcDateTime(), nullable=False),
     Index(None, "status", "received_at"),
     Index(None, "practice"),

@@ -265,3 +265,77 @@ def test_the_last_two_resent_outputs_sent_side_by_side_complete_the_job(store_ur
         assert list_jobs(store)[0]["status"] == "completed"
     finally:
         store.dispose()
+
+
+def _results_with_failure_email(conn: Connection, job_id: str) -> tuple[int, dict[str, object]]:
+    """A ``failed_dps_validation`` job, its results message and the columns of a delivery of
+    that message's failure email."""
+    now = utcnow()
+    conn.execute(
+        jobs.insert().values(job_id=job_id, status="failed_dps_validation", updated_at=now)
+    )
+    results = conn.execute(
+        messages.insert().values(
+            uuid=f"results-of-{job_id}",
+            channel="dps-results",
+            received_at=now,
+            status="processed",
+            content_type="application/x-ndjson",
+            size=1,
+            raw=b"x",
+        )
+    ).inserted_primary_key[0]
+    conn.execute(correlations.insert().values(message_id=results, key="dps_job", value=job_id))
+    delivery = {"message_id": results, "channel": "dps-results", "destination": "failure-email"}
+    delivery |= {"content_type": "text/plain", "payload": b"x", "next_attempt_at": now}
+    return results, delivery | {"created_at": now, "updated_at": now}
+
+
+def _settle(store: Store, status: str, error: str | None = None, **delivery: object) -> int:
+    with store.begin() as conn:
+        row = deliveries.insert().values(**delivery, status=status, last_error=error)
+        delivery_id = conn.execute(row).inserted_primary_key[0]
+        settled(conn, [delivery_id], {("dps-results", "job")})
+    return delivery_id
+
+
+def test_an_undelivered_output_is_named_on_its_job_until_a_resend_of_it_is_sent(
+    tmp_path, store_url, capsys, monkeypatch
+):
+    """Whatever the job's status: a resend that fails again takes its copy's place (the
+    output is still undelivered), and a resend sent clears it, also one made from the
+    first failed copy while a later one failed."""
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    store = Store(store_url)
+    upgrade(store)
+    try:
+        with store.begin() as conn:
+            _, delivery = _results_with_failure_email(conn, "v")
+        first = _settle(store, "failed", "550 5.1.1 no such mailbox", **delivery)
+        second = _settle(store, "failed", "550 again", **delivery, resent_from=first)
+        (job,) = list_jobs(store)
+        assert job["status"] == "failed_dps_validation"
+        assert job["undelivered"] == [
+            {
+                "delivery_id": second,
+                "destination": "failure-email",
+                "error": "550 again",
+                "original": first,
+            }
+        ]
+        config = tmp_path / "engine.yaml"
+        (tmp_path / "channels").mkdir()
+        config.write_text(yaml.safe_dump({"store": store_url, "channels": "channels"}))
+        capsys.readouterr()
+        assert main(["--config", str(config), "jobs"]) == 0
+        header, line = capsys.readouterr().out.splitlines()
+        assert "UNDELIVERED" in header.split()
+        assert f"failure-email #{second}" in line and "failed_dps_validation" in line
+        assert main(["--config", str(config), "jobs", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["undelivered"] == job["undelivered"]
+
+        _settle(store, "sent", **delivery, resent_from=first)
+        (job,) = list_jobs(store)
+        assert (job["status"], job["undelivered"]) == ("failed_dps_validation", [])
+    finally:
+        store.dispose()

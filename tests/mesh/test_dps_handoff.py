@@ -72,6 +72,9 @@ def _channels(relay: SmtpRelay, dps_mailbox: str | None = None, **results: str):
         outputs["pcse"].mesh.to = results["pcse_mailbox"]
     if "summary_to" in results:
         outputs["summary-email"].smtp.to = [results["summary_to"]]
+    if "failure_to" in results:
+        for channel in channels.values():
+            channel.destinations["failure-email"].smtp.to = [results["failure_to"]]
     return channels
 
 
@@ -577,6 +580,59 @@ def test_a_failed_summary_email_shows_on_the_job_until_its_resend_is_sent(
         assert job["error"] is None and job["statistics"]["patients"] == 2
         (email,) = relay.emails()
         assert email["Subject"].startswith("PDS Comparison run at ")
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize(
+    ("filename", "answer", "status"),
+    [
+        (GP_FILE, lambda sandbox: fake_dps(sandbox, fail=True), "failed_dps_validation"),
+        ("A82023_GPR4LNA1.CSA.txt", None, "failed_validation"),
+    ],
+    ids=["dps-validation", "bad-file-name"],
+)
+def test_a_failure_email_the_relay_refuses_shows_on_the_job_until_its_resend_is_sent(
+    tmp_path, store_url, mesh_sandbox, relay, filename, answer, status
+):
+    """The practice is never told its file failed: the job keeps DPS's reasons (its status
+    stays) and also names the failure email that could not be sent."""
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay, failure_to="nobody@example.nhs.uk")
+    try:
+        _send_extract(mesh_sandbox, filename=filename)
+        if answer is not None:
+            wait_until(lambda: mesh_sandbox.inbox(DPS), timeout=30)
+            answer(mesh_sandbox)
+        job = wait_until(
+            lambda: next((j for j in list_jobs(running.store) if j["undelivered"]), None),
+            timeout=30,
+        )
+        assert job["status"] == status
+        with running.store.read() as conn:
+            failed = conn.execute(
+                select(deliveries.c.id, deliveries.c.last_error).where(
+                    deliveries.c.status == "failed"
+                )
+            ).one()
+        assert job["undelivered"] == [
+            {
+                "delivery_id": failed.id,
+                "destination": "failure-email",
+                "error": failed.last_error,
+                "original": failed.id,
+            }
+        ]
+        assert "no such mailbox" in failed.last_error
+
+        relay.refusing = False
+        resent = resend(running.store, failed.id, reason="address fixed", actor="test")
+        running.engine.replayed("resend", [resent])
+        wait_until(lambda: relay.emails(), timeout=30)
+        job = wait_until(
+            lambda: next((j for j in list_jobs(running.store) if not j["undelivered"]), None),
+            timeout=30,
+        )
+        assert job["status"] == status, "the resend changes the mark, not the state"
     finally:
         running.stop()
 
