@@ -1,4 +1,5 @@
-"""``/api/channels`` (state, counts, queues, and the "post office" switch) and ``/api/jobs``."""
+"""``/api/channels`` (state, counts, queues, and the "post office" switch) and ``/api/jobs``
+(DPS jobs, and closing a failed one)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from router.api.messages import jsonable
 from router.api.security import Principal, require_role
 from router.channel_control import set_paused
 from router.console.statistics import dashboard
+from router.dps.closing import NoSuchJob, NotClosable, close_job
 from router.dps.jobs import list_jobs
 from router.store.inbound import utcnow
 
@@ -26,6 +28,14 @@ class SwitchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(default="", max_length=1000, description="why (kept in the audit log)")
+
+
+class CloseIn(BaseModel):
+    """Closing a job: why is required (kept on the job and in the audit log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S", description="why")
 
 
 def channel_routes(engine: Engine) -> APIRouter:
@@ -72,7 +82,25 @@ def channel_routes(engine: Engine) -> APIRouter:
 
     @routes.get("/api/jobs", tags=["dps"])
     async def jobs(_: Principal = Depends(require_role("viewer"))) -> list[dict[str, Any]]:
-        """DPS handoff jobs, newest first, with their statistics."""
+        """DPS handoff jobs, newest first, with their statistics, their undelivered outputs
+        (deliveries failed for good, to resend) and, once closed, who closed them and why."""
         return jsonable(await asyncio.to_thread(list_jobs, store))
+
+    @routes.post("/api/jobs/{job_id}/close", tags=["dps"])
+    async def close(
+        job_id: str, body: CloseIn, actor: Principal = Depends(require_role("support"))
+    ) -> dict[str, Any]:
+        """Close a failed job nothing else will end (``failed_outputs``, ``failed_delivery``,
+        ``failed_results``), with an audit event: retention then treats it as settled. 404
+        for no such job, 409 for one in progress or finished."""
+        try:
+            closed = await asyncio.to_thread(
+                close_job, store, job_id, reason=body.reason, actor=actor.name
+            )
+        except NoSuchJob as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except NotClosable as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return jsonable(closed)
 
     return routes

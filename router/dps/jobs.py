@@ -11,6 +11,8 @@ job; one of the outputs (a CSV file, the summary email) failing for good after t
 completed makes it ``failed_outputs``, until the resends of the failed ones are sent.
 Whatever its status, a job also names each of its outputs that failed for good (a failure
 email too, which no status can show: ``undelivered``) until a resend of it is sent.
+Support may close a failed job nothing else will end (``CLOSABLE``, router/dps/closing.py):
+``closed`` is final, and results for it are ``filtered``.
 Every transition is checked here, against ``TRANSITIONS``; docs/dps-handoff.md
 draws the machine.
 """
@@ -47,20 +49,22 @@ RESULTS = ("completed", "failed_dps_validation", "failed_results")
 # Where a job may go from each status; a status not here is final.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "sent_to_dps": (*RESULTS, "failed_delivery"),
-    # DPS may send corrected results after unreadable ones.
-    "failed_results": RESULTS,
+    # DPS may send corrected results after unreadable ones; or support closes the job.
+    "failed_results": (*RESULTS, "closed"),
     # The file reached DPS after all: an operator resent the failed delivery.
-    "failed_delivery": RESULTS,
+    "failed_delivery": (*RESULTS, "closed"),
     # A CSV file or the summary email failed for good...
     "completed": ("failed_outputs",),
-    # ... and the resends of every failed one were sent.
-    "failed_outputs": ("completed",),
+    # ... and the resends of every failed one were sent (or support closed the job).
+    "failed_outputs": ("completed", "closed"),
 }
+# The failures only an operator ends, which support may close (router/dps/closing.py).
+CLOSABLE = tuple(s for s, to in TRANSITIONS.items() if "closed" in to)
 _FAILS_UNDELIVERED = [s for s, to in TRANSITIONS.items() if "failed_delivery" in to]
 # Finished with DPS's answer: more results are a duplicate.
 ANSWERED = ("completed", "failed_dps_validation", "failed_outputs")
 # Finished: only an output that fails for good moves the job again (retention's JOB_FINAL).
-FINAL = ("completed", "failed_validation", "failed_dps_validation")
+FINAL = ("completed", "failed_validation", "failed_dps_validation", "closed")
 _OUTPUT_PENDING = (*PENDING, HELD, "failed")
 # A GP file received again, the same, while its job is one of these is a duplicate: it is
 # with DPS, or DPS answered it. After a failure on the way (its name, its delivery, DPS's
@@ -108,6 +112,8 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
         return None
     if status not in RESULTS:
         return Refusal("error", f"job {job_id}: unknown status {status!r}")
+    if current == "closed":
+        return Refusal("filtered", f"job {job_id} was closed: {_closure(conn, job_id)}; not sent")
     if current is None:
         reason = f"no job {job_id}: results for a job tie never started; not sent"
         # Results that could not be read say why too: their MESH local id named the job.
@@ -125,6 +131,16 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
             reason = f"duplicate of {original[1]}: {reason}"
         return Refusal("filtered", reason, original[0] if original else None)
     return Refusal("error", f"job {job_id} is {current}: it never went to DPS; results not sent")
+
+
+def _closure(conn: Connection, job_id: str) -> str:
+    """Who closed the job, from which status, and why."""
+    job = conn.execute(
+        select(jobs.c.closed_from, jobs.c.closed_by, jobs.c.close_reason).where(
+            jobs.c.job_id == job_id
+        )
+    ).one()
+    return f"{job.closed_from}, closed by {job.closed_by}: {job.close_reason}"
 
 
 def _other_file(job: Any, record: dict[str, Any]) -> str | None:

@@ -6,9 +6,9 @@ filtered: never received, validating or error, which still need someone), none o
 deliveries is pending, held or failed, no ServiceRequest in the registry points at it (the
 registry is the requests' current state, not history) and the DPS job it started (keyed by
 its UUID) is not still in progress, nor has an output (a CSV file, the summary email)
-still to be sent. With it go its deliveries, their attempts and MESH records, its
-correlation keys and its flags, its finished DPS job, and each decided hold batch (with
-its approvals) none of whose deliveries is left. A later message reprocessed
+still to be sent, unless support closed it. With it go its deliveries, their attempts and
+MESH records, its correlation keys and its flags, its finished DPS job, and each decided
+hold batch (with its approvals) none of whose deliveries is left. A later message reprocessed
 from it, or recognised as its repeat, stays and loses only that link. The audit log is
 never touched: it keeps every reprocess, hold request, approval and release.
 """
@@ -67,7 +67,8 @@ def _removable(channel: str, before: datetime) -> ColumnElement[bool]:
     unfinished = exists().where(d.message_id == m.id, d.status.in_(UNFINISHED_DELIVERY))
     registered = exists().where(service_requests.c.message_id == m.id)
     job_running = exists().where(jobs.c.job_id == m.uuid, jobs.c.status.not_in(JOB_FINAL))
-    # A completed job whose results' outputs are still to be sent may yet fail them.
+    # A completed job whose results' outputs are still to be sent may yet fail them; a job
+    # support closed is settled whatever its outputs (their messages keep their own).
     outputs = deliveries.alias("outputs").c
     c = correlations.c
     outputs_unsent = exists().where(
@@ -75,6 +76,7 @@ def _removable(channel: str, before: datetime) -> ColumnElement[bool]:
         c.key == JOB_KEY,
         outputs.message_id == c.message_id,
         outputs.status.in_(UNFINISHED_DELIVERY),
+        ~exists().where(jobs.c.job_id == m.uuid, jobs.c.status == "closed"),
     )
     return (
         (m.channel == channel)

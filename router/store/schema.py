@@ -327,7 +327,7 @@ service_request_identifiers = Table(
 
 # DPS handoff jobs: one a GP extract, keyed by the intake message's UUID (router/dps/jobs.py).
 # A job in any other status is still in progress (router/dps/jobs.py FINAL).
-JOB_FINAL = ("completed", "failed_validation", "failed_dps_validation")
+JOB_FINAL = ("completed", "failed_validation", "failed_dps_validation", "closed")
 JOB_KEY = "dps_job"  # the correlation key of a job's messages: the job id
 jobs = Table(
     "jobs",
@@ -341,6 +341,11 @@ jobs = Table(
     Column("error", Text),
     # The job's outputs that failed for good, whatever its status (JSON; router/dps/jobs.py).
     Column("undelivered", Text),
+    # Closed by support (router/dps/closing.py): the status it had, who, when and why.
+    Column("closed_from", String(32)),
+    Column("closed_by", String(255)),
+    Column("closed_at", UtcDateTime()),
+    Column("close_reason", Text),
     Column("updated_at", UtcDateTime(), nullable=False),
     Index(None, "status", "received_at"),
     Index(None, "practice"),

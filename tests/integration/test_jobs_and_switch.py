@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -14,12 +15,14 @@ from tie_testing import RunningEngine, api_token, channel, engine_config, wait_u
 
 from router.cli import main
 from router.connectors import Delivery
+from router.dps.closing import close_job
 from router.dps.jobs import JobSender, apply, job_record, list_jobs, settled
 from router.engine import Engine
 from router.local_destinations import Refusal
 from router.store.database import Store
 from router.store.inbound import Inbound, utcnow, write_inbound
 from router.store.migrate import upgrade
+from router.store.retention import removable_ids
 from router.store.schema import (
     audit_events,
     channel_state,
@@ -339,3 +342,124 @@ def test_an_undelivered_output_is_named_on_its_job_until_a_resend_of_it_is_sent(
         assert (job["status"], job["undelivered"]) == ("failed_dps_validation", [])
     finally:
         store.dispose()
+
+
+def _cli(tmp_path, store_url: str) -> list[str]:
+    config = tmp_path / "engine.yaml"
+    (tmp_path / "channels").mkdir(exist_ok=True)
+    config.write_text(yaml.safe_dump({"store": store_url, "channels": "channels"}))
+    return ["--config", str(config)]
+
+
+def test_support_closes_only_a_failed_job_nothing_else_ends_and_later_results_are_filtered(
+    tmp_path, store_url, capsys, monkeypatch
+):
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    store = Store(store_url)
+    upgrade(store)
+    try:
+        with store.begin() as conn:
+            for job_id, step in (("s", None), ("f", "failed_results"), ("c", "completed")):
+                assert apply(conn, job_record(job_id, "sent_to_dps"), 1) is None
+                if step:
+                    assert apply(conn, job_record(job_id, step, error="line 2: bad"), 2) is None
+        cli = _cli(tmp_path, store_url)
+        capsys.readouterr()
+        close = [*cli, "jobs", "close"]
+        assert main([*close, "s", "--reason", "late", "--actor", "sam"]) == 1
+        assert "job s is sent_to_dps: only a " in capsys.readouterr().err
+        assert main([*close, "c", "--reason", "done", "--actor", "sam"]) == 1
+        assert "it is finished already" in capsys.readouterr().err
+        assert main([*close, "nope", "--reason", "x", "--actor", "sam"]) == 1
+        assert capsys.readouterr().err == "error: no job nope\n"
+        assert main([*close, "f", "--reason", " ", "--actor", "sam"]) == 1
+        assert "a reason is required" in capsys.readouterr().err
+
+        assert main([*close, "f", "--reason", "DPS will not answer", "--actor", "sam"]) == 0
+        assert capsys.readouterr().out == "job f closed (was failed_results)\n"
+        with store.begin() as conn:
+            later = apply(conn, job_record("f", "completed", statistics={}), 3)
+        assert later == Refusal(
+            "filtered",
+            "job f was closed: failed_results, closed by sam: DPS will not answer; not sent",
+        )
+        found = {j["job_id"]: j for j in list_jobs(store)}
+        assert [found[j]["status"] for j in "sfc"] == ["sent_to_dps", "closed", "completed"]
+        assert found["f"]["error"] == "line 2: bad", "why it failed stays"
+        with store.read() as conn:
+            events = conn.execute(select(audit_events.c.actor, audit_events.c.action)).all()
+        assert [tuple(e) for e in events] == [("sam", "job.close")], "refusals record nothing"
+        assert main([*cli, "jobs"]) == 0
+        (line,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith("f ")]
+        assert "closed by sam: DPS will not answer" in line
+    finally:
+        store.dispose()
+
+
+def test_a_closed_job_lets_retention_remove_its_intake_while_a_failed_output_keeps_its_own(
+    store_url,
+):
+    """Closing settles the job, not its deliveries: a failed one keeps its message."""
+    store = Store(store_url)
+    upgrade(store)
+    later = utcnow() + timedelta(days=2)
+    try:
+        with store.begin() as conn:
+            results, delivery = _results_with_failure_email(conn, "x")
+            conn.execute(update(jobs).values(status="failed_outputs"))
+            intake = conn.execute(
+                messages.insert().values(
+                    uuid="x",
+                    channel="gp-extract-intake",
+                    received_at=utcnow(),
+                    status="processed",
+                    content_type="text/plain",
+                    size=1,
+                    raw=b"x",
+                )
+            ).inserted_primary_key[0]
+            newest = {"channel": "other", "status": "processed", "content_type": "text/plain"}
+            conn.execute(
+                messages.insert().values(uuid="n", received_at=utcnow(), size=1, raw=b"x", **newest)
+            )
+        _settle(store, "failed", "550 no such mailbox", **delivery)
+        with store.read() as conn:
+            assert removable_ids(conn, "gp-extract-intake", later, 10) == []
+        close_job(store, "x", reason="practice told by phone", actor="sam")
+        with store.read() as conn:
+            assert removable_ids(conn, "gp-extract-intake", later, 10) == [intake]
+            assert removable_ids(conn, "dps-results", later, 10) == [], f"{results} keeps"
+    finally:
+        store.dispose()
+
+
+def test_closing_a_job_over_the_api_needs_support_and_a_reason(tmp_path, store_url):
+    api_token(store_url, "support", token=TOKEN)
+    store = Store(store_url)
+    try:
+        with store.begin() as conn:
+            assert apply(conn, job_record("d", "sent_to_dps"), 1) is None
+            conn.execute(update(jobs).values(status="failed_delivery"))
+    finally:
+        store.dispose()
+    running = RunningEngine(engine_config(tmp_path, store_url), {}, http=True)
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{running.http_port}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    try:
+        assert client.post("/api/jobs/d/close", json={"reason": " "}).status_code == 422
+        assert client.post("/api/jobs/d/close", json={}).status_code == 422
+        assert client.post("/api/jobs/nope/close", json={"reason": "x"}).status_code == 404
+        answer = client.post("/api/jobs/d/close", json={"reason": "GP sent a new file"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["closed_from"] == "failed_delivery"
+        assert answer.json()["closed_by"] == "operator"
+        again = client.post("/api/jobs/d/close", json={"reason": "twice"})
+        assert again.status_code == 409 and "job d is closed" in again.json()["detail"]
+        (job,) = client.get("/api/jobs").json()
+        assert (job["status"], job["close_reason"]) == ("closed", "GP sent a new file")
+    finally:
+        client.close()
+        running.stop()

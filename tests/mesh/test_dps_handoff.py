@@ -22,11 +22,12 @@ from tie_testing import RunningEngine, engine_config, wait_until
 from router.channel_control import set_paused
 from router.config import load_channel
 from router.config.channel import RetentionPolicy
+from router.dps.closing import close_job
 from router.dps.filename import PROCESSING_DATE_ENV
 from router.dps.jobs import list_jobs
 from router.replay import resend
 from router.retention import Pruner
-from router.store.schema import correlations, deliveries, messages
+from router.store.schema import audit_events, correlations, deliveries, messages
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "dps-handoff" / "channels"
@@ -960,5 +961,51 @@ def test_a_late_report_for_a_file_whose_job_retention_removed_is_an_error_with_t
             " collected by recipient"
         )
         assert report["keys"] == []
+    finally:
+        running.stop()
+
+
+def _intake_kept(store, job_id: str) -> bool:
+    with store.read() as conn:
+        return conn.scalar(select(messages.c.id).where(messages.c.uuid == job_id)) is not None
+
+
+def test_a_job_failed_by_a_late_report_is_closed_by_support_and_retention_then_settles_it(
+    tmp_path, store_url, mesh_sandbox, relay
+):
+    """The CSV file's delivery is gone, so no resend can bring the job back to completed:
+    without a close it would stay failed_outputs, and its intake message kept, for ever."""
+    running = _engine(tmp_path, store_url, mesh_sandbox, relay)
+    try:
+        job, _ = _completed_job_then_a_newer_message(running, mesh_sandbox)
+        _prune(running, "dps-results")
+        with mesh_sandbox.client(PCSE) as pcse:
+            first = pcse.retrieve_message(pcse.list_messages()[0])
+        mesh_sandbox.report(HUB, first.message_id, "14", "Not collected", first.local_id)
+        failed = wait_until(lambda: _job_in(running.store, "failed_outputs"), timeout=30)
+        _prune(running, "gp-extract-intake")
+        assert _intake_kept(running.store, job["job_id"]), "kept while failed_outputs"
+
+        closed = close_job(
+            running.store, job["job_id"], reason="CSV sent to PCSE from the archive", actor="sam"
+        )
+        assert closed["status"] == "closed"
+        (listed,) = [j for j in list_jobs(running.store) if j["job_id"] == job["job_id"]]
+        assert listed["closed_from"] == "failed_outputs"
+        assert (listed["closed_by"], listed["close_reason"]) == (
+            "sam",
+            "CSV sent to PCSE from the archive",
+        )
+        assert listed["error"] == failed["error"], "why it failed stays"
+        with running.store.read() as conn:
+            event = conn.execute(
+                select(audit_events).where(audit_events.c.action == "job.close")
+            ).one()
+        assert (event.actor, event.target) == ("sam", f"job:{job['job_id']}")
+        assert json.loads(event.details)["reason"] == "CSV sent to PCSE from the archive"
+
+        _prune(running, "gp-extract-intake")
+        assert not _intake_kept(running.store, job["job_id"]), "settled: retention removes it"
+        assert all(j["job_id"] != job["job_id"] for j in list_jobs(running.store))
     finally:
         running.stop()
