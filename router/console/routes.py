@@ -11,6 +11,7 @@ from router.console.approvals import approval_routes
 from router.console.audit_log import audit_routes
 from router.console.dashboard import dashboard_routes
 from router.console.errors import install as install_error_pages
+from router.console.jobs import job_routes
 from router.console.messages import message_routes
 from router.console.replays import replay_routes
 from router.console.templating import STATIC
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 def console_routes(engine: Engine) -> APIRouter:
     routes = APIRouter(include_in_schema=False)
-    for part in (dashboard_routes, message_routes, replay_routes, approval_routes, audit_routes):
+    parts = (dashboard_routes, message_routes, replay_routes, approval_routes, audit_routes)
+    for part in (*parts, job_routes):
         routes.include_router(part(engine))
     return routes
 

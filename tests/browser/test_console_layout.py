@@ -34,7 +34,7 @@ def test_every_page_fits_a_window_800_px_wide(site, signed_in, hl7_samples):
     page = signed_in("sam")
     page.set_viewport_size({"width": 800, "height": 800})
 
-    for path in ("/", "/messages", "/approvals", "/audit"):
+    for path in ("/", "/messages", "/approvals", "/audit", "/jobs"):
         page.goto(path)
         assert _width(page) <= 800, path
     page.goto("/messages?control_id=NARROW-1")

@@ -533,3 +533,47 @@ def _textarea(page: str) -> str:
     found = re.search(r'<textarea name="text"[^>]*>(.*?)</textarea>', page, re.S)
     assert found, page
     return html.unescape(found.group(1))
+
+
+def test_the_jobs_page_names_undelivered_outputs_and_support_closes_a_failed_job(site):
+    """A failure email refused shows on its job whatever the status; closing needs support,
+    a reason, and a closable status, and is audited."""
+    from router.store.inbound import utcnow
+    from router.store.schema import jobs
+
+    undelivered = [
+        {"delivery_id": 7, "destination": "failure-email", "error": "550 5.1.1 no such mailbox"}
+    ]
+    with site.running.store.begin() as conn:
+        for job_id, job_status in (("job-v", "failed_dps_validation"), ("job-o", "failed_outputs")):
+            marks = json.dumps([{**undelivered[0], "original": 7}]) if job_id == "job-v" else None
+            conn.execute(
+                jobs.insert().values(
+                    job_id=job_id, status=job_status, undelivered=marks, updated_at=utcnow()
+                )
+            )
+    viewer, support = sign_in(site.url, "vic"), sign_in(site.url, "sam")
+    page = viewer.get("/jobs")
+    assert page.status_code == 200
+    assert "failure-email #7" in page.text and "550 5.1.1 no such mailbox" in page.text
+    assert "/jobs/job-o/close" not in page.text, "a viewer is not offered the close"
+    assert viewer.post("/jobs/job-o/close", data={"reason": "x"}).status_code == 403
+
+    page = support.get("/jobs")
+    assert "/jobs/job-o/close" in page.text and "/jobs/job-v/close" not in page.text
+    token = csrf_of(page.text)
+    refused = support.post("/jobs/job-v/close", data={"reason": "x", "csrf_token": token})
+    assert refused.status_code == 409
+    assert "Job job-v is failed_dps_validation" in html.unescape(refused.text)
+    empty = support.post("/jobs/job-o/close", data={"reason": " ", "csrf_token": token})
+    assert empty.status_code == 400
+    closed = support.post(
+        "/jobs/job-o/close", data={"reason": "CSV sent from the archive", "csrf_token": token}
+    )
+    assert closed.status_code == 303 and closed.headers["location"] == "/jobs?closed=1"
+    page = support.get("/jobs?closed=1")
+    assert "The job is closed." in page.text
+    assert "closed by sam: CSV sent from the archive" in page.text
+    assert _details(site, "job.close") == [
+        ("sam", {"reason": "CSV sent from the archive", "from": "failed_outputs", "error": None})
+    ]
