@@ -15,8 +15,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from router.store.database import driver_reason, is_connection_problem
-from router.store.ingest import REMIND_EVERY, StoreUnavailable
+from router.store.database import StoreUnavailable, driver_reason, is_connection_problem
+
+# How often an outage already logged is told again, with its count.
+REMIND_EVERY = 300.0
 
 
 def is_store_outage(exc: BaseException) -> bool:

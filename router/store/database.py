@@ -234,6 +234,10 @@ def _connect_timeout(url: str) -> dict[str, Any]:
     return {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT}
 
 
+class StoreUnavailable(Exception):
+    """The store could not commit; the sender must get a negative answer and retry."""
+
+
 def is_connection_problem(error: BaseException) -> bool:
     """Whether ``error`` is the store refusing, dropping or failing a connection or a commit
     (PostgreSQL down, a full disk), which retrying later cures, rather than a bug."""

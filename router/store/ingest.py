@@ -45,14 +45,13 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Connection
 
 from router import metrics
+from router.outage_log import OutageLog
 from router.store.answers import answer, resolve
-from router.store.database import Store, driver_reason, is_connection_problem, savepoint
+from router.store.database import Store, StoreUnavailable, is_connection_problem, savepoint
 from router.store.inbound import Inbound, Receipt, release_validated, write_inbound
 from router.store.settled import hold_back, unsettle
 
 log = logging.getLogger(__name__)
-# How often a store outage the writer logged is told again with its count.
-REMIND_EVERY = 300.0
 _STOP = object()
 T = TypeVar("T")
 DestinationKey = tuple[str, str]
@@ -72,10 +71,6 @@ class Settler(Protocol):
 # Called after each commit that stored messages: the destinations given queued deliveries,
 # and whether some message was left ``received`` for the processor.
 CommitHook = Callable[[set[DestinationKey], bool], None]
-
-
-class StoreUnavailable(Exception):
-    """The store could not commit; the sender must get a negative answer and retry."""
 
 
 @dataclass(slots=True)
@@ -173,9 +168,10 @@ class GroupCommitWriter:
         # Whether the last commit failed. A store that answers reads but takes no writes
         # (disk full, a read-only file) answers /health's SELECT 1: this is what says so.
         self.failing = False
-        self._failing_since: float | None = None  # the store outage the log told of
-        self._reminded_at = 0.0
-        self._failed_commits = 0
+        # A store that cannot commit (down, full) is logged when it starts, with a count
+        # every few minutes and when it ends: senders retrying at once after their AE made
+        # a multi-line entry each, some 80,000 lines a minute from one sender.
+        self._outage = OutageLog(log, "store commit")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tie-ingest", daemon=True)
@@ -342,12 +338,15 @@ class GroupCommitWriter:
                 self._close(broken=True)  # the next batch opens a new connection
                 raise
             flushed = time.perf_counter() - committing
-            self._commits_again()
+            self._outage.succeeded()
             self.failing = False
             results: list[Receipt | BaseException] = list(work.receipts)
             done, released = work.done, work.released
         except Exception as exc:
-            self._commit_failed(work, exc)
+            if is_connection_problem(exc):
+                self._outage.failed(exc)
+            else:
+                log.error("store commit failed for %s: %s", _described(work), exc)
             self.failing = True
             error = StoreUnavailable(f"store unavailable: {type(exc).__name__}")
             results, done = [error] * len(work.pending), [error] * len(work.jobs)
@@ -358,42 +357,6 @@ class GroupCommitWriter:
         if flushed is not None:  # measured after the waiters are answered, not before
             _observe(flushed, len(work.pending) + len(work.releases))
         return stop
-
-    def _commit_failed(self, work: _Round, exc: Exception) -> None:
-        """A store that cannot commit (down, full) is logged when it starts, with a count
-        every few minutes and when it ends: senders retrying at once after their AE made
-        a multi-line entry each, some 80,000 lines a minute from one sender. Any other
-        failure is logged each time."""
-        if not is_connection_problem(exc):
-            log.error("store commit failed for %s: %s", _described(work), exc)
-            return
-        now = time.monotonic()
-        self._failed_commits += 1
-        if self._failing_since is None:
-            self._failing_since = self._reminded_at = now
-            log.error(
-                "store commit failed for %s: %s; further failures are counted until a commit works",
-                _described(work),
-                driver_reason(exc),
-            )
-        elif now - self._reminded_at >= REMIND_EVERY:
-            self._reminded_at = now
-            log.error(
-                "store commits still failing after %d s (%d failed commit(s)): %s",
-                now - self._failing_since,
-                self._failed_commits,
-                driver_reason(exc),
-            )
-
-    def _commits_again(self) -> None:
-        if self._failing_since is not None:
-            log.info(
-                "store commits again after %d s (%d failed commit(s))",
-                time.monotonic() - self._failing_since,
-                self._failed_commits,
-            )
-            self._failing_since = None
-            self._failed_commits = 0
 
     def _finish(
         self,

@@ -286,11 +286,11 @@ def test_a_store_down_while_senders_retry_is_logged_when_it_starts_and_ends(
     assert logged == [
         (
             "ERROR",
-            "store commit failed for 1 message(s): store unavailable: OperationalError: "
+            "store commit failed: store unavailable: OperationalError: "
             'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
-            "Connection refused; further failures are counted until a commit works",
+            "Connection refused; retrying quietly until the store commits again",
         ),
-        ("INFO", "store commits again after 0 s (50 failed commit(s))"),
+        ("INFO", "store commit works again: the store commits (after 0 s, 50 failed round(s))"),
     ]
 
 
