@@ -12,7 +12,6 @@ import contextlib
 import errno
 import logging
 import os
-import ssl
 import time
 from collections.abc import Awaitable, Hashable
 from typing import Protocol, cast
@@ -21,6 +20,7 @@ from router import metrics
 from router.config import ChannelConfig
 from router.connectors.hl7_inbound import hl7_inbound
 from router.connectors.mllp.framing import FrameBuffer, FrameTooLarge, frame
+from router.connectors.mllp.handshakes import HandshakeFailures
 from router.connectors.mllp.idle import IdleWatch
 from router.connectors.mllp.tls import ServerCertificates, TlsFileError
 from router.connectors.mllp.tls_server import TlsServer
@@ -57,7 +57,6 @@ class MllpListener:
         self._connections: set[_Connection] = set()
         self._window = channel.idempotent.window if channel.idempotent else None
         self._latency = metrics.ACK_LATENCY.labels(channel.name, "mllp")
-        self._failed_handshakes = metrics.TLS_HANDSHAKE_FAILURES.labels(channel.name)
         self.tls: ServerCertificates | None = None
         # A peer's badly framed input, once per host and kind every few minutes.
         self.peer_problems = RepeatLog(log)
@@ -98,7 +97,7 @@ class MllpListener:
                     lambda: _Connection(self),
                     self.tls.current,
                     min(self.options.idle_timeout, HANDSHAKE_TIMEOUT),
-                    self._handshake_failed,
+                    HandshakeFailures(self.channel.name, self.peer_problems).report,
                     max_pending=self.options.max_connections,
                 )
         except OSError as exc:
@@ -123,31 +122,6 @@ class MllpListener:
             await asyncio.gather(*pending, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
-
-    def _handshake_failed(self, peer: str, exc: BaseException) -> None:
-        """A failed handshake is counted, and logged with its peer and reason (no traceback)
-        once per host and reason every few minutes: a scanner or a misconfigured sender
-        retrying in a loop must not fill the log, nor stop the listener. A peer that hangs
-        up first is a port probe or a load balancer's health check: noted, not counted."""
-        channel = self.channel.name
-        host = peer.rsplit(":", 1)[0]
-        if isinstance(exc, ConnectionError):
-            self.peer_problems.info(
-                (host, "closed before TLS"),
-                "channel %s: %s closed the connection before the TLS handshake",
-                channel,
-                peer,
-            )
-            return
-        self._failed_handshakes.inc()
-        reason = _handshake_reason(exc)
-        self.peer_problems.warning(
-            (host, f"TLS: {reason}"),
-            "channel %s: TLS handshake with %s failed: %s",
-            channel,
-            peer,
-            reason,
-        )
 
     def _admit(self, connection: _Connection) -> bool:
         """Count a new connection in, unless there are ``max_connections`` already."""
@@ -500,17 +474,6 @@ def _missing_field(header: MshHeader | None) -> str:
     if not header.control_id:
         return "MSH^1^10"
     return ""
-
-
-def _handshake_reason(exc: BaseException) -> str:
-    """What went wrong, in OpenSSL's words where it has them."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"client certificate not accepted: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
-    if isinstance(exc, TimeoutError):
-        return "no TLS handshake in time"
-    return str(exc) or type(exc).__name__
 
 
 def _kind(lost: str) -> str:
