@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 
 import uvicorn
 from sqlalchemy import Connection, select
@@ -39,7 +40,7 @@ from router.dispatch import Dispatcher
 from router.dps import jobs
 from router.dps.jobs import JobSender
 from router.gateway import Gateway
-from router.governance.deploy import startup_channels
+from router.governance.deploy import revision_numbers, startup_channels
 from router.governance.reload import Reloader, ReloadResult, reload_files
 from router.governance.watcher import RevisionWatcher
 from router.local_destinations import Local
@@ -86,16 +87,28 @@ def compile_channels(
     return compiled
 
 
+def numbered(
+    channels: dict[str, CompiledChannel], revisions: dict[str, int]
+) -> dict[str, CompiledChannel]:
+    """``channels`` with the revision each was compiled from (recorded on its messages)."""
+    return {
+        name: replace(c, revision=revisions[name]) if name in revisions else c
+        for name, c in channels.items()
+    }
+
+
 class Engine:
     """Everything ``run.py serve`` runs, in one asyncio loop plus two store threads."""
 
     def __init__(self, config: EngineConfig, channels: dict[str, ChannelConfig] | None = None):
         self.config = config
         self.store = open_store(config)
+        revisions: dict[str, int] = {}
         if channels is None:
             # Open: the channel files. Governed: the approved revisions in the store.
             channels = startup_channels(self.store, config)
-        self.channels = compile_channels(config, channels)
+            revisions = revision_numbers(self.store, config, channels)
+        self.channels = numbered(compile_channels(config, channels), revisions)
         self.writer = GroupCommitWriter(self.store, on_commit=self._committed)
         # SQLite commits one transaction at a time, each with its fsync: the processor's and
         # the dispatcher's writes join ingest's group commits. PostgreSQL runs them side by

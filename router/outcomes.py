@@ -36,11 +36,17 @@ _m = messages.c
 _SETTLE = (
     update(messages)
     .where(_m.id.in_(bindparam("ids", expanding=True)), _m.status == "received")
-    .values(status=bindparam("outcome"), error=bindparam("reason"), processed_at=bindparam("now"))
+    .values(
+        status=bindparam("outcome"),
+        error=bindparam("reason"),
+        processed_at=bindparam("now"),
+        revision=bindparam("revision"),
+    )
     .returning(_m.id)
 )
 _SETTLE_SQL = (
-    "UPDATE messages SET status = ?, error = ?, processed_at = ? WHERE status = 'received'"
+    "UPDATE messages SET status = ?, error = ?, processed_at = ?, revision = ?"
+    " WHERE status = 'received'"
 )
 _INSERT_FLAGS = message_flags.insert()
 
@@ -151,21 +157,26 @@ def _settle(
 ) -> list[tuple[Any, Outcome]]:
     """Set each message's outcome if it is still ``received``; the outcomes that were set.
 
-    One UPDATE per distinct status and reason (usually one for the whole batch). The
+    One UPDATE per distinct status, reason and revision (usually one for the whole batch). The
     ``received`` check skips a message another processor settled meanwhile: SQLite reads
     the batch outside the write lock, PostgreSQL has the rows locked already.
     """
-    groups: dict[tuple[str, str | None], list[int]] = {}
+    groups: dict[tuple[str, str | None, int | None], list[int]] = {}
     for row, outcome in outcomes:
-        groups.setdefault((outcome.status, outcome.reason), []).append(row.id)
+        groups.setdefault((outcome.status, outcome.reason, outcome.revision), []).append(row.id)
     done: set[int] = set()
-    for (status, reason), ids in groups.items():
-        done.update(_settle_ids(conn, ids, status, reason, now))
+    for (status, reason, revision), ids in groups.items():
+        done.update(_settle_ids(conn, ids, status, reason, revision, now))
     return [(row, outcome) for row, outcome in outcomes if row.id in done]
 
 
 def _settle_ids(
-    conn: Connection, ids: list[int], status: str, reason: str | None, now: datetime
+    conn: Connection,
+    ids: list[int],
+    status: str,
+    reason: str | None,
+    revision: int | None,
+    now: datetime,
 ) -> list[int]:
     """One settle UPDATE, straight through the driver on SQLite and PostgreSQL: SQLAlchemy
     compiles the expanding ``IN`` list for every batch size, which cost more than the update."""
@@ -174,15 +185,16 @@ def _settle_ids(
         marks = ", ".join("?" * len(ids))
         sql = f"{_SETTLE_SQL} AND id IN ({marks}) RETURNING id"
         when = driver_time("sqlite", now)
-        return [r[0] for r in driver.execute(sql, (status, reason, when, *ids)).fetchall()]
+        params = (status, reason, when, revision, *ids)
+        return [r[0] for r in driver.execute(sql, params).fetchall()]
     if conn.dialect.name == "postgresql":
         with driver.cursor() as cursor:
             cursor.execute(
                 f"{_SETTLE_SQL.replace('?', '%s')} AND id = ANY(%s) RETURNING id",
-                (status, reason, now, ids),
+                (status, reason, now, revision, ids),
             )
             return [r[0] for r in cursor.fetchall()]
-    params = {"ids": ids, "outcome": status, "reason": reason, "now": now}
+    params = {"ids": ids, "outcome": status, "reason": reason, "now": now, "revision": revision}
     return list(conn.scalars(_SETTLE, params))
 
 

@@ -52,6 +52,9 @@ class CompiledChannel:
     transform: mappings.Mapping | None
     routes: tuple[Route, ...]
     resolve: Resolver | None = None
+    # The channel revision this was compiled from (channel_revisions.number), recorded on
+    # every message it settles; None where none is known (channel tests, a bare compile).
+    revision: int | None = None
 
     @property
     def name(self) -> str:
@@ -127,6 +130,7 @@ class Outcome:
     deliveries: list[PlannedDelivery] = field(default_factory=list)
     correlations: list[tuple[str, str]] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    revision: int | None = None  # the channel revision that decided it (CompiledChannel)
 
 
 def process(channel: CompiledChannel, message: Message) -> Outcome:
@@ -140,6 +144,7 @@ def process(channel: CompiledChannel, message: Message) -> Outcome:
             "error", traceback.format_exc(limit=20), correlations=message.correlations
         )
     outcome.flags = list(message.flags)
+    outcome.revision = channel.revision
     return outcome
 
 

@@ -245,6 +245,9 @@ def _print_detail(d: dict[str, Any]) -> None:
     ):
         if d.get(key) is not None:
             _say(f"  {key:<13} {d[key]}")
+    if d.get("revision") is not None:
+        # Which configuration settled it: run.py channel revisions CHANNEL shows its text.
+        _say(f"  {'revision':<13} {d['channel']} #{d['revision']}")
     _say("\n--- raw ---")
     _say(_content_text(d).replace("\r", "\n").rstrip())
     if d["raw_truncated"]:

@@ -80,6 +80,26 @@ def running_channels(store: Store, config: EngineConfig) -> dict[str, ChannelCon
     return load_channels(config.channels)
 
 
+def revision_numbers(
+    store: Store, config: EngineConfig, channels: dict[str, ChannelConfig]
+) -> dict[str, int]:
+    """The running revision's number of each of ``channels`` whose configuration it is: what
+    the engine records on the messages those channels settle. A channel started from an
+    older revision (its running one cannot run) or from a file not recorded has none."""
+    numbers = {}
+    for name, text in running_texts(store).items():
+        channel = channels.get(name)
+        if channel is None:
+            continue
+        try:
+            stored = channel_from_text(text.yaml, channel_file(config.channels, name))
+        except ConfigError:
+            continue
+        if stored == channel:
+            numbers[name] = text.number
+    return numbers
+
+
 def file_texts(config: EngineConfig) -> dict[str, str]:
     """The text of every channel file, by channel name; each must be a valid channel."""
     load_channels(config.channels)  # the same checks as an open-mode start, all problems at once

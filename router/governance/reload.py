@@ -47,10 +47,15 @@ class Reloader:
         self._engine = engine
         self._lock = asyncio.Lock()
 
-    async def apply(self, wanted: dict[str, ChannelConfig]) -> ReloadResult:
+    async def apply(
+        self, wanted: dict[str, ChannelConfig], revisions: dict[str, int] | None = None
+    ) -> ReloadResult:
         """Make the engine run ``wanted`` (channels not named keep running as they are;
-        a channel named with ``enabled: false`` stops). A ConfigError leaves all as it was."""
-        from router.engine import compile_channels
+        a channel named with ``enabled: false`` stops), each as the revision ``revisions``
+        gives it: an unchanged channel takes its new number too (a rollback to the same
+        text), so a message records the revision that settled it. A ConfigError leaves all
+        as it was."""
+        from router.engine import compile_channels, numbered
 
         engine = self._engine
         async with self._lock:
@@ -67,7 +72,16 @@ class Reloader:
                 elif config != current[name]:
                     result.changed.append(name)
                     fresh[name] = config
+            revisions = revisions or {}
+            renumbered = {
+                name: c
+                for name, c in engine.channels.items()
+                if name in revisions and name not in fresh and c.revision != revisions[name]
+            }
             if not result.touched:
+                if renumbered:
+                    engine.channels = {**engine.channels, **numbered(renumbered, revisions)}
+                    engine.processor.use(engine.channels)
                 return result
             compiled = engine.gateway.attach(
                 await asyncio.to_thread(compile_channels, engine.config, fresh)
@@ -75,7 +89,7 @@ class Reloader:
             channels = {
                 name: c for name, c in engine.channels.items() if name not in result.removed
             }
-            channels.update(compiled)
+            channels.update(numbered({**renumbered, **compiled}, revisions))
             old = engine.channels
             engine.channels = channels
             engine.processor.use(channels)

@@ -88,7 +88,8 @@ class RevisionWatcher:
             except ConfigError as exc:
                 await asyncio.to_thread(self._failed, text, exc, actor)
         try:
-            result = await self._engine.reloader.apply(wanted)
+            numbers = {name: fresh[name].number for name in wanted}
+            result = await self._engine.reloader.apply(wanted, numbers)
         except ConfigError as exc:
             log.error("cannot deploy channel revision(s); keeping the running ones:\n%s", exc)
             return ReloadResult()

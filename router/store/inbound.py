@@ -34,7 +34,10 @@ _RELEASE = (
     messages.update()
     .where(messages.c.uuid == bindparam("b_uuid"), messages.c.status == VALIDATING)
     .values(
-        status=bindparam("b_status"), error=bindparam("b_error"), processed_at=bindparam("b_at")
+        status=bindparam("b_status"),
+        error=bindparam("b_error"),
+        processed_at=bindparam("b_at"),
+        revision=bindparam("b_revision"),
     )
 )
 
@@ -129,6 +132,7 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
         row.update(
             status="filtered",
             processed_at=now,
+            revision=None,
             ack=original_ack,
             error=f"duplicate of {original_uuid}: MSH-10 {item.control_id!r} "
             f"from {item.sender or 'unknown sender'} already received",
@@ -208,6 +212,7 @@ def _row(item: Inbound, now: datetime) -> dict[str, Any]:
         "processed_at": processed_at,
         "duplicate_of": None,
         "origin_delivery_id": item.origin_delivery_id,
+        "revision": outcome.revision if outcome is not None else None,
     }
 
 
@@ -224,6 +229,7 @@ def release_validated(conn: Connection, items: list[Inbound]) -> list[bool]:
             "b_status": status,
             "b_error": error,
             "b_at": None if status == "received" else now,
+            "b_revision": outcome.revision if outcome else None,
             "b_uuid": item.uuid,
         }
         released = conn.execute(_RELEASE, params).rowcount == 1

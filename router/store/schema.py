@@ -91,6 +91,10 @@ messages = Table(
     Column("reprocessed_from", Id, ForeignKey("messages.id")),
     Column("duplicate_of", Id, ForeignKey("messages.id")),
     Column("origin_delivery_id", Id),
+    # The channel revision (channel_revisions.number) whose pipeline settled the message:
+    # which configuration, and so which mapping code, made its outcome (null: not yet, or
+    # settled before revisions were recorded on messages).
+    Column("revision", Integer),
     Index(None, "channel", "status", "received_at"),
     Index(None, "received_at"),
     # MSH-10 first: one index serves the search by control id and the idempotent

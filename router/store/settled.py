@@ -67,7 +67,7 @@ def unsettle(conn: Connection, items: list[Inbound]) -> None:
     conn.execute(
         messages.update()
         .where(messages.c.uuid.in_([i.uuid for i in items]))
-        .values(status="received", error=None, processed_at=None)
+        .values(status="received", error=None, processed_at=None, revision=None)
     )
     for item in items:
         item.outcome = None

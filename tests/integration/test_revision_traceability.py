@@ -1,0 +1,74 @@
+"""Which channel revision settled a message, against a running governed engine over MLLP.
+
+Support and auditors ask which configuration (and so which mapping code) transformed a
+message: each message records the revision whose compiled pipeline decided it, before
+and after an approved change and after a rollback to the same text, on the path that
+decides on receipt (conditions only) and on the processor's (a mapping).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+from test_governance_engine import OML, channel_file, send, start
+from tie_testing import Hl7Receiver, hl7_message, wait_until
+
+from router import governance
+from router.cli import main
+from router.store.schema import messages
+
+MAPPING = "def same(message):\n    return message.raw\n"
+
+
+@pytest.fixture
+def lab() -> Iterator[Hl7Receiver]:
+    receiver = Hl7Receiver()
+    yield receiver
+    receiver.stop()
+
+
+def revisions_by_control_id(running) -> dict[str, int | None]:
+    with running.store.read() as conn:
+        rows = conn.execute(select(messages.c.control_id, messages.c.revision, messages.c.status))
+        return {r.control_id: r.revision for r in rows if r.status != "received"}
+
+
+@pytest.mark.parametrize("transform", ["", "transform: tag:same\n"], ids=["declarative", "mapping"])
+def test_each_message_records_the_revision_that_settled_it(
+    tmp_path, store_url, lab, hl7_samples, transform, capsys, monkeypatch
+):
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "tag.py").write_text(MAPPING)
+    first = channel_file(lab.port, "OML") + transform
+    running = start(tmp_path, store_url, first)
+    try:
+        store, config = running.store, running.engine.config
+        send(running, hl7_message(hl7_samples[OML], "REV-1"))
+        wait_until(lambda: "REV-1" in revisions_by_control_id(running))
+
+        second = channel_file(lab.port, "ORU") + transform
+        governance.propose(store, config, "orders", second, actor="erin", reason="results")
+        governance.approve(store, config, "orders", 2, actor="ada")
+        running.engine.watcher.wake()
+        wait_until(lambda: governance.get_revision(store, "orders", 2).state == "deployed")
+        send(running, hl7_message(hl7_samples[OML], "REV-2"))
+        wait_until(lambda: "REV-2" in revisions_by_control_id(running))
+
+        governance.rollback(store, config, "orders", 1, actor="erin", reason="back")
+        governance.approve(store, config, "orders", 3, actor="ada")
+        running.engine.watcher.wake()
+        wait_until(lambda: governance.get_revision(store, "orders", 3).state == "deployed")
+        send(running, hl7_message(hl7_samples[OML], "REV-3"))
+        wait_until(lambda: "REV-3" in revisions_by_control_id(running))
+
+        assert revisions_by_control_id(running) == {"REV-1": 1, "REV-2": 2, "REV-3": 3}
+        with store.read() as conn:
+            first_id = conn.scalar(select(messages.c.id).where(messages.c.control_id == "REV-1"))
+    finally:
+        running.stop()
+    capsys.readouterr()
+    monkeypatch.setenv("TIE_STORE", store_url)
+    assert main(["show", str(first_id), "--actor", "sam"]) == 0
+    assert "revision      orders #1" in capsys.readouterr().out
