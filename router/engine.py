@@ -40,6 +40,7 @@ from router.dispatch import Dispatcher
 from router.dps import jobs
 from router.dps.jobs import JobSender
 from router.gateway import Gateway
+from router.governance import mapping_code
 from router.governance.deploy import revision_numbers, startup_channels
 from router.governance.reload import Reloader, ReloadResult, reload_files
 from router.governance.watcher import RevisionWatcher
@@ -66,12 +67,14 @@ def compile_channels(
     ``check`` does: enabling one later must not stop the start); a mapping that fails is a
     ConfigError naming it."""
     mappings.mount(config.mappings)
+    mappings.forget()  # compile against the mapping code as it is now, never a stale import
     compiled, problems = {}, []
     for name, channel in channels.items():
         if not (channel.enabled or disabled):
             continue
         try:
-            compiled[name] = compile_channel(channel)
+            code = mapping_code.digest(mapping_code.sources(config.mappings, channel))
+            compiled[name] = replace(compile_channel(channel), mappings_sha256=code)
         except mappings.MappingError as exc:
             problems.append(
                 ConfigProblem(str(channel_file(config.channels, name)), exc.key, str(exc))

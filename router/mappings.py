@@ -41,6 +41,15 @@ def mount(directory: Path) -> None:
     sys.modules[PACKAGE] = package
 
 
+def forget() -> None:
+    """Drop the imported mapping modules, so that the next ``load`` reads the files as they
+    are now. Channels compiled before keep the functions they hold: each runs the code it
+    was compiled with until it is compiled again."""
+    for name in [n for n in sys.modules if n.startswith(PACKAGE + ".")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
 def load(reference: str, key: str = "transform") -> Mapping:
     """The function named by ``module:function``; the folder must be mounted first."""
     module_name, _, function_name = reference.partition(":")

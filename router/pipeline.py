@@ -55,6 +55,8 @@ class CompiledChannel:
     # The channel revision this was compiled from (channel_revisions.number), recorded on
     # every message it settles; None where none is known (channel tests, a bare compile).
     revision: int | None = None
+    # The digest of the mapping code it loaded (router/governance/mapping_code.py).
+    mappings_sha256: str | None = None
 
     @property
     def name(self) -> str:

@@ -10,6 +10,7 @@ channel's last changer is known (the hold rules need it).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,15 @@ from sqlalchemy import Connection, exists, func, select, update
 from router import audit
 from router.config import ChannelConfig, ConfigError, EngineConfig, channel_file, load_channels
 from router.config.loading import channel_from_text, read_text
+from router.governance import mapping_code
 from router.governance.models import APPROVED, DEPLOY_FAILED, DEPLOYED, RUNNING, SUPERSEDED
-from router.governance.revisions import insert_revision, lock_channel, running, sha256
+from router.governance.revisions import (
+    channel_code,
+    insert_revision,
+    lock_channel,
+    running,
+    sha256,
+)
 from router.store.database import Store
 from router.store.inbound import utcnow
 from router.store.locks import hold_key
@@ -38,6 +46,7 @@ class RunningText:
     state: str
     sha256: str
     yaml: str
+    mappings_sha256: str | None = None  # the mapping code approved with it
 
 
 def running_texts(store: Store) -> dict[str, RunningText]:
@@ -48,7 +57,7 @@ def running_texts(store: Store) -> dict[str, RunningText]:
         .group_by(r.channel)
         .subquery()
     )
-    query = select(r.channel, r.number, r.state, r.sha256, r.yaml).join(
+    query = select(r.channel, r.number, r.state, r.sha256, r.yaml, r.mappings_sha256).join(
         newest, (newest.c.channel == r.channel) & (newest.c.number == r.number)
     )
     with store.read() as conn:
@@ -119,6 +128,7 @@ def bootstrap(store: Store, config: EngineConfig) -> list[str]:
             return []
         for name, text in texts.items():
             digest = sha256(text)
+            code = channel_code(config, name, text)
             conn.execute(
                 channel_revisions.insert().values(
                     channel=name,
@@ -132,6 +142,8 @@ def bootstrap(store: Store, config: EngineConfig) -> list[str]:
                     approved_at=now,
                     deployed_at=now,
                     reason="initial baseline from the channel files",
+                    mappings=json.dumps(code) if code else None,
+                    mappings_sha256=mapping_code.digest(code),
                 )
             )
             audit.append(
@@ -187,8 +199,17 @@ def mark_failed(store: Store, channel: str, number: int, *, actor: str, reason: 
     return bool(done)
 
 
-def record_deployed(store: Store, channel: str, text: str, *, actor: str, reason: str) -> int:
-    """Open mode: a reload deployed ``text``; keep it as a revision by ``actor``. Its number."""
+def record_deployed(
+    store: Store,
+    channel: str,
+    text: str,
+    *,
+    actor: str,
+    reason: str,
+    code: dict[str, str] | None = None,
+) -> int:
+    """Open mode: a reload deployed ``text`` (naming ``code``); keep it as a revision by
+    ``actor``. Its number."""
     digest = sha256(text)
     with store.begin() as conn:
         lock_channel(conn, channel)
@@ -196,7 +217,15 @@ def record_deployed(store: Store, channel: str, text: str, *, actor: str, reason
         if base is not None and base.sha256 == digest:
             return int(base.number)
         number = insert_revision(
-            conn, channel, text, digest, author=actor, state=DEPLOYED, reason=reason, base=base
+            conn,
+            channel,
+            text,
+            digest,
+            author=actor,
+            state=DEPLOYED,
+            reason=reason,
+            base=base,
+            code=code,
         )
         _supersede_older(conn, channel, number)
         audit.append(
@@ -320,5 +349,6 @@ def record_files(store: Store, config: EngineConfig, *, actor: str, reason: str)
     """Open mode: keep each changed file as a deployed revision by ``actor``; their names."""
     changed = changed_files(store, config)
     for name, text in changed.items():
-        record_deployed(store, name, text, actor=actor, reason=reason)
+        code = channel_code(config, name, text)
+        record_deployed(store, name, text, actor=actor, reason=reason, code=code)
     return sorted(changed)

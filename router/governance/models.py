@@ -81,6 +81,10 @@ class Revision:
     approved_at: datetime | None
     deployed_at: datetime | None
     yaml: str
+    # The mapping code the channel names, as proposed (path under the mappings folder:
+    # source), and its digest; empty and None for a channel that names none.
+    mappings_sha256: str | None = None
+    mappings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

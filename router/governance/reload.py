@@ -48,13 +48,18 @@ class Reloader:
         self._lock = asyncio.Lock()
 
     async def apply(
-        self, wanted: dict[str, ChannelConfig], revisions: dict[str, int] | None = None
+        self,
+        wanted: dict[str, ChannelConfig],
+        revisions: dict[str, int] | None = None,
+        code: dict[str, str | None] | None = None,
     ) -> ReloadResult:
         """Make the engine run ``wanted`` (channels not named keep running as they are;
         a channel named with ``enabled: false`` stops), each as the revision ``revisions``
         gives it: an unchanged channel takes its new number too (a rollback to the same
-        text), so a message records the revision that settled it. A ConfigError leaves all
-        as it was."""
+        text), so a message records the revision that settled it. A channel whose
+        configuration is unchanged but whose mapping code digest ``code`` gives differs
+        from what it loaded is compiled again (a change of the mapping code alone). A
+        ConfigError leaves all as it was."""
         from router.engine import compile_channels, numbered
 
         engine = self._engine
@@ -69,7 +74,11 @@ class Reloader:
                 elif name not in current:
                     result.added.append(name)
                     fresh[name] = config
-                elif config != current[name]:
+                elif config != current[name] or (
+                    code is not None
+                    and name in code
+                    and code[name] != engine.channels[name].mappings_sha256
+                ):
                     result.changed.append(name)
                     fresh[name] = config
             revisions = revisions or {}

@@ -1,6 +1,8 @@
 """Channel revisions in ``governed`` mode: propose, diff, approve (four eyes), reject, roll back.
 
-A revision is the whole YAML text of one channel file. Proposing one supersedes the
+A revision is the whole YAML text of one channel file, with the source of the mapping code
+it names (router/governance/mapping_code.py): a change of that code alone is a change to
+propose and approve like any other. Proposing one supersedes the
 channel's earlier open proposals, so an approver always decides on the latest; approving
 needs the ``approver`` role and someone other than the author. An approved revision is
 applied by the running engine (router/governance/watcher.py), which marks it ``deployed``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
@@ -18,6 +21,7 @@ from sqlalchemy import Connection, func, select, update
 from router import audit, mappings
 from router.config import ConfigError, EngineConfig, channel_file, cross_check
 from router.config.loading import channel_from_text
+from router.governance import mapping_code
 from router.governance.actors import person, require_role
 from router.governance.models import (
     APPROVED,
@@ -92,15 +96,43 @@ def diff(
             base = _row(conn, channel, against)
     before = base.yaml if base is not None else ""
     label = f"{channel}.yaml"
-    text = "".join(
+    old_name = f"#{base.number}" if base is not None else None
+    text = _unified(before, target.yaml, label, old_name, f"#{number}")
+    old_code, new_code = code_of(base), code_of(target)
+    for path in sorted(set(old_code) | set(new_code)):
+        text += _unified(
+            old_code.get(path, ""),
+            new_code.get(path, ""),
+            f"mappings/{path}",
+            old_name if path in old_code else None,
+            f"#{number}" if path in new_code else None,
+        )
+    return RevisionDiff(channel, number, base.number if base is not None else None, text)
+
+
+def code_of(row: Any) -> dict[str, str]:
+    """The mapping code a revision row keeps, by path under the mappings folder."""
+    if row is None or not row.mappings:
+        return {}
+    return dict(json.loads(row.mappings))
+
+
+def _unified(before: str, after: str, label: str, old: str | None, new: str | None) -> str:
+    return "".join(
         difflib.unified_diff(
             before.splitlines(keepends=True),
-            target.yaml.splitlines(keepends=True),
-            f"{label} #{base.number}" if base is not None else "/dev/null",
-            f"{label} #{number}",
+            after.splitlines(keepends=True),
+            f"{label} {old}" if old else "/dev/null",
+            f"{label} {new}" if new else "/dev/null",
         )
     )
-    return RevisionDiff(channel, number, base.number if base is not None else None, text)
+
+
+def channel_code(config: EngineConfig, channel: str, text: str) -> dict[str, str]:
+    """The mapping code ``text`` (a valid channel) names, as it is on disk now."""
+    return mapping_code.sources(
+        config.mappings, channel_from_text(text, channel_file(config.channels, channel))
+    )
 
 
 def propose(
@@ -124,29 +156,39 @@ def propose(
         )
     check_channel_text(store, config, channel, text)
     digest = sha256(text)
+    code = channel_code(config, channel, text)
+    code_digest = mapping_code.digest(code)
     with store.begin() as conn:
         lock_channel(conn, channel)
         require_role(conn, actor, "engineer")
         base = running(conn, channel)
-        if base is not None and base.sha256 == digest:
+        if base is not None and (base.sha256, base.mappings_sha256) == (digest, code_digest):
             raise GovernanceError(f"{channel}: no change from the running revision #{base.number}")
         pending = conn.execute(
             select(channel_revisions).where(r.channel == channel, r.state == PROPOSED)
         ).all()
         for row in pending:
-            if row.sha256 == digest:
+            if (row.sha256, row.mappings_sha256) == (digest, code_digest):
                 return _revision(row)
         for row in pending:
             _settle(conn, row, SUPERSEDED, None, f"superseded by a newer proposal from {actor}")
         number = insert_revision(
-            conn, channel, text, digest, author=actor, state=PROPOSED, reason=reason, base=base
+            conn,
+            channel,
+            text,
+            digest,
+            author=actor,
+            state=PROPOSED,
+            reason=reason,
+            base=base,
+            code=code,
         )
         audit.append(
             conn,
             actor,
             "revision.propose",
             f"channel:{channel}",
-            {"number": number, "sha256": digest, "reason": reason},
+            {"number": number, "sha256": digest, "mappings_sha256": code_digest, "reason": reason},
         )
         return _revision(_row(conn, channel, number))
 
@@ -163,6 +205,13 @@ def approve(
     with store.read() as conn:
         row = _approvable(conn, channel, number, actor)
     check_channel_text(store, config, channel, row.yaml)
+    now = mapping_code.digest(channel_code(config, channel, row.yaml))
+    if now != row.mappings_sha256:
+        raise GovernanceError(
+            f"{channel} #{number}: its mapping code changed on disk since it was proposed "
+            f"(sha256 {_short(row.mappings_sha256)}, now {_short(now)}): propose it again, "
+            "so that the code approved is the code that runs"
+        )
     with store.begin() as conn:
         row = _approvable(conn, channel, number, actor)
         _settle(conn, row, APPROVED, actor, "")
@@ -171,7 +220,12 @@ def approve(
             actor,
             "revision.approve",
             f"channel:{channel}",
-            {"number": number, "sha256": row.sha256, "author": row.author},
+            {
+                "number": number,
+                "sha256": row.sha256,
+                "mappings_sha256": row.mappings_sha256,
+                "author": row.author,
+            },
         )
         return _revision(_row(conn, channel, number))
 
@@ -246,6 +300,7 @@ def check_channel_text(store: Store, config: EngineConfig, channel: str, text: s
     try:
         candidate = channel_from_text(text, path)
         mappings.mount(config.mappings)
+        mappings.forget()  # the code on disk now, not what this process imported earlier
         compile_channel(candidate)
     except ConfigError as exc:
         raise InvalidRevision(f"{channel}: not a valid channel", _lines(exc)) from exc
@@ -280,6 +335,7 @@ def insert_revision(
     state: str,
     reason: str,
     base: Any,
+    code: dict[str, str] | None = None,
 ) -> int:
     """Add ``text`` as the channel's next revision, based on the ``base`` row (the running
     revision, or None); its number. Proposals and open-mode deploys share one numbering;
@@ -299,6 +355,8 @@ def insert_revision(
             deployed_at=now if state == DEPLOYED else None,
             reason=reason,
             based_on=base.number if base is not None else None,
+            mappings=json.dumps(code) if code else None,
+            mappings_sha256=mapping_code.digest(code or {}),
         )
     )
     return number
@@ -306,6 +364,10 @@ def insert_revision(
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "none"
 
 
 def _lines(exc: ConfigError) -> list[str]:
@@ -348,4 +410,6 @@ def _revision(row: Any) -> Revision:
         approved_at=row.approved_at,
         deployed_at=row.deployed_at,
         yaml=row.yaml,
+        mappings_sha256=row.mappings_sha256,
+        mappings=code_of(row),
     )

@@ -6,6 +6,11 @@ running revisions every few seconds (or at once when woken), applies the channel
 text changed through the reloader, and marks approved revisions ``deployed``, or
 ``deploy-failed`` when they cannot be compiled.
 
+In governed mode the mapping code must be the code approved with the revision: an approved
+revision whose mapping code on disk differs from what was proposed is not deployed
+(``deploy-failed``), and a running channel whose loaded or on-disk mapping code is not its
+revision's is logged as a warning, once per difference.
+
 In open mode the channel files are the truth and the store only carries the news of a
 reload: a revision is applied only when its text is this node's own file's. Another
 node sharing the store with other files records those at its start; running them here
@@ -19,7 +24,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from router.config import ConfigError, channel_file
+from router.config import ChannelConfig, ConfigError, channel_file
+from router.governance import mapping_code
 from router.governance.deploy import (
     RunningText,
     mark_deployed,
@@ -43,8 +49,10 @@ class RevisionWatcher:
     def __init__(self, engine: Engine, interval: float = INTERVAL) -> None:
         self._engine = engine
         self.interval = interval
-        self._applied: dict[str, str] = {}  # channel -> sha256 of the text it runs
+        # channel -> sha256 of the text it runs and of its mapping code
+        self._applied: dict[str, tuple[str, str | None]] = {}
         self._foreign: dict[str, str] = {}  # open mode: the text not applied, warned once
+        self._code_warned: dict[str, tuple[str | None, str | None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Held by a reload from recording its files to checking them, so that this
@@ -72,24 +80,38 @@ class RevisionWatcher:
         """Apply every running revision whose text this engine does not run yet; an approved
         one that cannot be compiled is marked ``deploy-failed`` instead, the others applied."""
         texts = await asyncio.to_thread(running_texts, self._engine.store)
-        fresh = {n: t for n, t in texts.items() if self._applied.get(n) != t.sha256}
-        if fresh and self._engine.config.governance != "governed":
+        governed = self._engine.config.governance == "governed"
+        fresh = {n: t for n, t in texts.items() if self._applied.get(n) != _applied(t)}
+        if fresh and not governed:
             fresh = await asyncio.to_thread(self._own_files, fresh)
         if not fresh:
+            if governed:
+                await asyncio.to_thread(self._warn_unapproved_code, texts)
             return ReloadResult()
         # Remembered even when it fails, so that a broken revision is reported once, not
         # every few seconds; the next approved revision is tried afresh.
-        self._applied.update({n: t.sha256 for n, t in fresh.items()})
+        self._applied.update({n: _applied(t) for n, t in fresh.items()})
         config, actor = self._engine.config, f"engine@{self._engine.config.node}"
         wanted = {}
         for name, text in fresh.items():
             try:
-                wanted[name] = await asyncio.to_thread(runnable, config, name, text.yaml)
+                channel = await asyncio.to_thread(runnable, config, name, text.yaml)
             except ConfigError as exc:
                 await asyncio.to_thread(self._failed, text, exc, actor)
+                continue
+            unapproved = (
+                governed
+                and text.state == APPROVED
+                and await asyncio.to_thread(self._unapproved_code, text, channel)
+            )
+            if unapproved:
+                await asyncio.to_thread(self._failed, text, unapproved, actor)
+            else:
+                wanted[name] = channel
         try:
             numbers = {name: fresh[name].number for name in wanted}
-            result = await self._engine.reloader.apply(wanted, numbers)
+            code = {n: fresh[n].mappings_sha256 for n in wanted if fresh[n].mappings_sha256}
+            result = await self._engine.reloader.apply(wanted, numbers, code)
         except ConfigError as exc:
             log.error("cannot deploy channel revision(s); keeping the running ones:\n%s", exc)
             return ReloadResult()
@@ -98,7 +120,60 @@ class RevisionWatcher:
                 await asyncio.to_thread(
                     mark_deployed, self._engine.store, name, fresh[name].number, actor=actor
                 )
+        if governed:
+            await asyncio.to_thread(self._warn_unapproved_code, texts)
         return result
+
+    def _unapproved_code(self, text: RunningText, channel: ChannelConfig) -> str:
+        """Why ``text`` must not deploy: its mapping code on disk is not the code proposed
+        and approved with it (empty when it is, or when the revision predates recording)."""
+        if text.mappings_sha256 is None:
+            return ""
+        folder = self._engine.config.mappings
+        disk = mapping_code.digest(mapping_code.sources(folder, channel))
+        if disk == text.mappings_sha256:
+            return ""
+        return (
+            f"its mapping code under {folder} (sha256 {_short(disk)}) is not the code approved "
+            f"with it ({_short(text.mappings_sha256)}): propose the code on disk, or restore "
+            "the approved code"
+        )
+
+    def _warn_unapproved_code(self, texts: dict[str, RunningText]) -> None:
+        """Governed: log, once per difference, a running channel whose loaded mapping code,
+        or whose mapping code on disk (which a restart would load), is not its revision's."""
+        folder = self._engine.config.mappings
+        for name, compiled in list(self._engine.channels.items()):
+            text = texts.get(name)
+            if text is None or text.mappings_sha256 is None or compiled.revision != text.number:
+                continue
+            disk = mapping_code.digest(mapping_code.sources(folder, compiled.config))
+            seen = (compiled.mappings_sha256, disk)
+            if self._code_warned.get(name) == seen:
+                continue
+            self._code_warned[name] = seen
+            approved = text.mappings_sha256
+            if compiled.mappings_sha256 != approved:
+                log.warning(
+                    "channel %s runs mapping code (sha256 %s) that is not the code approved "
+                    "with revision #%d (%s)",
+                    name,
+                    _short(compiled.mappings_sha256),
+                    text.number,
+                    _short(approved),
+                )
+            elif disk != approved:
+                log.warning(
+                    "channel %s: the mapping code under %s (sha256 %s) differs from the code "
+                    "approved with revision #%d (%s), which runs; a restart would run the "
+                    "unapproved code: propose it (run.py channel propose %s)",
+                    name,
+                    folder,
+                    _short(disk),
+                    text.number,
+                    _short(approved),
+                    name,
+                )
 
     def _own_files(self, fresh: dict[str, RunningText]) -> dict[str, RunningText]:
         """Open mode: the texts that are this node's channel files as they are now. The
@@ -127,7 +202,7 @@ class RevisionWatcher:
                 )
         return own
 
-    def _failed(self, text: RunningText, problem: ConfigError, actor: str) -> None:
+    def _failed(self, text: RunningText, problem: ConfigError | str, actor: str) -> None:
         log.error(
             "cannot deploy channel %s revision #%d; it keeps running what it ran:\n%s",
             text.channel,
@@ -151,3 +226,11 @@ class RevisionWatcher:
                 checks.succeeded()
             except Exception as exc:
                 checks.failed(exc)
+
+
+def _applied(text: RunningText) -> tuple[str, str | None]:
+    return text.sha256, text.mappings_sha256
+
+
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "none"

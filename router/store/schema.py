@@ -416,6 +416,10 @@ channel_revisions = Table(
     Column("deployed_at", UtcDateTime()),
     Column("reason", Text, nullable=False, server_default=""),
     Column("based_on", Integer),
+    # The mapping code the channel names, as JSON {path under the mappings folder: source},
+    # and its digest (router/governance/mapping_code.py); null for a channel with none.
+    Column("mappings", Text),
+    Column("mappings_sha256", String(64)),
     UniqueConstraint("channel", "number"),
     Index(None, "state", "channel"),
 )

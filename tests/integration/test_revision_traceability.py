@@ -72,3 +72,42 @@ def test_each_message_records_the_revision_that_settled_it(
     monkeypatch.setenv("TIE_STORE", store_url)
     assert main(["show", str(first_id), "--actor", "sam"]) == 0
     assert "revision      orders #1" in capsys.readouterr().out
+
+
+def versioned(version: str) -> str:
+    """A mapping that tags MSH-10 with its version, so the receiver shows which code ran."""
+    return (
+        "def same(message):\n"
+        "    control_id = message.get('MSH-10').encode()\n"
+        f"    return message.raw.replace(control_id, b'%s-{version}' % control_id)\n"
+    )
+
+
+def test_an_approved_change_of_the_mapping_code_alone_runs_without_a_restart(
+    tmp_path, store_url, lab, hl7_samples, caplog
+):
+    (tmp_path / "mappings").mkdir()
+    code = tmp_path / "mappings" / "tag.py"
+    code.write_text(versioned("v1"))
+    text = channel_file(lab.port, "OML") + "transform: tag:same\n"
+    running = start(tmp_path, store_url, text)
+    try:
+        store, config = running.store, running.engine.config
+        send(running, hl7_message(hl7_samples[OML], "M1"))
+        wait_until(lambda: lab.control_ids() == ["M1-v1"])
+
+        code.write_text(versioned("v2"))  # edited on disk, not approved: v1 keeps running
+        running.engine.watcher.wake()
+        wait_until(lambda: "a restart would run the unapproved code" in caplog.text)
+        send(running, hl7_message(hl7_samples[OML], "M2"))
+        wait_until(lambda: lab.control_ids() == ["M1-v1", "M2-v1"])
+
+        governance.propose(store, config, "orders", text, actor="erin", reason="v2 tags")
+        governance.approve(store, config, "orders", 2, actor="ada")
+        running.engine.watcher.wake()
+        wait_until(lambda: governance.get_revision(store, "orders", 2).state == "deployed")
+        send(running, hl7_message(hl7_samples[OML], "M3"))
+        wait_until(lambda: lab.control_ids() == ["M1-v1", "M2-v1", "M3-v2"])
+        assert revisions_by_control_id(running) == {"M1": 1, "M2": 1, "M3": 2}
+    finally:
+        running.stop()
