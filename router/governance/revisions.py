@@ -50,8 +50,10 @@ MAX_YAML = 256 * 1024  # a channel file is a page of YAML; refuse anything far l
 def list_revisions(
     store: Store, channel: str | None = None, *, state: str | None = None, limit: int = 200
 ) -> list[Revision]:
-    """Revisions newest first, optionally of one channel and in one state."""
-    query = select(channel_revisions).order_by(r.proposed_at.desc(), r.id.desc()).limit(limit)
+    """Revisions newest first, optionally of one channel and in one state; without their
+    mapping code (``mappings`` empty: tens of KB each), which ``get_revision`` gives."""
+    listed = [c for c in channel_revisions.c if c.name != "mappings"]
+    query = select(*listed).order_by(r.proposed_at.desc(), r.id.desc()).limit(limit)
     if channel is not None:
         query = query.where(r.channel == channel)
     if state is not None:
@@ -112,9 +114,10 @@ def diff(
 
 def code_of(row: Any) -> dict[str, str]:
     """The mapping code a revision row keeps, by path under the mappings folder."""
-    if row is None or not row.mappings:
+    code = getattr(row, "mappings", None)
+    if not code:
         return {}
-    return dict(json.loads(row.mappings))
+    return dict(json.loads(code))
 
 
 def _unified(before: str, after: str, label: str, old: str | None, new: str | None) -> str:

@@ -40,7 +40,7 @@ def governed(store: Store, tmp_path: Path):
 
 
 def test_the_code_a_channel_names_is_its_modules_and_what_they_import(store, governed):
-    [baseline] = governance.list_revisions(store, "adt")
+    baseline = governance.get_revision(store, "adt", 1)
     assert baseline.mappings == {"adt_map.py": MAPPING, "wards.py": HELPER}
     assert baseline.mappings_sha256 is not None
 
@@ -82,3 +82,9 @@ def test_a_package_mapping_brings_its_package_and_its_absolute_imports(tmp_path)
     text = CHANNEL.replace("adt_map:normalise", "lab.orders:normalise")
     channel = channel_from_text(text, tmp_path / "adt.yaml")
     assert list(sources(folder, channel)) == ["codes.py", "lab/__init__.py", "lab/orders.py"]
+
+
+def test_a_listing_leaves_the_code_out_and_one_revision_has_it(store, governed):
+    [listed] = governance.list_revisions(store, "adt")
+    assert (listed.mappings, listed.mappings_sha256 is not None) == ({}, True)
+    assert governance.get_revision(store, "adt", 1).mappings["wards.py"] == HELPER
