@@ -279,8 +279,21 @@ def reject(store: Store, channel: str, number: int, *, actor: str, reason: str) 
 def rollback(
     store: Store, config: EngineConfig, channel: str, number: int, *, actor: str, reason: str = ""
 ) -> Revision:
-    """Propose the text of an earlier revision again: a new revision, still to be approved."""
+    """Propose the text of an earlier revision again: a new revision, still to be approved.
+
+    The mapping code is not written back to disk: a revision that ran other code than is
+    on disk now is refused, saying so, rather than proposing its YAML with today's code
+    under the name of a rollback."""
     old = get_revision(store, channel, number)
+    if old.mappings_sha256 is not None:
+        now = mapping_code.digest(channel_code(config, channel, old.yaml))
+        if now != old.mappings_sha256:
+            raise GovernanceError(
+                f"{channel} #{number} ran other mapping code ({_short(old.mappings_sha256)}) "
+                f"than is under {config.mappings} now ({_short(now)}): restore that code "
+                f"first (run.py channel diff {channel} {number} shows it; it is in git), "
+                "then roll back"
+            )
     return propose(
         store,
         config,

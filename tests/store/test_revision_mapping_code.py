@@ -88,3 +88,13 @@ def test_a_listing_leaves_the_code_out_and_one_revision_has_it(store, governed):
     [listed] = governance.list_revisions(store, "adt")
     assert (listed.mappings, listed.mappings_sha256 is not None) == ({}, True)
     assert governance.get_revision(store, "adt", 1).mappings["wards.py"] == HELPER
+
+
+def test_a_rollback_to_a_revision_that_ran_other_code_says_to_restore_it(store, governed):
+    (governed.mappings / "wards.py").write_text(HELPER.replace("upper", "lower"))
+    governance.propose(store, governed, "adt", CHANNEL, actor="erin")
+    governance.approve(store, governed, "adt", 2, actor="ada")
+    with pytest.raises(governance.GovernanceError, match="#1 ran other mapping code"):
+        governance.rollback(store, governed, "adt", 1, actor="erin")
+    (governed.mappings / "wards.py").write_text(HELPER)  # restored from git
+    assert governance.rollback(store, governed, "adt", 1, actor="erin").number == 3
