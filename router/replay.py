@@ -125,7 +125,11 @@ def superseded(conn: Connection, message_ids: list[int]) -> dict[int, int]:
 
 
 def reprocess(store: Store, message_id: int, *, reason: str, actor: str) -> ReplayResult:
-    """Store a copy of the message as newly received, linked to the original."""
+    """Store a copy of the message as newly received, linked to the original. The copy is
+    decided by the channel's revision when it is processed, not the original's: the result
+    says which revision runs now and which settled the original."""
+    from router.governance.revisions import running
+
     _require_reason(reason)
     with store.begin() as conn:
         row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
@@ -141,8 +145,10 @@ def reprocess(store: Store, message_id: int, *, reason: str, actor: str) -> Repl
             processed_at=None,
             reprocessed_from=row.id,
             duplicate_of=None,
+            revision=None,  # set by the revision that settles the copy
         )
         conn.execute(messages.insert().values(**values))
+        current = running(conn, row.channel)
         audit.append(
             conn,
             actor,
@@ -150,7 +156,14 @@ def reprocess(store: Store, message_id: int, *, reason: str, actor: str) -> Repl
             f"urn:tie:message:{row.uuid}",
             {"reason": reason, "copy": f"urn:tie:message:{copy_uuid}"},
         )
-    return ReplayResult(row.uuid, copy_uuid, f"reprocessed #{row.id} as {copy_uuid}")
+    through = ""
+    if current is not None:
+        settled = f"#{row.revision}" if row.revision is not None else "an unrecorded revision"
+        through = (
+            f", through {row.channel}'s running revision #{current.number}"
+            f" (the original was settled by {settled})"
+        )
+    return ReplayResult(row.uuid, copy_uuid, f"reprocessed #{row.id} as {copy_uuid}{through}")
 
 
 def plan_resend(store: Store, delivery_ids: list[int]) -> list[ReplayResult]:
