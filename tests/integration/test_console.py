@@ -577,3 +577,13 @@ def test_the_jobs_page_names_undelivered_outputs_and_support_closes_a_failed_job
     assert _details(site, "job.close") == [
         ("sam", {"reason": "CSV sent from the archive", "from": "failed_outputs", "error": None})
     ]
+
+
+def test_a_message_page_names_the_channel_revision_that_processed_it(site, hl7_samples):
+    site.send_and_settle(order(hl7_samples[OML], "REV-1"), "REV-1", "sent")
+    viewer = sign_in(site.url, "vic")
+    listing = viewer.get("/messages", params={"control_id": "REV-1"})
+    message_id = re.search(r'href="/messages/(\d+)"', listing.text).group(1)
+    [revision] = governance.list_revisions(site.running.store, CHANNEL)
+    page = viewer.get(f"/messages/{message_id}")
+    assert f"<dt>Revision</dt><dd>{CHANNEL} #{revision.number}</dd>" in page.text
