@@ -112,7 +112,7 @@ def write_outcomes(
         except VALUE_REFUSED as exc:
             log.exception("message %s: the store refused its outcome", row.id)
             reason = f"the store refused its outcome: {type(exc).__name__}: {exc}"[:2000]
-            _write(conn, [(row, Outcome("error", reason))], unmatched)
+            _write(conn, [(row, Outcome("error", reason, revision=outcome.revision))], unmatched)
     return touched
 
 

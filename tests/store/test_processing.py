@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +141,13 @@ def test_an_outcome_the_store_refuses_is_its_messages_error_not_a_stall(
         "    return Output(message.raw, content_type='x' * 100 if odd else 'hl7v2')\n"
     )
     mappings.mount(folder)
-    channel = orders_channel(transform="odd:label")
+    channel = replace(orders_channel(transform="odd:label"), revision=7)
     ids = receive("orders", er7("ORD1"), er7("ORD2", patient="BAD"), er7("ORD3"))
 
     assert Processor(store, {"orders": channel}).run_once() == 3
+    with store.read() as conn:
+        revisions = conn.scalars(select(messages.c.revision).where(messages.c.id.in_(ids)))
+        assert list(revisions) == [7, 7, 7]  # the refused one's error too: revision 7 decided it
 
     (first, _), (status, error), (third, _) = _statuses(store, ids)
     assert (first, third) == ("processed", "processed")
