@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
-from test_governance_engine import OML, channel_file, send, start
+from test_governance_engine import OML, _release, channel_file, send, start
 from tie_testing import Hl7Receiver, hl7_message, wait_until
 
 from router import governance
@@ -109,5 +109,33 @@ def test_an_approved_change_of_the_mapping_code_alone_runs_without_a_restart(
         send(running, hl7_message(hl7_samples[OML], "M3"))
         wait_until(lambda: lab.control_ids() == ["M1-v1", "M2-v1", "M3-v2"])
         assert revisions_by_control_id(running) == {"M1": 1, "M2": 1, "M3": 2}
+    finally:
+        running.stop()
+
+
+def test_an_approved_revision_whose_code_changed_on_disk_since_is_not_deployed(
+    tmp_path, store_url, lab, hl7_samples
+):
+    (tmp_path / "mappings").mkdir()
+    code = tmp_path / "mappings" / "tag.py"
+    code.write_text(versioned("v1"))
+    text = channel_file(lab.port, "OML") + "transform: tag:same\n"
+    running = start(tmp_path, store_url, text)
+    store, config, watcher = running.store, running.engine.config, running.engine.watcher
+    try:
+        running.call(watcher.lock.acquire())  # the watcher's own rounds wait for this test
+        code.write_text(versioned("v2"))
+        governance.propose(store, config, "orders", text, actor="erin")
+        governance.approve(store, config, "orders", 2, actor="ada")
+        code.write_text(versioned("v3"))  # after the approval, before the deploy
+        running.call(watcher.check())
+        running.call(_release(watcher.lock))
+
+        failed = governance.get_revision(store, "orders", 2)
+        assert failed.state == "deploy-failed"
+        assert "is not the code approved with it" in failed.reason
+        send(running, hl7_message(hl7_samples[OML], "D1"))
+        wait_until(lambda: lab.control_ids() == ["D1-v1"])  # revision 1 and its code run on
+        assert revisions_by_control_id(running) == {"D1": 1}
     finally:
         running.stop()
