@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "tie_session"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
+# Sent by the console's own timed refreshes (console.js): not a person's activity.
+BACKGROUND_HEADER = "X-Background-Refresh"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 FIRST_ADMIN = "python run.py users add admin --role admin"
@@ -100,12 +102,18 @@ class Authenticator:
         return Principal(found[0], found[1], "token") if found else None
 
     async def by_session(self, request: Request) -> Principal | None:
-        """The session's principal; its CSRF token is kept on ``request.state``."""
+        """The session's principal; its CSRF token is kept on ``request.state``.
+
+        A background refresh (``BACKGROUND_HEADER``) does not count as activity, or an open
+        page refreshing itself would keep its session from ever going idle."""
         cookie = request.cookies.get(SESSION_COOKIE)
         if not cookie:
             return None
         idle = self.options.session_idle
-        session = await asyncio.to_thread(load_session, self.store, cookie, idle=idle)
+        activity = request.headers.get(BACKGROUND_HEADER) != "true"
+        session = await asyncio.to_thread(
+            load_session, self.store, cookie, idle=idle, activity=activity
+        )
         if session is None:
             return None
         request.state.csrf = session.csrf

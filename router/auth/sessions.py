@@ -3,7 +3,8 @@
 A session ends at logout, after ``idle`` seconds without a request, or ``lifetime``
 seconds after sign-in, whichever comes first. Each one has its own CSRF token.
 Activity is noted at most once a minute, and at least every tenth of ``idle``, so an
-idle limit under a minute does not end sessions in use.
+idle limit under a minute does not end sessions in use. A page's own background refresh
+is not activity (``activity=False``): it would keep an open page signed in for ever.
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ def start_session(conn: Connection, user_id: int, *, lifetime: float) -> tuple[s
     return token, csrf
 
 
-def load_session(store: Store, token: str, *, idle: float) -> Session | None:
+def load_session(store: Store, token: str, *, idle: float, activity: bool = True) -> Session | None:
     """The live session for a cookie value; an expired one is deleted.
 
     A read, and a write only to delete an expired session or to note activity
-    (once a minute), so most requests do not wait for the store's writer.
+    (once a minute, and never for a request that is not ``activity``), so most requests
+    do not wait for the store's writer.
     """
     if not token or len(token) > MAX_LENGTH:
         return None
@@ -72,7 +74,7 @@ def load_session(store: Store, token: str, *, idle: float) -> Session | None:
         with store.begin() as conn:
             conn.execute(delete(sessions).where(sessions.c.id == row.id))
         return None
-    if now - row.last_seen_at >= min(TOUCH_EVERY, timedelta(seconds=idle / 10)):
+    if activity and now - row.last_seen_at >= min(TOUCH_EVERY, timedelta(seconds=idle / 10)):
         with store.begin() as conn:
             conn.execute(sessions.update().where(sessions.c.id == row.id).values(last_seen_at=now))
     return Session(row.name, decode(row.roles), row.csrf)

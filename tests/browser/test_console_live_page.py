@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from console_testing import CHANNEL, PASSWORD, Site, order, running_site
 from hl7.client import MLLPClient
 from playwright.sync_api import Page, expect
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tie_testing import Hl7Receiver, free_ports, wait_until
 
 from router.channel_control import set_paused
-from router.store.schema import messages
+from router.store.inbound import utcnow
+from router.store.schema import messages, sessions
 
 OML = "OML_O21_nhs_nwgmsa_v251"
 
@@ -172,4 +174,21 @@ def test_the_refresh_of_the_deliveries_can_be_paused_and_resumed(browser, split)
     page.get_by_label("Refresh every 2 seconds").check()
     expect(rows).to_have_count(3)
     expect(page.get_by_label("Refresh every 2 seconds")).to_be_checked()
+    page.context.close()
+
+
+def test_the_refresh_of_the_deliveries_does_not_keep_the_session_alive(browser, split):
+    """WCAG 2.2.1: a page left open refreshes itself, but its session still ends when idle."""
+    site, message_id = split
+    page = _open_as_sam(browser, site, f"/messages/{message_id}")
+    expect(page.locator("#deliveries tbody tr")).to_have_count(2)
+    ten_minutes_ago = utcnow() - timedelta(minutes=10)
+    with site.running.store.begin() as conn:
+        conn.execute(update(sessions).values(last_seen_at=ten_minutes_ago))
+
+    with page.expect_response(re.compile(r"/deliveries\?")) as refresh:
+        pass
+    assert refresh.value.status == 200
+    with site.running.store.read() as conn:
+        assert conn.scalar(select(sessions.c.last_seen_at)) == ten_minutes_ago
     page.context.close()

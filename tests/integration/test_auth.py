@@ -258,6 +258,24 @@ def test_a_session_in_use_outlives_an_idle_limit_under_a_minute(tmp_path, store_
         assert client.get("/api/channels").status_code == 401, "idle for 6 s"
 
 
+def test_a_background_refresh_does_not_keep_a_session_alive(site):
+    client = sign_in(site.url, "vic")
+    store = site.running.store
+    ten_minutes_ago = utcnow() - timedelta(minutes=10)
+
+    def last_seen() -> object:
+        with store.read() as conn:
+            return conn.scalar(select(sessions.c.last_seen_at))
+
+    with store.begin() as conn:
+        conn.execute(update(sessions).values(last_seen_at=ten_minutes_ago))
+    refresh = client.get("/", headers={"X-Background-Refresh": "true"})
+    assert refresh.status_code == 200, "a refresh is still answered"
+    assert last_seen() == ten_minutes_ago, "but it is not activity"
+    assert client.get("/").status_code == 200
+    assert last_seen() > ten_minutes_ago, "a request of the user's is"
+
+
 def test_a_sending_systems_account_cannot_sign_in_to_the_console(tmp_path, store_url):
     with running_site(tmp_path, store_url, {"gp-system": ["sender"]}) as site:
         client = httpx.Client(base_url=site.url, timeout=10)

@@ -21,6 +21,14 @@ document.addEventListener("htmx:beforeRequest", (event) => {
   }
 });
 
+// A refresh is not the user's activity and says so, or an open page would keep its session
+// from ever ending when idle (router/api/security.py, BACKGROUND_HEADER).
+document.addEventListener("htmx:configRequest", (event) => {
+  if (event.detail.elt.matches("[data-poll]")) {
+    event.detail.headers["X-Background-Refresh"] = "true";
+  }
+});
+
 // An "Older …" link (in a .pager row) replaces its own row with older rows: focus moves on
 // to the first of them, or a keyboard user would be sent back to the top of the page.
 let paged = null;
