@@ -117,6 +117,7 @@ class Authenticator:
         if session is None:
             return None
         request.state.csrf = session.csrf
+        request.state.session = session
         return Principal(session.name, session.roles, "session")
 
     def secure_cookie(self, request: Request) -> bool:

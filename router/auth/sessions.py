@@ -10,8 +10,8 @@ is not activity (``activity=False``): it would keep an open page signed in for e
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, delete, select
 
@@ -27,9 +27,13 @@ MAX_LENGTH = 128
 
 @dataclass(frozen=True)
 class Session:
+    """A live session; ``idle_ends`` is when it ends unless used before."""
+
     name: str
     roles: frozenset[str]
     csrf: str
+    idle_ends: datetime
+    expires_at: datetime
 
 
 def start_session(conn: Connection, user_id: int, *, lifetime: float) -> tuple[str, str]:
@@ -74,10 +78,27 @@ def load_session(store: Store, token: str, *, idle: float, activity: bool = True
         with store.begin() as conn:
             conn.execute(delete(sessions).where(sessions.c.id == row.id))
         return None
-    if activity and now - row.last_seen_at >= min(TOUCH_EVERY, timedelta(seconds=idle / 10)):
+    seen = row.last_seen_at
+    if activity and now - seen >= min(TOUCH_EVERY, timedelta(seconds=idle / 10)):
         with store.begin() as conn:
             conn.execute(sessions.update().where(sessions.c.id == row.id).values(last_seen_at=now))
-    return Session(row.name, decode(row.roles), row.csrf)
+        seen = now
+    return Session(
+        row.name, decode(row.roles), row.csrf, seen + timedelta(seconds=idle), row.expires_at
+    )
+
+
+def keep_alive(store: Store, token: str, *, idle: float) -> Session | None:
+    """Note activity now, however recently it was noted: the user asked to stay signed in."""
+    session = load_session(store, token, idle=idle, activity=False)
+    if session is None:
+        return None
+    now = utcnow()
+    with store.begin() as conn:
+        conn.execute(
+            sessions.update().where(sessions.c.token_hash == digest(token)).values(last_seen_at=now)
+        )
+    return replace(session, idle_ends=now + timedelta(seconds=idle))
 
 
 def end_session(conn: Connection, token: str) -> None:

@@ -61,6 +61,8 @@ class AuthOptions(_Strict):
 
     session_idle: PositiveDuration = 30 * 60.0
     session_lifetime: PositiveDuration = 12 * 3600.0
+    # How long before a session ends the console warns (at most half of session_idle).
+    session_warning: PositiveDuration = 2 * 60.0
     # auto: Secure, except over plain HTTP to a loopback address (make run, tests).
     secure_cookie: Literal["auto", "always"] = "auto"
 

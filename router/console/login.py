@@ -15,7 +15,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Form, Request, Response, status
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from router import audit
 from router.api.security import (
@@ -27,10 +27,11 @@ from router.api.security import (
     require_console,
 )
 from router.auth.roles import SENDER, grants
-from router.auth.sessions import end_session, start_session
+from router.auth.sessions import end_session, keep_alive, start_session
 from router.auth.throttle import Refusals, with_refusals
 from router.auth.users import check_password, count_users
-from router.console.templating import render
+from router.console.session_clock import session_clock
+from router.console.templating import SECURITY_HEADERS, render
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -152,6 +153,20 @@ def login_routes(engine: Engine) -> APIRouter:
         )
         response.delete_cookie(LOGIN_COOKIE)
         return response
+
+    @router.post("/session/keep-alive")
+    async def keep_session_alive(
+        request: Request, principal: Principal = Depends(require_console())
+    ) -> JSONResponse:
+        """The warning's "Stay signed in": activity now, and when the session will end."""
+        auth = authenticator(request)
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        idle = auth.options.session_idle
+        session = await asyncio.to_thread(keep_alive, store, cookie, idle=idle)
+        if session is None:  # ended since require_console found it
+            return JSONResponse({"detail": "signed out"}, status.HTTP_401_UNAUTHORIZED)
+        request.state.session = session
+        return JSONResponse(session_clock(request), headers=SECURITY_HEADERS)
 
     @router.post("/logout")
     async def logout(

@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from router.console.session_clock import IDLE_LEFT_HEADER, session_clock
 from router.replay import FINISHED
 
 HERE = Path(__file__).parent
@@ -104,8 +105,13 @@ templates = Jinja2Templates(env=_environment())
 def render(
     request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200
 ) -> HTMLResponse:
-    """Render ``name`` with the console's security headers."""
-    context = {"principal": None, "csrf": "", **(context or {})}
+    """Render ``name`` with the console's security headers, and when its session ends
+    (the page's ``session_clock``, and a header that htmx requests read)."""
+    clock = session_clock(request)
+    context = {"principal": None, "csrf": "", "session_clock": clock, **(context or {})}
+    headers = dict(SECURITY_HEADERS)
+    if clock:
+        headers[IDLE_LEFT_HEADER] = str(clock["idle-left"])
     return templates.TemplateResponse(
-        request, name, context, status_code=status_code, headers=SECURITY_HEADERS
+        request, name, context, status_code=status_code, headers=headers
     )

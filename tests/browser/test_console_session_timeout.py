@@ -1,0 +1,125 @@
+"""WCAG 2.2.1 Timing Adjustable: the console warns before its session ends, lets an idle one
+be extended, and says when one that cannot be extended will end.
+
+The page's clock is Playwright's (``page.clock``), moved on by hand: no test waits for
+time to pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from console_testing import PASSWORD, Site, running_site
+from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import select, update
+
+from router.store.inbound import utcnow
+from router.store.schema import sessions
+
+IDLE = {"session_idle": "10m", "session_warning": "2m"}
+WARNING = "You are about to be signed out"
+
+
+def _site(tmp_path: Path, **auth: Any) -> Iterator[Site]:
+    store_url = f"sqlite:///{tmp_path / 'tie.db'}"
+    with running_site(tmp_path, store_url, {"sam": ["support"]}, auth=auth) as site:
+        yield site
+
+
+@pytest.fixture
+def idle_site(tmp_path: Path) -> Iterator[Site]:
+    """Sessions end after 10 idle minutes; the console warns 2 minutes before."""
+    yield from _site(tmp_path, **IDLE)
+
+
+@pytest.fixture
+def short_lived_site(tmp_path: Path) -> Iterator[Site]:
+    """Sessions end 10 minutes after sign-in, whatever is done (idle: 30 minutes)."""
+    yield from _site(tmp_path, session_lifetime="10m", session_idle="30m", session_warning="2m")
+
+
+def _sign_in(page: Page) -> None:
+    page.get_by_label("User name").fill("sam")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def _open(browser: Browser, site: Site, path: str) -> Page:
+    """A page signed in as sam at ``path``, its clock under the test's control."""
+    page = browser.new_context(base_url=site.url).new_page()
+    page.clock.install()
+    page.goto("/login")
+    _sign_in(page)
+    expect(page.get_by_role("heading", name="Channels")).to_be_visible()
+    page.goto(path)
+    return page
+
+
+def test_an_idle_session_warns_before_it_ends_and_can_be_kept(browser, idle_site):
+    page = _open(browser, idle_site, "/messages")
+    warning = page.get_by_role("alertdialog", name=WARNING)
+    said = page.locator("#session-idle-said")
+
+    # Signing in noted activity a moment before the page loaded: the warning may come a
+    # few seconds before 8 minutes on the page's clock, never a minute early or late.
+    page.clock.fast_forward("07:00")
+    expect(warning).to_be_hidden()
+    page.clock.fast_forward("01:01")
+    expect(warning).to_be_visible()
+    expect(warning.get_by_role("button", name="Stay signed in")).to_be_focused()
+    expect(said).to_have_attribute("aria-live", "polite")
+    expect(said).to_have_text("You will be signed out in 2 minutes.")
+    countdown = warning.locator("[data-countdown]")
+    expect(countdown).to_have_text(re.compile(r"^1 minute 5\d seconds$"))
+    shown = countdown.inner_text()
+    page.clock.fast_forward("00:05")  # the visible countdown moves, what is said does not
+    expect(countdown).not_to_have_text(shown)
+    expect(said).to_have_text("You will be signed out in 2 minutes.")
+    page.clock.fast_forward("01:10")  # 44 s left
+    expect(said).to_have_text("You will be signed out in 45 seconds.")
+
+    with idle_site.running.store.begin() as conn:
+        conn.execute(update(sessions).values(last_seen_at=utcnow() - timedelta(minutes=9)))
+    with page.expect_response("**/session/keep-alive") as kept:
+        warning.get_by_role("button", name="Stay signed in").click()
+    assert kept.value.status == 200
+    expect(warning).to_be_hidden()
+    with idle_site.running.store.read() as conn:
+        seen = conn.scalar(select(sessions.c.last_seen_at))
+    assert utcnow() - seen < timedelta(seconds=30), "staying signed in is activity"
+
+    page.clock.fast_forward("07:50")
+    expect(warning).to_be_hidden()
+    page.clock.fast_forward("00:11")
+    expect(warning).to_be_visible()
+    warning.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    with idle_site.running.store.read() as conn:
+        assert conn.execute(select(sessions)).all() == []
+    page.context.close()
+
+
+def test_a_session_near_its_lifetime_says_when_it_ends_and_cannot_be_extended(
+    browser, short_lived_site
+):
+    page = _open(browser, short_lived_site, "/messages")
+    ending = page.get_by_role("alertdialog", name="Your session is about to end")
+    page.clock.fast_forward("07:00")
+    expect(ending).to_be_hidden()
+    page.clock.fast_forward("01:01")
+    expect(ending).to_be_visible()
+    expect(ending).to_contain_text("cannot be extended")
+    expect(ending).to_contain_text("save anything you have typed")
+    expect(ending.locator("time")).to_have_text(re.compile(r"\d\d:\d\d"))
+    expect(ending.get_by_role("button", name="Stay signed in")).to_have_count(0)
+    expect(ending.get_by_role("button", name="Continue")).to_be_focused()
+    ending.get_by_role("button", name="Continue").click()
+    expect(ending).to_be_hidden()
+    page.clock.fast_forward("01:00")
+    expect(ending).to_be_hidden()  # said once
+    page.context.close()
