@@ -1,8 +1,9 @@
 """WCAG 2.2.1 Timing Adjustable: the console warns before its session ends, lets an idle one
-be extended, and says when one that cannot be extended will end.
+be extended, and does not silently lose a reason typed when the session ended anyway.
 
 The page's clock is Playwright's (``page.clock``), moved on by hand: no test waits for
-time to pass.
+time to pass. Where the session must really have ended on the server, the test ages it in
+the store, as the idle limit would.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_testing import PASSWORD, Site, running_site
+from console_testing import PASSWORD, Site, order, running_site
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select, update
 
 from router.store.inbound import utcnow
-from router.store.schema import sessions
+from router.store.schema import deliveries, sessions
 
+OML = "OML_O21_nhs_nwgmsa_v251"
 IDLE = {"session_idle": "10m", "session_warning": "2m"}
 WARNING = "You are about to be signed out"
 
@@ -58,6 +60,18 @@ def _open(browser: Browser, site: Site, path: str) -> Page:
     expect(page.get_by_role("heading", name="Channels")).to_be_visible()
     page.goto(path)
     return page
+
+
+def _end_sessions_on_the_server(site: Site) -> None:
+    with site.running.store.begin() as conn:
+        conn.execute(update(sessions).values(last_seen_at=utcnow() - timedelta(hours=1)))
+
+
+def _failed_message(site: Site, hl7_samples: dict[str, bytes]) -> int:
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "TIMEOUT-1"), "TIMEOUT-1", "failed")
+    with site.running.store.read() as conn:
+        return conn.scalar(select(deliveries.c.message_id))
 
 
 def test_an_idle_session_warns_before_it_ends_and_can_be_kept(browser, idle_site):
@@ -101,6 +115,56 @@ def test_an_idle_session_warns_before_it_ends_and_can_be_kept(browser, idle_site
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     with idle_site.running.store.read() as conn:
         assert conn.execute(select(sessions)).all() == []
+    page.context.close()
+
+
+def test_a_reason_typed_when_the_idle_limit_ends_the_session_is_offered_back(
+    browser, idle_site, hl7_samples
+):
+    message_id = _failed_message(idle_site, hl7_samples)
+    page = _open(browser, idle_site, f"/messages/{message_id}")
+    page.get_by_role("button", name="Resend…").click()
+    dialog = page.get_by_role("dialog", name=re.compile("Resend delivery"))
+    dialog.get_by_label("Reason").fill("lab interface restarted")
+    page.clock.fast_forward("08:01")
+    expect(page.get_by_role("alertdialog", name=WARNING)).to_be_visible()
+
+    _end_sessions_on_the_server(idle_site)  # as 10 idle minutes would
+    page.clock.fast_forward("02:00")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("status")).to_contain_text(
+        'You were signed out, so "Resend delivery'
+    )
+    _sign_in(page)
+
+    expect(page).to_have_url(re.compile(f"/messages/{message_id}$"))
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("nothing was changed")
+    expect(dialog.get_by_label("Reason")).to_have_value("lab interface restarted")
+    dialog.get_by_role("button", name="Resend", exact=True).click()
+    expect(page.get_by_role("status")).to_contain_text("Resent")
+    page.context.close()
+
+
+def test_a_reason_submitted_after_the_session_ended_is_not_lost(browser, idle_site, hl7_samples):
+    """The reproduction: the session ends on the server, then the dialog is submitted."""
+    message_id = _failed_message(idle_site, hl7_samples)
+    page = _open(browser, idle_site, f"/messages/{message_id}")
+    page.get_by_role("button", name="Resend…").click()
+    dialog = page.get_by_role("dialog", name=re.compile("Resend delivery"))
+    dialog.get_by_label("Reason").fill("lab interface restarted")
+    _end_sessions_on_the_server(idle_site)
+    dialog.get_by_role("button", name="Resend", exact=True).click()
+
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("status")).to_contain_text("was not done")
+    assert idle_site.delivery_status("TIMEOUT-1") == ["failed"], "nothing was resent"
+    _sign_in(page)
+    expect(dialog.get_by_label("Reason")).to_have_value("lab interface restarted")
+    dialog.get_by_role("button", name="Resend", exact=True).click()
+    expect(page.get_by_role("status")).to_contain_text("Resent")
+    page.goto(f"/messages/{message_id}")
+    expect(dialog).to_be_hidden()  # offered back once, not on every visit
     page.context.close()
 
 

@@ -35,10 +35,11 @@
     if (returnFocus && returnFocus.isConnected) returnFocus.focus();
   };
 
-  // The session ended: the sign-in page leads back here (or straight back, if another tab
-  // kept the session alive).
+  // The session ended: whatever was typed in an open dialog is kept (kept-reason.js), and
+  // the sign-in page leads back here (or straight back, if another tab kept it alive).
   const ended = () => {
     clearInterval(ticking);
+    if (window.tieKeepReasons) window.tieKeepReasons();
     location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
   };
 
