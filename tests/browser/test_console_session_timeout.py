@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from axe_playwright_python.sync_playwright import Axe
 from console_testing import PASSWORD, Site, order, running_site
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select, update
@@ -25,6 +26,7 @@ from router.store.schema import deliveries, sessions
 OML = "OML_O21_nhs_nwgmsa_v251"
 IDLE = {"session_idle": "10m", "session_warning": "2m"}
 WARNING = "You are about to be signed out"
+WCAG_21_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
 
 
 def _site(tmp_path: Path, **auth: Any) -> Iterator[Site]:
@@ -62,6 +64,16 @@ def _open(browser: Browser, site: Site, path: str) -> Page:
     return page
 
 
+def _violations(page: Page) -> list[str]:
+    """axe-core's WCAG 2.1 A and AA violations on the page as it is now."""
+    results = Axe().run(page, options=WCAG_21_AA)
+    return [
+        f"{v['id']}: {node['target']}"
+        for v in results.response["violations"]
+        for node in v["nodes"]
+    ]
+
+
 def _end_sessions_on_the_server(site: Site) -> None:
     with site.running.store.begin() as conn:
         conn.execute(update(sessions).values(last_seen_at=utcnow() - timedelta(hours=1)))
@@ -88,6 +100,7 @@ def test_an_idle_session_warns_before_it_ends_and_can_be_kept(browser, idle_site
     expect(warning.get_by_role("button", name="Stay signed in")).to_be_focused()
     expect(said).to_have_attribute("aria-live", "polite")
     expect(said).to_have_text("You will be signed out in 2 minutes.")
+    assert _violations(page) == []
     countdown = warning.locator("[data-countdown]")
     expect(countdown).to_have_text(re.compile(r"^1 minute 5\d seconds$"))
     shown = countdown.inner_text()
@@ -132,14 +145,13 @@ def test_a_reason_typed_when_the_idle_limit_ends_the_session_is_offered_back(
     _end_sessions_on_the_server(idle_site)  # as 10 idle minutes would
     page.clock.fast_forward("02:00")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-    expect(page.get_by_role("status")).to_contain_text(
-        'You were signed out, so "Resend delivery'
-    )
+    expect(page.get_by_role("status")).to_contain_text('You were signed out, so "Resend delivery')
     _sign_in(page)
 
     expect(page).to_have_url(re.compile(f"/messages/{message_id}$"))
     expect(dialog).to_be_visible()
     expect(dialog).to_contain_text("nothing was changed")
+    assert _violations(page) == []
     expect(dialog.get_by_label("Reason")).to_have_value("lab interface restarted")
     dialog.get_by_role("button", name="Resend", exact=True).click()
     expect(page.get_by_role("status")).to_contain_text("Resent")
@@ -158,6 +170,7 @@ def test_a_reason_submitted_after_the_session_ended_is_not_lost(browser, idle_si
 
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     expect(page.get_by_role("status")).to_contain_text("was not done")
+    assert _violations(page) == []
     assert idle_site.delivery_status("TIMEOUT-1") == ["failed"], "nothing was resent"
     _sign_in(page)
     expect(dialog.get_by_label("Reason")).to_have_value("lab interface restarted")
@@ -182,6 +195,7 @@ def test_a_session_near_its_lifetime_says_when_it_ends_and_cannot_be_extended(
     expect(ending.locator("time")).to_have_text(re.compile(r"\d\d:\d\d"))
     expect(ending.get_by_role("button", name="Stay signed in")).to_have_count(0)
     expect(ending.get_by_role("button", name="Continue")).to_be_focused()
+    assert _violations(page) == []
     ending.get_by_role("button", name="Continue").click()
     expect(ending).to_be_hidden()
     page.clock.fast_forward("01:00")
