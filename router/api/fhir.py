@@ -70,9 +70,11 @@ def fhir_router(engine: Engine) -> APIRouter:
         compiled = engine.channels.get(channel)
         return compiled is not None and compiled.config.source.http is not None
 
-    def not_json(request: Request) -> Response | None:
-        """406 for a client that asks only for a format other than FHIR JSON."""
-        exc = unacceptable(request.headers.get("accept", ""), request.url.query)
+    def not_json(request: Request, channel: str) -> Response | None:
+        """406 for a client that asks only for a format other than the channel's FHIR JSON."""
+        source = engine.channels[channel].config.source.http
+        assert source is not None
+        exc = unacceptable(request.headers.get("accept", ""), request.url.query, source.fhir)
         return None if exc is None else to_response(rejected_answer(exc, request.headers))
 
     def fhir_json(resource: dict[str, Any], status: int = 200) -> Response:
@@ -85,7 +87,7 @@ def fhir_router(engine: Engine) -> APIRouter:
         """The latest ServiceRequests by ``identifier``, ``patient:identifier`` and ``status``."""
         if not registry_channel(channel):
             return unknown(request, f"no FHIR channel named {channel!r}")
-        if (refusal := not_json(request)) is not None:
+        if (refusal := not_json(request, channel)) is not None:
             return refusal
         params = request.query_params
         try:
@@ -158,7 +160,7 @@ def fhir_router(engine: Engine) -> APIRouter:
     ) -> Response:
         if not registry_channel(channel):
             return unknown(request, f"no FHIR channel named {channel!r}")
-        if (refusal := not_json(request)) is not None:
+        if (refusal := not_json(request, channel)) is not None:
             return refusal
 
         def find() -> dict[str, Any] | None:

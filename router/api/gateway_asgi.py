@@ -226,7 +226,8 @@ class GatewayRoutes:
             )
             await respond_fhir(send, await intake.refuse(request, 415, "not-supported", text))
             return
-        not_acceptable = unacceptable(incoming.headers.get("accept", ""), incoming.query)
+        accept = incoming.headers.get("accept", "")
+        not_acceptable = unacceptable(accept, incoming.query, source.fhir)
         if not_acceptable is not None:
             await respond_fhir(send, await intake.turn_away(request, not_acceptable))
             return

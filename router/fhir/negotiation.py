@@ -5,8 +5,13 @@ FHIR (http.html, "Content Types and encodings") lets a client ask for a format w
 cannot give the format asked for answers 406 Not Acceptable. A client that asks for
 FHIR XML and gets JSON may fail reading it, or worse, store what it cannot parse, so
 tie says at once that it does not speak XML. Anything that admits JSON (``*/*``,
-``application/*``, ``application/json``, ``application/fhir+json`` with any parameters,
-``fhirVersion`` included) or no ``Accept`` at all is JSON.
+``application/*``, ``application/json``, ``application/fhir+json`` with any parameters)
+or no ``Accept`` at all is JSON.
+
+A media type may name the FHIR version wanted, ``fhirVersion=4.0`` (http.html, "FHIR
+Version parameter"); a server that does not support the version asked for answers 406.
+A channel speaks one version (its ``fhir``, R4 or STU3): a range naming another one does
+not admit its JSON, as an R3 client reading R4 resources would misread them.
 """
 
 from __future__ import annotations
@@ -19,37 +24,54 @@ from router.fhir.outcome import Rejected, reject
 JSON_RANGES = frozenset({"*/*", "application/*", "application/json", "application/fhir+json"})
 # The _format values FHIR reads as JSON (http.html: json, application/json, application/fhir+json).
 JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
+# The fhirVersion (major.minor) of each version a channel speaks.
+FHIR_VERSIONS = {"R4": "4.0", "STU3": "3.0"}
 
 
-def unacceptable(accept: str, query: str) -> Rejected | None:
-    """406 when the request asks only for formats other than FHIR JSON; else None.
+def unacceptable(accept: str, query: str, fhir: str = "R4") -> Rejected | None:
+    """406 when the request asks only for formats other than FHIR JSON of version ``fhir``
+    (R4 or STU3); else None.
 
     ``_format`` (in the query string ``query``) decides when present; otherwise ``Accept``.
     """
+    version = FHIR_VERSIONS[fhir]
+    served = f"application/fhir+json (fhirVersion={version}) only"
     formats = [value for name, value in parse_qsl(query) if name == "_format"]
     if formats:
         wanted = formats[-1]
         # An unescaped ``+`` in a query string reads as a space.
-        if _media_type(wanted.replace(" ", "+")) in JSON_FORMATS:
+        media, *params = wanted.replace(" ", "+").split(";")
+        if media.strip().lower() in JSON_FORMATS and _of_version(params, version):
             return None
-        return _refused(f"_format {wanted!r} is not served: tie answers FHIR JSON only", "_format")
-    if not accept.strip() or any(_admits_json(item) for item in accept.split(",")):
+        return _refused(f"_format {wanted!r} is not served: tie answers {served}", "_format")
+    if not accept.strip() or any(_admits_json(item, version) for item in accept.split(",")):
         return None
     return _refused(
-        f"Accept {accept.strip()!r} admits no format tie answers: it answers "
-        "application/fhir+json only",
+        f"Accept {accept.strip()!r} admits no format tie answers: it answers {served}",
         None,
     )
 
 
-def _admits_json(item: str) -> bool:
-    """Whether one media range of an Accept header admits FHIR JSON (its ``q`` not 0)."""
+def _admits_json(item: str, version: str) -> bool:
+    """Whether one media range of an Accept header admits FHIR JSON of ``version`` (its
+    ``q`` not 0)."""
     media, *params = item.split(";")
     for param in params:
         name, _, value = param.partition("=")
         if name.strip().lower() == "q" and _zero(value.strip()):
             return False
-    return media.strip().lower() in JSON_RANGES
+    return media.strip().lower() in JSON_RANGES and _of_version(params, version)
+
+
+def _of_version(params: list[str], version: str) -> bool:
+    """Whether media type parameters ask for FHIR ``version`` (major.minor), or for none: a
+    full version (``4.0.1``) names its major.minor too."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "fhirversion":
+            asked = value.strip().strip('"').split(".")
+            return asked[:2] == version.split(".")
+    return True
 
 
 def _zero(q: str) -> bool:
@@ -57,10 +79,6 @@ def _zero(q: str) -> bool:
         return float(q) == 0
     except ValueError:
         return False
-
-
-def _media_type(value: str) -> str:
-    return value.split(";")[0].strip().lower()
 
 
 def _refused(text: str, expression: str | None) -> Rejected:

@@ -620,6 +620,30 @@ def test_registry_reads_are_audited_views(engine, bars_samples):
     ]
 
 
+def test_a_client_that_asks_for_another_fhir_version_gets_406(engine, bars_samples):
+    """http.html: a server that does not support the fhirVersion asked for answers 406."""
+    running, client = engine
+    document = bars_samples["booking-request_process-message"]
+    stu3 = "application/fhir+json;fhirVersion=3.0"
+    refused = _post(client, "/fhir/inbox/$process-message", document, Accept=stu3)
+    assert refused.status_code == 406
+    assert "fhirVersion=4.0" in refused.json()["issue"][0]["diagnostics"]
+    by_format = _post(
+        client,
+        "/fhir/inbox/$process-message?_format=application/fhir%2Bjson;fhirVersion=3.0",
+        document,
+    )
+    assert by_format.status_code == 406
+    assert by_format.json()["issue"][0]["expression"] == ["_format"]
+    assert len(_refused(running)) == 2
+    either = f"{stu3}, application/fhir+json;fhirVersion=4.0.1"
+    taken = _post(client, "/fhir/inbox/$process-message", document, Accept=either)
+    assert taken.status_code == 202
+    auth = {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
+    searched = client.get("/fhir/inbox/ServiceRequest", headers={**auth, "Accept": stu3})
+    assert searched.status_code == 406
+
+
 def test_registry_reads_answer_406_to_a_client_that_asks_for_xml(engine):
     running, client = engine
     auth = {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
