@@ -36,6 +36,20 @@ def ssl_context(tls: TlsOptions) -> ssl.SSLContext:
     return context
 
 
+def unanswered_reason(url: str, tls: TlsOptions) -> str:
+    """What to add to "the server disconnected" on an HTTPS exchange with no client
+    certificate configured: under TLS 1.3 a server that requires one refuses it only
+    after the handshake, and the client learns of it at its first read, as a connection
+    closed without an answer. Empty when a certificate is configured or the URL is plain
+    HTTP (nothing suggests a certificate then)."""
+    if tls.cert is not None or not url.lower().startswith("https:"):
+        return ""
+    return (
+        "; the server closed the connection after the TLS handshake: it may require a "
+        "client certificate, and none is configured (tls.cert)"
+    )
+
+
 def make_client(tls: TlsOptions, timeout: float, connect_timeout: float) -> httpx.AsyncClient:
     """A pooled client; redirects are not followed (a 3xx is the receiver's answer)."""
     return httpx.AsyncClient(
@@ -126,7 +140,11 @@ class HttpSender:
         except httpx.TimeoutException as exc:
             return SendResult("retry", error=f"{type(exc).__name__}: no answer from {url}")
         except httpx.TransportError as exc:
-            return SendResult("retry", error=f"{type(exc).__name__}: {exc or url}")
+            # A connection closed once made is a RemoteProtocolError, or a ReadError or
+            # WriteError with no message of its own (a reset, a broken pipe).
+            closed = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError)
+            hint = unanswered_reason(url, target.tls) if closed else ""
+            return SendResult("retry", error=f"{type(exc).__name__}: {str(exc) or url}{hint}")
         return classify(response, response.content)
 
     async def close(self) -> None:

@@ -19,7 +19,7 @@ import aiohttp
 from yarl import URL
 
 from router.config.http import TlsOptions
-from router.connectors.http import ssl_context
+from router.connectors.http import ssl_context, unanswered_reason
 
 DEFAULT_LIMIT = 10 * 1024 * 1024  # of an answer's body: like the sources' default max_body
 MAX_CONNECTIONS = 10  # kept-alive connections per client (as httpcore's pool had)
@@ -73,6 +73,7 @@ class RawClient:
     """
 
     def __init__(self, tls: TlsOptions, timeout: float, connect_timeout: float) -> None:
+        self._tls = tls
         self._ssl = ssl_context(tls)
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None  # made in the event loop
@@ -127,6 +128,9 @@ class RawClient:
             raise ConnectFailed("ConnectTimeout") from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
             raise TimedOut(type(exc).__name__) from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            hint = unanswered_reason(url, self._tls)
+            raise Broken(f"{type(exc).__name__}: {exc}{hint}") from exc
         except aiohttp.ClientError as exc:
             raise Broken(f"{type(exc).__name__}: {exc}") from exc
         return RawResponse(

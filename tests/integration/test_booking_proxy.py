@@ -463,3 +463,13 @@ def test_a_provider_over_mutual_tls_with_a_private_ca(tmp_path, store_url, certi
         assert row.delivery == "failed"
         assert "certificate verify failed" in (error or "")
         assert len(provider.received) == 1
+
+        # The CA but no client certificate: TLS 1.3 refuses it only at the first read,
+        # which looks like a bare disconnect; the answer and the attempt say why.
+        trusted = {"ca": str(certificates.ca)}
+        answered, row, error = _through_tls_proxy(tmp_path / "c", store_url, provider, trusted)
+        assert answered.status_code == 502
+        diagnostics = answered.json()["issue"][0]["diagnostics"]
+        assert "closed the connection after the TLS handshake" in diagnostics
+        assert "may require a client certificate" in (error or "")
+        assert len(provider.received) == 1
