@@ -32,6 +32,11 @@ class ConnectFailed(Exception):
     """No connection could be made: nothing reached the receiver."""
 
 
+class Unverified(ConnectFailed):
+    """The receiver's certificate could not be verified: trying again at once would fail
+    the same way, until its certificate or the channel's ``tls.ca`` changes."""
+
+
 class TimedOut(Exception):
     """The receiver did not answer in time (it may have received the request)."""
 
@@ -120,6 +125,8 @@ class RawClient:
                         response.close()  # the connection is not reused
                         raise TooLarge(f"the answer is larger than {limit} bytes")
                     chunks.append(chunk)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise Unverified(f"ConnectError: {exc}") from exc
         except aiohttp.ClientConnectorError as exc:  # refused, unresolved, TLS refused
             # The reason is kept: "certificate verify failed: self-signed certificate" is
             # what an operator needs to see, where a bare ConnectError sends them hunting.

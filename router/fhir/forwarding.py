@@ -2,7 +2,8 @@
 channel, and a request whose transport failures become the gateway answer tie gives.
 
 A connection that could not be made is tried again (``connect_retries``): nothing reached
-the receiver, so it cannot act twice. A timeout or a broken exchange is never retried:
+the receiver, so it cannot act twice; but not a receiver whose certificate could not be
+verified, which would fail the same way at once. A timeout or a broken exchange is never retried:
 the receiver may have acted, and the sender, told so, owns the retry.
 """
 
@@ -13,7 +14,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from router.config.http import TlsOptions
-from router.connectors.http_client import Broken, ConnectFailed, RawClient, RawResponse, TimedOut
+from router.connectors.http_client import (
+    Broken,
+    ConnectFailed,
+    RawClient,
+    RawResponse,
+    TimedOut,
+    Unverified,
+)
 
 
 class HopOptions(Protocol):
@@ -76,7 +84,7 @@ class Forwarder:
             try:
                 return await client.request(method, url, headers, body, limit=limit)
             except ConnectFailed as exc:
-                if retries > 0:
+                if retries > 0 and not isinstance(exc, Unverified):
                     retries -= 1
                     continue
                 return HopFailed(502, "transient", f"{peer} could not be reached: {exc}")

@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import ssl
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 
 import pytest
 import uvloop
@@ -15,6 +16,7 @@ from tie_testing import Certificates, free_ports, make_certificates
 from router.config.http import TlsOptions
 from router.connectors import http_client
 from router.connectors.http_client import Broken, ConnectFailed, RawClient, TimedOut, TooLarge
+from router.fhir.forwarding import Forwarder, HopFailed
 
 GUARD = 30.0  # a hang fails the test instead of stalling the run
 SHORT = 0.2  # the timeouts that are meant to pass
@@ -279,5 +281,42 @@ def test_tls_verifies_the_receiver_and_presents_the_client_certificate(certifica
                 await client.close()
                 await stranger.close()
             assert len(peer.requests) == 1
+
+    run(main())
+
+
+def test_a_certificate_that_cannot_be_verified_is_not_tried_again(certificates):
+    """``connect_retries`` tries a connection that could not be made again, but a receiver
+    whose certificate fails verification would fail the same way at once."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates.server_cert, certificates.server_key)
+    accepted = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: accepted.append(1) or asyncio.Protocol(), "127.0.0.1", 0, ssl=context
+        )
+        port = server.sockets[0].getsockname()[1]
+        options = SimpleNamespace(tls=TlsOptions(), timeout=GUARD, connect_timeout=GUARD)
+        forwarder = Forwarder()
+        try:
+            failed = await forwarder.send(
+                "c",
+                options,
+                "POST",
+                f"https://127.0.0.1:{port}/fhir",
+                [],
+                b"{}",
+                peer="the receiver",
+                limit=1024,
+                connect_retries=3,
+            )
+        finally:
+            await forwarder.close()
+            server.close()
+        assert isinstance(failed, HopFailed)
+        assert "certificate verify failed" in failed.text
+        assert len(accepted) == 1
 
     run(main())
