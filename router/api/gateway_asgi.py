@@ -7,6 +7,11 @@ proxy's budget is 2 ms. Another method on a FHIR POST path is refused here too (
 an OperationOutcome), except the registry's ``GET /fhir/<channel>/ServiceRequest``.
 They are outside the app's route table, and check their senders' tokens themselves,
 before a body is read (router/fhir/senders.py). Everything else goes on to the FastAPI app.
+
+Every answer under ``/fhir`` and ``/proxy`` carries an ``X-Request-Id``
+(router/fhir/request_id.py): a stored request's is the caller's or the message's UUID,
+set where it is stored; any other answer (the registry's, the framework's 404, 405...)
+gets the caller's or a fresh one on its way out.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from router import metrics
+from router.api.fhir_errors import is_fhir_path
 from router.config.http import HttpSource
 from router.fhir import MEDIA_TYPES
 from router.fhir.intake import KEPT_OF_REJECTED, Answer, FhirRequest, rejected_answer
 from router.fhir.negotiation import unacceptable
 from router.fhir.outcome import Rejected, reject
 from router.fhir.proxy import ProxyRequest, provider_url
+from router.fhir.request_id import REQUEST_ID, callers_id
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -123,6 +130,26 @@ async def respond_fhir(send: Send, answer: Answer) -> None:
     await respond(send, answer.status, answer.body, headers)
 
 
+def answer_id(headers: dict[str, str]) -> str:
+    """The ``X-Request-Id`` of an answer that stores nothing: the caller's, else a new one."""
+    return callers_id(headers.get(REQUEST_ID)) or str(uuid4())
+
+
+def with_request_id(scope: Scope, send: Send) -> Send:
+    """``send``, with the answer's ``X-Request-Id`` set (the caller's, else a new one)."""
+    raw_name = REQUEST_ID.encode()
+    sent = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == raw_name), "")
+    value = (callers_id(sent) or str(uuid4())).encode("latin-1")
+
+    async def sending(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != raw_name]
+            message["headers"] = [*headers, (raw_name, value)]
+        await send(message)
+
+    return sending
+
+
 def not_allowed(incoming: Incoming, operation: str) -> Answer:
     """405 for a method a FHIR POST path does not take: an OperationOutcome and ``Allow``,
     as a FHIR client expects, not the app's bare 404. Not stored: a request without a
@@ -131,13 +158,16 @@ def not_allowed(incoming: Incoming, operation: str) -> Answer:
     text = f"{incoming.method} is not allowed here (allowed: {allowed})"
     answer = rejected_answer(reject(405, "not-supported", text), incoming.headers)
     answer.headers["allow"] = allowed
+    answer.headers[REQUEST_ID] = answer_id(incoming.headers)
     return answer
 
 
 def no_channel(incoming: Incoming, channel: str) -> Answer:
     """404 for a channel that does not exist or is no FHIR source, whatever the method."""
     unknown = reject(404, "not-found", f"no FHIR channel named {channel!r}")
-    return rejected_answer(unknown, incoming.headers)
+    answer = rejected_answer(unknown, incoming.headers)
+    answer.headers[REQUEST_ID] = answer_id(incoming.headers)
+    return answer
 
 
 class GatewayRoutes:
@@ -155,6 +185,8 @@ class GatewayRoutes:
                 return
             if path.startswith("/fhir/") and await self.fhir_route(scope, receive, send):
                 return
+            if is_fhir_path(path):
+                send = with_request_id(scope, send)
         await self.app(scope, receive, send)
 
     async def fhir_route(self, scope: Scope, receive: Receive, send: Send) -> bool:
@@ -250,7 +282,7 @@ class GatewayRoutes:
         )
         if channel is None:
             unknown = reject(404, "not-found", "this engine has no booking proxy")
-            answer = proxy.refusal(unknown, incoming.headers.get("x-request-id") or str(uuid4()))
+            answer = proxy.refusal(unknown, answer_id(incoming.headers))
             await respond(send, answer.status, answer.body, answer.headers)
             return
         options = channel.config.source.proxy

@@ -22,9 +22,10 @@ from router.config.http import HttpSource
 from router.fhir import FHIR_JSON
 from router.fhir.bars import source_endpoint
 from router.fhir.outcome import Issue, Rejected, information, operation_outcome, reject
+from router.fhir.request_id import REQUEST_ID, callers_id, request_keys
 from router.fhir.validation import message_header, parse_json, require_resource
 from router.fhir.validators import ValidationWorkers, ValidatorLost
-from router.store.inbound import VALIDATING, Inbound, Receipt
+from router.store.inbound import VALIDATING, Inbound, Receipt, time_ordered_uuid
 from router.store.ingest import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,18 @@ class FhirRequest:
     resource_type: str | None = None
     idempotency_window: float | None = None
     user: str | None = None  # the sender's API user, when the source takes tokens
+    uuid: str = field(default_factory=time_ordered_uuid)  # of the message that stores it
+
+    @property
+    def request_id(self) -> str:
+        """The ``X-Request-Id`` of every answer: the caller's, else the stored message's
+        UUID."""
+        return callers_id(self.headers.get(REQUEST_ID)) or self.uuid
+
+    @property
+    def keys(self) -> tuple[tuple[str, str], ...]:
+        """Correlation keys of the stored request: the caller's ``X-Request-Id``."""
+        return request_keys(self.headers.get(REQUEST_ID))
 
 
 @dataclass
@@ -150,6 +163,7 @@ def checked_inbound(
         control_id=_text(document.get("id")),
         sender=_text(sender),
         source=source_metadata(request, **(source or {})),
+        uuid=request.uuid,
         **fields,
     )
 
@@ -201,6 +215,8 @@ class FhirIntake:
             source=source_metadata(request, status=exc.status),
             status="error",
             error=rejected_reason(exc),
+            uuid=request.uuid,
+            keys=request.keys,
         )
         with contextlib.suppress(StoreUnavailable):
             await self._ingest(item)
@@ -213,10 +229,13 @@ class FhirIntake:
     async def turn_away(self, request: FhirRequest, exc: Rejected) -> Answer:
         """``refuse`` with the refusal made: also a sender's (router/fhir/senders.py)."""
         await self.store_rejected(request, exc, request.body[:KEPT_OF_REJECTED])
-        return rejected_answer(exc, request.headers)
+        return identified(request, rejected_answer(exc, request.headers))
 
     async def accept(self, request: FhirRequest) -> Answer:
         """Check and store (the processor routes it), answer 202; or refuse."""
+        return identified(request, await self._accept(request))
+
+    async def _accept(self, request: FhirRequest) -> Answer:
         if request.source.bars is not None and self._route is not None:
             try:
                 models, checked = await self._begun(request)
@@ -234,7 +253,11 @@ class FhirIntake:
             await self.store_rejected(request, exc)
             return rejected_answer(exc, request.headers)
         item = checked_inbound(
-            request, checked, idempotency_window=request.idempotency_window, status=VALIDATING
+            request,
+            checked,
+            idempotency_window=request.idempotency_window,
+            status=VALIDATING,
+            keys=request.keys,
         )
         stored = asyncio.ensure_future(self._ingest(item))
         try:
@@ -308,6 +331,13 @@ class FhirIntake:
         if receipt.duplicate_of is None:
             with contextlib.suppress(StoreUnavailable):
                 await asyncio.wrap_future(self._release(item, rejected_reason(exc)))
+
+
+def identified(request: FhirRequest, answer: Answer) -> Answer:
+    """``answer`` with the ``X-Request-Id`` that finds the stored request (the caller's own,
+    else the message's UUID), as every answer of a FHIR source carries."""
+    answer.headers[REQUEST_ID] = request.request_id
+    return answer
 
 
 def rejected_reason(exc: Rejected) -> str:

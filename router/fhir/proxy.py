@@ -34,6 +34,7 @@ from router.fhir.exchange import PROVIDER, Outcome, open_exchange
 from router.fhir.forwarding import Forwarder, HopFailed
 from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
 from router.fhir.recorder import Recorder
+from router.fhir.request_id import REQUEST_ID, callers_id, request_keys
 from router.fhir.senders import bearer
 from router.store.fast_insert import insert_rows
 from router.store.inbound import Inbound, time_ordered_uuid, utcnow, write_inbound
@@ -61,11 +62,8 @@ HOP_BY_HOP = frozenset(
 )
 NOT_ANSWERED = HOP_BY_HOP | {"date", "server"}
 TIE_COOKIES = "tie_"  # the console's session and sign-in cookies
-REQUEST_ID = "x-request-id"
 # With the stored request (never Authorization).
 KEPT_HEADERS = (*SSP, "content-type", "accept", REQUEST_ID)
-REQUEST_ID_KEY = "x_request_id"  # the correlation key of a caller's own X-Request-Id
-MAX_REQUEST_ID = 255  # a caller's longer X-Request-Id is not the answer's id: tie gives one
 KEPT_OF_REFUSED = 64 * 1024  # of a refused request's body, stored with its reason
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _ASID = re.compile(r"[0-9]+")  # digits (Spine's are 12; the length is left to the directory)
@@ -92,8 +90,7 @@ class ProxyRequest:
     @property
     def callers_id(self) -> str | None:
         """The caller's own ``X-Request-Id``, when it sent a usable one."""
-        sent = self.header(REQUEST_ID)
-        return sent if 0 < len(sent) <= MAX_REQUEST_ID else None
+        return callers_id(self.header(REQUEST_ID))
 
     @property
     def request_id(self) -> str:
@@ -343,10 +340,7 @@ class BookingProxy:
 
 
 def _request_key(request: ProxyRequest) -> list[tuple[str, str]]:
-    """The caller's X-Request-Id as a correlation key (tie's own is the message's UUID,
-    which a search by key finds already)."""
-    sent = request.callers_id
-    return [(REQUEST_ID_KEY, sent)] if sent else []
+    return list(request_keys(request.header(REQUEST_ID)))
 
 
 _MESSAGE_ID = select(messages.c.id).where(messages.c.uuid == bindparam("uuid"))

@@ -23,9 +23,12 @@ from router import metrics
 from router.hl7v2.header import MshHeader
 from router.payload import Payload, as_payload
 from router.store.fast_insert import insert_rows
-from router.store.schema import messages
+from router.store.schema import correlations, messages
 
 _INSERT = messages.insert()  # built once: SQLAlchemy caches its compiled form by this object
+_IDS_OF = select(messages.c.uuid, messages.c.id).where(
+    messages.c.uuid.in_(bindparam("uuids", expanding=True))
+)
 # Stored, its checks still running (FHIR validation runs beside the commit): the processor
 # leaves it until ``release_validated`` makes it received, settled or an error.
 VALIDATING = "validating"
@@ -97,6 +100,9 @@ class Inbound:
     header: MshHeader | None = None
     # Its row id once stored, where the insert told it (router.store.fast_insert.insert_rows).
     id: int | None = None
+    # Correlation keys stored with it at once (a FHIR caller's X-Request-Id), for a request
+    # that may never reach a pipeline (a refusal) to be found by them all the same.
+    keys: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +154,7 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
         row_id = insert_rows(conn, messages, rows)  # told for a single row, else None
         for item in stored:  # so no item keeps an id from an insert that was rolled back
             item.id = row_id
+        _insert_keys(conn, [item for item in stored if item.keys])
     for row, original_uuid in late:
         row["duplicate_of"] = conn.scalar(
             select(messages.c.id).where(messages.c.uuid == original_uuid)
@@ -155,6 +162,23 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
         conn.execute(_INSERT, row)
     metrics.count_messages(_counted([*rows, *(row for row, _ in late)]))
     return receipts
+
+
+def _insert_keys(conn: Connection, items: list[Inbound]) -> None:
+    """The correlation keys of ``items``, just inserted (their ids looked up in one query
+    where the insert did not tell them)."""
+    if not items:
+        return
+    ids = {item.uuid: item.id for item in items if item.id is not None}
+    unknown = [item.uuid for item in items if item.id is None]
+    if unknown:
+        ids.update((row.uuid, row.id) for row in conn.execute(_IDS_OF, {"uuids": unknown}))
+    rows = [
+        {"message_id": ids[item.uuid], "key": key, "value": value}
+        for item in items
+        for key, value in dict.fromkeys(item.keys)
+    ]
+    insert_rows(conn, correlations, rows)
 
 
 def _find_original(

@@ -620,6 +620,54 @@ def test_registry_reads_are_audited_views(engine, bars_samples):
     ]
 
 
+def _found_by_key(running: RunningEngine, client: httpx.Client, key: str) -> list[Any]:
+    """The messages ``/api/messages?key=`` finds, as support searches for a quoted id."""
+    auth = {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
+    answer = client.get("/api/messages", params={"key": key}, headers=auth)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["messages"]
+
+
+def test_every_answer_carries_an_x_request_id_that_finds_what_was_stored(engine, bars_samples):
+    """A caller at 3 a.m. has an id to quote to support: every answer under /fhir carries
+    X-Request-Id (its own, else one tie gives), and a search by it finds what was stored."""
+    running, client = engine
+    document = bars_samples["booking-request_process-message"]
+    accepted = _post(client, "/fhir/inbox/$process-message", document)
+    refused = client.post("/fhir/inbox/$process-message", content=b"<Bundle/>")
+    for answer, status in ((accepted, 202), (refused, 415)):
+        assert answer.status_code == status
+        [found] = _found_by_key(running, client, answer.headers["x-request-id"])
+        assert found["uuid"] == answer.headers["x-request-id"]
+
+    own = f"caller-{uuid4()}"
+    resent = {**document, "id": str(uuid4())}
+    for answer in (
+        _post(client, "/fhir/inbox/$process-message", resent, **{"X-Request-Id": own}),
+        client.post("/fhir/inbox/$process-message", content=b"{", headers={"X-Request-Id": own}),
+    ):
+        assert answer.headers["x-request-id"] == own
+    found = _found_by_key(running, client, own)
+    assert len(found) == 2 and "error" in {m["status"] for m in found}
+
+    too_long = "x" * 300
+    answer = _post(client, "/fhir/inbox/$process-message", resent, **{"X-Request-Id": too_long})
+    assert answer.headers["x-request-id"] != too_long
+
+    auth = {"Authorization": f"Bearer {api_token(running.store, 'support', name='sam')}"}
+    unstored = (
+        client.get("/fhir/nowhere"),  # the framework's 404
+        client.put("/fhir/inbox/$process-message"),  # 405
+        client.post("/fhir/nowhere/$process-message", content=b"{}"),  # no such channel
+        client.get("/fhir/inbox/ServiceRequest", headers=auth),  # the registry
+        client.get("/proxy/https://provider.example/Slot"),  # no booking proxy
+    )
+    for answer in unstored:
+        assert answer.headers.get("x-request-id"), (answer.request.url, answer.status_code)
+    mirrored = client.get("/fhir/inbox/ServiceRequest", headers={**auth, "X-Request-Id": own})
+    assert mirrored.headers["x-request-id"] == own
+
+
 def test_a_client_that_asks_for_another_fhir_version_gets_406(engine, bars_samples):
     """http.html: a server that does not support the fhirVersion asked for answers 406."""
     running, client = engine
