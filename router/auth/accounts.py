@@ -138,12 +138,13 @@ def set_password(
 ) -> User:
     """Set ``name``'s password and end their sessions, but the one whose cookie is
     ``keep_session`` (the user changing their own stays signed in there). Whoever knew
-    the old password is signed out everywhere else."""
+    the old password is signed out everywhere else. ``actor`` is kept as who set it: a
+    password an admin set cannot approve that admin's work (docs/governance.md)."""
     user = require_user(conn, name)
     conn.execute(
         users.update()
         .where(users.c.id == user.id)
-        .values(password_hash=hash_password(password), updated_at=utcnow())
+        .values(password_hash=hash_password(password), password_set_by=actor, updated_at=utcnow())
     )
     ended = delete(sessions).where(sessions.c.user_id == user.id)
     if keep_session:

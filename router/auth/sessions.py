@@ -34,10 +34,15 @@ class Session:
     csrf: str
     idle_ends: datetime
     expires_at: datetime
+    password_set_by: str | None  # who set the password it signed in with; None: not known
 
 
-def start_session(conn: Connection, user_id: int, *, lifetime: float) -> tuple[str, str]:
-    """A new session for the user: (the cookie value, the CSRF token)."""
+def start_session(
+    conn: Connection, user_id: int, *, lifetime: float, password_set_by: str | None
+) -> tuple[str, str]:
+    """A new session for the user: (the cookie value, the CSRF token). ``password_set_by`` is
+    who set the password just checked: kept with the session, so that a later reset does
+    not change who the session's credential came from (four eyes, docs/governance.md)."""
     now = utcnow()
     conn.execute(delete(sessions).where(sessions.c.expires_at <= now))
     token = secrets.token_urlsafe(32)
@@ -50,6 +55,7 @@ def start_session(conn: Connection, user_id: int, *, lifetime: float) -> tuple[s
             created_at=now,
             last_seen_at=now,
             expires_at=now + timedelta(seconds=lifetime),
+            password_set_by=password_set_by,
         )
     )
     return token, csrf
@@ -67,6 +73,7 @@ def load_session(store: Store, token: str, *, idle: float, activity: bool = True
     with store.read() as conn:
         row = conn.execute(
             select(sessions.c.id, sessions.c.csrf, sessions.c.last_seen_at, sessions.c.expires_at)
+            .add_columns(sessions.c.password_set_by)
             .add_columns(users.c.name, users.c.roles, users.c.disabled)
             .join(users, users.c.id == sessions.c.user_id)
             .where(sessions.c.token_hash == digest(token))
@@ -84,7 +91,12 @@ def load_session(store: Store, token: str, *, idle: float, activity: bool = True
             conn.execute(sessions.update().where(sessions.c.id == row.id).values(last_seen_at=now))
         seen = now
     return Session(
-        row.name, decode(row.roles), row.csrf, seen + timedelta(seconds=idle), row.expires_at
+        row.name,
+        decode(row.roles),
+        row.csrf,
+        seen + timedelta(seconds=idle),
+        row.expires_at,
+        row.password_set_by,
     )
 
 

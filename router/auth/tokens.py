@@ -168,13 +168,23 @@ def list_tokens(
     ]
 
 
-def token_holder(conn: Connection, token: str) -> tuple[str, frozenset[str]] | None:
-    """(user name, roles) for a live token, else None."""
+@dataclass(frozen=True)
+class Bearer:
+    """Who a live token acts for, with which roles, and who issued it (``created_by``)."""
+
+    name: str
+    roles: frozenset[str]
+    issued_by: str
+
+
+def token_bearer(conn: Connection, token: str) -> Bearer | None:
+    """The holder of a live token, else None."""
     if not token.startswith(PREFIX) or len(token) > MAX_LENGTH:
         return None
     row = conn.execute(
         select(users.c.name, users.c.roles.label("user_roles"), users.c.disabled)
         .add_columns(api_tokens.c.roles, api_tokens.c.expires_at, api_tokens.c.revoked_at)
+        .add_columns(api_tokens.c.created_by)
         .join(users, users.c.id == api_tokens.c.user_id)
         .where(api_tokens.c.token_hash == digest(token))
     ).first()
@@ -183,4 +193,11 @@ def token_holder(conn: Connection, token: str) -> tuple[str, frozenset[str]] | N
     if row.expires_at is not None and row.expires_at <= utcnow():
         return None
     held = decode(row.user_roles)
-    return row.name, frozenset(r for r in decode(row.roles) if grants(held, r))
+    roles = frozenset(r for r in decode(row.roles) if grants(held, r))
+    return Bearer(row.name, roles, row.created_by)
+
+
+def token_holder(conn: Connection, token: str) -> tuple[str, frozenset[str]] | None:
+    """(user name, roles) for a live token, else None."""
+    bearer = token_bearer(conn, token)
+    return (bearer.name, bearer.roles) if bearer else None

@@ -28,10 +28,11 @@ class User:
     name: str
     roles: frozenset[str]
     disabled: bool
+    password_set_by: str | None = None  # None: no password, or set before this was kept
 
 
 def _user(row: Any) -> User:
-    return User(row.id, row.name, decode(row.roles), bool(row.disabled))
+    return User(row.id, row.name, decode(row.roles), bool(row.disabled), row.password_set_by)
 
 
 def check_name(name: str) -> str:
@@ -62,6 +63,7 @@ def add_user(
             created_at=now,
             created_by=actor,
             updated_at=now,
+            password_set_by=actor if digest is not None else None,
         )
     ).inserted_primary_key[0]
     audit.append(

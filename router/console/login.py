@@ -29,7 +29,7 @@ from router.api.security import (
 from router.auth.roles import SENDER, grants
 from router.auth.sessions import end_session, keep_alive, start_session
 from router.auth.throttle import Refusals, with_refusals
-from router.auth.users import check_password, count_users
+from router.auth.users import User, check_password, count_users
 from router.console.session_clock import session_clock
 from router.console.templating import SECURITY_HEADERS, render
 
@@ -139,9 +139,7 @@ def login_routes(engine: Engine) -> APIRouter:
             )
         lifetime = auth.options.session_lifetime
         old = request.cookies.get(SESSION_COOKIE, "")
-        cookie = await asyncio.to_thread(
-            _start, store, user.id, user.name, lifetime, remote, old, unnoted
-        )
+        cookie = await asyncio.to_thread(_start, store, user, lifetime, remote, old, unnoted)
         response = RedirectResponse(target, status.HTTP_303_SEE_OTHER)
         response.set_cookie(
             SESSION_COOKIE,
@@ -200,8 +198,7 @@ def _failed(store: Any, name: str, why: str, remote: str, refusals: Refusals | N
 
 def _start(
     store: Any,
-    user_id: int,
-    name: str,
+    user: User,
     lifetime: float,
     remote: str,
     old: str,
@@ -210,6 +207,9 @@ def _start(
     """A new session (a new id: never one the browser brought along), ending the old one."""
     with store.begin() as conn:
         end_session(conn, old)
-        cookie, _ = start_session(conn, user_id, lifetime=lifetime)
-        audit.append(conn, name, "login", f"user:{name}", with_refusals({"from": remote}, refusals))
+        cookie, _ = start_session(
+            conn, user.id, lifetime=lifetime, password_set_by=user.password_set_by
+        )
+        details = with_refusals({"from": remote}, refusals)
+        audit.append(conn, user.name, "login", f"user:{user.name}", details)
         return cookie

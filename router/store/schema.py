@@ -368,6 +368,8 @@ users = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("created_by", String(128), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+    # Who last set the password (the user, or the admin who reset it); NULL: not known.
+    Column("password_set_by", String(128)),
 )
 
 api_tokens = Table(
@@ -378,7 +380,7 @@ api_tokens = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("roles", String(255), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
-    Column("created_by", String(128), nullable=False),
+    Column("created_by", String(128), nullable=False),  # the issuer (of the rotation)
     Column("expires_at", UtcDateTime()),
     Column("revoked_at", UtcDateTime()),
     Column("revoked_by", String(128)),
@@ -395,6 +397,8 @@ sessions = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("last_seen_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
+    # users.password_set_by when the session began: a later reset does not change it.
+    Column("password_set_by", String(128)),
     Index(None, "user_id"),
     Index(None, "expires_at"),
 )

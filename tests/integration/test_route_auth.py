@@ -154,7 +154,7 @@ def test_a_sender_is_refused_every_route(site):
         # Signing in refuses a sender (test_auth.py); a session made by other means (one
         # started before the account became a sender's) must still open nothing.
         user = add_user(conn, "gp-person", ["sender"], PASSWORD, actor="test")
-        cookie, _ = start_session(conn, user.id, lifetime=3600)
+        cookie, _ = start_session(conn, user.id, lifetime=3600, password_set_by=None)
     api = httpx.Client(base_url=site.url, timeout=10, headers={"Authorization": f"Bearer {token}"})
     console = httpx.Client(base_url=site.url, timeout=10, cookies={SESSION_COOKIE: cookie})
     wrong, checked = [], 0
