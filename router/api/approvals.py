@@ -119,7 +119,9 @@ def approval_routes(engine: Engine) -> APIRouter:
     @routes.post("/api/revisions/{channel}/{number}/approve")
     async def approve(channel: str, number: NumberPath, who: Principal = Depends(approver)) -> Any:
         """Approve (never your own proposal); the engine deploys it within seconds."""
-        found = await _call(governance.approve, store, config, channel, number, actor=who.name)
+        found = await _call(
+            governance.approve, store, config, channel, number, actor=who.name, made_by=who.made_by
+        )
         engine.watcher.wake()
         return _out(found)
 
@@ -202,7 +204,9 @@ def approval_routes(engine: Engine) -> APIRouter:
     @routes.post("/api/holds/{batch_id}/approve")
     async def approve_batch(batch_id: IdPath, who: Principal = Depends(approver)) -> Any:
         """Add your approval; enough distinct approvers release the batch at once."""
-        found = await _call(governance.approve_batch, store, batch_id, actor=who.name)
+        found = await _call(
+            governance.approve_batch, store, batch_id, actor=who.name, made_by=who.made_by
+        )
         if found.state == "released":
             engine.dispatcher.notify({(found.channel, found.destination)})
         return _out(found)

@@ -27,7 +27,7 @@ from starlette.routing import Mount
 from router.auth.roles import ROLES, grants
 from router.auth.sessions import load_session
 from router.auth.throttle import LoginThrottle
-from router.auth.tokens import token_holder
+from router.auth.tokens import Bearer, token_bearer
 from router.auth.users import case_clashes, count_users
 from router.config.engine import AuthOptions
 from router.repeat_log import RepeatLog
@@ -56,6 +56,9 @@ class Principal:
     name: str
     roles: frozenset[str]
     via: str
+    # Who made the credential in use: the token's issuer, or whoever set the password the
+    # session signed in with. None: not known. Four eyes holds it to the author's rule.
+    made_by: str | None = None
 
     def has(self, role: str) -> bool:
         """Admin holds every role; any signed-in user but a sender may see metadata (viewer)."""
@@ -94,12 +97,12 @@ class Authenticator:
         self.refused = RepeatLog(log)
 
     async def by_token(self, token: str) -> Principal | None:
-        def look() -> tuple[str, frozenset[str]] | None:
+        def look() -> Bearer | None:
             with self.store.read() as conn:
-                return token_holder(conn, token)
+                return token_bearer(conn, token)
 
         found = await asyncio.to_thread(look)
-        return Principal(found[0], found[1], "token") if found else None
+        return Principal(found.name, found.roles, "token", found.issued_by) if found else None
 
     async def by_session(self, request: Request) -> Principal | None:
         """The session's principal; its CSRF token is kept on ``request.state``.
@@ -118,7 +121,7 @@ class Authenticator:
             return None
         request.state.csrf = session.csrf
         request.state.session = session
-        return Principal(session.name, session.roles, "session")
+        return Principal(session.name, session.roles, "session", session.password_set_by)
 
     def secure_cookie(self, request: Request) -> bool:
         if self.options.secure_cookie == "always" or request.url.scheme == "https":

@@ -190,7 +190,14 @@ def approval_routes(engine: Engine) -> APIRouter:
         principal: Approver,
     ) -> Response:
         def act() -> Revision:
-            return governance.approve(store, engine.config, channel, number, actor=principal.name)
+            return governance.approve(
+                store,
+                engine.config,
+                channel,
+                number,
+                actor=principal.name,
+                made_by=principal.made_by,
+            )
 
         return await attempt(request, principal, act, _revision_done("approved"))
 
@@ -230,7 +237,9 @@ def approval_routes(engine: Engine) -> APIRouter:
         principal: Approver,
     ) -> Response:
         def act() -> HeldBatch:
-            found = governance.approve_batch(store, batch_id, actor=principal.name)
+            found = governance.approve_batch(
+                store, batch_id, actor=principal.name, made_by=principal.made_by
+            )
             if found.state == RELEASED:  # send now, not at the dispatcher's next poll
                 engine.dispatcher.notify({(found.channel, found.destination)})
             return found

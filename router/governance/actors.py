@@ -6,11 +6,16 @@ well as the API and the console (which also check the caller's session or token)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from sqlalchemy import Connection, select
 
+from router import audit
 from router.auth.roles import decode, grants
 from router.auth.users import count_users
-from router.governance.models import RoleRequired
+from router.governance.models import FourEyesViolation, RoleRequired
+from router.store.database import Store
 from router.store.schema import users
 
 
@@ -35,3 +40,31 @@ def require_role_once_users_exist(conn: Connection, actor: str, *roles: str) -> 
     so any name passes; the audit keeps the OS user beside it (``audit.run_by``)."""
     if count_users(conn):
         require_role(conn, actor, *roles)
+
+
+def credential_maker_among(actor: str, made_by: str | None, people: Iterable[str]) -> str | None:
+    """Which of ``people`` (an author, a requester) made the credential ``actor`` acts with,
+    or None. Whoever made a credential for someone else can act with it: an approval made
+    with it is theirs, not ``actor``'s. ``made_by`` None (not known) names nobody."""
+    if made_by is None or person(made_by) == person(actor):
+        return None
+    return next((name for name in people if person(name) == person(made_by)), None)
+
+
+def refuse(
+    store: Store, actor: str, action: str, target: str, details: dict[str, Any], message: str
+) -> FourEyesViolation:
+    """Audit a refused approval in a transaction of its own (the action's is rolled back) and
+    return the error to raise."""
+    with store.begin() as conn:
+        audit.append(conn, actor, action, target, {**details, "refused": message})
+    return FourEyesViolation(message)
+
+
+def made_by_author(actor: str, maker: str, work: str) -> str:
+    """Why an approval with a credential ``maker`` made is refused, and how to put it right."""
+    return (
+        f"{actor} acts with a credential {maker} made (a token {maker} issued or a "
+        f"password {maker} set), and {maker} {work}: it cannot approve that. {actor} must set "
+        "their own password and sign in again, or use a token a third person issued"
+    )

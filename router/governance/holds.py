@@ -24,7 +24,13 @@ from sqlalchemy import Connection, func, select, update
 
 from router import audit
 from router.config import ChannelConfig
-from router.governance.actors import person, require_role
+from router.governance.actors import (
+    credential_maker_among,
+    made_by_author,
+    person,
+    refuse,
+    require_role,
+)
 from router.governance.deploy import channel_owner
 from router.governance.models import (
     OPEN,
@@ -155,8 +161,42 @@ def open_batch_summary(store: Store, channel: str, destination: str) -> BatchSum
         return _summary(conn, batch, _open(channel, destination))
 
 
-def approve_batch(store: Store, batch_id: int, *, actor: str) -> HeldBatch:
-    """Add ``actor``'s approval; release the batch when the rule is met (see module doc)."""
+class _MadeByInvolved(Exception):
+    """An approval's credential was made by someone the batch's rule counts (raised inside
+    the transaction to roll it back; refused and audited outside it)."""
+
+    def __init__(self, details: dict[str, Any], work: str) -> None:
+        self.details = details
+        self.work = work
+
+
+def approve_batch(
+    store: Store, batch_id: int, *, actor: str, made_by: str | None = None
+) -> HeldBatch:
+    """Add ``actor``'s approval; release the batch when the rule is met (see module doc).
+
+    Refused when the credential in use (``made_by``: the token's issuer, the session's
+    password setter) was made by the batch's requester, the channel's owner or one of its
+    approvers: that person, not ``actor``, would be deciding again."""
+    try:
+        return _approve_batch(store, batch_id, actor=actor, made_by=made_by)
+    except _MadeByInvolved as exc:
+        message = made_by_author(actor, exc.details["credential_made_by"], exc.work)
+        raise refuse(
+            store, actor, "hold.approve-refused", f"hold:{batch_id}", exc.details, message
+        ) from None
+
+
+def _involved(batch_id: int, row: Any, maker: str) -> str:
+    """What ``maker`` did to batch ``batch_id``, for the refusal."""
+    if person(maker) == person(row.requested_by):
+        return f"asked for the release of batch #{batch_id}"
+    if row.channel_owner and person(maker) == person(row.channel_owner):
+        return f"last changed channel {row.channel}, whose batch #{batch_id} this is"
+    return f"approved batch #{batch_id} already"
+
+
+def _approve_batch(store: Store, batch_id: int, *, actor: str, made_by: str | None) -> HeldBatch:
     now = utcnow()
     with store.begin() as conn:
         require_role(conn, actor, "approver")
@@ -164,6 +204,11 @@ def approve_batch(store: Store, batch_id: int, *, actor: str) -> HeldBatch:
         approvers = set(_approvers(conn, [batch_id]).get(batch_id, ()))
         if person(actor) in {person(name) for name in approvers}:
             raise FourEyesViolation(f"{actor} has approved batch #{batch_id} already")
+        involved = [row.requested_by, *([row.channel_owner] if row.channel_owner else [])]
+        maker = credential_maker_among(actor, made_by, [*involved, *approvers])
+        if maker is not None:
+            details = {"requested_by": row.requested_by, "credential_made_by": made_by}
+            raise _MadeByInvolved(details, _involved(batch_id, row, maker))
         conn.execute(
             hold_approvals.insert().values(batch_id=batch_id, approver=actor, approved_at=now)
         )

@@ -22,7 +22,13 @@ from router import audit, mappings
 from router.config import ConfigError, EngineConfig, channel_file, cross_check
 from router.config.loading import channel_from_text
 from router.governance import mapping_code
-from router.governance.actors import person, require_role
+from router.governance.actors import (
+    credential_maker_among,
+    made_by_author,
+    person,
+    refuse,
+    require_role,
+)
 from router.governance.models import (
     APPROVED,
     DEPLOYED,
@@ -197,16 +203,34 @@ def propose(
 
 
 def approve(
-    store: Store, config: EngineConfig, channel: str, number: int, *, actor: str
+    store: Store,
+    config: EngineConfig,
+    channel: str,
+    number: int,
+    *,
+    actor: str,
+    made_by: str | None = None,
 ) -> Revision:
-    """Approve a proposal: not by its author, only by an ``approver``, only of the running base,
-    and only if it still passes the checks it passed when proposed (a mapping it names may
-    have changed or gone since: approving it anyway would approve what cannot run).
+    """Approve a proposal: not by its author, nor with a credential its author made
+    (``made_by``: the token's issuer, the session's password setter), only by an
+    ``approver``, only of the running base, and only if it still passes the checks it passed
+    when proposed (a mapping it names may have changed or gone since: approving it anyway
+    would approve what cannot run).
 
     The revision becomes ``approved``; the running engine deploys it within seconds.
     """
     with store.read() as conn:
         row = _approvable(conn, channel, number, actor)
+    maker = credential_maker_among(actor, made_by, [row.author])
+    if maker is not None:
+        raise refuse(
+            store,
+            actor,
+            "revision.approve-refused",
+            f"channel:{channel}",
+            {"number": number, "author": row.author, "credential_made_by": made_by},
+            made_by_author(actor, maker, f"proposed {channel} #{number}"),
+        )
     check_channel_text(store, config, channel, row.yaml)
     now = mapping_code.digest(channel_code(config, channel, row.yaml))
     if now != row.mappings_sha256:

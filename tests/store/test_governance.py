@@ -526,3 +526,35 @@ def _waiting_on_a_lock(store: Store) -> bool:
     with store.read() as conn:
         query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
         return bool(conn.scalar(text(query)))
+
+
+def test_a_credential_the_author_made_cannot_approve_their_revision(store, governed):
+    governance.propose(store, governed, "results", channel_text("ADT"), actor="eve")
+    for maker in ("eve", "EVE"):  # a token eve issued, a password eve set, for ada
+        with pytest.raises(governance.FourEyesViolation, match="credential eve made"):
+            governance.approve(store, governed, "results", 2, actor="ada", made_by=maker)
+    assert governance.get_revision(store, "results", 2).state == "proposed"
+    assert actions(store)[-2:] == [("ada", "revision.approve-refused")] * 2
+
+    approved = governance.approve(store, governed, "results", 2, actor="ada", made_by="erin")
+    assert (approved.state, approved.approver) == ("approved", "ada")
+
+
+def test_a_credential_the_requester_owner_or_an_approver_made_cannot_approve(
+    store, governed, receive, er7
+):
+    channels = _hold_channel(store, governed, 2, owner="eve")
+    _held(store, receive, er7, 1)
+    batch = governance.request_release(store, channels, "results", "lab", actor="sam")
+    for maker, why in (("sam", "asked for the release"), ("eve", "last changed channel")):
+        with pytest.raises(governance.FourEyesViolation, match=why):
+            governance.approve_batch(store, batch.id, actor="ada", made_by=maker)
+    assert governance.approve_batch(store, batch.id, actor="ada", made_by=None).approvers == (
+        "ada",
+    )
+    with pytest.raises(governance.FourEyesViolation, match="approved batch"):
+        governance.approve_batch(store, batch.id, actor="bob", made_by="ada")
+    assert _statuses(store) == ["held"]
+    assert [a for _, a in actions(store)].count("hold.approve-refused") == 3
+    released = governance.approve_batch(store, batch.id, actor="bob", made_by="bob")
+    assert released.state == "released"
