@@ -23,7 +23,6 @@ from router.config.loading import channel_from_text, read_text
 from router.governance import mapping_code
 from router.governance.models import APPROVED, DEPLOY_FAILED, DEPLOYED, RUNNING, SUPERSEDED
 from router.governance.revisions import (
-    channel_code,
     insert_revision,
     lock_channel,
     running,
@@ -128,7 +127,7 @@ def bootstrap(store: Store, config: EngineConfig) -> list[str]:
             return []
         for name, text in texts.items():
             digest = sha256(text)
-            code = channel_code(config, name, text)
+            code = mapping_code.channel_code(config, name, text)
             conn.execute(
                 channel_revisions.insert().values(
                     channel=name,
@@ -349,6 +348,6 @@ def record_files(store: Store, config: EngineConfig, *, actor: str, reason: str)
     """Open mode: keep each changed file as a deployed revision by ``actor``; their names."""
     changed = changed_files(store, config)
     for name, text in changed.items():
-        code = channel_code(config, name, text)
+        code = mapping_code.channel_code(config, name, text)
         record_deployed(store, name, text, actor=actor, reason=reason, code=code)
     return sorted(changed)

@@ -15,8 +15,10 @@ import ast
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
-from router.config import ChannelConfig
+from router.config import ChannelConfig, EngineConfig, channel_file
+from router.config.loading import channel_from_text
 from router.mappings import PACKAGE
 
 
@@ -95,3 +97,21 @@ def _imported(module: str, path: Path, text: str) -> list[str]:
                 if alias.name.split(".")[0] == PACKAGE and alias.name != PACKAGE:
                     found.append(alias.name.split(".", 1)[1])
     return found
+
+
+def channel_code(config: EngineConfig, channel: str, text: str) -> dict[str, str]:
+    """The mapping code ``text`` (a valid channel) names, as it is on disk now."""
+    return sources(config.mappings, channel_from_text(text, channel_file(config.channels, channel)))
+
+
+def code_of(row: Any) -> dict[str, str]:
+    """The mapping code a revision row keeps, by path under the mappings folder."""
+    code = getattr(row, "mappings", None)
+    if not code:
+        return {}
+    return dict(json.loads(code))
+
+
+def short(digest: str | None) -> str:
+    """A digest as the log and the refusals show it."""
+    return digest[:12] if digest else "none"

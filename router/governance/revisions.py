@@ -29,6 +29,7 @@ from router.governance.actors import (
     refuse,
     require_role,
 )
+from router.governance.mapping_code import short
 from router.governance.models import (
     APPROVED,
     DEPLOYED,
@@ -106,7 +107,7 @@ def diff(
     label = f"{channel}.yaml"
     old_name = f"#{base.number}" if base is not None else None
     text = _unified(before, target.yaml, label, old_name, f"#{number}")
-    old_code, new_code = code_of(base), code_of(target)
+    old_code, new_code = mapping_code.code_of(base), mapping_code.code_of(target)
     for path in sorted(set(old_code) | set(new_code)):
         text += _unified(
             old_code.get(path, ""),
@@ -118,14 +119,6 @@ def diff(
     return RevisionDiff(channel, number, base.number if base is not None else None, text)
 
 
-def code_of(row: Any) -> dict[str, str]:
-    """The mapping code a revision row keeps, by path under the mappings folder."""
-    code = getattr(row, "mappings", None)
-    if not code:
-        return {}
-    return dict(json.loads(code))
-
-
 def _unified(before: str, after: str, label: str, old: str | None, new: str | None) -> str:
     return "".join(
         difflib.unified_diff(
@@ -134,13 +127,6 @@ def _unified(before: str, after: str, label: str, old: str | None, new: str | No
             f"{label} {old}" if old else "/dev/null",
             f"{label} {new}" if new else "/dev/null",
         )
-    )
-
-
-def channel_code(config: EngineConfig, channel: str, text: str) -> dict[str, str]:
-    """The mapping code ``text`` (a valid channel) names, as it is on disk now."""
-    return mapping_code.sources(
-        config.mappings, channel_from_text(text, channel_file(config.channels, channel))
     )
 
 
@@ -165,7 +151,7 @@ def propose(
         )
     check_channel_text(store, config, channel, text)
     digest = sha256(text)
-    code = channel_code(config, channel, text)
+    code = mapping_code.channel_code(config, channel, text)
     code_digest = mapping_code.digest(code)
     with store.begin() as conn:
         lock_channel(conn, channel)
@@ -232,11 +218,11 @@ def approve(
             made_by_author(actor, maker, f"proposed {channel} #{number}"),
         )
     check_channel_text(store, config, channel, row.yaml)
-    now = mapping_code.digest(channel_code(config, channel, row.yaml))
+    now = mapping_code.digest(mapping_code.channel_code(config, channel, row.yaml))
     if now != row.mappings_sha256:
         raise GovernanceError(
             f"{channel} #{number}: its mapping code changed on disk since it was proposed "
-            f"(sha256 {_short(row.mappings_sha256)}, now {_short(now)}): propose it again, "
+            f"(sha256 {short(row.mappings_sha256)}, now {short(now)}): propose it again, "
             "so that the code approved is the code that runs"
         )
     with store.begin() as conn:
@@ -310,11 +296,11 @@ def rollback(
     under the name of a rollback."""
     old = get_revision(store, channel, number)
     if old.mappings_sha256 is not None:
-        now = mapping_code.digest(channel_code(config, channel, old.yaml))
+        now = mapping_code.digest(mapping_code.channel_code(config, channel, old.yaml))
         if now != old.mappings_sha256:
             raise GovernanceError(
-                f"{channel} #{number} ran other mapping code ({_short(old.mappings_sha256)}) "
-                f"than is under {config.mappings} now ({_short(now)}): restore that code "
+                f"{channel} #{number} ran other mapping code ({short(old.mappings_sha256)}) "
+                f"than is under {config.mappings} now ({short(now)}): restore that code "
                 f"first (run.py channel diff {channel} {number} shows it; it is in git), "
                 "then roll back"
             )
@@ -406,10 +392,6 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _short(digest: str | None) -> str:
-    return digest[:12] if digest else "none"
-
-
 def _lines(exc: ConfigError) -> list[str]:
     return [str(p) for p in exc.problems]
 
@@ -451,5 +433,5 @@ def _revision(row: Any) -> Revision:
         deployed_at=row.deployed_at,
         yaml=row.yaml,
         mappings_sha256=row.mappings_sha256,
-        mappings=code_of(row),
+        mappings=mapping_code.code_of(row),
     )

@@ -33,6 +33,7 @@ from router.governance.deploy import (
     runnable,
     running_texts,
 )
+from router.governance.mapping_code import short
 from router.governance.models import APPROVED
 from router.governance.reload import ReloadResult
 from router.governance.revisions import sha256
@@ -134,8 +135,8 @@ class RevisionWatcher:
         if disk == text.mappings_sha256:
             return ""
         return (
-            f"its mapping code under {folder} (sha256 {_short(disk)}) is not the code approved "
-            f"with it ({_short(text.mappings_sha256)}): propose the code on disk, or restore "
+            f"its mapping code under {folder} (sha256 {short(disk)}) is not the code approved "
+            f"with it ({short(text.mappings_sha256)}): propose the code on disk, or restore "
             "the approved code"
         )
 
@@ -158,9 +159,9 @@ class RevisionWatcher:
                     "channel %s runs mapping code (sha256 %s) that is not the code approved "
                     "with revision #%d (%s)",
                     name,
-                    _short(compiled.mappings_sha256),
+                    short(compiled.mappings_sha256),
                     text.number,
-                    _short(approved),
+                    short(approved),
                 )
             elif disk != approved:
                 log.warning(
@@ -169,9 +170,9 @@ class RevisionWatcher:
                     "unapproved code: propose it (run.py channel propose %s)",
                     name,
                     folder,
-                    _short(disk),
+                    short(disk),
                     text.number,
-                    _short(approved),
+                    short(approved),
                     name,
                 )
 
@@ -230,7 +231,3 @@ class RevisionWatcher:
 
 def _applied(text: RunningText) -> tuple[str, str | None]:
     return text.sha256, text.mappings_sha256
-
-
-def _short(digest: str | None) -> str:
-    return digest[:12] if digest else "none"
