@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from router import governance
-from router.cli.commands import acting, actor
+from router.cli.credentials import signed_in
 from router.cli.output import (
     CommandError,
     add_json,
@@ -22,6 +22,7 @@ from router.cli.output import (
     print_table,
 )
 from router.config import ConfigError, channel_file
+from router.governance.holds import REQUESTERS
 from router.governance.models import BATCH_STATES, REVISION_STATES
 
 T = TypeVar("T")
@@ -32,7 +33,7 @@ def register(sub: Sub) -> None:
     _channel_actions(_subcommands(sub.choices["channel"]))
 
     p = sub.add_parser("reload", help="re-read channel files (open: deploy; governed: propose)")
-    p.add_argument("--actor", help="who is asking (default: the OS user)")
+    _add_actor(p)
     p.set_defaults(handler=reload)
 
     p = sub.add_parser("holds", help="held deliveries and their release approval")
@@ -66,7 +67,11 @@ def _subcommands(parser: argparse.ArgumentParser) -> Sub:
 
 
 def _add_actor(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--actor", help="who is doing it (default: the OS user)")
+    parser.add_argument(
+        "--actor",
+        help="the user acting, asked for their password at a terminal; or give their API "
+        "token in $TIE_TOKEN",
+    )
 
 
 def _channel_actions(actions: Sub) -> None:
@@ -112,9 +117,7 @@ def _run(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     except governance.MissingReason as exc:
         raise CommandError(f"{exc}: give --reason TEXT", 2) from exc
     except governance.RoleRequired as exc:
-        raise CommandError(
-            f"{exc}; give --actor NAME, an active user with the role this needs (run.py users list)"
-        ) from exc
+        raise CommandError(f"{exc}: act as an active user with the role this needs") from exc
     except governance.GovernanceError as exc:
         raise CommandError(str(exc)) from exc
     except ConfigError as exc:
@@ -133,13 +136,14 @@ def channel_propose(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CommandError(f"no channel file {args.file!r}")
     text = path.read_text(encoding="utf-8")
+    store = open_store(args)
     revision = _run(
         governance.propose,
-        open_store(args),
+        store,
         config,
         path.stem,
         text,
-        actor=actor(args),
+        actor=signed_in(args, store, "engineer").name,
         reason=args.reason,
     )
     if args.json:
@@ -168,29 +172,38 @@ def channel_diff(args: argparse.Namespace) -> int:
 
 def channel_approve(args: argparse.Namespace) -> int:
     store, config = open_store(args), engine_config(args)
-    found = _run(governance.approve, store, config, args.name, args.rev, actor=actor(args))
+    who = signed_in(args, store, "approver")
+    found = _run(
+        governance.approve,
+        store,
+        config,
+        args.name,
+        args.rev,
+        actor=who.name,
+        made_by=who.made_by,
+    )
     print(f"approved {found.channel} #{found.number}: the running engine deploys it shortly")
     return 0
 
 
 def channel_reject(args: argparse.Namespace) -> int:
     store = open_store(args)
-    found = _run(
-        governance.reject, store, args.name, args.rev, actor=actor(args), reason=args.reason
-    )
+    who = signed_in(args, store, "approver", "engineer")  # an engineer withdraws their own
+    found = _run(governance.reject, store, args.name, args.rev, actor=who.name, reason=args.reason)
     print(f"rejected {found.channel} #{found.number}")
     return 0
 
 
 def channel_rollback(args: argparse.Namespace) -> int:
     config = engine_config(args)
+    store = open_store(args)
     found = _run(
         governance.rollback,
-        open_store(args),
+        store,
         config,
         args.name,
         args.rev,
-        actor=actor(args),
+        actor=signed_in(args, store, "engineer").name,
         reason=args.reason,
     )
     print(f"proposed {found.channel} #{found.number} (the text of #{args.rev}); it needs approval")
@@ -205,15 +218,16 @@ def reload(args: argparse.Namespace) -> int:
 
     config = engine_config(args)
     store = open_store(args)
+    # The author becomes the channel's owner for the hold rules: a real engineer, as by API.
+    who = signed_in(args, store, "engineer").name
     if config.governance == "governed":
-        proposed = _run(propose_files, store, config, actor=actor(args))
+        proposed = _run(propose_files, store, config, actor=who)
         for revision in proposed:
             print(f"proposed {revision.channel} #{revision.number}: it needs approval")
         if not proposed:
             print("no channel file differs from its running revision")
         return 0
-    # The author becomes the channel's owner for the hold rules: a real engineer, as by API.
-    changed = _run(record_reload, store, config, actor=acting(args, store, "engineer"))
+    changed = _run(record_reload, store, config, actor=who)
     print(f"deploying {', '.join(changed)}" if changed else "no channel file changed")
     return 0
 
@@ -270,24 +284,26 @@ def holds_request(args: argparse.Namespace) -> int:
     config = engine_config(args)
     store = open_store(args)
     channels = _run(running_channels, store, config)
-    found = _run(
-        governance.request_release, store, channels, channel, destination, actor=actor(args)
-    )
+    who = signed_in(args, store, *REQUESTERS)
+    found = _run(governance.request_release, store, channels, channel, destination, actor=who.name)
     print(f"batch {found.id}: {found.deliveries} deliveries; needs {found.required} approver(s)")
     return 0
 
 
 def holds_approve(args: argparse.Namespace) -> int:
-    found = _run(governance.approve_batch, open_store(args), args.id, actor=actor(args))
+    store = open_store(args)
+    who = signed_in(args, store, "approver")
+    found = _run(governance.approve_batch, store, args.id, actor=who.name, made_by=who.made_by)
     if found.state == "released":
         print(f"batch {found.id} released: {found.deliveries} deliveries queued")
     else:
-        print(f"batch {found.id} approved by {actor(args)}; waiting for {found.waiting_for}")
+        print(f"batch {found.id} approved by {who.name}; waiting for {found.waiting_for}")
     return 0
 
 
 def holds_reject(args: argparse.Namespace) -> int:
     store = open_store(args)
-    found = _run(governance.reject_batch, store, args.id, actor=actor(args), reason=args.reason)
+    who = signed_in(args, store, "approver")
+    found = _run(governance.reject_batch, store, args.id, actor=who.name, reason=args.reason)
     print(f"batch {found.id} rejected: {found.deliveries} deliveries cancelled")
     return 0

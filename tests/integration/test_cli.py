@@ -1392,19 +1392,23 @@ ACTING = {
         "engineer",
     ),
     "endpoints remove": (_remove_endpoint, "endpoint.remove", "engineer"),
+    "users disable": (lambda s: ["users", "disable", "vic"], "user-disable", "admin"),
+    "users token revoke": (_revoke, "token-revoke", "admin"),
+}
+# Commands whose actor the four-eyes rules count (an owner, a credential's maker): they act
+# with the actor's own credential ($TIE_TOKEN here), never a claimed --actor.
+CREDENTIALED = {
     "reload": (_reload, "revision.deploy", "engineer"),
     "users add": (
         lambda s: ["users", "add", "bob", "--role", "viewer", "--no-password"],
         "user-add",
         "admin",
     ),
-    "users disable": (lambda s: ["users", "disable", "vic"], "user-disable", "admin"),
     "users token": (
         lambda s: ["users", "token", "vic", "--role", "viewer"],
         "token-issue",
         "admin",
     ),
-    "users token revoke": (_revoke, "token-revoke", "admin"),
     "users token rotate": (_rotate, "token-rotate", "admin"),
     "users roles": (
         lambda s: ["users", "roles", "vic", "--add", "support", "--reason", "rota"],
@@ -1477,10 +1481,49 @@ def test_a_claimed_actor_must_hold_the_actions_role_once_users_exist(seeded, cli
     assert json.loads(event.details)["os_user"] == OS_USER
 
 
-@pytest.mark.parametrize("command", sorted(set(ACTING) - NEEDS_A_USER))
+@pytest.mark.parametrize("command", sorted(CREDENTIALED))
+def test_an_owner_or_credential_maker_acts_with_their_own_credential(
+    seeded, cli, monkeypatch, command
+):
+    """Once there are users, a claimed ``--actor`` is refused (exit 1, nothing recorded):
+    the command acts as the holder of the token in $TIE_TOKEN, held to its roles. The audit
+    keeps the OS user beside them."""
+    from router.auth.tokens import issue_token
+    from router.cli.credentials import TOKEN_VARIABLE
+
+    argv, action, role = CREDENTIALED[command]
+    _add_users(seeded.store)
+    with seeded.store.begin() as conn:
+        tokens = {
+            name: issue_token(conn, name, [held], actor="setup")[1]
+            for held, name in ROLE_HOLDERS.items()
+        }
+    args = argv(seeded)
+    before = _events(seeded.store)
+    monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
+    run = cli(seeded.workspace.config, *args, "--actor", ROLE_HOLDERS[role])
+    assert run.code == 1 and "a name is only a claim" in run.err, run.err
+    monkeypatch.setenv(TOKEN_VARIABLE, tokens[LACKING[role]])
+    run = cli(seeded.workspace.config, *args)
+    assert (run.code, run.err) == (
+        1,
+        f"error: '{LACKING[role]}' needs the {role} role (a token acts with the roles it "
+        "was given)\n",
+    )
+    assert _events(seeded.store) == before
+
+    monkeypatch.setenv(TOKEN_VARIABLE, tokens[ROLE_HOLDERS[role]])
+    run = cli(seeded.workspace.config, *args)
+    assert run.code == 0, run.err
+    event = _events(seeded.store)[-1]
+    assert (event.action, event.actor) == (action, ROLE_HOLDERS[role])
+    assert json.loads(event.details)["os_user"] == OS_USER
+
+
+@pytest.mark.parametrize("command", sorted((set(ACTING) | set(CREDENTIALED)) - NEEDS_A_USER))
 def test_any_actor_is_taken_while_there_are_no_users(seeded, cli, command):
     """A new install has nobody to name: any name goes, and the OS user is kept beside it."""
-    argv, action, _ = ACTING[command]
+    argv, action, _ = {**ACTING, **CREDENTIALED}[command]
     run = cli(seeded.workspace.config, *argv(seeded), "--actor", "anyone")
     assert run.code == 0, run.err
     event = _events(seeded.store)[-1]

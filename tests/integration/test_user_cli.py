@@ -14,7 +14,7 @@ from tie_testing import RunningEngine, engine_config
 
 from router.auth.tokens import token_holder
 from router.auth.users import check_password
-from router.cli import main
+from router.cli import credentials, main
 from router.cli.commands import os_user
 from router.store.database import Store
 from router.store.schema import audit_events, users
@@ -32,10 +32,16 @@ def config(tmp_path, store_url, monkeypatch):
     return path
 
 
+def _as_ada(patch: pytest.MonkeyPatch) -> None:
+    """Ada, the admin, gives her password when a command acting as her asks for it."""
+    patch.setattr(credentials, "ask_password", lambda name: PASSWORD if name == "ada" else None)
+
+
 def _run(config, capsys, *args: str, stdin: str = "") -> tuple[int, str]:
     capsys.readouterr()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("sys.stdin", io.StringIO(stdin))
+        _as_ada(patch)
         code = main(["--config", str(config), "users", *args])
     return code, capsys.readouterr().out
 
@@ -46,6 +52,7 @@ def _refusal(config, capsys, *args: str) -> str:
     capsys.readouterr()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("sys.stdin", io.StringIO("short\n"))
+        _as_ada(patch)
         assert main(["--config", str(config), "users", *args]) == 1
     return capsys.readouterr().err
 
