@@ -21,6 +21,7 @@ from router import audit
 from router.config import ChannelConfig, ConfigError, EngineConfig, channel_file, load_channels
 from router.config.loading import channel_from_text, read_text
 from router.governance import mapping_code
+from router.governance.deploy_checks import lapsed_approval, unapproved_code
 from router.governance.models import APPROVED, DEPLOY_FAILED, DEPLOYED, RUNNING, SUPERSEDED
 from router.governance.revisions import (
     insert_revision,
@@ -46,6 +47,7 @@ class RunningText:
     sha256: str
     yaml: str
     mappings_sha256: str | None = None  # the mapping code approved with it
+    approver: str | None = None
 
 
 def running_texts(store: Store) -> dict[str, RunningText]:
@@ -56,7 +58,8 @@ def running_texts(store: Store) -> dict[str, RunningText]:
         .group_by(r.channel)
         .subquery()
     )
-    query = select(r.channel, r.number, r.state, r.sha256, r.yaml, r.mappings_sha256).join(
+    columns = (r.channel, r.number, r.state, r.sha256, r.yaml, r.mappings_sha256, r.approver)
+    query = select(*columns).join(
         newest, (newest.c.channel == r.channel) & (newest.c.number == r.number)
     )
     with store.read() as conn:
@@ -103,7 +106,14 @@ def revision_numbers(
             stored = channel_from_text(text.yaml, channel_file(config.channels, name))
         except ConfigError:
             continue
-        if stored == channel:
+        # Not when it started from an earlier revision of the same text: its running one
+        # may not run (approval lapsed, other code on disk).
+        lapsed = lapsed_approval(store, text.state, text.approver)
+        if (
+            stored == channel
+            and not lapsed
+            and not unapproved_code(config, stored, text.mappings_sha256)
+        ):
             numbers[name] = text.number
     return numbers
 
@@ -271,13 +281,20 @@ def startup_channels(store: Store, config: EngineConfig) -> dict[str, ChannelCon
 
 def startable(store: Store, config: EngineConfig) -> dict[str, ChannelConfig]:
     """Governed: each channel's running revision, or, when that one cannot run (a mapping
-    that no longer loads), its last deployed revision before it, else nothing: one
-    channel's broken revision must not keep the whole engine from starting."""
+    that no longer loads) or may not (its approver lost the role; the mapping code on disk
+    is not the code approved with it), its last deployed revision before it that can and
+    may, else nothing: the engine runs only approved code, and one channel's revision
+    that cannot run must not keep the whole engine from starting."""
     channels = {}
     for name, text in running_texts(store).items():
+        problem: ConfigError | str
         try:
-            channels[name] = runnable(config, name, text.yaml)
-            continue
+            problem = lapsed_approval(store, text.state, text.approver) or unapproved_code(
+                config, parsed(config, name, text.yaml), text.mappings_sha256
+            )
+            if not problem:  # checked before compiling: unapproved code is not even imported
+                channels[name] = runnable(config, name, text.yaml)
+                continue
         except ConfigError as exc:
             problem = exc
         fallback = _last_runnable(store, config, name, before=text.number)
@@ -292,12 +309,17 @@ def startable(store: Store, config: EngineConfig) -> dict[str, ChannelConfig]:
     return channels
 
 
+def parsed(config: EngineConfig, name: str, text: str) -> ChannelConfig:
+    """``text`` as the channel ``name``, not compiled (its mapping code not imported)."""
+    return channel_from_text(text, channel_file(config.channels, name))
+
+
 def runnable(config: EngineConfig, name: str, text: str) -> ChannelConfig:
     """``text`` as the channel ``name``, compiled (mappings loaded) if it is enabled; a
     ConfigError says why it cannot run."""
     from router.engine import compile_channels
 
-    channel = channel_from_text(text, channel_file(config.channels, name))
+    channel = parsed(config, name, text)
     compile_channels(config, {name: channel})
     return channel
 
@@ -305,10 +327,11 @@ def runnable(config: EngineConfig, name: str, text: str) -> ChannelConfig:
 def _last_runnable(
     store: Store, config: EngineConfig, channel: str, *, before: int
 ) -> tuple[int, ChannelConfig] | None:
-    """The newest revision older than ``before`` that the engine once ran, if it still can."""
+    """The newest revision older than ``before`` that the engine once ran, if it still can
+    with the code approved with it."""
     with store.read() as conn:
         row = conn.execute(
-            select(r.number, r.yaml)
+            select(r.number, r.yaml, r.mappings_sha256)
             .where(r.channel == channel, r.number < before, r.deployed_at.isnot(None))
             .order_by(r.number.desc())
             .limit(1)
@@ -316,6 +339,8 @@ def _last_runnable(
     if row is None:
         return None
     try:
+        if unapproved_code(config, parsed(config, channel, row.yaml), row.mappings_sha256):
+            return None
         return row.number, runnable(config, channel, row.yaml)
     except ConfigError:
         return None

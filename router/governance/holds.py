@@ -32,6 +32,7 @@ from router.governance.actors import (
     require_role,
 )
 from router.governance.deploy import channel_owner
+from router.governance.deploy_checks import lapsed_approvers
 from router.governance.models import (
     OPEN,
     PENDING,
@@ -56,17 +57,27 @@ REQUESTERS = ("support", "approver")
 
 
 def release_shortfall(
-    required: int, approvers: set[str], *, owner: str | None, creator: str
+    required: int,
+    approvers: set[str],
+    *,
+    owner: str | None,
+    creator: str,
+    lapsed: Mapping[str, str] | None = None,
 ) -> str | None:
-    """What a batch still needs before release, or None when it may go (the four-eyes rule)."""
+    """What a batch still needs before release, or None when it may go (the four-eyes rule).
+    An approval in ``lapsed`` (its approver lost the role or was disabled since; the value
+    says which) does not count."""
+    lapsed = lapsed or {}
     missing = []
-    people = {person(name) for name in approvers}
+    people = {person(name) for name in approvers if name not in lapsed}
     if len(people) < required:
         missing.append(f"{required - len(people)} more distinct approver(s)")
     if owner is not None and people and people <= {person(owner)}:
         missing.append(f"an approver other than {owner}, who last changed the channel")
     if people <= {person(creator)}:
         missing.append(f"an approver other than {creator}, who asked for the release")
+    if missing and lapsed:
+        missing.append(f"approvals that no longer count: {'; '.join(lapsed.values())}")
     return "; ".join(missing) or None
 
 
@@ -83,7 +94,11 @@ def list_batches(
             query = query.where(b.state.in_(states))
         rows = list(conn.execute(query))
         approvals = _approvers(conn, [row.id for row in rows])
-        found.extend(_batch(row, approvals.get(row.id, ())) for row in rows)
+        pending = [
+            name for row in rows if row.state == PENDING for name in approvals.get(row.id, ())
+        ]
+        lapsed = lapsed_approvers(conn, pending)
+        found.extend(_batch(row, approvals.get(row.id, ()), lapsed) for row in rows)
     return found
 
 
@@ -216,9 +231,19 @@ def _approve_batch(store: Store, batch_id: int, *, actor: str, made_by: str | No
         audit.append(
             conn, actor, "hold.approve", f"hold:{batch_id}", {"approvers": sorted(approvers)}
         )
-        short = release_shortfall(
-            row.required, approvers, owner=row.channel_owner, creator=row.requested_by
-        )
+        # Each approval counts only while its approver still may approve (checked now, at
+        # release, not only when it was given).
+        lapsed = lapsed_approvers(conn, approvers)
+        rule = {"owner": row.channel_owner, "creator": row.requested_by}
+        short = release_shortfall(row.required, approvers, lapsed=lapsed, **rule)
+        if short is not None and release_shortfall(row.required, approvers, **rule) is None:
+            audit.append(
+                conn,
+                actor,
+                "hold.release-refused",
+                f"hold:{batch_id}",
+                {"approvers": sorted(approvers), "lapsed": lapsed, "waiting_for": short},
+            )
         if short is None:
             released = conn.execute(
                 update(deliveries)
@@ -319,14 +344,19 @@ def _load(conn: Connection, batch_id: int) -> HeldBatch:
     row = conn.execute(select(hold_batches).where(b.id == batch_id)).first()
     if row is None:
         raise NotFound(f"no hold batch #{batch_id}")
-    return _batch(row, _approvers(conn, [batch_id]).get(batch_id, ()))
+    approvers = _approvers(conn, [batch_id]).get(batch_id, ())
+    return _batch(row, approvers, lapsed_approvers(conn, approvers))
 
 
-def _batch(row: Any, approvers: tuple[str, ...]) -> HeldBatch:
+def _batch(row: Any, approvers: tuple[str, ...], lapsed: Mapping[str, str]) -> HeldBatch:
     waiting = None
     if row.state == PENDING:
         waiting = release_shortfall(
-            row.required, set(approvers), owner=row.channel_owner, creator=row.requested_by
+            row.required,
+            set(approvers),
+            owner=row.channel_owner,
+            creator=row.requested_by,
+            lapsed={name: why for name, why in lapsed.items() if name in approvers},
         )
     return HeldBatch(
         id=row.id,

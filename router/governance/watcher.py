@@ -6,10 +6,12 @@ running revisions every few seconds (or at once when woken), applies the channel
 text changed through the reloader, and marks approved revisions ``deployed``, or
 ``deploy-failed`` when they cannot be compiled.
 
-In governed mode the mapping code must be the code approved with the revision: an approved
-revision whose mapping code on disk differs from what was proposed is not deployed
-(``deploy-failed``), and a running channel whose loaded or on-disk mapping code is not its
-revision's is logged as a warning, once per difference.
+In governed mode only approved code runs (router/governance/deploy_checks.py): an approved
+revision whose approver lost the role, or whose mapping code on disk differs from what was
+approved, is not deployed (``deploy-failed``); a deployed one this engine does not run yet
+(it started without it) is not applied while its code on disk differs, and is applied once
+the approved code is back. A running channel whose loaded or on-disk mapping code is not
+its revision's is logged as a warning, once per difference.
 
 In open mode the channel files are the truth and the store only carries the news of a
 reload: a revision is applied only when its text is this node's own file's. Another
@@ -24,15 +26,17 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from router.config import ChannelConfig, ConfigError, channel_file
+from router.config import ConfigError, channel_file
 from router.governance import mapping_code
 from router.governance.deploy import (
     RunningText,
     mark_deployed,
     mark_failed,
+    parsed,
     runnable,
     running_texts,
 )
+from router.governance.deploy_checks import lapsed_approval, unapproved_code
 from router.governance.mapping_code import short
 from router.governance.models import APPROVED
 from router.governance.reload import ReloadResult
@@ -54,6 +58,7 @@ class RevisionWatcher:
         self._applied: dict[str, tuple[str, str | None]] = {}
         self._foreign: dict[str, str] = {}  # open mode: the text not applied, warned once
         self._code_warned: dict[str, tuple[str | None, str | None]] = {}
+        self._refused: dict[str, str] = {}  # governed: a deployed revision not run, logged once
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Held by a reload from recording its files to checking them, so that this
@@ -96,19 +101,17 @@ class RevisionWatcher:
         wanted = {}
         for name, text in fresh.items():
             try:
-                channel = await asyncio.to_thread(runnable, config, name, text.yaml)
+                refused = governed and await asyncio.to_thread(self._may_not_run, text)
+                if not refused:
+                    wanted[name] = await asyncio.to_thread(runnable, config, name, text.yaml)
+                    self._refused.pop(name, None)
             except ConfigError as exc:
                 await asyncio.to_thread(self._failed, text, exc, actor)
                 continue
-            unapproved = (
-                governed
-                and text.state == APPROVED
-                and await asyncio.to_thread(self._unapproved_code, text, channel)
-            )
-            if unapproved:
-                await asyncio.to_thread(self._failed, text, unapproved, actor)
-            else:
-                wanted[name] = channel
+            if refused and text.state == APPROVED:
+                await asyncio.to_thread(self._failed, text, refused, actor)
+            elif refused:
+                self._refuse_deployed(text, refused)
         try:
             numbers = {name: fresh[name].number for name in wanted}
             code = {n: fresh[n].mappings_sha256 for n in wanted if fresh[n].mappings_sha256}
@@ -125,19 +128,28 @@ class RevisionWatcher:
             await asyncio.to_thread(self._warn_unapproved_code, texts)
         return result
 
-    def _unapproved_code(self, text: RunningText, channel: ChannelConfig) -> str:
-        """Why ``text`` must not deploy: its mapping code on disk is not the code proposed
-        and approved with it (empty when it is, or when the revision predates recording)."""
-        if text.mappings_sha256 is None:
-            return ""
-        folder = self._engine.config.mappings
-        disk = mapping_code.digest(mapping_code.sources(folder, channel))
-        if disk == text.mappings_sha256:
-            return ""
-        return (
-            f"its mapping code under {folder} (sha256 {short(disk)}) is not the code approved "
-            f"with it ({short(text.mappings_sha256)}): propose the code on disk, or restore "
-            "the approved code"
+    def _may_not_run(self, text: RunningText) -> str:
+        """Why ``text`` must not run (empty when it may): an approval that lapsed before it
+        deployed, or mapping code on disk that is not the code approved with it. Checked
+        before compiling, so that unapproved code is not even imported."""
+        config = self._engine.config
+        return lapsed_approval(self._engine.store, text.state, text.approver) or unapproved_code(
+            config, parsed(config, text.channel, text.yaml), text.mappings_sha256
+        )
+
+    def _refuse_deployed(self, text: RunningText, why: str) -> None:
+        """A deployed revision this engine does not run yet (it started without it) whose
+        code on disk is not its approved code: not applied, logged once per difference, and
+        looked at again next round, so that restoring the approved code starts it."""
+        self._applied.pop(text.channel, None)
+        if self._refused.get(text.channel) == why:
+            return
+        self._refused[text.channel] = why
+        log.error(
+            "channel %s: revision #%d may not run, so this engine does not run it: %s",
+            text.channel,
+            text.number,
+            why,
         )
 
     def _warn_unapproved_code(self, texts: dict[str, RunningText]) -> None:
@@ -166,8 +178,9 @@ class RevisionWatcher:
             elif disk != approved:
                 log.warning(
                     "channel %s: the mapping code under %s (sha256 %s) differs from the code "
-                    "approved with revision #%d (%s), which runs; a restart would run the "
-                    "unapproved code: propose it (run.py channel propose %s)",
+                    "approved with revision #%d (%s), which runs; a restart would not start the "
+                    "channel on it: propose it (run.py channel propose %s) or restore the "
+                    "approved code",
                     name,
                     folder,
                     short(disk),

@@ -286,6 +286,34 @@ def test_an_approved_revision_that_cannot_deploy_is_marked_so(tmp_path, store_ur
         running.stop()
 
 
+def test_an_approval_that_lapsed_before_the_deploy_is_not_deployed(tmp_path, store_url, lab):
+    """Ada approved, then was disabled before the engine deployed it: the watcher refuses
+    it (deploy-failed, audited, saying why) and the channel runs on what it ran."""
+    from router.auth.users import disable_user
+
+    running = start(tmp_path, store_url, channel_file(lab.port, "OML"))
+    store, config, watcher = running.store, running.engine.config, running.engine.watcher
+    try:
+        running.call(watcher.lock.acquire())  # the watcher's own rounds wait for this test
+        governance.propose(store, config, "orders", channel_file(lab.port, "ORU"), actor="erin")
+        governance.approve(store, config, "orders", 2, actor="ada")
+        with store.begin() as conn:
+            disable_user(conn, "ada", actor="test")
+        running.call(watcher.check())
+        running.call(_release(watcher.lock))
+
+        failed = governance.get_revision(store, "orders", 2)
+        assert failed.state == "deploy-failed"
+        assert "its approval no longer counts: ada is disabled" in failed.reason
+        assert running.engine.channels["orders"].config.filter[0].equals == "OML"
+        with store.read() as conn:
+            events = conn.execute(select(audit_events.c.action, audit_events.c.details)).all()
+        [(_, details)] = [e for e in events if e.action == "revision.deploy-failed"]
+        assert "ada is disabled" in details
+    finally:
+        running.stop()
+
+
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # nodes share PostgreSQL
 def test_open_mode_nodes_with_different_files_each_run_their_own(tmp_path, store_url, lab, caplog):
     """Open mode: the files are the truth. A second node started with other channel files

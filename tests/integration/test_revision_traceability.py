@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 from test_governance_engine import OML, _release, channel_file, send, start
-from tie_testing import Hl7Receiver, hl7_message, wait_until
+from tie_testing import Hl7Receiver, RunningEngine, hl7_message, wait_until
 
 from router import governance
 from router.cli import main
@@ -98,7 +98,7 @@ def test_an_approved_change_of_the_mapping_code_alone_runs_without_a_restart(
 
         code.write_text(versioned("v2"))  # edited on disk, not approved: v1 keeps running
         running.engine.watcher.wake()
-        wait_until(lambda: "a restart would run the unapproved code" in caplog.text)
+        wait_until(lambda: "a restart would not start the channel on it" in caplog.text)
         send(running, hl7_message(hl7_samples[OML], "M2"))
         wait_until(lambda: lab.control_ids() == ["M1-v1", "M2-v1"])
 
@@ -137,5 +137,42 @@ def test_an_approved_revision_whose_code_changed_on_disk_since_is_not_deployed(
         send(running, hl7_message(hl7_samples[OML], "D1"))
         wait_until(lambda: lab.control_ids() == ["D1-v1"])  # revision 1 and its code run on
         assert revisions_by_control_id(running) == {"D1": 1}
+    finally:
+        running.stop()
+
+
+def test_a_restart_with_unapproved_code_on_disk_runs_only_approved_code(
+    tmp_path, store_url, lab, hl7_samples, caplog
+):
+    """Governed, the engine runs only approved code: restarted with mapping code on disk
+    that no revision of the channel approved, it leaves that channel out with an error
+    saying why, rather than import that code; the approved code restored, it starts it."""
+    (tmp_path / "mappings").mkdir()
+    code = tmp_path / "mappings" / "tag.py"
+    code.write_text(versioned("v1"))
+    text = channel_file(lab.port, "OML") + "transform: tag:same\n"
+    running = start(tmp_path, store_url, text)
+    config = running.engine.config
+    try:
+        code.write_text(versioned("v2"))
+        governance.propose(running.store, config, "orders", text, actor="erin")
+        governance.approve(running.store, config, "orders", 2, actor="ada")
+        running.engine.watcher.wake()
+        wait_until(lambda: governance.get_revision(running.store, "orders", 2).state == "deployed")
+    finally:
+        running.stop()
+    code.write_text(versioned("v3"))  # edited while the engine was stopped, not approved
+
+    running = RunningEngine(config, None)  # type: ignore[arg-type]
+    try:
+        assert "orders" not in running.engine.channels
+        assert "channel orders: revision #2 cannot run; the channel is left out" in caplog.text
+        assert "is not the code approved with it" in caplog.text
+        code.write_text(versioned("v2"))  # the approved code, restored from git
+        running.engine.watcher.wake()
+        wait_until(lambda: "orders" in running.engine.channels)
+        send(running, hl7_message(hl7_samples[OML], "R1"))
+        wait_until(lambda: lab.control_ids() == ["R1-v2"])
+        assert revisions_by_control_id(running) == {"R1": 2}
     finally:
         running.stop()

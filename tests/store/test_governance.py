@@ -558,3 +558,40 @@ def test_a_credential_the_requester_owner_or_an_approver_made_cannot_approve(
     assert [a for _, a in actions(store)].count("hold.approve-refused") == 3
     released = governance.approve_batch(store, batch.id, actor="bob", made_by="bob")
     assert released.state == "released"
+
+
+def test_an_approval_counts_only_while_its_approver_still_may_approve(
+    store, governed, receive, er7
+):
+    """Ada approved, then lost the approver role: at release her approval no longer counts,
+    so Bob's does not release the batch alone; the refusal says why and is audited."""
+    from router.auth.accounts import change_roles
+
+    channels = _hold_channel(store, governed, 2, owner="erin")
+    _held(store, receive, er7, 2)
+    batch = governance.request_release(store, channels, "results", "lab", actor="sam")
+    governance.approve_batch(store, batch.id, actor="ada")
+    with store.begin() as conn:
+        change_roles(conn, "ada", add=["viewer"], remove=["approver"], actor="test", reason="x")
+    waiting = governance.approve_batch(store, batch.id, actor="bob")
+    assert waiting.state == "pending" and _statuses(store) == ["held", "held"]
+    assert "ada no longer holds the approver role" in (waiting.waiting_for or "")
+    assert "1 more distinct approver(s)" in (waiting.waiting_for or "")
+    assert actions(store)[-1] == ("bob", "hold.release-refused")
+    assert governance.get_batch(store, batch.id).waiting_for == waiting.waiting_for
+    assert governance.approve_batch(store, batch.id, actor="eve").state == "released"
+
+
+def test_a_start_does_not_run_a_revision_whose_approver_lost_the_role(store, governed, caplog):
+    from router.auth.users import disable_user
+    from router.governance.deploy import revision_numbers, startable
+
+    governance.propose(store, governed, "results", channel_text("ADT"), actor="erin")
+    governance.approve(store, governed, "results", 2, actor="ada")
+    with store.begin() as conn:
+        disable_user(conn, "ada", actor="test")
+    channels = startable(store, governed)
+    assert channels["results"].filter[0].equals == "ORU"  # revision 1, not the approved 2
+    assert revision_numbers(store, governed, channels) == {}
+    assert "revision #2 cannot run; starting it from its last deployed revision #1" in caplog.text
+    assert "its approval no longer counts: ada is disabled" in caplog.text
