@@ -133,6 +133,10 @@ def check(args: argparse.Namespace) -> int:
         print(warning)
     for warning in senders_unchecked_or_unknown(config, channels):
         print(warning)
+    from router.cli.governed_check import governed_differences
+
+    for line in governed_differences(config, channels):
+        print(line)
 
     root = args.cases or default_cases(config)
     failed = run_channel_tests(config, channels, root, only=args.channels, rewrite=args.update)

@@ -292,3 +292,42 @@ def _events(store_url: str) -> list[tuple[str, str]]:
             ]
     finally:
         store.dispose()
+
+
+def test_check_says_what_the_governed_engine_runs_beside_the_file_on_disk(
+    governed, capsys, as_user
+):
+    """Governed, the file is a proposal: check validates it, and says which revision the
+    engine runs instead, and that the file differs from it."""
+    assert cli(governed, "check") == 0
+    assert "governed: each file is its channel's running revision (1 channel(s))" in (
+        capsys.readouterr().out
+    )
+    (governed.parent / "channels" / "orders.yaml").write_text(channel("ORU"))
+    assert cli(governed, "check") == 0
+    out = capsys.readouterr().out
+    assert "ok  orders: source mllp" in out
+    assert "governed: the engine runs the approved revisions in the store, not these files" in out
+    assert (
+        "  orders: the running engine uses revision #1 (deployed, approved by bootstrap; "
+        "mapping code none); on disk its text differs (mapping code none): a proposal "
+        "(run.py channel diff orders; run.py channel propose orders)\n"
+    ) in out
+
+
+def test_check_warns_when_the_approved_revision_would_not_run(governed, capsys, as_user):
+    code = governed.parent / "mappings" / "tag.py"
+    code.write_text("def same(message):\n    return message.raw\n")
+    text = channel("OML").replace("filter:", "transform: tag:same\nfilter:")
+    (governed.parent / "channels" / "orders.yaml").write_text(text)
+    as_user("erin")
+    assert cli(governed, "channel", "propose", "orders") == 0
+    as_user("ada")
+    assert cli(governed, "channel", "approve", "orders", "2") == 0
+    code.write_text("def same(message):\n    return b'edited'\n")
+    capsys.readouterr()
+    assert cli(governed, "check") == 0
+    out = capsys.readouterr().out
+    assert "  orders: the running engine uses revision #2 (approved, approved by ada;" in out
+    assert "on disk the mapping code it names differs" in out
+    assert "  warning  orders: revision #2 would not run: its mapping code under" in out
