@@ -84,7 +84,9 @@ class RevisionWatcher:
 
     async def check(self) -> ReloadResult:
         """Apply every running revision whose text this engine does not run yet; an approved
-        one that cannot be compiled is marked ``deploy-failed`` instead, the others applied."""
+        one that cannot be compiled, or may not run (governed: its approval lapsed, its code
+        on disk is not the approved code), is marked ``deploy-failed`` instead, the others
+        applied."""
         texts = await asyncio.to_thread(running_texts, self._engine.store)
         governed = self._engine.config.governance == "governed"
         fresh = {n: t for n, t in texts.items() if self._applied.get(n) != _applied(t)}
@@ -140,7 +142,12 @@ class RevisionWatcher:
     def _refuse_deployed(self, text: RunningText, why: str) -> None:
         """A deployed revision this engine does not run yet (it started without it) whose
         code on disk is not its approved code: not applied, logged once per difference, and
-        looked at again next round, so that restoring the approved code starts it."""
+        looked at again next round, so that restoring the approved code starts it. One this
+        engine runs already (its code changed on disk since) runs on what it loaded, and
+        ``_warn_unapproved_code`` says so."""
+        running = self._engine.channels.get(text.channel)
+        if running is not None and running.revision == text.number:
+            return
         self._applied.pop(text.channel, None)
         if self._refused.get(text.channel) == why:
             return
