@@ -22,6 +22,7 @@ from router.auth.passwords import MAX_LENGTH
 from router.auth.roles import grants
 from router.auth.tokens import token_bearer
 from router.auth.users import check_password, count_users
+from router.cli.commands import actor
 from router.cli.output import CommandError
 from router.governance.actors import person
 from router.store.database import Store
@@ -48,27 +49,24 @@ def signed_in(args: argparse.Namespace, store: Store, *roles: str) -> Credential
     with store.read() as conn:
         anyone = count_users(conn)
     if not anyone:
-        from router.cli.commands import actor
-
         return Credential(actor(args), None)
     token = os.environ.get(TOKEN_VARIABLE, "").strip()
-    password = None if token or not claimed else ask_password(claimed)
     if token:
         credential, held = _by_token(store, token)
-    elif claimed and password is not None:
-        credential, held = _by_password(store, claimed, password)
+        scope = " (a token acts with the roles it was given)"
     else:
-        raise CommandError(_needs_credentials(claimed, roles))
+        password = ask_password(claimed) if claimed else None
+        if claimed is None or password is None:
+            raise CommandError(_needs_credentials(claimed, roles))
+        credential, held = _by_password(store, claimed, password)
+        scope = ""
     if claimed and person(claimed) != person(credential.name):
         raise CommandError(
             f"--actor {claimed} but the credential given is {credential.name}'s: "
             "a command acts as the user whose credential it presents"
         )
     if not any(grants(held, role) for role in roles):
-        raise CommandError(
-            f"{credential.name!r} needs the {' or '.join(roles)} role "
-            f"(a token acts with the roles it was given)"
-        )
+        raise CommandError(f"{credential.name!r} needs the {' or '.join(roles)} role{scope}")
     return credential
 
 
