@@ -115,7 +115,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _actor(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--actor", help="who is doing it (default: the OS user)")
+    p.add_argument(
+        "--actor",
+        help="the admin acting: asked for their password at a terminal, or give their API "
+        "token in $TIE_TOKEN (disable and token revoke: a name, default the OS user)",
+    )
 
 
 def _password(args: argparse.Namespace) -> str | None:
