@@ -64,9 +64,11 @@ class DestinationWorker:
         owner: str,
         transact: Transact[Any] | None = None,
         on_settled: OnSettled | None = None,
+        stop_grace: float = STOP_GRACE,
     ) -> None:
         self.channel, self.name, self.config = channel, name, config
         self._store = store
+        self._stop_grace = stop_grace
         self._on_settled = on_settled
         self._options = options
         self._owner = owner
@@ -112,19 +114,19 @@ class DestinationWorker:
         """Stop after the round in hand (its sends complete and are recorded), for a reload.
 
         A store call of the round stuck in its statement (behind a lock) is cancelled after
-        ``STOP_GRACE``, as on stop, else the reload waits as long: the round then fails,
+        the stop grace, as on stop, else the reload waits as long: the round then fails,
         and what it sent unrecorded is sent again once its leases end."""
         self._stopping = True
         self._wake.set()
         while not task.done():
-            await asyncio.wait([task], timeout=STOP_GRACE if self._interrupt else None)
+            await asyncio.wait([task], timeout=self._stop_grace if self._interrupt else None)
             if not task.done() and self._interrupt and await asyncio.to_thread(self._interrupt):
                 log.warning(
                     "reload: a store call of %s/%s still ran after %.0f s; its statement is "
                     "cancelled",
                     self.channel,
                     self.name,
-                    STOP_GRACE,
+                    self._stop_grace,
                 )
         await asyncio.gather(task, return_exceptions=True)
         for sender in self._senders:
@@ -159,6 +161,7 @@ class DestinationWorker:
             self._request,
             transact=self._transact,
             interrupt=self._interrupt,
+            grace=self._stop_grace,
         )
 
     async def _send(self, claimed: Claimed) -> list[Attempt]:
@@ -181,6 +184,7 @@ class DestinationWorker:
             owner=self._owner,
             transact=self._transact,
             interrupt=self._interrupt,
+            grace=self._stop_grace,
         )
 
     async def _record(
@@ -201,6 +205,7 @@ class DestinationWorker:
                 self._request,
                 transact=self._transact,
                 interrupt=self._interrupt,
+                grace=self._stop_grace,
                 on_settled=self._on_settled,
             )
         else:
@@ -213,6 +218,7 @@ class DestinationWorker:
                 owner=self._owner,
                 transact=self._transact,
                 interrupt=self._interrupt,
+                grace=self._stop_grace,
                 on_settled=self._on_settled,
             )
         metrics.count_deliveries(self.channel, self.name, outcomes)
@@ -253,7 +259,9 @@ class DestinationWorker:
 class Dispatcher:
     """One worker per destination of every channel; woken when the processor queues work.
 
-    ``on_settled`` is told, in the same transaction, of deliveries sent or failed for good."""
+    ``on_settled`` is told, in the same transaction, of deliveries sent or failed for good.
+    ``stop_grace``: how long a stop or reload waits for a worker's store call in hand before
+    it cancels the call's statement (PostgreSQL)."""
 
     def __init__(
         self,
@@ -264,9 +272,11 @@ class Dispatcher:
         owner: str,
         transact: Transact[Any] | None = None,
         on_settled: OnSettled | None = None,
+        stop_grace: float = STOP_GRACE,
     ) -> None:
         self._store = store
         self._on_settled = on_settled
+        self._stop_grace = stop_grace
         self._owner = owner
         self._make_sender = make_sender
         self._options = options
@@ -339,6 +349,7 @@ class Dispatcher:
             self._owner,
             self._transact,
             self._on_settled,
+            self._stop_grace,
         )
 
     async def stop(self) -> None:
@@ -362,22 +373,23 @@ async def _store_work(
     work: Callable[..., T],
     *args: Any,
     interrupt: Callable[[], int] | None = None,
+    grace: float = STOP_GRACE,
     **kwargs: Any,
 ) -> T:
     """``work`` in a thread; cancelled, it still waits for the thread before it gives way,
     so that no claim or record outlives the dispatcher's stop (and the store's close).
     With ``interrupt`` (which cancels the work's statement in flight), it waits
-    ``STOP_GRACE`` at a time, interrupting the work after each."""
+    ``grace`` at a time, interrupting the work after each."""
     thread = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
     try:
         return await asyncio.shield(thread)
     except asyncio.CancelledError:
         while not thread.done():
-            await asyncio.wait([thread], timeout=STOP_GRACE if interrupt else None)
+            await asyncio.wait([thread], timeout=grace if interrupt else None)
             if not thread.done() and interrupt and await asyncio.to_thread(interrupt):
                 log.warning(
                     "stopping: a store call still ran after %.0f s; its statement is cancelled",
-                    STOP_GRACE,
+                    grace,
                 )
         if not thread.cancelled():
             thread.exception()  # the work's own error (an interrupted statement's) is moot

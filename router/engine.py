@@ -51,6 +51,7 @@ from router.replay import ReplayResult
 from router.retention import Pruner
 from router.retention_schedule import retention_schedule
 from router.store.ingest import GroupCommitWriter
+from router.store.interruptible import STOP_GRACE
 from router.store.migrate import upgrade
 from router.store.opening import open_store
 from router.store.schema import deliveries
@@ -101,9 +102,18 @@ def numbered(
 
 
 class Engine:
-    """Everything ``run.py serve`` runs, in one asyncio loop plus two store threads."""
+    """Everything ``run.py serve`` runs, in one asyncio loop plus two store threads.
 
-    def __init__(self, config: EngineConfig, channels: dict[str, ChannelConfig] | None = None):
+    ``stop_grace``: how long a stop waits for the processor's batch and the dispatch rounds
+    stuck in a statement (behind a lock) before it cancels them, all in the same span."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        channels: dict[str, ChannelConfig] | None = None,
+        *,
+        stop_grace: float = STOP_GRACE,
+    ):
         self.config = config
         self.store = open_store(config)
         revisions: dict[str, int] = {}
@@ -127,6 +137,7 @@ class Engine:
             owner=config.node,
             transact=transact,
             on_settled=self.deliveries_settled,
+            stop_grace=stop_grace,
         )
         self.processor = Processor(
             self.store,
@@ -135,6 +146,7 @@ class Engine:
             on_deliveries=self.dispatcher.notify,
             transact=transact,
             local=LOCAL_KINDS,
+            stop_grace=stop_grace,
         )
         if self.store.is_sqlite:
             # Declarative channels' messages commit settled, with their deliveries: no
@@ -274,8 +286,9 @@ class Engine:
             self.http.should_exit = True
             await self._http_task
         await self.gateway.stop()
-        await self.dispatcher.stop()
-        await asyncio.to_thread(self.processor.stop)
+        # Side by side: a batch and a round both stuck behind a lock are cancelled after one
+        # stop grace, not one grace after the other.
+        await asyncio.gather(self.dispatcher.stop(), asyncio.to_thread(self.processor.stop))
         await asyncio.to_thread(self.writer.stop)
         self.store.dispose()
 

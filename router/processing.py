@@ -94,7 +94,8 @@ class Processor:
 
     ``transact(work)`` runs ``work(conn)`` in a write transaction on SQLite; by default the
     processor opens its own. ``local`` names the destination kinds applied in the processing
-    transaction (the DPS ``job``).
+    transaction (the DPS ``job``). ``stop_grace``: how long a stop waits for a batch's
+    statement (PostgreSQL) before it cancels it.
     """
 
     def __init__(
@@ -108,8 +109,10 @@ class Processor:
         linger: float = 0.01,
         transact: Transact[Any] | None = None,
         local: dict[str, Local] | None = None,
+        stop_grace: float = STOP_GRACE,
     ) -> None:
         self._store = store
+        self._stop_grace = stop_grace
         self._local_kinds = local or {}
         self._local = local_routes(channels, self._local_kinds)
         self._channels = channels
@@ -132,19 +135,19 @@ class Processor:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop after the batch in hand; one whose statement still runs after ``STOP_GRACE``
+        """Stop after the batch in hand; one whose statement still runs after the stop grace
         is cancelled (and rolled back: its messages stay ``received`` for the next start)."""
         self._stopping.set()
         self._wake.set()
         if self._thread is None:
             return
         while self._thread.is_alive():
-            self._thread.join(STOP_GRACE if self._own else None)
+            self._thread.join(self._stop_grace if self._own else None)
             if self._thread.is_alive() and self._own and self._own.cancel():
                 log.warning(
                     "stopping: the processing batch still ran after %.0f s; its statement is "
                     "cancelled",
-                    STOP_GRACE,
+                    self._stop_grace,
                 )
         self._thread = None
 

@@ -87,12 +87,17 @@ class RunningEngine:
     """An Engine started in its own loop thread; ``stop`` shuts it down cleanly.
 
     ``channels`` None starts the engine as ``run.py serve`` does: from the channel files,
-    or in governed mode from the approved revisions."""
+    or in governed mode from the approved revisions. ``options`` go to the Engine
+    (``stop_grace``)."""
 
     def __init__(
-        self, config: EngineConfig, channels: dict[str, ChannelConfig] | None, http: bool = False
+        self,
+        config: EngineConfig,
+        channels: dict[str, ChannelConfig] | None,
+        http: bool = False,
+        **options: Any,
     ):
-        self.engine = Engine(config, channels)
+        self.engine = Engine(config, channels, **options)
         self._loop = LoopThread()
         self._loop.run(self.engine.start(http=http))
 

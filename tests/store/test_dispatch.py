@@ -32,6 +32,7 @@ from router.store.deliveries import (
 )
 from router.store.inbound import utcnow
 from router.store.ingest import GroupCommitWriter
+from router.store.interruptible import STOP_GRACE
 from router.store.schema import attempts, deliveries
 
 d = deliveries.c
@@ -75,11 +76,25 @@ def _queue(store: Store, receive: Any, er7: Any, destination: dict[str, Any], *m
 
 
 def _worker(
-    store: Store, destination: dict[str, Any], downstream: Downstream | HeldSender, **options: Any
+    store: Store,
+    destination: dict[str, Any],
+    downstream: Downstream | HeldSender,
+    *,
+    stop_grace: float = STOP_GRACE,
+    **options: Any,
 ) -> DestinationWorker:
     config = DestinationConfig.model_validate(destination)
     dispatch = DispatchOptions.model_validate({"lease": "60s", "poll_interval": "1s", **options})
-    return DestinationWorker(store, "orders", "lab", config, downstream.sender, dispatch, "node-a")
+    return DestinationWorker(
+        store,
+        "orders",
+        "lab",
+        config,
+        downstream.sender,
+        dispatch,
+        "node-a",
+        stop_grace=stop_grace,
+    )
 
 
 def _round(worker: DestinationWorker) -> float:
@@ -474,11 +489,10 @@ def test_a_dead_writer_is_logged_once_by_a_worker_while_it_lasts_and_its_end_onc
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 def test_a_stop_cancels_a_claim_stuck_in_its_statement(store, receive, er7, monkeypatch, caplog):
-    """A stopped worker whose claim still runs a statement after ``STOP_GRACE`` cancels it:
+    """A stopped worker whose claim still runs a statement after its stop grace cancels it:
     a claim planned badly over a big queue ran for 7 minutes, and the engine's stop
     (SIGTERM) waited for it until it was killed."""
     _queue(store, receive, er7, {"mllp": LAB}, ("ORD0", "P0"))
-    monkeypatch.setattr(dispatch, "STOP_GRACE", 0.05)
     claiming = threading.Event()
 
     def claim_next(*args: Any, **kwargs: Any) -> Claimed:
@@ -487,7 +501,7 @@ def test_a_stop_cancels_a_claim_stuck_in_its_statement(store, receive, er7, monk
 
     real_claim_next = dispatch.claim_next
     monkeypatch.setattr(dispatch, "claim_next", claim_next)
-    worker = _worker(store, {"mllp": LAB}, Downstream())
+    worker = _worker(store, {"mllp": LAB}, Downstream(), stop_grace=0.05)
 
     async def stop_while_claiming() -> bool:
         """Whether the worker stopped while its claim still waited for the table."""
@@ -516,9 +530,8 @@ def test_a_stop_cancels_a_claim_stuck_in_its_statement(store, receive, er7, monk
 def test_a_reload_cancels_a_claim_stuck_behind_a_lock(store, receive, er7, monkeypatch, caplog):
     """A reload replacing a worker waited for its round for as long as another connection
     held a lock on the deliveries; now, as on stop, the round's statement is cancelled after
-    ``STOP_GRACE`` and the worker gives way, the deliveries left for its successor."""
+    the stop grace and the worker gives way, the deliveries left for its successor."""
     _queue(store, receive, er7, {"mllp": LAB}, ("ORD0", "P0"))
-    monkeypatch.setattr(dispatch, "STOP_GRACE", 0.05)
     claiming = threading.Event()
 
     def claim_next(*args: Any, **kwargs: Any) -> Claimed:
@@ -527,7 +540,7 @@ def test_a_reload_cancels_a_claim_stuck_behind_a_lock(store, receive, er7, monke
 
     real_claim_next = dispatch.claim_next
     monkeypatch.setattr(dispatch, "claim_next", claim_next)
-    worker = _worker(store, {"mllp": LAB}, Downstream())
+    worker = _worker(store, {"mllp": LAB}, Downstream(), stop_grace=0.05)
 
     async def reload_while_claiming() -> bool:
         """Whether the worker gave way while its claim still waited for the table."""

@@ -281,9 +281,8 @@ def test_a_dead_writer_is_logged_once_while_it_lasts_and_its_end_once(tmp_path, 
 def test_a_stop_cancels_a_batch_stuck_behind_a_lock(store, receive, er7, monkeypatch, caplog):
     """The engine's stop (SIGTERM) waited for the processor's batch for as long as another
     connection held a lock on the messages; now, as dispatch's, its statement is cancelled
-    after ``STOP_GRACE`` and the batch rolled back, its messages left for the next start."""
+    after the stop grace and the batch rolled back, its messages left for the next start."""
     (message_id,) = receive("orders", er7("ORD1"))
-    monkeypatch.setattr(processing, "STOP_GRACE", 0.05)
     claiming = threading.Event()
 
     def claim(*args: Any, **kwargs: Any) -> list[Any]:
@@ -291,7 +290,7 @@ def test_a_stop_cancels_a_batch_stuck_behind_a_lock(store, receive, er7, monkeyp
         return _claim(*args, **kwargs)
 
     monkeypatch.setattr(processing, "_claim", claim)
-    processor = Processor(store, {"orders": orders_channel()}, idle_wait=0.01)
+    processor = Processor(store, {"orders": orders_channel()}, idle_wait=0.01, stop_grace=0.05)
     blocker = store.writer.connect()
     try:
         blocker.begin()  # the claim's query waits for the table meanwhile
