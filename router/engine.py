@@ -54,6 +54,7 @@ from router.store.ingest import GroupCommitWriter
 from router.store.interruptible import STOP_GRACE
 from router.store.migrate import upgrade
 from router.store.opening import open_store
+from router.store.presence import engine_running
 from router.store.schema import deliveries
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ class Engine:
         self.reloader = Reloader(self)
         self.watcher = RevisionWatcher(self)
         self._stop = asyncio.Event()
+        self._running = contextlib.ExitStack()
 
     def _committed(self, touched: set[tuple[str, str]], unsettled: bool) -> None:
         """After a group commit: new deliveries for the dispatcher, new work for the processor."""
@@ -239,6 +241,8 @@ class Engine:
 
     async def start(self, *, http: bool = True) -> None:
         await asyncio.to_thread(upgrade, self.store)
+        # Held until the stop: ``run.py db restore`` refuses to replace the store meanwhile.
+        await asyncio.to_thread(self._running.enter_context, engine_running(self.store))
         self.writer.start()
         self.processor.start()
         await self.gateway.start()
@@ -290,6 +294,7 @@ class Engine:
         # stop grace, not one grace after the other.
         await asyncio.gather(self.dispatcher.stop(), asyncio.to_thread(self.processor.stop))
         await asyncio.to_thread(self.writer.stop)
+        await asyncio.to_thread(self._running.close)
         self.store.dispose()
 
     async def serve_forever(self) -> None:

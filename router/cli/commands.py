@@ -81,6 +81,7 @@ def serve(args: argparse.Namespace) -> int:
     from router.connectors.mllp.listener import ListenError
     from router.engine import Engine
     from router.log_format import configure
+    from router.store.presence import StoreInUse
 
     config = engine_config(args)
     configure(config.logging, verbose=args.verbose)
@@ -98,6 +99,8 @@ def serve(args: argparse.Namespace) -> int:
         asyncio.run(engine.serve_forever())
     except ListenError as exc:
         raise CommandError(exc.strerror or str(exc)) from exc
+    except StoreInUse as exc:
+        raise CommandError(str(exc)) from exc
     return 0
 
 
