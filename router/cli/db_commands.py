@@ -1,4 +1,5 @@
-"""CLI commands ``db status`` and ``db backup``: the store as an operator needs to see it."""
+"""CLI commands ``db status``, ``db backup`` and ``db restore``: the store as an operator
+needs to see it, copy it and put a copy back."""
 
 from __future__ import annotations
 
@@ -36,6 +37,17 @@ def register(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     backup.add_argument("folder", type=Path, help="a new or empty folder")
     add_json(backup)
     backup.set_defaults(handler=db_backup)
+
+    restore = db.add_parser(
+        "restore",
+        help="put a backup made by db backup in place of the store (every engine stopped): "
+        "checked before and after, migrated, audited",
+    )
+    restore.add_argument("folder", type=Path, help="the folder db backup made")
+    restore.add_argument("--force", action="store_true", help="replace a store that holds messages")
+    restore.add_argument("--actor", help="who restores (default: the OS user)")
+    add_json(restore)
+    restore.set_defaults(handler=db_restore)
 
 
 def db_status(args: argparse.Namespace) -> int:
@@ -138,3 +150,32 @@ def db_backup(args: argparse.Namespace) -> int:
             print(f"CORRUPT     blob {sha256}: its content is not its hash; not copied")
         print("backup complete" if complete else "backup INCOMPLETE: see the blobs above")
     return 0 if complete else 1
+
+
+def db_restore(args: argparse.Namespace) -> int:
+    from router.cli.commands import os_user
+    from router.cli.output import CommandError
+    from router.store.opening import open_store
+    from router.store.restore import RestoreError, restore
+
+    store = open_store(engine_config(args))
+    try:
+        done = restore(store, args.folder, actor=args.actor or os_user(), force=args.force)
+    except RestoreError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        store.dispose()
+    if args.json:
+        print_json(
+            asdict(done)
+            | {"folder": str(done.folder), "migrations": [m._asdict() for m in done.migrations]}
+        )
+        return 0
+    print(f"restored    {done.database} from {done.folder}")
+    print(f"blobs       {done.blobs} file(s), {_bytes(done.blob_bytes)}, each checked")
+    for replaced in done.replaced:
+        print(f"replaced    {replaced}")
+    for applied in done.migrations:
+        print(f"migrated    {applied.revision}  {applied.doc}")
+    print("restore complete: start the engines")
+    return 0

@@ -38,7 +38,8 @@ from router.store.database import Store
 SQLITE_COPY = "tie.db"
 POSTGRES_DUMP = "tie.dump"
 BLOBS = "blobs"
-_NAMED = (
+# The blobs a store's rows name.
+NAMED = (
     "SELECT blob_sha256 FROM messages WHERE blob_sha256 IS NOT NULL "
     "UNION SELECT blob_sha256 FROM deliveries WHERE blob_sha256 IS NOT NULL"
 )
@@ -68,9 +69,7 @@ def back_up(store: Store, folder: Path) -> Backup:
         if not leading:
             raise BackupError("a node is pruning the store now: try again once it has finished")
         backup = Backup(folder, folder / (SQLITE_COPY if store.is_sqlite else POSTGRES_DUMP))
-        copied = _copy_blobs(
-            store.blobs.root, folder / BLOBS, _blob_files(store.blobs.root), backup
-        )
+        copied = copy_blobs(store.blobs.root, folder / BLOBS, blob_files(store.blobs.root), backup)
         if store.is_sqlite:
             _copy_sqlite(store, backup.database)
             named = _named_in_sqlite(backup.database)
@@ -78,17 +77,18 @@ def back_up(store: Store, folder: Path) -> Backup:
             _dump_postgres(store, backup.database)
             named = _named_in_postgres(store)
         later = sorted(named - copied)
-        _copy_blobs(store.blobs.root, folder / BLOBS, later, backup)
-        backup.missing = sorted(h for h in later if not (folder / BLOBS / _relative(h)).exists())
+        copy_blobs(store.blobs.root, folder / BLOBS, later, backup)
+        backup.missing = sorted(h for h in later if not (folder / BLOBS / blob_path(h)).exists())
     fsync_dir(folder)
     return backup
 
 
-def _relative(sha256: str) -> Path:
+def blob_path(sha256: str) -> Path:
+    """Where blob ``sha256`` is kept, relative to a blob folder."""
     return Path(sha256[:2], sha256[2:4], sha256)
 
 
-def _blob_files(root: Path) -> list[str]:
+def blob_files(root: Path) -> list[str]:
     """The hashes of the blobs under ``root`` (not temporaries, nor blobs being discarded)."""
     if not root.is_dir():
         return []
@@ -97,17 +97,17 @@ def _blob_files(root: Path) -> list[str]:
     )
 
 
-def _copy_blobs(root: Path, target: Path, hashes: list[str], backup: Backup) -> set[str]:
+def copy_blobs(root: Path, target: Path, hashes: list[str], backup: Backup) -> set[str]:
     """Copy each blob, checked against its hash on the way; the hashes copied."""
     copied: set[str] = set()
     for sha256 in hashes:
-        source, destination = root / _relative(sha256), target / _relative(sha256)
+        source, destination = root / blob_path(sha256), target / blob_path(sha256)
         destination.parent.mkdir(parents=True, exist_ok=True)
         part = destination.with_name(f"{sha256}.part")
         digest = hashlib.sha256()
         try:
             with open(source, "rb") as reading, open(part, "wb") as writing:
-                for chunk in _chunks(reading):
+                for chunk in chunks(reading):
                     digest.update(chunk)
                     writing.write(chunk)
                 writing.flush()
@@ -128,7 +128,7 @@ def _copy_blobs(root: Path, target: Path, hashes: list[str], backup: Backup) -> 
     return copied
 
 
-def _chunks(file: object) -> Iterator[bytes]:
+def chunks(file: object) -> Iterator[bytes]:
     while block := file.read(CHUNK):  # type: ignore[attr-defined]
         yield block
 
@@ -154,7 +154,7 @@ def _copy_sqlite(store: Store, target: Path) -> None:
 
 def _named_in_sqlite(copy: Path) -> set[str]:
     with sqlite3.connect(copy) as conn:
-        return {row[0] for row in conn.execute(_NAMED)}
+        return {row[0] for row in conn.execute(NAMED)}
 
 
 def libpq_url(url: URL) -> tuple[str, dict[str, str]]:
@@ -194,4 +194,4 @@ def _dump_postgres(store: Store, target: Path) -> None:
 def _named_in_postgres(store: Store) -> set[str]:
     """The blobs the live store names: every one the dump names (nothing is pruned meanwhile)."""
     with store.read() as conn:
-        return set(conn.scalars(text(_NAMED)))
+        return set(conn.scalars(text(NAMED)))

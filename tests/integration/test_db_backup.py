@@ -1,11 +1,11 @@
-"""``run.py db backup``, taken while the engine works, restored into a fresh folder (and, on
-PostgreSQL, a fresh database with ``pg_restore``) and started: nothing acknowledged before
-the backup is lost, and the work in hand at that instant is done again."""
+"""``run.py db backup``, taken while the engine works, restored by ``run.py db restore`` into
+a fresh folder (or, on PostgreSQL, a fresh database) and started: nothing acknowledged
+before the backup is lost, and the work in hand at that instant is done again. Then the
+restore's refusals: an engine running, a store holding messages, a damaged backup."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +22,12 @@ from router.channel_control import set_paused
 from router.cli import main
 from router.config import load_engine
 from router.store import backup as backup_module
-from router.store.backup import libpq_url
+from router.store.backup import back_up
 from router.store.database import Store
 from router.store.inbound import Inbound, write_inbound
 from router.store.migrate import upgrade
 from router.store.opening import open_store
+from router.store.presence import engine_running
 from router.store.schema import deliveries, messages
 
 NOTE = "N" * 3000  # above the 1 KiB blob threshold: every message is a blob
@@ -85,24 +86,10 @@ def restored_url(store_url: str) -> Iterator[str]:
 
 
 def restore(backup: Path, root: Path, store_url: str, restored_url: str, lab_port: int) -> Path:
-    """The documented restore: the database file (or pg_restore), then the blobs; the
-    engine.yaml of the new folder."""
-    if store_url.startswith("sqlite"):
-        (root / "data").mkdir(parents=True)
-        shutil.copy2(backup / "tie.db", root / "data" / "tie.db")
-        url = f"sqlite:///{root / 'data' / 'tie.db'}"
-    else:
-        target, _ = libpq_url(make_url(restored_url))
-        done = subprocess.run(
-            ["pg_restore", "--no-owner", f"--dbname={target}", str(backup / "tie.dump")],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        url = restored_url
-    config = workspace(root, url, lab_port)
-    shutil.copytree(backup / "blobs", root / "blobs")
+    """``run.py db restore`` into a new SQLite file, or a new PostgreSQL database (the
+    store's schema); the engine.yaml of the new folder."""
+    config = workspace(root, _new_store(root, store_url, restored_url), lab_port)
+    assert main(["--config", str(config), "db", "restore", str(backup)]) == 0
     return config
 
 
@@ -174,3 +161,153 @@ def test_a_blob_written_while_the_database_is_copied_is_in_the_backup(
     assert late is not None
     assert made.missing == [] and made.blobs == 1
     assert (tmp_path / "backup" / "blobs" / late[:2] / late[2:4] / late).exists()
+
+
+# ``run.py db restore``: a backup put back in place of the store engine.yaml names.
+
+
+def _source(tmp_path: Path, store_url: str, *control_ids: str) -> tuple[Path, Store]:
+    """A store holding ``control_ids`` (each a blob) and an audit event, migrated."""
+    config = workspace(tmp_path / "a", store_url, lab_port=1)
+    store = open_store(load_engine(config))
+    upgrade(store)
+    _receive(store, *control_ids)
+    with store.begin() as conn:
+        audit.append(conn, "test", "pause", "channel:held", {"reason": "before the backup"})
+    return config, store
+
+
+def _receive(store: Store, *control_ids: str) -> None:
+    with store.begin() as conn:
+        write_inbound(
+            conn, [Inbound("orders", store.blobs.put(message(c).encode())) for c in control_ids]
+        )
+
+
+def _control_ids(store: Store) -> list[str]:
+    """The MSH-10 of each message, read from its blob."""
+    with store.read() as conn:
+        rows = conn.execute(select(messages).order_by(messages.c.id)).all()
+    payloads = [store.blobs.payload(m.raw, m.blob_sha256, m.size) for m in rows]
+    return [p.read().split(b"|")[9].decode() for p in payloads]
+
+
+@pytest.fixture
+def empty_target(tmp_path: Path, store_url: str, restored_url: str) -> Path:
+    """The engine.yaml of a store with nothing in it: a new SQLite file, or a new PostgreSQL
+    database (the store's schema, as the backup holds it, not there yet)."""
+    return workspace(tmp_path / "b", _new_store(tmp_path / "b", store_url, restored_url), 1)
+
+
+def _new_store(root: Path, store_url: str, restored_url: str) -> str:
+    if store_url.startswith("sqlite"):
+        return f"sqlite:///{root / 'data' / 'tie.db'}"
+    url = make_url(restored_url).set(query=make_url(store_url).query)
+    return url.render_as_string(hide_password=False)
+
+
+def test_a_backup_restores_into_an_empty_store_checked_and_audited(
+    tmp_path, store_url, empty_target, capsys
+):
+    _, source = _source(tmp_path, store_url, "ORD-1", "ORD-2")
+    try:
+        back_up(source, tmp_path / "backup")
+    finally:
+        source.dispose()
+
+    code = main(["--config", str(empty_target), "db", "restore", str(tmp_path / "backup")])
+    out = capsys.readouterr()
+    assert code == 0, out
+    assert "blobs       2 file(s)" in out.out and "replaced" not in out.out
+
+    restored = open_store(load_engine(empty_target))
+    try:
+        assert _control_ids(restored) == ["ORD-1", "ORD-2"]  # the payloads, from the blobs
+        verdict = audit.verify(restored)
+        with restored.read() as conn:
+            (last,) = audit.events(conn, audit.EventFilter(limit=1))
+    finally:
+        restored.dispose()
+    assert verdict.ok and verdict.events == 2
+    assert last["action"] == "restore"
+    assert last["details"]["folder"] == str(tmp_path / "backup")
+    assert "os_user" in last["details"]
+
+
+def test_a_restore_in_place_is_refused_while_an_engine_runs_then_without_force(
+    tmp_path, store_url, capsys
+):
+    """Restored in place (the 3 a.m. case): refused while an engine runs against the store
+    (SQLite: it has the file open; PostgreSQL: it holds the engine lock), then while the
+    store holds messages; with ``--force`` the messages received since the backup are gone
+    and the replaced files are kept aside."""
+    config, store = _source(tmp_path, store_url, "ORD-1")
+    command = ["--config", str(config), "db", "restore", str(tmp_path / "backup")]
+    try:
+        back_up(store, tmp_path / "backup")
+        _receive(store, "LATE-1")
+        with store.read() as conn, engine_running(store):
+            conn.execute(select(1))
+            assert main([*command, "--force"]) == 1
+    finally:
+        store.dispose()
+    err = capsys.readouterr().err
+    assert "stop every engine of the store first" in err and "Nothing was changed" in err
+
+    assert main(command) == 1
+    assert "the store holds 2 message(s): --force replaces them" in capsys.readouterr().err
+
+    assert main([*command, "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "replaced    2 message(s) in the store" in out
+    assert "replaced    blob folder moved to" in out
+    if store.is_sqlite:
+        assert "replaced    database file moved to" in out
+    store = open_store(load_engine(config))
+    try:
+        assert _control_ids(store) == ["ORD-1"]
+        assert audit.verify(store).ok
+    finally:
+        store.dispose()
+
+
+def test_an_incomplete_or_damaged_backup_is_refused_and_the_store_left_alone(
+    tmp_path, store_url, empty_target, capsys
+):
+    _, source = _source(tmp_path, store_url, "ORD-1", "ORD-2")
+    try:
+        back_up(source, tmp_path / "backup")
+    finally:
+        source.dispose()
+    command = ["--config", str(empty_target), "db", "restore", str(tmp_path / "backup")]
+    first, second = sorted((tmp_path / "backup" / "blobs").glob("??/??/*"))
+    kept = first.read_bytes()
+    first.unlink()
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert "the backup is incomplete: 1 blob(s) its database names are not in" in err
+    assert "Nothing was changed" in err
+
+    first.write_bytes(kept)
+    second.write_bytes(b"not what was stored")
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert f"1 blob(s) whose content is not their hash (first {second.name})" in err
+    assert "Nothing was changed" in err
+    assert not (empty_target.parent / "blobs").exists()
+    assert not (empty_target.parent / "data" / "tie.db").exists()
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # the copy is a plain file
+def test_a_backup_from_a_newer_version_is_refused(tmp_path, store_url, empty_target, capsys):
+    _, source = _source(tmp_path, store_url)
+    try:
+        back_up(source, tmp_path / "backup")
+    finally:
+        source.dispose()
+    with sqlite3.connect(tmp_path / "backup" / "tie.db") as copy:
+        copy.execute("INSERT INTO alembic_version VALUES ('from_the_future')")
+    copy.close()
+
+    assert main(["--config", str(empty_target), "db", "restore", str(tmp_path / "backup")]) == 1
+    assert "the backup's schema is newer than this version" in capsys.readouterr().err
