@@ -283,7 +283,7 @@ def _replace_sqlite(copy: Path, database: Path, stamp: str, done: Restored) -> N
     with open(part, "rb") as written:
         os.fsync(written.fileno())
     if database.exists():
-        aside = database.with_name(f"{database.name}.replaced-{stamp}")
+        aside = _aside(database, stamp)
         os.replace(database, aside)
         done.replaced.append(f"database file moved to {aside}")
     for suffix in ("-wal", "-shm", "-journal"):
@@ -321,11 +321,21 @@ def _restore_postgres(store: Store, contents: Contents, conn: Any) -> None:
 def _swap_blobs(staging: Path, root: Path, stamp: str, done: Restored) -> None:
     """The staged blobs become the store's blob folder; the one there is moved aside."""
     if root.exists():
-        aside = root.with_name(f"{root.name}.replaced-{stamp}")
+        aside = _aside(root, stamp)
         os.replace(root, aside)
         done.replaced.append(f"blob folder moved to {aside}")
     os.replace(staging, root)
     fsync_dir(root.parent)
+
+
+def _aside(path: Path, stamp: str) -> Path:
+    """A name beside ``path`` for what a restore replaces, taken by no earlier restore."""
+    aside = path.with_name(f"{path.name}.replaced-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.replaced-{stamp}-{n}")
+    return aside
 
 
 def _verify_blobs(store: Store) -> None:
