@@ -23,6 +23,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -173,11 +174,9 @@ def _read_dump(dump: Path) -> Contents:
     schemas = [m.group(1) for line in listing.splitlines() if (m := _TABLE.match(line))]
     if not schemas:
         raise RestoreError(f"{dump} holds no tie store (no messages table)")
-    tables = [f"--table={table}" for table in _READ]
-    data = _pg_restore(["--data-only", *tables, "--file=-", str(dump)])
     read: dict[str, set[str]] = {table: set() for table in _READ}
     values: set[str] | None = None  # the table being read's
-    for line in data.splitlines():
+    for line in _copy_text(dump):
         if values is None:
             if match := _COPY.match(line):
                 table = match.group(1).rsplit(".", 1)[-1].strip('"')
@@ -189,6 +188,27 @@ def _read_dump(dump: Path) -> Contents:
             values.add(value)
     named = read["messages"] | read["deliveries"]
     return Contents(dump, sorted(read["alembic_version"]), named, schemas[0])
+
+
+def _copy_text(dump: Path) -> Iterator[str]:
+    """The data of the tables ``_READ`` names as COPY text, line by line: streamed, since
+    the messages' inline payloads come with it (its errors go to a file, not a pipe that
+    could fill while stdout is read)."""
+    tables = [f"--table={table}" for table in _READ]
+    with tempfile.TemporaryFile("w+") as errors:
+        with subprocess.Popen(
+            ["pg_restore", "--data-only", *tables, "--file=-", str(dump)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            errors="replace",
+        ) as reading:
+            assert reading.stdout is not None
+            for line in reading.stdout:
+                yield line.rstrip("\n")
+        if reading.returncode != 0:
+            errors.seek(0)
+            raise RestoreError(f"pg_restore failed: {errors.read().strip()}")
 
 
 def _pg_restore(arguments: list[str], env: dict[str, str] | None = None) -> str:
