@@ -148,6 +148,12 @@ def _read_sqlite(database: Path) -> Contents:
     try:
         reading = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
         try:
+            problems = [row[0] for row in reading.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise RestoreError(
+                    f"the backup's database {database} is damaged: {problems[0]}. Nothing "
+                    f"was changed."
+                )
             named = {row[0] for row in reading.execute(NAMED)}
             revisions = [
                 row[0] for row in reading.execute("SELECT version_num FROM alembic_version")
@@ -155,7 +161,10 @@ def _read_sqlite(database: Path) -> Contents:
         finally:
             reading.close()
     except sqlite3.DatabaseError as exc:
-        raise RestoreError(f"{database} is not a tie store: {exc}") from exc
+        raise RestoreError(
+            f"the backup's database {database} is damaged, or not a tie store: {exc}. "
+            f"Nothing was changed."
+        ) from exc
     return Contents(database, revisions, named)
 
 

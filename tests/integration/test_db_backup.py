@@ -328,3 +328,21 @@ def test_a_backup_of_an_earlier_schema_is_migrated_as_it_is_restored(
     assert main(["--config", str(empty_target), "db", "restore", str(tmp_path / "backup")]) == 0
     assert "migrated    retention_0002" in capsys.readouterr().out
     assert main(["--config", str(empty_target), "db", "status"]) == 0  # up to date
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # pg_restore checks its own
+def test_a_damaged_database_copy_is_refused(tmp_path, store_url, empty_target, capsys):
+    _, source = _source(tmp_path, store_url, "ORD-1")
+    try:
+        back_up(source, tmp_path / "backup")
+    finally:
+        source.dispose()
+    copy = tmp_path / "backup" / "tie.db"
+    with open(copy, "r+b") as damaging:  # a page in the middle of the file overwritten
+        damaging.seek(copy.stat().st_size // 2)
+        damaging.write(b"\xff" * 4096)
+
+    assert main(["--config", str(empty_target), "db", "restore", str(tmp_path / "backup")]) == 1
+    err = capsys.readouterr().err
+    assert "Nothing was changed" in err and "damaged" in err
+    assert not (empty_target.parent / "data" / "tie.db").exists()
