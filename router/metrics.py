@@ -1,10 +1,11 @@
 """Prometheus metrics: what this engine process counted, and the store's queues at scrape time.
 
 Counters and the ACK-latency and group-commit histograms live in this process
-(they restart from zero with it, which Prometheus' ``rate`` expects). Queue depth
-and the age of the oldest queued delivery are read from the store when
-``/metrics`` is scraped, from the pending-deliveries index and one row per destination
-(router/store/queues.py), so they are the same on every node and cheap to scrape.
+(they restart from zero with it, which Prometheus' ``rate`` expects). Queue depth,
+the age of the oldest queued delivery and the deliveries failed for good are read from
+the store when ``/metrics`` is scraped, from the partial indexes of pending and of failed
+deliveries and one row per destination (router/store/queues.py), so they are the same on
+every node and cheap to scrape.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from router.store.database import Store
-from router.store.queues import pending_queues, unprocessed
+from router.store.queues import failed_deliveries, pending_queues, unprocessed
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -104,7 +105,8 @@ def _delivery_counter(channel: str, destination: str, status: str) -> Any:
 
 
 class QueueCollector(Collector):
-    """``tie_queue_depth``, ``tie_queue_oldest_age_seconds`` and ``tie_unprocessed_messages``."""
+    """``tie_queue_depth``, ``tie_queue_oldest_age_seconds``, ``tie_failed_deliveries`` and
+    ``tie_unprocessed_messages``."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -112,6 +114,7 @@ class QueueCollector(Collector):
     def collect(self) -> Iterator[Any]:
         with self.store.read() as conn:
             queues = pending_queues(conn)
+            failed = failed_deliveries(conn)
             backlog = unprocessed(conn)
         now = datetime.now(UTC)
         depth = GaugeMetricFamily(
@@ -127,6 +130,13 @@ class QueueCollector(Collector):
         for channel, destination, count, oldest in queues:
             depth.add_metric([channel, destination], count)
             age.add_metric([channel, destination], (now - oldest).total_seconds())
+        stuck = GaugeMetricFamily(
+            "tie_failed_deliveries",
+            "Deliveries failed for good (retries used up or refused) and not resent.",
+            labels=["channel", "destination"],
+        )
+        for (channel, destination), count in failed.items():
+            stuck.add_metric([channel, destination], count)
         waiting = GaugeMetricFamily(
             "tie_unprocessed_messages",
             "Messages stored but not yet processed (a paused channel's backlog).",
@@ -134,4 +144,4 @@ class QueueCollector(Collector):
         )
         for channel, count in backlog.items():
             waiting.add_metric([channel], count)
-        yield from (depth, age, waiting)
+        yield from (depth, age, stuck, waiting)

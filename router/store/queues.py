@@ -1,5 +1,6 @@
-"""Each destination's queue as ``/metrics`` reports it (its depth and oldest delivery), and
-each channel's backlog of messages not yet processed.
+"""Each destination's queue as ``/metrics`` reports it (its depth and oldest delivery), its
+deliveries failed for good and not resent, and each channel's backlog of messages not yet
+processed.
 
 The oldest pending delivery of a destination is its lowest id: ids are given in insert
 order and every delivery is inserted with ``created_at`` set to the time of that insert's
@@ -51,6 +52,20 @@ def pending_queues(conn: Connection) -> list[Queue]:
         Queue(*row)
         for row in conn.execute(query.join_from(heads, deliveries, d.id == heads.c.head))
     ]
+
+
+def failed_deliveries(conn: Connection) -> dict[tuple[str, str], int]:
+    """Deliveries ``failed`` (retries used up, not resent: a resend makes the original
+    ``resent``) per (channel, destination), from the partial index of failed deliveries:
+    they stay until someone resends them, so they pile up over months, never counted from
+    their rows."""
+    d = deliveries.c
+    query = (
+        select(d.channel, d.destination, func.count())
+        .where(d.status == literal("failed"))
+        .group_by(d.channel, d.destination)
+    )
+    return {(channel, destination): n for channel, destination, n in conn.execute(query)}
 
 
 # SQLite's statistics cannot tell that few messages wait: it read a covering index of every

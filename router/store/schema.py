@@ -194,6 +194,15 @@ deliveries = Table(
         sqlite_where=text("resent_from IS NOT NULL"),
         postgresql_where=text("resent_from IS NOT NULL"),
     ),
+    # The failed deliveries still waiting for a resend, counted per destination by
+    # /metrics (router/store/queues.py): a few among every delivery ever made.
+    Index(
+        "ix_deliveries_failed",
+        "channel",
+        "destination",
+        sqlite_where=text("status = 'failed'"),
+        postgresql_where=text("status = 'failed'"),
+    ),
     Index(
         "ix_deliveries_pending",
         "channel",

@@ -1,6 +1,7 @@
 """The queue gauges of ``/metrics``: each destination's depth and the age of its oldest
 pending delivery, read from the pending index and one row per destination, not from the
-row of every queued delivery (1.9 s a scrape on PostgreSQL with ~16k queued)."""
+row of every queued delivery (1.9 s a scrape on PostgreSQL with ~16k queued); and its
+deliveries failed for good, from the index of failed deliveries (not every delivery)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from router.store.schema import deliveries, messages
 
 PENDING_ROWS = 3_000
 SENT_ROWS = 20_000
+FAILED_ROWS = 600
 
 
 def _fill(store: Store, statuses: list[tuple[str, str, str, datetime]]) -> None:
@@ -69,7 +71,7 @@ def _gauges(store: Store) -> dict[tuple[str, str, str], float]:
         (s.name, s.labels["channel"], s.labels["destination"]): s.value
         for family in QueueCollector(store).collect()
         for s in family.samples
-        if s.name.startswith("tie_queue_")
+        if s.name.startswith("tie_queue_") or s.name == "tie_failed_deliveries"
     }
 
 
@@ -78,15 +80,22 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 
 @pytest.fixture
 def queued(store: Store) -> Store:
-    """``SENT_ROWS`` sent deliveries, then ``PENDING_ROWS`` pending, over 2 x 3 destinations,
-    one a second from ``START``."""
+    """``SENT_ROWS`` sent deliveries, ``FAILED_ROWS`` failed, then ``PENDING_ROWS`` pending,
+    over 2 x 3 destinations, one a second from ``START``."""
     start = START
     rows = []
-    for i in range(SENT_ROWS + PENDING_ROWS):
-        status = "sent" if i < SENT_ROWS else ("queued", "retrying", "sending")[i % 3]
+    for i in range(-FAILED_ROWS, SENT_ROWS + PENDING_ROWS):
+        if i < 0:
+            status = "failed"
+        else:
+            status = "sent" if i < SENT_ROWS else ("queued", "retrying", "sending")[i % 3]
         rows.append((f"ch{i % 2}", f"dest{i % 3}", status, start + timedelta(seconds=i)))
     _fill(store, rows)
     return store
+
+
+# The partial indexes the gauges scan, each of a few rows of the table.
+SCANNED = ("ix_deliveries_pending", "ix_deliveries_failed")
 
 
 def _table_reads(conn: Connection, statement: str, parameters: Any) -> list[str]:
@@ -99,10 +108,10 @@ def _table_reads(conn: Connection, statement: str, parameters: Any) -> list[str]
             step
             for step in plan
             if "deliveries" in step
-            and step != "SCAN deliveries USING INDEX ix_deliveries_pending"
+            and step not in {f"SCAN deliveries USING INDEX {index}" for index in SCANNED}
             and "USING INTEGER PRIMARY KEY" not in step
         ]
-        # The pending index's scan leaves the table cursor at a deferred seek, taken only
+        # A partial index's scan leaves the table cursor at a deferred seek, taken only
         # if a column of the row is read: no Column op may read that cursor.
         program = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).all()
         deferred = {row[4] for row in program if row[1] == "DeferredSeek"}
@@ -137,13 +146,13 @@ def _table_reads(conn: Connection, statement: str, parameters: Any) -> list[str]
 
 def test_the_queue_gauges_read_no_row_per_pending_delivery(queued):
     with statements(queued) as seen:
-        assert len(_gauges(queued)) == 12
+        assert len(_gauges(queued)) == 18
     with queued.read() as conn:
         reads = [r for s, p in seen if "deliveries" in s for r in _table_reads(conn, s, p)]
     assert [s for s, _ in seen if "deliveries" in s] and reads == []
 
 
-def test_the_queue_gauges_report_each_destinations_depth_and_oldest_age(queued):
+def test_the_queue_gauges_report_each_destinations_depth_oldest_age_and_failed(queued):
     before = utcnow()
     gauges = _gauges(queued)
     after = utcnow()
@@ -154,11 +163,13 @@ def test_the_queue_gauges_report_each_destinations_depth_and_oldest_age(queued):
         oldest = START + timedelta(seconds=ids[0])
         age = gauges[("tie_queue_oldest_age_seconds", channel, destination)]
         assert (before - oldest).total_seconds() - 1 <= age <= (after - oldest).total_seconds() + 1
+        assert gauges[("tie_failed_deliveries", channel, destination)] == FAILED_ROWS / 6
 
 
 def test_held_and_finished_deliveries_are_not_queued_and_a_resend_is_as_old_as_itself(store):
     """A held delivery (lowest id) and sent or failed ones do not count; a failed delivery
-    resent is queued anew, aged from its resend, not from the original's creation."""
+    resent is queued anew, aged from its resend, not from the original's creation, and no
+    longer counts as failed (it is ``resent``)."""
     _fill(
         store,
         [
@@ -175,6 +186,8 @@ def test_held_and_finished_deliveries_are_not_queued_and_a_resend_is_as_old_as_i
     age = gauges[("tie_queue_oldest_age_seconds", "lab", "ris")]
     assert abs(age - (utcnow() - START - timedelta(hours=3)).total_seconds()) < 5
     assert ("tie_queue_depth", "lab", "pas") not in gauges
+    assert gauges[("tie_failed_deliveries", "lab", "ris")] == 1
+    assert gauges[("tie_failed_deliveries", "lab", "pas")] == 1
 
     resent_at = utcnow()
     with store.read() as conn:
@@ -182,6 +195,8 @@ def test_held_and_finished_deliveries_are_not_queued_and_a_resend_is_as_old_as_i
     resend(store, failed, reason="peer fixed", actor="ops")
     gauges = _gauges(store)
     assert gauges[("tie_queue_depth", "lab", "pas")] == 1
+    assert ("tie_failed_deliveries", "lab", "pas") not in gauges
+    assert gauges[("tie_failed_deliveries", "lab", "ris")] == 1
     assert (
         0
         <= gauges[("tie_queue_oldest_age_seconds", "lab", "pas")]
@@ -230,5 +245,5 @@ def test_every_metric_the_example_alert_rules_use_is_one_the_engine_exposes(stor
     rules = Path(__file__).parents[2] / "examples/prometheus/tie-alerts.yml"
     (group,) = yaml.safe_load(rules.read_text())["groups"]
     used = {name for rule in group["rules"] for name in re.findall(r"\btie_\w+", rule["expr"])}
-    assert {"tie_queue_depth", "tie_mesh_poll_failures_total"} <= used
+    assert {"tie_queue_depth", "tie_failed_deliveries", "tie_mesh_poll_failures_total"} <= used
     assert used - exposed == set()
