@@ -25,6 +25,8 @@ from router.fhir.outcome import Issue, Rejected, information, operation_outcome,
 from router.fhir.request_id import REQUEST_ID, callers_id, request_keys
 from router.fhir.validation import message_header, parse_json, require_resource
 from router.fhir.validators import ValidationWorkers, ValidatorLost
+from router.outage_log import outage_reason
+from router.repeat_log import RepeatLog
 from router.store.inbound import VALIDATING, Inbound, Receipt, time_ordered_uuid
 from router.store.ingest import StoreUnavailable
 
@@ -101,6 +103,20 @@ def not_stored(headers: Mapping[str, str]) -> Answer:
     """503: the store could not commit, so nothing was acknowledged; the sender sends again."""
     issue = Issue("transient", "the message could not be stored; send it again later")
     return fhir_answer(503, operation_outcome([issue], 503), headers)
+
+
+def answer_unstored(lines: RepeatLog, request: FhirRequest, exc: BaseException) -> Answer:
+    """``not_stored``, logged once per channel every few minutes while the store is down:
+    a line a request buried the log (a busy sender retrying makes thousands a minute); the
+    first line after the window says how many more there were."""
+    lines.error(
+        ("store unavailable", request.channel),
+        "channel %s: answering 503 to %s: %s (the next ones while it lasts are counted)",
+        request.channel,
+        request.remote,
+        outage_reason(exc),
+    )
+    return not_stored(request.headers)
 
 
 def rejected_answer(exc: Rejected, headers: Mapping[str, str]) -> Answer:
@@ -195,6 +211,7 @@ class FhirIntake:
         self._validators = validators
         self._release = release
         self._route = route
+        self._unstored = RepeatLog(log)
 
     async def verify(self, request: FhirRequest) -> Checked:
         """The shape (``check``) and the models (in a worker), at once."""
@@ -268,8 +285,7 @@ class FhirIntake:
         try:
             receipt = await stored
         except StoreUnavailable as exc:
-            log.error("channel %s: %s; answering 503", request.channel, exc)
-            return not_stored(request.headers)
+            return answer_unstored(self._unstored, request, exc)
         if receipt.duplicate_of is not None:
             text = f"already received as urn:tie:message:{receipt.duplicate_of}; not routed again"
             return fhir_answer(200, information(text), request.headers)

@@ -49,6 +49,7 @@ from router.fhir.intake import (
     Answer,
     Checked,
     FhirRequest,
+    answer_unstored,
     checked_inbound,
     fhir_answer,
     mirrored_headers,
@@ -58,6 +59,8 @@ from router.fhir.intake import (
 )
 from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
 from router.fhir.recorder import Recorder
+from router.outage_log import is_store_outage
+from router.repeat_log import RepeatLog
 from router.store.database import Store
 from router.store.inbound import VALIDATING, Inbound, utcnow
 from router.store.ingest import GroupCommitWriter
@@ -88,6 +91,7 @@ class BarsRouter:
         self._directory = directory
         self._owner = owner
         self._forwarder = forwarder
+        self._unstored = RepeatLog(log)
 
     async def route(
         self, request: FhirRequest, checked: Checked, models: asyncio.Future[None]
@@ -142,6 +146,8 @@ class BarsRouter:
         try:
             opened = await opening
         except Exception as exc:
+            if is_store_outage(exc):
+                return answer_unstored(self._unstored, request, exc)
             log.error("channel %s: could not store a BaRS message: %s", request.channel, exc)
             return not_stored(request.headers)
         started = utcnow()

@@ -28,6 +28,7 @@ from router.auth.tokens import token_holder
 from router.auth.users import anyone_holds
 from router.config.http import SenderAuth
 from router.fhir.outcome import Rejected, reject
+from router.outage_log import is_store_outage, outage_reason
 from router.repeat_log import RepeatLog
 from router.store.database import Store
 from router.store.schema import users
@@ -119,7 +120,8 @@ class Senders:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        # A client hammering with a bad token: once per host and channel every few minutes.
+        # A client hammering with a bad token: once per host and channel every few minutes;
+        # the store down: once per channel.
         self._refused = RepeatLog(log)
 
     async def check(
@@ -145,7 +147,16 @@ class Senders:
         try:
             holder = await asyncio.to_thread(self._holder, token)
         except SQLAlchemyError as exc:
-            log.error("channel %s: a sender's token could not be checked: %s", channel, exc)
+            if is_store_outage(exc):  # every request fails alike while it lasts: one line
+                self._refused.error(
+                    ("store unavailable", channel),
+                    "channel %s: answering 503: a sender's token could not be checked: %s "
+                    "(the next ones while it lasts are counted)",
+                    channel,
+                    outage_reason(exc),
+                )
+            else:
+                log.error("channel %s: a sender's token could not be checked: %s", channel, exc)
             text = "the token could not be checked; send again later"
             raise reject(503, "transient", text) from exc
         if holder is None:
