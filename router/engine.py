@@ -11,11 +11,13 @@ import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import uvicorn
 from sqlalchemy import Connection, select
 
 from router import mappings
+from router.certificate_expiry import Presented, log_expiring, presented_certificates
 from router.config import (
     ChannelConfig,
     ConfigError,
@@ -243,6 +245,7 @@ class Engine:
         await asyncio.to_thread(upgrade, self.store)
         # Held until the stop: ``run.py db restore`` refuses to replace the store meanwhile.
         await asyncio.to_thread(self._running.enter_context, engine_running(self.store))
+        log_expiring(log, self.presented_certificates(), datetime.now(UTC))
         self.writer.start()
         self.processor.start()
         await self.gateway.start()
@@ -321,6 +324,10 @@ class Engine:
     def _on_sighup(self) -> None:
         task = asyncio.create_task(self.reload("sighup"), name="reload on SIGHUP")
         task.add_done_callback(_report_reload)
+
+    def presented_certificates(self) -> list[Presented]:
+        """The certificate files the running channels and the MESH mailboxes present."""
+        return presented_certificates([c.config for c in self.channels.values()], self.config.mesh)
 
     @property
     def listening(self) -> bool:

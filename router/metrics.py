@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from router.certificate_expiry import Expiries, Presented
 from router.store.database import Store
 from router.store.queues import failed_deliveries, pending_queues, unprocessed
 
@@ -145,3 +146,30 @@ class QueueCollector(Collector):
         for channel, count in backlog.items():
             waiting.add_metric([channel], count)
         yield from (depth, age, stuck, waiting)
+
+
+class CertificateCollector(Collector):
+    """``tie_tls_certificate_expiry_timestamp_seconds``: when each certificate file the
+    engine presents expires (router/certificate_expiry.py). ``presented`` is asked at each
+    scrape, so a reload's channels are followed; each file is read at the first scrape and
+    again only when it changed (a renewal in place)."""
+
+    def __init__(self, presented: Callable[[], list[Presented]]) -> None:
+        self._presented = presented
+        self._expiries = Expiries()
+
+    def collect(self) -> Iterator[Any]:
+        presented = self._presented()
+        self._expiries.forget_all_but(item.file for item in presented)
+        expiry = GaugeMetricFamily(
+            "tie_tls_certificate_expiry_timestamp_seconds",
+            "When a certificate the engine presents expires (the earliest of its file's "
+            "chain), in seconds since the epoch; a file that cannot be read has none.",
+            labels=["channel", "destination", "mailbox", "role", "file"],
+        )
+        for item in presented:
+            moment = self._expiries.of(item.file)
+            if moment is not None:
+                labels = [item.channel, item.destination, item.mailbox, item.role, str(item.file)]
+                expiry.add_metric(labels, moment.timestamp())
+        yield expiry

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from router import metrics
 from router.api.security import Principal, require_role
@@ -22,18 +23,22 @@ if TYPE_CHECKING:
 
 
 class _Scrape:
-    """This process's counters and the store's queue gauges, as one exposition."""
+    """This process's counters, the store's queue gauges and the certificates' expiry, as
+    one exposition."""
 
-    def __init__(self, queues: metrics.QueueCollector) -> None:
-        self.queues = queues
+    def __init__(self, *collectors: Collector) -> None:
+        self.collectors = collectors
 
     def collect(self) -> Iterator[Any]:
-        return itertools.chain(metrics.REGISTRY.collect(), self.queues.collect())
+        parts = (c.collect() for c in self.collectors)
+        return itertools.chain(metrics.REGISTRY.collect(), *parts)
 
 
 def metrics_routes(engine: Engine) -> APIRouter:
     router = APIRouter(tags=["operations"])
-    scrape = _Scrape(metrics.QueueCollector(engine.store))
+    certificates = metrics.CertificateCollector(engine.presented_certificates)
+    list(certificates.collect())  # read at load: a scrape then only stats the files
+    scrape = _Scrape(metrics.QueueCollector(engine.store), certificates)
 
     @router.get("/metrics", response_class=Response)
     async def exposition(_: Principal = Depends(require_role("viewer"))) -> Response:

@@ -3,11 +3,13 @@ tests (golden files, router/channel_tests/)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
+from router.certificate_expiry import Finding, expiry_findings, presented_certificates
 from router.channel_tests import CaseRunner, compare, discover, update
-from router.config import ChannelConfig, EngineConfig
-from router.config.loading import LOOPBACK_HOSTS
+from router.config import ChannelConfig, ConfigError, EngineConfig
+from router.config.loading import LOOPBACK_HOSTS, ConfigProblem, channel_file
 from router.directory.seeding import read_endpoints
 
 
@@ -28,6 +30,25 @@ def open_to_anyone(config: EngineConfig, channels: dict[str, ChannelConfig]) -> 
                 "(auth: token, docs/fhir.md#senders) or keep the port behind network controls"
             )
     return warnings
+
+
+def expired_or_expiring(
+    config: EngineConfig, config_file: Path, channels: dict[str, ChannelConfig], now: datetime
+) -> list[str]:
+    """A warning for each certificate the engine presents that expires within 14 days;
+    raises ConfigError naming each one already expired (no peer accepts it)."""
+    findings = expiry_findings(presented_certificates(channels.values(), config.mesh), now)
+
+    def file_of(finding: Finding) -> str:
+        channel = finding.presented.channel
+        return str(channel_file(config.channels, channel) if channel else config_file)
+
+    expired = [
+        ConfigProblem(file_of(f), f.presented.setting, f.text) for f in findings if f.expired
+    ]
+    if expired:
+        raise ConfigError(expired)
+    return [f"warning  {file_of(f)}: {f.presented.setting}: {f.text}" for f in findings]
 
 
 def senders_unchecked_or_unknown(

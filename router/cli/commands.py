@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from router.cli.filters import add_filters, search_filter
 from router.cli.output import (
     CommandError,
     add_json,
+    config_path,
     engine_config,
     message_ref,
     open_store,
@@ -105,6 +107,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
+    from router.cli.checking import expired_or_expiring
     from router.directory.seeding import read_endpoints
     from router.engine import compile_channels
 
@@ -113,6 +116,9 @@ def check(args: argparse.Namespace) -> int:
         channels = load_channels(config.channels)
         compile_channels(config, channels, disabled=True)
         read_endpoints(config.endpoints)
+        expiring = expired_or_expiring(
+            config, config_path(args).resolve(), channels, datetime.now(UTC)
+        )
     except ConfigError as exc:
         raise CommandError(f"configuration is not valid:\n{exc}", 2) from exc
     # A mistyped name or folder would run no case and pass: "0 case(s) run", exit 0.
@@ -132,7 +138,7 @@ def check(args: argparse.Namespace) -> int:
         senders_unchecked_or_unknown,
     )
 
-    for warning in open_to_anyone(config, channels):
+    for warning in [*expiring, *open_to_anyone(config, channels)]:
         print(warning)
     for warning in senders_unchecked_or_unknown(config, channels):
         print(warning)

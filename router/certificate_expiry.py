@@ -1,0 +1,210 @@
+"""When the certificates the engine presents expire: each MLLP source's and destination's
+``tls.cert``, each HTTPS client certificate (HTTP destinations, BaRS forwarding, the
+booking proxy) and each MESH mailbox's ``cert``.
+
+A certificate that expires stops every exchange over it at once, hours after anyone could
+have renewed it calmly: ``/metrics`` reports each file's expiry
+(``tie_tls_certificate_expiry_timestamp_seconds``), ``run.py check`` warns within
+``EXPIRING_WITHIN`` and fails on an expired one, and ``serve`` says the same in its log
+at start. A file holds the certificate and its intermediates: its expiry is the earliest
+of them (an intermediate that expires breaks the chain as well).
+
+The dates are read from the PEM files with the standard library (the ``ssl`` module gives
+no public way to read a certificate's dates without a connection): the DER of each
+certificate, down to ``tbsCertificate.validity.notAfter``. A file is read again when its
+size, time or inode changes (a renewal in place, which MLLP sources take without a reload).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from router.config import ChannelConfig
+    from router.config.mesh import MeshOptions
+
+EXPIRING_WITHIN = timedelta(days=14)
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL)
+
+
+class Presented(NamedTuple):
+    """A certificate file the engine presents, and the setting that names it."""
+
+    channel: str  # "" for a MESH mailbox (engine.yaml)
+    destination: str  # "" for a source or a mailbox
+    mailbox: str  # the MESH mailbox's name under mesh.mailboxes, else ""
+    role: str  # mllp_server, mllp_client, https_client, mesh_client
+    setting: str  # e.g. "source.mllp.tls.cert"
+    file: Path
+
+
+class CertificateUnreadable(ValueError):
+    """A file with no certificate whose dates could be read."""
+
+
+def presented_certificates(channels: Iterable[ChannelConfig], mesh: MeshOptions) -> list[Presented]:
+    """Every certificate file of ``channels`` and of the MESH mailboxes."""
+    found = []
+    for channel in channels:
+        source = channel.source
+        if source.mllp is not None and source.mllp.tls is not None:
+            setting, cert = "source.mllp.tls.cert", source.mllp.tls.cert
+            found.append(Presented(channel.name, "", "", "mllp_server", setting, cert))
+        forwarding = {
+            "http.bars": source.http.bars if source.http is not None else None,
+            "proxy": source.proxy,
+        }
+        for key, options in forwarding.items():
+            if options is not None and options.tls.cert is not None:
+                setting, cert = f"source.{key}.tls.cert", options.tls.cert
+                found.append(Presented(channel.name, "", "", "https_client", setting, cert))
+        for name, destination in channel.destinations.items():
+            if destination.mllp is not None and destination.mllp.tls is not None:
+                cert = destination.mllp.tls.cert
+                setting = f"destinations.{name}.mllp.tls.cert"
+                if cert is not None:
+                    found.append(Presented(channel.name, name, "", "mllp_client", setting, cert))
+            if destination.http is not None and destination.http.tls.cert is not None:
+                cert = destination.http.tls.cert
+                setting = f"destinations.{name}.http.tls.cert"
+                found.append(Presented(channel.name, name, "", "https_client", setting, cert))
+    for name, box in mesh.mailboxes.items():
+        if box.cert is not None:
+            setting = f"mesh.mailboxes.{name}.cert"
+            found.append(Presented("", "", name, "mesh_client", setting, box.cert))
+    return found
+
+
+def not_after(pem: bytes) -> datetime:
+    """The earliest ``notAfter`` of the certificates in ``pem``."""
+    dates = []
+    for block in _PEM.findall(pem):
+        try:
+            dates.append(_der_not_after(base64.b64decode(block)))
+        except (binascii.Error, IndexError, ValueError) as exc:
+            raise CertificateUnreadable(f"a certificate could not be read ({exc})") from exc
+    if not dates:
+        raise CertificateUnreadable("no PEM certificate in it")
+    return min(dates)
+
+
+def _der_not_after(der: bytes) -> datetime:
+    """Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
+    serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... } }"""
+    _, certificate, _ = _element(der, 0)
+    _, position, _ = _element(der, certificate)  # into tbsCertificate
+    tag, _, end = _element(der, position)
+    if tag == 0xA0:  # the explicit version
+        position = end
+    for _ in range(3):  # serialNumber, signature, issuer
+        position = _element(der, position)[2]
+    _, validity, _ = _element(der, position)
+    not_before_end = _element(der, validity)[2]
+    tag, start, end = _element(der, not_before_end)
+    text = der[start:end].decode("ascii")
+    if tag == 0x17:  # UTCTime: YYMMDDHHMMSSZ, years 50-99 are 19xx (RFC 5280)
+        moment = datetime.strptime(text, "%y%m%d%H%M%SZ")
+        if moment.year >= 2050:
+            moment = moment.replace(year=moment.year - 100)
+    elif tag == 0x18:  # GeneralizedTime: YYYYMMDDHHMMSSZ
+        moment = datetime.strptime(text, "%Y%m%d%H%M%SZ")
+    else:
+        raise ValueError(f"notAfter has ASN.1 tag {tag:#x}, not a time")
+    return moment.replace(tzinfo=UTC)
+
+
+def _element(der: bytes, position: int) -> tuple[int, int, int]:
+    """The DER element at ``position``: its tag, where its contents start and end."""
+    tag, length = der[position], der[position + 1]
+    position += 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(der[position : position + count], "big")
+        position += count
+    if position + length > len(der):
+        raise ValueError("a DER element runs past the end")
+    return tag, position, position + length
+
+
+class Expiries:
+    """Each file's expiry, read again only when the file changed (a few ``stat`` calls a
+    scrape); None for a file that cannot be read or holds no certificate."""
+
+    def __init__(self) -> None:
+        self._read: dict[Path, tuple[tuple[int, int, int] | None, datetime | None]] = {}
+
+    def of(self, path: Path) -> datetime | None:
+        try:
+            st = path.stat()
+        except OSError:
+            stamp = None
+        else:
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        known = self._read.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        expiry = None
+        if stamp is not None:
+            try:
+                expiry = not_after(path.read_bytes())
+            except (OSError, CertificateUnreadable):
+                expiry = None
+        self._read[path] = (stamp, expiry)
+        return expiry
+
+    def forget_all_but(self, paths: Iterable[Path]) -> None:
+        """Drop the files no longer configured (a reload removed their channel)."""
+        keep = set(paths)
+        for path in [p for p in self._read if p not in keep]:
+            del self._read[path]
+
+
+class Finding(NamedTuple):
+    presented: Presented
+    expired: bool
+    text: str  # "<file>: the certificate expires on ... (in N days)"
+
+
+def expiry_findings(
+    presented: Iterable[Presented], now: datetime, expiries: Expiries | None = None
+) -> list[Finding]:
+    """The certificates expired, or expiring within ``EXPIRING_WITHIN`` of ``now``."""
+    if expiries is None:
+        expiries = Expiries()
+    found = []
+    for item in presented:
+        expiry = expiries.of(item.file)
+        if expiry is None or expiry - now > EXPIRING_WITHIN:
+            continue
+        day = expiry.strftime("%Y-%m-%d %H:%M UTC")
+        if expiry <= now:
+            found.append(Finding(item, True, f"{item.file}: the certificate expired on {day}"))
+        else:
+            left = _days(expiry - now)
+            text = f"{item.file}: the certificate expires on {day} (in {left})"
+            found.append(Finding(item, False, text))
+    return found
+
+
+def _days(left: timedelta) -> str:
+    days = left.days
+    if days >= 1:
+        return f"{days} day{'s' if days != 1 else ''}"
+    return f"{max(1, round(left.total_seconds() / 3600))} hour(s)"
+
+
+def log_expiring(log: logging.Logger, presented: Iterable[Presented], now: datetime) -> None:
+    """At the engine's start: a warning for each certificate that expires soon, an error
+    for each expired (the engine starts all the same: its other channels work)."""
+    for finding in expiry_findings(presented, now):
+        item = finding.presented
+        where = f"channel {item.channel}: " if item.channel else ""
+        level = logging.ERROR if finding.expired else logging.WARNING
+        log.log(level, "%s%s: %s", where, item.setting, finding.text)
