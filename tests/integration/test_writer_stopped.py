@@ -83,7 +83,7 @@ def fhir_answer(base: str, document: dict[str, Any]) -> tuple[int, list[str]]:
 
 
 def test_senders_waiting_on_a_writer_that_dies_are_refused_at_once(
-    engine, hl7_samples, bars_samples
+    engine, hl7_samples, bars_samples, caplog
 ):
     port, base = engine.port("inbound"), f"http://127.0.0.1:{engine.http_port}"
     sample, document = hl7_samples[GHH], bars_samples["servicerequest-request_validation"]
@@ -105,7 +105,11 @@ def test_senders_waiting_on_a_writer_that_dies_are_refused_at_once(
 
     # Later senders are refused at once too; /health says why.
     assert mllp_answer(port, hl7_message(sample, "LATER")) == ("AE", "LATER", True)
-    assert fhir_answer(base, document) == (503, ["transient"])
+    for _ in range(3):
+        assert fhir_answer(base, document) == (503, ["transient"])
+    # One line for the channel, not one a refused request (the repeats are counted).
+    [refusal] = [r.getMessage() for r in caplog.records if r.name == "router.fhir.intake"]
+    assert refusal.startswith("channel inbox: answering 503 to 127.0.0.1:")
     health = httpx.get(f"{base}/health", timeout=PROMPT)
     assert (health.status_code, health.json()["writer"]) == (503, False)
     with engine.store.read() as conn:
