@@ -36,15 +36,22 @@ def expired_or_expiring(
     config: EngineConfig, config_file: Path, channels: dict[str, ChannelConfig], now: datetime
 ) -> list[str]:
     """A warning for each certificate the engine presents that expires within 14 days;
-    raises ConfigError naming each one already expired (no peer accepts it)."""
+    raises ConfigError naming each one already expired (no peer accepts it), except a
+    disabled channel's, which is a warning (it runs nowhere yet)."""
     findings = expiry_findings(presented_certificates(channels.values(), config.mesh), now)
 
     def file_of(finding: Finding) -> str:
         channel = finding.presented.channel
         return str(channel_file(config.channels, channel) if channel else config_file)
 
+    def in_use(finding: Finding) -> bool:
+        channel = finding.presented.channel
+        return not channel or channels[channel].enabled
+
     expired = [
-        ConfigProblem(file_of(f), f.presented.setting, f.text) for f in findings if f.expired
+        ConfigProblem(file_of(f), f.presented.setting, f.text)
+        for f in findings
+        if f.expired and in_use(f)
     ]
     if expired:
         raise ConfigError(expired)

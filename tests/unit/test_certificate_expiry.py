@@ -146,15 +146,19 @@ def test_the_gauge_follows_a_certificate_renewed_in_place(tmp_path, issued):
     assert _gauge(collector) == {}
 
 
-def _check(folder: Path, cert: Path, key: Path) -> int:
-    _secure_channel(folder, cert, key=key)
+def _engine_yaml(folder: Path) -> Path:
     (folder / "config").mkdir(exist_ok=True)
     (folder / "mappings").mkdir(exist_ok=True)
     engine_yaml = folder / "config" / "engine.yaml"
     engine_yaml.write_text(
         "store: sqlite:///data/tie.db\nchannels: ../channels\nmappings: ../mappings\n"
     )
-    return main(["--config", str(engine_yaml), "check"])
+    return engine_yaml
+
+
+def _check(folder: Path, cert: Path, key: Path) -> int:
+    _secure_channel(folder, cert, key=key)
+    return main(["--config", str(_engine_yaml(folder)), "check"])
 
 
 def test_check_warns_of_a_certificate_expiring_within_14_days(tmp_path, issued, capsys):
@@ -179,6 +183,19 @@ def test_check_fails_on_an_expired_certificate_naming_its_file_and_key(tmp_path,
         f"{file}: source.mllp.tls.cert: {issued.expired}: the certificate expired on "
         "2025-02-01 00:00 UTC"
     ) in err.splitlines()
+
+
+def test_an_expired_certificate_of_a_disabled_channel_is_a_warning(tmp_path, issued, capsys):
+    """It runs nowhere: the start takes only enabled channels."""
+    channel = _secure_channel(tmp_path, issued.expired, key=issued.expired_key)
+    channel.write_text(channel.read_text() + "enabled: false\n")
+    code = main(["--config", str(_engine_yaml(tmp_path)), "check"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert (
+        f"warning  {channel}: source.mllp.tls.cert: {issued.expired}: the certificate expired"
+        in out
+    )
 
 
 def test_the_engine_logs_each_certificate_expired_or_expiring_at_its_start(
