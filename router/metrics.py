@@ -1,11 +1,12 @@
-"""Prometheus metrics: what this engine process counted, and the store's queues at scrape time.
+"""Prometheus metrics: what this engine process counted, and at scrape time the store's
+queues and the expiry of the certificates the engine presents.
 
 Counters and the ACK-latency and group-commit histograms live in this process
 (they restart from zero with it, which Prometheus' ``rate`` expects). Queue depth,
 the age of the oldest queued delivery and the deliveries failed for good are read from
 the store when ``/metrics`` is scraped, from the partial indexes of pending and of failed
 deliveries and one row per destination (router/store/queues.py), so they are the same on
-every node and cheap to scrape.
+every node and cheap to scrape. The certificates' expiry is this node's own (its files).
 """
 
 from __future__ import annotations
