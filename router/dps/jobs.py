@@ -221,12 +221,15 @@ def _mark_undelivered(
     resent_from: int | None,
 ) -> None:
     """Keep the job's ``undelivered`` outputs: a delivery failed for good adds itself (in
-    place of the earlier failed copy it resends: one entry an output, whose ``original`` is
-    its first failed delivery); a resend sent removes the output it resends. A failure
+    place of the earlier failed copy of its output: one entry an output, whose ``original``
+    is its first failed delivery); a resend sent removes its output's entry. An output is
+    a chain of resends (``_first_of``): a copy may be resent from any copy of it, an
+    earlier failed one or a sent one, not only from the one its entry names. A failure
     email has no status of its own to show that the practice was never told."""
     stored = conn.scalar(select(jobs.c.undelivered).where(jobs.c.job_id == job_id))
     marks: list[dict[str, Any]] = json.loads(stored) if stored else []
-    earlier = [m for m in marks if resent_from in (m["delivery_id"], m["original"])]
+    output = _first_of(conn, resent_from) if resent_from is not None else None
+    earlier = [m for m in marks if output is not None and _first_of(conn, m["original"]) == output]
     kept = [m for m in marks if m not in earlier]
     if status == "failed":
         original = earlier[0]["original"] if earlier else delivery_id
@@ -238,6 +241,20 @@ def _mark_undelivered(
             .where(jobs.c.job_id == job_id)
             .values(undelivered=json.dumps(kept) if kept else None, updated_at=utcnow())
         )
+
+
+def _first_of(conn: Connection, delivery_id: int) -> int:
+    """The first delivery of the output ``delivery_id`` is a copy of (following its
+    ``resent_from`` back), or itself."""
+    seen = {delivery_id}
+    while True:
+        earlier = conn.scalar(
+            select(deliveries.c.resent_from).where(deliveries.c.id == delivery_id)
+        )
+        if earlier is None or earlier in seen:
+            return delivery_id
+        seen.add(earlier)
+        delivery_id = earlier
 
 
 def unknown_report(conn: Connection, meta: dict[str, Any], reason: str) -> tuple[str, str] | None:

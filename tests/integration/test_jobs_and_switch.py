@@ -463,3 +463,28 @@ def test_closing_a_job_over_the_api_needs_support_and_a_reason(tmp_path, store_u
     finally:
         client.close()
         running.stop()
+
+
+def test_a_resend_sent_from_any_copy_of_an_output_clears_its_undelivered_mark(store_url):
+    """An output is the chain of resends from its first delivery: a resend sent from an
+    earlier failed copy while a later one failed, or from the sent delivery a failed resend
+    copied, delivers it; the mark must not stay."""
+    store = Store(store_url)
+    upgrade(store)
+    try:
+        with store.begin() as conn:
+            _, delivery = _results_with_failure_email(conn, "v")
+        first = _settle(store, "failed", "550 no such mailbox", **delivery)
+        second = _settle(store, "failed", "550 again", **delivery, resent_from=first)
+        third = _settle(store, "failed", "550 still", **delivery, resent_from=second)
+        assert [m["delivery_id"] for m in list_jobs(store)[0]["undelivered"]] == [third]
+        _settle(store, "sent", **delivery, resent_from=second)
+        assert list_jobs(store)[0]["undelivered"] == [], "the failure email was sent"
+
+        sent = _settle(store, "sent", **delivery)
+        copy = _settle(store, "failed", "550 once more", **delivery, resent_from=sent)
+        assert [m["delivery_id"] for m in list_jobs(store)[0]["undelivered"]] == [copy]
+        _settle(store, "sent", **delivery, resent_from=sent)
+        assert list_jobs(store)[0]["undelivered"] == [], "sent again from the sent delivery"
+    finally:
+        store.dispose()
