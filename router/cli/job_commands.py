@@ -82,5 +82,7 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     undelivered = [f"{m['destination']} #{m['delivery_id']}" for m in row["undelivered"]]
     flat = {**row, **(row.get("statistics") or {}), "undelivered": ", ".join(undelivered) or None}
     if row["status"] == "closed":
-        flat["error"] = f"closed by {row['closed_by']}: {row['close_reason']}"
+        from router.dps.closing import closure
+
+        flat["error"] = closure(row)
     return flat

@@ -12,8 +12,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from router.api.security import csrf_token
 from router.console.access import Support, Viewer
 from router.console.templating import render
-from router.dps.closing import NoSuchJob, NotClosable, close_job
-from router.dps.jobs import CLOSABLE, list_jobs
+from router.dps.closing import NoSuchJob, NotClosable, close_job, closure
+from router.dps.jobs import list_jobs
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -29,7 +29,7 @@ def job_routes(engine: Engine) -> APIRouter:
             "principal": principal,
             "csrf": csrf_token(request),
             "jobs": await asyncio.to_thread(list_jobs, store),
-            "closable": CLOSABLE,
+            "closure": closure,
             "closed": request.query_params.get("closed"),
         }
         return render(request, "jobs.html", context)

@@ -3,19 +3,22 @@
 A job ``failed_outputs`` whose output can no longer be resent (a late non-delivery report
 after retention removed its delivery), ``failed_delivery`` or ``failed_results`` that will
 not be answered, would otherwise stay so for ever, and retention would keep its intake
-message with it. Closing records who, when, why and the status it had, in the audit log
-too; the job's error stays. A closed job is final: retention treats it as settled, new
-results for it are filtered, and the same GP file received again is a new job.
+message with it; a finished job naming an output that failed for good (a failure email to
+a mailbox that is gone) would name it for ever. Closing records who, when, why and the
+status it had, in the audit log too (with the undelivered outputs); the job's error
+stays. A closed job is final: retention treats it as settled, new results for it are
+filtered, and the same GP file received again is a new job.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import select, update
 
 from router import audit
-from router.dps.jobs import CLOSABLE
+from router.dps.jobs import CLOSABLE, CLOSABLE_UNDELIVERED, may_close
 from router.store.database import Store
 from router.store.inbound import utcnow
 from router.store.schema import jobs
@@ -33,10 +36,12 @@ class NotClosable(Exception):
         why = (
             "DPS's answer is still awaited: resend its file to DPS if it was lost"
             if status == "sent_to_dps"
-            else "it is finished already"
+            else "it is finished already, and names no undelivered output"
         )
         super().__init__(
-            f"job {job_id} is {status}: only a {', '.join(CLOSABLE)} job may be closed ({why})"
+            f"job {job_id} is {status}: only a {', '.join(CLOSABLE)} job, or a"
+            f" {', '.join(CLOSABLE_UNDELIVERED)} one naming an undelivered output, may be"
+            f" closed ({why})"
         )
         self.status = status
 
@@ -53,7 +58,8 @@ def close_job(store: Store, job_id: str, *, reason: str, actor: str) -> dict[str
         job = conn.execute(query).first()
         if job is None:
             raise NoSuchJob(job_id)
-        if job.status not in CLOSABLE:
+        undelivered = json.loads(job.undelivered) if job.undelivered else []
+        if not may_close(job.status, undelivered):
             raise NotClosable(job_id, job.status)
         now = utcnow()
         closing = {"closed_from": job.status, "closed_by": actor, "close_reason": reason}
@@ -63,5 +69,13 @@ def close_job(store: Store, job_id: str, *, reason: str, actor: str) -> dict[str
             .values(status="closed", closed_at=now, updated_at=now, **closing)
         )
         details = {"reason": reason, "from": job.status, "error": job.error}
+        if undelivered:
+            details["undelivered"] = undelivered
         audit.append(conn, actor, "job.close", f"job:{job_id}", details)
         return {"job_id": job_id, "status": "closed", "closed_at": now, **closing}
+
+
+def closure(job: dict[str, Any]) -> str:
+    """Who closed the listed ``job``, from which status, and why; the outputs that kept a
+    finished one open are still named as undelivered, beside it, until a resend is sent."""
+    return f"closed by {job['closed_by']} (was {job['closed_from']}): {job['close_reason']}"

@@ -60,6 +60,9 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 }
 # The failures only an operator ends, which support may close (router/dps/closing.py).
 CLOSABLE = tuple(s for s, to in TRANSITIONS.items() if "closed" in to)
+# Finished states need no closing, unless an output failed for good and cannot be resent
+# (a failure email to an address that is gone): support may close those too.
+CLOSABLE_UNDELIVERED = ("completed", "failed_validation", "failed_dps_validation")
 _FAILS_UNDELIVERED = [s for s, to in TRANSITIONS.items() if "failed_delivery" in to]
 # Finished with DPS's answer: more results are a duplicate.
 ANSWERED = ("completed", "failed_dps_validation", "failed_outputs")
@@ -70,6 +73,11 @@ _OUTPUT_PENDING = (*PENDING, HELD, "failed")
 # with DPS, or DPS answered it. After a failure on the way (its name, its delivery, DPS's
 # answer unreadable) the file may be sent again and is a new job.
 _REPEATS = ("sent_to_dps", *ANSWERED)
+
+
+def may_close(status: str, undelivered: list[dict[str, Any]]) -> bool:
+    """Whether support may close a job of ``status`` naming ``undelivered`` outputs."""
+    return status in CLOSABLE or (status in CLOSABLE_UNDELIVERED and bool(undelivered))
 
 
 def job_record(job_id: str, status: str, **fields: Any) -> bytes:
@@ -386,7 +394,7 @@ def list_jobs(store: Store, limit: int = 200) -> list[dict[str, Any]]:
         rows = conn.execute(
             select(jobs).order_by(jobs.c.received_at.desc(), jobs.c.updated_at.desc()).limit(limit)
         )
-        return [
+        found = [
             {
                 **r._mapping,
                 "statistics": json.loads(r.statistics) if r.statistics else None,
@@ -394,3 +402,6 @@ def list_jobs(store: Store, limit: int = 200) -> list[dict[str, Any]]:
             }
             for r in rows
         ]
+    for job in found:
+        job["closable"] = may_close(job["status"], job["undelivered"])
+    return found

@@ -537,7 +537,7 @@ def _textarea(page: str) -> str:
 
 def test_the_jobs_page_names_undelivered_outputs_and_support_closes_a_failed_job(site):
     """A failure email refused shows on its job whatever the status; closing needs support,
-    a reason, and a closable status, and is audited."""
+    a reason, and a failed status or an undelivered output, and is audited."""
     from router.store.inbound import utcnow
     from router.store.schema import jobs
 
@@ -545,7 +545,12 @@ def test_the_jobs_page_names_undelivered_outputs_and_support_closes_a_failed_job
         {"delivery_id": 7, "destination": "failure-email", "error": "550 5.1.1 no such mailbox"}
     ]
     with site.running.store.begin() as conn:
-        for job_id, job_status in (("job-v", "failed_dps_validation"), ("job-o", "failed_outputs")):
+        states = (
+            ("job-v", "failed_dps_validation"),
+            ("job-o", "failed_outputs"),
+            ("job-c", "completed"),
+        )
+        for job_id, job_status in states:
             marks = json.dumps([{**undelivered[0], "original": 7}]) if job_id == "job-v" else None
             conn.execute(
                 jobs.insert().values(
@@ -560,11 +565,12 @@ def test_the_jobs_page_names_undelivered_outputs_and_support_closes_a_failed_job
     assert viewer.post("/jobs/job-o/close", data={"reason": "x"}).status_code == 403
 
     page = support.get("/jobs")
-    assert "/jobs/job-o/close" in page.text and "/jobs/job-v/close" not in page.text
+    assert "/jobs/job-o/close" in page.text and "/jobs/job-v/close" in page.text
+    assert "/jobs/job-c/close" not in page.text
     token = csrf_of(page.text)
-    refused = support.post("/jobs/job-v/close", data={"reason": "x", "csrf_token": token})
+    refused = support.post("/jobs/job-c/close", data={"reason": "x", "csrf_token": token})
     assert refused.status_code == 409
-    assert "Job job-v is failed_dps_validation" in html.unescape(refused.text)
+    assert "Job job-c is completed" in html.unescape(refused.text)
     empty = support.post("/jobs/job-o/close", data={"reason": " ", "csrf_token": token})
     assert empty.status_code == 400
     closed = support.post(
@@ -573,9 +579,24 @@ def test_the_jobs_page_names_undelivered_outputs_and_support_closes_a_failed_job
     assert closed.status_code == 303 and closed.headers["location"] == "/jobs?closed=1"
     page = support.get("/jobs?closed=1")
     assert "The job is closed." in page.text
-    assert "closed by sam: CSV sent from the archive" in page.text
+    assert "closed by sam (was failed_outputs): CSV sent from the archive" in page.text
+    support.post("/jobs/job-v/close", data={"reason": "told by phone", "csrf_token": token})
+    page = support.get("/jobs")
+    closed_row = re.search(r"<tr[^>]*>\s*<th[^>]*><a[^>]*>job-v<.*?</tr>", page.text, re.S)
+    assert closed_row, page.text
+    assert "closed by sam (was failed_dps_validation): told by phone" in closed_row.group(0)
+    assert "failure-email #7" in closed_row.group(0), "what kept it open"
     assert _details(site, "job.close") == [
-        ("sam", {"reason": "CSV sent from the archive", "from": "failed_outputs", "error": None})
+        ("sam", {"reason": "CSV sent from the archive", "from": "failed_outputs", "error": None}),
+        (
+            "sam",
+            {
+                "reason": "told by phone",
+                "from": "failed_dps_validation",
+                "error": None,
+                "undelivered": [{**undelivered[0], "original": 7}],
+            },
+        ),
     ]
 
 

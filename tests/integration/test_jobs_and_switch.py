@@ -391,7 +391,7 @@ def test_support_closes_only_a_failed_job_nothing_else_ends_and_later_results_ar
         assert [tuple(e) for e in events] == [("sam", "job.close")], "refusals record nothing"
         assert main([*cli, "jobs"]) == 0
         (line,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith("f ")]
-        assert "closed by sam: DPS will not answer" in line
+        assert "closed by sam (was failed_results): DPS will not answer" in line
     finally:
         store.dispose()
 
@@ -486,5 +486,53 @@ def test_a_resend_sent_from_any_copy_of_an_output_clears_its_undelivered_mark(st
         assert [m["delivery_id"] for m in list_jobs(store)[0]["undelivered"]] == [copy]
         _settle(store, "sent", **delivery, resent_from=sent)
         assert list_jobs(store)[0]["undelivered"] == [], "sent again from the sent delivery"
+    finally:
+        store.dispose()
+
+
+def test_support_closes_a_finished_job_whose_email_cannot_be_delivered(
+    tmp_path, store_url, capsys, monkeypatch
+):
+    """A failure email the practice's mail server refuses for good leaves a finished job
+    naming it for ever; and a summary email that fails makes a completed job
+    ``failed_outputs``. Support closes both, and the job says what kept it open."""
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    store = Store(store_url)
+    upgrade(store)
+    try:
+        with store.begin() as conn:
+            _, failure_email = _results_with_failure_email(conn, "v")
+            _, summary = _results_with_failure_email(conn, "s")
+            conn.execute(update(jobs).where(jobs.c.job_id == "s").values(status="completed"))
+        email = _settle(store, "failed", "550 5.1.1 no such mailbox", **failure_email)
+        _settle(
+            store,
+            "failed",
+            "550 5.1.1 no such mailbox",
+            **summary | {"destination": "summary-email"},
+        )
+        assert {j["job_id"]: j["status"] for j in list_jobs(store)}["s"] == "failed_outputs"
+        cli = _cli(tmp_path, store_url)
+        capsys.readouterr()
+        for job_id, why in (("v", "told by phone"), ("s", "PCSE told")):
+            assert main([*cli, "jobs", "close", job_id, "--reason", why, "--actor", "sam"]) == 0
+        assert capsys.readouterr().out.splitlines() == [
+            "job v closed (was failed_dps_validation)",
+            "job s closed (was failed_outputs)",
+        ]
+        found = {j["job_id"]: j for j in list_jobs(store)}
+        assert (found["v"]["status"], found["v"]["closed_from"]) == (
+            "closed",
+            "failed_dps_validation",
+        )
+        with store.read() as conn:
+            details = conn.scalar(
+                select(audit_events.c.details).where(audit_events.c.target == "job:v")
+            )
+        assert json.loads(details)["undelivered"] == found["v"]["undelivered"]
+        assert main([*cli, "jobs"]) == 0
+        (line,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith("v ")]
+        assert "closed by sam (was failed_dps_validation): told by phone" in line
+        assert f"failure-email #{email}" in line, "what kept it open"
     finally:
         store.dispose()
