@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from router.certificate_expiry import Expiries, Presented
+from router.dps.overdue import OVERDUE_AFTER, count_overdue
 from router.store.database import Store
 from router.store.queues import failed_deliveries, pending_queues, unprocessed
 
@@ -107,18 +108,21 @@ def _delivery_counter(channel: str, destination: str, status: str) -> Any:
 
 
 class QueueCollector(Collector):
-    """``tie_queue_depth``, ``tie_queue_oldest_age_seconds``, ``tie_failed_deliveries`` and
-    ``tie_unprocessed_messages``."""
+    """``tie_queue_depth``, ``tie_queue_oldest_age_seconds``, ``tie_failed_deliveries``,
+    ``tie_unprocessed_messages`` and ``tie_dps_jobs_overdue``: the DPS jobs waiting for an
+    answer longer than ``overdue_after`` seconds (router/dps/overdue.py)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, overdue_after: float = OVERDUE_AFTER) -> None:
         self.store = store
+        self.overdue_after = overdue_after
 
     def collect(self) -> Iterator[Any]:
+        now = datetime.now(UTC)
         with self.store.read() as conn:
             queues = pending_queues(conn)
             failed = failed_deliveries(conn)
             backlog = unprocessed(conn)
-        now = datetime.now(UTC)
+            late = count_overdue(conn, now, self.overdue_after)
         depth = GaugeMetricFamily(
             "tie_queue_depth",
             "Deliveries queued, sending or retrying.",
@@ -146,7 +150,12 @@ class QueueCollector(Collector):
         )
         for channel, count in backlog.items():
             waiting.add_metric([channel], count)
-        yield from (depth, age, stuck, waiting)
+        overdue = GaugeMetricFamily(
+            "tie_dps_jobs_overdue",
+            "DPS handoff jobs sent to DPS and not answered within dps.overdue_after.",
+            value=late,
+        )
+        yield from (depth, age, stuck, waiting, overdue)
 
 
 class CertificateCollector(Collector):

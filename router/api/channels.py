@@ -41,6 +41,7 @@ class CloseIn(BaseModel):
 def channel_routes(engine: Engine) -> APIRouter:
     routes = APIRouter(tags=["channels"])
     store = engine.store
+    overdue_after = engine.config.dps.overdue_after
 
     @routes.get("/api/channels")
     async def channels(_: Principal = Depends(require_role("viewer"))) -> list[dict[str, Any]]:
@@ -83,8 +84,10 @@ def channel_routes(engine: Engine) -> APIRouter:
     @routes.get("/api/jobs", tags=["dps"])
     async def jobs(_: Principal = Depends(require_role("viewer"))) -> list[dict[str, Any]]:
         """DPS handoff jobs, newest first, with their statistics, their undelivered outputs
-        (deliveries failed for good, to resend) and, once closed, who closed them and why."""
-        return jsonable(await asyncio.to_thread(list_jobs, store))
+        (deliveries failed for good, to resend), whether DPS's answer is ``overdue``,
+        whether support may close each and, once closed, who closed them and why."""
+        found = await asyncio.to_thread(list_jobs, store, overdue_after=overdue_after)
+        return jsonable(found)
 
     @routes.post("/api/jobs/{job_id}/close", tags=["dps"])
     async def close(

@@ -38,7 +38,8 @@ def metrics_routes(engine: Engine) -> APIRouter:
     router = APIRouter(tags=["operations"])
     certificates = metrics.CertificateCollector(engine.presented_certificates)
     list(certificates.collect())  # read at load: a scrape then only stats the files
-    scrape = _Scrape(metrics.QueueCollector(engine.store), certificates)
+    queues = metrics.QueueCollector(engine.store, engine.config.dps.overdue_after)
+    scrape = _Scrape(queues, certificates)
 
     @router.get("/metrics", response_class=Response)
     async def exposition(_: Principal = Depends(require_role("viewer"))) -> Response:

@@ -10,6 +10,7 @@ from router.cli.commands import acting
 from router.cli.output import (
     CommandError,
     add_json,
+    engine_config,
     open_store,
     positive_int,
     print_json,
@@ -36,7 +37,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def jobs(args: argparse.Namespace) -> int:
     from router.dps.jobs import list_jobs
 
-    rows = list_jobs(open_store(args), args.limit)
+    overdue_after = engine_config(args).dps.overdue_after
+    rows = list_jobs(open_store(args), args.limit, overdue_after)
     if args.json:
         print_json(rows)
     else:
@@ -78,11 +80,13 @@ COLUMNS = (
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
     """A job as one table line: its statistics spread, each undelivered output named by its
     destination and the delivery to resend (``--json`` gives their errors), and a closed
-    job's reason in place of its error (``--json`` gives both)."""
+    job's reason in place of its error (``--json`` gives both); an overdue one says so."""
     undelivered = [f"{m['destination']} #{m['delivery_id']}" for m in row["undelivered"]]
     flat = {**row, **(row.get("statistics") or {}), "undelivered": ", ".join(undelivered) or None}
     if row["status"] == "closed":
         from router.dps.closing import closure
 
         flat["error"] = closure(row)
+    elif row["overdue"]:
+        flat["error"] = f"overdue: no answer from DPS since {row['updated_at']:%Y-%m-%d %H:%M}"
     return flat

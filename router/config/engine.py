@@ -49,6 +49,13 @@ class FhirOptions(_Strict):
     validation_workers: int = Field(default=2, ge=0, le=16)
 
 
+class DpsOptions(_Strict):
+    """The DPS handoff (docs/dps-handoff.md)."""
+
+    # A job sent to DPS and not answered for this long is overdue (router/dps/overdue.py).
+    overdue_after: PositiveDuration = 24 * 3600.0
+
+
 class BlobOptions(_Strict):
     """Where payloads above ``threshold`` are kept (default: ``blobs/`` beside a SQLite file)."""
 
@@ -101,6 +108,7 @@ class EngineConfig(_Strict):
     blobs: BlobOptions = Field(default_factory=BlobOptions)
     fhir: FhirOptions = Field(default_factory=FhirOptions)
     mesh: MeshOptions = Field(default_factory=MeshOptions)
+    dps: DpsOptions = Field(default_factory=DpsOptions)
     auth: AuthOptions = Field(default_factory=AuthOptions)
     logging: LoggingOptions = Field(default_factory=LoggingOptions)
     # open: channel files deploy on reload. governed: a changed file is a proposed revision,

@@ -22,13 +22,14 @@ if TYPE_CHECKING:
 def job_routes(engine: Engine) -> APIRouter:
     routes = APIRouter()
     store = engine.store
+    overdue_after = engine.config.dps.overdue_after
 
     @routes.get("/jobs", response_class=HTMLResponse)
     async def jobs(request: Request, principal: Viewer) -> HTMLResponse:
         context = {
             "principal": principal,
             "csrf": csrf_token(request),
-            "jobs": await asyncio.to_thread(list_jobs, store),
+            "jobs": await asyncio.to_thread(list_jobs, store, overdue_after=overdue_after),
             "closure": closure,
             "closed": request.query_params.get("closed"),
         }

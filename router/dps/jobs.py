@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from router.connectors import Delivery, SendResult
+from router.dps.overdue import OVERDUE_AFTER, is_overdue
 from router.local_destinations import Refusal
 from router.store.database import Store
 from router.store.inbound import utcnow
@@ -168,7 +169,8 @@ def _other_file(job: Any, record: dict[str, Any]) -> str | None:
 
 def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str]]) -> None:
     """Move the jobs of ``delivery_ids`` (those settled for good) on: the file to DPS
-    ``failed`` fails a job still waiting for DPS (``failed_delivery``); an output of the
+    ``failed`` fails a job still waiting for DPS (``failed_delivery``), a resend of it
+    ``sent`` restarts a waiting job's clock (overdue); an output of the
     results that completed a job (not a ``local`` (channel, destination): the job record
     itself) ``failed`` makes it ``failed_outputs``; a resend of one ``sent`` makes a
     ``failed_outputs`` job ``completed`` again once none of those outputs is failed or
@@ -209,6 +211,8 @@ def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str
         if uuid == job_id:  # the intake's: the file to DPS
             if status == "failed":
                 _move(conn, job_id, _FAILS_UNDELIVERED, "failed_delivery", failure)
+            else:  # sent again: DPS's answer is awaited from now (router/dps/overdue.py)
+                _move(conn, job_id, ["sent_to_dps"], "sent_to_dps", None)
             continue
         answer = _answered_by(conn, job_id, -1)
         if answer is None or answer[0] != message_id:
@@ -388,8 +392,11 @@ def _column(name: str, value: Any) -> Any:
     return value
 
 
-def list_jobs(store: Store, limit: int = 200) -> list[dict[str, Any]]:
-    """The newest jobs first, with their statistics and undelivered outputs decoded."""
+def list_jobs(
+    store: Store, limit: int = 200, overdue_after: float = OVERDUE_AFTER
+) -> list[dict[str, Any]]:
+    """The newest jobs first, with their statistics and undelivered outputs decoded, whether
+    support may close each, and whether DPS's answer is overdue (router/dps/overdue.py)."""
     with store.read() as conn:
         rows = conn.execute(
             select(jobs).order_by(jobs.c.received_at.desc(), jobs.c.updated_at.desc()).limit(limit)
@@ -402,6 +409,8 @@ def list_jobs(store: Store, limit: int = 200) -> list[dict[str, Any]]:
             }
             for r in rows
         ]
+    now = utcnow()
     for job in found:
         job["closable"] = may_close(job["status"], job["undelivered"])
+        job["overdue"] = is_overdue(job["status"], job["updated_at"], now, overdue_after)
     return found

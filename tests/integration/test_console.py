@@ -7,6 +7,7 @@ import html
 import json
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -549,18 +550,23 @@ def test_the_jobs_page_names_undelivered_outputs_and_support_closes_a_failed_job
             ("job-v", "failed_dps_validation"),
             ("job-o", "failed_outputs"),
             ("job-c", "completed"),
+            ("job-w", "sent_to_dps"),
         )
         for job_id, job_status in states:
             marks = json.dumps([{**undelivered[0], "original": 7}]) if job_id == "job-v" else None
+            then = utcnow() - timedelta(days=2)  # long past the default 24h for DPS's answer
             conn.execute(
                 jobs.insert().values(
-                    job_id=job_id, status=job_status, undelivered=marks, updated_at=utcnow()
+                    job_id=job_id, status=job_status, undelivered=marks, updated_at=then
                 )
             )
     viewer, support = sign_in(site.url, "vic"), sign_in(site.url, "sam")
     page = viewer.get("/jobs")
     assert page.status_code == 200
     assert "failure-email #7" in page.text and "550 5.1.1 no such mailbox" in page.text
+    waiting = re.search(r"<tr[^>]*>\s*<th[^>]*><a[^>]*>job-w<.*?</tr>", page.text, re.S)
+    assert waiting and "Overdue: no answer from DPS for 2d" in waiting.group(0)
+    assert page.text.count("Overdue: ") == 1, "only the job still waiting for DPS"
     assert "/jobs/job-o/close" not in page.text, "a viewer is not offered the close"
     assert viewer.post("/jobs/job-o/close", data={"reason": "x"}).status_code == 403
 

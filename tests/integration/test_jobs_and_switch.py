@@ -19,6 +19,7 @@ from router.dps.closing import close_job
 from router.dps.jobs import JobSender, apply, job_record, list_jobs, settled
 from router.engine import Engine
 from router.local_destinations import Refusal
+from router.metrics import QueueCollector
 from router.store.database import Store
 from router.store.inbound import Inbound, utcnow, write_inbound
 from router.store.migrate import upgrade
@@ -440,6 +441,8 @@ def test_closing_a_job_over_the_api_needs_support_and_a_reason(tmp_path, store_u
         with store.begin() as conn:
             assert apply(conn, job_record("d", "sent_to_dps"), 1) is None
             conn.execute(update(jobs).values(status="failed_delivery"))
+            then = utcnow() - timedelta(days=2)
+            conn.execute(jobs.insert().values(job_id="w", status="sent_to_dps", updated_at=then))
     finally:
         store.dispose()
     running = RunningEngine(engine_config(tmp_path, store_url), {}, http=True)
@@ -458,8 +461,15 @@ def test_closing_a_job_over_the_api_needs_support_and_a_reason(tmp_path, store_u
         assert answer.json()["closed_by"] == "operator"
         again = client.post("/api/jobs/d/close", json={"reason": "twice"})
         assert again.status_code == 409 and "job d is closed" in again.json()["detail"]
-        (job,) = client.get("/api/jobs").json()
-        assert (job["status"], job["close_reason"]) == ("closed", "GP sent a new file")
+        found = {j["job_id"]: j for j in client.get("/api/jobs").json()}
+        assert (found["d"]["status"], found["d"]["close_reason"]) == (
+            "closed",
+            "GP sent a new file",
+        )
+        assert [(j["overdue"], j["closable"]) for j in found.values()] == [
+            (False, False),
+            (True, False),
+        ]
     finally:
         client.close()
         running.stop()
@@ -536,3 +546,70 @@ def test_support_closes_a_finished_job_whose_email_cannot_be_delivered(
         assert f"failure-email #{email}" in line, "what kept it open"
     finally:
         store.dispose()
+
+
+def _message(conn: Connection, uuid: str, channel: str) -> int:
+    """A processed message of the job ``uuid`` names."""
+    message = messages.insert().values(
+        uuid=uuid,
+        channel=channel,
+        received_at=utcnow(),
+        status="processed",
+        content_type="text/plain",
+        size=1,
+        raw=b"x",
+    )
+    message_id = conn.execute(message).inserted_primary_key[0]
+    conn.execute(correlations.insert().values(message_id=message_id, key="dps_job", value=uuid))
+    return message_id
+
+
+def _overdue_gauge(collector: QueueCollector) -> float:
+    (family,) = [f for f in collector.collect() if f.name == "tie_dps_jobs_overdue"]
+    return family.samples[0].value
+
+
+def test_a_job_dps_never_answers_is_overdue_in_jobs_and_the_gauge(
+    tmp_path, store_url, capsys, monkeypatch
+):
+    """Nothing else moves a job ``sent_to_dps``: once DPS's answer is later than
+    ``dps.overdue_after`` the job says so, and the gauge counts it for an alert."""
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    store = Store(store_url)
+    upgrade(store)
+    hours_ago = {"late": 25, "waiting": 23, "answered": 30}
+    try:
+        with store.begin() as conn:
+            for job_id, hours in hours_ago.items():
+                status = "completed" if job_id == "answered" else "sent_to_dps"
+                then = utcnow() - timedelta(hours=hours)
+                conn.execute(
+                    jobs.insert().values(
+                        job_id=job_id, status=status, received_at=then, updated_at=then
+                    )
+                )
+        found = {j["job_id"]: j["overdue"] for j in list_jobs(store)}
+        assert found == {"late": True, "waiting": False, "answered": False}, "default 24h"
+        assert _overdue_gauge(QueueCollector(store)) == 1
+        assert _overdue_gauge(QueueCollector(store, 22 * 3600)) == 2
+        with store.begin() as conn:
+            intake = _message(conn, "waiting", "gp-extract-intake")
+        dps = {"message_id": intake, "channel": "gp-extract-intake", "destination": "dps"}
+        dps |= {"content_type": "text/plain", "payload": b"x", "next_attempt_at": utcnow()}
+        dps |= {"created_at": utcnow(), "updated_at": utcnow()}
+        first = _settle(store, "sent", **dps)
+        _settle(store, "sent", **dps, resent_from=first)
+        assert _overdue_gauge(QueueCollector(store, 22 * 3600)) == 1, "the file resent: wait anew"
+    finally:
+        store.dispose()
+    cli = _cli(tmp_path, store_url)
+    config = tmp_path / "engine.yaml"
+    config.write_text(config.read_text() + "dps: {overdue_after: 2d}\n")
+    capsys.readouterr()
+    assert main([*cli, "jobs", "--json"]) == 0
+    assert not any(j["overdue"] for j in json.loads(capsys.readouterr().out)), "2d configured"
+    config.write_text(config.read_text().replace("2d", "12h"))
+    assert main([*cli, "jobs"]) == 0
+    lines = {r.split()[0]: r for r in capsys.readouterr().out.splitlines()[1:]}
+    assert "overdue: no answer from DPS since " in lines["late"]
+    assert "overdue" not in lines["waiting"] and "overdue" not in lines["answered"]
