@@ -61,7 +61,7 @@ from router.store.schema import deliveries
 
 log = logging.getLogger(__name__)
 # Destination kinds applied in the processing transaction (router/local_destinations.py).
-LOCAL_KINDS: dict[str, Local] = {"job": jobs.apply}
+LOCAL_KINDS: dict[str, Local] = {"job": Local(jobs.apply, jobs.lock_key)}
 
 
 def compile_channels(

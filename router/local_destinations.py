@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, update
 
@@ -28,7 +28,19 @@ class Refusal(NamedTuple):
 
 
 # Applies a delivery's payload for message ``id`` in the processing transaction.
-Local = Callable[[Connection, bytes, int], Refusal | None]
+Apply = Callable[[Connection, bytes, int], Refusal | None]
+
+
+class Local(NamedTuple):
+    """A local kind: ``apply`` a payload; ``lock_key`` names what applying it locks (a DPS
+    job's row), so that every transaction takes those locks in one order (``in_lock_order``):
+    in the batch's order, two batches (or a batch and a round of settled deliveries, which
+    lock jobs in their order) could each hold a row the other waits for."""
+
+    apply: Apply
+    lock_key: Callable[[bytes], str]
+
+
 # Per channel, its destinations of a local kind.
 LocalRoutes = dict[str, dict[str, Local]]
 
@@ -46,6 +58,24 @@ def local_routes(channels: dict[str, CompiledChannel], kinds: dict[str, Local]) 
     return {name: routes for name, routes in found.items() if routes}
 
 
+def in_lock_order(todo: list[tuple[Any, Outcome]], local: LocalRoutes) -> list[tuple[Any, Outcome]]:
+    """The processed messages ``todo`` (row, outcome) of channels with local destinations,
+    in the order of what applying them locks, then in the batch's order (the first of two
+    answers to one job is applied first)."""
+
+    def key(item: tuple[Any, Outcome]) -> tuple[list[str], int]:
+        row, outcome = item
+        routes = local[row.channel]
+        keys = [
+            routes[d.destination].lock_key(_data(d.payload))
+            for d in outcome.deliveries
+            if d.destination in routes
+        ]
+        return sorted(keys), row.id
+
+    return sorted(todo, key=key)
+
+
 def apply_local(
     conn: Connection, message_id: int, outcome: Outcome, routes: dict[str, Local]
 ) -> None:
@@ -54,8 +84,8 @@ def apply_local(
     try:
         with savepoint(conn, "tie_local"):
             for planned in outcome.deliveries:
-                apply = routes.get(planned.destination)
-                refusal = apply and apply(conn, _data(planned.payload), message_id)
+                route = routes.get(planned.destination)
+                refusal = route and route.apply(conn, _data(planned.payload), message_id)
                 if refusal:
                     raise _Refused(refusal)
     except _Refused as refused:

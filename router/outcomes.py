@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, bindparam, update
 
 from router.config import UnmatchedFlag
-from router.local_destinations import LocalRoutes, apply_local
+from router.local_destinations import LocalRoutes, apply_local, in_lock_order
 from router.payload import as_payload
 from router.pipeline import Outcome, PlannedDelivery
 from router.store.database import VALUE_REFUSED, savepoint
@@ -82,9 +82,9 @@ def _write(
     settled = _settle(conn, outcomes, now)
     _insert_keys(conn, settled)
     if local:
-        for row, outcome in settled:
-            if outcome.status == "processed" and row.channel in local:
-                apply_local(conn, row.id, outcome, local[row.channel])
+        todo = [(r, o) for r, o in settled if o.status == "processed" and r.channel in local]
+        for row, outcome in in_lock_order(todo, local):
+            apply_local(conn, row.id, outcome, local[row.channel])
     return _record(conn, settled, now, unmatched)
 
 

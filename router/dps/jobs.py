@@ -95,8 +95,10 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
     except (ValueError, KeyError, TypeError) as exc:
         return Refusal("error", f"not a job record: {exc}")
     query = select(jobs.c.status, jobs.c.practice, jobs.c.filename).where(jobs.c.job_id == job_id)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()  # two nodes' results for one job: one waits
+    if conn.dialect.name == "postgresql" and status not in STARTS:
+        # Two nodes' results for one job: one waits. (A start changes no job that exists:
+        # it takes only its file name's lock, below; see ``lock_key``.)
+        query = query.with_for_update()
     job = conn.execute(query).first()
     current = job.status if job else None
     values = {k: _column(k, record[k]) for k in FIELDS if record.get(k) is not None}
@@ -140,6 +142,20 @@ def apply(conn: Connection, payload: bytes, message_id: int) -> Refusal | None:
             reason = f"duplicate of {original[1]}: {reason}"
         return Refusal("filtered", reason, original[0] if original else None)
     return Refusal("error", f"job {job_id} is {current}: it never went to DPS; results not sent")
+
+
+def lock_key(payload: bytes) -> str:
+    """What applying the job record ``payload`` locks: its GP file name for a start, its job
+    for results. The processor applies a batch's records in this order (router/
+    local_destinations.py), and ``settled`` locks jobs in the order of their ids: every
+    transaction takes them in one order, so none waits for another that waits for it."""
+    try:
+        record = json.loads(payload)
+        if record["status"] in STARTS:
+            return f"file:{record.get('filename') or ''}"
+        return f"job:{record['job_id']}"
+    except (ValueError, KeyError, TypeError):
+        return ""  # not a job record: ``apply`` refuses it, locking nothing
 
 
 def _closure(conn: Connection, job_id: str) -> str:
@@ -282,7 +298,7 @@ def unknown_report(conn: Connection, meta: dict[str, Any], reason: str) -> tuple
         return None
     query = select(jobs.c.job_id).where(jobs.c.job_id.in_([local_id, local_id.rsplit("-", 1)[0]]))
     if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
+        query = query.order_by(jobs.c.job_id).with_for_update()  # in ``settled``'s order
     found = set(conn.scalars(query))
     if not found:
         return None

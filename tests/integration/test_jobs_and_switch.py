@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from datetime import timedelta
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -16,10 +18,12 @@ from tie_testing import RunningEngine, api_token, channel, engine_config, wait_u
 from router.cli import main
 from router.connectors import Delivery
 from router.dps.closing import close_job
-from router.dps.jobs import JobSender, apply, job_record, list_jobs, settled
+from router.dps.jobs import JobSender, apply, job_record, list_jobs, lock_key, settled
 from router.engine import Engine
-from router.local_destinations import Refusal
+from router.local_destinations import Local, Refusal
 from router.metrics import QueueCollector
+from router.outcomes import write_outcomes
+from router.pipeline import Outcome, PlannedDelivery
 from router.store.database import Store
 from router.store.inbound import Inbound, utcnow, write_inbound
 from router.store.migrate import upgrade
@@ -613,3 +617,99 @@ def test_a_job_dps_never_answers_is_overdue_in_jobs_and_the_gauge(
     lines = {r.split()[0]: r for r in capsys.readouterr().out.splitlines()[1:]}
     assert "overdue: no answer from DPS since " in lines["late"]
     assert "overdue" not in lines["waiting"] and "overdue" not in lines["answered"]
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # SQLite: one writer
+def test_a_batch_of_results_and_a_round_of_settled_deliveries_lock_jobs_in_one_order(store_url):
+    """The processor applies a batch's job records in one transaction, the dispatcher settles
+    a round of deliveries in another: both lock the jobs they touch. In two orders (the
+    batch's messages', and the jobs') each could hold a job the other waits for."""
+    store = Store(store_url)
+    upgrade(store)
+    now = utcnow()
+    local = {"dps-results": {"job": Local(apply, lock_key)}}
+    try:
+        with store.begin() as conn:
+            files = {}
+            for job_id in ("a", "b"):
+                conn.execute(
+                    jobs.insert().values(job_id=job_id, status="sent_to_dps", updated_at=now)
+                )
+                intake = _message(conn, job_id, "gp-extract-intake")
+                files[job_id] = conn.execute(
+                    deliveries.insert().values(
+                        message_id=intake,
+                        channel="gp-extract-intake",
+                        destination="dps",
+                        status="sending",
+                        content_type="text/plain",
+                        payload=b"x",
+                        next_attempt_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                ).inserted_primary_key[0]
+            batch = []
+            for job_id in ("b", "a"):  # the batch's order is its messages': b's results first
+                row = conn.execute(
+                    messages.insert().values(
+                        uuid=f"results-of-{job_id}",
+                        channel="dps-results",
+                        received_at=now,
+                        status="received",
+                        content_type="application/x-ndjson",
+                        size=1,
+                        raw=b"x",
+                    )
+                ).inserted_primary_key[0]
+                record = job_record(job_id, "completed", statistics={"patients": 1})
+                planned = PlannedDelivery("job", record, "application/json")
+                outcome = Outcome("processed", deliveries=[planned])
+                outcome.correlations = [("dps_job", job_id)]
+                batch.append((SimpleNamespace(id=row, channel="dps-results"), outcome))
+
+        backend: list[int] = []
+
+        def process(conn: Connection) -> None:
+            backend.append(conn.scalar(text("SELECT pg_backend_pid()")))
+            write_outcomes(conn, batch, None, local)
+
+        def batch_waits() -> bool:
+            """The batch's transaction waits for a lock (another's), or is done."""
+            if not worker.is_alive():
+                return True
+            with store.read() as conn:
+                query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"
+                return bool(backend) and conn.scalar(text(query), {"pid": backend[0]}) == "Lock"
+
+        with store.begin() as conn:
+            # The round's lock of jobs a and b, in their order, has taken a when the batch
+            # has taken b.
+            conn.execute(select(jobs.c.job_id).where(jobs.c.job_id == "a").with_for_update())
+            batch_failed: list[BaseException] = []
+            worker = threading.Thread(
+                target=lambda: _catching(batch_failed, lambda: store.run(process))
+            )
+            worker.start()
+            wait_until(batch_waits)
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(files.values()))
+                .values(status="failed", last_error="MESH refused")
+            )
+            settled(conn, list(files.values()), {("gp-extract-intake", "job")})
+        worker.join()
+        assert batch_failed == []
+        assert {j["job_id"]: j["status"] for j in list_jobs(store)} == {
+            "a": "completed",
+            "b": "completed",
+        }, "the file reached DPS after all: its results finish the job"
+    finally:
+        store.dispose()
+
+
+def _catching(failures: list[BaseException], work: Callable[[], object]) -> None:
+    try:
+        work()
+    except Exception as exc:
+        failures.append(exc)
