@@ -94,8 +94,9 @@ def channel_routes(engine: Engine) -> APIRouter:
         job_id: str, body: CloseIn, actor: Principal = Depends(require_role("support"))
     ) -> dict[str, Any]:
         """Close a failed job nothing else will end (``failed_outputs``, ``failed_delivery``,
-        ``failed_results``), with an audit event: retention then treats it as settled. 404
-        for no such job, 409 for one in progress or finished."""
+        ``failed_results``), or a finished one naming an undelivered output, with an audit
+        event: retention then treats it as settled. 404 for no such job, 409 for one in
+        progress, or finished with nothing undelivered."""
         try:
             closed = await asyncio.to_thread(
                 close_job, store, job_id, reason=body.reason, actor=actor.name
