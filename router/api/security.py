@@ -27,7 +27,7 @@ from starlette.routing import Mount
 from router.auth.roles import ROLES, grants
 from router.auth.sessions import load_session
 from router.auth.throttle import LoginThrottle
-from router.auth.tokens import Bearer, token_bearer
+from router.auth.token_use import use_token
 from router.auth.users import case_clashes, count_users
 from router.config.engine import AuthOptions
 from router.repeat_log import RepeatLog
@@ -97,11 +97,7 @@ class Authenticator:
         self.refused = RepeatLog(log)
 
     async def by_token(self, token: str) -> Principal | None:
-        def look() -> Bearer | None:
-            with self.store.read() as conn:
-                return token_bearer(conn, token)
-
-        found = await asyncio.to_thread(look)
+        found = await asyncio.to_thread(use_token, self.store, token)
         return Principal(found.name, found.roles, "token", found.issued_by) if found else None
 
     async def by_session(self, request: Request) -> Principal | None:

@@ -149,7 +149,7 @@ def list_tokens(
     now = utcnow()
     query = (
         select(t.id, users.c.name.label("user"), t.roles, t.created_at, t.created_by)
-        .add_columns(t.expires_at, t.revoked_at, t.revoked_by)
+        .add_columns(t.expires_at, t.revoked_at, t.revoked_by, t.last_used_at)
         .join(users, users.c.id == t.user_id)
         .order_by(t.id)
     )
@@ -170,11 +170,14 @@ def list_tokens(
 
 @dataclass(frozen=True)
 class Bearer:
-    """Who a live token acts for, with which roles, and who issued it (``created_by``)."""
+    """Who a live token acts for, with which roles, and who issued it (``created_by``);
+    the token's id and when it was last noted as used (router/auth/token_use.py)."""
 
     name: str
     roles: frozenset[str]
     issued_by: str
+    token_id: int
+    last_used_at: datetime | None
 
 
 def token_bearer(conn: Connection, token: str) -> Bearer | None:
@@ -184,7 +187,7 @@ def token_bearer(conn: Connection, token: str) -> Bearer | None:
     row = conn.execute(
         select(users.c.name, users.c.roles.label("user_roles"), users.c.disabled)
         .add_columns(api_tokens.c.roles, api_tokens.c.expires_at, api_tokens.c.revoked_at)
-        .add_columns(api_tokens.c.created_by)
+        .add_columns(api_tokens.c.created_by, api_tokens.c.id, api_tokens.c.last_used_at)
         .join(users, users.c.id == api_tokens.c.user_id)
         .where(api_tokens.c.token_hash == digest(token))
     ).first()
@@ -194,7 +197,7 @@ def token_bearer(conn: Connection, token: str) -> Bearer | None:
         return None
     held = decode(row.user_roles)
     roles = frozenset(r for r in decode(row.roles) if grants(held, r))
-    return Bearer(row.name, roles, row.created_by)
+    return Bearer(row.name, roles, row.created_by, row.id, row.last_used_at)
 
 
 def token_holder(conn: Connection, token: str) -> tuple[str, frozenset[str]] | None:

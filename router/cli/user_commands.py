@@ -310,6 +310,6 @@ def users_tokens(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             row["roles"] = " ".join(row["roles"])
-        columns = ["id", "user", "roles", "state", "created_at", "expires_at", "revoked_at"]
-        print_table(rows, columns)
+        columns = ["id", "user", "roles", "state", "created_at", "expires_at"]
+        print_table(rows, [*columns, "last_used_at", "revoked_at"])
     return 0

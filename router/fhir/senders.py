@@ -24,7 +24,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from router.auth.roles import SENDER, decode, grants
-from router.auth.tokens import token_holder
+from router.auth.token_use import use_token
 from router.auth.users import anyone_holds
 from router.config.http import SenderAuth
 from router.fhir.outcome import Rejected, reject
@@ -145,7 +145,7 @@ class Senders:
             text = f"channel {channel} takes requests from senders only: send {header}"
             raise _unauthenticated(f"{text}: Bearer <the token of {HOW}>", proxy)
         try:
-            holder = await asyncio.to_thread(self._holder, token)
+            holder = await asyncio.to_thread(use_token, self._store, token)
         except SQLAlchemyError as exc:
             if is_store_outage(exc):  # every request fails alike while it lasts: one line
                 self._refused.error(
@@ -167,17 +167,13 @@ class Senders:
                 peer or "an unknown address",
             )
             raise _unauthenticated(f"the {header} token is invalid, revoked or expired", proxy)
-        name, roles = holder
+        name, roles = holder.name, holder.roles
         if not grants(roles, SENDER):
             raise reject(403, "forbidden", f"user {name} does not hold the {SENDER} role")
         # User names are unique regardless of case (router/auth/users.py).
         if options.senders and name.lower() not in {s.lower() for s in options.senders}:
             raise reject(403, "forbidden", f"user {name} is not a sender of channel {channel}")
         return name
-
-    def _holder(self, token: str) -> tuple[str, frozenset[str]] | None:
-        with self._store.read() as conn:
-            return token_holder(conn, token)
 
 
 def _unauthenticated(text: str, proxy: bool) -> Rejected:

@@ -393,6 +393,8 @@ api_tokens = Table(
     Column("expires_at", UtcDateTime()),
     Column("revoked_at", UtcDateTime()),
     Column("revoked_by", String(128)),
+    # When a request last presented it, to the minute (router/auth/token_use.py).
+    Column("last_used_at", UtcDateTime()),
     Index(None, "user_id"),
 )
 

@@ -12,6 +12,7 @@ import yaml
 from sqlalchemy import select
 from tie_testing import RunningEngine, engine_config
 
+from router.auth.token_use import use_token
 from router.auth.tokens import token_holder
 from router.auth.users import check_password
 from router.cli import credentials, main
@@ -106,6 +107,11 @@ def test_users_lifecycle_on_the_command_line(config, store_url, capsys):
     try:
         with store.read() as conn:
             assert token_holder(conn, token) == ("bot", frozenset({"viewer"}))
+        code, out = _run(config, capsys, "tokens", "bot")
+        assert "LAST_USED_AT" in out and out.splitlines()[1].split()[-2:] == ["-", "-"]
+        use_token(store, token)  # a request with it
+        code, out = _run(config, capsys, "tokens", "bot", "--json")
+        assert json.loads(out)[0]["last_used_at"] is not None
         assert _run(config, capsys, "token", "revoke", "1", *ADA)[0] == 0
         with store.read() as conn:
             assert token_holder(conn, token) is None
