@@ -50,6 +50,12 @@ class ReasonIn(BaseModel):
     reason: str = Field(min_length=1, max_length=1000, description="why: kept in the audit log")
 
 
+class OptionalReasonIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=1000, description="why: kept in the audit log")
+
+
 class PasswordIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -132,10 +138,15 @@ def user_routes(engine: Engine) -> APIRouter:
         }
 
     @router.post("/{name}/disable")
-    async def disable(name: str, principal: Principal = Depends(admin)) -> dict[str, Any]:
+    async def disable(
+        name: str, body: OptionalReasonIn | None = None, principal: Principal = Depends(admin)
+    ) -> dict[str, Any]:
         """Disable the account: its sessions end and its tokens are revoked. 422 for the
-        last enabled admin."""
-        user = await write(lambda conn: disable_user(conn, name, actor=principal.name))
+        last enabled admin. The body (``{"reason": "..."}``) may be left out."""
+        reason = body.reason if body else ""
+        user = await write(
+            lambda conn: disable_user(conn, name, actor=principal.name, reason=reason)
+        )
         return {"name": user.name, "disabled": True}
 
     @router.post("/{name}/password")

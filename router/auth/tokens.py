@@ -69,7 +69,8 @@ def issue_token(
     return token_id, token
 
 
-def revoke_token(conn: Connection, token_id: int, *, actor: str) -> None:
+def revoke_token(conn: Connection, token_id: int, *, actor: str, reason: str = "") -> None:
+    """Revoke the token (again: audited, nothing changes); ``reason`` is kept when given."""
     row = conn.execute(
         select(api_tokens.c.revoked_at, users.c.name)
         .join(users, users.c.id == api_tokens.c.user_id)
@@ -83,7 +84,10 @@ def revoke_token(conn: Connection, token_id: int, *, actor: str) -> None:
             .where(api_tokens.c.id == token_id)
             .values(revoked_at=utcnow(), revoked_by=actor)
         )
-    audit.append(conn, actor, "token-revoke", f"user:{row.name}", {"token": token_id})
+    details: dict[str, Any] = {"token": token_id}
+    if reason.strip():
+        details["reason"] = reason.strip()
+    audit.append(conn, actor, "token-revoke", f"user:{row.name}", details)
 
 
 @dataclass(frozen=True)

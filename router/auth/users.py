@@ -17,7 +17,7 @@ from router.auth.passwords import hash_password, verify_password
 from router.auth.roles import decode, encode, grants, parse_roles
 from router.store.inbound import utcnow
 from router.store.locks import hold_key
-from router.store.schema import api_tokens, sessions, users
+from router.store.schema import api_tokens, audit_events, sessions, users
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
@@ -111,8 +111,21 @@ def count_users(conn: Connection) -> int:
     return conn.scalar(select(func.count()).select_from(users)) or 0
 
 
+def last_sign_ins(conn: Connection, names: list[str]) -> dict[str, Any]:
+    """When each of ``names`` last signed in to the console, from the audit log's ``login``
+    events (found by their target's index; a user who never has is absent)."""
+    e = audit_events.c
+    query = (
+        select(e.target, func.max(e.at))
+        .where(e.target.in_([f"user:{name}" for name in names]), e.action == "login")
+        .group_by(e.target)
+    )
+    return {target.removeprefix("user:"): at for target, at in conn.execute(query)}
+
+
 def list_users(conn: Connection) -> list[dict[str, Any]]:
-    """Accounts with their live (unrevoked, unexpired) token count; never a hash."""
+    """Accounts with their live (unrevoked, unexpired) token count and last sign-in; never
+    a hash."""
     now = utcnow()
     live = (
         select(api_tokens.c.user_id, func.count().label("n"))
@@ -124,6 +137,8 @@ def list_users(conn: Connection) -> list[dict[str, Any]]:
     query = (
         select(users, live.c.n).outerjoin(live, live.c.user_id == users.c.id).order_by(users.c.name)
     )
+    rows = conn.execute(query).all()
+    signed_in = last_sign_ins(conn, [r.name for r in rows])
     return [
         {
             "id": r.id,
@@ -134,15 +149,16 @@ def list_users(conn: Connection) -> list[dict[str, Any]]:
             "tokens": r.n or 0,
             "created_at": r.created_at,
             "created_by": r.created_by,
+            "last_sign_in_at": signed_in.get(r.name),
         }
-        for r in conn.execute(query)
+        for r in rows
     ]
 
 
-def disable_user(conn: Connection, name: str, *, actor: str) -> User:
+def disable_user(conn: Connection, name: str, *, actor: str, reason: str = "") -> User:
     """Disable the account, end its sessions and revoke its tokens (enabling it again does
     not bring them back). The last enabled admin cannot be disabled: nobody could then
-    manage users."""
+    manage users. ``reason``, when given, is kept in the audit event."""
     user = require_user(conn, name)
     if not user.disabled:
         keep_an_admin(conn, user, frozenset())
@@ -151,7 +167,10 @@ def disable_user(conn: Connection, name: str, *, actor: str) -> User:
     )
     conn.execute(delete(sessions).where(sessions.c.user_id == user.id))
     revoked = revoke_tokens(conn, user.id, actor=actor, keep=lambda _: False)
-    audit.append(conn, actor, "user-disable", f"user:{name}", {"tokens_revoked": revoked})
+    details: dict[str, Any] = {"tokens_revoked": revoked}
+    if reason.strip():
+        details["reason"] = reason.strip()
+    audit.append(conn, actor, "user-disable", f"user:{name}", details)
     return User(user.id, user.name, user.roles, True)
 
 

@@ -74,6 +74,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     disable = actions.add_parser("disable", help="disable a user; sessions end, tokens revoked")
     disable.add_argument("name")
+    disable.add_argument("--reason", default="", help="why: kept in the audit log")
     _actor(disable)
     disable.set_defaults(handler=users_disable)
 
@@ -97,6 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--expires",
         help="lifetime, e.g. 90d or 12h (default: until revoked; rotate: the old one's)",
     )
+    token.add_argument("--reason", default="", help="revoke: why, kept in the audit log")
     token.add_argument(
         "--overlap",
         default="24h",
@@ -214,7 +216,7 @@ def users_disable(args: argparse.Namespace) -> int:
     who = acting(args, store, "admin")
     try:
         with store.begin() as conn:
-            disable_user(conn, args.name, actor=who)
+            disable_user(conn, args.name, actor=who, reason=args.reason)
     except (LookupError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
     print(f"disabled {args.name}")
@@ -250,7 +252,7 @@ def users_token(args: argparse.Namespace) -> int:
             raise CommandError("give the token's id: users token revoke ID")
         try:
             with store.begin() as conn:
-                revoke_token(conn, args.id, actor=who)
+                revoke_token(conn, args.id, actor=who, reason=args.reason)
         except LookupError as exc:
             raise CommandError(str(exc)) from exc
         print(f"revoked token {args.id}")

@@ -16,6 +16,7 @@ Viewer = Annotated[Principal, Depends(require_console("viewer"))]
 Support = Annotated[Principal, Depends(require_console("support"))]
 Engineer = Annotated[Principal, Depends(require_console("engineer"))]
 Approver = Annotated[Principal, Depends(require_console("approver"))]
+Admin = Annotated[Principal, Depends(require_console("admin"))]
 # Reading the audit log: those accountable for actions (it names who did what to which message).
 AuditReader = Annotated[Principal, Depends(require_console("support", "approver"))]
 # Rejecting a revision: an approver, or its author withdrawing it (the service checks which).

@@ -15,6 +15,7 @@ from router.console.jobs import job_routes
 from router.console.messages import message_routes
 from router.console.replays import replay_routes
 from router.console.templating import STATIC
+from router.console.users import user_routes
 
 if TYPE_CHECKING:
     from router.engine import Engine
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 def console_routes(engine: Engine) -> APIRouter:
     routes = APIRouter(include_in_schema=False)
     parts = (dashboard_routes, message_routes, replay_routes, approval_routes, audit_routes)
-    for part in (*parts, job_routes):
+    for part in (*parts, job_routes, user_routes):
         routes.include_router(part(engine))
     return routes
 

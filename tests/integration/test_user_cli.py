@@ -112,10 +112,10 @@ def test_users_lifecycle_on_the_command_line(config, store_url, capsys):
         use_token(store, token)  # a request with it
         code, out = _run(config, capsys, "tokens", "bot", "--json")
         assert json.loads(out)[0]["last_used_at"] is not None
-        assert _run(config, capsys, "token", "revoke", "1", *ADA)[0] == 0
+        assert _run(config, capsys, "token", "revoke", "1", "--reason", "leaked", *ADA)[0] == 0
         with store.read() as conn:
             assert token_holder(conn, token) is None
-        assert _run(config, capsys, "disable", "bot", *ADA)[0] == 0
+        assert _run(config, capsys, "disable", "bot", "--reason", "retired", *ADA)[0] == 0
         with store.read() as conn:
             assert conn.scalar(select(users.c.disabled).where(users.c.name == "bot")) is True
             stored = conn.scalar(select(users.c.password_hash).where(users.c.name == "ada"))
@@ -138,6 +138,10 @@ def test_users_lifecycle_on_the_command_line(config, store_url, capsys):
         ("ada", "user-disable", "user:bot"),
     ]
     assert {json.loads(details)["os_user"] for *_, details in events} == {os_user()}
+    assert [json.loads(details).get("reason") for *_, details in events[-2:]] == [
+        "leaked",
+        "retired",
+    ]
 
 
 def test_users_add_without_a_terminal_says_how_to_give_the_password(config, capsys):

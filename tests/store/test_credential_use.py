@@ -1,5 +1,7 @@
-"""When an API token was last used, on SQLite and PostgreSQL: written at most once a minute
-per token, so the request path does not write on every request; listed with the tokens."""
+"""When an API token was last used and a user last signed in, on SQLite and PostgreSQL.
+
+A token's use is written at most once a minute, so the request path does not write on
+every request; a sign-in is read from the audit log's ``login`` events."""
 
 from __future__ import annotations
 
@@ -7,14 +9,15 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
+from router import audit
 from router.auth import token_use
 from router.auth.token_use import NOTE_EVERY, note_use, use_token
 from router.auth.tokens import issue_token, list_tokens
-from router.auth.users import add_user
+from router.auth.users import add_user, list_users
 from router.repeat_log import RepeatLog
 from router.store.database import Store
 from router.store.inbound import utcnow
-from router.store.schema import api_tokens
+from router.store.schema import api_tokens, audit_events
 
 
 def _issue(store: Store, name: str = "gp") -> tuple[int, str]:
@@ -98,3 +101,17 @@ def test_a_store_refusing_the_note_does_not_refuse_the_request(
     assert use_token(store, token).name == "gp"
     assert _last_used(store, token_id) is None
     assert "could not note the use of token" in caplog.text
+
+
+def test_the_last_sign_in_is_the_latest_login_event_of_the_user(store: Store):
+    with store.begin() as conn:
+        for name in ("ada", "sam", "Sam2"):
+            add_user(conn, name, ["viewer"], None, actor="test")
+        audit.append(conn, "sam", "login", "user:sam", {"from": "10.0.0.1"})
+        audit.append(conn, "ada", "login-failed", "user:ada", {"reason": "wrong password"})
+    with store.begin() as conn:
+        audit.append(conn, "sam", "login", "user:sam", {"from": "10.0.0.2"})
+        latest = conn.scalar(select(audit_events.c.at).order_by(audit_events.c.id.desc()))
+    with store.read() as conn:
+        seen = {u["name"]: u["last_sign_in_at"] for u in list_users(conn)}
+    assert seen == {"ada": None, "sam": latest, "Sam2": None}, "a failed sign-in is not one"

@@ -1,0 +1,229 @@
+"""The console's users page and the users API, in-process (the real routes on one store,
+no engine): admin only, a reason for every change, the CLI's and API's guards and audit
+rows, and tokens shown with their issuer and when they were last used."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from router.api.security import SESSION_COOKIE, install
+from router.api.users import user_routes as api_user_routes
+from router.auth.passwords import verify_password
+from router.auth.sessions import start_session
+from router.auth.tokens import issue_token
+from router.auth.users import add_user
+from router.config.engine import AuthOptions
+from router.console.errors import install as install_error_pages
+from router.console.users import user_routes
+from router.store.database import Store
+from router.store.schema import api_tokens, audit_events, sessions, users
+
+a = audit_events.c
+
+
+class Client:
+    """The app in-process (httpx's ASGI transport), for a session cookie or none."""
+
+    def __init__(self, app: FastAPI, cookie: str = "") -> None:
+        self.app = app
+        self.cookies = {SESSION_COOKIE: cookie} if cookie else {}
+
+    def request(self, method: str, path: str, **options: object) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(self.app)
+            base = "http://127.0.0.1"
+            async with httpx.AsyncClient(
+                transport=transport, base_url=base, cookies=self.cookies
+            ) as client:
+                return await client.request(method, path, **options)
+
+        return asyncio.run(send())
+
+    def get(self, path: str, **options: object) -> httpx.Response:
+        return self.request("GET", path, **options)
+
+    def post(self, path: str, **options: object) -> httpx.Response:
+        return self.request("POST", path, **options)
+
+
+@pytest.fixture
+def store_url(tmp_path) -> str:
+    """SQLite only: the page's queries run on PostgreSQL in tests/store/test_credential_use.py."""
+    return f"sqlite:///{tmp_path / 'tie.db'}"
+
+
+@pytest.fixture
+def app(store: Store) -> FastAPI:
+    engine = SimpleNamespace(store=store)
+    app = FastAPI()
+    install(app, store, AuthOptions())
+    app.include_router(api_user_routes(engine))
+    app.include_router(user_routes(engine))
+    install_error_pages(app)
+    with store.begin() as conn:
+        for name, roles in {"ada": ["admin"], "sam": ["support"], "gp": ["sender"]}.items():
+            add_user(conn, name, roles, None, actor="test")  # sessions are made, not signed in
+    return app
+
+
+def _signed_in(app: FastAPI, store: Store, name: str) -> Client:
+    with store.begin() as conn:
+        user_id = conn.scalar(select(users.c.id).where(users.c.name == name))
+        cookie, _ = start_session(conn, user_id, lifetime=3600, password_set_by="test")
+    return Client(app, cookie)
+
+
+@pytest.fixture
+def ada(app: FastAPI, store: Store) -> Client:
+    return _signed_in(app, store, "ada")
+
+
+def _csrf(page: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+def _post(client: Client, path: str, **form: object) -> object:
+    csrf = _csrf(client.get("/users").text)
+    return client.post(path, data={"csrf_token": csrf, **form})
+
+
+def _events(store: Store, action: str) -> list[tuple[str, str, dict]]:
+    with store.read() as conn:
+        rows = conn.execute(
+            select(a.actor, a.target, a.details).where(a.action == action).order_by(a.id)
+        )
+        return [(r.actor, r.target, json.loads(r.details)) for r in rows]
+
+
+def test_only_an_admin_sees_the_page_and_its_link(app, store, ada):
+    page = ada.get("/users")
+    assert page.status_code == 200
+    assert '<a href="/users" aria-current="page">Users</a>' in page.text
+    for user in ("ada", "sam", "gp"):
+        assert f'data-user="{user}"' in page.text
+    sam = _signed_in(app, store, "sam")
+    refused = sam.get("/users")
+    assert refused.status_code == 403
+    assert 'href="/users"' not in refused.text, "no link for those who may not follow it"
+    csrf = _csrf(refused.text)  # the logout form's: a valid token, still the wrong role
+    gone = sam.post("/users/ada/disable", data={"csrf_token": csrf, "reason": "mutiny"})
+    assert gone.status_code == 403
+    assert _events(store, "user-disable") == []
+    assert Client(app).get("/users").status_code == 303, "anonymous: to the sign-in page"
+
+
+def test_a_change_without_the_sessions_csrf_token_is_refused(ada, store):
+    refused = ada.post("/users/sam/disable", data={"reason": "left"})
+    assert refused.status_code == 403
+    assert _events(store, "user-disable") == []
+
+
+def test_roles_change_with_a_reason_and_revoke_tokens_left_with_none(ada, store):
+    with store.begin() as conn:
+        token_id, _ = issue_token(conn, "sam", ["support"], actor="ada")
+    no_reason = _post(ada, "/users/sam/roles", role=["viewer"], held=["support"], reason=" ")
+    assert no_reason.status_code == 422 and "give a reason" in no_reason.text
+    wizard = _post(ada, "/users/sam/roles", role=["wizard"], held=["support"], reason="x")
+    assert wizard.status_code == 422 and "unknown role" in wizard.text
+    done = _post(
+        ada, "/users/sam/roles", role=["viewer", "approver"], held=["support"], reason="rota"
+    )
+    assert done.status_code == 303
+    notice = ada.get(done.headers["location"]).text
+    assert "Changed the roles of sam" in notice
+    assert f"Revoked token(s) {token_id}" in notice
+    (event,) = _events(store, "user-roles")
+    assert event[:2] == ("ada", "user:sam")
+    assert event[2]["added"] == ["approver", "viewer"] and event[2]["removed"] == ["support"]
+    assert (event[2]["reason"], event[2]["tokens_revoked"]) == ("rota", [token_id])
+
+
+def test_the_last_enabled_admin_is_kept(ada, store):
+    demoted = _post(ada, "/users/ada/roles", role=["viewer"], held=["admin"], reason="oops")
+    assert demoted.status_code == 422
+    assert "the only enabled admin" in demoted.text
+    disabled = _post(ada, "/users/ada/disable", reason="oops")
+    assert disabled.status_code == 422
+    assert _events(store, "user-roles") == _events(store, "user-disable") == []
+
+
+def test_disable_and_enable_with_a_reason(ada, store):
+    with store.begin() as conn:
+        token_id, _ = issue_token(conn, "sam", ["support"], actor="ada")
+    done = _post(ada, "/users/sam/disable", reason="left the trust")
+    assert done.status_code == 303
+    assert "Disabled sam" in ada.get(done.headers["location"]).text
+    assert _events(store, "user-disable") == [
+        ("ada", "user:sam", {"tokens_revoked": [token_id], "reason": "left the trust"})
+    ]
+    again = _post(ada, "/users/sam/enable", reason="back")
+    assert again.status_code == 303
+    assert _events(store, "user-enable")[0][2]["reason"] == "back"
+    assert _post(ada, "/users/nobody/enable", reason="x").status_code == 404
+
+
+def test_a_password_reset_records_the_admin_as_its_maker_and_ends_sessions(app, ada, store):
+    _signed_in(app, store, "sam")  # a session of sam's, to be ended
+    new = "a brand new passphrase"
+    differ = _post(ada, "/users/sam/password", new_password=new, again=new + "!", reason="lost")
+    assert differ.status_code == 422 and "differ" in differ.text
+    short = _post(ada, "/users/sam/password", new_password="short", again="short", reason="lost")
+    assert short.status_code == 422 and "at least 12" in short.text
+    done = _post(ada, "/users/sam/password", new_password=new, again=new, reason="lost it")
+    assert done.status_code == 303
+    with store.read() as conn:
+        row = conn.execute(select(users).where(users.c.name == "sam")).one()
+        left = conn.scalars(select(sessions.c.id).where(sessions.c.user_id == row.id)).all()
+    assert verify_password(row.password_hash, new) and row.password_set_by == "ada"
+    assert left == []
+    (event,) = _events(store, "user-password")
+    assert event == ("ada", "user:sam", {"sessions_ended": 1, "reason": "lost it"})
+    assert new not in json.dumps(_events(store, "user-password"))
+
+
+def test_tokens_are_listed_with_issuer_and_last_use_and_revoked_with_a_reason(app, ada, store):
+    with store.begin() as conn:
+        token_id, token = issue_token(conn, "gp", ["sender"], actor="ada")
+    page = ada.get("/users").text
+    row = re.search(rf'<tr data-token="{token_id}">.*?</tr>', page, re.S).group(0)
+    assert "gp" in row and "sender" in row and "ada" in row and "not recorded" in row
+    listed = ada.get("/api/users/gp/tokens").json()["tokens"]
+    assert listed[0]["created_by"] == "ada" and listed[0]["last_used_at"] is None
+
+    used = Client(app).get("/api/users", headers={"Authorization": f"Bearer {token}"})
+    assert used.status_code == 403, "a sender's token, used (and refused: not an admin)"
+    with store.read() as conn:
+        last = conn.scalar(select(api_tokens.c.last_used_at).where(api_tokens.c.id == token_id))
+    assert last is not None
+    assert ada.get("/api/users/gp/tokens").json()["tokens"][0]["last_used_at"] is not None
+    assert "not recorded" not in re.search(
+        rf'<tr data-token="{token_id}">.*?</tr>', ada.get("/users").text, re.S
+    ).group(0)
+
+    done = _post(ada, f"/users/tokens/{token_id}/revoke", reason="rotated")
+    assert done.status_code == 303
+    assert f"Revoked token {token_id}." in ada.get(done.headers["location"]).text
+    assert _events(store, "token-revoke") == [
+        ("ada", "user:gp", {"token": token_id, "reason": "rotated"})
+    ]
+    assert _post(ada, "/users/tokens/999/revoke", reason="x").status_code == 404
+
+
+def test_the_api_keeps_a_reason_for_disabling_when_given(app, store):
+    with store.begin() as conn:
+        _, token = issue_token(conn, "ada", ["admin"], actor="test")
+    api = {"headers": {"Authorization": f"Bearer {token}"}}
+    assert Client(app).post("/api/users/sam/disable", json={"reason": "left"}, **api).is_success
+    assert Client(app).post("/api/users/gp/disable", **api).is_success, "a body is optional"
+    details = [event[2] for event in _events(store, "user-disable")]
+    assert [d.get("reason") for d in details] == ["left", None]
