@@ -11,6 +11,7 @@ leaves the time a minute stale, never refuses a request the token was good for.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
@@ -53,6 +54,6 @@ def use_token(store: Store, token: str) -> Bearer | None:
         try:
             with store.begin() as conn:
                 note_use(conn, bearer.token_id, now)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, sqlite3.Error) as exc:  # SQLite's BEGIN is the driver's own
             _unnoted.warning("note", "could not note the use of token %d: %s", bearer.token_id, exc)
     return bearer
