@@ -167,7 +167,8 @@ def users_list(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             row["roles"] = " ".join(row["roles"])
-        print_table(rows, ["name", "roles", "disabled", "password", "tokens", "created_at"])
+        columns = ["name", "roles", "disabled", "password", "tokens", "created_at"]
+        print_table(rows, [*columns, "last_sign_in_at"])
     return 0
 
 

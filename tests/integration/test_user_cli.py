@@ -102,6 +102,8 @@ def test_users_lifecycle_on_the_command_line(config, store_url, capsys):
     listed = {u["name"]: u for u in json.loads(out)}
     assert listed["ada"]["roles"] == ["admin"] and listed["ada"]["password"] is True
     assert listed["bot"]["tokens"] == 1 and listed["bot"]["password"] is False
+    assert listed["ada"]["last_sign_in_at"] is None, "never signed in to the console"
+    assert "LAST_SIGN_IN_AT" in _run(config, capsys, "list")[1]
 
     store = Store(store_url)
     try:
