@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select
@@ -111,7 +112,7 @@ def count_users(conn: Connection) -> int:
     return conn.scalar(select(func.count()).select_from(users)) or 0
 
 
-def last_sign_ins(conn: Connection, names: list[str]) -> dict[str, Any]:
+def last_sign_ins(conn: Connection, names: list[str]) -> dict[str, datetime]:
     """When each of ``names`` last signed in to the console, from the audit log's ``login``
     events (found by their target's index; a user who never has is absent)."""
     e = audit_events.c
