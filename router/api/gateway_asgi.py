@@ -25,9 +25,8 @@ from uuid import uuid4
 from router import metrics
 from router.api.fhir_errors import is_fhir_path
 from router.config.http import HttpSource
-from router.fhir import MEDIA_TYPES
 from router.fhir.intake import KEPT_OF_REJECTED, Answer, FhirRequest, rejected_answer
-from router.fhir.negotiation import unacceptable
+from router.fhir.negotiation import unacceptable, unsupported
 from router.fhir.outcome import Rejected, reject
 from router.fhir.proxy import ProxyRequest, provider_url
 from router.fhir.request_id import REQUEST_ID, callers_id
@@ -77,10 +76,6 @@ class Incoming:
             pairs,
             f"{client[0]}:{client[1]}" if client else "",
         )
-
-    @property
-    def media_type(self) -> str:
-        return self.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
@@ -251,12 +246,9 @@ class GatewayRoutes:
             text = f"the body is larger than {source.max_body} bytes"
             await respond_fhir(send, await intake.refuse(request, 413, "too-costly", text))
             return
-        if incoming.media_type not in MEDIA_TYPES:
-            text = (
-                f"content type {incoming.media_type or 'none'} is not taken: "
-                f"send {' or '.join(MEDIA_TYPES)}"
-            )
-            await respond_fhir(send, await intake.refuse(request, 415, "not-supported", text))
+        unsupported_body = unsupported(incoming.headers.get("content-type", ""), source.fhir)
+        if unsupported_body is not None:
+            await respond_fhir(send, await intake.turn_away(request, unsupported_body))
             return
         accept = incoming.headers.get("accept", "")
         not_acceptable = unacceptable(accept, incoming.query, source.fhir)

@@ -12,12 +12,17 @@ A media type may name the FHIR version wanted, ``fhirVersion=4.0`` (http.html, "
 Version parameter"); a server that does not support the version asked for answers 406.
 A channel speaks one version (its ``fhir``, R4 or STU3): a range naming another one does
 not admit its JSON, as an R3 client reading R4 resources would misread them.
+
+The body's ``Content-Type`` is read the same way: a body that is not FHIR JSON, or is
+FHIR JSON of another version (``application/fhir+json; fhirVersion=3.0`` to an R4
+channel), is 415 Unsupported Media Type, as the models of this version would misread it.
 """
 
 from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
+from router.fhir import MEDIA_TYPES
 from router.fhir.outcome import Rejected, reject
 
 # Media ranges of an Accept header that admit application/fhir+json.
@@ -50,6 +55,24 @@ def unacceptable(accept: str, query: str, fhir: str = "R4") -> Rejected | None:
         f"Accept {accept.strip()!r} admits no format tie answers: it answers {served}",
         None,
     )
+
+
+def unsupported(content_type: str, fhir: str = "R4") -> Rejected | None:
+    """415 when a request's body, by its ``Content-Type``, is not FHIR JSON of version
+    ``fhir`` (R4 or STU3); else None."""
+    media, *params = content_type.split(";")
+    media = media.strip().lower()
+    version = FHIR_VERSIONS[fhir]
+    if media not in MEDIA_TYPES:
+        text = f"content type {media or 'none'} is not taken: send {' or '.join(MEDIA_TYPES)}"
+    elif not _of_version(params, version):
+        text = (
+            f"content type {content_type.strip()!r} names another FHIR version: "
+            f"this channel takes fhirVersion={version}"
+        )
+    else:
+        return None
+    return reject(415, "not-supported", text)
 
 
 def _admits_json(item: str, version: str) -> bool:

@@ -306,18 +306,42 @@ def test_an_oversized_body_is_refused_without_reading_it_all(engine):
 def test_other_content_types_get_415(engine, bars_samples):
     running, client = engine
     body = json.dumps(bars_samples["booking-request_process-message"])
-    for content_type in ("text/plain", "application/xml", None):
+    other_types = (
+        "text/plain",
+        "application/xml",
+        "application/fhir+xml",
+        "application/fhir+xml; fhirVersion=4.0",
+        None,
+    )
+    for content_type in other_types:
         headers = {"Content-Type": content_type} if content_type else {}
         response = client.post("/fhir/inbox/$process-message", content=body, headers=headers)
-        assert response.status_code == 415
+        assert response.status_code == 415, content_type
         assert response.json()["issue"][0]["code"] == "not-supported"
+    # FHIR JSON of another version than the channel's (R4) would be misread by its models.
+    for stu3 in ("application/fhir+json; fhirVersion=3.0", 'application/json;fhirVersion="3.0"'):
+        response = client.post(
+            "/fhir/inbox/$process-message", content=body, headers={"Content-Type": stu3}
+        )
+        assert response.status_code == 415, stu3
+        issue = response.json()["issue"][0]
+        assert issue["code"] == "not-supported"
+        assert "fhirVersion=4.0" in issue["diagnostics"]
     plain_json = client.post(
         "/fhir/inbox/$process-message",
         content=body,
         headers={"Content-Type": "application/json; charset=utf-8"},
     )
     assert plain_json.status_code == 202
-    assert len(_refused(running)) == 3
+    resent = json.dumps({**json.loads(body), "id": str(uuid4())})
+    r4 = "application/fhir+json; fhirVersion=4.0.1"
+    named = client.post(
+        "/fhir/inbox/$process-message", content=resent, headers={"Content-Type": r4}
+    )
+    assert named.status_code == 202
+    refused = _refused(running)
+    assert len(refused) == len(other_types) + 2
+    assert refused[-1].error.startswith("rejected (415): content type 'application/json;")
 
 
 def test_a_client_that_asks_for_xml_gets_406_and_json_clients_are_answered(engine, bars_samples):
