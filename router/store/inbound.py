@@ -122,7 +122,7 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
     receipts: list[Receipt] = []
     rows: list[dict[str, Any]] = []
     stored: list[Inbound] = []  # the items of ``rows``
-    late: list[tuple[dict[str, Any], str]] = []
+    late: list[tuple[dict[str, Any], str, Inbound]] = []  # repeats of an item in this batch
     first_in_batch: dict[tuple[str, str | None, str], Inbound] = {}
     now = utcnow()  # one time for the batch: its SQLite text is then made once
     for item in items:
@@ -144,7 +144,7 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
             f"from {item.sender or 'unknown sender'} already received",
         )
         if original_id is None:
-            late.append((row, original_uuid))
+            late.append((row, original_uuid, item))
         else:
             row["duplicate_of"] = original_id
             rows.append(row)
@@ -155,12 +155,15 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
         for item in stored:  # so no item keeps an id from an insert that was rolled back
             item.id = row_id
         _insert_keys(conn, [item for item in stored if item.keys])
-    for row, original_uuid in late:
+    for row, original_uuid, _ in late:
         row["duplicate_of"] = conn.scalar(
             select(messages.c.id).where(messages.c.uuid == original_uuid)
         )
         conn.execute(_INSERT, row)
-    metrics.count_messages(_counted([*rows, *(row for row, _ in late)]))
+    # A repeat keeps its own keys (a caller's X-Request-Id) like any stored request, so the
+    # id its sender was answered with finds it, also when it came with its original.
+    _insert_keys(conn, [item for _, _, item in late if item.keys])
+    metrics.count_messages(_counted([*rows, *(row for row, _, _ in late)]))
     return receipts
 
 

@@ -22,6 +22,7 @@ from router import metrics
 from router.store.database import Store
 from router.store.inbound import Inbound, Receipt, time_ordered_uuid, utcnow, write_inbound
 from router.store.ingest import GroupCommitWriter, StoreUnavailable
+from router.store.queries import MessageFilter, search
 from router.store.schema import messages
 
 m = messages.c
@@ -334,7 +335,10 @@ def test_another_sender_or_an_old_original_makes_a_new_message(store):
 
 def test_two_copies_in_one_batch_store_one_original(store):
     window = {"idempotency_window": 3600.0, "sender": "EPR/HOSP"}
-    items = [_inbound(7, ack=b"ACK-FIRST", **window), _inbound(7, ack=b"ACK-SECOND", **window)]
+    items = [
+        _inbound(7, ack=b"ACK-FIRST", keys=(("x_request_id", "req-first"),), **window),
+        _inbound(7, ack=b"ACK-SECOND", keys=(("x_request_id", "req-second"),), **window),
+    ]
     with commits_of(store) as commits:
         first, second = asyncio.run(_one_batch(GroupCommitWriter(store), items))
 
@@ -345,6 +349,10 @@ def test_two_copies_in_one_batch_store_one_original(store):
     original, duplicate = _row(store, first.uuid), _row(store, second.uuid)
     assert original["status"] == "received"
     assert (duplicate["status"], duplicate["duplicate_of"]) == ("filtered", original["id"])
+    # Each copy is found by the id its sender was answered with (a FHIR X-Request-Id).
+    with store.read() as conn:
+        for key, row in (("req-first", original), ("req-second", duplicate)):
+            assert [r["id"] for r in search(conn, MessageFilter(key=key))] == [row["id"]]
 
 
 def test_a_failing_job_is_rolled_back_alone_and_the_rest_of_its_batch_commits(store):
