@@ -54,6 +54,17 @@ def destination_endpoint(header: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _destination_endpoints(header: Mapping[str, Any]) -> list[str]:
+    """The distinct ``endpoint`` of every MessageHeader.destination."""
+    destinations = header.get("destination")
+    endpoints = [
+        d.get("endpoint")
+        for d in (destinations if isinstance(destinations, list) else ())
+        if isinstance(d, dict)
+    ]
+    return list(dict.fromkeys(e for e in endpoints if isinstance(e, str) and e))
+
+
 def header_target(headers: Mapping[str, str]) -> Key | None:
     """The key in ``NHSD-Target-Identifier`` (base64 of a JSON identifier), if sent."""
     encoded = headers.get(TARGET_HEADER)
@@ -73,11 +84,25 @@ def header_target(headers: Mapping[str, str]) -> Key | None:
 
 
 def message_target(header: Mapping[str, Any]) -> Key:
-    """The key in ``MessageHeader.destination[0].endpoint`` (``system|value``)."""
+    """The key in ``MessageHeader.destination[0].endpoint`` (``system|value``).
+
+    BaRS routing forwards to one receiver and answers with its answer, so a header naming
+    several destinations is refused: forwarded to the first alone, it would be lost to the
+    others without anyone being told."""
     endpoint = destination_endpoint(header)
     where = "Bundle.entry[0].resource.destination[0].endpoint"
     if endpoint is None:
         raise reject(400, "required", "no target: send NHSD-Target-Identifier or set", where)
+    named = _destination_endpoints(header)
+    if len(named) > 1:
+        raise reject(
+            400,
+            "not-supported",
+            f"{len(named)} destinations ({', '.join(e[:MAX_VALUE] for e in named[:3])}"
+            f"{', ...' if len(named) > 3 else ''}): BaRS routing forwards a message to one "
+            "receiver; send one message to each",
+            "Bundle.entry[0].resource.destination",
+        )
     try:
         return parse_key(endpoint)
     except ValueError as exc:

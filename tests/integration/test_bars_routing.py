@@ -307,7 +307,7 @@ def test_the_registry_refuses_with_an_operation_outcome(tie, store_url, path):
     assert api.headers["www-authenticate"] == "Bearer"
 
 
-def test_an_unknown_target_is_404_and_stored(tie, bars_samples):
+def test_an_unknown_target_is_404_and_several_are_400_each_stored(tie, services, bars_samples):
     running, client = tie
     answer = _post(
         client,
@@ -336,6 +336,22 @@ def test_an_unknown_target_is_404_and_stored(tie, bars_samples):
     )
     assert garbled.status_code == 400
     assert garbled.json()["issue"][0]["expression"] == ["NHSD-Target-Identifier"]
+
+    # Several destinations: forwarded to the first alone, it would be lost to the others.
+    several = copy.deepcopy(bars_samples["booking-request_process-message"])
+    header = several["entry"][0]["resource"]
+    second = "https://fhir.nhs.uk/Id/dos-service-id|2222222222"
+    header["destination"].append({**header["destination"][0], "endpoint": second})
+    refused = _post(client, several)
+    assert refused.status_code == 400, refused.text
+    [issue] = refused.json()["issue"]
+    assert (issue["code"], issue["expression"]) == (
+        "not-supported",
+        ["Bundle.entry[0].resource.destination"],
+    )
+    assert second in issue["diagnostics"]
+    assert services.receiver.received == [] and services.sender.received == []
+    assert _exchanges(running)[-1].error.startswith("rejected (400): Bundle.entry[0].resource.dest")
 
 
 def _refused_by_its_models(bars_samples: dict[str, Any]) -> dict[str, Any]:
