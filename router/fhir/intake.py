@@ -64,6 +64,9 @@ class FhirRequest:
     resource_type: str | None = None
     idempotency_window: float | None = None
     user: str | None = None  # the sender's API user, when the source takes tokens
+    # The resource id (Bundle.id) once the body is parsed: a refusal after that is stored
+    # with it as control id, so a search by the id the sender knows finds it.
+    control_id: str | None = None
     uuid: str = field(default_factory=time_ordered_uuid)  # of the message that stores it
 
     @property
@@ -147,6 +150,8 @@ def check(request: FhirRequest) -> Checked:
     """Parse once and check the shape tie routes on (the models are validated apart, in a
     worker process); raises Rejected. Runs in a worker thread (parsing costs CPU)."""
     document = parse_json(request.body)
+    if isinstance(document, dict):
+        request.control_id = _text(document.get("id"))
     source = request.source
     if request.operation == "process-message":
         header = message_header(
@@ -229,6 +234,7 @@ class FhirIntake:
             request.body if body is None else body,
             content_type=FHIR_JSON,
             message_type=request.resource_type if request.operation == "create" else None,
+            control_id=request.control_id,
             source=source_metadata(request, status=exc.status),
             status="error",
             error=rejected_reason(exc),

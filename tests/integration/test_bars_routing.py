@@ -328,6 +328,10 @@ def test_an_unknown_target_is_404_and_several_are_400_each_stored(tie, services,
     [row] = _exchanges(running)
     assert (row.status, row.delivery) == ("error", None)
     assert row.error.startswith("rejected (404): NHSD-Target-Identifier: no FHIR endpoint")
+    # Support finds it by the Bundle.id the sender quotes.
+    bundle_id = bars_samples["booking-request_process-message"]["id"]
+    found = client.get(f"/api/messages?key={bundle_id}", headers=AUTH).json()["messages"]
+    assert [m["id"] for m in found] == [row.id]
 
     garbled = _post(
         client,

@@ -262,6 +262,9 @@ def test_bad_requests_get_400_with_the_problem_and_where(
     assert text in stored.error
     if expression:
         assert expression in stored.error
+    # Found by the Bundle.id the sender knows, once the body could be read for it.
+    sent = json.loads(bodies[case]) if case != "bad json" else {}
+    assert stored.control_id == sent.get("id")
 
 
 @pytest.mark.parametrize(
