@@ -246,7 +246,7 @@ class GatewayRoutes:
             text = f"the body is larger than {source.max_body} bytes"
             await respond_fhir(send, await intake.refuse(request, 413, "too-costly", text))
             return
-        unsupported_body = unsupported(incoming.headers.get("content-type", ""), source.fhir)
+        unsupported_body = unsupported(incoming.headers, source.fhir)
         if unsupported_body is not None:
             await respond_fhir(send, await intake.turn_away(request, unsupported_body))
             return

@@ -15,11 +15,14 @@ not admit its JSON, as an R3 client reading R4 resources would misread them.
 
 The body's ``Content-Type`` is read the same way: a body that is not FHIR JSON, or is
 FHIR JSON of another version (``application/fhir+json; fhirVersion=3.0`` to an R4
-channel), is 415 Unsupported Media Type, as the models of this version would misread it.
+channel), is 415 Unsupported Media Type, as the models of this version would misread it;
+so is a compressed body (``Content-Encoding: gzip``), which would otherwise be refused as
+JSON that is not UTF-8.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
 from router.fhir import MEDIA_TYPES
@@ -57,9 +60,21 @@ def unacceptable(accept: str, query: str, fhir: str = "R4") -> Rejected | None:
     )
 
 
-def unsupported(content_type: str, fhir: str = "R4") -> Rejected | None:
+def unsupported(headers: Mapping[str, str], fhir: str = "R4") -> Rejected | None:
     """415 when a request's body, by its ``Content-Type``, is not FHIR JSON of version
-    ``fhir`` (R4 or STU3); else None."""
+    ``fhir`` (R4 or STU3), or comes in a ``Content-Encoding`` tie does not decode; else
+    None (``headers`` by lower-case name)."""
+    coding = headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        # RFC 9110 (15.5.16): 415, and Accept-Encoding names the codings that are taken.
+        exc = reject(
+            415,
+            "not-supported",
+            f"content encoding {coding!r} is not taken: send the body as it is",
+        )
+        exc.headers["Accept-Encoding"] = "identity"
+        return exc
+    content_type = headers.get("content-type", "")
     media, *params = content_type.split(";")
     media = media.strip().lower()
     version = FHIR_VERSIONS[fhir]

@@ -5,6 +5,7 @@ with an OperationOutcome and stored with its reason."""
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -330,6 +331,15 @@ def test_other_content_types_get_415(engine, bars_samples):
         issue = response.json()["issue"][0]
         assert issue["code"] == "not-supported"
         assert "fhirVersion=4.0" in issue["diagnostics"]
+    # A compressed body: tie does not decode it (it read as JSON that is not UTF-8, 400).
+    compressed = client.post(
+        "/fhir/inbox/$process-message",
+        content=gzip.compress(body.encode()),
+        headers={**FHIR, "Content-Encoding": "gzip"},
+    )
+    assert compressed.status_code == 415
+    assert compressed.headers["accept-encoding"] == "identity"
+    assert "content encoding 'gzip'" in compressed.json()["issue"][0]["diagnostics"]
     plain_json = client.post(
         "/fhir/inbox/$process-message",
         content=body,
@@ -343,8 +353,8 @@ def test_other_content_types_get_415(engine, bars_samples):
     )
     assert named.status_code == 202
     refused = _refused(running)
-    assert len(refused) == len(other_types) + 2
-    assert refused[-1].error.startswith("rejected (415): content type 'application/json;")
+    assert len(refused) == len(other_types) + 3
+    assert refused[-1].error.startswith("rejected (415): content encoding 'gzip'")
 
 
 def test_a_client_that_asks_for_xml_gets_406_and_json_clients_are_answered(engine, bars_samples):
