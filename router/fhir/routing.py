@@ -73,6 +73,8 @@ PASSED_ON = (
     "nhsd-requesting-software",
 )
 LEASE_MARGIN = 60.0  # seconds beyond the exchange's own timeouts
+# Where a response's target comes from: the message it answers (its source.endpoint).
+ANSWERED = "Bundle.entry[0].resource.response.identifier"
 
 
 class BarsRouter:
@@ -166,10 +168,11 @@ class BarsRouter:
         event = event_of(header)
         endpoint = self._directory.lookup(key, event, "fhir")
         if endpoint is None:
+            whose = " (the source.endpoint of the message it answers)" if via == ANSWERED else ""
             raise reject(
                 404,
                 "not-found",
-                f"no FHIR endpoint for {key} and interaction {event!r} in the directory",
+                f"no FHIR endpoint for {key}{whose} and interaction {event!r} in the directory",
                 via,
             )
         return key, via, join_url(endpoint.address, "$process-message")
@@ -210,12 +213,13 @@ class BarsRouter:
         return self._writer.run_soon(lambda conn: accept_message(conn, item, registration, None))
 
     async def _target(self, request: FhirRequest, header: Mapping[str, Any]) -> tuple[Key, str]:
-        """The target key and where it came from (named in a 404)."""
+        """The target key and where it came from (a 404's expression: an element or a
+        header)."""
         answered = response_to(header)
         if is_response(header) and answered is not None:
             original = await asyncio.to_thread(self._original_sender, request.channel, answered)
             if original is not None:
-                return original, "the answered message's MessageHeader.source.endpoint"
+                return original, ANSWERED
         key = target_for(header, request.headers)
         if request.headers.get("nhsd-target-identifier"):
             return key, "NHSD-Target-Identifier"

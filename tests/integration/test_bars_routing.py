@@ -501,13 +501,27 @@ def test_a_failing_receiver_gets_502_or_504_and_the_exchange_is_kept(
     assert len(services.receiver.received) == 1  # not retried: it may have been received
 
 
-def test_a_booking_is_answered_with_the_receivers_bundle(tie, bars_samples):
+def test_a_booking_is_answered_and_its_response_refused_where_its_sender_has_no_endpoint(
+    tie, bars_samples
+):
     running, client = tie
     answer = _post(client, bars_samples["booking-request_process-message"])
     assert answer.status_code == 200
     assert answer.json() == bars_samples["booking-request_http-200-response"]
     [row] = wait_until(lambda: _settled(running))
     assert (row.message_type, row.delivery) == ("booking-request", "sent")
+
+    # Its response goes back to the booking's sender, which has no booking-response
+    # endpoint: the 404 says the target came from the message it answers.
+    response = copy.deepcopy(bars_samples["servicerequest-response_validation"])
+    header = response["entry"][0]["resource"]
+    header["eventCoding"]["code"] = "booking-response"
+    header["response"]["identifier"] = bars_samples["booking-request_process-message"]["id"]
+    refused = _post(client, response)
+    assert refused.status_code == 404, refused.text
+    [issue] = refused.json()["issue"]
+    assert issue["expression"] == ["Bundle.entry[0].resource.response.identifier"]
+    assert f"{SENDER} (the source.endpoint of the message it answers)" in issue["diagnostics"]
 
 
 def test_a_receivers_client_error_passes_through_unchanged(tie, services, bars_samples):
