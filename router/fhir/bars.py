@@ -20,8 +20,19 @@ NHS_NUMBER = "https://fhir.nhs.uk/Id/nhs-number"
 TARGET_HEADER = "nhsd-target-identifier"
 # Keys that join messages into one conversation; header ids are kept for search only.
 LINKING = frozenset(
-    {"bundle_id", "response_to", "servicerequest", "appointment", "identifier", "urn"}
+    {
+        "bundle_id",
+        "message_header",
+        "response_to",
+        "servicerequest",
+        "appointment",
+        "identifier",
+        "urn",
+    }
 )
+# The keys a response's MessageHeader.response.identifier may name its message by: BaRS
+# uses the Bundle.id, FHIR R4 itself the MessageHeader.id.
+ANSWERABLE = ("bundle_id", "message_header")
 MAX_VALUE = 255
 
 
@@ -161,6 +172,8 @@ def conversation_keys(
     keys: list[tuple[str, str]] = []
     if isinstance(document.get("id"), str):
         keys.append(("bundle_id", document["id"]))
+    if isinstance(header.get("id"), str) and header["id"]:
+        keys.append(("message_header", header["id"]))
     if (answered := response_to(header)) is not None:
         keys.append(("response_to", answered))
     for full_url, resource in resources(document):

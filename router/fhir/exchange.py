@@ -19,7 +19,7 @@ from uuid import uuid4
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, or_, select, update
 
 from router.fhir import registry
-from router.fhir.bars import LINKING, IndexedRequest
+from router.fhir.bars import ANSWERABLE, LINKING, IndexedRequest
 from router.store.database import Store
 from router.store.fast_insert import insert_rows
 from router.store.inbound import Inbound, release_validated, utcnow, write_inbound
@@ -289,12 +289,13 @@ def fail_interrupted(store: Store, owner: str) -> int:
         ).rowcount
 
 
-def find_original(conn: Connection, channel: str, bundle_id: str) -> Any:
-    """The earliest message of ``channel`` whose Bundle.id is ``bundle_id`` (its source)."""
+def find_original(conn: Connection, channel: str, answered: str) -> Any:
+    """The earliest message of ``channel`` whose Bundle.id or MessageHeader.id is
+    ``answered`` (a response's MessageHeader.response.identifier), with its source."""
     return conn.execute(
         select(messages.c.id, messages.c.uuid, messages.c.source)
         .join(correlations, c.message_id == messages.c.id)
-        .where(c.key == "bundle_id", c.value == bundle_id, messages.c.channel == channel)
+        .where(c.key.in_(ANSWERABLE), c.value == answered, messages.c.channel == channel)
         .order_by(messages.c.id)
         .limit(1)
     ).first()

@@ -225,9 +225,9 @@ class BarsRouter:
             return key, "NHSD-Target-Identifier"
         return key, "Bundle.entry[0].resource.destination[0].endpoint"
 
-    def _original_sender(self, channel: str, bundle_id: str) -> Key | None:
+    def _original_sender(self, channel: str, answered: str) -> Key | None:
         with self._store.read() as conn:
-            row = find_original(conn, channel, bundle_id)
+            row = find_original(conn, channel, answered)
         if row is None or not row.source:
             return None
         endpoint = (json.loads(row.source).get("bars") or {}).get("source_endpoint")

@@ -42,6 +42,7 @@ RECEIVER = Key("dos", "111111111")
 SENDER = Key("dos", "2222222222")
 URN = "urn:hmpps:interventions-referral:5f1b3d44-3a43-4c5e-9a0c-2a9e8c1d7b21"
 SR_ID = "236bb75d-90ef-461f-b71e-fde7f899802c"  # the request's ServiceRequest fullUrl uuid
+MESSAGE_HEADER_ID = "5b0e2c1a-7d3f-4e8b-9c6a-1f2e3d4c5b6a"  # given to the request's header
 MAX_BODY = 1024 * 1024  # of a request, and of the receiver's answer passed back
 
 
@@ -159,6 +160,7 @@ def _settled(running: RunningEngine) -> list[Any]:
 def test_a_referral_and_its_response_travel_as_one_conversation(tie, services, bars_samples):
     running, client = tie
     request = _request_with_urn(bars_samples)
+    request["entry"][0]["resource"]["id"] = MESSAGE_HEADER_ID
     answer = _post(
         client,
         request,
@@ -213,6 +215,23 @@ def test_a_referral_and_its_response_travel_as_one_conversation(tie, services, b
     assert [t["id"] for t in detail["timeline"]] == [rows[0].id, rows[1].id]
     keys = {(k["key"], k["value"]) for k in detail["correlations"]}
     assert ("response_to", request["id"]) in keys
+
+    # FHIR R4 names the answered message by its MessageHeader.id (BaRS by its Bundle.id):
+    # routed back all the same, with no target of its own, into the same conversation.
+    by_header = copy.deepcopy(response)
+    by_header["id"] = "0d5f8a0e-3a49-4f7e-9a52-6b1c2f0e9d11"
+    header = by_header["entry"][0]["resource"]
+    header["response"]["identifier"] = MESSAGE_HEADER_ID
+    del header["destination"]
+    again = _post(client, by_header)
+    assert again.status_code == 200, again.text
+    assert [r.json()["id"] for r in services.sender.received] == [response["id"], by_header["id"]]
+    found = client.get(f"/api/conversations/{MESSAGE_HEADER_ID}", headers=AUTH).json()
+    assert [m["control_id"] for m in found["messages"]] == [
+        request["id"],
+        response["id"],
+        by_header["id"],
+    ]
 
 
 def test_the_registry_answers_searches_and_follows_versions(tie, bars_samples):
