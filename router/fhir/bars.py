@@ -103,7 +103,8 @@ def message_target(header: Mapping[str, Any]) -> Key:
     endpoint = destination_endpoint(header)
     where = "Bundle.entry[0].resource.destination[0].endpoint"
     if endpoint is None:
-        raise reject(400, "required", "no target: send NHSD-Target-Identifier or set", where)
+        text = "no target: send NHSD-Target-Identifier or set MessageHeader.destination.endpoint"
+        raise reject(400, "required", f"{text} (system|value)", where)
     named = _destination_endpoints(header)
     if len(named) > 1:
         raise reject(

@@ -360,6 +360,16 @@ def test_an_unknown_target_is_404_and_several_are_400_each_stored(tie, services,
     assert garbled.status_code == 400
     assert garbled.json()["issue"][0]["expression"] == ["NHSD-Target-Identifier"]
 
+    # None at all: the diagnostic says what to send.
+    nowhere = copy.deepcopy(bars_samples["booking-request_process-message"])
+    del nowhere["entry"][0]["resource"]["destination"]
+    unaddressed = _post(client, nowhere)
+    assert unaddressed.status_code == 400
+    assert unaddressed.json()["issue"][0]["diagnostics"] == (
+        "no target: send NHSD-Target-Identifier or set MessageHeader.destination.endpoint "
+        "(system|value)"
+    )
+
     # Several destinations: forwarded to the first alone, it would be lost to the others.
     several = copy.deepcopy(bars_samples["booking-request_process-message"])
     header = several["entry"][0]["resource"]
