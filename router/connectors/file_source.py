@@ -150,6 +150,7 @@ class FilePoller:
                     payload,
                     content_type=poll.content_type,
                     control_id=payload.sha256 or hashlib.sha256(payload.inline).hexdigest(),
+                    control_field="sha256",
                     sender=f"file/{poll.directory.name}",
                     source=source,
                     idempotency_window=self._window,

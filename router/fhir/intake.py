@@ -172,7 +172,9 @@ def checked_inbound(
     document, header = checked.document, checked.header
     if header is None:
         message_type, sender = document.get("resourceType"), None
+        control_field = f"{message_type}.id"
     else:
+        control_field = "Bundle.id"
         coding = header.get("eventCoding") or header.get("event") or {}
         message_type = coding.get("code")
         sender = source_endpoint(header)
@@ -185,6 +187,7 @@ def checked_inbound(
         sender=_text(sender),
         source=source_metadata(request, **(source or {})),
         uuid=request.uuid,
+        control_field=control_field,
         **fields,
     )
 

@@ -103,6 +103,8 @@ class Inbound:
     # Correlation keys stored with it at once (a FHIR caller's X-Request-Id), for a request
     # that may never reach a pipeline (a refusal) to be found by them all the same.
     keys: tuple[tuple[str, str], ...] = ()
+    # What ``control_id`` is (a FHIR source: Bundle.id), as a repeat's reason names it.
+    control_field: str = "MSH-10"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,7 @@ def write_inbound(conn: Connection, items: list[Inbound]) -> list[Receipt]:
             processed_at=now,
             revision=None,
             ack=original_ack,
-            error=f"duplicate of {original_uuid}: MSH-10 {item.control_id!r} "
+            error=f"duplicate of {original_uuid}: {item.control_field} {item.control_id!r} "
             f"from {item.sender or 'unknown sender'} already received",
         )
         if original_id is None:

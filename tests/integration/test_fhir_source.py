@@ -162,6 +162,12 @@ def test_a_resent_bundle_is_recognised_and_not_routed_again(engine, receiver, ba
     wait_until(lambda: all(r.status not in ("received", "validating") for r in _rows(running)))
     assert len(receiver.received) == 1
     assert [r.status for r in _rows(running)] == ["processed", "filtered"]
+    # Its reason names the Bundle.id and the sender as the MessageHeader gives them.
+    source = document["entry"][0]["resource"]["source"]["endpoint"]
+    assert _rows(running)[1].error == (
+        f"duplicate of {original.removeprefix('urn:tie:message:')}: "
+        f"Bundle.id {document['id']!r} from {source} already received"
+    )
 
 
 def test_a_restful_create_is_routed_like_a_message(engine, receiver):

@@ -192,6 +192,7 @@ def test_move_to_keeps_the_file_and_other_content_is_known_by_its_hash(store, tm
     assert first.content_type == "application/json"
     assert len(first.control_id) == 64 and first.control_id == same.control_id
     assert same.duplicate_of == first.id  # the same content again: a repeat
+    assert same.error.startswith(f"duplicate of {first.uuid}: sha256 '{first.control_id}' ")
     assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["event.json", "same.json"]
 
 
