@@ -228,22 +228,30 @@ class FhirIntake:
         return checked
 
     async def store_rejected(
-        self, request: FhirRequest, exc: Rejected, body: bytes | None = None
+        self,
+        request: FhirRequest,
+        exc: Rejected,
+        body: bytes | None = None,
+        checked: Checked | None = None,
     ) -> None:
         """Keep a refused request with its reason; a store that is down does not change the
-        answer (the sender is told what is wrong with its request either way)."""
-        item = Inbound(
-            request.channel,
-            request.body if body is None else body,
-            content_type=FHIR_JSON,
-            message_type=request.resource_type if request.operation == "create" else None,
-            control_id=request.control_id,
-            source=source_metadata(request, status=exc.status),
-            status="error",
-            error=rejected_reason(exc),
-            uuid=request.uuid,
-            keys=request.keys,
-        )
+        answer (the sender is told what is wrong with its request either way). A request
+        whose shape was ``checked`` keeps its event and sender too, as an accepted one does,
+        so a search by type or sender finds it."""
+        refused = {"status": "error", "error": rejected_reason(exc), "keys": request.keys}
+        if checked is not None:
+            item = checked_inbound(request, checked, source={"status": exc.status}, **refused)
+        else:
+            item = Inbound(
+                request.channel,
+                request.body if body is None else body,
+                content_type=FHIR_JSON,
+                message_type=request.resource_type if request.operation == "create" else None,
+                control_id=request.control_id,
+                source=source_metadata(request, status=exc.status),
+                uuid=request.uuid,
+                **refused,
+            )
         with contextlib.suppress(StoreUnavailable):
             await self._ingest(item)
 
@@ -271,7 +279,7 @@ class FhirIntake:
             try:
                 return await self._route(request, checked, models)
             except Rejected as exc:
-                await self.store_rejected(request, exc)
+                await self.store_rejected(request, exc, checked=checked)
                 return rejected_answer(exc, request.headers)
         try:
             models, checked = await self._begun(request)

@@ -347,10 +347,14 @@ def test_an_unknown_target_is_404_and_several_are_400_each_stored(tie, services,
     [row] = _exchanges(running)
     assert (row.status, row.delivery) == ("error", None)
     assert row.error.startswith("rejected (404): NHSD-Target-Identifier: no FHIR endpoint")
-    # Support finds it by the Bundle.id the sender quotes.
+    # Support finds it by the Bundle.id the sender quotes, and by its event and sender.
     bundle_id = bars_samples["booking-request_process-message"]["id"]
     found = client.get(f"/api/messages?key={bundle_id}", headers=AUTH).json()["messages"]
     assert [m["id"] for m in found] == [row.id]
+    assert (found[0]["message_type"], found[0]["sender"]) == (
+        "booking-request",
+        "http://fhir.nhs.uk/Id/dos-service-id|2222222222",
+    )
 
     garbled = _post(
         client,
