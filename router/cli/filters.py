@@ -17,9 +17,14 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--status", choices=MESSAGE_STATUSES, help=", ".join(MESSAGE_STATUSES))
     group.add_argument("--since", type=when, help="ISO time, or an age such as 2h")
     group.add_argument("--until", type=when, help="ISO time, or an age such as 30m")
-    group.add_argument("--type", dest="message_type", help="MSH-9, e.g. ORU^R01 or ORU")
-    group.add_argument("--control-id", help="MSH-10")
-    group.add_argument("--key", help="a correlation key value (order number, MSH-10, URN)")
+    group.add_argument(
+        "--type", dest="message_type", help="MSH-9 (ORU^R01 or ORU), or a FHIR event or type"
+    )
+    group.add_argument("--control-id", help="MSH-10, or a FHIR Bundle.id (resource id)")
+    group.add_argument(
+        "--key",
+        help="a correlation key (order number, URN, X-Request-Id), control id or message UUID",
+    )
     group.add_argument("--text", help="content contains this text (last 24h unless --since)")
     group.add_argument("--flag", help="flagged by processing, e.g. unmatched-order")
     group.add_argument(
