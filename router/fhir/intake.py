@@ -353,17 +353,16 @@ class FhirIntake:
     async def _keep_rejected(
         self, request: FhirRequest, item: Inbound, stored: asyncio.Future[Receipt], exc: Rejected
     ) -> None:
-        """The message stored as validating becomes an error with the reason; if it could
-        not be stored, it is stored as refused (a store that is down does not change the
-        answer)."""
+        """The message stored as validating (or as a repeat) becomes an error with the
+        reason the sender is given; if it could not be stored, it is stored as refused (a
+        store that is down does not change the answer)."""
         try:
-            receipt = await stored
+            await stored
         except StoreUnavailable:
             await self.store_rejected(request, exc)
             return
-        if receipt.duplicate_of is None:
-            with contextlib.suppress(StoreUnavailable):
-                await asyncio.wrap_future(self._release(item, rejected_reason(exc)))
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.wrap_future(self._release(item, rejected_reason(exc)))
 
 
 def identified(request: FhirRequest, answer: Answer) -> Answer:

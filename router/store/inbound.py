@@ -44,6 +44,18 @@ _RELEASE = (
     )
 )
 
+# A repeat (stored ``filtered``, ``duplicate_of`` set) whose own checks refused it: its
+# sender was told so, and a refused message is no original, so nor is this a duplicate.
+_REFUSED_REPEAT = (
+    messages.update()
+    .where(
+        messages.c.uuid == bindparam("b_uuid"),
+        messages.c.status == "filtered",
+        messages.c.duplicate_of.is_not(None),
+    )
+    .values(status="error", error=bindparam("b_error"), duplicate_of=None)
+)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -248,7 +260,8 @@ def _row(item: Inbound, now: datetime) -> dict[str, Any]:
 def release_validated(conn: Connection, items: list[Inbound]) -> list[bool]:
     """Give messages stored ``validating`` their status now that their checks are done
     (``item.status``: received or error; or ``item.outcome`` when settled on release);
-    for each, whether it was still validating (an item that was not loses its outcome)."""
+    for each, whether it was still validating (an item that was not loses its outcome).
+    A repeat stored as a duplicate that its checks refused becomes that error too."""
     now = utcnow()
     done: list[bool] = []
     for item in items:
@@ -262,6 +275,8 @@ def release_validated(conn: Connection, items: list[Inbound]) -> list[bool]:
             "b_uuid": item.uuid,
         }
         released = conn.execute(_RELEASE, params).rowcount == 1
+        if not released and status == "error":
+            conn.execute(_REFUSED_REPEAT, {"b_uuid": item.uuid, "b_error": error})
         if not released:
             item.outcome = None
         elif status != "received":

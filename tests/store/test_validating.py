@@ -116,6 +116,26 @@ def test_a_repeat_of_a_validating_message_is_a_duplicate(store, er7):
     assert _row(store, repeat.uuid).status == "filtered"
 
 
+def test_a_repeat_its_checks_refuse_is_an_error_like_its_original(store, er7):
+    """Both copies of a Bundle the models refuse came in together: each sender is told 400,
+    and each copy is kept as the error it was answered with, not as a duplicate."""
+    with writer_for(store, {"orders": orders_channel()}) as (writer, _):
+        first, repeat = _validating(er7, "ORD1"), _validating(er7, "ORD1")
+        writer.submit_sync(first)
+        assert writer.submit_sync(repeat).duplicate_of == first.uuid
+        for item in (first, repeat):
+            writer.release(item, "rejected (400): Bundle.type: wrong").result(10)
+        assert writer.release(repeat, "rejected (400): again").result(10) is False
+
+    for item in (first, repeat):
+        row = _row(store, item.uuid)
+        assert (row.status, row.error, row.duplicate_of) == (
+            "error",
+            "rejected (400): Bundle.type: wrong",
+            None,
+        )
+
+
 def test_without_a_settler_a_released_message_is_received_for_the_processor(store, er7):
     hooks = Hooks()
     writer = GroupCommitWriter(store, on_commit=hooks)
