@@ -193,7 +193,17 @@ def checked_inbound(
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """A non-empty string the store can keep: JSON allows a lone surrogate (``\\ud800``),
+    UTF-8 and so the database do not, and a refusal that could not be stored is lost."""
+    if not isinstance(value, str) or not value:
+        return None
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 class FhirIntake:

@@ -491,7 +491,7 @@ def test_the_frameworks_own_errors_under_fhir_are_operation_outcomes(
 def test_every_refusal_of_a_post_is_an_operation_outcome(engine, bars_samples):
     """The refusals a FHIR sender meets most: malformed JSON, a wrong content type, a
     wrong method, an unknown channel, an oversize body; each with its issue type."""
-    _, client = engine
+    running, client = engine
     document = json.dumps(bars_samples["booking-request_process-message"])
     for method, path, body, content_type, status, code in (
         ("POST", "/fhir/inbox/$process-message", b'{"resourceType": ', FHIR_TYPE, 400, "structure"),
@@ -506,6 +506,14 @@ def test_every_refusal_of_a_post_is_an_operation_outcome(engine, bars_samples):
         assert response.headers["content-type"] == "application/fhir+json"
         [issue] = response.json()["issue"]
         assert issue["code"] == code, (method, path, status)
+    # A lone surrogate is JSON, but no text a database keeps: refused and stored all the same.
+    bundle_id = bars_samples["booking-request_process-message"]["id"]
+    surrogate = document.replace(f'"{bundle_id}"', '"\\ud800"', 1).encode()
+    refused = client.post("/fhir/inbox/$process-message", content=surrogate, headers=FHIR)
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["expression"] == ["Bundle.id"]
+    [row] = _rows(running, messages.c.raw == surrogate)
+    assert (row.status, row.control_id) == ("error", None)
 
 
 def test_a_source_takes_only_a_senders_token_and_keeps_every_refusal(engine, bars_samples):
