@@ -286,11 +286,16 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 
 @contextlib.contextmanager
 def engine_process(
-    folder: Path, store_url: str, downstream: int | None, profile: Any, tls: bool = False
+    folder: Path,
+    store_url: str,
+    downstream: int | None,
+    profile: Any,
+    tls: bool = False,
+    ports: tuple[int, int] | None = None,
 ):
     """``run.py serve`` on a fresh config: one channel ``bench``, optionally one destination,
-    its source over TLS with ``tls``."""
-    port, http_port = free_port(), free_port()
+    its source over TLS with ``tls``, on ``ports`` (MLLP, HTTP; default: free ones)."""
+    port, http_port = ports or (free_port(), free_port())
     (folder / "channels").mkdir()
     (folder / "mappings").mkdir()
     cert, key = self_signed(folder) if tls else (None, None)

@@ -158,7 +158,7 @@ class Engine:
             # it; the processor's batches there run beside ingest instead (docs/performance.md).
             self.writer.settler = self.processor
         self.listeners = [
-            MllpListener(c.config, self.writer.submit)
+            MllpListener(c.config, self.writer.submit, self.store.blobs)
             for c in self.channels.values()
             if c.config.source.mllp is not None
         ]

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from hashlib import sha256
 from typing import Any
 from uuid import uuid4
 
@@ -476,8 +477,11 @@ def test_hundreds_of_malformed_frames_leave_the_listener_serving(engine, hl7_sam
 
 
 def test_oversize_frame_gets_ar_and_the_connection_is_closed(tmp_path, store_url, hl7_samples):
+    """And a frame under the limit but above the blob threshold is written to the blob
+    store before its (then small) row is committed and acknowledged."""
     config = inbound(mllp={"max_frame": "64KB"})
-    running = RunningEngine(engine_config(tmp_path, store_url), {"inbound": config})
+    settings = engine_config(tmp_path, store_url, blobs={"threshold": "32KB"})
+    running = RunningEngine(settings, {"inbound": config})
     try:
         padding = b"OBX|2|TX|note||" + b"A" * 100_000 + b"\r"
         huge = hl7_message(hl7_samples[GHH], "HUGE") + padding
@@ -500,7 +504,14 @@ def test_oversize_frame_gets_ar_and_the_connection_is_closed(tmp_path, store_url
             sock.sendall(START + raw + END)
             ack = read_frame(sock)
         assert ack is not None and field(parse(ack), "MSA", 1) == "AA"
-        assert [r.raw for r in rows_for(running.store, "LARGE")] == [raw]
+        (large,) = rows_for(running.store, "LARGE")
+        assert (large.raw, large.size, large.blob_sha256) == (
+            b"",
+            len(raw),
+            sha256(raw).hexdigest(),
+        )
+        assert running.store.blobs.path(large.blob_sha256).read_bytes() == raw
+        wait_until(lambda: rows_for(running.store, "LARGE")[0].status == "processed")
     finally:
         running.stop()
 

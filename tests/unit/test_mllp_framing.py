@@ -90,6 +90,13 @@ def test_buffer_frames_back_to_back(piece):
 
 
 @pytest.mark.parametrize("piece", PIECES)
+def test_buffer_looks_past_a_lone_first_end_byte(piece):
+    """The end marker is found by its first byte: one not followed by CR is content."""
+    data = frame(b"MSH|a\x1cb\x1c\x1c") + frame(b"MSH|two")
+    assert _buffered(data, piece) == ([b"MSH|a\x1cb\x1c\x1c", b"MSH|two"], None)
+
+
+@pytest.mark.parametrize("piece", PIECES)
 def test_buffer_skips_junk_outside_frames(piece):
     data = b"junk\r\n" + frame(b"MSH|one") + b"\x00\xff\x1c\r" + frame(b"MSH|two") + b"trailing"
     assert _buffered(data, piece) == ([b"MSH|one", b"MSH|two"], None)
