@@ -258,6 +258,8 @@ def _print_detail(d: dict[str, Any]) -> None:
     ):
         if d.get(key) is not None:
             _say(f"  {key:<13} {d[key]}")
+    for key, value in _source_lines(d.get("source") or {}):
+        _say(f"  {key:<13} {value}")
     if d.get("revision") is not None:
         # Which configuration settled it: run.py channel revisions CHANNEL shows its text.
         _say(f"  {'revision':<13} {d['channel']} #{d['revision']}")
@@ -292,6 +294,27 @@ def _print_detail(d: dict[str, Any]) -> None:
         _say("\n--- timeline ---")
         for line in timeline_lines(d["timeline"]):
             _say(line)
+
+
+def _source_lines(source: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where the message came from: the peer's address, and over TLS the version and the
+    verified client certificate (which sending system delivered it)."""
+    lines = []
+    if source.get("remote"):
+        over = f" over {source['tls']}" if source.get("tls") else ""
+        lines.append(("from", f"{source.get('protocol', '')} {source['remote']}{over}".strip()))
+    for key, label in _CLIENT_FIELDS:
+        if source.get(key):
+            lines.append((label, str(source[key])))
+    return lines
+
+
+_CLIENT_FIELDS = (
+    ("client_subject", "client cert"),
+    ("client_issuer", "  issuer"),
+    ("client_serial", "  serial"),
+    ("client_sha256", "  sha256"),
+)
 
 
 def _say(line: str) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 from router.store.blobs import BlobStore
 from router.store.flags import flags_of
-from router.store.inbound import utcnow
+from router.store.inbound import SENDER_KEYS, utcnow
 from router.store.schema import attempts, correlations, deliveries, message_flags, messages
 
 m = messages.c
@@ -225,7 +225,8 @@ def message_detail(
     detail["correlations"] = keys
     detail["flags"] = flags_of(conn, message_id)
     linked = [message_id] + ([row.reprocessed_from] if row.reprocessed_from else [])
-    detail["timeline"] = timeline(conn, [k["value"] for k in keys], linked)
+    conversation = [k["value"] for k in keys if k["key"] not in SENDER_KEYS]
+    detail["timeline"] = timeline(conn, conversation, linked)
     return detail
 
 

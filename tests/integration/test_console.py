@@ -23,8 +23,10 @@ from sqlalchemy import select
 from tie_testing import wait_until
 
 from router import governance
+from router.connectors.hl7_inbound import hl7_inbound
+from router.store.inbound import write_inbound
 from router.store.queries import PREVIEW
-from router.store.schema import audit_events
+from router.store.schema import audit_events, messages
 
 OML = "OML_O21_nhs_nwgmsa_v251"
 USERS = {"vic": ["viewer"], "sam": ["support"], "ada": ["admin"]}
@@ -89,6 +91,30 @@ def test_viewer_sees_metadata_and_support_sees_audited_content(site, hl7_samples
 
     refused = viewer.post(f"/messages/{message_id}/reprocess", data={"reason": "x"})
     assert refused.status_code == 403
+
+
+def test_a_viewer_sees_which_tls_sender_delivered_a_message(site, hl7_samples):
+    """Metadata, not content: the sender's address and its verified client certificate."""
+    source = {
+        "protocol": "mllp",
+        "remote": "10.1.2.3:40001",
+        "tls": "TLSv1.3",
+        "client_subject": "CN=lab <1>,O=Trust",
+        "client_issuer": "CN=Trust CA",
+        "client_serial": "1F2E",
+        "client_sha256": "AB:CD",
+    }
+    item = hl7_inbound(CHANNEL, order(hl7_samples[OML], "CONS-TLS"), source=source)
+    with site.running.store.begin() as conn:
+        write_inbound(conn, [item])
+        message_id = conn.scalar(select(messages.c.id).where(messages.c.uuid == item.uuid))
+    page = sign_in(site.url, "vic").get(f"/messages/{message_id}")
+    assert page.status_code == 200
+    text = html.unescape(re.sub(r"<[^>]+>", " ", page.text))
+    assert re.search(r"From\s+10\.1\.2\.3:40001\s+\(mllp over TLSv1\.3\)", text)
+    expected = r"Client certificate\s+CN=lab <1>,O=Trust\s+issuer\s+CN=Trust CA\s+serial\s+1F2E"
+    assert re.search(expected + r"\s+SHA-256\s+AB:CD", text)
+    assert "CN=lab <1>" not in page.text  # escaped
 
 
 def test_a_large_message_page_shows_the_head_of_its_content_not_all_of_it(site, hl7_samples):

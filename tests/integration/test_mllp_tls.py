@@ -10,9 +10,11 @@ a failed handshake is one log line, counted, while the listener serves on.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,12 @@ from tie_testing import (
 )
 
 from router import metrics
+from router.cli.commands import _print_detail
 from router.cli.output import CommandError
 from router.cli.sending import send_files
 from router.connectors.mllp.listener import MllpListener
 from router.store.inbound import Receipt
+from router.store.queries import MessageFilter, message_detail, search
 from router.store.schema import attempts, deliveries, messages
 
 GHH = "ORU_R01_v24_python-hl7_GHH"
@@ -134,6 +138,10 @@ def test_a_message_over_tls_is_acknowledged_after_its_commit(tls_engine, certs, 
     assert str(ack.segment("MSA")[1]) == "AA"
     assert str(ack.segment("MSA")[2]) == "TLS-1"
     assert stored_status(tls_engine, "TLS-1")  # committed before the ACK was sent
+    with tls_engine.store.read() as conn:
+        query = select(messages.c.source).where(messages.c.control_id == "TLS-1")
+        source = json.loads(conn.scalar(query))
+    assert (source["tls"], "client_subject" in source) == ("TLSv1.3", False)  # no client cert
 
 
 def test_a_plain_tcp_sender_fails_the_handshake_and_the_listener_serves_on(
@@ -256,10 +264,50 @@ def test_renewed_certificate_files_are_presented_from_the_next_connection(
         running.stop()
 
 
-def test_mutual_tls_accepts_a_client_certificate_from_its_ca(mutual_engine, certs, hl7_samples):
+def openssl_says(cert: Path, option: str) -> str:
+    """What ``openssl x509`` prints for ``option`` (``-serial``, ``-fingerprint``), after
+    its ``=``: the figures an auditor compares with the sender's certificate file."""
+    done = subprocess.run(
+        ["openssl", "x509", "-noout", option, "-sha256", "-in", str(cert)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip().split("=", 1)[1]
+
+
+def test_mutual_tls_stores_which_sender_delivered_each_message(
+    mutual_engine, certs, hl7_samples, capsys
+):
+    """The verified client certificate is stored with the message, shown by run.py show,
+    and found by its subject; it links no other message into the timeline."""
     context = client_context(certs, identity=certs)
-    ack = send(mutual_engine.port("inbound"), hl7_message(hl7_samples[GHH], "MTLS-1"), context)
-    assert str(ack.segment("MSA")[1]) == "AA"
+    for control_id in ("MTLS-1", "MTLS-1B"):
+        message = hl7_message(hl7_samples[GHH], control_id)
+        ack = send(mutual_engine.port("inbound"), message, context)
+        assert str(ack.segment("MSA")[1]) == "AA"
+    with mutual_engine.store.read() as conn:
+        row = conn.execute(select(messages).where(messages.c.control_id == "MTLS-1")).one()
+        found = search(conn, MessageFilter(key="CN=tie test client"))
+        detail = message_detail(conn, row.id)
+    source = json.loads(row.source)
+    assert source == {
+        "protocol": "mllp",
+        "remote": source["remote"],
+        "tls": "TLSv1.3",
+        "client_subject": "CN=tie test client",
+        "client_issuer": "CN=tie test CA",
+        "client_serial": openssl_says(certs.client_cert, "-serial"),
+        "client_sha256": openssl_says(certs.client_cert, "-fingerprint"),
+    }
+    assert source["remote"].startswith("127.0.0.1:")
+    assert sorted(m["control_id"] for m in found) == ["MTLS-1", "MTLS-1B"]
+    assert [t["control_id"] for t in detail["timeline"]] == ["MTLS-1"]
+    _print_detail(detail)
+    shown = capsys.readouterr().out
+    assert f"from          mllp {source['remote']} over TLSv1.3" in shown
+    assert "client cert   CN=tie test client" in shown
+    assert f"    sha256      {source['client_sha256']}" in shown
 
 
 @pytest.mark.parametrize("identity", ["none", "another CA"])

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Hashable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from router import metrics
 from router.config import ChannelConfig
@@ -22,6 +22,7 @@ from router.connectors.hl7_inbound import hl7_inbound
 from router.connectors.mllp.framing import FrameBuffer, FrameTooLarge, frame
 from router.connectors.mllp.handshakes import HandshakeFailures
 from router.connectors.mllp.idle import IdleWatch
+from router.connectors.mllp.peer_certificate import client_keys, tls_source
 from router.connectors.mllp.tls import ServerCertificates, TlsFileError
 from router.connectors.mllp.tls_server import TlsServer
 from router.hl7v2.ack import AckError, ack_code, build_ack, build_reject, should_send
@@ -142,32 +143,41 @@ class MllpListener:
         self._connections.add(connection)
         return True
 
-    async def accept(self, data: bytes, peer: str) -> bytes | None:
+    async def accept(
+        self, data: bytes, peer: str, tls: dict[str, str] | None = None
+    ) -> bytes | None:
         """Commit one message and return the acknowledgement to send (None: send nothing).
+        ``tls``: the connection's TLS metadata (``peer_certificate.tls_source``), stored
+        with the message, the verified sender's subject as its ``tls_client`` key too.
 
         Raises ``SilentFailure`` when the store failed and the sender asked for no
         error acknowledgement (MSH-15 NE or SU): closing is then its only signal.
         """
         source = {"protocol": "mllp", "remote": peer}
+        keys: tuple[tuple[str, str], ...] = ()
+        if tls is not None:
+            source.update(tls)
+            keys = client_keys(tls)
         try:
             header = parse_header(data)
         except Er7Error as exc:
             readable = _readable(data)
             missing = _missing_field(readable)
             code = "101" if missing else "102"  # required field missing; data type error
-            return await self._reject(data, str(exc), peer, readable, code, missing)
+            return await self._reject(data, str(exc), peer, readable, code, missing, tls=tls)
         if header.message_code == "ACK":  # never acknowledged: two engines could ping-pong
-            await self._store_error(data, peer, header, f"rejected: {_AN_ACK}", None)
+            await self._store_error(data, peer, header, f"rejected: {_AN_ACK}", None, tls)
             return None
         if _holds_another_msh(data):  # one ACK cannot answer two: neither is taken
-            return await self._reject(data, _TWO_MESSAGES, peer, header, "100", "MSH^2")
+            return await self._reject(data, _TWO_MESSAGES, peer, header, "100", "MSH^2", tls=tls)
         item = hl7_inbound(
             self.channel.name,
             data,
             header,
-            source=source,
             ack=build_ack(header, ack_code(header, "accept")),
             idempotency_window=self._window,
+            source=source,
+            keys=keys,
         )
         try:
             if self._blobs is not None and len(data) > self._blobs.threshold:
@@ -202,14 +212,16 @@ class MllpListener:
         except OSError as exc:
             raise StoreUnavailable(f"blob store: {exc.strerror or exc}") from exc
 
-    async def refuse(self, head: bytes, reason: str, peer: str) -> bytes | None:
+    async def refuse(
+        self, head: bytes, reason: str, peer: str, tls: dict[str, str] | None = None
+    ) -> bytes | None:
         """Reject a frame over ``max_frame`` from its first bytes: addressed back to its
         sender when they hold its whole MSH line, and stored (those bytes only)."""
         first = head.lstrip()
         whole_line = b"\r" in first or b"\n" in first
         header = _readable(head) if whole_line else None  # a cut MSH-10 must not be echoed
         note = f" (only its first {len(head)} bytes are stored)"
-        return await self._reject(head, reason, peer, header, note=note)
+        return await self._reject(head, reason, peer, header, note=note, tls=tls)
 
     async def _reject(
         self,
@@ -221,22 +233,29 @@ class MllpListener:
         location: str = "",
         *,
         note: str = "",
+        tls: dict[str, str] | None = None,
     ) -> bytes | None:
         """AR (CR in enhanced mode), addressed back to the sender when MSH is readable enough,
         and stored as an error with the reason. ``code`` (table 0357) and ``location`` go to
         ERR."""
         reject = build_reject(reason, header, error_code=code, location=location)
-        await self._store_error(data, peer, header, f"rejected: {reason}{note}", reject)
+        await self._store_error(data, peer, header, f"rejected: {reason}{note}", reject, tls)
         return reject if header is None or should_send(header, success=False) else None
 
     async def _store_error(
-        self, data: bytes, peer: str, header: MshHeader | None, error: str, ack: bytes | None
+        self,
+        data: bytes,
+        peer: str,
+        header: MshHeader | None,
+        error: str,
+        ack: bytes | None,
+        tls: dict[str, str] | None = None,
     ) -> None:
         """Store input that is not routed as an error with its reason, and with MSH-9, MSH-10
         and the sender when MSH can be read, so that the row is found by them. A store that
         cannot commit loses it: its sender was never told it was accepted."""
         stored = {
-            "source": {"protocol": "mllp", "remote": peer},
+            **_sent_by(peer, tls),
             "ack": ack,
             "status": "error",
             "error": error,
@@ -279,7 +298,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False  # reading paused (by us)
         self._blocked = False  # writing paused: the peer's receive window is full
         self._eof = False
-        self._tls = False
+        self._tls: dict[str, str] | None = None  # over TLS: what is stored of the connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -287,7 +306,8 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
             return
         self._peer = _peer(transport)
-        self._tls = transport.get_extra_info("sslcontext") is not None
+        if transport.get_extra_info("sslcontext") is not None:
+            self._tls = tls_source(transport.get_extra_info("ssl_object"))
         self._watch = IdleWatch(self._listener.options.idle_timeout, self._idle)
         self._watch.waiting()
 
@@ -306,7 +326,7 @@ class _Connection(asyncio.Protocol):
         self._eof = True
         if self._task is None and not self._blocked:
             self._next()
-        return not self._tls
+        return self._tls is None
 
     def pause_writing(self) -> None:
         self._blocked = True
@@ -376,7 +396,7 @@ class _Connection(asyncio.Protocol):
         assert transport is not None and self._watch is not None
         started = time.perf_counter()
         try:
-            answer = await listener.accept(data, self._peer)
+            answer = await listener.accept(data, self._peer, self._tls)
         except SilentFailure:
             transport.close()
             return
@@ -402,7 +422,9 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         try:
-            answer = await self._listener.refuse(exc.head, f"{exc}; connection closed", self._peer)
+            answer = await self._listener.refuse(
+                exc.head, f"{exc}; connection closed", self._peer, self._tls
+            )
         except Exception:
             log.exception(
                 "channel %s: refusing a frame from %s failed",
@@ -460,6 +482,14 @@ class _Connection(asyncio.Protocol):
             transport.abort()
         else:
             transport.close()
+
+
+def _sent_by(peer: str, tls: dict[str, str] | None) -> dict[str, Any]:
+    """A stored error's ``source`` (and a verified TLS sender's key), as ``accept`` makes
+    them for a message."""
+    if tls is None:
+        return {"source": {"protocol": "mllp", "remote": peer}}
+    return {"source": {"protocol": "mllp", "remote": peer, **tls}, "keys": client_keys(tls)}
 
 
 def _readable(data: bytes) -> MshHeader | None:
