@@ -73,11 +73,11 @@ async def _send_mllp(
     source = channel.source.mllp
     assert source is not None
     host = "127.0.0.1" if source.host in ("0.0.0.0", "::") else source.host
-    context = _engine_tls(source, client)
+    context = _engine_tls(source, client, channel.name)
     try:
         reader, writer = await asyncio.open_connection(host, source.port, ssl=context)
     except ssl.SSLError as exc:
-        needs = " (it requires a client certificate: --cert)" if client[0] is None else ""
+        needs = f" (if it requires a client certificate: {_CERT_OPTIONS})" if not client[0] else ""
         raise CommandError(
             f"channel {channel.name}: TLS handshake with {host}:{source.port} failed{needs}: "
             f"{exc.reason or exc}"
@@ -104,7 +104,17 @@ async def _send_mllp(
                 except (OSError, TruncatedFrame, FrameTooLarge) as exc:
                     # The rows so far say which messages were accepted: keep them.
                     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-                    results.append(_stopped(path, message, f"connection lost: {reason}"))
+                    lost = f"connection lost: {reason}"
+                    refused = not results and context is not None and isinstance(exc, OSError)
+                    results.append(
+                        _refused_on_tls(path, message, source, client, lost)
+                        if refused
+                        else _stopped(path, message, lost)
+                    )
+                    return results
+                if answer is None and not results and context is not None:
+                    closed = "connection closed without an answer"
+                    results.append(_refused_on_tls(path, message, source, client, closed))
                     return results
                 results.append(_result(path, message, answer))
     finally:
@@ -112,12 +122,24 @@ async def _send_mllp(
     return results
 
 
-def _engine_tls(source: MllpListen, client: Client) -> ssl.SSLContext | None:
+_CERT_OPTIONS = "pass --cert CERT.pem, and --key KEY.pem unless the key is in CERT.pem"
+
+
+def _engine_tls(source: MllpListen, client: Client, name: str) -> ssl.SSLContext | None:
     """For a TLS source, a context that presents ``client`` and leaves the server's
     certificate to ``_same_certificate``: the engine is ours, its certificate file at hand,
-    where the CA that signed it may not be."""
+    where the CA that signed it may not be. A source that requires a client certificate
+    is not even tried without one: under TLS 1.3 the refusal comes after the handshake,
+    as a connection closed with no answer, which says nothing of why."""
     if source.tls is None:
         return None
+    if source.tls.require_client_cert and client[0] is None:
+        raise CommandError(
+            f"channel {name}: the server requires a client certificate "
+            f"(source.mllp.tls.require_client_cert): {_CERT_OPTIONS}, a certificate "
+            f"issued by a CA in {source.tls.client_ca} (source.mllp.tls.client_ca); "
+            "nothing was sent"
+        )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False
@@ -145,6 +167,24 @@ def _same_certificate(writer: asyncio.StreamWriter, source: MllpListen, name: st
             f"channel {name}: the server on port {source.port} did not present the "
             f"certificate in {source.tls.cert} (source.mllp.tls.cert); nothing was sent"
         )
+
+
+def _refused_on_tls(
+    path: Path, message: bytes, source: MllpListen, client: Client, what: str
+) -> dict[str, Any]:
+    """The first message's row when the connection ended without answering it: over TLS
+    that is the server refusing the client certificate, or its absence (TLS 1.3 says so
+    after the handshake, by closing or resetting the connection)."""
+    assert source.tls is not None
+    if client[0] is None:
+        why = f"the server may require a client certificate: {_CERT_OPTIONS}"
+    else:
+        why = (
+            f"the server did not accept the client certificate in {client[0]} (it must be "
+            f"issued by a CA in {source.tls.client_ca} and be in date; the engine's log "
+            "says why)"
+        )
+    return _stopped(path, message, f"{what}: {why}")
 
 
 def _stopped(path: Path, message: bytes, reason: str) -> dict[str, Any]:

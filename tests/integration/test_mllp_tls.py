@@ -473,7 +473,7 @@ def test_run_py_send_speaks_tls_to_a_tls_source(tls_engine, certs, tmp_path, hl7
 
 
 def test_run_py_send_presents_a_client_certificate_when_given(
-    mutual_engine, certs, tmp_path, hl7_samples
+    mutual_engine, certs, strangers, tmp_path, hl7_samples
 ):
     path = tmp_path / "one.hl7"
     path.write_bytes(hl7_message(hl7_samples[GHH], "CLI-3"))
@@ -483,10 +483,21 @@ def test_run_py_send_presents_a_client_certificate_when_given(
     client = (certs.client_cert, certs.client_key)
     rows = send_files(config, configured, [path], timeout=GUARD, client=client)
     assert [(r["control_id"], r["ack"]) for r in rows] == [("CLI-3", "AA")]
-    refused = send_files(config, configured, [path], timeout=GUARD)  # no --cert
+    with pytest.raises(CommandError) as no_cert:
+        send_files(config, configured, [path], timeout=GUARD)
+    assert "the server requires a client certificate" in str(no_cert.value)
+    assert "pass --cert CERT.pem, and --key KEY.pem" in str(no_cert.value)
+    assert f"issued by a CA in {certs.ca}" in str(no_cert.value)
+    stranger = (strangers.client_cert, strangers.client_key)
+    refused = send_files(config, configured, [path], timeout=GUARD, client=stranger)
     assert [r["ack"] for r in refused] == [None]
-    assert refused[0]["text"].startswith("connection")  # closed or lost, as TLS 1.3 has it
-    assert len(stored_status(mutual_engine, "CLI-3")) == 1  # the refused copy is not stored
+    expected = f"did not accept the client certificate in {strangers.client_cert}"
+    assert expected in refused[0]["text"]
+    # Where the channel file says nothing of it, the server's refusal says what to pass.
+    unsaid = send_files(config, channel_as_configured(mutual_engine, tls_source(certs)), [path],
+                        timeout=GUARD)  # fmt: skip
+    assert "the server may require a client certificate: pass --cert" in unsaid[0]["text"]
+    assert len(stored_status(mutual_engine, "CLI-3")) == 1  # the refused copies are not stored
 
 
 def test_run_py_send_sends_nothing_to_a_server_with_another_certificate(
