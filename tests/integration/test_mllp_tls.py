@@ -96,6 +96,19 @@ async def send_over_tls(port: int, message: bytes, context: ssl.SSLContext) -> h
         writer.close()
 
 
+async def send_raw_over_tls(port: int, data: bytes, context: ssl.SSLContext) -> bytes:
+    """One frame of any bytes (python-hl7's client sends only what parses), its answer."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="localhost"
+    )
+    try:
+        writer.write(b"\x0b" + data + b"\x1c\r")
+        async with asyncio.timeout(GUARD):
+            return await reader.readuntil(b"\x1c\r")
+    finally:
+        writer.close()
+
+
 def send(port: int, message: bytes, context: ssl.SSLContext) -> hl7.Message:
     return asyncio.run(send_over_tls(port, message, context))
 
@@ -286,8 +299,11 @@ def test_mutual_tls_stores_which_sender_delivered_each_message(
         message = hl7_message(hl7_samples[GHH], control_id)
         ack = send(mutual_engine.port("inbound"), message, context)
         assert str(ack.segment("MSA")[1]) == "AA"
+    reject = asyncio.run(send_raw_over_tls(mutual_engine.port("inbound"), b"NOT HL7", context))
+    assert b"MSA|AR|" in reject  # refused input is stored with who sent it too
     with mutual_engine.store.read() as conn:
         row = conn.execute(select(messages).where(messages.c.control_id == "MTLS-1")).one()
+        refused = conn.scalar(select(messages.c.source).where(messages.c.raw == b"NOT HL7"))
         found = search(conn, MessageFilter(key="CN=tie test client"))
         detail = message_detail(conn, row.id)
     source = json.loads(row.source)
@@ -301,7 +317,8 @@ def test_mutual_tls_stores_which_sender_delivered_each_message(
         "client_sha256": openssl_says(certs.client_cert, "-fingerprint"),
     }
     assert source["remote"].startswith("127.0.0.1:")
-    assert sorted(m["control_id"] for m in found) == ["MTLS-1", "MTLS-1B"]
+    assert json.loads(refused)["client_sha256"] == source["client_sha256"]
+    assert sorted(str(m["control_id"]) for m in found) == ["MTLS-1", "MTLS-1B", "None"]
     assert [t["control_id"] for t in detail["timeline"]] == ["MTLS-1"]
     _print_detail(detail)
     shown = capsys.readouterr().out

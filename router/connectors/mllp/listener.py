@@ -153,11 +153,6 @@ class MllpListener:
         Raises ``SilentFailure`` when the store failed and the sender asked for no
         error acknowledgement (MSH-15 NE or SU): closing is then its only signal.
         """
-        source = {"protocol": "mllp", "remote": peer}
-        keys: tuple[tuple[str, str], ...] = ()
-        if tls is not None:
-            source.update(tls)
-            keys = client_keys(tls)
         try:
             header = parse_header(data)
         except Er7Error as exc:
@@ -176,9 +171,11 @@ class MllpListener:
             header,
             ack=build_ack(header, ack_code(header, "accept")),
             idempotency_window=self._window,
-            source=source,
-            keys=keys,
+            source={"protocol": "mllp", "remote": peer},
         )
+        if tls is not None:  # plain TCP pays for nothing of it
+            item.source = {"protocol": "mllp", "remote": peer, **tls}
+            item.keys = client_keys(tls)
         try:
             if self._blobs is not None and len(data) > self._blobs.threshold:
                 item.raw = await self._to_blob(data)
