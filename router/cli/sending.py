@@ -179,10 +179,10 @@ def _refused_on_tls(
     if client[0] is None:
         why = f"the server may require a client certificate: {_CERT_OPTIONS}"
     else:
+        cas = source.tls.client_ca or "the server's client_ca"
         why = (
-            f"the server did not accept the client certificate in {client[0]} (it must be "
-            f"issued by a CA in {source.tls.client_ca} and be in date; the engine's log "
-            "says why)"
+            f"the server may not have accepted the client certificate in {client[0]} (it "
+            f"must be issued by a CA in {cas} and be in date; the engine's log says why)"
         )
     return _stopped(path, message, f"{what}: {why}")
 
