@@ -120,9 +120,11 @@ class Engine:
         self.config = config
         self.store = open_store(config)
         revisions: dict[str, int] = {}
+        # Governed: the channels not run (none of their revisions may or can), with why.
+        self.left_out: dict[str, str] = {}
         if channels is None:
             # Open: the channel files. Governed: the approved revisions in the store.
-            channels = startup_channels(self.store, config)
+            channels = startup_channels(self.store, config, self.left_out)
             revisions = revision_numbers(self.store, config, channels)
         self.channels = numbered(compile_channels(config, channels), revisions)
         self.writer = GroupCommitWriter(self.store, on_commit=self._committed)

@@ -1,5 +1,5 @@
 """Prometheus metrics: what this engine process counted, and at scrape time the store's
-queues and the expiry of the certificates the engine presents.
+queues, the channels this node runs and the expiry of the certificates the engine presents.
 
 Counters and the ACK-latency and group-commit histograms live in this process
 (they restart from zero with it, which Prometheus' ``rate`` expects). Queue depth,
@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from router.certificate_expiry import Expiries, Presented
+from router.channel_health import ChannelHealth
 from router.dps.overdue import OVERDUE_AFTER, count_overdue
 from router.store.database import Store
 from router.store.queues import failed_deliveries, pending_queues, unprocessed
@@ -156,6 +157,26 @@ class QueueCollector(Collector):
             value=late,
         )
         yield from (depth, age, stuck, waiting, overdue)
+
+
+class ChannelCollector(Collector):
+    """``tie_channel_up``: 1 for each channel this node runs (paused too), 0 for one left
+    out at start or whose listener failed to start (router/channel_health.py). Each node's
+    own, like /health: the store cannot say what a node runs."""
+
+    def __init__(self, health: Callable[[], dict[str, ChannelHealth]]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily(
+            "tie_channel_up",
+            "1 when this node runs the channel (paused or not), 0 when it was left out at "
+            "start or failed to start (/health says why).",
+            labels=["channel"],
+        )
+        for name, health in self._health().items():
+            up.add_metric([name], 1 if health.up else 0)
+        yield up
 
 
 class CertificateCollector(Collector):

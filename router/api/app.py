@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from router.api import routes, store_outage
 from router.api.approvals import approval_routes
@@ -26,6 +25,7 @@ from router.api.metrics import metrics_routes
 from router.api.own_password import own_password_routes
 from router.api.security import install, public_route
 from router.api.users import user_routes
+from router.channel_health import channel_health, paused_channels
 from router.console import routes as console
 from router.console.login import login_routes
 
@@ -48,9 +48,12 @@ def create_app(engine: Engine) -> FastAPI:
         """Healthy when the store answers and takes writes (its last commit did not fail),
         every listener is up, and the group-commit writer, the processor and every dispatch
         worker run: without them messages are refused (the writer), or still acknowledged
-        but never processed or sent (public, for load balancers)."""
+        but never processed or sent (public, for load balancers). ``channels`` says what
+        each channel is; ``degraded``: one is left out or failed to start, which a governed
+        left-out channel alone does not make unhealthy (router/channel_health.py)."""
+        paused: frozenset[str] = frozenset()
         try:
-            await asyncio.wait_for(asyncio.to_thread(_ping, store), HEALTH_TIMEOUT)
+            paused = await asyncio.wait_for(asyncio.to_thread(_ping, store), HEALTH_TIMEOUT)
             store_ok = not engine.writer.failing
         except Exception:  # a store that refuses, fails or does not answer in time
             store_ok = False
@@ -62,7 +65,13 @@ def create_app(engine: Engine) -> FastAPI:
             "dispatcher": engine.dispatcher.alive,
         }
         ok = all(parts.values())
-        body = {"status": "ok" if ok else "unavailable", **parts}
+        channels = channel_health(engine, paused)
+        body = {
+            "status": "ok" if ok else "unavailable",
+            **parts,
+            "degraded": not all(c.up for c in channels.values()),
+            "channels": {name: c.as_json() for name, c in channels.items()},
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     app.add_middleware(BodyLimit)  # inside the gateway's routes (added next), which have their own
@@ -84,6 +93,7 @@ def create_app(engine: Engine) -> FastAPI:
     return app
 
 
-def _ping(store: Any) -> None:
+def _ping(store: Any) -> frozenset[str]:
+    """The channels paused in the store: one indexed read, which also says it answers."""
     with store.read() as conn:
-        conn.execute(text("SELECT 1"))
+        return paused_channels(conn)

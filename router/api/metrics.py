@@ -17,14 +17,15 @@ from prometheus_client.registry import Collector
 
 from router import metrics
 from router.api.security import Principal, require_role
+from router.channel_health import channel_health
 
 if TYPE_CHECKING:
     from router.engine import Engine
 
 
 class _Scrape:
-    """This process's counters, the store's queue gauges and the certificates' expiry, as
-    one exposition."""
+    """This process's counters, the store's queue gauges, the channels' state and the
+    certificates' expiry, as one exposition."""
 
     def __init__(self, *collectors: Collector) -> None:
         self.collectors = collectors
@@ -39,7 +40,8 @@ def metrics_routes(engine: Engine) -> APIRouter:
     certificates = metrics.CertificateCollector(engine.presented_certificates)
     list(certificates.collect())  # read at load: a scrape then only stats the files
     queues = metrics.QueueCollector(engine.store, engine.config.dps.overdue_after)
-    scrape = _Scrape(queues, certificates)
+    channels = metrics.ChannelCollector(lambda: channel_health(engine))
+    scrape = _Scrape(queues, channels, certificates)
 
     @router.get("/metrics", response_class=Response)
     async def exposition(_: Principal = Depends(require_role("viewer"))) -> Response:

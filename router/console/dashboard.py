@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from router.api.security import csrf_token
 from router.channel_control import set_paused
+from router.channel_health import channel_health
 from router.console.access import Support, Viewer
 from router.console.statistics import dashboard
 from router.console.templating import render
@@ -24,7 +25,9 @@ def dashboard_routes(engine: Engine) -> APIRouter:
 
     @routes.get("/", response_class=HTMLResponse)
     async def home(request: Request, principal: Viewer) -> HTMLResponse:
-        rows = await asyncio.to_thread(dashboard, store, sorted(engine.channels))
+        health = channel_health(engine)
+        down = {name: c for name, c in health.items() if not c.up}
+        rows = await asyncio.to_thread(dashboard, store, list(health), down)
         return render(
             request,
             "dashboard.html",

@@ -12,13 +12,14 @@ the newest error of each channel is one backward seek of the same indexes. Count
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Select, Table, case, func, select, union_all
 
 from router.channel_control import overview
+from router.channel_health import ChannelHealth
 from router.store.database import Store
 from router.store.inbound import utcnow
 from router.store.queries import MESSAGE_STATUSES
@@ -33,10 +34,14 @@ FAILING = ("failed", "retrying")
 CHANNELS_A_STATEMENT = 100
 
 
-def dashboard(store: Store, channels: list[str]) -> list[dict[str, Any]]:
+def dashboard(
+    store: Store, channels: list[str], down: Mapping[str, ChannelHealth] | None = None
+) -> list[dict[str, Any]]:
     """Per channel: the overview (paused, backlog, queued and its oldest, failed, held) with
     counts of the last hour and the last 24 hours, and the newest error; channels that
-    need attention (failed deliveries now, errors in the last 24 hours) first."""
+    need attention (failed deliveries now, errors in the last 24 hours, ``down``: left out
+    or failed to start on this node, router/channel_health.py) first."""
+    down = down or {}
     now = utcnow()
     rows = {row["channel"]: row for row in overview(store, channels)}
     with store.read() as conn:
@@ -52,7 +57,8 @@ def dashboard(store: Store, channels: list[str]) -> list[dict[str, Any]]:
             "failed": _pair(sent, name, "failed"),
         }
         row["last_error"] = errors.get(name)
-        row["attention"] = bool(row["failed"] or row["counts"]["error"]["last_24h"])
+        row["down"] = down.get(name)
+        row["attention"] = bool(row["down"] or row["failed"] or row["counts"]["error"]["last_24h"])
     return sorted(rows.values(), key=lambda r: (not r["attention"], not r["paused"], r["channel"]))
 
 

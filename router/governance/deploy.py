@@ -265,26 +265,32 @@ def _supersede_older(conn: Connection, channel: str, number: int) -> None:
     )
 
 
-def startup_channels(store: Store, config: EngineConfig) -> dict[str, ChannelConfig]:
-    """The channels an engine starts with (see the module doc); migrates the store first."""
+def startup_channels(
+    store: Store, config: EngineConfig, left_out: dict[str, str] | None = None
+) -> dict[str, ChannelConfig]:
+    """The channels an engine starts with (see the module doc); migrates the store first.
+    Governed, the channels left out go into ``left_out`` with why (``startable``)."""
     from router.store.migrate import upgrade
 
     upgrade(store)
     if config.governance == "governed":
         if not running_texts(store):
             bootstrap(store, config)
-        return startable(store, config)
+        return startable(store, config, left_out)
     channels = load_channels(config.channels)
     record_files(store, config, actor="startup", reason="engine started with changed files")
     return channels
 
 
-def startable(store: Store, config: EngineConfig) -> dict[str, ChannelConfig]:
+def startable(
+    store: Store, config: EngineConfig, left_out: dict[str, str] | None = None
+) -> dict[str, ChannelConfig]:
     """Governed: each channel's running revision, or, when that one cannot run (a mapping
     that no longer loads) or may not (its approver lost the role; the mapping code on disk
     is not the code approved with it), its last deployed revision before it that can and
     may, else nothing: the engine runs only approved code, and one channel's revision
-    that cannot run must not keep the whole engine from starting."""
+    that cannot run must not keep the whole engine from starting. A channel left out goes
+    into ``left_out`` with why, for ``/health`` and ``/metrics`` (router/channel_health.py)."""
     channels = {}
     for name, text in running_texts(store).items():
         problem: ConfigError | str
@@ -300,6 +306,8 @@ def startable(store: Store, config: EngineConfig) -> dict[str, ChannelConfig]:
         fallback = _last_runnable(store, config, name, before=text.number)
         if fallback is None:
             instead = "the channel is left out"
+            if left_out is not None and asks_to_run(config, name, text.yaml):
+                left_out[name] = f"revision #{text.number} cannot run: {problem}"
         else:
             number, channels[name] = fallback
             instead = f"starting it from its last deployed revision #{number} instead"
@@ -307,6 +315,14 @@ def startable(store: Store, config: EngineConfig) -> dict[str, ChannelConfig]:
             "channel %s: revision #%d cannot run; %s:\n%s", name, text.number, instead, problem
         )
     return channels
+
+
+def asks_to_run(config: EngineConfig, name: str, text: str) -> bool:
+    """Whether ``text`` asks for the channel to run: a disabled one is not missed."""
+    try:
+        return parsed(config, name, text).enabled
+    except ConfigError:
+        return True
 
 
 def parsed(config: EngineConfig, name: str, text: str) -> ChannelConfig:

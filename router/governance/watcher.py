@@ -30,6 +30,7 @@ from router.config import ConfigError, channel_file
 from router.governance import mapping_code
 from router.governance.deploy import (
     RunningText,
+    asks_to_run,
     mark_deployed,
     mark_failed,
     parsed,
@@ -149,6 +150,8 @@ class RevisionWatcher:
         if running is not None and running.revision == text.number:
             return
         self._applied.pop(text.channel, None)
+        if running is None and asks_to_run(self._engine.config, text.channel, text.yaml):
+            self._engine.left_out[text.channel] = f"revision #{text.number} may not run: {why}"
         if self._refused.get(text.channel) == why:
             return
         self._refused[text.channel] = why

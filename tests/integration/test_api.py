@@ -22,7 +22,15 @@ from router.store.queries import PREVIEW
 from router.store.schema import audit_events, messages
 
 TOKEN = "tie_s3cret-operator-token"
-HEALTHY = {"store": True, "listeners": True, "writer": True, "processor": True, "dispatcher": True}
+HEALTHY = {
+    "store": True,
+    "listeners": True,
+    "writer": True,
+    "processor": True,
+    "dispatcher": True,
+    "degraded": False,
+    "channels": {"orders": {"state": "running"}},
+}
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import yaml
 from sqlalchemy import Connection, select
 from store_testing import statements
 
-from router.metrics import REGISTRY, CertificateCollector, QueueCollector
+from router.metrics import REGISTRY, CertificateCollector, ChannelCollector, QueueCollector
 from router.replay import resend
 from router.store.database import Store
 from router.store.inbound import utcnow
@@ -240,8 +240,12 @@ def test_every_metric_the_example_alert_rules_use_is_one_the_engine_exposes(stor
     """examples/prometheus/tie-alerts.yml is meant to be used as is: a renamed metric would
     leave an alert that never fires."""
     suffixes = ("", "_total", "_bucket", "_sum", "_count")
-    certificates = CertificateCollector(lambda: [])
-    families = [*REGISTRY.collect(), *QueueCollector(store).collect(), *certificates.collect()]
+    collectors = (
+        QueueCollector(store),
+        ChannelCollector(lambda: {}),
+        CertificateCollector(lambda: []),
+    )
+    families = [*REGISTRY.collect(), *(f for c in collectors for f in c.collect())]
     exposed = {f.name + suffix for f in families for suffix in suffixes}
     rules = Path(__file__).parents[2] / "examples/prometheus/tie-alerts.yml"
     (group,) = yaml.safe_load(rules.read_text())["groups"]
@@ -252,5 +256,6 @@ def test_every_metric_the_example_alert_rules_use_is_one_the_engine_exposes(stor
         "tie_tls_certificate_expiry_timestamp_seconds",
         "tie_mesh_poll_failures_total",
         "tie_dps_jobs_overdue",
+        "tie_channel_up",
     } <= used
     assert used - exposed == set()

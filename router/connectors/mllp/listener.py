@@ -66,6 +66,7 @@ class MllpListener:
         self._window = channel.idempotent.window if channel.idempotent else None
         self._latency = metrics.ACK_LATENCY.labels(channel.name, "mllp")
         self.tls: ServerCertificates | None = None
+        self.failure: str | None = None  # why the last start failed, for /health
         # A peer's badly framed input, once per host and kind every few minutes.
         self.peer_problems = RepeatLog(log)
 
@@ -82,6 +83,20 @@ class MllpListener:
     async def start(self) -> None:
         """Listen; a ``tls`` listener reads its certificate files now (and again when they
         change)."""
+        try:
+            await self._listen()
+        except ListenError as exc:
+            self.failure = exc.strerror
+            raise
+        log.info(
+            "channel %s listening for MLLP%s on %s:%d",
+            self.channel.name,
+            " over TLS" if self.tls is not None else "",
+            self.options.host,
+            self.port,
+        )
+
+    async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         if self.options.tls is not None:
             try:
@@ -115,13 +130,6 @@ class MllpListener:
                 f"{self.options.host}:{self.options.port}: "
                 + (os.strerror(exc.errno) if exc.errno else str(exc)),
             ) from exc
-        log.info(
-            "channel %s listening for MLLP%s on %s:%d",
-            self.channel.name,
-            " over TLS" if self.tls is not None else "",
-            self.options.host,
-            self.port,
-        )
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -1,0 +1,132 @@
+"""A channel the node does not run, seen by monitoring: ``/health``'s channels and
+``degraded``, and ``tie_channel_up``, against an engine in-process over real HTTP."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from console_testing import PASSWORD, sign_in
+from tie_testing import RunningEngine, api_token, engine_config, wait_until
+
+from router.auth.users import add_user
+from router.channel_control import set_paused
+
+TOKEN = "tie_channel-health-viewer"
+
+
+def channel_text(name: str, port: int = 0, transform: str = "") -> str:
+    return f"name: {name}\nsource:\n  mllp: {{host: 127.0.0.1, port: {port}}}\n{transform}"
+
+
+def serving(running: RunningEngine) -> httpx.Client:
+    return httpx.Client(base_url=f"http://127.0.0.1:{running.http_port}", timeout=10)
+
+
+def channel_up(client: httpx.Client) -> dict[str, float]:
+    text = client.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+    return {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("tie_channel_up{")
+    }
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another program listens on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def test_a_governed_channel_left_out_at_start_is_degraded_not_down(
+    tmp_path: Path,
+    store_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its approved mapping code is gone from disk: the node stays in the load balancer
+    (200) for the channel it runs, and says which one it left out and why."""
+    config = engine_config(tmp_path, store_url, governance="governed")
+    config.channels.mkdir()
+    (config.channels / "orders.yaml").write_text(
+        channel_text("orders", transform="transform: tidy:f\n")
+    )
+    (config.channels / "results.yaml").write_text(channel_text("results"))
+    (config.mappings / "tidy.py").write_text("def f(message):\n    return message\n")
+    RunningEngine(config, None).stop()  # the files become approved revision 1 of each
+    (config.mappings / "tidy.py").write_text("def f(message):\n    return None\n")
+    monkeypatch.delitem(sys.modules, "tie_mappings.tidy", raising=False)  # as a new process
+    api_token(store_url, "viewer", name="scraper", token=TOKEN)
+
+    running = RunningEngine(config, None, http=True)
+    try:
+        set_paused(running.store, "results", True, actor="test")
+        with running.store.begin() as conn:
+            add_user(conn, "sam", ["support"], PASSWORD, actor="test")
+        with serving(running) as client:
+            health = client.get("/health")
+            up = channel_up(client)
+        console = sign_in(f"http://127.0.0.1:{running.http_port}", "sam")
+        try:
+            dashboard = console.get("/").text
+        finally:
+            console.close()
+    finally:
+        running.stop()
+
+    assert health.status_code == 200
+    body = health.json()
+    assert (body["status"], body["degraded"]) == ("ok", True)
+    assert body["channels"]["results"] == {"state": "paused"}
+    left_out = body["channels"]["orders"]
+    assert left_out["state"] == "left-out"
+    assert left_out["reason"].startswith("revision #1 ")
+    assert "is not the code approved with it" in left_out["reason"]
+    assert up == {"orders": 0.0, "results": 1.0}
+    row = re.search(r'<tr class="attention">(.*?)</tr>', dashboard, re.S).group(1)
+    assert ">orders</a>" in row and "status-left-out" in row
+    assert "is not the code approved with it" in row
+    assert 'action="/channels/orders/pause"' not in dashboard  # nothing runs to pause
+    assert any(
+        r.levelno == logging.ERROR and "channel orders: revision #1 cannot run" in r.message
+        for r in caplog.records
+    )
+
+
+def test_a_channel_whose_listener_failed_to_start_is_named(
+    tmp_path: Path, store_url: str, taken_port: int
+) -> None:
+    """A reload adds a channel on a port another program holds: the rule that makes
+    ``/health`` 503 stays, and the body names the channel and the cause."""
+    config = engine_config(tmp_path, store_url)
+    config.channels.mkdir()
+    (config.channels / "orders.yaml").write_text(channel_text("orders"))
+    api_token(store_url, "viewer", name="scraper", token=TOKEN)
+    running = RunningEngine(config, None, http=True)
+    try:
+        with serving(running) as client:
+            healthy = client.get("/health").json()
+            (config.channels / "intake.yaml").write_text(channel_text("intake", taken_port))
+            running.call(running.engine.reload("olly"))
+            health = wait_until(lambda: (r := client.get("/health")).status_code == 503 and r)
+            up = channel_up(client)
+    finally:
+        running.stop()
+
+    assert (healthy["degraded"], healthy["channels"]) == (False, {"orders": {"state": "running"}})
+    body = health.json()
+    assert (body["listeners"], body["degraded"]) == (False, True)
+    assert body["channels"]["orders"] == {"state": "running"}
+    failed = body["channels"]["intake"]
+    assert failed["state"] == "failed"
+    assert f"cannot listen on 127.0.0.1:{taken_port}" in failed["reason"]
+    assert up == {"intake": 0.0, "orders": 1.0}
