@@ -214,12 +214,18 @@ def actor(args: argparse.Namespace) -> str:
 
 
 def acting(args: argparse.Namespace, store: Store, *roles: str) -> str:
-    """``actor(args)`` held to the rule an API token is held to, as soon as the store has
-    users: an active one with one of ``roles``; else exit 1 before anything is recorded.
-    A claimed name would otherwise let anyone act as anyone in the audit log."""
+    """Who runs a label-only command: the holder of the API token in ``TIE_TOKEN`` when one
+    is given (router/cli/credentials.py), else ``actor(args)`` held to the rule an API token
+    is held to, as soon as the store has users: an active one with one of ``roles``; else
+    exit 1 before anything is recorded. A claimed name would otherwise let anyone act as
+    anyone in the audit log."""
+    from router.cli.credentials import token_holder
     from router.governance.actors import require_role_once_users_exist
     from router.governance.models import RoleRequired
 
+    holder = token_holder(args, store, *roles)
+    if holder is not None:
+        return holder.name
     name = actor(args)
     with store.read() as conn:
         try:

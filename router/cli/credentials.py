@@ -50,16 +50,39 @@ def signed_in(args: argparse.Namespace, store: Store, *roles: str) -> Credential
         anyone = count_users(conn)
     if not anyone:
         return Credential(actor(args), None)
+    presented = token_holder(args, store, *roles)
+    if presented is not None:
+        return presented
+    password = ask_password(claimed) if claimed else None
+    if claimed is None or password is None:
+        raise CommandError(_needs_credentials(claimed, roles))
+    credential, held = _by_password(store, claimed, password)
+    _held_to(claimed, credential, held, roles, "")
+    return credential
+
+
+def token_holder(args: argparse.Namespace, store: Store, *roles: str) -> Credential | None:
+    """The holder of the API token in ``TIE_TOKEN``, held to its roles and to ``--actor``;
+    None when the variable is not set. A token given that is not live is refused, never
+    passed over for a claimed name: a label-only command (reprocess, pause, ...) records
+    whoever the token proves, as the credentialed ones do."""
     token = os.environ.get(TOKEN_VARIABLE, "").strip()
-    if token:
-        credential, held = _by_token(store, token)
-        scope = " (a token acts with the roles it was given)"
-    else:
-        password = ask_password(claimed) if claimed else None
-        if claimed is None or password is None:
-            raise CommandError(_needs_credentials(claimed, roles))
-        credential, held = _by_password(store, claimed, password)
-        scope = ""
+    if not token:
+        return None
+    credential, held = _by_token(store, token)
+    scope = " (a token acts with the roles it was given)"
+    _held_to(getattr(args, "actor", None), credential, held, roles, scope)
+    return credential
+
+
+def _held_to(
+    claimed: str | None,
+    credential: Credential,
+    held: frozenset[str],
+    roles: tuple[str, ...],
+    scope: str,
+) -> None:
+    """Refuse a credential that is not the claimed ``--actor``'s, or lacks ``roles``."""
     if claimed and person(claimed) != person(credential.name):
         raise CommandError(
             f"--actor {claimed} but the credential given is {credential.name}'s: "
@@ -67,7 +90,6 @@ def signed_in(args: argparse.Namespace, store: Store, *roles: str) -> Credential
         )
     if not any(grants(held, role) for role in roles):
         raise CommandError(f"{credential.name!r} needs the {' or '.join(roles)} role{scope}")
-    return credential
 
 
 def _by_token(store: Store, token: str) -> tuple[Credential, frozenset[str]]:

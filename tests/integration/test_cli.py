@@ -135,6 +135,7 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     """Run ``run.py`` in-process: ``cli(config, *args) -> Run``."""
     monkeypatch.delenv("TIE_STORE", raising=False)
     monkeypatch.delenv("TIE_CONFIG", raising=False)
+    monkeypatch.delenv("TIE_TOKEN", raising=False)
 
     def run(config: Path, *args: str) -> Run:
         capsys.readouterr()
@@ -1513,6 +1514,51 @@ def test_an_owner_or_credential_maker_acts_with_their_own_credential(
     assert _events(seeded.store) == before
 
     monkeypatch.setenv(TOKEN_VARIABLE, tokens[ROLE_HOLDERS[role]])
+    run = cli(seeded.workspace.config, *args)
+    assert run.code == 0, run.err
+    event = _events(seeded.store)[-1]
+    assert (event.action, event.actor) == (action, ROLE_HOLDERS[role])
+    assert json.loads(event.details)["os_user"] == OS_USER
+
+
+@pytest.mark.parametrize("command", sorted(ACTING))
+def test_a_label_only_command_acts_as_the_holder_of_the_token_given(
+    seeded, cli, monkeypatch, command
+):
+    """$TIE_TOKEN proves who runs the command: without ``--actor`` it is recorded as the
+    token's holder (the OS user beside them), held to the token's roles; a token that is
+    not live, or a ``--actor`` naming someone else, is refused with nothing recorded."""
+    from router.auth.tokens import issue_token
+    from router.cli.credentials import TOKEN_VARIABLE
+
+    argv, action, role = ACTING[command]
+    _add_users(seeded.store)
+    with seeded.store.begin() as conn:
+        held = issue_token(conn, ROLE_HOLDERS[role], [role], actor="setup")[1]
+        other = {name: kind for kind, name in ROLE_HOLDERS.items()}[LACKING[role]]
+        lacking = issue_token(conn, LACKING[role], [other], actor="setup")[1]
+        expired = issue_token(
+            conn, ROLE_HOLDERS[role], [role], actor="setup", expires_at=utcnow() - timedelta(1)
+        )[1]
+    args = argv(seeded)
+    before = _events(seeded.store)
+    not_live = (
+        f"error: ${TOKEN_VARIABLE} is not a live API token (revoked, expired, its user "
+        "disabled, or mistyped)\n"
+    )
+    refusals = [
+        (expired, [], not_live),
+        ("tie_mistyped", [], not_live),
+        (lacking, [], f"'{LACKING[role]}' needs the {role} role"),
+        (held, ["--actor", LACKING[role]], "a command acts as the user whose credential"),
+    ]
+    for token, extra, problem in refusals:
+        monkeypatch.setenv(TOKEN_VARIABLE, token)
+        run = cli(seeded.workspace.config, *args, *extra)
+        assert run.code == 1 and problem in run.err, (token, run.err)
+    assert _events(seeded.store) == before
+
+    monkeypatch.setenv(TOKEN_VARIABLE, held)
     run = cli(seeded.workspace.config, *args)
     assert run.code == 0, run.err
     event = _events(seeded.store)[-1]
