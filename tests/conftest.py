@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
 from sqlalchemy import create_engine, text
+from store_templates import (
+    PostgresTemplate,
+    copy_sqlite,
+    migrated_sqlite_file,
+    pg_dump_available,
+    schema_url,
+)
 
 from router.store.database import Store
 from router.store.migrate import upgrade
@@ -31,22 +39,73 @@ def postgres_problem() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This worker's migrated SQLite store, copied for each test (tests/store_templates.py)."""
+    return migrated_sqlite_file(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> PostgresTemplate | None:
+    """This worker's migrated PostgreSQL schema as a script, or None without pg_dump."""
+    if postgres_problem() or not pg_dump_available():
+        return None
+    return PostgresTemplate(PG_URL)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a private schema in PostgreSQL."""
+def store_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    sqlite_template: Path,
+    postgres_template: PostgresTemplate | None,
+) -> Iterator[str]:
+    """A fresh store migrated to this version: a SQLite file, or a private schema in
+    PostgreSQL. A test of what happens to a store no tie has migrated asks for
+    ``empty_store_url``."""
+    if request.param == "sqlite":
+        yield copy_sqlite(sqlite_template, tmp_path / "tie.db")
+        return
+    problem = postgres_problem()
+    if problem:
+        pytest.skip(problem)
+    if postgres_template is None:
+        with _empty_schema() as url:
+            Store(url).dispose()
+            migrated = Store(url)
+            upgrade(migrated)
+            migrated.dispose()
+            yield url
+        return
+    schema = postgres_template.new_schema()
+    try:
+        yield schema_url(PG_URL, schema)
+    finally:
+        postgres_template.drop_schema(schema)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database no tie has migrated: a SQLite file, or a private schema in
+    PostgreSQL."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'tie.db'}"
         return
     problem = postgres_problem()
     if problem:
         pytest.skip(problem)
+    with _empty_schema() as url:
+        yield url
+
+
+@contextmanager
+def _empty_schema() -> Iterator[str]:
     schema = f"t_{uuid4().hex[:16]}"
     admin = create_engine(PG_URL)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
     try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+        yield schema_url(PG_URL, schema)
     finally:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))

@@ -407,16 +407,16 @@ def test_db_upgrade_creates_the_schema_on_an_empty_database(tmp_path, store_url,
 
 
 def test_db_upgrade_names_the_migrations_it_ran_then_that_none_were_needed(
-    tmp_path, store_url, cli
+    tmp_path, empty_store_url, cli
 ):
     """An operator upgrading a store the first version made is told what changed."""
-    workspace = write_workspace(tmp_path, store_url, lab_port=2576)
-    old = Store(store_url)
+    workspace = write_workspace(tmp_path, empty_store_url, lab_port=2576)
+    old = Store(empty_store_url)
     try:
         upgrade(old, "0001")
     finally:
         old.dispose()
-    script = ScriptDirectory.from_config(alembic_config(store_url))
+    script = ScriptDirectory.from_config(alembic_config(empty_store_url))
     later = {s.revision for s in script.walk_revisions()} - {"0001"}
 
     first = cli(workspace.config, "db", "upgrade")

@@ -72,16 +72,17 @@ def test_status_of_an_up_to_date_store_gives_its_backlog_and_exit_0(tmp_path, st
 
 
 def test_status_of_a_store_behind_names_the_pending_migrations_changes_nothing_exit_1(
-    tmp_path, store_url, cli
+    tmp_path, empty_store_url, cli
 ):
-    config = workspace(tmp_path, store_url)
-    store = Store(store_url)
+    config = workspace(tmp_path, empty_store_url)
+    store = Store(empty_store_url)
     try:
         upgrade(store, "0001")
     finally:
         store.dispose()
     later = {
-        s.revision for s in ScriptDirectory.from_config(alembic_config(store_url)).walk_revisions()
+        s.revision
+        for s in ScriptDirectory.from_config(alembic_config(empty_store_url)).walk_revisions()
     }
     later.discard("0001")
 

@@ -40,8 +40,8 @@ def _head(url: str) -> set[str]:
     return set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
 
 
-def test_upgrade_on_an_empty_database_yields_the_declared_schema(store_url):
-    store = Store(store_url)
+def test_upgrade_on_an_empty_database_yields_the_declared_schema(empty_store_url):
+    store = Store(empty_store_url)
     try:
         with store.read() as conn:
             assert inspect(conn).get_table_names() == []
@@ -50,8 +50,8 @@ def test_upgrade_on_an_empty_database_yields_the_declared_schema(store_url):
             assert _differences(conn) == []
             tables = set(inspect(conn).get_table_names())
             assert set(metadata.tables) <= tables
-            assert _revision(conn) == _head(store_url)
-        script = ScriptDirectory.from_config(alembic_config(store_url))
+            assert _revision(conn) == _head(empty_store_url)
+        script = ScriptDirectory.from_config(alembic_config(empty_store_url))
         assert {a.revision for a in applied} == {s.revision for s in script.walk_revisions()}
         assert applied[0] == ("0001", "initial schema")
     finally:
@@ -120,11 +120,11 @@ def test_commits_are_durable_by_default(store):
                 assert conn.execute(text("SHOW fsync")).scalar() == "on"
 
 
-@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
-def test_a_node_waiting_for_another_nodes_migration_says_so(store, caplog):
+@pytest.mark.parametrize("empty_store_url", ["postgresql"], indirect=True)
+def test_a_node_waiting_for_another_nodes_migration_says_so(empty_store_url, caplog):
     """Nodes sharing PostgreSQL migrate one at a time; the one that waits logs why, then
     goes on once the lock is free (without the line, ``db upgrade`` looked hung)."""
-    other = Store(store.url)
+    store, other = Store(empty_store_url), Store(empty_store_url)
     caplog.set_level("INFO", logger="router.store.migrate")
     done: list[object] = []
     try:
@@ -137,17 +137,37 @@ def test_a_node_waiting_for_another_nodes_migration_says_so(store, caplog):
             other_node.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
         waiter.join(timeout=60)
         assert not waiter.is_alive()
-        assert done == [[]]  # the store was up to date: nothing to apply once it went on
+        assert [a.revision for a in done[0]][:1] == ["0001"]  # it migrated once it went on
     finally:
+        store.dispose()
         other.dispose()
 
 
-def test_a_store_the_first_version_wrote_keeps_every_row_and_its_meaning(store_url):
+def test_a_store_at_every_head_is_not_migrated_again_nor_waits_for_the_lock(store, caplog):
+    """A CLI command or an engine start on an up-to-date store reads the version table and
+    goes on: it neither waits behind another node's migration nor runs alembic."""
+    caplog.set_level("INFO", logger="router.store.migrate")
+    other = Store(store.url)
+    try:
+        with other.writer.connect() as other_node:
+            if store.dialect == "postgresql":
+                other_node.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+            done: list[object] = []
+            checker = Thread(target=lambda: done.append(upgrade(store)), daemon=True)
+            checker.start()
+            checker.join(timeout=30)
+            assert done == [[]]
+    finally:
+        other.dispose()
+    assert "waiting for another node" not in caplog.text
+
+
+def test_a_store_the_first_version_wrote_keeps_every_row_and_its_meaning(empty_store_url):
     """An engine run for months on the first schema (0001), stopped by kill -9, then started
     on this version: every row survives with its status, the failure already resent becomes
     ``resent`` (replay_0001), the columns added since are NULL, the dead node's lease is
     released and the delivery claimed again, and the audit chain still verifies."""
-    store = Store(store_url)
+    store = Store(empty_store_url)
     try:
         upgrade(store, "0001")
         now = datetime.now(UTC)
