@@ -10,7 +10,7 @@ could not bind (a port in use, a certificate that does not load) refuses every s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, select
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from router.engine import Engine
 
 RUNNING, PAUSED, LEFT_OUT, FAILED = "running", "paused", "left-out", "failed"
-# A reason is a ConfigError's text or an OSError's: bounded, as /health is public.
+# A reason is a ConfigError's text or an OSError's, shown on the dashboard: bounded.
 REASON_LIMIT = 500
 
 
@@ -33,9 +33,6 @@ class ChannelHealth:
     def up(self) -> bool:
         """Running, or paused on purpose (it still takes and stores messages)."""
         return self.state in (RUNNING, PAUSED)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"state": self.state} if self.reason is None else vars(self)
 
 
 def channel_health(

@@ -50,7 +50,8 @@ def create_app(engine: Engine) -> FastAPI:
         worker run: without them messages are refused (the writer), or still acknowledged
         but never processed or sent (public, for load balancers). ``channels`` says what
         each channel is; ``degraded``: one is left out or failed to start, which a governed
-        left-out channel alone does not make unhealthy (router/channel_health.py)."""
+        left-out channel alone does not make unhealthy (router/channel_health.py). Why is
+        for the signed-in dashboard: a reason names files, hosts and code digests."""
         paused: frozenset[str] = frozenset()
         try:
             paused = await asyncio.wait_for(asyncio.to_thread(_ping, store), HEALTH_TIMEOUT)
@@ -70,7 +71,7 @@ def create_app(engine: Engine) -> FastAPI:
             "status": "ok" if ok else "unavailable",
             **parts,
             "degraded": not all(c.up for c in channels.values()),
-            "channels": {name: c.as_json() for name, c in channels.items()},
+            "channels": {name: {"state": c.state} for name, c in channels.items()},
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
