@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from router.store.database import Store
 
@@ -49,10 +50,20 @@ def engine_running(store: Store) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock_shared(:k)"), {"k": key})
-            conn.commit()
+            _release_shared(conn, key)
     finally:
         conn.close()
+
+
+def _release_shared(conn: Connection, key: int) -> None:
+    """Give the engine lock back at the stop. A session the server ended meanwhile (a
+    restart, an outage) holds no lock any more: nothing to give back, and the stop goes on."""
+    try:
+        conn.execute(text("SELECT pg_advisory_unlock_shared(:k)"), {"k": key})
+        conn.commit()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
 
 
 @contextmanager
