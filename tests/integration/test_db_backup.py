@@ -316,9 +316,10 @@ def test_a_backup_from_a_newer_version_is_refused(tmp_path, store_url, empty_tar
 # The migration is the engine's on either store; migrating PostgreSQL twice costs seconds.
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_a_backup_of_an_earlier_schema_is_migrated_as_it_is_restored(
-    tmp_path, store_url, empty_target, capsys
+    tmp_path, empty_target, capsys
 ):
-    store = open_store(load_engine(workspace(tmp_path / "a", store_url, lab_port=1)))
+    earlier = f"sqlite:///{tmp_path / 'earlier.db'}"  # migrated by hand, not the template
+    store = open_store(load_engine(workspace(tmp_path / "a", earlier, lab_port=1)))
     try:
         upgrade(store, "retention_0001")  # retention_0002 came later
         back_up(store, tmp_path / "backup")
