@@ -9,8 +9,10 @@ Only a finished delivery is resent: one still to be sent would go out twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Connection, Select, any_, bindparam, select
@@ -45,6 +47,41 @@ class ReplayResult:
     original: str
     copy: str | None
     description: str
+
+
+# Items a second a bulk replay makes at most by default (CLI ``--rate``; the API's bulk
+# routes). The dispatcher, not this, paces what reaches a destination (``dispatch.lanes``
+# at once); this keeps the queue of copies growing at a pace the engine works through.
+RATE = 1000.0
+
+# Items one transaction replays at most (the whole batch is committed, or none of it, so a
+# crash midway leaves each item done or not): one commit and one read of the audit chain's
+# head for the batch instead of for each item, while SQLite's one writer (ingest, the
+# dispatcher) waits no longer than one batch takes, tens of milliseconds.
+BATCH = 500
+
+
+class Pace:
+    """Batches of ``ids`` at most ``rate`` items a second (0: no limit). A batch is a tenth
+    of a second's worth at that rate (at most ``BATCH``), so the progress bar moves
+    smoothly and each pause is short."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.size = BATCH if rate <= 0 else max(1, min(BATCH, int(rate / 10)))
+        self._started = time.monotonic()
+        self._done = 0
+
+    def batches(self, ids: list[int]) -> Iterator[list[int]]:
+        for start in range(0, len(ids), self.size):
+            yield ids[start : start + self.size]
+
+    def pause(self, done: int) -> float:
+        """Seconds to wait after ``done`` more items so as to keep to the rate."""
+        self._done += done
+        if self.rate <= 0:
+            return 0.0
+        return max(0.0, self._done / self.rate - (time.monotonic() - self._started))
 
 
 # Ids bound in one statement: psycopg sends at most 65,535 parameters, and a bulk replay
@@ -128,34 +165,66 @@ def reprocess(store: Store, message_id: int, *, reason: str, actor: str) -> Repl
     """Store a copy of the message as newly received, linked to the original. The copy is
     decided by the channel's revision when it is processed, not the original's: the result
     says which revision runs now and which settled the original."""
+    return reprocess_many(store, [message_id], reason=reason, actor=actor)[0]
+
+
+def reprocess_many(
+    store: Store, message_ids: list[int], *, reason: str, actor: str, skip_refused: bool = False
+) -> list[ReplayResult]:
+    """:func:`reprocess` each of ``message_ids`` (a batch: see ``BATCH``), in order, in one
+    transaction: all of them or none. An unknown id is a LookupError before anything is
+    written, or with ``skip_refused`` left out."""
     from router.governance.revisions import running
 
     _require_reason(reason)
+    m = messages.c
+    wanted = list(dict.fromkeys(message_ids))
     with store.begin() as conn:
-        row = conn.execute(select(messages).where(messages.c.id == message_id)).first()
-        if row is None:
-            raise LookupError(f"no message #{message_id}")
-        copy_uuid = time_ordered_uuid()
-        values = {k: v for k, v in row._mapping.items() if k not in ("id", "uuid")}
-        values.update(
-            uuid=copy_uuid,
-            received_at=utcnow(),
-            status="received",
-            error=None,
-            processed_at=None,
-            reprocessed_from=row.id,
-            duplicate_of=None,
-            revision=None,  # set by the revision that settles the copy
+        found = {row.id: row for row in _rows_in(conn, select(messages), m.id, wanted)}
+        rows = _present(wanted, found, "message", skip_refused)
+        if not rows:
+            return []
+        now = utcnow()
+        copies = [time_ordered_uuid() for _ in rows]
+        conn.execute(
+            messages.insert(),
+            [_copy_of(row, uuid, now) for row, uuid in zip(rows, copies, strict=True)],
         )
-        conn.execute(messages.insert().values(**values))
-        current = running(conn, row.channel)
-        audit.append(
+        current = {channel: running(conn, channel) for channel in {row.channel for row in rows}}
+        audit.append_many(
             conn,
             actor,
             "reprocess",
-            f"urn:tie:message:{row.uuid}",
-            {"reason": reason, "copy": f"urn:tie:message:{copy_uuid}"},
+            [
+                (
+                    f"urn:tie:message:{row.uuid}",
+                    {"reason": reason, "copy": f"urn:tie:message:{uuid}"},
+                )
+                for row, uuid in zip(rows, copies, strict=True)
+            ],
         )
+    return [
+        ReplayResult(row.uuid, uuid, _reprocessed(row, uuid, current[row.channel]))
+        for row, uuid in zip(rows, copies, strict=True)
+    ]
+
+
+def _copy_of(row: Any, uuid: str, now: datetime) -> dict[str, Any]:
+    values = {k: v for k, v in row._mapping.items() if k not in ("id", "uuid")}
+    values.update(
+        uuid=uuid,
+        received_at=now,
+        status="received",
+        error=None,
+        processed_at=None,
+        reprocessed_from=row.id,
+        duplicate_of=None,
+        revision=None,  # set by the revision that settles the copy
+    )
+    return values
+
+
+def _reprocessed(row: Any, uuid: str, current: Any) -> str:
     through = ""
     if current is not None:
         settled = f"#{row.revision}" if row.revision is not None else "an unrecorded revision"
@@ -163,7 +232,17 @@ def reprocess(store: Store, message_id: int, *, reason: str, actor: str) -> Repl
             f", through {row.channel}'s running revision #{current.number}"
             f" (the original was settled by {settled})"
         )
-    return ReplayResult(row.uuid, copy_uuid, f"reprocessed #{row.id} as {copy_uuid}{through}")
+    return f"reprocessed #{row.id} as {uuid}{through}"
+
+
+def _present(wanted: list[int], found: dict[int, Any], kind: str, skip: bool) -> list[Any]:
+    """The rows of ``wanted`` in its order; LookupError for the first not ``found``, unless
+    ``skip``."""
+    if not skip:
+        for i in wanted:
+            if i not in found:
+                raise LookupError(f"no {kind} {'#' if kind == 'message' else ''}{i}")
+    return [found[i] for i in wanted if i in found]
 
 
 def plan_resend(store: Store, delivery_ids: list[int]) -> list[ReplayResult]:
@@ -200,46 +279,80 @@ def resent_as(conn: Connection, delivery_ids: list[int]) -> dict[int, list[int]]
 def resend(store: Store, delivery_id: int, *, reason: str, actor: str) -> ReplayResult:
     """Queue the finished delivery's payload again, as sent, with its original idempotency
     key. Raises :class:`NotFinished` for one still to be sent (it would go twice)."""
+    return resend_many(store, [delivery_id], reason=reason, actor=actor)[0]
+
+
+def resend_many(
+    store: Store, delivery_ids: list[int], *, reason: str, actor: str, skip_refused: bool = False
+) -> list[ReplayResult]:
+    """:func:`resend` each of ``delivery_ids`` (a batch: see ``BATCH``), in order, in one
+    transaction: all of them or none. An unknown id (LookupError) or one still to be sent
+    (:class:`NotFinished`) is refused before anything is written, or with ``skip_refused``
+    left out."""
     _require_reason(reason)
+    d = deliveries.c
+    wanted = list(dict.fromkeys(delivery_ids))
     now = utcnow()
     with store.begin() as conn:
-        rows = _deliveries(conn, [delivery_id])
+        found = {row.id: row for row in _deliveries(conn, wanted)}
+        rows = _present(wanted, found, "delivery", skip_refused)
+        refused = [NotFinished(r.id, r.status) for r in rows if r.status not in FINISHED]
+        if refused and not skip_refused:
+            raise refused[0]
+        rows = [r for r in rows if r.status in FINISHED]
         if not rows:
-            raise LookupError(f"no delivery {delivery_id}")
-        row = rows[0]
-        if row.status not in FINISHED:
-            raise NotFinished(row.id, row.status)
-        values = {k: v for k, v in row._mapping.items() if k != "id"}
-        # A delivery that was held goes back on hold (its destination's open batch):
-        # a resend never bypasses release approval (docs/governance.md).
-        held = row.hold_batch_id is not None
-        values.update(
-            status="held" if held else "queued",
-            hold_batch_id=None,
-            attempts=0,
-            next_attempt_at=now,
-            lease_until=None,
-            lease_owner=None,
-            created_at=now,
-            updated_at=now,
-            last_error=None,
-            resent_from=row.id,
+            return []
+        inserted = conn.execute(
+            deliveries.insert().returning(d.id, sort_by_parameter_order=True),
+            [_resent_copy(row, now) for row in rows],
         )
-        new_id = conn.execute(deliveries.insert().values(**values)).inserted_primary_key[0]
+        new_ids = list(inserted.scalars())
+        old_ids = [row.id for row in rows]
         conn.execute(
             deliveries.update()
-            .where(deliveries.c.id == row.id, deliveries.c.status == "failed")
+            .where(d.id.in_(old_ids), d.status == "failed")
             .values(status="resent", updated_at=now)
         )
-        uuid = conn.scalar(select(messages.c.uuid).where(messages.c.id == row.message_id))
-        audit.append(
+        m = messages.c
+        uuids = dict(
+            conn.execute(select(m.id, m.uuid).where(m.id.in_({r.message_id for r in rows}))).all()
+        )
+        audit.append_many(
             conn,
             actor,
             "resend",
-            f"urn:tie:message:{uuid}",
-            {"reason": reason, "delivery": row.id, "new_delivery": new_id},
+            [
+                (
+                    f"urn:tie:message:{uuids[row.message_id]}",
+                    {"reason": reason, "delivery": row.id, "new_delivery": new_id},
+                )
+                for row, new_id in zip(rows, new_ids, strict=True)
+            ],
         )
-    return ReplayResult(str(row.id), str(new_id), f"resent delivery {row.id} as {new_id}")
+    return [
+        ReplayResult(str(row.id), str(new_id), f"resent delivery {row.id} as {new_id}")
+        for row, new_id in zip(rows, new_ids, strict=True)
+    ]
+
+
+def _resent_copy(row: Any, now: datetime) -> dict[str, Any]:
+    values = {k: v for k, v in row._mapping.items() if k != "id"}
+    # A delivery that was held goes back on hold (its destination's open batch):
+    # a resend never bypasses release approval (docs/governance.md).
+    held = row.hold_batch_id is not None
+    values.update(
+        status="held" if held else "queued",
+        hold_batch_id=None,
+        attempts=0,
+        next_attempt_at=now,
+        lease_until=None,
+        lease_owner=None,
+        created_at=now,
+        updated_at=now,
+        last_error=None,
+        resent_from=row.id,
+    )
+    return values
 
 
 def delivery_exists(conn: Connection, delivery_id: int) -> bool:

@@ -3,14 +3,13 @@
 Searching is metadata (viewer); the detail holds message content and is an
 audited view (support); reprocess and resend (support) take one id or a search,
 need a reason, can be run dry, and write one audit event per message, paced like
-the CLI so a bulk replay cannot swamp the destinations.
+the CLI (router.replay.Pace) in batches of one transaction each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from router.engine import Engine
 
 MAX_BULK = 10_000
-RATE = 200.0  # replays a second, as the CLI's default
 MessageStatus = Literal["received", "validating", "processed", "filtered", "error"]
 # A message's ``id`` as the search answers it (a JSON number), or a ref as text.
 Ref = Annotated[
@@ -245,15 +243,15 @@ def message_routes(engine: Engine) -> APIRouter:
     return router
 
 
-Act = Callable[[int], replay.ReplayResult]
+Act = Callable[[list[int]], list[replay.ReplayResult]]
 
 
 def _reprocess(store: Any, body: ReplayIn, principal: Principal) -> Act:
-    return lambda i: replay.reprocess(store, i, reason=body.reason, actor=principal.name)
+    return lambda ids: replay.reprocess_many(store, ids, reason=body.reason, actor=principal.name)
 
 
 def _resend(store: Any, body: ReplayIn, principal: Principal) -> Act:
-    return lambda i: replay.resend(store, i, reason=body.reason, actor=principal.name)
+    return lambda ids: replay.resend_many(store, ids, reason=body.reason, actor=principal.name)
 
 
 async def _replay(
@@ -272,16 +270,17 @@ async def _replay(
             raise HTTPException(404, f"no {'message' if kind == 'reprocess' else 'delivery'}")
     else:
         results = []
-        for item in ids:
-            started = time.monotonic()
+        pace = replay.Pace(replay.RATE)
+        for batch in pace.batches(ids):
             try:
-                results.append(await asyncio.to_thread(act, item))
+                done = await asyncio.to_thread(act, batch)
             except LookupError as exc:
                 raise HTTPException(404, str(exc)) from exc
             except replay.NotFinished as exc:
                 raise HTTPException(409, str(exc)) from exc
-            await asyncio.sleep(max(0.0, 1.0 / RATE - (time.monotonic() - started)))
-        await asyncio.to_thread(engine.replayed, kind, results)
+            results.extend(done)
+            await asyncio.to_thread(engine.replayed, kind, done)
+            await asyncio.sleep(pace.pause(len(batch)))
     return {
         "dry_run": body.dry_run,
         "count": len(results),

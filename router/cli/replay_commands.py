@@ -67,7 +67,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", required=True, help="why (kept in the audit log)")
     p.add_argument("--dry-run", action="store_true", help="list what would happen, change nothing")
     p.add_argument("--actor", help="who is doing it (default: the OS user)")
-    p.add_argument("--rate", type=float, default=200.0, help="at most this many per second")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=replay.RATE,
+        help=f"at most this many per second (default {replay.RATE:g}; 0: no limit)",
+    )
     add_filters(p)
     add_json(p)
 
@@ -82,7 +87,7 @@ def reprocess(args: argparse.Namespace) -> int:
         args,
         ids,
         plan=lambda: replay.plan_reprocess(store, ids),
-        act=lambda i: replay.reprocess(store, i, reason=args.reason, actor=who),
+        act=lambda batch: replay.reprocess_many(store, batch, reason=args.reason, actor=who),
     )
 
 
@@ -108,15 +113,8 @@ def resend(args: argparse.Namespace) -> int:
         args,
         ids,
         plan=lambda: replay.plan_resend(store, ids),
-        act=lambda i: _resend(store, i, args.reason, who),
+        act=lambda batch: replay.resend_many(store, batch, reason=args.reason, actor=who),
     )
-
-
-def _resend(store: Store, delivery_id: int, reason: str, who: str) -> replay.ReplayResult:
-    try:
-        return replay.resend(store, delivery_id, reason=reason, actor=who)
-    except replay.NotFinished as exc:
-        raise CommandError(str(exc)) from exc
 
 
 def _not_superseded(store: Store, ids: list[int]) -> list[int]:
@@ -165,15 +163,17 @@ def _run(args: argparse.Namespace, ids: list[int], *, plan, act) -> int:  # type
                 print(f"would {r.description}")
             print(f"dry run: {len(results)} item(s), nothing changed")
         return 0
-    done = []
-    interval = 1.0 / args.rate if args.rate > 0 else 0.0
-    with tqdm(ids, unit="msg", disable=len(ids) < 2 or args.json) as progress:
-        for item in progress:
-            started = time.monotonic()
-            done.append(act(item))
-            pause = interval - (time.monotonic() - started)
-            if pause > 0:
-                time.sleep(pause)
+    done: list[replay.ReplayResult] = []
+    pace = replay.Pace(args.rate)
+    with tqdm(total=len(ids), unit="msg", disable=len(ids) < 2 or args.json) as progress:
+        for batch in pace.batches(ids):
+            try:
+                done.extend(act(batch))
+            except (LookupError, replay.NotFinished) as exc:
+                before = f" ({len(done)} done before it)" if done else ""
+                raise CommandError(f"{exc}{before}") from exc
+            progress.update(len(batch))
+            time.sleep(pace.pause(len(batch)))
     if args.json:
         print_json([r.__dict__ for r in done])
     else:

@@ -2,7 +2,8 @@
 
 Every action needs a reason and offers a dry run first (``router.replay``'s plans);
 the bulk dry run lists the exact items, and confirming acts on those items only,
-so what was reviewed is what happens. One audit event per item (router.replay).
+so what was reviewed is what happens. One audit event per item (router.replay), in
+batches of one transaction each.
 """
 
 from __future__ import annotations
@@ -145,15 +146,19 @@ def replay_routes(engine: Engine) -> APIRouter:
             return await dry_run(
                 request, principal, action, ids, search, problem=problem, reason=reason
             )
-        act = replay.resend if action == "resend" else replay.reprocess
 
         def run() -> list[Any]:
+            """Skips what cannot be done now (gone since the dry run, or no longer finished)."""
             done = []
-            for item in ids:
-                try:
-                    done.append(act(store, item, reason=reason, actor=principal.name))
-                except (LookupError, replay.NotFinished):
-                    continue
+            for batch in replay.Pace(0).batches(ids):
+                if action == "resend":
+                    done += replay.resend_many(
+                        store, batch, reason=reason, actor=principal.name, skip_refused=True
+                    )
+                else:
+                    done += replay.reprocess_many(
+                        store, batch, reason=reason, actor=principal.name, skip_refused=True
+                    )
             return done
 
         done = await asyncio.to_thread(run)

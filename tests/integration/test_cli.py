@@ -1075,6 +1075,46 @@ def test_resend_refuses_a_delivery_still_to_be_sent(seeded, cli):
     assert f"would not resend delivery {queued} (queued)" in dry.out
 
 
+def test_a_bulk_resend_cut_short_is_finished_by_running_it_again(seeded, cli, monkeypatch):
+    """A run stopped midway (here: a failure in its second batch) keeps the batches it
+    committed and none of the one it was in; the same command then resends the rest only."""
+    store = seeded.store
+    with store.begin() as conn:
+        conn.execute(deliveries.update().values(status="failed"))
+    failed = count(store, deliveries)
+    assert failed == 2
+    bulk = ("resend", "--channel", "orders", "--reason", "INC2", "--rate", "10")  # 1 a batch
+    appended = audit.append_many
+
+    def crash_second(conn: Any, *args: Any) -> str:
+        if audit_log(store, "resend"):
+            raise RuntimeError("killed mid-batch")
+        return appended(conn, *args)
+
+    monkeypatch.setattr(audit, "append_many", crash_second)
+    with pytest.raises(RuntimeError):
+        cli(seeded.workspace.config, *bulk)
+    monkeypatch.undo()
+    statuses = sorted(r.status for r in _deliveries(store))
+    assert (statuses, len(audit_log(store, "resend"))) == (["failed", "queued", "resent"], 1)
+
+    dry = cli(seeded.workspace.config, *bulk, "--dry-run")
+    again = cli(seeded.workspace.config, *bulk)
+
+    assert dry.out.count("would resend") == 1
+    assert again.code == 0, again.err
+    copies = [r.resent_from for r in _deliveries(store) if r.resent_from is not None]
+    assert sorted(copies) == sorted(r.id for r in _deliveries(store) if r.status == "resent")
+    assert len(copies) == len(set(copies)) == failed, "each resent once"
+    assert len(audit_log(store, "resend")) == failed
+    assert audit.verify(store).ok
+
+
+def _deliveries(store: Store) -> list[Any]:
+    with store.read() as conn:
+        return list(conn.execute(select(deliveries).order_by(deliveries.c.id)))
+
+
 # --- reprocess --------------------------------------------------------------------------
 
 

@@ -21,7 +21,9 @@ from router.replay import (
     plan_reprocess,
     plan_resend,
     reprocess,
+    reprocess_many,
     resend,
+    resend_many,
     superseded,
 )
 from router.store.database import Store
@@ -324,3 +326,55 @@ def test_a_bulk_replay_larger_than_one_statement_can_bind_is_planned_whole(store
 
     assert planned.description == f"reprocess #{message_id} (processed) through orders"
     assert resend_plan.description.startswith(f"resend delivery {failed[0]} (failed)")
+
+
+def test_a_batch_resends_in_order_with_one_chained_event_each(store, receive, er7):
+    """A bulk replay's batch is one transaction; its events chain as single appends do."""
+    failed = [_failed(store, receive, er7, f"ORD{n}")[1] for n in range(3)]
+    chosen = [failed[2], failed[0], failed[1]]
+
+    results = resend_many(store, chosen, reason="lab back up", actor="bob")
+
+    assert [int(r.original) for r in results] == chosen
+    copies = [int(r.copy) for r in results]
+    assert copies == sorted(copies), "queued in the order given: lanes keep it"
+    for old, new in zip(chosen, copies, strict=True):
+        assert _one(store, deliveries, d.id == new)["resent_from"] == old
+        assert _one(store, deliveries, d.id == old)["status"] == "resent"
+    events = _events(store)
+    assert [json.loads(e.details) for e in events] == [
+        {"reason": "lab back up", "delivery": old, "new_delivery": new}
+        for old, new in zip(chosen, copies, strict=True)
+    ]
+    assert [e.prev_hash for e in events[1:]] == [e.hash for e in events[:-1]]
+    assert audit.verify(store).ok
+
+
+def test_a_batch_is_written_whole_or_not_at_all(store, receive, er7, monkeypatch):
+    failed = [_failed(store, receive, er7, f"ORD{n}")[1] for n in range(2)]
+    message_id = _processed(store, receive, er7, "ORD9")
+    queued = _one(store, deliveries, d.message_id == message_id)["id"]
+    before = (_count(store, messages), _count(store, deliveries))
+
+    with pytest.raises(NotFinished):
+        resend_many(store, [*failed, queued], reason="x", actor="bob")
+    with pytest.raises(LookupError, match="no message #999"):
+        reprocess_many(store, [message_id, 999], reason="x", actor="bob")
+
+    def crash(*args: Any) -> None:
+        raise RuntimeError("the machine went down mid-batch")
+
+    monkeypatch.setattr(audit, "append_many", crash)
+    with pytest.raises(RuntimeError):
+        resend_many(store, failed, reason="x", actor="bob")
+    with pytest.raises(RuntimeError):
+        reprocess_many(store, [message_id], reason="x", actor="bob")
+    monkeypatch.undo()
+
+    assert (_count(store, messages), _count(store, deliveries)) == before
+    assert {_one(store, deliveries, d.id == i)["status"] for i in failed} == {"failed"}
+    assert _events(store) == []
+
+    done = resend_many(store, [*failed, queued], reason="x", actor="bob", skip_refused=True)
+    assert [int(r.original) for r in done] == failed, "what cannot be done now is left out"
+    assert len(_events(store)) == 2
