@@ -295,7 +295,7 @@ def test_the_migration_marks_failures_resent_before_the_upgrade(store, receive, 
     config = alembic_config(store.url)
     with store.writer.connect() as conn:
         config.attributes["connection"] = conn
-        command.downgrade(config, "replay@-1")
+        command.downgrade(config, "replay@-2")  # metrics_0001 is built on it
         conn.commit()
     resent_id, resent = _failed(store, receive, er7, "ORD1")
     untouched_id, untouched = _failed(store, receive, er7, "ORD2")
