@@ -391,8 +391,10 @@ def deliveries_of(
 ) -> list[int]:
     """Ids of the messages' deliveries in ``status`` (to ``destination``), for bulk resend.
 
-    Without a status, any finished one: one still to be sent would go twice. A
-    ``resent`` delivery is only chosen ``again`` on purpose: its copy already went.
+    Without a status, any finished one: one still to be sent would go twice. A delivery
+    already resent is only chosen ``again`` on purpose: its copy already went. A failed one
+    says so by its status (``resent``); a sent or cancelled one keeps its status, so its
+    copy says it, and the same bulk resend run twice (a retry after a crash) does it once.
     """
     chosen = {status} if status else set(FINISHED) - {"resent"}
     if again:
@@ -401,4 +403,8 @@ def deliveries_of(
     query = select(d.id).where(d.status.in_(sorted(chosen)))
     if destination:
         query = query.where(d.destination == destination)
-    return sorted(row.id for row in _rows_in(conn, query, d.message_id, message_ids))
+    chosen_ids = [row.id for row in _rows_in(conn, query, d.message_id, message_ids)]
+    if not again:
+        copied = resent_as(conn, chosen_ids)
+        chosen_ids = [i for i in chosen_ids if i not in copied]
+    return sorted(chosen_ids)

@@ -378,3 +378,20 @@ def test_a_batch_is_written_whole_or_not_at_all(store, receive, er7, monkeypatch
     done = resend_many(store, [*failed, queued], reason="x", actor="bob", skip_refused=True)
     assert [int(r.original) for r in done] == failed, "what cannot be done now is left out"
     assert len(_events(store)) == 2
+
+
+def test_a_bulk_resend_run_again_skips_deliveries_it_resent_whatever_their_status(
+    store, receive, er7
+):
+    """Only a failed delivery becomes ``resent``: a sent or cancelled one keeps its status,
+    so its copy is what says a bulk resend of it was done (a retry must not send it twice)."""
+    message_id, delivery_id = _failed(store, receive, er7)
+    with store.begin() as conn:
+        conn.execute(update(deliveries).where(d.id == delivery_id).values(status="sent"))
+    assert _bulk_targets(store, [message_id], status="sent") == [delivery_id]
+
+    resend_many(store, [delivery_id], reason="receiver lost them", actor="bob")
+
+    assert _bulk_targets(store, [message_id], status="sent") == []
+    assert _bulk_targets(store, [message_id], status=None) == []
+    assert _bulk_targets(store, [message_id], status="sent", again=True) == [delivery_id]
