@@ -169,19 +169,32 @@ def reprocess(store: Store, message_id: int, *, reason: str, actor: str) -> Repl
 
 
 def reprocess_many(
-    store: Store, message_ids: list[int], *, reason: str, actor: str, skip_refused: bool = False
+    store: Store,
+    message_ids: list[int],
+    *,
+    reason: str,
+    actor: str,
+    skip_refused: bool = False,
+    again: bool = True,
 ) -> list[ReplayResult]:
     """:func:`reprocess` each of ``message_ids`` (a batch: see ``BATCH``), in order, in one
     transaction: all of them or none. An unknown id is a LookupError before anything is
-    written, or with ``skip_refused`` left out."""
+    written, or with ``skip_refused`` left out. Not ``again``: a message a newer copy
+    stands for is left out, as a bulk search leaves it out (:func:`superseded`), looked
+    up under the batch's lock: two runs of one search (two operators, a retry) reprocess
+    each message once."""
     from router.governance.revisions import running
 
     _require_reason(reason)
     m = messages.c
     wanted = list(dict.fromkeys(message_ids))
     with store.begin() as conn:
-        found = {row.id: row for row in _rows_in(conn, select(messages), m.id, wanted)}
+        query = select(messages).order_by(m.id)
+        found = {row.id: row for row in _rows_in(conn, _locked(query, again), m.id, wanted)}
         rows = _present(wanted, found, "message", skip_refused)
+        if not again:
+            newer = superseded(conn, [row.id for row in rows])
+            rows = [row for row in rows if row.id not in newer]
         if not rows:
             return []
         now = utcnow()
@@ -235,6 +248,14 @@ def _reprocessed(row: Any, uuid: str, current: Any) -> str:
     return f"reprocessed #{row.id} as {uuid}{through}"
 
 
+def _locked(query: Select[Any], again: bool) -> Select[Any]:
+    """``query`` locking its rows (PostgreSQL; SQLite has one writer at a time) when the
+    batch then looks whether they were replayed already: a second run of the same search
+    waits for the first's batch to commit, then sees its copies. ``FOR NO KEY UPDATE``:
+    a row inserted that refers to one of them (a copy, an attempt) is not held up."""
+    return query if again else query.with_for_update(key_share=True)
+
+
 def _present(wanted: list[int], found: dict[int, Any], kind: str, skip: bool) -> list[Any]:
     """The rows of ``wanted`` in its order; LookupError for the first not ``found``, unless
     ``skip``."""
@@ -283,19 +304,31 @@ def resend(store: Store, delivery_id: int, *, reason: str, actor: str) -> Replay
 
 
 def resend_many(
-    store: Store, delivery_ids: list[int], *, reason: str, actor: str, skip_refused: bool = False
+    store: Store,
+    delivery_ids: list[int],
+    *,
+    reason: str,
+    actor: str,
+    skip_refused: bool = False,
+    again: bool = True,
 ) -> list[ReplayResult]:
     """:func:`resend` each of ``delivery_ids`` (a batch: see ``BATCH``), in order, in one
     transaction: all of them or none. An unknown id (LookupError) or one still to be sent
     (:class:`NotFinished`) is refused before anything is written, or with ``skip_refused``
-    left out."""
+    left out. Not ``again``: a delivery already resent is left out, as a bulk search leaves
+    it out (:func:`deliveries_of`), looked up under the batch's lock: two runs of one
+    search (two operators, a retry) resend each delivery once."""
     _require_reason(reason)
     d = deliveries.c
     wanted = list(dict.fromkeys(delivery_ids))
     now = utcnow()
     with store.begin() as conn:
-        found = {row.id: row for row in _deliveries(conn, wanted)}
+        query = select(deliveries).order_by(d.id)
+        found = {row.id: row for row in _rows_in(conn, _locked(query, again), d.id, wanted)}
         rows = _present(wanted, found, "delivery", skip_refused)
+        if not again:
+            copied = resent_as(conn, [row.id for row in rows])
+            rows = [r for r in rows if r.status != "resent" and r.id not in copied]
         refused = [NotFinished(r.id, r.status) for r in rows if r.status not in FINISHED]
         if refused and not skip_refused:
             raise refused[0]

@@ -238,7 +238,8 @@ def message_routes(engine: Engine) -> APIRouter:
                     )
 
             ids = await asyncio.to_thread(find)
-        return await _replay(body, ids, _resend(store, body, principal), engine, "resend")
+        again = body.ids is not None or body.again
+        return await _replay(body, ids, _resend(store, body, principal, again), engine, "resend")
 
     return router
 
@@ -250,8 +251,12 @@ def _reprocess(store: Any, body: ReplayIn, principal: Principal) -> Act:
     return lambda ids: replay.reprocess_many(store, ids, reason=body.reason, actor=principal.name)
 
 
-def _resend(store: Any, body: ReplayIn, principal: Principal) -> Act:
-    return lambda ids: replay.resend_many(store, ids, reason=body.reason, actor=principal.name)
+def _resend(store: Any, body: ReplayIn, principal: Principal, again: bool = True) -> Act:
+    """A search's resend leaves out, under its lock, what was resent since it looked (not
+    ``again``): the same request sent twice resends each delivery once."""
+    return lambda ids: replay.resend_many(
+        store, ids, reason=body.reason, actor=principal.name, again=again
+    )
 
 
 async def _replay(

@@ -87,7 +87,9 @@ def reprocess(args: argparse.Namespace) -> int:
         args,
         ids,
         plan=lambda: replay.plan_reprocess(store, ids),
-        act=lambda batch: replay.reprocess_many(store, batch, reason=args.reason, actor=who),
+        act=lambda batch: replay.reprocess_many(
+            store, batch, reason=args.reason, actor=who, again=args.id is not None or args.again
+        ),
     )
 
 
@@ -113,7 +115,9 @@ def resend(args: argparse.Namespace) -> int:
         args,
         ids,
         plan=lambda: replay.plan_resend(store, ids),
-        act=lambda batch: replay.resend_many(store, batch, reason=args.reason, actor=who),
+        act=lambda batch: replay.resend_many(
+            store, batch, reason=args.reason, actor=who, again=args.id is not None or args.again
+        ),
     )
 
 

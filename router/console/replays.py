@@ -148,12 +148,18 @@ def replay_routes(engine: Engine) -> APIRouter:
             )
 
         def run() -> list[Any]:
-            """Skips what cannot be done now (gone since the dry run, or no longer finished)."""
+            """Skips what cannot be done now (gone since the dry run, no longer finished, or
+            resent since)."""
             done = []
             for batch in replay.Pace(0).batches(ids):
                 if action == "resend":
                     done += replay.resend_many(
-                        store, batch, reason=reason, actor=principal.name, skip_refused=True
+                        store,
+                        batch,
+                        reason=reason,
+                        actor=principal.name,
+                        skip_refused=True,
+                        again=False,  # the failed ones listed: a second confirm resends none
                     )
                 else:
                     done += replay.reprocess_many(

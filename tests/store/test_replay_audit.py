@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -395,3 +396,43 @@ def test_a_bulk_resend_run_again_skips_deliveries_it_resent_whatever_their_statu
     assert _bulk_targets(store, [message_id], status="sent") == []
     assert _bulk_targets(store, [message_id], status=None) == []
     assert _bulk_targets(store, [message_id], status="sent", again=True) == [delivery_id]
+
+
+def test_two_runs_of_one_bulk_replay_do_each_item_once(store, receive, er7):
+    """Two operators (or a retry) acting on the ids one search found before either ran:
+    the batch looks again under its lock, so the second finds them done."""
+    message_id, _ = _failed(store, receive, er7)
+    failed = _bulk_targets(store, [message_id])
+    messages_ = [message_id]
+
+    assert len(resend_many(store, failed, reason="a", actor="alice", again=False)) == 1
+    assert len(reprocess_many(store, messages_, reason="a", actor="alice", again=False)) == 1
+    assert resend_many(store, failed, reason="b", actor="bob", again=False) == []
+    assert reprocess_many(store, messages_, reason="b", actor="bob", again=False) == []
+
+    assert (_count(store, messages), _count(store, deliveries)) == (2, 2)
+    assert [e.actor for e in _events(store)] == ["alice", "alice"]
+    assert len(resend_many(store, failed, reason="c", actor="carol")) == 1, "again on purpose"
+
+
+def test_two_bulk_resends_at_once_resend_each_delivery_once(store, receive, er7):
+    failed = [_failed(store, receive, er7, f"ORD{n}")[1] for n in range(20)]
+    start = threading.Barrier(2)
+    done: list[int] = []
+
+    def operator(name: str) -> None:
+        start.wait(timeout=10)
+        done.extend(
+            int(r.original)
+            for r in resend_many(store, failed, reason=name, actor=name, again=False)
+        )
+
+    threads = [threading.Thread(target=operator, args=(n,)) for n in ("alice", "bob")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+    assert sorted(done) == failed
+    assert _count(store, deliveries) == 40
+    assert audit.verify(store).ok
