@@ -48,6 +48,8 @@ from router.governance.reload import Reloader, ReloadResult, reload_files
 from router.governance.watcher import RevisionWatcher
 from router.local_destinations import Local
 from router.pipeline import CompiledChannel, compile_channel
+from router.presence_keeper import INTERVAL as PRESENCE_CHECK
+from router.presence_keeper import RESTORE_RUNNING, PresenceKeeper
 from router.processing import Processor
 from router.replay import ReplayResult
 from router.retention import Pruner
@@ -56,7 +58,7 @@ from router.store.ingest import GroupCommitWriter
 from router.store.interruptible import STOP_GRACE
 from router.store.migrate import upgrade
 from router.store.opening import open_store
-from router.store.presence import engine_running
+from router.store.presence import EngineLock, StoreInUse
 from router.store.schema import deliveries
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,8 @@ class Engine:
     """Everything ``run.py serve`` runs, in one asyncio loop plus two store threads.
 
     ``stop_grace``: how long a stop waits for the processor's batch and the dispatch rounds
-    stuck in a statement (behind a lock) before it cancels them, all in the same span."""
+    stuck in a statement (behind a lock) before it cancels them, all in the same span.
+    ``presence_check``: how often the engine checks it still holds its engine lock."""
 
     def __init__(
         self,
@@ -116,6 +119,7 @@ class Engine:
         channels: dict[str, ChannelConfig] | None = None,
         *,
         stop_grace: float = STOP_GRACE,
+        presence_check: float = PRESENCE_CHECK,
     ):
         self.config = config
         self.store = open_store(config)
@@ -185,7 +189,9 @@ class Engine:
         self.reloader = Reloader(self)
         self.watcher = RevisionWatcher(self)
         self._stop = asyncio.Event()
-        self._running = contextlib.ExitStack()
+        self.lock = EngineLock(self.store)
+        self.presence = PresenceKeeper(self.lock, self._restore_running, presence_check)
+        self._restored_under = False
 
     def _committed(self, touched: set[tuple[str, str]], unsettled: bool) -> None:
         """After a group commit: new deliveries for the dispatcher, new work for the processor."""
@@ -246,7 +252,9 @@ class Engine:
     async def start(self, *, http: bool = True) -> None:
         await asyncio.to_thread(upgrade, self.store)
         # Held until the stop: ``run.py db restore`` refuses to replace the store meanwhile.
-        await asyncio.to_thread(self._running.enter_context, engine_running(self.store))
+        await asyncio.to_thread(self.lock.take)
+        if not self.store.is_sqlite:
+            await self.presence.start()
         log_expiring(log, self.presented_certificates(), datetime.now(UTC))
         self.writer.start()
         self.processor.start()
@@ -285,6 +293,7 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop taking messages first, then let in-flight work finish and close the store."""
+        await self.presence.stop()
         await self.watcher.stop()
         await asyncio.to_thread(self.mesh.stop)
         await asyncio.to_thread(self.files.stop)
@@ -299,7 +308,7 @@ class Engine:
         # stop grace, not one grace after the other.
         await asyncio.gather(self.dispatcher.stop(), asyncio.to_thread(self.processor.stop))
         await asyncio.to_thread(self.writer.stop)
-        await asyncio.to_thread(self._running.close)
+        await asyncio.to_thread(self.lock.release)
         self.store.dispose()
 
     async def serve_forever(self) -> None:
@@ -314,9 +323,21 @@ class Engine:
             # shows the cause and not each worker cancelled as if it had died.
             await self.stop()
             raise
+        await self.run_until_stopped()
+
+    async def run_until_stopped(self) -> None:
+        """Once started: wait for a stop (a signal, or a restore of the store), then stop;
+        StoreInUse when a restore stopped the engine (run.py serve exits 1)."""
         await self._stop.wait()
         log.info("stopping")
         await self.stop()
+        if self._restored_under:
+            raise StoreInUse(RESTORE_RUNNING)
+
+    def _restore_running(self) -> None:
+        """A restore holds the store whose lock this engine lost: stop (presence_keeper.py)."""
+        self._restored_under = True
+        self._stop.set()
 
     async def reload(self, actor: str) -> ReloadResult:
         """Re-read the channel files: open mode deploys the changes, governed mode proposes

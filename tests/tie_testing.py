@@ -124,6 +124,13 @@ class RunningEngine:
         self._loop.run(self.engine.stop())
         self._loop.close()
 
+    def run_until_stopped(self) -> None:
+        """Wait for the engine to stop by itself (as ``run.py serve`` does); what it raised."""
+        try:
+            self._loop.run(self.engine.run_until_stopped())
+        finally:
+            self._loop.close()
+
     def register(self, endpoints: Iterable[Endpoint]) -> None:
         """Put ``endpoints`` in the directory and make the engine's lookups see them now."""
         endpoints = list(endpoints)

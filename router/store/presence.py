@@ -7,7 +7,8 @@ under a running engine, whose next write would go into the replaced one (or half
   ``-wal``, as a file about to be replaced needs.
 - PostgreSQL: each engine holds a shared session advisory lock named after the store (its
   schema) from start to stop; a restore takes it exclusively. A session lock ends with its
-  session, so an engine killed with ``kill -9`` holds nothing.
+  session, so an engine killed with ``kill -9`` holds nothing; a running engine whose
+  session the server ended takes it again (router/presence_keeper.py).
 
 Other ``run.py`` commands hold no lock: one running during a restore reads either store.
 """
@@ -15,6 +16,7 @@ Other ``run.py`` commands hold no lock: one running during a restore reads eithe
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,45 +27,113 @@ from sqlalchemy.exc import DBAPIError
 from router.store.database import Store
 
 _KEY = text("SELECT hashtextextended(current_schema() || '/engine', 0)")
+_HELD = text(
+    "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' "
+    "AND mode = 'ShareLock' AND granted AND ((classid::bigint << 32) | objid::bigint) = :k"
+)
 
 
 class StoreInUse(Exception):
     """An engine runs against the store (or a restore of it is running)."""
 
 
-@contextmanager
-def engine_running(store: Store) -> Iterator[None]:
-    """Held by an engine from its start to its stop (PostgreSQL; SQLite's own locks say)."""
-    if store.is_sqlite:
-        yield
-        return
-    conn = store.writer.connect()
-    try:
-        key = conn.scalar(_KEY)
-        held = conn.scalar(text("SELECT pg_try_advisory_lock_shared(:k)"), {"k": key})
-        conn.commit()
-        if not held:
+class EngineLock:
+    """The engine lock of one engine (PostgreSQL; on SQLite, the file's own locks say).
+
+    A session lock ends with its session: after a server restart or a terminated backend
+    the engine runs on (its pools reconnect) but holds nothing, and a restore would be let
+    in. ``held`` says whether the session still holds it; ``take`` takes it again on a new
+    connection (router/presence_keeper.py checks every few seconds)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._conn: Connection | None = None
+        self._key: int | None = None
+        # A check cut short by the stop may still be running in its thread.
+        self._using = threading.Lock()
+
+    def take(self) -> None:
+        """StoreInUse when a restore holds the store; DBAPIError when the server cannot be
+        reached."""
+        if self._store.is_sqlite:
+            return
+        with self._using:
+            self._take()
+
+    def _take(self) -> None:
+        conn = self._store.writer.connect()
+        try:
+            key = conn.scalar(_KEY)
+            got = conn.scalar(text("SELECT pg_try_advisory_lock_shared(:k)"), {"k": key})
+            conn.commit()
+        except BaseException:
+            conn.invalidate()  # never back to the pool holding the lock
+            conn.close()
+            raise
+        if not got:
+            conn.close()
             raise StoreInUse(
                 "a restore of this store is running (run.py db restore): start the engine "
                 "once it has finished"
             )
+        self._conn, self._key = conn, key
+
+    def held(self) -> bool:
+        """Whether this engine's session still holds the lock (always on SQLite). A session
+        that fails the check is ended, so that whatever it still held goes with it."""
+        if self._store.is_sqlite:
+            return True
+        with self._using:
+            return self._held()
+
+    def _held(self) -> bool:
+        if self._conn is None:
+            return False
         try:
-            yield
+            held = bool(self._conn.scalar(_HELD, {"k": self._key}))
+            self._conn.rollback()
+        except DBAPIError:
+            self._drop()
+            return False
+        if not held:
+            self._drop()
+        return held
+
+    def release(self) -> None:
+        """Give the lock back at the stop. A session the server ended meanwhile (a restart,
+        an outage) holds no lock any more: nothing to give back, and the stop goes on."""
+        with self._using:
+            self._release()
+
+    def _release(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute(text("SELECT pg_advisory_unlock_shared(:k)"), {"k": self._key})
+            self._conn.commit()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
         finally:
-            _release_shared(conn, key)
-    finally:
-        conn.close()
+            self._conn.close()
+            self._conn = None
+
+    def _drop(self) -> None:
+        assert self._conn is not None
+        self._conn.invalidate()
+        self._conn.close()
+        self._conn = None
 
 
-def _release_shared(conn: Connection, key: int) -> None:
-    """Give the engine lock back at the stop. A session the server ended meanwhile (a
-    restart, an outage) holds no lock any more: nothing to give back, and the stop goes on."""
+@contextmanager
+def engine_running(store: Store) -> Iterator[EngineLock]:
+    """The engine lock, held from an engine's start to its stop."""
+    lock = EngineLock(store)
+    lock.take()
     try:
-        conn.execute(text("SELECT pg_advisory_unlock_shared(:k)"), {"k": key})
-        conn.commit()
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
+        yield lock
+    finally:
+        lock.release()
 
 
 @contextmanager
