@@ -49,7 +49,7 @@ from router.governance.watcher import RevisionWatcher
 from router.local_destinations import Local
 from router.pipeline import CompiledChannel, compile_channel
 from router.presence_keeper import INTERVAL as PRESENCE_CHECK
-from router.presence_keeper import RESTORE_RUNNING, PresenceKeeper
+from router.presence_keeper import PresenceKeeper
 from router.processing import Processor
 from router.replay import ReplayResult
 from router.retention import Pruner
@@ -191,7 +191,7 @@ class Engine:
         self._stop = asyncio.Event()
         self.lock = EngineLock(self.store)
         self.presence = PresenceKeeper(self.lock, self._restore_running, presence_check)
-        self._restored_under = False
+        self._restored_under: str | None = None
 
     def _committed(self, touched: set[tuple[str, str]], unsettled: bool) -> None:
         """After a group commit: new deliveries for the dispatcher, new work for the processor."""
@@ -332,11 +332,12 @@ class Engine:
         log.info("stopping")
         await self.stop()
         if self._restored_under:
-            raise StoreInUse(RESTORE_RUNNING)
+            raise StoreInUse(self._restored_under)
 
-    def _restore_running(self) -> None:
-        """A restore holds the store whose lock this engine lost: stop (presence_keeper.py)."""
-        self._restored_under = True
+    def _restore_running(self, reason: str) -> None:
+        """A restore holds or replaced the store whose lock this engine lost: stop
+        (router/presence_keeper.py)."""
+        self._restored_under = reason
         self._stop.set()
 
     async def reload(self, actor: str) -> ReloadResult:

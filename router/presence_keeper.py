@@ -5,8 +5,8 @@ reconnects for its work and runs on, but a ``run.py db restore`` would then be l
 it. So every few seconds (one query, on no message's path) the keeper checks that the lock
 is still held, and takes it again on a new connection when it is not.
 
-When a restore got in first and holds it, the engine stops altogether rather than pausing:
-the restore replaces the store, and everything the engine holds from the old one (claimed
+When a restore got in first and holds it (or has replaced the store already), the engine
+stops altogether rather than pausing: everything it holds from the old store (claimed
 deliveries and their row ids, which the backup reuses for other deliveries; settled
 revisions; the processor's and the dispatcher's state) would be written into the restored
 store if it resumed afterwards. A fresh start reads the restored store as it is; an engine
@@ -27,18 +27,13 @@ from router.store.presence import EngineLock, StoreInUse
 log = logging.getLogger(__name__)
 INTERVAL = 2.0
 
-RESTORE_RUNNING = (
-    "a restore of this store is running (run.py db restore) and holds the engine lock this "
-    "engine lost: stopping the engine; start it once the restore has finished"
-)
-
 
 class PresenceKeeper:
-    """Checks ``lock`` every ``interval`` seconds; ``on_restore`` is called (once) when a
-    restore holds the store, and the checks end."""
+    """Checks ``lock`` every ``interval`` seconds; ``on_restore`` is called (once, with why)
+    when a restore holds or replaced the store, and the checks end."""
 
     def __init__(
-        self, lock: EngineLock, on_restore: Callable[[], None], interval: float = INTERVAL
+        self, lock: EngineLock, on_restore: Callable[[str], None], interval: float = INTERVAL
     ) -> None:
         self._lock = lock
         self._on_restore = on_restore
@@ -77,9 +72,10 @@ class PresenceKeeper:
             )
         try:
             await asyncio.to_thread(self._lock.take)
-        except StoreInUse:
-            log.error(RESTORE_RUNNING)
-            self._on_restore()
+        except StoreInUse as exc:
+            reason = f"stopping the engine, which lost its engine lock: {exc}"
+            log.error(reason)
+            self._on_restore(reason)
             return False
         except DBAPIError:
             return True

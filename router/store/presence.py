@@ -27,6 +27,8 @@ from sqlalchemy.exc import DBAPIError
 from router.store.database import Store
 
 _KEY = text("SELECT hashtextextended(current_schema() || '/engine', 0)")
+# The messages table's OID: a restore (pg_restore --clean) drops and creates it anew.
+_TABLES = text("SELECT to_regclass('messages')::oid")
 _HELD = text(
     "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' "
     "AND mode = 'ShareLock' AND granted AND ((classid::bigint << 32) | objid::bigint) = :k"
@@ -37,24 +39,30 @@ class StoreInUse(Exception):
     """An engine runs against the store (or a restore of it is running)."""
 
 
+class StoreReplaced(StoreInUse):
+    """The store was restored while the engine did not hold its lock."""
+
+
 class EngineLock:
     """The engine lock of one engine (PostgreSQL; on SQLite, the file's own locks say).
 
     A session lock ends with its session: after a server restart or a terminated backend
     the engine runs on (its pools reconnect) but holds nothing, and a restore would be let
     in. ``held`` says whether the session still holds it; ``take`` takes it again on a new
-    connection (router/presence_keeper.py checks every few seconds)."""
+    connection (router/presence_keeper.py checks every few seconds), and says whether a
+    restore replaced the store in between."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._conn: Connection | None = None
         self._key: int | None = None
+        self._tables: int | None = None  # the store's, when the lock was first taken
         # A check cut short by the stop may still be running in its thread.
         self._using = threading.Lock()
 
     def take(self) -> None:
-        """StoreInUse when a restore holds the store; DBAPIError when the server cannot be
-        reached."""
+        """StoreInUse when a restore holds the store, StoreReplaced when one replaced it
+        since the lock was first taken; DBAPIError when the server cannot be reached."""
         if self._store.is_sqlite:
             return
         with self._using:
@@ -65,6 +73,7 @@ class EngineLock:
         try:
             key = conn.scalar(_KEY)
             got = conn.scalar(text("SELECT pg_try_advisory_lock_shared(:k)"), {"k": key})
+            tables = conn.scalar(_TABLES)
             conn.commit()
         except BaseException:
             conn.invalidate()  # never back to the pool holding the lock
@@ -76,7 +85,13 @@ class EngineLock:
                 "a restore of this store is running (run.py db restore): start the engine "
                 "once it has finished"
             )
-        self._conn, self._key = conn, key
+        if self._key is not None and tables != self._tables:
+            conn.close()  # the session ends, and the lock with it
+            raise StoreReplaced(
+                "the store was replaced (run.py db restore) while this engine did not hold "
+                "its engine lock: start the engine again to run on the restored store"
+            )
+        self._conn, self._key, self._tables = conn, key, tables
 
     def held(self) -> bool:
         """Whether this engine's session still holds the lock (always on SQLite). A session

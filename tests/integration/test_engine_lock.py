@@ -14,7 +14,10 @@ from sqlalchemy import Connection, create_engine, text
 from tie_testing import RunningEngine, engine_config, wait_until
 
 from router.config import ChannelConfig
+from router.store.backup import back_up
+from router.store.opening import open_store
 from router.store.presence import StoreInUse, held_postgres
+from router.store.restore import restore
 
 pytestmark = pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 CHECK = 0.05  # the engine checks its lock this often (2 s in production)
@@ -97,7 +100,9 @@ def test_an_engine_stops_when_a_restore_took_the_lock_it_lost(running, admin, st
             terminate(admin, pid)
             taking.join(15)
             assert not taking.is_alive()
-            with pytest.raises(StoreInUse, match="a restore of this store is running"):
+            with pytest.raises(
+                StoreInUse, match="lost its engine lock: a restore of this store is running"
+            ):
                 running.run_until_stopped()
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -105,3 +110,25 @@ def test_an_engine_stops_when_a_restore_took_the_lock_it_lost(running, admin, st
             assert any("stopping the engine" in r.getMessage() for r in caplog.records)
     finally:
         restore.dispose()
+
+
+def test_an_engine_stops_when_a_restore_replaced_the_store_between_two_checks(
+    tmp_path, store_url, admin
+):
+    """A restore quick enough to start and finish between two checks: the engine takes the
+    lock again, sees the store is not the one it ran on, and stops."""
+    config = engine_config(tmp_path, store_url)
+    running = RunningEngine(config, {"inbound": inbound()}, presence_check=3600)  # checked here
+    back_up(running.store, tmp_path / "backup")
+    (pid,) = holders(admin)
+    terminate(admin, pid)
+    wait_until(lambda: holders(admin) == set())
+    other = open_store(config)
+    try:
+        restore(other, tmp_path / "backup", actor="test", force=True)  # nothing keeps it out
+    finally:
+        other.dispose()
+    assert running.call(running.engine.presence.check()) is False
+    with pytest.raises(StoreInUse, match="the store was replaced"):
+        running.run_until_stopped()
+    assert holders(admin) == set()
