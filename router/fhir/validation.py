@@ -25,9 +25,17 @@ def parse_json(body: bytes) -> Any:
 
     JSON that parses but that Python will not hold (nesting past the recursion limit, an
     integer of more than 4300 digits) is refused as well: uncaught, it was a 500 here and
-    killed the validation worker parsing the same body."""
+    killed the validation worker parsing the same body.
+
+    So is an object that names a member twice (``{"id": "a", "id": "b"}``): parsers differ
+    in which one they keep, so a receiver could read another message than the one tie
+    checked, stored and routed. Checking costs each object a call: a 26 KB Bundle parses in
+    about 108 us instead of 65 (its models take 2 ms); where the repeat is is worked out
+    only for a refused body, by reading it again."""
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=_unique_members)
+    except _DuplicateMember:
+        raise _duplicate_refused(json.loads(body, object_pairs_hook=_marked_duplicates)) from None
     except UnicodeDecodeError as exc:
         raise reject(400, "structure", f"the body is not UTF-8: {exc.reason}") from exc
     except json.JSONDecodeError as exc:
@@ -38,6 +46,60 @@ def parse_json(body: bytes) -> Any:
         raise reject(400, "structure", "invalid JSON: nested too deeply") from exc
     except ValueError as exc:
         raise reject(400, "structure", f"invalid JSON: {exc}") from exc
+
+
+class _DuplicateMember(Exception):
+    """An object of the body names a member twice (not a ValueError: that is bad JSON)."""
+
+
+class _Duplicated(dict[str, Any]):
+    """An object that named ``member`` twice (the second reading of a refused body)."""
+
+    member = ""
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise _DuplicateMember
+    return document
+
+
+def _marked_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) == len(pairs):
+        return document
+    duplicated = _Duplicated(document)
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            duplicated.member = name
+            break
+        seen.add(name)
+    return duplicated
+
+
+def _duplicate_refused(document: Any) -> Rejected:
+    """400 naming the first member named twice, in document order, and where it is, e.g.
+    ``Bundle.entry[1].resource.id``. Walked without recursion: the body may nest as deep as
+    the parser allowed."""
+    root = document.get("resourceType") if isinstance(document, dict) else None
+    pending: list[tuple[str, Any]] = [(root if isinstance(root, str) and root else "$", document)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, _Duplicated):
+            return reject(
+                400,
+                "structure",
+                f"duplicate key {value.member!r} in the object at {path}: a member may be "
+                "named once only (parsers differ in which one they keep)",
+                f"{path}.{value.member}",
+            )
+        if isinstance(value, dict):
+            pending.extend((f"{path}.{name}", item) for name, item in reversed(value.items()))
+        elif isinstance(value, list):
+            pending.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    raise AssertionError("a body refused for a duplicate key has one")
 
 
 def message_header(

@@ -212,6 +212,12 @@ def _mutate(bars_samples: dict[str, Any], change: Any) -> Any:
             None,
             "invalid JSON: Expecting property name enclosed in double quotes at line 1 column 2",
         ),
+        (
+            "duplicate key",
+            "structure",
+            "Bundle.entry[1].resource.status",
+            "duplicate key 'status' in the object at Bundle.entry[1].resource",
+        ),
         ("wrong resourceType", "invalid", "resourceType", "expected a Bundle, got a Patient"),
         ("not a message", "invalid", "Bundle.type", "not a message (type is 'document')"),
         (
@@ -240,6 +246,10 @@ def test_bad_requests_get_400_with_the_problem_and_where(
     running, client = engine
     bodies = {
         "bad json": b"{,}",
+        # Read last-one-wins, tie saw it active; a receiver keeping the first, revoked.
+        "duplicate key": json.dumps(bars_samples["servicerequest-request_validation"])
+        .replace('"ServiceRequest", ', '"ServiceRequest", "status": "revoked", ')
+        .encode(),
         "wrong resourceType": json.dumps({"resourceType": "Patient"}).encode(),
         "not a message": json.dumps(
             _mutate(bars_samples, lambda d: d.update(type="document"))
@@ -270,7 +280,7 @@ def test_bad_requests_get_400_with_the_problem_and_where(
     if expression:
         assert expression in stored.error
     # Found by the Bundle.id the sender knows, once the body could be read for it.
-    sent = json.loads(bodies[case]) if case != "bad json" else {}
+    sent = json.loads(bodies[case]) if case not in ("bad json", "duplicate key") else {}
     assert stored.control_id == sent.get("id")
 
 

@@ -65,6 +65,28 @@ def test_bad_json_names_line_and_column():
     assert "line 2 column 10" in issue.diagnostics
 
 
+@pytest.mark.parametrize(
+    ("body", "expression"),
+    [
+        (b'{"resourceType": "Bundle", "id": "a", "type": "message", "id": "b"}', "Bundle.id"),
+        (
+            b'{"resourceType": "Bundle", "entry": [{}, {"resource": '
+            b'{"resourceType": "Patient", "id": "p", "id": "q"}}]}',
+            "Bundle.entry[1].resource.id",
+        ),
+        (b'[{"a": 1}, {"a": 1, "b": 2, "a": 1}]', "$[1].a"),
+    ],
+)
+def test_a_key_named_twice_is_refused_with_where(body, expression):
+    # Parsers differ in which one they keep: a receiver could read another message.
+    with pytest.raises(Rejected) as caught:
+        parse_json(body)
+    [issue] = caught.value.issues
+    assert (caught.value.status, issue.code, issue.expression) == (400, "structure", expression)
+    key = expression.rsplit(".", 1)[1]
+    assert issue.diagnostics.startswith(f"duplicate key {key!r} in the object at ")
+
+
 def test_a_resource_that_is_not_a_bundle(bars_samples):
     refusal = _refusal({"resourceType": "Patient", "id": "p1"})
     [issue] = refusal.issues
