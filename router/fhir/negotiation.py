@@ -16,8 +16,9 @@ not admit its JSON, as an R3 client reading R4 resources would misread them.
 The body's ``Content-Type`` is read the same way: a body that is not FHIR JSON, or is
 FHIR JSON of another version (``application/fhir+json; fhirVersion=3.0`` to an R4
 channel), is 415 Unsupported Media Type, as the models of this version would misread it;
-so is a compressed body (``Content-Encoding: gzip``), which would otherwise be refused as
-JSON that is not UTF-8.
+so is a body labelled with another character set than UTF-8 (``charset=iso-8859-1``),
+which FHIR JSON never is, and a compressed body (``Content-Encoding: gzip``), which would
+otherwise be refused as JSON that is not UTF-8.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ JSON_RANGES = frozenset({"*/*", "application/*", "application/json", "applicatio
 JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
 # The fhirVersion (major.minor) of each version a channel speaks.
 FHIR_VERSIONS = {"R4": "4.0", "STU3": "3.0"}
+# FHIR JSON is UTF-8 (http.html, "Content Types and encodings"); ``utf8`` is a common alias.
+UTF_8 = frozenset({"utf-8", "utf8"})
 
 
 def unacceptable(accept: str, query: str, fhir: str = "R4") -> Rejected | None:
@@ -85,6 +88,11 @@ def unsupported(headers: Mapping[str, str], fhir: str = "R4") -> Rejected | None
             f"content type {content_type.strip()!r} names another FHIR version: "
             f"this channel takes fhirVersion={version}"
         )
+    elif not _utf8(params):
+        text = (
+            f"content type {content_type.strip()!r} names another character set: "
+            "FHIR JSON is UTF-8 (charset=utf-8, or no charset)"
+        )
     else:
         return None
     return reject(415, "not-supported", text)
@@ -109,6 +117,16 @@ def _of_version(params: list[str], version: str) -> bool:
         if name.strip().lower() == "fhirversion":
             asked = value.strip().strip('"').split(".")
             return asked[:2] == version.split(".")
+    return True
+
+
+def _utf8(params: list[str]) -> bool:
+    """Whether media type parameters name UTF-8 as the body's charset, or none: a body
+    labelled Latin-1 but read as UTF-8 would be stored and routed as another text."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower() in UTF_8
     return True
 
 

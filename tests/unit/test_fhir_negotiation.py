@@ -14,6 +14,8 @@ from router.fhir.negotiation import unsupported
         ("application/json; charset=utf-8", "R4"),
         ("application/fhir+json; fhirVersion=4.0", "R4"),
         ('Application/FHIR+JSON; charset=utf-8; fhirVersion="4.0.1"', "R4"),
+        ('application/fhir+json; charset="UTF-8"', "R4"),
+        ("application/fhir+json;charset=utf8", "R4"),
         ("application/fhir+json; fhirVersion=3.0", "STU3"),
         ("application/fhir+json; fhirversion=3.0.2", "STU3"),
     ],
@@ -31,6 +33,8 @@ def test_fhir_json_of_the_channels_version_is_taken(content_type: str, fhir: str
         ({"content-type": "application/fhir+json; fhirVersion=3.0"}, "R4", "fhirVersion=4.0"),
         ({"content-type": "application/json;fhirVersion=4.0"}, "STU3", "fhirVersion=3.0"),
         ({"content-type": "application/fhir+json; fhirVersion=5"}, "R4", "fhirVersion=4.0"),
+        ({"content-type": "application/fhir+json; charset=iso-8859-1"}, "R4", "is UTF-8"),
+        ({"content-type": 'application/json; charset="utf-16"'}, "STU3", "is UTF-8"),
         (
             {"content-type": "application/fhir+json", "content-encoding": "gzip"},
             "R4",
