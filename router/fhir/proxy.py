@@ -37,7 +37,13 @@ from router.fhir.recorder import Recorder
 from router.fhir.request_id import REQUEST_ID, callers_id, request_keys
 from router.fhir.senders import bearer
 from router.store.fast_insert import insert_rows
-from router.store.inbound import Inbound, time_ordered_uuid, utcnow, write_inbound
+from router.store.inbound import (
+    SSP_FROM_KEY,
+    Inbound,
+    time_ordered_uuid,
+    utcnow,
+    write_inbound,
+)
 from router.store.schema import correlations, messages
 
 log = logging.getLogger(__name__)
@@ -329,7 +335,7 @@ class BookingProxy:
                 address=request.url,
                 owner=self._owner,
                 lease=request.options.timeout,
-                keys=[("ssp_trace_id", trace), ("ssp_from", str(caller)), *_request_key(request)],
+                keys=[("ssp_trace_id", trace), (SSP_FROM_KEY, str(caller)), *_request_key(request)],
                 outcome=outcome,
             )
         )

@@ -60,7 +60,8 @@ _REFUSED_REPEAT = (
 # Correlation keys that name who sent a message, not its conversation: searchable, but kept
 # out of the correlation timeline, where they would link every message of that sender.
 TLS_CLIENT_KEY = "tls_client"  # an MLLP sender's verified certificate subject
-SENDER_KEYS = frozenset({TLS_CLIENT_KEY})
+SSP_FROM_KEY = "ssp_from"  # the booking proxy's caller (its Ssp-From ASID)
+SENDER_KEYS = frozenset({TLS_CLIENT_KEY, SSP_FROM_KEY})
 
 
 def utcnow() -> datetime:

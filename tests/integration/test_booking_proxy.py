@@ -199,6 +199,10 @@ def test_a_slot_is_searched_and_booked_through_the_proxy(tie, provider):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     listed = client.get("/api/messages", params={"key": trace}, headers=auth).json()
     assert [m["control_id"] for m in listed["messages"]] == [trace]
+    # One caller's exchanges are not one conversation: Ssp-From names who sent them.
+    detail = client.get(f"/api/messages/{booked.headers['x-request-id']}", headers=auth).json()
+    assert {"key": "ssp_from", "value": str(CONSUMER)} in detail["correlations"]
+    assert [m["control_id"] for m in detail["timeline"]] == [booking["Ssp-TraceID"]]
 
 
 @pytest.mark.parametrize(
