@@ -37,8 +37,10 @@ def issue_token(
     *,
     actor: str,
     expires_at: datetime | None = None,
+    reason: str = "",
 ) -> tuple[int, str]:
-    """A new token for ``user_name``: (its id, the token itself, which is not kept)."""
+    """A new token for ``user_name``: (its id, the token itself, which is not kept).
+    ``reason``, when given, is kept in the audit event (the token never is)."""
     user = find_user(conn, user_name)
     if user is None:
         raise LookupError(f"no user {user_name!r}")
@@ -59,13 +61,10 @@ def issue_token(
             expires_at=expires_at,
         )
     ).inserted_primary_key[0]
-    audit.append(
-        conn,
-        actor,
-        "token-issue",
-        f"user:{user_name}",
-        {"token": token_id, "roles": sorted(chosen), "expires_at": expires_at},
-    )
+    details: dict[str, Any] = {"token": token_id, "roles": sorted(chosen), "expires_at": expires_at}
+    if reason.strip():
+        details["reason"] = reason.strip()
+    audit.append(conn, actor, "token-issue", f"user:{user_name}", details)
     return token_id, token
 
 

@@ -43,9 +43,16 @@ def check_name(name: str) -> str:
 
 
 def add_user(
-    conn: Connection, name: str, roles: list[str], password: str | None, *, actor: str
+    conn: Connection,
+    name: str,
+    roles: list[str],
+    password: str | None,
+    *,
+    actor: str,
+    reason: str = "",
 ) -> User:
-    """Create an account; ``password`` None makes a token-only account (it cannot sign in)."""
+    """Create an account; ``password`` None makes a token-only account (it cannot sign in).
+    ``reason``, when given, is kept in the audit event."""
     check_name(name)
     chosen = parse_roles(roles)
     hold_key(conn, f"users/{name.lower()}")  # "Ada" and "ada" at once: the second sees the first
@@ -67,13 +74,10 @@ def add_user(
             password_set_by=actor if digest is not None else None,
         )
     ).inserted_primary_key[0]
-    audit.append(
-        conn,
-        actor,
-        "user-add",
-        f"user:{name}",
-        {"roles": sorted(chosen), "password": digest is not None},
-    )
+    details: dict[str, Any] = {"roles": sorted(chosen), "password": digest is not None}
+    if reason.strip():
+        details["reason"] = reason.strip()
+    audit.append(conn, actor, "user-add", f"user:{name}", details)
     return User(new_id, name, chosen, False)
 
 

@@ -1,17 +1,23 @@
 """The users page (admin only): accounts with their roles, state and last sign-in, and
-their API tokens with when each was last used; changing roles, disabling and enabling,
-resetting a password and revoking a token, each with a reason.
+their API tokens with when each was last used; adding a user, changing roles, disabling
+and enabling, resetting a password, issuing and revoking a token, each with a reason.
 
 Every change goes through the services the CLI and the API use (router/auth/accounts.py,
 users.py, tokens.py), in one transaction with its audit event, so the same guards hold:
 the last enabled admin is kept, tokens follow their user's roles, the admin who sets a
-password is recorded as its maker for four eyes. A refusal is shown on the page.
+password is recorded as its maker for four eyes. A refusal is shown on the page, its
+dialog opened again with what was typed but passwords.
+
+A new token's value is in the answer to the form that issued it, once: that page is not
+cached, the value is never in a URL, a redirect, a log line or the audit row, and the page
+replaces its own history entry with /users, so reloading or going back does not show it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlencode
 
@@ -24,16 +30,21 @@ from router.api.security import Principal, csrf_token
 from router.auth.accounts import change_roles, enable_user, set_password
 from router.auth.passwords import MAX_LENGTH
 from router.auth.roles import ROLES
-from router.auth.tokens import list_tokens, revoke_token
-from router.auth.users import NAME, disable_user, list_users
+from router.auth.tokens import issue_token, list_tokens, revoke_token
+from router.auth.users import NAME, add_user, disable_user, list_users
 from router.console.access import Admin
 from router.console.templating import render
+from router.store.inbound import utcnow
+from router.units import parse_duration
 
 if TYPE_CHECKING:
     from router.engine import Engine
 
 MAX_REASON = 1000
 MAX_ROLES = len(ROLES)
+MAX_NAME = 64
+MAX_EXPIRES = 32  # "365d"; a duration, not a story
+LONGEST_TOKEN = timedelta(days=3650)
 # What the page says after a change; the fields come back in the redirect's query string
 # and are checked in ``_notice`` (a user name or a number), so nobody can word a notice.
 DONE = {
@@ -44,6 +55,7 @@ DONE = {
     "enabled": "Enabled {user}: they may sign in again; none of their old tokens works.",
     "password": "Set the password of {user}: their sessions are ended.",
     "revoked": "Revoked token {token}.",
+    "added": "Added {user}.",
 }
 REVOKED_TOO = " Revoked token(s) {revoked}: they held no role {user} still has."
 
@@ -62,7 +74,11 @@ def user_routes(engine: Engine) -> APIRouter:
             }
 
     async def page(
-        request: Request, principal: Principal, problem: str | None = None, status: int = 200
+        request: Request,
+        principal: Principal,
+        problem: str | None = None,
+        status: int = 200,
+        retry: Retry | None = None,
     ) -> HTMLResponse:
         context = await asyncio.to_thread(listing)
         context.update(
@@ -72,6 +88,7 @@ def user_routes(engine: Engine) -> APIRouter:
             done=_notice(request.query_params),
             roles=ROLES,
             max_password=MAX_LENGTH,
+            retry=retry or Retry(),
         )
         return render(request, "users.html", context, status_code=status)
 
@@ -79,28 +96,92 @@ def user_routes(engine: Engine) -> APIRouter:
         request: Request,
         principal: Principal,
         reason: str,
-        work: Callable[[Connection], dict[str, Any]],
+        work: Callable[[Connection], Any],
+        retry: Retry | None = None,
+        answer: Callable[[Any], Response] | None = None,
     ) -> Response:
-        """Run ``work`` in a write transaction and say what it did; a refusal (no reason,
-        no such user or token, a guard) is shown on the page and changes nothing."""
+        """Run ``work`` in a write transaction and say what it did (``answer``, else a
+        redirect naming the outcome); a refusal (no reason, no such user or token, a guard)
+        is shown on the page, ``retry``'s dialog open again, and changes nothing."""
         if not reason.strip():
-            return await page(request, principal, "give a reason: it is kept in the audit log", 422)
+            problem = "give a reason: it is kept in the audit log"
+            return await page(request, principal, problem, 422, retry)
 
-        def run() -> dict[str, Any]:
+        def run() -> Any:
             with store.begin() as conn:
                 return work(conn)
 
         try:
             outcome = await asyncio.to_thread(run)
         except LookupError as exc:
-            return await page(request, principal, str(exc), 404)
+            return await page(request, principal, str(exc), 404, retry)
         except ValueError as exc:
-            return await page(request, principal, str(exc), 422)
+            return await page(request, principal, str(exc), 422, retry)
+        if answer is not None:
+            return answer(outcome)
         return RedirectResponse(f"/users?{urlencode(outcome)}", status_code=303)
 
     @routes.get("/users", response_class=HTMLResponse)
     async def users(request: Request, principal: Admin) -> HTMLResponse:
         return await page(request, principal)
+
+    @routes.post("/users/add")
+    async def add(
+        request: Request,
+        principal: Admin,
+        name: str = Form(default="", max_length=MAX_NAME),
+        reason: str = Form(default="", max_length=MAX_REASON),
+        role: Annotated[list[str] | None, Form(max_length=MAX_ROLES)] = None,
+        new_password: str = Form(default="", max_length=MAX_LENGTH),
+        again: str = Form(default="", max_length=MAX_LENGTH),
+        tokens_only: bool = Form(default=False),
+    ) -> Response:
+        """``run.py users add`` and ``POST /api/users``: the admin is the password's maker.
+        ``tokens_only``: no password, for a sending system (it cannot sign in)."""
+        typed = {"name": name, "roles": role or [], "reason": reason, "tokens_only": tokens_only}
+
+        def work(conn: Connection) -> dict[str, Any]:
+            if tokens_only and (new_password or again):
+                raise ValueError("a tokens-only user has no password: leave both empty")
+            if not tokens_only and new_password != again:
+                raise ValueError("the two passwords differ")
+            if not role:
+                raise ValueError("give the user at least one role")
+            password = None if tokens_only else new_password
+            user = add_user(conn, name, role, password, actor=principal.name, reason=reason)
+            return {"done": "added", "user": user.name}
+
+        return await attempt(request, principal, reason, work, Retry("add-user", typed))
+
+    @routes.post("/users/{name}/tokens")
+    async def issue(
+        name: str,
+        request: Request,
+        principal: Admin,
+        reason: str = Form(default="", max_length=MAX_REASON),
+        role: Annotated[list[str] | None, Form(max_length=MAX_ROLES)] = None,
+        expires: str = Form(default="", max_length=MAX_EXPIRES),
+    ) -> Response:
+        """``run.py users token`` and ``POST /api/users/NAME/tokens``: the admin is its
+        issuer. The answer is the one page that shows the token (router/console/users.py)."""
+        typed = {"roles": role or [], "reason": reason, "expires": expires}
+
+        def work(conn: Connection) -> tuple[int, str]:
+            if not role:
+                raise ValueError("give the token at least one role")
+            until = utcnow() + _lifetime(expires) if expires.strip() else None
+            return issue_token(
+                conn, name, role, actor=principal.name, expires_at=until, reason=reason
+            )
+
+        def shown(issued: tuple[int, str]) -> Response:
+            token_id, token = issued
+            context = {"principal": principal, "csrf": csrf_token(request)}
+            context.update(token_id=token_id, token=token, user=name, roles=sorted(role or ()))
+            return render(request, "token_issued.html", context)
+
+        retry = Retry(f"token-{name}", typed)
+        return await attempt(request, principal, reason, work, retry, shown)
 
     @routes.post("/users/{name}/roles")
     async def roles(
@@ -189,6 +270,31 @@ def user_routes(engine: Engine) -> APIRouter:
         return await attempt(request, principal, reason, work)
 
     return routes
+
+
+class Retry:
+    """A refused form's dialog (``dialog``: the one to open again) and what was typed in it,
+    passwords never."""
+
+    def __init__(self, dialog: str = "", typed: dict[str, Any] | None = None) -> None:
+        self.dialog = dialog
+        self.typed = typed or {}
+
+    def value(self, dialog: str, field: str, default: Any = "") -> Any:
+        return self.typed.get(field, default) if dialog == self.dialog else default
+
+
+def _lifetime(text: str) -> timedelta:
+    """A token's lifetime from ``90d``, ``12h``...: more than nothing, at most ten years."""
+    try:
+        span = timedelta(seconds=parse_duration(text.strip()))
+    except ValueError as exc:
+        raise ValueError(f"expires after: {exc}") from exc
+    if span <= timedelta(0):
+        raise ValueError("expires after: give a lifetime longer than nothing, e.g. 90d")
+    if span > LONGEST_TOKEN:
+        raise ValueError("expires after: at most 3650d; leave it empty for until revoked")
+    return span
 
 
 def _notice(params: Mapping[str, str]) -> str | None:

@@ -227,3 +227,153 @@ def test_the_api_keeps_a_reason_for_disabling_when_given(app, store):
     assert Client(app).post("/api/users/gp/disable", **api).is_success, "a body is optional"
     details = [event[2] for event in _events(store, "user-disable")]
     assert [d.get("reason") for d in details] == ["left", None]
+
+
+def _dialog(page: str, dialog_id: str) -> str:
+    found = re.search(rf'<dialog id="{dialog_id}".*?</dialog>', page, re.S)
+    assert found, page
+    return found.group(0)
+
+
+def test_an_admin_adds_a_user_with_a_password_as_its_maker(app, ada, store):
+    new = "an initial passphrase"
+    done = _post(
+        ada,
+        "/users/add",
+        name="kim",
+        role=["support", "viewer"],
+        new_password=new,
+        again=new,
+        reason="new starter",
+    )
+    assert done.status_code == 303
+    assert "Added kim." in ada.get(done.headers["location"]).text
+    with store.read() as conn:
+        row = conn.execute(select(users).where(users.c.name == "kim")).one()
+    assert verify_password(row.password_hash, new)
+    assert (row.password_set_by, row.created_by) == ("ada", "ada")
+    assert _events(store, "user-add")[-1] == (
+        "ada",
+        "user:kim",
+        {"roles": ["support", "viewer"], "password": True, "reason": "new starter"},
+    )
+    tokens_only = _post(
+        ada, "/users/add", name="pas", role=["sender"], tokens_only="true", reason="PAS feed"
+    )
+    assert tokens_only.status_code == 303
+    with store.read() as conn:
+        row = conn.execute(select(users).where(users.c.name == "pas")).one()
+    assert row.password_hash is None and row.password_set_by is None
+
+
+@pytest.mark.parametrize(
+    ("form", "says", "status"),
+    [
+        ({"new_password": "long enough 1", "again": "long enough 2"}, "differ", 422),
+        ({"new_password": "short", "again": "short"}, "at least 12", 422),
+        ({"name": "Ada"}, "exists as &#39;ada&#39;", 422),
+        ({"name": "no spaces"}, "a user name is", 422),
+        ({"role": ["wizard"]}, "unknown role", 422),
+        ({"role": []}, "at least one role", 422),
+        ({"tokens_only": "true"}, "has no password", 422),
+        ({"reason": " "}, "give a reason", 422),
+    ],
+)
+def test_a_refused_user_is_shown_again_with_what_was_typed_but_passwords(
+    ada, store, form, says, status
+):
+    typed = {
+        "name": "kim",
+        "role": ["approver"],
+        "new_password": "the right passphrase",
+        "again": "the right passphrase",
+        "reason": "new starter",
+        **form,
+    }
+    refused = _post(ada, "/users/add", **typed)
+    assert refused.status_code == status and says in refused.text
+    dialog = _dialog(refused.text, "add-user")
+    assert "data-reopen" in dialog
+    assert f'value="{typed["name"]}"' in dialog
+    for role in typed["role"]:
+        if role != "wizard":
+            assert f'value="{role}" checked' in dialog
+    if typed["reason"].strip():
+        assert f">{typed['reason']}</textarea>" in dialog
+    assert typed["new_password"] not in refused.text and typed["again"] not in refused.text
+    assert _events(store, "user-add")[3:] == [], "only the fixture's three users"
+
+
+def test_an_issued_token_is_shown_once_uncached_and_nowhere_else(ada, store, caplog):
+    caplog.set_level("DEBUG")
+    csrf = _csrf(ada.get("/users").text)
+    issued = ada.post(
+        "/users/gp/tokens",
+        data={"csrf_token": csrf, "role": ["sender"], "expires": "90d", "reason": "PAS go-live"},
+    )
+    assert issued.status_code == 200, "the answer itself: no redirect to carry it"
+    assert issued.headers["cache-control"] == "no-store"
+    assert 'data-shown-once="/users"' in issued.text
+    token = re.search(r'value="(tie_[^"]+)"', issued.text).group(1)
+    with store.read() as conn:
+        row = conn.execute(select(api_tokens)).one()
+        audit_rows = [json.dumps(list(r), default=str) for r in conn.execute(select(audit_events))]
+    assert f"Token {row.id} for gp" in issued.text
+    assert row.created_by == "ada" and row.expires_at is not None
+    (event,) = _events(store, "token-issue")
+    assert event[:2] == ("ada", "user:gp")
+    assert (event[2]["roles"], event[2]["reason"]) == (["sender"], "PAS go-live")
+    assert not any(token in text for text in audit_rows)
+    assert not any(token in record.getMessage() for record in caplog.records)
+    assert token not in ada.get("/users").text, "the listing never shows it again"
+
+    api = Client(ada.app).get("/api/users", headers={"Authorization": f"Bearer {token}"})
+    assert api.status_code == 403, "a live sender's token (refused: not an admin)"
+
+
+@pytest.mark.parametrize(
+    ("form", "says", "status"),
+    [
+        ({"role": ["admin"]}, "does not hold the role", 422),
+        ({"role": []}, "at least one role", 422),
+        ({"expires": "soon"}, "not a duration", 422),
+        ({"expires": "0s"}, "longer than nothing", 422),
+        ({"expires": "4000d"}, "at most 3650d", 422),
+        ({"reason": ""}, "give a reason", 422),
+    ],
+)
+def test_a_refused_token_is_shown_again_with_what_was_typed(ada, store, form, says, status):
+    typed = {"role": ["support"], "expires": "30d", "reason": "rota script", **form}
+    refused = _post(ada, "/users/sam/tokens", **typed)
+    assert refused.status_code == status and says in refused.text
+    with store.read() as conn:
+        sam_id = conn.scalar(select(users.c.id).where(users.c.name == "sam"))
+        assert conn.execute(select(api_tokens)).all() == []
+    dialog = _dialog(refused.text, f"token-{sam_id}")
+    assert "data-reopen" in dialog and f'value="{typed["expires"]}"' in dialog
+    if "support" in typed["role"]:
+        assert 'value="support" checked' in dialog
+    assert _events(store, "token-issue") == []
+
+
+def test_a_token_for_nobody_or_a_disabled_user_is_refused(ada, store):
+    assert _post(ada, "/users/nobody/tokens", role=["viewer"], reason="x").status_code == 404
+    _post(ada, "/users/sam/disable", reason="left")
+    refused = _post(ada, "/users/sam/tokens", role=["support"], reason="x")
+    assert refused.status_code == 422 and "is disabled" in refused.text
+
+
+def test_only_an_admin_adds_users_and_issues_tokens(app, store):
+    sam = _signed_in(app, store, "sam")
+    csrf = _csrf(sam.get("/users").text)
+    added = sam.post(
+        "/users/add",
+        data={"csrf_token": csrf, "name": "eve", "role": ["admin"], "tokens_only": "true"}
+        | {"reason": "x"},
+    )
+    issued = sam.post(
+        "/users/sam/tokens", data={"csrf_token": csrf, "role": ["support"], "reason": "x"}
+    )
+    assert added.status_code == issued.status_code == 403
+    assert "tie_" not in issued.text
+    assert _events(store, "user-add")[3:] == _events(store, "token-issue") == []

@@ -68,3 +68,16 @@ document.addEventListener("htmx:afterSettle", () => {
   before = null;
   if (changed.length) news.textContent = changed.map(([id, s]) => `Delivery ${id}: ${s}.`).join(" ");
 });
+
+// A refused form comes back with its dialog marked to open again, with what was typed.
+document.addEventListener("DOMContentLoaded", () => {
+  const refused = document.querySelector("dialog[data-reopen]");
+  if (refused) refused.showModal();
+});
+
+// A page shown once (a new API token) replaces its own history entry with the page it
+// leads back to: reloading it, or coming back to it, asks for that page, not the form again.
+document.addEventListener("DOMContentLoaded", () => {
+  const once = document.querySelector("[data-shown-once]");
+  if (once) history.replaceState(null, "", once.dataset.shownOnce);
+});
