@@ -1,7 +1,10 @@
-"""The users page in a real browser: only an admin finds it; roles, disable and token
-revocation through its dialogs, each with a reason; no WCAG 2.1 AA violation (axe)."""
+"""The users page in a real browser: only an admin finds it; roles, disable, token
+revocation, adding a user and issuing a token (shown once: a reload shows the Users page)
+through its dialogs, each with a reason; no WCAG 2.1 AA violation (axe)."""
 
 from __future__ import annotations
+
+import re
 
 from console_testing import PASSWORD
 from playwright.sync_api import expect
@@ -57,6 +60,30 @@ def test_an_admin_changes_roles_disables_and_revokes_from_the_users_page(site, s
     dialog.get_by_role("button", name="Revoke").click()
     expect(ada.get_by_role("status")).to_contain_text(f"Revoked token {token_id}.")
     found += _violations(ada)
+
+    ada.get_by_role("button", name="Add user…").click()
+    dialog = ada.get_by_role("dialog", name="Add a user")
+    dialog.get_by_label("Name").fill("pas")
+    dialog.get_by_label("sender").check()
+    dialog.get_by_label("No password").check()
+    dialog.get_by_label("Reason").fill("PAS feed")
+    dialog.get_by_role("button", name="Add user").click()
+    expect(ada.get_by_role("status")).to_contain_text("Added pas.")
+
+    ada.get_by_role("button", name="Issue token… for pas").click()
+    dialog = ada.get_by_role("dialog", name="Issue a token for pas")
+    found += _violations(ada)
+    dialog.get_by_label("sender").check()
+    dialog.get_by_label("Expires after").fill("90d")
+    dialog.get_by_label("Reason").fill("PAS go-live")
+    dialog.get_by_role("button", name="Issue token").click()
+    secret = ada.get_by_label("Token", exact=True)
+    expect(secret).to_have_value(re.compile(r"^tie_"))
+    found += _violations(ada)
+    assert ada.url.endswith("/users"), "its history entry is the Users page"
+    ada.reload()
+    expect(ada.get_by_role("heading", name="Users", level=1)).to_be_visible()
+    expect(ada.get_by_label("Token", exact=True)).to_have_count(0)
     assert found == []
     ada.set_viewport_size({"width": 320, "height": 800})  # 400% zoom: only tables scroll
     assert ada.evaluate("document.documentElement.scrollWidth") <= 320
