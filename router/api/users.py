@@ -34,6 +34,7 @@ class UserIn(BaseModel):
     password: str | None = Field(
         default=None, max_length=MAX_LENGTH, description="none: a token-only account"
     )
+    reason: str = Field(default="", max_length=1000, description="why: kept in the audit log")
 
 
 class RolesIn(BaseModel):
@@ -79,6 +80,7 @@ class TokenIn(BaseModel):
 
     roles: list[str] = Field(min_length=1, max_length=5)
     expires_at: Moment | None = None
+    reason: str = Field(default="", max_length=1000, description="why: kept in the audit log")
 
 
 def user_routes(engine: Engine) -> APIRouter:
@@ -108,7 +110,9 @@ def user_routes(engine: Engine) -> APIRouter:
     @router.post("", status_code=201)
     async def add(body: UserIn, principal: Principal = Depends(admin)) -> dict[str, Any]:
         user = await write(
-            lambda conn: add_user(conn, body.name, body.roles, body.password, actor=principal.name)
+            lambda conn: add_user(
+                conn, body.name, body.roles, body.password, actor=principal.name, reason=body.reason
+            )
         )
         return {"id": user.id, "name": user.name, "roles": sorted(user.roles)}
 
@@ -195,7 +199,12 @@ def user_routes(engine: Engine) -> APIRouter:
             raise HTTPException(422, "expires_at is past: the token would never work")
         token_id, token = await write(
             lambda conn: issue_token(
-                conn, name, body.roles, actor=principal.name, expires_at=body.expires_at
+                conn,
+                name,
+                body.roles,
+                actor=principal.name,
+                expires_at=body.expires_at,
+                reason=body.reason,
             )
         )
         return {"id": token_id, "token": token}

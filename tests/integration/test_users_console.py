@@ -377,3 +377,18 @@ def test_only_an_admin_adds_users_and_issues_tokens(app, store):
     assert added.status_code == issued.status_code == 403
     assert "tie_" not in issued.text
     assert _events(store, "user-add")[3:] == _events(store, "token-issue") == []
+
+
+def test_the_api_keeps_a_reason_for_adding_a_user_and_issuing_a_token(app, store):
+    with store.begin() as conn:
+        _, token = issue_token(conn, "ada", ["admin"], actor="test")
+    api = Client(app)
+    auth = {"headers": {"Authorization": f"Bearer {token}"}}
+    body = {"name": "pas", "roles": ["sender"], "reason": "PAS feed"}
+    assert api.post("/api/users", json=body, **auth).status_code == 201
+    issued = api.post(
+        "/api/users/pas/tokens", json={"roles": ["sender"], "reason": "go-live"}, **auth
+    )
+    assert issued.status_code == 201
+    assert _events(store, "user-add")[-1][2]["reason"] == "PAS feed"
+    assert _events(store, "token-issue")[-1][2]["reason"] == "go-live"
