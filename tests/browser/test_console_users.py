@@ -63,10 +63,15 @@ def test_an_admin_changes_roles_disables_and_revokes_from_the_users_page(site, s
 
     ada.get_by_role("button", name="Add user…").click()
     dialog = ada.get_by_role("dialog", name="Add a user")
-    dialog.get_by_label("Name").fill("pas")
+    dialog.get_by_label("Name").fill("Ada")  # taken, but for its case
     dialog.get_by_label("sender").check()
     dialog.get_by_label("No password").check()
     dialog.get_by_label("Reason").fill("PAS feed")
+    dialog.get_by_role("button", name="Add user").click()
+    expect(dialog.get_by_role("alert")).to_contain_text("exists as 'ada'")  # open again
+    expect(dialog.get_by_label("Reason")).to_have_value("PAS feed")
+    found += _violations(ada)
+    dialog.get_by_label("Name").fill("pas")
     dialog.get_by_role("button", name="Add user").click()
     expect(ada.get_by_role("status")).to_contain_text("Added pas.")
 

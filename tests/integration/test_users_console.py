@@ -293,7 +293,7 @@ def test_a_refused_user_is_shown_again_with_what_was_typed_but_passwords(
     refused = _post(ada, "/users/add", **typed)
     assert refused.status_code == status and says in refused.text
     dialog = _dialog(refused.text, "add-user")
-    assert "data-reopen" in dialog
+    assert "data-reopen" in dialog and says in dialog, "said where the reader is: the dialog"
     assert f'value="{typed["name"]}"' in dialog
     for role in typed["role"]:
         if role != "wizard":
@@ -350,7 +350,8 @@ def test_a_refused_token_is_shown_again_with_what_was_typed(ada, store, form, sa
         sam_id = conn.scalar(select(users.c.id).where(users.c.name == "sam"))
         assert conn.execute(select(api_tokens)).all() == []
     dialog = _dialog(refused.text, f"token-{sam_id}")
-    assert "data-reopen" in dialog and f'value="{typed["expires"]}"' in dialog
+    assert "data-reopen" in dialog and says in dialog
+    assert f'value="{typed["expires"]}"' in dialog
     if "support" in typed["role"]:
         assert 'value="support" checked' in dialog
     assert _events(store, "token-issue") == []
