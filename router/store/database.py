@@ -25,6 +25,20 @@ WAL_AUTOCHECKPOINT = 10000
 # libpq waits for ever for a server that accepted the connection but never answers (or
 # whose packets are dropped): every store call, /health and the HTTP requests with it.
 CONNECT_TIMEOUT = 10
+# A connection whose network path drops silently (a firewall forgetting it, a failed-over
+# VIP: no RST) would hang its next query until the kernel gives up retransmitting (~15
+# minutes on Linux), and an idle one (the engine lock's) would take the kernel's keepalive
+# defaults (2 h 11 min) to notice. Keepalives find a dead idle connection within
+# 30 + 3 x 10 = 60 s; TCP_USER_TIMEOUT closes one whose sent data has gone unacknowledged
+# for 60 s. The server's kernel answers both, so a long query on a live server trips
+# neither. libpq's names; the URL's own value of each wins.
+TCP_DEFAULTS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
 
 T = TypeVar("T")
 # Runs work(conn) in a write transaction and returns its result once committed:
@@ -66,7 +80,7 @@ class Store:
             self._write_lock = None
             self.writer = create_engine(
                 url,
-                connect_args=_connect_timeout(url),
+                connect_args=_connect_args(url),
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_pre_ping=True,
@@ -229,9 +243,12 @@ def savepoint(conn: Connection, name: str) -> Iterator[None]:
     driver.execute(f"RELEASE SAVEPOINT {name}")
 
 
-def _connect_timeout(url: str) -> dict[str, Any]:
-    """libpq's ``connect_timeout``: ``CONNECT_TIMEOUT`` seconds unless the URL sets its own."""
-    return {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT}
+def _connect_args(url: str) -> dict[str, Any]:
+    """libpq's ``connect_timeout`` (``CONNECT_TIMEOUT`` seconds) and ``TCP_DEFAULTS``, each
+    unless the URL sets its own (SQLAlchemy's connect_args would override the URL's)."""
+    defaults = {"connect_timeout": CONNECT_TIMEOUT, **TCP_DEFAULTS}
+    query = make_url(url).query
+    return {name: value for name, value in defaults.items() if name not in query}
 
 
 class StoreUnavailable(Exception):

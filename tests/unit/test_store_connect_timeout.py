@@ -1,5 +1,7 @@
 """A PostgreSQL store whose server accepts the connection and never answers: the store
-call fails after libpq's connect_timeout, instead of waiting for ever (router/store/database.py)."""
+call fails after libpq's connect_timeout, instead of waiting for ever; and every connection
+gets TCP keepalives and a TCP user timeout unless the URL sets its own
+(router/store/database.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,29 @@ def test_a_silent_server_fails_the_call_after_the_connect_timeout(monkeypatch):
     assert waited < 5
 
 
-def test_a_connect_timeout_in_the_url_is_kept():
-    assert database._connect_timeout("postgresql+psycopg://h/db?connect_timeout=3") == {}
-    assert database._connect_timeout("postgresql+psycopg://h/db") == {"connect_timeout": 10}
+def test_every_connection_gets_the_timeouts_and_keepalives():
+    assert database._connect_args("postgresql+psycopg://h/db") == {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 60000,
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "connect_timeout",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+    ],
+)
+def test_a_value_in_the_url_wins(name):
+    """connect_args would override the URL's own value: it is left out of them instead."""
+    args = database._connect_args(f"postgresql+psycopg://h/db?{name}=7&sslmode=require")
+    assert name not in args and len(args) == 5
