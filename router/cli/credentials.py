@@ -44,11 +44,13 @@ def signed_in(args: argparse.Namespace, store: Store, *roles: str) -> Credential
     1 before anything is recorded. While the store has no users at all (a new install run
     from its files) nobody has a credential, so the claimed ``--actor`` (default: the OS
     user) is taken, as the rules need no person yet; the services still refuse what needs
-    a role."""
+    a role. A token given then is refused (``_NO_USERS``), as ``token_holder`` refuses it."""
     claimed = getattr(args, "actor", None)
     with store.read() as conn:
         anyone = count_users(conn)
     if not anyone:
+        if _presented_token():
+            raise CommandError(_NO_USERS)
         return Credential(actor(args), None)
     presented = token_holder(args, store, *roles)
     if presented is not None:
@@ -66,13 +68,26 @@ def token_holder(args: argparse.Namespace, store: Store, *roles: str) -> Credent
     None when the variable is not set. A token given that is not live is refused, never
     passed over for a claimed name: a label-only command (reprocess, pause, ...) records
     whoever the token proves, as the credentialed ones do."""
-    token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    token = _presented_token()
     if not token:
         return None
     credential, held = _by_token(store, token)
     scope = " (a token acts with the roles it was given)"
     _held_to(getattr(args, "actor", None), credential, held, roles, scope)
     return credential
+
+
+def _presented_token() -> str:
+    return os.environ.get(TOKEN_VARIABLE, "").strip()
+
+
+# No token can be valid on a store without users: most likely the command found the wrong
+# store (TIE_STORE, --config), which it must not act on as the claimed name instead.
+_NO_USERS = (
+    f"${TOKEN_VARIABLE} is set, but this store has no users, so no API token is valid on it "
+    f"(is it the store you meant?): unset ${TOKEN_VARIABLE} to act as --actor until the "
+    "first user is added"
+)
 
 
 def _held_to(
@@ -95,6 +110,9 @@ def _held_to(
 def _by_token(store: Store, token: str) -> tuple[Credential, frozenset[str]]:
     with store.read() as conn:
         bearer = token_bearer(conn, token)
+        anyone = bearer is not None or count_users(conn)
+    if not anyone:
+        raise CommandError(_NO_USERS)
     if bearer is None:
         raise CommandError(
             f"${TOKEN_VARIABLE} is not a live API token (revoked, expired, its user disabled, "

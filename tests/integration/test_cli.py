@@ -1615,3 +1615,24 @@ def test_any_actor_is_taken_while_there_are_no_users(seeded, cli, command):
     event = _events(seeded.store)[-1]
     assert (event.action, event.actor) == (action, "anyone")
     assert json.loads(event.details)["os_user"] == OS_USER
+
+
+@pytest.mark.parametrize("command", ["reprocess", "users add"])  # one of each path
+def test_a_token_given_while_there_are_no_users_is_refused(seeded, cli, monkeypatch, command):
+    """No token can be valid on a store with no users (the wrong store, most likely): a
+    command given one is refused, saying so, whether its actor is a label or a credential,
+    rather than the token passed over for the claimed name. Nothing is recorded."""
+    from router.cli.credentials import TOKEN_VARIABLE
+
+    argv, _, _ = {**ACTING, **CREDENTIALED}[command]
+    args = argv(seeded)
+    before = _events(seeded.store)
+    monkeypatch.setenv(TOKEN_VARIABLE, "tie_from_another_store")
+    run = cli(seeded.workspace.config, *args, "--actor", "anyone")
+    assert (run.code, run.err) == (
+        1,
+        f"error: ${TOKEN_VARIABLE} is set, but this store has no users, so no API token is "
+        f"valid on it (is it the store you meant?): unset ${TOKEN_VARIABLE} to act as "
+        "--actor until the first user is added\n",
+    )
+    assert _events(seeded.store) == before
