@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     secret.add_argument(
         "--no-password", action="store_true", help="a token-only account (cannot sign in)"
     )
+    add.add_argument("--reason", default="", help="why: kept in the audit log")
     _actor(add)
     add.set_defaults(handler=users_add)
 
@@ -98,7 +99,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--expires",
         help="lifetime, e.g. 90d or 12h (default: until revoked; rotate: the old one's)",
     )
-    token.add_argument("--reason", default="", help="revoke: why, kept in the audit log")
+    token.add_argument("--reason", default="", help="issue or revoke: why, kept in the audit log")
     token.add_argument(
         "--overlap",
         default="24h",
@@ -150,7 +151,7 @@ def users_add(args: argparse.Namespace) -> int:
     password = _password(args)
     try:
         with store.begin() as conn:
-            user = add_user(conn, args.name, args.roles, password, actor=who)
+            user = add_user(conn, args.name, args.roles, password, actor=who, reason=args.reason)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     print(f"added {user.name} ({', '.join(sorted(user.roles))})")
@@ -266,7 +267,7 @@ def users_token(args: argparse.Namespace) -> int:
     try:
         with store.begin() as conn:
             token_id, token = issue_token(
-                conn, args.name, args.roles, actor=who, expires_at=expires
+                conn, args.name, args.roles, actor=who, expires_at=expires, reason=args.reason
             )
     except (LookupError, ValueError) as exc:
         raise CommandError(str(exc)) from exc

@@ -292,3 +292,29 @@ def test_a_sending_systems_token_is_rotated_on_the_command_line(config, store_ur
     assert [t["id"] for t in json.loads(out)] == [1], "the old one, within its overlap"
     code, out = _run(config, capsys, "tokens", "--expiring", "100d", "--json")
     assert [(t["id"], t["state"]) for t in json.loads(out)] == [(1, "live"), (2, "live")]
+
+
+def test_adding_a_user_and_issuing_a_token_keep_their_reasons(config, store_url, capsys):
+    add = ("add", "ada", "--role", "admin", "--password-stdin", "--actor", "root")
+    assert _run(config, capsys, *add, "--reason", "first admin", stdin=PASSWORD + "\n")[0] == 0
+    gp = ("add", "gp", "--role", "sender", "--no-password", "--reason", "PAS feed", *ADA)
+    assert _run(config, capsys, *gp)[0] == 0
+    assert (
+        _run(config, capsys, "token", "gp", "--role", "sender", "--reason", "go-live", *ADA)[0] == 0
+    )
+    assert _run(config, capsys, "add", "sam", "--role", "viewer", "--no-password", *ADA)[0] == 0
+    store = Store(store_url)
+    try:
+        with store.read() as conn:
+            rows = conn.execute(
+                select(audit_events.c.action, audit_events.c.details).order_by(audit_events.c.id)
+            ).all()
+    finally:
+        store.dispose()
+    reasons = [(action, json.loads(details).get("reason")) for action, details in rows]
+    assert reasons == [
+        ("user-add", "first admin"),
+        ("user-add", "PAS feed"),
+        ("token-issue", "go-live"),
+        ("user-add", None),
+    ]
