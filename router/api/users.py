@@ -14,7 +14,7 @@ from router.api.params import IdPath, Moment
 from router.api.security import Principal, require_role
 from router.auth.accounts import change_roles, enable_user, set_password
 from router.auth.passwords import MAX_LENGTH
-from router.auth.tokens import issue_token, list_tokens, revoke_token, rotate_token
+from router.auth.tokens import MAX_LABEL, issue_token, list_tokens, revoke_token, rotate_token
 from router.auth.users import add_user, disable_user, find_user, list_users
 from router.config._base import PositiveDuration
 from router.store.inbound import utcnow
@@ -81,6 +81,11 @@ class TokenIn(BaseModel):
     roles: list[str] = Field(min_length=1, max_length=5)
     expires_at: Moment | None = None
     reason: str = Field(default="", max_length=1000, description="why: kept in the audit log")
+    label: str | None = Field(
+        default=None,
+        max_length=MAX_LABEL,
+        description="a name for it in listings, e.g. 'PAS live'; printable text",
+    )
 
 
 def user_routes(engine: Engine) -> APIRouter:
@@ -205,6 +210,7 @@ def user_routes(engine: Engine) -> APIRouter:
                 actor=principal.name,
                 expires_at=body.expires_at,
                 reason=body.reason,
+                label=body.label,
             )
         )
         return {"id": token_id, "token": token}
@@ -227,8 +233,8 @@ def user_routes(engine: Engine) -> APIRouter:
     async def rotate(
         token_id: IdPath, body: RotateIn, principal: Principal = Depends(admin)
     ) -> dict[str, Any]:
-        """A new token (in this answer once) with the old one's user and roles; the old one
-        works on for ``overlap``, then expires: no moment without a working token."""
+        """A new token (in this answer once) with the old one's user, roles and label; the
+        old one works on for ``overlap``, then expires: no moment without a working token."""
         if body.expires_at is not None and body.expires_at <= utcnow():
             raise HTTPException(422, "expires_at is past: the token would never work")
         done = await write(

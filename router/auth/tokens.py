@@ -24,6 +24,18 @@ from router.store.schema import api_tokens, users
 
 PREFIX = "tie_"
 MAX_LENGTH = 128
+MAX_LABEL = 64
+
+
+def check_label(label: str | None) -> str | None:
+    """A token's label, trimmed (None when empty): at most MAX_LABEL printable characters,
+    as it is shown in listings, tables and terminals."""
+    text = (label or "").strip()
+    if len(text) > MAX_LABEL:
+        raise ValueError(f"a token's label has at most {MAX_LABEL} characters")
+    if not text.isprintable():
+        raise ValueError("a token's label is printable text: no tabs, line breaks or controls")
+    return text or None
 
 
 def digest(secret: str) -> str:
@@ -38,9 +50,12 @@ def issue_token(
     actor: str,
     expires_at: datetime | None = None,
     reason: str = "",
+    label: str | None = None,
 ) -> tuple[int, str]:
     """A new token for ``user_name``: (its id, the token itself, which is not kept).
-    ``reason``, when given, is kept in the audit event (the token never is)."""
+    ``reason``, when given, is kept in the audit event (the token never is); ``label``
+    names it in listings, to tell the user's tokens apart."""
+    label = check_label(label)
     user = find_user(conn, user_name)
     if user is None:
         raise LookupError(f"no user {user_name!r}")
@@ -59,9 +74,12 @@ def issue_token(
             created_at=utcnow(),
             created_by=actor,
             expires_at=expires_at,
+            label=label,
         )
     ).inserted_primary_key[0]
     details: dict[str, Any] = {"token": token_id, "roles": sorted(chosen), "expires_at": expires_at}
+    if label:
+        details["label"] = label
     if reason.strip():
         details["reason"] = reason.strip()
     audit.append(conn, actor, "token-issue", f"user:{user_name}", details)
@@ -106,13 +124,13 @@ def rotate_token(
     overlap: timedelta,
     expires_at: datetime | None = None,
 ) -> Rotation:
-    """A new token with the old one's user and roles; the old one keeps working for
+    """A new token with the old one's user, roles and label; the old one keeps working for
     ``overlap`` more (at most until it would have expired anyway), long enough to put the
     new one in place, then expires. Without ``expires_at``, the new token lives as long
     as the old one was given (none: until revoked)."""
     t = api_tokens.c
     old = conn.execute(
-        select(t.roles, t.created_at, t.expires_at, t.revoked_at, users.c.name)
+        select(t.roles, t.created_at, t.expires_at, t.revoked_at, t.label, users.c.name)
         .add_columns(users.c.roles.label("user_roles"))
         .join(users, users.c.id == t.user_id)
         .where(t.id == token_id)
@@ -126,7 +144,9 @@ def rotate_token(
         expires_at = now + (old.expires_at - old.created_at)
     held = decode(old.user_roles)
     roles = sorted(r for r in decode(old.roles) if grants(held, r))  # what it works for now
-    new_id, token = issue_token(conn, old.name, roles, actor=actor, expires_at=expires_at)
+    new_id, token = issue_token(
+        conn, old.name, roles, actor=actor, expires_at=expires_at, label=old.label
+    )
     until = min(now + overlap, old.expires_at) if old.expires_at else now + overlap
     conn.execute(api_tokens.update().where(t.id == token_id).values(expires_at=until))
     details = {"token": token_id, "new_token": new_id, "old_expires_at": until}
@@ -151,7 +171,7 @@ def list_tokens(
     t = api_tokens.c
     now = utcnow()
     query = (
-        select(t.id, users.c.name.label("user"), t.roles, t.created_at, t.created_by)
+        select(t.id, users.c.name.label("user"), t.label, t.roles, t.created_at, t.created_by)
         .add_columns(t.expires_at, t.revoked_at, t.revoked_by, t.last_used_at)
         .join(users, users.c.id == t.user_id)
         .order_by(t.id)

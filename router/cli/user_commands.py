@@ -101,6 +101,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     token.add_argument("--reason", default="", help="issue or revoke: why, kept in the audit log")
     token.add_argument(
+        "--label",
+        help="issue: a name for it, shown in listings, e.g. 'PAS live' (rotate: the old one's)",
+    )
+    token.add_argument(
         "--overlap",
         default="24h",
         help="rotate: how long the old token keeps working beside the new (default 24h)",
@@ -267,7 +271,13 @@ def users_token(args: argparse.Namespace) -> int:
     try:
         with store.begin() as conn:
             token_id, token = issue_token(
-                conn, args.name, args.roles, actor=who, expires_at=expires, reason=args.reason
+                conn,
+                args.name,
+                args.roles,
+                actor=who,
+                expires_at=expires,
+                reason=args.reason,
+                label=args.label,
             )
     except (LookupError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
@@ -290,6 +300,8 @@ def _rotate(args: argparse.Namespace, store: Any, who: str, expires: datetime | 
         raise CommandError("give the token's id: users token rotate ID")
     if args.roles:
         raise CommandError("a rotated token keeps its roles: leave out --role")
+    if args.label is not None:
+        raise CommandError("a rotated token keeps its label: leave out --label")
     overlap = _duration(args.overlap, "--overlap")
     try:
         with store.begin() as conn:
@@ -314,6 +326,6 @@ def users_tokens(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             row["roles"] = " ".join(row["roles"])
-        columns = ["id", "user", "roles", "state", "created_at", "expires_at"]
+        columns = ["id", "user", "label", "roles", "state", "created_at", "expires_at"]
         print_table(rows, [*columns, "last_used_at", "revoked_at"])
     return 0

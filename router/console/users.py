@@ -30,7 +30,7 @@ from router.api.security import Principal, csrf_token
 from router.auth.accounts import change_roles, enable_user, set_password
 from router.auth.passwords import MAX_LENGTH
 from router.auth.roles import ROLES
-from router.auth.tokens import issue_token, list_tokens, revoke_token
+from router.auth.tokens import MAX_LABEL, issue_token, list_tokens, revoke_token
 from router.auth.users import NAME, add_user, disable_user, list_users
 from router.console.access import Admin
 from router.console.templating import render
@@ -88,6 +88,7 @@ def user_routes(engine: Engine) -> APIRouter:
             done=_notice(request.query_params),
             roles=ROLES,
             max_password=MAX_LENGTH,
+            max_label=MAX_LABEL,
             retry=retry or Retry(),
         )
         return render(request, "users.html", context, status_code=status)
@@ -161,23 +162,25 @@ def user_routes(engine: Engine) -> APIRouter:
         reason: str = Form(default="", max_length=MAX_REASON),
         role: Annotated[list[str] | None, Form(max_length=MAX_ROLES)] = None,
         expires: str = Form(default="", max_length=MAX_EXPIRES),
+        label: str = Form(default="", max_length=MAX_LABEL),
     ) -> Response:
         """``run.py users token`` and ``POST /api/users/NAME/tokens``: the admin is its
         issuer. The answer is the one page that shows the token (router/console/users.py)."""
-        typed = {"roles": role or [], "reason": reason, "expires": expires}
+        typed = {"roles": role or [], "reason": reason, "expires": expires, "label": label}
 
         def work(conn: Connection) -> tuple[int, str]:
             if not role:
                 raise ValueError("give the token at least one role")
             until = utcnow() + _lifetime(expires) if expires.strip() else None
             return issue_token(
-                conn, name, role, actor=principal.name, expires_at=until, reason=reason
+                conn, name, role, actor=principal.name, expires_at=until, reason=reason, label=label
             )
 
         def shown(issued: tuple[int, str]) -> Response:
             token_id, token = issued
             context = {"principal": principal, "csrf": csrf_token(request)}
             context.update(token_id=token_id, token=token, user=name, roles=sorted(role or ()))
+            context.update(label=label.strip())
             return render(request, "token_issued.html", context)
 
         retry = Retry(f"token-{name}", typed)

@@ -395,6 +395,8 @@ api_tokens = Table(
     Column("revoked_by", String(128)),
     # When a request last presented it, to the minute (router/auth/token_use.py).
     Column("last_used_at", UtcDateTime()),
+    # What the admin called it, to tell one user's tokens apart (router/auth/tokens.py).
+    Column("label", String(64)),
     Index(None, "user_id"),
 )
 

@@ -274,8 +274,12 @@ def test_a_sending_systems_token_is_rotated_on_the_command_line(config, store_ur
     add = ("add", "ada", "--role", "admin", "--password-stdin", "--actor", "root")
     assert _run(config, capsys, *add, stdin=PASSWORD + "\n")[0] == 0
     assert _run(config, capsys, "add", "gp", "--role", "sender", "--no-password", *ADA)[0] == 0
-    code, out = _run(config, capsys, "token", "gp", "--role", "sender", "--expires", "90d", *ADA)
+    issue = ("token", "gp", "--role", "sender", "--expires", "90d", "--label", "PAS live", *ADA)
+    code, out = _run(config, capsys, *issue)
     old = out.splitlines()[-1]
+    assert "keeps its label" in _refusal(
+        config, capsys, "token", "rotate", "1", "--label", "other", *ADA
+    )
     code, out = _run(config, capsys, "token", "rotate", "1", "--overlap", "2h", *ADA)
     assert code == 0 and out.startswith("token 2 for gp; token 1 works until ")
     new = out.splitlines()[-1]
@@ -291,7 +295,20 @@ def test_a_sending_systems_token_is_rotated_on_the_command_line(config, store_ur
     code, out = _run(config, capsys, "tokens", "--expiring", "1d", "--json")
     assert [t["id"] for t in json.loads(out)] == [1], "the old one, within its overlap"
     code, out = _run(config, capsys, "tokens", "--expiring", "100d", "--json")
-    assert [(t["id"], t["state"]) for t in json.loads(out)] == [(1, "live"), (2, "live")]
+    assert [(t["id"], t["state"], t["label"]) for t in json.loads(out)] == [
+        (1, "live", "PAS live"),
+        (2, "live", "PAS live"),
+    ], "the new token has the old one's label"
+    header, first, _ = _run(config, capsys, "tokens", "gp")[1].splitlines()
+    assert header.split()[:3] == ["ID", "USER", "LABEL"] and first.split()[:4] == [
+        "1",
+        "gp",
+        "PAS",
+        "live",
+    ]
+    assert "printable" in _refusal(
+        config, capsys, "token", "gp", "--role", "sender", "--label", "PAS\x1b[2J", *ADA
+    )
 
 
 def test_adding_a_user_and_issuing_a_token_keep_their_reasons(config, store_url, capsys):

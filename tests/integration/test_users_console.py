@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from router.api.security import SESSION_COOKIE, install
 from router.api.users import user_routes as api_user_routes
@@ -393,3 +393,35 @@ def test_the_api_keeps_a_reason_for_adding_a_user_and_issuing_a_token(app, store
     assert issued.status_code == 201
     assert _events(store, "user-add")[-1][2]["reason"] == "PAS feed"
     assert _events(store, "token-issue")[-1][2]["reason"] == "go-live"
+
+
+def test_a_tokens_label_is_given_kept_on_rotation_and_listed(app, ada, store):
+    with store.begin() as conn:
+        _, token = issue_token(conn, "ada", ["admin"], actor="test")
+    api = Client(app)
+    auth = {"headers": {"Authorization": f"Bearer {token}"}}
+    body = {"roles": ["sender"], "label": " PAS live ", "reason": "go-live"}
+    issued = api.post("/api/users/gp/tokens", json=body, **auth).json()
+    rotated = api.post(f"/api/users/tokens/{issued['id']}/rotate", json={}, **auth).json()
+    listed = api.get("/api/users/gp/tokens", **auth).json()["tokens"]
+    assert [(t["id"], t["label"]) for t in listed] == [
+        (issued["id"], "PAS live"),
+        (rotated["id"], "PAS live"),
+    ]
+    assert _events(store, "token-issue")[-2][2]["label"] == "PAS live"
+    for label, status in [("x" * 65, 422), ("PAS\nlive", 422)]:
+        refused = api.post("/api/users/gp/tokens", json=body | {"label": label}, **auth)
+        assert refused.status_code == status, refused.text
+
+    shown = _post(ada, "/users/gp/tokens", role=["sender"], label="PAS test", reason="testing")
+    assert shown.status_code == 200 and "“PAS test”" in shown.text
+    page = ada.get("/users").text
+    labels = re.findall(r'<tr data-token="\d+">.*?</td><td>gp</td><td>([^<]*)</td>', page)
+    assert labels == ["PAS live", "PAS live", "PAS test"]
+    refused = _post(ada, "/users/gp/tokens", role=["sender"], label="PAS\ttab", reason="x")
+    assert refused.status_code == 422 and "printable" in refused.text
+    with store.read() as conn:
+        gp_id = conn.scalar(select(users.c.id).where(users.c.name == "gp"))
+    assert 'value="PAS\ttab"' in _dialog(refused.text, f"token-{gp_id}")
+    with store.read() as conn:
+        assert conn.scalar(select(func.count()).select_from(api_tokens)) == 4
