@@ -86,7 +86,8 @@ class EngineLock:
                 "once it has finished"
             )
         if self._key is not None and tables != self._tables:
-            conn.close()  # the session ends, and the lock with it
+            conn.invalidate()  # the session ends, and the lock with it: not back to the pool
+            conn.close()
             raise StoreReplaced(
                 "the store was replaced (run.py db restore) while this engine did not hold "
                 "its engine lock: start the engine again to run on the restored store"

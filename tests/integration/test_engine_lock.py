@@ -129,6 +129,7 @@ def test_an_engine_stops_when_a_restore_replaced_the_store_between_two_checks(
     finally:
         other.dispose()
     assert running.call(running.engine.presence.check()) is False
+    assert holders(admin) == set()  # the session that found it replaced is not pooled
     with pytest.raises(StoreInUse, match="the store was replaced"):
         running.run_until_stopped()
     assert holders(admin) == set()
