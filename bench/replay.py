@@ -27,13 +27,13 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import create_engine, func, select, text
+from mllp import fresh_store  # bench/mllp.py, beside this script
+from sqlalchemy import func, select
 
 from router import audit
 from router.cli import main as run_py
@@ -41,28 +41,9 @@ from router.store.database import Store
 from router.store.migrate import upgrade
 from router.store.schema import audit_events, deliveries, messages
 
-PG_URL = os.environ.get("TIE_BENCH_POSTGRES", "postgresql+psycopg://root@127.0.0.1:5432/test")
 FAILED, ERRORS = "bench-failed", "bench-errors"
 CHUNK = 5000
 ENGINE_YAML = "store: sqlite:///unused.db\nchannels: channels\nmappings: mappings\n"
-
-
-@contextlib.contextmanager
-def fresh_store(kind: str, folder: Path) -> Iterator[str]:
-    """A fresh SQLite file, or a private schema in PostgreSQL dropped afterwards."""
-    if kind == "sqlite":
-        yield f"sqlite:///{folder / 'tie.db'}"
-        return
-    schema = f"bench_{uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _message(i: int, channel: str, status: str, at: datetime) -> dict[str, Any]:
