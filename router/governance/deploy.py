@@ -50,6 +50,9 @@ class RunningText:
     approver: str | None = None
 
 
+TEXT_COLUMNS = (r.channel, r.number, r.state, r.sha256, r.yaml, r.mappings_sha256, r.approver)
+
+
 def running_texts(store: Store) -> dict[str, RunningText]:
     """Each channel's newest approved (or deployed) revision."""
     newest = (
@@ -58,8 +61,7 @@ def running_texts(store: Store) -> dict[str, RunningText]:
         .group_by(r.channel)
         .subquery()
     )
-    columns = (r.channel, r.number, r.state, r.sha256, r.yaml, r.mappings_sha256, r.approver)
-    query = select(*columns).join(
+    query = select(*TEXT_COLUMNS).join(
         newest, (newest.c.channel == r.channel) & (newest.c.number == r.number)
     )
     with store.read() as conn:
@@ -287,34 +289,54 @@ def startable(
 ) -> dict[str, ChannelConfig]:
     """Governed: each channel's running revision, or, when that one cannot run (a mapping
     that no longer loads) or may not (its approver lost the role; the mapping code on disk
-    is not the code approved with it), its last deployed revision before it that can and
-    may, else nothing: the engine runs only approved code, and one channel's revision
-    that cannot run must not keep the whole engine from starting. A channel left out goes
-    into ``left_out`` with why, for ``/health`` and ``/metrics`` (router/channel_health.py)."""
+    is not the code approved with it), the newest deployed revision before it that can and
+    may, passing over (and logging why) any that cannot either, else nothing: the engine
+    runs only approved code, and one channel's revision that cannot run must not keep the
+    whole engine from starting, nor one broken fallback leave out a channel an older
+    approved revision could run. A channel left out goes into ``left_out`` with why, for
+    ``/health`` and ``/metrics`` (router/channel_health.py)."""
     channels = {}
     for name, text in running_texts(store).items():
-        problem: ConfigError | str
-        try:
-            problem = lapsed_approval(store, text.state, text.approver) or unapproved_code(
-                config, parsed(config, name, text.yaml), text.mappings_sha256
-            )
-            if not problem:  # checked before compiling: unapproved code is not even imported
-                channels[name] = runnable(config, name, text.yaml)
-                continue
-        except ConfigError as exc:
-            problem = exc
-        fallback = _last_runnable(store, config, name, before=text.number)
-        if fallback is None:
+        channel, problem = _start(store, config, name, text)
+        if channel is not None:
+            channels[name] = channel
+            continue
+        passed_over = []
+        for earlier in _deployed_before(store, name, text.number):
+            channel, why = _start(store, config, name, earlier)
+            if channel is not None:
+                channels[name] = channel
+                instead = f"starting it from its last deployed revision #{earlier.number} instead"
+                break
+            passed_over.append(f"passed over revision #{earlier.number}: {why}")
+        else:
             instead = "the channel is left out"
             if left_out is not None and asks_to_run(config, name, text.yaml):
                 left_out[name] = f"revision #{text.number} cannot run: {problem}"
-        else:
-            number, channels[name] = fallback
-            instead = f"starting it from its last deployed revision #{number} instead"
         log.error(
-            "channel %s: revision #%d cannot run; %s:\n%s", name, text.number, instead, problem
+            "channel %s: revision #%d cannot run; %s:\n%s",
+            name,
+            text.number,
+            instead,
+            "\n".join([str(problem), *passed_over]),
         )
     return channels
+
+
+def _start(
+    store: Store, config: EngineConfig, name: str, text: RunningText
+) -> tuple[ChannelConfig | None, ConfigError | str]:
+    """``text`` compiled, or why it may not or cannot run. Whether it may is checked first:
+    unapproved code is not even imported."""
+    try:
+        problem = lapsed_approval(store, text.state, text.approver) or unapproved_code(
+            config, parsed(config, name, text.yaml), text.mappings_sha256
+        )
+        if problem:
+            return None, problem
+        return runnable(config, name, text.yaml), ""
+    except ConfigError as exc:
+        return None, exc
 
 
 def asks_to_run(config: EngineConfig, name: str, text: str) -> bool:
@@ -340,26 +362,15 @@ def runnable(config: EngineConfig, name: str, text: str) -> ChannelConfig:
     return channel
 
 
-def _last_runnable(
-    store: Store, config: EngineConfig, channel: str, *, before: int
-) -> tuple[int, ChannelConfig] | None:
-    """The newest revision older than ``before`` that the engine once ran, if it still can
-    with the code approved with it."""
+def _deployed_before(store: Store, channel: str, before: int) -> list[RunningText]:
+    """The revisions older than ``before`` that the engine once ran, newest first."""
     with store.read() as conn:
-        row = conn.execute(
-            select(r.number, r.yaml, r.mappings_sha256)
+        rows = conn.execute(
+            select(*TEXT_COLUMNS)
             .where(r.channel == channel, r.number < before, r.deployed_at.isnot(None))
             .order_by(r.number.desc())
-            .limit(1)
-        ).first()
-    if row is None:
-        return None
-    try:
-        if unapproved_code(config, parsed(config, channel, row.yaml), row.mappings_sha256):
-            return None
-        return row.number, runnable(config, channel, row.yaml)
-    except ConfigError:
-        return None
+        )
+        return [RunningText(*row) for row in rows]
 
 
 def changed_files(store: Store, config: EngineConfig) -> dict[str, str]:

@@ -595,3 +595,33 @@ def test_a_start_does_not_run_a_revision_whose_approver_lost_the_role(store, gov
     assert revision_numbers(store, governed, channels) == {}
     assert "revision #2 cannot run; starting it from its last deployed revision #1" in caplog.text
     assert "its approval no longer counts: ada is disabled" in caplog.text
+
+
+def test_a_start_walks_back_to_the_newest_deployed_revision_that_can_run(store, governed, caplog):
+    """#3 may not run (its approver was disabled) and #2, deployed before it, cannot (its
+    mapping code is gone from disk): the channel starts from #1, not left out, and the log
+    says why #3 and #2 were passed over."""
+    from router.auth.users import disable_user
+    from router.governance.deploy import revision_numbers, startable
+
+    extra = governed.mappings / "extra.py"
+    extra.write_text("def same(message):\n    return message.raw\n")
+    governance.propose(
+        store, governed, "results", channel_text("ADT") + "transform: extra:same\n", actor="erin"
+    )
+    governance.approve(store, governed, "results", 2, actor="bob")
+    assert mark_deployed(store, "results", 2, actor="test")
+    extra.unlink()
+    governance.propose(store, governed, "results", channel_text("ORM"), actor="erin")
+    governance.approve(store, governed, "results", 3, actor="ada")
+    with store.begin() as conn:
+        disable_user(conn, "ada", actor="test")
+
+    left_out: dict[str, str] = {}
+    channels = startable(store, governed, left_out)
+    assert left_out == {}
+    assert channels["results"].filter[0].equals == "ORU"  # revision 1
+    assert revision_numbers(store, governed, channels) == {}
+    assert "revision #3 cannot run; starting it from its last deployed revision #1" in caplog.text
+    assert "its approval no longer counts: ada is disabled" in caplog.text
+    assert "passed over revision #2: the mapping code approved with it" in caplog.text
