@@ -7,8 +7,9 @@ job's state refuses settles its message instead of sending anything: results
 for a finished job are a ``filtered`` duplicate (idempotent receiver), results
 for a job that never went to DPS an ``error``. A delivery that settles tells the job in
 the transaction that settles it (``settled``): the file to DPS failing for good fails the
-job; one of the outputs (a CSV file, the summary email) failing for good after the job
-completed makes it ``failed_outputs``, until the resends of the failed ones are sent.
+job, and a resend of it sent makes the job wait for DPS again; one of the outputs (a CSV
+file, the summary email) failing for good after the job completed makes it
+``failed_outputs``, until the resends of the failed ones are sent.
 Whatever its status, a job also names each of its outputs that failed for good (a failure
 email too, which no status can show: ``undelivered``) until a resend of it is sent.
 Support may close a failed job nothing else will end (``CLOSABLE``, router/dps/closing.py):
@@ -52,8 +53,8 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "sent_to_dps": (*RESULTS, "failed_delivery"),
     # DPS may send corrected results after unreadable ones; or support closes the job.
     "failed_results": (*RESULTS, "closed"),
-    # The file reached DPS after all: an operator resent the failed delivery.
-    "failed_delivery": (*RESULTS, "closed"),
+    # An operator resent the failed file to DPS: once sent, its answer is awaited again.
+    "failed_delivery": (*RESULTS, "sent_to_dps", "closed"),
     # A CSV file or the summary email failed for good...
     "completed": ("failed_outputs",),
     # ... and the resends of every failed one were sent (or support closed the job).
@@ -65,6 +66,9 @@ CLOSABLE = tuple(s for s, to in TRANSITIONS.items() if "closed" in to)
 # (a failure email to an address that is gone): support may close those too.
 CLOSABLE_UNDELIVERED = ("completed", "failed_validation", "failed_dps_validation")
 _FAILS_UNDELIVERED = [s for s, to in TRANSITIONS.items() if "failed_delivery" in to]
+# A resend of the file to DPS sent: DPS's answer is awaited from then (also by a job still
+# waiting for it, whose clock starts again).
+_RESENT_TO_DPS = ["sent_to_dps", *(s for s, to in TRANSITIONS.items() if "sent_to_dps" in to)]
 # Finished with DPS's answer: more results are a duplicate.
 ANSWERED = ("completed", "failed_dps_validation", "failed_outputs")
 # Finished: only an output that fails for good moves the job again (retention's JOB_FINAL).
@@ -186,7 +190,8 @@ def _other_file(job: Any, record: dict[str, Any]) -> str | None:
 def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str]]) -> None:
     """Move the jobs of ``delivery_ids`` (those settled for good) on: the file to DPS
     ``failed`` fails a job still waiting for DPS (``failed_delivery``), a resend of it
-    ``sent`` restarts a waiting job's clock (overdue); an output of the
+    ``sent`` makes a waiting or ``failed_delivery`` job wait for DPS again from now
+    (``sent_to_dps``, its error cleared: overdue counts from the resend); an output of the
     results that completed a job (not a ``local`` (channel, destination): the job record
     itself) ``failed`` makes it ``failed_outputs``; a resend of one ``sent`` makes a
     ``failed_outputs`` job ``completed`` again once none of those outputs is failed or
@@ -228,7 +233,7 @@ def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str
             if status == "failed":
                 _move(conn, job_id, _FAILS_UNDELIVERED, "failed_delivery", failure)
             else:  # sent again: DPS's answer is awaited from now (router/dps/overdue.py)
-                _move(conn, job_id, ["sent_to_dps"], "sent_to_dps", None)
+                _move(conn, job_id, _RESENT_TO_DPS, "sent_to_dps", None)
             continue
         answer = _answered_by(conn, job_id, -1)
         if answer is None or answer[0] != message_id:

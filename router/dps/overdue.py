@@ -5,7 +5,8 @@ the way to DPS, or at DPS, would leave it waiting for ever, silently. Overdue is
 not a status (DPS's results still finish the job as usual): it shows in ``run.py jobs``,
 ``GET /api/jobs``, the console's DPS jobs page, and as the gauge ``tie_dps_jobs_overdue``
 for an alert. The wait is counted from when the job was recorded ``sent_to_dps`` (its
-``updated_at``): a file held by the post-office switch is not overdue for the pause.
+``updated_at``): a file held by the post-office switch is not overdue for the pause, and
+a resend of the file sent (also after ``failed_delivery``) starts the wait again.
 """
 
 from __future__ import annotations

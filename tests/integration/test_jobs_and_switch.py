@@ -19,11 +19,13 @@ from router.cli import main
 from router.connectors import Delivery
 from router.dps.closing import close_job
 from router.dps.jobs import JobSender, apply, job_record, list_jobs, lock_key, settled
+from router.dps.overdue import count_overdue
 from router.engine import Engine
 from router.local_destinations import Local, Refusal
 from router.metrics import QueueCollector
 from router.outcomes import write_outcomes
 from router.pipeline import Outcome, PlannedDelivery
+from router.replay import resend_many
 from router.store.database import Store
 from router.store.inbound import Inbound, utcnow, write_inbound
 from router.store.migrate import upgrade
@@ -617,6 +619,56 @@ def test_a_job_dps_never_answers_is_overdue_in_jobs_and_the_gauge(
     lines = {r.split()[0]: r for r in capsys.readouterr().out.splitlines()[1:]}
     assert "overdue: no answer from DPS since " in lines["late"]
     assert "overdue" not in lines["waiting"] and "overdue" not in lines["answered"]
+
+
+def test_a_failed_file_resent_to_dps_waits_for_its_answer_again_and_can_be_overdue(
+    tmp_path, store_url, capsys, monkeypatch
+):
+    """The file to DPS failed for good (``failed_delivery``), an operator resent it, and the
+    resend was sent: DPS's answer is awaited again, counted from that send, so a DPS that
+    never answers makes the job overdue instead of leaving it stuck as a failed delivery."""
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    store = Store(store_url)
+    upgrade(store)
+    then = utcnow() - timedelta(hours=30)
+    try:
+        with store.begin() as conn:
+            conn.execute(
+                jobs.insert().values(
+                    job_id="lost", status="sent_to_dps", received_at=then, updated_at=then
+                )
+            )
+            intake = _message(conn, "lost", "gp-extract-intake")
+        dps = {"message_id": intake, "channel": "gp-extract-intake", "destination": "dps"}
+        dps |= {"content_type": "text/plain", "payload": b"x", "next_attempt_at": then}
+        dps |= {"created_at": then, "updated_at": then}
+        failed = _settle(store, "failed", "MESH refused (code 12)", **dps)
+        assert list_jobs(store)[0]["status"] == "failed_delivery"
+
+        (result,) = resend_many(store, [failed], reason="MESH fixed", actor="sam")
+        before = utcnow()
+        with store.begin() as conn:
+            copy = int(str(result.copy))
+            conn.execute(update(deliveries).where(deliveries.c.id == copy).values(status="sent"))
+            settled(conn, [copy], {("gp-extract-intake", "job")})
+        (job,) = list_jobs(store)
+        assert (job["status"], job["error"], job["overdue"]) == ("sent_to_dps", None, False)
+        assert job["updated_at"] >= before, "the wait counts from the resend"
+        with store.read() as conn:
+            assert count_overdue(conn, before + timedelta(hours=23), 24 * 3600) == 0
+            assert count_overdue(conn, before + timedelta(hours=25), 24 * 3600) == 1
+            resent = select(audit_events.c.details).where(
+                audit_events.c.action == "resend", audit_events.c.target == "urn:tie:message:lost"
+            )
+            (details,) = conn.scalars(resent)
+        assert json.loads(details)["new_delivery"] == copy
+    finally:
+        store.dispose()
+    cli = _cli(tmp_path, store_url)
+    capsys.readouterr()
+    assert main([*cli, "jobs"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()[1:]
+    assert "sent_to_dps" in line and "delivery to dps failed" not in line
 
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # SQLite: one writer
