@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, text
 from store_templates import (
     PostgresTemplate,
     copy_sqlite,
+    drop_schema,
     migrated_sqlite_file,
     pg_dump_available,
     schema_url,
@@ -107,8 +108,7 @@ def _empty_schema() -> Iterator[str]:
     try:
         yield schema_url(PG_URL, schema)
     finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        drop_schema(admin, schema)
         admin.dispose()
 
 
