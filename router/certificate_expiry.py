@@ -21,7 +21,7 @@ import base64
 import binascii
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -43,6 +43,9 @@ class Presented(NamedTuple):
     role: str  # mllp_server, mllp_client, https_client, mesh_client
     setting: str  # e.g. "source.mllp.tls.cert"
     file: Path
+    # A running MLLP source's: when the certificate it serves expires, which is not the
+    # file's when a renewed file did not load (the last good pair stays in use).
+    served: Callable[[], datetime | None] | None = None
 
 
 class CertificateUnreadable(ValueError):

@@ -350,8 +350,16 @@ class Engine:
         task.add_done_callback(_report_reload)
 
     def presented_certificates(self) -> list[Presented]:
-        """The certificate files the running channels and the MESH mailboxes present."""
-        return presented_certificates([c.config for c in self.channels.values()], self.config.mesh)
+        """The certificate files the running channels and the MESH mailboxes present; a
+        listening MLLP source's with what it serves (router/connectors/mllp/tls.py)."""
+        found = presented_certificates([c.config for c in self.channels.values()], self.config.mesh)
+        serving = {x.channel.name: x.tls for x in self.listeners if x.tls is not None}
+        return [
+            item._replace(served=serving[item.channel].served_expiry)
+            if item.role == "mllp_server" and item.channel in serving
+            else item
+            for item in found
+        ]
 
     @property
     def listening(self) -> bool:

@@ -183,7 +183,8 @@ class CertificateCollector(Collector):
     """``tie_tls_certificate_expiry_timestamp_seconds``: when each certificate file the
     engine presents expires (router/certificate_expiry.py). ``presented`` is asked at each
     scrape, so a reload's channels are followed; each file is read at the first scrape and
-    again only when it changed (a renewal in place)."""
+    again only when it changed (a renewal in place). A listening MLLP source reports the
+    certificate it serves, which a renewed file that does not load leaves unchanged."""
 
     def __init__(self, presented: Callable[[], list[Presented]]) -> None:
         self._presented = presented
@@ -199,7 +200,7 @@ class CertificateCollector(Collector):
             labels=["channel", "destination", "mailbox", "role", "file"],
         )
         for item in presented:
-            moment = self._expiries.of(item.file)
+            moment = item.served() if item.served else self._expiries.of(item.file)
             if moment is not None:
                 labels = [item.channel, item.destination, item.mailbox, item.role, str(item.file)]
                 expiry.add_metric(labels, moment.timestamp())

@@ -277,6 +277,34 @@ def test_renewed_certificate_files_are_presented_from_the_next_connection(
         running.stop()
 
 
+def test_the_expiry_gauge_reports_the_pair_served_not_a_bad_renewal(
+    tmp_path, store_url, certs, hl7_samples
+):
+    """A renewed certificate without its key is not served (the last good pair is): the
+    gauge says when the served certificate expires, not the file's new one."""
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_bytes(certs.server_cert.read_bytes())
+    key.write_bytes(certs.server_key.read_bytes())
+    running = start_engine(tmp_path, store_url, {"cert": str(cert), "key": str(key)})
+    try:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "30", "-subj", "/CN=renewed", "-keyout", "renewed.key",
+             "-out", "renewed.pem"],
+            check=True, capture_output=True, cwd=tmp_path,
+        )  # fmt: skip
+        cert.write_bytes((tmp_path / "renewed.pem").read_bytes())  # its key never copied
+        collector = metrics.CertificateCollector(running.engine.presented_certificates)
+        (family,) = collector.collect()
+        served = ssl.cert_time_to_seconds(openssl_says(certs.server_cert, "-enddate"))
+        assert [(s.labels["role"], s.value) for s in family.samples] == [("mllp_server", served)]
+        ack = send(running.port("inbound"), hl7_message(hl7_samples[GHH], "OLD-3"),
+                   client_context(certs))  # fmt: skip
+        assert str(ack.segment("MSA")[1]) == "AA"  # the last good pair, as the gauge says
+    finally:
+        running.stop()
+
+
 def openssl_says(cert: Path, option: str) -> str:
     """What ``openssl x509`` prints for ``option`` (``-serial``, ``-fingerprint``), after
     its ``=``: the figures an auditor compares with the sender's certificate file."""

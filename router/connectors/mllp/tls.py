@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import threading
+from datetime import datetime
 from pathlib import Path
 
+from router.certificate_expiry import CertificateUnreadable, not_after
 from router.config import ChannelConfig
 from router.config.mllp_tls import MllpClientTls, MllpServerTls
 
@@ -38,35 +41,62 @@ def server_context(tls: MllpServerTls) -> ssl.SSLContext:
     return context
 
 
+def _built(tls: MllpServerTls) -> tuple[ssl.SSLContext, datetime | None]:
+    """The context and its certificate's expiry, read from the bytes read just before it
+    (a file replaced in between changes its stamp: it is read again at the next check)."""
+    try:
+        pem = tls.cert.read_bytes()
+    except OSError:  # server_context names the problem
+        pem = b""
+    context = server_context(tls)
+    try:
+        return context, not_after(pem)
+    except CertificateUnreadable:
+        return context, None
+
+
 class ServerCertificates:
     """The listener's context, built anew when one of its files changes (checked at each
     new connection, a few ``stat`` calls): a renewed certificate is presented from the next
     connection on, without a restart or reload. Files that do not make a context (a
-    certificate replaced before its key) leave the last good one in use, with a warning."""
+    certificate replaced before its key) leave the last good one in use, with a warning.
+
+    ``/metrics`` asks from its own thread which certificate the next connection is given
+    (``served_expiry``), hence the lock."""
 
     def __init__(self, tls: MllpServerTls, channel: str) -> None:
         self._tls = tls
         self._channel = channel
         self._files = [p for p in (tls.cert, tls.key, tls.client_ca) if p is not None]
+        self._lock = threading.RLock()
         self._stamp = self._stamps()
-        self.context = server_context(tls)
+        self.context, self._expiry = _built(tls)
 
     def current(self) -> ssl.SSLContext:
-        stamp = self._stamps()
-        if stamp != self._stamp:
-            self._stamp = stamp
-            try:
-                self.context = server_context(self._tls)
-            except TlsFileError as exc:
-                log.warning(
-                    "channel %s: source.mllp.tls.%s: %s; the certificates read before stay in use",
-                    self._channel,
-                    exc.key,
-                    exc,
-                )
-            else:
-                log.info("channel %s: certificate files changed; read again", self._channel)
-        return self.context
+        with self._lock:
+            stamp = self._stamps()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    self.context, self._expiry = _built(self._tls)
+                except TlsFileError as exc:
+                    log.warning(
+                        "channel %s: source.mllp.tls.%s: %s; the certificates read before "
+                        "stay in use",
+                        self._channel,
+                        exc.key,
+                        exc,
+                    )
+                else:
+                    log.info("channel %s: certificate files changed; read again", self._channel)
+            return self.context
+
+    def served_expiry(self) -> datetime | None:
+        """When the certificate the next connection is presented with expires: the last
+        good pair's, not a renewed file's that does not load (None: no date in it)."""
+        with self._lock:
+            self.current()
+            return self._expiry
 
     def _stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
         found = []
