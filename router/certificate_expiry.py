@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -31,6 +32,14 @@ if TYPE_CHECKING:
     from router.config.mesh import MeshOptions
 
 EXPIRING_WITHIN = timedelta(days=14)
+_NAMES = {  # 2.5.4.x attribute types, as DER encodes their OIDs
+    b"\x55\x04\x03": "CN",
+    b"\x55\x04\x06": "C",
+    b"\x55\x04\x07": "L",
+    b"\x55\x04\x08": "ST",
+    b"\x55\x04\x0a": "O",
+    b"\x55\x04\x0b": "OU",
+}
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL)
 
 
@@ -85,6 +94,29 @@ def presented_certificates(channels: Iterable[ChannelConfig], mesh: MeshOptions)
     return found
 
 
+class CertificateFacts(NamedTuple):
+    """One certificate of a file: who it names, its SHA-256 fingerprint, its expiry."""
+
+    subject: str
+    sha256: str  # hex, as openssl x509 -fingerprint -sha256 prints it without colons
+    not_after: datetime
+
+
+def certificates_in(pem: bytes) -> list[CertificateFacts]:
+    """Each certificate in ``pem``, in the file's order (a CA bundle's roots)."""
+    found = []
+    for block in _PEM.findall(pem):
+        try:
+            der = base64.b64decode(block)
+            subject, expiry = _der_facts(der)
+        except (binascii.Error, IndexError, ValueError) as exc:
+            raise CertificateUnreadable(f"a certificate could not be read ({exc})") from exc
+        found.append(CertificateFacts(subject, hashlib.sha256(der).hexdigest().upper(), expiry))
+    if not found:
+        raise CertificateUnreadable("no PEM certificate in it")
+    return found
+
+
 def not_after(pem: bytes) -> datetime:
     """The earliest ``notAfter`` of the certificates in ``pem``."""
     dates = []
@@ -99,8 +131,15 @@ def not_after(pem: bytes) -> datetime:
 
 
 def _der_not_after(der: bytes) -> datetime:
-    """Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
-    serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... } }"""
+    return _der_facts(der)[1]
+
+
+def _der_facts(der: bytes) -> tuple[str, datetime]:
+    """The subject and ``notAfter`` of a certificate:
+
+    Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
+    serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, subject,
+    ... } }"""
     _, certificate, _ = _element(der, 0)
     _, position, _ = _element(der, certificate)  # into tbsCertificate
     tag, _, end = _element(der, position)
@@ -108,10 +147,14 @@ def _der_not_after(der: bytes) -> datetime:
         position = end
     for _ in range(3):  # serialNumber, signature, issuer
         position = _element(der, position)[2]
-    _, validity, _ = _element(der, position)
+    _, validity, validity_end = _element(der, position)
     not_before_end = _element(der, validity)[2]
     tag, start, end = _element(der, not_before_end)
-    text = der[start:end].decode("ascii")
+    return _der_name(der, validity_end), _der_time(tag, der[start:end])
+
+
+def _der_time(tag: int, value: bytes) -> datetime:
+    text = value.decode("ascii")
     if tag == 0x17:  # UTCTime: YYMMDDHHMMSSZ, years 50-99 are 19xx (RFC 5280)
         moment = datetime.strptime(text, "%y%m%d%H%M%SZ")
         if moment.year >= 2050:
@@ -119,8 +162,29 @@ def _der_not_after(der: bytes) -> datetime:
     elif tag == 0x18:  # GeneralizedTime: YYYYMMDDHHMMSSZ
         moment = datetime.strptime(text, "%Y%m%d%H%M%SZ")
     else:
-        raise ValueError(f"notAfter has ASN.1 tag {tag:#x}, not a time")
+        raise ValueError(f"a time has ASN.1 tag {tag:#x}")
     return moment.replace(tzinfo=UTC)
+
+
+def _der_name(der: bytes, position: int) -> str:
+    """Name ::= SEQUENCE OF SET OF SEQUENCE { type OID, value }, in RFC 4514's order (the
+    DER's reversed, ``CN=Example Root,O=Example``) as ``distinguished_name`` writes it."""
+    _, position, end = _element(der, position)
+    rdns = []
+    while position < end:
+        _, attribute, rdn_end = _element(der, position)
+        parts = []
+        while attribute < rdn_end:
+            _, inner, attribute = _element(der, attribute)
+            _, oid_start, oid_end = _element(der, inner)
+            tag, value_start, value_end = _element(der, oid_end)
+            value = der[value_start:value_end]
+            text = value.decode("utf-16-be" if tag == 0x1E else "utf-8", errors="replace")
+            oid = der[oid_start:oid_end]
+            parts.append(f"{_NAMES.get(oid, oid.hex())}={text}")
+        rdns.append("+".join(parts))
+        position = rdn_end
+    return ",".join(reversed(rdns))
 
 
 def _element(der: bytes, position: int) -> tuple[int, int, int]:
@@ -136,14 +200,14 @@ def _element(der: bytes, position: int) -> tuple[int, int, int]:
     return tag, position, position + length
 
 
-class Expiries:
-    """Each file's expiry, read again only when the file changed (a few ``stat`` calls a
-    scrape); None for a file that cannot be read or holds no certificate."""
+class CertificateFiles:
+    """Each file's certificates, read again only when the file changed (a few ``stat``
+    calls a scrape); empty for a file that cannot be read or holds no certificate."""
 
     def __init__(self) -> None:
-        self._read: dict[Path, tuple[tuple[int, int, int] | None, datetime | None]] = {}
+        self._read: dict[Path, tuple[tuple[int, int, int] | None, list[CertificateFacts]]] = {}
 
-    def of(self, path: Path) -> datetime | None:
+    def of(self, path: Path) -> list[CertificateFacts]:
         try:
             st = path.stat()
         except OSError:
@@ -153,20 +217,28 @@ class Expiries:
         known = self._read.get(path)
         if known is not None and known[0] == stamp:
             return known[1]
-        expiry = None
+        found: list[CertificateFacts] = []
         if stamp is not None:
             try:
-                expiry = not_after(path.read_bytes())
+                found = certificates_in(path.read_bytes())
             except (OSError, CertificateUnreadable):
-                expiry = None
-        self._read[path] = (stamp, expiry)
-        return expiry
+                found = []
+        self._read[path] = (stamp, found)
+        return found
 
     def forget_all_but(self, paths: Iterable[Path]) -> None:
         """Drop the files no longer configured (a reload removed their channel)."""
         keep = set(paths)
         for path in [p for p in self._read if p not in keep]:
             del self._read[path]
+
+
+class Expiries(CertificateFiles):
+    """Each file's expiry: the earliest of its certificates (None: none could be read)."""
+
+    def expiry(self, path: Path) -> datetime | None:
+        found = self.of(path)
+        return min(c.not_after for c in found) if found else None
 
 
 class Finding(NamedTuple):
@@ -183,7 +255,7 @@ def expiry_findings(
         expiries = Expiries()
     found = []
     for item in presented:
-        expiry = expiries.of(item.file)
+        expiry = expiries.expiry(item.file)
         if expiry is None or expiry - now > EXPIRING_WITHIN:
             continue
         day = expiry.strftime("%Y-%m-%d %H:%M UTC")

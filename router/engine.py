@@ -17,6 +17,7 @@ import uvicorn
 from sqlalchemy import Connection, select
 
 from router import mappings
+from router.ca_expiry import log_trust_running_out, trusted_bundles
 from router.certificate_expiry import Presented, log_expiring, presented_certificates
 from router.config import (
     ChannelConfig,
@@ -256,6 +257,7 @@ class Engine:
         if not self.store.is_sqlite:
             await self.presence.start()
         log_expiring(log, self.presented_certificates(), datetime.now(UTC))
+        log_trust_running_out(log, self.trusted_bundles(), datetime.now(UTC))
         self.writer.start()
         self.processor.start()
         await self.gateway.start()
@@ -360,6 +362,10 @@ class Engine:
             else item
             for item in found
         ]
+
+    def trusted_bundles(self) -> list[Presented]:
+        """The CA files the running channels and the MESH mailboxes verify peers with."""
+        return trusted_bundles([c.config for c in self.channels.values()], self.config.mesh)
 
     @property
     def listening(self) -> bool:

@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from router.certificate_expiry import Expiries, Presented
+from router.ca_expiry import trust_ends
+from router.certificate_expiry import CertificateFiles, Expiries, Presented
 from router.channel_health import ChannelHealth
 from router.dps.overdue import OVERDUE_AFTER, count_overdue
 from router.store.database import Store
@@ -184,11 +185,22 @@ class CertificateCollector(Collector):
     engine presents expires (router/certificate_expiry.py). ``presented`` is asked at each
     scrape, so a reload's channels are followed; each file is read at the first scrape and
     again only when it changed (a renewal in place). A listening MLLP source reports the
-    certificate it serves, which a renewed file that does not load leaves unchanged."""
+    certificate it serves, which a renewed file that does not load leaves unchanged.
 
-    def __init__(self, presented: Callable[[], list[Presented]]) -> None:
+    ``tie_tls_ca_certificate_expiry_timestamp_seconds``: each certificate of each CA bundle
+    ``trusted`` names, one sample each; ``tie_tls_ca_bundle_trust_end_timestamp_seconds``:
+    when each bundle stops verifying some peer, what the alert watches (an expired old
+    root beside a valid one does not count: router/ca_expiry.py)."""
+
+    def __init__(
+        self,
+        presented: Callable[[], list[Presented]],
+        trusted: Callable[[], list[Presented]] = list,
+    ) -> None:
         self._presented = presented
+        self._trusted = trusted
         self._expiries = Expiries()
+        self._bundles = CertificateFiles()
 
     def collect(self) -> Iterator[Any]:
         presented = self._presented()
@@ -200,8 +212,35 @@ class CertificateCollector(Collector):
             labels=["channel", "destination", "mailbox", "role", "file"],
         )
         for item in presented:
-            moment = item.served() if item.served else self._expiries.of(item.file)
+            moment = item.served() if item.served else self._expiries.expiry(item.file)
             if moment is not None:
                 labels = [item.channel, item.destination, item.mailbox, item.role, str(item.file)]
                 expiry.add_metric(labels, moment.timestamp())
         yield expiry
+        yield from self._ca_expiry()
+
+    def _ca_expiry(self) -> list[GaugeMetricFamily]:
+        bundles = self._trusted()
+        self._bundles.forget_all_but(item.file for item in bundles)
+        expiry = GaugeMetricFamily(
+            "tie_tls_ca_certificate_expiry_timestamp_seconds",
+            "When a CA certificate the engine verifies peers with expires, one sample for "
+            "each certificate in a CA bundle, in seconds since the epoch.",
+            labels=["channel", "destination", "mailbox", "role", "file", "subject", "sha256"],
+        )
+        ends = GaugeMetricFamily(
+            "tie_tls_ca_bundle_trust_end_timestamp_seconds",
+            "When a CA bundle stops verifying some peer: the earliest last expiry among its "
+            "CAs still valid, or its last expiry when none is (router/ca_expiry.py).",
+            labels=["channel", "destination", "mailbox", "role", "file"],
+        )
+        now = datetime.now(UTC)
+        for item in bundles:
+            where = [item.channel, item.destination, item.mailbox, item.role, str(item.file)]
+            certificates = self._bundles.of(item.file)
+            for cert in certificates:
+                expiry.add_metric([*where, cert.subject, cert.sha256], cert.not_after.timestamp())
+            end = trust_ends(certificates, now)
+            if end is not None:
+                ends.add_metric(where, end.moment.timestamp())
+        return [expiry, ends]

@@ -37,7 +37,9 @@ class _Scrape:
 
 def metrics_routes(engine: Engine) -> APIRouter:
     router = APIRouter(tags=["operations"])
-    certificates = metrics.CertificateCollector(engine.presented_certificates)
+    certificates = metrics.CertificateCollector(
+        engine.presented_certificates, engine.trusted_bundles
+    )
     list(certificates.collect())  # read at load: a scrape then only stats the files
     queues = metrics.QueueCollector(engine.store, engine.config.dps.overdue_after)
     channels = metrics.ChannelCollector(lambda: channel_health(engine))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from router.ca_expiry import bundle_findings, trusted_bundles
 from router.certificate_expiry import Finding, expiry_findings, presented_certificates
 from router.channel_tests import CaseRunner, compare, discover, update
 from router.config import ChannelConfig, ConfigError, EngineConfig
@@ -56,6 +57,19 @@ def expired_or_expiring(
     if expired:
         raise ConfigError(expired)
     return [f"warning  {file_of(f)}: {f.presented.setting}: {f.text}" for f in findings]
+
+
+def trust_running_out(
+    config: EngineConfig, config_file: Path, channels: dict[str, ChannelConfig], now: datetime
+) -> list[str]:
+    """A warning for each CA bundle with a CA left without a certificate beyond 14 days
+    (router/ca_expiry.py): the peers it verifies are refused from then on."""
+    warnings = []
+    for finding in bundle_findings(trusted_bundles(channels.values(), config.mesh), now):
+        channel, setting = finding.bundle.channel, finding.bundle.setting
+        file = channel_file(config.channels, channel) if channel else config_file
+        warnings.append(f"warning  {file}: {setting}: {finding.text}")
+    return warnings
 
 
 def senders_unchecked_or_unknown(

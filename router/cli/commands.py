@@ -107,7 +107,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    from router.cli.checking import expired_or_expiring
+    from router.cli.checking import expired_or_expiring, trust_running_out
     from router.directory.seeding import read_endpoints
     from router.engine import compile_channels
 
@@ -116,9 +116,9 @@ def check(args: argparse.Namespace) -> int:
         channels = load_channels(config.channels)
         compile_channels(config, channels, disabled=True)
         read_endpoints(config.endpoints)
-        expiring = expired_or_expiring(
-            config, config_path(args).resolve(), channels, datetime.now(UTC)
-        )
+        now, config_file = datetime.now(UTC), config_path(args).resolve()
+        expiring = expired_or_expiring(config, config_file, channels, now)
+        expiring += trust_running_out(config, config_file, channels, now)
     except ConfigError as exc:
         raise CommandError(f"configuration is not valid:\n{exc}", 2) from exc
     # A mistyped name or folder would run no case and pass: "0 case(s) run", exit 0.

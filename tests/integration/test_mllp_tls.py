@@ -295,7 +295,7 @@ def test_the_expiry_gauge_reports_the_pair_served_not_a_bad_renewal(
         )  # fmt: skip
         cert.write_bytes((tmp_path / "renewed.pem").read_bytes())  # its key never copied
         collector = metrics.CertificateCollector(running.engine.presented_certificates)
-        (family,) = collector.collect()
+        family, *_ = collector.collect()
         served = ssl.cert_time_to_seconds(openssl_says(certs.server_cert, "-enddate"))
         assert [(s.labels["role"], s.value) for s in family.samples] == [("mllp_server", served)]
         ack = send(running.port("inbound"), hl7_message(hl7_samples[GHH], "OLD-3"),
@@ -315,6 +315,32 @@ def openssl_says(cert: Path, option: str) -> str:
         text=True,
     )
     return done.stdout.strip().split("=", 1)[1]
+
+
+def test_the_engine_reports_its_client_ca_and_warns_that_it_expires_soon(
+    tmp_path, store_url, certs, caplog
+):
+    """The test CA lasts two days: /metrics has it, and the start says it ends soon."""
+    source = tls_source(certs, client_ca=str(certs.ca), require_client_cert=True)
+    with caplog.at_level(logging.WARNING, logger="router.engine"):
+        running = start_engine(tmp_path, store_url, source)
+    try:
+        engine = running.engine
+        collector = metrics.CertificateCollector(
+            engine.presented_certificates, engine.trusted_bundles
+        )
+        _, cas, ends = collector.collect()
+        expiry = ssl.cert_time_to_seconds(openssl_says(certs.ca, "-enddate"))
+        assert [(s.labels["role"], s.labels["subject"], s.value) for s in cas.samples] == [
+            ("mllp_server", "CN=tie test CA", expiry)
+        ]
+        assert [s.value for s in ends.samples] == [expiry]
+    finally:
+        running.stop()
+    assert (
+        f"channel inbound: source.mllp.tls.client_ca: {certs.ca}: the CA CN=tie test CA expires"
+        in caplog.text
+    )
 
 
 def test_mutual_tls_stores_which_sender_delivered_each_message(

@@ -1,6 +1,7 @@
 """When the certificates the engine presents expire: the dates read from their files, the
 ``/metrics`` gauge that follows a renewal in place, ``run.py check``'s warning and failure,
-and the engine's log at start (router/certificate_expiry.py)."""
+and the engine's log at start (router/certificate_expiry.py); and when the CA bundles it
+verifies peers with stop verifying some (router/ca_expiry.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import NamedTuple
 
 import pytest
 
+from router.ca_expiry import bundle_findings, trusted_bundles
 from router.certificate_expiry import log_expiring, not_after, presented_certificates
 from router.cli import main
 from router.config import load_channel
@@ -21,6 +23,8 @@ from router.config.mesh import MeshOptions
 from router.metrics import CertificateCollector
 
 GAUGE = "tie_tls_certificate_expiry_timestamp_seconds"
+CA_GAUGE = "tie_tls_ca_certificate_expiry_timestamp_seconds"
+TRUST_END_GAUGE = "tie_tls_ca_bundle_trust_end_timestamp_seconds"
 
 
 class Issued(NamedTuple):
@@ -121,7 +125,7 @@ def test_every_certificate_the_engine_presents_is_named(tmp_path, issued):
 
 
 def _gauge(collector: CertificateCollector) -> dict[tuple[str, ...], float]:
-    (family,) = collector.collect()
+    family, *_ = collector.collect()
     assert family.name == GAUGE
     return {
         tuple(s.labels[k] for k in ("channel", "destination", "mailbox", "role", "file")): s.value
@@ -222,3 +226,127 @@ def test_the_engine_logs_each_certificate_expired_or_expiring_at_its_start(
             f"{day}",
         ),
     ]
+
+
+# --- the CA bundles the engine verifies peers with (router/ca_expiry.py) --------------------
+
+
+def _bundle(folder: Path, *certs: Path) -> Path:
+    path = folder / "bundle.pem"
+    path.write_bytes(b"".join(c.read_bytes() for c in certs))
+    return path
+
+
+def _trusting_channel(folder: Path, bundle: Path) -> Path:
+    path = folder / "channels" / "trusting.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "name: trusting\n"
+        f"source:\n  mllp: {{port: 2575, tls: {{cert: {bundle.parent / 'far.pem'}, "
+        f"key: {bundle.parent / 'far.key'}, client_ca: {bundle}}}}}\n"
+        "destinations:\n"
+        f"  lab:\n    mllp: {{host: lab.example.org, port: 2576, tls: {{ca: {bundle}}}}}\n"
+        f"  ris:\n    http: {{url: 'https://ris.example.org/fhir', tls: {{ca: {bundle}}}}}\n"
+    )
+    return path
+
+
+def _ca_gauges(collector: CertificateCollector) -> tuple[list[tuple[str, float]], list[float]]:
+    """(subject, expiry) of each CA certificate, and each bundle's trust end."""
+    _, certificates, ends = collector.collect()
+    assert (certificates.name, ends.name) == (CA_GAUGE, TRUST_END_GAUGE)
+    return (
+        [(s.labels["subject"], s.value) for s in certificates.samples],
+        [s.value for s in ends.samples],
+    )
+
+
+def _alerting(collector: CertificateCollector, now: datetime) -> bool:
+    """TieCaBundleTrustEnds' expression, as Prometheus evaluates it at ``now``."""
+    _, ends = _ca_gauges(collector)
+    return any(value - now.timestamp() < 14 * 86400 for value in ends)
+
+
+def test_every_ca_bundle_the_engine_verifies_peers_with_is_named(issued):
+    channel = load_channel(_trusting_channel(issued.far.parent, issued.far))
+    mesh = MeshOptions.model_validate(
+        {
+            "mailboxes": {
+                "trust": {
+                    "url": "https://mesh.example.org",
+                    "mailbox": "X26HUB01",
+                    "password": {"env": "P"},
+                    "shared_key": {"env": "K"},
+                    "ca": str(issued.soon),
+                }
+            }
+        }
+    )
+    found = trusted_bundles([channel], mesh)
+    assert [(p.channel, p.destination, p.mailbox, p.role, p.setting, p.file) for p in found] == [
+        ("trusting", "", "", "mllp_server", "source.mllp.tls.client_ca", issued.far),
+        ("trusting", "lab", "", "mllp_client", "destinations.lab.mllp.tls.ca", issued.far),
+        ("trusting", "ris", "", "https_client", "destinations.ris.http.tls.ca", issued.far),
+        ("", "", "trust", "mesh_client", "mesh.mailboxes.trust.ca", issued.soon),
+    ]
+
+
+def test_an_expired_old_root_beside_a_valid_one_is_reported_and_raises_no_alarm(tmp_path, issued):
+    """The old root is on /metrics with its date, but the bundle verifies its peers for
+    years yet: no alert, no warning."""
+    bundle = _bundle(tmp_path, issued.expired, issued.far)
+    channel = load_channel(_trusting_channel(tmp_path, bundle))
+    collector = CertificateCollector(lambda: [], lambda: trusted_bundles([channel], MeshOptions()))
+    certificates, ends = _ca_gauges(collector)
+    far = _openssl_not_after(issued.far).timestamp()
+    assert certificates[:2] == [
+        ("CN=expired", datetime(2025, 2, 1, tzinfo=UTC).timestamp()),
+        ("CN=far", far),
+    ]
+    assert ends == [far, far, far]
+    assert not _alerting(collector, datetime.now(UTC))
+    assert bundle_findings(trusted_bundles([channel], MeshOptions()), datetime.now(UTC)) == []
+
+
+def test_a_bundle_whose_only_ca_expires_soon_alerts_and_check_warns(tmp_path, issued, capsys):
+    bundle = _bundle(tmp_path, issued.soon)
+    channel_file = _trusting_channel(tmp_path, bundle)
+    channel = load_channel(channel_file)
+    collector = CertificateCollector(lambda: [], lambda: trusted_bundles([channel], MeshOptions()))
+    assert _alerting(collector, datetime.now(UTC))
+
+    shutil.copyfile(issued.far, tmp_path / "far.pem")
+    shutil.copyfile(issued.far.with_suffix(".key"), tmp_path / "far.key")
+    code = main(["--config", str(_engine_yaml(tmp_path)), "check"])
+    out, _ = capsys.readouterr()
+    day = _openssl_not_after(issued.soon).strftime("%Y-%m-%d %H:%M UTC")
+    assert code == 0
+    assert (
+        f"warning  {channel_file}: source.mllp.tls.client_ca: {bundle}: the CA CN=soon expires "
+        f"on {day}, and the bundle holds no later certificate of it"
+    ) in out.splitlines()
+
+
+def test_a_ca_of_the_bundle_expiring_alerts_though_another_is_valid(tmp_path, issued):
+    """Two senders' CAs in one client_ca: the one that expires soon refuses its senders
+    then, whatever the other's date."""
+    bundle = _bundle(tmp_path, issued.far, issued.soon)
+    channel = load_channel(_trusting_channel(tmp_path, bundle))
+    collector = CertificateCollector(lambda: [], lambda: trusted_bundles([channel], MeshOptions()))
+    soon = _openssl_not_after(issued.soon)
+    assert _ca_gauges(collector)[1] == [soon.timestamp()] * 3
+    assert _alerting(collector, datetime.now(UTC))
+    [first, *_] = bundle_findings(trusted_bundles([channel], MeshOptions()), datetime.now(UTC))
+    assert "the CA CN=soon expires" in first.text
+
+
+def test_a_bundle_with_every_ca_expired_alerts_and_check_warns(tmp_path, issued, capsys):
+    bundle = _bundle(tmp_path, issued.expired)
+    channel = load_channel(_trusting_channel(tmp_path, bundle))
+    collector = CertificateCollector(lambda: [], lambda: trusted_bundles([channel], MeshOptions()))
+    assert _alerting(collector, datetime.now(UTC))
+    [first, *_] = bundle_findings(trusted_bundles([channel], MeshOptions()), datetime.now(UTC))
+    assert first.text == (
+        f"{bundle}: every CA certificate in it has expired (the last on 2025-02-01 00:00 UTC): "
+        "no peer can be verified"
+    )
