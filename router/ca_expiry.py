@@ -16,6 +16,9 @@ a peer's chain names its root by subject), and that moment is:
 
 A CA whose certificates have all expired while another in the bundle is valid counts for
 nothing: no handshake has been anchored on it since, and its peers' failures show already.
+
+An MLLP source's ``crl`` is trust material too: past its ``nextUpdate`` OpenSSL refuses
+every client certificate, so ``stale_crls`` names such a file.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from router.certificate_expiry import (
     EXPIRING_WITHIN,
     CertificateFacts,
     CertificateFiles,
+    CertificateUnreadable,
     Presented,
+    crl_next_update,
 )
 
 if TYPE_CHECKING:
@@ -121,9 +126,41 @@ def bundle_findings(
     return found
 
 
-def log_trust_running_out(log: logging.Logger, bundles: Iterable[Presented], now: datetime) -> None:
-    """At the engine's start: a warning for each finding (the engine starts all the same)."""
-    for finding in bundle_findings(bundles, now):
+def revocation_lists(channels: Iterable[ChannelConfig]) -> list[Presented]:
+    """Each MLLP source's ``crl``."""
+    found = []
+    for channel in channels:
+        listening = channel.source.mllp.tls if channel.source.mllp is not None else None
+        if listening is not None and listening.crl is not None:
+            setting, crl = "source.mllp.tls.crl", listening.crl
+            found.append(Presented(channel.name, "", "", "mllp_server", setting, crl))
+    return found
+
+
+def stale_crls(crls: Iterable[Presented], now: datetime) -> list[BundleFinding]:
+    """The CRLs whose ``nextUpdate`` has passed: OpenSSL then refuses every client
+    certificate ("CRL has expired") until a newer CRL is in place."""
+    found = []
+    for crl in crls:
+        try:
+            next_update = crl_next_update(crl.file.read_bytes())
+        except (OSError, CertificateUnreadable):  # the load names the problem
+            continue
+        if next_update is not None and next_update <= now:
+            text = (
+                f"{crl.file}: the CRL's nextUpdate was {_day(next_update)}: every client "
+                "certificate is refused until a newer CRL is in place"
+            )
+            found.append(BundleFinding(crl, text))
+    return found
+
+
+def log_trust_running_out(
+    log: logging.Logger, bundles: Iterable[Presented], crls: Iterable[Presented], now: datetime
+) -> None:
+    """At the engine's start: a warning for each bundle's finding and each stale CRL (the
+    engine starts all the same: its other channels work)."""
+    for finding in bundle_findings(bundles, now) + stale_crls(crls, now):
         bundle = finding.bundle
         where = f"channel {bundle.channel}: " if bundle.channel else ""
         log.warning("%s%s: %s", where, bundle.setting, finding.text)

@@ -41,6 +41,7 @@ _NAMES = {  # 2.5.4.x attribute types, as DER encodes their OIDs
     b"\x55\x04\x0b": "OU",
 }
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL)
+_CRL = re.compile(rb"-----BEGIN X509 CRL-----(.+?)-----END X509 CRL-----", re.DOTALL)
 
 
 class Presented(NamedTuple):
@@ -115,6 +116,30 @@ def certificates_in(pem: bytes) -> list[CertificateFacts]:
     if not found:
         raise CertificateUnreadable("no PEM certificate in it")
     return found
+
+
+def crl_next_update(pem: bytes) -> datetime | None:
+    """The earliest ``nextUpdate`` of the CRLs in ``pem`` (None: none gives one):
+
+    CertificateList ::= SEQUENCE { tbsCertList SEQUENCE { version INTEGER OPTIONAL,
+    signature, issuer, thisUpdate Time, nextUpdate Time OPTIONAL, ... }, ... }"""
+    dates = []
+    for block in _CRL.findall(pem):
+        try:
+            der = base64.b64decode(block)
+            _, crl, _ = _element(der, 0)
+            _, position, tbs_end = _element(der, crl)
+            if _element(der, position)[0] == 0x02:  # the version
+                position = _element(der, position)[2]
+            for _ in range(3):  # signature, issuer, thisUpdate
+                position = _element(der, position)[2]
+            if position < tbs_end:
+                tag, start, end = _element(der, position)
+                if tag in (0x17, 0x18):
+                    dates.append(_der_time(tag, der[start:end]))
+        except (binascii.Error, IndexError, ValueError) as exc:
+            raise CertificateUnreadable(f"a CRL could not be read ({exc})") from exc
+    return min(dates) if dates else None
 
 
 def not_after(pem: bytes) -> datetime:

@@ -17,7 +17,7 @@ import uvicorn
 from sqlalchemy import Connection, select
 
 from router import mappings
-from router.ca_expiry import log_trust_running_out, trusted_bundles
+from router.ca_expiry import log_trust_running_out, revocation_lists, trusted_bundles
 from router.certificate_expiry import Presented, log_expiring, presented_certificates
 from router.config import (
     ChannelConfig,
@@ -257,7 +257,9 @@ class Engine:
         if not self.store.is_sqlite:
             await self.presence.start()
         log_expiring(log, self.presented_certificates(), datetime.now(UTC))
-        log_trust_running_out(log, self.trusted_bundles(), datetime.now(UTC))
+        configs = [c.config for c in self.channels.values()]
+        now = datetime.now(UTC)
+        log_trust_running_out(log, self.trusted_bundles(), revocation_lists(configs), now)
         self.writer.start()
         self.processor.start()
         await self.gateway.start()
@@ -366,6 +368,16 @@ class Engine:
     def trusted_bundles(self) -> list[Presented]:
         """The CA files the running channels and the MESH mailboxes verify peers with."""
         return trusted_bundles([c.config for c in self.channels.values()], self.config.mesh)
+
+    def served_crls(self) -> list[Presented]:
+        """The CRL of each listening MLLP source, with the ``nextUpdate`` of the one it
+        checks clients against (a renewed file that does not load leaves it unchanged)."""
+        serving = {x.channel.name: x.tls for x in self.listeners if x.tls is not None}
+        return [
+            crl._replace(served=serving[crl.channel].served_crl_next_update)
+            for crl in revocation_lists([c.config for c in self.channels.values()])
+            if crl.channel in serving
+        ]
 
     @property
     def listening(self) -> bool:

@@ -190,15 +190,20 @@ class CertificateCollector(Collector):
     ``tie_tls_ca_certificate_expiry_timestamp_seconds``: each certificate of each CA bundle
     ``trusted`` names, one sample each; ``tie_tls_ca_bundle_trust_end_timestamp_seconds``:
     when each bundle stops verifying some peer, what the alert watches (an expired old
-    root beside a valid one does not count: router/ca_expiry.py)."""
+    root beside a valid one does not count: router/ca_expiry.py).
+
+    ``tie_tls_crl_next_update_timestamp_seconds``: the ``nextUpdate`` of the CRL each
+    listening MLLP source (``crls``) checks clients against."""
 
     def __init__(
         self,
         presented: Callable[[], list[Presented]],
         trusted: Callable[[], list[Presented]] = list,
+        crls: Callable[[], list[Presented]] = list,
     ) -> None:
         self._presented = presented
         self._trusted = trusted
+        self._crls = crls
         self._expiries = Expiries()
         self._bundles = CertificateFiles()
 
@@ -218,6 +223,18 @@ class CertificateCollector(Collector):
                 expiry.add_metric(labels, moment.timestamp())
         yield expiry
         yield from self._ca_expiry()
+        next_update = GaugeMetricFamily(
+            "tie_tls_crl_next_update_timestamp_seconds",
+            "When the CRL an MLLP source checks client certificates against is due to be "
+            "replaced (its nextUpdate), in seconds since the epoch; past it, every client "
+            "certificate is refused.",
+            labels=["channel", "file"],
+        )
+        for crl in self._crls():
+            moment = crl.served() if crl.served else None
+            if moment is not None:
+                next_update.add_metric([crl.channel, str(crl.file)], moment.timestamp())
+        yield next_update
 
     def _ca_expiry(self) -> list[GaugeMetricFamily]:
         bundles = self._trusted()

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -492,6 +492,47 @@ def make_certificates(folder: Path) -> Certificates:
             "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert))  # fmt: skip
         issued[name] = (cert, key)
     return Certificates(ca, *issued["server"], *issued["client"])
+
+
+@dataclass(frozen=True)
+class Revocations:
+    """``certs`` and a second client certificate of the same CA, ``revoked``, with CRLs of
+    that CA: ``none`` lists nothing, ``listed`` lists ``revoked``, ``stale`` lists nothing
+    and its nextUpdate passed in January 2025."""
+
+    certs: Certificates
+    revoked: Certificates  # certs with the revoked client certificate and key
+    none: Path
+    listed: Path
+    stale: Path
+
+
+def make_revocations(folder: Path) -> Revocations:
+    """Issue them with the openssl command (``openssl ca`` keeps its list in ``folder``)."""
+    import subprocess
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    certs = make_certificates(folder)
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=tie test revoked",
+        "-keyout", "revoked.key", "-out", "revoked.csr")  # fmt: skip
+    run("x509", "-req", "-in", "revoked.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "2",
+        "-CAcreateserial", "-extfile", "client.ext", "-out", "revoked.pem")  # fmt: skip
+    (folder / "index.txt").write_text("")
+    (folder / "crl.cnf").write_text(
+        "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\ndefault_md = sha256\n"
+    )
+    ca = ["-config", "crl.cnf", "-keyfile", "ca.key", "-cert", "ca.pem"]
+    run("ca", *ca, "-gencrl", "-crldays", "1", "-out", "none.crl")
+    dates = ["-crl_lastupdate", "20250101000000Z", "-crl_nextupdate", "20250102000000Z"]
+    run("ca", *ca, "-gencrl", *dates, "-out", "stale.crl")
+    run("ca", *ca, "-revoke", "revoked.pem")
+    run("ca", *ca, "-gencrl", "-crldays", "1", "-out", "listed.crl")
+    revoked = replace(certs, client_cert=folder / "revoked.pem", client_key=folder / "revoked.key")
+    return Revocations(
+        certs, revoked, folder / "none.crl", folder / "listed.crl", folder / "stale.crl"
+    )
 
 
 def api_token(

@@ -38,7 +38,7 @@ class _Scrape:
 def metrics_routes(engine: Engine) -> APIRouter:
     router = APIRouter(tags=["operations"])
     certificates = metrics.CertificateCollector(
-        engine.presented_certificates, engine.trusted_bundles
+        engine.presented_certificates, engine.trusted_bundles, engine.served_crls
     )
     list(certificates.collect())  # read at load: a scrape then only stats the files
     queues = metrics.QueueCollector(engine.store, engine.config.dps.overdue_after)

@@ -18,18 +18,21 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 class MllpServerTls(_Strict):
     """The listener's certificate and key; ``client_ca`` verifies client certificates, which
-    ``require_client_cert`` makes mandatory (mutual TLS)."""
+    ``require_client_cert`` makes mandatory (mutual TLS), and ``crl`` refuses the revoked."""
 
     cert: Path
     key: Path | None = None  # None: the key is in the ``cert`` file
     key_password_env: str | None = Field(default=None, pattern=_ENV_NAME)
     client_ca: Path | None = None
     require_client_cert: bool = False
+    crl: Path | None = None  # revoked client certificates (PEM CRLs of client_ca's CAs)
 
     @model_validator(mode="after")
     def _clients_verified_against_a_ca(self) -> MllpServerTls:
         if self.require_client_cert and self.client_ca is None:
             raise ValueError("require_client_cert needs client_ca: the CA that signs the clients")
+        if self.crl is not None and self.client_ca is None:
+            raise ValueError("crl needs client_ca: the CA whose revocations it lists")
         return self
 
 
@@ -52,7 +55,7 @@ class MllpClientTls(_Strict):
 
 def resolve_paths(tls: MllpServerTls | MllpClientTls, base: Path) -> None:
     """Make the certificate paths absolute against the channel file's folder."""
-    for name in ("cert", "key", "client_ca", "ca"):
+    for name in ("cert", "key", "client_ca", "crl", "ca"):
         value = getattr(tls, name, None)
         if value is not None:
             setattr(tls, name, (base / value).resolve())

@@ -26,11 +26,13 @@ from sqlalchemy import select
 from tie_testing import (
     Certificates,
     Hl7Receiver,
+    Revocations,
     RunningEngine,
     channel,
     engine_config,
     hl7_message,
     make_certificates,
+    make_revocations,
     wait_until,
 )
 
@@ -305,6 +307,56 @@ def test_the_expiry_gauge_reports_the_pair_served_not_a_bad_renewal(
         running.stop()
 
 
+@pytest.fixture(scope="module")
+def revocations(tmp_path_factory: pytest.TempPathFactory) -> Revocations:
+    return make_revocations(tmp_path_factory.mktemp("crl"))
+
+
+def test_a_revoked_client_certificate_is_refused_from_the_crl_that_lists_it_on(
+    tmp_path, store_url, revocations, hl7_samples, caplog
+):
+    """The CRL is read again when it changes, as the certificates are: no restart."""
+    certs, crl = revocations.certs, tmp_path / "clients.crl"
+    crl.write_bytes(revocations.none.read_bytes())
+    source = tls_source(certs, client_ca=str(certs.ca), require_client_cert=True, crl=str(crl))
+    running = start_engine(tmp_path, store_url, source)
+    try:
+        port = running.port("inbound")
+        revoked = client_context(certs, identity=revocations.revoked)
+        ack = send(port, hl7_message(hl7_samples[GHH], "CRL-1"), revoked)
+        assert str(ack.segment("MSA")[1]) == "AA"  # not revoked yet
+
+        crl.write_bytes(revocations.listed.read_bytes())
+        before = failed_handshakes("inbound")
+        with caplog.at_level(logging.WARNING, logger=LISTENER_LOG):
+            with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+                send(port, hl7_message(hl7_samples[GHH], "CRL-2"), revoked)
+            wait_until(lambda: failed_handshakes("inbound") == before + 1)
+        assert stored_status(running, "CRL-2") == []
+        [line] = [r.getMessage() for r in caplog.records if "handshake" in r.getMessage()]
+        assert "certificate revoked" in line
+        ack = send(port, hl7_message(hl7_samples[GHH], "CRL-3"), client_context(certs, certs))
+        assert str(ack.segment("MSA")[1]) == "AA"  # another client of the CA
+
+        engine = running.engine
+        collector = metrics.CertificateCollector(lambda: [], list, engine.served_crls)
+        *_, next_update = collector.collect()
+        due = ssl.cert_time_to_seconds(openssl_crl_says(revocations.listed, "-nextupdate"))
+        assert [(s.labels["file"], s.value) for s in next_update.samples] == [(str(crl), due)]
+    finally:
+        running.stop()
+
+
+def openssl_crl_says(crl: Path, option: str) -> str:
+    done = subprocess.run(
+        ["openssl", "crl", "-noout", option, "-in", str(crl)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip().split("=", 1)[1]
+
+
 def openssl_says(cert: Path, option: str) -> str:
     """What ``openssl x509`` prints for ``option`` (``-serial``, ``-fingerprint``), after
     its ``=``: the figures an auditor compares with the sender's certificate file."""
@@ -329,7 +381,7 @@ def test_the_engine_reports_its_client_ca_and_warns_that_it_expires_soon(
         collector = metrics.CertificateCollector(
             engine.presented_certificates, engine.trusted_bundles
         )
-        _, cas, ends = collector.collect()
+        _, cas, ends, _ = collector.collect()
         expiry = ssl.cert_time_to_seconds(openssl_says(certs.ca, "-enddate"))
         assert [(s.labels["role"], s.labels["subject"], s.value) for s in cas.samples] == [
             ("mllp_server", "CN=tie test CA", expiry)

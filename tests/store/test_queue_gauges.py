@@ -255,6 +255,7 @@ def test_every_metric_the_example_alert_rules_use_is_one_the_engine_exposes(stor
         "tie_failed_deliveries",
         "tie_tls_certificate_expiry_timestamp_seconds",
         "tie_tls_ca_bundle_trust_end_timestamp_seconds",
+        "tie_tls_crl_next_update_timestamp_seconds",
         "tie_mesh_poll_failures_total",
         "tie_dps_jobs_overdue",
         "tie_channel_up",

@@ -253,7 +253,7 @@ def _trusting_channel(folder: Path, bundle: Path) -> Path:
 
 def _ca_gauges(collector: CertificateCollector) -> tuple[list[tuple[str, float]], list[float]]:
     """(subject, expiry) of each CA certificate, and each bundle's trust end."""
-    _, certificates, ends = collector.collect()
+    _, certificates, ends, _ = collector.collect()
     assert (certificates.name, ends.name) == (CA_GAUGE, TRUST_END_GAUGE)
     return (
         [(s.labels["subject"], s.value) for s in certificates.samples],

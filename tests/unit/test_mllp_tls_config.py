@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tie_testing import Certificates, make_certificates
+from tie_testing import Certificates, Revocations, make_certificates, make_revocations
 
 from router.cli import main
 from router.config import ConfigError, load_channel
@@ -159,3 +159,49 @@ def test_an_encrypted_key_is_opened_with_the_passphrase_from_the_environment(
     without = config.source.mllp.tls.model_copy(update={"key_password_env": None})
     with pytest.raises(TlsFileError, match="an encrypted key needs key_password_env"):
         server_context(without)  # never a passphrase prompt on the terminal
+
+
+@pytest.fixture(scope="module")
+def revocations(tmp_path_factory: pytest.TempPathFactory) -> Revocations:
+    return make_revocations(tmp_path_factory.mktemp("crl"))
+
+
+def _crl_source(certs: Certificates, crl: Path) -> str:
+    return (
+        f"{{cert: {certs.server_cert}, key: {certs.server_key}, client_ca: {certs.ca},"
+        f" require_client_cert: true, crl: {crl}}}"
+    )
+
+
+def test_a_crl_needs_client_ca(tmp_path, certs):
+    path = tmp_path / "secure.yaml"
+    path.write_text(channel_yaml(f"{{cert: {certs.server_cert}, crl: clients.crl}}"))
+    with pytest.raises(ConfigError, match="crl needs client_ca"):
+        load_channel(path)
+
+
+def test_check_names_a_crl_file_that_holds_no_crl(tmp_path, revocations, capsys):
+    certs = revocations.certs
+    code, err = check(tmp_path, channel_yaml(_crl_source(certs, certs.ca)), capsys)
+    assert code == 2
+    assert f"source.mllp.tls.crl: {certs.ca}: no PEM CRL in it" in err
+
+
+def test_check_accepts_a_crl_and_warns_of_one_past_its_next_update(tmp_path, revocations, capsys):
+    """Past its nextUpdate, OpenSSL refuses every client certificate ("CRL has expired")."""
+    certs = revocations.certs
+    assert check(tmp_path, channel_yaml(_crl_source(certs, revocations.listed)), capsys) == (0, "")
+    code = main(
+        [
+            "--config",
+            str(layout(tmp_path, channel_yaml(_crl_source(certs, revocations.stale)))),
+            "check",
+        ]
+    )
+    out = capsys.readouterr().out
+    file = tmp_path / "channels" / "secure.yaml"
+    assert code == 0
+    assert (
+        f"warning  {file}: source.mllp.tls.crl: {revocations.stale}: the CRL's nextUpdate was "
+        "2025-01-02 00:00 UTC: every client certificate is refused until a newer CRL is in place"
+    ) in out.splitlines()

@@ -1,7 +1,7 @@
 """SSL contexts for MLLP over TLS, built from a channel's ``tls`` settings.
 
 Each file is checked on its own first, so that a problem names the key that holds the
-wrong file (``cert``, ``key``, ``client_ca``, ``ca``) rather than OpenSSL's "PEM lib".
+wrong file (``cert``, ``key``, ``client_ca``, ``crl``, ``ca``) rather than OpenSSL's "PEM lib".
 TLS 1.2 is the oldest version either side speaks.
 """
 
@@ -13,8 +13,9 @@ import ssl
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
-from router.certificate_expiry import CertificateUnreadable, not_after
+from router.certificate_expiry import CertificateUnreadable, crl_next_update, not_after
 from router.config import ChannelConfig
 from router.config.mllp_tls import MllpClientTls, MllpServerTls
 
@@ -38,21 +39,41 @@ def server_context(tls: MllpServerTls) -> ssl.SSLContext:
     if tls.client_ca is not None:
         _load_ca(context, "client_ca", tls.client_ca)
         context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    if tls.crl is not None:
+        _load_crl(context, tls.crl)
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
 
 
-def _built(tls: MllpServerTls) -> tuple[ssl.SSLContext, datetime | None]:
-    """The context and its certificate's expiry, read from the bytes read just before it
-    (a file replaced in between changes its stamp: it is read again at the next check)."""
-    try:
-        pem = tls.cert.read_bytes()
-    except OSError:  # server_context names the problem
-        pem = b""
+class Served(NamedTuple):
+    """A listener's context, and the dates of the files it was built from."""
+
+    context: ssl.SSLContext
+    cert_expiry: datetime | None
+    crl_next_update: datetime | None
+
+
+def _built(tls: MllpServerTls) -> Served:
+    """The context and its files' dates, read from the bytes read just before it (a file
+    replaced in between changes its stamp: it is read again at the next check)."""
+    cert, crl = _bytes_of(tls.cert), _bytes_of(tls.crl)
     context = server_context(tls)
     try:
-        return context, not_after(pem)
+        expiry = not_after(cert)
     except CertificateUnreadable:
-        return context, None
+        expiry = None
+    try:
+        next_update = crl_next_update(crl)
+    except CertificateUnreadable:
+        next_update = None
+    return Served(context, expiry, next_update)
+
+
+def _bytes_of(path: Path | None) -> bytes:
+    try:
+        return path.read_bytes() if path is not None else b""
+    except OSError:  # server_context names the problem
+        return b""
 
 
 class ServerCertificates:
@@ -67,10 +88,12 @@ class ServerCertificates:
     def __init__(self, tls: MllpServerTls, channel: str) -> None:
         self._tls = tls
         self._channel = channel
-        self._files = [p for p in (tls.cert, tls.key, tls.client_ca) if p is not None]
+        files = (tls.cert, tls.key, tls.client_ca, tls.crl)
+        self._files = [p for p in files if p is not None]
         self._lock = threading.RLock()
         self._stamp = self._stamps()
-        self.context, self._expiry = _built(tls)
+        self._served = _built(tls)
+        self.context = self._served.context
 
     def current(self) -> ssl.SSLContext:
         with self._lock:
@@ -78,7 +101,7 @@ class ServerCertificates:
             if stamp != self._stamp:
                 self._stamp = stamp
                 try:
-                    self.context, self._expiry = _built(self._tls)
+                    self._served = _built(self._tls)
                 except TlsFileError as exc:
                     log.warning(
                         "channel %s: source.mllp.tls.%s: %s; the certificates read before "
@@ -88,6 +111,7 @@ class ServerCertificates:
                         exc,
                     )
                 else:
+                    self.context = self._served.context
                     log.info("channel %s: certificate files changed; read again", self._channel)
             return self.context
 
@@ -96,7 +120,13 @@ class ServerCertificates:
         good pair's, not a renewed file's that does not load (None: no date in it)."""
         with self._lock:
             self.current()
-            return self._expiry
+            return self._served.cert_expiry
+
+    def served_crl_next_update(self) -> datetime | None:
+        """The ``nextUpdate`` of the CRL the next connection is checked against."""
+        with self._lock:
+            self.current()
+            return self._served.crl_next_update
 
     def _stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
         found = []
@@ -137,6 +167,20 @@ def _load_ca(context: ssl.SSLContext, key: str, path: Path) -> None:
         context.load_verify_locations(cafile=str(path))
     except ssl.SSLError as exc:
         raise TlsFileError(key, f"{path}: no PEM certificate could be read ({exc.reason})") from exc
+
+
+def _load_crl(context: ssl.SSLContext, path: Path) -> None:
+    _readable("crl", path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise TlsFileError("crl", f"{path}: cannot be read ({exc.strerror})") from exc
+    if b"-----BEGIN X509 CRL-----" not in text:
+        raise TlsFileError("crl", f"{path}: no PEM CRL in it")
+    try:
+        context.load_verify_locations(cafile=str(path))
+    except ssl.SSLError as exc:
+        raise TlsFileError("crl", f"{path}: the CRL could not be read ({exc.reason})") from exc
 
 
 def _load_identity(
