@@ -6,7 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from router.ca_expiry import bundle_findings, revocation_lists, stale_crls, trusted_bundles
+from router.ca_expiry import (
+    BundleFinding,
+    bundle_findings,
+    revocation_lists,
+    stale_crls,
+    trusted_bundles,
+)
 from router.certificate_expiry import Finding, expiry_findings, presented_certificates
 from router.channel_tests import CaseRunner, compare, discover, update
 from router.config import ChannelConfig, ConfigError, EngineConfig
@@ -63,16 +69,25 @@ def trust_running_out(
     config: EngineConfig, config_file: Path, channels: dict[str, ChannelConfig], now: datetime
 ) -> list[str]:
     """A warning for each CA bundle with a CA left without a certificate beyond 14 days
-    (router/ca_expiry.py): the peers it verifies are refused from then on; and for each
-    MLLP source's CRL past its nextUpdate, which refuses every client now."""
-    findings = bundle_findings(trusted_bundles(channels.values(), config.mesh), now)
-    findings += stale_crls(revocation_lists(channels.values()), now)
-    warnings = []
-    for finding in findings:
-        channel, setting = finding.bundle.channel, finding.bundle.setting
-        file = channel_file(config.channels, channel) if channel else config_file
-        warnings.append(f"warning  {file}: {setting}: {finding.text}")
-    return warnings
+    (router/ca_expiry.py): the peers it verifies are refused from then on. Raises
+    ConfigError naming each enabled MLLP source's CRL past its nextUpdate: OpenSSL refuses
+    every client against it now, as no peer accepts an expired certificate (a disabled
+    channel's is a warning)."""
+
+    def file_of(finding: BundleFinding) -> str:
+        channel = finding.bundle.channel
+        return str(channel_file(config.channels, channel) if channel else config_file)
+
+    stale = stale_crls(revocation_lists(channels.values()), now)
+    refusing = [
+        ConfigProblem(file_of(f), f.bundle.setting, f.text)
+        for f in stale
+        if channels[f.bundle.channel].enabled
+    ]
+    if refusing:
+        raise ConfigError(refusing)
+    findings = bundle_findings(trusted_bundles(channels.values(), config.mesh), now) + stale
+    return [f"warning  {file_of(f)}: {f.bundle.setting}: {f.text}" for f in findings]
 
 
 def senders_unchecked_or_unknown(

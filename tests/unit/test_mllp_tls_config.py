@@ -187,17 +187,19 @@ def test_check_names_a_crl_file_that_holds_no_crl(tmp_path, revocations, capsys)
     assert f"source.mllp.tls.crl: {certs.ca}: no PEM CRL in it" in err
 
 
-def test_check_accepts_a_crl_and_warns_of_one_past_its_next_update(tmp_path, revocations, capsys):
-    """Past its nextUpdate, OpenSSL refuses every client certificate ("CRL has expired")."""
+def test_check_accepts_a_crl_and_fails_on_one_past_its_next_update(tmp_path, revocations, capsys):
+    """Past its nextUpdate, OpenSSL refuses every client certificate ("CRL has expired"):
+    an error, as an expired certificate is; a warning on a disabled channel."""
     certs = revocations.certs
     assert check(tmp_path, channel_yaml(_crl_source(certs, revocations.listed)), capsys) == (0, "")
-    code = main(
-        [
-            "--config",
-            str(layout(tmp_path, channel_yaml(_crl_source(certs, revocations.stale)))),
-            "check",
-        ]
-    )
+    stale = channel_yaml(_crl_source(certs, revocations.stale))
+    code, err = check(tmp_path, stale, capsys)
+    assert code == 2
+    assert (
+        f"source.mllp.tls.crl: {revocations.stale}: the CRL's nextUpdate was 2025-01-02 00:00 "
+        "UTC: every client certificate is refused until a newer CRL is in place"
+    ) in err
+    code = main(["--config", str(layout(tmp_path, "enabled: false\n" + stale)), "check"])
     out = capsys.readouterr().out
     file = tmp_path / "channels" / "secure.yaml"
     assert code == 0
