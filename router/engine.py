@@ -49,8 +49,8 @@ from router.governance.reload import Reloader, ReloadResult, reload_files
 from router.governance.watcher import RevisionWatcher
 from router.local_destinations import Local
 from router.pipeline import CompiledChannel, compile_channel
+from router.presence_keeper import FRESH_CHECKS, PresenceKeeper
 from router.presence_keeper import INTERVAL as PRESENCE_CHECK
-from router.presence_keeper import PresenceKeeper
 from router.processing import Processor
 from router.replay import ReplayResult
 from router.retention import Pruner
@@ -190,7 +190,7 @@ class Engine:
         self.reloader = Reloader(self)
         self.watcher = RevisionWatcher(self)
         self._stop = asyncio.Event()
-        self.lock = EngineLock(self.store)
+        self.lock = EngineLock(self.store, fresh_for=FRESH_CHECKS * presence_check)
         self.presence = PresenceKeeper(self.lock, self._restore_running, presence_check)
         self._restored_under: str | None = None
 
@@ -254,6 +254,7 @@ class Engine:
         await asyncio.to_thread(upgrade, self.store)
         # Held until the stop: ``run.py db restore`` refuses to replace the store meanwhile.
         await asyncio.to_thread(self.lock.take)
+        await asyncio.to_thread(self.lock.announce)
         if not self.store.is_sqlite:
             await self.presence.start()
         log_expiring(log, self.presented_certificates(), datetime.now(UTC))

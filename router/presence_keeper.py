@@ -2,8 +2,11 @@
 
 A PostgreSQL restart, or a terminated backend, ends the session that holds it: the engine
 reconnects for its work and runs on, but a ``run.py db restore`` would then be let in under
-it. So every few seconds (one query, on no message's path) the keeper checks that the lock
-is still held, and takes it again on a new connection when it is not.
+it. So every few seconds (one round trip, on no message's path) the keeper checks that the lock
+is still held, and takes it again on a new connection when it is not. Each check also marks
+the engine seen (router/store/presence.py): a restore refuses while that sighting is fresher
+than ``FRESH_CHECKS`` checks, which covers the seconds between a lost session and the check
+that takes the lock again.
 
 When a restore got in first and holds it (or has replaced the store already), the engine
 stops altogether rather than pausing: everything it holds from the old store (claimed
@@ -26,6 +29,7 @@ from router.store.presence import EngineLock, StoreInUse
 
 log = logging.getLogger(__name__)
 INTERVAL = 2.0
+FRESH_CHECKS = 3  # a sighting keeps a restore out for this many checks
 
 
 class PresenceKeeper:
@@ -68,7 +72,7 @@ class PresenceKeeper:
             self._lost = True
             log.warning(
                 "the engine lost its engine lock (the database ended its session: a restart?); "
-                "taking it again, until then run.py db restore is not kept out"
+                "taking it again; until then only its last sighting keeps run.py db restore out"
             )
         try:
             await asyncio.to_thread(self._lock.take)

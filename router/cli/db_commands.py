@@ -45,6 +45,11 @@ def register(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     restore.add_argument("folder", type=Path, help="the folder db backup made")
     restore.add_argument("--force", action="store_true", help="replace a store that holds messages")
+    restore.add_argument(
+        "--engines-stopped",
+        action="store_true",
+        help="the engines seen lately (named when it refuses) are known not to be running",
+    )
     restore.add_argument("--actor", help="who restores (default: the OS user)")
     add_json(restore)
     restore.set_defaults(handler=db_restore)
@@ -160,7 +165,13 @@ def db_restore(args: argparse.Namespace) -> int:
 
     store = open_store(engine_config(args))
     try:
-        done = restore(store, args.folder, actor=args.actor or os_user(), force=args.force)
+        done = restore(
+            store,
+            args.folder,
+            actor=args.actor or os_user(),
+            force=args.force,
+            engines_stopped=args.engines_stopped,
+        )
     except RestoreError as exc:
         raise CommandError(str(exc)) from exc
     finally:

@@ -8,23 +8,30 @@ under a running engine, whose next write would go into the replaced one (or half
 - PostgreSQL: each engine holds a shared session advisory lock named after the store (its
   schema) from start to stop; a restore takes it exclusively. A session lock ends with its
   session, so an engine killed with ``kill -9`` holds nothing; a running engine whose
-  session the server ended takes it again (router/presence_keeper.py).
+  session the server ended takes it again (router/presence_keeper.py). Until it has, only
+  its row in ``engine_presence`` says it runs: refreshed with each check on the server's
+  clock (``now()``, so the hosts' clocks do not matter), it keeps a restore out while it is
+  fresher than a few checks, even once the restore holds the lock.
 
 Other ``run.py`` commands hold no lock: one running during a restore reads either store.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, delete, func, insert, text, update
 from sqlalchemy.exc import DBAPIError
 
 from router.store.database import Store
+from router.store.schema import engine_presence
 
 _KEY = text("SELECT hashtextextended(current_schema() || '/engine', 0)")
 # The messages table's OID: a restore (pg_restore --clean) drops and creates it anew.
@@ -32,6 +39,13 @@ _TABLES = text("SELECT to_regclass('messages')::oid")
 _HELD = text(
     "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' "
     "AND mode = 'ShareLock' AND granted AND ((classid::bigint << 32) | objid::bigint) = :k"
+)
+
+
+# The engines seen recently enough to be running, by the server's clock.
+_FRESH = text(
+    "SELECT host, pid, extract(epoch FROM now() - seen_at) AS ago FROM engine_presence "
+    "WHERE seen_at + make_interval(secs => fresh_for) > now() ORDER BY host, pid"
 )
 
 
@@ -50,10 +64,16 @@ class EngineLock:
     the engine runs on (its pools reconnect) but holds nothing, and a restore would be let
     in. ``held`` says whether the session still holds it; ``take`` takes it again on a new
     connection (router/presence_keeper.py checks every few seconds), and says whether a
-    restore replaced the store in between."""
+    restore replaced the store in between.
 
-    def __init__(self, store: Store) -> None:
+    ``announce`` records the engine in ``engine_presence``, and each check and take (on
+    PostgreSQL) marks it seen, fresh for ``fresh_for`` seconds."""
+
+    def __init__(self, store: Store, fresh_for: float) -> None:
         self._store = store
+        self._fresh_for = fresh_for
+        self._id = uuid.uuid4().hex
+        self._announced = False
         self._conn: Connection | None = None
         self._key: int | None = None
         self._tables: int | None = None  # the store's, when the lock was first taken
@@ -74,6 +94,8 @@ class EngineLock:
             key = conn.scalar(_KEY)
             got = conn.scalar(text("SELECT pg_try_advisory_lock_shared(:k)"), {"k": key})
             tables = conn.scalar(_TABLES)
+            if got and self._announced:
+                self._seen(conn)
             conn.commit()
         except BaseException:
             conn.invalidate()  # never back to the pool holding the lock
@@ -107,7 +129,9 @@ class EngineLock:
             return False
         try:
             held = bool(self._conn.scalar(_HELD, {"k": self._key}))
-            self._conn.rollback()
+            if held:
+                self._seen(self._conn)
+            self._conn.commit()
         except DBAPIError:
             self._drop()
             return False
@@ -115,10 +139,41 @@ class EngineLock:
             self._drop()
         return held
 
+    def announce(self) -> None:
+        """Record this engine as running (once the store is migrated and the lock taken)."""
+        with self._store.begin() as conn:
+            conn.execute(
+                insert(engine_presence).values(
+                    id=self._id,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    started_at=func.now(),
+                    seen_at=func.now(),
+                    fresh_for=self._fresh_for,
+                )
+            )
+        self._announced = True
+
+    def _seen(self, conn: Connection) -> None:
+        row = engine_presence.c.id == self._id
+        conn.execute(update(engine_presence).where(row).values(seen_at=func.now()))
+
+    def _withdraw(self) -> None:
+        """This engine's row gone at the stop; one left by a lost server goes stale."""
+        if not self._announced:
+            return
+        try:
+            with self._store.begin() as conn:
+                conn.execute(delete(engine_presence).where(engine_presence.c.id == self._id))
+        except DBAPIError:
+            pass
+        self._announced = False
+
     def release(self) -> None:
         """Give the lock back at the stop. A session the server ended meanwhile (a restart,
         an outage) holds no lock any more: nothing to give back, and the stop goes on."""
         with self._using:
+            self._withdraw()
             self._release()
 
     def _release(self) -> None:
@@ -142,20 +197,22 @@ class EngineLock:
 
 
 @contextmanager
-def engine_running(store: Store) -> Iterator[EngineLock]:
-    """The engine lock, held from an engine's start to its stop."""
-    lock = EngineLock(store)
+def engine_running(store: Store, fresh_for: float = 6.0) -> Iterator[EngineLock]:
+    """The engine lock, held (and the engine announced) from an engine's start to its stop."""
+    lock = EngineLock(store, fresh_for)
     lock.take()
     try:
+        lock.announce()
         yield lock
     finally:
         lock.release()
 
 
 @contextmanager
-def held_postgres(conn: Connection) -> Iterator[None]:
-    """Hold ``conn``'s store for a restore; StoreInUse when an engine runs against it. A
-    schema that is not there yet has no engine."""
+def held_postgres(conn: Connection, engines_stopped: bool = False) -> Iterator[None]:
+    """Hold ``conn``'s store for a restore; StoreInUse when an engine runs against it: one
+    holds the lock, or was seen lately (unless ``engines_stopped``: the operator knows
+    they are not running). A schema that is not there yet has no engine."""
     key = conn.scalar(_KEY)
     if key is None:
         conn.rollback()
@@ -176,11 +233,29 @@ def held_postgres(conn: Connection) -> Iterator[None]:
         )
     conn.commit()
     try:
+        seen = [] if engines_stopped else _seen_lately(conn)
+        if seen:
+            raise StoreInUse(
+                f"an engine was seen running against this store moments ago ("
+                f"{'; '.join(seen)}), and has not taken its engine lock again since its "
+                f"session ended (a database restart?): stop it, or wait for it to take the "
+                f"lock again; if you know it is not running, pass --engines-stopped"
+            )
         yield
     finally:
         conn.rollback()
         conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         conn.commit()
+
+
+def _seen_lately(conn: Connection) -> list[str]:
+    """The engines whose last sighting is fresh, each as ``host H pid P, seen N s ago``."""
+    if conn.scalar(text("SELECT to_regclass('engine_presence')")) is None:
+        conn.rollback()
+        return []
+    rows = conn.execute(_FRESH).all()
+    conn.rollback()
+    return [f"host {r.host} pid {r.pid}, seen {float(r.ago):.1f} s ago" for r in rows]
 
 
 def take_sqlite(database: Path) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, make_url, select, text
+from sqlalchemy import delete, func, inspect, make_url, select, text
 
 from router import audit
 from router.config import safe_store_url
@@ -52,7 +52,7 @@ from router.store.blobs import fsync_dir
 from router.store.database import Store
 from router.store.migrate import Applied, alembic_config, upgrade
 from router.store.presence import StoreInUse, held_postgres, take_sqlite
-from router.store.schema import messages
+from router.store.schema import engine_presence, messages
 
 
 class RestoreError(Exception):
@@ -79,13 +79,16 @@ class Restored:
     migrations: list[Applied] = field(default_factory=list)
 
 
-def restore(store: Store, folder: Path, *, actor: str, force: bool = False) -> Restored:
-    """Put the backup in ``folder`` in place of ``store`` (not migrated, not in use)."""
+def restore(
+    store: Store, folder: Path, *, actor: str, force: bool = False, engines_stopped: bool = False
+) -> Restored:
+    """Put the backup in ``folder`` in place of ``store`` (not migrated, not in use).
+    ``engines_stopped``: the operator knows the engines seen lately are not running."""
     folder = folder.resolve()
     contents = _read_backup(folder, store.is_sqlite, store.url)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     done = Restored(folder, _sqlite_file(store) if store.is_sqlite else safe_store_url(store.url))
-    with _held(store) as held:
+    with _held(store, engines_stopped) as held:
         existing = _messages(held, store)
         if existing and not force:
             raise RestoreError(
@@ -108,6 +111,8 @@ def restore(store: Store, folder: Path, *, actor: str, force: bool = False) -> R
     _verify_blobs(store)
     done.migrations = upgrade(store)
     with store.begin() as conn:
+        # The backup's engines (and those of the replaced store) are not running here.
+        conn.execute(delete(engine_presence))
         audit.append(
             conn,
             actor,
@@ -246,7 +251,7 @@ def _refuse_newer(revisions: list[str], url: str) -> None:
 
 
 @contextmanager
-def _held(store: Store) -> Iterator[Any]:
+def _held(store: Store, engines_stopped: bool) -> Iterator[Any]:
     """The store, held against engines for the restore (router/store/presence.py): the
     PostgreSQL connection that holds it, or None (SQLite)."""
     try:
@@ -254,7 +259,7 @@ def _held(store: Store) -> Iterator[Any]:
             take_sqlite(Path(_sqlite_file(store)))
             yield None
             return
-        with store.writer.connect() as conn, held_postgres(conn):
+        with store.writer.connect() as conn, held_postgres(conn, engines_stopped):
             yield conn
     except StoreInUse as exc:
         raise RestoreError(f"{exc}. Nothing was changed.") from exc

@@ -471,3 +471,19 @@ hold_approvals = Table(
     Column("approved_at", UtcDateTime(), nullable=False),
     UniqueConstraint("batch_id", "approver"),
 )
+
+# The engines running against the store (router/store/presence.py), one row each from start
+# to stop. On PostgreSQL each refreshes ``seen_at`` (the server's clock) with its lock check,
+# so that a restore is kept out in the seconds an engine whose lock session ended runs
+# without it; on SQLite the rows name the engines holding the file's engine lock.
+engine_presence = Table(
+    "engine_presence",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("seen_at", UtcDateTime(), nullable=False),
+    # How long a sighting counts as the engine running (a few of its lock checks).
+    Column("fresh_for", Float, nullable=False),
+)

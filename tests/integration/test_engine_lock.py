@@ -4,6 +4,7 @@ its backend terminated) must not let ``run.py db restore`` in under a running en
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from router.config import ChannelConfig
 from router.store.backup import back_up
 from router.store.opening import open_store
 from router.store.presence import StoreInUse, held_postgres
-from router.store.restore import restore
+from router.store.restore import RestoreError, restore
 
 pytestmark = pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 CHECK = 0.05  # the engine checks its lock this often (2 s in production)
@@ -125,7 +126,8 @@ def test_an_engine_stops_when_a_restore_replaced_the_store_between_two_checks(
     wait_until(lambda: holders(admin) == set())
     other = open_store(config)
     try:
-        restore(other, tmp_path / "backup", actor="test", force=True)  # nothing keeps it out
+        # The engine's sighting keeps it out (the test below): the operator overrides it.
+        restore(other, tmp_path / "backup", actor="test", force=True, engines_stopped=True)
     finally:
         other.dispose()
     assert running.call(running.engine.presence.check()) is False
@@ -133,3 +135,54 @@ def test_an_engine_stops_when_a_restore_replaced_the_store_between_two_checks(
     with pytest.raises(StoreInUse, match="the store was replaced"):
         running.run_until_stopped()
     assert holders(admin) == set()
+
+
+def test_a_restore_is_refused_while_an_engine_that_lost_its_lock_was_seen_lately(
+    tmp_path, store_url, admin
+):
+    """The restore is quicker than the engine's next check: it gets the lock, but the
+    engine's sighting (on the server's clock) names it, and nothing is changed."""
+    config = engine_config(tmp_path, store_url)
+    running = RunningEngine(config, {"inbound": inbound()}, presence_check=3600)  # no retake
+    try:
+        back_up(running.store, tmp_path / "backup")
+        (pid,) = holders(admin)
+        terminate(admin, pid)
+        wait_until(lambda: holders(admin) == set())
+        other = open_store(config)
+        try:
+            with pytest.raises(RestoreError) as refused:
+                restore(other, tmp_path / "backup", actor="test", force=True)
+        finally:
+            other.dispose()
+        said = str(refused.value)
+        assert f"host {socket.gethostname()} pid {os.getpid()}, seen" in said
+        assert "--engines-stopped" in said and "Nothing was changed" in said
+        assert holders(admin) == set()  # the restore let go of the lock
+        assert running.call(running.engine.presence.check()) is True  # same store: runs on
+    finally:
+        running.stop()
+
+
+def fresh_sightings(conn: Connection) -> int:
+    return int(
+        conn.scalar(
+            text(
+                "SELECT count(*) FROM engine_presence "
+                "WHERE seen_at + make_interval(secs => fresh_for) > now()"
+            )
+        )
+    )
+
+
+def test_each_check_marks_the_engine_seen_and_its_stop_forgets_it(tmp_path, store_url, admin):
+    config = engine_config(tmp_path, store_url)
+    running = RunningEngine(config, {"inbound": inbound()}, presence_check=3600)  # checked here
+    try:
+        admin.execute(text("UPDATE engine_presence SET seen_at = now() - interval '1 day'"))
+        assert fresh_sightings(admin) == 0
+        assert running.call(running.engine.presence.check()) is True
+        assert fresh_sightings(admin) == 1
+    finally:
+        running.stop()
+    assert admin.scalar(text("SELECT count(*) FROM engine_presence")) == 0
