@@ -251,12 +251,16 @@ class Engine:
         self.processor.wake()
 
     async def start(self, *, http: bool = True) -> None:
-        await asyncio.to_thread(upgrade, self.store)
         # Held until the stop: ``run.py db restore`` refuses to replace the store meanwhile.
-        await asyncio.to_thread(self.lock.take)
-        await asyncio.to_thread(self.lock.announce)
+        # SQLite's lock file before the migrations (a restore running is not migrated under
+        # it); PostgreSQL's lock after them (it records the tables they made).
+        if self.store.is_sqlite:
+            await asyncio.to_thread(self.lock.take)
+        await asyncio.to_thread(upgrade, self.store)
         if not self.store.is_sqlite:
+            await asyncio.to_thread(self.lock.take)
             await self.presence.start()
+        await asyncio.to_thread(self.lock.announce)
         log_expiring(log, self.presented_certificates(), datetime.now(UTC))
         configs = [c.config for c in self.channels.values()]
         now = datetime.now(UTC)

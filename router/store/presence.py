@@ -1,9 +1,11 @@
 """Whether an engine runs against a store: ``run.py db restore`` must not replace a store
 under a running engine, whose next write would go into the replaced one (or half of each).
 
-- SQLite: every engine keeps its connections to the file open, in WAL mode, and SQLite lets
-  a file leave WAL mode only when no other connection (of any process) has it open. So the
-  test is to switch it to a rollback journal, which also checkpoints and removes its
+- SQLite: every engine holds a shared OS lock on ``<database>.engine-lock`` from start
+  (before it migrates the store) to stop; a restore holds it exclusively from its first
+  check to its end (router/store/file_lock.py). Holding it, the restore also switches the
+  file to a rollback journal, which SQLite allows only when no other connection (of any
+  process: a ``run.py`` command too) has it open, and which checkpoints and removes its
   ``-wal``, as a file about to be replaced needs.
 - PostgreSQL: each engine holds a shared session advisory lock named after the store (its
   schema) from start to stop; a restore takes it exclusively. A session lock ends with its
@@ -27,9 +29,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, delete, func, insert, text, update
+from sqlalchemy import Connection, delete, func, insert, make_url, text, update
 from sqlalchemy.exc import DBAPIError
 
+from router.store import file_lock
 from router.store.database import Store
 from router.store.schema import engine_presence
 
@@ -57,8 +60,14 @@ class StoreReplaced(StoreInUse):
     """The store was restored while the engine did not hold its lock."""
 
 
+def sqlite_file(store: Store) -> Path | None:
+    """The SQLite store's database file; None in memory (no other process can see it)."""
+    database = make_url(store.url).database or ""
+    return None if database in ("", ":memory:") else Path(database).resolve()
+
+
 class EngineLock:
-    """The engine lock of one engine (PostgreSQL; on SQLite, the file's own locks say).
+    """The engine lock of one engine: on SQLite the lock file's, held until the stop.
 
     A session lock ends with its session: after a server restart or a terminated backend
     the engine runs on (its pools reconnect) but holds nothing, and a restore would be let
@@ -74,6 +83,7 @@ class EngineLock:
         self._fresh_for = fresh_for
         self._id = uuid.uuid4().hex
         self._announced = False
+        self._file: int | None = None  # SQLite: the lock file, held
         self._conn: Connection | None = None
         self._key: int | None = None
         self._tables: int | None = None  # the store's, when the lock was first taken
@@ -84,9 +94,21 @@ class EngineLock:
         """StoreInUse when a restore holds the store, StoreReplaced when one replaced it
         since the lock was first taken; DBAPIError when the server cannot be reached."""
         if self._store.is_sqlite:
+            self._take_file()
             return
         with self._using:
             self._take()
+
+    def _take_file(self) -> None:
+        database = sqlite_file(self._store)
+        if self._file is not None or database is None:
+            return
+        self._file = file_lock.try_lock(database, exclusive=False)
+        if self._file is None:
+            raise StoreInUse(
+                f"a restore of this store is running (run.py db restore holds "
+                f"{file_lock.lock_path(database)}): start the engine once it has finished"
+            )
 
     def _take(self) -> None:
         conn = self._store.writer.connect()
@@ -175,6 +197,9 @@ class EngineLock:
         with self._using:
             self._withdraw()
             self._release()
+            if self._file is not None:
+                file_lock.unlock(self._file)
+                self._file = None
 
     def _release(self) -> None:
         if self._conn is None:
@@ -256,6 +281,43 @@ def _seen_lately(conn: Connection) -> list[str]:
     rows = conn.execute(_FRESH).all()
     conn.rollback()
     return [f"host {r.host} pid {r.pid}, seen {float(r.ago):.1f} s ago" for r in rows]
+
+
+@contextmanager
+def held_sqlite(database: Path) -> Iterator[None]:
+    """Hold the SQLite store for a restore, from its first check to its end: the lock file
+    exclusively (no engine starts meanwhile), and the database file closed by every other
+    connection and left a single file (``take_sqlite``); StoreInUse otherwise."""
+    held = file_lock.try_lock(database, exclusive=True)
+    if held is None:
+        engines = _sqlite_engines(database)
+        raise StoreInUse(
+            f"an engine is running against this store (it holds "
+            f"{file_lock.lock_path(database)}"
+            f"{'; recorded: ' + '; '.join(engines) if engines else ''}): stop every engine "
+            f"of the store first"
+        )
+    try:
+        take_sqlite(database)
+        yield
+    finally:
+        file_lock.unlock(held)
+
+
+def _sqlite_engines(database: Path) -> list[str]:
+    """The engines the SQLite store records as started and not stopped (one killed stays
+    recorded until the next restore), each as ``host H pid P, started T``."""
+    try:
+        reading = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            rows = reading.execute(
+                "SELECT host, pid, started_at FROM engine_presence ORDER BY started_at"
+            ).fetchall()
+        finally:
+            reading.close()
+    except sqlite3.Error:  # no such table yet (an earlier schema), or no file
+        return []
+    return [f"host {host} pid {pid}, started {started} UTC" for host, pid, started in rows]
 
 
 def take_sqlite(database: Path) -> None:

@@ -1,12 +1,13 @@
 """``run.py db restore FOLDER``: a backup made by ``run.py db backup`` put back in place of
 the store engine.yaml names, checked before anything is changed and after.
 
-Before: the backup is whole (its database; every blob its database names is there, and
-each blob's content is its hash: blobs are named by their SHA-256, so the backup carries
-what verifies it), of this store's kind and of a schema this version knows; no engine runs
-against the store (router/store/presence.py); a store holding messages is replaced only
-with ``force``. The blobs are copied (and hashed) into a folder beside the store's before
-the database is touched, so a bad blob stops the restore with the store unchanged.
+Before: the backup is whole (its database; every blob its database names is there, and each
+blob's content is its hash: blobs are named by their SHA-256, so the backup carries what
+verifies it), of this store's kind and of a schema this version knows; no engine runs
+against the store (router/store/presence.py), which the restore holds against engines from
+this check to its end; a store holding messages is replaced only with ``force``. The blobs
+are copied (and hashed) into a folder beside the store's before the database is touched, so
+a bad blob stops the restore with the store unchanged.
 
 Then the database: SQLite's file is replaced (the one there moved aside, not deleted);
 PostgreSQL's is restored by ``pg_restore --clean`` in one transaction (all or nothing).
@@ -51,7 +52,7 @@ from router.store.backup import (
 from router.store.blobs import fsync_dir
 from router.store.database import Store
 from router.store.migrate import Applied, alembic_config, upgrade
-from router.store.presence import StoreInUse, held_postgres, take_sqlite
+from router.store.presence import StoreInUse, held_postgres, held_sqlite
 from router.store.schema import engine_presence, messages
 
 
@@ -107,19 +108,20 @@ def restore(
             shutil.rmtree(staging, ignore_errors=True)
             raise
         _swap_blobs(staging, store.blobs.root, stamp, done)
-    store.dispose()  # SQLite: connections opened before the file was replaced
-    _verify_blobs(store)
-    done.migrations = upgrade(store)
-    with store.begin() as conn:
-        # The backup's engines (and those of the replaced store) are not running here.
-        conn.execute(delete(engine_presence))
-        audit.append(
-            conn,
-            actor,
-            "restore",
-            "store",
-            {"folder": str(folder), "replaced": done.replaced, "blobs": done.blobs},
-        )
+        # Still held: an engine starting now would run on (or migrate) a store half restored.
+        store.dispose()  # SQLite: connections opened before the file was replaced
+        _verify_blobs(store)
+        done.migrations = upgrade(store)
+        with store.begin() as conn:
+            # The backup's engines (and those of the replaced store) are not running here.
+            conn.execute(delete(engine_presence))
+            audit.append(
+                conn,
+                actor,
+                "restore",
+                "store",
+                {"folder": str(folder), "replaced": done.replaced, "blobs": done.blobs},
+            )
     return done
 
 
@@ -256,8 +258,8 @@ def _held(store: Store, engines_stopped: bool) -> Iterator[Any]:
     PostgreSQL connection that holds it, or None (SQLite)."""
     try:
         if store.is_sqlite:
-            take_sqlite(Path(_sqlite_file(store)))
-            yield None
+            with held_sqlite(Path(_sqlite_file(store))):
+                yield None
             return
         with store.writer.connect() as conn, held_postgres(conn, engines_stopped):
             yield conn
