@@ -35,7 +35,9 @@ from router.store.schema import api_tokens
 
 
 def engine_config(tmp_path: Path, store_url: str, **overrides: Any) -> EngineConfig:
-    """An EngineConfig for tests: fast polling, mappings under tmp_path, HTTP on a free port."""
+    """An EngineConfig for tests: fast polling, mappings under tmp_path, HTTP on a free port,
+    relative paths (a PostgreSQL store's default blob folder) under tmp_path, not the
+    working folder, which a restore there would replace."""
     mappings = tmp_path / "mappings"
     mappings.mkdir(exist_ok=True)
     data: dict[str, Any] = {
@@ -45,6 +47,7 @@ def engine_config(tmp_path: Path, store_url: str, **overrides: Any) -> EngineCon
         "http": {"host": "127.0.0.1", "port": 0},
         "node": "test-node",
         "dispatch": {"poll_interval": "100ms", "lease": "30s"},
+        "base_dir": tmp_path,
     }
     data.update(overrides)
     return EngineConfig.model_validate(data)
