@@ -65,7 +65,12 @@ CLOSABLE = tuple(s for s, to in TRANSITIONS.items() if "closed" in to)
 # Finished states need no closing, unless an output failed for good and cannot be resent
 # (a failure email to an address that is gone): support may close those too.
 CLOSABLE_UNDELIVERED = ("completed", "failed_validation", "failed_dps_validation")
-_FAILS_UNDELIVERED = [s for s, to in TRANSITIONS.items() if "failed_delivery" in to]
+# The file to DPS failed for good: a job waiting for DPS fails; one failed already (a resend
+# of the file failed too) is not moved but takes the new error, what support fixes next.
+_FAILS_DELIVERY = [
+    *(s for s, to in TRANSITIONS.items() if "failed_delivery" in to),
+    "failed_delivery",
+]
 # A resend of the file to DPS sent: DPS's answer is awaited from then (also by a job still
 # waiting for it, whose clock starts again).
 _RESENT_TO_DPS = ["sent_to_dps", *(s for s, to in TRANSITIONS.items() if "sent_to_dps" in to)]
@@ -189,14 +194,15 @@ def _other_file(job: Any, record: dict[str, Any]) -> str | None:
 
 def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str]]) -> None:
     """Move the jobs of ``delivery_ids`` (those settled for good) on: the file to DPS
-    ``failed`` fails a job still waiting for DPS (``failed_delivery``), a resend of it
-    ``sent`` makes a waiting or ``failed_delivery`` job wait for DPS again from now
-    (``sent_to_dps``, its error cleared: overdue counts from the resend); an output of the
-    results that completed a job (not a ``local`` (channel, destination): the job record
-    itself) ``failed`` makes it ``failed_outputs``; a resend of one ``sent`` makes a
-    ``failed_outputs`` job ``completed`` again once none of those outputs is failed or
-    still to be sent. The error is the first failed delivery's. Each of them also marks
-    or clears its output on the job, whatever its status (``_mark_undelivered``)."""
+    ``failed`` fails a job still waiting for DPS (``failed_delivery``; a resend of it failed
+    too gives a ``failed_delivery`` job its error), a resend of it ``sent`` makes a waiting
+    or ``failed_delivery`` job wait for DPS again from now (``sent_to_dps``, its error
+    cleared: overdue counts from the resend); an output of the results that completed a
+    job (not a ``local`` (channel, destination): the job record itself) ``failed`` makes it
+    ``failed_outputs``; a resend of one ``sent`` makes a ``failed_outputs`` job
+    ``completed`` again once none of those outputs is failed or still to be sent. The error
+    of a ``failed_outputs`` job is its first failed output's. Each of them also marks or
+    clears its output on the job, whatever its status (``_mark_undelivered``)."""
     d = deliveries.c
     found = conn.execute(
         select(
@@ -231,7 +237,7 @@ def settled(conn: Connection, delivery_ids: list[int], local: set[tuple[str, str
         failure = f"delivery to {destination} failed: {error or 'no reason given'}"
         if uuid == job_id:  # the intake's: the file to DPS
             if status == "failed":
-                _move(conn, job_id, _FAILS_UNDELIVERED, "failed_delivery", failure)
+                _move(conn, job_id, _FAILS_DELIVERY, "failed_delivery", failure)
             else:  # sent again: DPS's answer is awaited from now (router/dps/overdue.py)
                 _move(conn, job_id, _RESENT_TO_DPS, "sent_to_dps", None)
             continue

@@ -671,6 +671,41 @@ def test_a_failed_file_resent_to_dps_waits_for_its_answer_again_and_can_be_overd
     assert "sent_to_dps" in line and "delivery to dps failed" not in line
 
 
+def test_a_failed_file_resent_to_dps_that_fails_again_shows_the_latest_failure(
+    tmp_path, store_url, capsys, monkeypatch
+):
+    """The job says why its file is not with DPS now: after a resend fails too, its error is
+    the resend's (what support has to fix next), as its ``undelivered`` entry is."""
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    store = Store(store_url)
+    upgrade(store)
+    now = utcnow()
+    try:
+        with store.begin() as conn:
+            conn.execute(
+                jobs.insert().values(
+                    job_id="j", status="sent_to_dps", received_at=now, updated_at=now
+                )
+            )
+            intake = _message(conn, "j", "gp-extract-intake")
+        dps = {"message_id": intake, "channel": "gp-extract-intake", "destination": "dps"}
+        dps |= {"content_type": "text/plain", "payload": b"x", "next_attempt_at": now}
+        dps |= {"created_at": now, "updated_at": now}
+        first = _settle(store, "failed", "MESH refused (code 12)", **dps)
+        again = _settle(store, "failed", "MESH refused (code 14)", **dps, resent_from=first)
+        (job,) = list_jobs(store)
+        assert job["status"] == "failed_delivery"
+        assert job["error"] == "delivery to dps failed: MESH refused (code 14)"
+        assert [m["delivery_id"] for m in job["undelivered"]] == [again]
+    finally:
+        store.dispose()
+    cli = _cli(tmp_path, store_url)
+    capsys.readouterr()
+    assert main([*cli, "jobs"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()[1:]
+    assert "code 14" in line and "code 12" not in line
+
+
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # SQLite: one writer
 def test_a_batch_of_results_and_a_round_of_settled_deliveries_lock_jobs_in_one_order(store_url):
     """The processor applies a batch's job records in one transaction, the dispatcher settles
