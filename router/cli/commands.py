@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import socket
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from router.hl7v2.charset import codec_for_bytes
 from router.hl7v2.er7 import Er7Error
 from router.hl7v2.header import read_header
 from router.store.database import Store
+from router.store.queries import DELIVERY_STATUSES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,6 +64,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("messages", help="search messages")
     add_filters(p)
+    p.add_argument(
+        "--delivery-status",
+        choices=DELIVERY_STATUSES,
+        help="with a delivery in this status, e.g. failed (the message itself is processed)",
+    )
     p.add_argument("--actor", help="who is searching content with --text (default: the OS user)")
     add_json(p)
     p.set_defaults(handler=messages)
@@ -172,25 +179,30 @@ def send(args: argparse.Namespace) -> int:
 
 def messages(args: argparse.Namespace) -> int:
     from router import audit
-    from router.store.queries import search
+    from router.store.queries import search, with_delivery_counts
 
     store = open_store(args)
-    f = search_filter(args)
+    f = replace(search_filter(args), delivery_status=args.delivery_status)
     # A search of content is audited, as a view of it is, and needs the same role.
     who = acting(args, store, "support") if f.text else None
     with store.begin() if f.text else store.read() as conn:
-        rows = search(conn, f)
+        rows = with_delivery_counts(conn, search(conn, f))
         if who is not None:
             found = [row["uuid"] for row in rows]
             audit.searched_content(conn, who, f.text, found, via="cli")
     if args.json:
         print_json(rows)
     else:
-        print_table(
-            rows,
-            ["id", "received_at", "channel", "status", "message_type", "control_id", "error"],
-        )
+        for row in rows:
+            row["deliveries"] = delivery_summary(row["deliveries"])
+        columns = ["id", "received_at", "channel", "status", "message_type", "control_id"]
+        print_table(rows, [*columns, "deliveries", "error"])
     return 0
+
+
+def delivery_summary(counts: dict[str, int]) -> str | None:
+    """``failed 1, sent 2``: trouble first, as the console lists them."""
+    return ", ".join(f"{s} {counts[s]}" for s in DELIVERY_STATUSES if counts.get(s)) or None
 
 
 def show(args: argparse.Namespace) -> int:

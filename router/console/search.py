@@ -1,7 +1,7 @@
 """The message browser's search: the CLI's filters read from a query string, bounded.
 
-One more filter than the CLI: a delivery status (``failed``...), so the messages
-whose delivery failed are one click away from the dashboard.
+The delivery status (``failed``...) puts the messages whose delivery failed one click
+away from the dashboard.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from router.cli.filters import when
 from router.store.queries import (
@@ -21,8 +21,8 @@ from router.store.queries import (
     MessageFilter,
     parse_id,
     search_query,
+    with_delivery_counts,
 )
-from router.store.schema import deliveries, messages
 
 PAGE = 50
 MAX_PAGE = 200
@@ -38,7 +38,6 @@ class Search:
 
     values: dict[str, str]
     filter: MessageFilter
-    delivery: str | None = None
     problems: list[str] = field(default_factory=list)
 
     def query_string(self, **extra: Any) -> str:
@@ -80,35 +79,17 @@ def read_search(params: Any, *, limit: int = PAGE, content: bool = True) -> Sear
         control_id=values["control_id"] or None,
         key=values["key"] or None,
         text=values["text"] or None,
+        delivery_status=values["delivery"] or None,
         before_id=parse_id(before),
         limit=limit,
     )
-    return Search(values, f, values["delivery"] or None, problems)
+    return Search(values, f, problems)
 
 
 def find(conn: Connection, search: Search, columns: tuple[Any, ...] = LISTING) -> list[Any]:
-    query = search_query(search.filter, conn.dialect.name, columns)
-    if search.delivery:
-        d = deliveries.c
-        having = select(d.message_id).where(d.status == search.delivery)
-        if search.filter.channel:
-            having = having.where(d.channel == search.filter.channel)
-        query = query.where(messages.c.id.in_(having))
-    return list(conn.execute(query))
+    return list(conn.execute(search_query(search.filter, conn.dialect.name, columns)))
 
 
 def page(conn: Connection, search: Search) -> list[dict[str, Any]]:
     """One page of messages, newest first, each with its deliveries counted by status."""
-    rows = [dict(r._mapping) for r in find(conn, search)]
-    by_message: dict[int, dict[str, int]] = {r["id"]: {} for r in rows}
-    if by_message:
-        d = deliveries.c
-        for message_id, status, count in conn.execute(
-            select(d.message_id, d.status, func.count())
-            .where(d.message_id.in_(by_message))
-            .group_by(d.message_id, d.status)
-        ):
-            by_message[message_id][status] = count
-    for row in rows:
-        row["deliveries"] = by_message[row["id"]]
-    return rows
+    return with_delivery_counts(conn, [dict(r._mapping) for r in find(conn, search)])

@@ -77,6 +77,9 @@ class MessageFilter:
     key: str | None = None
     text: str | None = None
     flag: str | None = None
+    # Messages with a delivery in this status (of ``channel``'s when given): a message
+    # whose delivery failed is ``processed``, with no error of its own.
+    delivery_status: str | None = None
     before_id: int | None = None
     limit: int = 50
 
@@ -125,6 +128,12 @@ def search_query(f: MessageFilter, dialect: str, columns: tuple[Any, ...] = LIST
     if f.flag:
         flagged = select(message_flags.c.message_id).where(message_flags.c.flag == f.flag)
         query = query.where(m.id.in_(flagged))
+    if f.delivery_status:
+        d = deliveries.c
+        having = select(d.message_id).where(d.status == f.delivery_status)
+        if f.channel:
+            having = having.where(d.channel == f.channel)
+        query = query.where(m.id.in_(having))
     if f.text:
         needle = f.text.encode("utf-8")
         if dialect == "postgresql":
@@ -154,6 +163,23 @@ def _keyed(key: str) -> CompoundSelect[Any]:
 
 def search(conn: Connection, f: MessageFilter) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in conn.execute(search_query(f, conn.dialect.name))]
+
+
+def with_delivery_counts(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (found messages), each given ``deliveries``: its deliveries counted by
+    status, so a listing shows the message whose delivery failed beside those sent."""
+    by_message: dict[int, dict[str, int]] = {r["id"]: {} for r in rows}
+    if by_message:
+        d = deliveries.c
+        for message_id, status, count in conn.execute(
+            select(d.message_id, d.status, func.count())
+            .where(d.message_id.in_(by_message))
+            .group_by(d.message_id, d.status)
+        ):
+            by_message[message_id][status] = count
+    for row in rows:
+        row["deliveries"] = by_message[row["id"]]
+    return rows
 
 
 def parse_id(text: str, most: int = MAX_ID) -> int | None:

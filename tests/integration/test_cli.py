@@ -532,11 +532,40 @@ def test_messages_filters(seeded, cli):
         "STATUS",
         "MESSAGE_TYPE",
         "CONTROL_ID",
+        "DELIVERIES",
         "ERROR",
     ]
     assert len(rows) == 1
     assert rows[0].split()[0] == str(ids["JUNK"])
     assert "rejected: no MSH segment" in rows[0]
+
+
+def test_messages_finds_and_shows_the_deliveries_that_failed(seeded, cli):
+    """A message whose delivery failed is ``processed``, with no error of its own: the
+    listing says how its deliveries stand, and --delivery-status finds those that failed,
+    so the operator woken at 3 a.m. need not open every message to find them."""
+    ids = seeded.ids
+    name = {v: k for k, v in ids.items()}
+    with seeded.store.begin() as conn:
+        for ref, status in (("ORD-1", "failed"), ("ORD-2", "sent")):
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.message_id == ids[ref])
+                .values(status=status, last_error="lab down" if status == "failed" else None)
+            )
+
+    run = cli(seeded.workspace.config, "messages", "--json", "--delivery-status", "failed")
+    assert run.code == 0, run.err
+    assert [(name[r["id"]], r["deliveries"]) for r in run.json()] == [("ORD-1", {"failed": 1})]
+    table = cli(seeded.workspace.config, "messages", "--channel", "orders")
+    header, *rows = table.out.splitlines()
+    cells = {r.split()[0]: r for r in rows}
+    start = header.index("DELIVERIES")
+    assert cells[str(ids["ORD-1"])][start:].startswith("failed 1 ")
+    assert cells[str(ids["ORD-2"])][start:].startswith("sent 1 ")
+    assert cells[str(ids["ADT-1"])][start:].startswith("- ")
+    with pytest.raises(SystemExit):
+        cli(seeded.workspace.config, "messages", "--delivery-status", "faild")
 
 
 def test_messages_rejects_a_time_that_is_neither_iso_nor_an_age(seeded, cli):
