@@ -147,7 +147,8 @@ def _summary(column: str, value: Any) -> Any:
 
 
 def _cell(value: Any) -> str:
-    if value is None:
+    """A value as one cell; none (or an empty one) is ``-``, so the columns still split."""
+    if value is None or value == "":
         return "-"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
