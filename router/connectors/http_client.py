@@ -130,7 +130,7 @@ class RawClient:
         except aiohttp.ClientConnectorError as exc:  # refused, unresolved, TLS refused
             # The reason is kept: "certificate verify failed: self-signed certificate" is
             # what an operator needs to see, where a bare ConnectError sends them hunting.
-            raise ConnectFailed(f"ConnectError: {exc}") from exc
+            raise ConnectFailed(f"ConnectError: {_unconnected(url, exc)}") from exc
         except aiohttp.ConnectionTimeoutError as exc:  # no connection, or no pooled one, in time
             raise ConnectFailed("ConnectTimeout") from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
@@ -151,3 +151,12 @@ class RawClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _unconnected(url: str, exc: aiohttp.ClientConnectorError) -> str:
+    """Why no connection to ``url`` was made. aiohttp's own text names its TLS setting even
+    for plain HTTP (``Cannot connect to host h:80 ssl:default [...]``), which sends support
+    looking at certificates: a plain-HTTP receiver's reason is its address and the error."""
+    if not url.lower().startswith("http://"):
+        return str(exc)
+    return f"cannot connect to {exc.host}:{exc.port}: {exc.strerror or exc.os_error}"
