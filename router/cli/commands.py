@@ -261,6 +261,15 @@ def os_user() -> str:
         return "unknown"
 
 
+def _next_attempt(delivery: dict[str, Any]) -> str:
+    """When a retrying delivery is tried again: wait for it, or look at the receiver now."""
+    due = delivery.get("next_attempt_at")
+    if delivery["status"] != "retrying" or due is None:
+        return ""
+    due = due.astimezone(UTC) if due.tzinfo else due
+    return f", next attempt {due:%Y-%m-%d %H:%M:%S} UTC"
+
+
 def _print_detail(d: dict[str, Any]) -> None:
     """The message, its deliveries and timeline, with the content's control characters
     escaped (``printable``)."""
@@ -290,6 +299,7 @@ def _print_detail(d: dict[str, Any]) -> None:
         _say(
             f"  #{delivery['id']} {delivery['destination']}: {delivery['status']}, "
             f"{delivery['attempts']} attempt(s)"
+            + _next_attempt(delivery)
             + "".join(f", resent → #{c}" for c in delivery["resent_as"])
             + (f", resent from #{delivery['resent_from']}" if delivery["resent_from"] else "")
             + (f", last error: {delivery['last_error']}" if delivery["last_error"] else "")

@@ -966,6 +966,24 @@ def test_show_prints_message_deliveries_and_attempts_and_audits_the_view(live, c
     assert json.loads(views[0].details) == {"via": "cli", "os_user": OS_USER}
 
 
+def test_show_says_when_a_retrying_delivery_is_tried_next(seeded, cli):
+    """A delivery being retried against a receiver that is down: when the next attempt is
+    due tells support whether to wait for it or to look at the receiver now."""
+    due = utcnow() + timedelta(minutes=4)
+    with seeded.store.begin() as conn:
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.message_id == seeded.ids["ORD-1"])
+            .values(status="retrying", attempts=3, next_attempt_at=due, last_error="refused")
+        )
+
+    run = cli(seeded.workspace.config, "show", str(seeded.ids["ORD-1"]), "--actor", "sam")
+
+    assert run.code == 0, run.err
+    (line,) = [x for x in run.out.splitlines() if x.lstrip().startswith("#")]
+    assert f"retrying, 3 attempt(s), next attempt {due:%Y-%m-%d %H:%M:%S} UTC, last" in line
+
+
 def test_show_prints_the_head_of_a_large_message_and_says_how_much_there_is(workspace, cli):
     raw = oml("SHOW-BIG", "PLACER-8") + b"\rNTE|1||" + b"x" * (2 * PREVIEW) + b"END-OF-MESSAGE"
     store = workspace.store()
