@@ -4,11 +4,13 @@ Both keep the original and link the copy to it, need a reason, can be run dry,
 and write one audit event per message. A resent ``failed`` delivery becomes
 ``resent`` in the same transaction that queues its copy: it has been dealt with,
 so dashboards stop counting it as failed and a bulk resend does not pick it again.
-Only a finished delivery is resent: one still to be sent would go out twice.
+Only a finished delivery is resent: one still to be sent would go out twice; nor is a
+synchronous exchange's (BaRS, the booking proxy), which no dispatcher sends.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from sqlalchemy import BigInteger, Connection, Select, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from router import audit
+from router.fhir.exchange import FORWARD, PROVIDER
 from router.store.database import Store
 from router.store.inbound import time_ordered_uuid, utcnow
 from router.store.queries import MessageFilter, search_query
@@ -40,6 +43,28 @@ class NotFinished(Exception):
         )
         self.delivery_id = delivery_id
         self.status = status
+
+
+class SynchronousExchange(NotFinished):
+    """A BaRS message forwarded, or a request proxied, while its sender waited: no
+    dispatcher worker sends its destination (``forward``, ``provider``), so a copy would
+    stay queued for ever; the sender, told it failed, owns the retry (docs/fhir.md). Refused
+    wherever a delivery still to be sent is (exit 1, 409), before anything is resent."""
+
+    def __init__(self, delivery_id: int, channel: str) -> None:
+        Exception.__init__(
+            self,
+            f"delivery {delivery_id} is a synchronous exchange of {channel}: no dispatcher "
+            "sends a copy of it (it would stay queued); the sender repeats the request instead",
+        )
+        self.delivery_id = delivery_id
+        self.status = "synchronous"
+
+
+# A synchronous exchange's delivery: its destination, and what its message's source
+# metadata holds that no other source's does (router/fhir/routing.py, router/fhir/proxy.py).
+# A queued channel may name a destination ``forward`` too: that one is resent.
+_SYNCHRONOUS = {FORWARD: "bars", PROVIDER: "method"}
 
 
 @dataclass(frozen=True)
@@ -271,14 +296,40 @@ def plan_resend(store: Store, delivery_ids: list[int]) -> list[ReplayResult]:
     with store.read() as conn:
         rows = _deliveries(conn, delivery_ids)
         copies = resent_as(conn, [r.id for r in rows])
-        return [ReplayResult(str(r.id), None, _resend_plan(r, copies.get(r.id, []))) for r in rows]
+        synchronous = _synchronous(conn, rows)
+        return [
+            ReplayResult(str(r.id), None, _resend_plan(r, copies.get(r.id, []), synchronous))
+            for r in rows
+        ]
 
 
-def _resend_plan(row: Any, copies: list[int]) -> str:
+def _resend_plan(row: Any, copies: list[int], synchronous: set[int]) -> str:
     what = f"delivery {row.id} ({row.status}) to {row.channel}/{row.destination}"
     if row.status not in FINISHED:
         return f"not resend {what}: it will still be sent, so a resend would send it twice"
+    if row.id in synchronous:
+        return f"not resend {what}: a synchronous exchange; the sender repeats the request"
     return f"resend {what}{_again(copies)}"
+
+
+def _synchronous(conn: Connection, rows: list[Any]) -> set[int]:
+    """Which of the deliveries ``rows`` are synchronous exchanges (``SynchronousExchange``)."""
+    named = [r for r in rows if r.destination in _SYNCHRONOUS]
+    if not named:
+        return set()
+    m = messages.c
+    query = select(m.id, m.source).where(m.id.in_({r.message_id for r in named}))
+    sources = {i: json.loads(source or "{}") for i, source in conn.execute(query)}
+    return {r.id for r in named if _SYNCHRONOUS[r.destination] in sources.get(r.message_id, {})}
+
+
+def _refusal(row: Any, synchronous: set[int]) -> NotFinished | None:
+    """Why the delivery ``row`` cannot be resent, if it cannot."""
+    if row.status not in FINISHED:
+        return NotFinished(row.id, row.status)
+    if row.id in synchronous:
+        return SynchronousExchange(row.id, row.channel)
+    return None
 
 
 def _again(copies: list[int]) -> str:
@@ -329,10 +380,11 @@ def resend_many(
         if not again:
             copied = resent_as(conn, [row.id for row in rows])
             rows = [r for r in rows if r.status != "resent" and r.id not in copied]
-        refused = [NotFinished(r.id, r.status) for r in rows if r.status not in FINISHED]
+        synchronous = _synchronous(conn, rows)
+        refused = [x for x in (_refusal(r, synchronous) for r in rows) if x is not None]
         if refused and not skip_refused:
             raise refused[0]
-        rows = [r for r in rows if r.status in FINISHED]
+        rows = [r for r in rows if _refusal(r, synchronous) is None]
         if not rows:
             return []
         inserted = conn.execute(
@@ -393,11 +445,16 @@ def delivery_exists(conn: Connection, delivery_id: int) -> bool:
 
 
 def unfinished(conn: Connection, delivery_ids: list[int]) -> list[NotFinished]:
-    """Why each of ``delivery_ids`` that is still to be sent cannot be resent, by id: a bulk
-    resend checks them all before it resends any."""
+    """Why each of ``delivery_ids`` that is still to be sent, or a synchronous exchange,
+    cannot be resent, by id: a bulk resend checks them all before it resends any."""
     d = deliveries.c
-    query = select(d.id, d.status).where(d.status.not_in(FINISHED)).order_by(d.id)
-    return [NotFinished(row.id, row.status) for row in _rows_in(conn, query, d.id, delivery_ids)]
+    query = select(d.id, d.status, d.channel, d.destination, d.message_id).order_by(d.id)
+    rows = _rows_in(conn, query.where(d.status.not_in(FINISHED)), d.id, delivery_ids)
+    query = query.where(d.status.in_(FINISHED), d.destination.in_(list(_SYNCHRONOUS)))
+    named = _rows_in(conn, query, d.id, delivery_ids)
+    rows = sorted([*rows, *named], key=lambda r: r.id)
+    synchronous = _synchronous(conn, named)
+    return [x for x in (_refusal(r, synchronous) for r in rows) if x is not None]
 
 
 def _deliveries(conn: Connection, ids: list[int]) -> list[Any]:
@@ -433,10 +490,12 @@ def deliveries_of(
     if again:
         chosen.add("resent")
     d = deliveries.c
-    query = select(d.id).where(d.status.in_(sorted(chosen)))
+    query = select(d.id, d.message_id, d.destination).where(d.status.in_(sorted(chosen)))
     if destination:
         query = query.where(d.destination == destination)
-    chosen_ids = [row.id for row in _rows_in(conn, query, d.message_id, message_ids)]
+    rows = _rows_in(conn, query, d.message_id, message_ids)
+    synchronous = _synchronous(conn, rows)  # the sender repeats those: never resent
+    chosen_ids = [row.id for row in rows if row.id not in synchronous]
     if not again:
         copied = resent_as(conn, chosen_ids)
         chosen_ids = [i for i in chosen_ids if i not in copied]
