@@ -577,7 +577,7 @@ def test_messages_rejects_a_time_that_is_neither_iso_nor_an_age(seeded, cli):
 @pytest.mark.parametrize(
     ("command", "option", "valid"),
     [
-        (("messages",), ("--status", "failed"), "'received', 'validating', 'processed'"),
+        (("messages",), ("--status", "done"), "'received', 'validating', 'processed'"),
         (("messages",), ("--status", "Error"), "'filtered', 'error'"),
         (
             ("resend", "--channel", "orders", "--reason", "x", "--dry-run"),
@@ -596,6 +596,23 @@ def test_an_unknown_status_is_refused_with_the_valid_ones(
     err = capsys.readouterr().err
     assert f"invalid choice: '{option[1]}'" in err
     assert valid in err
+
+
+@pytest.mark.parametrize(
+    "command", [("messages",), ("reprocess", "--reason", "x", "--dry-run")], ids=str
+)
+def test_a_delivery_status_given_as_status_points_to_delivery_status(
+    tmp_path, cli, capsys, command
+):
+    """``messages --status failed`` is what support types at 3 a.m. for failed deliveries:
+    the refusal names the option that finds them, not only the message statuses."""
+    with pytest.raises(SystemExit) as exit_:
+        cli(tmp_path / "engine.yaml", *command, "--status", "failed")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --status: 'failed' is a delivery status, not a message's" in err
+    assert "run.py messages --delivery-status failed" in err
+    assert "'received', 'validating', 'processed', 'filtered', 'error'" in err
 
 
 @pytest.mark.parametrize(
