@@ -292,9 +292,11 @@ def engine_process(
     profile: Any,
     tls: bool = False,
     ports: tuple[int, int] | None = None,
+    extra: dict[str, str] | None = None,
 ):
     """``run.py serve`` on a fresh config: one channel ``bench``, optionally one destination,
-    its source over TLS with ``tls``, on ``ports`` (MLLP, HTTP; default: free ones)."""
+    its source over TLS with ``tls``, on ``ports`` (MLLP, HTTP; default: free ones), and the
+    channels of ``extra`` (file name: YAML)."""
     port, http_port = ports or (free_port(), free_port())
     (folder / "channels").mkdir()
     (folder / "mappings").mkdir()
@@ -307,6 +309,8 @@ def engine_process(
         f"name: bench\nsource:\n  mllp: {{host: 127.0.0.1, port: {port}{source_tls}}}\n"
         f"destinations: {destinations}\n"
     )
+    for name, text in (extra or {}).items():
+        (folder / "channels" / name).write_text(text)
     (folder / "engine.yaml").write_text(
         f"store: {json.dumps(store_url)}\nchannels: channels\nmappings: mappings\n"
         f"http: {{host: 127.0.0.1, port: {http_port}}}\nnode: bench\n"

@@ -165,7 +165,7 @@ class Engine:
             # it; the processor's batches there run beside ingest instead (docs/performance.md).
             self.writer.settler = self.processor
         self.listeners = [
-            MllpListener(c.config, self.writer.submit, self.store.blobs)
+            MllpListener(c.config, self.writer.submit)
             for c in self.channels.values()
             if c.config.source.mllp is not None
         ]

@@ -16,8 +16,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
@@ -39,7 +39,18 @@ LOCK_TIMEOUT_MS = 5000
 Check = Callable[[FhirRequest], Awaitable[Checked]]
 
 
-def stranded(store: Store, grace: float = GRACE) -> list[Any]:
+@dataclass(frozen=True, slots=True)
+class Stranded:
+    """A message left ``validating``, its body read (from its blob, above the threshold)."""
+
+    uuid: str
+    channel: str
+    raw: bytes
+    source: str | None
+    received_at: datetime
+
+
+def stranded(store: Store, grace: float = GRACE) -> list[Stranded]:
     """Messages ``validating`` for longer than ``grace`` seconds whose delivery, if any, no
     exchange holds a live lease on, oldest first."""
     m = messages.c
@@ -49,9 +60,9 @@ def stranded(store: Store, grace: float = GRACE) -> list[Any]:
             # A look the next pass makes again: it must not wait behind another session's
             # lock, and with it the engine's stop, which waits for it (LOCK TABLE messages).
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
-        return list(
+        rows = list(
             conn.execute(
-                select(m.uuid, m.channel, m.raw, m.source, m.received_at)
+                select(m.uuid, m.channel, m.raw, m.blob_sha256, m.size, m.source, m.received_at)
                 .where(
                     m.status == VALIDATING,
                     m.received_at < now - timedelta(seconds=grace),
@@ -61,10 +72,20 @@ def stranded(store: Store, grace: float = GRACE) -> list[Any]:
                 .limit(BATCH)
             )
         )
+    return [
+        Stranded(
+            row.uuid,
+            row.channel,
+            store.blobs.payload(bytes(row.raw), row.blob_sha256, row.size).read(),
+            row.source,
+            row.received_at,
+        )
+        for row in rows
+    ]
 
 
 async def recover(
-    rows: list[Any], channels: dict[str, CompiledChannel], check: Check, release: Release
+    rows: list[Stranded], channels: dict[str, CompiledChannel], check: Check, release: Release
 ) -> int:
     """Check ``rows`` (from ``stranded``) again and release each; how many were released."""
     released = 0
@@ -87,11 +108,13 @@ async def recover(
     return released
 
 
-def _restored(row: Any, channels: dict[str, CompiledChannel]) -> tuple[Inbound, FhirRequest | None]:
+def _restored(
+    row: Stranded, channels: dict[str, CompiledChannel]
+) -> tuple[Inbound, FhirRequest | None]:
     """The stored message as an Inbound, and the request its endpoint received (None when
     its channel no longer has a FHIR source)."""
     source = json.loads(row.source) if row.source else {}
-    raw = bytes(row.raw)  # FHIR bodies are stored inline (bounded by max_body)
+    raw = row.raw
     item = Inbound(
         row.channel,
         raw,

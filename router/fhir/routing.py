@@ -205,7 +205,7 @@ class BarsRouter:
         failed as interrupted when the engine started again."""
         if reason is not None:
             return self._writer.run_soon(lambda conn: refuse_exchange(conn, item, reason))
-        assert isinstance(item.raw, bytes)  # FHIR bodies are stored inline
+        assert isinstance(item.raw, bytes)  # as recovery read it (from its blob, if large)
         document = json.loads(item.raw)
         header = document["entry"][0]["resource"]
         target = str(((item.source or {}).get("bars") or {}).get("target") or "")

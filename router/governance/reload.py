@@ -161,7 +161,7 @@ class Reloader:
         program holds the port), the channel goes on listening as ``before`` did rather
         than not at all; if that fails too, the unbound listener is returned, so that
         ``/health`` reports it down instead of the channel silently refusing connections."""
-        listener = MllpListener(config, self._engine.writer.submit, self._engine.store.blobs)
+        listener = MllpListener(config, self._engine.writer.submit)
         try:
             await listener.start()
         except ListenError as exc:
@@ -175,7 +175,7 @@ class Reloader:
                 previous.host,
                 previous.port,
             )
-            restored = MllpListener(before, self._engine.writer.submit, self._engine.store.blobs)
+            restored = MllpListener(before, self._engine.writer.submit)
             try:
                 await restored.start()
             except ListenError as again:

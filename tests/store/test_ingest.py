@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
+from hashlib import sha256
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from tie_testing import wait_until
 
 from router import metrics
+from router.store.blobs import BlobStore
 from router.store.database import Store
 from router.store.inbound import Inbound, Receipt, time_ordered_uuid, utcnow, write_inbound
 from router.store.ingest import GroupCommitWriter, StoreUnavailable
@@ -539,3 +542,47 @@ def test_a_writer_that_dies_refuses_whoever_waits_and_whoever_comes_after(store,
         writer.stop()
     with store.read() as conn:
         assert conn.scalar(select(func.count()).select_from(messages)) == 0
+
+
+def _large(n: int) -> Inbound:
+    """A message of some 4 KiB: above the threshold of ``_small_blobs``."""
+    item = _inbound(n)
+    assert isinstance(item.raw, bytes)
+    item.raw += b"OBX|1|TX|||" + b"x" * 4096 + f"{n}\r".encode()
+    return item
+
+
+def _small_blobs(store: Store, root: Path) -> BlobStore:
+    store.blobs = BlobStore(root, threshold=1024)
+    return store.blobs
+
+
+def test_a_large_body_is_a_blob_in_place_before_its_row_commits(store, tmp_path):
+    """From a source on the event loop (``submit``) or in a thread (``submit_sync``) alike:
+    the row keeps the hash and the size, the blob the bytes."""
+    blobs = _small_blobs(store, tmp_path / "blobs")
+    first, second = _large(1), _large(2)
+    bodies = [first.raw, second.raw]
+    with running(GroupCommitWriter(store)) as writer:
+        asyncio.run(writer.submit(first))
+        writer.submit_sync(second)
+    for item, body in zip((first, second), bodies, strict=True):
+        assert isinstance(body, bytes)
+        row = _row(store, item.uuid)
+        assert (row["raw"], row["size"]) == (b"", len(body))
+        assert row["blob_sha256"] == sha256(body).hexdigest()
+        assert blobs.path(row["blob_sha256"]).read_bytes() == body
+
+
+def test_a_blob_store_that_cannot_write_makes_the_store_unavailable(store, tmp_path):
+    """Its sender gets its negative answer and sends again; no row names a missing blob."""
+    (tmp_path / "blobs").write_text("a file where the blob folder should be")
+    _small_blobs(store, tmp_path / "blobs")
+    with running(GroupCommitWriter(store)) as writer:
+        with pytest.raises(StoreUnavailable, match="blob store"):
+            asyncio.run(writer.submit(_large(1)))
+        with pytest.raises(StoreUnavailable, match="blob store"):
+            writer.submit_sync(_large(2))
+        writer.submit_sync(_inbound(3))  # a small one is stored as ever
+    with store.read() as conn:
+        assert conn.scalars(select(m.control_id)).all() == ["MSG3"]

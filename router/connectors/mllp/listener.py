@@ -26,9 +26,7 @@ from router.connectors.mllp.tls_server import TlsServer
 from router.hl7v2.ack import AckError, ack_code, build_ack, build_reject, should_send
 from router.hl7v2.er7 import Er7Error
 from router.hl7v2.header import MshHeader, parse_header, read_header
-from router.payload import Payload
 from router.repeat_log import RepeatLog
-from router.store.blobs import BlobStore
 from router.store.inbound import Inbound, Receipt
 from router.store.ingest import StoreUnavailable
 
@@ -49,16 +47,11 @@ class ListenError(OSError):
 class MllpListener:
     """One channel's listening socket and its connections."""
 
-    def __init__(
-        self, channel: ChannelConfig, ingest: Ingest, blobs: BlobStore | None = None
-    ) -> None:
-        """``blobs``: where a frame above its threshold is written before it is committed
-        (without it, every frame is committed inline)."""
+    def __init__(self, channel: ChannelConfig, ingest: Ingest) -> None:
         assert channel.source.mllp is not None
         self.channel = channel
         self.options = channel.source.mllp
         self._ingest = ingest
-        self._blobs = blobs
         self._server: asyncio.Server | TlsServer | None = None
         self._connections: set[MllpConnection] = set()
         self._window = channel.idempotent.window if channel.idempotent else None
@@ -187,8 +180,6 @@ class MllpListener:
             item.source = {"protocol": "mllp", "remote": peer, **tls}
             item.keys = client_keys(tls)
         try:
-            if self._blobs is not None and len(data) > self._blobs.threshold:
-                item.raw = await self._to_blob(data)
             receipt = await self._ingest(item, peer=peer)
         except StoreUnavailable as exc:
             self.peer_problems.error(
@@ -207,17 +198,6 @@ class MllpListener:
                 error=AckError("207", f"{exc}"),
             )
         return receipt.ack if should_send(header, success=True) else None
-
-    async def _to_blob(self, data: bytes) -> Payload:
-        """A large frame hashed, written and fsynced in the blob store in a worker thread
-        (hashing and writing let the loop run), so that the commit that stores its row is
-        as short as any other: inline, 10 MB held up the commit of every other connection's
-        messages and, in the processor, read and rewrote the row while holding the GIL."""
-        assert self._blobs is not None
-        try:
-            return await asyncio.to_thread(self._blobs.put, data)
-        except OSError as exc:
-            raise StoreUnavailable(f"blob store: {exc.strerror or exc}") from exc
 
     async def refuse(
         self, head: bytes, reason: str, peer: str, tls: dict[str, str] | None = None
