@@ -11,12 +11,13 @@ from typing import Any, BinaryIO
 
 from router.fhir import FHIR_JSON
 from router.fhir.path import values as fhir_values
-from router.hl7v2.er7 import Er7Message
-from router.hl7v2.header import MshHeader
+from router.hl7v2.er7 import Er7Error, Er7Message
+from router.hl7v2.header import MshHeader, read_header
 from router.payload import Payload, as_payload
 
 MAX_KEY = 64  # correlations.key in the store
 FLAG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # message_flags.flag in the store
+HEADER_SPAN = 64 * 1024  # bytes read for MSH when the source's header is not at hand
 
 
 class Message:
@@ -62,12 +63,29 @@ class Message:
         return self.body.open()
 
     def control_id(self) -> str | None:
-        """MSH-10 as ``get("MSH-10")`` reads it; from the source's header when it holds no
-        separator or escape to read."""
-        header = self.header
+        """MSH-10 as ``get("MSH-10")`` reads it; from MSH alone (the source's header, or the
+        payload's first line) when it holds no separator or escape to read."""
+        header = self.header if self.header is not None else self._first_line_header()
         if header is not None and not any(c in header.control_id for c in header.encoding):
             return header.control_id or None
         return self.get("MSH-10")
+
+    def _first_line_header(self) -> MshHeader | None:
+        """MSH read from the payload's first bytes, as the source read it (None: not within
+        them, unreadable, or MSH-10 not ASCII). A message read back from the store has no
+        header: reading its MSH-10 split all of it, some 100 ms holding the interpreter lock
+        for a 9 MB ORU while every other connection's ACK waited, where MSH is all most
+        channels read."""
+        head = self.body.head(HEADER_SPAN)
+        first = head.lstrip()
+        if len(head) == HEADER_SPAN and b"\r" not in first and b"\n" not in first:
+            return None
+        try:
+            header = read_header(head)
+        except Er7Error:
+            return None
+        # Not ASCII: its text may depend on the codec the whole message is read with.
+        return header if header.control_id.isascii() else None
 
     @cached_property
     def er7(self) -> Er7Message:

@@ -11,9 +11,11 @@ import pytest
 
 from router import mappings
 from router.config import ChannelConfig
+from router.hl7v2.er7 import Er7Message
 from router.hl7v2.header import read_header
 from router.message import Message
 from router.pipeline import KEY_LENGTH, CompiledChannel, Outcome, compile_channel, process
+from router.store.blobs import BlobStore
 
 OML = "OML_O21_nhs_nwgmsa_v251"  # PID-3: 633^^^R0A^MR~9449305552^^^NHS^NH, ORC-2 1601737^R0A
 OML_ID = "9612365d-52a4-4fab-87e7-8a09d753f095"
@@ -540,6 +542,31 @@ def test_the_sources_header_decides_as_reading_the_message_does(build, oml, cont
     assert Message(raw, "c", header=header).control_id() == Message(raw, "c").get("MSH-10")
     assert heard == read
     assert [d.idempotency_key for d in heard.deliveries] == [control_id or None] * 2
+
+
+def test_a_large_message_read_back_is_routed_on_msh_without_reading_all_of_it(build, oml, tmp_path):
+    """The processor reads messages back without the source's header: MSH-10 comes from
+    the first line, not from splitting the whole body (9 MB of it held the interpreter
+    lock for some 100 ms while other connections' ACKs waited)."""
+    channel = build({"destinations": {"out": file_dest()}})
+    raw = oml + b"OBX|9|TX|||" + b"x" * 200_000 + b"\r"
+    message = Message(BlobStore(tmp_path, threshold=1024).put(raw), channel.name, uuid="u")
+    outcome = process(channel, message)
+    assert (outcome.status, outcome.correlations) == ("processed", [("control_id", OML_ID)])
+    assert [d.idempotency_key for d in outcome.deliveries] == [OML_ID]
+    assert "er7" not in message.__dict__ and "raw" not in message.__dict__
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"MSH|^~\\&|" + b"A" * 70_000 + b"|F|LAB|R|20240101||ADT^A01|LONG-MSH|P|2.5\rPID|1\r",
+        "MSH|^~\\&|EPR|H|LAB|R|20240101||ADT^A01|ORD-\u00e91|P|2.5\r".encode() + b"NTE|1||\xe9",
+    ],
+    ids=["msh-beyond-the-first-64KiB", "non-ascii-msh-10-in-latin-1-text"],
+)
+def test_msh_10_read_from_the_first_line_is_what_reading_the_message_gives(raw):
+    assert Message(raw, "c").control_id() == Er7Message(raw).get("MSH-10")
 
 
 def test_a_mapping_that_calls_sys_exit_is_an_error_not_the_end_of_the_processor(build, oml):
