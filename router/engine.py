@@ -277,6 +277,7 @@ class Engine:
         await self.watcher.start()
         if http:
             from router.api.app import create_app
+            from router.api.lingering_close import LingeringHTTPProtocol
 
             app = create_app(self)
             sock = http_socket(self.config.http.host, self.config.http.port)
@@ -288,6 +289,7 @@ class Engine:
                     log_level="warning",
                     log_config=None,  # its warnings go through the engine's log format
                     lifespan="off",
+                    http=LingeringHTTPProtocol,  # a refused body's 413 is read, not reset
                 )
             )
             self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]))
