@@ -528,6 +528,29 @@ def test_every_refusal_of_a_post_is_an_operation_outcome(engine, bars_samples):
     assert (row.status, row.control_id) == ("error", None)
 
 
+def test_a_body_with_a_byte_order_mark_or_not_in_utf_8_is_refused_naming_why(engine, bars_samples):
+    """RFC 8259 §8.1: a sender must not add a BOM, a parser may ignore one. tie refuses it
+    (and UTF-16 or UTF-32, which Python's parser would read): it forwards the body as
+    received, and a receiver whose parser treats the BOM as an error would refuse a message
+    tie had already acknowledged."""
+    running, client = engine
+    document = json.dumps(bars_samples["booking-request_process-message"])
+    for body, diagnostics in (
+        (b"\xef\xbb\xbf" + document.encode(), "the body begins with a UTF-8 byte order mark"),
+        (document.encode("utf-16"), "the body is not UTF-8"),
+        (document.encode("utf-32"), "the body is not UTF-8"),
+    ):
+        refused = client.post("/fhir/inbox/$process-message", content=body, headers=FHIR)
+        assert refused.status_code == 400, refused.text
+        [issue] = refused.json()["issue"]
+        assert issue["code"] == "structure"
+        assert issue["diagnostics"].startswith(diagnostics), issue["diagnostics"]
+        [row] = _rows(running, messages.c.raw == body)
+        assert row.status == "error"
+    accepted = client.post("/fhir/inbox/$process-message", content=document, headers=FHIR)
+    assert accepted.status_code == 202, accepted.text
+
+
 def test_a_source_takes_only_a_senders_token_and_keeps_every_refusal(engine, bars_samples):
     """auth: token (the default): no token or a dead one is 401 with WWW-Authenticate, a
     user who is not a sender 403; each refusal is stored with its reason, and an accepted
