@@ -31,6 +31,7 @@ from router import audit, metrics
 from router.config import ChannelConfig
 from router.store.blobs import write_durably
 from router.store.database import Store, Transact
+from router.store.idempotency import expire as expire_keys
 from router.store.inbound import utcnow
 from router.store.leader import leader
 from router.store.retention import (
@@ -147,6 +148,12 @@ class Pruner:
             return removed
 
         return work
+
+    def expire_idempotency_keys(self, now: datetime | None = None) -> int:
+        """Delete the API's replay idempotency keys past their lifetime (they are not
+        messages: no channel's ``keep`` applies); how many."""
+        moment = now or utcnow()
+        return self._transact(lambda conn: expire_keys(conn, moment))
 
     def _discard(self, hashes: set[str]) -> int:
         """Remove the blob files of ``hashes`` that no row names any more."""

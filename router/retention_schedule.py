@@ -21,16 +21,15 @@ log = logging.getLogger(__name__)
 def retention_schedule(
     pruner: Pruner, store: Store, channels: Callable[[], Iterable[ChannelConfig]], every: float
 ) -> PollSchedule:
-    """Prunes the channels ``channels()`` gives at the time (a reload may change them);
-    stopping lets the batch in hand finish."""
+    """Prunes the channels ``channels()`` gives at the time (a reload may change them), and
+    the API's expired idempotency keys; stopping lets the batch in hand finish."""
 
     def run() -> None:
         kept = [c for c in channels() if c.retention is not None]
-        if not kept:
-            return
         try:
             with pruning_lock(store) as leading:
                 if leading:
+                    pruner.expire_idempotency_keys()
                     for channel in kept:
                         pruner.prune(channel)
         except Exception:

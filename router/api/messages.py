@@ -3,7 +3,8 @@
 Searching is metadata (viewer); the detail holds message content and is an
 audited view (support); reprocess and resend (support) take one id or a search,
 need a reason, can be run dry, and write one audit event per message, paced like
-the CLI (router.replay.Pace) in batches of one transaction each.
+the CLI (router.replay.Pace) in batches of one transaction each. A replay sent with an
+``Idempotency-Key`` is answered once: its retry gets the kept answer (router/api/idempotency.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from router import audit, replay
+from router.api.idempotency import IdempotencyKey, idempotent
 from router.api.params import BodyId, Cursor, IdPath, Moment, MomentQuery
 from router.api.security import Principal, require_role
 from router.downloads import delivery_response, message_response
@@ -186,65 +188,105 @@ def message_routes(engine: Engine) -> APIRouter:
 
     @router.post("/messages/{ref}/reprocess")
     async def reprocess_one(
-        ref: str, body: ReplayIn, principal: Principal = Depends(require_role("support"))
-    ) -> dict[str, Any]:
+        ref: str,
+        body: ReplayIn,
+        principal: Principal = Depends(require_role("support")),
+        idempotency_key: IdempotencyKey = None,
+    ) -> Any:
         """Run the stored message through its channel's current revision again."""
-        ids = await asyncio.to_thread(_message_ids, store, [ref])
-        return await _replay(body, ids, _reprocess(store, body, principal), engine, "reprocess")
+
+        async def run() -> dict[str, Any]:
+            ids = await asyncio.to_thread(_message_ids, store, [ref])
+            return await _replay(body, ids, _reprocess(store, body, principal), engine, "reprocess")
+
+        route, path = "/api/messages/{ref}/reprocess", f"/api/messages/{ref}/reprocess"
+        return await idempotent(
+            store, principal, idempotency_key, route, body, "reprocess", run, path
+        )
 
     @router.post("/messages/reprocess")
     async def reprocess_many(
-        body: BulkReprocessIn, principal: Principal = Depends(require_role("support"))
-    ) -> dict[str, Any]:
+        body: BulkReprocessIn,
+        principal: Principal = Depends(require_role("support")),
+        idempotency_key: IdempotencyKey = None,
+    ) -> Any:
         """Reprocess the messages named in ``ids``, or those a ``search`` finds."""
-        if body.ids is not None:
-            ids = await asyncio.to_thread(_message_ids, store, body.ids)
-        else:
-            ids = await asyncio.to_thread(_searched, store, _search_of(body), body.limit)
-        return await _replay(body, ids, _reprocess(store, body, principal), engine, "reprocess")
+
+        async def run() -> dict[str, Any]:
+            if body.ids is not None:
+                ids = await asyncio.to_thread(_message_ids, store, body.ids)
+            else:
+                ids = await asyncio.to_thread(_searched, store, _search_of(body), body.limit)
+            return await _replay(body, ids, _reprocess(store, body, principal), engine, "reprocess")
+
+        route = "/api/messages/reprocess"
+        return await idempotent(store, principal, idempotency_key, route, body, "reprocess", run)
 
     @router.post("/deliveries/{delivery_id}/resend")
     async def resend_one(
-        delivery_id: IdPath, body: ReplayIn, principal: Principal = Depends(require_role("support"))
-    ) -> dict[str, Any]:
+        delivery_id: IdPath,
+        body: ReplayIn,
+        principal: Principal = Depends(require_role("support")),
+        idempotency_key: IdempotencyKey = None,
+    ) -> Any:
         """Queue the finished delivery's payload again, as sent, with its original idempotency
         key; 409 for one still to be sent (it would go twice)."""
-        return await _replay(body, [delivery_id], _resend(store, body, principal), engine, "resend")
+
+        async def run() -> dict[str, Any]:
+            act = _resend(store, body, principal)
+            return await _replay(body, [delivery_id], act, engine, "resend")
+
+        route, path = "/api/deliveries/{id}/resend", f"/api/deliveries/{delivery_id}/resend"
+        return await idempotent(store, principal, idempotency_key, route, body, "resend", run, path)
 
     @router.post("/deliveries/resend")
     async def resend_many(
-        body: BulkResendIn, principal: Principal = Depends(require_role("support"))
-    ) -> dict[str, Any]:
+        body: BulkResendIn,
+        principal: Principal = Depends(require_role("support")),
+        idempotency_key: IdempotencyKey = None,
+    ) -> Any:
         """Resend the deliveries in ``ids``, or those of the messages a ``search`` finds
         (in ``delivery_status``, failed by default, and to ``destination`` when given).
         A search skips deliveries already resent unless ``again`` is true. An id still to
         be sent is a 409 before anything is resent."""
-        if body.ids is not None:
-            ids = await asyncio.to_thread(_delivery_ids, store, body.ids)
-            if not body.dry_run:
-                await asyncio.to_thread(_finished, store, ids)
-        else:
-            search_in = _search_of(body)
 
-            def find() -> list[int]:
-                chosen = _searched(store, search_in, body.limit)
-                with store.read() as conn:
-                    return replay.deliveries_of(
-                        conn,
-                        chosen,
-                        status=body.delivery_status,
-                        destination=body.destination,
-                        again=body.again,
-                    )
+        async def run() -> dict[str, Any]:
+            ids = await _resend_targets(store, body)
+            again = body.ids is not None or body.again
+            act = _resend(store, body, principal, again)
+            return await _replay(body, ids, act, engine, "resend")
 
-            ids = await asyncio.to_thread(find)
-        again = body.ids is not None or body.again
-        return await _replay(body, ids, _resend(store, body, principal, again), engine, "resend")
+        route = "/api/deliveries/resend"
+        return await idempotent(store, principal, idempotency_key, route, body, "resend", run)
 
     return router
 
 
 Act = Callable[[list[int]], list[replay.ReplayResult]]
+
+
+async def _resend_targets(store: Any, body: BulkResendIn) -> list[int]:
+    """The deliveries a bulk resend names: its ``ids`` (all finished, else 409), or those
+    of the messages its search finds."""
+    if body.ids is not None:
+        ids = await asyncio.to_thread(_delivery_ids, store, body.ids)
+        if not body.dry_run:
+            await asyncio.to_thread(_finished, store, ids)
+        return ids
+    search_in = _search_of(body)
+
+    def find() -> list[int]:
+        chosen = _searched(store, search_in, body.limit)
+        with store.read() as conn:
+            return replay.deliveries_of(
+                conn,
+                chosen,
+                status=body.delivery_status,
+                destination=body.destination,
+                again=body.again,
+            )
+
+    return await asyncio.to_thread(find)
 
 
 def _reprocess(store: Any, body: ReplayIn, principal: Principal) -> Act:

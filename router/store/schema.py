@@ -416,6 +416,22 @@ sessions = Table(
     Index(None, "expires_at"),
 )
 
+# Idempotency keys of the API's replays (router/store/idempotency.py): a caller's retry of
+# the same request, with the same key, is answered from here instead of replayed again.
+# ``status`` is NULL while the first request is still being answered.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("actor", String(128), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("route", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("status", Integer),
+    Column("answer", Text),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "created_at"),
+)
+
 # Governance (router/governance/): every channel revision is kept, with its author and approver.
 channel_revisions = Table(
     "channel_revisions",

@@ -4,6 +4,7 @@ audit log and its verification (caught tampering), and the Prometheus exposition
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from console_testing import Site, order, running_site
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from tie_testing import api_token, wait_until
 
 from router.store.schema import audit_events, messages
@@ -230,3 +231,84 @@ def test_a_delivery_still_to_be_sent_is_not_resent_over_the_api(site, hl7_sample
         e["action"] for e in support.get("/api/audit", params={"actor": "sam"}).json()["events"]
     ]
     assert "resend" not in actions
+
+
+def test_a_replay_retried_with_its_idempotency_key_is_answered_not_replayed_again(
+    site, hl7_samples
+):
+    """A client that sends a bulk replay again (its answer was lost) resends nothing twice:
+    the same key and body get the first answer; another body with that key is refused;
+    keys are the caller's own."""
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "IDEM-1"), "IDEM-1", "failed")
+    site.lab.code = "AA"
+    support = _client(site, "support", name="sam")
+    other = _client(site, "support", name="sue")
+    [found] = support.get("/api/messages", params={"control_id": "IDEM-1"}).json()["messages"]
+    [delivery] = support.get(f"/api/messages/{found['id']}").json()["deliveries"]
+    resend = {"ids": [delivery["id"]], "reason": "lab back"}
+    key = {"Idempotency-Key": "INC-9/resend-1"}
+    as_json = {"Content-Type": "application/json"}
+
+    first = support.post("/api/deliveries/resend", json=resend, headers=key)
+    assert (first.status_code, first.json()["count"]) == (200, 1)
+    assert "idempotent-replayed" not in first.headers
+    wait_until(lambda: site.delivery_status("IDEM-1") == ["resent", "sent"])
+    respaced = json.dumps(resend, indent=2)  # the same request, however it is spaced
+    for retry in (
+        support.post("/api/deliveries/resend", json=resend, headers=key),
+        support.post("/api/deliveries/resend", content=respaced, headers={**key, **as_json}),
+    ):
+        assert (retry.status_code, retry.json()) == (200, first.json())
+        assert retry.headers["idempotent-replayed"] == "true"
+    assert site.delivery_status("IDEM-1") == ["resent", "sent"], "nothing resent twice"
+
+    changed = support.post(
+        "/api/deliveries/resend", json={**resend, "reason": "another"}, headers=key
+    )
+    assert changed.status_code == 422
+    assert changed.json()["detail"].startswith("Idempotency-Key 'INC-9/resend-1' was used at ")
+    elsewhere = support.post("/api/messages/reprocess", json=resend, headers=key)
+    assert elsewhere.status_code == 422, "a key names one request, on one route"
+    assert site.delivery_status("IDEM-1") == ["resent", "sent"]
+
+    # Another caller's key is its own: sue's request with sam's key is a request of hers.
+    theirs = other.post("/api/deliveries/resend", json={**resend, "again": True}, headers=key)
+    assert (theirs.status_code, theirs.json()["count"]) == (200, 1)
+    assert "idempotent-replayed" not in theirs.headers
+
+    # A refused request keeps no answer: its retry, once the cause is fixed, runs.
+    reprocess = {"ids": [found["id"], "urn:tie:message:no-such"], "reason": "remap"}
+    again = {"Idempotency-Key": "INC-9/reprocess"}
+    assert support.post("/api/messages/reprocess", json=reprocess, headers=again).status_code == 404
+    reprocess["ids"] = [found["id"]]
+    done = support.post("/api/messages/reprocess", json=reprocess, headers=again)
+    assert (done.status_code, done.json()["count"]) == (200, 1)
+    repeat = support.post("/api/messages/reprocess", json=reprocess, headers=again)
+    assert repeat.json() == done.json() and repeat.headers["idempotent-replayed"] == "true"
+    with site.running.store.read() as conn:
+        copies = conn.scalar(
+            select(func.count()).select_from(messages).where(messages.c.control_id == "IDEM-1")
+        )
+    assert copies == 2, "the message and one reprocessed copy"
+
+    # A replay of one delivery too; its path is part of the request.
+    single, once = f"/api/deliveries/{delivery['id']}/resend", {"Idempotency-Key": "INC-9/one"}
+    made = support.post(single, json={"reason": "once"}, headers=once)
+    assert made.json() == support.post(single, json={"reason": "once"}, headers=once).json()
+    elsewhere = support.post("/api/deliveries/999/resend", json={"reason": "once"}, headers=once)
+    assert elsewhere.status_code == 422
+
+    for bad in ("", "x" * 256, "a key"):
+        answer = support.post(
+            "/api/deliveries/resend", json=resend, headers={"Idempotency-Key": bad}
+        )
+        assert answer.status_code == 422, bad
+    events = support.get("/api/audit", params={"actor": "sam"}).json()["events"]
+    repeats = [(e["action"], e["target"]) for e in events if e["action"].endswith(".repeat")]
+    assert repeats == [
+        ("resend.repeat", "/api/deliveries/{id}/resend"),
+        ("reprocess.repeat", "/api/messages/reprocess"),
+        ("resend.repeat", "/api/deliveries/resend"),
+        ("resend.repeat", "/api/deliveries/resend"),
+    ]

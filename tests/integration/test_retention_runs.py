@@ -19,9 +19,10 @@ from router.connectors.hl7_inbound import hl7_inbound
 from router.engine import compile_channels, open_store
 from router.processing import Processor
 from router.retention import pruning_lock
+from router.store.idempotency import KEY_LIFETIME, claim
 from router.store.inbound import utcnow, write_inbound
 from router.store.migrate import upgrade
-from router.store.schema import audit_events, messages
+from router.store.schema import audit_events, idempotency_keys, messages
 
 m = messages.c
 
@@ -173,3 +174,23 @@ def test_prune_by_hand_refuses_while_a_node_prunes(workspace, hl7_samples, monke
     finally:
         node.dispose()
         store.dispose()
+
+
+def test_the_engines_retention_run_deletes_expired_idempotency_keys(tmp_path, store_url):
+    """The API's replay keys are kept a day (router/store/idempotency.py), then go with
+    retention's run, whether or not a channel keeps its messages for a time."""
+    config = engine_config(tmp_path, store_url, retention={"every": "200ms"})
+    running = RunningEngine(config, {})
+    try:
+        now = utcnow()
+        with running.store.begin() as conn:
+            for key, age in (("old", KEY_LIFETIME + timedelta(minutes=1)), ("new", timedelta(0))):
+                claim(conn, "sam", key, "/api/deliveries/resend", "0" * 64, now - age)
+
+        def keys() -> list[str]:
+            with running.store.read() as conn:
+                return list(conn.scalars(select(idempotency_keys.c.key)))
+
+        wait_until(lambda: keys() == ["new"])
+    finally:
+        running.stop()
