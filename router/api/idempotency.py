@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Header, HTTPException
@@ -28,6 +29,8 @@ from router.store.idempotency import Seen, claim, give_up, keep
 from router.store.inbound import utcnow
 
 REPLAYED = "Idempotent-Replayed"
+# A claim this old with no answer was most likely cut short (the engine stopped mid-way).
+UNANSWERED_AFTER = timedelta(minutes=10)
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -92,11 +95,22 @@ async def _repeated(
             f"request ({seen.route}): a new request needs a new key",
         )
     if seen.status is None or seen.answer is None:
-        raise HTTPException(
-            409, f"the request with Idempotency-Key {key!r} is still being answered: retry later"
-        )
+        raise HTTPException(409, _unanswered(key, seen))
     details = {"idempotency_key": key, "first_at": seen.created_at.isoformat(), "via": "api"}
     await asyncio.to_thread(
         store.run, lambda conn: audit.append(conn, principal.name, f"{kind}.repeat", route, details)
     )
     return JSONResponse(json.loads(seen.answer), seen.status, headers={REPLAYED: "true"})
+
+
+def _unanswered(key: str, seen: Seen) -> str:
+    """Why a key's first request has no answer kept: still running, or, past
+    ``UNANSWERED_AFTER``, most likely cut short; what it did is in the audit log, and running
+    it again under this key could replay twice, so it takes a new key."""
+    if utcnow() - seen.created_at < UNANSWERED_AFTER:
+        return f"the request with Idempotency-Key {key!r} is still being answered: retry later"
+    return (
+        f"the request with Idempotency-Key {key!r} began at {seen.created_at.isoformat()} and "
+        "has no answer kept: the engine most likely stopped while answering it. See the audit "
+        "log (GET /api/audit) for what it replayed; a request for the rest needs a new key"
+    )

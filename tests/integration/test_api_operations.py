@@ -15,7 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, func, select, update
 from tie_testing import api_token, wait_until
 
-from router.store.schema import audit_events, messages
+from router.api.idempotency import UNANSWERED_AFTER, request_hash
+from router.api.messages import BulkResendIn
+from router.store.idempotency import claim
+from router.store.inbound import utcnow
+from router.store.schema import audit_events, idempotency_keys, messages
 
 OML = "OML_O21_nhs_nwgmsa_v251"
 CHANNEL = "lab-orders"
@@ -298,6 +302,23 @@ def test_a_replay_retried_with_its_idempotency_key_is_answered_not_replayed_agai
     assert made.json() == support.post(single, json={"reason": "once"}, headers=once).json()
     elsewhere = support.post("/api/deliveries/999/resend", json={"reason": "once"}, headers=once)
     assert elsewhere.status_code == 422
+
+    # A claim left without an answer (the engine stopped mid-way) is not retried under its
+    # key: it says so once it is too old to be running still.
+    unanswered = {"Idempotency-Key": "INC-9/cut-short"}
+    digest = request_hash("/api/deliveries/resend", BulkResendIn.model_validate(resend))
+    for began, said in (
+        (utcnow(), "is still being answered"),
+        (utcnow() - UNANSWERED_AFTER, "most likely stopped"),
+    ):
+        site.running.store.run(
+            lambda conn, began=began: (
+                conn.execute(delete(idempotency_keys)),
+                claim(conn, "sam", "INC-9/cut-short", "/api/deliveries/resend", digest, began),
+            )
+        )
+        cut = support.post("/api/deliveries/resend", json=resend, headers=unanswered)
+        assert cut.status_code == 409 and said in cut.json()["detail"]
 
     for bad in ("", "x" * 256, "a key"):
         answer = support.post(
