@@ -5,12 +5,14 @@ status code stays the store's, the listeners' and the workers'), but monitoring 
 it: a governed channel left out at start (its revision may not or cannot run and no
 earlier one can, docs/governance.md) takes no messages at all, and an MLLP listener that
 could not bind (a port in use, a certificate that does not load) refuses every sender.
+Nor may a governed channel started from an older revision than its newest deployed one
+(a fallback) pass for plain ``running``: it runs yesterday's mapping.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select
 
@@ -27,12 +29,33 @@ REASON_LIMIT = 500
 @dataclass(frozen=True)
 class ChannelHealth:
     state: str
-    reason: str | None = None
+    reason: str | None = None  # why it is down or a fallback: signed-in views only
+    revision: int | None = None  # the revision it runs (None: not run, or not recorded)
+    deployed: int | None = None  # its newest deployed revision, as far as this node knows
 
     @property
     def up(self) -> bool:
         """Running, or paused on purpose (it still takes and stores messages)."""
         return self.state in (RUNNING, PAUSED)
+
+    @property
+    def fallback(self) -> bool:
+        """It runs an older revision than its newest deployed one (that one may not run)."""
+        return self.revision is not None and self.revision != self.deployed
+
+    @property
+    def degraded(self) -> bool:
+        """Not what was approved last: down, or running an older revision."""
+        return not self.up or self.fallback
+
+    def public(self) -> dict[str, Any]:
+        """What ``/health`` (public) shows: the numbers, never the reason."""
+        return {
+            "state": self.state,
+            "revision": self.revision,
+            "deployed": self.deployed,
+            "fallback": self.fallback,
+        }
 
 
 def channel_health(
@@ -46,11 +69,18 @@ def channel_health(
         if name not in engine.channels
     }
     down = {x.channel.name: x.failure for x in engine.listeners if not x.serving}
-    for name in engine.channels:
+    for name, compiled in engine.channels.items():
+        fallback = engine.fallbacks.get(name)
+        revision = compiled.revision
+        deployed = fallback.newest if fallback is not None else revision
         if name in down:
-            states[name] = ChannelHealth(FAILED, _bounded(down[name] or "not listening"))
+            states[name] = ChannelHealth(
+                FAILED, _bounded(down[name] or "not listening"), revision, deployed
+            )
         else:
-            states[name] = ChannelHealth(PAUSED if name in paused else RUNNING)
+            state = PAUSED if name in paused else RUNNING
+            why = _bounded(fallback.reason) if fallback is not None else None
+            states[name] = ChannelHealth(state, why, revision, deployed)
     return dict(sorted(states.items()))
 
 

@@ -45,6 +45,7 @@ from router.dps.jobs import JobSender
 from router.gateway import Gateway
 from router.governance import mapping_code
 from router.governance.deploy import revision_numbers, startup_channels
+from router.governance.fallback import Fallback
 from router.governance.reload import Reloader, ReloadResult, reload_files
 from router.governance.watcher import RevisionWatcher
 from router.local_destinations import Local
@@ -125,12 +126,15 @@ class Engine:
         self.config = config
         self.store = open_store(config)
         revisions: dict[str, int] = {}
-        # Governed: the channels not run (none of their revisions may or can), with why.
+        # Governed: the channels not run (none of their revisions may or can), with why,
+        # and those run from an older revision than their newest deployed one.
         self.left_out: dict[str, str] = {}
+        self.fallbacks: dict[str, Fallback] = {}
         if channels is None:
             # Open: the channel files. Governed: the approved revisions in the store.
-            channels = startup_channels(self.store, config, self.left_out)
+            channels = startup_channels(self.store, config, self.left_out, self.fallbacks)
             revisions = revision_numbers(self.store, config, channels)
+            revisions |= {name: f.running for name, f in self.fallbacks.items()}
         self.channels = numbered(compile_channels(config, channels), revisions)
         self.writer = GroupCommitWriter(self.store, on_commit=self._committed)
         # SQLite commits one transaction at a time, each with its fsync: the processor's and

@@ -162,8 +162,9 @@ class QueueCollector(Collector):
 
 class ChannelCollector(Collector):
     """``tie_channel_up``: 1 for each channel this node runs (paused too), 0 for one left
-    out at start or whose listener failed to start (router/channel_health.py). Each node's
-    own, like /health: the store cannot say what a node runs."""
+    out at start or whose listener failed to start; ``tie_channel_revision_fallback``: 1 for
+    one it runs from an older revision than its newest deployed one (router/channel_health.py).
+    Each node's own, like /health: the store cannot say what a node runs."""
 
     def __init__(self, health: Callable[[], dict[str, ChannelHealth]]) -> None:
         self._health = health
@@ -175,9 +176,16 @@ class ChannelCollector(Collector):
             "start or failed to start (/health says why).",
             labels=["channel"],
         )
+        fallback = GaugeMetricFamily(
+            "tie_channel_revision_fallback",
+            "1 when this node runs the channel from an older revision than its newest "
+            "deployed one, which may not or cannot run here (the dashboard says why).",
+            labels=["channel"],
+        )
         for name, health in self._health().items():
             up.add_metric([name], 1 if health.up else 0)
-        yield up
+            fallback.add_metric([name], 1 if health.fallback else 0)
+        yield from (up, fallback)
 
 
 class CertificateCollector(Collector):

@@ -49,8 +49,9 @@ def create_app(engine: Engine) -> FastAPI:
         every listener is up, and the group-commit writer, the processor and every dispatch
         worker run: without them messages are refused (the writer), or still acknowledged
         but never processed or sent (public, for load balancers). ``channels`` says what
-        each channel is; ``degraded``: one is left out or failed to start, which a governed
-        left-out channel alone does not make unhealthy (router/channel_health.py). Why is
+        each channel is and which revision it runs; ``degraded``: one is left out, failed
+        to start or runs an older revision than its newest deployed one (a fallback), none
+        of which alone makes a governed node unhealthy (router/channel_health.py). Why is
         for the signed-in dashboard: a reason names files, hosts and code digests."""
         paused: frozenset[str] = frozenset()
         try:
@@ -70,8 +71,8 @@ def create_app(engine: Engine) -> FastAPI:
         body = {
             "status": "ok" if ok else "unavailable",
             **parts,
-            "degraded": not all(c.up for c in channels.values()),
-            "channels": {name: {"state": c.state} for name, c in channels.items()},
+            "degraded": any(c.degraded for c in channels.values()),
+            "channels": {name: c.public() for name, c in channels.items()},
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 

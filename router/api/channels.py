@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from router.api.messages import jsonable
 from router.api.security import Principal, require_role
 from router.channel_control import set_paused
+from router.channel_health import channel_health
 from router.console.statistics import dashboard
 from router.dps.closing import NoSuchJob, NotClosable, close_job
 from router.dps.jobs import list_jobs
@@ -47,8 +48,11 @@ def channel_routes(engine: Engine) -> APIRouter:
     async def channels(_: Principal = Depends(require_role("viewer"))) -> list[dict[str, Any]]:
         """Each channel: paused or not, its unprocessed backlog, its queue depth (``queued``:
         deliveries waiting or in flight) and the age in seconds of the oldest, ``failed``
-        and ``held`` now, counts of the last hour and the last 24 hours, and the last error."""
-        rows = await asyncio.to_thread(dashboard, store, sorted(engine.channels))
+        and ``held`` now, counts of the last hour and the last 24 hours, the last error, and
+        what this node does with it: ``state``, the ``revision`` it runs, the newest
+        ``deployed`` one, ``fallback`` (it runs an older one) and the ``reason``."""
+        health = channel_health(engine)
+        rows = await asyncio.to_thread(dashboard, store, list(health), health)
         now = utcnow()
         for row in rows:
             oldest = row["oldest_queued"]

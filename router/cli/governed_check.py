@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.config import ChannelConfig, ConfigError, EngineConfig, channel_file
+from router.config import ChannelConfig, EngineConfig, channel_file
 from router.config.loading import read_text
 from router.governance import mapping_code
-from router.governance.deploy import RunningText, parsed, runnable, running_texts
-from router.governance.deploy_checks import lapsed_approval, unapproved_code
+from router.governance.deploy import RunningText, running_texts, walk_back
 from router.governance.mapping_code import short
 from router.governance.revisions import sha256
 from router.store.database import Store
@@ -72,26 +71,23 @@ def _channel(
     if (sha256(on_disk), code) == (text.sha256, text.mappings_sha256):
         return []
     what = "its text" if sha256(on_disk) != text.sha256 else "the mapping code it names"
+    start = walk_back(store, config, name, text)
+    runs = "the running engine uses" if start.number == text.number else "its newest is"
     lines = [
-        f"  {name}: the running engine uses revision #{text.number} ({text.state}, approved by "
-        f"{text.approver or '-'}; mapping code {short(text.mappings_sha256)}); on disk "
+        f"  {name}: {runs} revision #{text.number} ({text.state}, approved "
+        f"by {text.approver or '-'}; mapping code {short(text.mappings_sha256)}); on disk "
         f"{what} differs (mapping code {short(code)}): a proposal "
         f"(run.py channel diff {name}; run.py channel propose {name})"
     ]
-    problem = _why_not(store, config, name, text)
-    if problem:
-        lines.append(f"  warning  {name}: revision #{text.number} would not run: {problem}")
-    return lines
-
-
-def _why_not(store: Store, config: EngineConfig, name: str, text: RunningText) -> str:
-    """Why the engine would not run ``text`` if it started now (empty: it would)."""
-    try:
-        problem = lapsed_approval(store, text.state, text.approver) or unapproved_code(
-            config, parsed(config, name, text.yaml), text.mappings_sha256
+    if start.number == text.number:
+        return lines
+    if start.number is None:
+        instead = "the channel is left out"
+    else:
+        instead = (
+            f"the engine runs revision #{start.number} instead, a fallback ("
+            "/health, the dashboard and tie_channel_revision_fallback show it)"
         )
-        if not problem:
-            runnable(config, name, text.yaml)
-    except ConfigError as exc:
-        problem = str(exc)
-    return problem
+    lines.append(f"  warning  {name}: revision #{text.number} would not run; {instead}:")
+    lines.extend(f"    {problem}" for problem in start.why(text.number).splitlines())
+    return lines

@@ -26,8 +26,7 @@ def dashboard_routes(engine: Engine) -> APIRouter:
     @routes.get("/", response_class=HTMLResponse)
     async def home(request: Request, principal: Viewer) -> HTMLResponse:
         health = channel_health(engine)
-        down = {name: c for name, c in health.items() if not c.up}
-        rows = await asyncio.to_thread(dashboard, store, list(health), down)
+        rows = await asyncio.to_thread(dashboard, store, list(health), health)
         return render(
             request,
             "dashboard.html",

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, Table, case, func, select, union_all
 
 from router.channel_control import overview
-from router.channel_health import ChannelHealth
+from router.channel_health import PAUSED, RUNNING, ChannelHealth
 from router.store.database import Store
 from router.store.inbound import utcnow
 from router.store.queries import MESSAGE_STATUSES
@@ -35,13 +35,15 @@ CHANNELS_A_STATEMENT = 100
 
 
 def dashboard(
-    store: Store, channels: list[str], down: Mapping[str, ChannelHealth] | None = None
+    store: Store, channels: list[str], health: Mapping[str, ChannelHealth] | None = None
 ) -> list[dict[str, Any]]:
     """Per channel: the overview (paused, backlog, queued and its oldest, failed, held) with
-    counts of the last hour and the last 24 hours, and the newest error; channels that
-    need attention (failed deliveries now, errors in the last 24 hours, ``down``: left out
-    or failed to start on this node, router/channel_health.py) first."""
-    down = down or {}
+    counts of the last hour and the last 24 hours, the newest error, and what this node
+    does with it (``health``: its state, the revision it runs and the newest deployed one,
+    and why it is down or a fallback, router/channel_health.py); channels that need
+    attention (failed deliveries now, errors in the last 24 hours, left out, failed to
+    start or a fallback on this node) first."""
+    health = health or {}
     now = utcnow()
     rows = {row["channel"]: row for row in overview(store, channels)}
     with store.read() as conn:
@@ -57,9 +59,26 @@ def dashboard(
             "failed": _pair(sent, name, "failed"),
         }
         row["last_error"] = errors.get(name)
-        row["down"] = down.get(name)
-        row["attention"] = bool(row["down"] or row["failed"] or row["counts"]["error"]["last_24h"])
+        row.update(_health(health.get(name), row["paused"]))
+        row["attention"] = bool(
+            row["down"] or row["fallback"] or row["failed"] or row["counts"]["error"]["last_24h"]
+        )
     return sorted(rows.values(), key=lambda r: (not r["attention"], not r["paused"], r["channel"]))
+
+
+def _health(health: ChannelHealth | None, paused: bool) -> dict[str, Any]:
+    """A row's state, revisions and reason; a channel ``health`` does not name runs."""
+    if health is None:
+        health = ChannelHealth(RUNNING)
+    state = PAUSED if paused and health.state == RUNNING else health.state
+    return {
+        "state": state,
+        "down": not health.up,
+        "revision": health.revision,
+        "deployed": health.deployed,
+        "fallback": health.fallback,
+        "reason": health.reason,
+    }
 
 
 Counts = dict[tuple[str, str | None], tuple[int, int]]

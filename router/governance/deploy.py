@@ -22,6 +22,7 @@ from router.config import ChannelConfig, ConfigError, EngineConfig, channel_file
 from router.config.loading import channel_from_text, read_text
 from router.governance import mapping_code
 from router.governance.deploy_checks import lapsed_approval, unapproved_code
+from router.governance.fallback import Fallback
 from router.governance.models import APPROVED, DEPLOY_FAILED, DEPLOYED, RUNNING, SUPERSEDED
 from router.governance.revisions import (
     insert_revision,
@@ -98,7 +99,8 @@ def revision_numbers(
 ) -> dict[str, int]:
     """The running revision's number of each of ``channels`` whose configuration it is: what
     the engine records on the messages those channels settle. A channel started from an
-    older revision (its running one cannot run) or from a file not recorded has none."""
+    older revision (its running one cannot run: the engine numbers it from its fallback,
+    ``startable``) or from a file not recorded has none here."""
     numbers = {}
     for name, text in running_texts(store).items():
         channel = channels.get(name)
@@ -268,24 +270,31 @@ def _supersede_older(conn: Connection, channel: str, number: int) -> None:
 
 
 def startup_channels(
-    store: Store, config: EngineConfig, left_out: dict[str, str] | None = None
+    store: Store,
+    config: EngineConfig,
+    left_out: dict[str, str] | None = None,
+    fallbacks: dict[str, Fallback] | None = None,
 ) -> dict[str, ChannelConfig]:
     """The channels an engine starts with (see the module doc); migrates the store first.
-    Governed, the channels left out go into ``left_out`` with why (``startable``)."""
+    Governed, the channels left out go into ``left_out`` with why, and those started from
+    an older revision into ``fallbacks`` (``startable``)."""
     from router.store.migrate import upgrade
 
     upgrade(store)
     if config.governance == "governed":
         if not running_texts(store):
             bootstrap(store, config)
-        return startable(store, config, left_out)
+        return startable(store, config, left_out, fallbacks)
     channels = load_channels(config.channels)
     record_files(store, config, actor="startup", reason="engine started with changed files")
     return channels
 
 
 def startable(
-    store: Store, config: EngineConfig, left_out: dict[str, str] | None = None
+    store: Store,
+    config: EngineConfig,
+    left_out: dict[str, str] | None = None,
+    fallbacks: dict[str, Fallback] | None = None,
 ) -> dict[str, ChannelConfig]:
     """Governed: each channel's running revision, or, when that one cannot run (a mapping
     that no longer loads) or may not (its approver lost the role; the mapping code on disk
@@ -293,34 +302,62 @@ def startable(
     may, passing over (and logging why) any that cannot either, else nothing: the engine
     runs only approved code, and one channel's revision that cannot run must not keep the
     whole engine from starting, nor one broken fallback leave out a channel an older
-    approved revision could run. A channel left out goes into ``left_out`` with why, for
-    ``/health`` and ``/metrics`` (router/channel_health.py)."""
+    approved revision could run. A channel left out goes into ``left_out`` with why, and one
+    started from an older revision into ``fallbacks``, for ``/health``, ``/metrics`` and the
+    dashboard (router/channel_health.py)."""
     channels = {}
     for name, text in running_texts(store).items():
-        channel, problem = _start(store, config, name, text)
-        if channel is not None:
-            channels[name] = channel
+        start = walk_back(store, config, name, text)
+        if start.channel is not None:
+            channels[name] = start.channel
+        if start.number == text.number:
             continue
-        passed_over = []
-        for earlier in _deployed_before(store, name, text.number):
-            channel, why = _start(store, config, name, earlier)
-            if channel is not None:
-                channels[name] = channel
-                instead = f"starting it from its last deployed revision #{earlier.number} instead"
-                break
-            passed_over.append(f"passed over revision #{earlier.number}: {why}")
+        why = start.why(text.number)
+        if start.channel is not None:
+            instead = f"starting it from its last deployed revision #{start.number} instead"
+            if fallbacks is not None:
+                fallbacks[name] = Fallback(start.number, text.number, why)
         else:
             instead = "the channel is left out"
             if left_out is not None and asks_to_run(config, name, text.yaml):
-                left_out[name] = f"revision #{text.number} cannot run: {problem}"
+                left_out[name] = f"revision #{text.number} cannot run: {start.problems[0]}"
         log.error(
             "channel %s: revision #%d cannot run; %s:\n%s",
             name,
             text.number,
             instead,
-            "\n".join([str(problem), *passed_over]),
+            "\n".join(start.problems),
         )
     return channels
+
+
+@dataclass(frozen=True)
+class Start:
+    """Which revision of a channel a start runs: ``number`` and its compiled ``channel``
+    (both None when none may and can run), and why each newer one was passed over."""
+
+    channel: ChannelConfig | None
+    number: int | None
+    problems: list[str]
+
+    def why(self, newest: int) -> str:
+        """The passed-over revisions' reasons, starting with ``newest``'s."""
+        return "\n".join([f"revision #{newest} cannot run: {self.problems[0]}", *self.problems[1:]])
+
+
+def walk_back(store: Store, config: EngineConfig, name: str, text: RunningText) -> Start:
+    """``text`` if it may and can run, else the newest deployed revision before it that may
+    and can, else none; what a start runs (and ``run.py check`` predicts). Logs nothing."""
+    channel, problem = _start(store, config, name, text)
+    if channel is not None:
+        return Start(channel, text.number, [])
+    problems = [str(problem)]
+    for earlier in _deployed_before(store, name, text.number):
+        channel, why = _start(store, config, name, earlier)
+        if channel is not None:
+            return Start(channel, earlier.number, problems)
+        problems.append(f"passed over revision #{earlier.number}: {why}")
+    return Start(None, None, problems)
 
 
 def _start(

@@ -123,6 +123,7 @@ class RevisionWatcher:
             log.error("cannot deploy channel revision(s); keeping the running ones:\n%s", exc)
             return ReloadResult()
         for name in wanted:
+            self._engine.fallbacks.pop(name, None)  # it runs its newest revision now
             if fresh[name].state == APPROVED:
                 await asyncio.to_thread(
                     mark_deployed, self._engine.store, name, fresh[name].number, actor=actor

@@ -1,5 +1,6 @@
-"""A channel the node does not run, seen by monitoring: ``/health``'s channels and
-``degraded``, and ``tie_channel_up``, against an engine in-process over real HTTP."""
+"""A channel the node does not run, or runs from an older revision than its newest, seen by
+monitoring: ``/health``'s channels and ``degraded``, ``tie_channel_up`` and
+``tie_channel_revision_fallback``, against an engine in-process over real HTTP."""
 
 from __future__ import annotations
 
@@ -15,15 +16,23 @@ import pytest
 from console_testing import PASSWORD, sign_in
 from tie_testing import RunningEngine, api_token, engine_config, wait_until
 
+from router import governance
 from router.auth.users import add_user
 from router.channel_control import set_paused
 from router.channel_health import channel_health
+from router.governance.deploy import mark_deployed
+from router.store.database import Store
 
 TOKEN = "tie_channel-health-viewer"
 
 
 def channel_text(name: str, port: int = 0, transform: str = "") -> str:
     return f"name: {name}\nsource:\n  mllp: {{host: 127.0.0.1, port: {port}}}\n{transform}"
+
+
+def state(name: str, revision: int | None) -> dict[str, object]:
+    """A channel in ``/health`` running the newest deployed revision (or none)."""
+    return {"state": name, "revision": revision, "deployed": revision, "fallback": False}
 
 
 def serving(running: RunningEngine) -> httpx.Client:
@@ -87,8 +96,8 @@ def test_a_governed_channel_left_out_at_start_is_degraded_not_down(
     assert health.status_code == 200
     body = health.json()
     assert (body["status"], body["degraded"]) == ("ok", True)
-    assert body["channels"]["results"] == {"state": "paused"}
-    assert body["channels"]["orders"] == {"state": "left-out"}  # why: signed in only
+    assert body["channels"]["results"] == state("paused", 1)
+    assert body["channels"]["orders"] == state("left-out", None)  # why: signed in only
     assert up == {"orders": 0.0, "results": 1.0}
     row = re.search(r'<tr class="attention">(.*?)</tr>', dashboard, re.S).group(1)
     assert ">orders</a>" in row and "status-left-out" in row
@@ -121,10 +130,82 @@ def test_a_channel_whose_listener_failed_to_start_is_named(
     finally:
         running.stop()
 
-    assert (healthy["degraded"], healthy["channels"]) == (False, {"orders": {"state": "running"}})
+    assert (healthy["degraded"], healthy["channels"]) == (False, {"orders": state("running", 1)})
     body = health.json()
     assert (body["listeners"], body["degraded"]) == (False, True)
-    assert body["channels"]["orders"] == {"state": "running"}
-    assert body["channels"]["intake"] == {"state": "failed"}
+    assert body["channels"]["orders"] == state("running", 1)
+    assert body["channels"]["intake"] == state("failed", 1)
     assert why.state == "failed" and f"cannot listen on 127.0.0.1:{taken_port}" in why.reason
     assert up == {"intake": 0.0, "orders": 1.0}
+
+
+def test_a_channel_started_from_an_older_revision_is_a_fallback_everywhere(
+    tmp_path: Path,
+    store_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Revision 2 (new mapping code) is deployed, then yesterday's code is back on disk:
+    the start runs revision 1, and nobody may take that for plain ``running``. ``/health``
+    (public) gives the numbers and ``degraded``, never the reason; the signed-in views do."""
+    config = engine_config(tmp_path, store_url, governance="governed")
+    config.channels.mkdir()
+    (config.channels / "orders.yaml").write_text(
+        channel_text("orders", transform="transform: tidy:f\n")
+    )
+    tidy = config.mappings / "tidy.py"
+    tidy.write_text("def f(message):\n    return message.raw\n")
+    RunningEngine(config, None).stop()  # the files become approved revision 1
+    store = Store(store_url)
+    try:
+        with store.begin() as conn:
+            add_user(conn, "erin", ["engineer"], None, actor="test")
+            add_user(conn, "ada", ["approver"], None, actor="test")
+            add_user(conn, "sam", ["support"], PASSWORD, actor="test")
+        tidy.write_text("def f(message):\n    return message.raw.upper()\n")
+        text = (config.channels / "orders.yaml").read_text()
+        governance.propose(store, config, "orders", text, actor="erin", reason="upper")
+        governance.approve(store, config, "orders", 2, actor="ada")
+        assert mark_deployed(store, "orders", 2, actor="test")
+    finally:
+        store.dispose()
+    tidy.write_text("def f(message):\n    return message.raw\n")  # an old commit deployed
+    monkeypatch.delitem(sys.modules, "tie_mappings.tidy", raising=False)  # as a new process
+    api_token(store_url, "support", name="scraper", token=TOKEN)
+
+    running = RunningEngine(config, None, http=True)
+    try:
+        with serving(running) as client:
+            health = client.get("/health")
+            metrics = client.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+            api = client.get("/api/channels", headers={"authorization": f"Bearer {TOKEN}"})
+        console = sign_in(f"http://127.0.0.1:{running.http_port}", "sam")
+        try:
+            dashboard = console.get("/").text
+        finally:
+            console.close()
+    finally:
+        running.stop()
+
+    assert health.status_code == 200
+    body = health.json()
+    assert body["degraded"] is True
+    assert body["channels"]["orders"] == {
+        "state": "running",
+        "revision": 1,
+        "deployed": 2,
+        "fallback": True,
+    }
+    assert str(config.mappings) not in health.text  # public: no paths, no digests
+    assert 'tie_channel_revision_fallback{channel="orders"} 1.0' in metrics
+    assert 'tie_channel_up{channel="orders"} 1.0' in metrics
+    (row,) = api.json()
+    assert (row["state"], row["revision"], row["deployed"], row["fallback"]) == (
+        "running",
+        1,
+        2,
+        True,
+    )
+    assert row["reason"].startswith("revision #2 cannot run: its mapping code under")
+    html = re.search(r'<tr class="attention">(.*?)</tr>', dashboard, re.S).group(1)
+    assert "revision #1" in html and "fallback: newest deployed is #2" in html
+    assert "is not the code approved with it" in html

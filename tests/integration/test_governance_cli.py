@@ -330,6 +330,10 @@ def test_check_warns_when_the_approved_revision_would_not_run(governed, capsys, 
     capsys.readouterr()
     assert cli(governed, "check") == 0
     out = capsys.readouterr().out
-    assert "  orders: the running engine uses revision #2 (approved, approved by ada;" in out
+    assert "  orders: its newest is revision #2 (approved, approved by ada;" in out
     assert "on disk the mapping code it names differs" in out
-    assert "  warning  orders: revision #2 would not run: its mapping code under" in out
+    assert (
+        "  warning  orders: revision #2 would not run; the engine runs revision #1 instead, "
+        "a fallback (/health, the dashboard and tie_channel_revision_fallback show it):\n"
+        "    revision #2 cannot run: its mapping code under"
+    ) in out

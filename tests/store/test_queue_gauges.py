@@ -259,5 +259,6 @@ def test_every_metric_the_example_alert_rules_use_is_one_the_engine_exposes(stor
         "tie_mesh_poll_failures_total",
         "tie_dps_jobs_overdue",
         "tie_channel_up",
+        "tie_channel_revision_fallback",
     } <= used
     assert used - exposed == set()
