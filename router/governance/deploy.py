@@ -20,7 +20,7 @@ from sqlalchemy import Connection, exists, func, select, update
 from router import audit
 from router.config import ChannelConfig, ConfigError, EngineConfig, channel_file, load_channels
 from router.config.loading import channel_from_text, read_text
-from router.governance import mapping_code
+from router.governance import fallback, mapping_code
 from router.governance.deploy_checks import lapsed_approval, unapproved_code
 from router.governance.fallback import Fallback
 from router.governance.models import APPROVED, DEPLOY_FAILED, DEPLOYED, RUNNING, SUPERSEDED
@@ -317,10 +317,13 @@ def startable(
             instead = f"starting it from its last deployed revision #{start.number} instead"
             if fallbacks is not None:
                 fallbacks[name] = Fallback(start.number, text.number, why)
+            fallback.record(store, config.node, name, text.number, start.number, why)
         else:
             instead = "the channel is left out"
-            if left_out is not None and asks_to_run(config, name, text.yaml):
-                left_out[name] = f"revision #{text.number} cannot run: {start.problems[0]}"
+            if asks_to_run(config, name, text.yaml):
+                if left_out is not None:
+                    left_out[name] = f"revision #{text.number} cannot run: {start.problems[0]}"
+                fallback.record(store, config.node, name, text.number, None, why)
         log.error(
             "channel %s: revision #%d cannot run; %s:\n%s",
             name,

@@ -38,6 +38,7 @@ from router.governance.deploy import (
     running_texts,
 )
 from router.governance.deploy_checks import lapsed_approval, unapproved_code
+from router.governance.fallback import engine_actor
 from router.governance.mapping_code import short
 from router.governance.models import APPROVED
 from router.governance.reload import ReloadResult
@@ -100,7 +101,7 @@ class RevisionWatcher:
         # Remembered even when it fails, so that a broken revision is reported once, not
         # every few seconds; the next approved revision is tried afresh.
         self._applied.update({n: _applied(t) for n, t in fresh.items()})
-        config, actor = self._engine.config, f"engine@{self._engine.config.node}"
+        config, actor = self._engine.config, engine_actor(self._engine.config.node)
         wanted = {}
         for name, text in fresh.items():
             try:

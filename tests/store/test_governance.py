@@ -28,7 +28,7 @@ from router.governance.deploy import (
 from router.governance.holds import release_shortfall
 from router.store.database import Store
 from router.store.inbound import utcnow
-from router.store.schema import audit_events, deliveries
+from router.store.schema import audit_events, channel_revisions, deliveries
 
 FILTER = "filter:\n  - field: MSH-9.1\n    equals: {kind}\n"
 
@@ -625,3 +625,37 @@ def test_a_start_walks_back_to_the_newest_deployed_revision_that_can_run(store, 
     assert "revision #3 cannot run; starting it from its last deployed revision #1" in caplog.text
     assert "its approval no longer counts: ada is disabled" in caplog.text
     assert "passed over revision #2: the mapping code approved with it" in caplog.text
+
+
+def test_a_start_that_falls_back_or_leaves_a_channel_out_is_audited(store, governed):
+    """Not only the log of one node: the audit log says, by the engine, which revision a
+    start ran instead of the newest, or that it ran none, and why."""
+    from router.governance.deploy import startable
+
+    extra = governed.mappings / "extra.py"
+    extra.write_text("def same(message):\n    return message.raw\n")
+    governance.propose(
+        store, governed, "results", channel_text("ADT") + "transform: extra:same\n", actor="erin"
+    )
+    governance.approve(store, governed, "results", 2, actor="bob")
+    assert mark_deployed(store, "results", 2, actor="test")
+    extra.write_text("def same(message):\n    return b'not approved'\n")
+
+    startable(store, governed)
+    with store.read() as conn:
+        (event,) = audit.events(conn, audit.EventFilter(action="revision.fallback"))
+    assert (event["actor"], event["target"]) == ("engine@test-node", "channel:results")
+    assert (event["details"]["number"], event["details"]["running"]) == (2, 1)
+    assert event["details"]["reason"].startswith("revision #2 cannot run: its mapping code")
+
+    with store.begin() as conn:  # revision 1 predates kept code: give it code not on disk
+        conn.execute(
+            channel_revisions.update()
+            .where(channel_revisions.c.number == 1)
+            .values(mappings_sha256="0" * 64)
+        )
+    startable(store, governed)
+    with store.read() as conn:
+        (event,) = audit.events(conn, audit.EventFilter(action="revision.left-out"))
+    assert (event["actor"], event["details"]["number"]) == ("engine@test-node", 2)
+    assert "passed over revision #1: " in event["details"]["reason"]
