@@ -32,6 +32,7 @@ class ChannelHealth:
     reason: str | None = None  # why it is down or a fallback: signed-in views only
     revision: int | None = None  # the revision it runs (None: not run, or not recorded)
     deployed: int | None = None  # its newest deployed revision, as far as this node knows
+    restartable: bool = True  # False: its approved code is gone from disk (governed)
 
     @property
     def up(self) -> bool:
@@ -45,8 +46,9 @@ class ChannelHealth:
 
     @property
     def degraded(self) -> bool:
-        """Not what was approved last: down, or running an older revision."""
-        return not self.up or self.fallback
+        """Not what was approved last (down, or running an older revision), or would not be
+        after a restart."""
+        return not self.up or self.fallback or not self.restartable
 
     def public(self) -> dict[str, Any]:
         """What ``/health`` (public) shows: the numbers, never the reason."""
@@ -55,6 +57,7 @@ class ChannelHealth:
             "revision": self.revision,
             "deployed": self.deployed,
             "fallback": self.fallback,
+            "restartable": self.restartable,
         }
 
 
@@ -79,8 +82,11 @@ def channel_health(
             )
         else:
             state = PAUSED if name in paused else RUNNING
-            why = _bounded(fallback.reason) if fallback is not None else None
-            states[name] = ChannelHealth(state, why, revision, deployed)
+            stale = engine.not_restartable.get(name)
+            why = fallback.reason if fallback is not None else stale
+            states[name] = ChannelHealth(
+                state, why and _bounded(why), revision, deployed, stale is None
+            )
     return dict(sorted(states.items()))
 
 

@@ -130,6 +130,8 @@ class Engine:
         # and those run from an older revision than their newest deployed one.
         self.left_out: dict[str, str] = {}
         self.fallbacks: dict[str, Fallback] = {}
+        # Governed: running channels whose approved mapping code is gone from disk, with why.
+        self.not_restartable: dict[str, str] = {}
         if channels is None:
             # Open: the channel files. Governed: the approved revisions in the store.
             channels = startup_channels(self.store, config, self.left_out, self.fallbacks)

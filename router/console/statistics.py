@@ -61,7 +61,9 @@ def dashboard(
         row["last_error"] = errors.get(name)
         row.update(_health(health.get(name), row["paused"]))
         row["attention"] = bool(
-            row["down"] or row["fallback"] or row["failed"] or row["counts"]["error"]["last_24h"]
+            health.get(name, ChannelHealth(RUNNING)).degraded
+            or row["failed"]
+            or row["counts"]["error"]["last_24h"]
         )
     return sorted(rows.values(), key=lambda r: (not r["attention"], not r["paused"], r["channel"]))
 
@@ -77,6 +79,7 @@ def _health(health: ChannelHealth | None, paused: bool) -> dict[str, Any]:
         "revision": health.revision,
         "deployed": health.deployed,
         "fallback": health.fallback,
+        "restartable": health.restartable,
         "reason": health.reason,
     }
 

@@ -342,6 +342,7 @@ class Start:
     channel: ChannelConfig | None
     number: int | None
     problems: list[str]
+    code: str | None = None  # the mapping code approved with it
 
     def why(self, newest: int) -> str:
         """The passed-over revisions' reasons, starting with ``newest``'s."""
@@ -353,12 +354,12 @@ def walk_back(store: Store, config: EngineConfig, name: str, text: RunningText) 
     and can, else none; what a start runs (and ``run.py check`` predicts). Logs nothing."""
     channel, problem = _start(store, config, name, text)
     if channel is not None:
-        return Start(channel, text.number, [])
+        return Start(channel, text.number, [], text.mappings_sha256)
     problems = [str(problem)]
     for earlier in _deployed_before(store, name, text.number):
         channel, why = _start(store, config, name, earlier)
         if channel is not None:
-            return Start(channel, earlier.number, problems)
+            return Start(channel, earlier.number, problems, earlier.mappings_sha256)
         problems.append(f"passed over revision #{earlier.number}: {why}")
     return Start(None, None, problems)
 

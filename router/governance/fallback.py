@@ -8,7 +8,9 @@ dashboard and the API (router/channel_health.py), so that nobody takes it for th
 Each such start, and each channel left out, is an audit event by the engine
 (``engine@NODE``, as it signs the revisions it deploys): ``revision.fallback`` or
 ``revision.left-out``, with the revisions and why, so that ``/api/audit`` and the console's
-audit log show when yesterday's mapping ran, not only the log file of one node.
+audit log show when yesterday's mapping ran, not only the log file of one node. So is a
+running revision whose approved code is gone from disk (``revision.code-differs``): it runs
+on what it loaded, but a restart would not start it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from router import audit
 from router.store.database import Store
 
-FALLBACK, LEFT_OUT = "revision.fallback", "revision.left-out"
+FALLBACK, LEFT_OUT, CODE_DIFFERS = "revision.fallback", "revision.left-out", "revision.code-differs"
 
 
 @dataclass(frozen=True)
@@ -44,3 +46,11 @@ def record(
         details["running"] = running
     with store.begin() as conn:
         audit.append(conn, engine_actor(node), action, f"channel:{channel}", details)
+
+
+def record_code_differs(store: Store, node: str, channel: str, number: int, reason: str) -> None:
+    """Audit that ``node`` runs revision ``number`` of ``channel`` on the approved code it
+    loaded while the code on disk is other: a restart would not start it."""
+    details = {"number": number, "node": node, "reason": reason}
+    with store.begin() as conn:
+        audit.append(conn, engine_actor(node), CODE_DIFFERS, f"channel:{channel}", details)

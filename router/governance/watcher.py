@@ -10,8 +10,15 @@ In governed mode only approved code runs (router/governance/deploy_checks.py): a
 revision whose approver lost the role, or whose mapping code on disk differs from what was
 approved, is not deployed (``deploy-failed``); a deployed one this engine does not run yet
 (it started without it) is not applied while its code on disk differs, and is applied once
-the approved code is back. A running channel whose loaded or on-disk mapping code is not
-its revision's is logged as a warning, once per difference.
+the approved code is back. A deployed revision that may not or cannot run here follows the
+start's walk-back rules (router/governance/deploy.py): a channel keeps the approved revision
+it loaded (a fallback when that is older than the newest), and one not running starts from
+the newest earlier deployed revision that may and can run, else stays left out; each is
+logged, audited (``revision.fallback``, ``revision.left-out``) and in ``/health``. A running
+channel whose loaded or on-disk mapping code is not its revision's is logged as a warning,
+once per difference; one whose approved code is gone from disk (a restart would not start
+it as it runs) is audited as ``revision.code-differs`` and ``/health`` says it is not
+``restartable``.
 
 In open mode the channel files are the truth and the store only carries the news of a
 reload: a revision is applied only when its text is this node's own file's. Another
@@ -26,19 +33,21 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from router.config import ConfigError, channel_file
-from router.governance import mapping_code
+from router.config import ChannelConfig, ConfigError, channel_file
+from router.governance import fallback, mapping_code
 from router.governance.deploy import (
     RunningText,
+    Start,
     asks_to_run,
     mark_deployed,
     mark_failed,
     parsed,
     runnable,
     running_texts,
+    walk_back,
 )
 from router.governance.deploy_checks import lapsed_approval, unapproved_code
-from router.governance.fallback import engine_actor
+from router.governance.fallback import Fallback, engine_actor
 from router.governance.mapping_code import short
 from router.governance.models import APPROVED
 from router.governance.reload import ReloadResult
@@ -60,7 +69,6 @@ class RevisionWatcher:
         self._applied: dict[str, tuple[str, str | None]] = {}
         self._foreign: dict[str, str] = {}  # open mode: the text not applied, warned once
         self._code_warned: dict[str, tuple[str | None, str | None]] = {}
-        self._refused: dict[str, str] = {}  # governed: a deployed revision not run, logged once
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Held by a reload from recording its files to checking them, so that this
@@ -102,28 +110,43 @@ class RevisionWatcher:
         # every few seconds; the next approved revision is tried afresh.
         self._applied.update({n: _applied(t) for n, t in fresh.items()})
         config, actor = self._engine.config, engine_actor(self._engine.config.node)
-        wanted = {}
+        wanted: dict[str, ChannelConfig] = {}
+        numbers: dict[str, int] = {}
+        code: dict[str, str | None] = {}
+        older: dict[str, Fallback] = {}  # started from an older revision than the newest
         for name, text in fresh.items():
+            refused: ConfigError | str = ""
             try:
-                refused = governed and await asyncio.to_thread(self._may_not_run, text)
+                if governed:
+                    refused = await asyncio.to_thread(self._may_not_run, text)
                 if not refused:
                     wanted[name] = await asyncio.to_thread(runnable, config, name, text.yaml)
-                    self._refused.pop(name, None)
+                    numbers[name], code[name] = text.number, text.mappings_sha256
+                    continue
             except ConfigError as exc:
-                await asyncio.to_thread(self._failed, text, exc, actor)
-                continue
-            if refused and text.state == APPROVED:
+                refused = exc
+            if text.state == APPROVED or not governed:
                 await asyncio.to_thread(self._failed, text, refused, actor)
-            elif refused:
-                self._refuse_deployed(text, refused)
+                continue
+            start = await asyncio.to_thread(self._pass_over, text, str(refused))
+            if start is not None and start.channel is not None and start.number is not None:
+                wanted[name], numbers[name], code[name] = start.channel, start.number, start.code
+                older[name] = Fallback(start.number, text.number, start.why(text.number))
+        for name, now in older.items():  # in /health as soon as the channel runs
+            await asyncio.to_thread(self._fell_back, name, now)
         try:
-            numbers = {name: fresh[name].number for name in wanted}
-            code = {n: fresh[n].mappings_sha256 for n in wanted if fresh[n].mappings_sha256}
-            result = await self._engine.reloader.apply(wanted, numbers, code)
+            result = await self._engine.reloader.apply(
+                wanted, numbers, {n: c for n, c in code.items() if c}
+            )
         except ConfigError as exc:
             log.error("cannot deploy channel revision(s); keeping the running ones:\n%s", exc)
+            for name in older:
+                self._engine.fallbacks.pop(name, None)
             return ReloadResult()
         for name in wanted:
+            self._engine.left_out.pop(name, None)
+            if name in older:
+                continue
             self._engine.fallbacks.pop(name, None)  # it runs its newest revision now
             if fresh[name].state == APPROVED:
                 await asyncio.to_thread(
@@ -142,35 +165,70 @@ class RevisionWatcher:
             config, parsed(config, text.channel, text.yaml), text.mappings_sha256
         )
 
-    def _refuse_deployed(self, text: RunningText, why: str) -> None:
-        """A deployed revision this engine does not run yet (it started without it) whose
-        code on disk is not its approved code: not applied, logged once per difference, and
-        looked at again next round, so that restoring the approved code starts it. One this
-        engine runs already (its code changed on disk since) runs on what it loaded, and
-        ``_warn_unapproved_code`` says so."""
-        running = self._engine.channels.get(text.channel)
+    def _pass_over(self, text: RunningText, why: str) -> Start | None:
+        """Governed: the newest deployed revision ``text`` may not or cannot run on this
+        node (another node deployed it, or this one started without it), by the start's
+        rules: a channel running already keeps the approved revision it loaded (a fallback
+        when that is older); one not running walks back to the newest earlier deployed
+        revision that may and can run, returned to be started, else it stays left out.
+        Looked at again next round, so that restoring the approved code starts it."""
+        engine, name = self._engine, text.channel
+        running = engine.channels.get(name)
         if running is not None and running.revision == text.number:
-            return
-        self._applied.pop(text.channel, None)
-        if running is None and asks_to_run(self._engine.config, text.channel, text.yaml):
-            self._engine.left_out[text.channel] = f"revision #{text.number} may not run: {why}"
-        if self._refused.get(text.channel) == why:
-            return
-        self._refused[text.channel] = why
-        log.error(
-            "channel %s: revision #%d may not run, so this engine does not run it: %s",
-            text.channel,
-            text.number,
-            why,
-        )
+            # It runs already, on the code it loaded: _warn_unapproved_code says so.
+            return None
+        self._applied.pop(name, None)
+        if running is not None:
+            if running.revision is not None:
+                reason = f"revision #{text.number} cannot run: {why}"
+                self._fell_back(name, Fallback(running.revision, text.number, reason))
+            return None
+        if not asks_to_run(engine.config, name, text.yaml):
+            return None
+        start = walk_back(engine.store, engine.config, name, text)
+        if start.channel is not None:
+            return start
+        left = f"revision #{text.number} cannot run: {start.problems[0]}"
+        if engine.left_out.get(name) != left:  # else said already (by the start)
+            engine.left_out[name] = left
+            log.error(
+                "channel %s: revision #%d cannot run; the channel is left out:\n%s",
+                name,
+                text.number,
+                "\n".join(start.problems),
+            )
+            fallback.record(
+                engine.store, engine.config.node, name, text.number, None, start.why(text.number)
+            )
+        return None
+
+    def _fell_back(self, name: str, now: Fallback) -> None:
+        """``name`` runs ``now.running``, not its newest revision: logged and audited once
+        per pair of revisions (the start has already done so for its own)."""
+        engine = self._engine
+        known = engine.fallbacks.get(name)
+        if known is None or (known.running, known.newest) != (now.running, now.newest):
+            log.error(
+                "channel %s: revision #%d cannot run; it runs revision #%d instead:\n%s",
+                name,
+                now.newest,
+                now.running,
+                now.reason,
+            )
+            fallback.record(
+                engine.store, engine.config.node, name, now.newest, now.running, now.reason
+            )
+        engine.fallbacks[name] = now  # shown once audited
 
     def _warn_unapproved_code(self, texts: dict[str, RunningText]) -> None:
         """Governed: log, once per difference, a running channel whose loaded mapping code,
-        or whose mapping code on disk (which a restart would load), is not its revision's."""
+        or whose mapping code on disk (which a restart would load), is not its revision's;
+        the latter is audited and not ``restartable`` in ``/health`` until the code is back."""
         folder = self._engine.config.mappings
         for name, compiled in list(self._engine.channels.items()):
             text = texts.get(name)
             if text is None or text.mappings_sha256 is None or compiled.revision != text.number:
+                self._engine.not_restartable.pop(name, None)
                 continue
             disk = mapping_code.digest(mapping_code.sources(folder, compiled.config))
             seen = (compiled.mappings_sha256, disk)
@@ -187,7 +245,15 @@ class RevisionWatcher:
                     text.number,
                     short(approved),
                 )
-            elif disk != approved:
+            if disk == approved:
+                self._engine.not_restartable.pop(name, None)
+            else:
+                why = unapproved_code(self._engine.config, compiled.config, approved)
+                fallback.record_code_differs(
+                    self._engine.store, self._engine.config.node, name, text.number, why
+                )
+                self._engine.not_restartable[name] = why  # shown once audited
+            if compiled.mappings_sha256 == approved and disk != approved:
                 log.warning(
                     "channel %s: the mapping code under %s (sha256 %s) differs from the code "
                     "approved with revision #%d (%s), which runs; a restart would not start the "

@@ -4,6 +4,7 @@ monitoring: ``/health``'s channels and ``degraded``, ``tie_channel_up`` and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
@@ -16,10 +17,11 @@ import pytest
 from console_testing import PASSWORD, sign_in
 from tie_testing import RunningEngine, api_token, engine_config, wait_until
 
-from router import governance
+from router import audit, governance
 from router.auth.users import add_user
 from router.channel_control import set_paused
 from router.channel_health import channel_health
+from router.config import EngineConfig
 from router.governance.deploy import mark_deployed
 from router.store.database import Store
 
@@ -32,7 +34,13 @@ def channel_text(name: str, port: int = 0, transform: str = "") -> str:
 
 def state(name: str, revision: int | None) -> dict[str, object]:
     """A channel in ``/health`` running the newest deployed revision (or none)."""
-    return {"state": name, "revision": revision, "deployed": revision, "fallback": False}
+    return {
+        "state": name,
+        "revision": revision,
+        "deployed": revision,
+        "fallback": False,
+        "restartable": True,
+    }
 
 
 def serving(running: RunningEngine) -> httpx.Client:
@@ -147,27 +155,7 @@ def test_a_channel_started_from_an_older_revision_is_a_fallback_everywhere(
     """Revision 2 (new mapping code) is deployed, then yesterday's code is back on disk:
     the start runs revision 1, and nobody may take that for plain ``running``. ``/health``
     (public) gives the numbers and ``degraded``, never the reason; the signed-in views do."""
-    config = engine_config(tmp_path, store_url, governance="governed")
-    config.channels.mkdir()
-    (config.channels / "orders.yaml").write_text(
-        channel_text("orders", transform="transform: tidy:f\n")
-    )
-    tidy = config.mappings / "tidy.py"
-    tidy.write_text("def f(message):\n    return message.raw\n")
-    RunningEngine(config, None).stop()  # the files become approved revision 1
-    store = Store(store_url)
-    try:
-        with store.begin() as conn:
-            add_user(conn, "erin", ["engineer"], None, actor="test")
-            add_user(conn, "ada", ["approver"], None, actor="test")
-            add_user(conn, "sam", ["support"], PASSWORD, actor="test")
-        tidy.write_text("def f(message):\n    return message.raw.upper()\n")
-        text = (config.channels / "orders.yaml").read_text()
-        governance.propose(store, config, "orders", text, actor="erin", reason="upper")
-        governance.approve(store, config, "orders", 2, actor="ada")
-        assert mark_deployed(store, "orders", 2, actor="test")
-    finally:
-        store.dispose()
+    config, tidy = two_revisions(tmp_path, store_url)
     tidy.write_text("def f(message):\n    return message.raw\n")  # an old commit deployed
     monkeypatch.delitem(sys.modules, "tie_mappings.tidy", raising=False)  # as a new process
     api_token(store_url, "support", name="scraper", token=TOKEN)
@@ -194,6 +182,7 @@ def test_a_channel_started_from_an_older_revision_is_a_fallback_everywhere(
         "revision": 1,
         "deployed": 2,
         "fallback": True,
+        "restartable": True,
     }
     assert str(config.mappings) not in health.text  # public: no paths, no digests
     assert 'tie_channel_revision_fallback{channel="orders"} 1.0' in metrics
@@ -209,3 +198,139 @@ def test_a_channel_started_from_an_older_revision_is_a_fallback_everywhere(
     html = re.search(r'<tr class="attention">(.*?)</tr>', dashboard, re.S).group(1)
     assert "revision #1" in html and "fallback: newest deployed is #2" in html
     assert "is not the code approved with it" in html
+
+
+def test_code_changing_under_a_running_engine_keeps_the_approved_revision_and_says_so(
+    tmp_path: Path, store_url: str
+) -> None:
+    """Governed, revision 2 runs. Its approved code is then replaced on disk: the engine
+    keeps the code it loaded, but a restart would not start it, so /health says so and the
+    audit log has it. Then another node deploys revision 3, whose code is not on this
+    node's disk: this node keeps revision 2 (never unapproved code) as a fallback, as a
+    start would, and says so in /health, the audit log and the log."""
+    config = engine_config(tmp_path, store_url, governance="governed")
+    config.channels.mkdir()
+    orders = config.channels / "orders.yaml"
+    orders.write_text(channel_text("orders", transform="transform: tidy:f\n"))
+    tidy = config.mappings / "tidy.py"
+    tidy.write_text("def f(message):\n    return message.raw\n")
+    running = RunningEngine(config, None, http=True)
+    store, watcher = running.store, running.engine.watcher
+    try:
+        with store.begin() as conn:
+            add_user(conn, "erin", ["engineer"], None, actor="test")
+            add_user(conn, "ada", ["approver"], None, actor="test")
+        tidy.write_text("def f(message):\n    return message.raw.upper()\n")
+        governance.propose(store, config, "orders", orders.read_text(), actor="erin")
+        governance.approve(store, config, "orders", 2, actor="ada")
+        with serving(running) as client:
+            wait_until(lambda: client.get("/health").json()["channels"]["orders"]["revision"] == 2)
+            tidy.write_text("def f(message):\n    return b'not approved'\n")
+            watcher.wake()
+            stale = wait_until(lambda: (r := client.get("/health").json())["degraded"] and r)
+
+            running.call(watcher.lock.acquire())  # another node deploys meanwhile
+            try:
+                tidy.write_text("def f(message):\n    return message.raw.lower()\n")
+                governance.propose(store, config, "orders", orders.read_text(), actor="erin")
+                governance.approve(store, config, "orders", 3, actor="ada")
+                assert mark_deployed(store, "orders", 3, actor="engine@other-node")
+                tidy.write_text("def f(message):\n    return b'not approved'\n")
+            finally:
+                running.call(_release(watcher.lock))
+            watcher.wake()
+            fell_back = wait_until(
+                lambda: (r := client.get("/health").json())["channels"]["orders"]["fallback"] and r
+            )
+        with store.read() as conn:
+            events = audit.events(conn, audit.EventFilter(actor="engine@test-node"))
+    finally:
+        running.stop()
+
+    assert stale["status"] == "ok"
+    assert stale["channels"]["orders"] == {
+        "state": "running",
+        "revision": 2,
+        "deployed": 2,
+        "fallback": False,
+        "restartable": False,
+    }
+    assert fell_back["degraded"] is True
+    assert fell_back["channels"]["orders"] == {
+        "state": "running",
+        "revision": 2,
+        "deployed": 3,
+        "fallback": True,
+        "restartable": True,
+    }
+    assert str(config.mappings) not in str(fell_back)
+    kinds = [(e["action"], e["details"]["number"], e["details"].get("running")) for e in events]
+    assert ("revision.code-differs", 2, None) in kinds
+    assert ("revision.fallback", 3, 2) in kinds
+    assert [k for k in kinds if k[0] == "revision.fallback"] == [("revision.fallback", 3, 2)]
+
+
+async def _release(lock: asyncio.Lock) -> None:
+    lock.release()
+
+
+def two_revisions(tmp_path: Path, store_url: str) -> tuple[EngineConfig, Path]:
+    """A governed channel ``orders`` whose revision 1 (the file) ran, then revision 2 with
+    new mapping code was approved and deployed; and its code file, holding revision 2's
+    code. ``sam`` (support) can sign in."""
+    config = engine_config(tmp_path, store_url, governance="governed")
+    config.channels.mkdir()
+    (config.channels / "orders.yaml").write_text(
+        channel_text("orders", transform="transform: tidy:f\n")
+    )
+    tidy = config.mappings / "tidy.py"
+    tidy.write_text("def f(message):\n    return message.raw\n")
+    RunningEngine(config, None).stop()  # the files become approved revision 1
+    store = Store(store_url)
+    try:
+        with store.begin() as conn:
+            add_user(conn, "erin", ["engineer"], None, actor="test")
+            add_user(conn, "ada", ["approver"], None, actor="test")
+            add_user(conn, "sam", ["support"], PASSWORD, actor="test")
+        tidy.write_text("def f(message):\n    return message.raw.upper()\n")
+        text = (config.channels / "orders.yaml").read_text()
+        governance.propose(store, config, "orders", text, actor="erin", reason="upper")
+        governance.approve(store, config, "orders", 2, actor="ada")
+        assert mark_deployed(store, "orders", 2, actor="test")
+    finally:
+        store.dispose()
+    return config, tidy
+
+
+def test_a_channel_left_out_starts_from_an_older_revision_once_its_code_is_back(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither revision's code is on disk at start: the channel is left out. Restoring
+    revision 1's code (not 2's) starts it from revision 1 while running, as a restart
+    would, rather than waiting for a restart: a fallback, audited."""
+    config, tidy = two_revisions(tmp_path, store_url)
+    tidy.write_text("def f(message):\n    return b'not approved'\n")
+    monkeypatch.delitem(sys.modules, "tie_mappings.tidy", raising=False)  # as a new process
+    running = RunningEngine(config, None, http=True)
+    try:
+        with serving(running) as client:
+            left_out = client.get("/health").json()["channels"]["orders"]
+            tidy.write_text("def f(message):\n    return message.raw\n")  # revision 1's
+            running.engine.watcher.wake()
+            started = wait_until(
+                lambda: (r := client.get("/health").json()["channels"]["orders"])["revision"] and r
+            )
+        with running.store.read() as conn:
+            events = audit.events(conn, audit.EventFilter(actor="engine@test-node"))
+    finally:
+        running.stop()
+
+    assert left_out["state"] == "left-out"
+    assert started == {
+        "state": "running",
+        "revision": 1,
+        "deployed": 2,
+        "fallback": True,
+        "restartable": True,
+    }
+    assert [e["action"] for e in reversed(events)] == ["revision.left-out", "revision.fallback"]
