@@ -170,7 +170,8 @@ def test_a_restart_with_unapproved_code_on_disk_runs_only_approved_code(
         assert "is not the code approved with it" in caplog.text
         code.write_text(versioned("v2"))  # the approved code, restored from git
         running.engine.watcher.wake()
-        wait_until(lambda: "orders" in running.engine.channels)
+        # The reloader runs the channel, then starts its listener: wait for the listener.
+        wait_until(lambda: any(x.channel.name == "orders" for x in running.engine.listeners))
         send(running, hl7_message(hl7_samples[OML], "R1"))
         wait_until(lambda: lab.control_ids() == ["R1-v2"])
         assert revisions_by_control_id(running) == {"R1": 2}
