@@ -20,6 +20,7 @@ from sqlalchemy import select
 from tie_testing import Hl7Receiver, RunningEngine, engine_config, hl7_message, wait_until
 
 from router.auth.users import add_user
+from router.console.form_nonce import FIELD, new_nonce
 from router.store.schema import deliveries
 
 PASSWORD = "correct horse battery staple"
@@ -154,9 +155,20 @@ def order(sample: bytes, control_id: str, *, name: str | None = None) -> bytes:
     return b"\r".join(segments)
 
 
-def sign_in(url: str, name: str) -> httpx.Client:
+class ConsoleClient(httpx.Client):
+    """A client that sends each console form as if from a page just loaded: a form with the
+    session's CSRF token gets a fresh one-time nonce (router/console/form_once.py) unless it
+    carries one, the way a test of sending a form twice does."""
+
+    def post(self, url: Any, *, data: Any = None, **options: Any) -> httpx.Response:
+        if isinstance(data, dict) and "csrf_token" in data and FIELD not in data:
+            data = {**data, FIELD: new_nonce(data["csrf_token"])}
+        return super().post(url, data=data, **options)
+
+
+def sign_in(url: str, name: str) -> ConsoleClient:
     """An HTTP client holding a console session for ``name``."""
-    client = httpx.Client(base_url=url, timeout=10)
+    client = ConsoleClient(base_url=url, timeout=10)
     form = client.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
     assert token, form.text

@@ -22,6 +22,7 @@ from router.api.security import Principal, csrf_token
 from router.config import channel_file
 from router.config._base import CHANNEL_NAME
 from router.console.access import Approver, Engineer, Requester, Reviewer, Viewer
+from router.console.form_once import once
 from router.console.templating import render
 from router.governance.deploy import running_texts
 from router.governance.models import (
@@ -122,8 +123,18 @@ def approval_routes(engine: Engine) -> APIRouter:
         outcome: Outcome,
         refused: Callable[[str, int], HTMLResponse] | None = None,
     ) -> Response:
-        """Run a governance action and say what it did; on refusal, show the reason on the
-        inbox (or through ``refused``, which gets the reason and the status)."""
+        """Run a governance action and say what it did, once per form (form_once.py); on
+        refusal, show the reason on the inbox (or through ``refused``, which gets the reason
+        and the status)."""
+        return await once(request, lambda: act_once(request, principal, act, outcome, refused))
+
+    async def act_once(
+        request: Request,
+        principal: Principal,
+        act: Callable[[], Any],
+        outcome: Outcome,
+        refused: Callable[[str, int], HTMLResponse] | None,
+    ) -> Response:
         try:
             result = await asyncio.to_thread(act)
         except governance.GovernanceError as exc:

@@ -12,6 +12,7 @@ from router.api.security import csrf_token
 from router.channel_control import set_paused
 from router.channel_health import channel_health
 from router.console.access import Support, Viewer
+from router.console.form_once import once
 from router.console.statistics import dashboard
 from router.console.templating import render
 
@@ -37,20 +38,25 @@ def dashboard_routes(engine: Engine) -> APIRouter:
     async def pause_or_resume(
         name: str,
         switch: str,
+        request: Request,
         principal: Support,
         reason: str = Form(default="", max_length=1000),
     ) -> Response:
         """Pause: messages are still received and stored, not processed. Resume: backlog first."""
-        if name not in engine.channels:
-            raise HTTPException(404, f"no channel named {name!r}")
-        if switch not in ("pause", "resume"):
-            raise HTTPException(404, "pause or resume")
         paused = switch == "pause"
-        await asyncio.to_thread(
-            set_paused, store, name, paused, actor=principal.name, reason=reason
-        )
-        if not paused:
-            engine.processor.wake()
-        return RedirectResponse("/", status_code=303)
+
+        async def act() -> Response:
+            if name not in engine.channels:
+                raise HTTPException(404, f"no channel named {name!r}")
+            if switch not in ("pause", "resume"):
+                raise HTTPException(404, "pause or resume")
+            await asyncio.to_thread(
+                set_paused, store, name, paused, actor=principal.name, reason=reason
+            )
+            if not paused:
+                engine.processor.wake()
+            return RedirectResponse("/", status_code=303)
+
+        return await once(request, act)
 
     return routes

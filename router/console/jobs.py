@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from router.api.security import csrf_token
 from router.console.access import Support, Viewer
+from router.console.form_once import once
 from router.console.templating import render
 from router.dps.closing import NoSuchJob, NotClosable, close_job, closure
 from router.dps.jobs import list_jobs
@@ -37,16 +38,24 @@ def job_routes(engine: Engine) -> APIRouter:
 
     @routes.post("/jobs/{job_id}/close")
     async def close(
-        job_id: str, principal: Support, reason: str = Form(default="", max_length=1000)
+        job_id: str,
+        request: Request,
+        principal: Support,
+        reason: str = Form(default="", max_length=1000),
     ) -> Response:
-        try:
-            await asyncio.to_thread(close_job, store, job_id, reason=reason, actor=principal.name)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from exc
-        except NoSuchJob as exc:
-            raise HTTPException(404, str(exc)) from exc
-        except NotClosable as exc:
-            raise HTTPException(409, str(exc)) from exc
-        return RedirectResponse("/jobs?closed=1", status_code=303)
+        async def act() -> Response:
+            try:
+                await asyncio.to_thread(
+                    close_job, store, job_id, reason=reason, actor=principal.name
+                )
+            except ValueError as exc:
+                raise HTTPException(400, str(exc)) from exc
+            except NoSuchJob as exc:
+                raise HTTPException(404, str(exc)) from exc
+            except NotClosable as exc:
+                raise HTTPException(409, str(exc)) from exc
+            return RedirectResponse("/jobs?closed=1", status_code=303)
+
+        return await once(request, act)
 
     return routes

@@ -21,6 +21,7 @@ from router.api.params import IdPath
 from router.api.security import Principal, csrf_token
 from router.console.access import Support
 from router.console.bulk_outcome import copies_made, decode_ids, encode_ids, outcome
+from router.console.form_once import once
 from router.console.search import Search, find, read_search
 from router.console.templating import render
 from router.store.database import Store
@@ -56,16 +57,20 @@ def replay_routes(engine: Engine) -> APIRouter:
     @routes.post("/messages/{message_id}/reprocess")
     async def reprocess(
         message_id: IdPath,
+        request: Request,
         principal: Support,
         reason: str = Form(default="", max_length=MAX_REASON),
     ) -> Response:
-        result = await _act(
-            replay.reprocess, store, message_id, reason=reason, actor=principal.name
-        )
-        engine.processor.wake()
-        return RedirectResponse(
-            f"/messages/{message_id}?done=reprocessed&copy={result.copy}", status_code=303
-        )
+        async def act() -> Response:
+            result = await _act(
+                replay.reprocess, store, message_id, reason=reason, actor=principal.name
+            )
+            engine.processor.wake()
+            return RedirectResponse(
+                f"/messages/{message_id}?done=reprocessed&copy={result.copy}", status_code=303
+            )
+
+        return await once(request, act)
 
     @routes.post("/deliveries/{delivery_id}/resend/preview", response_class=HTMLResponse)
     async def resend_preview(
@@ -76,13 +81,19 @@ def replay_routes(engine: Engine) -> APIRouter:
     @routes.post("/deliveries/{delivery_id}/resend")
     async def resend(
         delivery_id: IdPath,
+        request: Request,
         principal: Support,
         reason: str = Form(default="", max_length=MAX_REASON),
     ) -> Response:
-        result = await _act(replay.resend, store, delivery_id, reason=reason, actor=principal.name)
-        assert result.copy is not None
-        message_id = await asyncio.to_thread(_notify_copy, store, engine, int(result.copy))
-        return RedirectResponse(f"/messages/{message_id}?done=resent", status_code=303)
+        async def act() -> Response:
+            result = await _act(
+                replay.resend, store, delivery_id, reason=reason, actor=principal.name
+            )
+            assert result.copy is not None
+            message_id = await asyncio.to_thread(_notify_copy, store, engine, int(result.copy))
+            return RedirectResponse(f"/messages/{message_id}?done=resent", status_code=303)
+
+        return await once(request, act)
 
     async def dry_run(
         request: Request,
@@ -138,9 +149,20 @@ def replay_routes(engine: Engine) -> APIRouter:
         reason = str(form.get("reason", ""))[:MAX_REASON]
         listed = (parse_id(v) for v in str(form.get("ids", "")).split(","))
         ids = [i for i in listed if i is not None][:MAX_BULK]
+        search = read_search(form)
+        return await once(request, lambda: confirm(request, principal, action, ids, search, reason))
+
+    async def confirm(
+        request: Request,
+        principal: Principal,
+        action: str,
+        ids: list[int],
+        search: Search,
+        reason: str,
+    ) -> Response:
+        """Act on exactly the items the dry run listed, once per form (form_once.py)."""
         if action not in ACTIONS:
             raise HTTPException(400, "unknown action")
-        search = read_search(form)
         if not reason.strip():
             problem = "Give a reason: it is kept in the audit log with each item."
             return await dry_run(

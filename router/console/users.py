@@ -33,6 +33,7 @@ from router.auth.roles import ROLES
 from router.auth.tokens import MAX_LABEL, issue_token, list_tokens, revoke_token
 from router.auth.users import NAME, add_user, disable_user, list_users
 from router.console.access import Admin
+from router.console.form_once import form_outcome, once
 from router.console.templating import render
 from router.store.inbound import utcnow
 from router.units import parse_duration
@@ -56,6 +57,8 @@ DONE = {
     "password": "Set the password of {user}: their sessions are ended.",
     "revoked": "Revoked token {token}.",
     "added": "Added {user}.",
+    "issued": "Issued token {token} for {user}: its value was shown once, in the answer to "
+    "the form that issued it. If nobody kept it, revoke the token and issue another.",
 }
 REVOKED_TOO = " Revoked token(s) {revoked}: they held no role {user} still has."
 
@@ -103,7 +106,18 @@ def user_routes(engine: Engine) -> APIRouter:
     ) -> Response:
         """Run ``work`` in a write transaction and say what it did (``answer``, else a
         redirect naming the outcome); a refusal (no reason, no such user or token, a guard)
-        is shown on the page, ``retry``'s dialog open again, and changes nothing."""
+        is shown on the page, ``retry``'s dialog open again, and changes nothing. Once per
+        form (router/console/form_once.py)."""
+        return await once(request, lambda: act(request, principal, reason, work, retry, answer))
+
+    async def act(
+        request: Request,
+        principal: Principal,
+        reason: str,
+        work: Callable[[Connection], Any],
+        retry: Retry | None,
+        answer: Callable[[Any], Response] | None,
+    ) -> Response:
         if not reason.strip():
             problem = "give a reason: it is kept in the audit log"
             return await page(request, principal, problem, 422, retry)
@@ -178,6 +192,9 @@ def user_routes(engine: Engine) -> APIRouter:
 
         def shown(issued: tuple[int, str]) -> Response:
             token_id, token = issued
+            form_outcome(
+                request, f"/users?{urlencode({'done': 'issued', 'user': name, 'token': token_id})}"
+            )
             context = {"principal": principal, "csrf": csrf_token(request)}
             context.update(token_id=token_id, token=token, user=name, roles=sorted(role or ()))
             context.update(label=label.strip())

@@ -432,6 +432,17 @@ idempotency_keys = Table(
     Index(None, "created_at"),
 )
 
+# Console forms sent once (router/console/form_once.py): each form's one-time nonce, when
+# it was first sent and where its answer led, so a second sending shows that, never acts.
+form_submissions = Table(
+    "form_submissions",
+    metadata,
+    Column("nonce", String(32), primary_key=True),
+    Column("used_at", UtcDateTime(), nullable=False),
+    Column("outcome", String(2000)),
+    Index(None, "used_at"),
+)
+
 # Governance (router/governance/): every channel revision is kept, with its author and approver.
 channel_revisions = Table(
     "channel_revisions",

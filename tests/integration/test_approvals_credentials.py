@@ -114,8 +114,13 @@ def csrf_of(page: httpx.Response) -> str:
 
 
 def console_approve(client: httpx.Client, number: int) -> httpx.Response:
-    csrf = csrf_of(client.get("/approvals"))
-    return client.post(f"/approvals/revisions/orders/{number}/approve", data={"csrf_token": csrf})
+    """The revision's Approve form sent from the approvals page, with its one-time nonce."""
+    page = client.get("/approvals")
+    action = f"/approvals/revisions/orders/{number}/approve"
+    form = re.search(rf'<form method="post" action="{action}">.*?</form>', page.text, re.S)
+    assert form, page.text
+    nonce = re.search(r'name="form_nonce" value="([^"]+)"', form.group(0)).group(1)
+    return client.post(action, data={"csrf_token": csrf_of(page), "form_nonce": nonce})
 
 
 def test_a_token_the_author_issued_cannot_approve_the_authors_revision(site):

@@ -326,6 +326,28 @@ def test_bulk_resend_lists_first_then_acts_on_what_was_listed(site, hl7_samples)
     assert repeat.status_code == 200 and "would resend delivery" not in repeat.text
 
 
+def test_a_bulk_reprocess_sent_twice_acts_once_and_shows_the_first(site, hl7_samples):
+    site.send_and_settle(order(hl7_samples[OML], "TWICE-1"), "TWICE-1", "sent")
+    support = sign_in(site.url, "sam")
+    token = csrf_of(support.get("/messages").text)
+    search = {"channel": CHANNEL, "csrf_token": token, "action": "reprocess"}
+    preview = support.post("/messages/bulk/preview", data=search).text
+    form = {
+        "csrf_token": token,
+        "form_nonce": re.search(r'name="form_nonce" value="([^"]+)"', preview).group(1),
+        "action": "reprocess",
+        "ids": re.search(r'name="ids" value="([\d,]+)"', preview).group(1),
+        "reason": "mapping fixed",
+    }
+    first = support.post("/messages/bulk", data=form)
+    again = support.post("/messages/bulk", data=form)
+    assert first.status_code == 303
+    assert len(_events(site, "reprocess")) == 1
+    assert again.status_code == 409 and "Nothing was done again" in again.text
+    link = re.search(r'<a href="([^"]+)">See what the first', again.text).group(1)
+    assert html.unescape(link) == first.headers["location"]
+
+
 def test_audit_page_pages_and_verifies_the_chain(site):
     support = sign_in(site.url, "sam")
     page = support.get("/audit", params={"actor": "test"})

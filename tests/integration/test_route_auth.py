@@ -136,6 +136,38 @@ def test_callers_without_the_role_are_forbidden(site):
     assert checked >= 10, "the route table should hold more role-checked routes than this"
 
 
+# Console POST routes that change nothing, so carry no one-time form nonce.
+NO_FORM_NONCE = {
+    "/logout",
+    "/session/keep-alive",
+    "/messages/bulk/preview",
+    "/messages/{message_id}/reprocess/preview",
+    "/deliveries/{delivery_id}/resend/preview",
+}
+
+
+def test_every_console_form_that_acts_needs_its_one_time_nonce(site):
+    """A form sent without the nonce its page carried is refused before it acts, so a
+    second sending of one form can never act twice (router/console/form_once.py)."""
+    with site.running.store.begin() as conn:
+        add_user(conn, "root", ["admin"], PASSWORD, actor="test")
+    admin = sign_in(site.url, "root")
+    csrf = csrf_of(admin.get("/").text)
+    form = {"csrf_token": csrf, "form_nonce": "", "channel": "x", "text": "y", "reason": "r"}
+    wrong, checked = [], 0
+    for route, method, path in _checked(_app(site)):
+        _, console = route_roles(route) or ((), False)
+        if not console or method != "POST" or route.path in NO_FORM_NONCE:
+            continue
+        answer = admin.post(path, data={**form, "action": "resend"})
+        checked += 1
+        if answer.status_code != 403 or "one-time token" not in answer.text:
+            wrong.append(f"{_label(route, method)} -> {answer.status_code}")
+    admin.close()
+    assert wrong == []
+    assert checked >= 18
+
+
 def test_public_routes_answer_anonymous_callers(site):
     with httpx.Client(base_url=site.url, timeout=10) as anonymous:
         for path in ("/health", "/openapi.json", "/docs", "/login", "/static/htmx.min.js"):

@@ -5,6 +5,7 @@ rows, and tokens shown with their issuer and when they were last used."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 from types import SimpleNamespace
@@ -92,9 +93,16 @@ def _csrf(page: str) -> str:
     return found.group(1)
 
 
+def _nonce(page: str) -> str:
+    found = re.search(r'name="form_nonce" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
 def _post(client: Client, path: str, **form: object) -> object:
-    csrf = _csrf(client.get("/users").text)
-    return client.post(path, data={"csrf_token": csrf, **form})
+    """The form sent from a page just loaded: the session's CSRF token, a fresh nonce."""
+    page = client.get("/users").text
+    return client.post(path, data={"csrf_token": _csrf(page), "form_nonce": _nonce(page), **form})
 
 
 def _events(store: Store, action: str) -> list[tuple[str, str, dict]]:
@@ -306,11 +314,7 @@ def test_a_refused_user_is_shown_again_with_what_was_typed_but_passwords(
 
 def test_an_issued_token_is_shown_once_uncached_and_nowhere_else(ada, store, caplog):
     caplog.set_level("DEBUG")
-    csrf = _csrf(ada.get("/users").text)
-    issued = ada.post(
-        "/users/gp/tokens",
-        data={"csrf_token": csrf, "role": ["sender"], "expires": "90d", "reason": "PAS go-live"},
-    )
+    issued = _post(ada, "/users/gp/tokens", role=["sender"], expires="90d", reason="PAS go-live")
     assert issued.status_code == 200, "the answer itself: no redirect to carry it"
     assert issued.headers["cache-control"] == "no-store"
     assert 'data-shown-once="/users"' in issued.text
@@ -329,6 +333,49 @@ def test_an_issued_token_is_shown_once_uncached_and_nowhere_else(ada, store, cap
 
     api = Client(ada.app).get("/api/users", headers={"Authorization": f"Bearer {token}"})
     assert api.status_code == 403, "a live sender's token (refused: not an admin)"
+
+
+def test_a_token_form_sent_twice_issues_one_token_and_says_so(ada, store):
+    page = ada.get("/users").text
+    with store.read() as conn:
+        gp_id = conn.scalar(select(users.c.id).where(users.c.name == "gp"))
+    form = {
+        "csrf_token": _csrf(page),
+        "form_nonce": _nonce(_dialog(page, f"token-{gp_id}")),
+        "role": ["sender"],
+        "reason": "PAS go-live",
+    }
+    first = ada.post("/users/gp/tokens", data=form)
+    again = ada.post("/users/gp/tokens", data=form)
+    assert first.status_code == 200 and "tie_" in first.text
+    assert again.status_code == 409 and "tie_" not in again.text
+    assert "Already sent" in again.text and "Nothing was done again" in again.text
+    with store.read() as conn:
+        (token_id,) = conn.scalars(select(api_tokens.c.id)).all()
+    assert len(_events(store, "token-issue")) == 1
+    link = re.search(r'<a href="([^"]+)">See what the first', again.text).group(1)
+    seen = ada.get(html.unescape(link))
+    assert f"Issued token {token_id} for gp" in seen.text and "tie_" not in seen.text
+
+
+def test_a_form_without_its_nonce_or_with_another_sessions_is_refused(app, ada, store):
+    page = ada.get("/users").text
+    bare = ada.post("/users/sam/disable", data={"csrf_token": _csrf(page), "reason": "left"})
+    assert bare.status_code == 403 and "one-time token" in bare.text
+    other = _signed_in(app, store, "ada")
+    theirs = _nonce(other.get("/users").text)
+    form = {"csrf_token": _csrf(page), "form_nonce": theirs, "reason": "left"}
+    assert ada.post("/users/sam/disable", data=form).status_code == 403
+    assert _events(store, "user-disable") == []
+
+
+def test_a_refused_form_can_be_corrected_and_sent_again(ada, store):
+    page = ada.get("/users").text
+    form = {"csrf_token": _csrf(page), "form_nonce": _nonce(page), "reason": " "}
+    assert ada.post("/users/sam/disable", data=form).status_code == 422
+    done = ada.post("/users/sam/disable", data=form | {"reason": "left"})
+    assert done.status_code == 303
+    assert [e[1] for e in _events(store, "user-disable")] == ["user:sam"]
 
 
 @pytest.mark.parametrize(
