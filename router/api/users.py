@@ -73,6 +73,7 @@ class RotateIn(BaseModel):
     expires_at: Moment | None = Field(
         default=None, description="the new token's; default: as long as the old one was given"
     )
+    reason: str = Field(default="", max_length=1000, description="why: kept in the audit log")
 
 
 class TokenIn(BaseModel):
@@ -244,6 +245,7 @@ def user_routes(engine: Engine) -> APIRouter:
                 actor=principal.name,
                 overlap=timedelta(seconds=body.overlap),
                 expires_at=body.expires_at,
+                reason=body.reason,
             )
         )
         return {

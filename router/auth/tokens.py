@@ -123,11 +123,12 @@ def rotate_token(
     actor: str,
     overlap: timedelta,
     expires_at: datetime | None = None,
+    reason: str = "",
 ) -> Rotation:
     """A new token with the old one's user, roles and label; the old one keeps working for
     ``overlap`` more (at most until it would have expired anyway), long enough to put the
     new one in place, then expires. Without ``expires_at``, the new token lives as long
-    as the old one was given (none: until revoked)."""
+    as the old one was given (none: until revoked). ``reason`` is kept when given."""
     t = api_tokens.c
     old = conn.execute(
         select(t.roles, t.created_at, t.expires_at, t.revoked_at, t.label, users.c.name)
@@ -149,7 +150,9 @@ def rotate_token(
     )
     until = min(now + overlap, old.expires_at) if old.expires_at else now + overlap
     conn.execute(api_tokens.update().where(t.id == token_id).values(expires_at=until))
-    details = {"token": token_id, "new_token": new_id, "old_expires_at": until}
+    details: dict[str, Any] = {"token": token_id, "new_token": new_id, "old_expires_at": until}
+    if reason.strip():
+        details["reason"] = reason.strip()
     audit.append(conn, actor, "token-rotate", f"user:{old.name}", details)
     return Rotation(old.name, new_id, token, until, expires_at)
 

@@ -99,7 +99,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--expires",
         help="lifetime, e.g. 90d or 12h (default: until revoked; rotate: the old one's)",
     )
-    token.add_argument("--reason", default="", help="issue or revoke: why, kept in the audit log")
+    token.add_argument(
+        "--reason", default="", help="issue, rotate or revoke: why, kept in the audit log"
+    )
     token.add_argument(
         "--label",
         help="issue: a name for it, shown in listings, e.g. 'PAS live' (rotate: the old one's)",
@@ -305,7 +307,9 @@ def _rotate(args: argparse.Namespace, store: Any, who: str, expires: datetime | 
     overlap = _duration(args.overlap, "--overlap")
     try:
         with store.begin() as conn:
-            done = rotate_token(conn, args.id, actor=who, overlap=overlap, expires_at=expires)
+            done = rotate_token(
+                conn, args.id, actor=who, overlap=overlap, expires_at=expires, reason=args.reason
+            )
     except (LookupError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
     until = f"{done.old_expires_at:%Y-%m-%d %H:%M:%S} UTC"

@@ -1,6 +1,7 @@
 """The users page (admin only): accounts with their roles, state and last sign-in, and
 their API tokens with when each was last used; adding a user, changing roles, disabling
-and enabling, resetting a password, issuing and revoking a token, each with a reason.
+and enabling, resetting a password, issuing, rotating and revoking a token, each with a
+reason.
 
 Every change goes through the services the CLI and the API use (router/auth/accounts.py,
 users.py, tokens.py), in one transaction with its audit event, so the same guards hold:
@@ -8,9 +9,10 @@ the last enabled admin is kept, tokens follow their user's roles, the admin who 
 password is recorded as its maker for four eyes. A refusal is shown on the page, its
 dialog opened again with what was typed but passwords.
 
-A new token's value is in the answer to the form that issued it, once: that page is not
-cached, the value is never in a URL, a redirect, a log line or the audit row, and the page
-replaces its own history entry with /users, so reloading or going back does not show it.
+A new token's value (issued or rotated) is in the answer to the form that made it, once:
+that page is not cached, the value is never in a URL, a redirect, a log line or the audit
+row, and the page replaces its own history entry with /users, so reloading or going back
+does not show it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from router.api.security import Principal, csrf_token
 from router.auth.accounts import change_roles, enable_user, set_password
 from router.auth.passwords import MAX_LENGTH
 from router.auth.roles import ROLES
-from router.auth.tokens import MAX_LABEL, issue_token, list_tokens, revoke_token
+from router.auth.tokens import (
+    MAX_LABEL,
+    Rotation,
+    issue_token,
+    list_tokens,
+    revoke_token,
+    rotate_token,
+)
 from router.auth.users import NAME, add_user, disable_user, list_users
 from router.console.access import Admin
 from router.console.form_once import form_outcome, once
@@ -57,6 +66,8 @@ DONE = {
     "password": "Set the password of {user}: their sessions are ended.",
     "revoked": "Revoked token {token}.",
     "added": "Added {user}.",
+    "rotated": "Rotated token {old} into token {token} for {user}: the new value was shown "
+    "once, in the answer to the form that rotated it; the old one works until its overlap ends.",
     "issued": "Issued token {token} for {user}: its value was shown once, in the answer to "
     "the form that issued it. If nobody kept it, revoke the token and issue another.",
 }
@@ -203,6 +214,43 @@ def user_routes(engine: Engine) -> APIRouter:
         retry = Retry(f"token-{name}", typed)
         return await attempt(request, principal, reason, work, retry, shown)
 
+    @routes.post("/users/tokens/{token_id}/rotate")
+    async def rotate(
+        token_id: IdPath,
+        request: Request,
+        principal: Admin,
+        reason: str = Form(default="", max_length=MAX_REASON),
+        overlap: str = Form(default="24h", max_length=MAX_EXPIRES),
+        expires: str = Form(default="", max_length=MAX_EXPIRES),
+    ) -> Response:
+        """``run.py users token rotate`` and ``POST /api/users/tokens/ID/rotate``: a new
+        token with the old one's user, roles and label, shown once like an issued one; the
+        old one works on for ``overlap``, then expires."""
+        typed = {"reason": reason, "overlap": overlap, "expires": expires}
+
+        def work(conn: Connection) -> Rotation:
+            beside = _lifetime(overlap, "old token works on for")
+            until = utcnow() + _lifetime(expires) if expires.strip() else None
+            return rotate_token(
+                conn,
+                token_id,
+                actor=principal.name,
+                overlap=beside,
+                expires_at=until,
+                reason=reason,
+            )
+
+        def shown(done: Rotation) -> Response:
+            query = {"done": "rotated", "user": done.user, "token": done.new_id, "old": token_id}
+            form_outcome(request, f"/users?{urlencode(query)}")
+            context = {"principal": principal, "csrf": csrf_token(request)}
+            context.update(token_id=done.new_id, token=done.token, user=done.user)
+            context.update(rotated=token_id, old_expires_at=done.old_expires_at)
+            return render(request, "token_issued.html", context)
+
+        retry = Retry(f"rotate-{token_id}", typed)
+        return await attempt(request, principal, reason, work, retry, shown)
+
     @routes.post("/users/{name}/roles")
     async def roles(
         name: str,
@@ -304,16 +352,17 @@ class Retry:
         return self.typed.get(field, default) if dialog == self.dialog else default
 
 
-def _lifetime(text: str) -> timedelta:
-    """A token's lifetime from ``90d``, ``12h``...: more than nothing, at most ten years."""
+def _lifetime(text: str, field: str = "expires after") -> timedelta:
+    """A token's lifetime (or overlap) from ``90d``, ``12h``...: more than nothing, at most
+    ten years."""
     try:
         span = timedelta(seconds=parse_duration(text.strip()))
     except ValueError as exc:
-        raise ValueError(f"expires after: {exc}") from exc
+        raise ValueError(f"{field}: {exc}") from exc
     if span <= timedelta(0):
-        raise ValueError("expires after: give a lifetime longer than nothing, e.g. 90d")
+        raise ValueError(f"{field}: give a lifetime longer than nothing, e.g. 90d")
     if span > LONGEST_TOKEN:
-        raise ValueError("expires after: at most 3650d; leave it empty for until revoked")
+        raise ValueError(f"{field}: at most 3650d")
     return span
 
 
@@ -326,6 +375,7 @@ def _notice(params: Mapping[str, str]) -> str | None:
     fields = {
         "user": user if NAME.fullmatch(user) else "?",
         "token": _number(params.get("token", "")),
+        "old": _number(params.get("old", "")),
     }
     revoked = [_number(i) for i in params.get("revoked", "").split(",") if i]
     text = template.format(**fields)

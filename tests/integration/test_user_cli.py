@@ -280,13 +280,18 @@ def test_a_sending_systems_token_is_rotated_on_the_command_line(config, store_ur
     assert "keeps its label" in _refusal(
         config, capsys, "token", "rotate", "1", "--label", "other", *ADA
     )
-    code, out = _run(config, capsys, "token", "rotate", "1", "--overlap", "2h", *ADA)
+    rotate = ("token", "rotate", "1", "--overlap", "2h", "--reason", "yearly", *ADA)
+    code, out = _run(config, capsys, *rotate)
     assert code == 0 and out.startswith("token 2 for gp; token 1 works until ")
     new = out.splitlines()[-1]
     store = Store(store_url)
     try:
         with store.read() as conn:
             assert token_holder(conn, old) == token_holder(conn, new) == ("gp", {"sender"})
+            rotated = conn.scalar(
+                select(audit_events.c.details).where(audit_events.c.action == "token-rotate")
+            )
+        assert json.loads(rotated)["reason"] == "yearly"
     finally:
         store.dispose()
     assert "leave out --role" in _refusal(

@@ -442,6 +442,47 @@ def test_the_api_keeps_a_reason_for_adding_a_user_and_issuing_a_token(app, store
     assert _events(store, "token-issue")[-1][2]["reason"] == "go-live"
 
 
+def test_an_admin_rotates_a_token_with_a_reason_and_sees_the_new_one_once(ada, store):
+    with store.begin() as conn:
+        old_id, _ = issue_token(conn, "gp", ["sender"], actor="test", label="PAS live")
+    assert f'aria-label="Rotate… token {old_id} of gp"' in ada.get("/users").text
+    path = f"/users/tokens/{old_id}/rotate"
+    refused = _post(ada, path, overlap="1h", expires="4000d", reason="yearly")
+    assert refused.status_code == 422 and "at most 3650d" in refused.text
+    dialog = _dialog(refused.text, f"rotate-{old_id}")
+    assert "data-reopen" in dialog and 'value="4000d"' in dialog and ">yearly</textarea>" in dialog
+    assert _post(ada, path, overlap="1h", reason=" ").status_code == 422
+    done = _post(ada, path, overlap="1h", reason="yearly")
+    assert done.status_code == 200 and done.headers["cache-control"] == "no-store"
+    assert 'data-shown-once="/users"' in done.text
+    token = re.search(r'value="(tie_[^"]+)"', done.text).group(1)
+    t = api_tokens.c
+    with store.read() as conn:
+        old, new = conn.execute(select(t.id, t.label, t.expires_at).order_by(t.id)).all()
+    assert new.label == "PAS live" and old.expires_at is not None
+    assert f"Rotated token {old_id} into token {new.id} for gp" in done.text
+    ((actor, target, details),) = _events(store, "token-rotate")
+    assert (actor, target, details["reason"], details["new_token"]) == (
+        "ada",
+        "user:gp",
+        "yearly",
+        new.id,
+    )
+    assert token not in json.dumps(_events(store, "token-issue"))
+    assert token not in ada.get("/users").text
+
+
+def test_the_api_keeps_a_reason_for_rotating_a_token(app, store):
+    with store.begin() as conn:
+        _, token = issue_token(conn, "ada", ["admin"], actor="test")
+        old_id, _ = issue_token(conn, "gp", ["sender"], actor="test")
+    auth = {"Authorization": f"Bearer {token}"}
+    body = {"overlap": "1h", "reason": "yearly"}
+    rotated = Client(app).post(f"/api/users/tokens/{old_id}/rotate", json=body, headers=auth)
+    assert rotated.status_code == 201, rotated.text
+    assert _events(store, "token-rotate")[0][2]["reason"] == "yearly"
+
+
 def test_a_tokens_label_is_given_kept_on_rotation_and_listed(app, ada, store):
     with store.begin() as conn:
         _, token = issue_token(conn, "ada", ["admin"], actor="test")
