@@ -256,8 +256,16 @@ def user_routes(engine: Engine) -> APIRouter:
         }
 
     @router.delete("/tokens/{token_id}", status_code=204)
-    async def revoke(token_id: IdPath, principal: Principal = Depends(admin)) -> Response:
-        await write(lambda conn: revoke_token(conn, token_id, actor=principal.name))
+    async def revoke(
+        token_id: IdPath,
+        body: OptionalReasonIn | None = None,
+        principal: Principal = Depends(admin),
+    ) -> Response:
+        """Revoke the token: it stops working at once, for good. The body
+        (``{"reason": "..."}``) may be left out, as for disabling a user; the reason is kept
+        in the ``token-revoke`` audit event when given."""
+        reason = body.reason if body else ""
+        await write(lambda conn: revoke_token(conn, token_id, actor=principal.name, reason=reason))
         return Response(status_code=204)
 
     return router

@@ -483,6 +483,26 @@ def test_the_api_keeps_a_reason_for_rotating_a_token(app, store):
     assert _events(store, "token-rotate")[0][2]["reason"] == "yearly"
 
 
+def test_the_api_keeps_a_reason_for_revoking_a_token_when_given(app, store):
+    with store.begin() as conn:
+        _, token = issue_token(conn, "ada", ["admin"], actor="test")
+        first, _ = issue_token(conn, "gp", ["sender"], actor="test")
+        second, _ = issue_token(conn, "gp", ["sender"], actor="test")
+    auth = {"Authorization": f"Bearer {token}"}
+    api = Client(app)
+    body = {"reason": "leaked in a ticket"}
+    answer = api.request("DELETE", f"/api/users/tokens/{first}", json=body, headers=auth)
+    assert answer.status_code == 204, answer.text
+    assert api.request("DELETE", f"/api/users/tokens/{second}", headers=auth).status_code == 204
+    long = {"reason": "x" * 1001}
+    assert (
+        api.request("DELETE", f"/api/users/tokens/{first}", json=long, headers=auth).status_code
+        == 422
+    )
+    details = [event[2] for event in _events(store, "token-revoke")]
+    assert details == [{"token": first, "reason": "leaked in a ticket"}, {"token": second}]
+
+
 def test_a_tokens_label_is_given_kept_on_rotation_and_listed(app, ada, store):
     with store.begin() as conn:
         _, token = issue_token(conn, "ada", ["admin"], actor="test")
