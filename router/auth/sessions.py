@@ -40,11 +40,13 @@ class Session:
 def start_session(
     conn: Connection, user_id: int, *, lifetime: float, password_set_by: str | None
 ) -> tuple[str, str]:
-    """A new session for the user: (the cookie value, the CSRF token). ``password_set_by`` is
+    """A new session for the user: (the cookie value, the CSRF token), noted as the user's
+    last sign-in (one write with the session's own, so never throttled). ``password_set_by`` is
     who set the password just checked: kept with the session, so that a later reset does
     not change who the session's credential came from (four eyes, docs/governance.md)."""
     now = utcnow()
     conn.execute(delete(sessions).where(sessions.c.expires_at <= now))
+    conn.execute(users.update().where(users.c.id == user_id).values(last_sign_in_at=now))
     token = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(32)
     conn.execute(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, select
@@ -18,7 +17,7 @@ from router.auth.passwords import hash_password, verify_password
 from router.auth.roles import decode, encode, grants, parse_roles
 from router.store.inbound import utcnow
 from router.store.locks import hold_key
-from router.store.schema import api_tokens, audit_events, sessions, users
+from router.store.schema import api_tokens, sessions, users
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
@@ -116,20 +115,9 @@ def count_users(conn: Connection) -> int:
     return conn.scalar(select(func.count()).select_from(users)) or 0
 
 
-def last_sign_ins(conn: Connection, names: list[str]) -> dict[str, datetime]:
-    """When each of ``names`` last signed in to the console, from the audit log's ``login``
-    events (found by their target's index; a user who never has is absent)."""
-    e = audit_events.c
-    query = (
-        select(e.target, func.max(e.at))
-        .where(e.target.in_([f"user:{name}" for name in names]), e.action == "login")
-        .group_by(e.target)
-    )
-    return {target.removeprefix("user:"): at for target, at in conn.execute(query)}
-
-
 def list_users(conn: Connection) -> list[dict[str, Any]]:
-    """Accounts with their live (unrevoked, unexpired) token count and last sign-in; never
+    """Accounts with their live (unrevoked, unexpired) token count and last sign-in (kept on
+    the user by router/auth/sessions.py, so pruning the audit log does not lose it); never
     a hash."""
     now = utcnow()
     live = (
@@ -143,7 +131,6 @@ def list_users(conn: Connection) -> list[dict[str, Any]]:
         select(users, live.c.n).outerjoin(live, live.c.user_id == users.c.id).order_by(users.c.name)
     )
     rows = conn.execute(query).all()
-    signed_in = last_sign_ins(conn, [r.name for r in rows])
     return [
         {
             "id": r.id,
@@ -154,7 +141,7 @@ def list_users(conn: Connection) -> list[dict[str, Any]]:
             "tokens": r.n or 0,
             "created_at": r.created_at,
             "created_by": r.created_by,
-            "last_sign_in_at": signed_in.get(r.name),
+            "last_sign_in_at": r.last_sign_in_at,
         }
         for r in rows
     ]

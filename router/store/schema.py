@@ -379,6 +379,8 @@ users = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     # Who last set the password (the user, or the admin who reset it); NULL: not known.
     Column("password_set_by", String(128)),
+    # When a console session last began (router/auth/sessions.py); NULL: never.
+    Column("last_sign_in_at", UtcDateTime()),
 )
 
 api_tokens = Table(

@@ -19,7 +19,15 @@ from router.store.deliveries import claim, release_owned
 from router.store.inbound import Inbound
 from router.store.ingest import GroupCommitWriter
 from router.store.migrate import _LOCK_KEY, SchemaTooNew, alembic_config, upgrade
-from router.store.schema import SQLITE_ONLY_INDEXES, attempts, deliveries, messages, metadata
+from router.store.schema import (
+    SQLITE_ONLY_INDEXES,
+    attempts,
+    audit_events,
+    deliveries,
+    messages,
+    metadata,
+    users,
+)
 
 
 def _differences(conn: Connection) -> list[object]:
@@ -255,5 +263,34 @@ def test_a_store_the_first_version_wrote_keeps_every_row_and_its_meaning(empty_s
             store, "adt", "lab", ordered=False, lanes=1, limit=10, lease=30.0, owner="new-node"
         )
         assert {d.id for lane in claimed.lanes for d in lane} == {queued, leased}
+    finally:
+        store.dispose()
+
+
+def test_the_last_sign_in_is_filled_from_the_audit_log_on_upgrade(empty_store_url):
+    """auth_0006 moves the last sign-in onto the user: an upgrade keeps what the audit log
+    said (the latest ``login`` of each user; a failed one is not a sign-in)."""
+    store = Store(empty_store_url)
+    try:
+        upgrade(store, "auth_0005")
+        past = datetime.now(UTC) - timedelta(days=3)
+        with store.writer.begin() as conn:
+            for name in ("ada", "sam"):
+                conn.execute(
+                    insert(users).values(
+                        name=name, roles="viewer", created_at=past, created_by="t", updated_at=past
+                    )
+                )
+            audit.append(conn, "sam", "login", "user:sam", {})
+            audit.append(conn, "ada", "login-failed", "user:ada", {})
+        with store.writer.begin() as conn:
+            audit.append(conn, "sam", "login", "user:sam", {})
+            latest = conn.scalar(select(audit_events.c.at).order_by(audit_events.c.id.desc()))
+        upgrade(store)
+        with store.read() as conn:
+            rows = conn.execute(
+                select(users.c.name, users.c.last_sign_in_at).order_by(users.c.name)
+            )
+            assert [tuple(r) for r in rows] == [("ada", None), ("sam", latest)]
     finally:
         store.dispose()
