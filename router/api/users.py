@@ -14,7 +14,14 @@ from router.api.params import IdPath, Moment
 from router.api.security import Principal, require_role
 from router.auth.accounts import change_roles, enable_user, set_password
 from router.auth.passwords import MAX_LENGTH
-from router.auth.tokens import MAX_LABEL, issue_token, list_tokens, revoke_token, rotate_token
+from router.auth.tokens import (
+    MAX_LABEL,
+    issue_token,
+    list_tokens,
+    relabel_token,
+    revoke_token,
+    rotate_token,
+)
 from router.auth.users import add_user, disable_user, find_user, list_users
 from router.config._base import PositiveDuration
 from router.store.inbound import utcnow
@@ -87,6 +94,15 @@ class TokenIn(BaseModel):
         max_length=MAX_LABEL,
         description="a name for it in listings, e.g. 'PAS live'; printable text",
     )
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(
+        max_length=MAX_LABEL, description="the token's new label; empty or null: none"
+    )
+    reason: str = Field(default="", max_length=1000, description="why: kept in the audit log")
 
 
 def user_routes(engine: Engine) -> APIRouter:
@@ -254,6 +270,18 @@ def user_routes(engine: Engine) -> APIRouter:
             "expires_at": jsonable(done.expires_at),
             "old_expires_at": jsonable(done.old_expires_at),
         }
+
+    @router.patch("/tokens/{token_id}")
+    async def relabel(
+        token_id: IdPath, body: LabelIn, principal: Principal = Depends(admin)
+    ) -> dict[str, Any]:
+        """Change the token's label (the token itself is unchanged); audited."""
+        label = await write(
+            lambda conn: relabel_token(
+                conn, token_id, body.label, actor=principal.name, reason=body.reason
+            )
+        )
+        return {"id": token_id, "label": label}
 
     @router.delete("/tokens/{token_id}", status_code=204)
     async def revoke(

@@ -107,6 +107,27 @@ def revoke_token(conn: Connection, token_id: int, *, actor: str, reason: str = "
     audit.append(conn, actor, "token-revoke", f"user:{row.name}", details)
 
 
+def relabel_token(
+    conn: Connection, token_id: int, label: str | None, *, actor: str, reason: str = ""
+) -> str | None:
+    """Set the token's label (``check_label``'s rules; empty: none) and return it; audited
+    as ``token-label`` with the label it had, and ``reason`` when given."""
+    new = check_label(label)
+    row = conn.execute(
+        select(api_tokens.c.label, users.c.name)
+        .join(users, users.c.id == api_tokens.c.user_id)
+        .where(api_tokens.c.id == token_id)
+    ).first()
+    if row is None:
+        raise LookupError(f"no token {token_id}")
+    conn.execute(api_tokens.update().where(api_tokens.c.id == token_id).values(label=new))
+    details: dict[str, Any] = {"token": token_id, "label": new, "was": row.label}
+    if reason.strip():
+        details["reason"] = reason.strip()
+    audit.append(conn, actor, "token-label", f"user:{row.name}", details)
+    return new
+
+
 @dataclass(frozen=True)
 class Rotation:
     user: str

@@ -88,11 +88,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     enable.set_defaults(handler=users_enable)
 
     token = actions.add_parser(
-        "token", help="issue an API token (printed once); or revoke ID; or rotate ID"
+        "token",
+        help="issue an API token (printed once); or revoke ID; or rotate ID; or label ID",
     )
-    token.add_argument("name", help="the user the token acts as; or `revoke`, or `rotate`")
+    token.add_argument("name", help="the user the token acts as; or `revoke`, `rotate` or `label`")
     token.add_argument(
-        "id", nargs="?", type=positive_int, help="with revoke or rotate: the token's id"
+        "id", nargs="?", type=positive_int, help="with revoke, rotate or label: the token's id"
     )
     token.add_argument("--role", action="append", dest="roles", help="repeatable")
     token.add_argument(
@@ -100,11 +101,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="lifetime, e.g. 90d or 12h (default: until revoked; rotate: the old one's)",
     )
     token.add_argument(
-        "--reason", default="", help="issue, rotate or revoke: why, kept in the audit log"
+        "--reason", default="", help="issue, rotate, label or revoke: why, kept in the audit log"
     )
     token.add_argument(
         "--label",
-        help="issue: a name for it, shown in listings, e.g. 'PAS live' (rotate: the old one's)",
+        help="issue or label: a name for it, shown in listings, e.g. 'PAS live' "
+        "(label: empty for none; rotate: the old one's)",
     )
     token.add_argument(
         "--overlap",
@@ -249,9 +251,10 @@ def users_token(args: argparse.Namespace) -> int:
     from router.auth.tokens import issue_token, revoke_token
 
     store = open_store(args)
-    # Revoking takes power away, and ``--actor`` labels it; issuing or rotating a token
-    # makes a credential, which the four-eyes rules judge by its maker: no claim.
-    if args.name == "revoke":
+    # Revoking takes power away and a label is a name, and ``--actor`` labels them; issuing
+    # or rotating a token makes a credential, which the four-eyes rules judge by its maker:
+    # no claim.
+    if args.name in ("revoke", "label"):
         who = acting(args, store, "admin")
     else:
         who = signed_in(args, store, "admin").name
@@ -265,6 +268,8 @@ def users_token(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from exc
         print(f"revoked token {args.id}")
         return 0
+    if args.name == "label":
+        return _relabel(args, store, who)
     expires = utcnow() + _duration(args.expires, "--expires") if args.expires else None
     if args.name == "rotate":
         return _rotate(args, store, who, expires)
@@ -293,6 +298,22 @@ def _duration(value: str, option: str) -> timedelta:
         return timedelta(seconds=parse_duration(value))
     except ValueError as exc:
         raise CommandError(f"{option}: {exc}") from exc
+
+
+def _relabel(args: argparse.Namespace, store: Any, who: str) -> int:
+    from router.auth.tokens import relabel_token
+
+    if args.id is None or args.label is None:
+        raise CommandError(
+            "give the token's id and its new label: users token label ID --label TEXT"
+        )
+    try:
+        with store.begin() as conn:
+            label = relabel_token(conn, args.id, args.label, actor=who, reason=args.reason)
+    except (LookupError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    print(f"token {args.id} is labelled {label!r}" if label else f"token {args.id} has no label")
+    return 0
 
 
 def _rotate(args: argparse.Namespace, store: Any, who: str, expires: datetime | None) -> int:

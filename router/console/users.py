@@ -1,7 +1,7 @@
 """The users page (admin only): accounts with their roles, state and last sign-in, and
 their API tokens with when each was last used; adding a user, changing roles, disabling
-and enabling, resetting a password, issuing, rotating and revoking a token, each with a
-reason.
+and enabling, resetting a password, issuing, rotating, labelling and revoking a token,
+each with a reason.
 
 Every change goes through the services the CLI and the API use (router/auth/accounts.py,
 users.py, tokens.py), in one transaction with its audit event, so the same guards hold:
@@ -37,6 +37,7 @@ from router.auth.tokens import (
     Rotation,
     issue_token,
     list_tokens,
+    relabel_token,
     revoke_token,
     rotate_token,
 )
@@ -65,6 +66,7 @@ DONE = {
     "enabled": "Enabled {user}: they may sign in again; none of their old tokens works.",
     "password": "Set the password of {user}: their sessions are ended.",
     "revoked": "Revoked token {token}.",
+    "labelled": "Changed the label of token {token}.",
     "added": "Added {user}.",
     "rotated": "Rotated token {old} into token {token} for {user}: the new value was shown "
     "once, in the answer to the form that rotated it; the old one works until its overlap ends.",
@@ -321,6 +323,22 @@ def user_routes(engine: Engine) -> APIRouter:
                 raise ValueError("the two passwords differ")
             set_password(conn, name, new_password, actor=principal.name, reason=reason)
             return {"done": "password", "user": name}
+
+        return await attempt(request, principal, reason, work)
+
+    @routes.post("/users/tokens/{token_id}/label")
+    async def relabel(
+        token_id: IdPath,
+        request: Request,
+        principal: Admin,
+        reason: str = Form(default="", max_length=MAX_REASON),
+        label: str = Form(default="", max_length=MAX_LABEL),
+    ) -> Response:
+        """``run.py users token label`` and ``PATCH /api/users/tokens/ID``."""
+
+        def work(conn: Connection) -> dict[str, Any]:
+            relabel_token(conn, token_id, label, actor=principal.name, reason=reason)
+            return {"done": "labelled", "token": token_id}
 
         return await attempt(request, principal, reason, work)
 

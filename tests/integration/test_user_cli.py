@@ -297,13 +297,16 @@ def test_a_sending_systems_token_is_rotated_on_the_command_line(config, store_ur
     assert "leave out --role" in _refusal(
         config, capsys, "token", "rotate", "2", "--role", "viewer", *ADA
     )
+    relabel = ("token", "label", "2", "--label", "PAS 2027", "--reason", "renamed", *ADA)
+    assert _run(config, capsys, *relabel)[1].strip() == "token 2 is labelled 'PAS 2027'"
+    assert "new label" in _refusal(config, capsys, "token", "label", "2", *ADA)
     code, out = _run(config, capsys, "tokens", "--expiring", "1d", "--json")
     assert [t["id"] for t in json.loads(out)] == [1], "the old one, within its overlap"
     code, out = _run(config, capsys, "tokens", "--expiring", "100d", "--json")
     assert [(t["id"], t["state"], t["label"]) for t in json.loads(out)] == [
         (1, "live", "PAS live"),
-        (2, "live", "PAS live"),
-    ], "the new token has the old one's label"
+        (2, "live", "PAS 2027"),
+    ], "the new token had the old one's label, then was given its own"
     header, first, _ = _run(config, capsys, "tokens", "gp")[1].splitlines()
     assert header.split()[:3] == ["ID", "USER", "LABEL"] and first.split()[:4] == [
         "1",

@@ -503,6 +503,37 @@ def test_the_api_keeps_a_reason_for_revoking_a_token_when_given(app, store):
     assert details == [{"token": first, "reason": "leaked in a ticket"}, {"token": second}]
 
 
+def test_a_tokens_label_is_changed_by_the_page_and_the_api_and_audited(app, ada, store):
+    with store.begin() as conn:
+        _, token = issue_token(conn, "ada", ["admin"], actor="test")
+        gp_token, _ = issue_token(conn, "gp", ["sender"], actor="test", label="PAS test")
+    assert f'aria-label="Label… token {gp_token} of gp"' in ada.get("/users").text
+    path = f"/users/tokens/{gp_token}/label"
+    assert _post(ada, path, label="PAS live", reason=" ").status_code == 422
+    refused = _post(ada, path, label="PAS\tlive", reason="x")
+    assert refused.status_code == 422 and "printable" in refused.text
+    done = _post(ada, path, label=" PAS live ", reason="went live")
+    assert done.status_code == 303
+    assert f"Changed the label of token {gp_token}." in ada.get(done.headers["location"]).text
+    auth = {"Authorization": f"Bearer {token}"}
+    body = {"label": None, "reason": "no longer needed"}
+    api = Client(app).request("PATCH", f"/api/users/tokens/{gp_token}", json=body, headers=auth)
+    assert api.status_code == 200 and api.json() == {"id": gp_token, "label": None}
+    assert (
+        Client(app).request("PATCH", "/api/users/tokens/999", json=body, headers=auth).status_code
+        == 404
+    )
+    with store.read() as conn:
+        assert conn.scalar(select(api_tokens.c.label).where(api_tokens.c.id == gp_token)) is None
+    assert [(e[0], e[2]) for e in _events(store, "token-label")] == [
+        ("ada", {"token": gp_token, "label": "PAS live", "was": "PAS test", "reason": "went live"}),
+        (
+            "ada",
+            {"token": gp_token, "label": None, "was": "PAS live", "reason": "no longer needed"},
+        ),
+    ]
+
+
 def test_a_tokens_label_is_given_kept_on_rotation_and_listed(app, ada, store):
     with store.begin() as conn:
         _, token = issue_token(conn, "ada", ["admin"], actor="test")
