@@ -9,6 +9,7 @@ import sys
 
 from router.cli import (
     admin_commands,
+    audit_commands,
     commands,
     directory_commands,
     governance_commands,
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub)
     replay_commands.register(sub)
     admin_commands.register(sub)
+    audit_commands.register(sub)
     governance_commands.register(sub)  # after admin_commands: it adds to ``channel``
     directory_commands.register(sub)
     job_commands.register(sub)

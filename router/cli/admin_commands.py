@@ -1,11 +1,9 @@
-"""CLI commands ``channel`` (list, pause, resume), ``audit verify`` and ``prune``."""
+"""CLI commands ``channel`` (list, pause, resume) and ``prune``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
-from pathlib import Path
 
 from router.cli.commands import acting
 from router.cli.output import (
@@ -31,18 +29,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         a.add_argument("--reason", default="", help="why (kept in the audit log)")
         a.add_argument("--actor", help="who is doing it (default: the OS user)")
         a.set_defaults(handler=channel_switch, paused=paused)
-
-    p = sub.add_parser("audit", help="the hash-chained audit log")
-    audit_actions = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    verify = audit_actions.add_parser("verify", help="check the chain; name the first broken event")
-    verify.add_argument(
-        "--anchor",
-        type=Path,
-        help="a file kept outside the store: the newest event of the last intact verify, "
-        "which must still be there (else events were removed from the end); rewritten on success",
-    )
-    add_json(verify)
-    verify.set_defaults(handler=audit_verify)
 
     p = sub.add_parser(
         "prune", help="remove finished messages older than their channel's retention.keep"
@@ -81,25 +67,6 @@ def channel_switch(args: argparse.Namespace) -> int:
     set_paused(store, args.name, args.paused, actor=who, reason=args.reason)
     print(f"{args.name} {'paused' if args.paused else 'resumed'}")
     return 0
-
-
-def audit_verify(args: argparse.Namespace) -> int:
-    from router.audit import read_anchor, verify, write_anchor
-
-    try:
-        anchor = read_anchor(args.anchor) if args.anchor else None
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
-    verdict = verify(open_store(args), anchor)
-    if verdict.ok and args.anchor and verdict.head is not None:
-        write_anchor(args.anchor, verdict.head)
-    if args.json:
-        print_json(asdict(verdict))
-    elif verdict.ok:
-        print(f"audit chain intact: {verdict.events} event(s)")
-    else:
-        print(f"audit chain BROKEN at event {verdict.broken_id}: {verdict.reason}")
-    return 0 if verdict.ok else 1
 
 
 def prune(args: argparse.Namespace) -> int:

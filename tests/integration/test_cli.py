@@ -665,6 +665,7 @@ STORE_COMMANDS = [
     ["channel", "pause", "orders"],
     ["channel", "resume", "orders"],
     ["audit", "verify"],
+    ["audit", "list"],
     ["prune", "--dry-run"],
     ["holds", "list"],
     ["endpoints", "list"],
@@ -1425,6 +1426,84 @@ def test_audit_verify_keeps_an_anchor_that_catches_a_cut_off_end(seeded, cli, tm
     anchor.write_text("not an anchor")
     garbled = cli(seeded.workspace.config, "audit", "verify", "--anchor", str(anchor))
     assert garbled.code != 0 and "is not an audit anchor" in garbled.err
+
+
+def _audited_night(seeded: Seeded, cli: Callable[..., Run]) -> None:
+    """Last night's incident, by real commands: alice paused orders, bob resent its two
+    failed deliveries once the lab was back, carol looked at one of the messages."""
+    config = seeded.workspace.config
+    with seeded.store.begin() as conn:
+        conn.execute(deliveries.update().values(status="failed"))
+    for args in (
+        ("channel", "pause", "orders", "--reason", "INC7 lab down", "--actor", "alice"),
+        ("resend", "--channel", "orders", "--reason", "INC7 lab back", "--actor", "bob"),
+        ("show", str(seeded.ids["ORD-2"]), "--actor", "carol"),
+    ):
+        assert cli(config, *args).code == 0
+
+
+def test_audit_list_answers_who_did_what_and_why_newest_first(seeded, cli):
+    _audited_night(seeded, cli)
+    config, store = seeded.workspace.config, seeded.store
+    events = count(store, audit_events)
+
+    every = cli(config, "audit", "list", "--json")
+    resends = cli(config, "audit", "list", "--action", "resend", "--json").json()
+    by_alice = cli(config, "audit", "list", "--actor", "alice", "--json").json()
+    on_ord_2 = cli(config, "audit", "list", "--message", str(seeded.ids["ORD-2"]), "--json")
+    table = cli(config, "audit", "list", "--action", "resend")
+
+    assert (every.code, every.err) == (0, "")
+    assert [e["action"] for e in every.json()] == ["view", "resend", "resend", "pause"]
+    assert [e["id"] for e in every.json()] == sorted((e["id"] for e in every.json()), reverse=True)
+    assert [(e["actor"], e["details"]["reason"], e["details"]["os_user"]) for e in resends] == [
+        ("bob", "INC7 lab back", OS_USER)
+    ] * 2
+    assert [(e["action"], e["target"]) for e in by_alice] == [("pause", "channel:orders")]
+    with store.read() as conn:
+        uuid = conn.scalar(select(messages.c.uuid).where(messages.c.id == seeded.ids["ORD-2"]))
+    assert [(e["action"], e["target"]) for e in on_ord_2.json()] == [
+        ("view", f"urn:tie:message:{uuid}"),
+        ("resend", f"urn:tie:message:{uuid}"),
+    ]
+    header, *lines = table.out.splitlines()
+    assert header.split() == [
+        "ID", "AT", "ACTOR", "OS_USER", "ACTION", "TARGET", "REASON", "VIA", "DETAILS"
+    ]  # fmt: skip
+    assert len(lines) == 2
+    assert all(line.split()[3:6] == ["bob", OS_USER, "resend"] for line in lines)
+    assert all("INC7 lab back" in line for line in lines)
+    assert all("delivery=" in line and "new_delivery=" in line for line in lines)
+    assert (count(store, audit_events), audit.verify(store).ok) == (events, True), (
+        "reading the log records nothing"
+    )
+
+
+def test_audit_list_bounds_its_time_and_pages_with_a_hint(seeded, cli):
+    _audited_night(seeded, cli)
+    config = seeded.workspace.config
+    view, resend, older_resend, pause = cli(config, "audit", "list", "--json").json()
+
+    since = cli(config, "audit", "list", "--since", older_resend["at"], "--json").json()
+    until = cli(config, "audit", "list", "--until", older_resend["at"], "--json").json()
+    first = cli(config, "audit", "list", "--limit", "2")
+    rest = cli(config, "audit", "list", "--limit", "2", "--before", str(resend["id"]), "--json")
+    last = cli(config, "audit", "list", "--limit", "3", "--before", str(resend["id"]))
+
+    assert [e["id"] for e in since] == [view["id"], resend["id"], older_resend["id"]]
+    assert [e["id"] for e in until] == [pause["id"]], "until excludes its moment"
+    assert len(first.out.splitlines()) == 3
+    assert first.err == f"more: add --before {resend['id']} for the next 2, or a larger --limit\n"
+    assert [e["id"] for e in rest.json()] == [older_resend["id"], pause["id"]]
+    assert last.err == "", "the last page says nothing more"
+
+
+def test_audit_list_names_a_message_it_cannot_find(seeded, cli):
+    run = cli(seeded.workspace.config, "audit", "list", "--message", "9999")
+    both = cli(seeded.workspace.config, "audit", "list", "--message", "1", "--target", "user:x")
+
+    assert (run.code, run.err) == (1, "error: no message 9999\n")
+    assert (both.code, both.err) == (1, "error: give --message or --target, not both\n")
 
 
 # --- who acts: --actor ------------------------------------------------------------------
