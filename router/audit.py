@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.engine import Row
 
 from router.store.blobs import BlobStore, write_durably
@@ -190,11 +190,19 @@ class EventFilter:
 
 
 def events(conn: Connection, f: EventFilter) -> list[dict[str, Any]]:
-    """Events newest first; ``before_id`` is the cursor (target and time are indexed)."""
+    """Events newest first; ``before_id`` is the cursor (target and time are indexed). An
+    action or target ending in ``*`` is a prefix: ``resend*`` finds resends and their
+    repeats (``resend.repeat``), ``revision.*`` every step of a revision."""
     a = audit_events.c
     query = select(a.id, a.at, a.actor, a.action, a.target, a.details, a.hash)
-    for column, value in ((a.actor, f.actor), (a.action, f.action), (a.target, f.target)):
-        if value:
+    if f.actor:
+        query = query.where(a.actor == f.actor)
+    for column, value in ((a.action, f.action), (a.target, f.target)):
+        if value and value.endswith("*"):
+            # Not LIKE: SQLite's ignores case, so the same filter would find more there.
+            prefix = value[:-1]
+            query = query.where(func.substr(column, 1, len(prefix)) == prefix)
+        elif value:
             query = query.where(column == value)
     if f.since:
         query = query.where(a.at >= _utc(f.since))

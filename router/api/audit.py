@@ -25,8 +25,12 @@ def audit_routes(engine: Engine) -> APIRouter:
     async def events(
         _: Principal = Depends(require_role("support", "approver")),
         actor: str | None = Query(default=None, max_length=128),
-        action: str | None = Query(default=None, max_length=64),
-        target: str | None = Query(default=None, max_length=255),
+        action: str | None = Query(
+            default=None, max_length=65, description="ending in `*`: a prefix, as `resend*`"
+        ),
+        target: str | None = Query(
+            default=None, max_length=256, description="ending in `*`: a prefix, as `channel:*`"
+        ),
         since: MomentQuery = None,
         until: MomentQuery = None,
         before: Cursor = None,

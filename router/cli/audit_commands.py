@@ -41,9 +41,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing = actions.add_parser("list", help="events, newest first: who did what, and why")
     group = listing.add_argument_group("search")
     group.add_argument("--actor", help="who acted (a user, an OS user user@host, engine:NODE)")
-    group.add_argument("--action", help="e.g. resend, view, revision.approve")
     group.add_argument(
-        "--target", help="e.g. urn:tie:message:<uuid>, channel:NAME, user:NAME, job:ID"
+        "--action", help="e.g. resend, view, revision.approve; ending in *, a prefix: 'resend*'"
+    )
+    group.add_argument(
+        "--target",
+        help="e.g. urn:tie:message:<uuid>, channel:NAME, user:NAME; ending in *, a prefix",
     )
     group.add_argument(
         "--message",

@@ -104,6 +104,8 @@ def test_channels_search_resend_and_reprocess(site, hl7_samples):
     actions = [e["action"] for e in events]
     assert actions == ["view", "reprocess"] + ["resend"] * 4
     assert [e["details"]["reason"] for e in events[2:]] == ["once more"] + ["lab fixed"] * 3
+    prefixed = support.get("/api/audit", params={"actor": "sam", "action": "re*"}).json()
+    assert [e["action"] for e in prefixed["events"]] == actions[1:], "a prefix, not a name"
     assert viewer.get("/api/audit").status_code == 403
 
 

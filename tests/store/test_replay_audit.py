@@ -436,3 +436,28 @@ def test_two_bulk_resends_at_once_resend_each_delivery_once(store, receive, er7)
     assert sorted(done) == failed
     assert _count(store, deliveries) == 40
     assert audit.verify(store).ok
+
+
+def test_an_action_or_target_ending_in_a_star_is_a_prefix(store):
+    """``resend*`` finds resends and their repeats; ``_`` and ``%`` are letters in it, and
+    case counts on SQLite as on PostgreSQL."""
+    with store.begin() as conn:
+        for action, target in [
+            ("resend", "user:a_b"),
+            ("resend.repeat", "user:axb"),
+            ("reprocess", "user:a%b"),
+            ("revision.approve", "channel:orders"),
+        ]:
+            audit.append(conn, "sam", action, target, {})
+
+    def found(**chosen: str) -> list[tuple[str, str]]:
+        with store.read() as conn:
+            rows = audit.events(conn, audit.EventFilter(**chosen))
+        return [(e["action"], e["target"]) for e in reversed(rows)]
+
+    assert found(action="resend*") == [("resend", "user:a_b"), ("resend.repeat", "user:axb")]
+    assert found(action="re*", target="user:a_*") == [("resend", "user:a_b")]
+    assert found(target="user:a%*") == [("reprocess", "user:a%b")]
+    assert found(action="RESEND*") == []
+    assert found(action="resend") == [("resend", "user:a_b")], "no star: the name exactly"
+    assert found(action="resend.") == []
