@@ -45,15 +45,26 @@ def _channel_names(args: argparse.Namespace) -> list[str]:
 
 
 def channel_list(args: argparse.Namespace) -> int:
+    """The store's figures, and the revision each channel runs on this host's engine (its
+    ``/health``), where an older one than the newest deployed (a fallback) shows."""
     from router.channel_control import overview
+    from router.cli.running_node import health_url, running_channels, running_summary
 
     rows = overview(open_store(args), _channel_names(args))
+    url = health_url(engine_config(args))
+    running = running_channels(url) if url else None
+    for row in rows:
+        row["running"] = None if running is None else running.get(row["channel"])
+    if running is None:
+        where = f"no engine answers at {url}" if url else "http.port is 0 (chosen at start)"
+        print(f"{where}: the revision each channel runs is not shown", file=sys.stderr)
     if args.json:
         print_json(rows)
     else:
-        print_table(
-            rows, ["channel", "paused", "unprocessed", "queued", "held", "failed", "changed_by"]
-        )
+        for row in rows:
+            row["running"] = running_summary(row["running"])
+        columns = ["channel", "paused", "running", "unprocessed", "queued", "held", "failed"]
+        print_table(rows, [*columns, "changed_by"])
     return 0
 
 

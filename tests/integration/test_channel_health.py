@@ -5,6 +5,7 @@ monitoring: ``/health``'s channels and ``degraded``, ``tie_channel_up`` and
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from console_testing import PASSWORD, sign_in
 from tie_testing import RunningEngine, api_token, engine_config, wait_until
 
@@ -21,6 +23,7 @@ from router import audit, governance
 from router.auth.users import add_user
 from router.channel_control import set_paused
 from router.channel_health import channel_health
+from router.cli import main
 from router.config import EngineConfig
 from router.governance.deploy import mark_deployed
 from router.store.database import Store
@@ -300,6 +303,68 @@ def two_revisions(tmp_path: Path, store_url: str) -> tuple[EngineConfig, Path]:
     finally:
         store.dispose()
     return config, tidy
+
+
+def test_channel_list_shows_the_fallback_the_engine_on_this_host_runs(
+    tmp_path: Path,
+    store_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The store says revision 2 is deployed; the engine runs revision 1. ``run.py channel
+    list`` reads the store, so it asks the engine its engine.yaml names (``/health``, as
+    public as a load balancer's probe) which revision it runs; stopped, it says so."""
+    config, tidy = two_revisions(tmp_path, store_url)
+    tidy.write_text("def f(message):\n    return message.raw\n")  # an old commit deployed
+    monkeypatch.delitem(sys.modules, "tie_mappings.tidy", raising=False)  # as a new process
+    monkeypatch.delenv("TIE_STORE", raising=False)
+    running = RunningEngine(config, None, http=True)
+    port = running.http_port
+    engine_yaml = tmp_path / "engine.yaml"
+    engine_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "store": store_url,
+                "channels": str(config.channels),
+                "mappings": str(config.mappings),
+                "governance": "governed",
+                "node": "test-node",
+                "http": {"host": "127.0.0.1", "port": port},
+            }
+        )
+    )
+
+    def channel_list(*options: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(["--config", str(engine_yaml), "channel", "list", *options])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    try:
+        table = channel_list()
+        listing = channel_list("--json")
+    finally:
+        running.stop()
+    stopped = channel_list()
+
+    assert (table[0], table[2]) == (0, "")
+    header, row = table[1].splitlines()
+    assert header.split()[:3] == ["CHANNEL", "PAUSED", "RUNNING"]
+    assert row.split()[:5] == ["orders", "False", "#1", "FALLBACK", "(newest"]
+    (orders,) = json.loads(listing[1])
+    assert orders["running"] == {
+        "state": "running",
+        "revision": 1,
+        "deployed": 2,
+        "fallback": True,
+        "restartable": True,
+    }
+    assert stopped[0] == 0
+    assert stopped[1].splitlines()[1].split()[:3] == ["orders", "False", "-"]
+    assert stopped[2] == (
+        f"no engine answers at http://127.0.0.1:{port}/health: "
+        "the revision each channel runs is not shown\n"
+    )
 
 
 def test_a_channel_left_out_starts_from_an_older_revision_once_its_code_is_back(
