@@ -1498,6 +1498,19 @@ def test_audit_list_bounds_its_time_and_pages_with_a_hint(seeded, cli):
     assert last.err == "", "the last page says nothing more"
 
 
+def test_audit_list_claims_no_actor_once_users_exist(seeded, cli):
+    """Reading the log records nothing (nor through the API), so, like ``audit verify``,
+    it needs no role of the OS user who runs it, which is no user here."""
+    _add_users(seeded.store)
+    events = count(seeded.store, audit_events)
+
+    run = cli(seeded.workspace.config, "audit", "list", "--action", "user-*", "--json")
+
+    assert (run.code, run.err) == (0, "")
+    assert {e["action"] for e in run.json()} == {"user-add", "user-disable"}
+    assert count(seeded.store, audit_events) == events
+
+
 def test_audit_list_names_a_message_it_cannot_find(seeded, cli):
     run = cli(seeded.workspace.config, "audit", "list", "--message", "9999")
     both = cli(seeded.workspace.config, "audit", "list", "--message", "1", "--target", "user:x")
