@@ -32,6 +32,7 @@ from router.directory import Directory, Key, make_key
 from router.fhir import FHIR_JSON
 from router.fhir.exchange import PROVIDER, Outcome, open_exchange
 from router.fhir.forwarding import Forwarder, HopFailed
+from router.fhir.hop_log import HopLog
 from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
 from router.fhir.recorder import Recorder
 from router.fhir.request_id import REQUEST_ID, callers_id, request_keys
@@ -186,6 +187,7 @@ class BookingProxy:
         self._directory = directory
         self._owner = owner
         self._forwarder = forwarder
+        self._hops = HopLog(log)
 
     async def handle(self, request: ProxyRequest) -> ProxyAnswer:
         try:
@@ -276,6 +278,14 @@ class BookingProxy:
             limit=request.options.max_body,
         )
         if isinstance(response, HopFailed):
+            self._hops.failed(
+                request.channel,
+                PROVIDER,
+                request.url,
+                request.uuid,
+                response.status,
+                response.text,
+            )
             return self._failed(request, response.status, response.code, response.text)
         answered = [(k, v) for k, v in response.headers if _answered(k, v)]
         status, body = response.status, response.body

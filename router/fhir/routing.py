@@ -45,6 +45,7 @@ from router.fhir.exchange import (
     refuse_exchange,
 )
 from router.fhir.forwarding import Forwarder, HopFailed
+from router.fhir.hop_log import HopLog
 from router.fhir.intake import (
     Answer,
     Checked,
@@ -94,6 +95,7 @@ class BarsRouter:
         self._owner = owner
         self._forwarder = forwarder
         self._unstored = RepeatLog(log)
+        self._hops = HopLog(log)
 
     async def route(
         self, request: FhirRequest, checked: Checked, models: asyncio.Future[None]
@@ -156,6 +158,9 @@ class BarsRouter:
         t0 = time.perf_counter()
         answer, sent, response, error = await self._forward(request, routing, url, key)
         outcome = Outcome(sent, started, (time.perf_counter() - t0) * 1000, response, error)
+        if answer.status >= 500:  # tie's own 502 or 504: the receiver gave no usable answer
+            reason = error or ""
+            self._hops.failed(request.channel, FORWARD, url, opened.uuid, answer.status, reason)
         self._recorder.add(lambda conn: _settle(conn, item, opened, registration, outcome))
         return answer
 

@@ -137,6 +137,7 @@ def _exchanges(running: RunningEngine) -> list[Any]:
             conn.execute(
                 select(
                     messages.c.id,
+                    messages.c.uuid,
                     messages.c.status,
                     messages.c.message_type,
                     messages.c.error,
@@ -567,17 +568,28 @@ def test_a_receivers_client_error_passes_through_unchanged(tie, services, bars_s
     assert (row.delivery, row.last_error) == ("failed", "HTTP 400 Bad Request")
 
 
-def test_a_receiver_that_is_down_gets_502(tie, services, bars_samples):
+def test_a_receiver_that_is_down_gets_502_and_one_warning(tie, services, bars_samples, caplog):
     running, client = tie
     (port,) = free_ports(1)
     running.register(
         [make_endpoint(RECEIVER, "booking-request", "fhir", f"http://127.0.0.1:{port}/fhir")]
     )
-    answer = _post(client, bars_samples["booking-request_process-message"])
-    assert answer.status_code == 502
+    request = bars_samples["booking-request_process-message"]
+    with caplog.at_level(logging.WARNING, logger="router.fhir.routing"):
+        answer = _post(client, request)
+        again = _post(client, request)
+    assert (answer.status_code, again.status_code) == (502, 502)
     assert "could not be reached: ConnectError" in answer.json()["issue"][0]["diagnostics"]
-    [row] = wait_until(lambda: _settled(running))
-    assert (row.status, row.delivery) == ("processed", "failed")
+    rows = wait_until(lambda: len(_settled(running)) == 2 and _settled(running))
+    assert {(row.status, row.delivery) for row in rows} == {("processed", "failed")}
+    # One line, not one a request: the second failure is counted within the window.
+    [line] = [r for r in caplog.records if r.name == "router.fhir.routing"]
+    text = line.getMessage()
+    assert line.levelname == "WARNING"
+    assert text.startswith(f"bars/forward: message {rows[0].uuid} not delivered to ")
+    assert f"http://127.0.0.1:{port}, the sender was answered 502" in text
+    assert f"cannot connect to 127.0.0.1:{port}" in text
+    assert request["id"] not in text and "$process-message" not in text  # no content
 
 
 def test_a_client_hammering_with_a_bad_token_is_one_warning_per_host_without_the_token(

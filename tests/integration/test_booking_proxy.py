@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,7 +294,7 @@ def test_a_provider_cannot_set_ties_own_cookies_on_the_caller(tie, provider):
     assert own.headers["set-cookie"] == "provider=kept; Path=/"
 
 
-def test_a_provider_that_is_down_or_slow(tie, provider):
+def test_a_provider_that_is_down_or_slow_is_logged_once(tie, provider, caplog):
     running, client = tie
     provider.slow = True
     slow = ssp(SEARCH)
@@ -305,9 +306,23 @@ def test_a_provider_that_is_down_or_slow(tie, provider):
 
     (port,) = free_ports(1)
     running.register([make_endpoint(PROVIDER, SEARCH, "fhir", f"http://127.0.0.1:{port}/STU3")])
-    down = client.get(f"/proxy/http://127.0.0.1:{port}/STU3/Slot", headers=ssp(SEARCH))
-    assert down.status_code == 502
+    url = f"http://127.0.0.1:{port}/STU3/Slot?patient=9000000009"
+    with caplog.at_level(logging.WARNING, logger="router.fhir.proxy"):
+        down = client.get(f"/proxy/{url}", headers=ssp(SEARCH))
+        again = client.get(f"/proxy/{url}", headers=ssp(SEARCH))
+    assert (down.status_code, again.status_code) == (502, 502)
     assert "could not be reached" in down.json()["issue"][0]["diagnostics"]
+    # A line for each provider (the slow one's 504 too), not one a request, and nothing of
+    # the request's URL beyond its origin (a query can carry a patient's identifiers).
+    lines = [r.getMessage() for r in caplog.records if r.name == "router.fhir.proxy"]
+    assert {r.levelname for r in caplog.records if r.name == "router.fhir.proxy"} == {"WARNING"}
+    assert [line.split(" not delivered to ")[0] for line in lines] == [
+        f"booking-proxy/provider: message {answer.headers['x-request-id']}",
+        f"booking-proxy/provider: message {down.headers['x-request-id']}",
+    ]
+    assert "the sender was answered 504" in lines[0]
+    assert f"to http://127.0.0.1:{port}, the sender was answered 502" in lines[1]
+    assert "9000000009" not in caplog.text and "/STU3" not in caplog.text
 
 
 def test_an_oversized_answer_is_not_passed_on(tie, provider):
