@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,6 +65,29 @@ class SynchronousExchange(NotFinished):
 # metadata holds that no other source's does (router/fhir/routing.py, router/fhir/proxy.py).
 # A queued channel may name a destination ``forward`` too: that one is resent.
 _SYNCHRONOUS = {FORWARD: "bars", PROVIDER: "method"}
+
+
+# Why a bulk resend leaves a synchronous exchange's delivery out, told with their count.
+SYNCHRONOUS_LEFT_OUT = (
+    "synchronous exchange(s) (BaRS forward, booking proxy provider) left out: no dispatcher "
+    "sends a copy of one; its sender repeats the request instead"
+)
+
+
+def is_synchronous(destination: str, source: Mapping[str, Any] | None) -> bool:
+    """Whether a delivery to ``destination`` of a message from ``source`` (its source
+    metadata) is a synchronous exchange's, which is never resent."""
+    marker = _SYNCHRONOUS.get(destination)
+    return marker is not None and marker in (source or {})
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The deliveries a bulk resend's search chose, and how many synchronous exchanges'
+    deliveries it left out (``SYNCHRONOUS_LEFT_OUT`` says why)."""
+
+    ids: list[int]
+    synchronous: int = 0
 
 
 @dataclass(frozen=True)
@@ -320,7 +343,7 @@ def _synchronous(conn: Connection, rows: list[Any]) -> set[int]:
     m = messages.c
     query = select(m.id, m.source).where(m.id.in_({r.message_id for r in named}))
     sources = {i: json.loads(source or "{}") for i, source in conn.execute(query)}
-    return {r.id for r in named if _SYNCHRONOUS[r.destination] in sources.get(r.message_id, {})}
+    return {r.id for r in named if is_synchronous(r.destination, sources.get(r.message_id))}
 
 
 def _refusal(row: Any, synchronous: set[int]) -> NotFinished | None:
@@ -478,8 +501,9 @@ def deliveries_of(
     status: str | None = "failed",
     destination: str | None = None,
     again: bool = False,
-) -> list[int]:
-    """Ids of the messages' deliveries in ``status`` (to ``destination``), for bulk resend.
+) -> Chosen:
+    """Ids of the messages' deliveries in ``status`` (to ``destination``), for bulk resend,
+    and the count of synchronous exchanges' deliveries left out (the sender repeats those).
 
     Without a status, any finished one: one still to be sent would go twice. A delivery
     already resent is only chosen ``again`` on purpose: its copy already went. A failed one
@@ -499,4 +523,4 @@ def deliveries_of(
     if not again:
         copied = resent_as(conn, chosen_ids)
         chosen_ids = [i for i in chosen_ids if i not in copied]
-    return sorted(chosen_ids)
+    return Chosen(sorted(chosen_ids), len(synchronous))

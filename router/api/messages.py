@@ -248,13 +248,17 @@ def message_routes(engine: Engine) -> APIRouter:
         """Resend the deliveries in ``ids``, or those of the messages a ``search`` finds
         (in ``delivery_status``, failed by default, and to ``destination`` when given).
         A search skips deliveries already resent unless ``again`` is true. An id still to
-        be sent is a 409 before anything is resent."""
+        be sent is a 409 before anything is resent. A search's answer counts, in
+        ``left_out``, the deliveries it found and did not resend, with why."""
 
         async def run() -> dict[str, Any]:
-            ids = await _resend_targets(store, body)
+            ids, left_out = await _resend_targets(store, body)
             again = body.ids is not None or body.again
             act = _resend(store, body, principal, again)
-            return await _replay(body, ids, act, engine, "resend")
+            answer = await _replay(body, ids, act, engine, "resend")
+            if left_out is not None:
+                answer["left_out"] = _left_out(left_out)
+            return answer
 
         route = "/api/deliveries/resend"
         return await idempotent(store, principal, idempotency_key, route, body, "resend", run)
@@ -265,17 +269,18 @@ def message_routes(engine: Engine) -> APIRouter:
 Act = Callable[[list[int]], list[replay.ReplayResult]]
 
 
-async def _resend_targets(store: Any, body: BulkResendIn) -> list[int]:
+async def _resend_targets(store: Any, body: BulkResendIn) -> tuple[list[int], int | None]:
     """The deliveries a bulk resend names: its ``ids`` (all finished, else 409), or those
-    of the messages its search finds."""
+    of the messages its search finds, with how many of theirs it left out (synchronous
+    exchanges' deliveries, which are not resent; None for ``ids``)."""
     if body.ids is not None:
         ids = await asyncio.to_thread(_delivery_ids, store, body.ids)
         if not body.dry_run:
             await asyncio.to_thread(_finished, store, ids)
-        return ids
+        return ids, None
     search_in = _search_of(body)
 
-    def find() -> list[int]:
+    def find() -> replay.Chosen:
         chosen = _searched(store, search_in, body.limit)
         with store.read() as conn:
             return replay.deliveries_of(
@@ -286,7 +291,8 @@ async def _resend_targets(store: Any, body: BulkResendIn) -> list[int]:
                 again=body.again,
             )
 
-    return await asyncio.to_thread(find)
+    found = await asyncio.to_thread(find)
+    return found.ids, found.synchronous
 
 
 def _reprocess(store: Any, body: ReplayIn, principal: Principal) -> Act:
@@ -333,6 +339,13 @@ async def _replay(
         "count": len(results),
         "results": [r.__dict__ for r in results],
     }
+
+
+def _left_out(synchronous: int) -> list[dict[str, Any]]:
+    """What a search's resend chose not to resend, counted with why."""
+    if not synchronous:
+        return []
+    return [{"count": synchronous, "reason": replay.SYNCHRONOUS_LEFT_OUT}]
 
 
 def _search_of(body: BulkIn) -> SearchIn:

@@ -104,13 +104,16 @@ def resend(args: argparse.Namespace) -> int:
     else:
         chosen = _message_ids(store, args)
         with store.read() as conn:
-            ids = replay.deliveries_of(
+            found = replay.deliveries_of(
                 conn,
                 chosen,
                 status=args.delivery_status,
                 destination=args.destination,
                 again=args.again,
             )
+        if found.synchronous:
+            print(f"{found.synchronous} {replay.SYNCHRONOUS_LEFT_OUT}", file=sys.stderr)
+        ids = found.ids
     return _run(
         args,
         ids,

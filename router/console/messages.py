@@ -8,6 +8,7 @@ written in the same transaction that reads it.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -138,14 +139,18 @@ def message_routes(engine: Engine) -> APIRouter:
         page shows (``shown``), htmx reloads the whole page: its status, notices and payloads
         have changed too, not only its deliveries."""
 
-        def load() -> tuple[str | None, list[dict[str, Any]]]:
+        def load() -> tuple[Any, list[dict[str, Any]]]:
+            m = messages.c
             with store.read() as conn:
-                status = conn.scalar(select(messages.c.status).where(messages.c.id == message_id))
-                return status, _delivery_rows(conn, message_id)
+                found = conn.execute(
+                    select(m.status, m.source).where(m.id == message_id)
+                ).one_or_none()
+                return found, _delivery_rows(conn, message_id)
 
-        status, rows = await asyncio.to_thread(load)
-        if status is None:
+        found, rows = await asyncio.to_thread(load)
+        if found is None:
             raise HTTPException(404, f"no message {message_id}")
+        status, source = found.status, json.loads(found.source or "{}")
         shown = request.query_params.get("shown")
         if shown is not None and shown != status:
             return HTMLResponse("", headers={**SECURITY_HEADERS, "HX-Refresh": "true"})
@@ -155,7 +160,7 @@ def message_routes(engine: Engine) -> APIRouter:
             {
                 "principal": principal,
                 "csrf": csrf_token(request),
-                "m": {"id": message_id, "status": status, "deliveries": rows},
+                "m": {"id": message_id, "status": status, "source": source, "deliveries": rows},
                 "polling": _polling(status, rows),
             },
         )

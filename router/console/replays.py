@@ -103,6 +103,7 @@ def replay_routes(engine: Engine) -> APIRouter:
         search: Search,
         *,
         more: bool = False,
+        left_out: int = 0,
         problem: str | None = None,
         reason: str = "",
     ) -> HTMLResponse:
@@ -120,6 +121,8 @@ def replay_routes(engine: Engine) -> APIRouter:
                 "plan": plan,
                 "ids": ids,
                 "more": more,
+                "left_out": left_out,
+                "synchronous_left_out": replay.SYNCHRONOUS_LEFT_OUT,
                 "limit": MAX_BULK,
                 "search": search,
                 "problem": problem,
@@ -137,9 +140,15 @@ def replay_routes(engine: Engine) -> APIRouter:
         search = read_search(form, limit=MAX_BULK + 1)
         if search.problems or not search.given:
             raise HTTPException(400, "give a valid search first")
-        ids = await asyncio.to_thread(_bulk_targets, store, search, action)
+        ids, left_out = await asyncio.to_thread(_bulk_targets, store, search, action)
         return await dry_run(
-            request, principal, action, ids[:MAX_BULK], search, more=len(ids) > MAX_BULK
+            request,
+            principal,
+            action,
+            ids[:MAX_BULK],
+            search,
+            more=len(ids) > MAX_BULK,
+            left_out=left_out,
         )
 
     @routes.post("/messages/bulk", response_class=HTMLResponse)
@@ -243,18 +252,12 @@ def _notify_copy(store: Any, engine: Engine, copy_id: int) -> int:
     return int(row.message_id)
 
 
-def _bulk_targets(store: Any, search: Any, action: str) -> list[int]:
-    """Messages matching the search (reprocess), or their failed deliveries (resend)."""
+def _bulk_targets(store: Any, search: Any, action: str) -> tuple[list[int], int]:
+    """Messages matching the search (reprocess), or their failed deliveries not yet resent
+    (resend), with the count of synchronous exchanges' left out (the sender repeats those)."""
     with store.read() as conn:
         message_ids = sorted(row.id for row in find(conn, search, (messages.c.id,)))
         if action == "reprocess" or not message_ids:
-            return message_ids
-        d = deliveries.c
-        return list(
-            conn.scalars(
-                select(d.id)
-                .where(d.message_id.in_(message_ids), d.status == "failed")
-                .order_by(d.id)
-                .limit(MAX_BULK + 1)
-            )
-        )
+            return message_ids, 0
+        found = replay.deliveries_of(conn, message_ids)
+        return found.ids[: MAX_BULK + 1], found.synchronous

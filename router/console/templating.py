@@ -20,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 
 from router.console.form_nonce import new_nonce
 from router.console.session_clock import IDLE_LEFT_HEADER, session_clock
-from router.replay import FINISHED
+from router.replay import FINISHED, is_synchronous
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -98,6 +98,7 @@ def _environment() -> jinja2.Environment:
     env.filters.update(when=when, age=age, pretty_json=pretty_json, cause=cause)
     env.globals["resendable"] = FINISHED  # a delivery still to be sent offers no Resend
     env.globals["form_nonce"] = new_nonce  # every form that acts: router/console/form_once.py
+    env.globals["is_synchronous"] = is_synchronous  # nor a synchronous exchange's
     return env
 
 

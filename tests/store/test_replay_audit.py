@@ -209,7 +209,7 @@ def _failed(store: Store, receive: Any, er7: Any, control_id: str = "ORD1") -> t
 
 def _bulk_targets(store: Store, message_ids: list[int], **options: Any) -> list[int]:
     with store.read() as conn:
-        return deliveries_of(conn, message_ids, **options)
+        return deliveries_of(conn, message_ids, **options).ids
 
 
 def test_a_resent_failure_leaves_the_failed_counts_and_the_bulk_resend(store, receive, er7):
@@ -321,7 +321,7 @@ def test_a_bulk_replay_larger_than_one_statement_can_bind_is_planned_whole(store
 
     [planned] = plan_reprocess(store, [*absent, message_id])
     with store.read() as conn:
-        failed = deliveries_of(conn, [message_id, *absent])
+        failed = deliveries_of(conn, [message_id, *absent]).ids
         assert superseded(conn, [*absent, message_id]) == {}
     [resend_plan] = plan_resend(store, [*absent, *failed])
 
