@@ -307,7 +307,7 @@ def _print_detail(d: dict[str, Any]) -> None:
         for a in delivery["attempt_log"]:
             response = (a["response"] or b"").decode("utf-8", errors="replace").replace("\r", " | ")
             _say(
-                f"    attempt {a['number']} {a['started_at']:%H:%M:%S} {a['outcome']} "
+                f"    attempt {a['number']} {a['started_at']:%Y-%m-%d %H:%M:%S} {a['outcome']} "
                 f"{a['duration_ms']:.1f} ms {a['error'] or ''} {response[:120]}".rstrip()
             )
     if d["correlations"]:

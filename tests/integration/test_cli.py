@@ -976,6 +976,9 @@ def test_show_prints_message_deliveries_and_attempts_and_audits_the_view(live, c
     [attempt] = delivery["attempt_log"]
     assert attempt["outcome"] == "sent"
     assert "MSA|AA|SHOW-1" in attempt["response"]
+    # Dated like the timeline: retries can run over days.
+    started = attempt["started_at"][:19].replace("T", " ")
+    assert f"    attempt 1 {started} sent " in text_out
 
     views = audit_log(store, "view")
     assert [v.target for v in views] == [urn, urn, urn]
