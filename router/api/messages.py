@@ -24,7 +24,7 @@ from router.api.idempotency import IdempotencyKey, idempotent
 from router.api.params import BodyId, Cursor, IdPath, Moment, MomentQuery
 from router.api.security import Principal, require_role
 from router.downloads import delivery_response, message_response
-from router.store.queries import MessageFilter, find_message_id, search
+from router.store.queries import MessageFilter, find_message_id, search, with_delivery_counts
 from router.store.schema import deliveries
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ Ref = Annotated[
 ]
 # The statuses a resend accepts (router.replay.FINISHED): one still to be sent would go twice.
 FinishedStatus = Literal["failed", "sent", "resent", "cancelled"]
+DeliveryStatus = Literal[
+    "failed", "retrying", "queued", "sending", "held", "sent", "resent", "cancelled"
+]
 
 
 class SearchIn(BaseModel):
@@ -123,11 +126,14 @@ def message_routes(engine: Engine) -> APIRouter:
             default=None, max_length=255, description="support; last 24h by default; audited"
         ),
         flag: str | None = Query(default=None, max_length=32, description="e.g. unmatched-order"),
+        delivery_status: DeliveryStatus | None = None,
         before: Cursor = None,
         limit: int = Query(default=50, ge=1, le=500),
     ) -> dict[str, Any]:
-        """Newest first, metadata only; every filter is served by an index. Searching the
-        content (``text``) tells what it holds: it needs ``support`` and is audited."""
+        """Newest first, metadata only, each with its deliveries counted by status (a
+        message whose delivery failed is ``processed``); every filter is served by an
+        index. Searching the content (``text``) tells what it holds: it needs ``support``
+        and is audited."""
         if text and not principal.has("support"):
             raise HTTPException(403, "searching content (text) needs the role support")
         f = SearchIn(
@@ -142,13 +148,14 @@ def message_routes(engine: Engine) -> APIRouter:
             flag=flag,
         ).as_filter(limit)
         f.before_id = before
+        f.delivery_status = delivery_status
 
         def find() -> list[dict[str, Any]]:
             if not f.text:
                 with store.read() as conn:
-                    return search(conn, f)
+                    return with_delivery_counts(conn, search(conn, f))
             with store.begin() as conn:
-                rows = search(conn, f)
+                rows = with_delivery_counts(conn, search(conn, f))
                 found = [row["uuid"] for row in rows]
                 audit.searched_content(conn, principal.name, f.text, found, via="api")
                 return rows

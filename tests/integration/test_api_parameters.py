@@ -330,3 +330,23 @@ def test_concurrent_puts_of_one_endpoint_all_succeed(site, admin):
         assert list(pool.map(put, range(6))) == [201] * 6
     (endpoint,) = admin.get("/api/endpoints", params={"key": "ods:X26"}).json()["endpoints"]
     assert endpoint["address"].startswith("X26HUB0")
+
+
+def test_the_search_filters_by_delivery_status_and_counts_each_rows_deliveries(
+    site, admin, hl7_samples
+):
+    """As ``run.py messages --delivery-status failed``: a message whose delivery failed is
+    ``processed``, so only its deliveries tell it from one delivered."""
+    site.send_and_settle(order(hl7_samples[OML], "DS-SENT"), "DS-SENT", "sent")
+    site.lab.code = "AR"
+    site.send_and_settle(order(hl7_samples[OML], "DS-FAILED"), "DS-FAILED", "failed")
+    found = admin.get("/api/messages", params={"delivery_status": "failed"})
+    assert found.status_code == 200, found.text
+    [failed] = found.json()["messages"]
+    assert (failed["control_id"], failed["deliveries"]) == ("DS-FAILED", {"failed": 1})
+    listed = admin.get("/api/messages").json()["messages"]
+    assert [(m["control_id"], m["deliveries"]) for m in listed] == [
+        ("DS-FAILED", {"failed": 1}),
+        ("DS-SENT", {"sent": 1}),
+    ]
+    assert admin.get("/api/messages", params={"delivery_status": "Failed"}).status_code == 422
