@@ -265,3 +265,8 @@ def test_the_example_engine_configuration_loads_with_its_channels():
     assert config.store == f"sqlite:///{(folder / '../../data/dps-handoff.db').resolve()}"
     names = {load_channel(p).name for p in sorted((folder / "channels").glob("*.yaml"))}
     assert names == {"gp-extract-intake", "dps-results"}
+    # A local mesh-sandbox serves plain HTTP (docs/mesh.md), as config/engine.yaml has it:
+    # https:// to it fails its TLS handshake.
+    bundled = load_engine(folder.parents[1] / "config" / "engine.yaml")
+    assert config.mesh.mailboxes["hub"].url == bundled.mesh.mailboxes["trust"].url
+    assert config.mesh.mailboxes["hub"].url == "http://127.0.0.1:8700"
