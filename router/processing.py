@@ -40,6 +40,7 @@ from router.store.database import Store, Transact
 from router.store.inbound import Inbound
 from router.store.ingest import DestinationKey
 from router.store.interruptible import STOP_GRACE, Interruptible
+from router.store.placement import placed
 from router.store.schema import (
     messages,
 )
@@ -338,7 +339,5 @@ def _message(row: Any, blobs: BlobStore) -> Message:
 
 def _stored(planned: PlannedDelivery, blobs: BlobStore) -> PlannedDelivery:
     """The delivery with a payload above the blob threshold written to the blob store."""
-    payload = planned.payload
-    if isinstance(payload, bytes) and len(payload) <= blobs.threshold:
-        return planned
-    return replace(planned, payload=blobs.put(payload))
+    payload = placed(blobs, planned.payload)
+    return planned if payload is planned.payload else replace(planned, payload=payload)

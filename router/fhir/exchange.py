@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Connection, and_, bindparam, exists, or_, 
 
 from router.fhir import registry
 from router.fhir.bars import ANSWERABLE, LINKING, IndexedRequest
+from router.payload import as_payload
 from router.store.database import Store
 from router.store.fast_insert import insert_rows
 from router.store.inbound import Inbound, release_validated, utcnow, write_inbound
@@ -112,6 +113,7 @@ def open_exchange(
     ``owner``, until ``close_exchange``; or settled at once with ``outcome`` (the proxy,
     which records an exchange when it is over)."""
     now = utcnow()
+    body = as_payload(item.raw)  # the delivery names the message's blob, if it has one
     write_inbound(conn, [item])
     message_id = item.id  # told by the insert on SQLite; looked up where it is not
     if message_id is None:
@@ -122,7 +124,9 @@ def open_exchange(
         "destination": destination,
         "status": "sending",
         "content_type": item.content_type,
-        "payload": item.raw,
+        "payload": body.inline,
+        "blob_sha256": body.sha256 if body.is_blob else None,
+        "blob_size": body.size if body.is_blob else None,
         "idempotency_key": item.control_id,
         "attempts": 0,
         "next_attempt_at": now,

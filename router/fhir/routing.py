@@ -65,6 +65,7 @@ from router.repeat_log import RepeatLog
 from router.store.database import Store
 from router.store.inbound import VALIDATING, Inbound, utcnow
 from router.store.ingest import GroupCommitWriter
+from router.store.placement import placed_off_loop
 
 log = logging.getLogger(__name__)
 PASSED_ON = (
@@ -126,23 +127,7 @@ class BarsRouter:
         keys = conversation_keys(checked.document, header, request.headers)
         registration = _registration(checked.document, header, str(key))
         lease = routing.timeout + routing.connect_timeout * (routing.connect_retries + 1)
-        # Records of earlier exchanges go now, queued just before this one: the writer
-        # takes both in one batch, so they share its commit instead of costing their own.
-        self._recorder.flush()
-        opening = asyncio.wrap_future(
-            self._writer.run_soon(
-                lambda conn: open_exchange(
-                    conn,
-                    item,
-                    destination=FORWARD,
-                    address=url,
-                    owner=self._owner,
-                    lease=lease + LEASE_MARGIN,
-                    keys=keys,
-                    conversation=True,
-                )
-            )
-        )
+        opening = asyncio.ensure_future(self._open(item, url, lease + LEASE_MARGIN, keys))
         try:
             await models
         except Rejected as exc:
@@ -163,6 +148,30 @@ class BarsRouter:
             self._hops.failed(request.channel, FORWARD, url, opened.uuid, answer.status, reason)
         self._recorder.add(lambda conn: _settle(conn, item, opened, registration, outcome))
         return answer
+
+    async def _open(
+        self, item: Inbound, url: str, lease: float, keys: list[tuple[str, str]]
+    ) -> Opened:
+        """Store the exchange: a body above the blob threshold is first written to the blob
+        store, off the loop, and the message and its delivery both name that one blob."""
+        item.raw = await placed_off_loop(self._store.blobs, item.raw)
+        # Records of earlier exchanges go now, queued just before this one: the writer
+        # takes both in one batch, so they share its commit instead of costing their own.
+        self._recorder.flush()
+        return await asyncio.wrap_future(
+            self._writer.run_soon(
+                lambda conn: open_exchange(
+                    conn,
+                    item,
+                    destination=FORWARD,
+                    address=url,
+                    owner=self._owner,
+                    lease=lease,
+                    keys=keys,
+                    conversation=True,
+                )
+            )
+        )
 
     async def _destination(
         self, request: FhirRequest, header: Mapping[str, Any]

@@ -22,7 +22,8 @@ for all of them. Only peers and background jobs are held so; a message of no pee
 files, MESH) ends the wait.
 
 A body above the blob threshold (``blobs.threshold``, 1 MiB) goes to the blob store as it is
-submitted, whichever source sent it: hashed, written and fsynced in the submitter's thread
+submitted, whichever source sent it (router.store.placement, which the paths that write
+without the writer use too): hashed, written and fsynced in the submitter's thread
 (a worker thread for ``submit``, which must leave the event loop free), so that the blob is
 durable before the row that names it commits, and that row, then a few hundred bytes, costs
 the commit every other sender waits for no more than any other. Inline, a 9 MB body held up
@@ -54,11 +55,10 @@ from sqlalchemy import Connection
 
 from router import metrics
 from router.outage_log import OutageLog
-from router.payload import Payload
 from router.store.answers import answer, resolve
-from router.store.blobs import BlobStore
 from router.store.database import Store, StoreUnavailable, is_connection_problem, savepoint
 from router.store.inbound import Inbound, Receipt, release_validated, write_inbound
+from router.store.placement import placed, placed_off_loop
 from router.store.settled import hold_back, unsettle
 
 log = logging.getLogger(__name__)
@@ -208,9 +208,7 @@ class GroupCommitWriter:
         is written to the blob store first, in a worker thread.
         """
         loop = asyncio.get_running_loop()
-        blobs = self._store.blobs
-        if _is_large(item, blobs):
-            item.raw = await asyncio.to_thread(_to_blob, blobs, item.raw)
+        item.raw = await placed_off_loop(self._store.blobs, item.raw)
         waiter: asyncio.Future[Receipt] = loop.create_future()
         self._decide(item)
         self._put(_Pending(item, waiter, loop, peer))
@@ -219,8 +217,7 @@ class GroupCommitWriter:
     def submit_sync(self, item: Inbound) -> Receipt:
         """The same, for callers on ordinary threads (a large body is written to the blob
         store in this one)."""
-        if _is_large(item, self._store.blobs):
-            item.raw = _to_blob(self._store.blobs, item.raw)
+        item.raw = placed(self._store.blobs, item.raw)
         waiter: Future[Receipt] = Future()
         self._decide(item)
         self._put(_Pending(item, waiter, None))
@@ -470,21 +467,6 @@ class GroupCommitWriter:
             if broken:
                 conn.invalidate()
             conn.close()
-
-
-def _is_large(item: Inbound, blobs: BlobStore) -> bool:
-    """Whether ``item``'s body is bytes above the blob threshold (a Payload was placed by
-    its source, streaming)."""
-    return isinstance(item.raw, bytes) and len(item.raw) > blobs.threshold
-
-
-def _to_blob(blobs: BlobStore, data: bytes | Payload) -> Payload:
-    """``data`` hashed, written and fsynced in the blob store (all three let other threads
-    run); a store that cannot write it is unavailable, as one that cannot commit."""
-    try:
-        return blobs.put(data)
-    except OSError as exc:
-        raise StoreUnavailable(f"blob store: {exc.strerror or exc}") from exc
 
 
 def _refuse(entries: list[_Pending | _Job | _Release]) -> None:

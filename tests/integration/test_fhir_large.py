@@ -1,6 +1,7 @@
 """A FHIR body above the blob threshold is written to the blob store by the store's writer,
 off the event loop, before the row that names it is committed and the 2xx sent; a message
-left validating is checked again from its blob."""
+left validating is checked again from its blob. A BaRS message, which is stored without
+the writer, is kept as one blob its message and its delivery both name."""
 
 from __future__ import annotations
 
@@ -30,13 +31,16 @@ from tie_testing import (
     wait_until,
 )
 
+from router.directory import Key, make_endpoint
 from router.payload import Payload
 from router.store.inbound import VALIDATING, Inbound, utcnow, write_inbound
-from router.store.schema import messages
+from router.store.schema import deliveries, messages
 
 FHIR = {"Content-Type": "application/fhir+json"}
 PATH = "/fhir/inbox/$process-message"
 BLOCKED = 10.0  # seconds at most that the blob write is held (a bound on failure only)
+THRESHOLD = "32KB"
+BARS_TARGET = Key("dos", "111111111")  # the samples' destination
 
 
 @pytest.fixture
@@ -57,8 +61,21 @@ def engine(
             "destinations": {"rx": {"http": {"url": receiver.url, "path": "$process-message"}}},
         }
     )
-    settings = engine_config(tmp_path, store_url, blobs={"threshold": "32KB"})
+    settings = engine_config(tmp_path, store_url, blobs={"threshold": THRESHOLD})
     with engine_over_http(settings, {"inbox": inbox}) as tie:
+        as_sender(tie[0].store, tie[1])
+        yield tie
+
+
+@pytest.fixture
+def bars_engine(
+    tmp_path: Path, store_url: str, receiver: HttpReceiver
+) -> Iterator[tuple[RunningEngine, httpx.Client]]:
+    bars = channel({"name": "bars", "source": {"http": {"bars": {"timeout": "5s"}}}})
+    url = receiver.url + "/fhir/R4"
+    endpoints = [make_endpoint(BARS_TARGET, "servicerequest-request", "fhir", url)]
+    settings = engine_config(tmp_path, store_url, blobs={"threshold": THRESHOLD})
+    with engine_over_http(settings, {"bars": bars}, endpoints=endpoints) as tie:
         as_sender(tie[0].store, tie[1])
         yield tie
 
@@ -140,3 +157,20 @@ def test_a_large_message_left_validating_is_checked_again_from_its_blob(
     with running.store.read() as conn:
         status = conn.scalar(select(messages.c.status).where(messages.c.uuid == item.uuid))
     assert status == "processed"
+
+
+def test_a_large_bars_message_and_its_delivery_name_one_blob(bars_engine, receiver, bars_samples):
+    running, client = bars_engine
+    large = _with_letter(bars_samples["servicerequest-request_validation"], 64 * 1024)
+    body = json.dumps(large).encode()
+    answer = client.post("/fhir/bars/$process-message", content=body, headers=FHIR)
+
+    assert answer.status_code == 200
+    assert receiver.received[0].body == body
+    digest = sha256(body).hexdigest()
+    row = _row(running, large["id"])
+    assert (row.raw, row.size, row.blob_sha256) == (b"", len(body), digest)
+    with running.store.read() as conn:
+        delivery = conn.execute(select(deliveries).where(deliveries.c.message_id == row.id)).one()
+    assert (delivery.payload, delivery.blob_sha256, delivery.blob_size) == (b"", digest, len(body))
+    assert running.store.blobs.path(digest).read_bytes() == body
