@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -48,6 +49,8 @@ class Stranded:
     raw: bytes
     source: str | None
     received_at: datetime
+    # Why it cannot be checked again (its blob file is missing): released as an error.
+    unreadable: str | None = None
 
 
 def stranded(store: Store, grace: float = GRACE) -> list[Stranded]:
@@ -72,16 +75,22 @@ def stranded(store: Store, grace: float = GRACE) -> list[Stranded]:
                 .limit(BATCH)
             )
         )
-    return [
-        Stranded(
-            row.uuid,
-            row.channel,
-            store.blobs.payload(bytes(row.raw), row.blob_sha256, row.size).read(),
-            row.source,
-            row.received_at,
+    return [_read(store, row) for row in rows]
+
+
+def _read(store: Store, row: Any) -> Stranded:
+    """The row with its body; one whose blob file is missing, without (it cannot be checked
+    again, and left as it was it failed every pass of the recovery, the others' too)."""
+    body = store.blobs.payload(bytes(row.raw), row.blob_sha256, row.size)
+    try:
+        return Stranded(row.uuid, row.channel, body.read(), row.source, row.received_at)
+    except FileNotFoundError:
+        unreadable = (
+            f"its body ({row.size} bytes, blob {row.blob_sha256}) is missing from the blob "
+            "store; not validated"
         )
-        for row in rows
-    ]
+        log.error("message %s left validating: %s", row.uuid, unreadable)
+        return Stranded(row.uuid, row.channel, b"", row.source, row.received_at, unreadable)
 
 
 async def recover(
@@ -91,7 +100,9 @@ async def recover(
     released = 0
     for row in rows:
         item, request = _restored(row, channels)
-        if request is None:
+        if row.unreadable is not None:
+            reason = row.unreadable
+        elif request is None:
             reason = f"channel {row.channel} no longer takes FHIR messages; not validated"
         else:
             try:

@@ -1,7 +1,8 @@
 """A FHIR body above the blob threshold is written to the blob store by the store's writer,
 off the event loop, before the row that names it is committed and the 2xx sent; a message
-left validating is checked again from its blob. A BaRS message, which is stored without
-the writer, is kept as one blob its message and its delivery both name."""
+left validating is checked again from its blob (an error when its blob is missing). A BaRS
+message, which is stored without the writer, is kept as one blob its message and its
+delivery both name."""
 
 from __future__ import annotations
 
@@ -174,3 +175,35 @@ def test_a_large_bars_message_and_its_delivery_name_one_blob(bars_engine, receiv
         delivery = conn.execute(select(deliveries).where(deliveries.c.message_id == row.id)).one()
     assert (delivery.payload, delivery.blob_sha256, delivery.blob_size) == (b"", digest, len(body))
     assert running.store.blobs.path(digest).read_bytes() == body
+
+
+def test_a_message_left_validating_whose_blob_is_missing_becomes_an_error(
+    engine, receiver, bars_samples
+):
+    running, _ = engine
+    sample = bars_samples["servicerequest-request_validation"]
+    lost, kept = (_with_letter(sample, 64 * 1024) for _ in range(2))
+    items = [
+        Inbound(
+            "inbox",
+            running.store.blobs.put(json.dumps(document).encode()),
+            content_type="fhir+json",
+            source={"protocol": "http", "path": "/fhir/inbox/$process-message"},
+            status=VALIDATING,
+            received_at=utcnow() - timedelta(minutes=5),
+        )
+        for document in (lost, kept)
+    ]
+    with running.store.begin() as conn:
+        write_inbound(conn, items)
+    missing = items[0].raw
+    assert isinstance(missing, Payload) and missing.path is not None
+    missing.path.unlink()
+
+    assert running.call(running.engine.gateway.recover_validating()) == 2
+    with running.store.read() as conn:
+        row = conn.execute(select(messages).where(messages.c.uuid == items[0].uuid)).one()
+    assert row.status == "error"
+    assert f"blob {missing.sha256}) is missing from the blob store" in row.error
+    wait_until(lambda: len(receiver.received) == 1)
+    assert [r.json()["id"] for r in receiver.received] == [kept["id"]]
