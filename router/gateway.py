@@ -64,7 +64,9 @@ class Gateway:
         self.intake = FhirIntake(
             writer.submit, self.executor, self.validators, writer.release, self.bars.route
         )
-        self.proxy = BookingProxy(self.recorder, self.directory, self.forwarder, config.node)
+        self.proxy = BookingProxy(
+            self.recorder, self.directory, self.forwarder, config.node, store.blobs
+        )
         self.senders = Senders(store)
         self._refresher: asyncio.Task[None] | None = None
         self._channels = channels

@@ -296,7 +296,7 @@ class GatewayRoutes:
             )
         except Rejected as exc:
             request.body = await read_kept(receive)
-            answer = proxy.refuse(request, exc)
+            answer = await proxy.refuse(request, exc)
             await respond(send, answer.status, answer.body, answer.headers)
             return
         try:
@@ -304,7 +304,7 @@ class GatewayRoutes:
         except BodyTooLarge as exc:
             request.body = exc.kept
             text = f"the body is larger than {options.max_body} bytes"
-            answer = proxy.refuse(request, reject(413, "too-costly", text))
+            answer = await proxy.refuse(request, reject(413, "too-costly", text))
         else:
             answer = await proxy.handle(request)
         await respond(send, answer.status, answer.body, answer.headers)

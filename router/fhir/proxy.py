@@ -12,6 +12,7 @@ refused at night has an id to quote to support.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import posixpath
@@ -37,6 +38,9 @@ from router.fhir.outcome import Issue, Rejected, operation_outcome, reject
 from router.fhir.recorder import Recorder
 from router.fhir.request_id import REQUEST_ID, callers_id, request_keys
 from router.fhir.senders import bearer
+from router.payload import Payload
+from router.store.blobs import BlobStore
+from router.store.database import StoreUnavailable
 from router.store.fast_insert import insert_rows
 from router.store.inbound import (
     SSP_FROM_KEY,
@@ -45,6 +49,7 @@ from router.store.inbound import (
     utcnow,
     write_inbound,
 )
+from router.store.placement import placed_off_loop
 from router.store.schema import correlations, messages
 
 log = logging.getLogger(__name__)
@@ -181,9 +186,15 @@ def _default_port(scheme: str) -> int:
 
 class BookingProxy:
     def __init__(
-        self, recorder: Recorder, directory: Directory, forwarder: Forwarder, owner: str
+        self,
+        recorder: Recorder,
+        directory: Directory,
+        forwarder: Forwarder,
+        owner: str,
+        blobs: BlobStore,
     ) -> None:
         self._recorder = recorder
+        self._blobs = blobs
         self._directory = directory
         self._owner = owner
         self._forwarder = forwarder
@@ -191,22 +202,37 @@ class BookingProxy:
 
     async def handle(self, request: ProxyRequest) -> ProxyAnswer:
         try:
-            caller, interaction = self._check(request)
+            caller, _ = self._check(request)
         except Rejected as exc:
-            return self.refuse(request, exc)
+            return await self.refuse(request, exc)
+        # A body above the blob threshold is written to the blob store while it is forwarded.
+        placing = asyncio.ensure_future(placed_off_loop(self._blobs, request.body))
         started = utcnow()
         t0 = time.perf_counter()
         answer, sent, kept, error = await self._forward(request)
         duration = (time.perf_counter() - t0) * 1000
-        self._store_exchange(request, caller, interaction, started, duration, sent, kept, error)
+        try:
+            body = await placing
+        except StoreUnavailable as exc:
+            log.error("booking proxy: exchange %s could not be recorded: %s", request.uuid, exc)
+        else:
+            item = self._inbound(request, body, status="processed")
+            self._store_exchange(item, request, caller, started, duration, sent, kept, error)
         if not any(name.lower() == REQUEST_ID for name, _ in answer.headers):
             answer.headers.append((REQUEST_ID, request.request_id))
         return answer
 
-    def refuse(self, request: ProxyRequest, exc: Rejected) -> ProxyAnswer:
-        """Answer ``exc`` and keep the refused request (its first 64 KiB) with the reason."""
+    async def refuse(self, request: ProxyRequest, exc: Rejected) -> ProxyAnswer:
+        """Answer ``exc`` and keep the refused request (its first 64 KiB) with the reason
+        (in the blob store above its threshold)."""
         request.body = request.body[:KEPT_OF_REFUSED]
-        self._store_refused(request, exc)
+        try:
+            body = await placed_off_loop(self._blobs, request.body)
+        except StoreUnavailable as unstored:
+            log.error("booking proxy: refusal %s could not be recorded: %s", request.uuid, unstored)
+        else:
+            reason = f"refused ({exc.status}): {exc.reason}"
+            self._store_refused(self._inbound(request, body, status="error", error=reason), request)
         return self.refusal(exc, request.request_id)
 
     def refusal(self, exc: Rejected, request_id: str) -> ProxyAnswer:
@@ -299,12 +325,13 @@ class BookingProxy:
         answer = self.refusal(Rejected(status, [Issue(code, text)]), request.request_id)
         return answer, False, None, text
 
-    def _inbound(self, request: ProxyRequest, **extra: Any) -> Inbound:
+    def _inbound(self, request: ProxyRequest, body: bytes | Payload, **extra: Any) -> Inbound:
+        """The request as stored, ``body`` placed (router.store.placement)."""
         kept = {n: request.header(n) for n in KEPT_HEADERS if request.header(n)}
         media = request.header("content-type").split(";")[0].strip().lower()
         return Inbound(
             request.channel,
-            request.body,
+            body,
             content_type=FHIR_JSON if media.endswith("json") else "http",
             message_type=request.header("ssp-interactionid") or None,
             control_id=request.header("ssp-traceid") or None,
@@ -323,9 +350,9 @@ class BookingProxy:
 
     def _store_exchange(
         self,
+        item: Inbound,
         request: ProxyRequest,
         caller: Key,
-        interaction: str,
         started: Any,
         duration_ms: float,
         sent: bool,
@@ -333,7 +360,6 @@ class BookingProxy:
         error: str | None,
     ) -> None:
         """One transaction: the request, its delivery to the provider, the provider's answer."""
-        item = self._inbound(request, status="processed")
         trace = request.header("ssp-traceid")
 
         outcome = Outcome(sent, started, duration_ms, kept, error)
@@ -350,8 +376,7 @@ class BookingProxy:
             )
         )
 
-    def _store_refused(self, request: ProxyRequest, exc: Rejected) -> None:
-        item = self._inbound(request, status="error", error=f"refused ({exc.status}): {exc.reason}")
+    def _store_refused(self, item: Inbound, request: ProxyRequest) -> None:
         self._recorder.add(lambda conn: _write_refused(conn, item, _request_key(request)))
 
 

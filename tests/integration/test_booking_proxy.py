@@ -8,6 +8,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -97,7 +99,24 @@ def elsewhere() -> Iterator[HttpReceiver]:
 
 @pytest.fixture
 def tie(
-    tmp_path: Path, store_url: str, provider: Provider, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, store_url: str, provider: Provider
+) -> Iterator[tuple[RunningEngine, httpx.Client]]:
+    with proxy_engine(tmp_path, store_url, provider) as tie:
+        yield tie
+
+
+@pytest.fixture
+def tie_small_blobs(
+    tmp_path: Path, store_url: str, provider: Provider
+) -> Iterator[tuple[RunningEngine, httpx.Client]]:
+    """The proxy with a blob threshold below what it keeps of a refused request (64 KiB)."""
+    with proxy_engine(tmp_path, store_url, provider, blobs={"threshold": "32KB"}) as tie:
+        yield tie
+
+
+@contextmanager
+def proxy_engine(
+    tmp_path: Path, store_url: str, provider: Provider, **settings: Any
 ) -> Iterator[tuple[RunningEngine, httpx.Client]]:
     api_token(store_url, token=TOKEN)
     options = {"timeout": "1s", "max_body": MAX_BODY}
@@ -110,7 +129,7 @@ def tie(
         )
         for interaction in (SEARCH, BOOK)
     ]
-    config = engine_config(tmp_path, store_url)
+    config = engine_config(tmp_path, store_url, **settings)
     with engine_over_http(config, {"booking-proxy": proxy}, endpoints=endpoints) as tie:
         as_sender(tie[0].store, tie[1], proxy=True)
         yield tie
@@ -348,6 +367,39 @@ def test_an_oversized_request_is_refused_and_kept_with_the_reason(tie, provider)
     assert (row.status, row.delivery) == ("error", None)
     assert row.error.startswith("refused (413): the body is larger than")
     assert len(row.raw) <= 64 * 1024
+
+
+def test_large_requests_are_kept_as_one_blob_their_delivery_names_too(tie_small_blobs, provider):
+    running, client = tie_small_blobs
+    url = f"/proxy/{provider.server.url}/STU3/Appointment"
+    appointment = {"resourceType": "Appointment", "status": "booked", "comment": "x" * 65536}
+    body = json.dumps(appointment).encode()
+    booking = ssp(BOOK, **{"Content-Type": "application/fhir+json"})
+    assert client.post(url, content=body, headers=booking).status_code == 201
+    # A refusal keeps the first 64 KiB of what it was sent: a blob here too.
+    unknown = ssp(BOOK, **{"Proxy-Authorization": "Bearer tie_not-a-token"})
+    assert client.post(url, content=b"x" * (MAX_BODY // 2), headers=unknown).status_code == 407
+
+    booked = wait_until(lambda: stored(running, booking["Ssp-TraceID"]))
+    refused = wait_until(lambda: stored(running, unknown["Ssp-TraceID"]))
+    with running.store.read() as conn:
+        kept = {
+            row.control_id: row
+            for row in conn.execute(
+                select(messages.c.control_id, messages.c.raw, messages.c.blob_sha256)
+            )
+        }
+        delivery = conn.execute(
+            select(deliveries.c.payload, deliveries.c.blob_sha256, deliveries.c.blob_size).where(
+                deliveries.c.id == booked.delivery_id
+            )
+        ).one()
+    digest = sha256(body).hexdigest()
+    assert kept[booking["Ssp-TraceID"]][1:] == (b"", digest)
+    assert tuple(delivery) == (b"", digest, len(body))
+    assert running.store.blobs.path(digest).read_bytes() == body
+    assert refused.status == "error"
+    assert kept[unknown["Ssp-TraceID"]][1:] == (b"", sha256(b"x" * 64 * 1024).hexdigest())
 
 
 def test_the_proxy_takes_a_senders_token_in_proxy_authorization_and_keeps_it(tie, provider):
