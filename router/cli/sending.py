@@ -221,6 +221,7 @@ def _inject(
     from router.store.inbound import write_inbound
     from router.store.migrate import upgrade
     from router.store.opening import open_store
+    from router.store.placement import placed
 
     store = open_store(config)
     upgrade(store)
@@ -229,6 +230,8 @@ def _inject(
         for path, batch in batches
         for m in batch
     ]
+    for _, item in items:  # a large one goes to the blob store before its row commits
+        item.raw = placed(store.blobs, item.raw)
     with store.begin() as conn:
         receipts = write_inbound(conn, [item for _, item in items])
     return [

@@ -19,6 +19,7 @@ from router.connectors import Delivery, SendResult
 from router.connectors.hl7_inbound import hl7_inbound
 from router.store.database import Store
 from router.store.inbound import Inbound, write_inbound
+from router.store.placement import placed
 from router.store.schema import messages
 
 MAX_HOPS = 16
@@ -44,6 +45,7 @@ class ChannelSender:
     def _feed(self, delivery: Delivery) -> str | None:
         """The new message's uuid (the one made before, for a retried delivery); None when
         the message has already gone through ``MAX_HOPS`` channel destinations."""
+        item = self._inbound(delivery)
         with self._store.begin() as conn:
             existing = conn.scalar(
                 select(messages.c.uuid).where(messages.c.origin_delivery_id == delivery.id)
@@ -60,29 +62,30 @@ class ChannelSender:
             )
             if hops > MAX_HOPS:
                 return None
-            source = {
+            item.source = {
                 "protocol": "channel",
                 "channel": delivery.channel,
                 "message": delivery.message_uuid,
                 "delivery": delivery.id,
                 "hops": hops,
             }
-            if delivery.content_type == "hl7v2":
-                item = hl7_inbound(
-                    self._target.channel,
-                    delivery.body.read(),
-                    source=source,
-                    origin_delivery_id=delivery.id,
-                )
-            else:
-                item = Inbound(
-                    self._target.channel,
-                    delivery.body,
-                    content_type=delivery.content_type,
-                    source=source,
-                    origin_delivery_id=delivery.id,
-                )
             return write_inbound(conn, [item])[0].uuid
+
+    def _inbound(self, delivery: Delivery) -> Inbound:
+        """The new message, its body placed (router.store.placement) before the transaction
+        that stores it: a blob passed on stays one, a large inline payload becomes one."""
+        channel, blobs = self._target.channel, self._store.blobs
+        if delivery.content_type == "hl7v2":
+            item = hl7_inbound(channel, delivery.body.read(), origin_delivery_id=delivery.id)
+        else:
+            item = Inbound(
+                channel,
+                delivery.body,
+                content_type=delivery.content_type,
+                origin_delivery_id=delivery.id,
+            )
+        item.raw = placed(blobs, item.raw)
+        return item
 
     async def close(self) -> None:
         return None
