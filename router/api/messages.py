@@ -1,7 +1,7 @@
-"""``/api/messages`` and ``/api/deliveries``: search, detail, reprocess and resend.
+"""``/api/messages`` and ``/api/deliveries``: search, detail, reprocess, resend and cancel.
 
 Searching is metadata (viewer); the detail holds message content and is an
-audited view (support); reprocess and resend (support) take one id or a search,
+audited view (support); reprocess, resend and cancel (support) take one id or a search,
 need a reason, can be run dry, and write one audit event per message, paced like
 the CLI (router.replay.Pace) in batches of one transaction each. A replay sent with an
 ``Idempotency-Key`` is answered once: its retry gets the kept answer (router/api/idempotency.py).
@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
-from router import audit, replay
+from router import audit, cancel, replay
 from router.api.idempotency import IdempotencyKey, idempotent
 from router.api.params import BodyId, Cursor, IdPath, Moment, MomentQuery
 from router.api.security import Principal, require_role
@@ -106,6 +106,11 @@ class BulkResendIn(BulkIn):
         default="failed", description="null: any finished status (resent ones with again)"
     )
     again: bool = Field(default=False, description="also deliveries already resent")
+
+
+class BulkCancelIn(BulkIn):
+    ids: list[BodyId] | None = Field(default=None, max_length=MAX_BULK, description="delivery ids")
+    destination: str | None = Field(default=None, max_length=64)
 
 
 def message_routes(engine: Engine) -> APIRouter:
@@ -270,6 +275,41 @@ def message_routes(engine: Engine) -> APIRouter:
         route = "/api/deliveries/resend"
         return await idempotent(store, principal, idempotency_key, route, body, "resend", run)
 
+    @router.post("/deliveries/{delivery_id}/cancel")
+    async def cancel_one(
+        delivery_id: IdPath,
+        body: ReplayIn,
+        principal: Principal = Depends(require_role("support")),
+        idempotency_key: IdempotencyKey = None,
+    ) -> Any:
+        """Stop a delivery waiting to be sent (queued, retrying): it becomes ``cancelled``
+        and is never sent. 409 for one being sent now, held, finished, or a DPS job's."""
+
+        async def run() -> dict[str, Any]:
+            return await _replay(
+                body, [delivery_id], _cancel(store, body, principal), engine, "cancel"
+            )
+
+        route, path = "/api/deliveries/{id}/cancel", f"/api/deliveries/{delivery_id}/cancel"
+        return await idempotent(store, principal, idempotency_key, route, body, "cancel", run, path)
+
+    @router.post("/deliveries/cancel")
+    async def cancel_many(
+        body: BulkCancelIn,
+        principal: Principal = Depends(require_role("support")),
+        idempotency_key: IdempotencyKey = None,
+    ) -> Any:
+        """Cancel the deliveries in ``ids`` (any refused is a 409 before anything is
+        cancelled), or those still to be sent of the messages a ``search`` finds (to
+        ``destination`` when given)."""
+
+        async def run() -> dict[str, Any]:
+            ids = await _cancel_targets(store, body)
+            return await _replay(body, ids, _cancel(store, body, principal), engine, "cancel")
+
+        route = "/api/deliveries/cancel"
+        return await idempotent(store, principal, idempotency_key, route, body, "cancel", run)
+
     return router
 
 
@@ -302,6 +342,28 @@ async def _resend_targets(store: Any, body: BulkResendIn) -> tuple[list[int], in
     return found.ids, found.synchronous
 
 
+async def _cancel_targets(store: Any, body: BulkCancelIn) -> list[int]:
+    """The deliveries a bulk cancel names: its ``ids`` (all cancellable, else 409), or the
+    ones still to be sent of the messages its search finds."""
+    if body.ids is not None:
+        ids = await asyncio.to_thread(_delivery_ids, store, body.ids)
+        if not body.dry_run:
+            await asyncio.to_thread(_cancellable, store, ids)
+        return ids
+    search_in = _search_of(body)
+
+    def find() -> list[int]:
+        chosen = _searched(store, search_in, body.limit)
+        with store.read() as conn:
+            return cancel.waiting_of(conn, chosen, destination=body.destination)
+
+    return await asyncio.to_thread(find)
+
+
+def _cancel(store: Any, body: ReplayIn, principal: Principal) -> Act:
+    return lambda ids: cancel.cancel_many(store, ids, reason=body.reason, actor=principal.name)
+
+
 def _reprocess(store: Any, body: ReplayIn, principal: Principal) -> Act:
     return lambda ids: replay.reprocess_many(store, ids, reason=body.reason, actor=principal.name)
 
@@ -324,8 +386,7 @@ async def _replay(
     # the dry run lists it once, and the run must do what the dry run said.
     ids = list(dict.fromkeys(ids))
     if body.dry_run:
-        plan = replay.plan_reprocess if kind == "reprocess" else replay.plan_resend
-        results = await asyncio.to_thread(plan, store, ids)
+        results = await asyncio.to_thread(_PLANS[kind], store, ids)
         if not results and len(ids) == 1:
             raise HTTPException(404, f"no {'message' if kind == 'reprocess' else 'delivery'}")
     else:
@@ -353,6 +414,13 @@ def _left_out(synchronous: int) -> list[dict[str, Any]]:
     if not synchronous:
         return []
     return [{"count": synchronous, "reason": replay.SYNCHRONOUS_LEFT_OUT}]
+
+
+_PLANS = {
+    "reprocess": replay.plan_reprocess,
+    "resend": replay.plan_resend,
+    "cancel": cancel.plan_cancel,
+}
 
 
 def _search_of(body: BulkIn) -> SearchIn:
@@ -389,6 +457,15 @@ def _finished(store: Any, ids: list[int]) -> None:
     resend would send the payload twice (a dry run lists it as not resent instead)."""
     with store.read() as conn:
         refused = replay.unfinished(conn, ids)
+    if refused:
+        raise HTTPException(409, str(refused[0]))
+
+
+def _cancellable(store: Any, ids: list[int]) -> None:
+    """A 409 naming the first of ``ids`` that cannot be cancelled, before any is (a dry
+    run lists it as not cancelled instead)."""
+    with store.read() as conn:
+        refused = cancel.refusals(conn, ids)
     if refused:
         raise HTTPException(409, str(refused[0]))
 

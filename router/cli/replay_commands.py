@@ -1,4 +1,5 @@
-"""CLI commands ``reprocess`` and ``resend``: one id or a search, a reason, a dry run."""
+"""CLI commands ``reprocess``, ``resend`` and ``cancel``: one id or a search, a reason, a
+dry run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 from tqdm import tqdm
 
-from router import replay
+from router import cancel, replay
 from router.cli.commands import acting
 from router.cli.filters import add_filters, has_search, search_filter
 from router.cli.output import (
@@ -61,6 +62,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _common(p)
     p.set_defaults(handler=resend)
+
+    p = sub.add_parser("cancel", help="stop queued or retrying deliveries: never sent")
+    p.add_argument(
+        "id", nargs="?", type=positive_int, help="one delivery id; or use the search options"
+    )
+    p.add_argument("--destination", help="with a search: only deliveries to this destination")
+    _common(p)
+    p.set_defaults(handler=cancel_deliveries)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -121,6 +130,27 @@ def resend(args: argparse.Namespace) -> int:
         act=lambda batch: replay.resend_many(
             store, batch, reason=args.reason, actor=who, again=args.id is not None or args.again
         ),
+    )
+
+
+def cancel_deliveries(args: argparse.Namespace) -> int:
+    """One delivery, or those still to be sent of the messages a search finds."""
+    store = open_store(args)
+    who = acting(args, store, "support")
+    if args.id is not None:
+        with store.read() as conn:
+            if not replay.delivery_exists(conn, args.id):
+                raise CommandError(f"no delivery {args.id}")
+        ids = [args.id]
+    else:
+        chosen = _message_ids(store, args)
+        with store.read() as conn:
+            ids = cancel.waiting_of(conn, chosen, destination=args.destination)
+    return _run(
+        args,
+        ids,
+        plan=lambda: cancel.plan_cancel(store, ids),
+        act=lambda batch: cancel.cancel_many(store, batch, reason=args.reason, actor=who),
     )
 
 

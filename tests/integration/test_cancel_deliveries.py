@@ -1,0 +1,94 @@
+"""Cancelling deliveries that should not go out, through the running engine: a feed whose
+receiver is down, its deliveries cancelled over the API and the CLI, and the receiver,
+back, gets only what was not cancelled (and a resend of a cancelled one)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import httpx
+from console_testing import FEED_YAML, Site, order, running_site
+from hl7.client import MLLPClient
+from tie_testing import Hl7Receiver, api_token, free_ports, wait_until
+
+from router.cli import main
+
+OML = "OML_O21_nhs_nwgmsa_v251"
+
+
+def _send(site: Site, raw: bytes) -> None:
+    with MLLPClient("127.0.0.1", site.running.port("feed")) as client:
+        client.send_message(raw)
+
+
+def _delivery_of(support: httpx.Client, control_id: str) -> int:
+    [found] = support.get("/api/messages", params={"control_id": control_id}).json()["messages"]
+    [delivery] = support.get(f"/api/messages/{found['id']}").json()["deliveries"]
+    return delivery["id"]
+
+
+def test_cancelled_deliveries_never_go_out_when_the_receiver_returns(
+    tmp_path, store_url, hl7_samples, capsys, monkeypatch
+):
+    (port,) = free_ports(1)  # the receiver is down: nobody listens
+    channels = {"feed": FEED_YAML.format(port=port)}
+    with (
+        contextlib.ExitStack() as afterwards,
+        running_site(tmp_path, store_url, {}, channels=channels) as site,
+    ):
+        sample = hl7_samples[OML]
+        _send(site, order(sample, "WRONG-1"))
+        wait_until(lambda: site.delivery_status("WRONG-1") == ["retrying"])  # for a minute
+        for n in (2, 3):  # behind WRONG-1 in the ordered lane
+            _send(site, order(sample, f"WRONG-{n}"))
+            wait_until(lambda n=n: site.delivery_status(f"WRONG-{n}") == ["queued"])
+        token = api_token(site.running.store, "support", name="sam")
+        support = httpx.Client(
+            base_url=site.url, timeout=10, headers={"Authorization": f"Bearer {token}"}
+        )
+        first = _delivery_of(support, "WRONG-1")
+
+        # Behind the retrying head first (with the head gone they would be tried at once):
+        # by the CLI, then by an API search.
+        monkeypatch.setenv("TIE_STORE", store_url)
+        monkeypatch.delenv("TIE_TOKEN", raising=False)
+        capsys.readouterr()
+        command = ["cancel", "--channel", "feed", "--control-id", "WRONG-3", "--reason", "old"]
+        assert main([*command, "--actor", "sam"]) == 0
+        assert capsys.readouterr().out.startswith("cancelled delivery")
+        search = {"search": {"channel": "feed", "control_id": "WRONG-2"}, "reason": "mistake"}
+        assert support.post("/api/deliveries/cancel", json=search).json()["count"] == 1
+
+        blank = support.post(f"/api/deliveries/{first}/cancel", json={"reason": " "})
+        assert blank.status_code == 422
+        dry = support.post(
+            f"/api/deliveries/{first}/cancel", json={"reason": "wrong patient", "dry_run": True}
+        ).json()
+        assert dry["results"][0]["description"] == f"cancel delivery {first} (retrying) to feed/pas"
+        assert site.delivery_status("WRONG-1") == ["retrying"]
+        one = support.post(f"/api/deliveries/{first}/cancel", json={"reason": "wrong patient"})
+        assert one.status_code == 200, one.text
+        assert one.json()["results"][0]["description"].startswith(f"cancelled delivery {first}")
+        again = support.post(f"/api/deliveries/{first}/cancel", json={"reason": "twice"})
+        assert again.status_code == 409
+        assert again.json()["detail"].startswith(f"delivery {first} is not cancelled (cancelled)")
+        assert [site.delivery_status(f"WRONG-{n}") for n in (1, 2, 3)] == [["cancelled"]] * 3
+
+        receiver = Hl7Receiver(port=port)  # back
+        afterwards.callback(receiver.stop)  # once the engine has stopped
+        # The lane is ordered: RIGHT-1 goes out only once nothing before it is still to go.
+        _send(site, order(sample, "RIGHT-1"))
+        wait_until(lambda: site.delivery_status("RIGHT-1") == ["sent"])
+        assert receiver.control_ids() == ["RIGHT-1"]
+
+        # A cancelled delivery can still be resent, on purpose.
+        resent = support.post(f"/api/deliveries/{first}/resend", json={"reason": "after all"})
+        assert resent.status_code == 200, resent.text
+        wait_until(lambda: site.delivery_status("WRONG-1") == ["cancelled", "sent"])
+        assert receiver.control_ids() == ["RIGHT-1", "WRONG-1"]
+
+        events = support.get("/api/audit", params={"actor": "sam"}).json()["events"]
+        reasons = sorted(e["details"]["reason"] for e in events if e["action"] == "cancel")
+        assert reasons == ["mistake", "old", "wrong patient"]
+        (row,) = [c for c in support.get("/api/channels").json() if c["channel"] == "feed"]
+        assert (row["cancelled"], row["queued"]) == (3, 0)
