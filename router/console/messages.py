@@ -30,7 +30,7 @@ from router.store.schema import PENDING, channel_state, deliveries, messages
 if TYPE_CHECKING:
     from router.engine import Engine
 
-DONE = {"reprocessed", "resent"}
+DONE = {"reprocessed", "resent", "cancelled"}
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 

@@ -1,4 +1,5 @@
-"""Reprocess and resend from the console: one message or delivery, or in bulk by a search.
+"""Reprocess, resend and cancel from the console: one message or delivery, or (reprocess,
+resend) in bulk by a search.
 
 Every action needs a reason and offers a dry run first (``router.replay``'s plans);
 the bulk dry run lists the exact items, and confirming acts on those items only,
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
-from router import replay
+from router import cancel, replay
 from router.api.params import IdPath
 from router.api.security import Principal, csrf_token
 from router.console.access import Support
@@ -92,6 +93,28 @@ def replay_routes(engine: Engine) -> APIRouter:
             assert result.copy is not None
             message_id = await asyncio.to_thread(_notify_copy, store, engine, int(result.copy))
             return RedirectResponse(f"/messages/{message_id}?done=resent", status_code=303)
+
+        return await once(request, act)
+
+    @routes.post("/deliveries/{delivery_id}/cancel/preview", response_class=HTMLResponse)
+    async def cancel_preview(
+        delivery_id: IdPath, request: Request, principal: Support
+    ) -> HTMLResponse:
+        return await preview(request, principal, cancel.plan_cancel, delivery_id)
+
+    @routes.post("/deliveries/{delivery_id}/cancel")
+    async def cancel_one(
+        delivery_id: IdPath,
+        request: Request,
+        principal: Support,
+        reason: str = Form(default="", max_length=MAX_REASON),
+    ) -> Response:
+        async def act() -> Response:
+            result = await _act(
+                cancel.cancel, store, delivery_id, reason=reason, actor=principal.name
+            )
+            message_id = await asyncio.to_thread(_message_of, store, int(result.original))
+            return RedirectResponse(f"/messages/{message_id}?done=cancelled", status_code=303)
 
         return await once(request, act)
 
@@ -250,6 +273,12 @@ def _notify_copy(store: Any, engine: Engine, copy_id: int) -> int:
         ).one()
     engine.dispatcher.notify({(row.channel, row.destination)})
     return int(row.message_id)
+
+
+def _message_of(store: Any, delivery_id: int) -> int:
+    with store.read() as conn:
+        query = select(deliveries.c.message_id).where(deliveries.c.id == delivery_id)
+        return int(conn.execute(query).scalar_one())
 
 
 def _bulk_targets(store: Any, search: Any, action: str) -> tuple[list[int], int]:

@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from router.cancel import CANCELLABLE
 from router.console.form_nonce import new_nonce
 from router.console.session_clock import IDLE_LEFT_HEADER, session_clock
 from router.replay import FINISHED, is_synchronous
@@ -99,6 +100,7 @@ def _environment() -> jinja2.Environment:
     env.globals["resendable"] = FINISHED  # a delivery still to be sent offers no Resend
     env.globals["form_nonce"] = new_nonce  # every form that acts: router/console/form_once.py
     env.globals["is_synchronous"] = is_synchronous  # nor a synchronous exchange's
+    env.globals["cancellable"] = CANCELLABLE  # one waiting for the dispatcher offers Cancel
     return env
 
 

@@ -1,13 +1,15 @@
 """Cancelling deliveries that should not go out, through the running engine: a feed whose
-receiver is down, its deliveries cancelled over the API and the CLI, and the receiver,
-back, gets only what was not cancelled (and a resend of a cancelled one)."""
+receiver is down, its deliveries cancelled over the API, the CLI and the console, and the
+receiver, back, gets only what was not cancelled (and a resend of a cancelled one)."""
 
 from __future__ import annotations
 
 import contextlib
+import html
+import re
 
 import httpx
-from console_testing import FEED_YAML, Site, order, running_site
+from console_testing import FEED_YAML, Site, csrf_of, order, running_site, sign_in
 from hl7.client import MLLPClient
 from tie_testing import Hl7Receiver, api_token, free_ports, wait_until
 
@@ -92,3 +94,42 @@ def test_cancelled_deliveries_never_go_out_when_the_receiver_returns(
         assert reasons == ["mistake", "old", "wrong patient"]
         (row,) = [c for c in support.get("/api/channels").json() if c["channel"] == "feed"]
         assert (row["cancelled"], row["queued"]) == (3, 0)
+
+
+def test_a_waiting_delivery_is_cancelled_from_the_message_page(tmp_path, store_url, hl7_samples):
+    (port,) = free_ports(1)  # the receiver is down
+    channels = {"feed": FEED_YAML.format(port=port)}
+    users = {"sam": ["support"], "vic": ["viewer"]}
+    with running_site(tmp_path, store_url, users, channels=channels) as site:
+        _send(site, order(hl7_samples[OML], "WRONG-1"))
+        wait_until(lambda: site.delivery_status("WRONG-1") == ["retrying"])
+        sam = sign_in(site.url, "sam")
+        listing = sam.get("/messages", params={"control_id": "WRONG-1"}).text
+        message_id = re.search(r'href="/messages/(\d+)"', listing).group(1)
+        page = sam.get(f"/messages/{message_id}").text
+        delivery = re.search(r'data-delivery="(\d+)"', page).group(1)
+        token = {"csrf_token": csrf_of(page)}
+        assert f'data-dialog="cancel-{delivery}"' in page
+        assert f'action="/deliveries/{delivery}/cancel"' in page
+        assert f'data-dialog="resend-{delivery}"' not in page  # still to be sent
+
+        preview = sam.post(f"/deliveries/{delivery}/cancel/preview", data=token)
+        assert f"would cancel delivery {delivery} (retrying) to feed/pas" in preview.text
+        assert sam.post(f"/deliveries/{delivery}/cancel", data=token).status_code == 400
+        viewer = sign_in(site.url, "vic")
+        vic_token = {"csrf_token": csrf_of(viewer.get("/").text), "reason": "x"}
+        assert viewer.post(f"/deliveries/{delivery}/cancel", data=vic_token).status_code == 403
+        done = sam.post(f"/deliveries/{delivery}/cancel", data={**token, "reason": "wrong ward"})
+        assert (done.status_code, done.headers.get("location")) == (
+            303,
+            f"/messages/{message_id}?done=cancelled",
+        )
+        after = sam.get(done.headers["location"]).text
+        assert "Cancelled: the delivery will not be sent." in after
+        assert f'data-dialog="cancel-{delivery}"' not in after
+        assert f'data-dialog="resend-{delivery}"' in after  # finished: it may be resent
+        assert "cancelled by sam: wrong ward" in after
+        again = sam.post(f"/deliveries/{delivery}/cancel", data={**token, "reason": "twice"})
+        assert again.status_code == 409
+        assert "it is finished: nothing is left to stop" in html.unescape(again.text)
+        assert site.delivery_status("WRONG-1") == ["cancelled"]
