@@ -94,6 +94,13 @@ def test_cancelled_deliveries_never_go_out_when_the_receiver_returns(
         assert reasons == ["mistake", "old", "wrong patient"]
         (row,) = [c for c in support.get("/api/channels").json() if c["channel"] == "feed"]
         assert (row["cancelled"], row["queued"]) == (3, 0)
+        config = tmp_path / "engine.yaml"
+        config.write_text(f"store: {store_url}\nchannels: {tmp_path / 'channels'}\n")
+        capsys.readouterr()
+        assert main(["--config", str(config), "channel", "list"]) == 0
+        header, *rows = capsys.readouterr().out.splitlines()
+        (feed,) = [r.split() for r in rows if r.startswith("feed")]
+        assert dict(zip(header.split(), feed, strict=True))["CANCELLED"] == "3"
 
 
 def test_a_waiting_delivery_is_cancelled_from_the_message_page(tmp_path, store_url, hl7_samples):
