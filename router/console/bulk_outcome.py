@@ -1,10 +1,10 @@
-"""What a bulk reprocess or resend from the console did, read back from the store.
+"""What a bulk reprocess, resend or cancel from the console did, read back from the store.
 
 A bulk action answers with a redirect (post/redirect/get) to a page that names the copies
-it made, so reloading that page shows the result again and never repeats the action. The
-page takes only the copies' ids from its address: what it says of them (what each copies,
-its message, the reason) is read from the store and the audit log, so a link cannot make
-it claim anything that did not happen.
+it made (a cancel: the deliveries it cancelled), so reloading that page shows the result
+again and never repeats the action. The page takes only those ids from its address: what
+it says of them (what each copies, its message, the reason) is read from the store and the
+audit log, so a link cannot make it claim anything that did not happen.
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ def decode_ids(text: str, most: int) -> list[int]:
 
 def copies_made(store: Store, action: str, results: list[ReplayResult]) -> list[int]:
     """The ids of the copies ``results`` made: delivery ids of a resend, message ids of a
-    reprocess (whose results name the copies by URN)."""
+    reprocess (whose results name the copies by URN); a cancel's, the deliveries cancelled."""
+    if action == "cancel":
+        return [int(r.original) for r in results]
     made = [r.copy for r in results if r.copy]
     if action == "resend" or not made:
         return [int(c) for c in made]
@@ -70,7 +72,23 @@ def outcome(store: Store, action: str, copies: list[int]) -> tuple[list[Done], l
     """Each of ``copies`` that the action made (others are left out), and the reasons the
     audit log gives for them (one, unless the address joins runs of several actions)."""
     with store.read() as conn:
-        if action == "resend":
+        if action == "cancel":
+            d = deliveries.c
+            query = (
+                select(d.id, d.channel, d.destination, d.message_id, messages.c.uuid)
+                .join(messages, messages.c.id == d.message_id)
+                .where(d.id.in_(copies), d.status == "cancelled")
+                .order_by(d.id)
+            )
+            rows = conn.execute(query).all()
+            done = [
+                Done(f"cancelled delivery {r.id} to {r.channel}/{r.destination}", r.message_id)
+                for r in rows
+            ]
+            targets = {f"urn:tie:message:{r.uuid}" for r in rows}
+            marks = {r.id for r in rows}
+            key = "delivery"
+        elif action == "resend":
             d = deliveries.c
             query = (
                 select(d.id, d.resent_from, d.message_id, messages.c.uuid)

@@ -1,5 +1,5 @@
-"""Reprocess, resend and cancel from the console: one message or delivery, or (reprocess,
-resend) in bulk by a search.
+"""Reprocess, resend and cancel from the console: one message or delivery, or in bulk by a
+search.
 
 Every action needs a reason and offers a dry run first (``router.replay``'s plans);
 the bulk dry run lists the exact items, and confirming acts on those items only,
@@ -34,8 +34,13 @@ if TYPE_CHECKING:
 
 MAX_BULK = 1000  # items one console action may touch; the CLI does larger runs
 MAX_REASON = 1000
-ACTIONS = ("resend", "reprocess")
+ACTIONS = ("resend", "reprocess", "cancel")
 Plan = Callable[[Store, list[int]], list[replay.ReplayResult]]
+PLANS: dict[str, Plan] = {
+    "resend": replay.plan_resend,
+    "reprocess": replay.plan_reprocess,
+    "cancel": cancel.plan_cancel,
+}
 
 
 def replay_routes(engine: Engine) -> APIRouter:
@@ -132,8 +137,7 @@ def replay_routes(engine: Engine) -> APIRouter:
     ) -> HTMLResponse:
         """The bulk dry run of exactly ``ids``; shown again, with what was typed, when the
         confirmation is refused."""
-        plan_of = replay.plan_resend if action == "resend" else replay.plan_reprocess
-        plan = await asyncio.to_thread(plan_of, store, ids)
+        plan = await asyncio.to_thread(PLANS[action], store, ids)
         return render(
             request,
             "bulk.html",
@@ -215,6 +219,10 @@ def replay_routes(engine: Engine) -> APIRouter:
                         skip_refused=True,
                         again=False,  # the failed ones listed: a second confirm resends none
                     )
+                elif action == "cancel":
+                    done += cancel.cancel_many(
+                        store, batch, reason=reason, actor=principal.name, skip_refused=True
+                    )
                 else:
                     done += replay.reprocess_many(
                         store, batch, reason=reason, actor=principal.name, skip_refused=True
@@ -282,11 +290,14 @@ def _message_of(store: Any, delivery_id: int) -> int:
 
 
 def _bulk_targets(store: Any, search: Any, action: str) -> tuple[list[int], int]:
-    """Messages matching the search (reprocess), or their failed deliveries not yet resent
-    (resend), with the count of synchronous exchanges' left out (the sender repeats those)."""
+    """Messages matching the search (reprocess), their failed deliveries not yet resent
+    (resend), or those still to be sent (cancel), with the count of synchronous exchanges'
+    left out (the sender repeats those)."""
     with store.read() as conn:
         message_ids = sorted(row.id for row in find(conn, search, (messages.c.id,)))
         if action == "reprocess" or not message_ids:
             return message_ids, 0
+        if action == "cancel":
+            return cancel.waiting_of(conn, message_ids)[: MAX_BULK + 1], 0
         found = replay.deliveries_of(conn, message_ids)
         return found.ids[: MAX_BULK + 1], found.synchronous

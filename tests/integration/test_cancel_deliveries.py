@@ -140,3 +140,35 @@ def test_a_waiting_delivery_is_cancelled_from_the_message_page(tmp_path, store_u
         assert again.status_code == 409
         assert "it is finished: nothing is left to stop" in html.unescape(again.text)
         assert site.delivery_status("WRONG-1") == ["cancelled"]
+
+
+def test_bulk_cancel_from_a_search_lists_first_then_cancels_what_was_listed(
+    tmp_path, store_url, hl7_samples
+):
+    (port,) = free_ports(1)  # the receiver is down
+    channels = {"feed": FEED_YAML.format(port=port)}
+    with running_site(tmp_path, store_url, {"sam": ["support"]}, channels=channels) as site:
+        _send(site, order(hl7_samples[OML], "WRONG-1"))
+        wait_until(lambda: site.delivery_status("WRONG-1") == ["retrying"])  # for a minute
+        _send(site, order(hl7_samples[OML], "WRONG-2"))
+        wait_until(lambda: site.delivery_status("WRONG-2") == ["queued"])
+        sam = sign_in(site.url, "sam")
+        listing = sam.get("/messages", params={"channel": "feed"}).text
+        assert '<option value="cancel">' in listing
+        search = {"channel": "feed", "csrf_token": csrf_of(listing)}
+
+        preview = sam.post("/messages/bulk/preview", data={**search, "action": "cancel"}).text
+        assert preview.count("would cancel delivery") == 2
+        assert site.delivery_status("WRONG-1") == ["retrying"]
+        ids = re.search(r'name="ids" value="([\d,]+)"', preview).group(1)
+        form = {**search, "action": "cancel", "ids": ids, "reason": "sent to the wrong PAS"}
+        done = sam.post("/messages/bulk", data=form)
+        assert done.status_code == 303
+        for _ in range(2):  # a reload shows the result, never cancels again
+            result = sam.get(done.headers["location"]).text
+            assert "2 item(s) cancelled." in result
+            assert "Reason: “sent to the wrong PAS”" in result
+            assert result.count("cancelled delivery ") == 2
+        assert [site.delivery_status(f"WRONG-{n}") for n in (1, 2)] == [["cancelled"]] * 2
+        repeat = sam.post("/messages/bulk/preview", data={**search, "action": "cancel"}).text
+        assert "would cancel delivery" not in repeat
