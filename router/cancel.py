@@ -100,6 +100,8 @@ def cancel_many(
             late = next(i for i in ids if i not in changed)
             raise NotCancellable(late, conn.scalar(select(d.status).where(d.id == late)))
         done = [found[i] for i in ids if i in changed]
+        if not done:
+            return []
         m = messages.c
         uuids = dict(
             conn.execute(select(m.id, m.uuid).where(m.id.in_({r.message_id for r in done}))).all()
