@@ -68,8 +68,12 @@ def test_cancelled_deliveries_never_go_out_when_the_receiver_returns(
         ).json()
         assert dry["results"][0]["description"] == f"cancel delivery {first} (retrying) to feed/pas"
         assert site.delivery_status("WRONG-1") == ["retrying"]
-        one = support.post(f"/api/deliveries/{first}/cancel", json={"reason": "wrong patient"})
+        body, key = {"reason": "wrong patient"}, {"Idempotency-Key": "cancel-wrong-1"}
+        one = support.post(f"/api/deliveries/{first}/cancel", json=body, headers=key)
         assert one.status_code == 200, one.text
+        # Sent again (the answer was lost): the kept answer, not a refusal or a second cancel.
+        retry = support.post(f"/api/deliveries/{first}/cancel", json=body, headers=key)
+        assert (retry.json(), retry.headers["Idempotent-Replayed"]) == (one.json(), "true")
         assert one.json()["results"][0]["description"].startswith(f"cancelled delivery {first}")
         again = support.post(f"/api/deliveries/{first}/cancel", json={"reason": "twice"})
         assert again.status_code == 409
