@@ -63,7 +63,16 @@ def channel_list(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             row["running"] = running_summary(row["running"])
-        columns = ["channel", "paused", "running", "unprocessed", "queued", "held", "failed", "cancelled"]
+        columns = [
+            "channel",
+            "paused",
+            "running",
+            "unprocessed",
+            "queued",
+            "held",
+            "failed",
+            "cancelled",
+        ]
         print_table(rows, [*columns, "changed_by"])
     return 0
 
