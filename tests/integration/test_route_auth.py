@@ -143,6 +143,7 @@ NO_FORM_NONCE = {
     "/messages/bulk/preview",
     "/messages/{message_id}/reprocess/preview",
     "/deliveries/{delivery_id}/resend/preview",
+    "/deliveries/{delivery_id}/cancel/preview",
 }
 
 
