@@ -23,14 +23,15 @@ from router import audit
 from router.replay import (
     NotFinished,
     ReplayResult,
-    _present,
-    _require_reason,
-    _rows_in,
-    _synchronous,
+    message_uuids,
+    require_present,
+    require_reason,
+    rows_in,
+    synchronous_of,
 )
 from router.store.database import Store
 from router.store.inbound import utcnow
-from router.store.schema import HELD, JOB_KEY, correlations, deliveries, messages
+from router.store.schema import HELD, JOB_KEY, correlations, deliveries
 
 # What the dispatcher has still to send and is not sending now.
 CANCELLABLE = ("queued", "retrying")
@@ -71,14 +72,14 @@ def cancel_many(
     id (LookupError) or one that cannot be cancelled (:class:`NotCancellable`, also one the
     dispatcher claimed meanwhile) is refused before anything is written, or left out with
     ``skip_refused``. One audit event ``cancel`` a delivery."""
-    _require_reason(reason)
+    require_reason(reason)
     d = deliveries.c
     wanted = list(dict.fromkeys(delivery_ids))
     now = utcnow()
     with store.begin() as conn:
         query = select(deliveries).order_by(d.id)
-        found = {row.id: row for row in _rows_in(conn, query, d.id, wanted)}
-        rows = _present(wanted, found, "delivery", skip_refused)
+        found = {row.id: row for row in rows_in(conn, query, d.id, wanted)}
+        rows = require_present(wanted, found, "delivery", skip_refused)
         refused = _refusals(conn, rows)
         if refused and not skip_refused:
             raise refused[0]
@@ -102,10 +103,7 @@ def cancel_many(
         done = [found[i] for i in ids if i in changed]
         if not done:
             return []
-        m = messages.c
-        uuids = dict(
-            conn.execute(select(m.id, m.uuid).where(m.id.in_({r.message_id for r in done}))).all()
-        )
+        uuids = message_uuids(conn, done)
         audit.append_many(
             conn,
             actor,
@@ -121,7 +119,7 @@ def cancel_many(
 def plan_cancel(store: Store, delivery_ids: list[int]) -> list[ReplayResult]:
     """What a cancel of each delivery would do; "not cancel" with why for one refused."""
     with store.read() as conn:
-        rows = _rows_in(
+        rows = rows_in(
             conn, select(deliveries).order_by(deliveries.c.id), deliveries.c.id, delivery_ids
         )
         refused = {x.delivery_id: x for x in _refusals(conn, rows)}
@@ -141,7 +139,7 @@ def refusals(conn: Connection, delivery_ids: list[int]) -> list[NotCancellable]:
     """Why each of ``delivery_ids`` that cannot be cancelled cannot, by id: a bulk cancel
     by ids checks them all before it cancels any."""
     query = select(deliveries).order_by(deliveries.c.id)
-    return _refusals(conn, _rows_in(conn, query, deliveries.c.id, delivery_ids))
+    return _refusals(conn, rows_in(conn, query, deliveries.c.id, delivery_ids))
 
 
 def waiting_of(
@@ -155,7 +153,7 @@ def waiting_of(
     query = select(deliveries).where(d.status.in_((*CANCELLABLE, "sending"))).order_by(d.id)
     if destination:
         query = query.where(d.destination == destination)
-    rows = _rows_in(conn, query, d.message_id, message_ids)
+    rows = rows_in(conn, query, d.message_id, message_ids)
     refused = {x.delivery_id for x in _refusals(conn, rows) if x.status != "sending"}
     return sorted(r.id for r in rows if r.id not in refused)
 
@@ -163,7 +161,7 @@ def waiting_of(
 def _refusals(conn: Connection, rows: list[Any]) -> list[NotCancellable]:
     """Why each of the delivery ``rows`` that cannot be cancelled cannot, in their order."""
     waiting = [r for r in rows if r.status in CANCELLABLE]
-    synchronous = _synchronous(conn, waiting)
+    synchronous = synchronous_of(conn, waiting)
     jobs = _of_jobs(conn, [r.message_id for r in waiting if r.id not in synchronous])
     refused = []
     for r in rows:
@@ -180,7 +178,7 @@ def _of_jobs(conn: Connection, message_ids: list[int]) -> set[int]:
     """Which of ``message_ids`` belong to a DPS job (they carry its correlation key)."""
     c = correlations.c
     query = select(c.message_id).where(c.key == JOB_KEY)
-    return {row.message_id for row in _rows_in(conn, query, c.message_id, message_ids)}
+    return {row.message_id for row in rows_in(conn, query, c.message_id, message_ids)}
 
 
 def _what(row: Any) -> str:

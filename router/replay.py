@@ -137,7 +137,7 @@ class Pace:
 IDS_A_STATEMENT = 10_000
 
 
-def _rows_in(conn: Connection, query: Select[Any], column: Any, ids: Iterable[int]) -> list[Any]:
+def rows_in(conn: Connection, query: Select[Any], column: Any, ids: Iterable[int]) -> list[Any]:
     """``query``'s rows where ``column`` is one of ``ids``, asked in parts small enough to
     bind in one statement (ids sorted, so a query ordered by ``column`` stays ordered).
 
@@ -158,7 +158,7 @@ def plan_reprocess(store: Store, message_ids: list[int]) -> list[ReplayResult]:
     m = messages.c
     with store.read() as conn:
         query = select(m.id, m.uuid, m.channel, m.status).order_by(m.id)
-        rows = _rows_in(conn, query, m.id, message_ids)
+        rows = rows_in(conn, query, m.id, message_ids)
         newer = superseded(conn, [r.id for r in rows])
         return [
             ReplayResult(
@@ -185,7 +185,7 @@ def superseded(conn: Connection, message_ids: list[int]) -> dict[int, int]:
     frontier = set(message_ids)
     while frontier:
         query = select(m.id, m.reprocessed_from).where(m.reprocessed_from.is_not(None))
-        rows = [(row.id, row.reprocessed_from) for row in _rows_in(conn, query, m.id, frontier)]
+        rows = [(row.id, row.reprocessed_from) for row in rows_in(conn, query, m.id, frontier)]
         parent.update(rows)
         frontier = {original for _, original in rows} - parent.keys()
 
@@ -201,7 +201,7 @@ def superseded(conn: Connection, message_ids: list[int]) -> dict[int, int]:
     lowest = min(frontier, default=0)
     while frontier:
         query = select(m.id, m.reprocessed_from).where(m.id > lowest)
-        rows = _rows_in(conn, query, m.reprocessed_from, frontier)
+        rows = rows_in(conn, query, m.reprocessed_from, frontier)
         for copy, original in rows:
             family[copy] = family[original]
             newest[family[copy]] = max(newest[family[copy]], copy)
@@ -233,13 +233,13 @@ def reprocess_many(
     each message once."""
     from router.governance.revisions import running
 
-    _require_reason(reason)
+    require_reason(reason)
     m = messages.c
     wanted = list(dict.fromkeys(message_ids))
     with store.begin() as conn:
         query = select(messages).order_by(m.id)
-        found = {row.id: row for row in _rows_in(conn, _locked(query, again), m.id, wanted)}
-        rows = _present(wanted, found, "message", skip_refused)
+        found = {row.id: row for row in rows_in(conn, _locked(query, again), m.id, wanted)}
+        rows = require_present(wanted, found, "message", skip_refused)
         if not again:
             newer = superseded(conn, [row.id for row in rows])
             rows = [row for row in rows if row.id not in newer]
@@ -304,7 +304,7 @@ def _locked(query: Select[Any], again: bool) -> Select[Any]:
     return query if again else query.with_for_update(key_share=True)
 
 
-def _present(wanted: list[int], found: dict[int, Any], kind: str, skip: bool) -> list[Any]:
+def require_present(wanted: list[int], found: dict[int, Any], kind: str, skip: bool) -> list[Any]:
     """The rows of ``wanted`` in its order; LookupError for the first not ``found``, unless
     ``skip``."""
     if not skip:
@@ -319,7 +319,7 @@ def plan_resend(store: Store, delivery_ids: list[int]) -> list[ReplayResult]:
     with store.read() as conn:
         rows = _deliveries(conn, delivery_ids)
         copies = resent_as(conn, [r.id for r in rows])
-        synchronous = _synchronous(conn, rows)
+        synchronous = synchronous_of(conn, rows)
         return [
             ReplayResult(str(r.id), None, _resend_plan(r, copies.get(r.id, []), synchronous))
             for r in rows
@@ -335,7 +335,7 @@ def _resend_plan(row: Any, copies: list[int], synchronous: set[int]) -> str:
     return f"resend {what}{_again(copies)}"
 
 
-def _synchronous(conn: Connection, rows: list[Any]) -> set[int]:
+def synchronous_of(conn: Connection, rows: list[Any]) -> set[int]:
     """Which of the deliveries ``rows`` are synchronous exchanges (``SynchronousExchange``)."""
     named = [r for r in rows if r.destination in _SYNCHRONOUS]
     if not named:
@@ -366,7 +366,7 @@ def resent_as(conn: Connection, delivery_ids: list[int]) -> dict[int, list[int]]
     d = deliveries.c
     found: dict[int, list[int]] = {}
     query = select(d.resent_from, d.id).order_by(d.id)
-    for old, new in _rows_in(conn, query, d.resent_from, delivery_ids):
+    for old, new in rows_in(conn, query, d.resent_from, delivery_ids):
         found.setdefault(old, []).append(new)
     return found
 
@@ -392,18 +392,18 @@ def resend_many(
     left out. Not ``again``: a delivery already resent is left out, as a bulk search leaves
     it out (:func:`deliveries_of`), looked up under the batch's lock: two runs of one
     search (two operators, a retry) resend each delivery once."""
-    _require_reason(reason)
+    require_reason(reason)
     d = deliveries.c
     wanted = list(dict.fromkeys(delivery_ids))
     now = utcnow()
     with store.begin() as conn:
         query = select(deliveries).order_by(d.id)
-        found = {row.id: row for row in _rows_in(conn, _locked(query, again), d.id, wanted)}
-        rows = _present(wanted, found, "delivery", skip_refused)
+        found = {row.id: row for row in rows_in(conn, _locked(query, again), d.id, wanted)}
+        rows = require_present(wanted, found, "delivery", skip_refused)
         if not again:
             copied = resent_as(conn, [row.id for row in rows])
             rows = [r for r in rows if r.status != "resent" and r.id not in copied]
-        synchronous = _synchronous(conn, rows)
+        synchronous = synchronous_of(conn, rows)
         refused = [x for x in (_refusal(r, synchronous) for r in rows) if x is not None]
         if refused and not skip_refused:
             raise refused[0]
@@ -421,10 +421,7 @@ def resend_many(
             .where(d.id.in_(old_ids), d.status == "failed")
             .values(status="resent", updated_at=now)
         )
-        m = messages.c
-        uuids = dict(
-            conn.execute(select(m.id, m.uuid).where(m.id.in_({r.message_id for r in rows}))).all()
-        )
+        uuids = message_uuids(conn, rows)
         audit.append_many(
             conn,
             actor,
@@ -472,19 +469,27 @@ def unfinished(conn: Connection, delivery_ids: list[int]) -> list[NotFinished]:
     cannot be resent, by id: a bulk resend checks them all before it resends any."""
     d = deliveries.c
     query = select(d.id, d.status, d.channel, d.destination, d.message_id).order_by(d.id)
-    rows = _rows_in(conn, query.where(d.status.not_in(FINISHED)), d.id, delivery_ids)
+    rows = rows_in(conn, query.where(d.status.not_in(FINISHED)), d.id, delivery_ids)
     query = query.where(d.status.in_(FINISHED), d.destination.in_(list(_SYNCHRONOUS)))
-    named = _rows_in(conn, query, d.id, delivery_ids)
+    named = rows_in(conn, query, d.id, delivery_ids)
     rows = sorted([*rows, *named], key=lambda r: r.id)
-    synchronous = _synchronous(conn, named)
+    synchronous = synchronous_of(conn, named)
     return [x for x in (_refusal(r, synchronous) for r in rows) if x is not None]
 
 
 def _deliveries(conn: Connection, ids: list[int]) -> list[Any]:
-    return _rows_in(conn, select(deliveries).order_by(deliveries.c.id), deliveries.c.id, ids)
+    return rows_in(conn, select(deliveries).order_by(deliveries.c.id), deliveries.c.id, ids)
 
 
-def _require_reason(reason: str) -> None:
+def message_uuids(conn: Connection, rows: Iterable[Any]) -> dict[int, str]:
+    """The UUID of each delivery row's message, by message id: audit events name a message
+    by its URN (``urn:tie:message:<uuid>``)."""
+    m = messages.c
+    ids = {r.message_id for r in rows}
+    return dict(conn.execute(select(m.id, m.uuid).where(m.id.in_(ids))).all())
+
+
+def require_reason(reason: str) -> None:
     if not reason or not reason.strip():
         raise ValueError("a reason is required")
 
@@ -517,8 +522,8 @@ def deliveries_of(
     query = select(d.id, d.message_id, d.destination).where(d.status.in_(sorted(chosen)))
     if destination:
         query = query.where(d.destination == destination)
-    rows = _rows_in(conn, query, d.message_id, message_ids)
-    synchronous = _synchronous(conn, rows)  # the sender repeats those: never resent
+    rows = rows_in(conn, query, d.message_id, message_ids)
+    synchronous = synchronous_of(conn, rows)  # the sender repeats those: never resent
     chosen_ids = [row.id for row in rows if row.id not in synchronous]
     if not again:
         copied = resent_as(conn, chosen_ids)
