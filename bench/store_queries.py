@@ -50,7 +50,7 @@ def main() -> None:
 
     with store.read() as conn:
         ids = replay.matching_messages(conn, MessageFilter(status="processed", limit=10_000))
-        sent = replay.deliveries_of(conn, ids, status="sent")
+        sent = replay.deliveries_of(conn, ids, status="sent").ids
     cases: dict[str, tuple[Callable[[], Any], int]] = {
         "dashboard (console /, /api/channels)": (lambda: dashboard(store, list(CHANNELS)), 3),
         "/metrics queue and backlog gauges": (lambda: list(QueueCollector(store).collect()), 3),
