@@ -29,7 +29,15 @@ HEALTHY = {
     "processor": True,
     "dispatcher": True,
     "degraded": False,
-    "channels": {"orders": {"state": "running"}},
+    "channels": {
+        "orders": {
+            "state": "running",
+            "revision": None,  # an open channel's (no revision recorded in this test)
+            "deployed": None,
+            "fallback": False,
+            "restartable": True,
+        }
+    },
 }
 
 
