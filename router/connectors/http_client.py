@@ -12,6 +12,7 @@ before an answer, but the receiver may have acted, and the sender owns the retry
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ DEFAULT_LIMIT = 10 * 1024 * 1024  # of an answer's body: like the sources' defau
 MAX_CONNECTIONS = 10  # kept-alive connections per client (as httpcore's pool had)
 MAX_FIELD = 16 * 1024  # of the status line, of one header (h11 allowed a 16 KiB head)
 # aiohttp's defaults that a proxy must not add to what it passes on.
+HUNG_UP_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE})
 NOT_ADDED = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
@@ -135,11 +137,9 @@ class RawClient:
             raise ConnectFailed("ConnectTimeout") from exc
         except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
             raise TimedOut(type(exc).__name__) from exc
-        except aiohttp.ServerDisconnectedError as exc:
-            hint = unanswered_reason(url, self._tls)
-            raise Broken(f"{type(exc).__name__}: {exc}{hint}") from exc
         except aiohttp.ClientError as exc:
-            raise Broken(f"{type(exc).__name__}: {exc}") from exc
+            hint = unanswered_reason(url, self._tls) if _hung_up(exc) else ""
+            raise Broken(f"{type(exc).__name__}: {exc}{hint}") from exc
         return RawResponse(
             response.status,
             response.reason or "",
@@ -151,6 +151,14 @@ class RawClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _hung_up(exc: aiohttp.ClientError) -> bool:
+    """Whether the receiver ended a connection it had accepted: closed, or (as often, for a
+    TLS 1.3 server refusing a missing client certificate) reset, or gone while written to."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in HUNG_UP_ERRNOS
 
 
 def _unconnected(url: str, exc: aiohttp.ClientConnectorError) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
@@ -323,5 +325,34 @@ def test_a_certificate_that_cannot_be_verified_is_not_tried_again(certificates):
         assert isinstance(failed, HopFailed)
         assert "certificate verify failed" in failed.text
         assert len(accepted) == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_tls_receiver_hanging_up_says_a_client_certificate_may_be_wanted(certificates, how):
+    """Under TLS 1.3 a receiver that requires a client certificate refuses a client without
+    one only after the handshake, and the client sees it at its first read as a close or,
+    as often, a reset: either way the reason says that a certificate may be wanted."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates.server_cert, certificates.server_key)
+    trusting = TlsOptions(ca=certificates.ca)
+
+    async def hang_up_by(writer: asyncio.StreamWriter) -> bool:
+        if how == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        return False
+
+    async def main() -> None:
+        async with Peer(hang_up_by, tls=context) as peer:
+            client = RawClient(trusting, GUARD, GUARD)
+            try:
+                with pytest.raises(Broken, match="it may require a client certificate"):
+                    await client.request("POST", peer.url(), [], b"{}")
+            finally:
+                await client.close()
+            assert len(peer.requests) == 1
 
     run(main())
