@@ -18,6 +18,7 @@ from store_templates import (
     migrated_sqlite_file,
     pg_dump_available,
     schema_url,
+    vacuum_catalog,
 )
 
 from router.store.database import Store
@@ -38,6 +39,18 @@ def postgres_problem() -> str | None:
     except Exception as exc:
         return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}: {exc}"
     return None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before any worker starts, give back the catalog space earlier runs' schemas left
+    (tests/store_templates.py says why); each worker keeps it small from then on."""
+    if hasattr(session.config, "workerinput") or postgres_problem():
+        return
+    admin = create_engine(PG_URL)
+    try:
+        vacuum_catalog(admin, full=True)
+    finally:
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

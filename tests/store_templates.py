@@ -110,10 +110,42 @@ def drop_schema(admin: Engine, schema: str, tries: int = 3) -> None:
         try:
             with admin.begin() as conn:
                 conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            return
+            break
         except OperationalError as exc:
             if attempt == tries - 1 or not isinstance(exc.orig, DeadlockDetected):
                 raise
+    _dropped[0] += 1
+    if _dropped[0] % DROPS_BETWEEN_VACUUMS == 0:
+        vacuum_catalog(admin)
+
+
+# Each test schema leaves about a thousand dead rows in the system catalogs. A server run
+# with autovacuum off (CI's is) never reclaims them: one whole run left pg_attribute at
+# 200 MB with a million dead rows, and the next run took a quarter longer.
+CATALOG = (
+    "pg_attribute",
+    "pg_attrdef",
+    "pg_class",
+    "pg_constraint",
+    "pg_depend",
+    "pg_index",
+    "pg_namespace",
+    "pg_sequence",
+    "pg_statistic",
+    "pg_trigger",
+    "pg_type",
+)
+DROPS_BETWEEN_VACUUMS = 100
+_dropped = [0]
+
+
+def vacuum_catalog(admin: Engine, *, full: bool = False) -> None:
+    """Reclaim the catalog rows dropped schemas left; ``full`` also gives the space back
+    (it locks the catalog a moment: for the start of a run, before the workers)."""
+    tables = ", ".join(f"pg_catalog.{table}" for table in CATALOG)
+    with admin.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql(f"VACUUM {'FULL ' if full else ''}{tables}")
 
 
 @cache
