@@ -10,6 +10,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from argon2 import PasswordHasher
 from sqlalchemy import create_engine, text
 from store_templates import (
     PostgresTemplate,
@@ -21,6 +22,7 @@ from store_templates import (
     vacuum_catalog,
 )
 
+from router.auth import passwords
 from router.store.database import Store
 from router.store.migrate import upgrade
 
@@ -51,6 +53,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         vacuum_catalog(admin, full=True)
     finally:
         admin.dispose()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cheap_password_hashes() -> Iterator[None]:
+    """Passwords made in the test process are hashed at argon2's lowest cost, and verified
+    at it (a hash carries its parameters): at the engine's own cost (64 MiB, three passes)
+    hashing took a fifth of the console tests' time. tests/unit/test_passwords.py holds the
+    engine to its real cost; a ``run.py`` started as a process hashes at it."""
+    real = passwords._hasher
+    passwords._hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    yield
+    passwords._hasher = real
 
 
 @pytest.fixture(scope="session")
