@@ -13,6 +13,8 @@ import email.utils
 import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
 
 import certifi
 import httpx
@@ -26,14 +28,43 @@ RETRY_STATUSES = frozenset({408, 429})
 
 
 def ssl_context(tls: TlsOptions) -> ssl.SSLContext:
-    """Verify servers against ``tls.ca`` (default: the certifi bundle); present ``tls.cert``."""
-    context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else certifi.where())
-    if not tls.verify:
+    """Verify servers against ``tls.ca`` (default: the certifi bundle); present ``tls.cert``.
+
+    One context per set of files as they are now, shared: an engine makes a sender per
+    destination and dispatch worker, and loading the CA bundle took 60 ms each (half a
+    second of a small engine's start). A file replaced since (another size or modification
+    time, as a renewal gives) makes a new context."""
+    files = (tls.ca, tls.cert, tls.key)
+    return _context(*files, tls.verify, tuple(_stamp(path) for path in files))
+
+
+@lru_cache(maxsize=64)
+def _context(
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    verify: bool,
+    stamps: tuple[tuple[int, int] | None, ...],
+) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca) if ca else certifi.where())
+    if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    if tls.cert is not None:
-        context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key else None)
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key) if key else None)
     return context
+
+
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    """A file's size and modification time; None for no file or one not there (loading
+    it then fails as it always did, and a failure is not cached)."""
+    if path is None:
+        return None
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
 
 
 def unanswered_reason(url: str, tls: TlsOptions) -> str:

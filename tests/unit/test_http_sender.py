@@ -7,11 +7,19 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from tie_testing import make_certificates
 
 from router.config import ChannelConfig
-from router.config.http import HttpTarget
+from router.config.http import HttpTarget, TlsOptions
 from router.connectors import Delivery
-from router.connectors.http import classify, join_url, media_type, render_headers, retry_after
+from router.connectors.http import (
+    classify,
+    join_url,
+    media_type,
+    render_headers,
+    retry_after,
+    ssl_context,
+)
 
 
 @pytest.mark.parametrize(
@@ -102,3 +110,20 @@ def test_bad_http_destinations_are_refused(http, problem):
         ChannelConfig.model_validate(
             {"name": "c", "source": {"mllp": {"port": 0}}, "destinations": {"d": {"http": http}}}
         )
+
+
+def test_one_tls_context_serves_every_sender_until_a_file_is_replaced(tmp_path):
+    """Each sender loaded the CA bundle anew (60 ms each, many per engine start); a renewed
+    file must still be read by the senders made after it."""
+    certificates = make_certificates(tmp_path)
+    options = TlsOptions(ca=certificates.ca)
+    first = ssl_context(options)
+    assert ssl_context(TlsOptions(ca=certificates.ca)) is first
+    assert ssl_context(TlsOptions()) is not first
+    assert ssl_context(TlsOptions(ca=certificates.ca, verify=False)) is not first
+
+    renewed = certificates.ca.read_bytes() + certificates.server_cert.read_bytes()
+    certificates.ca.write_bytes(renewed)
+    again = ssl_context(options)
+    assert again is not first
+    assert again.cert_store_stats()["x509"] == first.cert_store_stats()["x509"] + 1
