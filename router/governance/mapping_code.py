@@ -115,3 +115,20 @@ def code_of(row: Any) -> dict[str, str]:
 def short(digest: str | None) -> str:
     """A digest as the log and the refusals show it."""
     return digest[:12] if digest else "none"
+
+
+def folder_state(folder: Path) -> str:
+    """A fingerprint of every file under the mappings ``folder`` (path, size, modification
+    time): what a compile depends on besides the revision (the modules it names, those they
+    load by name, the tables they read), so that one that failed is tried again when it
+    changes. Read from the files' metadata only: cheap enough for every watcher round."""
+    seen = []
+    for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+        if "__pycache__" in path.parts:
+            continue
+        try:
+            stat = path.stat()
+        except OSError:  # removed meanwhile
+            continue
+        seen.append((path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return hashlib.sha256(json.dumps(seen).encode("utf-8")).hexdigest()

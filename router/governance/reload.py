@@ -188,13 +188,15 @@ class Reloader:
 async def reload_files(engine: Engine, actor: str) -> ReloadResult:
     """Re-read the channel files. Open mode: record the changed ones as deployed revisions
     by ``actor`` and apply them now. Governed mode: propose them as revisions by ``actor``
-    (who needs the engineer role; SIGHUP, having no person, only re-checks approvals)."""
+    (who needs the engineer role; SIGHUP, having no person, only re-checks approvals, and
+    tries again the revisions that could not run)."""
     from router.governance.deploy import record_reload
     from router.governance.files import propose_files
 
     config, store = engine.config, engine.store
     if config.governance == "governed":
         if actor == "sighup":
+            engine.watcher.retry()
             await engine.watcher.check()
             return ReloadResult()
         proposed = await asyncio.to_thread(propose_files, store, config, actor=actor)

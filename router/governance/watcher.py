@@ -67,6 +67,9 @@ class RevisionWatcher:
         self.interval = interval
         # channel -> sha256 of the text it runs and of its mapping code
         self._applied: dict[str, tuple[str, str | None]] = {}
+        # channel -> the newest text that cannot run here, with the mappings folder's state
+        # then: not compiled (nor said) again until either changes (``retry`` forgets them)
+        self._unrunnable: dict[str, tuple[tuple[str, str | None], str]] = {}
         self._foreign: dict[str, str] = {}  # open mode: the text not applied, warned once
         self._code_warned: dict[str, tuple[str | None, str | None]] = {}
         self._wake = asyncio.Event()
@@ -86,6 +89,11 @@ class RevisionWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def retry(self) -> None:
+        """Try the revisions that could not run again at the next check, as after a change
+        the watcher cannot see (a package installed, a certificate renewed): SIGHUP."""
+        self._unrunnable.clear()
+
     def wake(self) -> None:
         """Check now (after an approval or a reload in this process); thread-safe."""
         loop = self._task.get_loop() if self._task is not None else None
@@ -99,16 +107,25 @@ class RevisionWatcher:
         applied."""
         texts = await asyncio.to_thread(running_texts, self._engine.store)
         governed = self._engine.config.governance == "governed"
-        fresh = {n: t for n, t in texts.items() if self._applied.get(n) != _applied(t)}
+        folder = await asyncio.to_thread(mapping_code.folder_state, self._engine.config.mappings)
+        fresh = {
+            n: t
+            for n, t in texts.items()
+            if self._applied.get(n) != _applied(t)
+            and self._unrunnable.get(n) != (_applied(t), folder)
+        }
         if fresh and not governed:
             fresh = await asyncio.to_thread(self._own_files, fresh)
         if not fresh:
             if governed:
                 await asyncio.to_thread(self._warn_unapproved_code, texts)
             return ReloadResult()
-        # Remembered even when it fails, so that a broken revision is reported once, not
-        # every few seconds; the next approved revision is tried afresh.
+        # A text that cannot run is remembered with the mapping folder's state, so that it is
+        # compiled and reported once, not every few seconds, and tried again when its code
+        # (or a newer revision) arrives.
         self._applied.update({n: _applied(t) for n, t in fresh.items()})
+        for name in fresh:
+            self._unrunnable.pop(name, None)
         config, actor = self._engine.config, engine_actor(self._engine.config.node)
         wanted: dict[str, ChannelConfig] = {}
         numbers: dict[str, int] = {}
@@ -127,8 +144,9 @@ class RevisionWatcher:
                 refused = exc
             if text.state == APPROVED or not governed:
                 await asyncio.to_thread(self._failed, text, refused, actor)
+                self._cannot_run(text, folder)
                 continue
-            start = await asyncio.to_thread(self._pass_over, text, str(refused))
+            start = await asyncio.to_thread(self._pass_over, text, str(refused), folder)
             if start is not None and start.channel is not None and start.number is not None:
                 wanted[name], numbers[name], code[name] = start.channel, start.number, start.code
                 older[name] = Fallback(start.number, text.number, start.why(text.number))
@@ -142,6 +160,8 @@ class RevisionWatcher:
             log.error("cannot deploy channel revision(s); keeping the running ones:\n%s", exc)
             for name in older:
                 self._engine.fallbacks.pop(name, None)
+            for name in wanted:
+                self._cannot_run(fresh[name], folder)
             return ReloadResult()
         for name in wanted:
             self._engine.left_out.pop(name, None)
@@ -165,19 +185,25 @@ class RevisionWatcher:
             config, parsed(config, text.channel, text.yaml), text.mappings_sha256
         )
 
-    def _pass_over(self, text: RunningText, why: str) -> Start | None:
+    def _cannot_run(self, text: RunningText, folder: str) -> None:
+        """Not to be tried again until ``text`` or the mappings folder (``folder``) changes."""
+        self._applied.pop(text.channel, None)
+        self._unrunnable[text.channel] = (_applied(text), folder)
+
+    def _pass_over(self, text: RunningText, why: str, folder: str) -> Start | None:
         """Governed: the newest deployed revision ``text`` may not or cannot run on this
         node (another node deployed it, or this one started without it), by the start's
         rules: a channel running already keeps the approved revision it loaded (a fallback
         when that is older); one not running walks back to the newest earlier deployed
         revision that may and can run, returned to be started, else it stays left out.
-        Looked at again next round, so that restoring the approved code starts it."""
+        Looked at again once the mappings folder changes (``folder``: its state now), so
+        that restoring the approved code starts it."""
         engine, name = self._engine, text.channel
         running = engine.channels.get(name)
         if running is not None and running.revision == text.number:
             # It runs already, on the code it loaded: _warn_unapproved_code says so.
             return None
-        self._applied.pop(name, None)
+        self._cannot_run(text, folder)
         if running is not None:
             if running.revision is not None:
                 reason = f"revision #{text.number} cannot run: {why}"

@@ -22,7 +22,7 @@ from router import governance
 from router.auth.users import add_user
 from router.config import ConfigError
 from router.engine import open_store
-from router.governance.deploy import record_reload, running_texts
+from router.governance.deploy import mark_deployed, record_reload, running_texts
 from router.store.schema import audit_events, deliveries, messages
 
 OML = "OML_O21_nhs_nwgmsa_v251"
@@ -345,3 +345,48 @@ def test_open_mode_nodes_with_different_files_each_run_their_own(tmp_path, store
     finally:
         for running in nodes.values():
             running.stop()
+
+
+def test_a_deployed_revision_that_cannot_compile_is_tried_once_until_its_code_changes(
+    tmp_path, store_url, lab, caplog
+):
+    """Another node deployed revision 2, whose mapping reads a code table this node lacks:
+    this node falls back to revision 1, saying so once, and does not import the broken
+    mapping again on every round; once the table is back, the next round runs revision 2."""
+    running = start(tmp_path, store_url, channel_file(lab.port, "OML"))
+    store, config, watcher = running.store, running.engine.config, running.engine.watcher
+    imports = tmp_path / "imports.log"
+    table = config.mappings / "codes.csv"
+    table.write_text("OML\n")
+    (config.mappings / "tidy.py").write_text(
+        "from pathlib import Path\n"
+        f"with open({str(imports)!r}, 'a') as log:\n    log.write('import\\n')\n"
+        "CODES = (Path(__file__).parent / 'codes.csv').read_text()\n"
+        "def f(message):\n    return message\n"
+    )
+    text = channel_file(lab.port, "ORU").replace("filter:", "transform: tidy:f\nfilter:")
+    try:
+        running.call(watcher.lock.acquire())  # the watcher's own rounds wait for this test
+        governance.propose(store, config, "orders", text, actor="erin")
+        governance.approve(store, config, "orders", 2, actor="ada")
+        assert mark_deployed(store, "orders", 2, actor="engine@other-node")
+        table.unlink()
+        imports.unlink()
+        for _ in range(4):
+            running.call(watcher.check())
+        assert imports.read_text().count("import") == 1
+        assert running.engine.channels["orders"].revision == 1
+        said = [r for r in caplog.records if "revision #2 cannot run" in r.getMessage()]
+        assert len(said) == 1
+        with store.read() as conn:
+            actions = list(conn.scalars(select(audit_events.c.action)))
+        assert actions.count("revision.fallback") == 1
+        running.call(running.engine.reload("sighup"))  # asked to try again: it does
+        assert imports.read_text().count("import") == 2
+
+        table.write_text("OML\nORU\n")  # the code table restored
+        running.call(watcher.check())
+        assert running.engine.channels["orders"].revision == 2
+        running.call(_release(watcher.lock))
+    finally:
+        running.stop()
