@@ -13,7 +13,8 @@ under a running engine, whose next write would go into the replaced one (or half
   session the server ended takes it again (router/presence_keeper.py). Until it has, only
   its row in ``engine_presence`` says it runs: refreshed with each check on the server's
   clock (``now()``, so the hosts' clocks do not matter), it keeps a restore out while it is
-  fresher than a few checks, even once the restore holds the lock.
+  fresher than a few checks, even once the restore holds the lock. A row not seen for a day
+  (an engine killed, its host lost) is deleted by the other engines' checks.
 
 Other ``run.py`` commands hold no lock: one running during a restore reads either store.
 """
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, delete, func, insert, make_url, text, update
+from sqlalchemy import Connection, delete, func, insert, make_url, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from router.store import file_lock
@@ -44,6 +45,14 @@ _HELD = text(
     "AND mode = 'ShareLock' AND granted AND ((classid::bigint << 32) | objid::bigint) = :k"
 )
 
+
+# A row not seen for this long is an engine gone (killed, or its host lost): PostgreSQL's
+# lock check deletes it. Far beyond ``fresh_for`` (seconds), which keeps a restore out.
+STALE_AFTER = 24 * 3600.0
+_PRUNE = text(
+    "DELETE FROM engine_presence WHERE id <> :me "
+    "AND seen_at + make_interval(secs => greatest(fresh_for, :stale)) < now()"
+)
 
 # The engines seen recently enough to be running, by the server's clock.
 _FRESH = text(
@@ -162,23 +171,34 @@ class EngineLock:
         return held
 
     def announce(self) -> None:
-        """Record this engine as running (once the store is migrated and the lock taken)."""
+        """Record this engine as running (once the store is migrated and the lock taken).
+        SQLite, whose rows are never marked seen: first forget this host's engines whose
+        process has ended (killed: a clean stop removes its own row)."""
         with self._store.begin() as conn:
-            conn.execute(
-                insert(engine_presence).values(
-                    id=self._id,
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    started_at=func.now(),
-                    seen_at=func.now(),
-                    fresh_for=self._fresh_for,
-                )
-            )
+            if self._store.is_sqlite:
+                _forget_ended(conn)
+            self._insert(conn)
         self._announced = True
 
+    def _insert(self, conn: Connection) -> None:
+        conn.execute(
+            insert(engine_presence).values(
+                id=self._id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=func.now(),
+                seen_at=func.now(),
+                fresh_for=self._fresh_for,
+            )
+        )
+
     def _seen(self, conn: Connection) -> None:
+        """Mark this engine seen (its row again if it went meanwhile), and delete the rows
+        of engines not seen for ``STALE_AFTER``: PostgreSQL, at each lock check."""
         row = engine_presence.c.id == self._id
-        conn.execute(update(engine_presence).where(row).values(seen_at=func.now()))
+        if not conn.execute(update(engine_presence).where(row).values(seen_at=func.now())).rowcount:
+            self._insert(conn)
+        conn.execute(_PRUNE, {"me": self._id, "stale": STALE_AFTER})
 
     def _withdraw(self) -> None:
         """This engine's row gone at the stop; one left by a lost server goes stale."""
@@ -219,6 +239,28 @@ class EngineLock:
         self._conn.invalidate()
         self._conn.close()
         self._conn = None
+
+
+def _forget_ended(conn: Connection) -> None:
+    """Delete the rows of this host's engines whose process is no longer there."""
+    host = socket.gethostname()
+    rows = conn.execute(
+        select(engine_presence.c.id, engine_presence.c.pid).where(engine_presence.c.host == host)
+    ).all()
+    ended = [r.id for r in rows if r.pid != os.getpid() and not _alive(r.pid)]
+    if ended:
+        conn.execute(delete(engine_presence).where(engine_presence.c.id.in_(ended)))
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 @contextmanager

@@ -1,11 +1,16 @@
-"""The engine lock on PostgreSQL: engines share it, a restore takes it alone."""
+"""The engine lock on PostgreSQL: engines share it, a restore takes it alone; the rows of
+engines gone do not stay for ever."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 
 from router.store.database import Store
 from router.store.presence import StoreInUse, engine_running, held_postgres
@@ -58,3 +63,40 @@ def test_a_restore_is_kept_out_by_a_fresh_sighting_not_a_stale_one(store):
             pass
         with held_postgres(conn, engines_stopped=True):  # the operator knows better
             pass
+
+
+def _gone_pid() -> int:
+    """The pid of a process of this host that has ended."""
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()
+    return ended.pid
+
+
+def test_rows_of_engines_gone_long_ago_are_pruned_and_a_stop_removes_its_own(store):
+    """Killed engines leave their rows. PostgreSQL: the lock check (every 2 s) deletes those
+    not seen for a day, far beyond the seconds a sighting keeps a restore out. SQLite, whose
+    rows are not refreshed: the start deletes those of this host's ended processes."""
+    now = datetime.now(UTC)
+    rows = {
+        "long-gone": ("node-a", 4242, now - timedelta(days=2)),
+        "other-node": ("node-b", 4343, now),
+        "killed-here": (socket.gethostname(), _gone_pid(), now),
+    }
+    with store.begin() as conn:
+        for key, (host, pid, seen) in rows.items():
+            conn.execute(
+                insert(engine_presence).values(
+                    id=key, host=host, pid=pid, started_at=seen, seen_at=seen, fresh_for=6.0
+                )
+            )
+    with engine_running(store) as lock:
+        assert lock.held()  # a lock check: the keeper's, on PostgreSQL
+        with store.read() as conn:
+            left = set(conn.scalars(select(engine_presence.c.id)))
+    with store.read() as conn:
+        after = set(conn.scalars(select(engine_presence.c.id)))
+
+    kept = {"long-gone", "other-node"} if store.is_sqlite else {"other-node", "killed-here"}
+    own = left - rows.keys()
+    assert len(own) == 1  # this engine's, gone at its stop
+    assert (left, after) == (kept | own, kept)
