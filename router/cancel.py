@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from router import audit
-from router.replay import (
-    NotFinished,
+from router.replay import NotFinished
+from router.replay_batch import (
     ReplayResult,
     message_uuids,
     require_present,

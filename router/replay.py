@@ -10,18 +10,24 @@ synchronous exchange's (BaRS, the booking proxy), which no dispatcher sends.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Select, any_, bindparam, select
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Connection, Select, select
 
 from router import audit
-from router.fhir.exchange import FORWARD, PROVIDER
+from router.replay_batch import (
+    SYNCHRONOUS,
+    ReplayResult,
+    message_uuids,
+    require_present,
+    require_reason,
+    rows_in,
+    synchronous_of,
+)
 from router.store.database import Store
 from router.store.inbound import time_ordered_uuid, utcnow
 from router.store.queries import MessageFilter, search_query
@@ -61,24 +67,11 @@ class SynchronousExchange(NotFinished):
         self.status = "synchronous"
 
 
-# A synchronous exchange's delivery: its destination, and what its message's source
-# metadata holds that no other source's does (router/fhir/routing.py, router/fhir/proxy.py).
-# A queued channel may name a destination ``forward`` too: that one is resent.
-_SYNCHRONOUS = {FORWARD: "bars", PROVIDER: "method"}
-
-
 # Why a bulk resend leaves a synchronous exchange's delivery out, told with their count.
 SYNCHRONOUS_LEFT_OUT = (
     "synchronous exchange(s) (BaRS forward, booking proxy provider) left out: no dispatcher "
     "sends a copy of one; its sender repeats the request instead"
 )
-
-
-def is_synchronous(destination: str, source: Mapping[str, Any] | None) -> bool:
-    """Whether a delivery to ``destination`` of a message from ``source`` (its source
-    metadata) is a synchronous exchange's, which is never resent."""
-    marker = _SYNCHRONOUS.get(destination)
-    return marker is not None and marker in (source or {})
 
 
 @dataclass(frozen=True)
@@ -88,13 +81,6 @@ class Chosen:
 
     ids: list[int]
     synchronous: int = 0
-
-
-@dataclass(frozen=True)
-class ReplayResult:
-    original: str
-    copy: str | None
-    description: str
 
 
 # Items a second a bulk replay makes at most by default (CLI ``--rate``; the API's bulk
@@ -130,28 +116,6 @@ class Pace:
         if self.rate <= 0:
             return 0.0
         return max(0.0, self._done / self.rate - (time.monotonic() - self._started))
-
-
-# Ids bound in one statement: psycopg sends at most 65,535 parameters, and a bulk replay
-# from the CLI reaches 100,000 messages (and more deliveries).
-IDS_A_STATEMENT = 10_000
-
-
-def rows_in(conn: Connection, query: Select[Any], column: Any, ids: Iterable[int]) -> list[Any]:
-    """``query``'s rows where ``column`` is one of ``ids``, asked in parts small enough to
-    bind in one statement (ids sorted, so a query ordered by ``column`` stays ordered).
-
-    PostgreSQL takes them all as one array: an IN list is rendered and bound one
-    placeholder an id, which cost a 10,000-message dry run seconds of client CPU."""
-    ordered = sorted(set(ids))
-    if conn.dialect.name == "postgresql":
-        every = bindparam("ids", ordered, type_=ARRAY(BigInteger))
-        return list(conn.execute(query.where(column == any_(every))))
-    return [
-        row
-        for start in range(0, len(ordered), IDS_A_STATEMENT)
-        for row in conn.execute(query.where(column.in_(ordered[start : start + IDS_A_STATEMENT])))
-    ]
 
 
 def plan_reprocess(store: Store, message_ids: list[int]) -> list[ReplayResult]:
@@ -304,16 +268,6 @@ def _locked(query: Select[Any], again: bool) -> Select[Any]:
     return query if again else query.with_for_update(key_share=True)
 
 
-def require_present(wanted: list[int], found: dict[int, Any], kind: str, skip: bool) -> list[Any]:
-    """The rows of ``wanted`` in its order; LookupError for the first not ``found``, unless
-    ``skip``."""
-    if not skip:
-        for i in wanted:
-            if i not in found:
-                raise LookupError(f"no {kind} {'#' if kind == 'message' else ''}{i}")
-    return [found[i] for i in wanted if i in found]
-
-
 def plan_resend(store: Store, delivery_ids: list[int]) -> list[ReplayResult]:
     """What a resend of each delivery would do; "not resend" for one still to be sent."""
     with store.read() as conn:
@@ -333,17 +287,6 @@ def _resend_plan(row: Any, copies: list[int], synchronous: set[int]) -> str:
     if row.id in synchronous:
         return f"not resend {what}: a synchronous exchange; the sender repeats the request"
     return f"resend {what}{_again(copies)}"
-
-
-def synchronous_of(conn: Connection, rows: list[Any]) -> set[int]:
-    """Which of the deliveries ``rows`` are synchronous exchanges (``SynchronousExchange``)."""
-    named = [r for r in rows if r.destination in _SYNCHRONOUS]
-    if not named:
-        return set()
-    m = messages.c
-    query = select(m.id, m.source).where(m.id.in_({r.message_id for r in named}))
-    sources = {i: json.loads(source or "{}") for i, source in conn.execute(query)}
-    return {r.id for r in named if is_synchronous(r.destination, sources.get(r.message_id))}
 
 
 def _refusal(row: Any, synchronous: set[int]) -> NotFinished | None:
@@ -470,7 +413,7 @@ def unfinished(conn: Connection, delivery_ids: list[int]) -> list[NotFinished]:
     d = deliveries.c
     query = select(d.id, d.status, d.channel, d.destination, d.message_id).order_by(d.id)
     rows = rows_in(conn, query.where(d.status.not_in(FINISHED)), d.id, delivery_ids)
-    query = query.where(d.status.in_(FINISHED), d.destination.in_(list(_SYNCHRONOUS)))
+    query = query.where(d.status.in_(FINISHED), d.destination.in_(list(SYNCHRONOUS)))
     named = rows_in(conn, query, d.id, delivery_ids)
     rows = sorted([*rows, *named], key=lambda r: r.id)
     synchronous = synchronous_of(conn, named)
@@ -479,19 +422,6 @@ def unfinished(conn: Connection, delivery_ids: list[int]) -> list[NotFinished]:
 
 def _deliveries(conn: Connection, ids: list[int]) -> list[Any]:
     return rows_in(conn, select(deliveries).order_by(deliveries.c.id), deliveries.c.id, ids)
-
-
-def message_uuids(conn: Connection, rows: Iterable[Any]) -> dict[int, str]:
-    """The UUID of each delivery row's message, by message id: audit events name a message
-    by its URN (``urn:tie:message:<uuid>``)."""
-    m = messages.c
-    ids = {r.message_id for r in rows}
-    return dict(conn.execute(select(m.id, m.uuid).where(m.id.in_(ids))).all())
-
-
-def require_reason(reason: str) -> None:
-    if not reason or not reason.strip():
-        raise ValueError("a reason is required")
 
 
 def matching_messages(conn: Connection, f: MessageFilter) -> list[int]:

@@ -21,7 +21,8 @@ from fastapi.templating import Jinja2Templates
 from router.cancel import CANCELLABLE
 from router.console.form_nonce import new_nonce
 from router.console.session_clock import IDLE_LEFT_HEADER, session_clock
-from router.replay import FINISHED, is_synchronous
+from router.replay import FINISHED
+from router.replay_batch import is_synchronous
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
