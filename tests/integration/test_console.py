@@ -22,11 +22,11 @@ from console_testing import (
 from sqlalchemy import select
 from tie_testing import wait_until
 
-from router import governance
+from router import cancel, governance
 from router.connectors.hl7_inbound import hl7_inbound
 from router.store.inbound import write_inbound
 from router.store.queries import PREVIEW
-from router.store.schema import audit_events, messages
+from router.store.schema import audit_events, deliveries, messages
 
 OML = "OML_O21_nhs_nwgmsa_v251"
 USERS = {"vic": ["viewer"], "sam": ["support"], "ada": ["admin"]}
@@ -290,6 +290,43 @@ def test_dashboard_counts_failures_first_and_pause_resume(site, hl7_samples):
     assert f'action="/channels/{CHANNEL}/pause"' in support.get("/").text
     assert _details(site, "pause") == [("sam", {"reason": "lab maintenance"})]
     assert _details(site, "resume") == [("sam", {"reason": ""})]
+
+
+def test_dashboard_counts_cancelled_deliveries_and_links_to_them(site, hl7_samples):
+    """A cancelled delivery is finished, not failed or queued: the dashboard counts it in
+    its own column, linked to the search that lists the messages with one."""
+    site.lab.code = "AE"  # the lab is busy: the delivery waits to be tried again
+    site.send(order(hl7_samples[OML], "CANCEL-1"))
+    wait_until(lambda: site.delivery_status("CANCEL-1") == ["retrying"])
+    store = site.running.store
+    with store.read() as conn:
+        [delivery] = conn.scalars(
+            select(deliveries.c.id)
+            .join(messages, messages.c.id == deliveries.c.message_id)
+            .where(messages.c.control_id == "CANCEL-1")
+        )
+
+    def cancelled() -> bool:
+        """Cancel it, or try again while an attempt is being sent (``sending``)."""
+        try:
+            cancel.cancel(store, delivery, reason="wrong ward", actor="sam")
+        except cancel.NotCancellable as refused:
+            assert refused.status == "sending"
+            return False
+        return True
+
+    wait_until(cancelled)
+    viewer = sign_in(site.url, "vic")
+
+    page = viewer.get("/").text
+    assert re.search(r"<th[^>]*>Cancelled</th>", page)
+    row = re.search(r"<tr class=\"\">(.*?)</tr>", page, re.S).group(1)
+    cells = re.findall(r'<td class="num">(.*?)</td>', row, re.S)
+    link = f'<a href="/messages?channel={CHANNEL}&delivery=cancelled">1</a>'
+    assert cells[-1] == link  # after queued 0 and held 0
+    assert [re.sub(r"<[^>]+>", "", c).strip() for c in cells[-3:-1]] == ["0", "0"]
+    listed = viewer.get(f"/messages?channel={CHANNEL}&delivery=cancelled")
+    assert "CANCEL-1" in listed.text
 
 
 def test_bulk_resend_lists_first_then_acts_on_what_was_listed(site, hl7_samples):
