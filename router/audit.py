@@ -30,6 +30,7 @@ from router.store.schema import audit_events
 GENESIS = "0" * 64
 _LOCK_KEY = 0x7469655F617564  # "tie_aud": serialises appenders on PostgreSQL
 _os_user: ContextVar[str | None] = ContextVar("tie_audit_os_user", default=None)
+_idempotency_key: ContextVar[str | None] = ContextVar("tie_audit_idempotency_key", default=None)
 
 
 @contextmanager
@@ -42,6 +43,19 @@ def run_by(os_user: str) -> Iterator[None]:
         yield
     finally:
         _os_user.reset(token)
+
+
+@contextmanager
+def requested_with(idempotency_key: str) -> Iterator[None]:
+    """Every event appended inside comes from the API request sent with this
+    ``Idempotency-Key`` (the header bounds it: 1 to 255 visible ASCII characters): its
+    details keep the key, as its retries' ``<kind>.repeat`` events do, so the audit log
+    tells a request from its retry, whichever service function writes the event."""
+    token = _idempotency_key.set(idempotency_key)
+    try:
+        yield
+    finally:
+        _idempotency_key.reset(token)
 
 
 def _digest(prev: str, at: datetime, actor: str, action: str, target: str, details: str) -> str:
@@ -62,15 +76,16 @@ def append_many(
     appenders' lock and reads the chain's head once, not once an item."""
     if not events:
         raise ValueError("no events to append")
-    os_user = _os_user.get()
+    context = {"os_user": _os_user.get(), "idempotency_key": _idempotency_key.get()}
+    noted = {name: value for name, value in context.items() if value is not None}
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
     prev = conn.scalar(select(audit_events.c.hash).order_by(audit_events.c.id.desc()).limit(1))
     prev = prev or GENESIS
     rows = []
     for target, details in events:
-        if os_user is not None:
-            details = {**details, "os_user": os_user}
+        if noted:
+            details = {**details, **noted}
         at = utcnow()
         body = json.dumps(details, sort_keys=True, default=str)
         digest = _digest(prev, at, actor, action, target, body)

@@ -6,6 +6,7 @@ answer) would resend every delivery a second time. With an ``Idempotency-Key`` h
 (router/store/idempotency.py): the same request again gets that answer with
 ``Idempotent-Replayed: true`` and an audit event (``<kind>.repeat``), and replays nothing;
 the same key with another request is 422; while the first is still being answered, 409.
+The first request's own audit events carry the key too, so the log pairs it with its retries.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ async def idempotent(
     if seen is not None:
         return await _repeated(store, principal, key, route, digest, kind, seen)
     try:
-        answer = await run()
+        with audit.requested_with(key):
+            answer = await run()
     except BaseException:
         await asyncio.to_thread(store.run, lambda conn: give_up(conn, actor, key))
         raise

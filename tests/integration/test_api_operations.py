@@ -335,3 +335,16 @@ def test_a_replay_retried_with_its_idempotency_key_is_answered_not_replayed_agai
         ("resend.repeat", "/api/deliveries/resend"),
         ("resend.repeat", "/api/deliveries/resend"),
     ]
+    # Each first request's replay events carry its key, as its retries' repeats do: the
+    # audit log tells a request from its retry.
+    keyed = {(e["action"], e["details"].get("idempotency_key")) for e in events}
+    assert {(a, k) for a, k in keyed if a in ("resend", "reprocess")} == {
+        ("resend", "INC-9/resend-1"),
+        ("reprocess", "INC-9/reprocess"),
+        ("resend", "INC-9/one"),
+    }
+    assert {k for a, k in keyed if a.endswith(".repeat")} == {
+        "INC-9/resend-1",
+        "INC-9/reprocess",
+        "INC-9/one",
+    }

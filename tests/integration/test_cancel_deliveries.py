@@ -96,6 +96,8 @@ def test_cancelled_deliveries_never_go_out_when_the_receiver_returns(
         events = support.get("/api/audit", params={"actor": "sam"}).json()["events"]
         reasons = sorted(e["details"]["reason"] for e in events if e["action"] == "cancel")
         assert reasons == ["mistake", "old", "wrong patient"]
+        keys = {e["details"].get("idempotency_key") for e in events if e["action"] == "cancel"}
+        assert keys == {None, "cancel-wrong-1"}, "the keyed request's event names its key"
         (row,) = [c for c in support.get("/api/channels").json() if c["channel"] == "feed"]
         assert (row["cancelled"], row["queued"]) == (3, 0)
         config = tmp_path / "engine.yaml"
