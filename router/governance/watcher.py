@@ -107,13 +107,15 @@ class RevisionWatcher:
         applied."""
         texts = await asyncio.to_thread(running_texts, self._engine.store)
         governed = self._engine.config.governance == "governed"
-        folder = await asyncio.to_thread(mapping_code.folder_state, self._engine.config.mappings)
-        fresh = {
-            n: t
-            for n, t in texts.items()
-            if self._applied.get(n) != _applied(t)
-            and self._unrunnable.get(n) != (_applied(t), folder)
-        }
+        fresh = {n: t for n, t in texts.items() if self._applied.get(n) != _applied(t)}
+        # The mappings folder is looked at only while a text is new or could not run.
+        folder = ""
+        if fresh:
+            mappings = self._engine.config.mappings
+            folder = await asyncio.to_thread(mapping_code.folder_state, mappings)
+            fresh = {
+                n: t for n, t in fresh.items() if self._unrunnable.get(n) != (_applied(t), folder)
+            }
         if fresh and not governed:
             fresh = await asyncio.to_thread(self._own_files, fresh)
         if not fresh:
